@@ -1,0 +1,1 @@
+//! Shared helpers for Warren black-box tests.
