@@ -1,0 +1,52 @@
+//! Every setting, with its default, from CLI flags and `WARREN_*` environment variables.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// Broker settings. `warren` with no arguments gives a working broker on 0.0.0.0:5672.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "warren", version, about = "An AMQP 0-9-1 message broker, a drop-in stand-in for RabbitMQ")]
+pub struct Config {
+    /// Address to listen on for AMQP connections.
+    #[arg(long, env = "WARREN_BIND", default_value = "0.0.0.0")]
+    pub bind: IpAddr,
+    /// Port to listen on for AMQP connections.
+    #[arg(long, env = "WARREN_PORT", default_value_t = 5672)]
+    pub port: u16,
+    /// Directory holding durable definitions and messages.
+    #[arg(long, env = "WARREN_DATA_DIR", default_value = "./warren-data")]
+    pub data_dir: PathBuf,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(long, env = "WARREN_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Name of the user created at first start.
+    #[arg(long, env = "WARREN_DEFAULT_USER", default_value = "guest")]
+    pub default_user: String,
+    /// Password of the user created at first start.
+    #[arg(long, env = "WARREN_DEFAULT_PASS", default_value = "guest", hide_env_values = true)]
+    pub default_pass: String,
+    /// Let the default user log in from any address, not only loopback
+    /// (RabbitMQ's `loopback_users = none`).
+    #[arg(long, env = "WARREN_ALLOW_REMOTE_DEFAULT_USER")]
+    pub allow_remote_default_user: bool,
+    /// Heartbeat interval in seconds proposed to clients (0 disables).
+    #[arg(long, env = "WARREN_HEARTBEAT", default_value_t = 60)]
+    pub heartbeat: u16,
+    /// Largest frame in bytes proposed to clients (at least 4096).
+    #[arg(long, env = "WARREN_FRAME_MAX", default_value_t = 131_072, value_parser = clap::value_parser!(u32).range(4096..))]
+    pub frame_max: u32,
+    /// Most channels per connection proposed to clients.
+    #[arg(long, env = "WARREN_CHANNEL_MAX", default_value_t = 2047)]
+    pub channel_max: u16,
+    /// Largest message body accepted, in bytes (RabbitMQ's `max_message_size`).
+    #[arg(long, env = "WARREN_MAX_MESSAGE_SIZE", default_value_t = 128 * 1024 * 1024)]
+    pub max_message_size: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::parse_from(["warren"])
+    }
+}
