@@ -7,7 +7,11 @@ use clap::Parser;
 
 /// Broker settings. `warren` with no arguments gives a working broker on 0.0.0.0:5672.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "warren", version, about = "An AMQP 0-9-1 message broker, a drop-in stand-in for RabbitMQ")]
+#[command(
+    name = "warren",
+    version,
+    about = "An AMQP 0-9-1 message broker, a drop-in stand-in for RabbitMQ"
+)]
 pub struct Config {
     /// Address to listen on for AMQP connections.
     #[arg(long, env = "WARREN_BIND", default_value = "0.0.0.0")]
@@ -25,7 +29,12 @@ pub struct Config {
     #[arg(long, env = "WARREN_DEFAULT_USER", default_value = "guest")]
     pub default_user: String,
     /// Password of the user created at first start.
-    #[arg(long, env = "WARREN_DEFAULT_PASS", default_value = "guest", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WARREN_DEFAULT_PASS",
+        default_value = "guest",
+        hide_env_values = true
+    )]
     pub default_pass: String,
     /// Let the default user log in from any address, not only loopback
     /// (RabbitMQ's `loopback_users = none`).

@@ -2,8 +2,26 @@
 //!
 //! - [`config`]: every setting, from flags and `WARREN_*` variables.
 //! - [`server`]: the listener, the accept loop and graceful shutdown.
+//! - [`connection`]: handshake, heartbeats, frame I/O and dispatch to channels.
+//! - [`channel`]: per-channel state: content, consumers, unacked deliveries, confirms, tx.
+//! - [`broker`]: the shared registry of vhosts and users.
+//! - [`vhost`]: one vhost's exchanges, queues and bindings, with RabbitMQ's rules.
+//! - [`exchange`]: routing, one file per exchange type.
+//! - [`queue`]: one queue's ready messages, consumers and credit.
+//! - [`message`]: messages as queues hold them.
+//! - [`error`]: AMQP reply codes and RabbitMQ's error texts, in one place.
+//! - [`names`]: server-generated queue names and consumer tags.
 
+pub mod broker;
+pub mod channel;
 pub mod config;
+pub mod connection;
+pub mod error;
+pub mod exchange;
+pub mod message;
+pub mod names;
+pub mod queue;
 pub mod server;
+pub mod vhost;
 
 pub use config::Config;

@@ -1,2 +1,53 @@
-//! The `warren` binary: parse flags, set up logging, bind, and run until a signal.
-fn main() {}
+//! The `warren` binary: parse flags, set up logging, bind, and serve until SIGINT or
+//! SIGTERM.
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> anyhow::Result<()> {
+    let config = warren::Config::parse();
+    let filter = EnvFilter::try_new(&config.log_level)
+        .with_context(|| format!("invalid --log-level '{}'", config.log_level))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let addr = (config.bind, config.port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
+        warren::server::run(listener, Arc::new(config), shutdown_signal())
+            .await
+            .context("broker failed")
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

@@ -1,22 +1,85 @@
 //! The listener, the accept loop and graceful shutdown.
+//!
+//! One stop signal is broadcast to every connection ([`Shutdown`]); each closes its client
+//! with 320 CONNECTION_FORCED, and `run` returns once all connection tasks have ended.
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
 
+use crate::broker::Broker;
 use crate::config::Config;
+use crate::connection;
 
-/// Serves AMQP connections from `listener` until `shutdown` resolves.
+/// How long connections get to close after the stop signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection's view of the broker-wide stop signal.
+#[derive(Debug, Clone)]
+pub struct Shutdown(watch::Receiver<bool>);
+
+impl Shutdown {
+    /// Resolves once the broker is stopping (at once if it already is).
+    pub async fn wait(&mut self) {
+        let _ = self.0.wait_for(|stopping| *stopping).await;
+    }
+}
+
+/// Serves AMQP connections from `listener` until `shutdown` resolves, then closes every
+/// connection with 320 CONNECTION_FORCED and returns when they are gone.
 ///
 /// # Errors
-/// Only if the broker cannot start (its data directory is unusable).
+/// Only if the broker cannot start.
 pub async fn run(
     listener: TcpListener,
     config: Arc<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let _ = (listener, config);
-    shutdown.await;
+    let broker = Arc::new(Broker::new(config));
+    let (stop, stopping) = watch::channel(false);
+    let tracker = TaskTracker::new();
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "accepting AMQP connections");
+    }
+    tokio::pin!(shutdown);
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    tracker.spawn(connection::serve(
+                        stream,
+                        peer,
+                        broker.clone(),
+                        Shutdown(stopping.clone()),
+                    ));
+                }
+                Err(e) => {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            },
+        }
+    }
+    info!("shutting down");
+    drop(listener);
+    let _ = stop.send(true);
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        error!("connections did not close in time");
+    }
+    info!("stopped");
     Ok(())
 }

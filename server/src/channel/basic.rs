@@ -1,0 +1,176 @@
+//! The basic class, apart from publishing: prefetch, consumers, `basic.get`, and
+//! acknowledgements.
+
+use std::sync::Arc;
+
+use amqp_codec::ShortStr;
+use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
+
+use super::{Channel, ChannelConsumer, Context, Settlement, Unacked};
+use crate::error::{self, AmqpResult};
+use crate::names;
+use crate::queue::{ConsumerHandle, Credit};
+
+/// Deliveries a `no_ack` consumer may have queued for writing at once: enough to keep
+/// the socket busy, bounded so a slow reader cannot make the broker buffer a backlog.
+const NO_ACK_WINDOW: u32 = 2000;
+
+impl Channel {
+    pub(super) fn basic_method(
+        &mut self,
+        ctx: &mut Context<'_>,
+        method: b::AMQPMethod,
+    ) -> AmqpResult<()> {
+        match method {
+            b::AMQPMethod::Qos(qos) => {
+                if qos.global {
+                    self.channel_limit.set_limit(u32::from(qos.prefetch_count));
+                    for consumer in &self.consumers {
+                        ctx.kick_later(&consumer.queue);
+                    }
+                } else {
+                    self.prefetch = qos.prefetch_count;
+                }
+                ctx.send(self.id, AMQPClass::Basic(b::AMQPMethod::QosOk(b::QosOk {})));
+                Ok(())
+            }
+            b::AMQPMethod::Consume(consume) => self.consume(ctx, consume),
+            b::AMQPMethod::Cancel(cancel) => {
+                if let Some(at) = self
+                    .consumers
+                    .iter()
+                    .position(|c| &*c.tag == cancel.consumer_tag.as_str())
+                {
+                    let consumer = self.consumers.remove(at);
+                    Self::forget_consumer(ctx, &consumer);
+                }
+                if !cancel.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Basic(b::AMQPMethod::CancelOk(b::CancelOk {
+                            consumer_tag: cancel.consumer_tag,
+                        })),
+                    );
+                }
+                Ok(())
+            }
+            b::AMQPMethod::Get(get) => {
+                let name = self.resolve_queue_name(&get.queue.as_str().into())?;
+                let queue = ctx.vhost.queue(&name, ctx.connection)?;
+                match queue.get() {
+                    Some((message, left)) => {
+                        self.deliver_get(ctx, queue, message, left, get.no_ack)
+                    }
+                    None => ctx.send(
+                        self.id,
+                        AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})),
+                    ),
+                }
+                Ok(())
+            }
+            b::AMQPMethod::Ack(ack) => {
+                let entries = self.take_unacked(ack.delivery_tag, ack.multiple)?;
+                self.settle_or_hold(ctx, entries, Settlement::Ack);
+                Ok(())
+            }
+            b::AMQPMethod::Nack(nack) => {
+                let entries = self.take_unacked(nack.delivery_tag, nack.multiple)?;
+                self.settle_or_hold(
+                    ctx,
+                    entries,
+                    Settlement::Reject {
+                        requeue: nack.requeue,
+                    },
+                );
+                Ok(())
+            }
+            b::AMQPMethod::Reject(reject) => {
+                let entries = self.take_unacked(reject.delivery_tag, false)?;
+                self.settle_or_hold(
+                    ctx,
+                    entries,
+                    Settlement::Reject {
+                        requeue: reject.requeue,
+                    },
+                );
+                Ok(())
+            }
+            b::AMQPMethod::Recover(_) => {
+                let entries: Vec<Unacked> = self.unacked.drain(..).collect();
+                self.settle(ctx, entries, Settlement::Reject { requeue: true });
+                ctx.send(
+                    self.id,
+                    AMQPClass::Basic(b::AMQPMethod::RecoverOk(b::RecoverOk {})),
+                );
+                Ok(())
+            }
+            b::AMQPMethod::RecoverAsync(_) => {
+                let entries: Vec<Unacked> = self.unacked.drain(..).collect();
+                self.settle(ctx, entries, Settlement::Reject { requeue: true });
+                Ok(())
+            }
+            _ => Err(error::command_invalid(
+                "basic method not valid from a client",
+            )),
+        }
+    }
+
+    fn settle_or_hold(
+        &mut self,
+        ctx: &mut Context<'_>,
+        entries: Vec<Unacked>,
+        settlement: Settlement,
+    ) {
+        match &mut self.tx {
+            Some(tx) => tx.settlements.push((entries, settlement)),
+            None => self.settle(ctx, entries, settlement),
+        }
+    }
+
+    fn consume(&mut self, ctx: &mut Context<'_>, consume: b::Consume) -> AmqpResult<()> {
+        let name = self.resolve_queue_name(&consume.queue.as_str().into())?;
+        let queue = ctx.vhost.queue(&name, ctx.connection)?;
+        let tag: ShortStr = if consume.consumer_tag.as_str().is_empty() {
+            names::server_consumer_tag().into()
+        } else {
+            consume.consumer_tag.as_str().into()
+        };
+        if self.consumers.iter().any(|c| c.tag == tag) {
+            return Err(error::not_allowed(format!(
+                "attempt to reuse consumer tag '{tag}'"
+            )));
+        }
+        let credit = Arc::new(if consume.no_ack {
+            Credit::new(NO_ACK_WINDOW, None)
+        } else {
+            Credit::new(u32::from(self.prefetch), Some(self.channel_limit.clone()))
+        });
+        let id = ctx.broker.next_consumer_id();
+        // Reply first: deliveries the queue hands over at once must follow consume-ok.
+        let mark = ctx.out.len();
+        if !consume.nowait {
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(b::AMQPMethod::ConsumeOk(b::ConsumeOk {
+                    consumer_tag: tag.to_string().into(),
+                })),
+            );
+        }
+        queue
+            .add_consumer(ConsumerHandle {
+                id,
+                channel: self.id,
+                exclusive: consume.exclusive,
+                credit,
+                mailbox: ctx.mailbox.clone(),
+            })
+            .inspect_err(|_| ctx.out.truncate(mark))?;
+        self.consumers.push(ChannelConsumer {
+            id,
+            tag,
+            queue,
+            no_ack: consume.no_ack,
+        });
+        Ok(())
+    }
+}

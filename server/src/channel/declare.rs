@@ -1,0 +1,180 @@
+//! The exchange and queue classes: declaring, binding, purging and deleting.
+
+use amqp_codec::ReplyCode;
+use amqp_codec::amq_protocol::protocol::{AMQPClass, exchange as ex, queue as q};
+
+use super::{Channel, Context};
+use crate::error::{self, AmqpError, AmqpResult};
+use crate::exchange::{ExchangeKind, ExchangeSettings};
+use crate::names;
+use crate::vhost::QueueDeclare;
+
+impl Channel {
+    pub(super) fn exchange_method(
+        &mut self,
+        ctx: &mut Context<'_>,
+        method: ex::AMQPMethod,
+    ) -> AmqpResult<()> {
+        match method {
+            ex::AMQPMethod::Declare(d) => {
+                let kind = ExchangeKind::parse(d.kind.as_str());
+                let kind = match (kind, d.passive) {
+                    (Some(kind), _) => kind,
+                    // A passive declare only checks existence; the type is not looked at.
+                    (None, true) => ExchangeKind::Direct,
+                    (None, false) => {
+                        return Err(error::command_invalid(format!(
+                            "unknown exchange type '{}'",
+                            d.kind
+                        )));
+                    }
+                };
+                ctx.vhost.declare_exchange(
+                    d.exchange.as_str(),
+                    d.passive,
+                    ExchangeSettings {
+                        kind,
+                        durable: d.durable,
+                        auto_delete: d.auto_delete,
+                        internal: d.internal,
+                        arguments: d.arguments,
+                    },
+                )?;
+                if !d.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Exchange(ex::AMQPMethod::DeclareOk(ex::DeclareOk {})),
+                    );
+                }
+                Ok(())
+            }
+            ex::AMQPMethod::Delete(d) => {
+                ctx.vhost
+                    .delete_exchange(d.exchange.as_str(), d.if_unused)?;
+                if !d.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Exchange(ex::AMQPMethod::DeleteOk(ex::DeleteOk {})),
+                    );
+                }
+                Ok(())
+            }
+            ex::AMQPMethod::Bind(_) | ex::AMQPMethod::Unbind(_) => Err(error::not_implemented(
+                "exchange-to-exchange bindings are not supported yet",
+            )),
+            _ => Err(error::command_invalid(
+                "exchange method not valid from a client",
+            )),
+        }
+    }
+
+    pub(super) fn queue_method(
+        &mut self,
+        ctx: &mut Context<'_>,
+        method: q::AMQPMethod,
+    ) -> AmqpResult<()> {
+        match method {
+            q::AMQPMethod::Declare(d) => {
+                let name = if d.queue.as_str().is_empty() {
+                    if d.passive {
+                        self.resolve_queue_name(&"".into())?
+                    } else {
+                        names::server_queue_name().into()
+                    }
+                } else {
+                    d.queue.as_str().into()
+                };
+                let (queue, created) = ctx.vhost.declare_queue(
+                    QueueDeclare {
+                        name: name.clone(),
+                        passive: d.passive,
+                        durable: d.durable,
+                        exclusive: d.exclusive,
+                        auto_delete: d.auto_delete,
+                        arguments: d.arguments,
+                    },
+                    ctx.connection,
+                )?;
+                if created && queue.settings().exclusive_owner.is_some() {
+                    ctx.exclusive_queues.push(queue.clone());
+                }
+                self.last_queue = Some(name.clone());
+                if !d.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Queue(q::AMQPMethod::DeclareOk(q::DeclareOk {
+                            queue: name.to_string().into(),
+                            message_count: queue.message_count(),
+                            consumer_count: queue.consumer_count(),
+                        })),
+                    );
+                }
+                Ok(())
+            }
+            q::AMQPMethod::Bind(bind) => {
+                let name = self.resolve_queue_name(&bind.queue.as_str().into())?;
+                ctx.vhost.bind(
+                    &name,
+                    bind.exchange.as_str(),
+                    bind.routing_key.as_str(),
+                    bind.arguments,
+                    ctx.connection,
+                )?;
+                if !bind.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Queue(q::AMQPMethod::BindOk(q::BindOk {})),
+                    );
+                }
+                Ok(())
+            }
+            q::AMQPMethod::Unbind(unbind) => {
+                let name = self.resolve_queue_name(&unbind.queue.as_str().into())?;
+                ctx.vhost.unbind(
+                    &name,
+                    unbind.exchange.as_str(),
+                    unbind.routing_key.as_str(),
+                    &unbind.arguments,
+                    ctx.connection,
+                )?;
+                ctx.send(
+                    self.id,
+                    AMQPClass::Queue(q::AMQPMethod::UnbindOk(q::UnbindOk {})),
+                );
+                Ok(())
+            }
+            q::AMQPMethod::Purge(purge) => {
+                let name = self.resolve_queue_name(&purge.queue.as_str().into())?;
+                let queue = ctx.vhost.queue(&name, ctx.connection)?;
+                let message_count = queue.purge();
+                if !purge.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Queue(q::AMQPMethod::PurgeOk(q::PurgeOk { message_count })),
+                    );
+                }
+                Ok(())
+            }
+            q::AMQPMethod::Delete(delete) => {
+                let name = self.resolve_queue_name(&delete.queue.as_str().into())?;
+                let message_count = ctx.vhost.delete_queue(
+                    &name,
+                    ctx.connection,
+                    delete.if_unused,
+                    delete.if_empty,
+                )?;
+                if !delete.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Queue(q::AMQPMethod::DeleteOk(q::DeleteOk { message_count })),
+                    );
+                }
+                Ok(())
+            }
+            _ => Err(AmqpError::new(
+                ReplyCode::CommandInvalid,
+                "queue method not valid from a client",
+            )),
+        }
+    }
+}

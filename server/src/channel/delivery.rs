@@ -1,0 +1,201 @@
+//! Deliveries in flight on a channel: writing them, tracking them by delivery tag until
+//! they are acked, rejected or requeued, and giving credit back to their consumers.
+
+use std::sync::Arc;
+
+use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
+use amqp_codec::encode::{self, DeliveryInfo};
+
+use super::{Channel, ChannelConsumer, Context, Settlement, requeue_all};
+use crate::error::{self, AmqpResult};
+use crate::message::QueuedMessage;
+use crate::queue::{ConsumerId, ConsumerRemoval, Credit, Queue};
+
+/// A delivery awaiting its acknowledgement.
+#[derive(Debug)]
+pub struct Unacked {
+    /// Channel-scoped delivery tag.
+    pub tag: u64,
+    /// Credit to give back when settled (none for `basic.get`).
+    pub credit: Option<Arc<Credit>>,
+    /// Queue it came from.
+    pub queue: Arc<Queue>,
+    /// The message.
+    pub message: QueuedMessage,
+}
+
+/// Writes one delivery (method, header and body frames) into the output buffer.
+pub(super) fn write_delivery(
+    ctx: &mut Context<'_>,
+    channel: u16,
+    consumer_tag: &str,
+    tag: u64,
+    message: &QueuedMessage,
+) {
+    encode::deliver(
+        ctx.out,
+        channel,
+        consumer_tag,
+        DeliveryInfo {
+            delivery_tag: tag,
+            redelivered: message.redelivered,
+            exchange: &message.message.exchange,
+            routing_key: &message.message.routing_key,
+        },
+    );
+    encode::content(
+        ctx.out,
+        channel,
+        &message.message.properties,
+        &message.message.body,
+        ctx.frame_max,
+    );
+}
+
+impl Channel {
+    fn take_tag(&mut self) -> u64 {
+        self.next_tag += 1;
+        self.next_tag
+    }
+
+    /// Writes a delivery from a queue to one of this channel's consumers. Gives the
+    /// message back if the consumer is gone (cancelled or closing), to be requeued.
+    pub fn deliver(
+        &mut self,
+        ctx: &mut Context<'_>,
+        consumer: ConsumerId,
+        queue: Arc<Queue>,
+        credit: Arc<Credit>,
+        message: QueuedMessage,
+    ) -> Option<(Arc<Queue>, QueuedMessage)> {
+        let at = self.consumers.iter().position(|c| c.id == consumer);
+        let Some(at) = at.filter(|_| !self.closing) else {
+            credit.release(1);
+            return Some((queue, message));
+        };
+        let tag = self.take_tag();
+        let c = &self.consumers[at];
+        write_delivery(ctx, self.id, &c.tag, tag, &message);
+        if c.no_ack {
+            credit.release(1);
+            ctx.kick_later(&queue);
+        } else {
+            self.unacked.push_back(Unacked {
+                tag,
+                credit: Some(credit),
+                queue,
+                message,
+            });
+        }
+        None
+    }
+
+    /// Writes a `basic.get-ok` for a message taken from `queue`.
+    pub(super) fn deliver_get(
+        &mut self,
+        ctx: &mut Context<'_>,
+        queue: Arc<Queue>,
+        message: QueuedMessage,
+        message_count: u32,
+        no_ack: bool,
+    ) {
+        let tag = self.take_tag();
+        encode::get_ok(
+            ctx.out,
+            self.id,
+            DeliveryInfo {
+                delivery_tag: tag,
+                redelivered: message.redelivered,
+                exchange: &message.message.exchange,
+                routing_key: &message.message.routing_key,
+            },
+            message_count,
+        );
+        encode::content(
+            ctx.out,
+            self.id,
+            &message.message.properties,
+            &message.message.body,
+            ctx.frame_max,
+        );
+        if !no_ack {
+            self.unacked.push_back(Unacked {
+                tag,
+                credit: None,
+                queue,
+                message,
+            });
+        }
+    }
+
+    /// The server cancelled a consumer (its queue was deleted).
+    pub fn consumer_cancelled(&mut self, ctx: &mut Context<'_>, consumer: ConsumerId) {
+        let Some(at) = self.consumers.iter().position(|c| c.id == consumer) else {
+            return;
+        };
+        let c = self.consumers.remove(at);
+        if ctx.cancel_notify && !self.closing {
+            ctx.send(
+                self.id,
+                AMQPClass::Basic(b::AMQPMethod::Cancel(b::Cancel {
+                    consumer_tag: c.tag.to_string().into(),
+                    nowait: true,
+                })),
+            );
+        }
+    }
+
+    /// Removes the deliveries an ack, nack or reject names.
+    ///
+    /// # Errors
+    /// 406 PRECONDITION_FAILED `unknown delivery tag N` if the tag is not outstanding.
+    pub(super) fn take_unacked(&mut self, tag: u64, multiple: bool) -> AmqpResult<Vec<Unacked>> {
+        if multiple && tag == 0 {
+            return Ok(self.unacked.drain(..).collect());
+        }
+        let at = self
+            .unacked
+            .binary_search_by_key(&tag, |u| u.tag)
+            .map_err(|_| error::unknown_delivery_tag(tag))?;
+        if multiple {
+            Ok(self.unacked.drain(..=at).collect())
+        } else {
+            Ok(self.unacked.remove(at).into_iter().collect())
+        }
+    }
+
+    /// Puts deliveries back among the unacked (a rolled-back transaction's acks).
+    pub(super) fn restore_unacked(&mut self, entries: Vec<Unacked>) {
+        for entry in entries {
+            let at = self.unacked.partition_point(|u| u.tag < entry.tag);
+            self.unacked.insert(at, entry);
+        }
+    }
+
+    /// Applies an ack or reject: credit goes back to the consumers, requeued messages go
+    /// back to their queues, the rest are dropped.
+    pub(super) fn settle(
+        &mut self,
+        ctx: &mut Context<'_>,
+        entries: Vec<Unacked>,
+        settlement: Settlement,
+    ) {
+        for entry in &entries {
+            if let Some(credit) = &entry.credit {
+                credit.release(1);
+                ctx.kick_later(&entry.queue);
+            }
+        }
+        if settlement == (Settlement::Reject { requeue: true }) {
+            requeue_all(entries.into_iter().map(|u| (u.queue, u.message)));
+        }
+    }
+
+    /// Unregisters a consumer from its queue, deleting an auto-delete queue it was the
+    /// last consumer of.
+    pub(super) fn forget_consumer(ctx: &mut Context<'_>, consumer: &ChannelConsumer) {
+        if consumer.queue.remove_consumer(consumer.id) == ConsumerRemoval::RemovedLast {
+            ctx.vhost.remove_queue(&consumer.queue);
+        }
+    }
+}

@@ -1,0 +1,354 @@
+//! One AMQP channel: content being assembled, consumers, unacknowledged deliveries,
+//! prefetch, and confirm and transaction modes. Methods arrive through one dispatch
+//! `match` ([`Channel::handle_method`]); each class's handlers live in their own file.
+
+mod basic;
+mod declare;
+mod delivery;
+mod publish;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use amqp_codec::amq_protocol::protocol::{AMQPClass, channel as ch, confirm, tx};
+use amqp_codec::{ContentAssembler, ContentHeader, Method, ReplyCode, ShortStr, encode};
+use bytes::{Bytes, BytesMut};
+
+use crate::broker::Broker;
+use crate::error::{self, AmqpError, AmqpResult};
+use crate::message::{Message, QueuedMessage};
+use crate::queue::{ConnectionId, ConsumerId, Limit, Mailbox, Queue};
+use crate::vhost::VHost;
+
+pub use delivery::Unacked;
+
+/// What a channel's handlers need from their connection, borrowed for one call.
+pub struct Context<'a> {
+    /// The broker.
+    pub broker: &'a Broker,
+    /// The vhost the connection opened.
+    pub vhost: &'a VHost,
+    /// This connection's id (owner of exclusive queues).
+    pub connection: ConnectionId,
+    /// The connection's output buffer, flushed after the current batch.
+    pub out: &'a mut BytesMut,
+    /// Negotiated frame_max, for splitting bodies.
+    pub frame_max: u32,
+    /// Where queues deliver to this connection's consumers.
+    pub mailbox: &'a Arc<Mailbox>,
+    /// Exclusive queues this connection declared, deleted when it closes.
+    pub exclusive_queues: &'a mut Vec<Arc<Queue>>,
+    /// Scratch space for routing results.
+    pub routed: &'a mut Vec<Arc<Queue>>,
+    /// Queues whose consumers regained credit; kicked once after the batch.
+    pub kicks: &'a mut Vec<Arc<Queue>>,
+    /// Channels with publisher confirms to send after the batch.
+    pub confirms_due: &'a mut Vec<u16>,
+    /// Whether the client handles a server-sent `basic.cancel`.
+    pub cancel_notify: bool,
+}
+
+impl Context<'_> {
+    /// Writes a method frame.
+    pub fn send(&mut self, channel: u16, method: AMQPClass) {
+        encode::method(self.out, channel, &method);
+    }
+
+    /// Schedules `queue` for dispatch after this batch (once, however often asked).
+    pub fn kick_later(&mut self, queue: &Arc<Queue>) {
+        if !self.kicks.iter().any(|q| Arc::ptr_eq(q, queue)) {
+            self.kicks.push(queue.clone());
+        }
+    }
+}
+
+/// A consumer as its channel knows it.
+#[derive(Debug)]
+struct ChannelConsumer {
+    id: ConsumerId,
+    tag: ShortStr,
+    queue: Arc<Queue>,
+    no_ack: bool,
+}
+
+/// Publisher-confirm counters: every publish gets the next sequence number.
+#[derive(Debug, Default)]
+struct ConfirmState {
+    published: u64,
+    confirmed: u64,
+}
+
+/// Work held back by `tx.select` until `tx.commit`.
+#[derive(Debug, Default)]
+struct TxState {
+    publishes: Vec<(Message, bool)>,
+    settlements: Vec<(Vec<Unacked>, Settlement)>,
+}
+
+/// What to do with acknowledged deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settlement {
+    Ack,
+    Reject { requeue: bool },
+}
+
+/// One open channel.
+#[derive(Debug)]
+pub struct Channel {
+    id: u16,
+    closing: bool,
+    assembler: ContentAssembler,
+    consumers: Vec<ChannelConsumer>,
+    unacked: VecDeque<Unacked>,
+    next_tag: u64,
+    prefetch: u16,
+    channel_limit: Arc<Limit>,
+    confirm: Option<ConfirmState>,
+    tx: Option<TxState>,
+    last_queue: Option<ShortStr>,
+    max_message_size: u64,
+}
+
+impl Channel {
+    /// A newly opened channel.
+    pub fn new(id: u16, max_message_size: u64) -> Self {
+        Self {
+            id,
+            closing: false,
+            assembler: ContentAssembler::default(),
+            consumers: Vec::new(),
+            unacked: VecDeque::new(),
+            next_tag: 0,
+            prefetch: 0,
+            channel_limit: Arc::new(Limit::new(0)),
+            confirm: None,
+            tx: None,
+            last_queue: None,
+            max_message_size,
+        }
+    }
+
+    /// Whether the server sent `channel.close` and awaits `close-ok`.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// Handles a method frame.
+    ///
+    /// # Errors
+    /// The AMQP error to close the channel (soft code) or connection (hard code) with.
+    pub fn handle_method(&mut self, ctx: &mut Context<'_>, method: Method) -> AmqpResult<()> {
+        let (class_id, method_id) = method.ids();
+        self.dispatch(ctx, method)
+            .map_err(|e| e.for_method(class_id, method_id))
+    }
+
+    fn dispatch(&mut self, ctx: &mut Context<'_>, method: Method) -> AmqpResult<()> {
+        let class = match method {
+            Method::Publish(publish) => {
+                if publish.immediate {
+                    return Err(error::not_implemented("immediate=true"));
+                }
+                return self.assembler.start(publish);
+            }
+            Method::Other(class) => *class,
+        };
+        if !self.assembler.is_idle() {
+            return Err(AmqpError::new(
+                ReplyCode::UnexpectedFrame,
+                "expected content header for class 60, got non content header frame instead",
+            ));
+        }
+        match class {
+            AMQPClass::Channel(ch::AMQPMethod::Flow(flow)) => {
+                if !flow.active {
+                    return Err(error::not_implemented("active=false"));
+                }
+                ctx.send(
+                    self.id,
+                    AMQPClass::Channel(ch::AMQPMethod::FlowOk(ch::FlowOk { active: true })),
+                );
+                Ok(())
+            }
+            AMQPClass::Channel(ch::AMQPMethod::FlowOk(_)) => Ok(()),
+            AMQPClass::Channel(ch::AMQPMethod::Open(_)) => {
+                Err(error::channel_error("second 'channel.open' seen"))
+            }
+            AMQPClass::Access(_) => {
+                ctx.send(
+                    self.id,
+                    AMQPClass::Access(
+                        amqp_codec::amq_protocol::protocol::access::AMQPMethod::RequestOk(
+                            amqp_codec::amq_protocol::protocol::access::RequestOk {},
+                        ),
+                    ),
+                );
+                Ok(())
+            }
+            AMQPClass::Exchange(m) => self.exchange_method(ctx, m),
+            AMQPClass::Queue(m) => self.queue_method(ctx, m),
+            AMQPClass::Basic(m) => self.basic_method(ctx, m),
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(select)) => {
+                if self.tx.is_some() {
+                    return Err(error::precondition("cannot switch from tx to confirm mode"));
+                }
+                self.confirm.get_or_insert_with(ConfirmState::default);
+                if !select.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+                Ok(())
+            }
+            AMQPClass::Tx(m) => self.tx_method(ctx, m),
+            other => Err(error::command_invalid(format!(
+                "method {}/{} is not valid from a client on a channel",
+                other.get_amqp_class_id(),
+                other.get_amqp_method_id()
+            ))),
+        }
+    }
+
+    /// Handles a content header frame.
+    ///
+    /// # Errors
+    /// 505 out of order, 406 for a body above the size limit.
+    pub fn handle_header(
+        &mut self,
+        ctx: &mut Context<'_>,
+        header: ContentHeader,
+    ) -> AmqpResult<()> {
+        if header.body_size > self.max_message_size {
+            self.assembler.reset();
+            return Err(error::precondition(format!(
+                "message size {} is larger than configured max size {}",
+                header.body_size, self.max_message_size
+            ))
+            .for_method(60, 40));
+        }
+        match self.assembler.header(header)? {
+            Some(content) => self.on_content(ctx, content),
+            None => Ok(()),
+        }
+    }
+
+    /// Handles a content body frame.
+    ///
+    /// # Errors
+    /// 505 out of order, 501 if the body overruns its declared size.
+    pub fn handle_body(&mut self, ctx: &mut Context<'_>, payload: Bytes) -> AmqpResult<()> {
+        match self.assembler.body(payload)? {
+            Some(content) => self.on_content(ctx, content),
+            None => Ok(()),
+        }
+    }
+
+    fn tx_method(&mut self, ctx: &mut Context<'_>, method: tx::AMQPMethod) -> AmqpResult<()> {
+        match method {
+            tx::AMQPMethod::Select(_) => {
+                if self.confirm.is_some() {
+                    return Err(error::precondition("cannot switch from confirm to tx mode"));
+                }
+                self.tx.get_or_insert_with(TxState::default);
+                ctx.send(
+                    self.id,
+                    AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})),
+                );
+                Ok(())
+            }
+            tx::AMQPMethod::Commit(_) => {
+                let Some(state) = self.tx.replace(TxState::default()) else {
+                    return Err(error::precondition("channel is not transactional"));
+                };
+                for (message, mandatory) in state.publishes {
+                    self.route(ctx, message, mandatory)?;
+                }
+                for (entries, settlement) in state.settlements {
+                    self.settle(ctx, entries, settlement);
+                }
+                ctx.send(
+                    self.id,
+                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                );
+                Ok(())
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                let Some(state) = self.tx.replace(TxState::default()) else {
+                    return Err(error::precondition("channel is not transactional"));
+                };
+                for (entries, _) in state.settlements {
+                    self.restore_unacked(entries);
+                }
+                ctx.send(
+                    self.id,
+                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                );
+                Ok(())
+            }
+            _ => Err(error::command_invalid("tx method not valid from a client")),
+        }
+    }
+
+    /// Releases everything the channel holds: consumers are cancelled (auto-delete
+    /// queues that lose their last one go), unacked deliveries are requeued in order.
+    pub fn close_resources(&mut self, ctx: &mut Context<'_>) {
+        for consumer in std::mem::take(&mut self.consumers) {
+            Self::forget_consumer(ctx, &consumer);
+        }
+        let unacked: Vec<Unacked> = self.unacked.drain(..).collect();
+        self.settle(ctx, unacked, Settlement::Reject { requeue: true });
+        if let Some(state) = self.tx.take() {
+            for (entries, _) in state.settlements {
+                self.settle(ctx, entries, Settlement::Reject { requeue: true });
+            }
+        }
+        self.assembler.reset();
+    }
+
+    /// Marks the channel as closed by the server: frames other than close/close-ok are
+    /// ignored from now on.
+    pub fn mark_closing(&mut self) {
+        self.closing = true;
+    }
+
+    /// Writes the confirms owed for this batch: one `basic.ack`, `multiple` when it
+    /// covers several publishes.
+    pub fn flush_confirms(&mut self, out: &mut BytesMut) {
+        if let Some(confirm) = &mut self.confirm
+            && confirm.published > confirm.confirmed
+        {
+            let multiple = confirm.published > confirm.confirmed + 1;
+            encode::ack(out, self.id, confirm.published, multiple);
+            confirm.confirmed = confirm.published;
+        }
+    }
+
+    fn resolve_queue_name(&self, name: &ShortStr) -> AmqpResult<ShortStr> {
+        if !name.is_empty() {
+            return Ok(name.clone());
+        }
+        self.last_queue
+            .clone()
+            .ok_or_else(|| AmqpError::new(ReplyCode::NotFound, "no previously declared queue"))
+    }
+}
+
+/// Requeues a run of deliveries to their queues, one call per queue.
+pub fn requeue_all(entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>) {
+    let mut current: Option<(Arc<Queue>, Vec<QueuedMessage>)> = None;
+    for (queue, message) in entries {
+        match &mut current {
+            Some((q, batch)) if Arc::ptr_eq(q, &queue) => batch.push(message),
+            _ => {
+                if let Some((q, batch)) = current.take() {
+                    q.requeue(batch);
+                }
+                current = Some((queue, vec![message]));
+            }
+        }
+    }
+    if let Some((q, batch)) = current {
+        q.requeue(batch);
+    }
+}

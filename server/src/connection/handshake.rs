@@ -1,0 +1,304 @@
+//! The connection handshake: start, SASL (PLAIN and AMQPLAIN), tune, open.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use amqp_codec::amq_protocol::protocol::{AMQPClass, connection as c};
+use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
+use amqp_codec::{CodecError, Frame, Method, ProtocolError, ReplyCode, encode};
+use bytes::BytesMut;
+
+use super::io::FrameIo;
+use crate::broker::Broker;
+use crate::vhost::VHost;
+
+/// What the handshake agreed on.
+pub struct Session {
+    /// The authenticated user.
+    pub user: String,
+    /// The vhost opened.
+    pub vhost: Arc<VHost>,
+    /// Negotiated largest frame.
+    pub frame_max: u32,
+    /// Negotiated highest channel number.
+    pub channel_max: u16,
+    /// Negotiated heartbeat interval in seconds (0: none).
+    pub heartbeat: u16,
+    /// The client handles a server-sent `basic.cancel`.
+    pub cancel_notify: bool,
+}
+
+/// Why a handshake did not produce a session.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// The peer went away or the socket failed.
+    #[error("client closed the connection during the handshake")]
+    Closed,
+    /// Refused with a `connection.close` (already sent).
+    #[error("{0}")]
+    Refused(ProtocolError),
+    /// The peer broke the protocol.
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    /// Socket failure.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+fn server_properties() -> FieldTable {
+    let mut capabilities = FieldTable::default();
+    for cap in [
+        "publisher_confirms",
+        "basic.nack",
+        "consumer_cancel_notify",
+        "per_consumer_qos",
+        "authentication_failure_close",
+    ] {
+        capabilities.insert(ShortString::from(cap), AMQPValue::Boolean(true));
+    }
+    let mut props = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s));
+    props.insert("product".into(), text("Warren"));
+    props.insert("version".into(), text(env!("CARGO_PKG_VERSION")));
+    props.insert("platform".into(), text("Rust"));
+    props.insert("cluster_name".into(), text("warren"));
+    props.insert(
+        "information".into(),
+        text("An AMQP 0-9-1 broker, a stand-in for RabbitMQ"),
+    );
+    props.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
+    props
+}
+
+/// Reads the next method on channel 0, skipping heartbeats.
+async fn next_method(io: &mut FrameIo) -> Result<AMQPClass, HandshakeError> {
+    loop {
+        match io.read_frame().await? {
+            None => return Err(HandshakeError::Closed),
+            Some(Frame::Heartbeat(_)) => continue,
+            Some(Frame::Method(0, Method::Other(class))) => return Ok(*class),
+            Some(_) => {
+                return Err(HandshakeError::Codec(CodecError::Protocol(
+                    ProtocolError::new(
+                        ReplyCode::CommandInvalid,
+                        "expected a connection method during the handshake",
+                    ),
+                )));
+            }
+        }
+    }
+}
+
+/// Sends `connection.close` with `error` and waits briefly for `close-ok`.
+async fn refuse(io: &mut FrameIo, error: ProtocolError) -> HandshakeError {
+    let mut out = BytesMut::new();
+    encode::method(&mut out, 0, &close_method(&error));
+    if io.write_all(&mut out).await.is_ok() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), io.read_frame()).await;
+    }
+    HandshakeError::Refused(error)
+}
+
+/// The `connection.close` that reports `error`.
+pub fn close_method(error: &ProtocolError) -> AMQPClass {
+    AMQPClass::Connection(c::AMQPMethod::Close(c::Close {
+        reply_code: error.code.code(),
+        reply_text: error.reply_text().into(),
+        class_id: error.class_id,
+        method_id: error.method_id,
+    }))
+}
+
+/// Extracts (user, password) from a SASL response.
+fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
+    match mechanism {
+        "PLAIN" => {
+            let mut parts = response.split(|b| *b == 0);
+            let _authzid = parts.next()?;
+            let user = std::str::from_utf8(parts.next()?).ok()?;
+            let pass = std::str::from_utf8(parts.next()?).ok()?;
+            Some((user.to_owned(), pass.to_owned()))
+        }
+        "AMQPLAIN" => {
+            // A field table without its length prefix (as clients send it).
+            let mut framed = Vec::with_capacity(response.len() + 4);
+            framed.extend_from_slice(&u32::try_from(response.len()).ok()?.to_be_bytes());
+            framed.extend_from_slice(response);
+            let (_, table) =
+                amqp_codec::amq_protocol::types::parsing::parse_field_table(&framed[..]).ok()?;
+            let text = |key: &str| match table.inner().get(key)? {
+                AMQPValue::LongString(s) => Some(s.to_string()),
+                AMQPValue::ShortString(s) => Some(s.to_string()),
+                _ => None,
+            };
+            Some((text("LOGIN")?, text("PASSWORD")?))
+        }
+        _ => None,
+    }
+}
+
+fn client_capability(props: &FieldTable, name: &str) -> bool {
+    match props.inner().get("capabilities") {
+        Some(AMQPValue::FieldTable(caps)) => {
+            matches!(caps.inner().get(name), Some(AMQPValue::Boolean(true)))
+        }
+        _ => false,
+    }
+}
+
+/// Runs the handshake after the protocol header was accepted.
+///
+/// # Errors
+/// See [`HandshakeError`]; refusals have already been sent to the client.
+pub async fn negotiate(
+    io: &mut FrameIo,
+    broker: &Broker,
+    peer: SocketAddr,
+) -> Result<Session, HandshakeError> {
+    let config = broker.config();
+    let mut out = BytesMut::new();
+    encode::method(
+        &mut out,
+        0,
+        &AMQPClass::Connection(c::AMQPMethod::Start(c::Start {
+            version_major: 0,
+            version_minor: 9,
+            server_properties: server_properties(),
+            mechanisms: "PLAIN AMQPLAIN".into(),
+            locales: "en_US".into(),
+        })),
+    );
+    io.write_all(&mut out).await?;
+
+    let AMQPClass::Connection(c::AMQPMethod::StartOk(start_ok)) = next_method(io).await? else {
+        return Err(refuse(
+            io,
+            ProtocolError::new(ReplyCode::CommandInvalid, "expected 'connection.start_ok'"),
+        )
+        .await);
+    };
+    let mechanism = start_ok.mechanism.as_str();
+    let auth_close = client_capability(&start_ok.client_properties, "authentication_failure_close");
+    let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
+    if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+        return Err(refuse(
+            io,
+            ProtocolError::new(
+                ReplyCode::AccessRefused,
+                format!("unsupported authentication mechanism '{mechanism}'"),
+            ),
+        )
+        .await);
+    }
+    let login = credentials(mechanism, start_ok.response.as_bytes());
+    let user = match login {
+        Some((user, pass)) if broker.authenticate(&user, &pass, peer.ip()) => user,
+        other => {
+            let user = other.map(|(u, _)| u).unwrap_or_default();
+            tracing::warn!(%user, mechanism, "login refused");
+            let error = ProtocolError::new(
+                ReplyCode::AccessRefused,
+                format!(
+                    "Login was refused using authentication mechanism {mechanism}. \
+                     For details see the broker logfile."
+                ),
+            );
+            if auth_close {
+                return Err(refuse(io, error).await);
+            }
+            return Err(HandshakeError::Refused(error));
+        }
+    };
+
+    encode::method(
+        &mut out,
+        0,
+        &AMQPClass::Connection(c::AMQPMethod::Tune(c::Tune {
+            channel_max: config.channel_max,
+            frame_max: config.frame_max,
+            heartbeat: config.heartbeat,
+        })),
+    );
+    io.write_all(&mut out).await?;
+    let AMQPClass::Connection(c::AMQPMethod::TuneOk(tune_ok)) = next_method(io).await? else {
+        return Err(refuse(
+            io,
+            ProtocolError::new(ReplyCode::CommandInvalid, "expected 'connection.tune_ok'"),
+        )
+        .await);
+    };
+    let negotiate = |client: u32, server: u32| match (client, server) {
+        (0, s) => s,
+        (c, 0) => c,
+        (c, s) => c.min(s),
+    };
+    let frame_max =
+        negotiate(tune_ok.frame_max, config.frame_max).max(amqp_codec::frame::FRAME_MIN_SIZE);
+    let channel_max = negotiate(
+        u32::from(tune_ok.channel_max),
+        u32::from(config.channel_max),
+    );
+    let channel_max = u16::try_from(channel_max).unwrap_or(u16::MAX);
+    io.decoder.set_frame_max(frame_max);
+
+    let AMQPClass::Connection(c::AMQPMethod::Open(open)) = next_method(io).await? else {
+        return Err(refuse(
+            io,
+            ProtocolError::new(ReplyCode::CommandInvalid, "expected 'connection.open'"),
+        )
+        .await);
+    };
+    let vhost_name = open.virtual_host.as_str();
+    let Some(vhost) = broker.vhost(vhost_name) else {
+        return Err(refuse(
+            io,
+            ProtocolError::new(
+                ReplyCode::NotAllowed,
+                format!("vhost {vhost_name} not found"),
+            )
+            .for_method(10, 40),
+        )
+        .await);
+    };
+    encode::method(
+        &mut out,
+        0,
+        &AMQPClass::Connection(c::AMQPMethod::OpenOk(c::OpenOk {})),
+    );
+    io.write_all(&mut out).await?;
+    Ok(Session {
+        user,
+        vhost,
+        frame_max,
+        channel_max,
+        heartbeat: tune_ok.heartbeat,
+        cancel_notify,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_and_amqplain_credentials_are_read() {
+        assert_eq!(
+            credentials("PLAIN", b"\0guest\0secret"),
+            Some(("guest".into(), "secret".into()))
+        );
+        assert_eq!(credentials("PLAIN", b"guest"), None);
+        let mut table = FieldTable::default();
+        table.insert("LOGIN".into(), AMQPValue::LongString("bob".into()));
+        table.insert("PASSWORD".into(), AMQPValue::LongString("pw".into()));
+        let (bytes, _) = cookie_factory::r#gen(
+            amqp_codec::amq_protocol::types::generation::gen_field_table(&table),
+            Vec::new(),
+        )
+        .expect("encode");
+        assert_eq!(
+            credentials("AMQPLAIN", &bytes[4..]),
+            Some(("bob".into(), "pw".into()))
+        );
+        assert_eq!(credentials("EXTERNAL", b""), None);
+    }
+}

@@ -1,0 +1,591 @@
+//! One client connection: handshake, then a loop that reads frames in large chunks and
+//! dispatches them to channels, delivers what queues left in its mailbox, sends
+//! heartbeats, and writes everything through one output buffer in batched writes.
+//!
+//! Reading and writing run in one task but never block each other: the loop selects
+//! over a read, a pending write, the mailbox and the heartbeat timer, so a client that
+//! is slow to read cannot stall the frames it sends us, and vice versa.
+
+mod handshake;
+mod io;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use amqp_codec::amq_protocol::protocol::{AMQPClass, channel as ch, connection as c};
+use amqp_codec::{CodecError, Frame, Method, ProtocolError, ReplyCode, encode};
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::broker::Broker;
+use crate::channel::{Channel, Context};
+use crate::queue::{ConnectionId, Mailbox, Outgoing, Queue};
+use crate::server::Shutdown;
+use crate::vhost::VHost;
+use handshake::{HandshakeError, Session, close_method};
+use io::{FrameIo, HeaderCheck, READ_CHUNK};
+
+/// Above this much unwritten output, the connection stops taking deliveries from its
+/// mailbox until the client reads: prefetch bounds the rest.
+const OUT_HIGH_WATER: usize = 1024 * 1024;
+
+/// How long a client gets to finish the handshake (RabbitMQ's `handshake_timeout`).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long to wait for `close-ok` after the server closed the connection.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Serves one client socket until it closes, fails, or the broker shuts down.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, shutdown: Shutdown) {
+    let id = broker.next_connection_id();
+    let span = info_span!("connection", id, %peer);
+    async move {
+        let _ = stream.set_nodelay(true);
+        let (reader, writer) = stream.into_split();
+        let mut io = FrameIo::new(reader, writer, broker.config().frame_max);
+        match io.check_protocol_header().await {
+            Ok(HeaderCheck::Accepted) => {}
+            Ok(HeaderCheck::Rejected) => {
+                info!("bad protocol header; answered with AMQP 0-9-1 and closed");
+                return;
+            }
+            Ok(HeaderCheck::Closed) | Err(_) => return,
+        }
+        let session = match tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            handshake::negotiate(&mut io, &broker, peer),
+        )
+        .await
+        {
+            Ok(Ok(session)) => session,
+            Ok(Err(HandshakeError::Refused(error))) => {
+                warn!(%error, "connection refused");
+                return;
+            }
+            Ok(Err(error)) => {
+                info!(%error, "handshake failed");
+                return;
+            }
+            Err(_) => {
+                info!("handshake timed out");
+                return;
+            }
+        };
+        info!(user = %session.user, vhost = %session.vhost.name(), "connection opened");
+        let mut connection = Connection::new(id, broker, session);
+        let reason = connection.run(&mut io, shutdown).await;
+        connection.release_resources();
+        info!(%reason, "connection closed");
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Why the connection loop ended.
+#[derive(Debug)]
+enum Ended {
+    ClientClosed,
+    ServerClosed(String),
+    SocketClosed,
+    SocketError(std::io::Error),
+    MissedHeartbeats(u16),
+}
+
+impl std::fmt::Display for Ended {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ended::ClientClosed => write!(f, "client sent connection.close"),
+            Ended::ServerClosed(text) => write!(f, "closed by the server: {text}"),
+            Ended::SocketClosed => write!(f, "client closed the socket"),
+            Ended::SocketError(e) => write!(f, "socket error: {e}"),
+            Ended::MissedHeartbeats(t) => {
+                write!(f, "missed heartbeats from client, timeout: {t}s")
+            }
+        }
+    }
+}
+
+/// Where the connection is in its life.
+enum Phase {
+    Open,
+    /// The server sent `connection.close`; waiting for `close-ok` until the deadline.
+    Closing(Instant, String),
+    /// Flush what is written, then end.
+    Done(Ended),
+}
+
+/// State shared by all channels of a connection: what a [`Context`] borrows.
+struct Shared {
+    broker: Arc<Broker>,
+    vhost: Arc<VHost>,
+    id: ConnectionId,
+    out: BytesMut,
+    frame_max: u32,
+    mailbox: Arc<Mailbox>,
+    exclusive_queues: Vec<Arc<Queue>>,
+    routed: Vec<Arc<Queue>>,
+    kicks: Vec<Arc<Queue>>,
+    confirms_due: Vec<u16>,
+    cancel_notify: bool,
+}
+
+impl Shared {
+    fn context(&mut self) -> Context<'_> {
+        Context {
+            broker: &self.broker,
+            vhost: &self.vhost,
+            connection: self.id,
+            out: &mut self.out,
+            frame_max: self.frame_max,
+            mailbox: &self.mailbox,
+            exclusive_queues: &mut self.exclusive_queues,
+            routed: &mut self.routed,
+            kicks: &mut self.kicks,
+            confirms_due: &mut self.confirms_due,
+            cancel_notify: self.cancel_notify,
+        }
+    }
+}
+
+struct Connection {
+    shared: Shared,
+    channels: Vec<Option<Channel>>,
+    channel_max: u16,
+    heartbeat: u16,
+    pending: Vec<Outgoing>,
+    phase: Phase,
+}
+
+impl Connection {
+    fn new(id: ConnectionId, broker: Arc<Broker>, session: Session) -> Self {
+        Self {
+            shared: Shared {
+                broker,
+                vhost: session.vhost,
+                id,
+                out: BytesMut::with_capacity(64 * 1024),
+                frame_max: session.frame_max,
+                mailbox: Arc::new(Mailbox::default()),
+                exclusive_queues: Vec::new(),
+                routed: Vec::new(),
+                kicks: Vec::new(),
+                confirms_due: Vec::new(),
+                cancel_notify: session.cancel_notify,
+            },
+            channels: Vec::new(),
+            channel_max: session.channel_max,
+            heartbeat: session.heartbeat,
+            pending: Vec::new(),
+            phase: Phase::Open,
+        }
+    }
+
+    async fn run(&mut self, io: &mut FrameIo, mut shutdown: Shutdown) -> Ended {
+        let beat = Duration::from_secs(u64::from(self.heartbeat.max(1)));
+        let mut ticker = tokio::time::interval_at(Instant::now() + beat / 2, beat / 2);
+        let mut last_read = Instant::now();
+        let mut wrote_since_tick = false;
+        loop {
+            if let Phase::Done(_) = self.phase {
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    io.writer.write_all(&self.shared.out).await?;
+                    io.writer.shutdown().await
+                })
+                .await;
+                let Phase::Done(ended) = std::mem::replace(&mut self.phase, Phase::Open) else {
+                    unreachable!("checked above")
+                };
+                return ended;
+            }
+            let closing_deadline = match &self.phase {
+                Phase::Closing(deadline, _) => Some(*deadline),
+                _ => None,
+            };
+            let take_deliveries =
+                self.shared.out.len() < OUT_HIGH_WATER && matches!(self.phase, Phase::Open);
+            io.rbuf.reserve(READ_CHUNK);
+            tokio::select! {
+                biased;
+                _ = shutdown.wait(), if matches!(self.phase, Phase::Open) => {
+                    self.close_connection(ProtocolError::new(
+                        ReplyCode::ConnectionForced,
+                        "broker forced connection closure with reason 'shutdown'",
+                    ));
+                }
+                written = io.writer.write_buf(&mut self.shared.out), if !self.shared.out.is_empty() => {
+                    match written {
+                        Ok(_) => wrote_since_tick = true,
+                        Err(e) => return Ended::SocketError(e),
+                    }
+                }
+                read = io.reader.read_buf(&mut io.rbuf) => {
+                    match read {
+                        Ok(0) => return Ended::SocketClosed,
+                        Ok(_) => {
+                            last_read = Instant::now();
+                            self.process_input(io);
+                        }
+                        Err(e) => return Ended::SocketError(e),
+                    }
+                }
+                () = self.shared.mailbox.wait(), if take_deliveries => {
+                    self.drain_mailbox();
+                }
+                _ = ticker.tick(), if self.heartbeat > 0 => {
+                    if last_read.elapsed() > beat * 2 {
+                        return Ended::MissedHeartbeats(self.heartbeat);
+                    }
+                    if !wrote_since_tick {
+                        encode::heartbeat(&mut self.shared.out);
+                    }
+                    wrote_since_tick = false;
+                }
+                () = sleep_until_opt(closing_deadline) => {
+                    if let Phase::Closing(_, text) = &self.phase {
+                        self.phase = Phase::Done(Ended::ServerClosed(text.clone()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes and handles every whole frame read so far, then does the work the batch
+    /// deferred (dispatch to consumers that regained credit, publisher confirms).
+    fn process_input(&mut self, io: &mut FrameIo) {
+        loop {
+            if let Phase::Done(_) = self.phase {
+                break;
+            }
+            match tokio_util::codec::Decoder::decode(&mut io.decoder, &mut io.rbuf) {
+                Ok(Some(frame)) => {
+                    if let Err(error) = self.handle_frame(frame) {
+                        self.close_connection(error);
+                    }
+                }
+                Ok(None) => break,
+                Err(CodecError::Protocol(error)) => {
+                    self.close_connection(error);
+                    break;
+                }
+                Err(CodecError::BadProtocolHeader) => {
+                    self.close_connection(ProtocolError::new(ReplyCode::FrameError, "bad frame"));
+                    break;
+                }
+                Err(CodecError::Io(e)) => {
+                    self.phase = Phase::Done(Ended::SocketError(e));
+                    break;
+                }
+            }
+        }
+        self.after_batch();
+    }
+
+    fn after_batch(&mut self) {
+        for queue in self.shared.kicks.drain(..) {
+            queue.kick();
+        }
+        for id in std::mem::take(&mut self.shared.confirms_due) {
+            if let Some(Some(channel)) = self.channels.get_mut(usize::from(id)) {
+                channel.flush_confirms(&mut self.shared.out);
+            }
+        }
+    }
+
+    /// Handles one frame; an error is a connection error.
+    fn handle_frame(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        if let Phase::Closing(..) = self.phase {
+            // Only the close handshake matters now.
+            return match frame {
+                Frame::Method(0, Method::Other(class)) => {
+                    match *class {
+                        AMQPClass::Connection(c::AMQPMethod::CloseOk(_)) => {
+                            self.phase = Phase::Done(Ended::ServerClosed(self.closing_text()));
+                        }
+                        AMQPClass::Connection(c::AMQPMethod::Close(_)) => {
+                            encode::method(
+                                &mut self.shared.out,
+                                0,
+                                &AMQPClass::Connection(c::AMQPMethod::CloseOk(c::CloseOk {})),
+                            );
+                            self.phase = Phase::Done(Ended::ServerClosed(self.closing_text()));
+                        }
+                        _ => {}
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            };
+        }
+        match frame {
+            Frame::Heartbeat(0) => Ok(()),
+            Frame::Heartbeat(_) => Err(ProtocolError::new(
+                ReplyCode::FrameError,
+                "heartbeat frame on a non-zero channel",
+            )),
+            Frame::Method(0, method) => self.connection_method(method),
+            Frame::Header(0, _) | Frame::Body(0, _) => Err(ProtocolError::new(
+                ReplyCode::UnexpectedFrame,
+                "content frame on channel 0",
+            )),
+            Frame::Method(id, method) => self.channel_method(id, method),
+            Frame::Header(id, header) => {
+                let shared = &mut self.shared;
+                let Some(Some(channel)) = self.channels.get_mut(usize::from(id)) else {
+                    return Err(expected_channel_open());
+                };
+                if channel.is_closing() {
+                    return Ok(());
+                }
+                let result = channel.handle_header(&mut shared.context(), header);
+                self.channel_result(id, result)
+            }
+            Frame::Body(id, payload) => {
+                let shared = &mut self.shared;
+                let Some(Some(channel)) = self.channels.get_mut(usize::from(id)) else {
+                    return Err(expected_channel_open());
+                };
+                if channel.is_closing() {
+                    return Ok(());
+                }
+                let result = channel.handle_body(&mut shared.context(), payload);
+                self.channel_result(id, result)
+            }
+        }
+    }
+
+    fn closing_text(&self) -> String {
+        match &self.phase {
+            Phase::Closing(_, text) => text.clone(),
+            _ => String::new(),
+        }
+    }
+
+    fn connection_method(&mut self, method: Method) -> Result<(), ProtocolError> {
+        let Method::Other(class) = method else {
+            return Err(ProtocolError::new(
+                ReplyCode::ChannelError,
+                "basic.publish on channel 0",
+            ));
+        };
+        match *class {
+            AMQPClass::Connection(c::AMQPMethod::Close(close)) => {
+                debug!(code = close.reply_code, text = %close.reply_text, "client closed the connection");
+                encode::method(
+                    &mut self.shared.out,
+                    0,
+                    &AMQPClass::Connection(c::AMQPMethod::CloseOk(c::CloseOk {})),
+                );
+                self.phase = Phase::Done(Ended::ClientClosed);
+                Ok(())
+            }
+            AMQPClass::Connection(c::AMQPMethod::CloseOk(_)) => Ok(()),
+            AMQPClass::Connection(c::AMQPMethod::Blocked(_) | c::AMQPMethod::Unblocked(_)) => {
+                Ok(())
+            }
+            AMQPClass::Connection(c::AMQPMethod::UpdateSecret(_)) => {
+                encode::method(
+                    &mut self.shared.out,
+                    0,
+                    &AMQPClass::Connection(c::AMQPMethod::UpdateSecretOk(c::UpdateSecretOk {})),
+                );
+                Ok(())
+            }
+            other => Err(ProtocolError::new(
+                ReplyCode::CommandInvalid,
+                format!(
+                    "method {}/{} is not valid on channel 0 of an open connection",
+                    other.get_amqp_class_id(),
+                    other.get_amqp_method_id()
+                ),
+            )
+            .for_method(other.get_amqp_class_id(), other.get_amqp_method_id())),
+        }
+    }
+
+    fn channel_method(&mut self, id: u16, method: Method) -> Result<(), ProtocolError> {
+        let slot = usize::from(id);
+        let open = matches!(self.channels.get(slot), Some(Some(_)));
+        if !open {
+            let Method::Other(class) = &method else {
+                return Err(expected_channel_open());
+            };
+            if !matches!(**class, AMQPClass::Channel(ch::AMQPMethod::Open(_))) {
+                return Err(expected_channel_open());
+            }
+            if id > self.channel_max {
+                return Err(ProtocolError::new(
+                    ReplyCode::NotAllowed,
+                    format!(
+                        "channel number {id} exceeds the negotiated channel_max {}",
+                        self.channel_max
+                    ),
+                )
+                .for_method(20, 10));
+            }
+            if self.channels.len() <= slot {
+                self.channels.resize_with(slot + 1, || None);
+            }
+            self.channels[slot] = Some(Channel::new(
+                id,
+                self.shared.broker.config().max_message_size,
+            ));
+            debug!(channel = id, "channel opened");
+            encode::method(
+                &mut self.shared.out,
+                id,
+                &AMQPClass::Channel(ch::AMQPMethod::OpenOk(ch::OpenOk {})),
+            );
+            return Ok(());
+        }
+        let shared = &mut self.shared;
+        let Some(Some(channel)) = self.channels.get_mut(slot) else {
+            return Err(expected_channel_open());
+        };
+        if let Method::Other(class) = &method {
+            match **class {
+                AMQPClass::Channel(ch::AMQPMethod::Close(_)) => {
+                    channel.close_resources(&mut shared.context());
+                    encode::method(
+                        &mut shared.out,
+                        id,
+                        &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+                    );
+                    self.channels[slot] = None;
+                    debug!(channel = id, "channel closed by the client");
+                    return Ok(());
+                }
+                AMQPClass::Channel(ch::AMQPMethod::CloseOk(_)) => {
+                    if channel.is_closing() {
+                        self.channels[slot] = None;
+                    }
+                    return Ok(());
+                }
+                _ => {}
+            }
+        }
+        if channel.is_closing() {
+            return Ok(());
+        }
+        let result = channel.handle_method(&mut shared.context(), method);
+        self.channel_result(id, result)
+    }
+
+    /// Turns a handler's error into a channel close (soft codes) or passes it up to close
+    /// the connection (hard codes).
+    fn channel_result(
+        &mut self,
+        id: u16,
+        result: Result<(), ProtocolError>,
+    ) -> Result<(), ProtocolError> {
+        let Err(error) = result else {
+            return Ok(());
+        };
+        if error.code.is_connection_error() {
+            return Err(error);
+        }
+        let shared = &mut self.shared;
+        if let Some(Some(channel)) = self.channels.get_mut(usize::from(id)) {
+            debug!(channel = id, %error, "closing channel");
+            channel.close_resources(&mut shared.context());
+            channel.mark_closing();
+            encode::method(
+                &mut shared.out,
+                id,
+                &AMQPClass::Channel(ch::AMQPMethod::Close(ch::Close {
+                    reply_code: error.code.code(),
+                    reply_text: error.reply_text().into(),
+                    class_id: error.class_id,
+                    method_id: error.method_id,
+                })),
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends `connection.close` and stops handling anything but the close handshake.
+    fn close_connection(&mut self, error: ProtocolError) {
+        if !matches!(self.phase, Phase::Open) {
+            return;
+        }
+        info!(%error, "closing connection");
+        encode::method(&mut self.shared.out, 0, &close_method(&error));
+        self.phase = Phase::Closing(Instant::now() + CLOSE_TIMEOUT, error.reply_text());
+    }
+
+    /// Writes the deliveries queues left in the mailbox; those for consumers that are gone
+    /// go back to their queues.
+    fn drain_mailbox(&mut self) {
+        self.shared.mailbox.drain_into(&mut self.pending);
+        let mut returned = Vec::new();
+        for item in self.pending.drain(..) {
+            match item {
+                Outgoing::Deliver {
+                    channel,
+                    consumer,
+                    queue,
+                    credit,
+                    message,
+                } => {
+                    let shared = &mut self.shared;
+                    let back = match self.channels.get_mut(usize::from(channel)) {
+                        Some(Some(ch)) => {
+                            ch.deliver(&mut shared.context(), consumer, queue, credit, message)
+                        }
+                        _ => {
+                            credit.release(1);
+                            Some((queue, message))
+                        }
+                    };
+                    if let Some(back) = back {
+                        returned.push(back);
+                    }
+                }
+                Outgoing::Cancelled { channel, consumer } => {
+                    let shared = &mut self.shared;
+                    if let Some(Some(ch)) = self.channels.get_mut(usize::from(channel)) {
+                        ch.consumer_cancelled(&mut shared.context(), consumer);
+                    }
+                }
+            }
+        }
+        crate::channel::requeue_all(returned);
+        self.after_batch();
+    }
+
+    /// Gives back everything the connection held: channels' consumers and unacked
+    /// deliveries, undelivered mailbox items, and its exclusive queues.
+    fn release_resources(&mut self) {
+        let shared = &mut self.shared;
+        for channel in self.channels.iter_mut().filter_map(Option::as_mut) {
+            channel.close_resources(&mut shared.context());
+        }
+        self.channels.clear();
+        self.shared.mailbox.drain_into(&mut self.pending);
+        let returned = self.pending.drain(..).filter_map(|item| match item {
+            Outgoing::Deliver { queue, message, .. } => Some((queue, message)),
+            Outgoing::Cancelled { .. } => None,
+        });
+        crate::channel::requeue_all(returned);
+        for queue in std::mem::take(&mut self.shared.exclusive_queues) {
+            self.shared.vhost.remove_queue(&queue);
+        }
+        for queue in self.shared.kicks.drain(..) {
+            queue.kick();
+        }
+    }
+}
+
+fn expected_channel_open() -> ProtocolError {
+    ProtocolError::new(ReplyCode::ChannelError, "expected 'channel.open'")
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

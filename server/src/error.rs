@@ -1,0 +1,110 @@
+//! The one place where broker failures become AMQP reply codes and RabbitMQ's texts.
+//!
+//! Handlers return [`AmqpError`]; the connection closes a channel for soft codes and the
+//! whole connection for hard ones (`ReplyCode::is_connection_error`).
+
+pub use amqp_codec::ProtocolError as AmqpError;
+use amqp_codec::ReplyCode;
+
+/// Result of a method handler.
+pub type AmqpResult<T> = Result<T, AmqpError>;
+
+/// 404: `no queue 'q' in vhost '/'`.
+pub fn no_queue(name: &str, vhost: &str) -> AmqpError {
+    AmqpError::new(
+        ReplyCode::NotFound,
+        format!("no queue '{name}' in vhost '{vhost}'"),
+    )
+}
+
+/// 404: `no exchange 'x' in vhost '/'`.
+pub fn no_exchange(name: &str, vhost: &str) -> AmqpError {
+    AmqpError::new(
+        ReplyCode::NotFound,
+        format!("no exchange '{name}' in vhost '{vhost}'"),
+    )
+}
+
+/// 405: another connection owns this exclusive queue.
+pub fn queue_locked(name: &str, vhost: &str) -> AmqpError {
+    AmqpError::new(
+        ReplyCode::ResourceLocked,
+        format!(
+            "cannot obtain exclusive access to locked queue '{name}' in vhost '{vhost}'. \
+             It could be originally declared on another connection or the exclusive property \
+             value does not match that of the original declaration."
+        ),
+    )
+}
+
+/// 406: a redeclaration that differs from what exists.
+pub fn inequivalent(
+    arg: &str,
+    kind: &str,
+    name: &str,
+    vhost: &str,
+    received: &str,
+    current: &str,
+) -> AmqpError {
+    AmqpError::new(
+        ReplyCode::PreconditionFailed,
+        format!(
+            "inequivalent arg '{arg}' for {kind} '{name}' in vhost '{vhost}': \
+             received '{received}' but current is '{current}'"
+        ),
+    )
+}
+
+/// 403: names starting `amq.` belong to the broker.
+pub fn reserved_name(kind: &str, name: &str) -> AmqpError {
+    AmqpError::new(
+        ReplyCode::AccessRefused,
+        format!("{kind} name '{name}' contains reserved prefix 'amq.*'"),
+    )
+}
+
+/// 403: the default exchange cannot be declared, bound, or deleted.
+pub fn default_exchange_forbidden() -> AmqpError {
+    AmqpError::new(
+        ReplyCode::AccessRefused,
+        "operation not permitted on the default exchange",
+    )
+}
+
+/// 406: an acknowledgement for a delivery tag the channel does not have.
+pub fn unknown_delivery_tag(tag: u64) -> AmqpError {
+    AmqpError::new(
+        ReplyCode::PreconditionFailed,
+        format!("unknown delivery tag {tag}"),
+    )
+}
+
+/// 406 with free text.
+pub fn precondition(text: impl Into<String>) -> AmqpError {
+    AmqpError::new(ReplyCode::PreconditionFailed, text)
+}
+
+/// 503: a method that is not valid in this state (a connection error).
+pub fn command_invalid(text: impl Into<String>) -> AmqpError {
+    AmqpError::new(ReplyCode::CommandInvalid, text)
+}
+
+/// 540: a feature RabbitMQ does not implement either (a connection error).
+pub fn not_implemented(text: impl Into<String>) -> AmqpError {
+    AmqpError::new(ReplyCode::NotImplemented, text)
+}
+
+/// 530: not allowed (a connection error).
+pub fn not_allowed(text: impl Into<String>) -> AmqpError {
+    AmqpError::new(ReplyCode::NotAllowed, text)
+}
+
+/// 504: a channel misuse (a connection error).
+pub fn channel_error(text: impl Into<String>) -> AmqpError {
+    AmqpError::new(ReplyCode::ChannelError, text)
+}
+
+/// 403 with free text.
+pub fn access_refused(text: impl Into<String>) -> AmqpError {
+    AmqpError::new(ReplyCode::AccessRefused, text)
+}

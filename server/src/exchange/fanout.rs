@@ -1,0 +1,68 @@
+//! The fanout exchange: a message goes to every bound queue, whatever its key.
+
+use std::sync::Arc;
+
+use amqp_codec::amq_protocol::types::FieldTable;
+
+use super::{Binding, Router};
+use crate::message::Message;
+use crate::queue::Queue;
+
+/// All bindings in one list.
+#[derive(Debug, Default)]
+pub struct FanoutRouter {
+    bindings: Vec<Binding>,
+}
+
+impl Router for FanoutRouter {
+    fn bind(&mut self, binding: Binding) -> bool {
+        if self.bindings.iter().any(|b| {
+            b.is(
+                binding.queue.name(),
+                &binding.routing_key,
+                &binding.arguments,
+            )
+        }) {
+            return false;
+        }
+        self.bindings.push(binding);
+        true
+    }
+
+    fn unbind(&mut self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool {
+        let before = self.bindings.len();
+        self.bindings
+            .retain(|b| !b.is(queue, routing_key, arguments));
+        before != self.bindings.len()
+    }
+
+    fn remove_queue(&mut self, queue: &str) {
+        self.bindings.retain(|b| b.queue.name() != queue);
+    }
+
+    fn route(&self, _message: &Message, out: &mut Vec<Arc<Queue>>) {
+        out.extend(self.bindings.iter().map(|b| b.queue.clone()));
+    }
+
+    fn len(&self) -> usize {
+        self.bindings.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn routes_to_every_queue() {
+        let mut r = FanoutRouter::default();
+        let a = queue("a");
+        let b = queue("b");
+        r.bind(binding(&a, "", FieldTable::default()));
+        r.bind(binding(&b, "ignored", FieldTable::default()));
+        let mut out = Vec::new();
+        r.route(&message("anything", bytes::Bytes::new()), &mut out);
+        assert_eq!(names(&out), ["a", "b"]);
+    }
+}

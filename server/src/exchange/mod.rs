@@ -1,0 +1,253 @@
+//! Exchanges: routing a message to the queues bound to it. One file per exchange type,
+//! each a [`Router`] over its bindings; routing is pure, over names and headers.
+
+mod direct;
+mod fanout;
+mod headers;
+mod topic;
+
+use std::sync::Arc;
+
+use amqp_codec::ShortStr;
+use amqp_codec::amq_protocol::types::FieldTable;
+use parking_lot::RwLock;
+
+use crate::message::Message;
+use crate::queue::Queue;
+
+/// The exchange types Warren routes by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    /// Exact routing-key match.
+    Direct,
+    /// Every bound queue.
+    Fanout,
+    /// Dotted words with `*` (one word) and `#` (zero or more words).
+    Topic,
+    /// Header values with `x-match` all or any.
+    Headers,
+}
+
+impl ExchangeKind {
+    /// The kind named in `exchange.declare`, if known.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "direct" => Some(Self::Direct),
+            "fanout" => Some(Self::Fanout),
+            "topic" => Some(Self::Topic),
+            "headers" => Some(Self::Headers),
+            _ => None,
+        }
+    }
+
+    /// The type name as declared.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Fanout => "fanout",
+            Self::Topic => "topic",
+            Self::Headers => "headers",
+        }
+    }
+
+    fn router(self) -> Box<dyn Router> {
+        match self {
+            Self::Direct => Box::<direct::DirectRouter>::default(),
+            Self::Fanout => Box::<fanout::FanoutRouter>::default(),
+            Self::Topic => Box::<topic::TopicRouter>::default(),
+            Self::Headers => Box::<headers::HeadersRouter>::default(),
+        }
+    }
+}
+
+/// A binding from an exchange to a queue.
+#[derive(Debug, Clone)]
+pub struct Binding {
+    /// The destination queue.
+    pub queue: Arc<Queue>,
+    /// The binding key.
+    pub routing_key: String,
+    /// Binding arguments (used by the headers exchange).
+    pub arguments: FieldTable,
+}
+
+impl Binding {
+    /// Whether this is the binding named by (queue, key, arguments).
+    pub fn is(&self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool {
+        self.queue.name() == queue
+            && self.routing_key == routing_key
+            && &self.arguments == arguments
+    }
+}
+
+/// The routing table of one exchange type.
+pub trait Router: Send + Sync + std::fmt::Debug {
+    /// Adds a binding; false if an identical one exists.
+    fn bind(&mut self, binding: Binding) -> bool;
+    /// Removes a binding; false if there was none.
+    fn unbind(&mut self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool;
+    /// Removes every binding to `queue`.
+    fn remove_queue(&mut self, queue: &str);
+    /// Appends the queues `message` goes to (possibly with duplicates).
+    fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>);
+    /// Number of bindings.
+    fn len(&self) -> usize;
+}
+
+/// The declared properties of an exchange, compared on redeclaration.
+#[derive(Debug, Clone)]
+pub struct ExchangeSettings {
+    /// Routing type.
+    pub kind: ExchangeKind,
+    /// Survives a restart.
+    pub durable: bool,
+    /// Deleted when its last binding goes.
+    pub auto_delete: bool,
+    /// Not publishable by clients.
+    pub internal: bool,
+    /// Optional arguments.
+    pub arguments: FieldTable,
+}
+
+/// An exchange and its bindings.
+#[derive(Debug)]
+pub struct Exchange {
+    name: ShortStr,
+    settings: ExchangeSettings,
+    router: RwLock<Box<dyn Router>>,
+}
+
+impl Exchange {
+    /// A new exchange with no bindings.
+    pub fn new(name: ShortStr, settings: ExchangeSettings) -> Self {
+        let router = RwLock::new(settings.kind.router());
+        Self {
+            name,
+            settings,
+            router,
+        }
+    }
+
+    /// The exchange's name.
+    pub fn name(&self) -> &ShortStr {
+        &self.name
+    }
+
+    /// Its declared settings.
+    pub fn settings(&self) -> &ExchangeSettings {
+        &self.settings
+    }
+
+    /// Adds a binding; false if it existed.
+    pub fn bind(&self, binding: Binding) -> bool {
+        self.router.write().bind(binding)
+    }
+
+    /// Removes a binding; false if there was none.
+    pub fn unbind(&self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool {
+        self.router.write().unbind(queue, routing_key, arguments)
+    }
+
+    /// Removes every binding to a deleted queue.
+    pub fn remove_queue(&self, queue: &str) {
+        self.router.write().remove_queue(queue);
+    }
+
+    /// Whether any binding exists (for `if-unused` deletes).
+    pub fn has_bindings(&self) -> bool {
+        self.router.read().len() > 0
+    }
+
+    /// Appends each queue `message` goes to once.
+    pub fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>) {
+        let start = out.len();
+        self.router.read().route(message, out);
+        if out.len() - start > 1 {
+            let routed = &mut out[start..];
+            routed.sort_unstable_by_key(|q| Arc::as_ptr(q));
+            let mut kept = start + 1;
+            for i in start + 1..out.len() {
+                if !Arc::ptr_eq(&out[i], &out[kept - 1]) {
+                    out.swap(i, kept);
+                    kept += 1;
+                }
+            }
+            out.truncate(kept);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::*;
+    use crate::queue::QueueSettings;
+    use bytes::Bytes;
+
+    pub fn queue(name: &str) -> Arc<Queue> {
+        Arc::new(Queue::new(
+            name.into(),
+            "/",
+            QueueSettings {
+                durable: false,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: FieldTable::default(),
+            },
+        ))
+    }
+
+    pub fn binding(queue: &Arc<Queue>, key: &str, arguments: FieldTable) -> Binding {
+        Binding {
+            queue: queue.clone(),
+            routing_key: key.into(),
+            arguments,
+        }
+    }
+
+    pub fn message(key: &str, properties: Bytes) -> Message {
+        Message {
+            exchange: "x".into(),
+            routing_key: key.into(),
+            properties,
+            body: Bytes::new(),
+        }
+    }
+
+    pub fn names(out: &[Arc<Queue>]) -> Vec<String> {
+        let mut names: Vec<String> = out.iter().map(|q| q.name().to_string()).collect();
+        names.sort();
+        names
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+
+    #[test]
+    fn a_queue_bound_twice_gets_one_copy() {
+        let ex = Exchange::new(
+            "x".into(),
+            ExchangeSettings {
+                kind: ExchangeKind::Topic,
+                durable: false,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::default(),
+            },
+        );
+        let q = queue("q");
+        let other = queue("other");
+        assert!(ex.bind(binding(&q, "a.*", FieldTable::default())));
+        assert!(ex.bind(binding(&q, "#", FieldTable::default())));
+        assert!(ex.bind(binding(&other, "a.b", FieldTable::default())));
+        assert!(!ex.bind(binding(&q, "#", FieldTable::default())));
+        let mut out = Vec::new();
+        ex.route(
+            &message("a.b", bytes::Bytes::from_static(&[0, 0])),
+            &mut out,
+        );
+        assert_eq!(names(&out), ["other", "q"]);
+    }
+}

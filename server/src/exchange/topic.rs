@@ -1,0 +1,121 @@
+//! The topic exchange: dotted routing keys matched against binding patterns, where `*`
+//! stands for exactly one word and `#` for zero or more.
+
+use std::sync::Arc;
+
+use amqp_codec::amq_protocol::types::FieldTable;
+
+use super::{Binding, Router};
+use crate::message::Message;
+use crate::queue::Queue;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Word {
+    Literal(String),
+    One,
+    Many,
+}
+
+fn parse_pattern(pattern: &str) -> Vec<Word> {
+    pattern
+        .split('.')
+        .map(|w| match w {
+            "*" => Word::One,
+            "#" => Word::Many,
+            w => Word::Literal(w.to_owned()),
+        })
+        .collect()
+}
+
+/// Whether `words` (a routing key split on dots) matches `pattern`.
+fn matches(pattern: &[Word], words: &[&str]) -> bool {
+    match pattern.split_first() {
+        None => words.is_empty(),
+        Some((Word::Many, rest)) => {
+            // `#` takes 0..=n words; collapse repeated `#`s first.
+            (0..=words.len()).any(|taken| matches(rest, &words[taken..]))
+        }
+        Some((Word::One, rest)) => !words.is_empty() && matches(rest, &words[1..]),
+        Some((Word::Literal(lit), rest)) => {
+            words.first().is_some_and(|w| w == lit) && matches(rest, &words[1..])
+        }
+    }
+}
+
+/// Bindings with their patterns parsed once, at bind time.
+#[derive(Debug, Default)]
+pub struct TopicRouter {
+    bindings: Vec<(Vec<Word>, Binding)>,
+}
+
+impl Router for TopicRouter {
+    fn bind(&mut self, binding: Binding) -> bool {
+        if self.bindings.iter().any(|(_, b)| {
+            b.is(
+                binding.queue.name(),
+                &binding.routing_key,
+                &binding.arguments,
+            )
+        }) {
+            return false;
+        }
+        self.bindings
+            .push((parse_pattern(&binding.routing_key), binding));
+        true
+    }
+
+    fn unbind(&mut self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool {
+        let before = self.bindings.len();
+        self.bindings
+            .retain(|(_, b)| !b.is(queue, routing_key, arguments));
+        before != self.bindings.len()
+    }
+
+    fn remove_queue(&mut self, queue: &str) {
+        self.bindings.retain(|(_, b)| b.queue.name() != queue);
+    }
+
+    fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>) {
+        let words: Vec<&str> = message.routing_key.split('.').collect();
+        for (pattern, binding) in &self.bindings {
+            if matches(pattern, &words) {
+                out.push(binding.queue.clone());
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.bindings.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pattern: &str, key: &str) -> bool {
+        let words: Vec<&str> = key.split('.').collect();
+        matches(&parse_pattern(pattern), &words)
+    }
+
+    #[test]
+    fn star_is_one_word_and_hash_any_number() {
+        assert!(m("a.*.c", "a.b.c"));
+        assert!(!m("a.*.c", "a.c"));
+        assert!(!m("a.*", "a.b.c"));
+        assert!(m("a.#", "a"));
+        assert!(m("a.#", "a.b.c"));
+        assert!(m("#", ""));
+        assert!(m("#", "x.y"));
+        assert!(m("#.c", "c"));
+        assert!(m("a.#.c", "a.c"));
+        assert!(m("a.#.c", "a.b.b.c"));
+        assert!(!m("a.#.c", "a.b.d"));
+        assert!(m("*.#", "x"));
+        assert!(!m("*", ""));
+        assert!(m("", ""));
+        assert!(m("a.b", "a.b"));
+        assert!(!m("a.b", "a.bb"));
+        assert!(m("#.#", "a.b"));
+    }
+}

@@ -1,0 +1,36 @@
+//! Server-generated names: `amq.gen-…` queues and `amq.ctag-…` consumer tags, random
+//! like RabbitMQ's so they never collide across restarts.
+
+use rand::Rng;
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+fn random_suffix() -> String {
+    let mut rng = rand::rng();
+    (0..22)
+        .map(|_| char::from(ALPHABET[rng.random_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+/// A name for a queue declared with an empty name.
+pub fn server_queue_name() -> String {
+    format!("amq.gen-{}", random_suffix())
+}
+
+/// A tag for a consumer started with an empty tag.
+pub fn server_consumer_tag() -> String {
+    format!("amq.ctag-{}", random_suffix())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_have_rabbitmq_prefixes_and_differ() {
+        let a = server_queue_name();
+        assert!(a.starts_with("amq.gen-") && a.len() == 30);
+        assert_ne!(a, server_queue_name());
+        assert!(server_consumer_tag().starts_with("amq.ctag-"));
+    }
+}

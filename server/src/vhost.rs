@@ -1,0 +1,374 @@
+//! A virtual host: the registry of its exchanges and queues and the bindings between
+//! them, with RabbitMQ's rules for declaring, binding and deleting.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use amqp_codec::ShortStr;
+use amqp_codec::amq_protocol::types::FieldTable;
+use parking_lot::RwLock;
+
+use crate::error::{self, AmqpResult};
+use crate::exchange::{Binding, Exchange, ExchangeKind, ExchangeSettings};
+use crate::message::Message;
+use crate::queue::{ConnectionId, Queue, QueueSettings};
+
+/// What `queue.declare` asks for.
+#[derive(Debug, Clone)]
+pub struct QueueDeclare {
+    /// Queue name (already generated when the client left it empty).
+    pub name: ShortStr,
+    /// Only check that it exists.
+    pub passive: bool,
+    /// Survive restarts.
+    pub durable: bool,
+    /// Owned by the declaring connection.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Optional arguments.
+    pub arguments: FieldTable,
+}
+
+/// A virtual host's registry.
+#[derive(Debug)]
+pub struct VHost {
+    name: String,
+    exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
+    queues: RwLock<HashMap<String, Arc<Queue>>>,
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b { "true" } else { "false" }
+}
+
+impl VHost {
+    /// A vhost with RabbitMQ's predeclared exchanges.
+    pub fn new(name: &str) -> Self {
+        let vhost = Self {
+            name: name.to_owned(),
+            exchanges: RwLock::default(),
+            queues: RwLock::default(),
+        };
+        for (exchange, kind) in [
+            ("amq.direct", ExchangeKind::Direct),
+            ("amq.fanout", ExchangeKind::Fanout),
+            ("amq.topic", ExchangeKind::Topic),
+            ("amq.headers", ExchangeKind::Headers),
+            ("amq.match", ExchangeKind::Headers),
+        ] {
+            vhost.exchanges.write().insert(
+                exchange.to_owned(),
+                Arc::new(Exchange::new(
+                    exchange.into(),
+                    ExchangeSettings {
+                        kind,
+                        durable: true,
+                        auto_delete: false,
+                        internal: false,
+                        arguments: FieldTable::default(),
+                    },
+                )),
+            );
+        }
+        vhost
+    }
+
+    /// The vhost's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Looks up an exchange.
+    ///
+    /// # Errors
+    /// 404 if it does not exist.
+    pub fn exchange(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
+        self.exchanges
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| error::no_exchange(name, &self.name))
+    }
+
+    /// Declares (or, if passive, checks) an exchange.
+    ///
+    /// # Errors
+    /// 403 for the default exchange or a new `amq.` name, 404 for a passive miss,
+    /// 406 when an existing exchange differs.
+    pub fn declare_exchange(
+        &self,
+        name: &str,
+        passive: bool,
+        settings: ExchangeSettings,
+    ) -> AmqpResult<()> {
+        if name.is_empty() {
+            return Err(error::default_exchange_forbidden());
+        }
+        if passive {
+            return self.exchange(name).map(|_| ());
+        }
+        let mut exchanges = self.exchanges.write();
+        if let Some(existing) = exchanges.get(name) {
+            let current = existing.settings();
+            let mismatch = |arg: &str, received: &str, current: &str| {
+                Err(error::inequivalent(
+                    arg, "exchange", name, &self.name, received, current,
+                ))
+            };
+            if current.kind != settings.kind {
+                return mismatch("type", settings.kind.as_str(), current.kind.as_str());
+            }
+            if current.durable != settings.durable {
+                return mismatch("durable", yes_no(settings.durable), yes_no(current.durable));
+            }
+            if current.auto_delete != settings.auto_delete {
+                return mismatch(
+                    "auto_delete",
+                    yes_no(settings.auto_delete),
+                    yes_no(current.auto_delete),
+                );
+            }
+            if current.internal != settings.internal {
+                return mismatch(
+                    "internal",
+                    yes_no(settings.internal),
+                    yes_no(current.internal),
+                );
+            }
+            return Ok(());
+        }
+        if name.starts_with("amq.") {
+            return Err(error::reserved_name("exchange", name));
+        }
+        exchanges.insert(
+            name.to_owned(),
+            Arc::new(Exchange::new(name.into(), settings)),
+        );
+        Ok(())
+    }
+
+    /// Deletes an exchange; a missing one is not an error.
+    ///
+    /// # Errors
+    /// 403 for the default and `amq.` exchanges, 406 if `if_unused` and it has bindings.
+    pub fn delete_exchange(&self, name: &str, if_unused: bool) -> AmqpResult<()> {
+        if name.is_empty() {
+            return Err(error::default_exchange_forbidden());
+        }
+        if name.starts_with("amq.") {
+            return Err(error::access_refused(format!(
+                "deletion of system exchange '{name}' is not allowed"
+            )));
+        }
+        let mut exchanges = self.exchanges.write();
+        if let Some(existing) = exchanges.get(name) {
+            if if_unused && existing.has_bindings() {
+                return Err(error::precondition(format!(
+                    "exchange '{name}' in vhost '{}' in use",
+                    self.name
+                )));
+            }
+            exchanges.remove(name);
+        }
+        Ok(())
+    }
+
+    /// Looks up a queue that connection `conn` may use.
+    ///
+    /// # Errors
+    /// 404 if it does not exist, 405 if another connection owns it.
+    pub fn queue(&self, name: &str, conn: ConnectionId) -> AmqpResult<Arc<Queue>> {
+        let queue = self
+            .queues
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| error::no_queue(name, &self.name))?;
+        queue.check_access(conn)?;
+        Ok(queue)
+    }
+
+    /// Declares (or, if passive, checks) a queue for connection `conn`; returns it and
+    /// whether it was created.
+    ///
+    /// # Errors
+    /// 403 for a new `amq.` name, 404 for a passive miss, 405 if another connection owns
+    /// it, 406 when an existing queue differs.
+    pub fn declare_queue(
+        &self,
+        declare: QueueDeclare,
+        conn: ConnectionId,
+    ) -> AmqpResult<(Arc<Queue>, bool)> {
+        if declare.passive {
+            return self.queue(&declare.name, conn).map(|q| (q, false));
+        }
+        let mut queues = self.queues.write();
+        if let Some(existing) = queues.get(&*declare.name) {
+            existing.check_access(conn)?;
+            let current = existing.settings();
+            if current.exclusive_owner.is_some() != declare.exclusive {
+                return Err(error::queue_locked(&declare.name, &self.name));
+            }
+            let durable = declare.durable && !declare.exclusive;
+            if current.durable != durable {
+                return Err(error::inequivalent(
+                    "durable",
+                    "queue",
+                    &declare.name,
+                    &self.name,
+                    yes_no(durable),
+                    yes_no(current.durable),
+                ));
+            }
+            if current.auto_delete != declare.auto_delete {
+                return Err(error::inequivalent(
+                    "auto_delete",
+                    "queue",
+                    &declare.name,
+                    &self.name,
+                    yes_no(declare.auto_delete),
+                    yes_no(current.auto_delete),
+                ));
+            }
+            return Ok((existing.clone(), false));
+        }
+        if declare.name.starts_with("amq.") {
+            return Err(error::reserved_name("queue", &declare.name));
+        }
+        let queue = Arc::new(Queue::new(
+            declare.name.clone(),
+            &self.name,
+            QueueSettings {
+                durable: declare.durable && !declare.exclusive,
+                exclusive_owner: declare.exclusive.then_some(conn),
+                auto_delete: declare.auto_delete,
+                arguments: declare.arguments,
+            },
+        ));
+        queues.insert(declare.name.to_string(), queue.clone());
+        Ok((queue, true))
+    }
+
+    /// Deletes a queue and its bindings; returns its ready message count, or 0 if it did
+    /// not exist.
+    ///
+    /// # Errors
+    /// 405 if another connection owns it, 406 for `if_unused`/`if_empty` violations.
+    pub fn delete_queue(
+        &self,
+        name: &str,
+        conn: ConnectionId,
+        if_unused: bool,
+        if_empty: bool,
+    ) -> AmqpResult<u32> {
+        let queue = {
+            let mut queues = self.queues.write();
+            let Some(queue) = queues.get(name) else {
+                return Ok(0);
+            };
+            queue.check_access(conn)?;
+            if if_unused && queue.consumer_count() > 0 {
+                return Err(error::precondition(format!(
+                    "queue '{name}' in vhost '{}' in use",
+                    self.name
+                )));
+            }
+            if if_empty && queue.message_count() > 0 {
+                return Err(error::precondition(format!(
+                    "queue '{name}' in vhost '{}' is not empty",
+                    self.name
+                )));
+            }
+            queues.remove(name)
+        };
+        Ok(queue.map_or(0, |q| self.forget_queue(&q)))
+    }
+
+    /// Deletes `queue` if it is still registered (exclusive and auto-delete clean-up).
+    pub fn remove_queue(&self, queue: &Arc<Queue>) {
+        let removed = {
+            let mut queues = self.queues.write();
+            match queues.get(&**queue.name()) {
+                Some(q) if Arc::ptr_eq(q, queue) => queues.remove(&**queue.name()),
+                _ => None,
+            }
+        };
+        if let Some(q) = removed {
+            self.forget_queue(&q);
+        }
+    }
+
+    fn forget_queue(&self, queue: &Arc<Queue>) -> u32 {
+        for exchange in self.exchanges.read().values() {
+            exchange.remove_queue(queue.name());
+        }
+        queue.delete()
+    }
+
+    /// Binds a queue to an exchange.
+    ///
+    /// # Errors
+    /// 403 for the default exchange, 404 for a missing queue or exchange, 405 for another
+    /// connection's exclusive queue.
+    pub fn bind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+        conn: ConnectionId,
+    ) -> AmqpResult<()> {
+        let queue = self.queue(queue, conn)?;
+        if exchange.is_empty() {
+            return Err(error::default_exchange_forbidden());
+        }
+        let exchange = self.exchange(exchange)?;
+        exchange.bind(Binding {
+            queue,
+            routing_key: routing_key.to_owned(),
+            arguments,
+        });
+        Ok(())
+    }
+
+    /// Removes a binding; a missing binding is not an error.
+    ///
+    /// # Errors
+    /// As for [`VHost::bind`].
+    pub fn unbind(
+        &self,
+        queue: &str,
+        exchange: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+        conn: ConnectionId,
+    ) -> AmqpResult<()> {
+        let queue = self.queue(queue, conn)?;
+        if exchange.is_empty() {
+            return Err(error::default_exchange_forbidden());
+        }
+        let exchange = self.exchange(exchange)?;
+        exchange.unbind(queue.name(), routing_key, arguments);
+        Ok(())
+    }
+
+    /// Appends the queues a message published to `exchange` goes to, each once.
+    ///
+    /// # Errors
+    /// 404 if the exchange does not exist.
+    pub fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>) -> AmqpResult<()> {
+        if message.exchange.is_empty() {
+            if let Some(queue) = self.queues.read().get(&*message.routing_key) {
+                out.push(queue.clone());
+            }
+            return Ok(());
+        }
+        let exchanges = self.exchanges.read();
+        let exchange = exchanges
+            .get(&*message.exchange)
+            .ok_or_else(|| error::no_exchange(&message.exchange, &self.name))?;
+        exchange.route(message, out);
+        Ok(())
+    }
+}
