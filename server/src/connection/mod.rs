@@ -222,6 +222,9 @@ impl Connection {
                         Err(e) => return Ended::SocketError(e),
                     }
                 }
+                () = self.shared.mailbox.wait(), if take_deliveries => {
+                    self.drain_mailbox();
+                }
                 read = io.reader.read_buf(&mut io.rbuf) => {
                     match read {
                         Ok(0) => return Ended::SocketClosed,
@@ -231,9 +234,6 @@ impl Connection {
                         }
                         Err(e) => return Ended::SocketError(e),
                     }
-                }
-                () = self.shared.mailbox.wait(), if take_deliveries => {
-                    self.drain_mailbox();
                 }
                 _ = ticker.tick(), if self.heartbeat > 0 => {
                     if last_read.elapsed() > beat * 2 {
