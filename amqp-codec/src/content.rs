@@ -135,7 +135,8 @@ impl ContentAssembler {
             None => *first = Some(payload),
             Some(head) => {
                 if rest.is_empty() {
-                    rest.reserve(*body_size);
+                    // Grow with what arrives, never by the size the peer announced.
+                    rest.reserve(head.len() + payload.len());
                     rest.extend_from_slice(head);
                 }
                 rest.extend_from_slice(&payload);
@@ -206,7 +207,10 @@ mod tests {
         a.header(header(5)).expect("header");
         assert_eq!(a.body(Bytes::from_static(b"ab")).expect("body"), None);
         assert_eq!(a.body(Bytes::from_static(b"cd")).expect("body"), None);
-        let c = a.body(Bytes::from_static(b"e")).expect("body").expect("done");
+        let c = a
+            .body(Bytes::from_static(b"e"))
+            .expect("body")
+            .expect("done");
         assert_eq!(&c.body[..], b"abcde");
     }
 
@@ -226,7 +230,9 @@ mod tests {
             ReplyCode::UnexpectedFrame
         );
         assert_eq!(
-            a.body(Bytes::from_static(b"x")).expect_err("no header").code,
+            a.body(Bytes::from_static(b"x"))
+                .expect_err("no header")
+                .code,
             ReplyCode::UnexpectedFrame
         );
         a.start(publish()).expect("idle");
@@ -242,7 +248,9 @@ mod tests {
         a.start(publish()).expect("idle");
         a.header(header(2)).expect("header");
         assert_eq!(
-            a.body(Bytes::from_static(b"xyz")).expect_err("too long").code,
+            a.body(Bytes::from_static(b"xyz"))
+                .expect_err("too long")
+                .code,
             ReplyCode::FrameError
         );
     }

@@ -7,8 +7,8 @@ use tokio_util::codec::Decoder;
 
 use crate::error::{CodecError, ProtocolError};
 use crate::frame::{
-    CLASS_BASIC, ContentHeader, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT,
-    FRAME_METHOD, FRAME_OVERHEAD, Frame, Method, PROTOCOL_HEADER, Publish,
+    CLASS_BASIC, ContentHeader, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
+    FRAME_OVERHEAD, Frame, Method, PROTOCOL_HEADER, Publish,
 };
 use crate::properties::PropertiesView;
 use crate::reply::ReplyCode;
@@ -141,8 +141,11 @@ pub fn parse_method(payload: Bytes) -> Result<Method, ProtocolError> {
         )
         .for_method(class_id, method_id));
     }
+    if !crate::table::check_method_tables(&payload) {
+        return Err(syntax_error(class_id, method_id));
+    }
     match parse_class(&payload[..]) {
-        Ok((rest, class)) if rest.is_empty() => Ok(Method::Other(Box::new(class))),
+        Ok((&[], class)) => Ok(Method::Other(Box::new(class))),
         _ => Err(syntax_error(class_id, method_id)),
     }
 }
@@ -338,6 +341,9 @@ mod tests {
         }));
         encode::method(&mut out, 1, &declare);
         let frames = decode_all(&out).expect("decodes");
-        assert_eq!(frames, vec![Frame::Method(1, Method::Other(Box::new(declare)))]);
+        assert_eq!(
+            frames,
+            vec![Frame::Method(1, Method::Other(Box::new(declare)))]
+        );
     }
 }

@@ -7,6 +7,7 @@
 //! - [`encode`]: writing methods, content and deliveries into an output buffer.
 //! - [`content`]: assembling publish → header → bodies into one message.
 //! - [`properties`]: reading the few content properties a broker needs without decoding all.
+//! - [`table`]: bounded-depth checks of field tables before they are decoded.
 //!
 //! Nothing here touches a socket: every function works on byte buffers, so all of it is
 //! unit- and property-tested on plain slices.
@@ -18,6 +19,7 @@ pub mod error;
 pub mod frame;
 pub mod properties;
 pub mod reply;
+pub mod table;
 
 pub use amq_protocol;
 pub use content::{Content, ContentAssembler};

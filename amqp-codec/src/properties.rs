@@ -81,6 +81,11 @@ impl<'a> PropertiesView<'a> {
         if end != raw.len() {
             return Err(malformed());
         }
+        if let Some(headers) = view.raw(Property::Headers)
+            && crate::table::check_table(headers).is_none()
+        {
+            return Err(malformed());
+        }
         Ok(view)
     }
 
@@ -157,7 +162,10 @@ impl<'a> PropertiesView<'a> {
 }
 
 fn malformed() -> ProtocolError {
-    ProtocolError::new(ReplyCode::SyntaxError, "malformed content header properties")
+    ProtocolError::new(
+        ReplyCode::SyntaxError,
+        "malformed content header properties",
+    )
 }
 
 /// Encodes properties with `amq-protocol`, for messages the broker itself creates.

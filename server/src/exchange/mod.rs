@@ -92,6 +92,10 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>);
     /// Number of bindings.
     fn len(&self) -> usize;
+    /// Whether there are no bindings.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// The declared properties of an exchange, compared on redeclaration.
@@ -155,7 +159,7 @@ impl Exchange {
 
     /// Whether any binding exists (for `if-unused` deletes).
     pub fn has_bindings(&self) -> bool {
-        self.router.read().len() > 0
+        !self.router.read().is_empty()
     }
 
     /// Appends each queue `message` goes to once.
@@ -164,7 +168,7 @@ impl Exchange {
         self.router.read().route(message, out);
         if out.len() - start > 1 {
             let routed = &mut out[start..];
-            routed.sort_unstable_by_key(|q| Arc::as_ptr(q));
+            routed.sort_unstable_by_key(Arc::as_ptr);
             let mut kept = start + 1;
             for i in start + 1..out.len() {
                 if !Arc::ptr_eq(&out[i], &out[kept - 1]) {

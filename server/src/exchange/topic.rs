@@ -16,9 +16,18 @@ enum Word {
     Many,
 }
 
+/// Splits a key into words; the empty key has none (as in RabbitMQ).
+fn words(key: &str) -> Vec<&str> {
+    if key.is_empty() {
+        Vec::new()
+    } else {
+        key.split('.').collect()
+    }
+}
+
 fn parse_pattern(pattern: &str) -> Vec<Word> {
-    pattern
-        .split('.')
+    words(pattern)
+        .into_iter()
         .map(|w| match w {
             "*" => Word::One,
             "#" => Word::Many,
@@ -76,7 +85,7 @@ impl Router for TopicRouter {
     }
 
     fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>) {
-        let words: Vec<&str> = message.routing_key.split('.').collect();
+        let words = words(&message.routing_key);
         for (pattern, binding) in &self.bindings {
             if matches(pattern, &words) {
                 out.push(binding.queue.clone());
@@ -94,8 +103,7 @@ mod tests {
     use super::*;
 
     fn m(pattern: &str, key: &str) -> bool {
-        let words: Vec<&str> = key.split('.').collect();
-        matches(&parse_pattern(pattern), &words)
+        matches(&parse_pattern(pattern), &words(key))
     }
 
     #[test]
