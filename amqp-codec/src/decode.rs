@@ -141,6 +141,18 @@ pub fn parse_method(payload: Bytes) -> Result<Method, ProtocolError> {
         )
         .for_method(class_id, method_id));
     }
+    // amq-protocol drops basic.qos's prefetch_size; RabbitMQ refuses any but 0.
+    if (class_id, method_id) == (CLASS_BASIC, 10)
+        && let Some(size) = payload.get(4..8)
+        && size != [0, 0, 0, 0]
+    {
+        let size = u32::from_be_bytes([size[0], size[1], size[2], size[3]]);
+        return Err(ProtocolError::new(
+            ReplyCode::NotImplemented,
+            format!("prefetch_size!=0 ({size})"),
+        )
+        .for_method(class_id, method_id));
+    }
     if !crate::table::check_method_tables(&payload) {
         return Err(syntax_error(class_id, method_id));
     }

@@ -18,6 +18,8 @@ use crate::queue::{ConnectionId, Queue, QueueSettings};
 pub struct QueueDeclare {
     /// Queue name (already generated when the client left it empty).
     pub name: ShortStr,
+    /// The server generated the name (`amq.gen-…`), so the reserved prefix is allowed.
+    pub server_named: bool,
     /// Only check that it exists.
     pub passive: bool,
     /// Survive restarts.
@@ -158,7 +160,8 @@ impl VHost {
         }
         if name.starts_with("amq.") {
             return Err(error::access_refused(format!(
-                "deletion of system exchange '{name}' is not allowed"
+                "deletion of system exchange '{name}' in vhost '{}' not allowed",
+                self.name
             )));
         }
         let mut exchanges = self.exchanges.write();
@@ -233,7 +236,7 @@ impl VHost {
             }
             return Ok((existing.clone(), false));
         }
-        if declare.name.starts_with("amq.") {
+        if declare.name.starts_with("amq.") && !declare.server_named {
             return Err(error::reserved_name("queue", &declare.name));
         }
         let queue = Arc::new(Queue::new(
@@ -276,7 +279,7 @@ impl VHost {
             }
             if if_empty && queue.message_count() > 0 {
                 return Err(error::precondition(format!(
-                    "queue '{name}' in vhost '{}' is not empty",
+                    "queue '{name}' in vhost '{}' not empty",
                     self.name
                 )));
             }
@@ -319,11 +322,11 @@ impl VHost {
         arguments: FieldTable,
         conn: ConnectionId,
     ) -> AmqpResult<()> {
-        let queue = self.queue(queue, conn)?;
         if exchange.is_empty() {
             return Err(error::default_exchange_forbidden());
         }
         let exchange = self.exchange(exchange)?;
+        let queue = self.queue(queue, conn)?;
         exchange.bind(Binding {
             queue,
             routing_key: routing_key.to_owned(),
@@ -344,11 +347,11 @@ impl VHost {
         arguments: &FieldTable,
         conn: ConnectionId,
     ) -> AmqpResult<()> {
-        let queue = self.queue(queue, conn)?;
         if exchange.is_empty() {
             return Err(error::default_exchange_forbidden());
         }
         let exchange = self.exchange(exchange)?;
+        let queue = self.queue(queue, conn)?;
         exchange.unbind(queue.name(), routing_key, arguments);
         Ok(())
     }

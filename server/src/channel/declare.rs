@@ -75,6 +75,7 @@ impl Channel {
     ) -> AmqpResult<()> {
         match method {
             q::AMQPMethod::Declare(d) => {
+                let server_named = d.queue.as_str().is_empty() && !d.passive;
                 let name = if d.queue.as_str().is_empty() {
                     if d.passive {
                         self.resolve_queue_name(&"".into())?
@@ -87,6 +88,7 @@ impl Channel {
                 let (queue, created) = ctx.vhost.declare_queue(
                     QueueDeclare {
                         name: name.clone(),
+                        server_named,
                         passive: d.passive,
                         durable: d.durable,
                         exclusive: d.exclusive,
