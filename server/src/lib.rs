@@ -9,6 +9,7 @@
 //! - [`exchange`]: routing, one file per exchange type.
 //! - [`queue`]: one queue's ready messages, consumers and credit.
 //! - [`message`]: messages as queues hold them.
+//! - [`store`]: the durable store: one append-only segment log per queue, crash recovery.
 //! - [`error`]: AMQP reply codes and RabbitMQ's error texts, in one place.
 //! - [`names`]: server-generated queue names and consumer tags.
 
@@ -22,6 +23,7 @@ pub mod message;
 pub mod names;
 pub mod queue;
 pub mod server;
+pub mod store;
 pub mod vhost;
 
 pub use config::Config;

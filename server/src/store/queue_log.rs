@@ -1,0 +1,1657 @@
+//! One queue's durable log: segment files of message records plus per-segment ack files.
+//!
+//! Memory per queue does not grow with the backlog: per segment the log keeps its live
+//! count, its length and the sorted offsets of acked records (only while the segment is not
+//! fully acked); message bodies are paged in with [`QueueLog::read`]. Appends, acks and
+//! delivered markers are buffered in memory and written by [`QueueLog::flush`]; one
+//! [`QueueLog::sync`] (or the split [`QueueLog::begin_sync`] / [`PendingSync::run`] /
+//! [`QueueLog::complete_sync`] for group commit outside a lock) makes every earlier append
+//! durable. Acks are never fsync'd: a lost ack means a redelivery, never a loss.
+//!
+//! Recovery policy ([`QueueLog::open`]): segments are scanned in order and every record's
+//! length and CRC32 checked. At the first bad or torn record the segment is cut there, later
+//! segments are removed (nothing in them can have been confirmed after a torn write), and a
+//! warning says so; start-up never fails on damaged data, only on I/O errors or on files
+//! that are not Warren's (or from another format version). After recovery, appends go to a
+//! new segment, so a recovered segment is never written again, and its transient records
+//! count as gone.
+
+use std::collections::VecDeque;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::format::{
+    self, ACKS_MAGIC, FILE_HEADER_LEN, FLAG_PERSISTENT, FLAGS_OFFSET, LogFile, MAX_RECORD_OFFSET,
+    MESSAGE_PREFIX_MAX, MIN_MESSAGE_PAYLOAD, RECORD_HEADER_LEN, SEGMENT_MAGIC,
+};
+use super::{Result, SegmentPosition, StoreError, StoredMessage};
+
+/// Appends are written out once this much is buffered (one write syscall per this many
+/// bytes, whatever the group commit's pace).
+const WRITE_BUFFER_LIMIT: usize = 64 << 10;
+/// Ack and delivered entries are written out once this much is buffered.
+const ACK_BUFFER_LIMIT: usize = 16 << 10;
+/// Sequential reads fetch this much per syscall.
+const READ_CHUNK: usize = 64 << 10;
+/// Buffer of the start-up scan of one segment.
+const SCAN_BUFFER: usize = 128 << 10;
+/// Term written in every record until replication assigns real ones.
+const TERM: u64 = 0;
+
+/// What [`QueueLog::open`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Live messages: persistent and not acked.
+    pub messages: u64,
+    /// Sum of the body lengths of the live messages.
+    pub bytes: u64,
+    /// Live messages with a delivered marker: they go out again flagged `redelivered`
+    /// (ask [`QueueLog::was_delivered`] for a position).
+    pub delivered: u64,
+    /// Segments kept (those holding live messages).
+    pub segments: usize,
+    /// Damage found and repaired (torn tails cut, segments dropped, unreadable ack files),
+    /// one sentence each, for the broker's log.
+    pub warnings: Vec<String>,
+}
+
+/// In-memory state of one segment: no per-message data except acked offsets.
+#[derive(Debug)]
+struct Segment {
+    number: u32,
+    /// Bytes of valid data, header included (buffered bytes too, for the writer's).
+    len: u64,
+    /// Message records neither acked nor gone (transient ones from before a restart).
+    live: u32,
+    /// Sorted offsets of acked records.
+    acked: Vec<u32>,
+    /// Sorted offsets of live records with a delivered marker found at recovery.
+    delivered: Vec<u32>,
+    /// Encoded ack-file entries not yet written.
+    pending: Vec<u8>,
+    /// Length of the ack file; 0 when it must be (re)created before the next write.
+    acks_len: u64,
+}
+
+impl Segment {
+    fn new(number: u32) -> Self {
+        Self {
+            number,
+            len: FILE_HEADER_LEN,
+            live: 0,
+            acked: Vec::new(),
+            delivered: Vec::new(),
+            pending: Vec::new(),
+            acks_len: 0,
+        }
+    }
+}
+
+/// The segment being appended to.
+#[derive(Debug)]
+struct Writer {
+    number: u32,
+    path: PathBuf,
+    file: Arc<File>,
+    /// Bytes written to the file; the buffer follows them.
+    written: u64,
+    buf: Vec<u8>,
+    /// Written since the last sync began.
+    dirty: bool,
+}
+
+/// A read-ahead buffer over one segment, filled with positional reads.
+#[derive(Debug)]
+struct SegmentReader {
+    number: u32,
+    path: PathBuf,
+    file: File,
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    start: u64,
+}
+
+impl SegmentReader {
+    fn open(dir: &Path, number: u32) -> Result<Self> {
+        let path = dir.join(format::segment_file_name(number));
+        let file = File::open(&path).map_err(StoreError::io("open", &path))?;
+        Ok(Self {
+            number,
+            path,
+            file,
+            buf: Vec::new(),
+            start: 0,
+        })
+    }
+
+    /// Bytes `offset..offset + len`, which must lie before `end`, refilling the buffer with
+    /// up to [`READ_CHUNK`] bytes from `offset` when they are not there.
+    fn bytes(&mut self, offset: u64, len: usize, end: u64) -> Result<&[u8]> {
+        let have =
+            offset >= self.start && offset + len as u64 <= self.start + self.buf.len() as u64;
+        if !have {
+            let want = (len.max(READ_CHUNK) as u64).min(end - offset) as usize;
+            self.buf.resize(want, 0);
+            if let Err(e) = self.file.read_exact_at(&mut self.buf, offset) {
+                self.buf.clear();
+                return Err(StoreError::io("read", &self.path)(e));
+            }
+            self.start = offset;
+        }
+        let s = (offset - self.start) as usize;
+        Ok(&self.buf[s..s + len])
+    }
+
+    /// A record's payload as its own allocation: copied from the buffer when small, read
+    /// straight into a new buffer when large.
+    fn payload(&mut self, offset: u64, len: usize, end: u64) -> Result<Bytes> {
+        if len > READ_CHUNK / 2 {
+            let mut v = vec![0; len];
+            self.file
+                .read_exact_at(&mut v, offset)
+                .map_err(StoreError::io("read", &self.path))?;
+            Ok(Bytes::from(v))
+        } else {
+            Ok(Bytes::copy_from_slice(self.bytes(offset, len, end)?))
+        }
+    }
+}
+
+/// The fsyncs one group commit owes for a log, taken by [`QueueLog::begin_sync`] so that
+/// [`PendingSync::run`] can do them without the queue's lock.
+#[derive(Debug)]
+#[must_use = "run it and hand it back to QueueLog::complete_sync"]
+pub struct PendingSync {
+    files: Vec<(PathBuf, Arc<File>)>,
+    dirs: Vec<PathBuf>,
+    position: Option<SegmentPosition>,
+}
+
+impl PendingSync {
+    /// fdatasyncs the written segments and fsyncs directories that gained files.
+    pub fn run(&self) -> Result<()> {
+        for (path, file) in &self.files {
+            file.sync_data()
+                .map_err(StoreError::io("fdatasync", path))?;
+        }
+        for dir in &self.dirs {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(StoreError::io("fsync directory", dir))?;
+        }
+        Ok(())
+    }
+
+    /// The last append this sync covers.
+    pub fn position(&self) -> Option<SegmentPosition> {
+        self.position
+    }
+
+    /// True when there is nothing to sync.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty() && self.dirs.is_empty()
+    }
+}
+
+/// One queue's durable log. See the [module documentation](self).
+#[derive(Debug)]
+pub struct QueueLog {
+    dir: PathBuf,
+    segment_size: u64,
+    /// Segments in number order; the writer's, if any, is the last.
+    segments: VecDeque<Segment>,
+    writer: Option<Writer>,
+    next_segment: u32,
+    /// Segments numbered below this were recovered at open: never appended to again, and
+    /// their transient records are gone.
+    first_new_segment: u32,
+    last_appended: Option<SegmentPosition>,
+    durable: Option<SegmentPosition>,
+    live: u64,
+    /// Segments with pending ack entries.
+    dirty_acks: Vec<u32>,
+    pending_ack_bytes: usize,
+    /// The ack file written last, kept open.
+    ack_file: Option<(u32, File)>,
+    /// Sealed segments written since the last sync began.
+    unsynced: Vec<(PathBuf, Arc<File>)>,
+    dir_unsynced: bool,
+    parent_unsynced: bool,
+    sync_in_flight: bool,
+    reader: Option<SegmentReader>,
+    /// (last position `read` returned, where that read stopped scanning).
+    cursor: Option<(SegmentPosition, SegmentPosition)>,
+    poisoned: Option<String>,
+    deleted: bool,
+}
+
+impl QueueLog {
+    /// Starts the log of a new queue in `dir` (created if missing). Fails with
+    /// [`StoreError::AlreadyExists`] if `dir` already holds segments, so that a new queue
+    /// never adopts an old log; stray ack files are removed.
+    pub fn create(dir: impl AsRef<Path>, segment_size: u64) -> Result<QueueLog> {
+        check_segment_size(segment_size)?;
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
+        let files = list_dir(&dir)?;
+        if files.iter().any(|(f, _)| matches!(f, LogFile::Segment(_))) {
+            return Err(StoreError::AlreadyExists { path: dir });
+        }
+        for (_, path) in files {
+            remove_if_exists(&path)?;
+        }
+        let mut log = Self::empty(dir, segment_size, 0);
+        log.parent_unsynced = true;
+        Ok(log)
+    }
+
+    /// Recovers the log in `dir` at start-up: checks every record, cuts a torn or corrupt
+    /// tail (reported in [`Recovery::warnings`]), reads the ack files, deletes segments with
+    /// no live message, and counts what is left. Bodies are checksummed in passing, never
+    /// kept. Fails only on I/O errors and on files from another program or format version
+    /// ([`StoreError::Incompatible`]); a missing `dir` is an I/O error (`NotFound`).
+    pub fn open(dir: impl AsRef<Path>, segment_size: u64) -> Result<(QueueLog, Recovery)> {
+        check_segment_size(segment_size)?;
+        let dir = dir.as_ref().to_path_buf();
+        let mut segments = Vec::new();
+        let mut acks = Vec::new();
+        for (file, path) in list_dir(&dir)? {
+            match file {
+                LogFile::Segment(n) => segments.push(n),
+                LogFile::Acks(n) => acks.push((n, path)),
+            }
+        }
+        segments.sort_unstable();
+        // An ack file without its segment is left over from a deletion cut short; it must
+        // not apply to a later segment of the same number.
+        for (n, path) in acks {
+            if segments.binary_search(&n).is_err() {
+                remove_if_exists(&path)?;
+            }
+        }
+        let next = match segments.last() {
+            Some(&n) => n
+                .checked_add(1)
+                .ok_or(StoreError::Misuse("segment numbers exhausted"))?,
+            None => 0,
+        };
+        let mut log = Self::empty(dir, segment_size, next);
+        let mut recovery = Recovery::default();
+        let mut damaged = false;
+        for n in segments {
+            let seg_path = log.dir.join(format::segment_file_name(n));
+            let acks_path = log.dir.join(format::acks_file_name(n));
+            if damaged {
+                remove_if_exists(&seg_path)?;
+                remove_if_exists(&acks_path)?;
+                recovery.warnings.push(format!(
+                    "{}: removed, as it follows a damaged segment",
+                    seg_path.display()
+                ));
+                continue;
+            }
+            let entries = read_acks(&acks_path, &mut recovery.warnings)?;
+            let scan = scan_segment(&seg_path, &entries)?;
+            if let Some((offset, why)) = scan.damage {
+                damaged = true;
+                let cut = scan.file_len - scan.len;
+                if scan.len < FILE_HEADER_LEN {
+                    remove_if_exists(&seg_path)?;
+                } else {
+                    let file = OpenOptions::new()
+                        .write(true)
+                        .open(&seg_path)
+                        .map_err(StoreError::io("open", &seg_path))?;
+                    file.set_len(scan.len)
+                        .map_err(StoreError::io("truncate", &seg_path))?;
+                    file.sync_all()
+                        .map_err(StoreError::io("fsync", &seg_path))?;
+                }
+                recovery.warnings.push(format!(
+                    "{}: {why} at offset {offset}; cut {cut} bytes, kept {} live messages before it",
+                    seg_path.display(),
+                    scan.live
+                ));
+            }
+            if scan.live == 0 {
+                remove_if_exists(&seg_path)?;
+                remove_if_exists(&acks_path)?;
+                continue;
+            }
+            recovery.messages += u64::from(scan.live);
+            recovery.bytes += scan.bytes;
+            recovery.delivered += scan.delivered.len() as u64;
+            log.segments.push_back(Segment {
+                number: n,
+                len: scan.len,
+                live: scan.live,
+                acked: scan.acked,
+                delivered: scan.delivered,
+                pending: Vec::new(),
+                acks_len: entries.len,
+            });
+        }
+        log.live = recovery.messages;
+        recovery.segments = log.segments.len();
+        Ok((log, recovery))
+    }
+
+    fn empty(dir: PathBuf, segment_size: u64, next_segment: u32) -> Self {
+        Self {
+            dir,
+            segment_size,
+            segments: VecDeque::new(),
+            writer: None,
+            next_segment,
+            first_new_segment: next_segment,
+            last_appended: None,
+            durable: None,
+            live: 0,
+            dirty_acks: Vec::new(),
+            pending_ack_bytes: 0,
+            ack_file: None,
+            unsynced: Vec::new(),
+            dir_unsynced: false,
+            parent_unsynced: false,
+            sync_in_flight: false,
+            reader: None,
+            cursor: None,
+            poisoned: None,
+            deleted: false,
+        }
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Messages appended and not acked (after recovery: persistent ones only).
+    pub fn live_messages(&self) -> u64 {
+        self.live
+    }
+
+    /// Segment files currently kept.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Position of the last append, durable or not.
+    pub fn last_position(&self) -> Option<SegmentPosition> {
+        self.last_appended
+    }
+
+    /// Every append at or before this position is on disk (fdatasync'd): confirms for them
+    /// may go out. `None` until the first sync after an append.
+    pub fn durable_position(&self) -> Option<SegmentPosition> {
+        self.durable
+    }
+
+    /// Appends a message to the in-memory write buffer and returns its position. No syscall
+    /// unless the buffer is full or the segment rolls over; the message is durable once a
+    /// later sync covers its position. Rolls to a new segment when this record would take
+    /// the current one past the segment size (a larger message gets a segment of its own).
+    pub fn append(&mut self, msg: &StoredMessage) -> Result<SegmentPosition> {
+        if let Some(why) = &self.poisoned {
+            return Err(StoreError::Poisoned(why.clone()));
+        }
+        let record_len = format::message_record_len(msg)?;
+        let roll = match &self.writer {
+            None => true,
+            Some(w) => {
+                let len = w.written + w.buf.len() as u64;
+                (len > FILE_HEADER_LEN && len + record_len > self.segment_size)
+                    || len > MAX_RECORD_OFFSET
+            }
+        };
+        if roll {
+            self.roll()?;
+        } else if self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.buf.len() >= WRITE_BUFFER_LIMIT)
+        {
+            self.flush_data()?;
+        }
+        let (Some(w), Some(seg)) = (self.writer.as_mut(), self.segments.back_mut()) else {
+            return Err(StoreError::Misuse("no segment to append to"));
+        };
+        let offset = w.written + w.buf.len() as u64;
+        format::encode_message(&mut w.buf, TERM, msg, record_len);
+        seg.len += record_len;
+        seg.live += 1;
+        self.live += 1;
+        let pos = SegmentPosition {
+            segment: w.number,
+            offset: offset as u32,
+        };
+        self.last_appended = Some(pos);
+        Ok(pos)
+    }
+
+    /// Seals the current segment (written out, to be synced by the next sync) and starts the
+    /// next one. The old segment is deleted if it is already fully acked.
+    fn roll(&mut self) -> Result<()> {
+        self.flush_data()?;
+        let number = self.next_segment;
+        let next = number
+            .checked_add(1)
+            .ok_or(StoreError::Misuse("segment numbers exhausted"))?;
+        let path = self.dir.join(format::segment_file_name(number));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(StoreError::io("create", &path))?;
+        self.next_segment = next;
+        self.dir_unsynced = true;
+        let mut buf = self
+            .writer
+            .as_mut()
+            .map(|w| std::mem::take(&mut w.buf))
+            .unwrap_or_default();
+        buf.extend_from_slice(&format::file_header(&SEGMENT_MAGIC));
+        let writer = Writer {
+            number,
+            path,
+            file: Arc::new(file),
+            written: 0,
+            buf,
+            dirty: false,
+        };
+        self.segments.push_back(Segment::new(number));
+        if let Some(old) = self.writer.replace(writer) {
+            if old.dirty {
+                self.unsynced.push((old.path, old.file));
+            }
+            if let Ok(i) = self.find_segment(old.number)
+                && self.segments[i].live == 0
+            {
+                self.delete_segment(i)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes buffered appends and ack entries to their files (no fsync).
+    pub fn flush(&mut self) -> Result<()> {
+        self.flush_data()?;
+        self.flush_acks()
+    }
+
+    fn flush_data(&mut self) -> Result<()> {
+        let Some(w) = self.writer.as_mut() else {
+            return Ok(());
+        };
+        if w.buf.is_empty() {
+            return Ok(());
+        }
+        // On failure the buffer is kept and rewritten at the same offset by the next
+        // attempt, overwriting whatever part of it reached the file.
+        w.file
+            .write_all_at(&w.buf, w.written)
+            .map_err(StoreError::io("write", &w.path))?;
+        w.written += w.buf.len() as u64;
+        w.dirty = true;
+        if w.buf.capacity() > 2 * WRITE_BUFFER_LIMIT {
+            w.buf = Vec::new();
+        } else {
+            w.buf.clear();
+        }
+        Ok(())
+    }
+
+    fn flush_acks(&mut self) -> Result<()> {
+        let dirty = std::mem::take(&mut self.dirty_acks);
+        for (k, &number) in dirty.iter().enumerate() {
+            if let Err(e) = self.flush_segment_acks(number) {
+                self.dirty_acks.extend_from_slice(&dirty[k..]);
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_segment_acks(&mut self, number: u32) -> Result<()> {
+        let Ok(i) = self.find_segment(number) else {
+            return Ok(());
+        };
+        let seg = &mut self.segments[i];
+        if seg.pending.is_empty() {
+            return Ok(());
+        }
+        let path = self.dir.join(format::acks_file_name(number));
+        let file = match &mut self.ack_file {
+            Some((n, f)) if *n == number && seg.acks_len != 0 => f,
+            slot => {
+                *slot = None;
+                let file = if seg.acks_len == 0 {
+                    let f = OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(true)
+                        .open(&path)
+                        .map_err(StoreError::io("create", &path))?;
+                    f.write_all_at(&format::file_header(&ACKS_MAGIC), 0)
+                        .map_err(StoreError::io("write", &path))?;
+                    seg.acks_len = FILE_HEADER_LEN;
+                    f
+                } else {
+                    OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .map_err(StoreError::io("open", &path))?
+                };
+                &mut slot.insert((number, file)).1
+            }
+        };
+        file.write_all_at(&seg.pending, seg.acks_len)
+            .map_err(StoreError::io("write", &path))?;
+        seg.acks_len += seg.pending.len() as u64;
+        self.pending_ack_bytes -= seg.pending.len();
+        if seg.pending.capacity() > 4096 {
+            seg.pending = Vec::new();
+        } else {
+            seg.pending.clear();
+        }
+        Ok(())
+    }
+
+    /// Flushes and fdatasyncs: every append so far is durable when this returns `Ok`, which
+    /// carries the new [`durable_position`](Self::durable_position). One call covers any
+    /// number of appends (group commit).
+    pub fn sync(&mut self) -> Result<Option<SegmentPosition>> {
+        let pending = self.begin_sync()?;
+        let result = pending.run();
+        self.complete_sync(pending, result)
+    }
+
+    /// First half of [`sync`](Self::sync), for a group committer that must not hold the
+    /// queue's lock while fsyncing: writes the buffers out and takes the files to sync.
+    /// Run the result, then hand it to [`complete_sync`](Self::complete_sync); one sync
+    /// at a time per log.
+    pub fn begin_sync(&mut self) -> Result<PendingSync> {
+        if let Some(why) = &self.poisoned {
+            return Err(StoreError::Poisoned(why.clone()));
+        }
+        if self.sync_in_flight {
+            return Err(StoreError::Misuse(
+                "begin_sync called while a sync is in flight",
+            ));
+        }
+        self.flush()?;
+        let mut files = std::mem::take(&mut self.unsynced);
+        if let Some(w) = self.writer.as_mut()
+            && w.dirty
+        {
+            files.push((w.path.clone(), w.file.clone()));
+            w.dirty = false;
+        }
+        let mut dirs = Vec::new();
+        if self.parent_unsynced
+            && let Some(parent) = self.dir.parent()
+        {
+            dirs.push(parent.to_path_buf());
+        }
+        if self.dir_unsynced {
+            dirs.push(self.dir.clone());
+        }
+        self.parent_unsynced = false;
+        self.dir_unsynced = false;
+        self.sync_in_flight = true;
+        Ok(PendingSync {
+            files,
+            dirs,
+            position: self.last_appended,
+        })
+    }
+
+    /// Second half of [`sync`](Self::sync): records the outcome of
+    /// [`PendingSync::run`]. On success the durable position advances to the sync's; on
+    /// failure the log is poisoned (appends and syncs fail from then on), because after a
+    /// failed fsync the kernel may have dropped the data and a later fsync could succeed
+    /// without it.
+    pub fn complete_sync(
+        &mut self,
+        pending: PendingSync,
+        result: Result<()>,
+    ) -> Result<Option<SegmentPosition>> {
+        self.sync_in_flight = false;
+        match result {
+            Ok(()) => {
+                if pending.position > self.durable {
+                    self.durable = pending.position;
+                }
+                Ok(self.durable)
+            }
+            Err(e) => {
+                self.poisoned = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Records that the message at `pos` is acked (buffered like appends, never fsync'd).
+    /// When every message of a sealed segment is acked, its files are deleted at once.
+    /// Acking a position twice, or one of a deleted segment, does nothing. `pos` must come
+    /// from [`append`](Self::append) or [`read`](Self::read).
+    pub fn ack(&mut self, pos: SegmentPosition) -> Result<()> {
+        if self.pending_ack_bytes >= ACK_BUFFER_LIMIT {
+            self.flush_acks()?;
+        }
+        let Ok(i) = self.find_segment(pos.segment) else {
+            return Ok(());
+        };
+        let writing = self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.number == pos.segment);
+        let seg = &mut self.segments[i];
+        if u64::from(pos.offset) < FILE_HEADER_LEN || u64::from(pos.offset) >= seg.len {
+            return Ok(());
+        }
+        match seg.acked.binary_search(&pos.offset) {
+            Ok(_) => return Ok(()),
+            Err(k) => seg.acked.insert(k, pos.offset),
+        }
+        seg.live = seg.live.saturating_sub(1);
+        self.live = self.live.saturating_sub(1);
+        if seg.live == 0 && !writing {
+            return self.delete_segment(i);
+        }
+        self.push_entry(i, format::encode_ack_entry(pos.offset, false));
+        Ok(())
+    }
+
+    /// Records that the message at `pos` has been delivered, so that after a restart it goes
+    /// out flagged `redelivered` (buffered, never fsync'd).
+    pub fn mark_delivered(&mut self, pos: SegmentPosition) -> Result<()> {
+        if self.pending_ack_bytes >= ACK_BUFFER_LIMIT {
+            self.flush_acks()?;
+        }
+        if let Ok(i) = self.find_segment(pos.segment) {
+            self.push_entry(i, format::encode_ack_entry(pos.offset, true));
+        }
+        Ok(())
+    }
+
+    fn push_entry(&mut self, i: usize, entry: [u8; 4]) {
+        let seg = &mut self.segments[i];
+        if seg.pending.is_empty() {
+            self.dirty_acks.push(seg.number);
+        }
+        seg.pending.extend_from_slice(&entry);
+        self.pending_ack_bytes += entry.len();
+    }
+
+    /// Whether recovery found a delivered marker for the live message at `pos`.
+    pub fn was_delivered(&self, pos: SegmentPosition) -> bool {
+        self.find_segment(pos.segment).is_ok_and(|i| {
+            self.segments[i]
+                .delivered
+                .binary_search(&pos.offset)
+                .is_ok()
+        })
+    }
+
+    /// Pages in up to `max_messages` live messages after `from` (from the start when
+    /// `None`), stopping once their bodies reach `max_bytes` (at least one message is
+    /// returned if there is one). Acked messages, and transient ones from before a restart,
+    /// are skipped. Reads are sequential and buffered; buffered appends are written out
+    /// first when the read reaches them. Pass the last returned position as the next
+    /// `from` to continue where this call stopped.
+    pub fn read(
+        &mut self,
+        from: Option<SegmentPosition>,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<(SegmentPosition, StoredMessage)>> {
+        let mut out = Vec::new();
+        if max_messages == 0 {
+            return Ok(out);
+        }
+        let (mut idx, mut offset) = self.start_point(from)?;
+        let mut bytes = 0usize;
+        while idx < self.segments.len() {
+            let (number, end) = (self.segments[idx].number, self.segments[idx].len);
+            if offset >= end {
+                idx += 1;
+                offset = FILE_HEADER_LEN;
+                continue;
+            }
+            self.make_readable(number, end)?;
+            let reader = Self::reader_for(&mut self.reader, &self.dir, number)?;
+            let head_len = RECORD_HEADER_LEN as usize + FLAGS_OFFSET + 1;
+            if end - offset < head_len as u64 {
+                return Err(corrupt(
+                    &reader.path,
+                    offset,
+                    "record header past the end of the segment",
+                ));
+            }
+            let head = reader.bytes(offset, head_len, end)?;
+            let (payload_len, crc) = format::decode_record_header(head);
+            let persistent = head[RECORD_HEADER_LEN as usize + FLAGS_OFFSET] & FLAG_PERSISTENT != 0;
+            let record_end = offset + RECORD_HEADER_LEN + payload_len;
+            if payload_len < MIN_MESSAGE_PAYLOAD || record_end > end {
+                return Err(corrupt(&reader.path, offset, "invalid record length"));
+            }
+            let gone = self.segments[idx]
+                .acked
+                .binary_search(&(offset as u32))
+                .is_ok()
+                || (number < self.first_new_segment && !persistent);
+            if !gone {
+                let payload =
+                    reader.payload(offset + RECORD_HEADER_LEN, payload_len as usize, end)?;
+                if crc32fast::hash(&payload) != crc {
+                    return Err(corrupt(&reader.path, offset, "checksum mismatch"));
+                }
+                let msg = format::decode_message(payload)
+                    .map_err(|why| corrupt(&reader.path, offset, why))?;
+                bytes += msg.body.len();
+                out.push((
+                    SegmentPosition {
+                        segment: number,
+                        offset: offset as u32,
+                    },
+                    msg,
+                ));
+            }
+            offset = record_end;
+            if out.len() >= max_messages || (bytes >= max_bytes && !out.is_empty()) {
+                break;
+            }
+        }
+        if let Some(&(last, _)) = out.last() {
+            let resume = match self.segments.get(idx) {
+                Some(seg) => SegmentPosition {
+                    segment: seg.number,
+                    offset: offset as u32,
+                },
+                None => SegmentPosition {
+                    segment: self.next_segment,
+                    offset: FILE_HEADER_LEN as u32,
+                },
+            };
+            self.cursor = Some((last, resume));
+        }
+        if idx >= self.segments.len() {
+            // Caught up: give back the read buffer and the file handle.
+            self.reader = None;
+        }
+        Ok(out)
+    }
+
+    /// Segment index and offset where a read after `from` starts.
+    fn start_point(&mut self, from: Option<SegmentPosition>) -> Result<(usize, u64)> {
+        let Some(from) = from else {
+            return Ok((0, FILE_HEADER_LEN));
+        };
+        if let Some((last, resume)) = self.cursor
+            && last == from
+        {
+            return Ok(match self.find_segment(resume.segment) {
+                Ok(i) => (i, u64::from(resume.offset)),
+                Err(i) => (i, FILE_HEADER_LEN),
+            });
+        }
+        let i = match self.find_segment(from.segment) {
+            Ok(i) => i,
+            Err(i) => return Ok((i, FILE_HEADER_LEN)),
+        };
+        let (number, end) = (self.segments[i].number, self.segments[i].len);
+        let offset = u64::from(from.offset);
+        if offset < FILE_HEADER_LEN || offset + RECORD_HEADER_LEN > end {
+            return Ok((i + 1, FILE_HEADER_LEN));
+        }
+        self.make_readable(number, end)?;
+        let reader = Self::reader_for(&mut self.reader, &self.dir, number)?;
+        let (payload_len, _) =
+            format::decode_record_header(reader.bytes(offset, RECORD_HEADER_LEN as usize, end)?);
+        Ok((i, offset + RECORD_HEADER_LEN + payload_len))
+    }
+
+    /// Writes buffered appends out if reading segment `number` up to `end` needs them.
+    fn make_readable(&mut self, number: u32, end: u64) -> Result<()> {
+        if self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.number == number && w.written < end)
+        {
+            self.flush_data()?;
+        }
+        Ok(())
+    }
+
+    /// The reader of segment `number`, opened if the cached one is another segment's.
+    fn reader_for<'a>(
+        slot: &'a mut Option<SegmentReader>,
+        dir: &Path,
+        number: u32,
+    ) -> Result<&'a mut SegmentReader> {
+        match slot {
+            Some(r) if r.number == number => {}
+            _ => *slot = Some(SegmentReader::open(dir, number)?),
+        }
+        slot.as_mut().ok_or(StoreError::Misuse("no reader"))
+    }
+
+    /// Drops every message: deletes all segments; the next append starts a new one.
+    /// Returns how many live messages there were.
+    pub fn purge(&mut self) -> Result<u64> {
+        let purged = self.live;
+        self.writer = None;
+        while !self.segments.is_empty() {
+            self.delete_segment(0)?;
+        }
+        self.live = 0;
+        self.cursor = None;
+        self.dir_unsynced = true;
+        Ok(purged)
+    }
+
+    /// Gives back the write buffer, the read-ahead buffer and cached file handles, after
+    /// writing out what is buffered; for a queue gone idle.
+    pub fn release_memory(&mut self) -> Result<()> {
+        self.flush()?;
+        if let Some(w) = self.writer.as_mut() {
+            w.buf = Vec::new();
+        }
+        self.reader = None;
+        self.ack_file = None;
+        Ok(())
+    }
+
+    /// Removes the log's directory and everything in it (the queue was deleted).
+    pub fn delete(mut self) -> Result<()> {
+        self.deleted = true;
+        self.writer = None;
+        self.reader = None;
+        self.ack_file = None;
+        self.unsynced.clear();
+        fs::remove_dir_all(&self.dir).map_err(StoreError::io("remove directory", &self.dir))
+    }
+
+    fn find_segment(&self, number: u32) -> std::result::Result<usize, usize> {
+        self.segments.binary_search_by_key(&number, |s| s.number)
+    }
+
+    /// Forgets segment `i` and deletes its files: the segment first, so that a crash in
+    /// between leaves an orphan ack file (removed at recovery) rather than a segment whose
+    /// acks are lost.
+    fn delete_segment(&mut self, i: usize) -> Result<()> {
+        let Some(seg) = self.segments.remove(i) else {
+            return Ok(());
+        };
+        self.pending_ack_bytes -= seg.pending.len();
+        self.live = self.live.saturating_sub(u64::from(seg.live));
+        if self.reader.as_ref().is_some_and(|r| r.number == seg.number) {
+            self.reader = None;
+        }
+        if self
+            .ack_file
+            .as_ref()
+            .is_some_and(|(n, _)| *n == seg.number)
+        {
+            self.ack_file = None;
+        }
+        remove_if_exists(&self.dir.join(format::segment_file_name(seg.number)))?;
+        remove_if_exists(&self.dir.join(format::acks_file_name(seg.number)))
+    }
+}
+
+impl Drop for QueueLog {
+    /// Writes out what is buffered (best effort, no fsync), so that a clean shutdown that
+    /// forgot to sync still hands the data to the kernel.
+    fn drop(&mut self) {
+        if !self.deleted && self.poisoned.is_none() {
+            let _ = self.flush();
+        }
+    }
+}
+
+fn corrupt(path: &Path, offset: u64, detail: &str) -> StoreError {
+    StoreError::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        detail: detail.to_string(),
+    }
+}
+
+fn check_segment_size(size: u64) -> Result<()> {
+    if (format::MIN_SEGMENT_SIZE..=format::MAX_SEGMENT_SIZE).contains(&size) {
+        Ok(())
+    } else {
+        Err(StoreError::InvalidSegmentSize(size))
+    }
+}
+
+/// The log files in `dir`; other entries are ignored.
+fn list_dir(dir: &Path) -> Result<Vec<(LogFile, PathBuf)>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(dir).map_err(StoreError::io("read directory", dir))? {
+        let entry = entry.map_err(StoreError::io("read directory", dir))?;
+        if let Some(file) = entry.file_name().to_str().and_then(format::parse_file_name) {
+            files.push((file, entry.path()));
+        }
+    }
+    Ok(files)
+}
+
+fn remove_if_exists(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io("remove", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// The entries of one ack file, sorted and deduplicated.
+#[derive(Debug, Default)]
+struct AckEntries {
+    acked: Vec<u32>,
+    delivered: Vec<u32>,
+    /// Length of the valid part of the file (0 if it must be recreated).
+    len: u64,
+}
+
+fn read_acks(path: &Path, warnings: &mut Vec<String>) -> Result<AckEntries> {
+    let data = match fs::read(path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AckEntries::default()),
+        Err(e) => return Err(StoreError::io("read", path)(e)),
+    };
+    if data.len() < FILE_HEADER_LEN as usize {
+        // Torn at creation: recreated by the next ack.
+        return Ok(AckEntries::default());
+    }
+    if let Err(detail) = format::check_file_header(&data[..FILE_HEADER_LEN as usize], &ACKS_MAGIC) {
+        if data[..8] == ACKS_MAGIC {
+            return Err(StoreError::Incompatible {
+                path: path.to_path_buf(),
+                detail,
+            });
+        }
+        warnings.push(format!(
+            "{}: unreadable ack file ({detail}); its messages will be delivered again",
+            path.display()
+        ));
+        return Ok(AckEntries::default());
+    }
+    let mut entries = AckEntries::default();
+    // A torn last entry is ignored; the next write overwrites it.
+    let body = &data[FILE_HEADER_LEN as usize..];
+    let whole = body.len() / 4 * 4;
+    for e in body[..whole].chunks_exact(4) {
+        match format::decode_ack_entry([e[0], e[1], e[2], e[3]]) {
+            (offset, false) => entries.acked.push(offset),
+            (offset, true) => entries.delivered.push(offset),
+        }
+    }
+    for v in [&mut entries.acked, &mut entries.delivered] {
+        v.sort_unstable();
+        v.dedup();
+    }
+    entries.len = FILE_HEADER_LEN + whole as u64;
+    Ok(entries)
+}
+
+/// What the start-up scan of one segment found.
+#[derive(Debug, Default)]
+struct Scan {
+    file_len: u64,
+    /// End of the last valid record.
+    len: u64,
+    live: u32,
+    bytes: u64,
+    acked: Vec<u32>,
+    delivered: Vec<u32>,
+    /// Offset and nature of the first bad record.
+    damage: Option<(u64, &'static str)>,
+}
+
+/// Reads a segment sequentially through one buffer, checking every record's length and
+/// CRC and matching ack entries against record starts (entries that are not record starts
+/// are dropped). Bodies pass through the checksum and are not kept.
+fn scan_segment(path: &Path, acks: &AckEntries) -> Result<Scan> {
+    let file = File::open(path).map_err(StoreError::io("open", path))?;
+    let file_len = file.metadata().map_err(StoreError::io("stat", path))?.len();
+    let mut scan = Scan {
+        file_len,
+        ..Scan::default()
+    };
+    if file_len < FILE_HEADER_LEN {
+        scan.damage = Some((0, "torn file header"));
+        return Ok(scan);
+    }
+    let mut r = BufReader::with_capacity((file_len as usize).min(SCAN_BUFFER), file);
+    let mut header = [0u8; FILE_HEADER_LEN as usize];
+    r.read_exact(&mut header)
+        .map_err(StoreError::io("read", path))?;
+    format::check_file_header(&header, &SEGMENT_MAGIC).map_err(|detail| {
+        StoreError::Incompatible {
+            path: path.to_path_buf(),
+            detail,
+        }
+    })?;
+    let mut offset = FILE_HEADER_LEN;
+    let mut prefix = [0u8; MESSAGE_PREFIX_MAX];
+    let (mut next_ack, mut next_delivered) = (0, 0);
+    scan.damage = loop {
+        if offset == file_len {
+            break None;
+        }
+        if offset > MAX_RECORD_OFFSET {
+            break Some("record beyond the addressable range");
+        }
+        if file_len - offset < RECORD_HEADER_LEN {
+            break Some("torn record header");
+        }
+        let mut head = [0u8; RECORD_HEADER_LEN as usize];
+        r.read_exact(&mut head)
+            .map_err(StoreError::io("read", path))?;
+        let (payload_len, crc) = format::decode_record_header(&head);
+        if payload_len < MIN_MESSAGE_PAYLOAD {
+            break Some("invalid record length");
+        }
+        if payload_len > file_len - offset - RECORD_HEADER_LEN {
+            break Some("torn record");
+        }
+        let n = (payload_len as usize).min(MESSAGE_PREFIX_MAX);
+        r.read_exact(&mut prefix[..n])
+            .map_err(StoreError::io("read", path))?;
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&prefix[..n]);
+        let mut rest = payload_len - n as u64;
+        while rest > 0 {
+            let chunk = r.fill_buf().map_err(StoreError::io("read", path))?;
+            if chunk.is_empty() {
+                return Err(StoreError::io("read", path)(
+                    io::ErrorKind::UnexpectedEof.into(),
+                ));
+            }
+            let k = chunk.len().min(usize::try_from(rest).unwrap_or(usize::MAX));
+            hasher.update(&chunk[..k]);
+            r.consume(k);
+            rest -= k as u64;
+        }
+        if hasher.finalize() != crc {
+            break Some("checksum mismatch");
+        }
+        let summary = match format::summarize_message(&prefix[..n], payload_len) {
+            Ok(s) => s,
+            Err(why) => break Some(why),
+        };
+        let at = offset as u32;
+        while next_ack < acks.acked.len() && acks.acked[next_ack] < at {
+            next_ack += 1;
+        }
+        if acks.acked.get(next_ack) == Some(&at) {
+            scan.acked.push(at);
+        } else if summary.persistent {
+            scan.live += 1;
+            scan.bytes += summary.body_len;
+            while next_delivered < acks.delivered.len() && acks.delivered[next_delivered] < at {
+                next_delivered += 1;
+            }
+            if acks.delivered.get(next_delivered) == Some(&at) {
+                scan.delivered.push(at);
+            }
+        }
+        offset += RECORD_HEADER_LEN + payload_len;
+    }
+    .map(|why| (offset, why));
+    scan.len = offset;
+    Ok(scan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::TempDir;
+    use bytestring::ByteString;
+
+    const SEG: u64 = format::DEFAULT_SEGMENT_SIZE;
+
+    fn msg(i: usize, body_len: usize) -> StoredMessage {
+        let mut body = format!("message {i} ").into_bytes();
+        body.resize(body_len.max(body.len()), b'x');
+        StoredMessage {
+            persistent: true,
+            expires_at_ms: i as u64,
+            exchange: ByteString::from_static("ex"),
+            routing_key: ByteString::from(format!("rk.{i}")),
+            properties: Bytes::from(vec![0x10, 0x00, i as u8]),
+            body: Bytes::from(body),
+        }
+    }
+
+    fn read_all(log: &mut QueueLog) -> Vec<(SegmentPosition, StoredMessage)> {
+        log.read(None, usize::MAX, usize::MAX).expect("read")
+    }
+
+    fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == ext))
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn disk_usage(dir: &Path) -> u64 {
+        fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").metadata().expect("meta").len())
+            .sum()
+    }
+
+    #[test]
+    fn round_trip_survives_reopen() {
+        let dir = TempDir::new("roundtrip");
+        let mut log = QueueLog::create(dir.path(), SEG).expect("create");
+        let sent: Vec<StoredMessage> = (0..100).map(|i| msg(i, i * 7)).collect();
+        let mut positions = Vec::new();
+        for m in &sent {
+            positions.push(log.append(m).expect("append"));
+        }
+        assert!(positions.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(log.durable_position(), None);
+        assert_eq!(log.sync().expect("sync"), positions.last().copied());
+        assert_eq!(log.durable_position(), positions.last().copied());
+        drop(log);
+
+        let (mut log, recovery) = QueueLog::open(dir.path(), SEG).expect("open");
+        assert!(recovery.warnings.is_empty(), "{:?}", recovery.warnings);
+        assert_eq!(recovery.messages, 100);
+        assert_eq!(
+            recovery.bytes,
+            sent.iter().map(|m| m.body.len() as u64).sum::<u64>()
+        );
+        let got = read_all(&mut log);
+        assert_eq!(got.iter().map(|(p, _)| *p).collect::<Vec<_>>(), positions);
+        assert_eq!(got.into_iter().map(|(_, m)| m).collect::<Vec<_>>(), sent);
+        // New appends go to a new segment, after the recovered ones.
+        let p = log.append(&msg(100, 1)).expect("append");
+        assert!(p > positions[99]);
+        assert_ne!(p.segment, positions[99].segment);
+    }
+
+    #[test]
+    fn acks_survive_reopen_and_acked_messages_do_not_come_back() {
+        let dir = TempDir::new("acks");
+        let mut log = QueueLog::create(dir.path(), SEG).expect("create");
+        let positions: Vec<_> = (0..10)
+            .map(|i| log.append(&msg(i, 10)).expect("append"))
+            .collect();
+        log.sync().expect("sync");
+        for i in [0, 3, 5, 9] {
+            log.ack(positions[i]).expect("ack");
+        }
+        log.ack(positions[3]).expect("duplicate ack is a no-op");
+        assert_eq!(log.live_messages(), 6);
+        let live: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
+        let expected: Vec<_> = [1, 2, 4, 6, 7, 8].iter().map(|&i| positions[i]).collect();
+        assert_eq!(live, expected);
+        log.flush().expect("flush");
+        drop(log);
+
+        let (mut log, recovery) = QueueLog::open(dir.path(), SEG).expect("open");
+        assert_eq!(recovery.messages, 6);
+        let live: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(live, expected);
+        // Acks after recovery go on in the same ack file.
+        log.ack(positions[1]).expect("ack");
+        drop(log);
+        let (_, recovery) = QueueLog::open(dir.path(), SEG).expect("open");
+        assert_eq!(recovery.messages, 5);
+    }
+
+    #[test]
+    fn delivered_markers_come_back() {
+        let dir = TempDir::new("delivered");
+        let mut log = QueueLog::create(dir.path(), SEG).expect("create");
+        let positions: Vec<_> = (0..5)
+            .map(|i| log.append(&msg(i, 10)).expect("append"))
+            .collect();
+        log.mark_delivered(positions[1]).expect("mark");
+        log.mark_delivered(positions[2]).expect("mark");
+        log.ack(positions[2]).expect("ack");
+        log.sync().expect("sync");
+        drop(log);
+
+        let (log, recovery) = QueueLog::open(dir.path(), SEG).expect("open");
+        assert_eq!(recovery.messages, 4);
+        assert_eq!(recovery.delivered, 1);
+        let delivered: Vec<bool> = positions.iter().map(|&p| log.was_delivered(p)).collect();
+        assert_eq!(delivered, [false, true, false, false, false]);
+    }
+
+    #[test]
+    fn fully_acked_segments_are_deleted_and_disk_use_drops() {
+        let dir = TempDir::new("gc");
+        let mut log = QueueLog::create(dir.path(), 4096).expect("create");
+        let positions: Vec<_> = (0..200)
+            .map(|i| log.append(&msg(i, 100)).expect("append"))
+            .collect();
+        log.sync().expect("sync");
+        let segments = log.segment_count();
+        assert!(segments >= 5, "{segments} segments");
+        assert_eq!(files(dir.path(), "seg").len(), segments);
+        let full = disk_usage(dir.path());
+        // Ack all but the last 10 messages, out of order within each segment.
+        let mut acks: Vec<_> = positions[..190].to_vec();
+        acks.reverse();
+        for p in acks {
+            log.ack(p).expect("ack");
+        }
+        log.flush().expect("flush");
+        let last = positions[190].segment;
+        assert_eq!(
+            log.segment_count(),
+            (positions[199].segment - last + 1) as usize
+        );
+        let remaining = files(dir.path(), "seg");
+        assert_eq!(remaining.len(), log.segment_count());
+        assert_eq!(
+            remaining[0].file_name().and_then(|n| n.to_str()),
+            Some(&*format::segment_file_name(last))
+        );
+        assert!(
+            disk_usage(dir.path()) < full / 4,
+            "{} of {full}",
+            disk_usage(dir.path())
+        );
+        assert_eq!(read_all(&mut log).len(), 10);
+        drop(log);
+        let (mut log, recovery) = QueueLog::open(dir.path(), 4096).expect("open");
+        assert_eq!(recovery.messages, 10);
+        // Acking everything after recovery deletes every segment (none is being written).
+        for (p, _) in read_all(&mut log) {
+            log.ack(p).expect("ack");
+        }
+        assert_eq!(log.segment_count(), 0);
+        assert!(files(dir.path(), "seg").is_empty());
+        assert!(files(dir.path(), "acks").is_empty());
+    }
+
+    #[test]
+    fn a_segment_acked_while_being_written_goes_when_sealed() {
+        let dir = TempDir::new("sealed");
+        let mut log = QueueLog::create(dir.path(), 1024).expect("create");
+        let first = log.append(&msg(0, 100)).expect("append");
+        log.ack(first).expect("ack");
+        assert_eq!(log.segment_count(), 1, "the segment being written stays");
+        let big = log.append(&msg(1, 5000)).expect("append");
+        assert_ne!(
+            big.segment, first.segment,
+            "a message larger than a segment gets its own"
+        );
+        assert_eq!(log.segment_count(), 1, "the acked segment went when sealed");
+        let next = log.append(&msg(2, 10)).expect("append");
+        assert_ne!(next.segment, big.segment);
+        log.sync().expect("sync");
+        let got = read_all(&mut log);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1.body.len(), 5000);
+    }
+
+    /// Writes 3 segments of messages, syncs, and returns the log's positions.
+    fn three_segments(dir: &Path) -> Vec<SegmentPosition> {
+        let mut log = QueueLog::create(dir, 2048).expect("create");
+        let positions: Vec<_> = (0..30)
+            .map(|i| log.append(&msg(i, 150)).expect("append"))
+            .collect();
+        log.sync().expect("sync");
+        assert!(log.segment_count() >= 3);
+        positions
+    }
+
+    #[test]
+    fn a_torn_tail_is_cut_and_reported() {
+        let dir = TempDir::new("torn");
+        let positions = three_segments(dir.path());
+        let last = files(dir.path(), "seg").pop().expect("segment");
+        let len = fs::metadata(&last).expect("meta").len();
+        let file = OpenOptions::new().write(true).open(&last).expect("open");
+        file.set_len(len - 20).expect("truncate mid-record");
+        drop(file);
+
+        let (mut log, recovery) = QueueLog::open(dir.path(), 2048).expect("open");
+        assert_eq!(recovery.messages, 29);
+        assert_eq!(recovery.warnings.len(), 1, "{:?}", recovery.warnings);
+        assert!(
+            recovery.warnings[0].contains("torn record"),
+            "{}",
+            recovery.warnings[0]
+        );
+        let got = read_all(&mut log);
+        assert_eq!(
+            got.iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+            positions[..29]
+        );
+        assert_eq!(got[28].1, msg(28, 150));
+        // The cut is persistent: a second start finds nothing to repair.
+        log.append(&msg(99, 1)).expect("append");
+        log.sync().expect("sync");
+        drop(log);
+        let (_, recovery) = QueueLog::open(dir.path(), 2048).expect("open");
+        assert!(recovery.warnings.is_empty(), "{:?}", recovery.warnings);
+        assert_eq!(recovery.messages, 30);
+    }
+
+    #[test]
+    fn garbage_in_a_segment_cuts_it_and_drops_later_segments() {
+        let dir = TempDir::new("garbage");
+        let positions = three_segments(dir.path());
+        let segs = files(dir.path(), "seg");
+        // Scribble over the tail of the middle segment.
+        let middle = &segs[1];
+        let len = fs::metadata(middle).expect("meta").len();
+        let file = OpenOptions::new().write(true).open(middle).expect("open");
+        file.write_all_at(&[0xAB; 100], len - 100)
+            .expect("scribble");
+        drop(file);
+
+        let (mut log, recovery) = QueueLog::open(dir.path(), 2048).expect("open");
+        assert!(
+            recovery.warnings[0].contains("checksum mismatch"),
+            "{:?}",
+            recovery.warnings
+        );
+        assert!(
+            recovery.warnings[1..]
+                .iter()
+                .all(|w| w.contains("follows a damaged segment"))
+        );
+        assert_eq!(recovery.warnings.len(), segs.len() - 1);
+        let got: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
+        let (first, second) = (segment_number(&segs[0]), segment_number(&segs[1]));
+        let in_second = positions.iter().filter(|p| p.segment == second).count();
+        let expected: Vec<_> = positions
+            .iter()
+            .copied()
+            .filter(|p| p.segment == first || p.segment == second)
+            .take(positions.iter().filter(|p| p.segment == first).count() + in_second - 1)
+            .collect();
+        assert_eq!(
+            got, expected,
+            "the first segment and all but the scribbled record of the second"
+        );
+        assert_eq!(files(dir.path(), "seg").len(), 2);
+    }
+
+    fn segment_number(path: &Path) -> u32 {
+        match path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(format::parse_file_name)
+        {
+            Some(LogFile::Segment(n)) => n,
+            other => panic!("not a segment: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn wrong_magic_or_version_is_incompatible() {
+        let dir = TempDir::new("magic");
+        three_segments(dir.path());
+        let first = &files(dir.path(), "seg")[0];
+        let file = OpenOptions::new().write(true).open(first).expect("open");
+        file.write_all_at(b"SQLite f", 0).expect("scribble");
+        let err = QueueLog::open(dir.path(), 2048).expect_err("must refuse");
+        assert!(matches!(err, StoreError::Incompatible { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("not a Warren data directory or an incompatible version")
+        );
+        file.write_all_at(&format::file_header(&SEGMENT_MAGIC), 0)
+            .expect("fix magic");
+        file.write_all_at(&7u32.to_be_bytes(), 8)
+            .expect("future version");
+        let err = QueueLog::open(dir.path(), 2048).expect_err("must refuse");
+        assert!(err.to_string().contains("format version 7"), "{err}");
+    }
+
+    #[test]
+    fn transient_messages_are_gone_after_reopen() {
+        let dir = TempDir::new("transient");
+        let mut log = QueueLog::create(dir.path(), SEG).expect("create");
+        let mut expected = Vec::new();
+        for i in 0..10 {
+            let mut m = msg(i, 20);
+            m.persistent = i % 3 == 0;
+            let p = log.append(&m).expect("append");
+            if m.persistent {
+                expected.push(p);
+            }
+        }
+        assert_eq!(
+            read_all(&mut log).len(),
+            10,
+            "transient messages are live until restart"
+        );
+        log.sync().expect("sync");
+        drop(log);
+        let (mut log, recovery) = QueueLog::open(dir.path(), SEG).expect("open");
+        assert_eq!(recovery.messages, 4);
+        let got: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(got, expected);
+        for p in got {
+            log.ack(p).expect("ack");
+        }
+        assert_eq!(
+            log.segment_count(),
+            0,
+            "transient records do not keep a segment alive"
+        );
+    }
+
+    #[test]
+    fn a_backlog_larger_than_the_buffers_reads_in_pages() {
+        let dir = TempDir::new("backlog");
+        let mut log = QueueLog::create(dir.path(), 256 << 10).expect("create");
+        let n = 3000;
+        let positions: Vec<_> = (0..n)
+            .map(|i| log.append(&msg(i, 1000)).expect("append"))
+            .collect();
+        assert!(log.segment_count() > 10);
+        // Some of it is still in the write buffer: reading goes through it.
+        let mut from = None;
+        let mut got = Vec::new();
+        loop {
+            let page = log.read(from, 64, 50_000).expect("read");
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 64);
+            from = page.last().map(|(p, _)| *p);
+            for (p, m) in page {
+                if p.offset % 2 == 0 {
+                    log.ack(p).expect("ack");
+                }
+                got.push((p, m));
+            }
+        }
+        assert_eq!(got.len(), n);
+        for (i, (p, m)) in got.iter().enumerate() {
+            assert_eq!(*p, positions[i]);
+            assert_eq!(*m, msg(i, 1000));
+        }
+        // Appends after the reader caught up are found from the last position.
+        let p = log.append(&msg(n, 5)).expect("append");
+        let page = log.read(from, 10, usize::MAX).expect("read");
+        assert_eq!(page.iter().map(|(p, _)| *p).collect::<Vec<_>>(), [p]);
+        // Byte limit: one page stops once bodies reach max_bytes.
+        let page = log.read(None, 1000, 10_000).expect("read");
+        assert_eq!(page.len(), 10);
+        // Resuming from a position that is not the cursor still works.
+        let page = log.read(Some(positions[1]), 2, usize::MAX).expect("read");
+        assert!(page[0].0 > positions[1]);
+    }
+
+    #[test]
+    fn torn_and_stray_ack_entries_are_ignored() {
+        let dir = TempDir::new("ackfile");
+        let mut log = QueueLog::create(dir.path(), SEG).expect("create");
+        let positions: Vec<_> = (0..4)
+            .map(|i| log.append(&msg(i, 10)).expect("append"))
+            .collect();
+        log.ack(positions[0]).expect("ack");
+        log.sync().expect("sync");
+        drop(log);
+        let acks = files(dir.path(), "acks").pop().expect("ack file");
+        let mut data = fs::read(&acks).expect("read");
+        data.extend_from_slice(&format::encode_ack_entry(positions[1].offset + 1, false));
+        data.extend_from_slice(&format::encode_ack_entry(positions[2].offset, false)[..3]);
+        fs::write(&acks, data).expect("write");
+
+        let (mut log, recovery) = QueueLog::open(dir.path(), SEG).expect("open");
+        assert_eq!(recovery.messages, 3);
+        log.ack(positions[3]).expect("ack");
+        log.flush().expect("flush");
+        drop(log);
+        let (mut log, recovery) = QueueLog::open(dir.path(), SEG).expect("open");
+        assert_eq!(
+            recovery.messages, 2,
+            "the ack after the torn entry was aligned"
+        );
+        let got: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
+        assert_eq!(got, positions[1..3]);
+    }
+
+    #[test]
+    fn create_refuses_an_existing_log_and_delete_removes_it() {
+        let dir = TempDir::new("create");
+        let mut log = QueueLog::create(dir.path(), SEG).expect("create");
+        log.append(&msg(0, 1)).expect("append");
+        log.sync().expect("sync");
+        let err = QueueLog::create(dir.path(), SEG).expect_err("must refuse");
+        assert!(matches!(err, StoreError::AlreadyExists { .. }));
+        log.delete().expect("delete");
+        assert!(!dir.path().exists());
+        assert!(matches!(
+            QueueLog::create(dir.path(), 10),
+            Err(StoreError::InvalidSegmentSize(10))
+        ));
+    }
+
+    #[test]
+    fn split_sync_reports_durability_and_a_failed_sync_poisons() {
+        let dir = TempDir::new("groupcommit");
+        let mut log = QueueLog::create(dir.path(), SEG).expect("create");
+        let a = log.append(&msg(0, 1)).expect("append");
+        let pending = log.begin_sync().expect("begin");
+        assert!(log.begin_sync().is_err(), "one sync at a time");
+        let b = log.append(&msg(1, 1)).expect("append while syncing");
+        let result = pending.run();
+        assert_eq!(
+            log.complete_sync(pending, result).expect("complete"),
+            Some(a)
+        );
+        assert_eq!(log.sync().expect("sync"), Some(b));
+        let nothing = log.begin_sync().expect("begin");
+        assert!(nothing.is_empty());
+        let failed = Err(StoreError::io("fdatasync", dir.path())(io::Error::other(
+            "EIO",
+        )));
+        assert!(log.complete_sync(nothing, failed).is_err());
+        assert!(matches!(
+            log.append(&msg(2, 1)),
+            Err(StoreError::Poisoned(_))
+        ));
+        assert!(matches!(log.sync(), Err(StoreError::Poisoned(_))));
+        assert_eq!(log.durable_position(), Some(b));
+    }
+
+    #[test]
+    fn purge_drops_everything() {
+        let dir = TempDir::new("purge");
+        let mut log = QueueLog::create(dir.path(), 2048).expect("create");
+        for i in 0..40 {
+            log.append(&msg(i, 100)).expect("append");
+        }
+        assert_eq!(log.purge().expect("purge"), 40);
+        assert!(files(dir.path(), "seg").is_empty());
+        let p = log.append(&msg(40, 1)).expect("append");
+        log.sync().expect("sync");
+        drop(log);
+        let (mut log, recovery) = QueueLog::open(dir.path(), 2048).expect("open");
+        assert_eq!(recovery.messages, 1);
+        assert_eq!(read_all(&mut log)[0].0, p);
+    }
+
+    /// Not a unit test: `cargo test -p warren --release --lib store::queue_log::tests::perf
+    /// -- --ignored --nocapture` prints append throughput and recovery time.
+    #[test]
+    #[ignore]
+    fn perf() {
+        let dir = TempDir::new("perf");
+        let (queues, per_queue) = (1000, 1000);
+        let body = Bytes::from(vec![b'x'; 128]);
+        let m = StoredMessage { body, ..msg(0, 0) };
+        let start = std::time::Instant::now();
+        for q in 0..queues {
+            let mut log = QueueLog::create(dir.path().join(q.to_string()), SEG).expect("create");
+            for _ in 0..per_queue {
+                log.append(&m).expect("append");
+            }
+            log.flush().expect("flush");
+        }
+        let elapsed = start.elapsed();
+        let total = queues * per_queue;
+        println!(
+            "append+flush {total} x 128 B over {queues} queues: {elapsed:?} ({:.0}/s)",
+            total as f64 / elapsed.as_secs_f64()
+        );
+        let start = std::time::Instant::now();
+        let mut log = QueueLog::create(dir.path().join("one"), SEG).expect("create");
+        for _ in 0..total {
+            log.append(&m).expect("append");
+        }
+        log.sync().expect("sync");
+        let elapsed = start.elapsed();
+        println!(
+            "one queue: append {total} + sync: {elapsed:?} ({:.0}/s)",
+            total as f64 / elapsed.as_secs_f64()
+        );
+        let start = std::time::Instant::now();
+        let mut from = None;
+        let mut n = 0;
+        loop {
+            let page = log.read(from, 256, usize::MAX).expect("read");
+            let Some(&(last, _)) = page.last() else { break };
+            from = Some(last);
+            n += page.len();
+        }
+        assert_eq!(n, total);
+        println!("one queue: read {total}: {:?}", start.elapsed());
+        drop(log);
+        let start = std::time::Instant::now();
+        let mut recovered = 0;
+        for q in 0..queues {
+            let (_, r) = QueueLog::open(dir.path().join(q.to_string()), SEG).expect("open");
+            recovered += r.messages;
+        }
+        assert_eq!(recovered, total as u64);
+        println!(
+            "recover {total} messages in {queues} queues: {:?}",
+            start.elapsed()
+        );
+        let start = std::time::Instant::now();
+        let (_, r) = QueueLog::open(dir.path().join("one"), SEG).expect("open");
+        assert_eq!(r.messages, total as u64);
+        println!(
+            "recover {total} messages in one queue ({} segments): {:?}",
+            r.segments,
+            start.elapsed()
+        );
+    }
+}
