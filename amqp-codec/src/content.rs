@@ -44,6 +44,12 @@ pub struct ContentAssembler {
     state: State,
 }
 
+/// RabbitMQ's texts for frames that arrive out of order, and the method it names.
+const EXPECTED_METHOD: &str = "expected method frame, got non method frame instead";
+const EXPECTED_HEADER: &str =
+    "expected content header for class 60, got non content header frame instead";
+const EXPECTED_BODY: &str = "expected content body, got non content body frame instead";
+
 fn unexpected(text: &str) -> ProtocolError {
     ProtocolError::new(ReplyCode::UnexpectedFrame, text).for_method(CLASS_BASIC, 40)
 }
@@ -59,16 +65,24 @@ impl ContentAssembler {
         self.state = State::Idle;
     }
 
+    /// Checks that a method frame may arrive now.
+    ///
+    /// # Errors
+    /// 505 UNEXPECTED_FRAME, naming the publish, if its content is incomplete.
+    pub fn expect_method(&self) -> Result<(), ProtocolError> {
+        match self.state {
+            State::Idle => Ok(()),
+            State::AwaitingHeader(_) => Err(unexpected(EXPECTED_HEADER)),
+            State::AwaitingBody { .. } => Err(unexpected(EXPECTED_BODY)),
+        }
+    }
+
     /// Starts a message with its `basic.publish`.
     ///
     /// # Errors
     /// 505 UNEXPECTED_FRAME if a previous message's content is incomplete.
     pub fn start(&mut self, publish: Publish) -> Result<(), ProtocolError> {
-        if !self.is_idle() {
-            return Err(unexpected(
-                "expected content header for class 60, got non content header frame instead",
-            ));
-        }
+        self.expect_method()?;
         self.state = State::AwaitingHeader(publish);
         Ok(())
     }
@@ -78,13 +92,21 @@ impl ContentAssembler {
     /// # Errors
     /// 505 UNEXPECTED_FRAME if no publish precedes it or the class is not basic.
     pub fn header(&mut self, header: ContentHeader) -> Result<Option<Content>, ProtocolError> {
-        let State::AwaitingHeader(publish) = std::mem::take(&mut self.state) else {
-            return Err(unexpected(
-                "expected method frame, got non method frame instead",
-            ));
+        let publish = match std::mem::take(&mut self.state) {
+            State::AwaitingHeader(publish) => publish,
+            State::Idle => {
+                return Err(ProtocolError::new(
+                    ReplyCode::UnexpectedFrame,
+                    EXPECTED_METHOD,
+                ));
+            }
+            State::AwaitingBody { .. } => return Err(unexpected(EXPECTED_BODY)),
         };
         if header.class_id != CLASS_BASIC {
-            return Err(unexpected("content header for a class other than basic"));
+            return Err(unexpected(&format!(
+                "expected content header for class 60, got one for class {} instead",
+                header.class_id
+            )));
         }
         if header.body_size == 0 {
             return Ok(Some(Content {
@@ -120,9 +142,10 @@ impl ContentAssembler {
             ..
         } = &mut self.state
         else {
-            return Err(unexpected(
-                "expected method frame, got non method frame instead",
-            ));
+            return Err(match self.state {
+                State::Idle => ProtocolError::new(ReplyCode::UnexpectedFrame, EXPECTED_METHOD),
+                _ => unexpected(EXPECTED_HEADER),
+            });
         };
         *received += payload.len();
         if *received > *body_size {

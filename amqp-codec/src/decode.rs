@@ -103,7 +103,14 @@ impl Decoder for FrameDecoder {
             FRAME_METHOD => Frame::Method(channel, parse_method(frame)?),
             FRAME_HEADER => Frame::Header(channel, parse_header(frame)?),
             FRAME_BODY => Frame::Body(channel, frame),
-            FRAME_HEARTBEAT => Frame::Heartbeat(channel),
+            FRAME_HEARTBEAT if frame.is_empty() => Frame::Heartbeat(channel),
+            FRAME_HEARTBEAT => {
+                return Err(ProtocolError::new(
+                    ReplyCode::FrameError,
+                    "type 8, heartbeat frame with a payload: unknown_frame",
+                )
+                .into());
+            }
             other => {
                 return Err(ProtocolError::new(
                     ReplyCode::FrameError,
@@ -119,7 +126,8 @@ impl Decoder for FrameDecoder {
 /// Parses a method payload; `basic.publish` without allocating.
 ///
 /// # Errors
-/// 540 NOT_IMPLEMENTED for an unknown class or method, 502 SYNTAX_ERROR for bad arguments.
+/// 540 NOT_IMPLEMENTED for an unknown class or method, 501 FRAME_ERROR for arguments
+/// that do not decode (as RabbitMQ answers).
 pub fn parse_method(payload: Bytes) -> Result<Method, ProtocolError> {
     if payload.len() < 4 {
         return Err(ProtocolError::new(
@@ -162,10 +170,11 @@ pub fn parse_method(payload: Bytes) -> Result<Method, ProtocolError> {
     }
 }
 
+/// Arguments that do not decode: RabbitMQ answers 501 FRAME_ERROR naming the method.
 fn syntax_error(class_id: u16, method_id: u16) -> ProtocolError {
     ProtocolError::new(
-        ReplyCode::SyntaxError,
-        format!("malformed arguments for method {class_id}/{method_id}"),
+        ReplyCode::FrameError,
+        format!("cannot decode the arguments of method {class_id}/{method_id}"),
     )
     .for_method(class_id, method_id)
 }
@@ -336,10 +345,10 @@ mod tests {
         let malformed = [1u8, 0, 1, 0, 0, 0, 5, 0, 50, 0, 10, 0, 0xCE];
         match decode_all(&malformed) {
             Err(CodecError::Protocol(e)) => {
-                assert_eq!(e.code, ReplyCode::SyntaxError);
+                assert_eq!(e.code, ReplyCode::FrameError);
                 assert_eq!((e.class_id, e.method_id), (50, 10));
             }
-            other => panic!("expected 502, got {other:?}"),
+            other => panic!("expected 501, got {other:?}"),
         }
     }
 

@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub mod perf;
+
 /// Set this to an AMQP URI (e.g. `amqp://guest:guest@127.0.0.1:5673/%2f`) to run the
 /// black-box tests against another broker, such as a real RabbitMQ, instead of an
 /// in-process Warren. Tests must then use unique names, which they do.
@@ -75,7 +77,9 @@ impl TestServer {
         }
         let rest = self.uri.split('@').next_back().unwrap_or_default();
         let host_port = rest.split('/').next().unwrap_or_default();
-        host_port.parse().expect("external URI with an IP:port host")
+        host_port
+            .parse()
+            .expect("external URI with an IP:port host")
     }
 
     /// Whether this is an in-process Warren (false against an external broker).

@@ -89,6 +89,12 @@ pub fn command_invalid(text: impl Into<String>) -> AmqpError {
     AmqpError::new(ReplyCode::CommandInvalid, text)
 }
 
+/// 503 `unimplemented method`: a method only the server may send, or one not expected
+/// now (RabbitMQ's answer).
+pub fn unimplemented_method() -> AmqpError {
+    command_invalid("unimplemented method")
+}
+
 /// 540: a feature RabbitMQ does not implement either (a connection error).
 pub fn not_implemented(text: impl Into<String>) -> AmqpError {
     AmqpError::new(ReplyCode::NotImplemented, text)

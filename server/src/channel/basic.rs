@@ -95,6 +95,10 @@ impl Channel {
                 );
                 Ok(())
             }
+            b::AMQPMethod::Recover(b::Recover { requeue: false })
+            | b::AMQPMethod::RecoverAsync(b::RecoverAsync { requeue: false }) => {
+                Err(error::not_implemented("requeue=false"))
+            }
             b::AMQPMethod::Recover(_) => {
                 let entries: Vec<Unacked> = self.unacked.drain(..).collect();
                 self.settle(ctx, entries, Settlement::Reject { requeue: true });
@@ -109,9 +113,7 @@ impl Channel {
                 self.settle(ctx, entries, Settlement::Reject { requeue: true });
                 Ok(())
             }
-            _ => Err(error::command_invalid(
-                "basic method not valid from a client",
-            )),
+            _ => Err(error::unimplemented_method()),
         }
     }
 

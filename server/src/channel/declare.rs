@@ -1,10 +1,9 @@
 //! The exchange and queue classes: declaring, binding, purging and deleting.
 
-use amqp_codec::ReplyCode;
 use amqp_codec::amq_protocol::protocol::{AMQPClass, exchange as ex, queue as q};
 
 use super::{Channel, Context};
-use crate::error::{self, AmqpError, AmqpResult};
+use crate::error::{self, AmqpResult};
 use crate::exchange::{ExchangeKind, ExchangeSettings};
 use crate::names;
 use crate::vhost::QueueDeclare;
@@ -62,9 +61,7 @@ impl Channel {
             ex::AMQPMethod::Bind(_) | ex::AMQPMethod::Unbind(_) => Err(error::not_implemented(
                 "exchange-to-exchange bindings are not supported yet",
             )),
-            _ => Err(error::command_invalid(
-                "exchange method not valid from a client",
-            )),
+            _ => Err(error::unimplemented_method()),
         }
     }
 
@@ -173,10 +170,7 @@ impl Channel {
                 }
                 Ok(())
             }
-            _ => Err(AmqpError::new(
-                ReplyCode::CommandInvalid,
-                "queue method not valid from a client",
-            )),
+            _ => Err(error::unimplemented_method()),
         }
     }
 }

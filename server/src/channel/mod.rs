@@ -46,6 +46,8 @@ pub struct Context<'a> {
     pub confirms_due: &'a mut Vec<u16>,
     /// Whether the client handles a server-sent `basic.cancel`.
     pub cancel_notify: bool,
+    /// The authenticated user (publishes may only claim it as `user-id`).
+    pub user: &'a str,
 }
 
 impl Context<'_> {
@@ -139,8 +141,13 @@ impl Channel {
     /// The AMQP error to close the channel (soft code) or connection (hard code) with.
     pub fn handle_method(&mut self, ctx: &mut Context<'_>, method: Method) -> AmqpResult<()> {
         let (class_id, method_id) = method.ids();
-        self.dispatch(ctx, method)
-            .map_err(|e| e.for_method(class_id, method_id))
+        self.dispatch(ctx, method).map_err(|e| {
+            if e.class_id == 0 {
+                e.for_method(class_id, method_id)
+            } else {
+                e
+            }
+        })
     }
 
     fn dispatch(&mut self, ctx: &mut Context<'_>, method: Method) -> AmqpResult<()> {
@@ -153,12 +160,7 @@ impl Channel {
             }
             Method::Other(class) => *class,
         };
-        if !self.assembler.is_idle() {
-            return Err(AmqpError::new(
-                ReplyCode::UnexpectedFrame,
-                "expected content header for class 60, got non content header frame instead",
-            ));
-        }
+        self.assembler.expect_method()?;
         match class {
             AMQPClass::Channel(ch::AMQPMethod::Flow(flow)) => {
                 if !flow.active {
@@ -170,7 +172,6 @@ impl Channel {
                 );
                 Ok(())
             }
-            AMQPClass::Channel(ch::AMQPMethod::FlowOk(_)) => Ok(()),
             AMQPClass::Channel(ch::AMQPMethod::Open(_)) => {
                 Err(error::channel_error("second 'channel.open' seen"))
             }
@@ -202,11 +203,7 @@ impl Channel {
                 Ok(())
             }
             AMQPClass::Tx(m) => self.tx_method(ctx, m),
-            other => Err(error::command_invalid(format!(
-                "method {}/{} is not valid from a client on a channel",
-                other.get_amqp_class_id(),
-                other.get_amqp_method_id()
-            ))),
+            _ => Err(error::unimplemented_method()),
         }
     }
 
@@ -286,7 +283,7 @@ impl Channel {
                 );
                 Ok(())
             }
-            _ => Err(error::command_invalid("tx method not valid from a client")),
+            _ => Err(error::unimplemented_method()),
         }
     }
 

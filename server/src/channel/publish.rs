@@ -2,16 +2,27 @@
 //! unroutable mandatory messages are returned; confirms are counted and sent per batch.
 
 use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
+use amqp_codec::properties::Property;
 use amqp_codec::{Content, ReplyCode, encode};
 
 use super::{Channel, Context};
-use crate::error::AmqpResult;
+use crate::error::{self, AmqpResult};
 use crate::message::Message;
 
 impl Channel {
     pub(super) fn on_content(&mut self, ctx: &mut Context<'_>, content: Content) -> AmqpResult<()> {
         let mandatory = content.publish.mandatory;
         let message = Message::from_content(content);
+        if let Some(claimed) = message
+            .properties()
+            .and_then(|p| p.short_str(Property::UserId))
+            && claimed != ctx.user
+        {
+            return Err(error::precondition(format!(
+                "user_id property set to '{claimed}' but authenticated user was '{}'",
+                ctx.user
+            )));
+        }
         if let Some(tx) = &mut self.tx {
             tx.publishes.push((message, mandatory));
             return Ok(());

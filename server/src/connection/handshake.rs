@@ -80,8 +80,8 @@ async fn next_method(io: &mut FrameIo) -> Result<AMQPClass, HandshakeError> {
             Some(_) => {
                 return Err(HandshakeError::Codec(CodecError::Protocol(
                     ProtocolError::new(
-                        ReplyCode::CommandInvalid,
-                        "expected a connection method during the handshake",
+                        ReplyCode::UnexpectedFrame,
+                        "a frame other than a connection method during the handshake",
                     ),
                 )));
             }
@@ -171,24 +171,14 @@ pub async fn negotiate(
     io.write_all(&mut out).await?;
 
     let AMQPClass::Connection(c::AMQPMethod::StartOk(start_ok)) = next_method(io).await? else {
-        return Err(refuse(
-            io,
-            ProtocolError::new(ReplyCode::CommandInvalid, "expected 'connection.start_ok'"),
-        )
-        .await);
+        return Err(HandshakeError::Closed);
     };
     let mechanism = start_ok.mechanism.as_str();
     let auth_close = client_capability(&start_ok.client_properties, "authentication_failure_close");
     let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
     if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
-        return Err(refuse(
-            io,
-            ProtocolError::new(
-                ReplyCode::AccessRefused,
-                format!("unsupported authentication mechanism '{mechanism}'"),
-            ),
-        )
-        .await);
+        tracing::warn!(mechanism, "unsupported authentication mechanism");
+        return Err(HandshakeError::Closed);
     }
     let login = credentials(mechanism, start_ok.response.as_bytes());
     let user = match login {
@@ -220,33 +210,38 @@ pub async fn negotiate(
         })),
     );
     io.write_all(&mut out).await?;
+    // Like RabbitMQ, anything but tune-ok here ends the connection without a close.
     let AMQPClass::Connection(c::AMQPMethod::TuneOk(tune_ok)) = next_method(io).await? else {
-        return Err(refuse(
-            io,
-            ProtocolError::new(ReplyCode::CommandInvalid, "expected 'connection.tune_ok'"),
-        )
-        .await);
+        return Err(HandshakeError::Closed);
     };
-    let negotiate = |client: u32, server: u32| match (client, server) {
-        (0, s) => s,
-        (c, 0) => c,
-        (c, s) => c.min(s),
-    };
-    let frame_max =
-        negotiate(tune_ok.frame_max, config.frame_max).max(amqp_codec::frame::FRAME_MIN_SIZE);
-    let channel_max = negotiate(
-        u32::from(tune_ok.channel_max),
-        u32::from(config.channel_max),
-    );
-    let channel_max = u16::try_from(channel_max).unwrap_or(u16::MAX);
+    if tune_ok.channel_max == 0
+        || tune_ok.channel_max > config.channel_max
+        || tune_ok.frame_max < amqp_codec::frame::FRAME_MIN_SIZE
+        || tune_ok.frame_max > config.frame_max
+    {
+        return Err(HandshakeError::Codec(CodecError::Protocol(
+            ProtocolError::new(
+                ReplyCode::NotAllowed,
+                format!(
+                    "tune-ok outside the server's limits: channel_max={} frame_max={}",
+                    tune_ok.channel_max, tune_ok.frame_max
+                ),
+            ),
+        )));
+    }
+    let frame_max = tune_ok.frame_max;
+    let channel_max = tune_ok.channel_max;
     io.decoder.set_frame_max(frame_max);
 
-    let AMQPClass::Connection(c::AMQPMethod::Open(open)) = next_method(io).await? else {
-        return Err(refuse(
-            io,
-            ProtocolError::new(ReplyCode::CommandInvalid, "expected 'connection.open'"),
-        )
-        .await);
+    let open = match next_method(io).await {
+        Ok(AMQPClass::Connection(c::AMQPMethod::Open(open))) => open,
+        Ok(_) => return Err(HandshakeError::Closed),
+        Err(HandshakeError::Codec(CodecError::Protocol(error)))
+            if error.code == ReplyCode::UnexpectedFrame =>
+        {
+            return Err(refuse(io, error).await);
+        }
+        Err(error) => return Err(error),
     };
     let vhost_name = open.virtual_host.as_str();
     let Some(vhost) = broker.vhost(vhost_name) else {

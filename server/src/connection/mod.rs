@@ -131,6 +131,7 @@ struct Shared {
     kicks: Vec<Arc<Queue>>,
     confirms_due: Vec<u16>,
     cancel_notify: bool,
+    user: String,
 }
 
 impl Shared {
@@ -147,13 +148,16 @@ impl Shared {
             kicks: &mut self.kicks,
             confirms_due: &mut self.confirms_due,
             cancel_notify: self.cancel_notify,
+            user: &self.user,
         }
     }
 }
 
 struct Connection {
     shared: Shared,
-    channels: Vec<Option<Channel>>,
+    /// Open channels by number; boxed so that a sparse table of high numbers stays small.
+    channels: Vec<Option<Box<Channel>>>,
+    open_channels: u16,
     channel_max: u16,
     heartbeat: u16,
     pending: Vec<Outgoing>,
@@ -175,8 +179,10 @@ impl Connection {
                 kicks: Vec::new(),
                 confirms_due: Vec::new(),
                 cancel_notify: session.cancel_notify,
+                user: session.user,
             },
             channels: Vec::new(),
+            open_channels: 0,
             channel_max: session.channel_max,
             heartbeat: session.heartbeat,
             pending: Vec::new(),
@@ -322,9 +328,9 @@ impl Connection {
         }
         match frame {
             Frame::Heartbeat(0) => Ok(()),
-            Frame::Heartbeat(_) => Err(ProtocolError::new(
-                ReplyCode::FrameError,
-                "heartbeat frame on a non-zero channel",
+            Frame::Heartbeat(id) => Err(ProtocolError::new(
+                ReplyCode::UnexpectedFrame,
+                format!("heartbeat frame on channel {id}"),
             )),
             Frame::Method(0, method) => self.connection_method(method),
             Frame::Header(0, _) | Frame::Body(0, _) => Err(ProtocolError::new(
@@ -335,7 +341,7 @@ impl Connection {
             Frame::Header(id, header) => {
                 let shared = &mut self.shared;
                 let Some(Some(channel)) = self.channels.get_mut(usize::from(id)) else {
-                    return Err(expected_channel_open());
+                    return Err(expected_method_frame());
                 };
                 if channel.is_closing() {
                     return Ok(());
@@ -346,7 +352,7 @@ impl Connection {
             Frame::Body(id, payload) => {
                 let shared = &mut self.shared;
                 let Some(Some(channel)) = self.channels.get_mut(usize::from(id)) else {
-                    return Err(expected_channel_open());
+                    return Err(expected_method_frame());
                 };
                 if channel.is_closing() {
                     return Ok(());
@@ -366,10 +372,7 @@ impl Connection {
 
     fn connection_method(&mut self, method: Method) -> Result<(), ProtocolError> {
         let Method::Other(class) = method else {
-            return Err(ProtocolError::new(
-                ReplyCode::ChannelError,
-                "basic.publish on channel 0",
-            ));
+            return Err(crate::error::unimplemented_method().for_method(60, 40));
         };
         match *class {
             AMQPClass::Connection(c::AMQPMethod::Close(close)) => {
@@ -382,10 +385,19 @@ impl Connection {
                 self.phase = Phase::Done(Ended::ClientClosed);
                 Ok(())
             }
-            AMQPClass::Connection(c::AMQPMethod::CloseOk(_)) => Ok(()),
             AMQPClass::Connection(c::AMQPMethod::Blocked(_) | c::AMQPMethod::Unblocked(_)) => {
                 Ok(())
             }
+            AMQPClass::Connection(
+                c::AMQPMethod::StartOk(_)
+                | c::AMQPMethod::SecureOk(_)
+                | c::AMQPMethod::TuneOk(_)
+                | c::AMQPMethod::Open(_),
+            ) => Err(ProtocolError::new(
+                ReplyCode::ChannelError,
+                "unexpected method in connection state running",
+            )
+            .for_method(class.get_amqp_class_id(), class.get_amqp_method_id())),
             AMQPClass::Connection(c::AMQPMethod::UpdateSecret(_)) => {
                 encode::method(
                     &mut self.shared.out,
@@ -394,15 +406,8 @@ impl Connection {
                 );
                 Ok(())
             }
-            other => Err(ProtocolError::new(
-                ReplyCode::CommandInvalid,
-                format!(
-                    "method {}/{} is not valid on channel 0 of an open connection",
-                    other.get_amqp_class_id(),
-                    other.get_amqp_method_id()
-                ),
-            )
-            .for_method(other.get_amqp_class_id(), other.get_amqp_method_id())),
+            other => Err(crate::error::unimplemented_method()
+                .for_method(other.get_amqp_class_id(), other.get_amqp_method_id())),
         }
     }
 
@@ -410,29 +415,30 @@ impl Connection {
         let slot = usize::from(id);
         let open = matches!(self.channels.get(slot), Some(Some(_)));
         if !open {
+            let (class_id, method_id) = method.ids();
             let Method::Other(class) = &method else {
-                return Err(expected_channel_open());
+                return Err(expected_channel_open().for_method(class_id, method_id));
             };
             if !matches!(**class, AMQPClass::Channel(ch::AMQPMethod::Open(_))) {
-                return Err(expected_channel_open());
+                return Err(expected_channel_open().for_method(class_id, method_id));
             }
-            if id > self.channel_max {
+            if self.open_channels >= self.channel_max {
                 return Err(ProtocolError::new(
                     ReplyCode::NotAllowed,
                     format!(
-                        "channel number {id} exceeds the negotiated channel_max {}",
-                        self.channel_max
+                        "number of channels opened ({}) has reached the negotiated channel_max ({})",
+                        self.open_channels, self.channel_max
                     ),
-                )
-                .for_method(20, 10));
+                ));
             }
             if self.channels.len() <= slot {
                 self.channels.resize_with(slot + 1, || None);
             }
-            self.channels[slot] = Some(Channel::new(
+            self.channels[slot] = Some(Box::new(Channel::new(
                 id,
                 self.shared.broker.config().max_message_size,
-            ));
+            )));
+            self.open_channels += 1;
             debug!(channel = id, "channel opened");
             encode::method(
                 &mut self.shared.out,
@@ -455,13 +461,16 @@ impl Connection {
                         &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
                     );
                     self.channels[slot] = None;
+                    self.open_channels -= 1;
                     debug!(channel = id, "channel closed by the client");
                     return Ok(());
                 }
                 AMQPClass::Channel(ch::AMQPMethod::CloseOk(_)) => {
-                    if channel.is_closing() {
-                        self.channels[slot] = None;
+                    if !channel.is_closing() {
+                        return Err(crate::error::unimplemented_method().for_method(20, 41));
                     }
+                    self.channels[slot] = None;
+                    self.open_channels -= 1;
                     return Ok(());
                 }
                 _ => {}
@@ -581,6 +590,13 @@ impl Connection {
 
 fn expected_channel_open() -> ProtocolError {
     ProtocolError::new(ReplyCode::ChannelError, "expected 'channel.open'")
+}
+
+fn expected_method_frame() -> ProtocolError {
+    ProtocolError::new(
+        ReplyCode::UnexpectedFrame,
+        "expected method frame, got non method frame instead",
+    )
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

@@ -1,0 +1,238 @@
+//! The correctness verdict: every published message (with confirms: every confirmed
+//! one) reached each queue it was routed to and was consumed there exactly once, and
+//! nothing else was consumed.
+
+use serde::Serialize;
+
+use super::consumer::ConsumerResult;
+use super::producer::ProducerResult;
+use super::seqset::SeqSet;
+use super::topology::Route;
+
+/// Outcome of the check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Everything that had to arrive arrived exactly once.
+    Verified,
+    /// Something was missing, duplicated or foreign.
+    Failed,
+    /// Nothing to check against (no consumers).
+    Unverified,
+}
+
+/// The verdict and the counts behind it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verdict {
+    /// Outcome.
+    pub status: Status,
+    /// Messages published by all producers.
+    pub published: u64,
+    /// Messages positively confirmed (`None` without confirms).
+    pub confirmed: Option<u64>,
+    /// Messages negatively confirmed (`None` without confirms).
+    pub nacked: Option<u64>,
+    /// Deliveries that had to arrive: each published (or confirmed) message once per
+    /// queue it was routed to.
+    pub expected: u64,
+    /// Deliveries received by all consumers.
+    pub consumed: u64,
+    /// Required deliveries that never arrived.
+    pub missing: u64,
+    /// Deliveries of a message its queue had already delivered.
+    pub duplicates: u64,
+    /// Deliveries that were not sent by this run to that queue.
+    pub strays: u64,
+    /// Deliveries flagged redelivered (not an error by itself).
+    pub redelivered: u64,
+    /// Consumers that stopped waiting for missing messages.
+    pub timed_out_consumers: usize,
+}
+
+impl Verdict {
+    /// Whether the run passed (or had nothing to check).
+    pub fn ok(&self) -> bool {
+        self.status != Status::Failed
+    }
+}
+
+/// Checks consumers' records against what producers sent where.
+pub fn verify(
+    routes: &[Route],
+    queues: usize,
+    producers: &[ProducerResult],
+    consumers: &[ConsumerResult],
+) -> Verdict {
+    let published = producers.iter().map(|p| p.published).sum();
+    let with_confirms = producers.iter().any(|p| p.confirms.is_some());
+    let confirmed = with_confirms.then(|| {
+        producers
+            .iter()
+            .filter_map(|p| p.confirms.as_ref())
+            .map(|c| c.acked())
+            .sum()
+    });
+    let nacked = with_confirms.then(|| {
+        producers
+            .iter()
+            .filter_map(|p| p.confirms.as_ref())
+            .map(|c| c.nacked())
+            .sum()
+    });
+    let mut verdict = Verdict {
+        status: Status::Verified,
+        published,
+        confirmed,
+        nacked,
+        expected: 0,
+        consumed: consumers.iter().map(|c| c.consumed).sum(),
+        missing: 0,
+        duplicates: consumers.iter().map(|c| c.duplicates).sum(),
+        strays: consumers.iter().map(|c| c.strays).sum(),
+        redelivered: consumers.iter().map(|c| c.redelivered).sum(),
+        timed_out_consumers: consumers.iter().filter(|c| c.timed_out).count(),
+    };
+    if consumers.is_empty() {
+        verdict.status = Status::Unverified;
+        return verdict;
+    }
+    // Per queue and producer: the union of what that queue's consumers saw.
+    let mut seen: Vec<Vec<SeqSet>> = vec![vec![SeqSet::new(); producers.len()]; queues];
+    for c in consumers {
+        for (p, set) in c.seen.iter().enumerate() {
+            if let Some(union) = seen.get_mut(c.queue_index).and_then(|q| q.get_mut(p)) {
+                verdict.duplicates += union.union_with(set);
+            }
+        }
+    }
+    for (q, per_producer) in seen.iter().enumerate() {
+        for (p, union) in per_producer.iter().enumerate() {
+            let Some(producer) = producers.get(p) else {
+                continue;
+            };
+            let routed = routes.get(p).is_some_and(|r| r.queues.contains(&q));
+            if !routed {
+                verdict.strays += union.len();
+                continue;
+            }
+            match &producer.confirms {
+                None => {
+                    verdict.expected += producer.published;
+                    verdict.missing += producer.published - union.count_below(producer.published);
+                }
+                Some(tracker) => {
+                    for seq in 0..producer.published {
+                        if tracker.is_acked(seq) {
+                            verdict.expected += 1;
+                            verdict.missing += u64::from(!union.contains(seq));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if verdict.missing + verdict.duplicates + verdict.strays > 0 {
+        verdict.status = Status::Failed;
+    }
+    verdict
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::perf::confirms::ConfirmTracker;
+    use hdrhistogram::Histogram;
+    use std::time::Duration;
+
+    fn producer(index: u16, published: u64, confirms: Option<ConfirmTracker>) -> ProducerResult {
+        ProducerResult {
+            index,
+            published,
+            confirms,
+            publish_time: Duration::from_secs(1),
+            cpu: None,
+            was_blocked: false,
+        }
+    }
+
+    fn consumer(queue_index: usize, seen: &[&[u64]]) -> ConsumerResult {
+        let seen: Vec<SeqSet> = seen
+            .iter()
+            .map(|seqs| {
+                let mut s = SeqSet::new();
+                for &q in *seqs {
+                    s.insert(q);
+                }
+                s
+            })
+            .collect();
+        ConsumerResult {
+            index: 0,
+            queue_index,
+            consumed: seen.iter().map(SeqSet::len).sum(),
+            bytes: 0,
+            seen,
+            duplicates: 0,
+            strays: 0,
+            redelivered: 0,
+            latency: Histogram::new(3).expect("histogram"),
+            last_delivery_nanos: 0,
+            timed_out: false,
+            cpu: None,
+        }
+    }
+
+    fn direct(queue: usize) -> Route {
+        Route {
+            exchange: String::new(),
+            routing_key: String::new(),
+            queues: vec![queue],
+        }
+    }
+
+    #[test]
+    fn all_delivered_once_is_verified() {
+        let routes = [direct(0)];
+        let v = verify(
+            &routes,
+            1,
+            &[producer(0, 4, None)],
+            &[consumer(0, &[&[0, 1]]), consumer(0, &[&[2, 3]])],
+        );
+        assert_eq!(v.status, Status::Verified);
+        assert_eq!((v.expected, v.consumed, v.missing), (4, 4, 0));
+    }
+
+    #[test]
+    fn missing_duplicate_and_misrouted_fail() {
+        let routes = [direct(0)];
+        let v = verify(
+            &routes,
+            2,
+            &[producer(0, 4, None)],
+            &[
+                consumer(0, &[&[0, 1]]),
+                consumer(0, &[&[1]]),
+                consumer(1, &[&[3]]),
+            ],
+        );
+        assert_eq!(v.status, Status::Failed);
+        assert_eq!((v.missing, v.duplicates, v.strays), (2, 1, 1));
+    }
+
+    #[test]
+    fn with_confirms_only_acked_messages_must_arrive() {
+        let mut tracker = ConfirmTracker::new();
+        tracker.record(2, true, false, 3).expect("ack");
+        tracker.record(3, false, true, 3).expect("nack");
+        let routes = [direct(0)];
+        let v = verify(
+            &routes,
+            1,
+            &[producer(0, 3, Some(tracker))],
+            &[consumer(0, &[&[0, 1]])],
+        );
+        assert_eq!(v.status, Status::Verified);
+        assert_eq!((v.confirmed, v.nacked, v.expected), (Some(2), Some(1), 2));
+    }
+}
