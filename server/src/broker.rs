@@ -1,13 +1,17 @@
-//! The broker's shared state: its settings, virtual hosts and users, and the id counters
-//! for connections and consumers.
+//! The broker's shared state: its settings, data directory, virtual hosts and users, and
+//! the id counters for connections and consumers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use tokio::sync::oneshot;
 
 use crate::config::Config;
 use crate::queue::{ConnectionId, ConsumerId};
+use crate::store::{BrokerStore, StoreError, SyncTarget};
 use crate::vhost::VHost;
 
 /// A user that may log in.
@@ -20,6 +24,7 @@ struct User {
 #[derive(Debug)]
 pub struct Broker {
     config: Arc<Config>,
+    store: Arc<BrokerStore>,
     vhosts: HashMap<String, Arc<VHost>>,
     users: HashMap<String, User>,
     next_connection: AtomicU64,
@@ -27,10 +32,32 @@ pub struct Broker {
 }
 
 impl Broker {
-    /// A broker with the default vhost `/` and the configured default user.
-    pub fn new(config: Arc<Config>) -> Self {
+    /// Opens the data directory and recovers what it holds: durable exchanges, queues,
+    /// bindings and persistent messages, in the default vhost `/`.
+    ///
+    /// # Errors
+    /// The data directory is locked by another broker, belongs to something else, or
+    /// cannot be read.
+    pub fn open(config: Arc<Config>) -> Result<Self, StoreError> {
+        let started = Instant::now();
+        let (store, defs, cut) = BrokerStore::open(&config.data_dir)?;
+        if cut > 0 {
+            tracing::warn!(lines = cut, "cut a torn tail off the definitions log");
+        }
+        let store = Arc::new(store);
+        let vhost = Arc::new(VHost::new("/", Some(store.clone())));
+        let (queues, messages) = vhost.restore(&defs)?;
+        let keep: HashSet<&str> = defs.queues.iter().map(|q| q.id.as_str()).collect();
+        store.remove_orphans(&keep);
+        tracing::info!(
+            data_dir = %config.data_dir.display(),
+            queues,
+            messages,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "recovered durable state"
+        );
         let mut vhosts = HashMap::new();
-        vhosts.insert("/".to_owned(), Arc::new(VHost::new("/")));
+        vhosts.insert("/".to_owned(), vhost);
         let mut users = HashMap::new();
         users.insert(
             config.default_user.clone(),
@@ -38,13 +65,14 @@ impl Broker {
                 password: config.default_pass.clone(),
             },
         );
-        Self {
+        Ok(Self {
             config,
+            store,
             vhosts,
             users,
             next_connection: AtomicU64::new(1),
             next_consumer: AtomicU64::new(1),
-        }
+        })
     }
 
     /// The settings it runs with.
@@ -69,6 +97,25 @@ impl Broker {
         let loopback = peer.is_loopback()
             || matches!(peer, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
         user != self.config.default_user || self.config.allow_remote_default_user || loopback
+    }
+
+    /// Asks the group commit to make the logs of `targets` durable; `done` hears whether
+    /// it did.
+    pub fn commit(&self, targets: Vec<Arc<dyn SyncTarget>>, done: Option<oneshot::Sender<bool>>) {
+        self.store.commit(targets, done);
+    }
+
+    /// Makes everything written so far durable (at shutdown).
+    pub async fn sync_all(&self) -> bool {
+        let targets: Vec<Arc<dyn SyncTarget>> = self
+            .vhosts
+            .values()
+            .flat_map(|v| v.logged_queues())
+            .map(|q| q as Arc<dyn SyncTarget>)
+            .collect();
+        let (done, synced) = oneshot::channel();
+        self.store.commit(targets, Some(done));
+        synced.await.unwrap_or(false)
     }
 
     /// A fresh connection id.

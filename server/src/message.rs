@@ -3,6 +3,8 @@
 use amqp_codec::{Content, PropertiesView, ShortStr};
 use bytes::Bytes;
 
+use crate::store::SegmentPosition;
+
 /// A message as published. Every field shares the connection's read buffer, so a copy
 /// routed to many queues costs reference counts, not bytes.
 #[derive(Debug, Clone)]
@@ -28,6 +30,13 @@ impl Message {
         }
     }
 
+    /// Whether it was published with delivery mode 2 (persistent).
+    pub fn is_persistent(&self) -> bool {
+        self.properties()
+            .and_then(|p| p.delivery_mode())
+            .is_some_and(|mode| mode == 2)
+    }
+
     /// A view of the properties (validated when the header frame was decoded).
     pub fn properties(&self) -> Option<PropertiesView<'_>> {
         PropertiesView::new(&self.properties).ok()
@@ -41,6 +50,8 @@ impl Message {
 pub struct QueuedMessage {
     /// Position in the queue, increasing in publish order.
     pub offset: u64,
+    /// Where the message sits in its queue's durable log, if the queue has one.
+    pub position: Option<SegmentPosition>,
     /// Set once the message has been delivered and returned.
     pub redelivered: bool,
     /// The message.

@@ -17,6 +17,13 @@ pub fn server_queue_name() -> String {
     format!("amq.gen-{}", random_suffix())
 }
 
+/// A unique id for a durable queue's log directory, so a queue deleted and declared
+/// again never reads the old incarnation's messages.
+pub fn queue_log_id() -> String {
+    let mut rng = rand::rng();
+    format!("{:016x}{:016x}", rng.random::<u64>(), rng.random::<u64>())
+}
+
 /// A tag for a consumer started with an empty tag.
 pub fn server_consumer_tag() -> String {
     format!("amq.ctag-{}", random_suffix())

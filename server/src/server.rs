@@ -34,13 +34,14 @@ impl Shutdown {
 /// connection with 320 CONNECTION_FORCED and returns when they are gone.
 ///
 /// # Errors
-/// Only if the broker cannot start.
+/// If the broker cannot start: its data directory is locked by another broker, not
+/// Warren's, or unreadable.
 pub async fn run(
     listener: TcpListener,
     config: Arc<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
-    let broker = Arc::new(Broker::new(config));
+    let broker = Arc::new(Broker::open(config).map_err(std::io::Error::other)?);
     let (stop, stopping) = watch::channel(false);
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
@@ -79,6 +80,9 @@ pub async fn run(
         .is_err()
     {
         error!("connections did not close in time");
+    }
+    if !broker.sync_all().await {
+        error!("could not make every queue's log durable at shutdown");
     }
     info!("stopped");
     Ok(())

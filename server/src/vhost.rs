@@ -8,10 +8,14 @@ use amqp_codec::ShortStr;
 use amqp_codec::amq_protocol::types::FieldTable;
 use parking_lot::RwLock;
 
-use crate::error::{self, AmqpResult};
+use crate::error::{self, AmqpError, AmqpResult};
 use crate::exchange::{Binding, Exchange, ExchangeKind, ExchangeSettings};
 use crate::message::Message;
+use crate::names;
 use crate::queue::{ConnectionId, Queue, QueueSettings};
+use crate::store::BrokerStore;
+use crate::store::definitions::{BindingDef, Change, Definitions, ExchangeDef, QueueDef};
+use amqp_codec::ReplyCode;
 
 /// What `queue.declare` asks for.
 #[derive(Debug, Clone)]
@@ -38,6 +42,8 @@ pub struct VHost {
     name: String,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Where durable definitions and queue logs go; `None` keeps everything in memory.
+    store: Option<Arc<BrokerStore>>,
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -45,12 +51,13 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 impl VHost {
-    /// A vhost with RabbitMQ's predeclared exchanges.
-    pub fn new(name: &str) -> Self {
+    /// A vhost with RabbitMQ's predeclared exchanges, storing durable things in `store`.
+    pub fn new(name: &str, store: Option<Arc<BrokerStore>>) -> Self {
         let vhost = Self {
             name: name.to_owned(),
             exchanges: RwLock::default(),
             queues: RwLock::default(),
+            store,
         };
         for (exchange, kind) in [
             ("amq.direct", ExchangeKind::Direct),
@@ -143,6 +150,16 @@ impl VHost {
         if name.starts_with("amq.") {
             return Err(error::reserved_name("exchange", name));
         }
+        if settings.durable {
+            self.record(&Change::PutExchange(ExchangeDef {
+                vhost: self.name.clone(),
+                name: name.to_owned(),
+                kind: settings.kind.as_str().to_owned(),
+                auto_delete: settings.auto_delete,
+                internal: settings.internal,
+                arguments: settings.arguments.clone(),
+            }));
+        }
         exchanges.insert(
             name.to_owned(),
             Arc::new(Exchange::new(name.into(), settings)),
@@ -171,6 +188,12 @@ impl VHost {
                     "exchange '{name}' in vhost '{}' in use",
                     self.name
                 )));
+            }
+            if existing.settings().durable {
+                self.record(&Change::DeleteExchange {
+                    vhost: self.name.clone(),
+                    name: name.to_owned(),
+                });
             }
             exchanges.remove(name);
         }
@@ -239,15 +262,38 @@ impl VHost {
         if declare.name.starts_with("amq.") && !declare.server_named {
             return Err(error::reserved_name("queue", &declare.name));
         }
+        let durable = declare.durable && !declare.exclusive;
+        let log = match (&self.store, durable) {
+            (Some(store), true) => {
+                let id = names::queue_log_id();
+                let log = store.create_queue_log(&id).map_err(|e| {
+                    AmqpError::new(
+                        ReplyCode::InternalError,
+                        format!("cannot create the log of queue '{}': {e}", declare.name),
+                    )
+                })?;
+                store.record(&Change::PutQueue(QueueDef {
+                    vhost: self.name.clone(),
+                    name: declare.name.to_string(),
+                    id,
+                    auto_delete: declare.auto_delete,
+                    arguments: declare.arguments.clone(),
+                }));
+                Some(log)
+            }
+            _ => None,
+        };
         let queue = Arc::new(Queue::new(
             declare.name.clone(),
             &self.name,
             QueueSettings {
-                durable: declare.durable && !declare.exclusive,
+                durable,
                 exclusive_owner: declare.exclusive.then_some(conn),
                 auto_delete: declare.auto_delete,
                 arguments: declare.arguments,
             },
+            log,
+            0,
         ));
         queues.insert(declare.name.to_string(), queue.clone());
         Ok((queue, true))
@@ -306,7 +352,34 @@ impl VHost {
         for exchange in self.exchanges.read().values() {
             exchange.remove_queue(queue.name());
         }
+        if queue.settings().durable {
+            self.record(&Change::DeleteQueue {
+                vhost: self.name.clone(),
+                name: queue.name().to_string(),
+            });
+        }
         queue.delete()
+    }
+
+    fn record(&self, change: &Change) {
+        if let Some(store) = &self.store {
+            store.record(change);
+        }
+    }
+
+    fn binding_def(
+        exchange: &Exchange,
+        queue: &Queue,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> Option<BindingDef> {
+        (exchange.settings().durable && queue.settings().durable).then(|| BindingDef {
+            vhost: String::new(),
+            source: exchange.name().to_string(),
+            queue: queue.name().to_string(),
+            routing_key: routing_key.to_owned(),
+            arguments: arguments.clone(),
+        })
     }
 
     /// Binds a queue to an exchange.
@@ -327,6 +400,12 @@ impl VHost {
         }
         let exchange = self.exchange(exchange)?;
         let queue = self.queue(queue, conn)?;
+        if let Some(def) = Self::binding_def(&exchange, &queue, routing_key, &arguments) {
+            self.record(&Change::Bind(BindingDef {
+                vhost: self.name.clone(),
+                ..def
+            }));
+        }
         exchange.bind(Binding {
             queue,
             routing_key: routing_key.to_owned(),
@@ -352,7 +431,14 @@ impl VHost {
         }
         let exchange = self.exchange(exchange)?;
         let queue = self.queue(queue, conn)?;
-        exchange.unbind(queue.name(), routing_key, arguments);
+        if exchange.unbind(queue.name(), routing_key, arguments)
+            && let Some(def) = Self::binding_def(&exchange, &queue, routing_key, arguments)
+        {
+            self.record(&Change::Unbind(BindingDef {
+                vhost: self.name.clone(),
+                ..def
+            }));
+        }
         Ok(())
     }
 
@@ -373,5 +459,82 @@ impl VHost {
             .ok_or_else(|| error::no_exchange(&message.exchange, &self.name))?;
         exchange.route(message, out);
         Ok(())
+    }
+
+    /// Rebuilds this vhost's durable exchanges, queues (with their logs) and bindings
+    /// from the definitions; returns the queues and messages recovered.
+    ///
+    /// # Errors
+    /// A queue log that cannot be opened (I/O, or written by an incompatible version).
+    pub fn restore(&self, defs: &Definitions) -> crate::store::Result<(usize, u64)> {
+        let Some(store) = &self.store else {
+            return Ok((0, 0));
+        };
+        for def in defs.exchanges.iter().filter(|e| e.vhost == self.name) {
+            let Some(kind) = ExchangeKind::parse(&def.kind) else {
+                tracing::warn!(exchange = %def.name, kind = %def.kind, "skipping an exchange of unknown type");
+                continue;
+            };
+            self.exchanges.write().insert(
+                def.name.clone(),
+                Arc::new(Exchange::new(
+                    def.name.as_str().into(),
+                    ExchangeSettings {
+                        kind,
+                        durable: true,
+                        auto_delete: def.auto_delete,
+                        internal: def.internal,
+                        arguments: def.arguments.clone(),
+                    },
+                )),
+            );
+        }
+        let mut messages = 0;
+        let mut queues = 0;
+        for def in defs.queues.iter().filter(|q| q.vhost == self.name) {
+            let (log, recovery) = store.open_queue_log(&def.id)?;
+            for warning in &recovery.warnings {
+                tracing::warn!(queue = %def.name, "{warning}");
+            }
+            messages += recovery.messages;
+            queues += 1;
+            let queue = Queue::new(
+                def.name.as_str().into(),
+                &self.name,
+                QueueSettings {
+                    durable: true,
+                    exclusive_owner: None,
+                    auto_delete: def.auto_delete,
+                    arguments: def.arguments.clone(),
+                },
+                Some(log),
+                recovery.messages,
+            );
+            self.queues
+                .write()
+                .insert(def.name.clone(), Arc::new(queue));
+        }
+        for def in defs.bindings.iter().filter(|b| b.vhost == self.name) {
+            let exchange = self.exchanges.read().get(&def.source).cloned();
+            let queue = self.queues.read().get(&def.queue).cloned();
+            if let (Some(exchange), Some(queue)) = (exchange, queue) {
+                exchange.bind(Binding {
+                    queue,
+                    routing_key: def.routing_key.clone(),
+                    arguments: def.arguments.clone(),
+                });
+            }
+        }
+        Ok((queues, messages))
+    }
+
+    /// Every queue that keeps a durable log, for a final sync at shutdown.
+    pub fn logged_queues(&self) -> Vec<Arc<Queue>> {
+        self.queues
+            .read()
+            .values()
+            .filter(|q| q.is_logged())
+            .cloned()
+            .collect()
     }
 }

@@ -57,7 +57,7 @@ impl Channel {
             b::AMQPMethod::Get(get) => {
                 let name = self.resolve_queue_name(&get.queue.as_str().into())?;
                 let queue = ctx.vhost.queue(&name, ctx.connection)?;
-                match queue.get() {
+                match queue.get(get.no_ack) {
                     Some((message, left)) => {
                         self.deliver_get(ctx, queue, message, left, get.no_ack)
                     }
@@ -165,6 +165,7 @@ impl Channel {
                 exclusive: consume.exclusive,
                 credit,
                 mailbox: ctx.mailbox.clone(),
+                no_ack: consume.no_ack,
             })
             .inspect_err(|_| ctx.out.truncate(mark))?;
         self.consumers.push(ChannelConsumer {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
 use amqp_codec::encode::{self, DeliveryInfo};
 
-use super::{Channel, ChannelConsumer, Context, Settlement, requeue_all};
+use super::{Channel, ChannelConsumer, Context, Settlement, requeue_all, settle_all};
 use crate::error::{self, AmqpResult};
 use crate::message::QueuedMessage;
 use crate::queue::{ConsumerId, ConsumerRemoval, Credit, Queue};
@@ -186,8 +186,11 @@ impl Channel {
                 ctx.kick_later(&entry.queue);
             }
         }
+        let entries = entries.into_iter().map(|u| (u.queue, u.message));
         if settlement == (Settlement::Reject { requeue: true }) {
-            requeue_all(entries.into_iter().map(|u| (u.queue, u.message)));
+            requeue_all(entries);
+        } else {
+            settle_all(entries);
         }
     }
 

@@ -44,6 +44,9 @@ pub struct Context<'a> {
     pub kicks: &'a mut Vec<Arc<Queue>>,
     /// Channels with publisher confirms to send after the batch.
     pub confirms_due: &'a mut Vec<u16>,
+    /// Queues whose logs took persistent messages in this batch: one group commit after
+    /// the batch makes them durable, and confirms wait for it.
+    pub commits: &'a mut Vec<Arc<Queue>>,
     /// Whether the client handles a server-sent `basic.cancel`.
     pub cancel_notify: bool,
     /// The authenticated user (publishes may only claim it as `user-id`).
@@ -54,6 +57,13 @@ impl Context<'_> {
     /// Writes a method frame.
     pub fn send(&mut self, channel: u16, method: AMQPClass) {
         encode::method(self.out, channel, &method);
+    }
+
+    /// Schedules a group commit of `queue`'s log after this batch (once per batch).
+    pub fn commit_later(&mut self, queue: &Arc<Queue>) {
+        if !self.commits.iter().any(|q| Arc::ptr_eq(q, queue)) {
+            self.commits.push(queue.clone());
+        }
     }
 
     /// Schedules `queue` for dispatch after this batch (once, however often asked).
@@ -73,10 +83,12 @@ struct ChannelConsumer {
     no_ack: bool,
 }
 
-/// Publisher-confirm counters: every publish gets the next sequence number.
+/// Publisher-confirm counters: every publish gets the next sequence number; confirms are
+/// scheduled per batch and sent once the batch is durable.
 #[derive(Debug, Default)]
 struct ConfirmState {
     published: u64,
+    scheduled: u64,
     confirmed: u64,
 }
 
@@ -309,15 +321,30 @@ impl Channel {
         self.closing = true;
     }
 
-    /// Writes the confirms owed for this batch: one `basic.ack`, `multiple` when it
-    /// covers several publishes.
-    pub fn flush_confirms(&mut self, out: &mut BytesMut) {
+    /// Closes the current batch of publishes for confirms; returns the sequence number
+    /// the batch's confirm will cover.
+    pub fn schedule_confirms(&mut self) -> Option<u64> {
+        let confirm = self.confirm.as_mut()?;
+        confirm.scheduled = confirm.published;
+        Some(confirm.published)
+    }
+
+    /// Confirms publishes up to `upto`: one `basic.ack` (or `basic.nack` when they could
+    /// not be made durable), `multiple` when it covers several.
+    pub fn send_confirms(&mut self, out: &mut BytesMut, upto: u64, durable: bool) {
+        if self.closing {
+            return;
+        }
         if let Some(confirm) = &mut self.confirm
-            && confirm.published > confirm.confirmed
+            && upto > confirm.confirmed
         {
-            let multiple = confirm.published > confirm.confirmed + 1;
-            encode::ack(out, self.id, confirm.published, multiple);
-            confirm.confirmed = confirm.published;
+            let multiple = upto > confirm.confirmed + 1;
+            if durable {
+                encode::ack(out, self.id, upto, multiple);
+            } else {
+                encode::nack(out, self.id, upto, multiple);
+            }
+            confirm.confirmed = upto;
         }
     }
 
@@ -333,19 +360,32 @@ impl Channel {
 
 /// Requeues a run of deliveries to their queues, one call per queue.
 pub fn requeue_all(entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>) {
+    per_queue(entries, |queue, batch| queue.requeue(batch));
+}
+
+/// Settles a run of acked or dropped deliveries with their queues, one call per queue.
+pub fn settle_all(entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>) {
+    per_queue(entries, |queue, batch| queue.settle(batch));
+}
+
+/// Hands consecutive messages of the same queue to `apply` together.
+fn per_queue(
+    entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>,
+    mut apply: impl FnMut(&Arc<Queue>, Vec<QueuedMessage>),
+) {
     let mut current: Option<(Arc<Queue>, Vec<QueuedMessage>)> = None;
     for (queue, message) in entries {
         match &mut current {
             Some((q, batch)) if Arc::ptr_eq(q, &queue) => batch.push(message),
             _ => {
                 if let Some((q, batch)) = current.take() {
-                    q.requeue(batch);
+                    apply(&q, batch);
                 }
                 current = Some((queue, vec![message]));
             }
         }
     }
     if let Some((q, batch)) = current {
-        q.requeue(batch);
+        apply(&q, batch);
     }
 }

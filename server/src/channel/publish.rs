@@ -6,8 +6,11 @@ use amqp_codec::properties::Property;
 use amqp_codec::{Content, ReplyCode, encode};
 
 use super::{Channel, Context};
-use crate::error::{self, AmqpResult};
+use std::sync::Arc;
+
+use crate::error::{self, AmqpError, AmqpResult};
 use crate::message::Message;
+use crate::queue::Queue;
 
 impl Channel {
     pub(super) fn on_content(&mut self, ctx: &mut Context<'_>, content: Content) -> AmqpResult<()> {
@@ -40,11 +43,14 @@ impl Channel {
     ) -> AmqpResult<()> {
         ctx.routed.clear();
         ctx.vhost.route(&message, ctx.routed)?;
-        if let Some((last, rest)) = ctx.routed.split_last() {
+        let persistent = message.is_persistent();
+        let routed = std::mem::take(ctx.routed);
+        let mut stored = Ok(());
+        if let Some((last, rest)) = routed.split_last() {
             for queue in rest {
-                queue.publish(message.clone());
+                stored = stored.and(enqueue(ctx, queue, message.clone(), persistent));
             }
-            last.publish(message);
+            stored = stored.and(enqueue(ctx, last, message, persistent));
         } else if mandatory {
             ctx.send(
                 self.id,
@@ -63,13 +69,42 @@ impl Channel {
                 ctx.frame_max,
             );
         }
+        *ctx.routed = routed;
         ctx.routed.clear();
+        stored?;
         if let Some(confirm) = &mut self.confirm {
-            if confirm.published == confirm.confirmed {
+            if confirm.published == confirm.scheduled {
                 ctx.confirms_due.push(self.id);
             }
             confirm.published += 1;
         }
         Ok(())
+    }
+}
+
+/// Puts a message on one queue, noting queues whose log now owes a group commit.
+///
+/// # Errors
+/// 506 RESOURCE_ERROR when the queue's log cannot take the message (a full disk, an I/O
+/// error): the connection closes and the message is never confirmed.
+fn enqueue(
+    ctx: &mut Context<'_>,
+    queue: &Arc<Queue>,
+    message: Message,
+    persistent: bool,
+) -> AmqpResult<()> {
+    match queue.publish(message, persistent) {
+        Ok(true) => {
+            ctx.commit_later(queue);
+            Ok(())
+        }
+        Ok(false) => Ok(()),
+        Err(e) => {
+            tracing::error!(queue = %queue.name(), error = %e, "cannot store a message");
+            Err(AmqpError::new(
+                ReplyCode::ResourceError,
+                format!("cannot store the message in queue '{}': {e}", queue.name()),
+            ))
+        }
     }
 }

@@ -9,6 +9,7 @@
 mod handshake;
 mod io;
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,7 @@ use amqp_codec::{CodecError, Frame, Method, ProtocolError, ReplyCode, encode};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -25,6 +27,7 @@ use crate::broker::Broker;
 use crate::channel::{Channel, Context};
 use crate::queue::{ConnectionId, Mailbox, Outgoing, Queue};
 use crate::server::Shutdown;
+use crate::store::SyncTarget;
 use crate::vhost::VHost;
 use handshake::{HandshakeError, Session, close_method};
 use io::{FrameIo, HeaderCheck, READ_CHUNK};
@@ -130,6 +133,7 @@ struct Shared {
     routed: Vec<Arc<Queue>>,
     kicks: Vec<Arc<Queue>>,
     confirms_due: Vec<u16>,
+    commits: Vec<Arc<Queue>>,
     cancel_notify: bool,
     user: String,
 }
@@ -147,6 +151,7 @@ impl Shared {
             routed: &mut self.routed,
             kicks: &mut self.kicks,
             confirms_due: &mut self.confirms_due,
+            commits: &mut self.commits,
             cancel_notify: self.cancel_notify,
             user: &self.user,
         }
@@ -161,7 +166,16 @@ struct Connection {
     channel_max: u16,
     heartbeat: u16,
     pending: Vec<Outgoing>,
+    /// Publisher confirms waiting for a group commit, in the order they must go out.
+    confirm_groups: VecDeque<ConfirmGroup>,
     phase: Phase,
+}
+
+/// The confirms one batch owes, per channel up to a sequence number, sent once the
+/// group commit of the batch's persistent messages (if any) reports back.
+struct ConfirmGroup {
+    confirms: Vec<(u16, u64)>,
+    durable: Option<oneshot::Receiver<bool>>,
 }
 
 impl Connection {
@@ -178,6 +192,7 @@ impl Connection {
                 routed: Vec::new(),
                 kicks: Vec::new(),
                 confirms_due: Vec::new(),
+                commits: Vec::new(),
                 cancel_notify: session.cancel_notify,
                 user: session.user,
             },
@@ -186,6 +201,7 @@ impl Connection {
             channel_max: session.channel_max,
             heartbeat: session.heartbeat,
             pending: Vec::new(),
+            confirm_groups: VecDeque::new(),
             phase: Phase::Open,
         }
     }
@@ -250,6 +266,9 @@ impl Connection {
                     }
                     wrote_since_tick = false;
                 }
+                                durable = next_commit(&mut self.confirm_groups), if !self.confirm_groups.is_empty() => {
+                    self.release_confirms(durable);
+                }
                 () = sleep_until_opt(closing_deadline) => {
                     if let Phase::Closing(_, text) = &self.phase {
                         self.phase = Phase::Done(Ended::ServerClosed(text.clone()));
@@ -294,9 +313,67 @@ impl Connection {
         for queue in self.shared.kicks.drain(..) {
             queue.kick();
         }
-        for id in std::mem::take(&mut self.shared.confirms_due) {
+        let confirms: Vec<(u16, u64)> = self
+            .shared
+            .confirms_due
+            .drain(..)
+            .filter_map(|id| {
+                let channel = self.channels.get_mut(usize::from(id))?.as_mut()?;
+                Some((id, channel.schedule_confirms()?))
+            })
+            .collect();
+        let mut durable = None;
+        if !self.shared.commits.is_empty() {
+            let targets: Vec<Arc<dyn SyncTarget>> = self
+                .shared
+                .commits
+                .drain(..)
+                .map(|q| q as Arc<dyn SyncTarget>)
+                .collect();
+            let done = if confirms.is_empty() {
+                None
+            } else {
+                let (done, committed) = oneshot::channel();
+                durable = Some(committed);
+                Some(done)
+            };
+            self.shared.broker.commit(targets, done);
+        }
+        if confirms.is_empty() {
+            return;
+        }
+        if durable.is_none() && self.confirm_groups.is_empty() {
+            self.send_confirms(&confirms, true);
+        } else {
+            self.confirm_groups
+                .push_back(ConfirmGroup { confirms, durable });
+        }
+    }
+
+    fn send_confirms(&mut self, confirms: &[(u16, u64)], durable: bool) {
+        for &(id, upto) in confirms {
             if let Some(Some(channel)) = self.channels.get_mut(usize::from(id)) {
-                channel.flush_confirms(&mut self.shared.out);
+                channel.send_confirms(&mut self.shared.out, upto, durable);
+            }
+        }
+    }
+
+    /// Sends the confirms of the oldest group, whose commit ended with `durable`, and
+    /// of every group behind it that is ready too.
+    fn release_confirms(&mut self, durable: bool) {
+        let Some(group) = self.confirm_groups.pop_front() else {
+            return;
+        };
+        self.send_confirms(&group.confirms, durable);
+        while let Some(next) = self.confirm_groups.front_mut() {
+            let durable = match next.durable.as_mut().map(oneshot::Receiver::try_recv) {
+                None => true,
+                Some(Ok(durable)) => durable,
+                Some(Err(oneshot::error::TryRecvError::Closed)) => false,
+                Some(Err(oneshot::error::TryRecvError::Empty)) => break,
+            };
+            if let Some(group) = self.confirm_groups.pop_front() {
+                self.send_confirms(&group.confirms, durable);
             }
         }
     }
@@ -597,6 +674,15 @@ fn expected_method_frame() -> ProtocolError {
         ReplyCode::UnexpectedFrame,
         "expected method frame, got non method frame instead",
     )
+}
+
+/// Resolves when the oldest confirm group's commit reports back (at once if it needs
+/// none), with whether its messages are durable.
+async fn next_commit(groups: &mut VecDeque<ConfirmGroup>) -> bool {
+    match groups.front_mut().and_then(|g| g.durable.as_mut()) {
+        Some(committed) => committed.await.unwrap_or(false),
+        None => true,
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

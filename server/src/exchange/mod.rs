@@ -197,6 +197,8 @@ pub(crate) mod test_support {
                 auto_delete: false,
                 arguments: FieldTable::default(),
             },
+            None,
+            0,
         ))
     }
 

@@ -21,6 +21,7 @@ pub use mailbox::{Mailbox, Outgoing};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Message, QueuedMessage};
+use crate::store::{PendingSync, QueueLog, SegmentPosition, StoreError, StoredMessage, SyncTarget};
 
 /// Identifies a consumer across the broker (unique for the broker's lifetime).
 pub type ConsumerId = u64;
@@ -41,6 +42,8 @@ pub struct ConsumerHandle {
     pub credit: Arc<Credit>,
     /// Its connection's mailbox.
     pub mailbox: Arc<Mailbox>,
+    /// Deliveries are settled as they are sent (`no_ack`).
+    pub no_ack: bool,
 }
 
 /// The declared properties of a queue, compared on redeclaration.
@@ -67,9 +70,31 @@ pub enum ConsumerRemoval {
     RemovedLast,
 }
 
+/// Most ready messages a queue keeps in memory; beyond this (or [`READY_BYTES`]) a
+/// durable queue's new messages stay only in its log and are paged in as consumers
+/// catch up, so a backlog larger than memory works.
+const READY_MESSAGES: usize = 4096;
+/// Most body bytes of ready messages a queue keeps in memory.
+const READY_BYTES: usize = 8 << 20;
+/// When fewer ready messages than this remain in memory, the next page is read.
+const REFILL_BELOW: usize = 1024;
+/// Messages read from the log per page.
+const PAGE_MESSAGES: usize = 2048;
+/// Body bytes read from the log per page.
+const PAGE_BYTES: usize = 4 << 20;
+
 #[derive(Debug, Default)]
 struct QueueState {
+    /// Ready messages held in memory, oldest first.
     ready: VecDeque<QueuedMessage>,
+    /// Body bytes of `ready`.
+    ready_bytes: usize,
+    /// Ready messages that are only in the log, all after `ready`'s.
+    paged: u64,
+    /// The newest log position ever loaded into memory: paging resumes after it.
+    last_loaded: Option<SegmentPosition>,
+    /// The durable log (durable queues only).
+    log: Option<QueueLog>,
     next_offset: u64,
     consumers: Vec<ConsumerHandle>,
     next_consumer: usize,
@@ -86,14 +111,108 @@ pub struct Queue {
     state: Mutex<QueueState>,
 }
 
+/// The ordering key of a logged message: its log position, which grows in publish order.
+fn position_offset(pos: SegmentPosition) -> u64 {
+    (u64::from(pos.segment) << 32) | u64::from(pos.offset)
+}
+
+impl QueueState {
+    fn push_ready(&mut self, message: QueuedMessage) {
+        self.ready_bytes += message.message.body.len();
+        self.ready.push_back(message);
+    }
+
+    fn pop_ready(&mut self) -> Option<QueuedMessage> {
+        let message = self.ready.pop_front()?;
+        self.ready_bytes -= message.message.body.len();
+        Some(message)
+    }
+
+    fn ready_count(&self) -> u64 {
+        self.ready.len() as u64 + self.paged
+    }
+
+    /// Reads the next page of logged messages into memory when memory runs low.
+    fn refill(&mut self, queue: &str) {
+        if self.paged == 0 || self.ready.len() >= REFILL_BELOW {
+            return;
+        }
+        let Some(log) = self.log.as_mut() else {
+            self.paged = 0;
+            return;
+        };
+        let page = match log.read(self.last_loaded, PAGE_MESSAGES, PAGE_BYTES) {
+            Ok(page) => page,
+            Err(error) => {
+                tracing::error!(queue, %error, "cannot read messages from the log");
+                return;
+            }
+        };
+        if page.is_empty() {
+            tracing::error!(
+                queue,
+                missing = self.paged,
+                "the log holds fewer messages than counted"
+            );
+            self.paged = 0;
+            return;
+        }
+        for (pos, stored) in page {
+            let redelivered = log.was_delivered(pos);
+            self.last_loaded = Some(pos);
+            self.paged = self.paged.saturating_sub(1);
+            self.ready_bytes += stored.body.len();
+            self.ready.push_back(QueuedMessage {
+                offset: position_offset(pos),
+                position: Some(pos),
+                redelivered,
+                message: Message {
+                    exchange: stored.exchange,
+                    routing_key: stored.routing_key,
+                    properties: stored.properties,
+                    body: stored.body,
+                },
+            });
+        }
+    }
+
+    /// Records in the log that a message leaves the queue for good.
+    fn forget(&mut self, message: &QueuedMessage) {
+        if let (Some(log), Some(pos)) = (self.log.as_mut(), message.position) {
+            let _ = log.ack(pos);
+        }
+    }
+
+    /// Records in the log that a message goes out for the first time, so it comes back
+    /// flagged `redelivered` after a restart.
+    fn mark_delivered(&mut self, message: &QueuedMessage) {
+        if !message.redelivered
+            && let (Some(log), Some(pos)) = (self.log.as_mut(), message.position)
+        {
+            let _ = log.mark_delivered(pos);
+        }
+    }
+}
+
 impl Queue {
-    /// A new, empty queue.
-    pub fn new(name: ShortStr, vhost: &str, settings: QueueSettings) -> Self {
+    /// A new, empty queue; durable queues bring their (new or recovered) log and the
+    /// number of messages recovered in it.
+    pub fn new(
+        name: ShortStr,
+        vhost: &str,
+        settings: QueueSettings,
+        log: Option<QueueLog>,
+        recovered: u64,
+    ) -> Self {
         Self {
             name,
             vhost: vhost.to_owned(),
             settings,
-            state: Mutex::new(QueueState::default()),
+            state: Mutex::new(QueueState {
+                log,
+                paged: recovered,
+                ..QueueState::default()
+            }),
         }
     }
 
@@ -105,6 +224,11 @@ impl Queue {
     /// Its declared settings.
     pub fn settings(&self) -> &QueueSettings {
         &self.settings
+    }
+
+    /// Whether it keeps a durable log.
+    pub fn is_logged(&self) -> bool {
+        self.state.lock().log.is_some()
     }
 
     /// Checks that connection `conn` may use this queue (exclusive queues belong to one).
@@ -122,7 +246,7 @@ impl Queue {
 
     /// Ready messages (not counting those delivered and unacked).
     pub fn message_count(&self) -> u32 {
-        u32::try_from(self.state.lock().ready.len()).unwrap_or(u32::MAX)
+        u32::try_from(self.state.lock().ready_count()).unwrap_or(u32::MAX)
     }
 
     /// Registered consumers.
@@ -130,27 +254,67 @@ impl Queue {
         u32::try_from(self.state.lock().consumers.len()).unwrap_or(u32::MAX)
     }
 
-    /// Enqueues a message and hands it to a consumer with credit, if any.
-    pub fn publish(self: &Arc<Self>, message: Message) {
+    /// Enqueues a message and hands it to a consumer with credit, if any. Returns whether
+    /// the message went to the durable log and needs a group commit to be safe.
+    ///
+    /// # Errors
+    /// The log could not take it (disk full, I/O error): the message is not enqueued.
+    pub fn publish(
+        self: &Arc<Self>,
+        message: Message,
+        persistent: bool,
+    ) -> Result<bool, StoreError> {
         let mut st = self.state.lock();
         if st.deleted {
-            return;
+            return Ok(false);
         }
-        let offset = st.next_offset;
-        st.next_offset += 1;
-        st.ready.push_back(QueuedMessage {
-            offset,
-            redelivered: false,
-            message,
-        });
+        let Some(log) = st.log.as_mut() else {
+            let offset = st.next_offset;
+            st.next_offset += 1;
+            st.push_ready(QueuedMessage {
+                offset,
+                position: None,
+                redelivered: false,
+                message,
+            });
+            self.dispatch(&mut st);
+            return Ok(false);
+        };
+        let pos = log.append(&StoredMessage {
+            persistent,
+            expires_at_ms: 0,
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+            properties: message.properties.clone(),
+            body: message.body.clone(),
+        })?;
+        if st.paged > 0 || st.ready.len() >= READY_MESSAGES || st.ready_bytes >= READY_BYTES {
+            st.paged += 1;
+        } else {
+            st.last_loaded = Some(pos);
+            st.push_ready(QueuedMessage {
+                offset: position_offset(pos),
+                position: Some(pos),
+                redelivered: false,
+                message,
+            });
+        }
         self.dispatch(&mut st);
+        Ok(persistent)
     }
 
-    /// Takes the oldest ready message for `basic.get`, with the count left behind.
-    pub fn get(&self) -> Option<(QueuedMessage, u32)> {
+    /// Takes the oldest ready message for `basic.get`, with the count left behind. With
+    /// `no_ack` the message leaves the queue for good at once.
+    pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, u32)> {
         let mut st = self.state.lock();
-        let message = st.ready.pop_front()?;
-        let left = u32::try_from(st.ready.len()).unwrap_or(u32::MAX);
+        st.refill(&self.name);
+        let message = st.pop_ready()?;
+        if no_ack {
+            st.forget(&message);
+        } else {
+            st.mark_delivered(&message);
+        }
+        let left = u32::try_from(st.ready_count()).unwrap_or(u32::MAX);
         Some((message, left))
     }
 
@@ -162,6 +326,7 @@ impl Queue {
         }
         for mut message in messages {
             message.redelivered = true;
+            st.ready_bytes += message.message.body.len();
             match st.ready.front() {
                 Some(front) if front.offset < message.offset => {
                     let at = st.ready.partition_point(|m| m.offset < message.offset);
@@ -171,6 +336,17 @@ impl Queue {
             }
         }
         self.dispatch(&mut st);
+    }
+
+    /// Records that delivered messages were acked or dropped: they leave the log.
+    pub fn settle(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
+        let mut st = self.state.lock();
+        if st.log.is_none() {
+            return;
+        }
+        for message in messages {
+            st.forget(&message);
+        }
     }
 
     /// Dispatches again after consumers regained credit.
@@ -220,24 +396,44 @@ impl Queue {
         }
     }
 
-    /// Drops all ready messages; returns how many.
+    /// Drops all ready messages (in memory and paged out); returns how many.
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
-        let n = st.ready.len();
-        st.ready.clear();
-        u32::try_from(n).unwrap_or(u32::MAX)
+        let count = st.ready_count();
+        while let Some(message) = st.pop_ready() {
+            st.forget(&message);
+        }
+        while st.paged > 0 {
+            let before = st.paged;
+            st.refill(&self.name);
+            while let Some(message) = st.pop_ready() {
+                st.forget(&message);
+            }
+            if st.paged == before {
+                break;
+            }
+        }
+        st.paged = 0;
+        u32::try_from(count).unwrap_or(u32::MAX)
     }
 
-    /// Marks the queue deleted, drops its messages and tells its consumers' connections.
-    /// Returns the number of ready messages it held.
+    /// Marks the queue deleted, drops its messages and its log, and tells its consumers'
+    /// connections. Returns the number of ready messages it held.
     pub fn delete(&self) -> u32 {
-        let (count, consumers) = {
+        let (count, consumers, log) = {
             let mut st = self.state.lock();
             st.deleted = true;
-            let count = st.ready.len();
+            let count = st.ready_count();
             st.ready.clear();
-            (count, std::mem::take(&mut st.consumers))
+            st.ready_bytes = 0;
+            st.paged = 0;
+            (count, std::mem::take(&mut st.consumers), st.log.take())
         };
+        if let Some(log) = log
+            && let Err(error) = log.delete()
+        {
+            tracing::error!(queue = %self.name, %error, "cannot remove the queue's log");
+        }
         for consumer in consumers {
             consumer.mailbox.push(Outgoing::Cancelled {
                 channel: consumer.channel,
@@ -254,18 +450,29 @@ impl Queue {
             return;
         }
         let mut without_credit = 0;
-        while !st.ready.is_empty() && without_credit < n {
+        while without_credit < n {
+            if st.ready.is_empty() {
+                st.refill(&self.name);
+                if st.ready.is_empty() {
+                    break;
+                }
+            }
             let at = st.next_consumer % n;
             st.next_consumer = at + 1;
-            let consumer = &st.consumers[at];
-            if !consumer.credit.try_acquire() {
+            if !st.consumers[at].credit.try_acquire() {
                 without_credit += 1;
                 continue;
             }
             without_credit = 0;
-            let Some(message) = st.ready.pop_front() else {
+            let Some(message) = st.pop_ready() else {
                 break;
             };
+            if st.consumers[at].no_ack {
+                st.forget(&message);
+            } else {
+                st.mark_delivered(&message);
+            }
+            let consumer = &st.consumers[at];
             consumer.mailbox.push(Outgoing::Deliver {
                 channel: consumer.channel,
                 consumer: consumer.id,
@@ -273,6 +480,34 @@ impl Queue {
                 credit: consumer.credit.clone(),
                 message,
             });
+        }
+    }
+}
+
+impl SyncTarget for Queue {
+    fn begin_sync(&self) -> Option<PendingSync> {
+        let mut st = self.state.lock();
+        let log = st.log.as_mut()?;
+        match log.begin_sync() {
+            Ok(pending) => Some(pending),
+            Err(error) => {
+                tracing::error!(queue = %self.name, %error, "cannot write the queue's log");
+                None
+            }
+        }
+    }
+
+    fn complete_sync(&self, pending: PendingSync, result: crate::store::Result<()>) -> bool {
+        let mut st = self.state.lock();
+        let Some(log) = st.log.as_mut() else {
+            return false;
+        };
+        match log.complete_sync(pending, result) {
+            Ok(_) => true,
+            Err(error) => {
+                tracing::error!(queue = %self.name, %error, "cannot sync the queue's log");
+                false
+            }
         }
     }
 }

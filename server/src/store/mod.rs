@@ -11,7 +11,11 @@
 //!   paged reads, crash recovery.
 //! - [`lock`]: [`DataDirLock`], so that two brokers never share a data directory.
 //! - [`definitions`]: durable exchanges, queues and bindings: a snapshot plus a change log.
+//! - [`commit`]: the group commit: one thread, one fsync per log for many appends.
+//! - [`broker_store`]: a broker's data directory: lock, definitions, queue logs, commit.
 
+pub mod broker_store;
+pub mod commit;
 pub mod definitions;
 pub mod format;
 pub mod lock;
@@ -24,6 +28,8 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use bytestring::ByteString;
 
+pub use broker_store::BrokerStore;
+pub use commit::{GroupCommit, SyncTarget};
 pub use lock::DataDirLock;
 pub use queue_log::{PendingSync, QueueLog, Recovery};
 

@@ -1,0 +1,109 @@
+//! Group commit: one thread makes writes durable for many queues and many publishers at
+//! once, so one fsync per log serves every message appended since the last one.
+//!
+//! Connections submit the logs their last batch wrote to, optionally with a channel to
+//! hear back on; publisher confirms wait for that answer. Requests that queue up while
+//! an fsync runs are served together by the next one.
+
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use tokio::sync::oneshot;
+
+use super::PendingSync;
+use super::definitions::DefinitionStore;
+
+/// Something whose appends a group commit makes durable (a queue with a log).
+pub trait SyncTarget: Send + Sync {
+    /// Writes out buffered appends and takes the fsyncs they need, under the target's
+    /// own lock; `None` if there is nothing to do or the log cannot sync.
+    fn begin_sync(&self) -> Option<PendingSync>;
+    /// Records the fsync's outcome; false if the appends are not durable.
+    fn complete_sync(&self, pending: PendingSync, result: super::Result<()>) -> bool;
+}
+
+struct Request {
+    targets: Vec<Arc<dyn SyncTarget>>,
+    done: Option<oneshot::Sender<bool>>,
+}
+
+/// Handle to the group-commit thread; dropping the last one stops the thread once the
+/// requests already made are served.
+#[derive(Debug, Clone)]
+pub struct GroupCommit {
+    requests: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("targets", &self.targets.len())
+            .finish()
+    }
+}
+
+impl GroupCommit {
+    /// Starts the commit thread; each round first syncs the definitions log, so a queue
+    /// is durable before any message confirmed into it.
+    ///
+    /// # Errors
+    /// If the thread cannot be spawned.
+    pub fn start(definitions: Arc<Mutex<DefinitionStore>>) -> std::io::Result<Self> {
+        let (requests, inbox) = mpsc::channel::<Request>();
+        thread::Builder::new()
+            .name("warren-commit".into())
+            .spawn(move || commit_loop(&inbox, &definitions))?;
+        Ok(Self { requests })
+    }
+
+    /// Asks for `targets` to be made durable; `done` hears whether they all were.
+    pub fn submit(&self, targets: Vec<Arc<dyn SyncTarget>>, done: Option<oneshot::Sender<bool>>) {
+        if let Err(mpsc::SendError(request)) = self.requests.send(Request { targets, done })
+            && let Some(done) = request.done
+        {
+            let _ = done.send(false);
+        }
+    }
+}
+
+fn commit_loop(inbox: &mpsc::Receiver<Request>, definitions: &Mutex<DefinitionStore>) {
+    while let Ok(first) = inbox.recv() {
+        let mut batch = vec![first];
+        batch.extend(inbox.try_iter());
+        let definitions_ok = match definitions.lock() {
+            Ok(mut defs) => defs
+                .sync()
+                .inspect_err(|e| tracing::error!(error = %e, "cannot sync definitions"))
+                .is_ok(),
+            Err(_) => false,
+        };
+        let mut seen: Vec<(*const (), bool)> = Vec::new();
+        for request in &batch {
+            for target in &request.targets {
+                let key = Arc::as_ptr(target).cast::<()>();
+                if seen.iter().any(|(k, _)| *k == key) {
+                    continue;
+                }
+                let ok = match target.begin_sync() {
+                    Some(pending) => {
+                        let result = pending.run();
+                        target.complete_sync(pending, result)
+                    }
+                    None => true,
+                };
+                seen.push((key, ok));
+            }
+        }
+        for request in batch {
+            let ok = definitions_ok
+                && request.targets.iter().all(|t| {
+                    let key = Arc::as_ptr(t).cast::<()>();
+                    seen.iter().any(|(k, ok)| *k == key && *ok)
+                });
+            if let Some(done) = request.done {
+                let _ = done.send(ok);
+            }
+        }
+    }
+}
