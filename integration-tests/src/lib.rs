@@ -21,6 +21,7 @@ pub const EXTERNAL_URI_ENV: &str = "WARREN_TEST_EXTERNAL_URI";
 pub struct TestServer {
     uri: String,
     addr: Option<SocketAddr>,
+    data_dir: Option<std::path::PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -37,6 +38,7 @@ impl TestServer {
             return TestServer {
                 uri,
                 addr: None,
+                data_dir: None,
                 stop: None,
                 task: None,
             };
@@ -52,6 +54,7 @@ impl TestServer {
             .await
             .expect("bind a free port");
         let addr = listener.local_addr().expect("bound address");
+        let data_dir = Some(config.data_dir.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(warren::server::run(listener, Arc::new(config), async {
             let _ = stopped.await;
@@ -59,9 +62,21 @@ impl TestServer {
         TestServer {
             uri: format!("amqp://guest:guest@{addr}/%2f"),
             addr: Some(addr),
+            data_dir,
             stop: Some(stop),
             task: Some(task),
         }
+    }
+
+    /// Starts Warren on a free port with its data in `dir` (to restart on the same data).
+    pub async fn start_in(dir: &std::path::Path) -> TestServer {
+        let dir = dir.to_owned();
+        Self::start_with(move |c| c.data_dir = dir).await
+    }
+
+    /// The in-process broker's data directory.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref()
     }
 
     /// The AMQP URI clients connect with (guest/guest, vhost `/`).
@@ -148,4 +163,90 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// A fresh, empty directory for a broker's data, unique to this test.
+pub fn temp_data_dir(tag: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("warren-{tag}-{}", unique_suffix()))
+}
+
+/// The `warren` binary run as a child process, for tests that kill it with SIGKILL.
+pub struct WarrenProcess {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl WarrenProcess {
+    /// Builds the binary if needed, starts it on a free loopback port with its data in
+    /// `data_dir`, and waits (bounded) until it accepts connections.
+    pub async fn start(data_dir: &std::path::Path) -> WarrenProcess {
+        let binary = warren_binary();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(&binary)
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--log-level",
+                "warn",
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let up = wait_for(Duration::from_secs(20), || async move {
+            tokio::net::TcpStream::connect(addr).await.is_ok()
+        })
+        .await;
+        assert!(
+            up,
+            "warren did not accept connections on {addr} within 20 s"
+        );
+        WarrenProcess { child, addr }
+    }
+
+    /// The AMQP URI to reach it.
+    pub fn uri(&self) -> String {
+        format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Kills it with SIGKILL (no chance to flush or sync) and reaps it.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for WarrenProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The path of the `warren` binary next to this test executable, built on first use.
+fn warren_binary() -> std::path::PathBuf {
+    static BUILD: std::sync::Once = std::sync::Once::new();
+    let exe = std::env::current_exe().expect("the test executable");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps");
+    let binary = profile_dir.join("warren");
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "-p", "warren", "--bin", "warren"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p warren failed");
+    });
+    binary
 }
