@@ -59,6 +59,12 @@ impl TestServer {
         let task = tokio::spawn(warren::server::run(listener, Arc::new(config), async {
             let _ = stopped.await;
         }));
+        // The broker opens its data directory before it accepts: wait until it answers.
+        let ready = wait_for(Duration::from_secs(10), || async move {
+            answers_amqp(addr).await
+        })
+        .await;
+        assert!(ready, "warren on {addr} did not answer within 10 s");
         TestServer {
             uri: format!("amqp://guest:guest@{addr}/%2f"),
             addr: Some(addr),
@@ -126,6 +132,22 @@ impl Drop for TestServer {
             let _ = stop.send(());
         }
     }
+}
+
+/// Whether a broker at `addr` answers the AMQP protocol header.
+async fn answers_amqp(addr: SocketAddr) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+        return false;
+    };
+    if stream.write_all(b"AMQP\x00\x00\x09\x01").await.is_err() {
+        return false;
+    }
+    let mut byte = [0u8; 1];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), stream.read(&mut byte)).await,
+        Ok(Ok(1))
+    )
 }
 
 /// A name no other test (or earlier run against an external broker) uses.
@@ -210,9 +232,32 @@ impl WarrenProcess {
         WarrenProcess { child, addr }
     }
 
+    /// Its socket address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The AMQP URI to reach it.
     pub fn uri(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for it to exit; returns its exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "warren did not exit within 15 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Kills it with SIGKILL (no chance to flush or sync) and reaps it.
@@ -230,7 +275,7 @@ impl Drop for WarrenProcess {
 }
 
 /// The path of the `warren` binary next to this test executable, built on first use.
-fn warren_binary() -> std::path::PathBuf {
+pub fn warren_binary() -> std::path::PathBuf {
     static BUILD: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().expect("the test executable");
     let profile_dir = exe

@@ -175,6 +175,64 @@ async fn definitions_and_persistent_messages_survive_a_clean_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn exchange_to_exchange_bindings_survive_a_restart() {
+    let dir = temp_data_dir("e2e");
+    let server = TestServer::start_in(&dir).await;
+    let front = unique_name("front");
+    let back = unique_name("back");
+    let queue = unique_name("e2e-durable");
+    let (_conn, channel) = open(&server).await;
+    for name in [&front, &back] {
+        within(
+            "exchange.declare",
+            channel.exchange_declare(
+                name.as_str().into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("declare a durable exchange");
+    }
+    declare_durable(&channel, &queue).await;
+    within(
+        "queue.bind",
+        channel.queue_bind(
+            queue.as_str().into(),
+            back.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("bind");
+    within(
+        "exchange.bind",
+        channel.exchange_bind(
+            back.as_str().into(),
+            front.as_str().into(),
+            "".into(),
+            lapin::options::ExchangeBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("exchange.bind");
+    server.stop().await;
+    let server = TestServer::start_in(&dir).await;
+    let (_conn, channel) = open(&server).await;
+    publish(&channel, &front, "", b"through").await;
+    wait_for_count(&channel, &queue, 1).await;
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn headers_and_properties_survive_a_restart() {
     let dir = temp_data_dir("props");
     let server = TestServer::start_in(&dir).await;

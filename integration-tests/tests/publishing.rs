@@ -356,22 +356,30 @@ async fn immediate_flag_is_not_implemented() {
     let (conn, channel) = open(&server).await;
     let queue = unique_name("immediate");
     declare_queue(&channel, &queue).await;
+    // In confirm mode the publish's confirm fails with the close it causes (a method
+    // sent after it could find the channel already closed by a fast broker).
     within(
-        "publish",
-        channel.basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions {
-                immediate: true,
-                ..BasicPublishOptions::default()
-            },
-            b"now",
-            BasicProperties::default(),
-        ),
+        "confirm.select",
+        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()),
     )
     .await
-    .expect("publish is asynchronous");
-    let result = within("qos", channel.basic_qos(0, Default::default())).await;
+    .expect("confirm.select");
+    let result = within("publish", async {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions {
+                    immediate: true,
+                    ..BasicPublishOptions::default()
+                },
+                b"now",
+                BasicProperties::default(),
+            )
+            .await?
+            .await
+    })
+    .await;
     assert_amqp_error(result, 540, "NOT_IMPLEMENTED - immediate=true");
     assert!(
         wait_for(BOUND, || async { !conn.status().connected() }).await,
@@ -447,19 +455,27 @@ async fn a_wrong_user_id_property_is_refused() {
     let (_conn, channel) = open(&server).await;
     let queue = unique_name("user-id");
     declare_queue(&channel, &queue).await;
+    // In confirm mode the publish's confirm fails with the close it causes (a method
+    // sent after it could find the channel already closed by a fast broker).
     within(
-        "publish",
-        channel.basic_publish(
-            "".into(),
-            queue.as_str().into(),
-            BasicPublishOptions::default(),
-            b"spoofed",
-            BasicProperties::default().with_user_id("someone-else".into()),
-        ),
+        "confirm.select",
+        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()),
     )
     .await
-    .expect("publish is asynchronous");
-    let result = within("qos", channel.basic_qos(0, Default::default())).await;
+    .expect("confirm.select");
+    let result = within("publish", async {
+        channel
+            .basic_publish(
+                "".into(),
+                queue.as_str().into(),
+                BasicPublishOptions::default(),
+                b"spoofed",
+                BasicProperties::default().with_user_id("someone-else".into()),
+            )
+            .await?
+            .await
+    })
+    .await;
     assert_amqp_error(
         result,
         406,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use clap::error::ErrorKind;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -18,7 +19,22 @@ fn main() -> std::process::ExitCode {
 }
 
 fn start() -> anyhow::Result<()> {
-    let config = warren::Config::parse();
+    let config = match warren::Config::try_parse() {
+        Ok(config) => config,
+        Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+            e.exit()
+        }
+        Err(e) => {
+            // One line, like every other start-up error; `--help` has the details.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or_default();
+            eprintln!(
+                "warren: {} (see warren --help)",
+                first.trim_start_matches("error: ")
+            );
+            std::process::exit(2);
+        }
+    };
     let filter = EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid --log-level '{}'", config.log_level))?;
     tracing_subscriber::fmt()

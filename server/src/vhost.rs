@@ -9,7 +9,9 @@ use amqp_codec::amq_protocol::types::FieldTable;
 use parking_lot::RwLock;
 
 use crate::error::{self, AmqpError, AmqpResult};
-use crate::exchange::{Binding, Exchange, ExchangeKind, ExchangeSettings};
+use crate::exchange::{
+    Binding, Destination, DestinationKind, Exchange, ExchangeKind, ExchangeSettings, Routed,
+};
 use crate::message::Message;
 use crate::names;
 use crate::queue::{ConnectionId, Queue, QueueSettings};
@@ -196,6 +198,9 @@ impl VHost {
                 });
             }
             exchanges.remove(name);
+            for other in exchanges.values() {
+                other.remove_destination(DestinationKind::Exchange, name);
+            }
         }
         Ok(())
     }
@@ -350,7 +355,7 @@ impl VHost {
 
     fn forget_queue(&self, queue: &Arc<Queue>) -> u32 {
         for exchange in self.exchanges.read().values() {
-            exchange.remove_queue(queue.name());
+            exchange.remove_destination(DestinationKind::Queue, queue.name());
         }
         if queue.settings().durable {
             self.record(&Change::DeleteQueue {
@@ -367,19 +372,78 @@ impl VHost {
         }
     }
 
-    fn binding_def(
-        exchange: &Exchange,
-        queue: &Queue,
+    /// Adds a binding, recording it when both ends are durable.
+    fn add_binding(
+        &self,
+        source: &Exchange,
+        destination: Destination,
+        durable: bool,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) {
+        if durable && source.settings().durable {
+            self.record(&Change::Bind(self.binding_def(
+                source,
+                &destination,
+                routing_key,
+                &arguments,
+            )));
+        }
+        source.bind(Binding {
+            destination,
+            routing_key: routing_key.to_owned(),
+            arguments,
+        });
+    }
+
+    /// Removes a binding, recording it when both ends are durable.
+    fn remove_binding(
+        &self,
+        source: &Exchange,
+        destination: Destination,
+        durable: bool,
         routing_key: &str,
         arguments: &FieldTable,
-    ) -> Option<BindingDef> {
-        (exchange.settings().durable && queue.settings().durable).then(|| BindingDef {
-            vhost: String::new(),
-            source: exchange.name().to_string(),
-            queue: queue.name().to_string(),
+    ) {
+        let removed = source.unbind(
+            destination.kind(),
+            destination.name(),
+            routing_key,
+            arguments,
+        );
+        if removed && durable && source.settings().durable {
+            self.record(&Change::Unbind(self.binding_def(
+                source,
+                &destination,
+                routing_key,
+                arguments,
+            )));
+        }
+    }
+
+    fn binding_def(
+        &self,
+        source: &Exchange,
+        destination: &Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> BindingDef {
+        BindingDef {
+            vhost: self.name.clone(),
+            source: source.name().to_string(),
+            destination: destination.name().to_owned(),
+            to_exchange: destination.kind() == DestinationKind::Exchange,
             routing_key: routing_key.to_owned(),
             arguments: arguments.clone(),
-        })
+        }
+    }
+
+    /// The source exchange of a bind or unbind: not the default one, and existing.
+    fn binding_source(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
+        if name.is_empty() {
+            return Err(error::default_exchange_forbidden());
+        }
+        self.exchange(name)
     }
 
     /// Binds a queue to an exchange.
@@ -395,26 +459,20 @@ impl VHost {
         arguments: FieldTable,
         conn: ConnectionId,
     ) -> AmqpResult<()> {
-        if exchange.is_empty() {
-            return Err(error::default_exchange_forbidden());
-        }
-        let exchange = self.exchange(exchange)?;
+        let source = self.binding_source(exchange)?;
         let queue = self.queue(queue, conn)?;
-        if let Some(def) = Self::binding_def(&exchange, &queue, routing_key, &arguments) {
-            self.record(&Change::Bind(BindingDef {
-                vhost: self.name.clone(),
-                ..def
-            }));
-        }
-        exchange.bind(Binding {
-            queue,
-            routing_key: routing_key.to_owned(),
+        let durable = queue.settings().durable;
+        self.add_binding(
+            &source,
+            Destination::Queue(queue),
+            durable,
+            routing_key,
             arguments,
-        });
+        );
         Ok(())
     }
 
-    /// Removes a binding; a missing binding is not an error.
+    /// Removes a queue's binding; a missing binding is not an error.
     ///
     /// # Errors
     /// As for [`VHost::bind`].
@@ -426,30 +484,77 @@ impl VHost {
         arguments: &FieldTable,
         conn: ConnectionId,
     ) -> AmqpResult<()> {
-        if exchange.is_empty() {
-            return Err(error::default_exchange_forbidden());
-        }
-        let exchange = self.exchange(exchange)?;
+        let source = self.binding_source(exchange)?;
         let queue = self.queue(queue, conn)?;
-        if exchange.unbind(queue.name(), routing_key, arguments)
-            && let Some(def) = Self::binding_def(&exchange, &queue, routing_key, arguments)
-        {
-            self.record(&Change::Unbind(BindingDef {
-                vhost: self.name.clone(),
-                ..def
-            }));
-        }
+        let durable = queue.settings().durable;
+        self.remove_binding(
+            &source,
+            Destination::Queue(queue),
+            durable,
+            routing_key,
+            arguments,
+        );
         Ok(())
     }
 
-    /// Appends the queues a message published to `exchange` goes to, each once.
+    /// Binds exchange `destination` to exchange `source` (`exchange.bind`).
     ///
     /// # Errors
-    /// 404 if the exchange does not exist.
-    pub fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>) -> AmqpResult<()> {
+    /// 403 for the default exchange at either end, 404 for a missing one.
+    pub fn bind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: FieldTable,
+    ) -> AmqpResult<()> {
+        let source = self.binding_source(source)?;
+        let destination = self.binding_source(destination)?;
+        let durable = destination.settings().durable;
+        self.add_binding(
+            &source,
+            Destination::Exchange(destination.name().clone()),
+            durable,
+            routing_key,
+            arguments,
+        );
+        Ok(())
+    }
+
+    /// Removes an exchange-to-exchange binding; a missing binding is not an error.
+    ///
+    /// # Errors
+    /// As for [`VHost::bind_exchange`].
+    pub fn unbind_exchange(
+        &self,
+        destination: &str,
+        source: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> AmqpResult<()> {
+        let source = self.binding_source(source)?;
+        let destination = self.binding_source(destination)?;
+        let durable = destination.settings().durable;
+        self.remove_binding(
+            &source,
+            Destination::Exchange(destination.name().clone()),
+            durable,
+            routing_key,
+            arguments,
+        );
+        Ok(())
+    }
+
+    /// Finds the queues a message published to its exchange goes to, each once,
+    /// following exchange-to-exchange bindings (each exchange visited once, so cycles end).
+    ///
+    /// # Errors
+    /// 404 if the exchange does not exist, 403 if it is internal.
+    pub fn route(&self, message: &Message, out: &mut Routed) -> AmqpResult<()> {
+        out.clear();
         if message.exchange.is_empty() {
             if let Some(queue) = self.queues.read().get(&*message.routing_key) {
-                out.push(queue.clone());
+                out.queues.push(queue.clone());
             }
             return Ok(());
         }
@@ -457,7 +562,26 @@ impl VHost {
         let exchange = exchanges
             .get(&*message.exchange)
             .ok_or_else(|| error::no_exchange(&message.exchange, &self.name))?;
+        if exchange.settings().internal {
+            return Err(error::access_refused(format!(
+                "cannot publish to internal exchange '{}' in vhost '{}'",
+                message.exchange, self.name
+            )));
+        }
         exchange.route(message, out);
+        if !out.exchanges.is_empty() {
+            let mut visited = vec![message.exchange.clone()];
+            while let Some(next) = out.exchanges.pop() {
+                if visited.contains(&next) {
+                    continue;
+                }
+                if let Some(exchange) = exchanges.get(&*next) {
+                    exchange.route(message, out);
+                }
+                visited.push(next);
+            }
+        }
+        out.dedup_queues();
         Ok(())
     }
 
@@ -515,11 +639,23 @@ impl VHost {
                 .insert(def.name.clone(), Arc::new(queue));
         }
         for def in defs.bindings.iter().filter(|b| b.vhost == self.name) {
-            let exchange = self.exchanges.read().get(&def.source).cloned();
-            let queue = self.queues.read().get(&def.queue).cloned();
-            if let (Some(exchange), Some(queue)) = (exchange, queue) {
-                exchange.bind(Binding {
-                    queue,
+            let Some(source) = self.exchanges.read().get(&def.source).cloned() else {
+                continue;
+            };
+            let destination = if def.to_exchange {
+                self.exchanges
+                    .read()
+                    .get(&def.destination)
+                    .map(|e| Destination::Exchange(e.name().clone()))
+            } else {
+                self.queues
+                    .read()
+                    .get(&def.destination)
+                    .map(|q| Destination::Queue(q.clone()))
+            };
+            if let Some(destination) = destination {
+                source.bind(Binding {
+                    destination,
                     routing_key: def.routing_key.clone(),
                     arguments: def.arguments.clone(),
                 });

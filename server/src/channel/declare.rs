@@ -58,9 +58,36 @@ impl Channel {
                 }
                 Ok(())
             }
-            ex::AMQPMethod::Bind(_) | ex::AMQPMethod::Unbind(_) => Err(error::not_implemented(
-                "exchange-to-exchange bindings are not supported yet",
-            )),
+            ex::AMQPMethod::Bind(bind) => {
+                ctx.vhost.bind_exchange(
+                    bind.destination.as_str(),
+                    bind.source.as_str(),
+                    bind.routing_key.as_str(),
+                    bind.arguments,
+                )?;
+                if !bind.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Exchange(ex::AMQPMethod::BindOk(ex::BindOk {})),
+                    );
+                }
+                Ok(())
+            }
+            ex::AMQPMethod::Unbind(unbind) => {
+                ctx.vhost.unbind_exchange(
+                    unbind.destination.as_str(),
+                    unbind.source.as_str(),
+                    unbind.routing_key.as_str(),
+                    &unbind.arguments,
+                )?;
+                if !unbind.nowait {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Exchange(ex::AMQPMethod::UnbindOk(ex::UnbindOk {})),
+                    );
+                }
+                Ok(())
+            }
             _ => Err(error::unimplemented_method()),
         }
     }

@@ -16,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 
 use crate::broker::Broker;
 use crate::error::{self, AmqpError, AmqpResult};
+use crate::exchange::Routed;
 use crate::message::{Message, QueuedMessage};
 use crate::queue::{ConnectionId, ConsumerId, Limit, Mailbox, Queue};
 use crate::vhost::VHost;
@@ -39,7 +40,7 @@ pub struct Context<'a> {
     /// Exclusive queues this connection declared, deleted when it closes.
     pub exclusive_queues: &'a mut Vec<Arc<Queue>>,
     /// Scratch space for routing results.
-    pub routed: &'a mut Vec<Arc<Queue>>,
+    pub routed: &'a mut Routed,
     /// Queues whose consumers regained credit; kicked once after the batch.
     pub kicks: &'a mut Vec<Arc<Queue>>,
     /// Channels with publisher confirms to send after the batch.

@@ -41,10 +41,9 @@ impl Channel {
         message: Message,
         mandatory: bool,
     ) -> AmqpResult<()> {
-        ctx.routed.clear();
         ctx.vhost.route(&message, ctx.routed)?;
         let persistent = message.is_persistent();
-        let routed = std::mem::take(ctx.routed);
+        let routed = std::mem::take(&mut ctx.routed.queues);
         let mut stored = Ok(());
         if let Some((last, rest)) = routed.split_last() {
             for queue in rest {
@@ -69,7 +68,7 @@ impl Channel {
                 ctx.frame_max,
             );
         }
-        *ctx.routed = routed;
+        ctx.routed.queues = routed;
         ctx.routed.clear();
         stored?;
         if let Some(confirm) = &mut self.confirm {

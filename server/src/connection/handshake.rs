@@ -49,6 +49,7 @@ fn server_properties() -> FieldTable {
     let mut capabilities = FieldTable::default();
     for cap in [
         "publisher_confirms",
+        "exchange_exchange_bindings",
         "basic.nack",
         "consumer_cancel_notify",
         "per_consumer_qos",

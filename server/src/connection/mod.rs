@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::broker::Broker;
 use crate::channel::{Channel, Context};
+use crate::exchange::Routed;
 use crate::queue::{ConnectionId, Mailbox, Outgoing, Queue};
 use crate::server::Shutdown;
 use crate::store::SyncTarget;
@@ -130,7 +131,7 @@ struct Shared {
     frame_max: u32,
     mailbox: Arc<Mailbox>,
     exclusive_queues: Vec<Arc<Queue>>,
-    routed: Vec<Arc<Queue>>,
+    routed: Routed,
     kicks: Vec<Arc<Queue>>,
     confirms_due: Vec<u16>,
     commits: Vec<Arc<Queue>>,
@@ -189,7 +190,7 @@ impl Connection {
                 frame_max: session.frame_max,
                 mailbox: Arc::new(Mailbox::default()),
                 exclusive_queues: Vec::new(),
-                routed: Vec::new(),
+                routed: Routed::default(),
                 kicks: Vec::new(),
                 confirms_due: Vec::new(),
                 commits: Vec::new(),

@@ -1,13 +1,10 @@
 //! The direct exchange: a message goes to the queues bound with its exact routing key.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use amqp_codec::amq_protocol::types::FieldTable;
+use std::collections::HashMap;
 
-use super::{Binding, Router};
+use super::{Binding, DestinationKind, Routed, Router};
 use crate::message::Message;
-use crate::queue::Queue;
 
 /// Bindings indexed by key, so routing is one hash lookup.
 #[derive(Debug, Default)]
@@ -21,7 +18,8 @@ impl Router for DirectRouter {
         let list = self.by_key.entry(binding.routing_key.clone()).or_default();
         if list.iter().any(|b| {
             b.is(
-                binding.queue.name(),
+                binding.destination.kind(),
+                binding.destination.name(),
                 &binding.routing_key,
                 &binding.arguments,
             )
@@ -33,12 +31,18 @@ impl Router for DirectRouter {
         true
     }
 
-    fn unbind(&mut self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool {
+    fn unbind(
+        &mut self,
+        kind: DestinationKind,
+        name: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> bool {
         let Some(list) = self.by_key.get_mut(routing_key) else {
             return false;
         };
         let before = list.len();
-        list.retain(|b| !b.is(queue, routing_key, arguments));
+        list.retain(|b| !b.is(kind, name, routing_key, arguments));
         let removed = before - list.len();
         if list.is_empty() {
             self.by_key.remove(routing_key);
@@ -47,19 +51,21 @@ impl Router for DirectRouter {
         removed > 0
     }
 
-    fn remove_queue(&mut self, queue: &str) {
+    fn remove_destination(&mut self, kind: DestinationKind, name: &str) {
         let mut count = 0;
         self.by_key.retain(|_, list| {
-            list.retain(|b| b.queue.name() != queue);
+            list.retain(|b| !b.targets(kind, name));
             count += list.len();
             !list.is_empty()
         });
         self.count = count;
     }
 
-    fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>) {
+    fn route(&self, message: &Message, out: &mut Routed) {
         if let Some(list) = self.by_key.get(&*message.routing_key) {
-            out.extend(list.iter().map(|b| b.queue.clone()));
+            for b in list {
+                b.deliver_to(out);
+            }
         }
     }
 
@@ -80,16 +86,16 @@ mod tests {
         let b = queue("b");
         r.bind(binding(&a, "k", FieldTable::default()));
         r.bind(binding(&b, "k.x", FieldTable::default()));
-        let mut out = Vec::new();
+        let mut out = Routed::default();
         r.route(&message("k", bytes::Bytes::new()), &mut out);
-        assert_eq!(names(&out), ["a"]);
-        assert!(r.unbind("a", "k", &FieldTable::default()));
-        assert!(!r.unbind("a", "k", &FieldTable::default()));
-        out.clear();
+        assert_eq!(names(&out.queues), ["a"]);
+        assert!(r.unbind(DestinationKind::Queue, "a", "k", &FieldTable::default()));
+        assert!(!r.unbind(DestinationKind::Queue, "a", "k", &FieldTable::default()));
+        out.queues.clear();
         r.route(&message("k", bytes::Bytes::new()), &mut out);
-        assert!(out.is_empty());
+        assert!(out.queues.is_empty());
         assert_eq!(r.len(), 1);
-        r.remove_queue("b");
+        r.remove_destination(DestinationKind::Queue, "b");
         assert_eq!(r.len(), 0);
     }
 }

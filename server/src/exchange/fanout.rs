@@ -1,12 +1,9 @@
 //! The fanout exchange: a message goes to every bound queue, whatever its key.
 
-use std::sync::Arc;
-
 use amqp_codec::amq_protocol::types::FieldTable;
 
-use super::{Binding, Router};
+use super::{Binding, DestinationKind, Routed, Router};
 use crate::message::Message;
-use crate::queue::Queue;
 
 /// All bindings in one list.
 #[derive(Debug, Default)]
@@ -18,7 +15,8 @@ impl Router for FanoutRouter {
     fn bind(&mut self, binding: Binding) -> bool {
         if self.bindings.iter().any(|b| {
             b.is(
-                binding.queue.name(),
+                binding.destination.kind(),
+                binding.destination.name(),
                 &binding.routing_key,
                 &binding.arguments,
             )
@@ -29,19 +27,27 @@ impl Router for FanoutRouter {
         true
     }
 
-    fn unbind(&mut self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool {
+    fn unbind(
+        &mut self,
+        kind: DestinationKind,
+        name: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> bool {
         let before = self.bindings.len();
         self.bindings
-            .retain(|b| !b.is(queue, routing_key, arguments));
+            .retain(|b| !b.is(kind, name, routing_key, arguments));
         before != self.bindings.len()
     }
 
-    fn remove_queue(&mut self, queue: &str) {
-        self.bindings.retain(|b| b.queue.name() != queue);
+    fn remove_destination(&mut self, kind: DestinationKind, name: &str) {
+        self.bindings.retain(|b| !b.targets(kind, name));
     }
 
-    fn route(&self, _message: &Message, out: &mut Vec<Arc<Queue>>) {
-        out.extend(self.bindings.iter().map(|b| b.queue.clone()));
+    fn route(&self, _message: &Message, out: &mut Routed) {
+        for b in &self.bindings {
+            b.deliver_to(out);
+        }
     }
 
     fn len(&self) -> usize {
@@ -61,8 +67,8 @@ mod tests {
         let b = queue("b");
         r.bind(binding(&a, "", FieldTable::default()));
         r.bind(binding(&b, "ignored", FieldTable::default()));
-        let mut out = Vec::new();
+        let mut out = Routed::default();
         r.route(&message("anything", bytes::Bytes::new()), &mut out);
-        assert_eq!(names(&out), ["a", "b"]);
+        assert_eq!(names(&out.queues), ["a", "b"]);
     }
 }

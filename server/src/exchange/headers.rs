@@ -2,13 +2,10 @@
 //! all of them (`x-match: all`, the default) or any of them (`x-match: any`).
 //! Arguments starting with `x-` are not matched, except with `all-with-x`/`any-with-x`.
 
-use std::sync::Arc;
-
 use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 
-use super::{Binding, Router};
+use super::{Binding, DestinationKind, Routed, Router};
 use crate::message::Message;
-use crate::queue::Queue;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum MatchMode {
@@ -62,7 +59,8 @@ impl Router for HeadersRouter {
     fn bind(&mut self, binding: Binding) -> bool {
         if self.bindings.iter().any(|(_, b)| {
             b.is(
-                binding.queue.name(),
+                binding.destination.kind(),
+                binding.destination.name(),
                 &binding.routing_key,
                 &binding.arguments,
             )
@@ -74,25 +72,31 @@ impl Router for HeadersRouter {
         true
     }
 
-    fn unbind(&mut self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool {
+    fn unbind(
+        &mut self,
+        kind: DestinationKind,
+        name: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> bool {
         let before = self.bindings.len();
         self.bindings
-            .retain(|(_, b)| !b.is(queue, routing_key, arguments));
+            .retain(|(_, b)| !b.is(kind, name, routing_key, arguments));
         before != self.bindings.len()
     }
 
-    fn remove_queue(&mut self, queue: &str) {
-        self.bindings.retain(|(_, b)| b.queue.name() != queue);
+    fn remove_destination(&mut self, kind: DestinationKind, name: &str) {
+        self.bindings.retain(|(_, b)| !b.targets(kind, name));
     }
 
-    fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>) {
+    fn route(&self, message: &Message, out: &mut Routed) {
         if self.bindings.is_empty() {
             return;
         }
         let headers = message.properties().and_then(|p| p.headers());
         for (mode, binding) in &self.bindings {
             if matches(&binding.arguments, *mode, headers.as_ref()) {
-                out.push(binding.queue.clone());
+                binding.deliver_to(out);
             }
         }
     }

@@ -60,11 +60,48 @@ impl ExchangeKind {
     }
 }
 
-/// A binding from an exchange to a queue.
+/// What a binding leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationKind {
+    /// A queue (`queue.bind`).
+    Queue,
+    /// Another exchange (`exchange.bind`).
+    Exchange,
+}
+
+/// The destination of a binding: a queue, or an exchange routed through by name (so
+/// that exchanges bound in a cycle do not keep each other alive).
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// A queue.
+    Queue(Arc<Queue>),
+    /// An exchange, by name.
+    Exchange(ShortStr),
+}
+
+impl Destination {
+    /// Whether it is a queue or an exchange.
+    pub fn kind(&self) -> DestinationKind {
+        match self {
+            Destination::Queue(_) => DestinationKind::Queue,
+            Destination::Exchange(_) => DestinationKind::Exchange,
+        }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        match self {
+            Destination::Queue(q) => q.name(),
+            Destination::Exchange(name) => name,
+        }
+    }
+}
+
+/// A binding from an exchange to a queue or another exchange.
 #[derive(Debug, Clone)]
 pub struct Binding {
-    /// The destination queue.
-    pub queue: Arc<Queue>,
+    /// Where matching messages go.
+    pub destination: Destination,
     /// The binding key.
     pub routing_key: String,
     /// Binding arguments (used by the headers exchange).
@@ -72,11 +109,55 @@ pub struct Binding {
 }
 
 impl Binding {
-    /// Whether this is the binding named by (queue, key, arguments).
-    pub fn is(&self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool {
-        self.queue.name() == queue
-            && self.routing_key == routing_key
-            && &self.arguments == arguments
+    /// Whether this binding leads to the destination `kind`/`name`.
+    pub fn targets(&self, kind: DestinationKind, name: &str) -> bool {
+        self.destination.kind() == kind && self.destination.name() == name
+    }
+
+    /// Whether this is the binding named by (destination, key, arguments).
+    pub fn is(
+        &self,
+        kind: DestinationKind,
+        name: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> bool {
+        self.targets(kind, name) && self.routing_key == routing_key && &self.arguments == arguments
+    }
+
+    /// Adds this binding's destination to a routing result.
+    pub fn deliver_to(&self, out: &mut Routed) {
+        match &self.destination {
+            Destination::Queue(queue) => out.queues.push(queue.clone()),
+            Destination::Exchange(name) => out.exchanges.push(name.clone()),
+        }
+    }
+}
+
+/// Where a message goes: queues, and exchanges to route it through next. Reused across
+/// messages, so routing allocates nothing once warm.
+#[derive(Debug, Default)]
+pub struct Routed {
+    /// Destination queues (possibly with duplicates until deduplicated).
+    pub queues: Vec<Arc<Queue>>,
+    /// Exchanges still to route through.
+    pub exchanges: Vec<ShortStr>,
+}
+
+impl Routed {
+    /// Empties both lists, keeping their capacity.
+    pub fn clear(&mut self) {
+        self.queues.clear();
+        self.exchanges.clear();
+    }
+
+    /// Keeps one copy of each queue: a queue reached by several bindings gets the
+    /// message once.
+    pub fn dedup_queues(&mut self) {
+        if self.queues.len() > 1 {
+            self.queues.sort_unstable_by_key(Arc::as_ptr);
+            self.queues.dedup_by(|a, b| Arc::ptr_eq(a, b));
+        }
     }
 }
 
@@ -85,11 +166,17 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     /// Adds a binding; false if an identical one exists.
     fn bind(&mut self, binding: Binding) -> bool;
     /// Removes a binding; false if there was none.
-    fn unbind(&mut self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool;
-    /// Removes every binding to `queue`.
-    fn remove_queue(&mut self, queue: &str);
-    /// Appends the queues `message` goes to (possibly with duplicates).
-    fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>);
+    fn unbind(
+        &mut self,
+        kind: DestinationKind,
+        name: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> bool;
+    /// Removes every binding to a destination.
+    fn remove_destination(&mut self, kind: DestinationKind, name: &str);
+    /// Adds the destinations `message` goes to (possibly with duplicates).
+    fn route(&self, message: &Message, out: &mut Routed);
     /// Number of bindings.
     fn len(&self) -> usize;
     /// Whether there are no bindings.
@@ -148,13 +235,21 @@ impl Exchange {
     }
 
     /// Removes a binding; false if there was none.
-    pub fn unbind(&self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool {
-        self.router.write().unbind(queue, routing_key, arguments)
+    pub fn unbind(
+        &self,
+        kind: DestinationKind,
+        name: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> bool {
+        self.router
+            .write()
+            .unbind(kind, name, routing_key, arguments)
     }
 
-    /// Removes every binding to a deleted queue.
-    pub fn remove_queue(&self, queue: &str) {
-        self.router.write().remove_queue(queue);
+    /// Removes every binding to a deleted queue or exchange.
+    pub fn remove_destination(&self, kind: DestinationKind, name: &str) {
+        self.router.write().remove_destination(kind, name);
     }
 
     /// Whether any binding exists (for `if-unused` deletes).
@@ -162,22 +257,9 @@ impl Exchange {
         !self.router.read().is_empty()
     }
 
-    /// Appends each queue `message` goes to once.
-    pub fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>) {
-        let start = out.len();
+    /// Adds the destinations `message` goes to through this exchange's bindings.
+    pub fn route(&self, message: &Message, out: &mut Routed) {
         self.router.read().route(message, out);
-        if out.len() - start > 1 {
-            let routed = &mut out[start..];
-            routed.sort_unstable_by_key(Arc::as_ptr);
-            let mut kept = start + 1;
-            for i in start + 1..out.len() {
-                if !Arc::ptr_eq(&out[i], &out[kept - 1]) {
-                    out.swap(i, kept);
-                    kept += 1;
-                }
-            }
-            out.truncate(kept);
-        }
     }
 }
 
@@ -204,7 +286,7 @@ pub(crate) mod test_support {
 
     pub fn binding(queue: &Arc<Queue>, key: &str, arguments: FieldTable) -> Binding {
         Binding {
-            queue: queue.clone(),
+            destination: Destination::Queue(queue.clone()),
             routing_key: key.into(),
             arguments,
         }
@@ -249,11 +331,12 @@ mod tests {
         assert!(ex.bind(binding(&q, "#", FieldTable::default())));
         assert!(ex.bind(binding(&other, "a.b", FieldTable::default())));
         assert!(!ex.bind(binding(&q, "#", FieldTable::default())));
-        let mut out = Vec::new();
+        let mut out = Routed::default();
         ex.route(
             &message("a.b", bytes::Bytes::from_static(&[0, 0])),
             &mut out,
         );
-        assert_eq!(names(&out), ["other", "q"]);
+        out.dedup_queues();
+        assert_eq!(names(&out.queues), ["other", "q"]);
     }
 }

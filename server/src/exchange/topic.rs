@@ -1,13 +1,10 @@
 //! The topic exchange: dotted routing keys matched against binding patterns, where `*`
 //! stands for exactly one word and `#` for zero or more.
 
-use std::sync::Arc;
-
 use amqp_codec::amq_protocol::types::FieldTable;
 
-use super::{Binding, Router};
+use super::{Binding, DestinationKind, Routed, Router};
 use crate::message::Message;
-use crate::queue::Queue;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Word {
@@ -61,7 +58,8 @@ impl Router for TopicRouter {
     fn bind(&mut self, binding: Binding) -> bool {
         if self.bindings.iter().any(|(_, b)| {
             b.is(
-                binding.queue.name(),
+                binding.destination.kind(),
+                binding.destination.name(),
                 &binding.routing_key,
                 &binding.arguments,
             )
@@ -73,22 +71,28 @@ impl Router for TopicRouter {
         true
     }
 
-    fn unbind(&mut self, queue: &str, routing_key: &str, arguments: &FieldTable) -> bool {
+    fn unbind(
+        &mut self,
+        kind: DestinationKind,
+        name: &str,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> bool {
         let before = self.bindings.len();
         self.bindings
-            .retain(|(_, b)| !b.is(queue, routing_key, arguments));
+            .retain(|(_, b)| !b.is(kind, name, routing_key, arguments));
         before != self.bindings.len()
     }
 
-    fn remove_queue(&mut self, queue: &str) {
-        self.bindings.retain(|(_, b)| b.queue.name() != queue);
+    fn remove_destination(&mut self, kind: DestinationKind, name: &str) {
+        self.bindings.retain(|(_, b)| !b.targets(kind, name));
     }
 
-    fn route(&self, message: &Message, out: &mut Vec<Arc<Queue>>) {
+    fn route(&self, message: &Message, out: &mut Routed) {
         let words = words(&message.routing_key);
         for (pattern, binding) in &self.bindings {
             if matches(pattern, &words) {
-                out.push(binding.queue.clone());
+                binding.deliver_to(out);
             }
         }
     }

@@ -58,8 +58,11 @@ pub struct BindingDef {
     pub vhost: String,
     /// Source exchange.
     pub source: String,
-    /// Destination queue.
-    pub queue: String,
+    /// Destination queue, or exchange when `to_exchange`.
+    pub destination: String,
+    /// The destination is an exchange (`exchange.bind`), not a queue.
+    #[serde(default)]
+    pub to_exchange: bool,
     /// Binding key.
     pub routing_key: String,
     /// Binding arguments.
@@ -153,8 +156,10 @@ impl Definitions {
             Change::DeleteExchange { vhost, name } => {
                 self.exchanges
                     .retain(|e| !(e.vhost == vhost && e.name == name));
-                self.bindings
-                    .retain(|b| !(b.vhost == vhost && b.source == name));
+                self.bindings.retain(|b| {
+                    !(b.vhost == vhost
+                        && (b.source == name || (b.to_exchange && b.destination == name)))
+                });
             }
             Change::PutQueue(def) => {
                 self.queues
@@ -165,7 +170,7 @@ impl Definitions {
                 self.queues
                     .retain(|q| !(q.vhost == vhost && q.name == name));
                 self.bindings
-                    .retain(|b| !(b.vhost == vhost && b.queue == name));
+                    .retain(|b| !(b.vhost == vhost && !b.to_exchange && b.destination == name));
             }
             Change::Bind(def) => {
                 if !self.bindings.contains(&def) {
@@ -323,7 +328,8 @@ mod tests {
         let binding = BindingDef {
             vhost: "/".into(),
             source: "amq.direct".into(),
-            queue: "a".into(),
+            destination: "a".into(),
+            to_exchange: false,
             routing_key: "k".into(),
             arguments: FieldTable::default(),
         };

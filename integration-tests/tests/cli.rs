@@ -1,0 +1,105 @@
+//! The `warren` binary: flags, one-line errors, and a clean stop on SIGTERM.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use integration_tests::{WarrenProcess, temp_data_dir};
+
+fn warren() -> Command {
+    Command::new(integration_tests::warren_binary())
+}
+
+#[test]
+fn help_and_version_succeed() {
+    let help = warren().arg("--help").output().expect("run warren --help");
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for flag in [
+        "--bind",
+        "--port",
+        "--data-dir",
+        "--log-level",
+        "--default-user",
+        "--default-pass",
+    ] {
+        assert!(text.contains(flag), "--help lists {flag}:\n{text}");
+    }
+    let version = warren()
+        .arg("--version")
+        .output()
+        .expect("run warren --version");
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("warren "));
+}
+
+#[test]
+fn a_bad_flag_is_one_line_and_exit_2() {
+    let out = warren().arg("--no-such-flag").output().expect("run warren");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("--no-such-flag"), "{stderr}");
+    let out = warren()
+        .args(["--port", "not-a-port"])
+        .output()
+        .expect("run warren");
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn an_unusable_port_is_one_line_and_exit_1() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let dir = temp_data_dir("cli-port");
+    let out = warren()
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port,
+            "--log-level",
+            "error",
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run warren");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_clients_with_320_and_exits_cleanly() {
+    let dir = temp_data_dir("cli-term");
+    let broker = WarrenProcess::start(&dir).await;
+    let mut raw = common::Raw::connect_open(broker.addr()).await;
+    raw.open_channel(1).await;
+    let (status, close) = tokio::join!(
+        tokio::task::spawn_blocking(move || broker.terminate()),
+        raw.expect_connection_close()
+    );
+    let (code, text, _, _) = close;
+    assert_eq!(code, 320);
+    assert_eq!(
+        text,
+        "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+    );
+    let status = status.expect("join");
+    assert!(status.success(), "exit status {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
