@@ -29,6 +29,10 @@ SCENARIOS = {
     "4p4c-4q-16B-ack": ["--size", "16", "--producers", "4", "--consumers", "4", "--queues", "4"],
     "confirm-persistent-1KiB-1p": ["--size", "1024", "--persistent", "--confirm", "256"],
     "confirm-persistent-1KiB-4p": ["--size", "1024", "--persistent", "--confirm", "256", "--producers", "4"],
+    # Publish 1,000,000 persistent 128-byte messages with confirms and no consumer, then
+    # drain them: "publish" is the fill rate, "consume" the drain rate.
+    "backlog-1M-128B": ["--backlog", "--count", "1000000", "--size", "128", "--persistent",
+                        "--confirm", "256", "--duration", "600"],
 }
 
 
@@ -57,9 +61,13 @@ def run_once(uri, pid, args, duration):
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     cpu_before = cpu_seconds(pid)
+    if "--duration" in args:
+        duration = int(args[args.index("--duration") + 1])
+    else:
+        args = ["--duration", str(duration), *args]
     out = subprocess.run(
-        [PERF, "--uri", uri, "--duration", str(duration), "--json", *args],
-        capture_output=True, text=True, timeout=duration * 20 + 120,
+        [PERF, "--uri", uri, "--json", *args],
+        capture_output=True, text=True, timeout=duration * 2 + 120,
     )
     cpu = cpu_seconds(pid) - cpu_before
     stop.set()

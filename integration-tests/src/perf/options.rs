@@ -137,6 +137,11 @@ pub struct Options {
     #[arg(long)]
     pub keep: bool,
 
+    /// Backlog mode: publish everything first (bounded by --count or --duration), then
+    /// start the consumers and drain it; the rates are then fill and drain rates.
+    #[arg(long)]
+    pub backlog: bool,
+
     /// Print one JSON object on stdout instead of the text report.
     #[arg(long)]
     pub json: bool,

@@ -54,10 +54,16 @@ fn run_load(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Result<
         .collect();
     let (ready_tx, ready_rx) = mpsc::channel::<bool>();
 
-    let consumers = spawn_consumers(opts, endpoint, topology, &shared, &ready_tx)?;
+    let early_consumers = if opts.backlog {
+        None
+    } else {
+        Some(spawn_consumers(
+            opts, endpoint, topology, &shared, &ready_tx,
+        )?)
+    };
     let producers = spawn_producers(opts, endpoint, &routes, &shared, &ready_tx)?;
     drop(ready_tx);
-    let expected_ready = consumers.len() + producers.len();
+    let expected_ready = early_consumers.as_ref().map_or(0, Vec::len) + producers.len();
     let all_ready = (0..expected_ready).all(|_| ready_rx.recv().unwrap_or(false));
 
     let cpu_start = cpu::process_cpu();
@@ -84,6 +90,19 @@ fn run_load(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Result<
     } else {
         shared.abort();
     }
+    let (consumers, consume_start_nanos) = match early_consumers {
+        Some(consumers) => (consumers, start_nanos),
+        None => {
+            // Backlog mode: the queues are full now; the consumers start draining.
+            let (ready_tx, ready_rx) = mpsc::channel::<bool>();
+            let consumers = spawn_consumers(opts, endpoint, topology, &shared, &ready_tx)?;
+            drop(ready_tx);
+            if !(0..consumers.len()).all(|_| ready_rx.recv().unwrap_or(false)) {
+                shared.abort();
+            }
+            (consumers, clock.now_nanos())
+        }
+    };
     let consumer_results = join_all(consumers, &shared);
     let wall = start.elapsed();
     let cpu_used = cpu::process_cpu()
@@ -117,7 +136,7 @@ fn run_load(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Result<
         .iter()
         .map(|c| c.last_delivery_nanos)
         .max()
-        .map(|last| Duration::from_nanos(last.saturating_sub(start_nanos)))
+        .map(|last| Duration::from_nanos(last.saturating_sub(consume_start_nanos)))
         .unwrap_or_default();
     let mut latency = latency_histogram().context("latency histogram")?;
     for c in &consumer_results {
