@@ -166,7 +166,11 @@ struct Connection {
     open_channels: u16,
     channel_max: u16,
     heartbeat: u16,
-    pending: Vec<Outgoing>,
+    /// Items taken from the mailbox; written while the output buffer has room, so that
+    /// one wake-up cannot pile a whole prefetch window of large bodies into memory.
+    pending: VecDeque<Outgoing>,
+    /// The buffer the mailbox is swapped into.
+    inbox: Vec<Outgoing>,
     /// Publisher confirms waiting for a group commit, in the order they must go out.
     confirm_groups: VecDeque<ConfirmGroup>,
     phase: Phase,
@@ -201,7 +205,8 @@ impl Connection {
             open_channels: 0,
             channel_max: session.channel_max,
             heartbeat: session.heartbeat,
-            pending: Vec::new(),
+            pending: VecDeque::new(),
+            inbox: Vec::new(),
             confirm_groups: VecDeque::new(),
             phase: Phase::Open,
         }
@@ -245,7 +250,10 @@ impl Connection {
                         Err(e) => return Ended::SocketError(e),
                     }
                 }
-                () = self.shared.mailbox.wait(), if take_deliveries => {
+                                () = self.shared.mailbox.wait(), if take_deliveries => {
+                    self.drain_mailbox();
+                }
+                () = std::future::ready(()), if take_deliveries && !self.pending.is_empty() => {
                     self.drain_mailbox();
                 }
                 read = io.reader.read_buf(&mut io.rbuf) => {
@@ -606,9 +614,13 @@ impl Connection {
     /// Writes the deliveries queues left in the mailbox; those for consumers that are gone
     /// go back to their queues.
     fn drain_mailbox(&mut self) {
-        self.shared.mailbox.drain_into(&mut self.pending);
+        self.shared.mailbox.drain_into(&mut self.inbox);
+        self.pending.extend(self.inbox.drain(..));
         let mut returned = Vec::new();
-        for item in self.pending.drain(..) {
+        while self.shared.out.len() < OUT_HIGH_WATER {
+            let Some(item) = self.pending.pop_front() else {
+                break;
+            };
             match item {
                 Outgoing::Deliver {
                     channel,
@@ -651,7 +663,8 @@ impl Connection {
             channel.close_resources(&mut shared.context());
         }
         self.channels.clear();
-        self.shared.mailbox.drain_into(&mut self.pending);
+        self.shared.mailbox.drain_into(&mut self.inbox);
+        self.pending.extend(self.inbox.drain(..));
         let returned = self.pending.drain(..).filter_map(|item| match item {
             Outgoing::Deliver { queue, message, .. } => Some((queue, message)),
             Outgoing::Cancelled { .. } => None,
