@@ -202,12 +202,36 @@ impl WarrenProcess {
     /// Builds the binary if needed, starts it on a free loopback port with its data in
     /// `data_dir`, and waits (bounded) until it accepts connections.
     pub async fn start(data_dir: &std::path::Path) -> WarrenProcess {
+        Self::start_limited(data_dir, None).await
+    }
+
+    /// Like [`WarrenProcess::start`], but with every file the broker writes limited to
+    /// `max_file_kib` KiB (`ulimit -f`, with SIGXFSZ ignored): writes past it fail with
+    /// EFBIG, the way a full disk makes them fail, without filling a real disk.
+    pub async fn start_limited(
+        data_dir: &std::path::Path,
+        max_file_kib: Option<u64>,
+    ) -> WarrenProcess {
         let binary = warren_binary();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = std::process::Command::new(&binary)
+        let mut command = match max_file_kib {
+            None => std::process::Command::new(&binary),
+            Some(kib) => {
+                // dash counts `ulimit -f` in 512-byte blocks.
+                let mut sh = std::process::Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!(
+                        "ulimit -f {} && trap '' XFSZ && exec \"$0\" \"$@\"",
+                        kib * 2
+                    ))
+                    .arg(&binary);
+                sh
+            }
+        };
+        let child = command
             .args([
                 "--bind",
                 "127.0.0.1",

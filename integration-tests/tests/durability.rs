@@ -355,6 +355,89 @@ async fn confirmed_messages_survive_kill_9() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Writes that fail (here: a file-size limit, as a full disk would make them fail) give
+/// the publisher a clear error or a nack, never a confirm for what was not written, and
+/// leave a store that starts and holds every confirmed message.
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_writes_are_never_confirmed_and_corrupt_nothing() {
+    let dir = temp_data_dir("efbig");
+    let queue = "efbig-queue";
+    let broker = WarrenProcess::start_limited(&dir, Some(1024)).await;
+    let conn = common::connect_uri(&broker.uri()).await.expect("connect");
+    let channel = common::channel(&conn).await;
+    within(
+        "confirm.select",
+        channel.confirm_select(ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+    declare_durable(&channel, queue).await;
+    let body = vec![b'x'; 1024];
+    let mut confirmed = Vec::new();
+    let mut refused = None;
+    // 1 KiB messages into a log whose files may not grow past 1 MiB: the writes fail
+    // well before 4,000 messages.
+    for i in 0..4000u32 {
+        let mut payload = i.to_be_bytes().to_vec();
+        payload.extend_from_slice(&body);
+        let result = within("publish", async {
+            channel
+                .basic_publish(
+                    "".into(),
+                    queue.into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    persistent(),
+                )
+                .await?
+                .await
+        })
+        .await;
+        match result {
+            Ok(Confirmation::Ack(_)) => confirmed.push(i),
+            other => {
+                refused = Some(format!("{other:?}"));
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a write failed and the publisher heard of it");
+    assert!(
+        refused.contains("506") || refused.contains("RESOURCE_ERROR") || refused.contains("Nack"),
+        "a clear error: {refused}"
+    );
+    assert!(
+        !confirmed.is_empty(),
+        "messages were confirmed before the limit"
+    );
+    drop(conn);
+    broker.kill();
+
+    let broker = WarrenProcess::start(&dir).await;
+    let conn = common::connect_uri(&broker.uri())
+        .await
+        .expect("connect after the failure");
+    let channel = common::channel(&conn).await;
+    let mut found = HashSet::new();
+    while let Some(message) = get(&channel, queue).await {
+        let id = message
+            .delivery
+            .data
+            .get(..4)
+            .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+        found.insert(id.expect("a 4-byte id"));
+    }
+    let lost: Vec<u32> = confirmed
+        .iter()
+        .copied()
+        .filter(|i| !found.contains(i))
+        .collect();
+    assert!(lost.is_empty(), "confirmed messages lost: {lost:?}");
+    drop(conn);
+    broker.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_torn_and_scribbled_log_tail_is_cut_off_at_start() {
     let dir = temp_data_dir("torn");

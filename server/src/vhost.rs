@@ -615,7 +615,13 @@ impl VHost {
         }
         let mut messages = 0;
         let mut queues = 0;
+        let total = defs.queues.iter().filter(|q| q.vhost == self.name).count();
+        let mut last_report = std::time::Instant::now();
         for def in defs.queues.iter().filter(|q| q.vhost == self.name) {
+            if last_report.elapsed() >= std::time::Duration::from_secs(1) {
+                tracing::info!(vhost = %self.name, queues, of = total, messages, "recovering queues");
+                last_report = std::time::Instant::now();
+            }
             let (log, recovery) = store.open_queue_log(&def.id)?;
             for warning in &recovery.warnings {
                 tracing::warn!(queue = %def.name, "{warning}");

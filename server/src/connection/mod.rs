@@ -348,7 +348,8 @@ impl Connection {
             };
             self.shared.broker.commit(targets, done);
         }
-        if confirms.is_empty() {
+        // Nothing may follow connection.close: a closing connection confirms no more.
+        if confirms.is_empty() || !matches!(self.phase, Phase::Open) {
             return;
         }
         if durable.is_none() && self.confirm_groups.is_empty() {
@@ -360,6 +361,9 @@ impl Connection {
     }
 
     fn send_confirms(&mut self, confirms: &[(u16, u64)], durable: bool) {
+        if !matches!(self.phase, Phase::Open) {
+            return;
+        }
         for &(id, upto) in confirms {
             if let Some(Some(channel)) = self.channels.get_mut(usize::from(id)) {
                 channel.send_confirms(&mut self.shared.out, upto, durable);

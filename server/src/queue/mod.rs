@@ -485,16 +485,12 @@ impl Queue {
 }
 
 impl SyncTarget for Queue {
-    fn begin_sync(&self) -> Option<PendingSync> {
+    fn begin_sync(&self) -> Option<crate::store::Result<PendingSync>> {
         let mut st = self.state.lock();
         let log = st.log.as_mut()?;
-        match log.begin_sync() {
-            Ok(pending) => Some(pending),
-            Err(error) => {
-                tracing::error!(queue = %self.name, %error, "cannot write the queue's log");
-                None
-            }
-        }
+        Some(log.begin_sync().inspect_err(|error| {
+            tracing::error!(queue = %self.name, %error, "cannot write the queue's log");
+        }))
     }
 
     fn complete_sync(&self, pending: PendingSync, result: crate::store::Result<()>) -> bool {

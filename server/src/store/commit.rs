@@ -17,8 +17,9 @@ use super::definitions::DefinitionStore;
 /// Something whose appends a group commit makes durable (a queue with a log).
 pub trait SyncTarget: Send + Sync {
     /// Writes out buffered appends and takes the fsyncs they need, under the target's
-    /// own lock; `None` if there is nothing to do or the log cannot sync.
-    fn begin_sync(&self) -> Option<PendingSync>;
+    /// own lock; `None` if the target keeps no log, an error if the writes failed (then
+    /// nothing it holds may be confirmed).
+    fn begin_sync(&self) -> Option<super::Result<PendingSync>>;
     /// Records the fsync's outcome; false if the appends are not durable.
     fn complete_sync(&self, pending: PendingSync, result: super::Result<()>) -> bool;
 }
@@ -86,10 +87,11 @@ fn commit_loop(inbox: &mpsc::Receiver<Request>, definitions: &Mutex<DefinitionSt
                     continue;
                 }
                 let ok = match target.begin_sync() {
-                    Some(pending) => {
+                    Some(Ok(pending)) => {
                         let result = pending.run();
                         target.complete_sync(pending, result)
                     }
+                    Some(Err(_)) => false,
                     None => true,
                 };
                 seen.push((key, ok));
