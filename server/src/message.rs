@@ -30,13 +30,6 @@ impl Message {
         }
     }
 
-    /// Whether it was published with delivery mode 2 (persistent).
-    pub fn is_persistent(&self) -> bool {
-        self.properties()
-            .and_then(|p| p.delivery_mode())
-            .is_some_and(|mode| mode == 2)
-    }
-
     /// A view of the properties (validated when the header frame was decoded).
     pub fn properties(&self) -> Option<PropertiesView<'_>> {
         PropertiesView::new(&self.properties).ok()

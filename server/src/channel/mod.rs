@@ -96,7 +96,8 @@ struct ConfirmState {
 /// Work held back by `tx.select` until `tx.commit`.
 #[derive(Debug, Default)]
 struct TxState {
-    publishes: Vec<(Message, bool)>,
+    /// Held publishes: the message, `mandatory`, and whether it is persistent.
+    publishes: Vec<(Message, bool, bool)>,
     settlements: Vec<(Vec<Unacked>, Settlement)>,
 }
 
@@ -271,8 +272,8 @@ impl Channel {
                 let Some(state) = self.tx.replace(TxState::default()) else {
                     return Err(error::precondition("channel is not transactional"));
                 };
-                for (message, mandatory) in state.publishes {
-                    self.route(ctx, message, mandatory)?;
+                for (message, mandatory, persistent) in state.publishes {
+                    self.route(ctx, message, mandatory, persistent)?;
                 }
                 for (entries, settlement) in state.settlements {
                     self.settle(ctx, entries, settlement);

@@ -16,21 +16,24 @@ impl Channel {
     pub(super) fn on_content(&mut self, ctx: &mut Context<'_>, content: Content) -> AmqpResult<()> {
         let mandatory = content.publish.mandatory;
         let message = Message::from_content(content);
-        if let Some(claimed) = message
-            .properties()
-            .and_then(|p| p.short_str(Property::UserId))
-            && claimed != ctx.user
-        {
-            return Err(error::precondition(format!(
-                "user_id property set to '{claimed}' but authenticated user was '{}'",
-                ctx.user
-            )));
+        // One look at the properties (validated when the header frame was decoded).
+        let mut persistent = false;
+        if let Some(view) = message.properties() {
+            persistent = view.delivery_mode() == Some(2);
+            if let Some(claimed) = view.short_str(Property::UserId)
+                && claimed != ctx.user
+            {
+                return Err(error::precondition(format!(
+                    "user_id property set to '{claimed}' but authenticated user was '{}'",
+                    ctx.user
+                )));
+            }
         }
         if let Some(tx) = &mut self.tx {
-            tx.publishes.push((message, mandatory));
+            tx.publishes.push((message, mandatory, persistent));
             return Ok(());
         }
-        self.route(ctx, message, mandatory)
+        self.route(ctx, message, mandatory, persistent)
     }
 
     /// Routes a message to its queues (one body shared by all), returns it if it was
@@ -40,9 +43,9 @@ impl Channel {
         ctx: &mut Context<'_>,
         message: Message,
         mandatory: bool,
+        persistent: bool,
     ) -> AmqpResult<()> {
         ctx.vhost.route(&message, ctx.routed)?;
-        let persistent = message.is_persistent();
         let routed = std::mem::take(&mut ctx.routed.queues);
         let mut stored = Ok(());
         if let Some((last, rest)) = routed.split_last() {

@@ -34,6 +34,10 @@ pub enum HandshakeError {
     /// The peer went away or the socket failed.
     #[error("client closed the connection during the handshake")]
     Closed,
+    /// The peer broke the handshake; as RabbitMQ does, the socket is closed without a
+    /// `connection.close`.
+    #[error("handshake aborted: {0}")]
+    Aborted(&'static str),
     /// Refused with a `connection.close` (already sent).
     #[error("{0}")]
     Refused(ProtocolError),
@@ -172,14 +176,16 @@ pub async fn negotiate(
     io.write_all(&mut out).await?;
 
     let AMQPClass::Connection(c::AMQPMethod::StartOk(start_ok)) = next_method(io).await? else {
-        return Err(HandshakeError::Closed);
+        return Err(HandshakeError::Aborted("expected connection.start-ok"));
     };
     let mechanism = start_ok.mechanism.as_str();
     let auth_close = client_capability(&start_ok.client_properties, "authentication_failure_close");
     let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
     if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
         tracing::warn!(mechanism, "unsupported authentication mechanism");
-        return Err(HandshakeError::Closed);
+        return Err(HandshakeError::Aborted(
+            "unsupported authentication mechanism",
+        ));
     }
     let login = credentials(mechanism, start_ok.response.as_bytes());
     let user = match login {
@@ -213,7 +219,7 @@ pub async fn negotiate(
     io.write_all(&mut out).await?;
     // Like RabbitMQ, anything but tune-ok here ends the connection without a close.
     let AMQPClass::Connection(c::AMQPMethod::TuneOk(tune_ok)) = next_method(io).await? else {
-        return Err(HandshakeError::Closed);
+        return Err(HandshakeError::Aborted("expected connection.tune-ok"));
     };
     if tune_ok.channel_max == 0
         || tune_ok.channel_max > config.channel_max
@@ -236,7 +242,7 @@ pub async fn negotiate(
 
     let open = match next_method(io).await {
         Ok(AMQPClass::Connection(c::AMQPMethod::Open(open))) => open,
-        Ok(_) => return Err(HandshakeError::Closed),
+        Ok(_) => return Err(HandshakeError::Aborted("expected connection.open")),
         Err(HandshakeError::Codec(CodecError::Protocol(error)))
             if error.code == ReplyCode::UnexpectedFrame =>
         {
