@@ -29,6 +29,9 @@ SCENARIOS = {
     "4p4c-4q-16B-ack": ["--size", "16", "--producers", "4", "--consumers", "4", "--queues", "4"],
     "confirm-persistent-1KiB-1p": ["--size", "1024", "--persistent", "--confirm", "256"],
     "confirm-persistent-1KiB-4p": ["--size", "1024", "--persistent", "--confirm", "256", "--producers", "4"],
+    "fanout-50q-16B": ["--size", "16", "--exchange-type", "fanout", "--queues", "50",
+                       "--consumers", "50"],
+    "latency-1000rps-1KiB": ["--size", "1024", "--rate", "1000"],
     # Publish 1,000,000 persistent 128-byte messages with confirms and no consumer, then
     # drain them: "publish" is the fill rate, "consume" the drain rate.
     "backlog-1M-128B": ["--backlog", "--count", "1000000", "--size", "128", "--persistent",
@@ -96,6 +99,7 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--duration", type=int, default=5)
     p.add_argument("--scenario", action="append")
+    p.add_argument("--svg", help="also write the consume-rate ratios as an SVG bar chart here")
     a = p.parse_args()
     names = a.scenario or list(SCENARIOS)
     rows = []
@@ -121,6 +125,34 @@ def main():
             ratio = w / r if r else float("nan")
             print(f"| {name} | {label} | {w:,.1f} | {r:,.1f} | {ratio:.2f} |")
         print(f"| {name} | verified | {verdicts['warren']} | {verdicts['rabbitmq']} | |")
+    if a.svg:
+        write_svg(a.svg, [(name, med["warren"]["consume"], med["rabbitmq"]["consume"])
+                          for name, med, _ in rows])
+
+
+def write_svg(path, bars):
+    """A horizontal bar chart of Warren / RabbitMQ consume-rate ratios, one bar per
+    scenario, on a log scale so that 1x and 30x both read."""
+    import math
+    width, left, bar_h, gap = 760, 230, 22, 10
+    height = 60 + len(bars) * (bar_h + gap)
+    top_ratio = max([w / r for _, w, r in bars if r] + [10])
+    scale = (width - left - 80) / math.log10(top_ratio * 1.2)
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="13">',
+           f'<text x="10" y="22" font-size="15" font-weight="bold">Warren / RabbitMQ, '
+           f'consume rate (log scale; 1x = parity)</text>']
+    for i, (name, w, r) in enumerate(bars):
+        ratio = w / r if r else 0
+        y = 40 + i * (bar_h + gap)
+        length = max(2, scale * math.log10(max(ratio, 1.0001)))
+        out.append(f'<text x="{left - 8}" y="{y + 16}" text-anchor="end">{name}</text>')
+        out.append(f'<rect x="{left}" y="{y}" width="{length:.0f}" height="{bar_h}" fill="#3b7dd8"/>')
+        out.append(f'<text x="{left + length + 6:.0f}" y="{y + 16}">{ratio:.1f}x '
+                   f'({w:,.0f} vs {r:,.0f} msg/s)</text>')
+    out.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(out) + "\n")
 
 
 if __name__ == "__main__":
