@@ -22,6 +22,7 @@ pub struct TestServer {
     uri: String,
     addr: Option<SocketAddr>,
     data_dir: Option<std::path::PathBuf>,
+    scratch_dir: Option<std::path::PathBuf>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -39,6 +40,7 @@ impl TestServer {
                 uri,
                 addr: None,
                 data_dir: None,
+                scratch_dir: None,
                 stop: None,
                 task: None,
             };
@@ -49,7 +51,10 @@ impl TestServer {
             data_dir: std::env::temp_dir().join(format!("warren-test-{}", unique_suffix())),
             ..warren::Config::default()
         };
+        let default_dir = config.data_dir.clone();
         configure(&mut config);
+        // A directory the harness made up is the harness's to remove when the server goes.
+        let scratch_dir = (config.data_dir == default_dir).then(|| default_dir.clone());
         let listener = TcpListener::bind((config.bind, config.port))
             .await
             .expect("bind a free port");
@@ -69,6 +74,7 @@ impl TestServer {
             uri: format!("amqp://guest:guest@{addr}/%2f"),
             addr: Some(addr),
             data_dir,
+            scratch_dir,
             stop: Some(stop),
             task: Some(task),
         }
@@ -123,6 +129,9 @@ impl TestServer {
         if let Some(task) = self.task.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
+        if let Some(dir) = self.scratch_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
 }
 
@@ -130,6 +139,10 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
+        }
+        // Best effort: the broker may still be stopping; a later write just fails.
+        if let Some(dir) = self.scratch_dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
         }
     }
 }
