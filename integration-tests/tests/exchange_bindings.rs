@@ -5,11 +5,12 @@ mod common;
 
 use common::*;
 use integration_tests::{TestServer, unique_name};
+use lapin::options::BasicPublishOptions;
 use lapin::options::{
     ExchangeBindOptions, ExchangeDeclareOptions, ExchangeUnbindOptions, QueueBindOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel, ExchangeKind};
 
 async fn declare_exchange(channel: &Channel, name: &str, kind: ExchangeKind, internal: bool) {
     within(
@@ -173,24 +174,14 @@ async fn internal_exchanges_take_messages_only_from_other_exchanges() {
 
     // In confirm mode the publish's confirm fails with the channel close it causes.
     let publisher = common::channel(&conn).await;
-    within(
-        "confirm.select",
-        publisher.confirm_select(lapin::options::ConfirmSelectOptions::default()),
+    let result = publish_confirmed_or_closed(
+        &publisher,
+        &internal,
+        "k",
+        BasicPublishOptions::default(),
+        b"direct",
+        BasicProperties::default(),
     )
-    .await
-    .expect("confirm.select");
-    let result = within("publish to an internal exchange", async {
-        publisher
-            .basic_publish(
-                internal.as_str().into(),
-                "k".into(),
-                Default::default(),
-                b"direct",
-                Default::default(),
-            )
-            .await?
-            .await
-    })
     .await;
     assert_amqp_error(
         result,

@@ -784,26 +784,14 @@ async fn publishing_to_a_missing_exchange_closes_the_channel_with_404() {
     let server = TestServer::start().await;
     let (conn, channel) = open(&server).await;
     let missing = unique_name("no-ex");
-    // In confirm mode the publish's confirm fails with the close it causes (a method
-    // sent after it could find the channel already closed by a fast broker).
-    within(
-        "confirm.select",
-        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()),
+    let result = publish_confirmed_or_closed(
+        &channel,
+        &missing,
+        "k",
+        lapin::options::BasicPublishOptions::default(),
+        b"lost",
+        BasicProperties::default(),
     )
-    .await
-    .expect("confirm.select");
-    let result = within("publish", async {
-        channel
-            .basic_publish(
-                missing.as_str().into(),
-                "k".into(),
-                Default::default(),
-                b"lost",
-                BasicProperties::default(),
-            )
-            .await?
-            .await
-    })
     .await;
     assert_amqp_error(
         result,

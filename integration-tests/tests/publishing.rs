@@ -356,29 +356,17 @@ async fn immediate_flag_is_not_implemented() {
     let (conn, channel) = open(&server).await;
     let queue = unique_name("immediate");
     declare_queue(&channel, &queue).await;
-    // In confirm mode the publish's confirm fails with the close it causes (a method
-    // sent after it could find the channel already closed by a fast broker).
-    within(
-        "confirm.select",
-        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()),
+    let result = publish_confirmed_or_closed(
+        &channel,
+        "",
+        &queue,
+        BasicPublishOptions {
+            immediate: true,
+            ..BasicPublishOptions::default()
+        },
+        b"now",
+        BasicProperties::default(),
     )
-    .await
-    .expect("confirm.select");
-    let result = within("publish", async {
-        channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions {
-                    immediate: true,
-                    ..BasicPublishOptions::default()
-                },
-                b"now",
-                BasicProperties::default(),
-            )
-            .await?
-            .await
-    })
     .await;
     assert_amqp_error(result, 540, "NOT_IMPLEMENTED - immediate=true");
     assert!(
@@ -455,26 +443,14 @@ async fn a_wrong_user_id_property_is_refused() {
     let (_conn, channel) = open(&server).await;
     let queue = unique_name("user-id");
     declare_queue(&channel, &queue).await;
-    // In confirm mode the publish's confirm fails with the close it causes (a method
-    // sent after it could find the channel already closed by a fast broker).
-    within(
-        "confirm.select",
-        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()),
+    let result = publish_confirmed_or_closed(
+        &channel,
+        "",
+        &queue,
+        BasicPublishOptions::default(),
+        b"spoofed",
+        BasicProperties::default().with_user_id("someone-else".into()),
     )
-    .await
-    .expect("confirm.select");
-    let result = within("publish", async {
-        channel
-            .basic_publish(
-                "".into(),
-                queue.as_str().into(),
-                BasicPublishOptions::default(),
-                b"spoofed",
-                BasicProperties::default().with_user_id("someone-else".into()),
-            )
-            .await?
-            .await
-    })
     .await;
     assert_amqp_error(
         result,

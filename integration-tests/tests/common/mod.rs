@@ -198,6 +198,38 @@ pub async fn publish_with(
     .expect("publish");
 }
 
+/// Publishes in confirm mode and awaits the confirm. A publish the broker refuses closes
+/// the channel (or connection), and the pending confirm fails with that close; a method
+/// sent after the publish instead could find the channel already closed by a fast broker
+/// and report only a channel-state error.
+pub async fn publish_confirmed_or_closed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    options: BasicPublishOptions,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Result<lapin::Confirmation> {
+    within(
+        "confirm.select",
+        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()),
+    )
+    .await?;
+    within("basic.publish", async {
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
+            .await?
+            .await
+    })
+    .await
+}
+
 /// Publishes `count` messages `prefix-0`, `prefix-1` … to `queue` through the default
 /// exchange, then waits until the queue holds them all (publishes are asynchronous).
 pub async fn fill_queue(channel: &Channel, queue: &str, count: usize) -> Vec<String> {
