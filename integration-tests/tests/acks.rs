@@ -58,20 +58,46 @@ async fn round_trip(channel: &Channel) -> lapin::Result<()> {
     within("basic.qos", channel.basic_qos(0, Default::default())).await
 }
 
-/// Sends an ack, nack or reject together with a synchronous method, so that the method
-/// is already pending when a channel close caused by the settlement arrives, and fails
-/// with that close. (A fast broker can close the channel before a method sent only after
-/// the settlement has left the client; lapin then reports a bare channel-state error.)
+/// Sends an ack, nack or reject and reports the channel close it causes, if any. A
+/// consumer started first on a scratch queue hears the close reason whenever it comes;
+/// a method sent after the settlement could find the channel already closed by a fast
+/// broker, and lapin then reports only a bare channel-state error.
 async fn settle_then_round_trip(
     channel: &Channel,
     settle: impl std::future::Future<Output = lapin::Result<()>>,
 ) -> lapin::Result<()> {
-    let (settled, trip) = within("settle and basic.qos", async {
-        tokio::join!(settle, channel.basic_qos(0, Default::default()))
-    })
-    .await;
-    settled?;
-    trip
+    let scratch = within(
+        "queue.declare",
+        channel.queue_declare(
+            "".into(),
+            lapin::options::QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    let mut watcher = within(
+        "basic.consume",
+        channel.basic_consume(
+            scratch.name().as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await?;
+    within("settle", settle).await?;
+    match within(
+        "the channel close",
+        futures_lite::StreamExt::next(&mut watcher),
+    )
+    .await
+    {
+        Some(Err(error)) => Err(error),
+        other => panic!("expected the channel to close, got {other:?}"),
+    }
 }
 
 fn ack_frame(
