@@ -137,6 +137,24 @@ impl<'a> PropertiesView<'a> {
         }
     }
 
+    /// The encoded properties with `property` left out (the broker strips `expiration`
+    /// from dead-lettered messages).
+    pub fn without(&self, property: Property) -> Bytes {
+        let index = property as usize;
+        let bit = 1 << (15 - index);
+        let (Some(start), Some(end)) = (self.offset_of(index), self.offset_of(index + 1)) else {
+            return Bytes::copy_from_slice(self.raw);
+        };
+        if self.flags() & bit == 0 {
+            return Bytes::copy_from_slice(self.raw);
+        }
+        let mut out = Vec::with_capacity(self.raw.len() - (end - start));
+        out.extend_from_slice(&(self.flags() & !bit).to_be_bytes());
+        out.extend_from_slice(&self.raw[2..start]);
+        out.extend_from_slice(&self.raw[end..]);
+        Bytes::from(out)
+    }
+
     /// `delivery-mode`: 2 means persistent.
     pub fn delivery_mode(&self) -> Option<u8> {
         self.raw(Property::DeliveryMode).map(|b| b[0])
@@ -166,6 +184,13 @@ fn malformed() -> ProtocolError {
         ReplyCode::SyntaxError,
         "malformed content header properties",
     )
+}
+
+/// Decodes every property with `amq-protocol`, for the rare paths that rewrite a message
+/// (dead-lettering, redelivery counts); `None` when malformed.
+pub fn decode_properties(raw: &[u8]) -> Option<amq_protocol::protocol::BasicProperties> {
+    let (rest, properties) = amq_protocol::protocol::basic::parse_properties(raw).ok()?;
+    rest.is_empty().then_some(properties)
 }
 
 /// Encodes properties with `amq-protocol`, for messages the broker itself creates.
@@ -204,7 +229,16 @@ mod tests {
         assert_eq!(view.short_str(Property::Expiration), Some("1500"));
         assert_eq!(view.short_str(Property::ContentType), Some("text/plain"));
         assert_eq!(view.short_str(Property::ReplyTo), None);
-        assert_eq!(view.headers(), Some(headers));
+        assert_eq!(view.headers(), Some(headers.clone()));
+        assert_eq!(decode_properties(&raw), Some(props.clone()));
+        let stripped = view.without(Property::Expiration);
+        let expected = BasicProperties::default()
+            .with_content_type("text/plain".into())
+            .with_headers(headers)
+            .with_delivery_mode(2)
+            .with_priority(7);
+        assert_eq!(decode_properties(&stripped), Some(expected));
+        assert_eq!(&view.without(Property::ReplyTo)[..], &raw[..]);
     }
 
     #[test]

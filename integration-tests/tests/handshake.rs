@@ -255,13 +255,15 @@ async fn connection_start_announces_version_mechanisms_locales_and_capabilities(
     let Some(AMQPValue::FieldTable(caps)) = props.get("capabilities") else {
         panic!("capabilities is not a table: {props:?}");
     };
-    // Only the capabilities this issue makes real (extensions come later).
     for cap in [
         "publisher_confirms",
+        "exchange_exchange_bindings",
         "basic.nack",
         "consumer_cancel_notify",
         "authentication_failure_close",
         "per_consumer_qos",
+        "consumer_priorities",
+        "direct_reply_to",
     ] {
         assert_eq!(
             caps.inner().get(cap),

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::queue::{ConnectionId, ConsumerId};
 use crate::store::{BrokerStore, StoreError, SyncTarget};
+use crate::timers::Timers;
 use crate::vhost::VHost;
 
 /// A user that may log in.
@@ -45,7 +46,12 @@ impl Broker {
             tracing::warn!(lines = cut, "cut a torn tail off the definitions log");
         }
         let store = Arc::new(store);
-        let vhost = Arc::new(VHost::new("/", Some(store.clone())));
+        let timers = Timers::start().map_err(|source| StoreError::Io {
+            op: "start the timer thread for",
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let vhost = VHost::new("/", Some(store.clone()), Arc::new(timers));
         let (queues, messages) = vhost.restore(&defs)?;
         let keep: HashSet<&str> = defs.queues.iter().map(|q| q.id.as_str()).collect();
         store.remove_orphans(&keep);

@@ -24,6 +24,7 @@ pub mod names;
 pub mod queue;
 pub mod server;
 pub mod store;
+pub mod timers;
 pub mod vhost;
 
 pub use config::Config;

@@ -24,6 +24,15 @@ pub fn queue_log_id() -> String {
     format!("{:016x}{:016x}", rng.random::<u64>(), rng.random::<u64>())
 }
 
+/// The pseudo-queue RPC clients consume from for direct reply-to.
+pub const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+/// The address replies to one direct reply-to consumer are published to: the
+/// pseudo-queue's name with an unguessable suffix.
+pub fn reply_to_address() -> String {
+    format!("{REPLY_TO}.{}", queue_log_id())
+}
+
 /// A tag for a consumer started with an empty tag.
 pub fn server_consumer_tag() -> String {
     format!("amq.ctag-{}", random_suffix())

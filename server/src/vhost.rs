@@ -2,7 +2,7 @@
 //! them, with RabbitMQ's rules for declaring, binding and deleting.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use amqp_codec::ShortStr;
 use amqp_codec::amq_protocol::types::FieldTable;
@@ -12,11 +12,14 @@ use crate::error::{self, AmqpError, AmqpResult};
 use crate::exchange::{
     Binding, Destination, DestinationKind, Exchange, ExchangeKind, ExchangeSettings, Routed,
 };
-use crate::message::Message;
+use crate::message::{Handling, Message};
 use crate::names;
-use crate::queue::{ConnectionId, Queue, QueueSettings};
-use crate::store::BrokerStore;
+use crate::queue::arguments::{self, QueueArguments};
+use crate::queue::dead_letter::{self, DeadLetter};
+use crate::queue::{ConnectionId, Enqueued, Queue, QueueSettings};
 use crate::store::definitions::{BindingDef, Change, Definitions, ExchangeDef, QueueDef};
+use crate::store::{BrokerStore, Recovery, SyncTarget};
+use crate::timers::{Timers, now_ms};
 use amqp_codec::ReplyCode;
 
 /// What `queue.declare` asks for.
@@ -44,8 +47,14 @@ pub struct VHost {
     name: String,
     exchanges: RwLock<HashMap<String, Arc<Exchange>>>,
     queues: RwLock<HashMap<String, Arc<Queue>>>,
+    /// Direct reply-to consumers' private queues, by reply address.
+    reply_queues: RwLock<HashMap<String, Arc<Queue>>>,
     /// Where durable definitions and queue logs go; `None` keeps everything in memory.
     store: Option<Arc<BrokerStore>>,
+    /// Wake-ups for its queues' expiries.
+    timers: Arc<Timers>,
+    /// Itself, handed to its queues so that they can dead-letter through it.
+    me: Weak<VHost>,
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -54,12 +63,24 @@ fn yes_no(b: bool) -> &'static str {
 
 impl VHost {
     /// A vhost with RabbitMQ's predeclared exchanges, storing durable things in `store`.
-    pub fn new(name: &str, store: Option<Arc<BrokerStore>>) -> Self {
+    pub fn new(name: &str, store: Option<Arc<BrokerStore>>, timers: Arc<Timers>) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self::with_defaults(name, store, timers, me.clone()))
+    }
+
+    fn with_defaults(
+        name: &str,
+        store: Option<Arc<BrokerStore>>,
+        timers: Arc<Timers>,
+        me: Weak<VHost>,
+    ) -> Self {
         let vhost = Self {
             name: name.to_owned(),
             exchanges: RwLock::default(),
             queues: RwLock::default(),
+            reply_queues: RwLock::default(),
             store,
+            timers,
+            me,
         };
         for (exchange, kind) in [
             ("amq.direct", ExchangeKind::Direct),
@@ -88,6 +109,11 @@ impl VHost {
     /// The vhost's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The timers its queues are woken by.
+    pub fn timers(&self) -> &Timers {
+        &self.timers
     }
 
     /// Looks up an exchange.
@@ -119,6 +145,7 @@ impl VHost {
         if passive {
             return self.exchange(name).map(|_| ());
         }
+        arguments::check_exchange(&settings.arguments, name, &self.name)?;
         let mut exchanges = self.exchanges.write();
         if let Some(existing) = exchanges.get(name) {
             let current = existing.settings();
@@ -147,7 +174,12 @@ impl VHost {
                     yes_no(current.internal),
                 );
             }
-            return Ok(());
+            return arguments::assert_exchange_equivalent(
+                &current.arguments,
+                &settings.arguments,
+                name,
+                &self.name,
+            );
         }
         if name.starts_with("amq.") {
             return Err(error::reserved_name("exchange", name));
@@ -232,7 +264,9 @@ impl VHost {
         conn: ConnectionId,
     ) -> AmqpResult<(Arc<Queue>, bool)> {
         if declare.passive {
-            return self.queue(&declare.name, conn).map(|q| (q, false));
+            let queue = self.queue(&declare.name, conn)?;
+            queue.touch();
+            return Ok((queue, false));
         }
         let mut queues = self.queues.write();
         if let Some(existing) = queues.get(&*declare.name) {
@@ -262,11 +296,19 @@ impl VHost {
                     yes_no(current.auto_delete),
                 ));
             }
+            arguments::assert_equivalent(
+                &current.arguments,
+                &declare.arguments,
+                &declare.name,
+                &self.name,
+            )?;
+            existing.touch();
             return Ok((existing.clone(), false));
         }
         if declare.name.starts_with("amq.") && !declare.server_named {
             return Err(error::reserved_name("queue", &declare.name));
         }
+        let parsed = arguments::parse(&declare.arguments, &declare, &self.name)?;
         let durable = declare.durable && !declare.exclusive;
         let log = match (&self.store, durable) {
             (Some(store), true) => {
@@ -290,17 +332,20 @@ impl VHost {
         };
         let queue = Arc::new(Queue::new(
             declare.name.clone(),
+            self.me.clone(),
             &self.name,
             QueueSettings {
                 durable,
                 exclusive_owner: declare.exclusive.then_some(conn),
                 auto_delete: declare.auto_delete,
                 arguments: declare.arguments,
+                parsed,
             },
             log,
-            0,
+            &Recovery::default(),
         ));
         queues.insert(declare.name.to_string(), queue.clone());
+        queue.touch();
         Ok((queue, true))
     }
 
@@ -350,6 +395,44 @@ impl VHost {
         };
         if let Some(q) = removed {
             self.forget_queue(&q);
+        }
+    }
+
+    /// A private queue for a direct reply-to consumer of connection `conn`; replies
+    /// published to its name reach it until [`VHost::remove_reply_queue`].
+    pub fn reply_queue(&self, conn: ConnectionId) -> Arc<Queue> {
+        let address = names::reply_to_address();
+        let queue = Arc::new(Queue::new(
+            address.as_str().into(),
+            self.me.clone(),
+            &self.name,
+            QueueSettings {
+                durable: false,
+                exclusive_owner: Some(conn),
+                auto_delete: false,
+                arguments: FieldTable::default(),
+                parsed: QueueArguments::default(),
+            },
+            None,
+            &Recovery::default(),
+        ));
+        self.reply_queues.write().insert(address, queue.clone());
+        queue
+    }
+
+    /// Retires a direct reply-to queue: later replies to it are dropped.
+    pub fn remove_reply_queue(&self, queue: &Arc<Queue>) {
+        if self.reply_queues.write().remove(&**queue.name()).is_some() {
+            queue.delete();
+        }
+    }
+
+    /// Deletes queue `name` because its `x-expires` ran out unused.
+    pub fn expire_queue(&self, name: &str) {
+        let queue = self.queues.read().get(name).cloned();
+        if let Some(queue) = queue {
+            tracing::debug!(queue = name, "queue expired");
+            self.remove_queue(&queue);
         }
     }
 
@@ -545,17 +628,32 @@ impl VHost {
         Ok(())
     }
 
-    /// Finds the queues a message published to its exchange goes to, each once,
-    /// following exchange-to-exchange bindings (each exchange visited once, so cycles end).
+    /// Finds the queues a message published to its exchange goes to, each once, with its
+    /// routing key and the `extra_keys` (from `CC`/`BCC` headers); follows
+    /// exchange-to-exchange bindings and alternate exchanges, each exchange visited once
+    /// so that cycles end.
     ///
     /// # Errors
     /// 404 if the exchange does not exist, 403 if it is internal.
-    pub fn route(&self, message: &Message, out: &mut Routed) -> AmqpResult<()> {
+    pub fn route(
+        &self,
+        message: &Message,
+        extra_keys: &[ShortStr],
+        out: &mut Routed,
+    ) -> AmqpResult<()> {
         out.clear();
         if message.exchange.is_empty() {
-            if let Some(queue) = self.queues.read().get(&*message.routing_key) {
-                out.queues.push(queue.clone());
+            let queues = self.queues.read();
+            for key in std::iter::once(&message.routing_key).chain(extra_keys) {
+                if let Some(queue) = queues.get(&**key) {
+                    out.queues.push(queue.clone());
+                } else if key.starts_with(names::REPLY_TO)
+                    && let Some(queue) = self.reply_queues.read().get(&**key)
+                {
+                    out.queues.push(queue.clone());
+                }
             }
+            out.dedup_queues();
             return Ok(());
         }
         let exchanges = self.exchanges.read();
@@ -568,21 +666,70 @@ impl VHost {
                 message.exchange, self.name
             )));
         }
-        exchange.route(message, out);
-        if !out.exchanges.is_empty() {
-            let mut visited = vec![message.exchange.clone()];
-            while let Some(next) = out.exchanges.pop() {
-                if visited.contains(&next) {
-                    continue;
-                }
-                if let Some(exchange) = exchanges.get(&*next) {
-                    exchange.route(message, out);
-                }
-                visited.push(next);
-            }
-        }
+        route_through(&exchanges, exchange, message, extra_keys, out);
         out.dedup_queues();
         Ok(())
+    }
+
+    /// Republishes dead letters from queue `from` to exchange `dlx` (with routing key
+    /// `dlrk`, or their own), dropping those that would close a cycle no client broke
+    /// and those whose exchange does not exist, as RabbitMQ does.
+    pub fn dead_letter(&self, from: &str, dlx: &str, dlrk: Option<&str>, letters: Vec<DeadLetter>) {
+        let now = now_ms();
+        let mut routed = Routed::default();
+        let mut commits: Vec<Arc<dyn SyncTarget>> = Vec::new();
+        for letter in letters {
+            let republished = dead_letter::republish(&letter, from, dlx, dlrk, now);
+            let extra = republished.routing_keys.get(1..).unwrap_or_default();
+            if dlx.is_empty() {
+                if self
+                    .route(&republished.message, extra, &mut routed)
+                    .is_err()
+                {
+                    continue;
+                }
+            } else {
+                let exchanges = self.exchanges.read();
+                let Some(exchange) = exchanges.get(dlx) else {
+                    tracing::debug!(
+                        queue = from,
+                        exchange = dlx,
+                        "dead-letter exchange missing; message dropped"
+                    );
+                    continue;
+                };
+                routed.clear();
+                route_through(
+                    &exchanges,
+                    exchange,
+                    &republished.message,
+                    extra,
+                    &mut routed,
+                );
+                routed.dedup_queues();
+            }
+            let view = republished.message.properties();
+            let handling = Handling {
+                persistent: view.as_ref().and_then(|v| v.delivery_mode()) == Some(2),
+                ttl_ms: None,
+                priority: view.as_ref().and_then(|v| v.priority()).unwrap_or(0),
+            };
+            for queue in routed.queues.drain(..) {
+                if republished.is_cycle(queue.name()) {
+                    continue;
+                }
+                match queue.publish(republished.message.clone(), handling) {
+                    Ok(Enqueued::Logged) => commits.push(queue),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::error!(queue = %queue.name(), %error, "cannot store a dead-lettered message");
+                    }
+                }
+            }
+        }
+        if let (Some(store), false) = (&self.store, commits.is_empty()) {
+            store.commit(commits, None);
+        }
     }
 
     /// Rebuilds this vhost's durable exchanges, queues (with their logs) and bindings
@@ -628,22 +775,27 @@ impl VHost {
             }
             messages += recovery.messages;
             queues += 1;
-            let queue = Queue::new(
+            let parsed = arguments::parse_stored(&def.arguments, &def.name, &self.name).unwrap_or_else(|error| {
+                tracing::warn!(queue = %def.name, %error, "ignoring the stored queue's invalid arguments");
+                QueueArguments::default()
+            });
+            let queue = Arc::new(Queue::new(
                 def.name.as_str().into(),
+                self.me.clone(),
                 &self.name,
                 QueueSettings {
                     durable: true,
                     exclusive_owner: None,
                     auto_delete: def.auto_delete,
                     arguments: def.arguments.clone(),
+                    parsed,
                 },
                 Some(log),
-                recovery.messages,
-            );
-            self.queues
-                .write()
-                .insert(def.name.clone(), Arc::new(queue));
+                &recovery,
+            ));
+            self.queues.write().insert(def.name.clone(), queue);
         }
+        let restored: Vec<Arc<Queue>> = self.queues.read().values().cloned().collect();
         for def in defs.bindings.iter().filter(|b| b.vhost == self.name) {
             let Some(source) = self.exchanges.read().get(&def.source).cloned() else {
                 continue;
@@ -667,6 +819,9 @@ impl VHost {
                 });
             }
         }
+        for queue in restored {
+            queue.start_clocks();
+        }
         Ok((queues, messages))
     }
 
@@ -678,5 +833,49 @@ impl VHost {
             .filter(|q| q.is_logged())
             .cloned()
             .collect()
+    }
+}
+
+/// Routes `message` from `start` with its own key and `extra_keys`, then through the
+/// exchanges that leads to: bound exchanges, and the alternate exchange of any exchange
+/// that routed it nowhere. Each exchange is visited once.
+fn route_through(
+    exchanges: &HashMap<String, Arc<Exchange>>,
+    start: &Exchange,
+    message: &Message,
+    extra_keys: &[ShortStr],
+    out: &mut Routed,
+) {
+    route_one(start, message, extra_keys, out);
+    if out.exchanges.is_empty() {
+        return;
+    }
+    let mut visited = vec![start.name().clone()];
+    while let Some(next) = out.exchanges.pop() {
+        if visited.contains(&next) {
+            continue;
+        }
+        if let Some(exchange) = exchanges.get(&*next) {
+            route_one(exchange, message, extra_keys, out);
+        }
+        visited.push(next);
+    }
+}
+
+/// Routes through one exchange; if it matched nothing, its alternate exchange is next.
+fn route_one(exchange: &Exchange, message: &Message, extra_keys: &[ShortStr], out: &mut Routed) {
+    let before = (out.queues.len(), out.exchanges.len());
+    exchange.route(message, out);
+    if !extra_keys.is_empty() {
+        let mut copy = message.clone();
+        for key in extra_keys {
+            copy.routing_key = key.clone();
+            exchange.route(&copy, out);
+        }
+    }
+    if (out.queues.len(), out.exchanges.len()) == before
+        && let Some(alternate) = exchange.alternate()
+    {
+        out.exchanges.push(alternate);
     }
 }

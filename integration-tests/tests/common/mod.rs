@@ -734,3 +734,183 @@ impl KillableProxy {
         let _ = within("proxy shutdown", self.task).await;
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// RabbitMQ extensions: argument tables, declares and consumes with arguments, and the
+// headers dead-lettering adds.
+// ---------------------------------------------------------------------------------------
+
+/// A field table from `(key, value)` pairs, for queue, exchange and consumer arguments
+/// and message headers.
+pub fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in pairs {
+        table.insert((*key).into(), value.clone());
+    }
+    table
+}
+
+/// A long-string field value.
+pub fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+/// A signed 32-bit field value (`I`, what most clients send for small integers).
+pub fn int(value: i32) -> AMQPValue {
+    AMQPValue::LongInt(value)
+}
+
+/// Declares a plain queue with `args`; the broker's refusal is returned, not a panic.
+pub async fn declare_queue_with(
+    channel: &Channel,
+    name: &str,
+    args: FieldTable,
+) -> lapin::Result<lapin::Queue> {
+    within(
+        "queue.declare",
+        channel.queue_declare(name.into(), QueueDeclareOptions::default(), args),
+    )
+    .await
+}
+
+/// Starts a consumer with `options` and consumer `args` (such as `x-priority`).
+pub async fn consume_with(
+    channel: &Channel,
+    queue: &str,
+    tag: &str,
+    options: lapin::options::BasicConsumeOptions,
+    args: FieldTable,
+) -> Consumer {
+    within(
+        "basic.consume",
+        channel.basic_consume(queue.into(), tag.into(), options, args),
+    )
+    .await
+    .expect("basic.consume")
+}
+
+/// Sets a per-consumer prefetch on `channel`.
+pub async fn prefetch(channel: &Channel, count: u16) {
+    within(
+        "basic.qos",
+        channel.basic_qos(count, lapin::options::BasicQosOptions { global: false }),
+    )
+    .await
+    .expect("basic.qos");
+}
+
+/// Waits (bounded) until `basic.get` (manual ack) on `queue` returns a message.
+pub async fn wait_for_get(channel: &Channel, queue: &str) -> BasicGetMessage {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        if let Some(message) = get(channel, queue).await {
+            return message;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no message arrived in {queue} within {BOUND:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A header of a delivered message.
+pub fn header<'a>(properties: &'a BasicProperties, key: &str) -> Option<&'a AMQPValue> {
+    properties
+        .headers()
+        .as_ref()
+        .and_then(|headers| headers.inner().get(key))
+}
+
+/// A long-string header of a delivered message, as text.
+pub fn header_text(properties: &BasicProperties, key: &str) -> Option<String> {
+    match header(properties, key)? {
+        AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into()),
+        other => panic!("header {key} is not a long string: {other:?}"),
+    }
+}
+
+/// The `x-death` header's entries, most recent first; empty when absent.
+pub fn x_death(properties: &BasicProperties) -> Vec<FieldTable> {
+    match header(properties, "x-death") {
+        None => Vec::new(),
+        Some(AMQPValue::FieldArray(entries)) => entries
+            .as_slice()
+            .iter()
+            .map(|entry| match entry {
+                AMQPValue::FieldTable(entry) => entry.clone(),
+                other => panic!("x-death entry is not a table: {other:?}"),
+            })
+            .collect(),
+        Some(other) => panic!("x-death is not an array: {other:?}"),
+    }
+}
+
+/// A field of an `x-death` entry (or any table) as text, for long strings.
+pub fn field_text(table: &FieldTable, key: &str) -> Option<String> {
+    match table.inner().get(key)? {
+        AMQPValue::LongString(value) => Some(String::from_utf8_lossy(value.as_bytes()).into()),
+        other => panic!("field {key} is not a long string: {other:?}"),
+    }
+}
+
+/// Declares a non-durable exchange of `kind` with `args` (such as `alternate-exchange`).
+pub async fn declare_exchange_with(
+    channel: &Channel,
+    name: &str,
+    kind: lapin::ExchangeKind,
+    args: FieldTable,
+) {
+    within(
+        "exchange.declare",
+        channel.exchange_declare(
+            name.into(),
+            kind,
+            lapin::options::ExchangeDeclareOptions::default(),
+            args,
+        ),
+    )
+    .await
+    .expect("exchange.declare");
+}
+
+/// Binds `queue` to `exchange` with `routing_key`.
+pub async fn bind_queue(channel: &Channel, queue: &str, exchange: &str, routing_key: &str) {
+    within(
+        "queue.bind",
+        channel.queue_bind(
+            queue.into(),
+            exchange.into(),
+            routing_key.into(),
+            lapin::options::QueueBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("queue.bind");
+}
+
+/// Publishes on a channel in confirm mode and returns the broker's confirmation.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    options: BasicPublishOptions,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Confirmation {
+    within("basic.publish", async {
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                options,
+                body,
+                properties,
+            )
+            .await?
+            .await
+    })
+    .await
+    .expect("publish")
+}

@@ -9,7 +9,7 @@ use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
 use super::{Channel, ChannelConsumer, Context, Settlement, Unacked};
 use crate::error::{self, AmqpResult};
 use crate::names;
-use crate::queue::{ConsumerHandle, Credit};
+use crate::queue::{ConsumerHandle, Credit, arguments};
 
 /// Deliveries a `no_ack` consumer may have queued for writing at once: enough to keep
 /// the socket busy, bounded so a slow reader cannot make the broker buffer a backlog.
@@ -42,7 +42,7 @@ impl Channel {
                     .position(|c| &*c.tag == cancel.consumer_tag.as_str())
                 {
                     let consumer = self.consumers.remove(at);
-                    Self::forget_consumer(ctx, &consumer);
+                    self.forget_consumer(ctx, &consumer);
                 }
                 if !cancel.nowait {
                     ctx.send(
@@ -131,7 +131,25 @@ impl Channel {
 
     fn consume(&mut self, ctx: &mut Context<'_>, consume: b::Consume) -> AmqpResult<()> {
         let name = self.resolve_queue_name(&consume.queue.as_str().into())?;
-        let queue = ctx.vhost.queue(&name, ctx.connection)?;
+        let queue = if &*name == names::REPLY_TO {
+            if !consume.no_ack {
+                return Err(error::precondition("reply consumer cannot acknowledge"));
+            }
+            if self.reply_queue.is_some() {
+                return Err(error::precondition("reply consumer already set"));
+            }
+            let queue = ctx.vhost.reply_queue(ctx.connection);
+            self.reply_queue = Some(queue.clone());
+            queue
+        } else {
+            ctx.vhost.queue(&name, ctx.connection)?
+        };
+        let options = arguments::consumer(
+            &consume.arguments,
+            queue.settings().parsed.queue_type,
+            queue.name(),
+            ctx.vhost.name(),
+        )?;
         let tag: ShortStr = if consume.consumer_tag.as_str().is_empty() {
             names::server_consumer_tag().into()
         } else {
@@ -166,6 +184,7 @@ impl Channel {
                 credit,
                 mailbox: ctx.mailbox.clone(),
                 no_ack: consume.no_ack,
+                priority: options.priority,
             })
             .inspect_err(|_| ctx.out.truncate(mark))?;
         self.consumers.push(ChannelConsumer {

@@ -109,6 +109,19 @@ impl Channel {
                 } else {
                     d.queue.as_str().into()
                 };
+                if d.passive && &*name == names::REPLY_TO {
+                    if !d.nowait {
+                        ctx.send(
+                            self.id,
+                            AMQPClass::Queue(q::AMQPMethod::DeclareOk(q::DeclareOk {
+                                queue: name.to_string().into(),
+                                message_count: 0,
+                                consumer_count: 0,
+                            })),
+                        );
+                    }
+                    return Ok(());
+                }
                 let (queue, created) = ctx.vhost.declare_queue(
                     QueueDeclare {
                         name: name.clone(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
 use amqp_codec::encode::{self, DeliveryInfo};
 
-use super::{Channel, ChannelConsumer, Context, Settlement, requeue_all, settle_all};
+use super::{Channel, ChannelConsumer, Context, Settlement, reject_all, requeue_all, settle_all};
 use crate::error::{self, AmqpResult};
 use crate::message::QueuedMessage;
 use crate::queue::{ConsumerId, ConsumerRemoval, Credit, Queue};
@@ -187,18 +187,29 @@ impl Channel {
             }
         }
         let entries = entries.into_iter().map(|u| (u.queue, u.message));
-        if settlement == (Settlement::Reject { requeue: true }) {
-            requeue_all(entries);
-        } else {
-            settle_all(entries);
+        match settlement {
+            Settlement::Ack => settle_all(entries),
+            Settlement::Reject { requeue: true } => requeue_all(entries),
+            Settlement::Reject { requeue: false } => reject_all(entries),
         }
     }
 
     /// Unregisters a consumer from its queue, deleting an auto-delete queue it was the
-    /// last consumer of.
-    pub(super) fn forget_consumer(ctx: &mut Context<'_>, consumer: &ChannelConsumer) {
-        if consumer.queue.remove_consumer(consumer.id) == ConsumerRemoval::RemovedLast {
-            ctx.vhost.remove_queue(&consumer.queue);
+    /// last consumer of, or the direct reply-to queue it consumed.
+    pub(super) fn forget_consumer(&mut self, ctx: &mut Context<'_>, consumer: &ChannelConsumer) {
+        if self
+            .reply_queue
+            .as_ref()
+            .is_some_and(|q| Arc::ptr_eq(q, &consumer.queue))
+        {
+            self.reply_queue = None;
+            ctx.vhost.remove_reply_queue(&consumer.queue);
+            return;
+        }
+        match consumer.queue.remove_consumer(consumer.id) {
+            ConsumerRemoval::RemovedLast => ctx.vhost.remove_queue(&consumer.queue),
+            ConsumerRemoval::Removed => ctx.kick_later(&consumer.queue),
+            ConsumerRemoval::Unknown => {}
         }
     }
 }

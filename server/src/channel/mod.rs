@@ -17,11 +17,12 @@ use bytes::{Bytes, BytesMut};
 use crate::broker::Broker;
 use crate::error::{self, AmqpError, AmqpResult};
 use crate::exchange::Routed;
-use crate::message::{Message, QueuedMessage};
+use crate::message::QueuedMessage;
 use crate::queue::{ConnectionId, ConsumerId, Limit, Mailbox, Queue};
 use crate::vhost::VHost;
 
 pub use delivery::Unacked;
+use publish::Publication;
 
 /// What a channel's handlers need from their connection, borrowed for one call.
 pub struct Context<'a> {
@@ -91,13 +92,15 @@ struct ConfirmState {
     published: u64,
     scheduled: u64,
     confirmed: u64,
+    /// Sequence numbers refused by a full queue, ascending: nacked, not acked.
+    rejected: VecDeque<u64>,
 }
 
 /// Work held back by `tx.select` until `tx.commit`.
 #[derive(Debug, Default)]
 struct TxState {
-    /// Held publishes: the message, `mandatory`, and whether it is persistent.
-    publishes: Vec<(Message, bool, bool)>,
+    /// Held publishes.
+    publishes: Vec<Publication>,
     settlements: Vec<(Vec<Unacked>, Settlement)>,
 }
 
@@ -123,6 +126,8 @@ pub struct Channel {
     tx: Option<TxState>,
     last_queue: Option<ShortStr>,
     max_message_size: u64,
+    /// The private queue of this channel's direct reply-to consumer.
+    reply_queue: Option<Arc<Queue>>,
 }
 
 impl Channel {
@@ -141,6 +146,7 @@ impl Channel {
             tx: None,
             last_queue: None,
             max_message_size,
+            reply_queue: None,
         }
     }
 
@@ -272,8 +278,8 @@ impl Channel {
                 let Some(state) = self.tx.replace(TxState::default()) else {
                     return Err(error::precondition("channel is not transactional"));
                 };
-                for (message, mandatory, persistent) in state.publishes {
-                    self.route(ctx, message, mandatory, persistent)?;
+                for publication in state.publishes {
+                    self.route(ctx, publication)?;
                 }
                 for (entries, settlement) in state.settlements {
                     self.settle(ctx, entries, settlement);
@@ -305,7 +311,7 @@ impl Channel {
     /// queues that lose their last one go), unacked deliveries are requeued in order.
     pub fn close_resources(&mut self, ctx: &mut Context<'_>) {
         for consumer in std::mem::take(&mut self.consumers) {
-            Self::forget_consumer(ctx, &consumer);
+            self.forget_consumer(ctx, &consumer);
         }
         let unacked: Vec<Unacked> = self.unacked.drain(..).collect();
         self.settle(ctx, unacked, Settlement::Reject { requeue: true });
@@ -337,15 +343,27 @@ impl Channel {
         if self.closing {
             return;
         }
-        if let Some(confirm) = &mut self.confirm
-            && upto > confirm.confirmed
-        {
-            let multiple = upto > confirm.confirmed + 1;
-            if durable {
-                encode::ack(out, self.id, upto, multiple);
-            } else {
-                encode::nack(out, self.id, upto, multiple);
+        let Some(confirm) = &mut self.confirm else {
+            return;
+        };
+        let channel = self.id;
+        let mut settle = |from: u64, to: u64, ok: bool| {
+            if to >= from {
+                if ok {
+                    encode::ack(out, channel, to, to > from);
+                } else {
+                    encode::nack(out, channel, to, to > from);
+                }
             }
+        };
+        while let Some(&refused) = confirm.rejected.front().filter(|&&n| n <= upto) {
+            confirm.rejected.pop_front();
+            settle(confirm.confirmed + 1, refused - 1, durable);
+            settle(refused, refused, false);
+            confirm.confirmed = refused;
+        }
+        if upto > confirm.confirmed {
+            settle(confirm.confirmed + 1, upto, durable);
             confirm.confirmed = upto;
         }
     }
@@ -365,9 +383,15 @@ pub fn requeue_all(entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)
     per_queue(entries, |queue, batch| queue.requeue(batch));
 }
 
-/// Settles a run of acked or dropped deliveries with their queues, one call per queue.
+/// Settles a run of acked deliveries with their queues, one call per queue.
 pub fn settle_all(entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>) {
     per_queue(entries, |queue, batch| queue.settle(batch));
+}
+
+/// Rejects a run of deliveries without requeueing (dead-lettering them where the queue
+/// says so), one call per queue.
+pub fn reject_all(entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>) {
+    per_queue(entries, |queue, batch| queue.reject(batch));
 }
 
 /// Hands consecutive messages of the same queue to `apply` together.

@@ -2,24 +2,107 @@
 //! unroutable mandatory messages are returned; confirms are counted and sent per batch.
 
 use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
-use amqp_codec::properties::Property;
-use amqp_codec::{Content, ReplyCode, encode};
+use amqp_codec::amq_protocol::types::AMQPValue;
+use amqp_codec::properties::{Property, decode_properties, encode_properties};
+use amqp_codec::{Content, ReplyCode, ShortStr, encode};
 
 use super::{Channel, Context};
 use std::sync::Arc;
 
 use crate::error::{self, AmqpError, AmqpResult};
-use crate::message::Message;
-use crate::queue::Queue;
+use crate::message::{Handling, Message};
+use crate::names;
+use crate::queue::dead_letter::{header_routing_keys, without_key};
+use crate::queue::{Enqueued, Queue, arguments};
+
+/// A publish as the channel routes it: the message, how queues treat it, and the extra
+/// routing keys its `CC`/`BCC` headers name.
+#[derive(Debug)]
+pub(super) struct Publication {
+    pub message: Message,
+    pub mandatory: bool,
+    pub handling: Handling,
+    pub extra_keys: Vec<ShortStr>,
+}
+
+/// Parses the `expiration` property as RabbitMQ does: a non-negative decimal integer of
+/// milliseconds.
+///
+/// # Errors
+/// 406 PRECONDITION_FAILED with RabbitMQ's text for anything else.
+fn parse_expiration(expiration: &str) -> AmqpResult<u64> {
+    let digits = expiration.strip_prefix(['-', '+']).unwrap_or(expiration);
+    let end = digits
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(digits.len());
+    let reason = if end == 0 {
+        "no_integer".to_owned()
+    } else if end < digits.len() {
+        format!("{{leftover_string,\"{}\"}}", &digits[end..])
+    } else if expiration.starts_with('-') {
+        format!("{{value_negative,{expiration}}}")
+    } else {
+        match digits.parse::<u64>() {
+            Ok(ms) if ms <= MAX_EXPIRATION_MS => return Ok(ms),
+            _ => format!("{{value_too_large,{digits}}}"),
+        }
+    };
+    Err(error::precondition(format!(
+        "invalid expiration '{expiration}': {reason}"
+    )))
+}
+
+/// The largest TTL RabbitMQ accepts, in milliseconds.
+const MAX_EXPIRATION_MS: u64 = 4_294_967_295;
+
+/// Reads the `CC` and `BCC` routing keys of a message with headers, removing `BCC` from
+/// what is delivered.
+///
+/// # Errors
+/// 406 PRECONDITION_FAILED, as RabbitMQ answers, when either header is not an array.
+fn sender_selected_keys(message: &mut Message) -> AmqpResult<Vec<ShortStr>> {
+    let Some(headers) = message.properties().and_then(|view| view.headers()) else {
+        return Ok(Vec::new());
+    };
+    for name in ["CC", "BCC"] {
+        if let Some(value) = headers.inner().get(name)
+            && !matches!(value, AMQPValue::FieldArray(_))
+        {
+            return Err(error::precondition(format!(
+                "invalid message: {{unacceptable_type_in_header,\"{name}\",{}}}",
+                arguments::type_name(value)
+            )));
+        }
+    }
+    let mut keys: Vec<ShortStr> = header_routing_keys(&headers, "CC")
+        .into_iter()
+        .map(ShortStr::from)
+        .collect();
+    if headers.contains_key("BCC") {
+        keys.extend(
+            header_routing_keys(&headers, "BCC")
+                .into_iter()
+                .map(ShortStr::from),
+        );
+        if let Some(properties) = decode_properties(&message.properties) {
+            let properties = properties.with_headers(without_key(&headers, "BCC"));
+            message.properties = encode_properties(&properties);
+        }
+    }
+    Ok(keys)
+}
 
 impl Channel {
     pub(super) fn on_content(&mut self, ctx: &mut Context<'_>, content: Content) -> AmqpResult<()> {
         let mandatory = content.publish.mandatory;
-        let message = Message::from_content(content);
+        let mut message = Message::from_content(content);
         // One look at the properties (validated when the header frame was decoded).
-        let mut persistent = false;
+        let mut handling = Handling::default();
+        let mut extra_keys = Vec::new();
+        let (mut has_headers, mut direct_reply) = (false, false);
         if let Some(view) = message.properties() {
-            persistent = view.delivery_mode() == Some(2);
+            handling.persistent = view.delivery_mode() == Some(2);
+            handling.priority = view.priority().unwrap_or(0);
             if let Some(claimed) = view.short_str(Property::UserId)
                 && claimed != ctx.user
             {
@@ -28,31 +111,59 @@ impl Channel {
                     ctx.user
                 )));
             }
+            if let Some(expiration) = view.raw(Property::Expiration) {
+                handling.ttl_ms = Some(parse_expiration(&String::from_utf8_lossy(expiration))?);
+            }
+            has_headers = view.raw(Property::Headers).is_some();
+            direct_reply = view.short_str(Property::ReplyTo) == Some(names::REPLY_TO);
         }
+        if has_headers {
+            extra_keys = sender_selected_keys(&mut message)?;
+        }
+        if direct_reply {
+            let Some(queue) = &self.reply_queue else {
+                return Err(error::precondition("fast reply consumer does not exist"));
+            };
+            if let Some(properties) = decode_properties(&message.properties) {
+                let properties = properties.with_reply_to(queue.name().to_string().into());
+                message.properties = encode_properties(&properties);
+            }
+        }
+        let publication = Publication {
+            message,
+            mandatory,
+            handling,
+            extra_keys,
+        };
         if let Some(tx) = &mut self.tx {
-            tx.publishes.push((message, mandatory, persistent));
+            tx.publishes.push(publication);
             return Ok(());
         }
-        self.route(ctx, message, mandatory, persistent)
+        self.route(ctx, publication)
     }
 
     /// Routes a message to its queues (one body shared by all), returns it if it was
-    /// mandatory and went nowhere, and counts it for confirms.
+    /// mandatory and went nowhere, and counts it for confirms (a nack if a full queue
+    /// refused it).
     pub(super) fn route(
         &mut self,
         ctx: &mut Context<'_>,
-        message: Message,
-        mandatory: bool,
-        persistent: bool,
+        publication: Publication,
     ) -> AmqpResult<()> {
-        ctx.vhost.route(&message, ctx.routed)?;
+        let Publication {
+            message,
+            mandatory,
+            handling,
+            extra_keys,
+        } = publication;
+        ctx.vhost.route(&message, &extra_keys, ctx.routed)?;
         let routed = std::mem::take(&mut ctx.routed.queues);
-        let mut stored = Ok(());
+        let mut stored = Ok(false);
         if let Some((last, rest)) = routed.split_last() {
             for queue in rest {
-                stored = stored.and(enqueue(ctx, queue, message.clone(), persistent));
+                stored = and_rejected(stored, enqueue(ctx, queue, message.clone(), handling));
             }
-            stored = stored.and(enqueue(ctx, last, message, persistent));
+            stored = and_rejected(stored, enqueue(ctx, last, message, handling));
         } else if mandatory {
             ctx.send(
                 self.id,
@@ -73,18 +184,28 @@ impl Channel {
         }
         ctx.routed.queues = routed;
         ctx.routed.clear();
-        stored?;
+        let rejected = stored?;
         if let Some(confirm) = &mut self.confirm {
             if confirm.published == confirm.scheduled {
                 ctx.confirms_due.push(self.id);
             }
             confirm.published += 1;
+            if rejected {
+                confirm.rejected.push_back(confirm.published);
+            }
         }
         Ok(())
     }
 }
 
-/// Puts a message on one queue, noting queues whose log now owes a group commit.
+/// Combines per-queue outcomes: the first error wins, and any refusal makes the publish
+/// refused.
+fn and_rejected(acc: AmqpResult<bool>, next: AmqpResult<bool>) -> AmqpResult<bool> {
+    Ok(acc? | next?)
+}
+
+/// Puts a message on one queue, noting queues whose log now owes a group commit;
+/// returns whether a full queue refused it.
 ///
 /// # Errors
 /// 506 RESOURCE_ERROR when the queue's log cannot take the message (a full disk, an I/O
@@ -93,14 +214,15 @@ fn enqueue(
     ctx: &mut Context<'_>,
     queue: &Arc<Queue>,
     message: Message,
-    persistent: bool,
-) -> AmqpResult<()> {
-    match queue.publish(message, persistent) {
-        Ok(true) => {
+    handling: Handling,
+) -> AmqpResult<bool> {
+    match queue.publish(message, handling) {
+        Ok(Enqueued::Logged) => {
             ctx.commit_later(queue);
-            Ok(())
+            Ok(false)
         }
-        Ok(false) => Ok(()),
+        Ok(Enqueued::Memory) => Ok(false),
+        Ok(Enqueued::Rejected) => Ok(true),
         Err(e) => {
             tracing::error!(queue = %queue.name(), error = %e, "cannot store a message");
             Err(AmqpError::new(
@@ -108,5 +230,37 @@ fn enqueue(
                 format!("cannot store the message in queue '{}': {e}", queue.name()),
             ))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expirations_are_read_as_rabbitmq_reads_them() {
+        assert_eq!(parse_expiration("0").ok(), Some(0));
+        assert_eq!(parse_expiration("1500").ok(), Some(1500));
+        let text = |s: &str| {
+            parse_expiration(s)
+                .err()
+                .map(|e| e.reply_text().replace("PRECONDITION_FAILED - ", ""))
+        };
+        assert_eq!(
+            text("abc").as_deref(),
+            Some("invalid expiration 'abc': no_integer")
+        );
+        assert_eq!(
+            text("10x").as_deref(),
+            Some("invalid expiration '10x': {leftover_string,\"x\"}")
+        );
+        assert_eq!(
+            text("-5").as_deref(),
+            Some("invalid expiration '-5': {value_negative,-5}")
+        );
+        assert_eq!(
+            text("4294967296").as_deref(),
+            Some("invalid expiration '4294967296': {value_too_large,4294967296}")
+        );
     }
 }

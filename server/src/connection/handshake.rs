@@ -58,6 +58,8 @@ fn server_properties() -> FieldTable {
         "consumer_cancel_notify",
         "per_consumer_qos",
         "authentication_failure_close",
+        "consumer_priorities",
+        "direct_reply_to",
     ] {
         capabilities.insert(ShortString::from(cap), AMQPValue::Boolean(true));
     }

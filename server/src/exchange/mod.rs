@@ -9,7 +9,7 @@ mod topic;
 use std::sync::Arc;
 
 use amqp_codec::ShortStr;
-use amqp_codec::amq_protocol::types::FieldTable;
+use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::RwLock;
 
 use crate::message::Message;
@@ -257,6 +257,16 @@ impl Exchange {
         !self.router.read().is_empty()
     }
 
+    /// The alternate exchange (`alternate-exchange` argument) that takes what this one
+    /// cannot route.
+    pub fn alternate(&self) -> Option<ShortStr> {
+        match self.settings.arguments.inner().get("alternate-exchange") {
+            Some(AMQPValue::LongString(name)) => Some(ShortStr::from(name.to_string())),
+            Some(AMQPValue::ShortString(name)) => Some(ShortStr::from(name.as_str())),
+            _ => None,
+        }
+    }
+
     /// Adds the destinations `message` goes to through this exchange's bindings.
     pub fn route(&self, message: &Message, out: &mut Routed) {
         self.router.read().route(message, out);
@@ -272,15 +282,17 @@ pub(crate) mod test_support {
     pub fn queue(name: &str) -> Arc<Queue> {
         Arc::new(Queue::new(
             name.into(),
+            std::sync::Weak::new(),
             "/",
             QueueSettings {
                 durable: false,
                 exclusive_owner: None,
                 auto_delete: false,
                 arguments: FieldTable::default(),
+                parsed: crate::queue::arguments::QueueArguments::default(),
             },
             None,
-            0,
+            &crate::store::Recovery::default(),
         ))
     }
 

@@ -6,11 +6,13 @@
 //! their [`Mailbox`], so a message makes one cross-task hand-off from publisher to
 //! consumer.
 
+pub mod arguments;
 pub mod credit;
+pub mod dead_letter;
 pub mod mailbox;
+pub mod ready;
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use amqp_codec::amq_protocol::types::FieldTable;
 use amqp_codec::{ReplyCode, ShortStr};
@@ -20,8 +22,15 @@ pub use credit::{Credit, Limit};
 pub use mailbox::{Mailbox, Outgoing};
 
 use crate::error::{AmqpError, AmqpResult};
-use crate::message::{Message, QueuedMessage};
-use crate::store::{PendingSync, QueueLog, SegmentPosition, StoreError, StoredMessage, SyncTarget};
+use crate::message::{Handling, Message, QueuedMessage};
+use crate::store::{
+    PendingSync, QueueLog, Recovery, SegmentPosition, StoreError, StoredMessage, SyncTarget,
+};
+use crate::timers::{Wake, now_ms};
+use crate::vhost::VHost;
+use arguments::{Overflow, QueueArguments, QueueType};
+use dead_letter::{DeadLetter, DeathReason};
+use ready::Ready;
 
 /// Identifies a consumer across the broker (unique for the broker's lifetime).
 pub type ConsumerId = u64;
@@ -44,6 +53,8 @@ pub struct ConsumerHandle {
     pub mailbox: Arc<Mailbox>,
     /// Deliveries are settled as they are sent (`no_ack`).
     pub no_ack: bool,
+    /// Its priority (`x-priority`): higher ones are served first while they have credit.
+    pub priority: i32,
 }
 
 /// The declared properties of a queue, compared on redeclaration.
@@ -55,8 +66,10 @@ pub struct QueueSettings {
     pub exclusive_owner: Option<ConnectionId>,
     /// Deleted when its last consumer goes, once it has had one.
     pub auto_delete: bool,
-    /// Optional arguments (`x-…`).
+    /// Optional arguments (`x-…`) as declared, compared on redeclaration and stored.
     pub arguments: FieldTable,
+    /// The same arguments, validated.
+    pub parsed: QueueArguments,
 }
 
 /// Outcome of removing a consumer.
@@ -83,30 +96,53 @@ const PAGE_MESSAGES: usize = 2048;
 /// Body bytes read from the log per page.
 const PAGE_BYTES: usize = 4 << 20;
 
+/// How a publish went for one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Held in memory only.
+    Memory,
+    /// Written to the durable log: a group commit makes it safe.
+    Logged,
+    /// Refused by a full queue (`x-overflow` `reject-publish`): a confirm is a nack.
+    Rejected,
+}
+
 #[derive(Debug, Default)]
 struct QueueState {
-    /// Ready messages held in memory, oldest first.
-    ready: VecDeque<QueuedMessage>,
-    /// Body bytes of `ready`.
-    ready_bytes: usize,
+    /// The arguments in force (declared, with policies applied).
+    args: QueueArguments,
+    /// Ready messages held in memory, oldest first within each priority.
+    ready: Ready,
     /// Ready messages that are only in the log, all after `ready`'s.
     paged: u64,
+    /// Body bytes of the paged messages.
+    paged_bytes: u64,
     /// The newest log position ever loaded into memory: paging resumes after it.
     last_loaded: Option<SegmentPosition>,
     /// The durable log (durable queues only).
     log: Option<QueueLog>,
     next_offset: u64,
+    /// Consumers, highest priority first, in arrival order within a priority.
     consumers: Vec<ConsumerHandle>,
+    /// All consumers share one priority, so dispatch is plain round-robin.
+    uniform_priority: bool,
     next_consumer: usize,
     had_consumer: bool,
     deleted: bool,
+    /// Some message in memory carries an expiry (so dispatch checks the clock).
+    expiring: bool,
+    /// The wake-up already asked of the timers (0: none).
+    timer_at_ms: u64,
+    /// Last time the queue was used, for `x-expires`.
+    last_used_ms: u64,
 }
 
 /// A message queue.
 #[derive(Debug)]
 pub struct Queue {
     name: ShortStr,
-    vhost: String,
+    vhost_name: String,
+    owner: Weak<VHost>,
     settings: QueueSettings,
     state: Mutex<QueueState>,
 }
@@ -116,20 +152,43 @@ fn position_offset(pos: SegmentPosition) -> u64 {
     (u64::from(pos.segment) << 32) | u64::from(pos.offset)
 }
 
+/// The expiry of a message published at `now_ms` under the queue's and its own TTL.
+fn expiry(now_ms: u64, queue_ttl: Option<u64>, message_ttl: Option<u64>) -> u64 {
+    match (queue_ttl, message_ttl) {
+        (None, None) => 0,
+        (a, b) => now_ms.saturating_add(a.unwrap_or(u64::MAX).min(b.unwrap_or(u64::MAX))),
+    }
+}
+
 impl QueueState {
-    fn push_ready(&mut self, message: QueuedMessage) {
-        self.ready_bytes += message.message.body.len();
-        self.ready.push_back(message);
-    }
-
-    fn pop_ready(&mut self) -> Option<QueuedMessage> {
-        let message = self.ready.pop_front()?;
-        self.ready_bytes -= message.message.body.len();
-        Some(message)
-    }
-
     fn ready_count(&self) -> u64 {
         self.ready.len() as u64 + self.paged
+    }
+
+    fn ready_bytes(&self) -> u64 {
+        self.ready.bytes() as u64 + self.paged_bytes
+    }
+
+    /// Whether the queue holds more than its length limits allow.
+    fn over_limit(&self) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| self.ready_count() > max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes() > max)
+    }
+
+    /// Whether one more message of `len` body bytes would exceed a length limit.
+    fn full_for(&self, len: usize) -> bool {
+        self.args
+            .max_length
+            .is_some_and(|max| self.ready_count() >= max)
+            || self
+                .args
+                .max_length_bytes
+                .is_some_and(|max| self.ready_bytes() + len as u64 > max)
     }
 
     /// Reads the next page of logged messages into memory when memory runs low.
@@ -139,6 +198,7 @@ impl QueueState {
         }
         let Some(log) = self.log.as_mut() else {
             self.paged = 0;
+            self.paged_bytes = 0;
             return;
         };
         let page = match log.read(self.last_loaded, PAGE_MESSAGES, PAGE_BYTES) {
@@ -155,31 +215,97 @@ impl QueueState {
                 "the log holds fewer messages than counted"
             );
             self.paged = 0;
+            self.paged_bytes = 0;
             return;
         }
         for (pos, stored) in page {
             let redelivered = log.was_delivered(pos);
             self.last_loaded = Some(pos);
             self.paged = self.paged.saturating_sub(1);
-            self.ready_bytes += stored.body.len();
+            self.paged_bytes = self.paged_bytes.saturating_sub(stored.body.len() as u64);
+            let message = Message {
+                exchange: stored.exchange,
+                routing_key: stored.routing_key,
+                properties: stored.properties,
+                body: stored.body,
+            };
+            self.expiring |= stored.expires_at_ms != 0;
             self.ready.push_back(QueuedMessage {
                 offset: position_offset(pos),
                 position: Some(pos),
                 redelivered,
-                message: Message {
-                    exchange: stored.exchange,
-                    routing_key: stored.routing_key,
-                    properties: stored.properties,
-                    body: stored.body,
-                },
+                expires_at_ms: stored.expires_at_ms,
+                delivery_count: u32::from(redelivered),
+                priority: message.properties().and_then(|p| p.priority()).unwrap_or(0),
+                message,
             });
         }
+        if self.paged == 0 {
+            self.paged_bytes = 0;
+        }
+    }
+
+    /// Takes the next ready message, paging in from the log when memory runs low.
+    fn next_ready(&mut self, queue: &str) -> Option<QueuedMessage> {
+        if self.ready.len() < REFILL_BELOW {
+            self.refill(queue);
+        }
+        self.ready.pop_front()
     }
 
     /// Records in the log that a message leaves the queue for good.
     fn forget(&mut self, message: &QueuedMessage) {
         if let (Some(log), Some(pos)) = (self.log.as_mut(), message.position) {
             let _ = log.ack(pos);
+        }
+    }
+
+    /// A message leaves the queue unconsumed: it goes to the dead-letter exchange, if the
+    /// queue has one, and out of the log.
+    fn discard(&mut self, message: QueuedMessage, reason: DeathReason, out: &mut Vec<DeadLetter>) {
+        self.forget(&message);
+        if self.args.dead_letter_exchange.is_some() {
+            out.push(DeadLetter {
+                message: message.message,
+                reason,
+            });
+        }
+    }
+
+    /// Dead-letters (or drops) the messages at the head of the queue that expire before
+    /// `cutoff_ms`: `now + 1` for everything due by now, `now` when handing messages to
+    /// consumers, so that a TTL of 0 still reaches a consumer waiting for it.
+    fn expire(&mut self, queue: &str, cutoff_ms: u64, out: &mut Vec<DeadLetter>) {
+        if !self.expiring {
+            return;
+        }
+        loop {
+            let mut expired = Vec::new();
+            self.ready.pop_expired(cutoff_ms, |m| expired.push(m));
+            let any = !expired.is_empty();
+            for message in expired {
+                self.discard(message, DeathReason::Expired, out);
+            }
+            if !self.ready.is_empty() || self.paged == 0 {
+                break;
+            }
+            self.refill(queue);
+            if !any && self.ready.is_empty() {
+                break;
+            }
+        }
+        if self.ready.is_empty() && self.paged == 0 {
+            self.expiring = false;
+        }
+    }
+
+    /// Drops (or dead-letters) the oldest messages while a length limit is exceeded.
+    fn drop_head(&mut self, queue: &str, out: &mut Vec<DeadLetter>) {
+        while self.over_limit() {
+            let Some(message) = self.next_ready(queue) else {
+                break;
+            };
+            self.discard(message, DeathReason::MaxLen, out);
         }
     }
 
@@ -192,25 +318,89 @@ impl QueueState {
             let _ = log.mark_delivered(pos);
         }
     }
+
+    /// Picks the consumer for the next message and takes one of its credits: the single
+    /// active one, or round-robin among the highest-priority consumers with credit.
+    fn pick_consumer(&mut self) -> Option<usize> {
+        let n = self.consumers.len();
+        if n == 0 {
+            return None;
+        }
+        if self.args.single_active_consumer {
+            let active = (0..n).min_by_key(|&i| self.consumers[i].id)?;
+            return self.consumers[active]
+                .credit
+                .try_acquire()
+                .then_some(active);
+        }
+        let mut start = 0;
+        while start < n {
+            let end = if self.uniform_priority {
+                n
+            } else {
+                let p = self.consumers[start].priority;
+                (start..n)
+                    .find(|&i| self.consumers[i].priority != p)
+                    .unwrap_or(n)
+            };
+            let size = end - start;
+            for k in 0..size {
+                let at = start + (self.next_consumer + k) % size;
+                if self.consumers[at].credit.try_acquire() {
+                    self.next_consumer = at - start + 1;
+                    return Some(at);
+                }
+            }
+            start = end;
+        }
+        None
+    }
+
+    /// The next deadline the timers must wake the queue for, if any.
+    fn next_deadline(&self) -> Option<u64> {
+        let expiry = if self.expiring {
+            self.ready.next_expiry()
+        } else {
+            None
+        };
+        let unused = self
+            .args
+            .expires
+            .filter(|_| self.consumers.is_empty() && !self.deleted)
+            .map(|ttl| self.last_used_ms.saturating_add(ttl));
+        match (expiry, unused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 impl Queue {
-    /// A new, empty queue; durable queues bring their (new or recovered) log and the
-    /// number of messages recovered in it.
+    /// A new, empty queue; durable queues bring their (new or recovered) log and what was
+    /// recovered in it. `owner` is the vhost it belongs to, where dead letters go.
     pub fn new(
         name: ShortStr,
-        vhost: &str,
+        owner: Weak<VHost>,
+        vhost_name: &str,
         settings: QueueSettings,
         log: Option<QueueLog>,
-        recovered: u64,
+        recovered: &Recovery,
     ) -> Self {
+        let args = settings.parsed.clone();
         Self {
             name,
-            vhost: vhost.to_owned(),
+            vhost_name: vhost_name.to_owned(),
+            owner,
             settings,
             state: Mutex::new(QueueState {
+                ready: Ready::new(args.max_priority.unwrap_or(0)),
+                args,
                 log,
-                paged: recovered,
+                paged: recovered.messages,
+                paged_bytes: recovered.bytes,
+                expiring: recovered.expiring > 0,
+                uniform_priority: true,
+                last_used_ms: now_ms(),
                 ..QueueState::default()
             }),
         }
@@ -238,7 +428,7 @@ impl Queue {
     pub fn check_access(&self, conn: ConnectionId) -> AmqpResult<()> {
         match self.settings.exclusive_owner {
             Some(owner) if owner != conn => {
-                Err(crate::error::queue_locked(&self.name, &self.vhost))
+                Err(crate::error::queue_locked(&self.name, &self.vhost_name))
             }
             _ => Ok(()),
         }
@@ -254,91 +444,188 @@ impl Queue {
         u32::try_from(self.state.lock().consumers.len()).unwrap_or(u32::MAX)
     }
 
-    /// Enqueues a message and hands it to a consumer with credit, if any. Returns whether
-    /// the message went to the durable log and needs a group commit to be safe.
+    /// Notes a use of the queue (a declaration), which restarts its `x-expires`
+    /// countdown, and drops what expired meanwhile.
+    pub fn touch(self: &Arc<Self>) {
+        let mut letters = Vec::new();
+        {
+            let mut st = self.state.lock();
+            let now = now_ms();
+            st.last_used_ms = now;
+            st.expire(&self.name, now + 1, &mut letters);
+            self.arm_timer(&mut st);
+        }
+        self.dead_letter(letters);
+    }
+
+    /// Starts the clocks of a queue recovered at start-up, once the whole vhost (and so
+    /// any dead-letter exchange) is back: messages recovered with an expiry are paged in
+    /// so that the earliest one is woken for.
+    pub fn start_clocks(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        if st.expiring {
+            st.refill(&self.name);
+        }
+        self.arm_timer(&mut st);
+    }
+
+    /// Enqueues a message and hands it to a consumer with credit, if any.
     ///
     /// # Errors
     /// The log could not take it (disk full, I/O error): the message is not enqueued.
     pub fn publish(
         self: &Arc<Self>,
         message: Message,
-        persistent: bool,
-    ) -> Result<bool, StoreError> {
+        handling: Handling,
+    ) -> Result<Enqueued, StoreError> {
+        let mut letters = Vec::new();
+        let outcome = self.publish_locked(message, handling, &mut letters);
+        self.dead_letter(letters);
+        outcome
+    }
+
+    fn publish_locked(
+        self: &Arc<Self>,
+        message: Message,
+        handling: Handling,
+        letters: &mut Vec<DeadLetter>,
+    ) -> Result<Enqueued, StoreError> {
         let mut st = self.state.lock();
         if st.deleted {
-            return Ok(false);
+            return Ok(Enqueued::Memory);
         }
-        let Some(log) = st.log.as_mut() else {
+        if st.args.overflow != Overflow::DropHead && st.full_for(message.body.len()) {
+            if st.args.overflow == Overflow::RejectPublishDlx
+                && st.args.dead_letter_exchange.is_some()
+            {
+                letters.push(DeadLetter {
+                    message,
+                    reason: DeathReason::MaxLen,
+                });
+            }
+            return Ok(Enqueued::Rejected);
+        }
+        let expires_at_ms = if st.args.message_ttl.is_some() || handling.ttl_ms.is_some() {
+            st.expiring = true;
+            expiry(now_ms(), st.args.message_ttl, handling.ttl_ms)
+        } else {
+            0
+        };
+        let logged = if let Some(log) = st.log.as_mut() {
+            let pos = log.append(&StoredMessage {
+                persistent: handling.persistent,
+                expires_at_ms,
+                exchange: message.exchange.clone(),
+                routing_key: message.routing_key.clone(),
+                properties: message.properties.clone(),
+                body: message.body.clone(),
+            })?;
+            if st.paged > 0 || st.ready.len() >= READY_MESSAGES || st.ready.bytes() >= READY_BYTES {
+                st.paged += 1;
+                st.paged_bytes += message.body.len() as u64;
+            } else {
+                st.last_loaded = Some(pos);
+                st.ready.push_back(QueuedMessage {
+                    offset: position_offset(pos),
+                    position: Some(pos),
+                    redelivered: false,
+                    expires_at_ms,
+                    delivery_count: 0,
+                    priority: handling.priority,
+                    message,
+                });
+            }
+            handling.persistent
+        } else {
             let offset = st.next_offset;
             st.next_offset += 1;
-            st.push_ready(QueuedMessage {
+            st.ready.push_back(QueuedMessage {
                 offset,
                 position: None,
                 redelivered: false,
+                expires_at_ms,
+                delivery_count: 0,
+                priority: handling.priority,
                 message,
             });
-            self.dispatch(&mut st);
-            return Ok(false);
+            false
         };
-        let pos = log.append(&StoredMessage {
-            persistent,
-            expires_at_ms: 0,
-            exchange: message.exchange.clone(),
-            routing_key: message.routing_key.clone(),
-            properties: message.properties.clone(),
-            body: message.body.clone(),
-        })?;
-        if st.paged > 0 || st.ready.len() >= READY_MESSAGES || st.ready_bytes >= READY_BYTES {
-            st.paged += 1;
-        } else {
-            st.last_loaded = Some(pos);
-            st.push_ready(QueuedMessage {
-                offset: position_offset(pos),
-                position: Some(pos),
-                redelivered: false,
-                message,
-            });
+        self.dispatch(&mut st, letters);
+        if st.args.max_length.is_some() || st.args.max_length_bytes.is_some() {
+            st.drop_head(&self.name, letters);
         }
-        self.dispatch(&mut st);
-        Ok(persistent)
+        if st.expiring {
+            st.expire(&self.name, now_ms() + 1, letters);
+            self.arm_timer(&mut st);
+        }
+        Ok(if logged {
+            Enqueued::Logged
+        } else {
+            Enqueued::Memory
+        })
     }
 
     /// Takes the oldest ready message for `basic.get`, with the count left behind. With
     /// `no_ack` the message leaves the queue for good at once.
-    pub fn get(&self, no_ack: bool) -> Option<(QueuedMessage, u32)> {
-        let mut st = self.state.lock();
-        st.refill(&self.name);
-        let message = st.pop_ready()?;
-        if no_ack {
-            st.forget(&message);
-        } else {
-            st.mark_delivered(&message);
-        }
-        let left = u32::try_from(st.ready_count()).unwrap_or(u32::MAX);
-        Some((message, left))
+    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+        let mut letters = Vec::new();
+        let taken = {
+            let mut st = self.state.lock();
+            let now = now_ms();
+            st.last_used_ms = now;
+            st.expire(&self.name, now + 1, &mut letters);
+            let taken = st.next_ready(&self.name).map(|message| {
+                if no_ack {
+                    st.forget(&message);
+                } else {
+                    st.mark_delivered(&message);
+                }
+                let left = u32::try_from(st.ready_count()).unwrap_or(u32::MAX);
+                (message, left)
+            });
+            self.arm_timer(&mut st);
+            taken
+        };
+        self.dead_letter(letters);
+        taken
     }
 
     /// Puts delivered messages back at their original positions, flagged redelivered.
+    /// Past a delivery limit, a message is dead-lettered (or dropped) instead.
     pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
-        let mut st = self.state.lock();
-        if st.deleted {
-            return;
-        }
-        for mut message in messages {
-            message.redelivered = true;
-            st.ready_bytes += message.message.body.len();
-            match st.ready.front() {
-                Some(front) if front.offset < message.offset => {
-                    let at = st.ready.partition_point(|m| m.offset < message.offset);
-                    st.ready.insert(at, message);
-                }
-                _ => st.ready.push_front(message),
+        let mut letters = Vec::new();
+        {
+            let mut st = self.state.lock();
+            if st.deleted {
+                return;
             }
+            let quorum = st.args.queue_type == QueueType::Quorum;
+            for mut message in messages {
+                message.redelivered = true;
+                if quorum {
+                    message.delivery_count += 1;
+                    if st
+                        .args
+                        .delivery_limit
+                        .is_some_and(|limit| u64::from(message.delivery_count) > limit)
+                    {
+                        st.discard(message, DeathReason::DeliveryLimit, &mut letters);
+                        continue;
+                    }
+                    message.message = message.message.with_delivery_count(message.delivery_count);
+                }
+                st.expiring |= message.expires_at_ms != 0;
+                st.ready.reinsert(message);
+            }
+            st.expire(&self.name, now_ms() + 1, &mut letters);
+            st.drop_head(&self.name, &mut letters);
+            self.dispatch(&mut st, &mut letters);
+            self.arm_timer(&mut st);
         }
-        self.dispatch(&mut st);
+        self.dead_letter(letters);
     }
 
-    /// Records that delivered messages were acked or dropped: they leave the log.
+    /// Records that delivered messages were acked: they leave the log.
     pub fn settle(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
         let mut st = self.state.lock();
         if st.log.is_none() {
@@ -349,10 +636,27 @@ impl Queue {
         }
     }
 
+    /// Takes rejected deliveries (`requeue=false`): they leave the queue, to its
+    /// dead-letter exchange if it has one.
+    pub fn reject(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
+        let mut letters = Vec::new();
+        {
+            let mut st = self.state.lock();
+            for message in messages {
+                st.discard(message, DeathReason::Rejected, &mut letters);
+            }
+        }
+        self.dead_letter(letters);
+    }
+
     /// Dispatches again after consumers regained credit.
     pub fn kick(self: &Arc<Self>) {
-        let mut st = self.state.lock();
-        self.dispatch(&mut st);
+        let mut letters = Vec::new();
+        {
+            let mut st = self.state.lock();
+            self.dispatch(&mut st, &mut letters);
+        }
+        self.dead_letter(letters);
     }
 
     /// Registers a consumer and starts delivering to it.
@@ -361,38 +665,59 @@ impl Queue {
     /// 403 ACCESS_REFUSED if an exclusive consumer holds the queue, or if an exclusive
     /// consumer is asked for while others exist.
     pub fn add_consumer(self: &Arc<Self>, consumer: ConsumerHandle) -> AmqpResult<()> {
-        let mut st = self.state.lock();
-        if st.consumers.iter().any(|c| c.exclusive)
-            || (consumer.exclusive && !st.consumers.is_empty())
+        let mut letters = Vec::new();
         {
-            return Err(AmqpError::new(
-                ReplyCode::AccessRefused,
-                format!(
-                    "queue '{}' in vhost '{}' in exclusive use",
-                    self.name, self.vhost
-                ),
-            ));
+            let mut st = self.state.lock();
+            if st.consumers.iter().any(|c| c.exclusive)
+                || (consumer.exclusive
+                    && (!st.consumers.is_empty() || st.args.single_active_consumer))
+            {
+                return Err(AmqpError::new(
+                    ReplyCode::AccessRefused,
+                    format!(
+                        "queue '{}' in vhost '{}' in exclusive use",
+                        self.name, self.vhost_name
+                    ),
+                ));
+            }
+            let at = st
+                .consumers
+                .partition_point(|c| c.priority >= consumer.priority);
+            st.uniform_priority &= st
+                .consumers
+                .first()
+                .is_none_or(|c| c.priority == consumer.priority);
+            st.consumers.insert(at, consumer);
+            st.had_consumer = true;
+            self.dispatch(&mut st, &mut letters);
         }
-        st.consumers.push(consumer);
-        st.had_consumer = true;
-        self.dispatch(&mut st);
+        self.dead_letter(letters);
         Ok(())
     }
 
-    /// Unregisters a consumer; messages already handed to it stay with its channel.
-    pub fn remove_consumer(&self, id: ConsumerId) -> ConsumerRemoval {
-        let mut st = self.state.lock();
-        let Some(at) = st.consumers.iter().position(|c| c.id == id) else {
-            return ConsumerRemoval::Unknown;
-        };
-        st.consumers.remove(at);
-        if st.next_consumer > at {
-            st.next_consumer -= 1;
-        }
-        if self.settings.auto_delete && st.consumers.is_empty() && st.had_consumer {
-            ConsumerRemoval::RemovedLast
-        } else {
-            ConsumerRemoval::Removed
+    /// Unregisters a consumer; messages already handed to it stay with its channel. The
+    /// caller kicks the queue once those are settled or returned, so that (with a single
+    /// active consumer) the next consumer takes over in order.
+    pub fn remove_consumer(self: &Arc<Self>, id: ConsumerId) -> ConsumerRemoval {
+        {
+            let mut st = self.state.lock();
+            let Some(at) = st.consumers.iter().position(|c| c.id == id) else {
+                return ConsumerRemoval::Unknown;
+            };
+            st.consumers.remove(at);
+            if st.next_consumer > at {
+                st.next_consumer -= 1;
+            }
+            if st.consumers.is_empty() {
+                st.uniform_priority = true;
+                st.last_used_ms = now_ms();
+                self.arm_timer(&mut st);
+            }
+            if self.settings.auto_delete && st.consumers.is_empty() && st.had_consumer {
+                ConsumerRemoval::RemovedLast
+            } else {
+                ConsumerRemoval::Removed
+            }
         }
     }
 
@@ -400,20 +725,22 @@ impl Queue {
     pub fn purge(&self) -> u32 {
         let mut st = self.state.lock();
         let count = st.ready_count();
-        while let Some(message) = st.pop_ready() {
-            st.forget(&message);
-        }
-        while st.paged > 0 {
+        loop {
+            let taken = st.ready.take_all();
+            for message in &taken {
+                st.forget(message);
+            }
+            if st.paged == 0 {
+                break;
+            }
             let before = st.paged;
             st.refill(&self.name);
-            while let Some(message) = st.pop_ready() {
-                st.forget(&message);
-            }
-            if st.paged == before {
+            if st.paged == before && st.ready.is_empty() {
                 break;
             }
         }
         st.paged = 0;
+        st.paged_bytes = 0;
         u32::try_from(count).unwrap_or(u32::MAX)
     }
 
@@ -424,9 +751,9 @@ impl Queue {
             let mut st = self.state.lock();
             st.deleted = true;
             let count = st.ready_count();
-            st.ready.clear();
-            st.ready_bytes = 0;
+            st.ready.take_all();
             st.paged = 0;
+            st.paged_bytes = 0;
             (count, std::mem::take(&mut st.consumers), st.log.take())
         };
         if let Some(log) = log
@@ -443,28 +770,28 @@ impl Queue {
         u32::try_from(count).unwrap_or(u32::MAX)
     }
 
-    /// Hands ready messages to consumers with credit, round-robin, one at a time.
-    fn dispatch(self: &Arc<Self>, st: &mut QueueState) {
-        let n = st.consumers.len();
-        if n == 0 {
+    /// Hands ready messages to consumers with credit, one at a time; expired messages met
+    /// at the head on the way are dead-lettered instead.
+    fn dispatch(self: &Arc<Self>, st: &mut QueueState, letters: &mut Vec<DeadLetter>) {
+        if st.consumers.is_empty() {
             return;
         }
-        let mut without_credit = 0;
-        while without_credit < n {
+        let now = if st.expiring { now_ms() } else { 0 };
+        loop {
+            if st.expiring {
+                st.expire(&self.name, now, letters);
+            }
             if st.ready.is_empty() {
                 st.refill(&self.name);
                 if st.ready.is_empty() {
                     break;
                 }
             }
-            let at = st.next_consumer % n;
-            st.next_consumer = at + 1;
-            if !st.consumers[at].credit.try_acquire() {
-                without_credit += 1;
-                continue;
-            }
-            without_credit = 0;
-            let Some(message) = st.pop_ready() else {
+            let Some(at) = st.pick_consumer() else {
+                break;
+            };
+            let Some(message) = st.next_ready(&self.name) else {
+                st.consumers[at].credit.release(1);
                 break;
             };
             if st.consumers[at].no_ack {
@@ -481,6 +808,68 @@ impl Queue {
                 message,
             });
         }
+    }
+
+    /// Asks the timers to wake the queue at its next deadline, unless an earlier
+    /// wake-up is already due.
+    fn arm_timer(self: &Arc<Self>, st: &mut QueueState) {
+        let Some(at) = st.next_deadline() else {
+            return;
+        };
+        if st.timer_at_ms != 0 && st.timer_at_ms <= at {
+            return;
+        }
+        let Some(vhost) = self.owner.upgrade() else {
+            return;
+        };
+        st.timer_at_ms = at;
+        let me: Weak<Queue> = Arc::downgrade(self);
+        vhost.timers().wake_at(at, me);
+    }
+
+    /// Sends dead letters to the queue's dead-letter exchange (outside the queue's lock,
+    /// since they may come back to this queue).
+    fn dead_letter(&self, letters: Vec<DeadLetter>) {
+        if letters.is_empty() {
+            return;
+        }
+        let (exchange, key) = {
+            let st = self.state.lock();
+            (
+                st.args.dead_letter_exchange.clone(),
+                st.args.dead_letter_routing_key.clone(),
+            )
+        };
+        if let (Some(exchange), Some(vhost)) = (exchange, self.owner.upgrade()) {
+            vhost.dead_letter(&self.name, &exchange, key.as_deref(), letters);
+        }
+    }
+}
+
+impl Wake for Queue {
+    fn wake(self: Arc<Self>, now_ms: u64) {
+        let mut letters = Vec::new();
+        let unused = {
+            let mut st = self.state.lock();
+            st.timer_at_ms = 0;
+            st.expire(&self.name, now_ms + 1, &mut letters);
+            !st.deleted
+                && st.consumers.is_empty()
+                && st
+                    .args
+                    .expires
+                    .is_some_and(|ttl| st.last_used_ms.saturating_add(ttl) <= now_ms)
+        };
+        self.dead_letter(letters);
+        let Some(vhost) = self.owner.upgrade() else {
+            return;
+        };
+        if unused {
+            vhost.expire_queue(&self.name);
+            return;
+        }
+        let mut st = self.state.lock();
+        self.arm_timer(&mut st);
     }
 }
 

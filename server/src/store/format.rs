@@ -186,6 +186,8 @@ pub struct MessageSummary {
     pub persistent: bool,
     /// Body length.
     pub body_len: u64,
+    /// It carries an expiry.
+    pub expires: bool,
 }
 
 /// Summarises a message record from the first bytes of its payload (at least
@@ -197,7 +199,7 @@ pub fn summarize_message(prefix: &[u8], payload_len: u64) -> Result<MessageSumma
     }
     r.skip(8)?; // term
     let flags = r.u8()?;
-    r.skip(8)?; // expires_at_ms
+    let expires = r.u64()? != 0;
     let n = usize::from(r.u8()?);
     r.skip(n)?;
     let n = usize::from(r.u8()?);
@@ -209,6 +211,7 @@ pub fn summarize_message(prefix: &[u8], payload_len: u64) -> Result<MessageSumma
     Ok(MessageSummary {
         persistent: flags & FLAG_PERSISTENT != 0,
         body_len,
+        expires,
     })
 }
 
@@ -338,7 +341,8 @@ mod tests {
             summary,
             MessageSummary {
                 persistent: true,
-                body_len: 5
+                body_len: 5,
+                expires: msg.expires_at_ms != 0,
             }
         );
         let back = decode_message(Bytes::copy_from_slice(&rec[8..])).expect("valid");

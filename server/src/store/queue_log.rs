@@ -50,6 +50,8 @@ pub struct Recovery {
     pub messages: u64,
     /// Sum of the body lengths of the live messages.
     pub bytes: u64,
+    /// Live messages that carry an expiry.
+    pub expiring: u64,
     /// Live messages with a delivered marker: they go out again flagged `redelivered`
     /// (ask [`QueueLog::was_delivered`] for a position).
     pub delivered: u64,
@@ -325,6 +327,7 @@ impl QueueLog {
             }
             recovery.messages += u64::from(scan.live);
             recovery.bytes += scan.bytes;
+            recovery.expiring += scan.expiring;
             recovery.delivered += scan.delivered.len() as u64;
             log.segments.push_back(Segment {
                 number: n,
@@ -1010,6 +1013,7 @@ struct Scan {
     len: u64,
     live: u32,
     bytes: u64,
+    expiring: u64,
     acked: Vec<u32>,
     delivered: Vec<u32>,
     /// Offset and nature of the first bad record.
@@ -1097,6 +1101,7 @@ fn scan_segment(path: &Path, acks: &AckEntries) -> Result<Scan> {
         } else if summary.persistent {
             scan.live += 1;
             scan.bytes += summary.body_len;
+            scan.expiring += u64::from(summary.expires);
             while next_delivered < acks.delivered.len() && acks.delivered[next_delivered] < at {
                 next_delivered += 1;
             }
