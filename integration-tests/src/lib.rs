@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub mod perf;
+pub mod python;
 
 /// Set this to an AMQP URI (e.g. `amqp://guest:guest@127.0.0.1:5673/%2f`) to run the
 /// black-box tests against another broker, such as a real RabbitMQ, instead of an

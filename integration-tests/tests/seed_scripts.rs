@@ -21,6 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
+use integration_tests::python::{examples_dir, venv_python};
 use integration_tests::wait_for;
 use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
@@ -133,45 +134,6 @@ fn consumer_group(python: &Path, probe: &Probe<'_>) -> Result<()> {
     probe.wait_until("example_queue is empty with no consumer", |q| {
         q == Some((0, 0))
     })
-}
-
-/// The virtualenv's python, with pika installed; made if missing.
-fn venv_python() -> Result<PathBuf> {
-    let dir = examples_dir();
-    let venv = dir.join(".venv");
-    let python = venv.join("bin").join("python");
-    if !python.exists() {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .context("run python3 -m venv")?;
-        ensure!(
-            status.success(),
-            "python3 -m venv {} failed",
-            venv.display()
-        );
-    }
-    let has_pika = Command::new(&python)
-        .args(["-c", "import pika"])
-        .stderr(Stdio::null())
-        .status()
-        .with_context(|| format!("run {}", python.display()))?;
-    if !has_pika.success() {
-        let status = Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "-r"])
-            .arg(dir.join("requirements.txt"))
-            .status()
-            .context("run pip install")?;
-        ensure!(status.success(), "pip install -r requirements.txt failed");
-    }
-    Ok(python)
-}
-
-fn examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("examples-python")
 }
 
 /// Runs a script that should finish on its own; returns its stdout lines.

@@ -37,6 +37,8 @@ const CONSUMER_TIMEOUT: &str = "x-consumer-timeout";
 const QUEUE_TYPE: &str = "x-queue-type";
 const INITIAL_GROUP_SIZE: &str = "x-quorum-initial-group-size";
 const DELIVERY_LIMIT: &str = "x-delivery-limit";
+/// RabbitMQ 4's delivery limit for quorum queues that set none.
+const DEFAULT_DELIVERY_LIMIT: u64 = 20;
 const LEADER_LOCATOR: &str = "x-queue-leader-locator";
 const PRIORITY: &str = "x-priority";
 const CANCEL_ON_HA_FAILOVER: &str = "x-cancel-on-ha-failover";
@@ -639,12 +641,13 @@ fn parse_arguments(
         }
     }
     if queue_type == QueueType::Quorum {
-        // RabbitMQ does not validate x-delivery-limit: non-integers are ignored.
-        parsed.delivery_limit = args
-            .inner()
-            .get(DELIVERY_LIMIT)
-            .and_then(integer)
-            .and_then(|limit| u64::try_from(limit).ok());
+        // RabbitMQ does not validate x-delivery-limit: non-integers are ignored. As in
+        // RabbitMQ 4, a quorum queue without one has a limit of 20; a negative one
+        // means no limit.
+        parsed.delivery_limit = match args.inner().get(DELIVERY_LIMIT).and_then(integer) {
+            Some(limit) => u64::try_from(limit).ok(),
+            None => Some(DEFAULT_DELIVERY_LIMIT),
+        };
         if parsed.overflow == Overflow::RejectPublishDlx {
             parsed.overflow = Overflow::DropHead;
         }
@@ -1570,13 +1573,16 @@ mod tests {
             (MAX_IN_MEMORY_BYTES, V::LongInt(10)),
         ]));
         assert_eq!(parsed.delivery_limit, Some(5));
-        assert_eq!(ok(quorum(&[])).delivery_limit, None);
+        assert_eq!(ok(quorum(&[])).delivery_limit, Some(20));
         // RabbitMQ does not validate x-delivery-limit; a negative one means unlimited (4.x).
         assert_eq!(
             ok(quorum(&[(DELIVERY_LIMIT, V::LongInt(-1))])).delivery_limit,
             None
         );
-        assert_eq!(ok(quorum(&[(DELIVERY_LIMIT, s("5"))])).delivery_limit, None);
+        assert_eq!(
+            ok(quorum(&[(DELIVERY_LIMIT, s("5"))])).delivery_limit,
+            Some(20)
+        );
         assert_eq!(
             refused(quorum(&[(INITIAL_GROUP_SIZE, V::LongInt(0))])),
             invalid(INITIAL_GROUP_SIZE, "{value_zero,0}")
