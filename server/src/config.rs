@@ -49,6 +49,10 @@ pub struct Config {
     /// Most channels per connection proposed to clients.
     #[arg(long, env = "WARREN_CHANNEL_MAX", default_value_t = 2047)]
     pub channel_max: u16,
+    /// How long a delivery may stay unacknowledged, in milliseconds, before its channel
+    /// is closed (RabbitMQ's `consumer_timeout`; 0 disables).
+    #[arg(long, env = "WARREN_CONSUMER_TIMEOUT", default_value_t = 1_800_000)]
+    pub consumer_timeout: u64,
     /// Largest message body accepted, in bytes (RabbitMQ's `max_message_size`).
     #[arg(long, env = "WARREN_MAX_MESSAGE_SIZE", default_value_t = 128 * 1024 * 1024)]
     pub max_message_size: u64,

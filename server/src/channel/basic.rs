@@ -187,11 +187,16 @@ impl Channel {
                 priority: options.priority,
             })
             .inspect_err(|_| ctx.out.truncate(mark))?;
+        let timeout_ms = options
+            .timeout_ms
+            .or(queue.settings().parsed.consumer_timeout)
+            .unwrap_or(ctx.broker.config().consumer_timeout);
         self.consumers.push(ChannelConsumer {
             id,
             tag,
             queue,
             no_ack: consume.no_ack,
+            timeout_ms,
         });
         Ok(())
     }

@@ -2,12 +2,13 @@
 //! they are acked, rejected or requeued, and giving credit back to their consumers.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
 use amqp_codec::encode::{self, DeliveryInfo};
 
 use super::{Channel, ChannelConsumer, Context, Settlement, reject_all, requeue_all, settle_all};
-use crate::error::{self, AmqpResult};
+use crate::error::{self, AmqpError, AmqpResult};
 use crate::message::QueuedMessage;
 use crate::queue::{ConsumerId, ConsumerRemoval, Credit, Queue};
 
@@ -22,6 +23,8 @@ pub struct Unacked {
     pub queue: Arc<Queue>,
     /// The message.
     pub message: QueuedMessage,
+    /// When it must be acknowledged by, and the timeout that set it (consumer timeout).
+    pub deadline: Option<(Instant, u64)>,
 }
 
 /// Writes one delivery (method, header and body frames) into the output buffer.
@@ -52,7 +55,32 @@ pub(super) fn write_delivery(
     );
 }
 
+/// The acknowledgement deadline of a delivery made at `now` under `timeout_ms` (0: none).
+fn deadline(now: Instant, timeout_ms: u64) -> Option<(Instant, u64)> {
+    (timeout_ms > 0).then(|| (now + Duration::from_millis(timeout_ms), timeout_ms))
+}
+
 impl Channel {
+    /// The error to close the channel with if a delivery was not acknowledged in time
+    /// (RabbitMQ's consumer timeout).
+    pub fn ack_timeout(&self, now: Instant) -> Option<AmqpError> {
+        let (_, timeout_ms) = self
+            .unacked
+            .iter()
+            .filter_map(|u| u.deadline)
+            .find(|(at, _)| *at <= now)?;
+        Some(error::precondition(format!(
+            "delivery acknowledgement on channel {} timed out. Timeout value used: {timeout_ms} ms. \
+             This timeout value can be configured, see consumers doc guide to learn more",
+            self.id
+        )))
+    }
+
+    /// Whether deliveries await acknowledgement (so their deadlines need watching).
+    pub fn has_unacked(&self) -> bool {
+        !self.unacked.is_empty()
+    }
+
     fn take_tag(&mut self) -> u64 {
         self.next_tag += 1;
         self.next_tag
@@ -80,11 +108,13 @@ impl Channel {
             credit.release(1);
             ctx.kick_later(&queue);
         } else {
+            let deadline = deadline(ctx.now, c.timeout_ms);
             self.unacked.push_back(Unacked {
                 tag,
                 credit: Some(credit),
                 queue,
                 message,
+                deadline,
             });
         }
         None
@@ -119,11 +149,13 @@ impl Channel {
             ctx.frame_max,
         );
         if !no_ack {
+            let timeout = ctx.broker.config().consumer_timeout;
             self.unacked.push_back(Unacked {
                 tag,
                 credit: None,
                 queue,
                 message,
+                deadline: deadline(ctx.now, timeout),
             });
         }
     }

@@ -53,6 +53,8 @@ pub struct Context<'a> {
     pub cancel_notify: bool,
     /// The authenticated user (publishes may only claim it as `user-id`).
     pub user: &'a str,
+    /// When the current batch started: the time deliveries in it are stamped with.
+    pub now: std::time::Instant,
 }
 
 impl Context<'_> {
@@ -83,6 +85,8 @@ struct ChannelConsumer {
     tag: ShortStr,
     queue: Arc<Queue>,
     no_ack: bool,
+    /// Acknowledgement timeout of its deliveries in milliseconds (0: none).
+    timeout_ms: u64,
 }
 
 /// Publisher-confirm counters: every publish gets the next sequence number; confirms are
@@ -148,6 +152,11 @@ impl Channel {
             max_message_size,
             reply_queue: None,
         }
+    }
+
+    /// The channel's number.
+    pub fn id(&self) -> u16 {
+        self.id
     }
 
     /// Whether the server sent `channel.close` and awaits `close-ok`.

@@ -42,6 +42,8 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long to wait for `close-ok` after the server closed the connection.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often deliveries' acknowledgement deadlines are checked while some are pending.
+const ACK_TIMEOUT_CHECK: Duration = Duration::from_millis(250);
 
 /// Serves one client socket until it closes, fails, or the broker shuts down.
 pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, shutdown: Shutdown) {
@@ -137,6 +139,8 @@ struct Shared {
     commits: Vec<Arc<Queue>>,
     cancel_notify: bool,
     user: String,
+    /// When the current batch started (deliveries' acknowledgement clocks start here).
+    now: std::time::Instant,
 }
 
 impl Shared {
@@ -155,6 +159,7 @@ impl Shared {
             commits: &mut self.commits,
             cancel_notify: self.cancel_notify,
             user: &self.user,
+            now: self.now,
         }
     }
 }
@@ -200,6 +205,7 @@ impl Connection {
                 commits: Vec::new(),
                 cancel_notify: session.cancel_notify,
                 user: session.user,
+                now: std::time::Instant::now(),
             },
             channels: Vec::new(),
             open_channels: 0,
@@ -217,6 +223,8 @@ impl Connection {
         let mut ticker = tokio::time::interval_at(Instant::now() + beat / 2, beat / 2);
         let mut last_read = Instant::now();
         let mut wrote_since_tick = false;
+        let mut ack_deadlines = tokio::time::interval(ACK_TIMEOUT_CHECK);
+        ack_deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Phase::Done(_) = self.phase {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -235,6 +243,8 @@ impl Connection {
             };
             let take_deliveries =
                 self.shared.out.len() < OUT_HIGH_WATER && matches!(self.phase, Phase::Open);
+            let watch_acks = matches!(self.phase, Phase::Open)
+                && self.channels.iter().flatten().any(|c| c.has_unacked());
             io.rbuf.reserve(READ_CHUNK);
             tokio::select! {
                 biased;
@@ -275,7 +285,10 @@ impl Connection {
                     }
                     wrote_since_tick = false;
                 }
-                                durable = next_commit(&mut self.confirm_groups), if !self.confirm_groups.is_empty() => {
+                                _ = ack_deadlines.tick(), if watch_acks => {
+                    self.close_late_channels();
+                }
+                durable = next_commit(&mut self.confirm_groups), if !self.confirm_groups.is_empty() => {
                     self.release_confirms(durable);
                 }
                 () = sleep_until_opt(closing_deadline) => {
@@ -290,6 +303,7 @@ impl Connection {
     /// Decodes and handles every whole frame read so far, then does the work the batch
     /// deferred (dispatch to consumers that regained credit, publisher confirms).
     fn process_input(&mut self, io: &mut FrameIo) {
+        self.shared.now = std::time::Instant::now();
         loop {
             if let Phase::Done(_) = self.phase {
                 break;
@@ -605,6 +619,24 @@ impl Connection {
         Ok(())
     }
 
+    /// Closes, with RabbitMQ's error, every channel holding a delivery that was not
+    /// acknowledged in time; its unacknowledged messages go back to their queues.
+    fn close_late_channels(&mut self) {
+        let now = std::time::Instant::now();
+        let late: Vec<(u16, ProtocolError)> = self
+            .channels
+            .iter()
+            .flatten()
+            .filter(|c| !c.is_closing())
+            .filter_map(|c| Some((c.id(), c.ack_timeout(now)?)))
+            .collect();
+        for (id, error) in late {
+            info!(channel = id, %error, "consumer timeout");
+            let _ = self.channel_result(id, Err(error));
+        }
+        self.after_batch();
+    }
+
     /// Sends `connection.close` and stops handling anything but the close handshake.
     fn close_connection(&mut self, error: ProtocolError) {
         if !matches!(self.phase, Phase::Open) {
@@ -618,6 +650,7 @@ impl Connection {
     /// Writes the deliveries queues left in the mailbox; those for consumers that are gone
     /// go back to their queues.
     fn drain_mailbox(&mut self) {
+        self.shared.now = std::time::Instant::now();
         self.shared.mailbox.drain_into(&mut self.inbox);
         self.pending.extend(self.inbox.drain(..));
         let mut returned = Vec::new();
