@@ -264,6 +264,7 @@ async fn connection_start_announces_version_mechanisms_locales_and_capabilities(
         "per_consumer_qos",
         "consumer_priorities",
         "direct_reply_to",
+        "connection.blocked",
     ] {
         assert_eq!(
             caps.inner().get(cap),

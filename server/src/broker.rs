@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use crate::alarms::Alarms;
 use crate::config::Config;
 use crate::queue::{ConnectionId, ConsumerId};
 use crate::store::{BrokerStore, StoreError, SyncTarget};
@@ -30,6 +31,7 @@ pub struct Broker {
     users: HashMap<String, User>,
     next_connection: AtomicU64,
     next_consumer: AtomicU64,
+    alarms: Alarms,
 }
 
 impl Broker {
@@ -78,12 +80,24 @@ impl Broker {
             users,
             next_connection: AtomicU64::new(1),
             next_consumer: AtomicU64::new(1),
+            alarms: Alarms::default(),
         })
     }
 
     /// The settings it runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// The resource alarms that block publishers.
+    pub fn alarms(&self) -> &Alarms {
+        &self.alarms
+    }
+
+    /// Bytes of message bodies the queues hold in memory (what the memory alarm
+    /// watches).
+    pub fn memory_in_use(&self) -> u64 {
+        self.vhosts.values().map(|v| v.memory_in_use()).sum()
     }
 
     /// A vhost by name.

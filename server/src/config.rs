@@ -53,9 +53,37 @@ pub struct Config {
     /// is closed (RabbitMQ's `consumer_timeout`; 0 disables).
     #[arg(long, env = "WARREN_CONSUMER_TIMEOUT", default_value_t = 1_800_000)]
     pub consumer_timeout: u64,
+    /// Bytes of messages queues may hold in memory before publishers are blocked
+    /// (`connection.blocked`); 0 disables. By default 40% of the machine's memory, as
+    /// RabbitMQ's `vm_memory_high_watermark`.
+    #[arg(long, env = "WARREN_MEMORY_LIMIT", default_value_t = default_memory_limit())]
+    pub memory_limit: u64,
+    /// Free bytes the data directory's disk must keep; below it publishers are blocked
+    /// (RabbitMQ's `disk_free_limit`, 50 MB by default); 0 disables.
+    #[arg(long, env = "WARREN_DISK_FREE_LIMIT", default_value_t = 50_000_000)]
+    pub disk_free_limit: u64,
     /// Largest message body accepted, in bytes (RabbitMQ's `max_message_size`).
     #[arg(long, env = "WARREN_MAX_MESSAGE_SIZE", default_value_t = 128 * 1024 * 1024)]
     pub max_message_size: u64,
+}
+
+/// 40% of the machine's memory (from `/proc/meminfo`); 0 (no limit) where unknown.
+fn default_memory_limit() -> u64 {
+    let total_kib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .unwrap_or(0);
+    total_kib * 1024 / 10 * 4
 }
 
 impl Default for Config {

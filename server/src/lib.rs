@@ -12,7 +12,9 @@
 //! - [`store`]: the durable store: one append-only segment log per queue, crash recovery.
 //! - [`error`]: AMQP reply codes and RabbitMQ's error texts, in one place.
 //! - [`names`]: server-generated queue names and consumer tags.
+//! - [`policy`]: RabbitMQ policies: per-name queue and exchange settings from a file.
 
+pub mod alarms;
 pub mod broker;
 pub mod channel;
 pub mod config;
@@ -21,6 +23,7 @@ pub mod error;
 pub mod exchange;
 pub mod message;
 pub mod names;
+pub mod policy;
 pub mod queue;
 pub mod server;
 pub mod store;

@@ -42,6 +42,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let broker = Arc::new(Broker::open(config).map_err(std::io::Error::other)?);
+    crate::alarms::spawn_monitor(&broker);
     let (stop, stopping) = watch::channel(false);
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {

@@ -825,6 +825,11 @@ impl VHost {
         Ok((queues, messages))
     }
 
+    /// Bytes of message bodies its queues hold in memory.
+    pub fn memory_in_use(&self) -> u64 {
+        self.queues.read().values().map(|q| q.memory_bytes()).sum()
+    }
+
     /// Every queue that keeps a durable log, for a final sync at shutdown.
     pub fn logged_queues(&self) -> Vec<Arc<Queue>> {
         self.queues

@@ -55,6 +55,9 @@ pub struct Context<'a> {
     pub user: &'a str,
     /// When the current batch started: the time deliveries in it are stamped with.
     pub now: std::time::Instant,
+    /// Set when the batch published a message (a resource alarm then blocks the
+    /// connection).
+    pub published: &'a mut bool,
 }
 
 impl Context<'_> {

@@ -94,6 +94,7 @@ fn sender_selected_keys(message: &mut Message) -> AmqpResult<Vec<ShortStr>> {
 
 impl Channel {
     pub(super) fn on_content(&mut self, ctx: &mut Context<'_>, content: Content) -> AmqpResult<()> {
+        *ctx.published = true;
         let mandatory = content.publish.mandatory;
         let mut message = Message::from_content(content);
         // One look at the properties (validated when the header frame was decoded).

@@ -26,6 +26,8 @@ pub struct Session {
     pub heartbeat: u16,
     /// The client handles a server-sent `basic.cancel`.
     pub cancel_notify: bool,
+    /// The client handles `connection.blocked` / `unblocked`.
+    pub blocked_notify: bool,
 }
 
 /// Why a handshake did not produce a session.
@@ -60,6 +62,7 @@ fn server_properties() -> FieldTable {
         "authentication_failure_close",
         "consumer_priorities",
         "direct_reply_to",
+        "connection.blocked",
     ] {
         capabilities.insert(ShortString::from(cap), AMQPValue::Boolean(true));
     }
@@ -183,6 +186,7 @@ pub async fn negotiate(
     let mechanism = start_ok.mechanism.as_str();
     let auth_close = client_capability(&start_ok.client_properties, "authentication_failure_close");
     let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
+    let blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
     if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
         tracing::warn!(mechanism, "unsupported authentication mechanism");
         return Err(HandshakeError::Aborted(
@@ -277,6 +281,7 @@ pub async fn negotiate(
         channel_max,
         heartbeat: tune_ok.heartbeat,
         cancel_notify,
+        blocked_notify,
     })
 }
 

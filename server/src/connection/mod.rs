@@ -141,6 +141,8 @@ struct Shared {
     user: String,
     /// When the current batch started (deliveries' acknowledgement clocks start here).
     now: std::time::Instant,
+    /// The current batch published a message.
+    published: bool,
 }
 
 impl Shared {
@@ -160,6 +162,7 @@ impl Shared {
             cancel_notify: self.cancel_notify,
             user: &self.user,
             now: self.now,
+            published: &mut self.published,
         }
     }
 }
@@ -179,6 +182,10 @@ struct Connection {
     /// Publisher confirms waiting for a group commit, in the order they must go out.
     confirm_groups: VecDeque<ConfirmGroup>,
     phase: Phase,
+    /// The client handles `connection.blocked`.
+    blocked_notify: bool,
+    /// Reading is paused: the connection published while a resource alarm was raised.
+    blocked: bool,
 }
 
 /// The confirms one batch owes, per channel up to a sequence number, sent once the
@@ -206,7 +213,10 @@ impl Connection {
                 cancel_notify: session.cancel_notify,
                 user: session.user,
                 now: std::time::Instant::now(),
+                published: false,
             },
+            blocked_notify: session.blocked_notify,
+            blocked: false,
             channels: Vec::new(),
             open_channels: 0,
             channel_max: session.channel_max,
@@ -223,6 +233,8 @@ impl Connection {
         let mut ticker = tokio::time::interval_at(Instant::now() + beat / 2, beat / 2);
         let mut last_read = Instant::now();
         let mut wrote_since_tick = false;
+        let mut alarms = self.shared.broker.alarms().subscribe();
+        let mut alarms_open = true;
         let mut ack_deadlines = tokio::time::interval(ACK_TIMEOUT_CHECK);
         ack_deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -266,18 +278,29 @@ impl Connection {
                 () = std::future::ready(()), if take_deliveries && !self.pending.is_empty() => {
                     self.drain_mailbox();
                 }
-                read = io.reader.read_buf(&mut io.rbuf) => {
+                read = io.reader.read_buf(&mut io.rbuf), if !self.blocked => {
                     match read {
                         Ok(0) => return Ended::SocketClosed,
                         Ok(_) => {
                             last_read = Instant::now();
                             self.process_input(io);
+                            if self.shared.published && alarms.borrow().any() {
+                                self.block(alarms.borrow().reason());
+                            }
                         }
                         Err(e) => return Ended::SocketError(e),
                     }
                 }
+                changed = alarms.changed(), if alarms_open => {
+                    if changed.is_err() {
+                        alarms_open = false;
+                    } else if self.blocked && !alarms.borrow_and_update().any() {
+                        self.unblock();
+                        last_read = Instant::now();
+                    }
+                }
                 _ = ticker.tick(), if self.heartbeat > 0 => {
-                    if last_read.elapsed() > beat * 2 {
+                    if last_read.elapsed() > beat * 2 && !self.blocked {
                         return Ended::MissedHeartbeats(self.heartbeat);
                     }
                     if !wrote_since_tick {
@@ -304,6 +327,7 @@ impl Connection {
     /// deferred (dispatch to consumers that regained credit, publisher confirms).
     fn process_input(&mut self, io: &mut FrameIo) {
         self.shared.now = std::time::Instant::now();
+        self.shared.published = false;
         loop {
             if let Phase::Done(_) = self.phase {
                 break;
@@ -617,6 +641,38 @@ impl Connection {
             );
         }
         Ok(())
+    }
+
+    /// Stops reading from a client that published while a resource alarm is raised
+    /// (its deliveries and confirms still go out), telling it why if it listens.
+    fn block(&mut self, reason: &str) {
+        if self.blocked || !matches!(self.phase, Phase::Open) {
+            return;
+        }
+        info!(reason, "blocking a publishing connection");
+        self.blocked = true;
+        if self.blocked_notify {
+            encode::method(
+                &mut self.shared.out,
+                0,
+                &AMQPClass::Connection(c::AMQPMethod::Blocked(c::Blocked {
+                    reason: reason.into(),
+                })),
+            );
+        }
+    }
+
+    /// Resumes reading once the alarms are cleared.
+    fn unblock(&mut self) {
+        info!("unblocking a connection");
+        self.blocked = false;
+        if self.blocked_notify && matches!(self.phase, Phase::Open) {
+            encode::method(
+                &mut self.shared.out,
+                0,
+                &AMQPClass::Connection(c::AMQPMethod::Unblocked(c::Unblocked {})),
+            );
+        }
     }
 
     /// Closes, with RabbitMQ's error, every channel holding a delivery that was not

@@ -439,6 +439,11 @@ impl Queue {
         u32::try_from(self.state.lock().ready_count()).unwrap_or(u32::MAX)
     }
 
+    /// Bytes of message bodies held in memory (ready messages not paged out).
+    pub fn memory_bytes(&self) -> u64 {
+        self.state.lock().ready.bytes() as u64
+    }
+
     /// Registered consumers.
     pub fn consumer_count(&self) -> u32 {
         u32::try_from(self.state.lock().consumers.len()).unwrap_or(u32::MAX)
