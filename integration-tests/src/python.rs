@@ -13,7 +13,8 @@ pub fn examples_dir() -> PathBuf {
         .join("examples-python")
 }
 
-/// The virtualenv's python with `requirements.txt` installed; made if missing
+/// The virtualenv's python with `requirements.txt` (pika, Celery) installed; made if
+/// missing
 /// (`scripts/test.sh` normally makes it first).
 ///
 /// # Errors
@@ -34,12 +35,12 @@ pub fn venv_python() -> Result<PathBuf> {
             venv.display()
         );
     }
-    let has_pika = Command::new(&python)
-        .args(["-c", "import pika"])
+    let has_packages = Command::new(&python)
+        .args(["-c", "import pika, celery"])
         .stderr(Stdio::null())
         .status()
         .with_context(|| format!("run {}", python.display()))?;
-    if !has_pika.success() {
+    if !has_packages.success() {
         let status = Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "-r"])
             .arg(dir.join("requirements.txt"))
