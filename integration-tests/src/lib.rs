@@ -226,6 +226,19 @@ impl WarrenProcess {
         data_dir: &std::path::Path,
         max_file_kib: Option<u64>,
     ) -> WarrenProcess {
+        Self::spawn(data_dir, max_file_kib, &[]).await
+    }
+
+    /// Like [`WarrenProcess::start`], with more command-line flags.
+    pub async fn start_with_args(data_dir: &std::path::Path, args: &[&str]) -> WarrenProcess {
+        Self::spawn(data_dir, None, args).await
+    }
+
+    async fn spawn(
+        data_dir: &std::path::Path,
+        max_file_kib: Option<u64>,
+        extra_args: &[&str],
+    ) -> WarrenProcess {
         let binary = warren_binary();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
@@ -256,6 +269,7 @@ impl WarrenProcess {
             ])
             .arg("--data-dir")
             .arg(data_dir)
+            .args(extra_args)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -278,6 +292,15 @@ impl WarrenProcess {
     /// The AMQP URI to reach it.
     pub fn uri(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Sends SIGHUP (Warren reloads its policy file).
+    pub fn hang_up(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("run kill -HUP");
+        assert!(status.success(), "kill -HUP failed");
     }
 
     /// Sends SIGTERM and waits (bounded) for it to exit; returns its exit status.

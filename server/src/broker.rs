@@ -11,10 +11,12 @@ use tokio::sync::oneshot;
 
 use crate::alarms::Alarms;
 use crate::config::Config;
+use crate::policy::{Policies, PolicyError};
 use crate::queue::{ConnectionId, ConsumerId};
 use crate::store::{BrokerStore, StoreError, SyncTarget};
 use crate::timers::Timers;
 use crate::vhost::VHost;
+use parking_lot::RwLock;
 
 /// A user that may log in.
 #[derive(Debug, Clone)]
@@ -32,6 +34,18 @@ pub struct Broker {
     next_connection: AtomicU64,
     next_consumer: AtomicU64,
     alarms: Alarms,
+    policies: Arc<RwLock<Policies>>,
+}
+
+/// Why the broker could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory could not be used.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The policy file is unreadable or invalid.
+    #[error(transparent)]
+    Policies(#[from] PolicyError),
 }
 
 impl Broker {
@@ -40,9 +54,14 @@ impl Broker {
     ///
     /// # Errors
     /// The data directory is locked by another broker, belongs to something else, or
-    /// cannot be read.
-    pub fn open(config: Arc<Config>) -> Result<Self, StoreError> {
+    /// cannot be read; or the policy file is unreadable or invalid.
+    pub fn open(config: Arc<Config>) -> Result<Self, OpenError> {
         let started = Instant::now();
+        let policies = match &config.policies {
+            Some(path) => Policies::load(path)?,
+            None => Policies::default(),
+        };
+        let policies = Arc::new(RwLock::new(policies));
         let (store, defs, cut) = BrokerStore::open(&config.data_dir)?;
         if cut > 0 {
             tracing::warn!(lines = cut, "cut a torn tail off the definitions log");
@@ -53,7 +72,7 @@ impl Broker {
             path: config.data_dir.clone(),
             source,
         })?;
-        let vhost = VHost::new("/", Some(store.clone()), Arc::new(timers));
+        let vhost = VHost::new("/", Some(store.clone()), Arc::new(timers), policies.clone());
         let (queues, messages) = vhost.restore(&defs)?;
         let keep: HashSet<&str> = defs.queues.iter().map(|q| q.id.as_str()).collect();
         store.remove_orphans(&keep);
@@ -81,12 +100,30 @@ impl Broker {
             next_connection: AtomicU64::new(1),
             next_consumer: AtomicU64::new(1),
             alarms: Alarms::default(),
+            policies,
         })
     }
 
     /// The settings it runs with.
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Reads the policy file again and applies what it now says to every queue; an
+    /// invalid file changes nothing.
+    ///
+    /// # Errors
+    /// The file could not be read or is invalid (the old policies stay in force).
+    pub fn reload_policies(&self) -> Result<(), PolicyError> {
+        let Some(path) = &self.config.policies else {
+            return Ok(());
+        };
+        self.policies.write().reload(path)?;
+        for vhost in self.vhosts.values() {
+            vhost.apply_policies();
+        }
+        tracing::info!(file = %path.display(), "policies reloaded");
+        Ok(())
     }
 
     /// The resource alarms that block publishers.

@@ -62,6 +62,10 @@ pub struct Config {
     /// (RabbitMQ's `disk_free_limit`, 50 MB by default); 0 disables.
     #[arg(long, env = "WARREN_DISK_FREE_LIMIT", default_value_t = 50_000_000)]
     pub disk_free_limit: u64,
+    /// A JSON file of policies in the shape of RabbitMQ's definitions export (its
+    /// `policies` section); read at start and again on SIGHUP.
+    #[arg(long, env = "WARREN_POLICIES")]
+    pub policies: Option<PathBuf>,
     /// Largest message body accepted, in bytes (RabbitMQ's `max_message_size`).
     #[arg(long, env = "WARREN_MAX_MESSAGE_SIZE", default_value_t = 128 * 1024 * 1024)]
     pub max_message_size: u64,

@@ -30,6 +30,27 @@ impl Shutdown {
     }
 }
 
+/// Reads the policy file again on every SIGHUP, as long as the broker runs.
+async fn reload_policies_on_hangup(broker: std::sync::Weak<Broker>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            error!("cannot listen for SIGHUP; policies will not be reloaded");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            // A refused reload is logged, with its reason, where it is refused.
+            let _ = broker.reload_policies();
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = broker;
+}
+
 /// Serves AMQP connections from `listener` until `shutdown` resolves, then closes every
 /// connection with 320 CONNECTION_FORCED and returns when they are gone.
 ///
@@ -43,6 +64,9 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let broker = Arc::new(Broker::open(config).map_err(std::io::Error::other)?);
     crate::alarms::spawn_monitor(&broker);
+    if broker.config().policies.is_some() {
+        tokio::spawn(reload_policies_on_hangup(Arc::downgrade(&broker)));
+    }
     let (stop, stopping) = watch::channel(false);
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {

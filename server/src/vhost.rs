@@ -14,6 +14,7 @@ use crate::exchange::{
 };
 use crate::message::{Handling, Message};
 use crate::names;
+use crate::policy::{self, Policies};
 use crate::queue::arguments::{self, QueueArguments};
 use crate::queue::dead_letter::{self, DeadLetter};
 use crate::queue::{ConnectionId, Enqueued, Queue, QueueSettings};
@@ -53,8 +54,36 @@ pub struct VHost {
     store: Option<Arc<BrokerStore>>,
     /// Wake-ups for its queues' expiries.
     timers: Arc<Timers>,
+    /// The broker's policies, applied to queues by name.
+    policies: Arc<RwLock<Policies>>,
     /// Itself, handed to its queues so that they can dead-letter through it.
     me: Weak<VHost>,
+}
+
+/// RabbitMQ's predeclared exchanges, present in every vhost.
+fn predeclared_exchanges() -> HashMap<String, Arc<Exchange>> {
+    [
+        ("amq.direct", ExchangeKind::Direct),
+        ("amq.fanout", ExchangeKind::Fanout),
+        ("amq.topic", ExchangeKind::Topic),
+        ("amq.headers", ExchangeKind::Headers),
+        ("amq.match", ExchangeKind::Headers),
+    ]
+    .into_iter()
+    .map(|(name, kind)| {
+        let settings = ExchangeSettings {
+            kind,
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::default(),
+        };
+        (
+            name.to_owned(),
+            Arc::new(Exchange::new(name.into(), settings)),
+        )
+    })
+    .collect()
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -63,47 +92,43 @@ fn yes_no(b: bool) -> &'static str {
 
 impl VHost {
     /// A vhost with RabbitMQ's predeclared exchanges, storing durable things in `store`.
-    pub fn new(name: &str, store: Option<Arc<BrokerStore>>, timers: Arc<Timers>) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self::with_defaults(name, store, timers, me.clone()))
-    }
-
-    fn with_defaults(
+    pub fn new(
         name: &str,
         store: Option<Arc<BrokerStore>>,
         timers: Arc<Timers>,
-        me: Weak<VHost>,
-    ) -> Self {
-        let vhost = Self {
+        policies: Arc<RwLock<Policies>>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Self {
             name: name.to_owned(),
-            exchanges: RwLock::default(),
+            exchanges: RwLock::new(predeclared_exchanges()),
             queues: RwLock::default(),
             reply_queues: RwLock::default(),
             store,
             timers,
-            me,
-        };
-        for (exchange, kind) in [
-            ("amq.direct", ExchangeKind::Direct),
-            ("amq.fanout", ExchangeKind::Fanout),
-            ("amq.topic", ExchangeKind::Topic),
-            ("amq.headers", ExchangeKind::Headers),
-            ("amq.match", ExchangeKind::Headers),
-        ] {
-            vhost.exchanges.write().insert(
-                exchange.to_owned(),
-                Arc::new(Exchange::new(
-                    exchange.into(),
-                    ExchangeSettings {
-                        kind,
-                        durable: true,
-                        auto_delete: false,
-                        internal: false,
-                        arguments: FieldTable::default(),
-                    },
-                )),
-            );
+            policies,
+            me: me.clone(),
+        })
+    }
+
+    /// The arguments `queue` runs with: its declared ones under the policy that matches
+    /// it, with RabbitMQ's precedence.
+    fn effective_arguments(&self, queue: &Queue) -> QueueArguments {
+        let settings = queue.settings();
+        let policies = self.policies.read();
+        let policy = policies.for_queue(&self.name, queue.name(), settings.parsed.queue_type);
+        policy::effective(
+            &settings.parsed,
+            &settings.arguments,
+            policy.map(|p| &p.definition),
+        )
+    }
+
+    /// Applies the current policies to every queue (after a reload).
+    pub fn apply_policies(&self) {
+        let queues: Vec<Arc<Queue>> = self.queues.read().values().cloned().collect();
+        for queue in queues {
+            queue.set_arguments(self.effective_arguments(&queue));
         }
-        vhost
     }
 
     /// The vhost's name.
@@ -344,6 +369,7 @@ impl VHost {
             log,
             &Recovery::default(),
         ));
+        queue.set_arguments(self.effective_arguments(&queue));
         queues.insert(declare.name.to_string(), queue.clone());
         queue.touch();
         Ok((queue, true))
@@ -793,6 +819,7 @@ impl VHost {
                 Some(log),
                 &recovery,
             ));
+            queue.set_arguments(self.effective_arguments(&queue));
             self.queues.write().insert(def.name.clone(), queue);
         }
         let restored: Vec<Arc<Queue>> = self.queues.read().values().cloned().collect();

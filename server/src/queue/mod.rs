@@ -449,6 +449,24 @@ impl Queue {
         u32::try_from(self.state.lock().consumers.len()).unwrap_or(u32::MAX)
     }
 
+    /// Replaces the arguments in force (a policy changed) and applies them at once:
+    /// length limits drop what is now too much, TTLs expire what is now too old.
+    pub fn set_arguments(self: &Arc<Self>, args: QueueArguments) {
+        let mut letters = Vec::new();
+        {
+            let mut st = self.state.lock();
+            if args.message_ttl.is_some() && st.args.message_ttl != args.message_ttl {
+                tracing::debug!(queue = %self.name, "message TTL changed; it applies to new messages");
+            }
+            st.args = args;
+            st.drop_head(&self.name, &mut letters);
+            st.expire(&self.name, now_ms() + 1, &mut letters);
+            st.timer_at_ms = 0;
+            self.arm_timer(&mut st);
+        }
+        self.dead_letter(letters);
+    }
+
     /// Notes a use of the queue (a declaration), which restarts its `x-expires`
     /// countdown, and drops what expired meanwhile.
     pub fn touch(self: &Arc<Self>) {
