@@ -666,3 +666,35 @@ async fn pipelined_publishes_are_all_confirmed_once_in_order() {
         assert_eq!(body(&next_delivery(&mut consumer).await), format!("m{i}"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_channel_open_sent_with_connection_open_is_answered() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::connect(server.addr()).await;
+    raw.start().await;
+    raw.start_ok().await;
+    let tune = raw.tune().await;
+    raw.tune_ok(tune.channel_max, tune.frame_max, 0).await;
+    // connection.open and channel.open in one write, without waiting for open-ok.
+    let mut bytes = Raw::encode(&AMQPFrame::Method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Open(connection::Open {
+            virtual_host: "/".into(),
+        })),
+    ));
+    bytes.extend(Raw::encode(&AMQPFrame::Method(
+        1,
+        AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::Open(
+            amq_protocol::protocol::channel::Open {},
+        )),
+    )));
+    raw.send(&bytes).await;
+    match raw.method().await {
+        (0, AMQPClass::Connection(connection::AMQPMethod::OpenOk(_))) => {}
+        other => panic!("expected connection.open-ok, got {other:?}"),
+    }
+    match raw.method().await {
+        (1, AMQPClass::Channel(amq_protocol::protocol::channel::AMQPMethod::OpenOk(_))) => {}
+        other => panic!("expected channel.open-ok, got {other:?}"),
+    }
+}

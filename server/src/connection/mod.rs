@@ -237,6 +237,10 @@ impl Connection {
         let mut alarms_open = true;
         let mut ack_deadlines = tokio::time::interval(ACK_TIMEOUT_CHECK);
         ack_deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Frames the client pipelined behind `connection.open` are already read.
+        if !io.rbuf.is_empty() {
+            self.process_input(io);
+        }
         loop {
             if let Phase::Done(_) = self.phase {
                 let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
