@@ -22,8 +22,14 @@ use super::consumer::{self, ConsumerPlan};
 use super::producer::{self, ProducerPlan};
 use super::shared::Shared;
 use super::stamp::{Clock, MessageId, Stamp};
-use super::topology::Route;
+use super::topology::{Route, Share};
 use super::wire::{self, ReadBuf};
+
+/// Every message of the one producer goes to the one queue.
+const WHOLE: Share = Share {
+    offset: 0,
+    stride: 1,
+};
 
 /// What the null broker does once the client is set up.
 #[derive(Debug, Clone, Copy)]
@@ -222,8 +228,9 @@ fn publish_capacity(confirm_window: u32) -> Result<()> {
         index: 0,
         route: Route {
             exchange: String::new(),
-            routing_key: "q".into(),
+            routing_keys: vec!["q".into()],
             queues: vec![0],
+            fanout: false,
         },
         size: 16,
         persistent: false,
@@ -267,8 +274,9 @@ fn consume_capacity(no_ack: bool) -> Result<()> {
     shared.queues[0].expected.store(MESSAGES, Ordering::Relaxed);
     let plan = ConsumerPlan {
         index: 0,
-        queue_index: 0,
-        queue: "q".into(),
+        queues: vec![(0, "q".into())],
+        consumers: vec![0],
+        shares: vec![vec![Some(WHOLE)]],
         prefetch: 0,
         no_ack,
         ack_each: false,
@@ -286,7 +294,7 @@ fn consume_capacity(no_ack: bool) -> Result<()> {
         (result.consumed, result.duplicates, result.strays),
         (MESSAGES, 0, 0)
     );
-    assert_eq!(result.seen[0].len(), MESSAGES);
+    assert_eq!(result.seen[0][0].len(), MESSAGES);
     let cpu = result.cpu.unwrap_or_default().as_secs_f64();
     println!(
         "consume, 16 B, {}: {MESSAGES} msgs in {wall:.2} s wall = {:.0} msg/s; \
@@ -319,8 +327,9 @@ fn null_broker_round_trip() -> Result<()> {
         index: 0,
         route: Route {
             exchange: String::new(),
-            routing_key: "q".into(),
+            routing_keys: vec!["q".into()],
             queues: vec![0],
+            fanout: false,
         },
         size: 100,
         persistent: true,
@@ -347,8 +356,9 @@ fn null_broker_round_trip() -> Result<()> {
     shared.queues[0].expected.store(10_000, Ordering::Relaxed);
     let plan = ConsumerPlan {
         index: 0,
-        queue_index: 0,
-        queue: "q".into(),
+        queues: vec![(0, "q".into())],
+        consumers: vec![0],
+        shares: vec![vec![Some(WHOLE)]],
         prefetch: 10,
         no_ack: false,
         ack_each: true,

@@ -1,9 +1,12 @@
-//! One consumer: a connection that reads big chunks, walks the deliveries in them in
-//! place (no allocation per message), records latency and identity, and acknowledges
-//! each chunk with one `basic.ack multiple=true` (or one per delivery with
-//! `--ack-each`, or none with `--no-ack`).
+//! One consuming connection: one channel with one or more consumers on it, reading big
+//! chunks, walking the deliveries in them in place (no allocation per message),
+//! recording latency and identity, and acknowledging each chunk with one
+//! `basic.ack multiple=true` (or one per delivery with `--ack-each`, or none with
+//! `--no-ack`).
 //!
-//! It stops once its queue has received everything producers published to it, or when
+//! Each consumer's tag names the slot of the queue it reads (`wp<slot>-…`), so that a
+//! connection reading several queues knows where each delivery came from. It stops
+//! once its queues have received everything producers published to them, or when
 //! nothing arrives for the drain timeout after producers finished.
 
 use std::io::Write;
@@ -24,21 +27,25 @@ use super::latency::latency_histogram;
 use super::seqset::SeqSet;
 use super::shared::{NOT_YET_KNOWN, QueueProgress, Shared};
 use super::stamp::{STAMP_LEN, Stamp};
+use super::topology::Share;
 use super::wire::{self, BASIC_DELIVER};
 
 /// How often a waiting consumer wakes to check whether it is done.
 const TICK: Duration = Duration::from_millis(100);
 
-/// What one consumer does.
+/// What one consuming connection does.
 #[derive(Debug, Clone)]
 pub struct ConsumerPlan {
-    /// Consumer index.
+    /// Consuming connection index.
     pub index: u16,
-    /// Index of the queue it reads.
-    pub queue_index: usize,
-    /// Name of that queue.
-    pub queue: String,
-    /// `basic.qos` prefetch count (ignored with `no_ack`).
+    /// The distinct queues its consumers read, by slot: queue index and name.
+    pub queues: Vec<(usize, String)>,
+    /// One entry per consumer on the channel: the slot of the queue it reads.
+    pub consumers: Vec<usize>,
+    /// Per slot, then per producer: which of that producer's messages the queue
+    /// receives (`None`: none).
+    pub shares: Vec<Vec<Option<Share>>>,
+    /// `basic.qos` prefetch count, per consumer (ignored with `no_ack`).
     pub prefetch: u16,
     /// Automatic acknowledgement.
     pub no_ack: bool,
@@ -50,19 +57,20 @@ pub struct ConsumerPlan {
     pub drain_timeout: Duration,
 }
 
-/// What one consumer saw.
+/// What one consuming connection saw.
 #[derive(Debug)]
 pub struct ConsumerResult {
-    /// Consumer index.
+    /// Consuming connection index.
     pub index: u16,
-    /// Index of the queue it read.
-    pub queue_index: usize,
+    /// Per slot, the index of the queue read.
+    pub queues: Vec<usize>,
     /// Deliveries received.
     pub consumed: u64,
     /// Body bytes received.
     pub bytes: u64,
-    /// Per producer, the sequence numbers received.
-    pub seen: Vec<SeqSet>,
+    /// Per slot, then per producer: the messages received, numbered by their index in
+    /// the producer's [`Share`] of that queue.
+    pub seen: Vec<Vec<SeqSet>>,
     /// Deliveries of a message this consumer had already received.
     pub duplicates: u64,
     /// Deliveries not stamped by this run's producers.
@@ -79,7 +87,11 @@ pub struct ConsumerResult {
     pub cpu: Option<Duration>,
 }
 
-/// Opens a consumer's connection, sets prefetch and starts consuming.
+/// Opens a consuming connection, sets prefetch and starts its consumers (pipelined:
+/// one write for all the `basic.consume`s).
+///
+/// Returns once every consumer is confirmed, or once deliveries overtake the
+/// remaining `consume-ok`s (a full queue); [`run`] then passes over the rest.
 ///
 /// # Errors
 /// Connection or broker failures (e.g. a missing queue).
@@ -91,19 +103,62 @@ pub fn connect(endpoint: &Endpoint, plan: &ConsumerPlan) -> Result<Connection> {
             global: false,
         })))?;
     }
-    match conn.call(AMQPClass::Basic(basic::AMQPMethod::Consume(
-        basic::Consume {
-            queue: plan.queue.as_str().into(),
-            consumer_tag: format!("warren-perf-{}", plan.index).into(),
-            no_local: false,
-            no_ack: plan.no_ack,
-            exclusive: false,
-            nowait: false,
-            arguments: FieldTable::default(),
-        },
-    )))? {
-        AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)) => Ok(conn),
-        other => bail!("expected basic.consume-ok, got {other:?}"),
+    let consumes: Vec<AMQPClass> = plan
+        .consumers
+        .iter()
+        .enumerate()
+        .map(|(k, &slot)| {
+            AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+                queue: plan.queues[slot].1.as_str().into(),
+                consumer_tag: consumer_tag(slot, plan.index, k).into(),
+                no_local: false,
+                no_ack: plan.no_ack,
+                exclusive: false,
+                nowait: false,
+                arguments: FieldTable::default(),
+            }))
+        })
+        .collect();
+    conn.send_many(&consumes)?;
+    conn.take_replies(consumes.len(), |m| {
+        matches!(m, AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(_)))
+    })?;
+    Ok(conn)
+}
+
+/// The tag of consumer `k` of connection `index`, reading the queue in `slot`.
+fn consumer_tag(slot: usize, index: u16, k: usize) -> String {
+    format!("wp{slot}-{index}-{k}")
+}
+
+/// Finds the slot of a delivery's queue from its consumer tag.
+#[derive(Debug, Clone, Copy)]
+struct Slots {
+    /// How many slots there are; with one, tags need not be read.
+    count: usize,
+}
+
+impl Slots {
+    /// The slot named by the consumer tag of a `basic.deliver` payload.
+    fn of(self, deliver: &[u8]) -> Result<usize> {
+        if self.count == 1 {
+            return Ok(0);
+        }
+        let tag = wire::deliver_consumer_tag(deliver).context("malformed basic.deliver")?;
+        let digits = tag.strip_prefix(b"wp").unwrap_or_default();
+        let mut slot = 0usize;
+        let mut any = false;
+        for &b in digits.iter().take_while(|b| b.is_ascii_digit()) {
+            slot = slot * 10 + usize::from(b - b'0');
+            any = true;
+        }
+        if !any || slot >= self.count {
+            bail!(
+                "delivery for a consumer tag this connection did not set up: {:?}",
+                String::from_utf8_lossy(tag)
+            );
+        }
+        Ok(slot)
     }
 }
 
@@ -113,9 +168,14 @@ enum Phase {
     /// Between deliveries.
     Idle,
     /// After `basic.deliver`, waiting for the content header.
-    Header { tag: u64, redelivered: bool },
+    Header {
+        slot: usize,
+        tag: u64,
+        redelivered: bool,
+    },
     /// Reading body frames.
     Body {
+        slot: usize,
         tag: u64,
         redelivered: bool,
         size: u64,
@@ -126,6 +186,7 @@ enum Phase {
 
 /// A delivery whose frames have all arrived.
 struct Delivered {
+    slot: usize,
     tag: u64,
     redelivered: bool,
     size: u64,
@@ -143,7 +204,15 @@ pub fn run(
 ) -> Result<ConsumerResult> {
     let cpu_start = cpu::thread_cpu();
     let mut tally = Tally::new(plan)?;
-    let queue = &shared.queues[plan.queue_index];
+    let queues: Vec<&QueueProgress> = plan
+        .queues
+        .iter()
+        .map(|(q, _)| &shared.queues[*q])
+        .collect();
+    let slots = Slots {
+        count: plan.queues.len(),
+    };
+    let mut received: Vec<u64> = vec![0; queues.len()];
     conn.stream.set_read_timeout(Some(TICK))?;
     let mut out = BytesMut::with_capacity(64 * 1024);
     let mut phase = Phase::Idle;
@@ -155,10 +224,11 @@ pub fn run(
         let now_nanos = shared.clock.now_nanos();
         let mut batch = 0u64;
         while let Some((frame, used)) = wire::split_frame(conn.rbuf.data(), conn.frame_max)? {
-            let done = step(&mut phase, frame)?;
+            let done = step(&mut phase, frame, slots)?;
             conn.rbuf.consume(used);
             if let Some(d) = done {
                 batch += 1;
+                received[d.slot] += 1;
                 acker.delivered(d.tag);
                 tally.record(&d, now_nanos, shared, &mut issued);
             }
@@ -176,9 +246,14 @@ pub fn run(
         }
         if batch > 0 {
             shared.consumed.fetch_add(batch, Ordering::Relaxed);
-            queue.received.fetch_add(batch, Ordering::AcqRel);
+            for (queue, n) in queues.iter().zip(&mut received) {
+                if *n > 0 {
+                    queue.received.fetch_add(*n, Ordering::AcqRel);
+                    *n = 0;
+                }
+            }
         }
-        match stop.check(batch > 0, queue) {
+        match stop.check(batch > 0, &queues) {
             Some(Stop::Done) => break,
             Some(Stop::GaveUp) => {
                 tally.timed_out = true;
@@ -254,14 +329,14 @@ impl Acker {
 /// Why a consumer stops.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
-    /// Its queue received everything producers sent it.
+    /// Its queues received everything producers sent them.
     Done,
     /// Producers are done, and nothing arrived for the drain timeout.
     GaveUp,
 }
 
-/// When a consumer stops: once its queue has everything, or once nothing has arrived
-/// for the drain timeout after producers finished.
+/// When a consumer stops: once its queues have everything, or once nothing has
+/// arrived for the drain timeout after producers finished.
 #[derive(Debug)]
 struct StopRule {
     drain_timeout: Duration,
@@ -278,12 +353,16 @@ impl StopRule {
     }
 
     /// Checks after a read that brought deliveries (`progress`) or none.
-    fn check(&mut self, progress: bool, queue: &QueueProgress) -> Option<Stop> {
-        let expected = queue.expected.load(Ordering::Acquire);
-        if expected == NOT_YET_KNOWN {
-            return None;
+    fn check(&mut self, progress: bool, queues: &[&QueueProgress]) -> Option<Stop> {
+        let mut done = true;
+        for queue in queues {
+            let expected = queue.expected.load(Ordering::Acquire);
+            if expected == NOT_YET_KNOWN {
+                return None;
+            }
+            done &= queue.received.load(Ordering::Acquire) >= expected;
         }
-        if queue.received.load(Ordering::Acquire) >= expected {
+        if done {
             return Some(Stop::Done);
         }
         let last = self.last_progress.get_or_insert_with(Instant::now);
@@ -295,12 +374,18 @@ impl StopRule {
 }
 
 /// Advances the delivery state machine by one frame; returns a delivery once complete.
-fn step(phase: &mut Phase, frame: wire::RawFrame<'_>) -> Result<Option<Delivered>> {
+/// Other methods (late `consume-ok`s among them) pass; closes and cancels are errors.
+fn step(phase: &mut Phase, frame: wire::RawFrame<'_>, slots: Slots) -> Result<Option<Delivered>> {
     match (frame.kind, *phase) {
         (wire::METHOD, Phase::Idle) if wire::method_ids(frame.payload) == Some(BASIC_DELIVER) => {
             let (tag, redelivered) =
                 wire::deliver_fields(frame.payload).context("malformed basic.deliver")?;
-            *phase = Phase::Header { tag, redelivered };
+            let slot = slots.of(frame.payload)?;
+            *phase = Phase::Header {
+                slot,
+                tag,
+                redelivered,
+            };
             Ok(None)
         }
         (wire::METHOD, Phase::Idle) => {
@@ -313,7 +398,14 @@ fn step(phase: &mut Phase, frame: wire::RawFrame<'_>) -> Result<Option<Delivered
             }
             Ok(None)
         }
-        (wire::HEADER, Phase::Header { tag, redelivered }) => {
+        (
+            wire::HEADER,
+            Phase::Header {
+                slot,
+                tag,
+                redelivered,
+            },
+        ) => {
             let (size, properties) =
                 wire::header_fields(frame.payload).context("malformed content header")?;
             let stamp = if size < STAMP_LEN as u64 {
@@ -324,6 +416,7 @@ fn step(phase: &mut Phase, frame: wire::RawFrame<'_>) -> Result<Option<Delivered
             if size == 0 {
                 *phase = Phase::Idle;
                 return Ok(Some(Delivered {
+                    slot,
                     tag,
                     redelivered,
                     size,
@@ -331,6 +424,7 @@ fn step(phase: &mut Phase, frame: wire::RawFrame<'_>) -> Result<Option<Delivered
                 }));
             }
             *phase = Phase::Body {
+                slot,
                 tag,
                 redelivered,
                 size,
@@ -342,6 +436,7 @@ fn step(phase: &mut Phase, frame: wire::RawFrame<'_>) -> Result<Option<Delivered
         (
             wire::BODY,
             Phase::Body {
+                slot,
                 tag,
                 redelivered,
                 size,
@@ -362,6 +457,7 @@ fn step(phase: &mut Phase, frame: wire::RawFrame<'_>) -> Result<Option<Delivered
             if remaining == 0 {
                 *phase = Phase::Idle;
                 return Ok(Some(Delivered {
+                    slot,
                     tag,
                     redelivered,
                     size,
@@ -369,6 +465,7 @@ fn step(phase: &mut Phase, frame: wire::RawFrame<'_>) -> Result<Option<Delivered
                 }));
             }
             *phase = Phase::Body {
+                slot,
                 tag,
                 redelivered,
                 size,
@@ -382,11 +479,12 @@ fn step(phase: &mut Phase, frame: wire::RawFrame<'_>) -> Result<Option<Delivered
     }
 }
 
-/// Running totals of one consumer.
+/// Running totals of one consuming connection.
 struct Tally {
     consumed: u64,
     bytes: u64,
-    seen: Vec<SeqSet>,
+    seen: Vec<Vec<SeqSet>>,
+    shares: Vec<Vec<Option<Share>>>,
     duplicates: u64,
     strays: u64,
     redelivered: u64,
@@ -400,7 +498,8 @@ impl Tally {
         Ok(Self {
             consumed: 0,
             bytes: 0,
-            seen: (0..plan.producers).map(|_| SeqSet::new()).collect(),
+            seen: vec![vec![SeqSet::new(); plan.producers]; plan.queues.len()],
+            shares: plan.shares.clone(),
             duplicates: 0,
             strays: 0,
             redelivered: 0,
@@ -434,7 +533,13 @@ impl Tally {
                 return;
             }
         }
-        if !self.seen[producer].insert(seq) {
+        let share = self.shares[d.slot].get(producer).copied().flatten();
+        let Some(index) = share.and_then(|s| s.index(seq)) else {
+            // A message of this run, but not one routed to this queue.
+            self.strays += 1;
+            return;
+        };
+        if !self.seen[d.slot][producer].insert(index) {
             self.duplicates += 1;
         }
         self.latency
@@ -444,7 +549,7 @@ impl Tally {
     fn finish(self, plan: &ConsumerPlan, cpu: Option<Duration>) -> ConsumerResult {
         ConsumerResult {
             index: plan.index,
-            queue_index: plan.queue_index,
+            queues: plan.queues.iter().map(|(q, _)| *q).collect(),
             consumed: self.consumed,
             bytes: self.bytes,
             seen: self.seen,
@@ -468,8 +573,12 @@ mod tests {
     fn plan(no_ack: bool, ack_each: bool) -> ConsumerPlan {
         ConsumerPlan {
             index: 0,
-            queue_index: 0,
-            queue: "q".into(),
+            queues: vec![(0, "q".into())],
+            consumers: vec![0],
+            shares: vec![vec![Some(Share {
+                offset: 0,
+                stride: 1,
+            })]],
             prefetch: 10,
             no_ack,
             ack_each,
@@ -482,7 +591,7 @@ mod tests {
         encode::deliver(
             out,
             CHANNEL,
-            "ctag",
+            "wp1-0-3",
             encode::DeliveryInfo {
                 delivery_tag: tag,
                 redelivered: tag == 2,
@@ -509,11 +618,42 @@ mod tests {
         let mut at = 0;
         while let Some((frame, used)) = split_frame(&out[at..], 4096).expect("valid") {
             at += used;
-            if let Some(d) = step(&mut phase, frame).expect("in order") {
-                done.push((d.tag, d.redelivered, d.size, d.stamp));
+            if let Some(d) = step(&mut phase, frame, Slots { count: 2 }).expect("in order") {
+                done.push((d.slot, d.tag, d.redelivered, d.size, d.stamp));
             }
         }
-        assert_eq!(done, [(1, false, 10_000, Some(stamp)), (2, true, 0, None)]);
+        assert_eq!(
+            done,
+            [(1, 1, false, 10_000, Some(stamp)), (1, 2, true, 0, None)]
+        );
+        let (frame, _) = split_frame(&out, 4096).expect("valid").expect("whole");
+        let mut phase = Phase::Idle;
+        step(&mut phase, frame, Slots { count: 1 }).expect("one slot: tag unread");
+        assert!(matches!(phase, Phase::Header { slot: 0, .. }));
+    }
+
+    #[test]
+    fn consumer_tags_name_their_slot() {
+        let slot = |tag: &str, count: usize| {
+            let mut out = BytesMut::new();
+            encode::deliver(
+                &mut out,
+                CHANNEL,
+                tag,
+                encode::DeliveryInfo {
+                    delivery_tag: 1,
+                    redelivered: false,
+                    exchange: "",
+                    routing_key: "q",
+                },
+            );
+            let (frame, _) = split_frame(&out, 0).expect("valid").expect("whole");
+            Slots { count }.of(frame.payload).ok()
+        };
+        assert_eq!(slot(&consumer_tag(12, 3, 40), 13), Some(12));
+        assert_eq!(slot(&consumer_tag(12, 3, 40), 12), None);
+        assert_eq!(slot("amq.ctag-x", 2), None);
+        assert_eq!(slot("amq.ctag-x", 1), Some(0));
     }
 
     #[test]
@@ -521,7 +661,7 @@ mod tests {
         let mut out = BytesMut::new();
         encode::content(&mut out, CHANNEL, &[0, 0], b"x", 4096);
         let (frame, _) = split_frame(&out, 0).expect("valid").expect("whole");
-        assert!(step(&mut Phase::Idle, frame).is_err());
+        assert!(step(&mut Phase::Idle, frame, Slots { count: 1 }).is_err());
     }
 
     #[test]
@@ -554,13 +694,18 @@ mod tests {
             received: 0.into(),
             expected: NOT_YET_KNOWN.into(),
         };
+        let other = QueueProgress {
+            received: 1.into(),
+            expected: 1.into(),
+        };
+        let queues = [&queue, &other];
         let mut rule = StopRule::new(Duration::from_millis(20));
-        assert_eq!(rule.check(false, &queue), None);
+        assert_eq!(rule.check(false, &queues), None);
         queue.expected.store(2, Ordering::Relaxed);
-        assert_eq!(rule.check(false, &queue), None);
+        assert_eq!(rule.check(false, &queues), None);
         std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(rule.check(false, &queue), Some(Stop::GaveUp));
+        assert_eq!(rule.check(false, &queues), Some(Stop::GaveUp));
         queue.received.store(2, Ordering::Relaxed);
-        assert_eq!(rule.check(false, &queue), Some(Stop::Done));
+        assert_eq!(rule.check(false, &queues), Some(Stop::Done));
     }
 }

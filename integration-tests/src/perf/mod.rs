@@ -6,6 +6,8 @@
 //!
 //! - [`options`]: the command line and its checks.
 //! - [`conn`]: URI, blocking connection, handshake and setup calls.
+//! - [`connections`]: the connection-scale mode (`--connections`), on tokio tasks.
+//! - [`fdlimit`]: raising the open-file limit.
 //! - [`wire`]: read buffer, frame splitting, hot-path method fields.
 //! - [`stamp`]: the send time and identity each message carries.
 //! - [`message`]: encoding a stamped message into a producer's batch.
@@ -28,8 +30,10 @@
 mod capacity;
 pub mod confirms;
 pub mod conn;
+pub mod connections;
 pub mod consumer;
 pub mod cpu;
+pub mod fdlimit;
 pub mod latency;
 pub mod message;
 pub mod options;
@@ -45,5 +49,5 @@ pub mod verify;
 pub mod wire;
 
 pub use options::Options;
-pub use report::Report;
+pub use report::{Outcome, Report};
 pub use run::run;

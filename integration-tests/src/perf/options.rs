@@ -18,6 +18,11 @@ Examples (against a broker on 127.0.0.1:5672 unless --uri says otherwise):
   warren-perf --duration 10 --confirm 256 --persistent -x 4   confirms, durable, 4 producers
   warren-perf --duration 10 --exchange-type fanout --queues 50 --consumers 50
   warren-perf --duration 30 --rate 10000 --json               fixed rate: latency and CPU per message
+  warren-perf --duration 5 --queues 1000 -x 2 -y 2 --consumers-per-connection 500
+                                                              1000 queues, 4 connections in all
+  warren-perf --duration 5 --exchange-type topic --bindings 10000
+                                                              routing past 10,000 non-matching bindings
+  warren-perf --connections 10000 --hold 30                   open 10,000 consumer connections, hold, close
 
 Exit status: 0 verified (every message consumed exactly once), 1 verification failed,
 2 the run could not be carried out.";
@@ -63,14 +68,26 @@ pub struct Options {
     #[arg(long, short = 'x', default_value_t = 1)]
     pub producers: u16,
 
-    /// Consuming connections (one channel and consumer each), spread over the queues.
+    /// Consuming connections (one channel each, with --consumers-per-connection
+    /// consumers on it), spread over the queues.
     #[arg(long, short = 'y', default_value_t = 1)]
     pub consumers: u16,
 
-    /// Queues; producer `i` publishes to queue `i % N` (all of them with fanout),
-    /// consumer `j` consumes from queue `j % N`.
+    /// Consumers on each consuming connection's channel. Consumer `j` (of
+    /// consumers × this, numbered connection by connection) reads queue `j % queues`.
+    #[arg(long, default_value_t = 1)]
+    pub consumers_per_connection: u16,
+
+    /// Queues. With at least as many producers as queues, producer `i` publishes to
+    /// queue `i % N`; with fewer, producer `i` of `P` sends to queues `i`, `i + P`, …
+    /// in turn; with fanout every message reaches every queue.
     #[arg(long, default_value_t = 1)]
     pub queues: u16,
+
+    /// Extra bindings on the (direct or topic) exchange whose keys match no message,
+    /// leading to a queue that must stay empty: routing cost as bindings grow.
+    #[arg(long, default_value_t = 0)]
+    pub bindings: u32,
 
     /// Message body size in bytes.
     #[arg(long, short = 's', default_value_t = 16)]
@@ -142,6 +159,28 @@ pub struct Options {
     #[arg(long)]
     pub backlog: bool,
 
+    /// Connection-scale mode: open this many connections, each with one channel and
+    /// one consumer on its own exclusive queue; report how long opening took; print a
+    /// line `ready OPENED FAILED` on stdout; hold them until stdin closes (or for
+    /// --hold seconds); close them. No messages flow.
+    #[arg(long)]
+    pub connections: Option<u32>,
+
+    /// With --connections: connections being set up at once. Kept below the usual
+    /// listen backlog (128 for both Warren and RabbitMQ): above it, dropped SYNs add
+    /// one-second retransmission stalls that measure the kernel, not the broker.
+    #[arg(long, default_value_t = 100)]
+    pub connect_concurrency: u32,
+
+    /// With --connections: seconds to hold the connections open, instead of waiting
+    /// for stdin to close.
+    #[arg(long)]
+    pub hold: Option<f64>,
+
+    /// With --connections: stop trying new connections after this many failed.
+    #[arg(long, default_value_t = 100)]
+    pub max_failures: u32,
+
     /// Print one JSON object on stdout instead of the text report.
     #[arg(long)]
     pub json: bool,
@@ -163,12 +202,27 @@ impl Options {
         if self.queues == 0 {
             bail!("--queues must be at least 1");
         }
-        if self.consumers != 0 && self.consumers < self.queues {
+        if self.consumers_per_connection == 0 {
+            bail!("--consumers-per-connection must be at least 1");
+        }
+        if self.consumers != 0 && self.total_consumers() < usize::from(self.queues) {
             bail!(
-                "--consumers ({}) must be 0 or at least --queues ({}): every queue needs a consumer",
-                self.consumers,
+                "--consumers × --consumers-per-connection ({}) must be 0 or at least --queues ({}): \
+                 every queue needs a consumer",
+                self.total_consumers(),
                 self.queues
             );
+        }
+        if self.connections == Some(0) {
+            bail!("--connections must be at least 1");
+        }
+        if self.connect_concurrency == 0 {
+            bail!("--connect-concurrency must be at least 1");
+        }
+        if let Some(hold) = self.hold {
+            if !(hold.is_finite() && hold >= 0.0) {
+                bail!("--hold must be a number of seconds");
+            }
         }
         if self.size > 64 << 20 {
             bail!("--size above 64 MiB is not supported");
@@ -188,6 +242,11 @@ impl Options {
             bail!("--count must be at least 1");
         }
         Ok(())
+    }
+
+    /// Consumers in all: consuming connections times consumers on each.
+    pub fn total_consumers(&self) -> usize {
+        usize::from(self.consumers) * usize::from(self.consumers_per_connection)
     }
 
     /// How long producers publish at most.
@@ -241,5 +300,28 @@ mod tests {
         parse(&["--queues", "3", "--consumers", "0"])
             .validate()
             .expect("publish only");
+        parse(&[
+            "--queues",
+            "6",
+            "--consumers",
+            "2",
+            "--consumers-per-connection",
+            "3",
+        ])
+        .validate()
+        .expect("six consumers on two connections");
+        assert!(
+            parse(&[
+                "--queues",
+                "7",
+                "--consumers",
+                "2",
+                "--consumers-per-connection",
+                "3"
+            ])
+            .validate()
+            .is_err()
+        );
+        assert!(parse(&["--connections", "0"]).validate().is_err());
     }
 }

@@ -301,15 +301,36 @@ fn publish(
     frame_max: u32,
 ) -> (u64, Duration, Result<()>) {
     let index = usize::from(plan.index);
-    let mut message = MessageWriter::new(
-        CHANNEL,
-        &plan.route.exchange,
-        &plan.route.routing_key,
-        plan.size,
-        plan.persistent,
-        frame_max,
-    );
-    let batch_max = ((BATCH_BYTES / message.encoded_len()) as u64).clamp(1, BATCH_MESSAGES);
+    // One writer per routing key, used in turn; all encode to the same length (queue
+    // names share one width), so a byte count still tells how many messages went out.
+    let mut messages: Vec<MessageWriter> = plan
+        .route
+        .routing_keys
+        .iter()
+        .map(|key| {
+            MessageWriter::new(
+                CHANNEL,
+                &plan.route.exchange,
+                key,
+                plan.size,
+                plan.persistent,
+                frame_max,
+            )
+        })
+        .collect();
+    let Some(encoded_len) = messages.first().map(MessageWriter::encoded_len) else {
+        return (
+            0,
+            Duration::ZERO,
+            Err(anyhow!("producer {index} has no routing key")),
+        );
+    };
+    if messages.iter().any(|m| m.encoded_len() != encoded_len) {
+        let error = anyhow!("producer {index}: routing keys of different lengths");
+        return (0, Duration::ZERO, Err(error));
+    }
+    let keys = messages.len() as u64;
+    let batch_max = ((BATCH_BYTES / encoded_len) as u64).clamp(1, BATCH_MESSAGES);
     let window = u64::from(plan.confirm_window);
     let mut seq = 0u64;
     let start = Instant::now();
@@ -354,10 +375,10 @@ fn publish(
         shared.issued[index].store(seq + n, Ordering::Release);
         for s in seq..seq + n {
             let id = MessageId::new(shared.nonce, plan.index, s);
-            message.write(&mut writer.out, Stamp { sent_nanos, id });
+            messages[(s % keys) as usize].write(&mut writer.out, Stamp { sent_nanos, id });
         }
         let stop = || Instant::now() >= deadline || shared.aborted();
-        let written = match writer.flush_batch(message.encoded_len(), stop) {
+        let written = match writer.flush_batch(encoded_len, stop) {
             Ok(written) => written,
             Err(e) => break Err(e),
         };

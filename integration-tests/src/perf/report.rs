@@ -1,5 +1,6 @@
-//! The run's results — rates, latency, the tool's CPU, the verdict — and their two
-//! renderings: a short text report for people and one JSON object for scripts.
+//! The run's results — rates, latency, the tool's CPU, the verdict; or, in
+//! connection-scale mode, set-up times and counts — and their two renderings: a short
+//! text report for people and one JSON object for scripts.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -16,10 +17,14 @@ pub struct Scenario {
     pub broker: String,
     /// Producers.
     pub producers: u16,
-    /// Consumers.
+    /// Consuming connections.
     pub consumers: u16,
+    /// Consumers on each consuming connection.
+    pub consumers_per_connection: u16,
     /// Queues.
     pub queues: u16,
+    /// Extra, never-matching bindings on the exchange.
+    pub bindings: u32,
     /// Exchange published to (empty: the default exchange).
     pub exchange: String,
     /// Its type, if not the default exchange.
@@ -132,12 +137,19 @@ impl Report {
             .rate
             .map(|r| format!(", {r} msg/s per producer"))
             .unwrap_or_default();
+        let consumers = match s.consumers_per_connection {
+            1 => format!("{} consumer(s)", s.consumers),
+            k => format!("{} consumer connection(s) × {k} consumers", s.consumers),
+        };
+        let exchange = match s.bindings {
+            0 => exchange,
+            n => format!("{exchange} (+{n} non-matching bindings)"),
+        };
         let _ = writeln!(
             out,
-            "warren-perf → {}: {} producer(s), {} consumer(s), {} queue(s) via {exchange}, {} B bodies, {}, {confirms}, {ack}{rate}",
+            "warren-perf → {}: {} producer(s), {consumers}, {} queue(s) via {exchange}, {} B bodies, {}, {confirms}, {ack}{rate}",
             s.broker,
             s.producers,
-            s.consumers,
             s.queues,
             s.size,
             if s.persistent {
@@ -233,6 +245,9 @@ fn verdict_line(v: &Verdict, queues: u16) -> String {
             if v.redelivered > 0 {
                 let _ = write!(line, ", redelivered {}", v.redelivered);
             }
+            if v.misrouted > 0 {
+                let _ = write!(line, ", {} behind non-matching bindings", v.misrouted);
+            }
             if v.timed_out_consumers > 0 {
                 let _ = write!(
                     line,
@@ -242,6 +257,200 @@ fn verdict_line(v: &Verdict, queues: u16) -> String {
             }
             line
         }
+    }
+}
+
+/// What a run found, in either mode.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// A message run (boxed: it is much the larger).
+    Messages(Box<Report>),
+    /// A connection-scale run (`--connections`).
+    Connections(ConnectionsReport),
+}
+
+impl Outcome {
+    /// Whether the run passed: every message exactly once, or every connection open.
+    pub fn ok(&self) -> bool {
+        match self {
+            Outcome::Messages(r) => r.verdict.ok(),
+            Outcome::Connections(r) => r.ok(),
+        }
+    }
+
+    /// The text report.
+    pub fn to_text(&self) -> String {
+        match self {
+            Outcome::Messages(r) => r.to_text(),
+            Outcome::Connections(r) => r.to_text(),
+        }
+    }
+
+    /// The report as one line of JSON.
+    ///
+    /// # Errors
+    /// Never in practice (all fields serialize).
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        match self {
+            Outcome::Messages(r) => r.to_json(),
+            Outcome::Connections(r) => r.to_json(),
+        }
+    }
+}
+
+/// Time from starting a connection's set-up to its `consume-ok`, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct OpenLatency {
+    /// Median.
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Slowest.
+    pub max_ms: f64,
+}
+
+impl OpenLatency {
+    /// Percentiles of sorted durations; `None` if there are none.
+    pub fn from_sorted(sorted: &[Duration]) -> Option<Self> {
+        let last = sorted.len().checked_sub(1)?;
+        let at = |q: f64| sorted[((last as f64 * q).round() as usize).min(last)];
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        Some(Self {
+            p50_ms: ms(at(0.5)),
+            p99_ms: ms(at(0.99)),
+            max_ms: ms(sorted[last]),
+        })
+    }
+}
+
+/// One kind of error and how many connections hit it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorCount {
+    /// The error text.
+    pub error: String,
+    /// Connections that hit it.
+    pub count: u32,
+}
+
+/// What a connection-scale run (`--connections`) found.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionsReport {
+    /// Broker host and port.
+    pub broker: String,
+    /// Connections asked for.
+    pub requested: u32,
+    /// Set-ups under way at once at most.
+    pub concurrency: u32,
+    /// Connections that got as far as `consume-ok`.
+    pub opened: u32,
+    /// Connections whose set-up failed.
+    pub failed: u32,
+    /// Connections not tried because too many had failed.
+    pub not_attempted: u32,
+    /// Seconds from the first connect to the last set-up finishing.
+    pub open_secs: f64,
+    /// Connections opened per second over that time.
+    pub opens_per_sec: f64,
+    /// Set-up time of one connection.
+    pub open_latency: Option<OpenLatency>,
+    /// Seconds the connections were held open.
+    pub held_secs: f64,
+    /// Connections the broker closed (or that failed) while held.
+    pub lost_while_held: u32,
+    /// Connections the tool closed.
+    pub closed: u32,
+    /// Of those, the ones the broker answered with `close-ok`.
+    pub closed_cleanly: u32,
+    /// Seconds closing took.
+    pub close_secs: f64,
+    /// The tool's CPU seconds while opening.
+    pub tool_cpu_secs: Option<f64>,
+    /// The tool's open-file soft limit, after raising it to the hard limit.
+    pub nofile_limit: Option<u64>,
+    /// What went wrong, most frequent first.
+    pub errors: Vec<ErrorCount>,
+}
+
+impl ConnectionsReport {
+    /// Whether every connection opened, stayed open and closed cleanly.
+    pub fn ok(&self) -> bool {
+        self.opened == self.requested
+            && self.lost_while_held == 0
+            && self.closed_cleanly == self.opened
+    }
+
+    /// The text report.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "warren-perf → {}: {} connections, each with one channel and one consumer on its own \
+             exclusive queue, {} set-ups at a time",
+            self.broker, self.requested, self.concurrency
+        );
+        let latency = self
+            .open_latency
+            .as_ref()
+            .map(|l| {
+                format!(
+                    "; each p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                    l.p50_ms, l.p99_ms, l.max_ms
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "opened    {} of {} in {:.2} s: {:.0} connections/s{latency}",
+            self.opened, self.requested, self.open_secs, self.opens_per_sec
+        );
+        let _ = writeln!(
+            out,
+            "held      {:.2} s, {} lost meanwhile",
+            self.held_secs, self.lost_while_held
+        );
+        let _ = writeln!(
+            out,
+            "closed    {} in {:.2} s, {} with close-ok",
+            self.closed, self.close_secs, self.closed_cleanly
+        );
+        if let Some(cpu) = self.tool_cpu_secs {
+            let limit = self
+                .nofile_limit
+                .map(|l| format!(" (open-file limit {l})"))
+                .unwrap_or_default();
+            let _ = writeln!(out, "tool CPU  {cpu:.2} s while opening{limit}");
+        }
+        for e in &self.errors {
+            let _ = writeln!(out, "error     {} × {}", e.count, e.error);
+        }
+        if self.ok() {
+            let _ = writeln!(
+                out,
+                "verified: all {} consumers got consume-ok, held, closed cleanly",
+                self.requested
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "FAILED: {} of {} consumers got consume-ok ({} failed, {} not attempted), \
+                 {} lost while held, {} closed cleanly",
+                self.opened,
+                self.requested,
+                self.failed,
+                self.not_attempted,
+                self.lost_while_held,
+                self.closed_cleanly
+            );
+        }
+        out
+    }
+
+    /// The report as one line of JSON.
+    ///
+    /// # Errors
+    /// Never in practice (all fields serialize).
+    pub fn to_json(&self) -> serde_json::Result<String> {
+        serde_json::to_string(self)
     }
 }
 

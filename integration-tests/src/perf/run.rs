@@ -10,29 +10,44 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow};
 
 use super::conn::Endpoint;
+use super::connections;
 use super::consumer::{self, ConsumerPlan, ConsumerResult};
 use super::cpu;
 use super::latency::{Latency, latency_histogram};
 use super::options::Options;
 use super::producer::{self, ProducerPlan, ProducerResult};
 use super::progress::Progress;
-use super::report::{CpuUse, Report, Scenario, Throughput};
+use super::report::{CpuUse, Outcome, Report, Scenario, Throughput};
 use super::shared::Shared;
 use super::stamp::Clock;
 use super::topology::{Route, Topology};
 use super::verify;
 
-/// Runs the load described by `opts` and reports on it.
+/// Runs the load described by `opts` (or, with `--connections`, the connection-scale
+/// mode) and reports on it.
 ///
 /// # Errors
 /// Invalid options, and any connection or broker failure during the run. A run that
-/// completes with lost or duplicated messages is not an error: its report says so.
-pub fn run(opts: &Options) -> Result<Report> {
+/// completes with lost or duplicated messages, or with connections the broker
+/// refused, is not an error: its report says so.
+pub fn run(opts: &Options) -> Result<Outcome> {
     opts.validate()?;
     let endpoint = Endpoint::parse(&opts.uri)?;
+    if let Some(count) = opts.connections {
+        return connections::run(opts, &endpoint, count).map(Outcome::Connections);
+    }
     let topology = Topology::plan(opts)?;
     topology.declare(&endpoint).context("declaring queues")?;
-    let result = run_load(opts, &endpoint, &topology);
+    let result = run_load(opts, &endpoint, &topology).and_then(|mut report| {
+        if topology.sink.is_some() {
+            report.verdict.misrouted = topology
+                .sink_messages(&endpoint)
+                .context("checking the queue behind the unmatched bindings")?
+                .into();
+            report.verdict.settle();
+        }
+        Ok(Outcome::Messages(Box::new(report)))
+    });
     if !opts.keep {
         if let Err(e) = topology.delete(&endpoint) {
             eprintln!("warren-perf: warning: deleting the queues failed: {e:#}");
@@ -58,7 +73,7 @@ fn run_load(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Result<
         None
     } else {
         Some(spawn_consumers(
-            opts, endpoint, topology, &shared, &ready_tx,
+            opts, endpoint, topology, &routes, &shared, &ready_tx,
         )?)
     };
     let producers = spawn_producers(opts, endpoint, &routes, &shared, &ready_tx)?;
@@ -81,7 +96,9 @@ fn run_load(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Result<
         let mut expected = vec![0u64; topology.queues.len()];
         for (result, route) in results.iter().zip(&routes) {
             for &q in &route.queues {
-                expected[q] += result.published;
+                expected[q] += route
+                    .share(q)
+                    .map_or(0, |share| share.count(result.published));
             }
         }
         for (progress, expected) in shared.queues.iter().zip(expected) {
@@ -95,7 +112,7 @@ fn run_load(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Result<
         None => {
             // Backlog mode: the queues are full now; the consumers start draining.
             let (ready_tx, ready_rx) = mpsc::channel::<bool>();
-            let consumers = spawn_consumers(opts, endpoint, topology, &shared, &ready_tx)?;
+            let consumers = spawn_consumers(opts, endpoint, topology, &routes, &shared, &ready_tx)?;
             drop(ready_tx);
             if !(0..consumers.len()).all(|_| ready_rx.recv().unwrap_or(false)) {
                 shared.abort();
@@ -174,26 +191,57 @@ fn sum_cpu(cpus: impl Iterator<Item = Option<Duration>>) -> Option<Duration> {
     cpus.sum()
 }
 
+/// The plan of consuming connection `index`: consumers `index * k .. (index + 1) * k`
+/// of the run (`k` per connection), consumer `j` reading queue `j % queues`.
+fn consumer_plan(
+    opts: &Options,
+    index: u16,
+    topology: &Topology,
+    routes: &[Route],
+) -> ConsumerPlan {
+    let per_connection = usize::from(opts.consumers_per_connection);
+    let first = usize::from(index) * per_connection;
+    let mut queues: Vec<(usize, String)> = Vec::new();
+    let mut consumers = Vec::with_capacity(per_connection);
+    for j in first..first + per_connection {
+        let q = topology.consumer_queue(j);
+        let slot = match queues.iter().position(|&(known, _)| known == q) {
+            Some(slot) => slot,
+            None => {
+                queues.push((q, topology.queues[q].clone()));
+                queues.len() - 1
+            }
+        };
+        consumers.push(slot);
+    }
+    let shares = queues
+        .iter()
+        .map(|&(q, _)| routes.iter().map(|r| r.share(q)).collect())
+        .collect();
+    ConsumerPlan {
+        index,
+        queues,
+        consumers,
+        shares,
+        prefetch: opts.prefetch,
+        no_ack: opts.no_ack,
+        ack_each: opts.ack_each,
+        producers: usize::from(opts.producers),
+        drain_timeout: Duration::from_secs_f64(opts.drain_timeout),
+    }
+}
+
 fn spawn_consumers(
     opts: &Options,
     endpoint: &Endpoint,
     topology: &Topology,
+    routes: &[Route],
     shared: &Arc<Shared>,
     ready: &mpsc::Sender<bool>,
 ) -> Result<Vec<JoinHandle<Result<ConsumerResult>>>> {
     (0..opts.consumers)
         .map(|index| {
-            let queue_index = topology.consumer_queue(usize::from(index));
-            let plan = ConsumerPlan {
-                index,
-                queue_index,
-                queue: topology.queues[queue_index].clone(),
-                prefetch: opts.prefetch,
-                no_ack: opts.no_ack,
-                ack_each: opts.ack_each,
-                producers: usize::from(opts.producers),
-                drain_timeout: Duration::from_secs_f64(opts.drain_timeout),
-            };
+            let plan = consumer_plan(opts, index, topology, routes);
             let (endpoint, shared, ready) = (endpoint.clone(), Arc::clone(shared), ready.clone());
             thread::Builder::new()
                 .name(format!("consumer-{index}"))
@@ -326,7 +374,9 @@ fn scenario(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Scenari
             .unwrap_or_default(),
         producers: opts.producers,
         consumers: opts.consumers,
+        consumers_per_connection: opts.consumers_per_connection,
         queues: opts.queues,
+        bindings: opts.bindings,
         exchange: topology.exchange.clone(),
         exchange_type: topology.exchange_type.map(|t| t.as_str().to_string()),
         size: opts.size,

@@ -1,6 +1,12 @@
 //! The queues and exchange a run uses: their names, which queues each producer's
 //! messages reach, which queue each consumer reads, and declaring, purging and
 //! deleting them on the broker.
+//!
+//! With more queues than producers (and no fanout), each producer publishes to its
+//! share of the queues in turn: producer `p` of `P` owns queues `p`, `p + P`, … and
+//! sends message `seq` to the `seq % n`-th of its `n` queues. Queue names are
+//! zero-padded to one width, so that every message of a producer encodes to the same
+//! length whichever queue it goes to.
 
 use std::time::Duration;
 
@@ -24,6 +30,13 @@ pub struct Topology {
     pub queues: Vec<String>,
     /// Durable queues and exchange (with `--persistent`).
     pub durable: bool,
+    /// Number of producers, which share the queues out between them.
+    pub producers: usize,
+    /// Queue that the extra, never-matching bindings (`--bindings`) lead to; it must
+    /// stay empty.
+    pub sink: Option<String>,
+    /// Extra bindings whose keys match no routing key the producers use.
+    pub bindings: u32,
 }
 
 /// Where one producer's messages go.
@@ -31,10 +44,64 @@ pub struct Topology {
 pub struct Route {
     /// Exchange to publish to.
     pub exchange: String,
-    /// Routing key to publish with.
-    pub routing_key: String,
-    /// Indexes of the queues each message reaches.
+    /// Routing keys, used in turn: message `seq` is published with
+    /// `routing_keys[seq % routing_keys.len()]`.
+    pub routing_keys: Vec<String>,
+    /// Indexes of the queues the messages reach: with `fanout` every message reaches
+    /// all of them; otherwise `routing_keys[k]` reaches `queues[k]` alone.
     pub queues: Vec<usize>,
+    /// Whether every message reaches every queue in `queues`.
+    pub fanout: bool,
+}
+
+/// Which of one producer's messages a queue receives: sequence numbers
+/// `offset`, `offset + stride`, `offset + 2 * stride`, …. Consumers and the verdict
+/// number them densely by `seq / stride` (their index in the share).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    /// The first sequence number the queue receives.
+    pub offset: u64,
+    /// Distance between the sequence numbers it receives.
+    pub stride: u64,
+}
+
+impl Share {
+    /// How many of the first `published` messages fall in the share.
+    pub fn count(&self, published: u64) -> u64 {
+        if published > self.offset {
+            (published - self.offset - 1) / self.stride + 1
+        } else {
+            0
+        }
+    }
+
+    /// The index in the share of message `seq`, or `None` if it is not in the share.
+    pub fn index(&self, seq: u64) -> Option<u64> {
+        (seq % self.stride == self.offset).then_some(seq / self.stride)
+    }
+
+    /// The sequence number of the share's `index`-th message.
+    pub fn seq(&self, index: u64) -> u64 {
+        index * self.stride + self.offset
+    }
+}
+
+impl Route {
+    /// Which of this producer's messages queue `queue` receives; `None` if none.
+    pub fn share(&self, queue: usize) -> Option<Share> {
+        let position = self.queues.iter().position(|&q| q == queue)?;
+        Some(if self.fanout {
+            Share {
+                offset: 0,
+                stride: 1,
+            }
+        } else {
+            Share {
+                offset: position as u64,
+                stride: self.queues.len() as u64,
+            }
+        })
+    }
 }
 
 impl Topology {
@@ -47,7 +114,10 @@ impl Topology {
         let queues: Vec<String> = if opts.queues == 1 {
             vec![prefix.clone()]
         } else {
-            (0..opts.queues).map(|k| format!("{prefix}-{k}")).collect()
+            let width = (opts.queues - 1).to_string().len();
+            (0..opts.queues)
+                .map(|k| format!("{prefix}-{k:0width$}"))
+                .collect()
         };
         let (exchange, exchange_type) = match (&opts.exchange, opts.exchange_type) {
             (Some(name), None) if name.is_empty() => (String::new(), None),
@@ -59,7 +129,16 @@ impl Topology {
         if exchange.is_empty() && exchange_type.is_some() {
             bail!("the default exchange cannot be given a type");
         }
-        for name in queues.iter().chain([&exchange]) {
+        let sink = (opts.bindings > 0).then(|| format!("{prefix}-unrouted"));
+        if opts.bindings > 0
+            && !matches!(
+                exchange_type,
+                Some(ExchangeType::Direct | ExchangeType::Topic)
+            )
+        {
+            bail!("--bindings needs a direct or topic exchange (--exchange-type)");
+        }
+        for name in queues.iter().chain([&exchange]).chain(&sink) {
             ShortString::try_new(name.as_str()).map_err(|e| anyhow!("name {name:?}: {e}"))?;
         }
         Ok(Self {
@@ -68,23 +147,50 @@ impl Topology {
             exchange_type,
             queues,
             durable: opts.persistent,
+            producers: usize::from(opts.producers).max(1),
+            sink,
+            bindings: opts.bindings,
         })
     }
 
-    /// Where producer `producer` publishes and which queues that reaches.
+    /// Where producer `producer` publishes and which queues that reaches: with fanout,
+    /// every queue; with at least as many producers as queues, queue
+    /// `producer % queues`; otherwise its share of the queues, in turn.
     pub fn route(&self, producer: usize) -> Route {
         if self.exchange_type == Some(ExchangeType::Fanout) {
             return Route {
                 exchange: self.exchange.clone(),
-                routing_key: String::new(),
+                routing_keys: vec![String::new()],
                 queues: (0..self.queues.len()).collect(),
+                fanout: true,
             };
         }
-        let q = producer % self.queues.len();
+        let queues: Vec<usize> = if self.producers >= self.queues.len() {
+            vec![producer % self.queues.len()]
+        } else {
+            (producer % self.producers..self.queues.len())
+                .step_by(self.producers)
+                .collect()
+        };
         Route {
             exchange: self.exchange.clone(),
-            routing_key: self.queues[q].clone(),
-            queues: vec![q],
+            routing_keys: queues.iter().map(|&q| self.queues[q].clone()).collect(),
+            queues,
+            fanout: false,
+        }
+    }
+
+    /// The `i`-th of the `--bindings` extra keys: never equal to (direct) or matching
+    /// (topic) a queue name, which is the only kind of routing key producers use.
+    /// Topic keys come in three shapes, so that a trie is exercised at its first,
+    /// second and third word.
+    pub fn unmatched_key(&self, i: u32) -> String {
+        let q = &self.queues[0];
+        match (self.exchange_type, i % 3) {
+            (Some(ExchangeType::Topic), 0) => format!("{q}.{i}"),
+            (Some(ExchangeType::Topic), 1) => format!("*.{q}.k{i}"),
+            (Some(ExchangeType::Topic), _) => format!("k{i}.#"),
+            _ => format!("{q}-unmatched-{i}"),
         }
     }
 
@@ -111,32 +217,69 @@ impl Topology {
                 },
             )))?;
         }
-        for name in &self.queues {
-            conn.call(AMQPClass::Queue(queue::AMQPMethod::Declare(
+        let mut setup = Vec::new();
+        for name in self.queues.iter().chain(&self.sink) {
+            setup.push(AMQPClass::Queue(queue::AMQPMethod::Declare(
                 queue::Declare {
                     queue: name.as_str().into(),
                     durable: self.durable,
                     ..Default::default()
                 },
-            )))?;
-            conn.call(AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
+            )));
+            setup.push(AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
                 queue: name.as_str().into(),
                 nowait: false,
-            })))?;
-            if self.exchange_type.is_some() {
+            })));
+        }
+        if self.exchange_type.is_some() {
+            for name in &self.queues {
                 let routing_key = match self.exchange_type {
                     Some(ExchangeType::Fanout) => "",
                     _ => name.as_str(),
                 };
-                conn.call(AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
-                    queue: name.as_str().into(),
-                    exchange: self.exchange.as_str().into(),
-                    routing_key: routing_key.into(),
-                    ..Default::default()
-                })))?;
+                setup.push(self.bind(name, routing_key));
             }
         }
+        if let Some(sink) = &self.sink {
+            for i in 0..self.bindings {
+                setup.push(self.bind(sink, &self.unmatched_key(i)));
+            }
+        }
+        conn.call_many(setup)?;
         conn.close(Duration::from_secs(5))
+    }
+
+    fn bind(&self, queue: &str, routing_key: &str) -> AMQPClass {
+        AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+            queue: queue.into(),
+            exchange: self.exchange.as_str().into(),
+            routing_key: routing_key.into(),
+            ..Default::default()
+        }))
+    }
+
+    /// Messages sitting in the sink queue of the `--bindings` keys (which nothing
+    /// should reach); 0 when there is no sink.
+    ///
+    /// # Errors
+    /// The broker refusing the passive declare.
+    pub fn sink_messages(&self, endpoint: &Endpoint) -> Result<u32> {
+        let Some(sink) = &self.sink else {
+            return Ok(0);
+        };
+        let mut conn = Connection::open(endpoint, "warren-perf check")?;
+        let reply = conn.call(AMQPClass::Queue(queue::AMQPMethod::Declare(
+            queue::Declare {
+                queue: sink.as_str().into(),
+                passive: true,
+                ..Default::default()
+            },
+        )))?;
+        let _ = conn.close(Duration::from_secs(5));
+        match reply {
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(ok)) => Ok(ok.message_count),
+            other => bail!("expected queue.declare-ok, got {other:?}"),
+        }
     }
 
     /// Deletes the queues and, unless it is the default or an `amq.*` exchange, the
@@ -146,12 +289,12 @@ impl Topology {
     /// The broker refusing a deletion.
     pub fn delete(&self, endpoint: &Endpoint) -> Result<()> {
         let mut conn = Connection::open(endpoint, "warren-perf cleanup")?;
-        for name in &self.queues {
-            conn.call(AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+        conn.call_many(self.queues.iter().chain(&self.sink).map(|name| {
+            AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
                 queue: name.as_str().into(),
                 ..Default::default()
-            })))?;
-        }
+            }))
+        }))?;
         if self.exchange_type.is_some() && !self.builtin_exchange {
             conn.call(AMQPClass::Exchange(exchange::AMQPMethod::Delete(
                 exchange::Delete {
@@ -187,13 +330,51 @@ mod tests {
 
     #[test]
     fn default_exchange_spreads_producers_over_queues() {
-        let t = plan(&["--queues", "3"]);
+        let t = plan(&["--queues", "3", "--producers", "5"]);
         assert_eq!(t.exchange, "");
         assert_eq!(t.queues, ["q-0", "q-1", "q-2"]);
         let r = t.route(4);
-        assert_eq!((r.routing_key.as_str(), r.queues), ("q-1", vec![1]));
+        assert_eq!(
+            (r.routing_keys, r.queues),
+            (vec!["q-1".to_string()], vec![1])
+        );
         assert_eq!(t.consumer_queue(5), 2);
         assert_eq!(plan(&[]).queues, ["q"]);
+    }
+
+    #[test]
+    fn producers_take_turns_over_their_share_of_many_queues() {
+        let t = plan(&["--queues", "11", "--producers", "4", "--consumers", "11"]);
+        assert_eq!(
+            (t.queues[0].as_str(), t.queues[10].as_str()),
+            ("q-00", "q-10")
+        );
+        let r = t.route(1);
+        assert_eq!(r.queues, [1, 5, 9]);
+        assert_eq!(r.routing_keys, ["q-01", "q-05", "q-09"]);
+        let share = r.share(9).expect("in the share");
+        assert_eq!(
+            share,
+            Share {
+                offset: 2,
+                stride: 3
+            }
+        );
+        assert_eq!((share.count(2), share.count(3), share.count(6)), (0, 1, 2));
+        assert_eq!((share.index(4), share.index(8)), (None, Some(2)));
+        assert_eq!(share.seq(2), 8);
+        assert_eq!(r.share(2), None);
+    }
+
+    #[test]
+    fn extra_bindings_never_match_a_queue_name() {
+        let t = plan(&["--exchange-type", "topic", "--bindings", "3"]);
+        let keys: Vec<String> = (0..3).map(|i| t.unmatched_key(i)).collect();
+        assert_eq!(keys, ["q.0", "*.q.k1", "k2.#"]);
+        assert_eq!(t.sink.as_deref(), Some("q-unrouted"));
+        let mut all = vec!["warren-perf", "--bindings", "3"];
+        all.extend(["--exchange-type", "fanout"]);
+        assert!(Topology::plan(&Options::try_parse_from(all).expect("parses")).is_err());
     }
 
     #[test]
@@ -201,7 +382,14 @@ mod tests {
         let t = plan(&["--queues", "4", "--exchange-type", "fanout"]);
         assert_eq!(t.exchange, "q-fanout");
         let r = t.route(0);
-        assert_eq!((r.routing_key.as_str(), r.queues.len()), ("", 4));
+        assert_eq!((r.routing_keys[0].as_str(), r.queues.len()), ("", 4));
+        assert_eq!(
+            r.share(3),
+            Some(Share {
+                offset: 0,
+                stride: 1
+            })
+        );
         let t = plan(&["--exchange", "amq.fanout"]);
         assert!(t.builtin_exchange);
         assert_eq!(t.exchange_type, Some(ExchangeType::Fanout));

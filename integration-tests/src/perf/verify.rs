@@ -47,6 +47,8 @@ pub struct Verdict {
     pub redelivered: u64,
     /// Consumers that stopped waiting for missing messages.
     pub timed_out_consumers: usize,
+    /// Messages found in the queue behind the never-matching `--bindings` keys.
+    pub misrouted: u64,
 }
 
 impl Verdict {
@@ -91,17 +93,21 @@ pub fn verify(
         strays: consumers.iter().map(|c| c.strays).sum(),
         redelivered: consumers.iter().map(|c| c.redelivered).sum(),
         timed_out_consumers: consumers.iter().filter(|c| c.timed_out).count(),
+        misrouted: 0,
     };
     if consumers.is_empty() {
         verdict.status = Status::Unverified;
         return verdict;
     }
-    // Per queue and producer: the union of what that queue's consumers saw.
+    // Per queue and producer: the union of what that queue's consumers saw, numbered
+    // by index in the producer's share of the queue.
     let mut seen: Vec<Vec<SeqSet>> = vec![vec![SeqSet::new(); producers.len()]; queues];
     for c in consumers {
-        for (p, set) in c.seen.iter().enumerate() {
-            if let Some(union) = seen.get_mut(c.queue_index).and_then(|q| q.get_mut(p)) {
-                verdict.duplicates += union.union_with(set);
+        for (&q, per_producer) in c.queues.iter().zip(&c.seen) {
+            for (p, set) in per_producer.iter().enumerate() {
+                if let Some(union) = seen.get_mut(q).and_then(|q| q.get_mut(p)) {
+                    verdict.duplicates += union.union_with(set);
+                }
             }
         }
     }
@@ -110,31 +116,40 @@ pub fn verify(
             let Some(producer) = producers.get(p) else {
                 continue;
             };
-            let routed = routes.get(p).is_some_and(|r| r.queues.contains(&q));
-            if !routed {
+            let Some(share) = routes.get(p).and_then(|r| r.share(q)) else {
                 verdict.strays += union.len();
                 continue;
-            }
+            };
+            let sent = share.count(producer.published);
             match &producer.confirms {
                 None => {
-                    verdict.expected += producer.published;
-                    verdict.missing += producer.published - union.count_below(producer.published);
+                    verdict.expected += sent;
+                    verdict.missing += sent - union.count_below(sent);
                 }
                 Some(tracker) => {
-                    for seq in 0..producer.published {
-                        if tracker.is_acked(seq) {
+                    for index in 0..sent {
+                        if tracker.is_acked(share.seq(index)) {
                             verdict.expected += 1;
-                            verdict.missing += u64::from(!union.contains(seq));
+                            verdict.missing += u64::from(!union.contains(index));
                         }
                     }
                 }
             }
         }
     }
-    if verdict.missing + verdict.duplicates + verdict.strays > 0 {
-        verdict.status = Status::Failed;
-    }
+    verdict.settle();
     verdict
+}
+
+impl Verdict {
+    /// Sets the status from the counts (after they change).
+    pub fn settle(&mut self) {
+        if self.status != Status::Unverified
+            && self.missing + self.duplicates + self.strays + self.misrouted > 0
+        {
+            self.status = Status::Failed;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -168,10 +183,10 @@ mod tests {
             .collect();
         ConsumerResult {
             index: 0,
-            queue_index,
+            queues: vec![queue_index],
             consumed: seen.iter().map(SeqSet::len).sum(),
             bytes: 0,
-            seen,
+            seen: vec![seen],
             duplicates: 0,
             strays: 0,
             redelivered: 0,
@@ -185,8 +200,9 @@ mod tests {
     fn direct(queue: usize) -> Route {
         Route {
             exchange: String::new(),
-            routing_key: String::new(),
+            routing_keys: vec![String::new()],
             queues: vec![queue],
+            fanout: false,
         }
     }
 
@@ -218,6 +234,35 @@ mod tests {
         );
         assert_eq!(v.status, Status::Failed);
         assert_eq!((v.missing, v.duplicates, v.strays), (2, 1, 1));
+    }
+
+    #[test]
+    fn a_share_of_the_messages_is_checked_by_index() {
+        // Producer 0 alternates between queues 0 and 1: queue 1 gets seqs 1, 3, 5,
+        // recorded as indexes 0, 1, 2.
+        let route = Route {
+            exchange: String::new(),
+            routing_keys: vec!["a".into(), "b".into()],
+            queues: vec![0, 1],
+            fanout: false,
+        };
+        let v = verify(
+            std::slice::from_ref(&route),
+            2,
+            &[producer(0, 6, None)],
+            &[consumer(0, &[&[0, 1, 2]]), consumer(1, &[&[0, 2]])],
+        );
+        assert_eq!((v.expected, v.missing, v.status), (6, 1, Status::Failed));
+        let mut tracker = ConfirmTracker::new();
+        tracker.record(5, true, false, 6).expect("ack");
+        tracker.record(6, false, true, 6).expect("nack of seq 5");
+        let v = verify(
+            &[route],
+            2,
+            &[producer(0, 6, Some(tracker))],
+            &[consumer(0, &[&[0, 1, 2]]), consumer(1, &[&[0, 1]])],
+        );
+        assert_eq!((v.expected, v.missing, v.status), (5, 0, Status::Verified));
     }
 
     #[test]

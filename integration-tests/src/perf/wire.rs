@@ -138,6 +138,12 @@ pub fn deliver_fields(payload: &[u8]) -> Option<(u64, bool)> {
     Some((u64::from_be_bytes(tag.try_into().ok()?), redelivered))
 }
 
+/// `basic.deliver`'s consumer tag, read in place.
+pub fn deliver_consumer_tag(payload: &[u8]) -> Option<&[u8]> {
+    let tag_len = usize::from(*payload.get(4)?);
+    payload.get(5..5 + tag_len)
+}
+
 /// A publisher confirm (`basic.ack` or `basic.nack`): delivery tag and `multiple`.
 pub fn confirm_fields(payload: &[u8]) -> Option<(u64, bool)> {
     let tag = payload.get(4..12)?;
@@ -213,6 +219,10 @@ mod tests {
             match frame.kind {
                 METHOD if method_ids(frame.payload) == Some(BASIC_DELIVER) => {
                     assert_eq!(deliver_fields(frame.payload), Some((77, true)));
+                    assert_eq!(
+                        deliver_consumer_tag(frame.payload),
+                        Some(&b"amq.ctag-xyz"[..])
+                    );
                 }
                 METHOD => {
                     assert_eq!(method_ids(frame.payload), Some(BASIC_ACK));
