@@ -209,6 +209,9 @@ impl VHost {
         if name.starts_with("amq.") {
             return Err(error::reserved_name("exchange", name));
         }
+        settings
+            .kind
+            .check_arguments(&settings.arguments, name, &self.name)?;
         if settings.durable {
             self.record(&Change::PutExchange(ExchangeDef {
                 vhost: self.name.clone(),
@@ -570,6 +573,7 @@ impl VHost {
     ) -> AmqpResult<()> {
         let source = self.binding_source(exchange)?;
         let queue = self.queue(queue, conn)?;
+        source.settings().kind.check_binding_key(routing_key)?;
         let durable = queue.settings().durable;
         self.add_binding(
             &source,
@@ -619,6 +623,7 @@ impl VHost {
     ) -> AmqpResult<()> {
         let source = self.binding_source(source)?;
         let destination = self.binding_source(destination)?;
+        source.settings().kind.check_binding_key(routing_key)?;
         let durable = destination.settings().durable;
         self.add_binding(
             &source,

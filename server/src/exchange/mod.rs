@@ -1,6 +1,7 @@
 //! Exchanges: routing a message to the queues bound to it. One file per exchange type,
 //! each a [`Router`] over its bindings; routing is pure, over names and headers.
 
+mod consistent_hash;
 mod direct;
 mod fanout;
 mod headers;
@@ -12,8 +13,10 @@ use amqp_codec::ShortStr;
 use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 use parking_lot::RwLock;
 
+use crate::error::AmqpResult;
 use crate::message::Message;
 use crate::queue::Queue;
+use consistent_hash::ConsistentHashRouter;
 
 /// The exchange types Warren routes by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +29,9 @@ pub enum ExchangeKind {
     Topic,
     /// Header values with `x-match` all or any.
     Headers,
+    /// One destination per message, chosen on a hash ring weighted by binding keys
+    /// (`x-consistent-hash`, RabbitMQ's plugin).
+    ConsistentHash,
 }
 
 impl ExchangeKind {
@@ -36,6 +42,7 @@ impl ExchangeKind {
             "fanout" => Some(Self::Fanout),
             "topic" => Some(Self::Topic),
             "headers" => Some(Self::Headers),
+            "x-consistent-hash" => Some(Self::ConsistentHash),
             _ => None,
         }
     }
@@ -47,15 +54,46 @@ impl ExchangeKind {
             Self::Fanout => "fanout",
             Self::Topic => "topic",
             Self::Headers => "headers",
+            Self::ConsistentHash => "x-consistent-hash",
         }
     }
 
-    fn router(self) -> Box<dyn Router> {
+    fn router(self, arguments: &FieldTable) -> Box<dyn Router> {
         match self {
             Self::Direct => Box::<direct::DirectRouter>::default(),
             Self::Fanout => Box::<fanout::FanoutRouter>::default(),
             Self::Topic => Box::<topic::TopicRouter>::default(),
             Self::Headers => Box::<headers::HeadersRouter>::default(),
+            Self::ConsistentHash => Box::new(ConsistentHashRouter::new(arguments)),
+        }
+    }
+
+    /// Checks a new exchange's arguments as its type requires.
+    ///
+    /// # Errors
+    /// 406 PRECONDITION_FAILED with the text RabbitMQ (or its plugin) gives.
+    pub fn check_arguments(
+        self,
+        arguments: &FieldTable,
+        exchange: &str,
+        vhost: &str,
+    ) -> AmqpResult<()> {
+        match self {
+            Self::ConsistentHash => {
+                ConsistentHashRouter::check_arguments(arguments, exchange, vhost)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Checks a binding key as this type requires (a weight, for consistent hashing).
+    ///
+    /// # Errors
+    /// 406 PRECONDITION_FAILED with the plugin's text.
+    pub fn check_binding_key(self, key: &str) -> AmqpResult<()> {
+        match self {
+            Self::ConsistentHash => ConsistentHashRouter::check_binding_key(key),
+            _ => Ok(()),
         }
     }
 }
@@ -211,7 +249,7 @@ pub struct Exchange {
 impl Exchange {
     /// A new exchange with no bindings.
     pub fn new(name: ShortStr, settings: ExchangeSettings) -> Self {
-        let router = RwLock::new(settings.kind.router());
+        let router = RwLock::new(settings.kind.router(&settings.arguments));
         Self {
             name,
             settings,
