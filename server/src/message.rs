@@ -47,6 +47,25 @@ impl Message {
         self
     }
 
+    /// The `x-delay` header in milliseconds (delayed exchanges hold the message that
+    /// long); 0 when absent, not an integer, or not positive.
+    pub fn delay_ms(&self) -> u64 {
+        let Some(headers) = self.properties().and_then(|p| p.headers()) else {
+            return 0;
+        };
+        let delay = match headers.inner().get("x-delay") {
+            Some(AMQPValue::ShortShortInt(n)) => i64::from(*n),
+            Some(AMQPValue::ShortShortUInt(n)) => i64::from(*n),
+            Some(AMQPValue::ShortInt(n)) => i64::from(*n),
+            Some(AMQPValue::ShortUInt(n)) => i64::from(*n),
+            Some(AMQPValue::LongInt(n)) => i64::from(*n),
+            Some(AMQPValue::LongUInt(n)) => i64::from(*n),
+            Some(AMQPValue::LongLongInt(n)) => *n,
+            _ => 0,
+        };
+        u64::try_from(delay).unwrap_or(0)
+    }
+
     /// A view of the properties (validated when the header frame was decoded).
     pub fn properties(&self) -> Option<PropertiesView<'_>> {
         PropertiesView::new(&self.properties).ok()
@@ -72,6 +91,24 @@ pub struct QueuedMessage {
     pub priority: u8,
     /// The message.
     pub message: Message,
+}
+
+impl Handling {
+    /// How queues treat `message`, read from its properties (for messages the broker
+    /// moves itself: dead letters, delayed messages coming due). An invalid
+    /// `expiration` counts as none, as it was accepted once already.
+    pub fn of(message: &Message) -> Self {
+        let Some(view) = message.properties() else {
+            return Self::default();
+        };
+        Self {
+            persistent: view.delivery_mode() == Some(2),
+            ttl_ms: view
+                .short_str(amqp_codec::properties::Property::Expiration)
+                .and_then(|e| e.parse().ok()),
+            priority: view.priority().unwrap_or(0),
+        }
+    }
 }
 
 /// What a message's properties tell the queues it is routed to, read once per publish.

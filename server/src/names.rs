@@ -33,6 +33,20 @@ pub fn reply_to_address() -> String {
     format!("{REPLY_TO}.{}", queue_log_id())
 }
 
+/// Prefix of the queues delayed exchanges hold messages in (a reserved `amq.` name, so
+/// no client queue can take it).
+const DELAYED_HOLD: &str = "amq.delayed.";
+
+/// The name of the queue delayed exchange `exchange` holds messages in.
+pub fn delayed_hold(exchange: &str) -> String {
+    format!("{DELAYED_HOLD}{exchange}")
+}
+
+/// The delayed exchange a hold queue belongs to, if `queue` is one.
+pub fn held_for(queue: &str) -> Option<&str> {
+    queue.strip_prefix(DELAYED_HOLD)
+}
+
 /// A tag for a consumer started with an empty tag.
 pub fn server_consumer_tag() -> String {
     format!("amq.ctag-{}", random_suffix())

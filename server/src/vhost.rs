@@ -11,6 +11,7 @@ use parking_lot::RwLock;
 use crate::error::{self, AmqpError, AmqpResult};
 use crate::exchange::{
     Binding, Destination, DestinationKind, Exchange, ExchangeKind, ExchangeSettings, Routed,
+    parse_declared_type,
 };
 use crate::message::{Handling, Message};
 use crate::names;
@@ -76,6 +77,7 @@ fn predeclared_exchanges() -> HashMap<String, Arc<Exchange>> {
             durable: true,
             auto_delete: false,
             internal: false,
+            delayed: false,
             arguments: FieldTable::default(),
         };
         (
@@ -179,8 +181,8 @@ impl VHost {
                     arg, "exchange", name, &self.name, received, current,
                 ))
             };
-            if current.kind != settings.kind {
-                return mismatch("type", settings.kind.as_str(), current.kind.as_str());
+            if current.type_name() != settings.type_name() {
+                return mismatch("type", settings.type_name(), current.type_name());
             }
             if current.durable != settings.durable {
                 return mismatch("durable", yes_no(settings.durable), yes_no(current.durable));
@@ -216,17 +218,77 @@ impl VHost {
             self.record(&Change::PutExchange(ExchangeDef {
                 vhost: self.name.clone(),
                 name: name.to_owned(),
-                kind: settings.kind.as_str().to_owned(),
+                kind: settings.type_name().to_owned(),
                 auto_delete: settings.auto_delete,
                 internal: settings.internal,
                 arguments: settings.arguments.clone(),
             }));
         }
-        exchanges.insert(
-            name.to_owned(),
-            Arc::new(Exchange::new(name.into(), settings)),
-        );
+        let exchange = Arc::new(Exchange::new(name.into(), settings));
+        if exchange.settings().delayed {
+            self.create_hold(&exchange)?;
+        }
+        exchanges.insert(name.to_owned(), exchange);
         Ok(())
+    }
+
+    /// Gives a delayed exchange the queue its messages wait in: logged, so that they
+    /// survive a restart, when the exchange is durable.
+    fn create_hold(&self, exchange: &Exchange) -> AmqpResult<()> {
+        let name = names::delayed_hold(exchange.name());
+        let durable = exchange.settings().durable;
+        let log = match (&self.store, durable) {
+            (Some(store), true) => {
+                let id = names::queue_log_id();
+                let log = store.create_queue_log(&id).map_err(|e| {
+                    AmqpError::new(
+                        ReplyCode::InternalError,
+                        format!(
+                            "cannot create the log of exchange '{}': {e}",
+                            exchange.name()
+                        ),
+                    )
+                })?;
+                store.record(&Change::PutQueue(QueueDef {
+                    vhost: self.name.clone(),
+                    name: name.clone(),
+                    id,
+                    auto_delete: false,
+                    arguments: FieldTable::default(),
+                }));
+                Some(log)
+            }
+            _ => None,
+        };
+        self.attach_hold(exchange, &name, log, &Recovery::default());
+        Ok(())
+    }
+
+    /// Makes the hold queue of a delayed exchange from its (new or recovered) log.
+    fn attach_hold(
+        &self,
+        exchange: &Exchange,
+        name: &str,
+        log: Option<crate::store::QueueLog>,
+        recovered: &Recovery,
+    ) -> Arc<Queue> {
+        let hold = Arc::new(Queue::new(
+            name.into(),
+            self.me.clone(),
+            &self.name,
+            QueueSettings {
+                durable: log.is_some(),
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: FieldTable::default(),
+                parsed: QueueArguments::default(),
+                holds_for: Some(exchange.name().clone()),
+            },
+            log,
+            recovered,
+        ));
+        exchange.set_hold(hold.clone());
+        hold
     }
 
     /// Deletes an exchange; a missing one is not an error.
@@ -256,6 +318,15 @@ impl VHost {
                     vhost: self.name.clone(),
                     name: name.to_owned(),
                 });
+            }
+            if let Some(hold) = existing.hold() {
+                if hold.settings().durable {
+                    self.record(&Change::DeleteQueue {
+                        vhost: self.name.clone(),
+                        name: hold.name().to_string(),
+                    });
+                }
+                hold.delete();
             }
             exchanges.remove(name);
             for other in exchanges.values() {
@@ -368,6 +439,7 @@ impl VHost {
                 auto_delete: declare.auto_delete,
                 arguments: declare.arguments,
                 parsed,
+                holds_for: None,
             },
             log,
             &Recovery::default(),
@@ -441,6 +513,7 @@ impl VHost {
                 auto_delete: false,
                 arguments: FieldTable::default(),
                 parsed: QueueArguments::default(),
+                holds_for: None,
             },
             None,
             &Recovery::default(),
@@ -697,9 +770,46 @@ impl VHost {
                 message.exchange, self.name
             )));
         }
+        if let Some(hold) = exchange.hold()
+            && message.delay_ms() > 0
+        {
+            out.queues.push(hold.clone());
+            return Ok(());
+        }
         route_through(&exchanges, exchange, message, extra_keys, out);
         out.dedup_queues();
         Ok(())
+    }
+
+    /// Routes messages whose delay is over through delayed exchange `exchange`, as if
+    /// they were published now.
+    pub fn release_delayed(&self, exchange: &str, letters: Vec<DeadLetter>) {
+        let mut routed = Routed::default();
+        let mut commits: Vec<Arc<dyn SyncTarget>> = Vec::new();
+        for letter in letters {
+            {
+                let exchanges = self.exchanges.read();
+                let Some(source) = exchanges.get(exchange) else {
+                    return;
+                };
+                routed.clear();
+                route_through(&exchanges, source, &letter.message, &[], &mut routed);
+                routed.dedup_queues();
+            }
+            let handling = Handling::of(&letter.message);
+            for queue in routed.queues.drain(..) {
+                match queue.publish(letter.message.clone(), handling) {
+                    Ok(Enqueued::Logged) => commits.push(queue),
+                    Ok(_) => {}
+                    Err(error) => {
+                        tracing::error!(queue = %queue.name(), %error, "cannot store a delayed message");
+                    }
+                }
+            }
+        }
+        if let (Some(store), false) = (&self.store, commits.is_empty()) {
+            store.commit(commits, None);
+        }
     }
 
     /// Republishes dead letters from queue `from` to exchange `dlx` (with routing key
@@ -739,12 +849,7 @@ impl VHost {
                 );
                 routed.dedup_queues();
             }
-            let view = republished.message.properties();
-            let handling = Handling {
-                persistent: view.as_ref().and_then(|v| v.delivery_mode()) == Some(2),
-                ttl_ms: None,
-                priority: view.as_ref().and_then(|v| v.priority()).unwrap_or(0),
-            };
+            let handling = Handling::of(&republished.message);
             for queue in routed.queues.drain(..) {
                 if republished.is_cycle(queue.name()) {
                     continue;
@@ -773,7 +878,7 @@ impl VHost {
             return Ok((0, 0));
         };
         for def in defs.exchanges.iter().filter(|e| e.vhost == self.name) {
-            let Some(kind) = ExchangeKind::parse(&def.kind) else {
+            let Ok(Some((kind, delayed))) = parse_declared_type(&def.kind, &def.arguments) else {
                 tracing::warn!(exchange = %def.name, kind = %def.kind, "skipping an exchange of unknown type");
                 continue;
             };
@@ -786,6 +891,7 @@ impl VHost {
                         durable: true,
                         auto_delete: def.auto_delete,
                         internal: def.internal,
+                        delayed,
                         arguments: def.arguments.clone(),
                     },
                 )),
@@ -793,6 +899,7 @@ impl VHost {
         }
         let mut messages = 0;
         let mut queues = 0;
+        let mut holds = Vec::new();
         let total = defs.queues.iter().filter(|q| q.vhost == self.name).count();
         let mut last_report = std::time::Instant::now();
         for def in defs.queues.iter().filter(|q| q.vhost == self.name) {
@@ -805,6 +912,28 @@ impl VHost {
                 tracing::warn!(queue = %def.name, "{warning}");
             }
             messages += recovery.messages;
+            if let Some(exchange) = names::held_for(&def.name) {
+                let owner = self.exchanges.read().get(exchange).cloned();
+                match owner {
+                    Some(owner) if owner.settings().delayed && owner.hold().is_none() => {
+                        holds.push(self.attach_hold(&owner, &def.name, Some(log), &recovery));
+                    }
+                    _ => {
+                        tracing::warn!(
+                            exchange,
+                            "dropping the held messages of a deleted delayed exchange"
+                        );
+                        self.record(&Change::DeleteQueue {
+                            vhost: self.name.clone(),
+                            name: def.name.clone(),
+                        });
+                        if let Err(error) = log.delete() {
+                            tracing::warn!(%error, "cannot remove the log of a deleted delayed exchange");
+                        }
+                    }
+                }
+                continue;
+            }
             queues += 1;
             let parsed = arguments::parse_stored(&def.arguments, &def.name, &self.name).unwrap_or_else(|error| {
                 tracing::warn!(queue = %def.name, %error, "ignoring the stored queue's invalid arguments");
@@ -820,6 +949,7 @@ impl VHost {
                     auto_delete: def.auto_delete,
                     arguments: def.arguments.clone(),
                     parsed,
+                    holds_for: None,
                 },
                 Some(log),
                 &recovery,
@@ -827,7 +957,20 @@ impl VHost {
             queue.set_arguments(self.effective_arguments(&queue));
             self.queues.write().insert(def.name.clone(), queue);
         }
-        let restored: Vec<Arc<Queue>> = self.queues.read().values().cloned().collect();
+        let delayed: Vec<Arc<Exchange>> = self
+            .exchanges
+            .read()
+            .values()
+            .filter(|e| e.settings().delayed && e.hold().is_none())
+            .cloned()
+            .collect();
+        for exchange in delayed {
+            if let Err(error) = self.create_hold(&exchange) {
+                tracing::error!(exchange = %exchange.name(), %error, "cannot give a delayed exchange its log");
+            }
+        }
+        let mut restored: Vec<Arc<Queue>> = self.queues.read().values().cloned().collect();
+        restored.extend(holds);
         for def in defs.bindings.iter().filter(|b| b.vhost == self.name) {
             let Some(source) = self.exchanges.read().get(&def.source).cloned() else {
                 continue;
@@ -857,19 +1000,34 @@ impl VHost {
         Ok((queues, messages))
     }
 
-    /// Bytes of message bodies its queues hold in memory.
+    /// Bytes of message bodies its queues (and delayed exchanges) hold in memory.
     pub fn memory_in_use(&self) -> u64 {
-        self.queues.read().values().map(|q| q.memory_bytes()).sum()
+        let queues: u64 = self.queues.read().values().map(|q| q.memory_bytes()).sum();
+        let held: u64 = self.holds().iter().map(|q| q.memory_bytes()).sum();
+        queues + held
     }
 
-    /// Every queue that keeps a durable log, for a final sync at shutdown.
+    /// The queues delayed exchanges hold messages in.
+    fn holds(&self) -> Vec<Arc<Queue>> {
+        self.exchanges
+            .read()
+            .values()
+            .filter_map(|e| e.hold().cloned())
+            .collect()
+    }
+
+    /// Every queue that keeps a durable log (delayed exchanges' too), for a final sync
+    /// at shutdown.
     pub fn logged_queues(&self) -> Vec<Arc<Queue>> {
-        self.queues
+        let mut logged: Vec<Arc<Queue>> = self
+            .queues
             .read()
             .values()
             .filter(|q| q.is_logged())
             .cloned()
-            .collect()
+            .collect();
+        logged.extend(self.holds().into_iter().filter(|q| q.is_logged()));
+        logged
     }
 }
 

@@ -4,7 +4,7 @@ use amqp_codec::amq_protocol::protocol::{AMQPClass, exchange as ex, queue as q};
 
 use super::{Channel, Context};
 use crate::error::{self, AmqpResult};
-use crate::exchange::{ExchangeKind, ExchangeSettings};
+use crate::exchange::{ExchangeKind, ExchangeSettings, parse_declared_type};
 use crate::names;
 use crate::vhost::QueueDeclare;
 
@@ -16,12 +16,15 @@ impl Channel {
     ) -> AmqpResult<()> {
         match method {
             ex::AMQPMethod::Declare(d) => {
-                let kind = ExchangeKind::parse(d.kind.as_str());
-                let kind = match (kind, d.passive) {
-                    (Some(kind), _) => kind,
-                    // A passive declare only checks existence; the type is not looked at.
-                    (None, true) => ExchangeKind::Direct,
-                    (None, false) => {
+                // A passive declare only checks existence; the type is not looked at.
+                let declared = if d.passive {
+                    Some((ExchangeKind::Direct, false))
+                } else {
+                    parse_declared_type(d.kind.as_str(), &d.arguments)?
+                };
+                let (kind, delayed) = match declared {
+                    Some(declared) => declared,
+                    None => {
                         return Err(error::command_invalid(format!(
                             "unknown exchange type '{}'",
                             d.kind
@@ -36,6 +39,7 @@ impl Channel {
                         durable: d.durable,
                         auto_delete: d.auto_delete,
                         internal: d.internal,
+                        delayed,
                         arguments: d.arguments,
                     },
                 )?;

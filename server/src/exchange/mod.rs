@@ -7,7 +7,7 @@ mod fanout;
 mod headers;
 mod topic;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use amqp_codec::ShortStr;
 use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
@@ -234,8 +234,51 @@ pub struct ExchangeSettings {
     pub auto_delete: bool,
     /// Not publishable by clients.
     pub internal: bool,
+    /// Declared as `x-delayed-message`: messages with an `x-delay` header are held that
+    /// long before `kind` routes them.
+    pub delayed: bool,
     /// Optional arguments.
     pub arguments: FieldTable,
+}
+
+impl ExchangeSettings {
+    /// The type as declared (`x-delayed-message` for a delayed exchange).
+    pub fn type_name(&self) -> &'static str {
+        if self.delayed {
+            DELAYED_TYPE
+        } else {
+            self.kind.as_str()
+        }
+    }
+}
+
+/// The exchange type of the delayed-message plugin.
+pub const DELAYED_TYPE: &str = "x-delayed-message";
+
+/// Reads a declared exchange type: its routing kind and whether it delays messages.
+/// `Ok(None)` for a type Warren does not know.
+///
+/// # Errors
+/// 406 PRECONDITION_FAILED, as the delayed-message plugin answers, for
+/// `x-delayed-message` without a known `x-delayed-type`.
+pub fn parse_declared_type(
+    type_name: &str,
+    arguments: &FieldTable,
+) -> AmqpResult<Option<(ExchangeKind, bool)>> {
+    if type_name != DELAYED_TYPE {
+        return Ok(ExchangeKind::parse(type_name).map(|kind| (kind, false)));
+    }
+    let inner = match arguments.inner().get("x-delayed-type") {
+        Some(AMQPValue::LongString(name)) => ExchangeKind::parse(&name.to_string()),
+        Some(AMQPValue::ShortString(name)) => ExchangeKind::parse(name.as_str()),
+        _ => None,
+    };
+    match inner {
+        Some(kind) => Ok(Some((kind, true))),
+        None => Err(crate::error::precondition(
+            "Invalid argument, 'x-delayed-type' must be an existing exchange type",
+        )),
+    }
 }
 
 /// An exchange and its bindings.
@@ -244,6 +287,8 @@ pub struct Exchange {
     name: ShortStr,
     settings: ExchangeSettings,
     router: RwLock<Box<dyn Router>>,
+    /// Where a delayed exchange holds messages until their delay is over.
+    hold: OnceLock<Arc<Queue>>,
 }
 
 impl Exchange {
@@ -254,6 +299,7 @@ impl Exchange {
             name,
             settings,
             router,
+            hold: OnceLock::new(),
         }
     }
 
@@ -295,6 +341,17 @@ impl Exchange {
         !self.router.read().is_empty()
     }
 
+    /// The queue a delayed exchange holds messages in, once it has one.
+    pub fn hold(&self) -> Option<&Arc<Queue>> {
+        self.hold.get()
+    }
+
+    /// Gives a delayed exchange its hold (at declaration or recovery); false if it
+    /// already had one.
+    pub fn set_hold(&self, hold: Arc<Queue>) -> bool {
+        self.hold.set(hold).is_ok()
+    }
+
     /// The alternate exchange (`alternate-exchange` argument) that takes what this one
     /// cannot route.
     pub fn alternate(&self) -> Option<ShortStr> {
@@ -328,6 +385,7 @@ pub(crate) mod test_support {
                 auto_delete: false,
                 arguments: FieldTable::default(),
                 parsed: crate::queue::arguments::QueueArguments::default(),
+                holds_for: None,
             },
             None,
             &crate::store::Recovery::default(),
@@ -372,6 +430,7 @@ mod tests {
                 durable: false,
                 auto_delete: false,
                 internal: false,
+                delayed: false,
                 arguments: FieldTable::default(),
             },
         );

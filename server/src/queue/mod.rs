@@ -70,6 +70,9 @@ pub struct QueueSettings {
     pub arguments: FieldTable,
     /// The same arguments, validated.
     pub parsed: QueueArguments,
+    /// For the hidden queue of a delayed exchange: that exchange. Messages then wait in
+    /// due-time order and are routed through it when their delay is over.
+    pub holds_for: Option<ShortStr>,
 }
 
 /// Outcome of removing a consumer.
@@ -135,6 +138,9 @@ struct QueueState {
     timer_at_ms: u64,
     /// Last time the queue was used, for `x-expires`.
     last_used_ms: u64,
+    /// This is a delayed exchange's hold: messages are kept in due-time order, all in
+    /// memory, and leave through the exchange when due.
+    holds: bool,
 }
 
 /// A message queue.
@@ -193,7 +199,14 @@ impl QueueState {
 
     /// Reads the next page of logged messages into memory when memory runs low.
     fn refill(&mut self, queue: &str) {
-        if self.paged == 0 || self.ready.len() >= REFILL_BELOW {
+        if self.ready.len() < REFILL_BELOW {
+            self.read_page(queue);
+        }
+    }
+
+    /// Reads the next page of logged messages into memory.
+    fn read_page(&mut self, queue: &str) {
+        if self.paged == 0 {
             return;
         }
         let Some(log) = self.log.as_mut() else {
@@ -230,7 +243,7 @@ impl QueueState {
                 body: stored.body,
             };
             self.expiring |= stored.expires_at_ms != 0;
-            self.ready.push_back(QueuedMessage {
+            let queued = QueuedMessage {
                 offset: position_offset(pos),
                 position: Some(pos),
                 redelivered,
@@ -238,10 +251,25 @@ impl QueueState {
                 delivery_count: u32::from(redelivered),
                 priority: message.properties().and_then(|p| p.priority()).unwrap_or(0),
                 message,
-            });
+            };
+            if self.holds {
+                self.ready.insert_by_expiry(queued);
+            } else {
+                self.ready.push_back(queued);
+            }
         }
         if self.paged == 0 {
             self.paged_bytes = 0;
+        }
+    }
+
+    /// Adds a newly published or paged-in message: behind the others, or for a hold, in
+    /// due order.
+    fn enqueue(&mut self, message: QueuedMessage) {
+        if self.holds {
+            self.ready.insert_by_expiry(message);
+        } else {
+            self.ready.push_back(message);
         }
     }
 
@@ -261,10 +289,11 @@ impl QueueState {
     }
 
     /// A message leaves the queue unconsumed: it goes to the dead-letter exchange, if the
-    /// queue has one, and out of the log.
+    /// queue has one (or, from a delayed exchange's hold, on through that exchange), and
+    /// out of the log.
     fn discard(&mut self, message: QueuedMessage, reason: DeathReason, out: &mut Vec<DeadLetter>) {
         self.forget(&message);
-        if self.args.dead_letter_exchange.is_some() {
+        if self.args.dead_letter_exchange.is_some() || self.holds {
             out.push(DeadLetter {
                 message: message.message,
                 reason,
@@ -387,6 +416,7 @@ impl Queue {
         recovered: &Recovery,
     ) -> Self {
         let args = settings.parsed.clone();
+        let holds = settings.holds_for.is_some();
         Self {
             name,
             vhost_name: vhost_name.to_owned(),
@@ -401,6 +431,7 @@ impl Queue {
                 expiring: recovered.expiring > 0,
                 uniform_priority: true,
                 last_used_ms: now_ms(),
+                holds,
                 ..QueueState::default()
             }),
         }
@@ -489,6 +520,14 @@ impl Queue {
         if st.expiring {
             st.refill(&self.name);
         }
+        // A hold keeps everything in memory, in due order.
+        while st.holds && st.paged > 0 {
+            let before = st.paged;
+            st.read_page(&self.name);
+            if st.paged == before {
+                break;
+            }
+        }
         self.arm_timer(&mut st);
     }
 
@@ -528,7 +567,10 @@ impl Queue {
             }
             return Ok(Enqueued::Rejected);
         }
-        let expires_at_ms = if st.args.message_ttl.is_some() || handling.ttl_ms.is_some() {
+        let expires_at_ms = if st.holds {
+            st.expiring = true;
+            now_ms().saturating_add(message.delay_ms())
+        } else if st.args.message_ttl.is_some() || handling.ttl_ms.is_some() {
             st.expiring = true;
             expiry(now_ms(), st.args.message_ttl, handling.ttl_ms)
         } else {
@@ -543,12 +585,16 @@ impl Queue {
                 properties: message.properties.clone(),
                 body: message.body.clone(),
             })?;
-            if st.paged > 0 || st.ready.len() >= READY_MESSAGES || st.ready.bytes() >= READY_BYTES {
+            let page_out = !st.holds
+                && (st.paged > 0
+                    || st.ready.len() >= READY_MESSAGES
+                    || st.ready.bytes() >= READY_BYTES);
+            if page_out {
                 st.paged += 1;
                 st.paged_bytes += message.body.len() as u64;
             } else {
                 st.last_loaded = Some(pos);
-                st.ready.push_back(QueuedMessage {
+                st.enqueue(QueuedMessage {
                     offset: position_offset(pos),
                     position: Some(pos),
                     redelivered: false,
@@ -562,7 +608,7 @@ impl Queue {
         } else {
             let offset = st.next_offset;
             st.next_offset += 1;
-            st.ready.push_back(QueuedMessage {
+            st.enqueue(QueuedMessage {
                 offset,
                 position: None,
                 redelivered: false,
@@ -863,7 +909,12 @@ impl Queue {
                 st.args.dead_letter_routing_key.clone(),
             )
         };
-        if let (Some(exchange), Some(vhost)) = (exchange, self.owner.upgrade()) {
+        let Some(vhost) = self.owner.upgrade() else {
+            return;
+        };
+        if let Some(held_for) = &self.settings.holds_for {
+            vhost.release_delayed(held_for, letters);
+        } else if let Some(exchange) = exchange {
             vhost.dead_letter(&self.name, &exchange, key.as_deref(), letters);
         }
     }

@@ -56,6 +56,17 @@ impl Ready {
         self.levels[level].push_back(message);
     }
 
+    /// Adds a message in expiry order (delayed exchanges' holds, where messages leave
+    /// when their delay is over), after those due at the same time.
+    pub fn insert_by_expiry(&mut self, message: QueuedMessage) {
+        self.len += 1;
+        self.bytes += message.message.body.len();
+        let level = self.level(message.priority);
+        let queue = &mut self.levels[level];
+        let at = queue.partition_point(|m| m.expires_at_ms <= message.expires_at_ms);
+        queue.insert(at, message);
+    }
+
     /// Puts a returned message back where its offset places it among its priority.
     pub fn reinsert(&mut self, message: QueuedMessage) {
         self.len += 1;
@@ -175,6 +186,18 @@ mod tests {
         ready.reinsert(msg(7, 0, 0));
         ready.reinsert(msg(1, 0, 0));
         assert_eq!(offsets(&mut ready), [1, 5, 7, 9]);
+    }
+
+    #[test]
+    fn delayed_messages_line_up_by_due_time() {
+        let mut ready = Ready::new(0);
+        for (offset, due) in [(1, 50), (2, 10), (3, 50), (4, 30)] {
+            ready.insert_by_expiry(msg(offset, 0, due));
+        }
+        let mut taken = Vec::new();
+        ready.pop_expired(31, |m| taken.push(m.offset));
+        assert_eq!(taken, [2, 4]);
+        assert_eq!(offsets(&mut ready), [1, 3]);
     }
 
     #[test]
