@@ -43,6 +43,7 @@ fn exchange(kind: ExchangeKind) -> Exchange {
             durable: false,
             auto_delete: false,
             internal: false,
+            delayed: false,
             arguments: FieldTable::default(),
         },
     )
