@@ -479,3 +479,84 @@ async fn cc_or_bcc_other_than_an_array_closes_the_channel() {
     assert_bad_header(&conn, "CC", int(1), "signedint").await;
     assert_bad_header(&conn, "CC", AMQPValue::Void, "void").await;
 }
+
+async fn declare_auto_delete(channel: &Channel, name: &str) {
+    within(
+        "exchange.declare",
+        channel.exchange_declare(
+            name.into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("declare an auto-delete exchange");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_auto_delete_exchange_goes_with_its_last_binding() {
+    let server = TestServer::start().await;
+    let (conn, channel) = open(&server).await;
+    // Never bound: it stays.
+    let idle = unique_name("ad-idle");
+    declare_auto_delete(&channel, &idle).await;
+    let queue = unique_name("ad-q");
+    declare_queue(&channel, &queue).await;
+    assert!(exchange_exists(&conn, &idle).await);
+
+    // Unbinding the last queue deletes it.
+    let unbound = unique_name("ad-unbind");
+    declare_auto_delete(&channel, &unbound).await;
+    bind_queue(&channel, &queue, &unbound, "a").await;
+    bind_queue(&channel, &queue, &unbound, "b").await;
+    within(
+        "queue.unbind",
+        channel.queue_unbind(
+            queue.as_str().into(),
+            unbound.as_str().into(),
+            "a".into(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("unbind a");
+    assert!(
+        exchange_exists(&conn, &unbound).await,
+        "one binding is left"
+    );
+    within(
+        "queue.unbind",
+        channel.queue_unbind(
+            queue.as_str().into(),
+            unbound.as_str().into(),
+            "b".into(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("unbind b");
+    assert!(
+        !exchange_exists(&conn, &unbound).await,
+        "the last binding went"
+    );
+
+    // Deleting the bound queue deletes it too.
+    let by_queue = unique_name("ad-queue-gone");
+    declare_auto_delete(&channel, &by_queue).await;
+    bind_queue(&channel, &queue, &by_queue, "k").await;
+    within(
+        "queue.delete",
+        channel.queue_delete(
+            queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        ),
+    )
+    .await
+    .expect("delete the queue");
+    assert!(!exchange_exists(&conn, &by_queue).await);
+    assert!(exchange_exists(&conn, &idle).await, "the unbound one stays");
+}

@@ -305,18 +305,35 @@ impl VHost {
                 self.name
             )));
         }
-        let mut exchanges = self.exchanges.write();
-        if let Some(existing) = exchanges.get(name) {
-            if if_unused && existing.has_bindings() {
+        {
+            let exchanges = self.exchanges.read();
+            if let Some(existing) = exchanges.get(name)
+                && if_unused
+                && existing.has_bindings()
+            {
                 return Err(error::precondition(format!(
                     "exchange '{name}' in vhost '{}' in use",
                     self.name
                 )));
             }
+        }
+        self.remove_exchange(name);
+        Ok(())
+    }
+
+    /// Removes exchange `name` with its bindings (to it, from other exchanges) and its
+    /// held messages; auto-delete exchanges that thereby lose their last binding go too.
+    fn remove_exchange(&self, name: &str) {
+        let mut pending = vec![name.to_owned()];
+        while let Some(name) = pending.pop() {
+            let mut exchanges = self.exchanges.write();
+            let Some(existing) = exchanges.remove(&name) else {
+                continue;
+            };
             if existing.settings().durable {
                 self.record(&Change::DeleteExchange {
                     vhost: self.name.clone(),
-                    name: name.to_owned(),
+                    name: name.clone(),
                 });
             }
             if let Some(hold) = existing.hold() {
@@ -328,12 +345,27 @@ impl VHost {
                 }
                 hold.delete();
             }
-            exchanges.remove(name);
             for other in exchanges.values() {
-                other.remove_destination(DestinationKind::Exchange, name);
+                if unbinds_last(other, DestinationKind::Exchange, &name) {
+                    pending.push(other.name().to_string());
+                }
             }
         }
-        Ok(())
+    }
+
+    /// Deletes the auto-delete exchanges among `names` that have no bindings left.
+    fn remove_unused_exchanges(&self, names: Vec<String>) {
+        for name in names {
+            let unused = self
+                .exchanges
+                .read()
+                .get(&name)
+                .is_some_and(|e| e.settings().auto_delete && !e.has_bindings());
+            if unused {
+                tracing::debug!(exchange = %name, "auto-delete exchange lost its last binding");
+                self.remove_exchange(&name);
+            }
+        }
     }
 
     /// Looks up a queue that connection `conn` may use.
@@ -539,9 +571,14 @@ impl VHost {
     }
 
     fn forget_queue(&self, queue: &Arc<Queue>) -> u32 {
-        for exchange in self.exchanges.read().values() {
-            exchange.remove_destination(DestinationKind::Queue, queue.name());
-        }
+        let emptied: Vec<String> = self
+            .exchanges
+            .read()
+            .values()
+            .filter(|e| unbinds_last(e, DestinationKind::Queue, queue.name()))
+            .map(|e| e.name().to_string())
+            .collect();
+        self.remove_unused_exchanges(emptied);
         if queue.settings().durable {
             self.record(&Change::DeleteQueue {
                 vhost: self.name.clone(),
@@ -603,6 +640,9 @@ impl VHost {
                 routing_key,
                 arguments,
             )));
+        }
+        if removed {
+            self.remove_unused_exchanges(vec![source.name().to_string()]);
         }
     }
 
@@ -1073,4 +1113,12 @@ fn route_one(exchange: &Exchange, message: &Message, extra_keys: &[ShortStr], ou
     {
         out.exchanges.push(alternate);
     }
+}
+
+/// Removes every binding of `exchange` to a destination; true if that left an
+/// auto-delete exchange without bindings (it is then to be deleted, as in RabbitMQ).
+fn unbinds_last(exchange: &Exchange, kind: DestinationKind, name: &str) -> bool {
+    let had = exchange.has_bindings();
+    exchange.remove_destination(kind, name);
+    had && exchange.settings().auto_delete && !exchange.has_bindings()
 }

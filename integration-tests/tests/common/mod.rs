@@ -914,3 +914,29 @@ pub async fn publish_confirmed(
     .await
     .expect("publish")
 }
+
+/// Whether `exchange` exists (a passive `exchange.declare` on a fresh channel).
+pub async fn exchange_exists(conn: &Connection, exchange: &str) -> bool {
+    let channel = channel(conn).await;
+    let result = within(
+        "passive exchange.declare",
+        channel.exchange_declare(
+            exchange.into(),
+            lapin::ExchangeKind::Direct,
+            lapin::options::ExchangeDeclareOptions {
+                passive: true,
+                ..lapin::options::ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    match result {
+        Ok(()) => {
+            let _ = channel.close(200, "OK".into()).await;
+            true
+        }
+        Err(err) if amqp_error(&err).map(|(code, _)| code) == Some(404) => false,
+        Err(err) => panic!("passive exchange.declare failed otherwise: {err:?}"),
+    }
+}
