@@ -68,6 +68,8 @@ SCENARIOS = {
     "connections-10k": Connections(10_000),
     "1p1c-16B-ack": Messages("--size", "16"),
     "1p1c-16B-noack": Messages("--size", "16", "--no-ack"),
+    # A rate both brokers sustain, so that CPU per message compares like for like.
+    "1p1c-16B-ack-15krps": Messages("--size", "16", "--rate", "15000"),
     "1p1c-1KiB-ack": Messages("--size", "1024"),
     "4p4c-4q-16B-ack": Messages("--size", "16", "--producers", "4", "--consumers", "4",
                                 "--queues", "4"),

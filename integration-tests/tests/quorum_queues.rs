@@ -157,3 +157,47 @@ async fn stream_queues_are_refused_clearly() {
         ),
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_delivery_limit_the_twenty_first_return_dead_letters() {
+    let server = TestServer::start().await;
+    if !server.is_warren() {
+        // RabbitMQ 3.x has no default delivery limit; 4.x has this one.
+        return;
+    }
+    let (_conn, channel) = open(&server).await;
+    let dlq = unique_name("qq-default-dlq");
+    declare_queue(&channel, &dlq).await;
+    let name = unique_name("qq-default-limit");
+    declare(
+        &channel,
+        &name,
+        durable(),
+        quorum(&[
+            ("x-dead-letter-exchange", text("")),
+            ("x-dead-letter-routing-key", text(&dlq)),
+        ]),
+    )
+    .await
+    .expect("declare");
+    publish(&channel, "", &name, b"again and again").await;
+    for returned in 1..=20 {
+        let message = wait_for_get(&channel, &name).await;
+        requeue(&message).await;
+        if returned < 20 {
+            assert_eq!(
+                message_count(&channel, &dlq).await,
+                0,
+                "dead-lettered after {returned}"
+            );
+        }
+    }
+    let last = wait_for_get(&channel, &name).await;
+    assert_eq!(delivery_count(&last), Some(20));
+    requeue(&last).await;
+    let dead = wait_for_get(&channel, &dlq).await;
+    assert_eq!(
+        field_text(&x_death(&dead.delivery.properties)[0], "reason").as_deref(),
+        Some("delivery_limit")
+    );
+}
