@@ -16,8 +16,12 @@ fn write_policies(path: &Path, policies: &str) {
 }
 
 fn policy(name: &str, pattern: &str, definition: &str) -> String {
+    policy_for("queues", name, pattern, definition)
+}
+
+fn policy_for(apply_to: &str, name: &str, pattern: &str, definition: &str) -> String {
     format!(
-        r#"{{"vhost": "/", "name": "{name}", "pattern": "{pattern}", "apply-to": "queues",
+        r#"{{"vhost": "/", "name": "{name}", "pattern": "{pattern}", "apply-to": "{apply_to}",
             "priority": 0, "definition": {definition}}}"#
     )
 }
@@ -43,6 +47,12 @@ async fn policies_apply_at_start_and_change_on_sighup() {
                 r#"{"message-ttl": 100}"#,
             ),
             policy("len", &format!("^{prefix}\\\\.len"), r#"{"max-length": 5}"#),
+            policy_for(
+                "exchanges",
+                "ae",
+                &format!("^{prefix}\\\\.ex"),
+                &format!(r#"{{"alternate-exchange": "{prefix}.ae"}}"#),
+            ),
         ]
         .join(","),
     );
@@ -66,6 +76,27 @@ async fn policies_apply_at_start_and_change_on_sighup() {
     publish(&channel, "", &plain_q, b"kept").await;
     wait_for_count(&channel, &ttl_q, 0).await;
     assert_eq!(message_count(&channel, &plain_q).await, 1);
+
+    // An exchange policy gives unroutable messages an alternate exchange.
+    let ae_q = format!("{prefix}.caught");
+    declare_queue(&channel, &ae_q).await;
+    declare_exchange_with(
+        &channel,
+        &format!("{prefix}.ae"),
+        lapin::ExchangeKind::Fanout,
+        lapin::types::FieldTable::default(),
+    )
+    .await;
+    bind_queue(&channel, &ae_q, &format!("{prefix}.ae"), "").await;
+    declare_exchange_with(
+        &channel,
+        &format!("{prefix}.ex"),
+        lapin::ExchangeKind::Direct,
+        lapin::types::FieldTable::default(),
+    )
+    .await;
+    publish(&channel, &format!("{prefix}.ex"), "nowhere", b"caught").await;
+    wait_for_count(&channel, &ae_q, 1).await;
 
     // Length limits: the lower of the policy and the queue's own argument wins.
     let len_q = format!("{prefix}.len");

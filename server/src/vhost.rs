@@ -100,7 +100,7 @@ impl VHost {
         timers: Arc<Timers>,
         policies: Arc<RwLock<Policies>>,
     ) -> Arc<Self> {
-        Arc::new_cyclic(|me| Self {
+        let vhost = Arc::new_cyclic(|me| Self {
             name: name.to_owned(),
             exchanges: RwLock::new(predeclared_exchanges()),
             queues: RwLock::default(),
@@ -109,7 +109,9 @@ impl VHost {
             timers,
             policies,
             me: me.clone(),
-        })
+        });
+        vhost.apply_policies();
+        vhost
     }
 
     /// The arguments `queue` runs with: its declared ones under the policy that matches
@@ -125,12 +127,25 @@ impl VHost {
         )
     }
 
-    /// Applies the current policies to every queue (after a reload).
+    /// Applies the current policies to every queue and exchange (after a reload).
     pub fn apply_policies(&self) {
         let queues: Vec<Arc<Queue>> = self.queues.read().values().cloned().collect();
         for queue in queues {
             queue.set_arguments(self.effective_arguments(&queue));
         }
+        for exchange in self.exchanges.read().values() {
+            self.apply_exchange_policy(exchange);
+        }
+    }
+
+    /// Sets an exchange's alternate exchange from its argument or its policy.
+    fn apply_exchange_policy(&self, exchange: &Exchange) {
+        let policies = self.policies.read();
+        let policy = policies.for_exchange(&self.name, exchange.name());
+        exchange.set_alternate(policy::alternate_exchange(
+            &exchange.settings().arguments,
+            policy.map(|p| &p.definition),
+        ));
     }
 
     /// The vhost's name.
@@ -225,6 +240,7 @@ impl VHost {
             }));
         }
         let exchange = Arc::new(Exchange::new(name.into(), settings));
+        self.apply_exchange_policy(&exchange);
         if exchange.settings().delayed {
             self.create_hold(&exchange)?;
         }
@@ -922,20 +938,19 @@ impl VHost {
                 tracing::warn!(exchange = %def.name, kind = %def.kind, "skipping an exchange of unknown type");
                 continue;
             };
-            self.exchanges.write().insert(
-                def.name.clone(),
-                Arc::new(Exchange::new(
-                    def.name.as_str().into(),
-                    ExchangeSettings {
-                        kind,
-                        durable: true,
-                        auto_delete: def.auto_delete,
-                        internal: def.internal,
-                        delayed,
-                        arguments: def.arguments.clone(),
-                    },
-                )),
-            );
+            let exchange = Arc::new(Exchange::new(
+                def.name.as_str().into(),
+                ExchangeSettings {
+                    kind,
+                    durable: true,
+                    auto_delete: def.auto_delete,
+                    internal: def.internal,
+                    delayed,
+                    arguments: def.arguments.clone(),
+                },
+            ));
+            self.apply_exchange_policy(&exchange);
+            self.exchanges.write().insert(def.name.clone(), exchange);
         }
         let mut messages = 0;
         let mut queues = 0;

@@ -289,6 +289,8 @@ pub struct Exchange {
     router: RwLock<Box<dyn Router>>,
     /// Where a delayed exchange holds messages until their delay is over.
     hold: OnceLock<Arc<Queue>>,
+    /// The alternate exchange in force: its own argument, else its policy's.
+    alternate: RwLock<Option<ShortStr>>,
 }
 
 impl Exchange {
@@ -300,6 +302,7 @@ impl Exchange {
             settings,
             router,
             hold: OnceLock::new(),
+            alternate: RwLock::new(None),
         }
     }
 
@@ -352,14 +355,15 @@ impl Exchange {
         self.hold.set(hold).is_ok()
     }
 
-    /// The alternate exchange (`alternate-exchange` argument) that takes what this one
-    /// cannot route.
+    /// The alternate exchange that takes what this one cannot route.
     pub fn alternate(&self) -> Option<ShortStr> {
-        match self.settings.arguments.inner().get("alternate-exchange") {
-            Some(AMQPValue::LongString(name)) => Some(ShortStr::from(name.to_string())),
-            Some(AMQPValue::ShortString(name)) => Some(ShortStr::from(name.as_str())),
-            _ => None,
-        }
+        self.alternate.read().clone()
+    }
+
+    /// Sets the alternate exchange in force (from the `alternate-exchange` argument or
+    /// a policy).
+    pub fn set_alternate(&self, alternate: Option<String>) {
+        *self.alternate.write() = alternate.map(ShortStr::from);
     }
 
     /// Adds the destinations `message` goes to through this exchange's bindings.
