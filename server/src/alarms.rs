@@ -3,9 +3,10 @@
 //! connections are blocked (RabbitMQ's `connection.blocked`) until the alarm clears;
 //! consumers keep draining.
 //!
-//! Memory is the bytes of message bodies queues hold in memory, summed over the
-//! queues: it rises and falls with the backlog exactly, where the process's resident
-//! size would stay high after a backlog drains and keep publishers blocked.
+//! Memory is what the messages queues hold in memory take (bodies and each message's
+//! footprint), summed over the queues: it rises and falls with the backlog, where the
+//! process's resident size would stay high after a backlog drains and keep publishers
+//! blocked.
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -131,7 +131,7 @@ impl Broker {
         &self.alarms
     }
 
-    /// Bytes of message bodies the queues hold in memory (what the memory alarm
+    /// Memory the messages queues hold take (what the memory alarm
     /// watches).
     pub fn memory_in_use(&self) -> u64 {
         self.vhosts.values().map(|v| v.memory_in_use()).sum()

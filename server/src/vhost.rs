@@ -1055,7 +1055,7 @@ impl VHost {
         Ok((queues, messages))
     }
 
-    /// Bytes of message bodies its queues (and delayed exchanges) hold in memory.
+    /// Memory the messages its queues (and delayed exchanges) hold take.
     pub fn memory_in_use(&self) -> u64 {
         let queues: u64 = self.queues.read().values().map(|q| q.memory_bytes()).sum();
         let held: u64 = self.holds().iter().map(|q| q.memory_bytes()).sum();

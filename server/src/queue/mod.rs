@@ -90,6 +90,9 @@ pub enum ConsumerRemoval {
 /// durable queue's new messages stay only in its log and are paged in as consumers
 /// catch up, so a backlog larger than memory works.
 const READY_MESSAGES: usize = 4096;
+/// What a ready message costs in memory besides its body: its queue entry and the
+/// shared buffers' headers (properties, names), for the memory alarm.
+const MESSAGE_FOOTPRINT: usize = std::mem::size_of::<QueuedMessage>() + 64;
 /// Most body bytes of ready messages a queue keeps in memory.
 const READY_BYTES: usize = 8 << 20;
 /// When fewer ready messages than this remain in memory, the next page is read.
@@ -470,9 +473,11 @@ impl Queue {
         u32::try_from(self.state.lock().ready_count()).unwrap_or(u32::MAX)
     }
 
-    /// Bytes of message bodies held in memory (ready messages not paged out).
+    /// Memory its ready messages hold (those not paged out): bodies, plus each
+    /// message's own footprint, which dominates for small bodies.
     pub fn memory_bytes(&self) -> u64 {
-        self.state.lock().ready.bytes() as u64
+        let st = self.state.lock();
+        (st.ready.bytes() + st.ready.len() * MESSAGE_FOOTPRINT) as u64
     }
 
     /// Registered consumers.
