@@ -145,3 +145,42 @@ async fn dead_lettered_messages_and_priority_order_survive_a_restart() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_quorum_queue_keeps_its_delivery_counts_across_a_restart() {
+    let dir = temp_data_dir("qq-restart");
+    let server = TestServer::start_in(&dir).await;
+    if !server.is_warren() {
+        return;
+    }
+    let queue = unique_name("qq-restart");
+    {
+        let (_conn, channel) = open_confirm(&server).await;
+        declare_durable(&channel, &queue, table(&[("x-queue-type", text("quorum"))])).await;
+        publish_with(&channel, "", &queue, b"returned twice", persistent()).await;
+        for _ in 0..2 {
+            let message = wait_for_get(&channel, &queue).await;
+            within(
+                "basic.reject",
+                message
+                    .delivery
+                    .acker
+                    .reject(BasicRejectOptions { requeue: true }),
+            )
+            .await
+            .expect("reject");
+        }
+        wait_for_count(&channel, &queue, 1).await;
+    }
+    server.stop().await;
+    let server = TestServer::start_in(&dir).await;
+    let (_conn, channel) = open(&server).await;
+    let message = wait_for_get(&channel, &queue).await;
+    assert!(message.delivery.redelivered);
+    assert_eq!(
+        header(&message.delivery.properties, "x-delivery-count"),
+        Some(&AMQPValue::LongLongInt(2))
+    );
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -234,24 +234,31 @@ impl QueueState {
             self.paged_bytes = 0;
             return;
         }
+        let quorum = self.args.queue_type == QueueType::Quorum;
         for (pos, stored) in page {
-            let redelivered = log.was_delivered(pos);
+            let marks = log.delivery_marks(pos);
+            let redelivered = marks > 0;
+            // A quorum queue's message comes back with the returns it had counted.
+            let delivery_count = if quorum { marks.saturating_sub(1) } else { 0 };
             self.last_loaded = Some(pos);
             self.paged = self.paged.saturating_sub(1);
             self.paged_bytes = self.paged_bytes.saturating_sub(stored.body.len() as u64);
-            let message = Message {
+            let mut message = Message {
                 exchange: stored.exchange,
                 routing_key: stored.routing_key,
                 properties: stored.properties,
                 body: stored.body,
             };
+            if delivery_count > 0 {
+                message = message.with_delivery_count(delivery_count);
+            }
             self.expiring |= stored.expires_at_ms != 0;
             let queued = QueuedMessage {
                 offset: position_offset(pos),
                 position: Some(pos),
                 redelivered,
                 expires_at_ms: stored.expires_at_ms,
-                delivery_count: u32::from(redelivered),
+                delivery_count,
                 priority: message.properties().and_then(|p| p.priority()).unwrap_or(0),
                 message,
             };
@@ -678,6 +685,10 @@ impl Queue {
                 message.redelivered = true;
                 if quorum {
                     message.delivery_count += 1;
+                    // One more delivered marker: the count survives a restart.
+                    if let (Some(log), Some(pos)) = (st.log.as_mut(), message.position) {
+                        let _ = log.mark_delivered(pos);
+                    }
                     if st
                         .args
                         .delivery_limit

@@ -72,7 +72,8 @@ struct Segment {
     live: u32,
     /// Sorted offsets of acked records.
     acked: Vec<u32>,
-    /// Sorted offsets of live records with a delivered marker found at recovery.
+    /// Sorted offsets of live records with delivered markers found at recovery, once per
+    /// marker (repeats count a quorum queue's returns).
     delivered: Vec<u32>,
     /// Encoded ack-file entries not yet written.
     pending: Vec<u8>,
@@ -328,7 +329,7 @@ impl QueueLog {
             recovery.messages += u64::from(scan.live);
             recovery.bytes += scan.bytes;
             recovery.expiring += scan.expiring;
-            recovery.delivered += scan.delivered.len() as u64;
+            recovery.delivered += distinct(&scan.delivered);
             log.segments.push_back(Segment {
                 number: n,
                 len: scan.len,
@@ -693,6 +694,17 @@ impl QueueLog {
         self.pending_ack_bytes += entry.len();
     }
 
+    /// How many delivered markers recovery found for the live message at `pos`: its
+    /// first delivery and every return recorded since.
+    pub fn delivery_marks(&self, pos: SegmentPosition) -> u32 {
+        self.find_segment(pos.segment).map_or(0, |i| {
+            let marks = &self.segments[i].delivered;
+            let from = marks.partition_point(|&o| o < pos.offset);
+            let to = marks.partition_point(|&o| o <= pos.offset);
+            u32::try_from(to - from).unwrap_or(u32::MAX)
+        })
+    }
+
     /// Whether recovery found a delivered marker for the live message at `pos`.
     pub fn was_delivered(&self, pos: SegmentPosition) -> bool {
         self.find_segment(pos.segment).is_ok_and(|i| {
@@ -997,10 +1009,10 @@ fn read_acks(path: &Path, warnings: &mut Vec<String>) -> Result<AckEntries> {
             (offset, true) => entries.delivered.push(offset),
         }
     }
-    for v in [&mut entries.acked, &mut entries.delivered] {
-        v.sort_unstable();
-        v.dedup();
-    }
+    entries.acked.sort_unstable();
+    entries.acked.dedup();
+    // Repeated delivered markers count deliveries (quorum queues' delivery count).
+    entries.delivered.sort_unstable();
     entries.len = FILE_HEADER_LEN + whole as u64;
     Ok(entries)
 }
@@ -1105,8 +1117,9 @@ fn scan_segment(path: &Path, acks: &AckEntries) -> Result<Scan> {
             while next_delivered < acks.delivered.len() && acks.delivered[next_delivered] < at {
                 next_delivered += 1;
             }
-            if acks.delivered.get(next_delivered) == Some(&at) {
+            while acks.delivered.get(next_delivered) == Some(&at) {
                 scan.delivered.push(at);
+                next_delivered += 1;
             }
         }
         offset += RECORD_HEADER_LEN + payload_len;
@@ -1114,6 +1127,12 @@ fn scan_segment(path: &Path, acks: &AckEntries) -> Result<Scan> {
     .map(|why| (offset, why));
     scan.len = offset;
     Ok(scan)
+}
+
+/// The number of distinct values in a sorted slice.
+fn distinct(sorted: &[u32]) -> u64 {
+    let repeats = sorted.windows(2).filter(|w| w[0] == w[1]).count();
+    (sorted.len() - repeats) as u64
 }
 
 #[cfg(test)]
@@ -1237,6 +1256,8 @@ mod tests {
         assert_eq!(recovery.delivered, 1);
         let delivered: Vec<bool> = positions.iter().map(|&p| log.was_delivered(p)).collect();
         assert_eq!(delivered, [false, true, false, false, false]);
+        assert_eq!(log.delivery_marks(positions[1]), 1);
+        assert_eq!(log.delivery_marks(positions[0]), 0);
     }
 
     #[test]
