@@ -19,6 +19,7 @@ pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod erlang;
 pub mod error;
 pub mod exchange;
 pub mod message;

@@ -38,6 +38,7 @@ use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 use regex::Regex;
 use serde_json::{Map, Value};
 
+use crate::erlang;
 use crate::queue::arguments::{DeadLetterStrategy, Overflow, QueueArguments, QueueType};
 
 const MESSAGE_TTL: &str = "message-ttl";
@@ -464,7 +465,7 @@ impl PolicyDefinition {
         if let Some(&(first, _)) = unknown.first() {
             let terms: Vec<String> = unknown
                 .iter()
-                .map(|(k, v)| format!("{{{},{}}}", erl_binary(k), erl_json(v)))
+                .map(|(k, v)| format!("{{{},{}}}", erlang::binary(k.as_bytes()), erl_json(v)))
                 .collect();
             return Err((
                 first.clone(),
@@ -974,9 +975,9 @@ fn erl_json(value: &Value) -> String {
         Value::Number(n) => match (n.as_i64(), n.as_u64()) {
             (Some(i), _) => i.to_string(),
             (None, Some(u)) => u.to_string(),
-            (None, None) => erl_float(n.as_f64().unwrap_or_default()),
+            (None, None) => erlang::float(n.as_f64().unwrap_or_default()),
         },
-        Value::String(s) => erl_binary(s),
+        Value::String(s) => erlang::binary(s.as_bytes()),
         Value::Array(items) => {
             let items: Vec<String> = items.iter().map(erl_json).collect();
             format!("[{}]", items.join(","))
@@ -986,93 +987,11 @@ fn erl_json(value: &Value) -> String {
             entries.sort_by_key(|&(key, _)| key);
             let entries: Vec<String> = entries
                 .into_iter()
-                .map(|(k, v)| format!("{} => {}", erl_binary(k), erl_json(v)))
+                .map(|(k, v)| format!("{} => {}", erlang::binary(k.as_bytes()), erl_json(v)))
                 .collect();
             format!("#{{{}}}", entries.join(","))
         }
     }
-}
-
-/// Whether `io_lib` prints a character inside a string (its latin-1 printable range).
-fn erl_printable(c: char) -> bool {
-    matches!(
-        c,
-        ' '..='~' | '\u{a0}'..='\u{ff}' | '\n' | '\r' | '\t' | '\u{b}' | '\u{8}' | '\u{c}' | '\u{1b}'
-    )
-}
-
-/// A binary printed with `~tp`: `<<"abc">>`, `<<"é"/utf8>>`, or its bytes when a
-/// character falls outside the printable range: `<<1,2>>`.
-fn erl_binary(s: &str) -> String {
-    if s.is_empty() {
-        return "<<>>".to_owned();
-    }
-    if !s.chars().all(erl_printable) {
-        let codes: Vec<String> = s.bytes().map(|b| b.to_string()).collect();
-        return format!("<<{}>>", codes.join(","));
-    }
-    let mut out = String::with_capacity(s.len() + 6);
-    out.push_str("<<\"");
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{1b}' => out.push_str("\\e"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    if !s.is_ascii() {
-        out.push_str("/utf8");
-    }
-    out.push_str(">>");
-    out
-}
-
-/// A float as Erlang prints it: the shortest digits that read back, plain or scientific,
-/// whichever is shorter (plain on a tie), scientific from 2^53 up: `1.5`, `1.0e3`.
-fn erl_float(x: f64) -> String {
-    if !x.is_finite() {
-        return x.to_string();
-    }
-    let sign = if x.is_sign_negative() { "-" } else { "" };
-    let abs = x.abs();
-    if abs == 0.0 {
-        return format!("{sign}0.0");
-    }
-    let sci = format!("{abs:e}");
-    let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exponent: i64 = exponent.parse().unwrap_or(0);
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    let (first, rest) = digits.split_at(1);
-    let scientific = format!(
-        "{first}.{}e{exponent}",
-        if rest.is_empty() { "0" } else { rest }
-    );
-    let plain = if exponent >= 0 {
-        let int_len = usize::try_from(exponent).unwrap_or(0) + 1;
-        if digits.len() <= int_len {
-            format!("{digits}{}.0", "0".repeat(int_len - digits.len()))
-        } else {
-            let (int, frac) = digits.split_at(int_len);
-            format!("{int}.{frac}")
-        }
-    } else {
-        let zeros = usize::try_from(-exponent - 1).unwrap_or(0);
-        format!("0.{}{digits}", "0".repeat(zeros))
-    };
-    let shown = if abs < 9_007_199_254_740_992.0 && plain.len() <= scientific.len() {
-        plain
-    } else {
-        scientific
-    };
-    format!("{sign}{shown}")
 }
 
 #[cfg(test)]
@@ -2126,7 +2045,7 @@ mod tests {
             (0.00012, "1.2e-4"),
             (-2.5, "-2.5"),
         ] {
-            assert_eq!(erl_float(x), shown);
+            assert_eq!(erlang::float(x), shown);
         }
     }
 }

@@ -27,6 +27,7 @@ use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 use amqp_codec::properties::Property;
 
 use super::{Binding, Destination, DestinationKind, Routed, Router};
+use crate::erlang;
 use crate::error::{self, AmqpResult};
 use crate::message::Message;
 use crate::queue::arguments::type_name;
@@ -193,7 +194,7 @@ impl ConsistentHashRouter {
         match parse_integer(key) {
             None => Err(error::precondition(format!(
                 "The binding key must be an integer: {}",
-                erl_binary(key.as_bytes())
+                erlang::binary(key.as_bytes())
             ))),
             Some(n) if n < 1 => Err(error::precondition(
                 "The binding key must be greater than 0",
@@ -605,52 +606,6 @@ fn array<const N: usize>(bytes: &[u8]) -> [u8; N] {
         *o = *b;
     }
     out
-}
-
-/// Whether `io_lib` prints a character inside a string (its default latin-1 range).
-fn erl_printable(c: char) -> bool {
-    matches!(c, ' '..='~' | '\u{a0}'..='\u{ff}' | '\n' | '\r' | '\t' | '\u{b}' | '\u{8}' | '\u{c}' | '\u{1b}')
-}
-
-/// Characters quoted and escaped as `io_lib` prints a string.
-fn erl_quoted(chars: impl Iterator<Item = char>) -> String {
-    let mut out = String::from("\"");
-    for c in chars {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{1b}' => out.push_str("\\e"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A binary printed with `~tp` on one line: `<<"abc">>`, `<<"é"/utf8>>` for printable
-/// non-ASCII UTF-8, else a list of bytes.
-fn erl_binary(bytes: &[u8]) -> String {
-    if bytes.is_empty() {
-        return "<<>>".to_owned();
-    }
-    if let Ok(s) = std::str::from_utf8(bytes)
-        && !s.is_ascii()
-        && s.chars().all(erl_printable)
-    {
-        return format!("<<{}/utf8>>", erl_quoted(s.chars()));
-    }
-    let latin1 = || bytes.iter().map(|&b| char::from(b));
-    if latin1().all(erl_printable) {
-        return format!("<<{}>>", erl_quoted(latin1()));
-    }
-    let codes: Vec<String> = bytes.iter().map(u8::to_string).collect();
-    format!("<<{}>>", codes.join(","))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ use std::fmt;
 
 use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 
+use crate::erlang;
 use crate::error::{self, AmqpError, AmqpResult};
 use crate::vhost::QueueDeclare;
 
@@ -559,7 +560,7 @@ impl fmt::Display for Reason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::ExpectedInteger(t) => {
-                f.write_str(&erl_string(&format!("expected integer, got {t}")))
+                f.write_str(&erlang::string(&format!("expected integer, got {t}")))
             }
             Self::UnacceptableType(t) => write!(f, "{{unacceptable_type,{t}}}"),
             Self::ValueNegative(n) => write!(f, "{{value_negative,{n}}}"),
@@ -567,7 +568,7 @@ impl fmt::Display for Reason {
             Self::ValueTooLarge(n) => write!(f, "{{value_too_large,{n}}}"),
             Self::MaxValueExceeded(n) => write!(f, "{{max_value_exceeded,{n}}}"),
             Self::Atom(a) => f.write_str(a),
-            Self::Text(s) => f.write_str(&erl_string(s)),
+            Self::Text(s) => f.write_str(&erlang::string(s)),
         }
     }
 }
@@ -597,7 +598,7 @@ fn queue_type_arg(args: &FieldTable) -> Result<QueueType, Reason> {
         Some(b"stream") => Ok(QueueType::Stream),
         Some(other) => Err(Reason::Text(format!(
             "unsupported queue type '{}'",
-            erl_chars(other)
+            erlang::chars(other)
         ))),
     }
 }
@@ -722,7 +723,7 @@ fn apply(
             if mode != b"default" && mode != b"lazy" {
                 return Err(Reason::Text(format!(
                     "unsupported queue mode '{}'",
-                    erl_chars(mode)
+                    erlang::chars(mode)
                 )));
             }
         }
@@ -921,7 +922,7 @@ fn erl_equal(a: &AMQPValue, b: &AMQPValue, exact: bool) -> bool {
 /// `rabbit_misc:val/1` of a bare value: `'2000'`.
 fn untyped_val(value: &AMQPValue) -> String {
     match erl(value) {
-        Erl::Bin(bytes) => format!("'{}'", erl_chars(bytes)),
+        Erl::Bin(bytes) => format!("'{}'", erlang::chars(bytes)),
         term => format!("'{}'", erl_term(term)),
     }
 }
@@ -933,80 +934,18 @@ fn typed_val(value: Option<&AMQPValue>) -> String {
         return "none".to_owned();
     };
     let shown = match erl(value) {
-        Erl::Bin(bytes) => erl_chars(bytes),
+        Erl::Bin(bytes) => erlang::chars(bytes),
         term => erl_term(term),
     };
     format!("the value '{shown}' of type '{}'", type_name(value))
-}
-
-/// A binary printed with `~ts`: UTF-8 when valid, otherwise one character per byte.
-fn erl_chars(bytes: &[u8]) -> String {
-    match std::str::from_utf8(bytes) {
-        Ok(s) => s.to_owned(),
-        Err(_) => bytes.iter().map(|&b| char::from(b)).collect(),
-    }
-}
-
-/// Whether `io_lib` prints a character inside a string (its latin-1 printable range).
-fn erl_printable(c: char) -> bool {
-    matches!(c, ' '..='~' | '\u{a0}'..='\u{ff}' | '\n' | '\r' | '\t' | '\u{b}' | '\u{8}' | '\u{c}' | '\u{1b}')
-}
-
-/// A string printed with `~p`: quoted and escaped, or a list of character codes when it
-/// holds a character outside the printable range.
-fn erl_string(s: &str) -> String {
-    if s.is_empty() {
-        return "[]".to_owned();
-    }
-    if !s.chars().all(erl_printable) {
-        let codes: Vec<String> = s.chars().map(|c| u32::from(c).to_string()).collect();
-        return format!("[{}]", codes.join(","));
-    }
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\u{1b}' => out.push_str("\\e"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A binary nested in a table or array, printed with `~tp`: `<<"abc">>`,
-/// `<<"é"/utf8>>` or `<<1,2>>`.
-fn erl_binary(bytes: &[u8]) -> String {
-    if bytes.is_empty() {
-        return "<<>>".to_owned();
-    }
-    if let Ok(s) = std::str::from_utf8(bytes) {
-        if !s.is_ascii() && s.chars().all(erl_printable) {
-            return format!("<<{}/utf8>>", erl_string(s));
-        }
-    }
-    let latin1: String = bytes.iter().map(|&b| char::from(b)).collect();
-    if latin1.chars().all(erl_printable) {
-        return format!("<<{}>>", erl_string(&latin1));
-    }
-    let codes: Vec<String> = bytes.iter().map(u8::to_string).collect();
-    format!("<<{}>>", codes.join(","))
 }
 
 /// A term printed with `~tp`, on one line (RabbitMQ wraps terms past 80 columns).
 fn erl_term(term: Erl<'_>) -> String {
     match term {
         Erl::Int(n) => n.to_string(),
-        Erl::Float(x) => erl_float(x),
-        Erl::Bin(bytes) => erl_binary(bytes),
+        Erl::Float(x) => erlang::float(x),
+        Erl::Bin(bytes) => erlang::binary(bytes),
         Erl::Bool(b) => b.to_string(),
         Erl::Decimal(scale, value) => format!("{{{scale},{value}}}"),
         Erl::Undefined => "undefined".to_owned(),
@@ -1017,7 +956,7 @@ fn erl_term(term: Erl<'_>) -> String {
                 .map(|(k, v)| {
                     format!(
                         "{{{},{},{}}}",
-                        erl_binary(k.as_str().as_bytes()),
+                        erlang::binary(k.as_str().as_bytes()),
                         type_name(v),
                         erl_term(erl(v))
                     )
@@ -1033,50 +972,6 @@ fn erl_term(term: Erl<'_>) -> String {
             format!("[{}]", entries.join(","))
         }
     }
-}
-
-/// A float as Erlang prints it: the shortest digits that read back, in plain or
-/// scientific notation, whichever is shorter (plain on a tie), always scientific from
-/// 2^53 up: `1.5`, `100.0`, `1.0e3`, `1.2e-4`.
-fn erl_float(x: f64) -> String {
-    if !x.is_finite() {
-        // Erlang has no such floats; RabbitMQ could not have parsed one.
-        return x.to_string();
-    }
-    let sign = if x.is_sign_negative() { "-" } else { "" };
-    let abs = x.abs();
-    if abs == 0.0 {
-        return format!("{sign}0.0");
-    }
-    // Rust's `{:e}` gives the shortest round-trip digits: "1.2345e4", "1e3", "5e-324".
-    let sci = format!("{abs:e}");
-    let (mantissa, exponent) = sci.split_once('e').unwrap_or((sci.as_str(), "0"));
-    let exponent: i64 = exponent.parse().unwrap_or(0);
-    let digits: String = mantissa.chars().filter(char::is_ascii_digit).collect();
-    let (first, rest) = digits.split_at(1);
-    let scientific = format!(
-        "{first}.{}e{exponent}",
-        if rest.is_empty() { "0" } else { rest }
-    );
-    let plain = if exponent >= 0 {
-        let int_len = usize::try_from(exponent).unwrap_or(0) + 1;
-        if digits.len() <= int_len {
-            format!("{digits}{}.0", "0".repeat(int_len - digits.len()))
-        } else {
-            let (int, frac) = digits.split_at(int_len);
-            format!("{int}.{frac}")
-        }
-    } else {
-        let zeros = usize::try_from(-exponent - 1).unwrap_or(0);
-        format!("0.{}{digits}", "0".repeat(zeros))
-    };
-    let two_pow_53 = 9_007_199_254_740_992.0;
-    let shown = if abs < two_pow_53 && plain.len() <= scientific.len() {
-        plain
-    } else {
-        scientific
-    };
-    format!("{sign}{shown}")
 }
 
 #[cfg(test)]
@@ -2005,13 +1900,13 @@ mod tests {
     #[test]
     fn reasons_render_as_erlang_terms() {
         assert_eq!(
-            erl_string("a\"b\\c\n\r\t\u{b}\u{8}\u{c}\u{1b}d"),
+            erlang::string("a\"b\\c\n\r\t\u{b}\u{8}\u{c}\u{1b}d"),
             r#""a\"b\\c\n\r\t\v\b\f\ed""#
         );
-        assert_eq!(erl_string("a\u{1}b"), "[97,1,98]");
-        assert_eq!(erl_string("a\u{7f}b"), "[97,127,98]");
-        assert_eq!(erl_string("a\u{a0}b"), "\"a\u{a0}b\"");
-        assert_eq!(erl_string("日"), "[26085]");
+        assert_eq!(erlang::string("a\u{1}b"), "[97,1,98]");
+        assert_eq!(erlang::string("a\u{7f}b"), "[97,127,98]");
+        assert_eq!(erlang::string("a\u{a0}b"), "\"a\u{a0}b\"");
+        assert_eq!(erlang::string("日"), "[26085]");
         let text = refused(classic(&[(QUEUE_TYPE, s("fo\"o"))]));
         assert_eq!(
             text,
@@ -2019,10 +1914,10 @@ mod tests {
         );
         let text = refused(classic(&[(QUEUE_TYPE, s("日本"))]));
         assert!(text.ends_with(": [117,110,115,117,112,112,111,114,116,101,100,32,113,117,101,117,101,32,116,121,112,101,32,39,26085,26412,39]"), "{text}");
-        assert_eq!(erl_binary(b"abc"), "<<\"abc\">>");
-        assert_eq!(erl_binary(&[1, 2]), "<<1,2>>");
-        assert_eq!(erl_binary("é".as_bytes()), "<<\"é\"/utf8>>");
-        assert_eq!(erl_binary(b""), "<<>>");
+        assert_eq!(erlang::binary(b"abc"), "<<\"abc\">>");
+        assert_eq!(erlang::binary(&[1, 2]), "<<1,2>>");
+        assert_eq!(erlang::binary("é".as_bytes()), "<<\"é\"/utf8>>");
+        assert_eq!(erlang::binary(b""), "<<>>");
     }
 
     #[test]
@@ -2055,9 +1950,9 @@ mod tests {
             (1.0e21, "1.0e21"),
         ];
         for &(x, shown) in cases {
-            assert_eq!(erl_float(x), shown, "{x:?}");
+            assert_eq!(erlang::float(x), shown, "{x:?}");
         }
         // A float field is widened to a double, as RabbitMQ's parser does.
-        assert_eq!(erl_float(f64::from(1.1f32)), "1.100000023841858");
+        assert_eq!(erlang::float(f64::from(1.1f32)), "1.100000023841858");
     }
 }
