@@ -852,17 +852,13 @@ impl VHost {
                 route_through(&exchanges, source, &letter.message, &[], &mut routed);
                 routed.dedup_queues();
             }
-            let handling = Handling::of(&letter.message);
-            for queue in routed.queues.drain(..) {
-                match queue.publish(letter.message.clone(), handling) {
-                    Ok(Enqueued::Logged) => commits.push(queue),
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::error!(queue = %queue.name(), %error, "cannot store a delayed message");
-                    }
-                }
-            }
+            enqueue_moved(&letter.message, routed.queues.drain(..), &mut commits);
         }
+        self.commit_moved(commits);
+    }
+
+    /// Asks the group commit to make durable the logs that took moved messages.
+    fn commit_moved(&self, commits: Vec<Arc<dyn SyncTarget>>) {
         if let (Some(store), false) = (&self.store, commits.is_empty()) {
             store.commit(commits, None);
         }
@@ -905,23 +901,13 @@ impl VHost {
                 );
                 routed.dedup_queues();
             }
-            let handling = Handling::of(&republished.message);
-            for queue in routed.queues.drain(..) {
-                if republished.is_cycle(queue.name()) {
-                    continue;
-                }
-                match queue.publish(republished.message.clone(), handling) {
-                    Ok(Enqueued::Logged) => commits.push(queue),
-                    Ok(_) => {}
-                    Err(error) => {
-                        tracing::error!(queue = %queue.name(), %error, "cannot store a dead-lettered message");
-                    }
-                }
-            }
+            let targets = routed
+                .queues
+                .drain(..)
+                .filter(|queue| !republished.is_cycle(queue.name()));
+            enqueue_moved(&republished.message, targets, &mut commits);
         }
-        if let (Some(store), false) = (&self.store, commits.is_empty()) {
-            store.commit(commits, None);
-        }
+        self.commit_moved(commits);
     }
 
     /// Rebuilds this vhost's durable exchanges, queues (with their logs) and bindings
@@ -1136,4 +1122,24 @@ fn unbinds_last(exchange: &Exchange, kind: DestinationKind, name: &str) -> bool 
     let had = exchange.has_bindings();
     exchange.remove_destination(kind, name);
     had && exchange.settings().auto_delete && !exchange.has_bindings()
+}
+
+/// Puts a message the broker moves itself (dead-lettered, or delayed and now due) on
+/// `queues`, noting those whose logs then owe a group commit. A queue that cannot store
+/// it is logged and skipped: there is no publisher to refuse.
+fn enqueue_moved(
+    message: &Message,
+    queues: impl Iterator<Item = Arc<Queue>>,
+    commits: &mut Vec<Arc<dyn SyncTarget>>,
+) {
+    let handling = Handling::of(message);
+    for queue in queues {
+        match queue.publish(message.clone(), handling) {
+            Ok(Enqueued::Logged) => commits.push(queue),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(queue = %queue.name(), %error, "cannot store a moved message");
+            }
+        }
+    }
 }
