@@ -215,6 +215,18 @@ pub async fn publish_confirmed_or_closed(
         channel.confirm_select(lapin::options::ConfirmSelectOptions::default()),
     )
     .await?;
+    publish_then_confirm(channel, exchange, routing_key, options, body, properties).await
+}
+
+/// Publishes and awaits lapin's send and, in confirm mode, the broker's confirm.
+async fn publish_then_confirm(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    options: BasicPublishOptions,
+    body: &[u8],
+    properties: BasicProperties,
+) -> lapin::Result<lapin::Confirmation> {
     within("basic.publish", async {
         channel
             .basic_publish(
@@ -899,20 +911,9 @@ pub async fn publish_confirmed(
     body: &[u8],
     properties: BasicProperties,
 ) -> lapin::Confirmation {
-    within("basic.publish", async {
-        channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await?
-            .await
-    })
-    .await
-    .expect("publish")
+    publish_then_confirm(channel, exchange, routing_key, options, body, properties)
+        .await
+        .expect("publish")
 }
 
 /// Whether `exchange` exists (a passive `exchange.declare` on a fresh channel).
