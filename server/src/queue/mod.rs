@@ -5,6 +5,12 @@
 //! dispatches on the publisher's task; the chosen consumers' connections are woken through
 //! their [`Mailbox`], so a message makes one cross-task hand-off from publisher to
 //! consumer.
+//!
+//! What the queue's arguments (and policies) ask for is applied under the same lock:
+//! length limits, TTLs checked at the head (woken by the broker's timers), priorities,
+//! consumer priorities and a single active consumer. Messages that leave unconsumed are
+//! collected there and dead-lettered after the lock is released, since their route may
+//! lead back to this queue.
 
 pub mod arguments;
 pub mod credit;
