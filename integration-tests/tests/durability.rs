@@ -467,11 +467,7 @@ async fn a_torn_and_scribbled_log_tail_is_cut_off_at_start() {
     std::fs::write(&segment, &bytes).expect("damage the segment");
     let server = TestServer::start_in(&dir).await;
     let (_conn, channel) = open(&server).await;
-    let got: Vec<String> = drain(&channel, &queue)
-        .await
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
+    let got: Vec<String> = drain_bodies(&channel, &queue).await;
     let expected: Vec<String> = (0..9).map(|i| format!("m{i}")).collect();
     assert_eq!(
         got, expected,

@@ -62,13 +62,7 @@ async fn route(
     );
     let mut out = Vec::new();
     for queue in queues {
-        out.push(
-            drain(channel, queue)
-                .await
-                .into_iter()
-                .map(|(b, _)| b)
-                .collect(),
-        );
+        out.push(drain_bodies(channel, queue).await);
     }
     out
 }

@@ -136,11 +136,7 @@ async fn dead_lettered_messages_and_priority_order_survive_a_restart() {
         field_text(&deaths[0], "queue").as_deref(),
         Some(queue.as_str())
     );
-    let order: Vec<String> = drain(&channel, &prio)
-        .await
-        .into_iter()
-        .map(|(body, _)| body)
-        .collect();
+    let order: Vec<String> = drain_bodies(&channel, &prio).await;
     assert_eq!(order, ["high", "mid", "low", "none"]);
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);

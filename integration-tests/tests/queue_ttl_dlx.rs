@@ -894,11 +894,7 @@ async fn max_length_drops_the_oldest() {
         publish(&channel, "", &queue, format!("m{i}").as_bytes()).await;
     }
     assert_eq!(message_count(&channel, &queue).await, 2);
-    let bodies: Vec<String> = drain(&channel, &queue)
-        .await
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
+    let bodies: Vec<String> = drain_bodies(&channel, &queue).await;
     assert_eq!(bodies, ["m3", "m4"]);
 }
 
@@ -914,11 +910,7 @@ async fn max_length_counts_ready_messages_only() {
     assert_eq!(message_count(&channel, &queue).await, 1);
     // Requeueing the unacked one brings the queue over its limit: the head goes.
     reject(&channel, taken.delivery.delivery_tag, true).await;
-    let bodies: Vec<String> = drain(&channel, &queue)
-        .await
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
+    let bodies: Vec<String> = drain_bodies(&channel, &queue).await;
     assert_eq!(bodies, ["ready"]);
 }
 
@@ -945,11 +937,7 @@ async fn max_length_drop_head_dead_letters_with_reason_maxlen() {
         );
         assert_first_death(&dead.delivery.properties, "maxlen", &queue, "");
     }
-    let bodies: Vec<String> = drain(&channel, &queue)
-        .await
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
+    let bodies: Vec<String> = drain_bodies(&channel, &queue).await;
     assert_eq!(bodies, ["m2"]);
 }
 
@@ -1009,11 +997,7 @@ async fn reject_publish_nacks_the_publish_and_keeps_the_queue() {
             Confirmation::Nack(None)
         ]
     );
-    let bodies: Vec<String> = drain(&channel, &queue)
-        .await
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
+    let bodies: Vec<String> = drain_bodies(&channel, &queue).await;
     assert_eq!(bodies, ["m0", "m1"]);
     // reject-publish does not dead-letter what it refuses.
     assert_eq!(message_count(&channel, &dlq).await, 0);
@@ -1047,11 +1031,7 @@ async fn reject_publish_without_confirms_drops_silently() {
     publish(&channel, "", &queue, b"kept").await;
     publish(&channel, "", &queue, b"refused").await;
     wait_for_count(&channel, &queue, 1).await;
-    let bodies: Vec<String> = drain(&channel, &queue)
-        .await
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
+    let bodies: Vec<String> = drain_bodies(&channel, &queue).await;
     assert_eq!(bodies, ["kept"]);
 }
 
@@ -1100,11 +1080,7 @@ async fn reject_publish_dlx_nacks_and_dead_letters_the_refused_message() {
         &[&queue],
         1,
     );
-    let bodies: Vec<String> = drain(&channel, &queue)
-        .await
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
+    let bodies: Vec<String> = drain_bodies(&channel, &queue).await;
     assert_eq!(bodies, ["kept"]);
 }
 
@@ -1122,11 +1098,7 @@ async fn max_length_bytes_counts_body_bytes() {
     assert_eq!(message_count(&channel, &queue).await, 2);
     // 12 bytes is over: the oldest goes.
     publish(&channel, "", &queue, b"cccc").await;
-    let bodies: Vec<String> = drain(&channel, &queue)
-        .await
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
+    let bodies: Vec<String> = drain_bodies(&channel, &queue).await;
     assert_eq!(bodies, ["bbbb", "cccc"]);
 
     // A body larger than the limit on its own leaves the queue empty.
@@ -1170,10 +1142,6 @@ async fn max_length_bytes_with_reject_publish_nacks() {
             Confirmation::Nack(None)
         ]
     );
-    let bodies: Vec<String> = drain(&channel, &queue)
-        .await
-        .into_iter()
-        .map(|(b, _)| b)
-        .collect();
+    let bodies: Vec<String> = drain_bodies(&channel, &queue).await;
     assert_eq!(bodies, ["aaaa", "bbbb"]);
 }

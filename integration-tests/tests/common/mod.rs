@@ -941,3 +941,12 @@ pub async fn exchange_exists(conn: &Connection, exchange: &str) -> bool {
         Err(err) => panic!("passive exchange.declare failed otherwise: {err:?}"),
     }
 }
+
+/// The bodies [`drain`] takes from `queue`, in order, without their redelivered flags.
+pub async fn drain_bodies(channel: &Channel, queue: &str) -> Vec<String> {
+    drain(channel, queue)
+        .await
+        .into_iter()
+        .map(|(body, _)| body)
+        .collect()
+}
