@@ -85,7 +85,8 @@ SCENARIOS = {
 }
 
 
-SWEEPS = ("connections", "queues", "consumers on one queue", "topic bindings", "backlog")
+SWEEPS = ("connections", "queues", "durable queues, confirms", "consumers on one queue",
+          "topic bindings", "backlog")
 
 
 def growth_scenarios(with_10m):
@@ -100,6 +101,13 @@ def growth_scenarios(with_10m):
     for q in (1, 10, 100, 1000):
         rows.append(("queues", q, Messages(
             "--size", "16", "--producers", "2", "--consumers", "2", "--queues", str(q),
+            "--consumers-per-connection", str(math.ceil(q / 2)))))
+    # The same with persistent messages, durable queues and publisher confirms: one
+    # group commit then covers appends to many queue logs.
+    for q in (1, 10, 100, 1000):
+        rows.append(("durable queues, confirms", q, Messages(
+            "--size", "1024", "--persistent", "--confirm", "256", "--producers", "2",
+            "--consumers", "2", "--queues", str(q),
             "--consumers-per-connection", str(math.ceil(q / 2)))))
     # 1 -> 1,000 consumers on one queue, on at most 2 connections.
     for c in (1, 10, 100, 1000):

@@ -978,7 +978,7 @@ impl SyncTarget for Queue {
         }))
     }
 
-    fn complete_sync(&self, pending: PendingSync, result: crate::store::Result<()>) -> bool {
+    fn complete_sync(&self, pending: PendingSync, result: &crate::store::Result<()>) -> bool {
         let mut st = self.state.lock();
         let Some(log) = st.log.as_mut() else {
             return false;

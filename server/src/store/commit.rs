@@ -1,5 +1,5 @@
 //! Group commit: one thread makes writes durable for many queues and many publishers at
-//! once, so one fsync per log serves every message appended since the last one.
+//! once, so one sync serves every message appended since the last one, in every log.
 //!
 //! Connections submit the logs their last batch wrote to, optionally with a channel to
 //! hear back on; publisher confirms wait for that answer. Requests that queue up while
@@ -21,7 +21,7 @@ pub trait SyncTarget: Send + Sync {
     /// nothing it holds may be confirmed).
     fn begin_sync(&self) -> Option<super::Result<PendingSync>>;
     /// Records the fsync's outcome; false if the appends are not durable.
-    fn complete_sync(&self, pending: PendingSync, result: super::Result<()>) -> bool;
+    fn complete_sync(&self, pending: PendingSync, result: &super::Result<()>) -> bool;
 }
 
 struct Request {
@@ -79,7 +79,10 @@ fn commit_loop(inbox: &mpsc::Receiver<Request>, definitions: &Mutex<DefinitionSt
                 .is_ok(),
             Err(_) => false,
         };
+        // Every log writes its buffers first, then one sync covers them all.
         let mut seen: Vec<(*const (), bool)> = Vec::new();
+        let mut began: Vec<(usize, &Arc<dyn SyncTarget>)> = Vec::new();
+        let mut pending = Vec::new();
         for request in &batch {
             for target in &request.targets {
                 let key = Arc::as_ptr(target).cast::<()>();
@@ -87,15 +90,20 @@ fn commit_loop(inbox: &mpsc::Receiver<Request>, definitions: &Mutex<DefinitionSt
                     continue;
                 }
                 let ok = match target.begin_sync() {
-                    Some(Ok(pending)) => {
-                        let result = pending.run();
-                        target.complete_sync(pending, result)
+                    Some(Ok(sync)) => {
+                        began.push((seen.len(), target));
+                        pending.push(sync);
+                        false
                     }
                     Some(Err(_)) => false,
                     None => true,
                 };
                 seen.push((key, ok));
             }
+        }
+        let result = PendingSync::run_together(&pending);
+        for ((slot, target), sync) in began.into_iter().zip(pending) {
+            seen[slot].1 = target.complete_sync(sync, &result);
         }
         for request in batch {
             let ok = definitions_ok

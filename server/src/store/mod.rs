@@ -11,7 +11,7 @@
 //!   paged reads, crash recovery.
 //! - [`lock`]: [`DataDirLock`], so that two brokers never share a data directory.
 //! - [`definitions`]: durable exchanges, queues and bindings: a snapshot plus a change log.
-//! - [`commit`]: the group commit: one thread, one fsync per log for many appends.
+//! - [`commit`]: the group commit: one thread, one sync for many appends to many logs.
 //! - [`broker_store`]: a broker's data directory: lock, definitions, queue logs, commit.
 
 pub mod broker_store;
