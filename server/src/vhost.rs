@@ -1057,6 +1057,11 @@ impl VHost {
             .collect()
     }
 
+    /// A spill log for one of its transient queues; `None` without a data directory.
+    pub(crate) fn create_spill_log(&self) -> Option<crate::store::Result<crate::store::QueueLog>> {
+        self.store.as_ref().map(|store| store.create_spill_log())
+    }
+
     /// Every queue that keeps a durable log (delayed exchanges' too), for a final sync
     /// at shutdown.
     pub fn logged_queues(&self) -> Vec<Arc<Queue>> {

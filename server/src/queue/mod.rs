@@ -131,8 +131,18 @@ struct QueueState {
     paged_bytes: u64,
     /// The newest log position ever loaded into memory: paging resumes after it.
     last_loaded: Option<SegmentPosition>,
-    /// The durable log (durable queues only).
+    /// The queue's log. A durable queue's holds every message; a transient queue's is a
+    /// spill log, made when its backlog first outgrows memory, holding only what did not
+    /// fit (never synced, gone with the queue or at the next start).
     log: Option<QueueLog>,
+    /// `log` is a spill log.
+    spill: bool,
+    /// A spill log could not be made: the backlog stays in memory.
+    spill_unavailable: bool,
+    /// What turns the log positions of the messages spilled since the backlog last fitted
+    /// in memory into offsets that follow the offsets of the messages before them.
+    spill_base: u64,
+    /// The offset of the next message kept in memory by a queue without a durable log.
     next_offset: u64,
     /// Consumers, highest priority first, in arrival order within a priority.
     consumers: Vec<ConsumerHandle>,
@@ -206,6 +216,15 @@ impl QueueState {
                 .is_some_and(|max| self.ready_bytes() + len as u64 > max)
     }
 
+    /// Whether the ready messages in memory fill the queue's share: further ones wait
+    /// in the log.
+    fn memory_full(&self) -> bool {
+        !self.holds
+            && (self.paged > 0
+                || self.ready.len() >= READY_MESSAGES
+                || self.ready.bytes() >= READY_BYTES)
+    }
+
     /// Reads the next page of logged messages into memory when memory runs low.
     fn refill(&mut self, queue: &str) {
         if self.ready.len() < REFILL_BELOW {
@@ -259,8 +278,16 @@ impl QueueState {
                 message = message.with_delivery_count(delivery_count);
             }
             self.expiring |= stored.expires_at_ms != 0;
+            let offset = if self.spill {
+                position_offset(pos).wrapping_add(self.spill_base)
+            } else {
+                position_offset(pos)
+            };
+            if self.spill {
+                self.next_offset = offset + 1;
+            }
             let queued = QueuedMessage {
-                offset: position_offset(pos),
+                offset,
                 position: Some(pos),
                 redelivered,
                 expires_at_ms: stored.expires_at_ms,
@@ -465,7 +492,8 @@ impl Queue {
 
     /// Whether it keeps a durable log.
     pub fn is_logged(&self) -> bool {
-        self.state.lock().log.is_some()
+        let st = self.state.lock();
+        st.log.is_some() && !st.spill
     }
 
     /// Checks that connection `conn` may use this queue (exclusive queues belong to one).
@@ -594,20 +622,29 @@ impl Queue {
         } else {
             0
         };
-        let logged = if let Some(log) = st.log.as_mut() {
-            let pos = log.append(&StoredMessage {
-                persistent: handling.persistent,
-                expires_at_ms,
-                exchange: message.exchange.clone(),
-                routing_key: message.routing_key.clone(),
-                properties: message.properties.clone(),
-                body: message.body.clone(),
-            })?;
-            let page_out = !st.holds
-                && (st.paged > 0
-                    || st.ready.len() >= READY_MESSAGES
-                    || st.ready.bytes() >= READY_BYTES);
-            if page_out {
+        let stored = |message: &Message| StoredMessage {
+            persistent: handling.persistent,
+            expires_at_ms,
+            exchange: message.exchange.clone(),
+            routing_key: message.routing_key.clone(),
+            properties: message.properties.clone(),
+            body: message.body.clone(),
+        };
+        let durable_log = st.log.is_some() && !st.spill;
+        let logged = if !durable_log && st.memory_full() && self.spill_log(&mut st) {
+            let paged = st.paged;
+            let log = st.log.as_mut().ok_or(StoreError::Misuse("no spill log"))?;
+            let pos = log.append(&stored(&message))?;
+            if paged == 0 {
+                st.spill_base = st.next_offset.wrapping_sub(position_offset(pos));
+            }
+            st.paged += 1;
+            st.paged_bytes += message.body.len() as u64;
+            false
+        } else if durable_log {
+            let log = st.log.as_mut().ok_or(StoreError::Misuse("no queue log"))?;
+            let pos = log.append(&stored(&message))?;
+            if st.memory_full() {
                 st.paged += 1;
                 st.paged_bytes += message.body.len() as u64;
             } else {
@@ -650,6 +687,38 @@ impl Queue {
         } else {
             Enqueued::Memory
         })
+    }
+
+    /// Makes sure a transient queue has its spill log; false if it cannot have one (no
+    /// data directory, or creating it failed), and then its backlog stays in memory.
+    fn spill_log(&self, st: &mut QueueState) -> bool {
+        if st.log.is_some() {
+            return true;
+        }
+        if st.spill_unavailable {
+            return false;
+        }
+        match self
+            .owner
+            .upgrade()
+            .and_then(|vhost| vhost.create_spill_log())
+        {
+            Some(Ok(log)) => {
+                tracing::debug!(queue = %self.name, "the backlog outgrew memory: spilling to disk");
+                st.log = Some(log);
+                st.spill = true;
+                true
+            }
+            Some(Err(error)) => {
+                tracing::error!(queue = %self.name, %error, "cannot spill the backlog to disk; it stays in memory");
+                st.spill_unavailable = true;
+                false
+            }
+            None => {
+                st.spill_unavailable = true;
+                false
+            }
+        }
     }
 
     /// Takes the oldest ready message for `basic.get`, with the count left behind. With
@@ -972,6 +1041,9 @@ impl Wake for Queue {
 impl SyncTarget for Queue {
     fn begin_sync(&self) -> Option<crate::store::Result<PendingSync>> {
         let mut st = self.state.lock();
+        if st.spill {
+            return None;
+        }
         let log = st.log.as_mut()?;
         Some(log.begin_sync().inspect_err(|error| {
             tracing::error!(queue = %self.name, %error, "cannot write the queue's log");

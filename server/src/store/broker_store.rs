@@ -1,7 +1,9 @@
 //! A broker's data directory: the lock that keeps other brokers out, the durable
-//! definitions, one log directory per durable queue, and the group commit.
+//! definitions, one log directory per durable queue, the spill logs of transient queues,
+//! and the group commit.
 //!
-//! Layout: `warren.lock`, `definitions.json` + `definitions.log`, `queues/<id>/`.
+//! Layout: `warren.lock`, `definitions.json` + `definitions.log`, `queues/<id>/`,
+//! `spill/<id>/` (emptied at every start: it only ever holds transient messages).
 
 use std::collections::HashSet;
 use std::fs;
@@ -14,13 +16,15 @@ use super::format::DEFAULT_SEGMENT_SIZE;
 use super::{DataDirLock, QueueLog, Recovery, Result, StoreError};
 
 const QUEUES_DIR: &str = "queues";
+const SPILL_DIR: &str = "spill";
 /// Names a Warren data directory may hold; anything else means it is not ours.
-const KNOWN_ENTRIES: [&str; 6] = [
+const KNOWN_ENTRIES: [&str; 7] = [
     "warren.lock",
     "definitions.json",
     "definitions.log",
     "definitions.tmp",
     QUEUES_DIR,
+    SPILL_DIR,
     "lost+found",
 ];
 
@@ -67,6 +71,11 @@ impl BrokerStore {
             .map_err(StoreError::io("start the commit thread", dir))?;
         let queues = dir.join(QUEUES_DIR);
         fs::create_dir_all(&queues).map_err(StoreError::io("create directory", &queues))?;
+        let spill = dir.join(SPILL_DIR);
+        if spill.exists() {
+            fs::remove_dir_all(&spill).map_err(StoreError::io("remove directory", &spill))?;
+        }
+        fs::create_dir_all(&spill).map_err(StoreError::io("create directory", &spill))?;
         Ok((
             Self {
                 dir: dir.to_owned(),
@@ -100,6 +109,15 @@ impl BrokerStore {
     /// I/O failures.
     pub fn create_queue_log(&self, id: &str) -> Result<QueueLog> {
         QueueLog::create(self.queue_dir(id), DEFAULT_SEGMENT_SIZE)
+    }
+
+    /// Creates a spill log for a transient queue whose backlog outgrew memory.
+    ///
+    /// # Errors
+    /// I/O failures.
+    pub fn create_spill_log(&self) -> Result<QueueLog> {
+        let dir = self.dir.join(SPILL_DIR).join(crate::names::queue_log_id());
+        QueueLog::create_scratch(dir, DEFAULT_SEGMENT_SIZE)
     }
 
     /// Opens a durable queue's log at start-up.

@@ -248,6 +248,9 @@ pub struct QueueLog {
     cursor: Option<(SegmentPosition, SegmentPosition)>,
     poisoned: Option<String>,
     deleted: bool,
+    /// A spill log: never synced nor reopened, so it keeps no ack files and no sync
+    /// bookkeeping, only what tells when a segment can go.
+    scratch: bool,
 }
 
 impl QueueLog {
@@ -267,6 +270,18 @@ impl QueueLog {
         }
         let mut log = Self::empty(dir, segment_size, 0);
         log.parent_unsynced = true;
+        Ok(log)
+    }
+
+    /// Starts a spill log in `dir`: a transient queue's overflow, written but never
+    /// synced, acked in memory only, and deleted with the queue (or at the next start).
+    ///
+    /// # Errors
+    /// As [`create`](Self::create).
+    pub fn create_scratch(dir: impl AsRef<Path>, segment_size: u64) -> Result<QueueLog> {
+        let mut log = Self::create(dir, segment_size)?;
+        log.scratch = true;
+        log.parent_unsynced = false;
         Ok(log)
     }
 
@@ -384,6 +399,7 @@ impl QueueLog {
             cursor: None,
             poisoned: None,
             deleted: false,
+            scratch: false,
         }
     }
 
@@ -471,7 +487,7 @@ impl QueueLog {
             .open(&path)
             .map_err(StoreError::io("create", &path))?;
         self.next_segment = next;
-        self.dir_unsynced = true;
+        self.dir_unsynced = !self.scratch;
         let mut buf = self
             .writer
             .as_mut()
@@ -488,7 +504,7 @@ impl QueueLog {
         };
         self.segments.push_back(Segment::new(number));
         if let Some(old) = self.writer.replace(writer) {
-            if old.dirty {
+            if old.dirty && !self.scratch {
                 self.unsynced.push((old.path, old.file));
             }
             if let Ok(i) = self.find_segment(old.number)
@@ -704,6 +720,9 @@ impl QueueLog {
     }
 
     fn push_entry(&mut self, i: usize, entry: [u8; 4]) {
+        if self.scratch {
+            return;
+        }
         let seg = &mut self.segments[i];
         if seg.pending.is_empty() {
             self.dirty_acks.push(seg.number);
@@ -886,7 +905,7 @@ impl QueueLog {
         }
         self.live = 0;
         self.cursor = None;
-        self.dir_unsynced = true;
+        self.dir_unsynced = !self.scratch;
         Ok(purged)
     }
 
@@ -1603,7 +1622,7 @@ mod tests {
     fn one_sync_together_makes_several_logs_durable() {
         let dir = TempDir::new("synctogether");
         let mut logs: Vec<QueueLog> = (0..3)
-            .map(|i| QueueLog::create(&dir.path().join(format!("q{i}")), SEG).expect("create"))
+            .map(|i| QueueLog::create(dir.path().join(format!("q{i}")), SEG).expect("create"))
             .collect();
         let appended: Vec<_> = logs
             .iter_mut()

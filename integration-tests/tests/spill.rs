@@ -1,0 +1,175 @@
+//! Transient queues whose backlog outgrows memory spill it to disk: every message still
+//! comes back exactly once and in order (returned ones first), the spill files go with
+//! the queue, and a restart starts with none.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use integration_tests::{TestServer, temp_data_dir, unique_name, wait_for};
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+
+/// More than a queue keeps in memory (4,096 messages).
+const BACKLOG: usize = 10_000;
+
+/// The segment files under the data directory's spill area.
+fn spill_segments(data_dir: &Path) -> Vec<PathBuf> {
+    let Ok(logs) = std::fs::read_dir(data_dir.join("spill")) else {
+        return Vec::new();
+    };
+    logs.flatten()
+        .filter_map(|log| std::fs::read_dir(log.path()).ok())
+        .flat_map(|files| files.flatten().map(|f| f.path()))
+        .filter(|path| path.extension().is_some_and(|e| e == "seg"))
+        .collect()
+}
+
+fn spilled_bytes(data_dir: &Path) -> u64 {
+    spill_segments(data_dir)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transient_backlog_spills_to_disk_and_comes_back_in_order() {
+    let dir = temp_data_dir("spill");
+    let server = TestServer::start_in(&dir).await;
+    let queue = unique_name("spill");
+    let (_conn, channel) = open(&server).await;
+    declare_queue(&channel, &queue).await;
+    let bodies: Vec<String> = (0..BACKLOG).map(|i| format!("m{i:05}")).collect();
+    for body in &bodies {
+        publish(&channel, "", &queue, body.as_bytes()).await;
+    }
+    wait_for_count(&channel, &queue, BACKLOG as u32).await;
+    assert!(
+        spilled_bytes(&dir) > 0,
+        "a backlog past the memory window is written to the spill area"
+    );
+
+    // Past the in-memory window, then a few from the spilled part go out and return.
+    let head = 6_000;
+    for expected in &bodies[..head] {
+        let message = get(&channel, &queue).await.expect("a message");
+        assert_eq!(body(&message.delivery), *expected);
+        within(
+            "ack",
+            message
+                .delivery
+                .acker
+                .ack(lapin::options::BasicAckOptions::default()),
+        )
+        .await
+        .expect("ack");
+    }
+    within(
+        "basic.qos",
+        channel.basic_qos(10, BasicQosOptions::default()),
+    )
+    .await
+    .expect("qos");
+    let mut consumer = within(
+        "basic.consume",
+        channel.basic_consume(
+            queue.as_str().into(),
+            "spill-reader".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("consume");
+    let mut last = None;
+    for expected in &bodies[head..head + 10] {
+        let delivery = next_delivery(&mut consumer).await;
+        assert_eq!(body(&delivery), *expected);
+        last = Some(delivery);
+    }
+    within(
+        "basic.cancel",
+        channel.basic_cancel("spill-reader".into(), BasicCancelOptions::default()),
+    )
+    .await
+    .expect("cancel");
+    let last = last.expect("ten deliveries");
+    within(
+        "nack",
+        last.acker.nack(BasicNackOptions {
+            multiple: true,
+            requeue: true,
+        }),
+    )
+    .await
+    .expect("nack");
+    for i in 0..5 {
+        publish(&channel, "", &queue, format!("late{i}").as_bytes()).await;
+    }
+    wait_for_count(&channel, &queue, (BACKLOG - head + 5) as u32).await;
+
+    let drained = drain(&channel, &queue).await;
+    let mut expected: Vec<(String, bool)> = bodies[head..head + 10]
+        .iter()
+        .map(|b| (b.clone(), true))
+        .collect();
+    expected.extend(bodies[head + 10..].iter().map(|b| (b.clone(), false)));
+    expected.extend((0..5).map(|i| (format!("late{i}"), false)));
+    assert_eq!(drained.len(), expected.len());
+    assert!(
+        drained == expected,
+        "returned messages first, then the rest in publish order; first difference at {:?}",
+        drained.iter().zip(&expected).position(|(a, b)| a != b)
+    );
+
+    within(
+        "queue.delete",
+        channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("delete");
+    let data_dir = dir.clone();
+    let gone = wait_for(Duration::from_secs(5), || {
+        let data_dir = data_dir.clone();
+        async move { spill_segments(&data_dir).is_empty() }
+    })
+    .await;
+    assert!(gone, "a deleted queue's spill log is removed");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_starts_with_no_spilled_messages() {
+    let dir = temp_data_dir("spill-restart");
+    let server = TestServer::start_in(&dir).await;
+    let queue = unique_name("spill-restart");
+    let (conn, channel) = open(&server).await;
+    declare_queue(&channel, &queue).await;
+    for i in 0..BACKLOG {
+        publish(&channel, "", &queue, format!("m{i}").as_bytes()).await;
+    }
+    wait_for_count(&channel, &queue, BACKLOG as u32).await;
+    assert!(spilled_bytes(&dir) > 0, "the backlog spilled");
+    drop(conn);
+    server.stop().await;
+
+    let server = TestServer::start_in(&dir).await;
+    assert!(
+        spill_segments(&dir).is_empty(),
+        "transient messages do not outlive the broker: {:?}",
+        spill_segments(&dir)
+    );
+    let (conn, _channel) = open(&server).await;
+    assert!(
+        !queue_exists(&conn, &queue).await,
+        "the transient queue is gone"
+    );
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
