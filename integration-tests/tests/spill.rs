@@ -173,3 +173,32 @@ async fn a_restart_starts_with_no_spilled_messages() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_that_spills_again_after_catching_up_loses_nothing() {
+    let dir = temp_data_dir("spill-again");
+    let server = TestServer::start_in(&dir).await;
+    let queue = unique_name("spill-again");
+    let (_conn, channel) = open(&server).await;
+    declare_queue(&channel, &queue).await;
+    for round in 0..3 {
+        let bodies: Vec<String> = (0..6_000).map(|i| format!("r{round}-{i}")).collect();
+        for body in &bodies {
+            publish(&channel, "", &queue, body.as_bytes()).await;
+        }
+        wait_for_count(&channel, &queue, 6_000).await;
+        let drained: Vec<String> = drain(&channel, &queue)
+            .await
+            .into_iter()
+            .map(|(body, _)| body)
+            .collect();
+        assert!(
+            drained == bodies,
+            "round {round}: {} of 6000 came back, first difference at {:?}",
+            drained.len(),
+            drained.iter().zip(&bodies).position(|(a, b)| a != b)
+        );
+    }
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
