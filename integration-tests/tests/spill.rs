@@ -14,8 +14,14 @@ use lapin::options::{
 };
 use lapin::types::FieldTable;
 
-/// More than a queue keeps in memory (4,096 messages).
+/// Messages of [`BODY`] bytes: more than a transient queue keeps in memory (32 MiB).
 const BACKLOG: usize = 10_000;
+const BODY: usize = 4096;
+
+/// Body `i` of a run tagged `tag`: its name, padded to [`BODY`] bytes.
+fn body_of(tag: &str, i: usize) -> String {
+    format!("{:<BODY$}", format!("{tag}{i:05}"))
+}
 
 /// The segment files under the data directory's spill area.
 fn spill_segments(data_dir: &Path) -> Vec<PathBuf> {
@@ -44,7 +50,7 @@ async fn a_transient_backlog_spills_to_disk_and_comes_back_in_order() {
     let queue = unique_name("spill");
     let (_conn, channel) = open(&server).await;
     declare_queue(&channel, &queue).await;
-    let bodies: Vec<String> = (0..BACKLOG).map(|i| format!("m{i:05}")).collect();
+    let bodies: Vec<String> = (0..BACKLOG).map(|i| body_of("m", i)).collect();
     for body in &bodies {
         publish(&channel, "", &queue, body.as_bytes()).await;
     }
@@ -55,7 +61,7 @@ async fn a_transient_backlog_spills_to_disk_and_comes_back_in_order() {
     );
 
     // Past the in-memory window, then a few from the spilled part go out and return.
-    let head = 6_000;
+    let head = 9_000;
     for expected in &bodies[..head] {
         let message = get(&channel, &queue).await.expect("a message");
         assert_eq!(body(&message.delivery), *expected);
@@ -109,7 +115,7 @@ async fn a_transient_backlog_spills_to_disk_and_comes_back_in_order() {
     .await
     .expect("nack");
     for i in 0..5 {
-        publish(&channel, "", &queue, format!("late{i}").as_bytes()).await;
+        publish(&channel, "", &queue, body_of("late", i).as_bytes()).await;
     }
     wait_for_count(&channel, &queue, (BACKLOG - head + 5) as u32).await;
 
@@ -119,7 +125,7 @@ async fn a_transient_backlog_spills_to_disk_and_comes_back_in_order() {
         .map(|b| (b.clone(), true))
         .collect();
     expected.extend(bodies[head + 10..].iter().map(|b| (b.clone(), false)));
-    expected.extend((0..5).map(|i| (format!("late{i}"), false)));
+    expected.extend((0..5).map(|i| (body_of("late", i), false)));
     assert_eq!(drained.len(), expected.len());
     assert!(
         drained == expected,
@@ -152,7 +158,7 @@ async fn a_restart_starts_with_no_spilled_messages() {
     let (conn, channel) = open(&server).await;
     declare_queue(&channel, &queue).await;
     for i in 0..BACKLOG {
-        publish(&channel, "", &queue, format!("m{i}").as_bytes()).await;
+        publish(&channel, "", &queue, body_of("m", i).as_bytes()).await;
     }
     wait_for_count(&channel, &queue, BACKLOG as u32).await;
     assert!(spilled_bytes(&dir) > 0, "the backlog spilled");
@@ -181,12 +187,14 @@ async fn a_queue_that_spills_again_after_catching_up_loses_nothing() {
     let queue = unique_name("spill-again");
     let (_conn, channel) = open(&server).await;
     declare_queue(&channel, &queue).await;
-    for round in 0..3 {
-        let bodies: Vec<String> = (0..6_000).map(|i| format!("r{round}-{i}")).collect();
+    for round in 0..2 {
+        let bodies: Vec<String> = (0..BACKLOG)
+            .map(|i| body_of(&format!("r{round}-"), i))
+            .collect();
         for body in &bodies {
             publish(&channel, "", &queue, body.as_bytes()).await;
         }
-        wait_for_count(&channel, &queue, 6_000).await;
+        wait_for_count(&channel, &queue, BACKLOG as u32).await;
         let drained: Vec<String> = drain(&channel, &queue)
             .await
             .into_iter()
@@ -194,7 +202,7 @@ async fn a_queue_that_spills_again_after_catching_up_loses_nothing() {
             .collect();
         assert!(
             drained == bodies,
-            "round {round}: {} of 6000 came back, first difference at {:?}",
+            "round {round}: {} of {BACKLOG} came back, first difference at {:?}",
             drained.len(),
             drained.iter().zip(&bodies).position(|(a, b)| a != b)
         );

@@ -101,6 +101,12 @@ const READY_MESSAGES: usize = 4096;
 const MESSAGE_FOOTPRINT: usize = std::mem::size_of::<QueuedMessage>() + 64;
 /// Most body bytes of ready messages a queue keeps in memory.
 const READY_BYTES: usize = 8 << 20;
+/// Most ready messages a transient queue keeps in memory before it spills the rest to
+/// disk: more than a durable queue, whose messages are on disk anyway, because here
+/// spilling is extra work, which a short burst should not cost.
+const TRANSIENT_MESSAGES: usize = 65_536;
+/// Most body bytes of ready messages a transient queue keeps in memory.
+const TRANSIENT_BYTES: usize = 32 << 20;
 /// When fewer ready messages than this remain in memory, the next page is read.
 const REFILL_BELOW: usize = 1024;
 /// Messages read from the log per page.
@@ -219,10 +225,13 @@ impl QueueState {
     /// Whether the ready messages in memory fill the queue's share: further ones wait
     /// in the log.
     fn memory_full(&self) -> bool {
+        let (messages, bytes) = if self.log.is_some() && !self.spill {
+            (READY_MESSAGES, READY_BYTES)
+        } else {
+            (TRANSIENT_MESSAGES, TRANSIENT_BYTES)
+        };
         !self.holds
-            && (self.paged > 0
-                || self.ready.len() >= READY_MESSAGES
-                || self.ready.bytes() >= READY_BYTES)
+            && (self.paged > 0 || self.ready.len() >= messages || self.ready.bytes() >= bytes)
     }
 
     /// Reads the next page of logged messages into memory when memory runs low.
