@@ -280,7 +280,11 @@ def ratio(w, r):
 def main_group(a):
     names = a.scenario or list(SCENARIOS)
     rows = []
-    for name in names:
+    for i, name in enumerate(names):
+        if a.fresh and i > 0:
+            pids = subprocess.run(a.fresh, shell=True, check=True, stdout=subprocess.PIPE,
+                                  text=True).stdout.split()
+            a.warren_pid, a.rabbit_pid = int(pids[-2]), int(pids[-1])
         med, verdicts = interleaved(name, SCENARIOS[name], a)
         rows.append((name, med, verdicts))
     print("| scenario | metric | Warren | RabbitMQ | Warren / RabbitMQ |")
@@ -346,6 +350,9 @@ def main():
                    help="connection scenarios: seconds to sample RSS once all are open")
     p.add_argument("--svg", help="main group: also write the consume-rate ratios as an SVG "
                                  "bar chart here")
+    p.add_argument("--fresh", help="main group: a command run before every scenario but the "
+                                   "first that starts both brokers afresh and prints their "
+                                   "PIDs (Warren's, then RabbitMQ's)")
     a = p.parse_args()
     if a.group == "growth":
         growth_group(a)

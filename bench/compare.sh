@@ -41,12 +41,34 @@ EOF
 chmod 644 "$scratch/rabbitmq-env.conf"
 export RABBITMQ_CONF_ENV_FILE="$scratch/rabbitmq-env.conf"
 
-./target/release/warren --bind 127.0.0.1 --port "$warren_port" --data-dir "$scratch/data" \
-  --log-level warn &
-warren_pid=$!
-rabbit_pid=$("$rabbit" start "$rabbit_port" | tail -n 1)
+# fresh.sh (re)starts both brokers on empty data and prints "WARREN_PID RABBITMQ_PID".
+# The main group runs it before every scenario, so that each row's RSS and CPU are that
+# scenario's alone, not what an earlier one left in the heap.
+cat > "$scratch/fresh.sh" <<SCRIPT
+#!/usr/bin/env bash
+set -euo pipefail
+if [ -f "$scratch/warren.pid" ]; then
+  old=\$(cat "$scratch/warren.pid")
+  kill "\$old" 2>/dev/null || true
+  while kill -0 "\$old" 2>/dev/null; do sleep 0.1; done
+fi
+rm -rf "$scratch/data"
+mkdir "$scratch/data"
+"$root/target/release/warren" --bind 127.0.0.1 --port $warren_port --data-dir "$scratch/data" \\
+  --log-level warn </dev/null >>"$scratch/warren.log" 2>&1 &
+echo \$! > "$scratch/warren.pid"
+"$rabbit" stop $rabbit_port >&2 || true
+rabbit_pid=\$("$rabbit" start $rabbit_port | tail -n 1)
+echo "\$(cat "$scratch/warren.pid") \$rabbit_pid"
+SCRIPT
+chmod 755 "$scratch/fresh.sh"
+read -r warren_pid rabbit_pid < <("$scratch/fresh.sh")
 cleanup() {
-  kill "$warren_pid" 2>/dev/null || true
+  kill "$(cat "$scratch/warren.pid")" 2>/dev/null || true
+  if [ -s "$scratch/warren.log" ]; then
+    echo "Warren's log:" >&2
+    cat "$scratch/warren.log" >&2
+  fi
   "$rabbit" stop "$rabbit_port" || true
   rm -rf "$scratch"
 }
@@ -56,7 +78,7 @@ echo "open-file limits: Warren $(awk '/open files/ {print $4}' "/proc/$warren_pi
 
 extra=()
 if [ "$group" = main ]; then
-  extra=(--svg bench/results.svg)
+  extra=(--svg bench/results.svg --fresh "$scratch/fresh.sh")
 fi
 python3 bench/compare.py --group "$group" \
   --warren-pid "$warren_pid" --warren-uri "amqp://guest:guest@127.0.0.1:$warren_port/%2f" \
