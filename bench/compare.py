@@ -62,8 +62,7 @@ def backlog(count):
 
 
 SCENARIOS = {
-    # First, while the brokers' heaps are small: memory a broker keeps after earlier
-    # runs (Warren's allocator keeps what message backlogs used) would absorb the
+    # First: without --fresh, memory a broker keeps after earlier runs would absorb the
     # connections' allocations and hide their cost.
     "connections-10k": Connections(10_000),
     "1p1c-16B-ack": Messages("--size", "16"),
@@ -92,8 +91,8 @@ SWEEPS = ("connections", "queues", "durable queues, confirms", "consumers on one
 def growth_scenarios(with_10m):
     """(sweep, size, scenario) for the growth group, in run order."""
     rows = []
-    # First, while the brokers' heaps are small: memory a broker keeps after earlier
-    # runs would absorb the connections' allocations and hide their cost.
+    # First: without --fresh, memory a broker keeps after earlier runs would absorb the
+    # connections' allocations and hide their cost.
     for n in (10, 100, 1000, 10_000):
         rows.append(("connections", n, Connections(n)))
     # 1 -> 1,000 queues at a fixed 4 connections: 2 producers take turns over their
@@ -281,10 +280,8 @@ def main_group(a):
     names = a.scenario or list(SCENARIOS)
     rows = []
     for i, name in enumerate(names):
-        if a.fresh and i > 0:
-            pids = subprocess.run(a.fresh, shell=True, check=True, stdout=subprocess.PIPE,
-                                  text=True).stdout.split()
-            a.warren_pid, a.rabbit_pid = int(pids[-2]), int(pids[-1])
+        if i > 0:
+            restart(a)
         med, verdicts = interleaved(name, SCENARIOS[name], a)
         rows.append((name, med, verdicts))
     print("| scenario | metric | Warren | RabbitMQ | Warren / RabbitMQ |")
@@ -302,11 +299,21 @@ def main_group(a):
                           if not isinstance(SCENARIOS[name], Connections)])
 
 
+def restart(a):
+    """Starts both brokers afresh with a.fresh, if given, and takes their new PIDs."""
+    if a.fresh:
+        pids = subprocess.run(a.fresh, shell=True, check=True, stdout=subprocess.PIPE,
+                              text=True).stdout.split()
+        a.warren_pid, a.rabbit_pid = int(pids[-2]), int(pids[-1])
+
+
 def growth_group(a):
     rows = []
     for sweep, size, scenario in growth_scenarios(a.with_10m):
         if a.sweep and sweep not in a.sweep:
             continue
+        if rows:
+            restart(a)
         med, verdicts = interleaved(f"{sweep} {size:,}", scenario, a)
         rows.append((sweep, size, scenario, med, verdicts))
     print("| work | size | rate | Warren | RabbitMQ | Warren / RabbitMQ "
@@ -350,9 +357,9 @@ def main():
                    help="connection scenarios: seconds to sample RSS once all are open")
     p.add_argument("--svg", help="main group: also write the consume-rate ratios as an SVG "
                                  "bar chart here")
-    p.add_argument("--fresh", help="main group: a command run before every scenario but the "
-                                   "first that starts both brokers afresh and prints their "
-                                   "PIDs (Warren's, then RabbitMQ's)")
+    p.add_argument("--fresh", help="a command run before every scenario (or growth row) but "
+                                   "the first that starts both brokers afresh and prints "
+                                   "their PIDs (Warren's, then RabbitMQ's)")
     a = p.parse_args()
     if a.group == "growth":
         growth_group(a)

@@ -42,8 +42,8 @@ chmod 644 "$scratch/rabbitmq-env.conf"
 export RABBITMQ_CONF_ENV_FILE="$scratch/rabbitmq-env.conf"
 
 # fresh.sh (re)starts both brokers on empty data and prints "WARREN_PID RABBITMQ_PID".
-# The main group runs it before every scenario, so that each row's RSS and CPU are that
-# scenario's alone, not what an earlier one left in the heap.
+# compare.py runs it before every scenario (and growth row), so that each row's RSS and
+# CPU are that row's alone, not what an earlier one left in the heap.
 cat > "$scratch/fresh.sh" <<SCRIPT
 #!/usr/bin/env bash
 set -euo pipefail
@@ -76,9 +76,9 @@ trap cleanup EXIT
 echo "open-file limits: Warren $(awk '/open files/ {print $4}' "/proc/$warren_pid/limits")," \
   "RabbitMQ $(awk '/open files/ {print $4}' "/proc/$rabbit_pid/limits")" >&2
 
-extra=()
+extra=(--fresh "$scratch/fresh.sh")
 if [ "$group" = main ]; then
-  extra=(--svg bench/results.svg --fresh "$scratch/fresh.sh")
+  extra+=(--svg bench/results.svg)
 fi
 python3 bench/compare.py --group "$group" \
   --warren-pid "$warren_pid" --warren-uri "amqp://guest:guest@127.0.0.1:$warren_port/%2f" \
