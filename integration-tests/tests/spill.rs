@@ -210,3 +210,43 @@ async fn a_queue_that_spills_again_after_catching_up_loses_nothing() {
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn when_memory_is_tight_a_transient_queue_spills_early() {
+    let dir = temp_data_dir("spill-tight");
+    let data_dir = dir.clone();
+    // A 16 MiB limit puts the spill budget at 4 MiB, far below a transient queue's own
+    // 32 MiB window, and the alarm itself out of reach once the backlog spills.
+    let server = TestServer::start_with(move |c| {
+        c.data_dir = data_dir;
+        c.memory_limit = 16 << 20;
+    })
+    .await;
+    let queue = unique_name("spill-tight");
+    let (_conn, channel) = open(&server).await;
+    declare_queue(&channel, &queue).await;
+    let mut bodies = Vec::new();
+    // 6 MiB in memory puts the broker past its budget; then each further batch may spill.
+    // 6,000 messages (24 MiB) stay below the queue's own window: only tight memory spills them.
+    while bodies.len() < 6 * 256 || (spilled_bytes(&dir) == 0 && bodies.len() < 6_000) {
+        for _ in 0..64 {
+            let body = body_of("t", bodies.len());
+            publish(&channel, "", &queue, body.as_bytes()).await;
+            bodies.push(body);
+        }
+        wait_for_count(&channel, &queue, bodies.len() as u32).await;
+    }
+    assert!(
+        spilled_bytes(&dir) > 0,
+        "{} messages of {BODY} bytes stayed in memory past the spill budget",
+        bodies.len()
+    );
+    let drained: Vec<String> = drain(&channel, &queue)
+        .await
+        .into_iter()
+        .map(|(body, _)| body)
+        .collect();
+    assert!(drained == bodies, "every message back once, in order");
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

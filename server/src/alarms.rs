@@ -6,7 +6,7 @@
 //! Memory is what the messages queues hold in memory take (bodies and each message's
 //! footprint), summed over the queues: it rises and falls with the backlog, where the
 //! process's resident size would stay high after a backlog drains and keep publishers
-//! blocked.
+//! blocked. The same measure tells transient queues when to spill their backlogs early.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +19,9 @@ use crate::broker::Broker;
 
 /// How often memory is measured.
 const MEMORY_CHECK: Duration = Duration::from_millis(200);
+/// Most memory queued messages may take before transient queues spill everything past
+/// a small window to disk; a quarter of the memory limit when that is lower.
+const SPILL_BUDGET: u64 = 128 << 20;
 /// How often free disk space is measured (a `statvfs` per check).
 const DISK_CHECK_EVERY: u32 = 5;
 
@@ -97,8 +100,9 @@ pub async fn monitor(
             return;
         };
         let mut state = broker.alarms().current();
+        let used = broker.memory_in_use();
+        broker.set_memory_tight(used > spill_budget(memory_limit));
         if memory_limit > 0 {
-            let used = broker.memory_in_use();
             let raised = used > memory_limit;
             if raised != state.memory {
                 info!(used, limit = memory_limit, raised, "memory alarm");
@@ -133,12 +137,18 @@ fn check_disk(data_dir: &PathBuf, limit: u64, raised: bool) -> bool {
     }
 }
 
+/// The memory queued messages may take before transient queues spill early.
+fn spill_budget(memory_limit: u64) -> u64 {
+    if memory_limit == 0 {
+        SPILL_BUDGET
+    } else {
+        SPILL_BUDGET.min(memory_limit / 4)
+    }
+}
+
 /// Spawns the monitor for `broker` on the current runtime.
 pub fn spawn_monitor(broker: &Arc<Broker>) {
     let config = broker.config();
-    if config.memory_limit == 0 && config.disk_free_limit == 0 {
-        return;
-    }
     tokio::spawn(monitor(
         Arc::downgrade(broker),
         config.memory_limit,

@@ -137,6 +137,13 @@ impl Broker {
         self.vhosts.values().map(|v| v.memory_in_use()).sum()
     }
 
+    /// Tells every vhost whether queued messages take more memory than the spill budget.
+    pub fn set_memory_tight(&self, tight: bool) {
+        for vhost in self.vhosts.values() {
+            vhost.set_memory_tight(tight);
+        }
+    }
+
     /// A vhost by name.
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
         self.vhosts.get(name).cloned()

@@ -2,6 +2,7 @@
 //! them, with RabbitMQ's rules for declaring, binding and deleting.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use amqp_codec::ShortStr;
@@ -57,6 +58,8 @@ pub struct VHost {
     timers: Arc<Timers>,
     /// The broker's policies, applied to queues by name.
     policies: Arc<RwLock<Policies>>,
+    /// The broker's queued messages take more memory than the spill budget.
+    memory_tight: AtomicBool,
     /// Itself, handed to its queues so that they can dead-letter through it.
     me: Weak<VHost>,
 }
@@ -108,6 +111,7 @@ impl VHost {
             store,
             timers,
             policies,
+            memory_tight: AtomicBool::new(false),
             me: me.clone(),
         });
         vhost.apply_policies();
@@ -1055,6 +1059,17 @@ impl VHost {
             .values()
             .filter_map(|e| e.hold().cloned())
             .collect()
+    }
+
+    /// Records whether the broker's queued messages take more memory than the spill
+    /// budget: then transient queues spill past the small window of durable ones.
+    pub fn set_memory_tight(&self, tight: bool) {
+        self.memory_tight.store(tight, Ordering::Relaxed);
+    }
+
+    /// Whether memory is tight (see [`set_memory_tight`](Self::set_memory_tight)).
+    pub(crate) fn memory_tight(&self) -> bool {
+        self.memory_tight.load(Ordering::Relaxed)
     }
 
     /// A spill log for one of its transient queues; `None` without a data directory.

@@ -92,21 +92,35 @@ pub enum ConsumerRemoval {
     RemovedLast,
 }
 
-/// Most ready messages a queue keeps in memory; beyond this (or [`READY_BYTES`]) a
-/// durable queue's new messages stay only in its log and are paged in as consumers
-/// catch up, so a backlog larger than memory works.
-const READY_MESSAGES: usize = 4096;
+/// How many ready messages a queue keeps in memory before the rest stay only in its log
+/// (a durable queue's) or spill to disk (a transient queue's), to be paged in as consumers
+/// catch up: so that a backlog larger than memory works.
+#[derive(Debug, Clone, Copy)]
+enum Window {
+    /// A durable queue's: its messages are on disk anyway.
+    Durable,
+    /// A transient queue's: larger, because spilling is extra work that a short burst
+    /// should not cost.
+    Transient,
+    /// Any queue's while the broker's queued messages take more memory than the spill
+    /// budget: then many queues with backlogs still fit.
+    Tight,
+}
+
+impl Window {
+    /// (messages, body bytes) at most.
+    fn limits(self) -> (usize, usize) {
+        match self {
+            Window::Durable => (4096, 8 << 20),
+            Window::Transient => (65_536, 32 << 20),
+            Window::Tight => (256, 256 << 10),
+        }
+    }
+}
+
 /// What a ready message costs in memory besides its body: its queue entry and the
 /// shared buffers' headers (properties, names), for the memory alarm.
 const MESSAGE_FOOTPRINT: usize = std::mem::size_of::<QueuedMessage>() + 64;
-/// Most body bytes of ready messages a queue keeps in memory.
-const READY_BYTES: usize = 8 << 20;
-/// Most ready messages a transient queue keeps in memory before it spills the rest to
-/// disk: more than a durable queue, whose messages are on disk anyway, because here
-/// spilling is extra work, which a short burst should not cost.
-const TRANSIENT_MESSAGES: usize = 65_536;
-/// Most body bytes of ready messages a transient queue keeps in memory.
-const TRANSIENT_BYTES: usize = 32 << 20;
 /// When fewer ready messages than this remain in memory, the next page is read.
 const REFILL_BELOW: usize = 1024;
 /// Messages read from the log per page.
@@ -222,14 +236,9 @@ impl QueueState {
                 .is_some_and(|max| self.ready_bytes() + len as u64 > max)
     }
 
-    /// Whether the ready messages in memory fill the queue's share: further ones wait
-    /// in the log.
-    fn memory_full(&self) -> bool {
-        let (messages, bytes) = if self.log.is_some() && !self.spill {
-            (READY_MESSAGES, READY_BYTES)
-        } else {
-            (TRANSIENT_MESSAGES, TRANSIENT_BYTES)
-        };
+    /// Whether the ready messages in memory fill `window`: further ones wait in the log.
+    fn memory_full(&self, window: Window) -> bool {
+        let (messages, bytes) = window.limits();
         !self.holds
             && (self.paged > 0 || self.ready.len() >= messages || self.ready.bytes() >= bytes)
     }
@@ -640,7 +649,10 @@ impl Queue {
             body: message.body.clone(),
         };
         let durable_log = st.log.is_some() && !st.spill;
-        let logged = if !durable_log && st.memory_full() && self.spill_log(&mut st) {
+        let logged = if !durable_log
+            && self.memory_full(&st, Window::Transient)
+            && self.spill_log(&mut st)
+        {
             let paged = st.paged;
             let log = st.log.as_mut().ok_or(StoreError::Misuse("no spill log"))?;
             let pos = log.append(&stored(&message))?;
@@ -653,7 +665,7 @@ impl Queue {
         } else if durable_log {
             let log = st.log.as_mut().ok_or(StoreError::Misuse("no queue log"))?;
             let pos = log.append(&stored(&message))?;
-            if st.memory_full() {
+            if self.memory_full(&st, Window::Durable) {
                 st.paged += 1;
                 st.paged_bytes += message.body.len() as u64;
             } else {
@@ -696,6 +708,19 @@ impl Queue {
         } else {
             Enqueued::Memory
         })
+    }
+
+    /// Whether the queue's next message stays only in its log: once its own memory
+    /// window is full, or the tight one while the broker's queued messages take more
+    /// memory than the spill budget.
+    fn memory_full(&self, st: &QueueState, own: Window) -> bool {
+        st.memory_full(Window::Tight)
+            && (st.paged > 0
+                || st.memory_full(own)
+                || self
+                    .owner
+                    .upgrade()
+                    .is_some_and(|vhost| vhost.memory_tight()))
     }
 
     /// Makes sure a transient queue has its spill log; false if it cannot have one (no

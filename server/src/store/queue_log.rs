@@ -34,6 +34,9 @@ use super::{Result, SegmentPosition, StoreError, StoredMessage};
 /// Appends are written out once this much is buffered (one write syscall per this many
 /// bytes, whatever the group commit's pace).
 const WRITE_BUFFER_LIMIT: usize = 64 << 10;
+/// A spill log's appends are written out once this much is buffered: a broker may hold
+/// thousands of spill logs, and their buffers are memory the spill means to save.
+const SCRATCH_WRITE_BUFFER_LIMIT: usize = 16 << 10;
 /// Ack and delivered entries are written out once this much is buffered.
 const ACK_BUFFER_LIMIT: usize = 16 << 10;
 /// Sequential reads fetch this much per syscall.
@@ -451,7 +454,7 @@ impl QueueLog {
         } else if self
             .writer
             .as_ref()
-            .is_some_and(|w| w.buf.len() >= WRITE_BUFFER_LIMIT)
+            .is_some_and(|w| w.buf.len() >= self.write_buffer_limit())
         {
             self.flush_data()?;
         }
@@ -536,7 +539,7 @@ impl QueueLog {
             .map_err(StoreError::io("write", &w.path))?;
         w.written += w.buf.len() as u64;
         w.dirty = true;
-        if w.buf.capacity() > 2 * WRITE_BUFFER_LIMIT {
+        if w.buf.capacity() > 2 * WRITE_BUFFER_LIMIT || self.scratch {
             w.buf = Vec::new();
         } else {
             w.buf.clear();
@@ -851,8 +854,9 @@ impl QueueLog {
             };
             self.cursor = Some((last, resume));
         }
-        if idx >= self.segments.len() {
-            // Caught up: give back the read buffer and the file handle.
+        if idx >= self.segments.len() || self.scratch {
+            // Caught up (or a spill log, one of possibly thousands): give back the read
+            // buffer and the file handle.
             self.reader = None;
         }
         Ok(out)
@@ -946,6 +950,14 @@ impl QueueLog {
         self.ack_file = None;
         self.unsynced.clear();
         fs::remove_dir_all(&self.dir).map_err(StoreError::io("remove directory", &self.dir))
+    }
+
+    fn write_buffer_limit(&self) -> usize {
+        if self.scratch {
+            SCRATCH_WRITE_BUFFER_LIMIT
+        } else {
+            WRITE_BUFFER_LIMIT
+        }
     }
 
     fn find_segment(&self, number: u32) -> std::result::Result<usize, usize> {
