@@ -89,7 +89,9 @@ impl Ready {
 
     /// Takes the message to deliver next.
     pub fn pop_front(&mut self) -> Option<QueuedMessage> {
-        let message = self.levels.iter_mut().rev().find_map(VecDeque::pop_front)?;
+        let queue = self.levels.iter_mut().rev().find(|q| !q.is_empty())?;
+        let message = queue.pop_front()?;
+        release_spare(queue);
         self.len -= 1;
         self.bytes -= message.message.body.len();
         Some(message)
@@ -127,7 +129,22 @@ impl Ready {
     pub fn take_all(&mut self) -> Vec<QueuedMessage> {
         self.len = 0;
         self.bytes = 0;
-        self.levels.iter_mut().flat_map(|q| q.drain(..)).collect()
+        self.levels
+            .iter_mut()
+            .flat_map(|q| std::mem::take(q).into_iter())
+            .collect()
+    }
+}
+
+/// Entries a level may keep room for without holding them.
+const SPARE_MIN: usize = 1024;
+
+/// Gives back most of a level's room once it holds under a quarter of it, so that a queue
+/// that once held a large backlog does not keep the memory after draining it.
+fn release_spare(queue: &mut VecDeque<QueuedMessage>) {
+    let capacity = queue.capacity();
+    if capacity > SPARE_MIN && queue.len() < capacity / 4 {
+        queue.shrink_to(queue.len() * 2);
     }
 }
 
@@ -168,6 +185,24 @@ mod tests {
         assert_eq!((ready.len(), ready.bytes()), (4, 8));
         assert_eq!(offsets(&mut ready), [2, 3, 4, 1]);
         assert!(ready.is_empty());
+    }
+
+    #[test]
+    fn a_drained_level_gives_its_room_back() {
+        let mut ready = Ready::new(0);
+        for i in 0..100_000 {
+            ready.push_back(msg(i, 0, 0));
+        }
+        let full = ready.levels[0].capacity();
+        while ready.len() > 10 {
+            ready.pop_front();
+        }
+        let left = ready.levels[0].capacity();
+        assert!(
+            left <= SPARE_MIN,
+            "{full} entries of room shrank only to {left}"
+        );
+        assert_eq!(offsets(&mut ready), (99_990..100_000).collect::<Vec<_>>());
     }
 
     #[test]
