@@ -276,7 +276,7 @@ impl Connection {
                         Err(e) => return Ended::SocketError(e),
                     }
                 }
-                                () = self.shared.mailbox.wait(), if take_deliveries => {
+                () = self.shared.mailbox.wait(), if take_deliveries => {
                     self.drain_mailbox();
                 }
                 () = std::future::ready(()), if take_deliveries && !self.pending.is_empty() => {
@@ -312,7 +312,7 @@ impl Connection {
                     }
                     wrote_since_tick = false;
                 }
-                                _ = ack_deadlines.tick(), if watch_acks => {
+                _ = ack_deadlines.tick(), if watch_acks => {
                     self.close_late_channels();
                 }
                 durable = next_commit(&mut self.confirm_groups), if !self.confirm_groups.is_empty() => {
