@@ -252,34 +252,48 @@ impl VHost {
         Ok(())
     }
 
+    /// For a durable queue (or a durable delayed exchange's hold), with a data directory:
+    /// creates its log under a fresh id and records `def` with that id. `owner` names it
+    /// in the error.
+    ///
+    /// # Errors
+    /// 541 INTERNAL_ERROR when the log cannot be created.
+    fn create_log(
+        &self,
+        durable: bool,
+        owner: &str,
+        mut def: QueueDef,
+    ) -> AmqpResult<Option<crate::store::QueueLog>> {
+        let Some(store) = self.store.as_ref().filter(|_| durable) else {
+            return Ok(None);
+        };
+        def.id = names::queue_log_id();
+        let log = store.create_queue_log(&def.id).map_err(|e| {
+            AmqpError::new(
+                ReplyCode::InternalError,
+                format!("cannot create the log of {owner}: {e}"),
+            )
+        })?;
+        store.record(&Change::PutQueue(def));
+        Ok(Some(log))
+    }
+
     /// Gives a delayed exchange the queue its messages wait in: logged, so that they
     /// survive a restart, when the exchange is durable.
     fn create_hold(&self, exchange: &Exchange) -> AmqpResult<()> {
         let name = names::delayed_hold(exchange.name());
         let durable = exchange.settings().durable;
-        let log = match (&self.store, durable) {
-            (Some(store), true) => {
-                let id = names::queue_log_id();
-                let log = store.create_queue_log(&id).map_err(|e| {
-                    AmqpError::new(
-                        ReplyCode::InternalError,
-                        format!(
-                            "cannot create the log of exchange '{}': {e}",
-                            exchange.name()
-                        ),
-                    )
-                })?;
-                store.record(&Change::PutQueue(QueueDef {
-                    vhost: self.name.clone(),
-                    name: name.clone(),
-                    id,
-                    auto_delete: false,
-                    arguments: FieldTable::default(),
-                }));
-                Some(log)
-            }
-            _ => None,
-        };
+        let log = self.create_log(
+            durable,
+            &format!("exchange '{}'", exchange.name()),
+            QueueDef {
+                vhost: self.name.clone(),
+                name: name.clone(),
+                id: String::new(),
+                auto_delete: false,
+                arguments: FieldTable::default(),
+            },
+        )?;
         self.attach_hold(exchange, &name, log, &Recovery::default());
         Ok(())
     }
@@ -461,26 +475,17 @@ impl VHost {
         }
         let parsed = arguments::parse(&declare.arguments, &declare, &self.name)?;
         let durable = declare.durable && !declare.exclusive;
-        let log = match (&self.store, durable) {
-            (Some(store), true) => {
-                let id = names::queue_log_id();
-                let log = store.create_queue_log(&id).map_err(|e| {
-                    AmqpError::new(
-                        ReplyCode::InternalError,
-                        format!("cannot create the log of queue '{}': {e}", declare.name),
-                    )
-                })?;
-                store.record(&Change::PutQueue(QueueDef {
-                    vhost: self.name.clone(),
-                    name: declare.name.to_string(),
-                    id,
-                    auto_delete: declare.auto_delete,
-                    arguments: declare.arguments.clone(),
-                }));
-                Some(log)
-            }
-            _ => None,
-        };
+        let log = self.create_log(
+            durable,
+            &format!("queue '{}'", declare.name),
+            QueueDef {
+                vhost: self.name.clone(),
+                name: declare.name.to_string(),
+                id: String::new(),
+                auto_delete: declare.auto_delete,
+                arguments: declare.arguments.clone(),
+            },
+        )?;
         let queue = Arc::new(Queue::new(
             declare.name.clone(),
             self.me.clone(),
