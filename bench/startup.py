@@ -100,26 +100,26 @@ def rabbit(cmd, port):
     return subprocess.run([RABBIT, cmd, str(port)], check=True, capture_output=True)
 
 
-def measure_rabbit(runs, port, queues, messages):
-    empty = []
+def time_rabbit_starts(runs, port, cmd, limit):
+    """Start-up times of `runs` starts with rabbitmq.sh `cmd` (start: fresh; resume: on
+    the data it has), each stopped again."""
+    times = []
     for _ in range(runs):
         took, proc = time_until_accepting(
-            lambda: subprocess.Popen([RABBIT, "start", str(port)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL), port, 300)
-        proc.wait(timeout=300)
-        empty.append(took)
+            lambda: subprocess.Popen([RABBIT, cmd, str(port)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL), port, limit)
+        proc.wait(timeout=limit)
+        times.append(took)
         rabbit("stop", port)
+    return times
+
+
+def measure_rabbit(runs, port, queues, messages):
+    empty = time_rabbit_starts(runs, port, "start", 300)
     rabbit("start", port)
     fill(f"amqp://guest:guest@127.0.0.1:{port}/%2f", queues, messages)
     rabbit("stop", port)
-    loaded = []
-    for _ in range(runs):
-        took, proc = time_until_accepting(
-            lambda: subprocess.Popen([RABBIT, "resume", str(port)], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL), port, 900)
-        proc.wait(timeout=900)
-        loaded.append(took)
-        rabbit("stop", port)
+    loaded = time_rabbit_starts(runs, port, "resume", 900)
     return empty, loaded
 
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use integration_tests::{TestServer, temp_data_dir, unique_name};
+use lapin::message::BasicGetMessage;
 use lapin::options::{BasicRejectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel};
@@ -100,15 +101,7 @@ async fn dead_lettered_messages_and_priority_order_survive_a_restart() {
         .await;
         publish_with(&channel, "", &queue, b"rejected", persistent()).await;
         let message = wait_for_get(&channel, &queue).await;
-        within(
-            "basic.reject",
-            message
-                .delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false }),
-        )
-        .await
-        .expect("reject");
+        reject(&message, false).await;
         wait_for_count(&channel, &dlq, 1).await;
         for (body, priority) in [("low", 1), ("high", 5), ("mid", 3), ("none", 0)] {
             publish_with(
@@ -156,15 +149,7 @@ async fn a_quorum_queue_keeps_its_delivery_counts_across_a_restart() {
         publish_with(&channel, "", &queue, b"returned twice", persistent()).await;
         for _ in 0..2 {
             let message = wait_for_get(&channel, &queue).await;
-            within(
-                "basic.reject",
-                message
-                    .delivery
-                    .acker
-                    .reject(BasicRejectOptions { requeue: true }),
-            )
-            .await
-            .expect("reject");
+            reject(&message, true).await;
         }
         wait_for_count(&channel, &queue, 1).await;
     }
@@ -179,4 +164,17 @@ async fn a_quorum_queue_keeps_its_delivery_counts_across_a_restart() {
     );
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Rejects a `basic.get` message, requeueing it or not.
+async fn reject(message: &BasicGetMessage, requeue: bool) {
+    within(
+        "basic.reject",
+        message
+            .delivery
+            .acker
+            .reject(BasicRejectOptions { requeue }),
+    )
+    .await
+    .expect("reject");
 }

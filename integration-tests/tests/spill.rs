@@ -35,6 +35,14 @@ fn spill_segments(data_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Publishes `bodies` to the empty `queue` and waits until it holds them all.
+async fn fill_with(channel: &lapin::Channel, queue: &str, bodies: &[String]) {
+    for body in bodies {
+        publish(channel, "", queue, body.as_bytes()).await;
+    }
+    wait_for_count(channel, queue, bodies.len() as u32).await;
+}
+
 fn spilled_bytes(data_dir: &Path) -> u64 {
     spill_segments(data_dir)
         .iter()
@@ -51,10 +59,7 @@ async fn a_transient_backlog_spills_to_disk_and_comes_back_in_order() {
     let (_conn, channel) = open(&server).await;
     declare_queue(&channel, &queue).await;
     let bodies: Vec<String> = (0..BACKLOG).map(|i| body_of("m", i)).collect();
-    for body in &bodies {
-        publish(&channel, "", &queue, body.as_bytes()).await;
-    }
-    wait_for_count(&channel, &queue, BACKLOG as u32).await;
+    fill_with(&channel, &queue, &bodies).await;
     assert!(
         spilled_bytes(&dir) > 0,
         "a backlog past the memory window is written to the spill area"
@@ -157,10 +162,8 @@ async fn a_restart_starts_with_no_spilled_messages() {
     let queue = unique_name("spill-restart");
     let (conn, channel) = open(&server).await;
     declare_queue(&channel, &queue).await;
-    for i in 0..BACKLOG {
-        publish(&channel, "", &queue, body_of("m", i).as_bytes()).await;
-    }
-    wait_for_count(&channel, &queue, BACKLOG as u32).await;
+    let bodies: Vec<String> = (0..BACKLOG).map(|i| body_of("m", i)).collect();
+    fill_with(&channel, &queue, &bodies).await;
     assert!(spilled_bytes(&dir) > 0, "the backlog spilled");
     drop(conn);
     server.stop().await;
@@ -191,10 +194,7 @@ async fn a_queue_that_spills_again_after_catching_up_loses_nothing() {
         let bodies: Vec<String> = (0..BACKLOG)
             .map(|i| body_of(&format!("r{round}-"), i))
             .collect();
-        for body in &bodies {
-            publish(&channel, "", &queue, body.as_bytes()).await;
-        }
-        wait_for_count(&channel, &queue, BACKLOG as u32).await;
+        fill_with(&channel, &queue, &bodies).await;
         let drained: Vec<String> = drain(&channel, &queue)
             .await
             .into_iter()
