@@ -1,5 +1,12 @@
 //! A virtual host: the registry of its exchanges and queues and the bindings between
 //! them, with RabbitMQ's rules for declaring, binding and deleting.
+//!
+//! The vhost is where effects that cross queues are carried out ([`VHost::apply`]):
+//! queues hand back the messages they dead-letter or release and the queues that
+//! expired, and the vhost routes and deletes them once no lock is held. Definition
+//! changes are queued under the registry lock that orders them and written to the
+//! store after it is released, so no file-system work happens under a registry lock and
+//! the store sees changes in the order the registry made them.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -7,7 +14,7 @@ use std::sync::{Arc, Weak};
 
 use amqp_codec::ShortStr;
 use amqp_codec::amq_protocol::types::FieldTable;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::error::{self, AmqpError, AmqpResult};
 use crate::exchange::{
@@ -18,11 +25,13 @@ use crate::message::{Handling, Message};
 use crate::names;
 use crate::policy::{self, Policies};
 use crate::queue::arguments::{self, QueueArguments};
-use crate::queue::dead_letter::{self, DeadLetter};
-use crate::queue::{ConnectionId, Enqueued, Queue, QueueSettings};
+use crate::queue::dead_letter;
+use crate::queue::{
+    ConnectionId, Effects, Enqueued, Move, MoveRoute, Queue, QueueEnv, QueueSettings,
+};
 use crate::store::definitions::{BindingDef, Change, Definitions, ExchangeDef, QueueDef};
-use crate::store::{BrokerStore, Recovery, SyncTarget};
-use crate::timers::{Timers, now_ms};
+use crate::store::{BrokerStore, QueueLog, Recovery, SegmentPosition, SyncTarget};
+use crate::timers::{Timers, Wake, now_ms};
 use amqp_codec::ReplyCode;
 
 /// What `queue.declare` asks for.
@@ -58,10 +67,34 @@ pub struct VHost {
     timers: Arc<Timers>,
     /// The broker's policies, applied to queues by name.
     policies: Arc<RwLock<Policies>>,
-    /// The broker's queued messages take more memory than the spill budget.
-    memory_tight: AtomicBool,
-    /// Itself, handed to its queues so that they can dead-letter through it.
+    /// The broker's queued messages take more memory than the spill budget; shared
+    /// with its queues, which then spill early.
+    memory_tight: Arc<AtomicBool>,
+    /// Definition changes made under a registry lock, in that order, waiting to be
+    /// written to the store once the lock is released.
+    unwritten: Mutex<Vec<Change>>,
+    /// Held while writing `unwritten` out, so that writers keep the registry's order.
+    writing: Mutex<()>,
+    /// Itself, for the clocks of its queues, which wake it to carry out their effects.
     me: Weak<VHost>,
+}
+
+/// What the timers wake for one queue: asks it what is due and carries out the effects
+/// through its vhost, on the timer thread with no lock held.
+struct QueueClock {
+    vhost: Weak<VHost>,
+    queue: Weak<Queue>,
+}
+
+impl Wake for QueueClock {
+    fn wake(self: Arc<Self>, now_ms: u64) {
+        let (Some(vhost), Some(queue)) = (self.vhost.upgrade(), self.queue.upgrade()) else {
+            return;
+        };
+        let mut effects = Effects::default();
+        queue.wake(now_ms, &mut effects);
+        vhost.apply(effects);
+    }
 }
 
 /// RabbitMQ's predeclared exchanges, present in every vhost.
@@ -111,11 +144,161 @@ impl VHost {
             store,
             timers,
             policies,
-            memory_tight: AtomicBool::new(false),
+            memory_tight: Arc::default(),
+            unwritten: Mutex::default(),
+            writing: Mutex::default(),
             me: me.clone(),
         });
         vhost.apply_policies();
         vhost
+    }
+
+    /// Makes a queue of this vhost, with a clock that wakes it through the vhost.
+    fn new_queue(
+        &self,
+        name: ShortStr,
+        settings: QueueSettings,
+        log: Option<QueueLog>,
+        recovered: &Recovery,
+    ) -> Arc<Queue> {
+        Arc::new_cyclic(|me| {
+            let clock: Arc<dyn Wake> = Arc::new(QueueClock {
+                vhost: self.me.clone(),
+                queue: me.clone(),
+            });
+            Queue::new(
+                name,
+                &self.name,
+                settings,
+                log,
+                recovered,
+                QueueEnv {
+                    timers: self.timers.clone(),
+                    clock,
+                    store: self.store.as_ref().map_or_else(Weak::new, Arc::downgrade),
+                    memory_tight: self.memory_tight.clone(),
+                },
+            )
+        })
+    }
+
+    /// Queues a definitions change; the caller holds the registry lock that orders it
+    /// and calls [`write_changes`](Self::write_changes) once it is released.
+    fn queue_change(&self, change: Change) {
+        if self.store.is_some() {
+            self.unwritten.lock().push(change);
+        }
+    }
+
+    /// Writes the queued definitions changes to the store, in the order they were made.
+    fn write_changes(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let _order = self.writing.lock();
+        let changes = std::mem::take(&mut *self.unwritten.lock());
+        for change in &changes {
+            store.record(change);
+        }
+    }
+
+    /// Carries out what queue operations left to do: moves messages between queues
+    /// (at least once: a source record is acked only when the copies are durable) and
+    /// deletes expired queues. Moving can make targets drop or expire messages in turn;
+    /// that goes on until nothing is left (dead-letter cycles end as in RabbitMQ).
+    ///
+    /// Must be called with no lock held.
+    pub fn apply(&self, mut effects: Effects) {
+        while !effects.is_empty() {
+            let mut next = Effects::default();
+            for moved in std::mem::take(&mut effects.moves) {
+                self.carry(moved, &mut next);
+            }
+            for queue in std::mem::take(&mut effects.expired) {
+                tracing::debug!(queue = %queue.name(), "queue expired");
+                self.remove_queue(&queue);
+            }
+            effects = next;
+        }
+    }
+
+    /// Routes the messages of one move and enqueues them where they go; acks their
+    /// source records once the copies are durable.
+    fn carry(&self, moved: Move, next: &mut Effects) {
+        let now = now_ms();
+        let mut routed = Routed::default();
+        let mut commits: Vec<Arc<dyn SyncTarget>> = Vec::new();
+        let mut positions: Vec<SegmentPosition> = Vec::new();
+        let from = moved.source.name();
+        for letter in &moved.letters {
+            positions.extend(letter.position);
+            match &moved.route {
+                MoveRoute::Delayed { exchange } => {
+                    let exchanges = self.exchanges.read();
+                    let Some(source) = exchanges.get(&**exchange) else {
+                        continue;
+                    };
+                    routed.clear();
+                    route_through(&exchanges, source, &letter.message, &[], &mut routed);
+                    drop(exchanges);
+                    routed.dedup_queues();
+                    enqueue_moved(&letter.message, routed.queues.drain(..), &mut commits, next);
+                }
+                MoveRoute::DeadLetter {
+                    exchange,
+                    routing_key,
+                } => {
+                    let republished =
+                        dead_letter::republish(letter, from, exchange, routing_key.as_deref(), now);
+                    let extra = republished.routing_keys.get(1..).unwrap_or_default();
+                    if exchange.is_empty() {
+                        if self
+                            .route(&republished.message, extra, &mut routed)
+                            .is_err()
+                        {
+                            continue;
+                        }
+                    } else {
+                        let exchanges = self.exchanges.read();
+                        let Some(target) = exchanges.get(exchange) else {
+                            tracing::debug!(
+                                queue = %from,
+                                exchange = %exchange,
+                                "dead-letter exchange missing; message dropped"
+                            );
+                            continue;
+                        };
+                        routed.clear();
+                        route_through(&exchanges, target, &republished.message, extra, &mut routed);
+                        drop(exchanges);
+                        routed.dedup_queues();
+                    }
+                    let targets = routed
+                        .queues
+                        .drain(..)
+                        .filter(|queue| !republished.is_cycle(queue.name()));
+                    enqueue_moved(&republished.message, targets, &mut commits, next);
+                }
+            }
+        }
+        let source = moved.source;
+        match (&self.store, commits.is_empty()) {
+            (Some(store), false) => store.commit_then(commits, move |durable| {
+                if durable {
+                    source.settle_moved(&positions);
+                } else {
+                    tracing::error!(
+                        queue = %source.name(),
+                        "moved messages could not be made durable; they stay in their source's log"
+                    );
+                }
+            }),
+            _ => {
+                if !positions.is_empty() {
+                    source.settle_moved(&positions);
+                }
+            }
+        }
     }
 
     /// The arguments `queue` runs with: its declared ones under the policy that matches
@@ -134,12 +317,14 @@ impl VHost {
     /// Applies the current policies to every queue and exchange (after a reload).
     pub fn apply_policies(&self) {
         let queues: Vec<Arc<Queue>> = self.queues.read().values().cloned().collect();
+        let mut effects = Effects::default();
         for queue in queues {
-            queue.set_arguments(self.effective_arguments(&queue));
+            queue.set_arguments(self.effective_arguments(&queue), &mut effects);
         }
         for exchange in self.exchanges.read().values() {
             self.apply_exchange_policy(exchange);
         }
+        self.apply(effects);
     }
 
     /// Sets an exchange's alternate exchange from its argument or its policy.
@@ -155,11 +340,6 @@ impl VHost {
     /// The vhost's name.
     pub fn name(&self) -> &str {
         &self.name
-    }
-
-    /// The timers its queues are woken by.
-    pub fn timers(&self) -> &Timers {
-        &self.timers
     }
 
     /// Looks up an exchange.
@@ -180,6 +360,17 @@ impl VHost {
     /// 403 for the default exchange or a new `amq.` name, 404 for a passive miss,
     /// 406 when an existing exchange differs.
     pub fn declare_exchange(
+        &self,
+        name: &str,
+        passive: bool,
+        settings: ExchangeSettings,
+    ) -> AmqpResult<()> {
+        let declared = self.declare_exchange_locked(name, passive, settings);
+        self.write_changes();
+        declared
+    }
+
+    fn declare_exchange_locked(
         &self,
         name: &str,
         passive: bool,
@@ -262,10 +453,28 @@ impl VHost {
         &self,
         durable: bool,
         owner: &str,
+        def: QueueDef,
+    ) -> AmqpResult<Option<QueueLog>> {
+        let (log, def) = self.new_log(durable, owner, def)?;
+        if let Some(def) = def {
+            self.record(&Change::PutQueue(def));
+        }
+        Ok(log)
+    }
+
+    /// Like [`create_log`](Self::create_log), but leaves recording the definition (with
+    /// the log's id) to the caller.
+    ///
+    /// # Errors
+    /// 541 INTERNAL_ERROR when the log cannot be created.
+    fn new_log(
+        &self,
+        durable: bool,
+        owner: &str,
         mut def: QueueDef,
-    ) -> AmqpResult<Option<crate::store::QueueLog>> {
+    ) -> AmqpResult<(Option<QueueLog>, Option<QueueDef>)> {
         let Some(store) = self.store.as_ref().filter(|_| durable) else {
-            return Ok(None);
+            return Ok((None, None));
         };
         def.id = names::queue_log_id();
         let log = store.create_queue_log(&def.id).map_err(|e| {
@@ -274,8 +483,7 @@ impl VHost {
                 format!("cannot create the log of {owner}: {e}"),
             )
         })?;
-        store.record(&Change::PutQueue(def));
-        Ok(Some(log))
+        Ok((Some(log), Some(def)))
     }
 
     /// Gives a delayed exchange the queue its messages wait in: logged, so that they
@@ -306,10 +514,8 @@ impl VHost {
         log: Option<crate::store::QueueLog>,
         recovered: &Recovery,
     ) -> Arc<Queue> {
-        let hold = Arc::new(Queue::new(
+        let hold = self.new_queue(
             name.into(),
-            self.me.clone(),
-            &self.name,
             QueueSettings {
                 durable: log.is_some(),
                 exclusive_owner: None,
@@ -320,7 +526,7 @@ impl VHost {
             },
             log,
             recovered,
-        ));
+        );
         exchange.set_hold(hold.clone());
         hold
     }
@@ -384,6 +590,8 @@ impl VHost {
                     pending.push(other.name().to_string());
                 }
             }
+            drop(exchanges);
+            self.write_changes();
         }
     }
 
@@ -428,54 +636,36 @@ impl VHost {
         declare: QueueDeclare,
         conn: ConnectionId,
     ) -> AmqpResult<(Arc<Queue>, bool)> {
+        let mut effects = Effects::default();
+        let declared = self.declare_queue_unlocked(declare, conn, &mut effects);
+        self.write_changes();
+        self.apply(effects);
+        declared
+    }
+
+    fn declare_queue_unlocked(
+        &self,
+        declare: QueueDeclare,
+        conn: ConnectionId,
+        effects: &mut Effects,
+    ) -> AmqpResult<(Arc<Queue>, bool)> {
         if declare.passive {
             let queue = self.queue(&declare.name, conn)?;
-            queue.touch();
+            queue.touch(effects);
             return Ok((queue, false));
         }
-        let mut queues = self.queues.write();
-        if let Some(existing) = queues.get(&*declare.name) {
-            existing.check_access(conn)?;
-            let current = existing.settings();
-            if current.exclusive_owner.is_some() != declare.exclusive {
-                return Err(error::queue_locked(&declare.name, &self.name));
-            }
-            let durable = declare.durable && !declare.exclusive;
-            if current.durable != durable {
-                return Err(error::inequivalent(
-                    "durable",
-                    "queue",
-                    &declare.name,
-                    &self.name,
-                    yes_no(durable),
-                    yes_no(current.durable),
-                ));
-            }
-            if current.auto_delete != declare.auto_delete {
-                return Err(error::inequivalent(
-                    "auto_delete",
-                    "queue",
-                    &declare.name,
-                    &self.name,
-                    yes_no(declare.auto_delete),
-                    yes_no(current.auto_delete),
-                ));
-            }
-            arguments::assert_equivalent(
-                &current.arguments,
-                &declare.arguments,
-                &declare.name,
-                &self.name,
-            )?;
-            existing.touch();
-            return Ok((existing.clone(), false));
+        let existing = self.queues.read().get(&*declare.name).cloned();
+        if let Some(existing) = existing {
+            self.redeclare(&existing, &declare, conn, effects)?;
+            return Ok((existing, false));
         }
         if declare.name.starts_with("amq.") && !declare.server_named {
             return Err(error::reserved_name("queue", &declare.name));
         }
         let parsed = arguments::parse(&declare.arguments, &declare, &self.name)?;
         let durable = declare.durable && !declare.exclusive;
-        let log = self.create_log(
+        // The log is made before the registry lock is taken: no file-system work under it.
+        let (log, def) = self.new_log(
             durable,
             &format!("queue '{}'", declare.name),
             QueueDef {
@@ -486,25 +676,86 @@ impl VHost {
                 arguments: declare.arguments.clone(),
             },
         )?;
-        let queue = Arc::new(Queue::new(
+        let queue = self.new_queue(
             declare.name.clone(),
-            self.me.clone(),
-            &self.name,
             QueueSettings {
                 durable,
                 exclusive_owner: declare.exclusive.then_some(conn),
                 auto_delete: declare.auto_delete,
-                arguments: declare.arguments,
+                arguments: declare.arguments.clone(),
                 parsed,
                 holds_for: None,
             },
             log,
             &Recovery::default(),
-        ));
-        queue.set_arguments(self.effective_arguments(&queue));
-        queues.insert(declare.name.to_string(), queue.clone());
-        queue.touch();
+        );
+        queue.set_arguments(self.effective_arguments(&queue), effects);
+        let raced = {
+            let mut queues = self.queues.write();
+            match queues.get(&*declare.name) {
+                Some(existing) => Some(existing.clone()),
+                None => {
+                    if let Some(def) = def {
+                        self.queue_change(Change::PutQueue(def));
+                    }
+                    queues.insert(declare.name.to_string(), queue.clone());
+                    None
+                }
+            }
+        };
+        if let Some(existing) = raced {
+            // Another connection declared it meanwhile: that one stands, ours goes.
+            queue.delete();
+            self.redeclare(&existing, &declare, conn, effects)?;
+            return Ok((existing, false));
+        }
+        queue.touch(effects);
         Ok((queue, true))
+    }
+
+    /// Checks a declaration of an existing queue against it (RabbitMQ's equivalence
+    /// rules) and counts it as a use.
+    fn redeclare(
+        &self,
+        existing: &Arc<Queue>,
+        declare: &QueueDeclare,
+        conn: ConnectionId,
+        effects: &mut Effects,
+    ) -> AmqpResult<()> {
+        existing.check_access(conn)?;
+        let current = existing.settings();
+        if current.exclusive_owner.is_some() != declare.exclusive {
+            return Err(error::queue_locked(&declare.name, &self.name));
+        }
+        let durable = declare.durable && !declare.exclusive;
+        if current.durable != durable {
+            return Err(error::inequivalent(
+                "durable",
+                "queue",
+                &declare.name,
+                &self.name,
+                yes_no(durable),
+                yes_no(current.durable),
+            ));
+        }
+        if current.auto_delete != declare.auto_delete {
+            return Err(error::inequivalent(
+                "auto_delete",
+                "queue",
+                &declare.name,
+                &self.name,
+                yes_no(declare.auto_delete),
+                yes_no(current.auto_delete),
+            ));
+        }
+        arguments::assert_equivalent(
+            &current.arguments,
+            &declare.arguments,
+            &declare.name,
+            &self.name,
+        )?;
+        existing.touch(effects);
+        Ok(())
     }
 
     /// Deletes a queue and its bindings; returns its ready message count, or 0 if it did
@@ -519,7 +770,7 @@ impl VHost {
         if_unused: bool,
         if_empty: bool,
     ) -> AmqpResult<u32> {
-        let queue = {
+        let removed = {
             let mut queues = self.queues.write();
             let Some(queue) = queues.get(name) else {
                 return Ok(0);
@@ -537,22 +788,27 @@ impl VHost {
                     self.name
                 )));
             }
-            queues.remove(name)
+            queues
+                .remove(name)
+                .map(|queue| self.unregister_queue(queue))
         };
-        Ok(queue.map_or(0, |q| self.forget_queue(&q)))
+        Ok(removed.map_or(0, |removed| self.finish_removal(removed)))
     }
 
-    /// Deletes `queue` if it is still registered (exclusive and auto-delete clean-up).
+    /// Deletes `queue` if it is still registered (exclusive and auto-delete clean-up,
+    /// `x-expires`): a queue of the same name declared since is left alone.
     pub fn remove_queue(&self, queue: &Arc<Queue>) {
         let removed = {
             let mut queues = self.queues.write();
             match queues.get(&**queue.name()) {
-                Some(q) if Arc::ptr_eq(q, queue) => queues.remove(&**queue.name()),
+                Some(q) if Arc::ptr_eq(q, queue) => queues
+                    .remove(&**queue.name())
+                    .map(|queue| self.unregister_queue(queue)),
                 _ => None,
             }
         };
-        if let Some(q) = removed {
-            self.forget_queue(&q);
+        if let Some(removed) = removed {
+            self.finish_removal(removed);
         }
     }
 
@@ -560,10 +816,8 @@ impl VHost {
     /// published to its name reach it until [`VHost::remove_reply_queue`].
     pub fn reply_queue(&self, conn: ConnectionId) -> Arc<Queue> {
         let address = names::reply_to_address();
-        let queue = Arc::new(Queue::new(
+        let queue = self.new_queue(
             address.as_str().into(),
-            self.me.clone(),
-            &self.name,
             QueueSettings {
                 durable: false,
                 exclusive_owner: Some(conn),
@@ -574,7 +828,7 @@ impl VHost {
             },
             None,
             &Recovery::default(),
-        ));
+        );
         self.reply_queues.write().insert(address, queue.clone());
         queue
     }
@@ -595,7 +849,12 @@ impl VHost {
         }
     }
 
-    fn forget_queue(&self, queue: &Arc<Queue>) -> u32 {
+    /// The part of a queue's deletion done under the queue registry's write lock, just
+    /// after the queue left it: its bindings go and its deletion is queued for the store,
+    /// so that a queue of the same name declared and bound right after is untouched.
+    /// Memory work only; [`finish_removal`](Self::finish_removal) does the rest.
+    fn unregister_queue(&self, queue: Arc<Queue>) -> RemovedQueue {
+        queue.mark_deleted();
         let emptied: Vec<String> = self
             .exchanges
             .read()
@@ -603,20 +862,26 @@ impl VHost {
             .filter(|e| unbinds_last(e, DestinationKind::Queue, queue.name()))
             .map(|e| e.name().to_string())
             .collect();
-        self.remove_unused_exchanges(emptied);
         if queue.settings().durable {
-            self.record(&Change::DeleteQueue {
+            self.queue_change(Change::DeleteQueue {
                 vhost: self.name.clone(),
                 name: queue.name().to_string(),
             });
         }
-        queue.delete()
+        RemovedQueue { queue, emptied }
+    }
+
+    /// Finishes a deletion once the registry lock is released: writes the change, drops
+    /// the queue's messages and log, and deletes the auto-delete exchanges it emptied.
+    fn finish_removal(&self, removed: RemovedQueue) -> u32 {
+        self.write_changes();
+        let count = removed.queue.delete();
+        self.remove_unused_exchanges(removed.emptied);
+        count
     }
 
     fn record(&self, change: &Change) {
-        if let Some(store) = &self.store {
-            store.record(change);
-        }
+        self.queue_change(change.clone());
     }
 
     /// Adds a binding, recording it when both ends are durable.
@@ -710,16 +975,26 @@ impl VHost {
         conn: ConnectionId,
     ) -> AmqpResult<()> {
         let source = self.binding_source(exchange)?;
-        let queue = self.queue(queue, conn)?;
         source.settings().kind.check_binding_key(routing_key)?;
-        let durable = queue.settings().durable;
-        self.add_binding(
-            &source,
-            Destination::Queue(queue),
-            durable,
-            routing_key,
-            arguments,
-        );
+        {
+            // Looked up and bound under the registry's lock, so that a deletion of the
+            // queue, which unbinds it under the write lock, cannot fall in between.
+            let queues = self.queues.read();
+            let queue = queues
+                .get(queue)
+                .cloned()
+                .ok_or_else(|| error::no_queue(queue, &self.name))?;
+            queue.check_access(conn)?;
+            let durable = queue.settings().durable;
+            self.add_binding(
+                &source,
+                Destination::Queue(queue),
+                durable,
+                routing_key,
+                arguments,
+            );
+        }
+        self.write_changes();
         Ok(())
     }
 
@@ -745,6 +1020,7 @@ impl VHost {
             routing_key,
             arguments,
         );
+        self.write_changes();
         Ok(())
     }
 
@@ -770,6 +1046,7 @@ impl VHost {
             routing_key,
             arguments,
         );
+        self.write_changes();
         Ok(())
     }
 
@@ -794,6 +1071,7 @@ impl VHost {
             routing_key,
             arguments,
         );
+        self.write_changes();
         Ok(())
     }
 
@@ -846,79 +1124,6 @@ impl VHost {
         Ok(())
     }
 
-    /// Routes messages whose delay is over through delayed exchange `exchange`, as if
-    /// they were published now.
-    pub fn release_delayed(&self, exchange: &str, letters: Vec<DeadLetter>) {
-        let mut routed = Routed::default();
-        let mut commits: Vec<Arc<dyn SyncTarget>> = Vec::new();
-        for letter in letters {
-            {
-                let exchanges = self.exchanges.read();
-                let Some(source) = exchanges.get(exchange) else {
-                    return;
-                };
-                routed.clear();
-                route_through(&exchanges, source, &letter.message, &[], &mut routed);
-                routed.dedup_queues();
-            }
-            enqueue_moved(&letter.message, routed.queues.drain(..), &mut commits);
-        }
-        self.commit_moved(commits);
-    }
-
-    /// Asks the group commit to make durable the logs that took moved messages.
-    fn commit_moved(&self, commits: Vec<Arc<dyn SyncTarget>>) {
-        if let (Some(store), false) = (&self.store, commits.is_empty()) {
-            store.commit(commits, None);
-        }
-    }
-
-    /// Republishes dead letters from queue `from` to exchange `dlx` (with routing key
-    /// `dlrk`, or their own), dropping those that would close a cycle no client broke
-    /// and those whose exchange does not exist, as RabbitMQ does.
-    pub fn dead_letter(&self, from: &str, dlx: &str, dlrk: Option<&str>, letters: Vec<DeadLetter>) {
-        let now = now_ms();
-        let mut routed = Routed::default();
-        let mut commits: Vec<Arc<dyn SyncTarget>> = Vec::new();
-        for letter in letters {
-            let republished = dead_letter::republish(&letter, from, dlx, dlrk, now);
-            let extra = republished.routing_keys.get(1..).unwrap_or_default();
-            if dlx.is_empty() {
-                if self
-                    .route(&republished.message, extra, &mut routed)
-                    .is_err()
-                {
-                    continue;
-                }
-            } else {
-                let exchanges = self.exchanges.read();
-                let Some(exchange) = exchanges.get(dlx) else {
-                    tracing::debug!(
-                        queue = from,
-                        exchange = dlx,
-                        "dead-letter exchange missing; message dropped"
-                    );
-                    continue;
-                };
-                routed.clear();
-                route_through(
-                    &exchanges,
-                    exchange,
-                    &republished.message,
-                    extra,
-                    &mut routed,
-                );
-                routed.dedup_queues();
-            }
-            let targets = routed
-                .queues
-                .drain(..)
-                .filter(|queue| !republished.is_cycle(queue.name()));
-            enqueue_moved(&republished.message, targets, &mut commits);
-        }
-        self.commit_moved(commits);
-    }
-
     /// Rebuilds this vhost's durable exchanges, queues (with their logs) and bindings
     /// from the definitions; returns the queues and messages recovered.
     ///
@@ -950,6 +1155,7 @@ impl VHost {
         let mut messages = 0;
         let mut queues = 0;
         let mut holds = Vec::new();
+        let mut effects = Effects::default();
         let total = defs.queues.iter().filter(|q| q.vhost == self.name).count();
         let mut last_report = std::time::Instant::now();
         for def in defs.queues.iter().filter(|q| q.vhost == self.name) {
@@ -989,10 +1195,8 @@ impl VHost {
                 tracing::warn!(queue = %def.name, %error, "ignoring the stored queue's invalid arguments");
                 QueueArguments::default()
             });
-            let queue = Arc::new(Queue::new(
+            let queue = self.new_queue(
                 def.name.as_str().into(),
-                self.me.clone(),
-                &self.name,
                 QueueSettings {
                     durable: true,
                     exclusive_owner: None,
@@ -1003,8 +1207,9 @@ impl VHost {
                 },
                 Some(log),
                 &recovery,
-            ));
-            queue.set_arguments(self.effective_arguments(&queue));
+            );
+            // What this drops or expires is carried out once the whole vhost is back.
+            queue.set_arguments(self.effective_arguments(&queue), &mut effects);
             self.queues.write().insert(def.name.clone(), queue);
         }
         let delayed: Vec<Arc<Exchange>> = self
@@ -1047,6 +1252,10 @@ impl VHost {
         for queue in restored {
             queue.start_clocks();
         }
+        self.write_changes();
+        // Only now that every exchange, queue and binding is back can messages that
+        // expired while the broker was down reach their dead-letter queues.
+        self.apply(effects);
         Ok((queues, messages))
     }
 
@@ -1072,16 +1281,6 @@ impl VHost {
         self.memory_tight.store(tight, Ordering::Relaxed);
     }
 
-    /// Whether memory is tight (see [`set_memory_tight`](Self::set_memory_tight)).
-    pub(crate) fn memory_tight(&self) -> bool {
-        self.memory_tight.load(Ordering::Relaxed)
-    }
-
-    /// A spill log for one of its transient queues; `None` without a data directory.
-    pub(crate) fn create_spill_log(&self) -> Option<crate::store::Result<crate::store::QueueLog>> {
-        self.store.as_ref().map(|store| store.create_spill_log())
-    }
-
     /// Every queue that keeps a durable log (delayed exchanges' too), for a final sync
     /// at shutdown.
     pub fn logged_queues(&self) -> Vec<Arc<Queue>> {
@@ -1095,6 +1294,13 @@ impl VHost {
         logged.extend(self.holds().into_iter().filter(|q| q.is_logged()));
         logged
     }
+}
+
+/// A queue taken out of the registry, with what its deletion still has to do.
+struct RemovedQueue {
+    queue: Arc<Queue>,
+    /// Auto-delete exchanges its bindings were the last of.
+    emptied: Vec<String>,
 }
 
 /// Routes `message` from `start` with its own key and `extra_keys`, then through the
@@ -1156,10 +1362,11 @@ fn enqueue_moved(
     message: &Message,
     queues: impl Iterator<Item = Arc<Queue>>,
     commits: &mut Vec<Arc<dyn SyncTarget>>,
+    effects: &mut Effects,
 ) {
     let handling = Handling::of(message);
     for queue in queues {
-        match queue.publish(message.clone(), handling) {
+        match queue.publish(message.clone(), handling, effects) {
             Ok(Enqueued::Logged) => commits.push(queue),
             Ok(_) => {}
             Err(error) => {

@@ -57,7 +57,7 @@ impl Channel {
             b::AMQPMethod::Get(get) => {
                 let name = self.resolve_queue_name(&get.queue.as_str().into())?;
                 let queue = ctx.vhost.queue(&name, ctx.connection)?;
-                match queue.get(get.no_ack) {
+                match queue.get(get.no_ack, ctx.effects) {
                     Some((message, left)) => {
                         self.deliver_get(ctx, queue, message, left, get.no_ack)
                     }
@@ -177,15 +177,18 @@ impl Channel {
             );
         }
         queue
-            .add_consumer(ConsumerHandle {
-                id,
-                channel: self.id,
-                exclusive: consume.exclusive,
-                credit,
-                mailbox: ctx.mailbox.clone(),
-                no_ack: consume.no_ack,
-                priority: options.priority,
-            })
+            .add_consumer(
+                ConsumerHandle {
+                    id,
+                    channel: self.id,
+                    exclusive: consume.exclusive,
+                    credit,
+                    mailbox: ctx.mailbox.clone(),
+                    no_ack: consume.no_ack,
+                    priority: options.priority,
+                },
+                ctx.effects,
+            )
             .inspect_err(|_| ctx.out.truncate(mark))?;
         let timeout_ms = options
             .timeout_ms

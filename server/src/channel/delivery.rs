@@ -107,6 +107,10 @@ impl Channel {
         if c.no_ack {
             credit.release(1);
             ctx.kick_later(&queue);
+            if message.position.is_some() {
+                // Written: only now may it leave the log.
+                queue.settle(std::iter::once(message));
+            }
         } else {
             let deadline = deadline(ctx.now, c.timeout_ms);
             self.unacked.push_back(Unacked {
@@ -221,8 +225,8 @@ impl Channel {
         let entries = entries.into_iter().map(|u| (u.queue, u.message));
         match settlement {
             Settlement::Ack => settle_all(entries),
-            Settlement::Reject { requeue: true } => requeue_all(entries),
-            Settlement::Reject { requeue: false } => reject_all(entries),
+            Settlement::Reject { requeue: true } => requeue_all(entries, ctx.effects),
+            Settlement::Reject { requeue: false } => reject_all(entries, ctx.effects),
         }
     }
 

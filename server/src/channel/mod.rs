@@ -18,7 +18,7 @@ use crate::broker::Broker;
 use crate::error::{self, AmqpError, AmqpResult};
 use crate::exchange::Routed;
 use crate::message::QueuedMessage;
-use crate::queue::{ConnectionId, ConsumerId, Limit, Mailbox, Queue};
+use crate::queue::{ConnectionId, ConsumerId, Effects, Limit, Mailbox, Queue};
 use crate::vhost::VHost;
 
 pub use delivery::Unacked;
@@ -44,6 +44,9 @@ pub struct Context<'a> {
     pub routed: &'a mut Routed,
     /// Queues whose consumers regained credit; kicked once after the batch.
     pub kicks: &'a mut Vec<Arc<Queue>>,
+    /// What queue operations in this batch left to do (dead letters, expiries): the
+    /// connection has the vhost carry it out after the batch, with no lock held.
+    pub effects: &'a mut Effects,
     /// Channels with publisher confirms to send after the batch.
     pub confirms_due: &'a mut Vec<u16>,
     /// Queues whose logs took persistent messages in this batch: one group commit after
@@ -391,8 +394,11 @@ impl Channel {
 }
 
 /// Requeues a run of deliveries to their queues, one call per queue.
-pub fn requeue_all(entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>) {
-    per_queue(entries, |queue, batch| queue.requeue(batch));
+pub fn requeue_all(
+    entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>,
+    effects: &mut Effects,
+) {
+    per_queue(entries, |queue, batch| queue.requeue(batch, effects));
 }
 
 /// Settles a run of acked deliveries with their queues, one call per queue.
@@ -402,8 +408,11 @@ pub fn settle_all(entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>
 
 /// Rejects a run of deliveries without requeueing (dead-lettering them where the queue
 /// says so), one call per queue.
-pub fn reject_all(entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>) {
-    per_queue(entries, |queue, batch| queue.reject(batch));
+pub fn reject_all(
+    entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>,
+    effects: &mut Effects,
+) {
+    per_queue(entries, |queue, batch| queue.reject(batch, effects));
 }
 
 /// Hands consecutive messages of the same queue to `apply` together.

@@ -217,7 +217,7 @@ fn enqueue(
     message: Message,
     handling: Handling,
 ) -> AmqpResult<bool> {
-    match queue.publish(message, handling) {
+    match queue.publish(message, handling, ctx.effects) {
         Ok(Enqueued::Logged) => {
             ctx.commit_later(queue);
             Ok(false)

@@ -26,7 +26,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::broker::Broker;
 use crate::channel::{Channel, Context};
 use crate::exchange::Routed;
-use crate::queue::{ConnectionId, Mailbox, Outgoing, Queue};
+use crate::queue::{ConnectionId, Effects, Mailbox, Outgoing, Queue};
 use crate::server::Shutdown;
 use crate::store::SyncTarget;
 use crate::vhost::VHost;
@@ -135,6 +135,7 @@ struct Shared {
     exclusive_queues: Vec<Arc<Queue>>,
     routed: Routed,
     kicks: Vec<Arc<Queue>>,
+    effects: Effects,
     confirms_due: Vec<u16>,
     commits: Vec<Arc<Queue>>,
     cancel_notify: bool,
@@ -157,6 +158,7 @@ impl Shared {
             exclusive_queues: &mut self.exclusive_queues,
             routed: &mut self.routed,
             kicks: &mut self.kicks,
+            effects: &mut self.effects,
             confirms_due: &mut self.confirms_due,
             commits: &mut self.commits,
             cancel_notify: self.cancel_notify,
@@ -208,6 +210,7 @@ impl Connection {
                 exclusive_queues: Vec::new(),
                 routed: Routed::default(),
                 kicks: Vec::new(),
+                effects: Effects::default(),
                 confirms_due: Vec::new(),
                 commits: Vec::new(),
                 cancel_notify: session.cancel_notify,
@@ -361,9 +364,7 @@ impl Connection {
     }
 
     fn after_batch(&mut self) {
-        for queue in self.shared.kicks.drain(..) {
-            queue.kick();
-        }
+        self.kick_and_apply();
         let confirms: Vec<(u16, u64)> = self
             .shared
             .confirms_due
@@ -748,7 +749,7 @@ impl Connection {
                 }
             }
         }
-        crate::channel::requeue_all(returned);
+        crate::channel::requeue_all(returned, &mut self.shared.effects);
         self.after_batch();
     }
 
@@ -766,12 +767,22 @@ impl Connection {
             Outgoing::Deliver { queue, message, .. } => Some((queue, message)),
             Outgoing::Cancelled { .. } => None,
         });
-        crate::channel::requeue_all(returned);
+        crate::channel::requeue_all(returned, &mut self.shared.effects);
         for queue in std::mem::take(&mut self.shared.exclusive_queues) {
             self.shared.vhost.remove_queue(&queue);
         }
-        for queue in self.shared.kicks.drain(..) {
-            queue.kick();
+        self.kick_and_apply();
+    }
+
+    /// Dispatches the queues whose consumers regained credit, then has the vhost carry
+    /// out what the batch's queue operations left to do, with no lock held.
+    fn kick_and_apply(&mut self) {
+        let shared = &mut self.shared;
+        for queue in shared.kicks.drain(..) {
+            queue.kick(&mut shared.effects);
+        }
+        if !shared.effects.is_empty() {
+            shared.vhost.apply(std::mem::take(&mut shared.effects));
         }
     }
 }

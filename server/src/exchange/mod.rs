@@ -381,7 +381,6 @@ pub(crate) mod test_support {
     pub fn queue(name: &str) -> Arc<Queue> {
         Arc::new(Queue::new(
             name.into(),
-            std::sync::Weak::new(),
             "/",
             QueueSettings {
                 durable: false,
@@ -393,6 +392,7 @@ pub(crate) mod test_support {
             },
             None,
             &crate::store::Recovery::default(),
+            crate::queue::QueueEnv::for_tests(),
         ))
     }
 

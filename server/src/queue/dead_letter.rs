@@ -12,6 +12,7 @@ use amqp_codec::amq_protocol::types::{AMQPValue, FieldArray, FieldTable, ShortSt
 use amqp_codec::properties::{Property, decode_properties, encode_properties};
 
 use crate::message::Message;
+use crate::store::SegmentPosition;
 
 /// Why a message was dead-lettered, as `x-death` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +46,8 @@ pub struct DeadLetter {
     pub message: Message,
     /// Why it left.
     pub reason: DeathReason,
+    /// Its record in the queue's log, acked once the copies are durable elsewhere.
+    pub position: Option<SegmentPosition>,
 }
 
 /// The message as republished, and the routing keys it is routed with.
@@ -259,7 +262,11 @@ mod tests {
     }
 
     fn letter(message: Message, reason: DeathReason) -> DeadLetter {
-        DeadLetter { message, reason }
+        DeadLetter {
+            message,
+            reason,
+            position: None,
+        }
     }
 
     #[test]

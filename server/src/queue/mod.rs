@@ -8,16 +8,24 @@
 //!
 //! What the queue's arguments (and policies) ask for is applied under the same lock:
 //! length limits, TTLs checked at the head (woken by the broker's timers), priorities,
-//! consumer priorities and a single active consumer. Messages that leave unconsumed are
-//! collected there and dead-lettered after the lock is released, since their route may
-//! lead back to this queue.
+//! consumer priorities and a single active consumer. Messages that leave unconsumed, and
+//! the queue's own expiry, are returned to the caller as [`Effects`]: the queue never
+//! reaches back into its vhost, since a dead letter's route takes the vhost's locks and
+//! may lead back to this queue.
+//!
+//! Lock order, outermost first (the broker's one statement of it): a vhost's registries
+//! (exchanges, queues), then one queue's state, then what a queue calls while holding
+//! its own (its mailbox, the timers' schedule, its log's files). No code takes an outer
+//! lock while holding an inner one, and no code holds two queues' locks at once.
 
 pub mod arguments;
 pub mod credit;
 pub mod dead_letter;
+pub mod effects;
 pub mod mailbox;
 pub mod ready;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use amqp_codec::amq_protocol::types::FieldTable;
@@ -25,15 +33,16 @@ use amqp_codec::{ReplyCode, ShortStr};
 use parking_lot::Mutex;
 
 pub use credit::{Credit, Limit};
+pub use effects::{Effects, Move, MoveRoute};
 pub use mailbox::{Mailbox, Outgoing};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Handling, Message, QueuedMessage};
 use crate::store::{
-    PendingSync, QueueLog, Recovery, SegmentPosition, StoreError, StoredMessage, SyncTarget,
+    BrokerStore, PendingSync, QueueLog, Recovery, SegmentPosition, StoreError, StoredMessage,
+    SyncTarget,
 };
-use crate::timers::{Wake, now_ms};
-use crate::vhost::VHost;
+use crate::timers::{Timers, Wake, now_ms};
 use arguments::{Overflow, QueueArguments, QueueType};
 use dead_letter::{DeadLetter, DeathReason};
 use ready::Ready;
@@ -182,12 +191,51 @@ struct QueueState {
     holds: bool,
 }
 
+/// What a queue is given by the broker around it: never a way back into its vhost.
+#[derive(Clone)]
+pub struct QueueEnv {
+    /// The timers that wake it at its deadlines.
+    pub timers: Arc<Timers>,
+    /// What the timers wake when a deadline comes: the owner's handler, which asks the
+    /// queue what is due ([`Queue::wake`]) and carries out the effects.
+    pub clock: Arc<dyn Wake>,
+    /// Where a transient queue's spill log is made; none without a data directory.
+    /// Weak, so that a queue still referenced somewhere at shutdown (a commit in
+    /// flight) does not keep the data directory locked.
+    pub store: Weak<BrokerStore>,
+    /// Set while the broker's queued messages take more memory than the spill budget.
+    pub memory_tight: Arc<AtomicBool>,
+}
+
+#[cfg(test)]
+impl QueueEnv {
+    /// An environment for a queue on its own in a unit test: its timers wake nothing.
+    pub(crate) fn for_tests() -> Self {
+        struct Nothing;
+        impl Wake for Nothing {
+            fn wake(self: Arc<Self>, _now_ms: u64) {}
+        }
+        Self {
+            timers: Arc::new(Timers::start().expect("a timer thread")),
+            clock: Arc::new(Nothing),
+            store: Weak::new(),
+            memory_tight: Arc::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for QueueEnv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueEnv").finish_non_exhaustive()
+    }
+}
+
 /// A message queue.
 #[derive(Debug)]
 pub struct Queue {
     name: ShortStr,
     vhost_name: String,
-    owner: Weak<VHost>,
+    env: QueueEnv,
     settings: QueueSettings,
     state: Mutex<QueueState>,
 }
@@ -351,14 +399,17 @@ impl QueueState {
 
     /// A message leaves the queue unconsumed: it goes to the dead-letter exchange, if the
     /// queue has one (or, from a delayed exchange's hold, on through that exchange), and
-    /// out of the log.
+    /// out of the log (for a moved message, once its copies are durable).
     fn discard(&mut self, message: QueuedMessage, reason: DeathReason, out: &mut Vec<DeadLetter>) {
-        self.forget(&message);
         if self.args.dead_letter_exchange.is_some() || self.holds {
+            // Its record stays until the copies are durable where it goes.
             out.push(DeadLetter {
+                position: message.position,
                 message: message.message,
                 reason,
             });
+        } else {
+            self.forget(&message);
         }
     }
 
@@ -467,21 +518,21 @@ impl QueueState {
 
 impl Queue {
     /// A new, empty queue; durable queues bring their (new or recovered) log and what was
-    /// recovered in it. `owner` is the vhost it belongs to, where dead letters go.
+    /// recovered in it.
     pub fn new(
         name: ShortStr,
-        owner: Weak<VHost>,
         vhost_name: &str,
         settings: QueueSettings,
         log: Option<QueueLog>,
         recovered: &Recovery,
+        env: QueueEnv,
     ) -> Self {
         let args = settings.parsed.clone();
         let holds = settings.holds_for.is_some();
         Self {
             name,
             vhost_name: vhost_name.to_owned(),
-            owner,
+            env,
             settings,
             state: Mutex::new(QueueState {
                 ready: Ready::new(args.max_priority.unwrap_or(0)),
@@ -546,10 +597,10 @@ impl Queue {
 
     /// Replaces the arguments in force (a policy changed) and applies them at once:
     /// length limits drop what is now too much, TTLs expire what is now too old.
-    pub fn set_arguments(self: &Arc<Self>, args: QueueArguments) {
+    pub fn set_arguments(self: &Arc<Self>, args: QueueArguments, effects: &mut Effects) {
         let mut letters = Vec::new();
+        let mut st = self.state.lock();
         {
-            let mut st = self.state.lock();
             if args.message_ttl.is_some() && st.args.message_ttl != args.message_ttl {
                 tracing::debug!(queue = %self.name, "message TTL changed; it applies to new messages");
             }
@@ -559,21 +610,19 @@ impl Queue {
             st.timer_at_ms = 0;
             self.arm_timer(&mut st);
         }
-        self.dead_letter(letters);
+        self.hand_over(&mut st, letters, effects);
     }
 
     /// Notes a use of the queue (a declaration), which restarts its `x-expires`
     /// countdown, and drops what expired meanwhile.
-    pub fn touch(self: &Arc<Self>) {
+    pub fn touch(self: &Arc<Self>, effects: &mut Effects) {
         let mut letters = Vec::new();
-        {
-            let mut st = self.state.lock();
-            let now = now_ms();
-            st.last_used_ms = now;
-            st.expire(&self.name, now + 1, &mut letters);
-            self.arm_timer(&mut st);
-        }
-        self.dead_letter(letters);
+        let mut st = self.state.lock();
+        let now = now_ms();
+        st.last_used_ms = now;
+        st.expire(&self.name, now + 1, &mut letters);
+        self.arm_timer(&mut st);
+        self.hand_over(&mut st, letters, effects);
     }
 
     /// Starts the clocks of a queue recovered at start-up, once the whole vhost (and so
@@ -603,20 +652,22 @@ impl Queue {
         self: &Arc<Self>,
         message: Message,
         handling: Handling,
+        effects: &mut Effects,
     ) -> Result<Enqueued, StoreError> {
         let mut letters = Vec::new();
-        let outcome = self.publish_locked(message, handling, &mut letters);
-        self.dead_letter(letters);
+        let mut st = self.state.lock();
+        let outcome = self.publish_locked(&mut st, message, handling, &mut letters);
+        self.hand_over(&mut st, letters, effects);
         outcome
     }
 
     fn publish_locked(
         self: &Arc<Self>,
+        st: &mut QueueState,
         message: Message,
         handling: Handling,
         letters: &mut Vec<DeadLetter>,
     ) -> Result<Enqueued, StoreError> {
-        let mut st = self.state.lock();
         if st.deleted {
             return Ok(Enqueued::Memory);
         }
@@ -627,6 +678,7 @@ impl Queue {
                 letters.push(DeadLetter {
                     message,
                     reason: DeathReason::MaxLen,
+                    position: None,
                 });
             }
             return Ok(Enqueued::Rejected);
@@ -649,59 +701,57 @@ impl Queue {
             body: message.body.clone(),
         };
         let durable_log = st.log.is_some() && !st.spill;
-        let logged = if !durable_log
-            && self.memory_full(&st, Window::Transient)
-            && self.spill_log(&mut st)
-        {
-            let paged = st.paged;
-            let log = st.log.as_mut().ok_or(StoreError::Misuse("no spill log"))?;
-            let pos = log.append(&stored(&message))?;
-            if paged == 0 {
-                st.spill_base = st.next_offset.wrapping_sub(position_offset(pos));
-            }
-            st.paged += 1;
-            st.paged_bytes += message.body.len() as u64;
-            false
-        } else if durable_log {
-            let log = st.log.as_mut().ok_or(StoreError::Misuse("no queue log"))?;
-            let pos = log.append(&stored(&message))?;
-            if self.memory_full(&st, Window::Durable) {
+        let logged =
+            if !durable_log && self.memory_full(st, Window::Transient) && self.spill_log(st) {
+                let paged = st.paged;
+                let log = st.log.as_mut().ok_or(StoreError::Misuse("no spill log"))?;
+                let pos = log.append(&stored(&message))?;
+                if paged == 0 {
+                    st.spill_base = st.next_offset.wrapping_sub(position_offset(pos));
+                }
                 st.paged += 1;
                 st.paged_bytes += message.body.len() as u64;
+                false
+            } else if durable_log {
+                let log = st.log.as_mut().ok_or(StoreError::Misuse("no queue log"))?;
+                let pos = log.append(&stored(&message))?;
+                if self.memory_full(st, Window::Durable) {
+                    st.paged += 1;
+                    st.paged_bytes += message.body.len() as u64;
+                } else {
+                    st.last_loaded = Some(pos);
+                    st.enqueue(QueuedMessage {
+                        offset: position_offset(pos),
+                        position: Some(pos),
+                        redelivered: false,
+                        expires_at_ms,
+                        delivery_count: 0,
+                        priority: handling.priority,
+                        message,
+                    });
+                }
+                handling.persistent
             } else {
-                st.last_loaded = Some(pos);
+                let offset = st.next_offset;
+                st.next_offset += 1;
                 st.enqueue(QueuedMessage {
-                    offset: position_offset(pos),
-                    position: Some(pos),
+                    offset,
+                    position: None,
                     redelivered: false,
                     expires_at_ms,
                     delivery_count: 0,
                     priority: handling.priority,
                     message,
                 });
-            }
-            handling.persistent
-        } else {
-            let offset = st.next_offset;
-            st.next_offset += 1;
-            st.enqueue(QueuedMessage {
-                offset,
-                position: None,
-                redelivered: false,
-                expires_at_ms,
-                delivery_count: 0,
-                priority: handling.priority,
-                message,
-            });
-            false
-        };
-        self.dispatch(&mut st, letters);
+                false
+            };
+        self.dispatch(st, letters);
         if st.args.max_length.is_some() || st.args.max_length_bytes.is_some() {
             st.drop_head(&self.name, letters);
         }
         if st.expiring {
             st.expire(&self.name, now_ms() + 1, letters);
-            self.arm_timer(&mut st);
+            self.arm_timer(st);
         }
         Ok(if logged {
             Enqueued::Logged
@@ -717,10 +767,7 @@ impl Queue {
         st.memory_full(Window::Tight)
             && (st.paged > 0
                 || st.memory_full(own)
-                || self
-                    .owner
-                    .upgrade()
-                    .is_some_and(|vhost| vhost.memory_tight()))
+                || self.env.memory_tight.load(Ordering::Relaxed))
     }
 
     /// Makes sure a transient queue has its spill log; false if it cannot have one (no
@@ -733,9 +780,10 @@ impl Queue {
             return false;
         }
         match self
-            .owner
+            .env
+            .store
             .upgrade()
-            .and_then(|vhost| vhost.create_spill_log())
+            .map(|store| store.create_spill_log())
         {
             Some(Ok(log)) => {
                 tracing::debug!(queue = %self.name, "the backlog outgrew memory: spilling to disk");
@@ -757,10 +805,14 @@ impl Queue {
 
     /// Takes the oldest ready message for `basic.get`, with the count left behind. With
     /// `no_ack` the message leaves the queue for good at once.
-    pub fn get(self: &Arc<Self>, no_ack: bool) -> Option<(QueuedMessage, u32)> {
+    pub fn get(
+        self: &Arc<Self>,
+        no_ack: bool,
+        effects: &mut Effects,
+    ) -> Option<(QueuedMessage, u32)> {
         let mut letters = Vec::new();
+        let mut st = self.state.lock();
         let taken = {
-            let mut st = self.state.lock();
             let now = now_ms();
             st.last_used_ms = now;
             st.expire(&self.name, now + 1, &mut letters);
@@ -776,16 +828,20 @@ impl Queue {
             self.arm_timer(&mut st);
             taken
         };
-        self.dead_letter(letters);
+        self.hand_over(&mut st, letters, effects);
         taken
     }
 
     /// Puts delivered messages back at their original positions, flagged redelivered.
     /// Past a delivery limit, a message is dead-lettered (or dropped) instead.
-    pub fn requeue(self: &Arc<Self>, messages: impl IntoIterator<Item = QueuedMessage>) {
+    pub fn requeue(
+        self: &Arc<Self>,
+        messages: impl IntoIterator<Item = QueuedMessage>,
+        effects: &mut Effects,
+    ) {
         let mut letters = Vec::new();
+        let mut st = self.state.lock();
         {
-            let mut st = self.state.lock();
             if st.deleted {
                 return;
             }
@@ -816,7 +872,7 @@ impl Queue {
             self.dispatch(&mut st, &mut letters);
             self.arm_timer(&mut st);
         }
-        self.dead_letter(letters);
+        self.hand_over(&mut st, letters, effects);
     }
 
     /// Records that delivered messages were acked: they leave the log.
@@ -830,27 +886,38 @@ impl Queue {
         }
     }
 
-    /// Takes rejected deliveries (`requeue=false`): they leave the queue, to its
-    /// dead-letter exchange if it has one.
-    pub fn reject(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
-        let mut letters = Vec::new();
-        {
-            let mut st = self.state.lock();
-            for message in messages {
-                st.discard(message, DeathReason::Rejected, &mut letters);
+    /// Records that messages moved elsewhere are durable there: their records leave
+    /// this queue's log.
+    pub fn settle_moved(&self, positions: &[SegmentPosition]) {
+        let mut st = self.state.lock();
+        if let Some(log) = st.log.as_mut() {
+            for &pos in positions {
+                let _ = log.ack(pos);
             }
         }
-        self.dead_letter(letters);
+    }
+
+    /// Takes rejected deliveries (`requeue=false`): they leave the queue, to its
+    /// dead-letter exchange if it has one.
+    pub fn reject(
+        self: &Arc<Self>,
+        messages: impl IntoIterator<Item = QueuedMessage>,
+        effects: &mut Effects,
+    ) {
+        let mut letters = Vec::new();
+        let mut st = self.state.lock();
+        for message in messages {
+            st.discard(message, DeathReason::Rejected, &mut letters);
+        }
+        self.hand_over(&mut st, letters, effects);
     }
 
     /// Dispatches again after consumers regained credit.
-    pub fn kick(self: &Arc<Self>) {
+    pub fn kick(self: &Arc<Self>, effects: &mut Effects) {
         let mut letters = Vec::new();
-        {
-            let mut st = self.state.lock();
-            self.dispatch(&mut st, &mut letters);
-        }
-        self.dead_letter(letters);
+        let mut st = self.state.lock();
+        self.dispatch(&mut st, &mut letters);
+        self.hand_over(&mut st, letters, effects);
     }
 
     /// Registers a consumer and starts delivering to it.
@@ -858,10 +925,18 @@ impl Queue {
     /// # Errors
     /// 403 ACCESS_REFUSED if an exclusive consumer holds the queue, or if an exclusive
     /// consumer is asked for while others exist.
-    pub fn add_consumer(self: &Arc<Self>, consumer: ConsumerHandle) -> AmqpResult<()> {
+    pub fn add_consumer(
+        self: &Arc<Self>,
+        consumer: ConsumerHandle,
+        effects: &mut Effects,
+    ) -> AmqpResult<()> {
         let mut letters = Vec::new();
+        let mut st = self.state.lock();
         {
-            let mut st = self.state.lock();
+            if st.deleted {
+                // Deleted since the consumer looked it up: it must not wait on it forever.
+                return Err(crate::error::no_queue(&self.name, &self.vhost_name));
+            }
             if st.consumers.iter().any(|c| c.exclusive)
                 || (consumer.exclusive
                     && (!st.consumers.is_empty() || st.args.single_active_consumer))
@@ -885,7 +960,7 @@ impl Queue {
             st.had_consumer = true;
             self.dispatch(&mut st, &mut letters);
         }
-        self.dead_letter(letters);
+        self.hand_over(&mut st, letters, effects);
         Ok(())
     }
 
@@ -938,6 +1013,12 @@ impl Queue {
         u32::try_from(count).unwrap_or(u32::MAX)
     }
 
+    /// Marks the queue deleted, at once: from now on it takes no consumer and no
+    /// message ([`delete`](Self::delete) then drops what it holds).
+    pub fn mark_deleted(&self) {
+        self.state.lock().deleted = true;
+    }
+
     /// Marks the queue deleted, drops its messages and its log, and tells its consumers'
     /// connections. Returns the number of ready messages it held.
     pub fn delete(&self) -> u32 {
@@ -988,9 +1069,9 @@ impl Queue {
                 st.consumers[at].credit.release(1);
                 break;
             };
-            if st.consumers[at].no_ack {
-                st.forget(&message);
-            } else {
+            // A no_ack delivery leaves the log once its channel has written it
+            // (`settle`): until then it may still come back here.
+            if !st.consumers[at].no_ack {
                 st.mark_delivered(&message);
             }
             let consumer = &st.consumers[at];
@@ -1013,62 +1094,71 @@ impl Queue {
         if st.timer_at_ms != 0 && st.timer_at_ms <= at {
             return;
         }
-        let Some(vhost) = self.owner.upgrade() else {
-            return;
-        };
         st.timer_at_ms = at;
-        let me: Weak<Queue> = Arc::downgrade(self);
-        vhost.timers().wake_at(at, me);
+        let clock: Weak<dyn Wake> = Arc::downgrade(&self.env.clock);
+        self.env.timers.wake_at(at, clock);
     }
 
-    /// Sends dead letters to the queue's dead-letter exchange (outside the queue's lock,
-    /// since they may come back to this queue).
-    fn dead_letter(&self, letters: Vec<DeadLetter>) {
+    /// Turns the messages that left the queue into a move for the caller to carry out
+    /// once the lock is released (their route may lead back here).
+    fn hand_over(
+        self: &Arc<Self>,
+        st: &mut QueueState,
+        letters: Vec<DeadLetter>,
+        effects: &mut Effects,
+    ) {
         if letters.is_empty() {
             return;
         }
-        let (exchange, key) = {
-            let st = self.state.lock();
-            (
-                st.args.dead_letter_exchange.clone(),
-                st.args.dead_letter_routing_key.clone(),
-            )
-        };
-        let Some(vhost) = self.owner.upgrade() else {
+        let route = if let Some(exchange) = &self.settings.holds_for {
+            MoveRoute::Delayed {
+                exchange: exchange.clone(),
+            }
+        } else if let Some(exchange) = &st.args.dead_letter_exchange {
+            MoveRoute::DeadLetter {
+                exchange: exchange.clone(),
+                routing_key: st.args.dead_letter_routing_key.clone(),
+            }
+        } else {
+            // Nowhere to go after all: they leave the log now.
+            if let Some(log) = st.log.as_mut() {
+                for pos in letters.iter().filter_map(|l| l.position) {
+                    let _ = log.ack(pos);
+                }
+            }
             return;
         };
-        if let Some(held_for) = &self.settings.holds_for {
-            vhost.release_delayed(held_for, letters);
-        } else if let Some(exchange) = exchange {
-            vhost.dead_letter(&self.name, &exchange, key.as_deref(), letters);
-        }
+        effects.moves.push(Move {
+            source: self.clone(),
+            route,
+            letters,
+        });
     }
-}
 
-impl Wake for Queue {
-    fn wake(self: Arc<Self>, now_ms: u64) {
+    /// Does what is due at `now_ms`: expires messages, and reports the queue itself as
+    /// expired when its `x-expires` ran out unused. Called by the owner's clock.
+    pub fn wake(self: &Arc<Self>, now_ms: u64, effects: &mut Effects) {
         let mut letters = Vec::new();
-        let unused = {
-            let mut st = self.state.lock();
-            st.timer_at_ms = 0;
-            st.expire(&self.name, now_ms + 1, &mut letters);
-            !st.deleted
-                && st.consumers.is_empty()
-                && st
-                    .args
-                    .expires
-                    .is_some_and(|ttl| st.last_used_ms.saturating_add(ttl) <= now_ms)
-        };
-        self.dead_letter(letters);
-        let Some(vhost) = self.owner.upgrade() else {
-            return;
-        };
-        if unused {
-            vhost.expire_queue(&self.name);
-            return;
-        }
         let mut st = self.state.lock();
-        self.arm_timer(&mut st);
+        st.timer_at_ms = 0;
+        st.expire(&self.name, now_ms + 1, &mut letters);
+        let unused = !st.deleted
+            && st.consumers.is_empty()
+            && st
+                .args
+                .expires
+                .is_some_and(|ttl| st.last_used_ms.saturating_add(ttl) <= now_ms);
+        if unused {
+            effects.expired.push(self.clone());
+        } else {
+            self.arm_timer(&mut st);
+        }
+        self.hand_over(&mut st, letters, effects);
+    }
+
+    /// Whether the queue was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.state.lock().deleted
     }
 }
 

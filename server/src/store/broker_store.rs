@@ -149,6 +149,16 @@ impl BrokerStore {
         }
     }
 
+    /// Asks the group commit to make `targets` durable, then runs `then` (on the commit
+    /// thread) with whether it did.
+    pub fn commit_then(
+        &self,
+        targets: Vec<Arc<dyn SyncTarget>>,
+        then: impl FnOnce(bool) + Send + 'static,
+    ) {
+        self.commit.submit_then(targets, then);
+    }
+
     /// Asks the group commit to make `targets` durable; `done` hears whether it did.
     pub fn commit(
         &self,

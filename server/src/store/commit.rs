@@ -24,9 +24,29 @@ pub trait SyncTarget: Send + Sync {
     fn complete_sync(&self, pending: PendingSync, result: &super::Result<()>) -> bool;
 }
 
+/// Who hears how a request went.
+enum Done {
+    /// A task awaiting the answer (publisher confirms).
+    Channel(oneshot::Sender<bool>),
+    /// Work that must follow durability (acking a moved message's source), run on the
+    /// commit thread with no lock held.
+    Then(Box<dyn FnOnce(bool) + Send>),
+}
+
+impl Done {
+    fn tell(self, durable: bool) {
+        match self {
+            Done::Channel(sender) => {
+                let _ = sender.send(durable);
+            }
+            Done::Then(then) => then(durable),
+        }
+    }
+}
+
 struct Request {
     targets: Vec<Arc<dyn SyncTarget>>,
-    done: Option<oneshot::Sender<bool>>,
+    done: Option<Done>,
 }
 
 /// Handle to the group-commit thread; dropping the last one stops the thread once the
@@ -60,10 +80,30 @@ impl GroupCommit {
 
     /// Asks for `targets` to be made durable; `done` hears whether they all were.
     pub fn submit(&self, targets: Vec<Arc<dyn SyncTarget>>, done: Option<oneshot::Sender<bool>>) {
-        if let Err(mpsc::SendError(request)) = self.requests.send(Request { targets, done })
+        self.send(Request {
+            targets,
+            done: done.map(Done::Channel),
+        });
+    }
+
+    /// Asks for `targets` to be made durable, then runs `then` on the commit thread with
+    /// whether they all were.
+    pub fn submit_then(
+        &self,
+        targets: Vec<Arc<dyn SyncTarget>>,
+        then: impl FnOnce(bool) + Send + 'static,
+    ) {
+        self.send(Request {
+            targets,
+            done: Some(Done::Then(Box::new(then))),
+        });
+    }
+
+    fn send(&self, request: Request) {
+        if let Err(mpsc::SendError(request)) = self.requests.send(request)
             && let Some(done) = request.done
         {
-            let _ = done.send(false);
+            done.tell(false);
         }
     }
 }
@@ -112,7 +152,7 @@ fn commit_loop(inbox: &mpsc::Receiver<Request>, definitions: &Mutex<DefinitionSt
                     seen.iter().any(|(k, ok)| *k == key && *ok)
                 });
             if let Some(done) = request.done {
-                let _ = done.send(ok);
+                done.tell(ok);
             }
         }
     }

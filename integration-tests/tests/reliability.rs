@@ -1,0 +1,186 @@
+//! Regressions of issue 12: defects that broke "never freeze, never lose what was
+//! confirmed", each reproduced from outside with a real client.
+//!
+//! Tests that could freeze the broker run it as a child process, so that a deadlock
+//! fails the test by its bound instead of stalling the test's own runtime.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use integration_tests::{WarrenProcess, temp_data_dir, unique_name};
+use lapin::options::{BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+async fn connect(broker: &WarrenProcess) -> (Connection, Channel) {
+    let conn = within(
+        "connect",
+        Connection::connect(&broker.uri(), ConnectionProperties::default()),
+    )
+    .await
+    .expect("connect");
+    let channel = within("open channel", conn.create_channel())
+        .await
+        .expect("open a channel");
+    (conn, channel)
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+fn retry_arguments(dlq: &str) -> FieldTable {
+    table(&[
+        ("x-message-ttl", int(50)),
+        ("x-dead-letter-exchange", text("")),
+        ("x-dead-letter-routing-key", text(dlq)),
+    ])
+}
+
+/// RabbitMQ's most common retry pattern: messages wait out a TTL in one queue and are
+/// dead-lettered back through the default exchange, while clients keep re-declaring the
+/// queue. Declaring it while its head expired re-entered the queue registry's lock and
+/// froze the whole vhost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeclaring_a_dead_lettering_queue_under_traffic_never_freezes() {
+    let dir = temp_data_dir("redeclare-ttl-dlx");
+    let broker = WarrenProcess::start(&dir).await;
+    let src = unique_name("src");
+    let dlq = unique_name("dlq");
+    let (_setup_conn, setup) = connect(&broker).await;
+    declare_queue(&setup, &dlq).await;
+    declare_queue_with(&setup, &src, retry_arguments(&dlq))
+        .await
+        .expect("declare src");
+
+    let until = Instant::now() + Duration::from_secs(2);
+    let (_pub_conn, publisher) = connect(&broker).await;
+    let publishing = {
+        let src = src.clone();
+        tokio::spawn(async move {
+            while Instant::now() < until {
+                let _ = publisher
+                    .basic_publish(
+                        "".into(),
+                        src.as_str().into(),
+                        BasicPublishOptions::default(),
+                        b"retry",
+                        BasicProperties::default(),
+                    )
+                    .await;
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let (_decl_conn, declarer) = connect(&broker).await;
+    let mut declares = 0;
+    while Instant::now() < until {
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            declare_queue_with(&declarer, &src, retry_arguments(&dlq)),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("re-declare {declares} of {src} froze"))
+        .expect("re-declare src");
+        declares += 1;
+    }
+    publishing.await.expect("publisher task");
+
+    // Every other connection still gets answers.
+    let (_probe_conn, probe) = connect(&broker).await;
+    declare_queue(&probe, &unique_name("probe")).await;
+    assert!(
+        message_count(&probe, &dlq).await > 0,
+        "nothing was dead-lettered"
+    );
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Messages that expire while the broker is down are dead-lettered at start, once the
+/// whole vhost is back: their dead-letter exchange, its bindings and its target queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_expired_while_down_are_dead_lettered_at_start() {
+    let dir = temp_data_dir("expired-while-down");
+    let broker = WarrenProcess::start(&dir).await;
+    let (conn, channel) = connect(&broker).await;
+    within(
+        "confirm.select",
+        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+    // Declared in the order that made recovery expire `wait` before `work` and the
+    // binding existed: the exchange, the waiting queue, then the target and its binding.
+    within(
+        "exchange.declare",
+        channel.exchange_declare(
+            "dlx".into(),
+            ExchangeKind::Fanout,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("declare dlx");
+    let ttl_ms = 300;
+    within(
+        "declare wait",
+        channel.queue_declare(
+            "wait".into(),
+            durable(),
+            table(&[
+                ("x-message-ttl", int(ttl_ms)),
+                ("x-dead-letter-exchange", text("dlx")),
+            ]),
+        ),
+    )
+    .await
+    .expect("declare wait");
+    within(
+        "declare work",
+        channel.queue_declare("work".into(), durable(), FieldTable::default()),
+    )
+    .await
+    .expect("declare work");
+    bind_queue(&channel, "work", "dlx", "").await;
+    let published = Instant::now();
+    for i in 0..1000 {
+        let confirm = within(
+            "publish",
+            channel.basic_publish(
+                "".into(),
+                "wait".into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            ),
+        )
+        .await
+        .expect("publish");
+        assert!(
+            within("confirm", confirm).await.expect("confirm").is_ack(),
+            "message {i} not confirmed"
+        );
+    }
+    drop(conn);
+    broker.terminate();
+    // The messages must expire while the broker is down: wait out their TTL.
+    let expired_at = published + Duration::from_millis(ttl_ms as u64 + 200);
+    tokio::time::sleep(expired_at.saturating_duration_since(Instant::now())).await;
+
+    let broker = WarrenProcess::start(&dir).await;
+    let (_conn, channel) = connect(&broker).await;
+    wait_for_count(&channel, "work", 1000).await;
+    assert_eq!(message_count(&channel, "wait").await, 0);
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
