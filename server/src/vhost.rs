@@ -383,40 +383,9 @@ impl VHost {
             return self.exchange(name).map(|_| ());
         }
         arguments::check_exchange(&settings.arguments, name, &self.name)?;
-        let mut exchanges = self.exchanges.write();
-        if let Some(existing) = exchanges.get(name) {
-            let current = existing.settings();
-            let mismatch = |arg: &str, received: &str, current: &str| {
-                Err(error::inequivalent(
-                    arg, "exchange", name, &self.name, received, current,
-                ))
-            };
-            if current.type_name() != settings.type_name() {
-                return mismatch("type", settings.type_name(), current.type_name());
-            }
-            if current.durable != settings.durable {
-                return mismatch("durable", yes_no(settings.durable), yes_no(current.durable));
-            }
-            if current.auto_delete != settings.auto_delete {
-                return mismatch(
-                    "auto_delete",
-                    yes_no(settings.auto_delete),
-                    yes_no(current.auto_delete),
-                );
-            }
-            if current.internal != settings.internal {
-                return mismatch(
-                    "internal",
-                    yes_no(settings.internal),
-                    yes_no(current.internal),
-                );
-            }
-            return arguments::assert_exchange_equivalent(
-                &current.arguments,
-                &settings.arguments,
-                name,
-                &self.name,
-            );
+        let existing = self.exchanges.read().get(name).cloned();
+        if let Some(existing) = existing {
+            return self.check_redeclared_exchange(&existing, name, &settings);
         }
         if name.starts_with("amq.") {
             return Err(error::reserved_name("exchange", name));
@@ -424,46 +393,93 @@ impl VHost {
         settings
             .kind
             .check_arguments(&settings.arguments, name, &self.name)?;
-        if settings.durable {
-            self.record(&Change::PutExchange(ExchangeDef {
-                vhost: self.name.clone(),
-                name: name.to_owned(),
-                kind: settings.type_name().to_owned(),
-                auto_delete: settings.auto_delete,
-                internal: settings.internal,
-                arguments: settings.arguments.clone(),
-            }));
-        }
         let exchange = Arc::new(Exchange::new(name.into(), settings));
         self.apply_exchange_policy(&exchange);
-        if exchange.settings().delayed {
-            self.create_hold(&exchange)?;
+        // A delayed exchange's hold, with its log, is made before the registry lock.
+        let hold = if exchange.settings().delayed {
+            self.new_hold(&exchange)?
+        } else {
+            None
+        };
+        let raced = {
+            let mut exchanges = self.exchanges.write();
+            match exchanges.get(name) {
+                Some(existing) => Some(existing.clone()),
+                None => {
+                    let settings = exchange.settings();
+                    if settings.durable {
+                        self.record(&Change::PutExchange(ExchangeDef {
+                            vhost: self.name.clone(),
+                            name: name.to_owned(),
+                            kind: settings.type_name().to_owned(),
+                            auto_delete: settings.auto_delete,
+                            internal: settings.internal,
+                            arguments: settings.arguments.clone(),
+                        }));
+                    }
+                    if let Some(def) = hold {
+                        self.record(&Change::PutQueue(def));
+                    }
+                    exchanges.insert(name.to_owned(), exchange.clone());
+                    None
+                }
+            }
+        };
+        if let Some(existing) = raced {
+            // Another connection declared it meanwhile: that one stands, ours goes.
+            if let Some(ours) = exchange.hold() {
+                ours.delete();
+            }
+            return self.check_redeclared_exchange(&existing, name, exchange.settings());
         }
-        exchanges.insert(name.to_owned(), exchange);
         Ok(())
     }
 
-    /// For a durable queue (or a durable delayed exchange's hold), with a data directory:
-    /// creates its log under a fresh id and records `def` with that id. `owner` names it
-    /// in the error.
-    ///
-    /// # Errors
-    /// 541 INTERNAL_ERROR when the log cannot be created.
-    fn create_log(
+    /// Checks a declaration of an existing exchange against it (RabbitMQ's equivalence
+    /// rules).
+    fn check_redeclared_exchange(
         &self,
-        durable: bool,
-        owner: &str,
-        def: QueueDef,
-    ) -> AmqpResult<Option<QueueLog>> {
-        let (log, def) = self.new_log(durable, owner, def)?;
-        if let Some(def) = def {
-            self.record(&Change::PutQueue(def));
+        existing: &Exchange,
+        name: &str,
+        settings: &ExchangeSettings,
+    ) -> AmqpResult<()> {
+        let current = existing.settings();
+        let mismatch = |arg: &str, received: &str, current: &str| {
+            Err(error::inequivalent(
+                arg, "exchange", name, &self.name, received, current,
+            ))
+        };
+        if current.type_name() != settings.type_name() {
+            return mismatch("type", settings.type_name(), current.type_name());
         }
-        Ok(log)
+        if current.durable != settings.durable {
+            return mismatch("durable", yes_no(settings.durable), yes_no(current.durable));
+        }
+        if current.auto_delete != settings.auto_delete {
+            return mismatch(
+                "auto_delete",
+                yes_no(settings.auto_delete),
+                yes_no(current.auto_delete),
+            );
+        }
+        if current.internal != settings.internal {
+            return mismatch(
+                "internal",
+                yes_no(settings.internal),
+                yes_no(current.internal),
+            );
+        }
+        arguments::assert_exchange_equivalent(
+            &current.arguments,
+            &settings.arguments,
+            name,
+            &self.name,
+        )
     }
 
-    /// Like [`create_log`](Self::create_log), but leaves recording the definition (with
-    /// the log's id) to the caller.
+    /// For a durable queue (or a durable delayed exchange's hold), with a data directory:
+    /// creates its log under a fresh id and returns it with `def` carrying that id, for
+    /// the caller to record. `owner` names it in the error.
     ///
     /// # Errors
     /// 541 INTERNAL_ERROR when the log cannot be created.
@@ -489,9 +505,18 @@ impl VHost {
     /// Gives a delayed exchange the queue its messages wait in: logged, so that they
     /// survive a restart, when the exchange is durable.
     fn create_hold(&self, exchange: &Exchange) -> AmqpResult<()> {
+        if let Some(def) = self.new_hold(exchange)? {
+            self.record(&Change::PutQueue(def));
+        }
+        Ok(())
+    }
+
+    /// Like [`create_hold`](Self::create_hold), but leaves recording the hold's
+    /// definition (returned for a logged hold) to the caller.
+    fn new_hold(&self, exchange: &Exchange) -> AmqpResult<Option<QueueDef>> {
         let name = names::delayed_hold(exchange.name());
         let durable = exchange.settings().durable;
-        let log = self.create_log(
+        let (log, def) = self.new_log(
             durable,
             &format!("exchange '{}'", exchange.name()),
             QueueDef {
@@ -503,7 +528,7 @@ impl VHost {
             },
         )?;
         self.attach_hold(exchange, &name, log, &Recovery::default());
-        Ok(())
+        Ok(def)
     }
 
     /// Makes the hold queue of a delayed exchange from its (new or recovered) log.
@@ -1373,5 +1398,158 @@ fn enqueue_moved(
                 tracing::error!(queue = %queue.name(), %error, "cannot store a moved message");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_support::TempDir;
+    use std::sync::Barrier;
+
+    fn durable_queue(name: &str) -> QueueDeclare {
+        QueueDeclare {
+            name: name.into(),
+            server_named: false,
+            passive: false,
+            durable: true,
+            exclusive: false,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        }
+    }
+
+    fn open(dir: &TempDir) -> (Arc<VHost>, Definitions) {
+        let (store, defs, _) = BrokerStore::open(dir.path()).expect("open the store");
+        let timers = Arc::new(Timers::start().expect("timer thread"));
+        let vhost = VHost::new("/", Some(Arc::new(store)), timers, Arc::default());
+        (vhost, defs)
+    }
+
+    /// Runs `rounds` rounds of: `setup`, then `a` and `b` on two threads released at
+    /// the same instant, then `check` once both are done. None of them may panic, so
+    /// that no thread is left waiting at a barrier.
+    fn race_rounds(
+        rounds: usize,
+        mut setup: impl FnMut(usize),
+        a: impl Fn(usize) + Sync,
+        b: impl Fn(usize) + Sync,
+        mut check: impl FnMut(usize),
+    ) {
+        let start = Barrier::new(3);
+        let end = Barrier::new(3);
+        std::thread::scope(|s| {
+            let sides: [&(dyn Fn(usize) + Sync); 2] = [&a, &b];
+            for side in sides {
+                let (start, end) = (&start, &end);
+                s.spawn(move || {
+                    for round in 0..rounds {
+                        start.wait();
+                        side(round);
+                        end.wait();
+                    }
+                });
+            }
+            for round in 0..rounds {
+                setup(round);
+                start.wait();
+                end.wait();
+                check(round);
+            }
+        });
+    }
+
+    /// Whether the vhost has a binding from `amq.direct` to queue `name`.
+    fn bound(vhost: &VHost, name: &str) -> bool {
+        let direct = vhost.exchange("amq.direct").expect("amq.direct");
+        let message = Message {
+            exchange: "amq.direct".into(),
+            routing_key: "k".into(),
+            properties: bytes::Bytes::new(),
+            body: bytes::Bytes::new(),
+        };
+        let mut routed = Routed::default();
+        direct.route(&message, &mut routed);
+        routed.queues.iter().any(|q| &**q.name() == name)
+    }
+
+    /// A deletion racing a re-declaration and a binding of the same name: what the store
+    /// holds afterwards is what the registry holds, and no binding points to a queue that
+    /// is gone.
+    #[test]
+    fn a_delete_racing_a_redeclare_leaves_store_and_registry_agreeing() {
+        let dir = TempDir::new("delete-redeclare");
+        let (vhost, _) = open(&dir);
+        let rounds = 3_000;
+        let name = |round: usize| format!("q{round}");
+        let mut live = Vec::new();
+        race_rounds(
+            rounds,
+            |round| {
+                let _ = vhost.declare_queue(durable_queue(&name(round)), 1);
+            },
+            |round| {
+                let _ = vhost.delete_queue(&name(round), 2, false, false);
+            },
+            |round| {
+                let _ = vhost.declare_queue(durable_queue(&name(round)), 1);
+                let key = name(round);
+                let _ = vhost.bind(&key, "amq.direct", &key, FieldTable::default(), 1);
+            },
+            |round| live.push(vhost.queue(&name(round), 1).is_ok()),
+        );
+        drop(vhost);
+        // The commit thread may hold the store a moment longer.
+        let defs = loop {
+            match BrokerStore::open(dir.path()) {
+                Ok((_, defs, _)) => break defs,
+                Err(crate::store::StoreError::Locked { .. }) => std::thread::yield_now(),
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        let disagree: Vec<usize> = (0..rounds)
+            .filter(|&round| {
+                let stored = defs.queues.iter().any(|q| q.name == name(round));
+                let stored_binding = defs.bindings.iter().any(|b| b.destination == name(round));
+                stored != live[round] || (stored_binding && !live[round])
+            })
+            .collect();
+        assert!(
+            disagree.is_empty(),
+            "store and registry disagree in rounds {disagree:?}"
+        );
+    }
+
+    /// A binding racing the deletion of its queue never outlives the queue.
+    #[test]
+    fn a_bind_racing_a_delete_never_binds_a_dead_queue() {
+        let timers = Arc::new(Timers::start().expect("timer thread"));
+        let vhost = VHost::new("/", None, timers, Arc::default());
+        let mut dangling = Vec::new();
+        race_rounds(
+            20_000,
+            |_| {
+                let mut plain = durable_queue("r");
+                plain.durable = false;
+                let _ = vhost.declare_queue(plain, 1);
+            },
+            |_| {
+                let _ = vhost.delete_queue("r", 1, false, false);
+            },
+            |_| {
+                let _ = vhost.bind("r", "amq.direct", "k", FieldTable::default(), 1);
+            },
+            |round| {
+                if bound(&vhost, "r") {
+                    dangling.push(round);
+                    let direct = vhost.exchange("amq.direct").expect("amq.direct");
+                    direct.remove_destination(DestinationKind::Queue, "r");
+                }
+            },
+        );
+        assert!(
+            dangling.is_empty(),
+            "bound to a deleted queue in rounds {dangling:?}"
+        );
     }
 }

@@ -96,11 +96,15 @@ impl Channel {
         credit: Arc<Credit>,
         message: QueuedMessage,
     ) -> Option<(Arc<Queue>, QueuedMessage)> {
+        let resume = credit.written();
         let at = self.consumers.iter().position(|c| c.id == consumer);
         let Some(at) = at.filter(|_| !self.closing) else {
             credit.release(1);
             return Some((queue, message));
         };
+        if resume {
+            ctx.kick_later(&queue);
+        }
         let tag = self.take_tag();
         let c = &self.consumers[at];
         write_delivery(ctx, self.id, &c.tag, tag, &message);

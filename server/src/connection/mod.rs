@@ -733,6 +733,7 @@ impl Connection {
                             ch.deliver(&mut shared.context(), consumer, queue, credit, message)
                         }
                         _ => {
+                            credit.written();
                             credit.release(1);
                             Some((queue, message))
                         }

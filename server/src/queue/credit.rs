@@ -3,9 +3,18 @@
 //! The queue takes credit when it hands a message to a consumer; the channel gives it
 //! back on ack (or, for `no_ack` consumers, once the delivery is written). Atomics let
 //! queues on other connections' tasks check credit without a lock.
+//!
+//! Apart from prefetch, a consumer may have at most [`UNWRITTEN_LIMIT`] deliveries
+//! handed to its connection and not yet written: a consumer without a prefetch limit
+//! then takes a backlog in steps as its connection writes, instead of in one lock hold
+//! that pages the whole backlog into memory.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+
+/// How many deliveries a queue hands one consumer's connection ahead of what it has
+/// written.
+pub const UNWRITTEN_LIMIT: u32 = 1024;
 
 /// A limit on messages in flight; a limit of 0 means unlimited.
 #[derive(Debug, Default)]
@@ -56,6 +65,8 @@ impl Limit {
 pub struct Credit {
     own: Limit,
     channel: Option<Arc<Limit>>,
+    /// Deliveries handed to the connection and not yet written (or given back).
+    unwritten: AtomicU32,
 }
 
 impl Credit {
@@ -64,7 +75,30 @@ impl Credit {
         Self {
             own: Limit::new(own),
             channel,
+            unwritten: AtomicU32::new(0),
         }
+    }
+
+    /// Whether the connection has written enough of what it was handed to take more.
+    pub fn has_room(&self) -> bool {
+        self.unwritten.load(Ordering::Acquire) < UNWRITTEN_LIMIT
+    }
+
+    /// Counts a delivery handed to the connection.
+    pub fn handed(&self) {
+        self.unwritten.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Counts a handed delivery as written (or given back); true when that makes room
+    /// again, so that the queue must be asked to dispatch.
+    pub fn written(&self) -> bool {
+        let before = self
+            .unwritten
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            })
+            .unwrap_or(0);
+        before >= UNWRITTEN_LIMIT
     }
 
     /// Takes one unit of credit if both limits allow it.

@@ -469,10 +469,8 @@ impl QueueState {
         }
         if self.args.single_active_consumer {
             let active = (0..n).min_by_key(|&i| self.consumers[i].id)?;
-            return self.consumers[active]
-                .credit
-                .try_acquire()
-                .then_some(active);
+            let credit = &self.consumers[active].credit;
+            return (credit.has_room() && credit.try_acquire()).then_some(active);
         }
         let mut start = 0;
         while start < n {
@@ -487,7 +485,8 @@ impl QueueState {
             let size = end - start;
             for k in 0..size {
                 let at = start + (self.next_consumer + k) % size;
-                if self.consumers[at].credit.try_acquire() {
+                let credit = &self.consumers[at].credit;
+                if credit.has_room() && credit.try_acquire() {
                     self.next_consumer = at - start + 1;
                     return Some(at);
                 }
@@ -1075,6 +1074,7 @@ impl Queue {
                 st.mark_delivered(&message);
             }
             let consumer = &st.consumers[at];
+            consumer.credit.handed();
             consumer.mailbox.push(Outgoing::Deliver {
                 channel: consumer.channel,
                 consumer: consumer.id,
@@ -1186,5 +1186,103 @@ impl SyncTarget for Queue {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn plain_queue() -> Arc<Queue> {
+        Arc::new(Queue::new(
+            "q".into(),
+            "/",
+            QueueSettings {
+                durable: false,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: FieldTable::default(),
+                parsed: QueueArguments::default(),
+                holds_for: None,
+            },
+            None,
+            &Recovery::default(),
+            QueueEnv::for_tests(),
+        ))
+    }
+
+    fn message(n: usize) -> Message {
+        Message {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            properties: Bytes::new(),
+            body: Bytes::from(n.to_string()),
+        }
+    }
+
+    fn consumer(id: ConsumerId, credit: &Arc<Credit>, mailbox: &Arc<Mailbox>) -> ConsumerHandle {
+        ConsumerHandle {
+            id,
+            channel: 1,
+            exclusive: false,
+            credit: credit.clone(),
+            mailbox: mailbox.clone(),
+            no_ack: false,
+            priority: 0,
+        }
+    }
+
+    fn handed(mailbox: &Mailbox) -> usize {
+        let mut items = Vec::new();
+        mailbox.drain_into(&mut items);
+        items.len()
+    }
+
+    /// A consumer without a prefetch limit takes a backlog in steps as its connection
+    /// writes, not the whole backlog in one lock hold.
+    #[test]
+    fn an_unlimited_consumer_is_handed_a_bounded_step_at_a_time() {
+        let queue = plain_queue();
+        let mut effects = Effects::default();
+        let backlog = 3 * credit::UNWRITTEN_LIMIT as usize + 10;
+        for n in 0..backlog {
+            queue
+                .publish(message(n), Handling::default(), &mut effects)
+                .expect("publish");
+        }
+        let credit = Arc::new(Credit::new(0, None));
+        let mailbox = Arc::new(Mailbox::default());
+        queue
+            .add_consumer(consumer(1, &credit, &mailbox), &mut effects)
+            .expect("consume");
+        assert_eq!(handed(&mailbox), credit::UNWRITTEN_LIMIT as usize);
+        assert_eq!(
+            queue.message_count() as usize,
+            backlog - credit::UNWRITTEN_LIMIT as usize
+        );
+        // The connection writes them: the last write that makes room asks for more.
+        let resumed = (0..credit::UNWRITTEN_LIMIT)
+            .filter(|_| credit.written())
+            .count();
+        assert_eq!(resumed, 1);
+        queue.kick(&mut effects);
+        assert_eq!(handed(&mailbox), credit::UNWRITTEN_LIMIT as usize);
+        assert!(effects.is_empty());
+    }
+
+    /// A consumer that looked the queue up before it was deleted is refused, instead of
+    /// waiting on a dead queue forever.
+    #[test]
+    fn a_deleted_queue_takes_no_consumer() {
+        let queue = plain_queue();
+        queue.mark_deleted();
+        let credit = Arc::new(Credit::new(0, None));
+        let mailbox = Arc::new(Mailbox::default());
+        let mut effects = Effects::default();
+        let refused = queue
+            .add_consumer(consumer(1, &credit, &mailbox), &mut effects)
+            .expect_err("a deleted queue");
+        assert_eq!(refused.code, ReplyCode::NotFound);
     }
 }
