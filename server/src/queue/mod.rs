@@ -136,6 +136,10 @@ const REFILL_BELOW: usize = 1024;
 const PAGE_MESSAGES: usize = 2048;
 /// Body bytes read from the log per page.
 const PAGE_BYTES: usize = 4 << 20;
+/// Messages a queue expires or drops for a length limit per lock hold. A backlog that
+/// expires all at once (after a restart, or a policy that lowered a limit) is worked
+/// off in slices, each on a wake-up of its own, so no one waits long for the lock.
+const DISCARD_SLICE: usize = 2 * PAGE_MESSAGES;
 
 /// How a publish went for one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +188,8 @@ struct QueueState {
     expiring: bool,
     /// The wake-up already asked of the timers (0: none).
     timer_at_ms: u64,
+    /// A slice of expiry or length-limit work stopped short: wake again at once.
+    discard_due: bool,
     /// Last time the queue was used, for `x-expires`.
     last_used_ms: u64,
     /// This is a delayed exchange's hold: messages are kept in due-time order, all in
@@ -420,15 +426,21 @@ impl QueueState {
         if !self.expiring {
             return;
         }
+        let mut discarded = 0;
         loop {
             let mut expired = Vec::new();
             self.ready.pop_expired(cutoff_ms, |m| expired.push(m));
             let any = !expired.is_empty();
+            discarded += expired.len();
             for message in expired {
                 self.discard(message, DeathReason::Expired, out);
             }
             if !self.ready.is_empty() || self.paged == 0 {
                 break;
+            }
+            if discarded >= DISCARD_SLICE {
+                self.discard_due = true;
+                return;
             }
             self.refill(queue);
             if !any && self.ready.is_empty() {
@@ -442,11 +454,17 @@ impl QueueState {
 
     /// Drops (or dead-letters) the oldest messages while a length limit is exceeded.
     fn drop_head(&mut self, queue: &str, out: &mut Vec<DeadLetter>) {
+        let mut discarded = 0;
         while self.over_limit() {
+            if discarded == DISCARD_SLICE {
+                self.discard_due = true;
+                return;
+            }
             let Some(message) = self.next_ready(queue) else {
                 break;
             };
             self.discard(message, DeathReason::MaxLen, out);
+            discarded += 1;
         }
     }
 
@@ -498,6 +516,9 @@ impl QueueState {
 
     /// The next deadline the timers must wake the queue for, if any.
     fn next_deadline(&self) -> Option<u64> {
+        if self.discard_due {
+            return Some(now_ms());
+        }
         let expiry = if self.expiring {
             self.ready.next_expiry()
         } else {
@@ -750,6 +771,8 @@ impl Queue {
         }
         if st.expiring {
             st.expire(&self.name, now_ms() + 1, letters);
+        }
+        if st.expiring || st.discard_due {
             self.arm_timer(st);
         }
         Ok(if logged {
@@ -1054,6 +1077,10 @@ impl Queue {
         loop {
             if st.expiring {
                 st.expire(&self.name, now, letters);
+                if st.discard_due {
+                    // The rest of the expired backlog goes on the next wake-up.
+                    break;
+                }
             }
             if st.ready.is_empty() {
                 st.refill(&self.name);
@@ -1135,13 +1162,18 @@ impl Queue {
         });
     }
 
-    /// Does what is due at `now_ms`: expires messages, and reports the queue itself as
-    /// expired when its `x-expires` ran out unused. Called by the owner's clock.
+    /// Does what is due at `now_ms`: expires messages (the next slice of a large expiry
+    /// or length-limit drop), hands what is left to consumers, and reports the queue
+    /// itself as expired when its `x-expires` ran out unused. Called by the owner's
+    /// clock.
     pub fn wake(self: &Arc<Self>, now_ms: u64, effects: &mut Effects) {
         let mut letters = Vec::new();
         let mut st = self.state.lock();
         st.timer_at_ms = 0;
+        st.discard_due = false;
         st.expire(&self.name, now_ms + 1, &mut letters);
+        st.drop_head(&self.name, &mut letters);
+        self.dispatch(&mut st, &mut letters);
         let unused = !st.deleted
             && st.consumers.is_empty()
             && st
@@ -1269,6 +1301,32 @@ mod tests {
         queue.kick(&mut effects);
         assert_eq!(handed(&mailbox), credit::UNWRITTEN_LIMIT as usize);
         assert!(effects.is_empty());
+    }
+
+    /// A policy that lowers a length limit far below the backlog drops it a slice per
+    /// lock hold, the rest on wake-ups of their own.
+    #[test]
+    fn a_large_length_limit_drop_is_done_in_slices() {
+        let queue = plain_queue();
+        let mut effects = Effects::default();
+        let backlog = 2 * DISCARD_SLICE + 100;
+        for n in 0..backlog {
+            queue
+                .publish(message(n), Handling::default(), &mut effects)
+                .expect("publish");
+        }
+        let limited = QueueArguments {
+            max_length: Some(0),
+            ..QueueArguments::default()
+        };
+        queue.set_arguments(limited, &mut effects);
+        assert_eq!(queue.message_count() as usize, backlog - DISCARD_SLICE);
+        assert!(queue.state.lock().discard_due);
+        queue.wake(now_ms(), &mut effects);
+        assert_eq!(queue.message_count() as usize, 100);
+        queue.wake(now_ms(), &mut effects);
+        assert_eq!(queue.message_count(), 0);
+        assert!(!queue.state.lock().discard_due);
     }
 
     /// A consumer that looked the queue up before it was deleted is refused, instead of
