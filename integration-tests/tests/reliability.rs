@@ -184,3 +184,61 @@ async fn messages_that_expired_while_down_are_dead_lettered_at_start() {
     broker.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `x-dead-letter-strategy: at-least-once`: a message dead-lettered while no queue
+/// takes it stays with its source and reaches a queue bound later, instead of being
+/// dropped as with the default strategy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_least_once_dead_letters_wait_until_a_queue_takes_them() {
+    let dir = temp_data_dir("dlx-at-least-once");
+    let broker = WarrenProcess::start(&dir).await;
+    let (_conn, channel) = connect(&broker).await;
+    let dlx = unique_name("dlx");
+    let source = unique_name("source");
+    let target = unique_name("target");
+    within(
+        "exchange.declare",
+        channel.exchange_declare(
+            dlx.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("declare the dead-letter exchange");
+    within(
+        "declare the source",
+        channel.queue_declare(
+            source.as_str().into(),
+            durable(),
+            table(&[
+                ("x-queue-type", text("quorum")),
+                ("x-dead-letter-exchange", text(&dlx)),
+                ("x-dead-letter-routing-key", text("dead")),
+                ("x-dead-letter-strategy", text("at-least-once")),
+                ("x-overflow", text("reject-publish")),
+            ]),
+        ),
+    )
+    .await
+    .expect("declare the source");
+    publish(&channel, "", &source, b"keep me").await;
+    let got = wait_for_get(&channel, &source).await;
+    within(
+        "basic.reject",
+        channel.basic_reject(
+            got.delivery.delivery_tag,
+            lapin::options::BasicRejectOptions { requeue: false },
+        ),
+    )
+    .await
+    .expect("reject");
+    // Nothing is bound to the dead-letter exchange yet; the message must wait.
+    declare_queue(&channel, &target).await;
+    bind_queue(&channel, &target, &dlx, "dead").await;
+    let dead = wait_for_get(&channel, &target).await;
+    assert_eq!(dead.delivery.data, b"keep me");
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -229,57 +229,68 @@ impl VHost {
         let mut routed = Routed::default();
         let mut commits: Vec<Arc<dyn SyncTarget>> = Vec::new();
         let mut positions: Vec<SegmentPosition> = Vec::new();
+        let mut retained = Vec::new();
         let from = moved.source.name();
-        for letter in &moved.letters {
-            positions.extend(letter.position);
-            match &moved.route {
+        for letter in moved.letters {
+            routed.clear();
+            let (message, at_least_once) = match &moved.route {
                 MoveRoute::Delayed { exchange } => {
                     let exchanges = self.exchanges.read();
-                    let Some(source) = exchanges.get(&**exchange) else {
-                        continue;
-                    };
-                    routed.clear();
-                    route_through(&exchanges, source, &letter.message, &[], &mut routed);
-                    drop(exchanges);
-                    routed.dedup_queues();
-                    enqueue_moved(&letter.message, routed.queues.drain(..), &mut commits, next);
+                    if let Some(source) = exchanges.get(&**exchange) {
+                        route_through(&exchanges, source, &letter.message, &[], &mut routed);
+                    }
+                    (letter.message.clone(), false)
                 }
                 MoveRoute::DeadLetter {
                     exchange,
                     routing_key,
+                    at_least_once,
                 } => {
-                    let republished =
-                        dead_letter::republish(letter, from, exchange, routing_key.as_deref(), now);
+                    let republished = dead_letter::republish(
+                        &letter,
+                        from,
+                        exchange,
+                        routing_key.as_deref(),
+                        now,
+                    );
                     let extra = republished.routing_keys.get(1..).unwrap_or_default();
                     if exchange.is_empty() {
-                        if self
-                            .route(&republished.message, extra, &mut routed)
-                            .is_err()
-                        {
-                            continue;
-                        }
+                        let _ = self.route(&republished.message, extra, &mut routed);
                     } else {
                         let exchanges = self.exchanges.read();
-                        let Some(target) = exchanges.get(exchange) else {
-                            tracing::debug!(
+                        match exchanges.get(exchange) {
+                            Some(target) => route_through(
+                                &exchanges,
+                                target,
+                                &republished.message,
+                                extra,
+                                &mut routed,
+                            ),
+                            None => tracing::debug!(
                                 queue = %from,
                                 exchange = %exchange,
-                                "dead-letter exchange missing; message dropped"
-                            );
-                            continue;
-                        };
-                        routed.clear();
-                        route_through(&exchanges, target, &republished.message, extra, &mut routed);
-                        drop(exchanges);
-                        routed.dedup_queues();
+                                "dead-letter exchange missing"
+                            ),
+                        }
                     }
-                    let targets = routed
+                    routed
                         .queues
-                        .drain(..)
-                        .filter(|queue| !republished.is_cycle(queue.name()));
-                    enqueue_moved(&republished.message, targets, &mut commits, next);
+                        .retain(|queue| !republished.is_cycle(queue.name()));
+                    (republished.message, *at_least_once)
                 }
+            };
+            routed.dedup_queues();
+            let taken = enqueue_moved(&message, routed.queues.drain(..), &mut commits, next);
+            if taken || !at_least_once {
+                positions.extend(letter.position);
+            } else {
+                retained.push(letter);
             }
+        }
+        if !retained.is_empty() {
+            // At least once: no queue took them, so their source keeps them and tries
+            // again later.
+            moved.source.retain_dead_letters(retained);
         }
         let source = moved.source;
         match (&self.store, commits.is_empty()) {
@@ -1381,24 +1392,31 @@ fn unbinds_last(exchange: &Exchange, kind: DestinationKind, name: &str) -> bool 
 }
 
 /// Puts a message the broker moves itself (dead-lettered, or delayed and now due) on
-/// `queues`, noting those whose logs then owe a group commit. A queue that cannot store
-/// it is logged and skipped: there is no publisher to refuse.
+/// `queues`, noting those whose logs then owe a group commit; true if any queue took
+/// it. A queue that cannot store it is logged and skipped: there is no publisher to
+/// refuse.
 fn enqueue_moved(
     message: &Message,
     queues: impl Iterator<Item = Arc<Queue>>,
     commits: &mut Vec<Arc<dyn SyncTarget>>,
     effects: &mut Effects,
-) {
+) -> bool {
     let handling = Handling::of(message);
+    let mut taken = false;
     for queue in queues {
         match queue.publish(message.clone(), handling, effects) {
-            Ok(Enqueued::Logged) => commits.push(queue),
-            Ok(_) => {}
+            Ok(Enqueued::Logged) => {
+                commits.push(queue);
+                taken = true;
+            }
+            Ok(Enqueued::Memory) => taken = true,
+            Ok(Enqueued::Rejected) => {}
             Err(error) => {
                 tracing::error!(queue = %queue.name(), %error, "cannot store a moved message");
             }
         }
     }
+    taken
 }
 
 #[cfg(test)]

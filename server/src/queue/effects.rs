@@ -24,6 +24,9 @@ pub enum MoveRoute {
         exchange: String,
         /// The dead-letter routing key, replacing the messages' own.
         routing_key: Option<String>,
+        /// `x-dead-letter-strategy` `at-least-once`: a message no queue takes goes back
+        /// to its source, to be tried again, instead of being dropped.
+        at_least_once: bool,
     },
     /// On through the delayed exchange whose hold they waited in, as if published now.
     Delayed {

@@ -43,7 +43,7 @@ use crate::store::{
     SyncTarget,
 };
 use crate::timers::{Timers, Wake, now_ms};
-use arguments::{Overflow, QueueArguments, QueueType};
+use arguments::{DeadLetterStrategy, Overflow, QueueArguments, QueueType};
 use dead_letter::{DeadLetter, DeathReason};
 use ready::Ready;
 
@@ -140,6 +140,9 @@ const PAGE_BYTES: usize = 4 << 20;
 /// expires all at once (after a restart, or a policy that lowered a limit) is worked
 /// off in slices, each on a wake-up of its own, so no one waits long for the lock.
 const DISCARD_SLICE: usize = 2 * PAGE_MESSAGES;
+/// How long dead letters that no queue took wait before they are tried again
+/// (`at-least-once`).
+const DEAD_LETTER_RETRY_MS: u64 = 1000;
 
 /// How a publish went for one queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,6 +193,11 @@ struct QueueState {
     timer_at_ms: u64,
     /// A slice of expiry or length-limit work stopped short: wake again at once.
     discard_due: bool,
+    /// Dead letters no queue took, kept under `at-least-once` to be tried again at
+    /// `retry_at_ms`; their records stay in the log meanwhile.
+    retained: Vec<DeadLetter>,
+    /// When the retained dead letters are tried again.
+    retry_at_ms: u64,
     /// Last time the queue was used, for `x-expires`.
     last_used_ms: u64,
     /// This is a delayed exchange's hold: messages are kept in due-time order, all in
@@ -529,10 +537,8 @@ impl QueueState {
             .expires
             .filter(|_| self.consumers.is_empty() && !self.deleted)
             .map(|ttl| self.last_used_ms.saturating_add(ttl));
-        match (expiry, unused) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let retry = (!self.retained.is_empty()).then_some(self.retry_at_ms);
+        [expiry, unused, retry].into_iter().flatten().min()
     }
 }
 
@@ -1145,6 +1151,7 @@ impl Queue {
             MoveRoute::DeadLetter {
                 exchange: exchange.clone(),
                 routing_key: st.args.dead_letter_routing_key.clone(),
+                at_least_once: st.args.dead_letter_strategy == DeadLetterStrategy::AtLeastOnce,
             }
         } else {
             // Nowhere to go after all: they leave the log now.
@@ -1171,6 +1178,9 @@ impl Queue {
         let mut st = self.state.lock();
         st.timer_at_ms = 0;
         st.discard_due = false;
+        if !st.retained.is_empty() && st.retry_at_ms <= now_ms {
+            letters = std::mem::take(&mut st.retained);
+        }
         st.expire(&self.name, now_ms + 1, &mut letters);
         st.drop_head(&self.name, &mut letters);
         self.dispatch(&mut st, &mut letters);
@@ -1186,6 +1196,18 @@ impl Queue {
             self.arm_timer(&mut st);
         }
         self.hand_over(&mut st, letters, effects);
+    }
+
+    /// Keeps dead letters that no queue took (`at-least-once`) to try them again later;
+    /// their records stay in the log until they are taken.
+    pub fn retain_dead_letters(self: &Arc<Self>, letters: Vec<DeadLetter>) {
+        let mut st = self.state.lock();
+        if st.deleted {
+            return;
+        }
+        st.retained.extend(letters);
+        st.retry_at_ms = now_ms() + DEAD_LETTER_RETRY_MS;
+        self.arm_timer(&mut st);
     }
 
     /// Whether the queue was deleted.
