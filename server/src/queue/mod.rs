@@ -165,6 +165,9 @@ struct QueueState {
     paged: u64,
     /// Body bytes of the paged messages.
     paged_bytes: u64,
+    /// Purged messages still in the log, just after `last_loaded`: acked as they are
+    /// read, a slice per wake-up, never delivered.
+    purged: u64,
     /// The newest log position ever loaded into memory: paging resumes after it.
     last_loaded: Option<SegmentPosition>,
     /// The queue's log. A durable queue's holds every message; a transient queue's is a
@@ -302,7 +305,10 @@ impl QueueState {
     fn memory_full(&self, window: Window) -> bool {
         let (messages, bytes) = window.limits();
         !self.holds
-            && (self.paged > 0 || self.ready.len() >= messages || self.ready.bytes() >= bytes)
+            && (self.paged > 0
+                || self.purged > 0
+                || self.ready.len() >= messages
+                || self.ready.bytes() >= bytes)
     }
 
     /// Reads the next page of logged messages into memory when memory runs low.
@@ -314,12 +320,13 @@ impl QueueState {
 
     /// Reads the next page of logged messages into memory.
     fn read_page(&mut self, queue: &str) {
-        if self.paged == 0 {
+        if self.paged == 0 && self.purged == 0 {
             return;
         }
         let Some(log) = self.log.as_mut() else {
             self.paged = 0;
             self.paged_bytes = 0;
+            self.purged = 0;
             return;
         };
         let page = match log.read(self.last_loaded, PAGE_MESSAGES, PAGE_BYTES) {
@@ -332,15 +339,22 @@ impl QueueState {
         if page.is_empty() {
             tracing::error!(
                 queue,
-                missing = self.paged,
+                missing = self.paged + self.purged,
                 "the log holds fewer messages than counted"
             );
             self.paged = 0;
             self.paged_bytes = 0;
+            self.purged = 0;
             return;
         }
         let quorum = self.args.queue_type == QueueType::Quorum;
         for (pos, stored) in page {
+            if self.purged > 0 {
+                self.purged -= 1;
+                self.last_loaded = Some(pos);
+                let _ = log.ack(pos);
+                continue;
+            }
             let marks = log.delivery_marks(pos);
             let redelivered = marks > 0;
             // A quorum queue's message comes back with the returns it had counted.
@@ -401,6 +415,11 @@ impl QueueState {
         if self.ready.len() < REFILL_BELOW {
             self.refill(queue);
         }
+        if self.ready.is_empty() && self.purged > 0 && self.paged > 0 {
+            // Purged messages stand before the next ones in the log.
+            self.work_off_purge(queue);
+            self.refill(queue);
+        }
         self.ready.pop_front()
     }
 
@@ -457,6 +476,18 @@ impl QueueState {
         }
         if self.ready.is_empty() && self.paged == 0 {
             self.expiring = false;
+        }
+    }
+
+    /// Acks the next slice of purged messages still in the log.
+    fn work_off_purge(&mut self, queue: &str) {
+        let mut pages = DISCARD_SLICE / PAGE_MESSAGES;
+        while self.purged > 0 && pages > 0 {
+            self.read_page(queue);
+            pages -= 1;
+        }
+        if self.purged > 0 {
+            self.discard_due = true;
         }
     }
 
@@ -1019,25 +1050,20 @@ impl Queue {
     }
 
     /// Drops all ready messages (in memory and paged out); returns how many.
-    pub fn purge(&self) -> u32 {
+    pub fn purge(self: &Arc<Self>) -> u32 {
         let mut st = self.state.lock();
         let count = st.ready_count();
-        loop {
-            let taken = st.ready.take_all();
-            for message in &taken {
-                st.forget(message);
-            }
-            if st.paged == 0 {
-                break;
-            }
-            let before = st.paged;
-            st.refill(&self.name);
-            if st.paged == before && st.ready.is_empty() {
-                break;
-            }
+        for message in st.ready.take_all() {
+            st.forget(&message);
         }
+        // Those only in the log leave it a slice per wake-up, unread by anyone.
+        st.purged += st.paged;
         st.paged = 0;
         st.paged_bytes = 0;
+        if st.purged > 0 {
+            st.discard_due = true;
+            self.arm_timer(&mut st);
+        }
         u32::try_from(count).unwrap_or(u32::MAX)
     }
 
@@ -1178,6 +1204,7 @@ impl Queue {
         let mut st = self.state.lock();
         st.timer_at_ms = 0;
         st.discard_due = false;
+        st.work_off_purge(&self.name);
         if !st.retained.is_empty() && st.retry_at_ms <= now_ms {
             letters = std::mem::take(&mut st.retained);
         }
@@ -1349,6 +1376,60 @@ mod tests {
         queue.wake(now_ms(), &mut effects);
         assert_eq!(queue.message_count(), 0);
         assert!(!queue.state.lock().discard_due);
+    }
+
+    /// A purge of a backlog that is mostly only in the log answers at once; the log
+    /// records go a slice per wake-up, and messages published meanwhile are kept.
+    #[test]
+    fn a_purge_leaves_the_log_in_slices_and_keeps_later_messages() {
+        let dir = crate::store::test_support::TempDir::new("purge-slices");
+        let log = QueueLog::create(dir.path(), crate::store::format::DEFAULT_SEGMENT_SIZE)
+            .expect("create a log");
+        let queue = Arc::new(Queue::new(
+            "q".into(),
+            "/",
+            QueueSettings {
+                durable: true,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: FieldTable::default(),
+                parsed: QueueArguments::default(),
+                holds_for: None,
+            },
+            Some(log),
+            &Recovery::default(),
+            QueueEnv::for_tests(),
+        ));
+        let persistent = Handling {
+            persistent: true,
+            ..Handling::default()
+        };
+        let mut effects = Effects::default();
+        let backlog = 3 * DISCARD_SLICE;
+        for n in 0..backlog {
+            queue
+                .publish(message(n), persistent, &mut effects)
+                .expect("publish");
+        }
+        assert_eq!(queue.purge() as usize, backlog);
+        assert_eq!(queue.message_count(), 0);
+        assert!(
+            queue.state.lock().purged > 0,
+            "the log was worked off at once"
+        );
+        queue
+            .publish(message(backlog), persistent, &mut effects)
+            .expect("publish after the purge");
+        assert_eq!(queue.message_count(), 1);
+        while queue.state.lock().discard_due {
+            queue.wake(now_ms(), &mut effects);
+        }
+        let (got, left) = queue.get(true, &mut effects).expect("the later message");
+        assert_eq!(got.message.body, Bytes::from(backlog.to_string()));
+        assert_eq!(left, 0);
+        let st = queue.state.lock();
+        assert_eq!(st.purged, 0);
+        assert_eq!(st.log.as_ref().map(QueueLog::live_messages), Some(0));
     }
 
     /// A consumer that looked the queue up before it was deleted is refused, instead of
