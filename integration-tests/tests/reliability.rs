@@ -152,7 +152,6 @@ async fn messages_that_expired_while_down_are_dead_lettered_at_start() {
     .await
     .expect("declare work");
     bind_queue(&channel, "work", "dlx", "").await;
-    let published = Instant::now();
     for i in 0..1000 {
         let confirm = within(
             "publish",
@@ -171,6 +170,7 @@ async fn messages_that_expired_while_down_are_dead_lettered_at_start() {
             "message {i} not confirmed"
         );
     }
+    let published = Instant::now();
     drop(conn);
     broker.terminate();
     // The messages must expire while the broker is down: wait out their TTL.

@@ -9,13 +9,11 @@
 //! blocked. The same measure tells transient queues when to spill their backlogs early.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tracing::{info, warn};
-
-use crate::broker::Broker;
 
 /// How often memory is measured.
 const MEMORY_CHECK: Duration = Duration::from_millis(200);
@@ -24,6 +22,16 @@ const MEMORY_CHECK: Duration = Duration::from_millis(200);
 const SPILL_BUDGET: u64 = 128 << 20;
 /// How often free disk space is measured (a `statvfs` per check).
 const DISK_CHECK_EVERY: u32 = 5;
+
+/// What the monitor measures and tells: the broker, as the alarms see it.
+pub trait Monitored: Send + Sync {
+    /// Its alarms, which the monitor raises and clears.
+    fn alarms(&self) -> &Alarms;
+    /// Memory the messages its queues hold take.
+    fn memory_in_use(&self) -> u64;
+    /// Tells its queues whether queued messages take more than the spill budget.
+    fn set_memory_tight(&self, tight: bool);
+}
 
 /// Which alarms are raised.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,7 +94,7 @@ impl Alarms {
 
 /// Measures memory and disk until the broker goes away, raising and clearing alarms.
 pub async fn monitor(
-    broker: std::sync::Weak<Broker>,
+    broker: Weak<dyn Monitored>,
     memory_limit: u64,
     disk_free_limit: u64,
     data_dir: PathBuf,
@@ -147,12 +155,11 @@ fn spill_budget(memory_limit: u64) -> u64 {
 }
 
 /// Spawns the monitor for `broker` on the current runtime.
-pub fn spawn_monitor(broker: &Arc<Broker>) {
-    let config = broker.config();
-    tokio::spawn(monitor(
-        Arc::downgrade(broker),
-        config.memory_limit,
-        config.disk_free_limit,
-        config.data_dir.clone(),
-    ));
+pub fn spawn_monitor(
+    broker: Weak<dyn Monitored>,
+    memory_limit: u64,
+    disk_free_limit: u64,
+    data_dir: PathBuf,
+) {
+    tokio::spawn(monitor(broker, memory_limit, disk_free_limit, data_dir));
 }

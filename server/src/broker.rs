@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use crate::alarms::Alarms;
+use crate::alarms::{Alarms, Monitored};
 use crate::config::Config;
 use crate::policy::{Policies, PolicyError};
 use crate::queue::{ConnectionId, ConsumerId};
@@ -190,5 +190,19 @@ impl Broker {
     /// A fresh consumer id.
     pub fn next_consumer_id(&self) -> ConsumerId {
         self.next_consumer.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+impl Monitored for Broker {
+    fn alarms(&self) -> &Alarms {
+        Broker::alarms(self)
+    }
+
+    fn memory_in_use(&self) -> u64 {
+        Broker::memory_in_use(self)
+    }
+
+    fn set_memory_tight(&self, tight: bool) {
+        Broker::set_memory_tight(self, tight);
     }
 }

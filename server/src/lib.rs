@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: every setting, from flags and `WARREN_*` variables.
 //! - [`server`]: the listener, the accept loop and graceful shutdown.
+//! - [`shutdown`]: the broker-wide stop signal as connections see it.
 //! - [`connection`]: handshake, heartbeats, frame I/O and dispatch to channels.
 //! - [`channel`]: per-channel state: content, consumers, unacked deliveries, confirms, tx.
 //! - [`broker`]: the shared registry of vhosts and users.
@@ -27,6 +28,7 @@ pub mod names;
 pub mod policy;
 pub mod queue;
 pub mod server;
+pub mod shutdown;
 pub mod store;
 pub mod timers;
 pub mod vhost;

@@ -1,7 +1,8 @@
 //! The listener, the accept loop and graceful shutdown.
 //!
-//! One stop signal is broadcast to every connection ([`Shutdown`]); each closes its client
-//! with 320 CONNECTION_FORCED, and `run` returns once all connection tasks have ended.
+//! One stop signal is broadcast to every connection
+//! ([`Shutdown`](crate::shutdown::Shutdown)); each closes its client with 320
+//! CONNECTION_FORCED, and `run` returns once all connection tasks have ended.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -15,20 +16,10 @@ use tracing::{error, info};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::connection;
+use crate::shutdown::Shutdown;
 
 /// How long connections get to close after the stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A connection's view of the broker-wide stop signal.
-#[derive(Debug, Clone)]
-pub struct Shutdown(watch::Receiver<bool>);
-
-impl Shutdown {
-    /// Resolves once the broker is stopping (at once if it already is).
-    pub async fn wait(&mut self) {
-        let _ = self.0.wait_for(|stopping| *stopping).await;
-    }
-}
 
 /// Reads the policy file again on every SIGHUP, as long as the broker runs.
 async fn reload_policies_on_hangup(broker: std::sync::Weak<Broker>) {
@@ -63,7 +54,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let broker = Arc::new(Broker::open(config).map_err(std::io::Error::other)?);
-    crate::alarms::spawn_monitor(&broker);
+    {
+        let config = broker.config();
+        let monitored: Arc<dyn crate::alarms::Monitored> = broker.clone();
+        crate::alarms::spawn_monitor(
+            Arc::downgrade(&monitored),
+            config.memory_limit,
+            config.disk_free_limit,
+            config.data_dir.clone(),
+        );
+    }
     if broker.config().policies.is_some() {
         tokio::spawn(reload_policies_on_hangup(Arc::downgrade(&broker)));
     }
@@ -84,7 +84,7 @@ pub async fn run(
                         stream,
                         peer,
                         broker.clone(),
-                        Shutdown(stopping.clone()),
+                        Shutdown::from(stopping.clone()),
                     ));
                 }
                 Err(e) => {

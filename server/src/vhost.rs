@@ -27,31 +27,12 @@ use crate::policy::{self, Policies};
 use crate::queue::arguments::{self, QueueArguments};
 use crate::queue::dead_letter;
 use crate::queue::{
-    ConnectionId, Effects, Enqueued, Move, MoveRoute, Queue, QueueEnv, QueueSettings,
+    ConnectionId, Effects, Enqueued, Move, MoveRoute, Queue, QueueDeclare, QueueEnv, QueueSettings,
 };
 use crate::store::definitions::{BindingDef, Change, Definitions, ExchangeDef, QueueDef};
 use crate::store::{BrokerStore, QueueLog, Recovery, SegmentPosition, SyncTarget};
 use crate::timers::{Timers, Wake, now_ms};
 use amqp_codec::ReplyCode;
-
-/// What `queue.declare` asks for.
-#[derive(Debug, Clone)]
-pub struct QueueDeclare {
-    /// Queue name (already generated when the client left it empty).
-    pub name: ShortStr,
-    /// The server generated the name (`amq.gen-…`), so the reserved prefix is allowed.
-    pub server_named: bool,
-    /// Only check that it exists.
-    pub passive: bool,
-    /// Survive restarts.
-    pub durable: bool,
-    /// Owned by the declaring connection.
-    pub exclusive: bool,
-    /// Deleted when its last consumer goes.
-    pub auto_delete: bool,
-    /// Optional arguments.
-    pub arguments: FieldTable,
-}
 
 /// A virtual host's registry.
 #[derive(Debug)]

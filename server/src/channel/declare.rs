@@ -6,7 +6,7 @@ use super::{Channel, Context};
 use crate::error::{self, AmqpResult};
 use crate::exchange::{ExchangeKind, ExchangeSettings, parse_declared_type};
 use crate::names;
-use crate::vhost::QueueDeclare;
+use crate::queue::QueueDeclare;
 
 impl Channel {
     pub(super) fn exchange_method(

@@ -27,7 +27,7 @@ use crate::broker::Broker;
 use crate::channel::{Channel, Context};
 use crate::exchange::Routed;
 use crate::queue::{ConnectionId, Effects, Mailbox, Outgoing, Queue};
-use crate::server::Shutdown;
+use crate::shutdown::Shutdown;
 use crate::store::SyncTarget;
 use crate::vhost::VHost;
 use handshake::{HandshakeError, Session, close_method};

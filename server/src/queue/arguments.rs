@@ -18,7 +18,7 @@ use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 
 use crate::erlang;
 use crate::error::{self, AmqpError, AmqpResult};
-use crate::vhost::QueueDeclare;
+use crate::queue::QueueDeclare;
 
 const EXPIRES: &str = "x-expires";
 const MESSAGE_TTL: &str = "x-message-ttl";

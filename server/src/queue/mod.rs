@@ -53,6 +53,25 @@ pub type ConsumerId = u64;
 /// Identifies a client connection (unique for the broker's lifetime).
 pub type ConnectionId = u64;
 
+/// What `queue.declare` asks for.
+#[derive(Debug, Clone)]
+pub struct QueueDeclare {
+    /// Queue name (already generated when the client left it empty).
+    pub name: ShortStr,
+    /// The server generated the name (`amq.gen-…`), so the reserved prefix is allowed.
+    pub server_named: bool,
+    /// Only check that it exists.
+    pub passive: bool,
+    /// Survive restarts.
+    pub durable: bool,
+    /// Owned by the declaring connection.
+    pub exclusive: bool,
+    /// Deleted when its last consumer goes.
+    pub auto_delete: bool,
+    /// Optional arguments.
+    pub arguments: FieldTable,
+}
+
 /// What a queue knows of a consumer: where to deliver and how much it may take.
 #[derive(Debug, Clone)]
 pub struct ConsumerHandle {
@@ -1257,6 +1276,11 @@ impl SyncTarget for Queue {
 
     fn complete_sync(&self, pending: PendingSync, result: &crate::store::Result<()>) -> bool {
         let mut st = self.state.lock();
+        if st.deleted {
+            // Deleted since its appends were written: nothing of it is to be kept, so
+            // nothing waits on it (a dead letter moved here was deleted with it).
+            return true;
+        }
         let Some(log) = st.log.as_mut() else {
             return false;
         };
