@@ -1,7 +1,7 @@
 //! The broker's shared state: its settings, data directory, virtual hosts and users, and
 //! the id counters for connections and consumers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -74,8 +74,9 @@ impl Broker {
         })?;
         let vhost = VHost::new("/", Some(store.clone()), Arc::new(timers), policies.clone());
         let (queues, messages) = vhost.restore(&defs)?;
-        let keep: HashSet<&str> = defs.queues.iter().map(|q| q.id.as_str()).collect();
-        store.remove_orphans(&keep);
+        // Only now, with what restore recorded (holds it created, queues it dropped),
+        // can a log directory be proven garbage.
+        store.remove_orphans();
         tracing::info!(
             data_dir = %config.data_dir.display(),
             queues,
@@ -190,5 +191,51 @@ impl Broker {
     /// A fresh consumer id.
     pub fn next_consumer_id(&self) -> ConsumerId {
         self.next_consumer.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::definitions::{Change, DefinitionStore, ExchangeDef};
+    use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
+
+    #[test]
+    fn a_hold_created_during_restore_keeps_its_log() {
+        let dir = std::env::temp_dir().join(format!("warren-broker-hold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A durable delayed exchange recorded without its hold (as a crash between the two
+        // records leaves it): restore gives it a new hold, with a new log.
+        let (mut defs, _, _) = DefinitionStore::open(&dir).expect("definitions");
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-delayed-type".into(),
+            AMQPValue::LongString("direct".into()),
+        );
+        defs.record(&Change::PutExchange(ExchangeDef {
+            vhost: "/".into(),
+            name: "later".into(),
+            kind: "x-delayed-message".into(),
+            auto_delete: false,
+            internal: false,
+            arguments,
+        }))
+        .expect("record");
+        defs.sync().expect("sync");
+        drop(defs);
+        let config = Arc::new(Config {
+            data_dir: dir.clone(),
+            ..Config::default()
+        });
+        let broker = Broker::open(config).expect("open");
+        let logs = std::fs::read_dir(dir.join("queues"))
+            .expect("queues dir")
+            .count();
+        assert_eq!(
+            logs, 1,
+            "the new hold's log must not be removed as an orphan"
+        );
+        drop(broker);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,0 +1,109 @@
+//! How one group-commit round makes many logs durable at once, and learns which of them
+//! failed.
+//!
+//! # What Linux guarantees (errseq)
+//!
+//! Since Linux 4.13 every inode's page cache (`address_space`) carries an `errseq_t`
+//! `wb_err`: a write-back error (EIO, ENOSPC, EDQUOT …) bumps it, and every open file
+//! description samples it at `open` and advances its own cursor when `fsync`/`fdatasync`
+//! reports an error. So `fdatasync(fd)` reports each write-back error of *that file* that
+//! happened since `fd` was opened, once per open file description, even if the error
+//! happened during background write-back or during somebody else's `sync`. Since Linux
+//! 5.8 the superblock carries a second `errseq_t`, `s_wb_err`, bumped by a write-back
+//! error of *any* inode of the file system; `syncfs(fd)` reports it when it advanced since
+//! `fd` was opened or since `syncfs` through `fd` last reported it. Before 5.8 `syncfs`
+//! reported nothing.
+//!
+//! Consequences, which this module follows:
+//! - `syncfs` through the descriptor of whichever file happens to be first (the old
+//!   code) misses any error that happened before that descriptor was opened: a log that
+//!   just rolled to a new segment has a fresh descriptor, and another log's failed
+//!   write-back is then reported to nobody, and its messages are confirmed though lost.
+//!   The [`Syncer`] therefore calls `syncfs` through one descriptor of the data directory
+//!   opened once at start: every write-back error on the file system since the previous
+//!   round is reported to it, exactly once.
+//! - `syncfs` does not say which file failed. When it reports an error, every log of the
+//!   round is synced again on its own, `fdatasync` per file through the descriptor its
+//!   writes went through (opened before them, so its cursor predates any of their
+//!   errors): a log whose files all sync is durable (its pages were written back and no
+//!   error hit them); a log whose file reports an error is not, and is poisoned. If no log
+//!   of the round reports one, the error belonged to a file outside the round (an ack
+//!   file synced earlier, another program's file on the same file system) and is logged.
+//! - On kernels older than 5.8, or where `syncfs` is unsupported, every file is synced on
+//!   its own.
+
+use std::path::{Path, PathBuf};
+
+use super::fs::{FileRef, FsRef, OpenMode};
+use super::{PendingSync, Result, StoreError};
+
+/// Syncs the [`PendingSync`]s of one group-commit round; see the [module
+/// documentation](self).
+#[derive(Debug)]
+pub struct Syncer {
+    /// A descriptor of the data directory, held for the store's life so that its
+    /// `syncfs` error cursor starts at store start; `None` to sync file by file.
+    handle: Option<FileRef>,
+    dir: PathBuf,
+}
+
+impl Syncer {
+    /// A syncer for the file system holding `dir`, using `syncfs` where the kernel
+    /// reports write-back errors through it.
+    ///
+    /// # Errors
+    /// `dir` cannot be opened.
+    pub fn open(fs: &FsRef, dir: &Path) -> Result<Self> {
+        let handle = if fs.syncfs_reports_errors() {
+            Some(
+                fs.open(dir, OpenMode::Directory)
+                    .map_err(StoreError::io("open directory", dir))?,
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            handle,
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// A syncer that syncs every file on its own.
+    pub fn per_file() -> Self {
+        Self {
+            handle: None,
+            dir: PathBuf::new(),
+        }
+    }
+
+    /// Makes every sync in `all` durable; returns one result per sync, in order. A sync
+    /// whose result is `Ok` is durable.
+    pub fn sync(&self, all: &[PendingSync]) -> Vec<Result<()>> {
+        let touched: usize = all.iter().map(PendingSync::touched).sum();
+        let Some(handle) = self.handle.as_ref().filter(|_| touched > 1) else {
+            return all.iter().map(PendingSync::run).collect();
+        };
+        match handle.syncfs() {
+            Ok(()) => all.iter().map(|_| Ok(())).collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+                all.iter().map(PendingSync::run).collect()
+            }
+            Err(error) => {
+                tracing::error!(
+                    dir = %self.dir.display(),
+                    %error,
+                    "syncfs reported a write-back error; syncing each log on its own to find the ones it hit"
+                );
+                let results: Vec<Result<()>> = all.iter().map(PendingSync::run).collect();
+                if results.iter().all(Result::is_ok) {
+                    tracing::error!(
+                        dir = %self.dir.display(),
+                        %error,
+                        "the write-back error hit no log of this round: a file synced earlier or another program's file on the same file system"
+                    );
+                }
+                results
+            }
+        }
+    }
+}
