@@ -25,6 +25,8 @@ pub mod format;
 pub mod fs;
 pub mod lock;
 pub mod queue_log;
+#[cfg(test)]
+pub mod sim;
 pub mod syncer;
 
 use std::fmt;

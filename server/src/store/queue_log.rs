@@ -772,13 +772,17 @@ impl QueueLog {
                         }
                     })
                     .collect();
+                let source = match e {
+                    StoreError::Io { source, .. } => match source.raw_os_error() {
+                        Some(code) => io::Error::from_raw_os_error(code),
+                        None => io::Error::new(source.kind(), source.to_string()),
+                    },
+                    other => io::Error::other(other.to_string()),
+                };
                 Err(StoreError::Io {
-                    op: "sync (transient, will retry)",
+                    op: "sync (not done for lack of resources; the next sync retries)",
                     path: self.dir.clone(),
-                    source: io::Error::new(
-                        e.io_kind().unwrap_or(io::ErrorKind::Other),
-                        e.to_string(),
-                    ),
+                    source,
                 })
             }
             Err(e) => {
@@ -1440,6 +1444,7 @@ fn distinct(sorted: &[u32]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sim::{Fault, Op as SimOp, PowerLoss, SimFs};
     use crate::store::test_support::TempDir;
     use bytestring::ByteString;
     use std::fs::{self, OpenOptions};
@@ -2007,6 +2012,133 @@ mod tests {
         ));
         assert!(matches!(log.sync(), Err(StoreError::Poisoned(_))));
         assert_eq!(log.durable_position(), Some(b));
+    }
+
+    fn sim_log(sim: &SimFs, dir: &str, segment_size: u64) -> QueueLog {
+        sim.mkdir_durable(Path::new("/data/queues"));
+        QueueLog::create_in(sim.shared(), dir, segment_size).expect("create")
+    }
+
+    fn errno(e: rustix::io::Errno) -> i32 {
+        e.raw_os_error()
+    }
+
+    #[test]
+    fn no_descriptor_for_a_directory_sync_does_not_poison_and_the_sync_is_redone() {
+        for errno_value in [
+            errno(rustix::io::Errno::MFILE),
+            errno(rustix::io::Errno::NFILE),
+        ] {
+            let sim = SimFs::new();
+            let mut log = sim_log(&sim, "/data/queues/q", SEG);
+            let a = log.append(&msg(0, 10)).expect("append");
+            // The sync must fsync /data/queues (the log's directory is new there).
+            sim.inject(Fault {
+                op: SimOp::Open,
+                path: "/data/queues".into(),
+                skip: 0,
+                times: 1,
+                errno: errno_value,
+                torn: false,
+            });
+            let err = log.sync().expect_err("the directory could not be opened");
+            assert!(err.is_transient(), "{err}");
+            assert_eq!(log.durable_position(), None, "nothing confirmed");
+            let b = log
+                .append(&msg(1, 10))
+                .expect("not poisoned: appends go on");
+            assert_eq!(log.sync().expect("the retry succeeds"), Some(b));
+            drop(log);
+            let after = sim.power_loss(PowerLoss::DropUnsynced);
+            let (mut log, _) = QueueLog::open_in(after.shared(), "/data/queues/q", SEG)
+                .expect("the retried sync made the directory durable");
+            let got: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
+            assert_eq!(got, [a, b]);
+        }
+    }
+
+    #[test]
+    fn a_failed_fdatasync_still_poisons() {
+        let sim = SimFs::new();
+        let mut log = sim_log(&sim, "/data/queues/q", SEG);
+        log.append(&msg(0, 10)).expect("append");
+        sim.inject(Fault {
+            op: SimOp::SyncFile,
+            path: ".seg".into(),
+            skip: 0,
+            times: 1,
+            errno: errno(rustix::io::Errno::IO),
+            torn: false,
+        });
+        assert!(matches!(log.sync(), Err(StoreError::Poisoned(_))));
+        assert!(matches!(
+            log.append(&msg(1, 1)),
+            Err(StoreError::Poisoned(_))
+        ));
+    }
+
+    #[test]
+    fn write_errors_and_torn_writes_are_retried_at_the_same_offset() {
+        for (errno_value, torn) in [
+            (errno(rustix::io::Errno::NOSPC), true),
+            (errno(rustix::io::Errno::IO), false),
+        ] {
+            let sim = SimFs::new();
+            let mut log = sim_log(&sim, "/data/queues/q", SEG);
+            let a = log.append(&msg(0, 100)).expect("append");
+            sim.inject(Fault {
+                op: SimOp::Write,
+                path: ".seg".into(),
+                skip: 0,
+                times: 1,
+                errno: errno_value,
+                torn,
+            });
+            assert!(log.sync().is_err(), "the write failed");
+            let b = log.append(&msg(1, 100)).expect("append");
+            assert_eq!(log.sync().expect("sync"), Some(b));
+            drop(log);
+            let after = sim.power_loss(PowerLoss::DropUnsynced);
+            let (mut log, recovery) =
+                QueueLog::open_in(after.shared(), "/data/queues/q", SEG).expect("open");
+            assert!(recovery.warnings.is_empty(), "{:?}", recovery.warnings);
+            let got: Vec<_> = read_all(&mut log)
+                .into_iter()
+                .map(|(p, m)| (p, m.body))
+                .collect();
+            assert_eq!(got, [(a, msg(0, 100).body), (b, msg(1, 100).body)]);
+        }
+    }
+
+    #[test]
+    fn a_synced_ack_does_not_come_back_after_a_power_loss() {
+        let sim = SimFs::new();
+        let mut log = sim_log(&sim, "/data/queues/q", 1024);
+        let positions: Vec<_> = (0..12)
+            .map(|i| log.append(&msg(i, 100)).expect("append"))
+            .collect();
+        log.sync().expect("sync");
+        // Ack a whole sealed segment (deleted at once) and one message of the next.
+        let first = positions[0].segment;
+        for &p in positions.iter().filter(|p| p.segment == first) {
+            log.ack(p).expect("ack");
+        }
+        let other = *positions
+            .iter()
+            .find(|p| p.segment != first)
+            .expect("second segment");
+        log.ack(other).expect("ack");
+        log.sync().expect("sync");
+        drop(log);
+        let after = sim.power_loss(PowerLoss::DropUnsynced);
+        let (mut log, _) = QueueLog::open_in(after.shared(), "/data/queues/q", 1024).expect("open");
+        let got: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
+        let expected: Vec<_> = positions
+            .iter()
+            .copied()
+            .filter(|p| p.segment != first && *p != other)
+            .collect();
+        assert_eq!(got, expected);
     }
 
     #[test]

@@ -107,3 +107,97 @@ impl Syncer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fs::FileSystem;
+    use crate::store::sim::{PowerLoss, SimFs};
+    use crate::store::{QueueLog, StoredMessage};
+    use bytes::Bytes;
+    use bytestring::ByteString;
+
+    fn msg(body: &'static [u8]) -> StoredMessage {
+        StoredMessage {
+            persistent: true,
+            expires_at_ms: 0,
+            exchange: ByteString::from_static(""),
+            routing_key: ByteString::from_static("q"),
+            properties: Bytes::new(),
+            body: Bytes::from_static(body),
+        }
+    }
+
+    fn round(
+        syncer: &Syncer,
+        logs: &mut [&mut QueueLog],
+    ) -> Vec<Result<Option<crate::store::SegmentPosition>>> {
+        let pending: Vec<PendingSync> = logs
+            .iter_mut()
+            .map(|log| log.begin_sync().expect("begin"))
+            .collect();
+        let results = syncer.sync(&pending);
+        logs.iter_mut()
+            .zip(pending)
+            .zip(&results)
+            .map(|((log, p), r)| log.complete_sync(p, r))
+            .collect()
+    }
+
+    /// A write-back error of log B before log A rolled to a new segment: a `syncfs`
+    /// through A's new descriptor would not report it, and B's lost message would be
+    /// confirmed.
+    #[test]
+    fn a_writeback_error_of_another_log_is_seen_and_only_that_log_is_poisoned() {
+        let sim = SimFs::new();
+        let data = Path::new("/data");
+        sim.mkdir_durable(&data.join("queues"));
+        let syncer = Syncer::open(&sim.shared(), data).expect("syncer");
+        let mut a = QueueLog::create_in(sim.shared(), "/data/queues/a", 256).expect("a");
+        let mut b = QueueLog::create_in(sim.shared(), "/data/queues/b", 256).expect("b");
+        let a1 = a.append(&msg(b"a1")).expect("append");
+        let b1 = b.append(&msg(b"b1")).expect("append");
+        let first = round(&syncer, &mut [&mut a, &mut b]);
+        assert_eq!(first[0].as_ref().ok(), Some(&Some(a1)));
+        assert_eq!(first[1].as_ref().ok(), Some(&Some(b1)));
+
+        b.append(&msg(b"b2")).expect("append");
+        b.flush().expect("flush");
+        sim.writeback_error(Path::new("/data/queues/b/0000000000.seg"));
+        // A rolls: its new segment's descriptor is opened after the error.
+        let a2 = a.append(&msg(&[b'x'; 300])).expect("append");
+        assert_ne!(a2.segment, a1.segment);
+
+        let second = round(&syncer, &mut [&mut a, &mut b]);
+        assert_eq!(second[0].as_ref().ok(), Some(&Some(a2)), "A is durable");
+        assert!(
+            matches!(second[1], Err(StoreError::Poisoned(_))),
+            "B lost b2 and must not confirm it: {:?}",
+            second[1]
+        );
+        drop((a, b));
+        let after = sim.power_loss(PowerLoss::DropUnsynced);
+        let (_, ra) = QueueLog::open_in(after.shared(), "/data/queues/a", 256).expect("a");
+        assert_eq!(ra.messages, 2);
+    }
+
+    #[test]
+    fn an_error_outside_the_round_confirms_the_round() {
+        let sim = SimFs::new();
+        let data = Path::new("/data");
+        sim.mkdir_durable(&data.join("queues"));
+        let syncer = Syncer::open(&sim.shared(), data).expect("syncer");
+        let mut a = QueueLog::create_in(sim.shared(), "/data/queues/a", 256).expect("a");
+        let mut b = QueueLog::create_in(sim.shared(), "/data/queues/b", 256).expect("b");
+        a.append(&msg(b"a1")).expect("append");
+        b.append(&msg(b"b1")).expect("append");
+        sim.mkdir_durable(Path::new("/data/other"));
+        let other = sim
+            .open(Path::new("/data/other/f"), OpenMode::CreateNew)
+            .expect("f");
+        other.write_all_at(b"x", 0).expect("write");
+        sim.writeback_error(Path::new("/data/other/f"));
+        let results = round(&syncer, &mut [&mut a, &mut b]);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+    }
+}
