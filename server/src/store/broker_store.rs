@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::commit::{GroupCommit, SyncTarget};
+use super::commit::{GroupCommit, Retired, SyncTarget};
 use super::definitions::{Change, DefinitionStore, Definitions, DefinitionsError};
 use super::format::DEFAULT_SEGMENT_SIZE;
 use super::fs::{FsRef, RealFs};
@@ -35,7 +35,17 @@ pub struct BrokerStore {
     dir: PathBuf,
     _lock: Option<DataDirLock>,
     definitions: Arc<Mutex<DefinitionStore>>,
+    /// Shared with the commit thread; tests run rounds through it directly.
+    #[cfg_attr(not(test), allow(dead_code))]
+    syncer: Arc<Syncer>,
+    retired: Arc<Retired>,
     commit: GroupCommit,
+    /// Segment size of the queue logs it creates and opens.
+    segment_size: u64,
+    /// Tests drive every commit round themselves (`commit_now`): nothing may run on the
+    /// commit thread behind their back.
+    #[cfg(test)]
+    manual_rounds: bool,
     /// Ids of the queue logs this store created or opened: never orphans, whatever the
     /// definitions say (a log created during restore, a record that failed).
     known_ids: Mutex<HashSet<String>>,
@@ -79,8 +89,9 @@ impl BrokerStore {
                 other => StoreError::Definitions(other),
             })?;
         let definitions = Arc::new(Mutex::new(definitions));
-        let syncer = Syncer::open(&fs, dir)?;
-        let commit = GroupCommit::start(definitions.clone(), syncer)
+        let syncer = Arc::new(Syncer::open(&fs, dir)?);
+        let retired = Arc::new(Retired::default());
+        let commit = GroupCommit::start(definitions.clone(), syncer.clone(), retired.clone())
             .map_err(StoreError::io("start the commit thread", dir))?;
         let queues = dir.join(QUEUES_DIR);
         fs.create_dir_all(&queues)
@@ -98,7 +109,12 @@ impl BrokerStore {
                 dir: dir.to_owned(),
                 _lock: lock,
                 definitions,
+                syncer,
+                retired,
                 commit,
+                segment_size: DEFAULT_SEGMENT_SIZE,
+                #[cfg(test)]
+                manual_rounds: false,
                 known_ids: Mutex::new(HashSet::new()),
             },
             defs,
@@ -145,7 +161,7 @@ impl BrokerStore {
     /// I/O failures.
     pub fn create_queue_log(&self, id: &str) -> Result<QueueLog> {
         self.remember(id);
-        QueueLog::create_in(self.fs.clone(), self.queue_dir(id), DEFAULT_SEGMENT_SIZE)
+        QueueLog::create_in(self.fs.clone(), self.queue_dir(id), self.segment_size)
     }
 
     /// Creates a spill log for a transient queue whose backlog outgrew memory.
@@ -165,10 +181,26 @@ impl BrokerStore {
         self.remember(id);
         let dir = self.queue_dir(id);
         if !self.fs.exists(&dir).map_err(StoreError::io("stat", &dir))? {
-            return QueueLog::create_in(self.fs.clone(), &dir, DEFAULT_SEGMENT_SIZE)
+            return QueueLog::create_in(self.fs.clone(), &dir, self.segment_size)
                 .map(|log| (log, Recovery::default()));
         }
-        QueueLog::open_in(self.fs.clone(), dir, DEFAULT_SEGMENT_SIZE)
+        QueueLog::open_in(self.fs.clone(), dir, self.segment_size)
+    }
+
+    /// Removes the log of a deleted queue once its deletion (recorded before this call) is
+    /// durable: at the end of the next group commit's definitions sync, which this asks
+    /// for. Removing it at once (`QueueLog::delete`) would, after a crash before that
+    /// sync, bring the queue back without its messages.
+    pub fn retire_queue_log(&self, log: QueueLog) {
+        match self.retired.lock() {
+            Ok(mut retired) => retired.push(log),
+            Err(_) => return,
+        }
+        #[cfg(test)]
+        if self.manual_rounds {
+            return;
+        }
+        self.commit.submit(Vec::new(), None);
     }
 
     /// Deletes the queue directories that are provably garbage: named by no queue of the
@@ -227,6 +259,32 @@ impl BrokerStore {
         done: Option<tokio::sync::oneshot::Sender<bool>>,
     ) {
         self.commit.submit(targets, done);
+    }
+
+    /// Uses `size` as the segment size of queue logs (tests roll segments often).
+    #[cfg(test)]
+    pub(crate) fn set_segment_size(&mut self, size: u64) {
+        self.segment_size = size;
+    }
+
+    /// Leaves every commit round to [`commit_now`](Self::commit_now).
+    #[cfg(test)]
+    pub(crate) fn set_manual_rounds(&mut self) {
+        self.manual_rounds = true;
+    }
+
+    /// One group-commit round on the caller's thread (tests drive rounds one by one).
+    #[cfg(test)]
+    pub(crate) fn commit_now(
+        &self,
+        targets: &Vec<Arc<dyn SyncTarget>>,
+    ) -> super::commit::RoundOutcome {
+        super::commit::commit_round(
+            &self.definitions,
+            &self.syncer,
+            &self.retired,
+            std::iter::once(targets),
+        )
     }
 }
 

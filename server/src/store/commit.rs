@@ -12,7 +12,12 @@ use std::thread;
 use tokio::sync::oneshot;
 
 use super::definitions::DefinitionStore;
-use super::{PendingSync, Syncer};
+use super::{PendingSync, QueueLog, Syncer};
+
+/// Logs of deleted queues, removed once the deletion is durable in the definitions:
+/// removing a log before that would, after a crash, bring the queue back without its
+/// messages.
+pub type Retired = Mutex<Vec<QueueLog>>;
 
 /// Something whose appends a group commit makes durable (a queue with a log).
 pub trait SyncTarget: Send + Sync {
@@ -73,12 +78,13 @@ impl GroupCommit {
     /// If the thread cannot be spawned.
     pub fn start(
         definitions: Arc<Mutex<DefinitionStore>>,
-        syncer: Syncer,
+        syncer: Arc<Syncer>,
+        retired: Arc<Retired>,
     ) -> std::io::Result<Self> {
         let (requests, inbox) = mpsc::channel::<Request>();
         thread::Builder::new()
             .name("warren-commit".into())
-            .spawn(move || commit_loop(&inbox, &definitions, &syncer))?;
+            .spawn(move || commit_loop(&inbox, &definitions, &syncer, &retired))?;
         Ok(Self { requests })
     }
 
@@ -116,11 +122,17 @@ fn commit_loop(
     inbox: &mpsc::Receiver<Request>,
     definitions: &Mutex<DefinitionStore>,
     syncer: &Syncer,
+    retired: &Retired,
 ) {
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
         batch.extend(inbox.try_iter());
-        let outcome = commit_round(definitions, syncer, batch.iter().map(|r| &r.targets));
+        let outcome = commit_round(
+            definitions,
+            syncer,
+            retired,
+            batch.iter().map(|r| &r.targets),
+        );
         for request in batch {
             let ok = request.targets.iter().all(|t| outcome.durable(t));
             if let Some(done) = request.done {
@@ -139,6 +151,11 @@ pub struct RoundOutcome {
 }
 
 impl RoundOutcome {
+    /// Whether the definitions were synced in this round.
+    pub fn definitions_ok(&self) -> bool {
+        self.definitions_ok
+    }
+
     /// Whether `target`'s appends up to the round are durable (and the definitions too).
     pub fn durable(&self, target: &Arc<dyn SyncTarget>) -> bool {
         let key = Arc::as_ptr(target).cast::<()>();
@@ -146,14 +163,21 @@ impl RoundOutcome {
     }
 }
 
-/// One group-commit round: syncs the definitions, has every target write its buffers,
-/// syncs them all through `syncer`, and tells each target its own outcome (a log the
-/// sync failed for is poisoned, the others are confirmed).
+/// One group-commit round: syncs the definitions (then removes the logs retired before
+/// that sync), has every target write its buffers, syncs them all through `syncer`, and
+/// tells each target its own outcome (a log the sync failed for is poisoned, the others
+/// are confirmed).
 pub fn commit_round<'a>(
     definitions: &Mutex<DefinitionStore>,
     syncer: &Syncer,
+    retired: &Retired,
     requests: impl Iterator<Item = &'a Vec<Arc<dyn SyncTarget>>>,
 ) -> RoundOutcome {
+    // Taken before the sync: their deletions were recorded before it.
+    let retiring = retired
+        .lock()
+        .map(|mut r| std::mem::take(&mut *r))
+        .unwrap_or_default();
     let definitions_ok = match definitions.lock() {
         Ok(mut defs) => defs
             .sync()
@@ -161,6 +185,16 @@ pub fn commit_round<'a>(
             .is_ok(),
         Err(_) => false,
     };
+    if definitions_ok {
+        for log in retiring {
+            let dir = log.dir().to_path_buf();
+            if let Err(error) = log.delete() {
+                tracing::warn!(dir = %dir.display(), %error, "cannot remove the log of a deleted queue; it goes at the next start");
+            }
+        }
+    } else if let Ok(mut r) = retired.lock() {
+        r.extend(retiring);
+    }
     // Every log writes its buffers first, then one sync covers them all.
     let mut seen: Vec<(*const (), bool)> = Vec::new();
     let mut began: Vec<(usize, &Arc<dyn SyncTarget>)> = Vec::new();

@@ -19,6 +19,8 @@
 
 pub mod broker_store;
 pub mod commit;
+#[cfg(test)]
+mod crash_tests;
 pub mod definitions;
 pub mod field_json;
 pub mod format;
