@@ -26,6 +26,8 @@ pub mod field_json;
 pub mod format;
 pub mod fs;
 pub mod lock;
+#[cfg(test)]
+mod model_tests;
 pub mod queue_log;
 #[cfg(test)]
 pub mod sim;
