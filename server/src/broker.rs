@@ -62,6 +62,7 @@ impl Broker {
             None => Policies::default(),
         };
         let policies = Arc::new(RwLock::new(policies));
+        raise_open_files_limit();
         let (store, defs, cut) = BrokerStore::open(&config.data_dir)?;
         if cut > 0 {
             tracing::warn!(lines = cut, "cut a torn tail off the definitions log");
@@ -194,11 +195,72 @@ impl Broker {
     }
 }
 
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit, as RabbitMQ's
+/// and LavinMQ's packages do: each active durable queue holds about two descriptors and
+/// each connection one, and the usual soft limit of 1024 runs out near 500 queues (then
+/// every open fails with EMFILE). Returns the (old, new) soft limits, or `None` when the
+/// limit could not be read or raised (logged; the broker runs on with the old one).
+pub fn raise_open_files_limit() -> Option<(u64, u64)> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let old = limit.current.unwrap_or(u64::MAX);
+    // An unlimited hard limit cannot be the soft one for descriptors (Linux refuses more
+    // than fs.nr_open): then ask for a large finite number.
+    let candidates = match limit.maximum {
+        Some(max) => vec![max],
+        None => vec![1 << 20, 1 << 16],
+    };
+    if candidates.iter().all(|&want| want <= old) {
+        return Some((old, old));
+    }
+    for want in candidates {
+        let new = Rlimit {
+            current: Some(want),
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, new) {
+            Ok(()) => {
+                tracing::debug!(old, new = want, "raised the open files limit");
+                return Some((old, want));
+            }
+            Err(error) => {
+                tracing::debug!(%error, want, "cannot raise the open files limit that far");
+            }
+        }
+    }
+    tracing::warn!(
+        soft = old,
+        "cannot raise the open files limit; each durable queue holds about two descriptors"
+    );
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::definitions::{Change, DefinitionStore, ExchangeDef};
     use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let before = getrlimit(Resource::Nofile);
+        // Start from a low soft limit, as a default system gives.
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(4096.min(before.current.unwrap_or(4096))),
+                maximum: before.maximum,
+            },
+        )
+        .expect("lower the soft limit");
+        let (_, new) = raise_open_files_limit().expect("raised");
+        let limit = getrlimit(Resource::Nofile);
+        assert_eq!(limit.current, Some(new));
+        if let Some(max) = limit.maximum {
+            assert_eq!(new, max);
+        }
+    }
 
     #[test]
     fn a_hold_created_during_restore_keeps_its_log() {
