@@ -64,8 +64,14 @@ async fn a_nan_argument_does_not_lose_later_queues_across_a_restart() {
     server.stop().await;
     let server = TestServer::start_in(&dir).await;
     let (conn, channel) = open(&server).await;
-    assert!(queue_exists(&conn, &odd).await, "the queue with NaN survives");
-    assert!(queue_exists(&conn, &queue).await, "the later queue survives");
+    assert!(
+        queue_exists(&conn, &odd).await,
+        "the queue with NaN survives"
+    );
+    assert!(
+        queue_exists(&conn, &queue).await,
+        "the later queue survives"
+    );
     assert_eq!(message_count(&channel, &queue).await, 100);
     server.stop().await;
     let _ = std::fs::remove_dir_all(&dir);
