@@ -575,6 +575,29 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+        /// Any arguments a client can send read back bit for bit, from a log line and from
+        /// the snapshot.
+        #[test]
+        fn any_arguments_survive_the_log_and_the_snapshot(
+            t in crate::store::field_json::tests::table()
+        ) {
+            use crate::store::field_json::tests::same_table;
+            let mut q = queue("q");
+            q.arguments = t.clone();
+            let line = encode_line(&Change::PutQueue(q.clone())).expect("encode");
+            let back = decode_line(&line[..line.len() - 1]).expect("decode");
+            let Change::PutQueue(back) = back else { panic!("not a queue") };
+            proptest::prop_assert!(same_table(&back.arguments, &t));
+            let defs = Definitions { version: DEFINITIONS_VERSION, queues: vec![q], ..Definitions::default() };
+            let json = serde_json::to_vec_pretty(&defs).expect("snapshot");
+            let again: Definitions = serde_json::from_slice(&json).expect("read snapshot");
+            proptest::prop_assert!(same_table(&again.queues[0].arguments, &t));
+        }
+    }
+
     #[test]
     fn a_foreign_snapshot_is_refused() {
         let dir = temp_dir("foreign");

@@ -797,10 +797,22 @@ impl QueueLog {
     /// When every message of a sealed segment is acked, its files are deleted at once.
     /// Acking a position twice, or one of a deleted segment, does nothing. `pos` must come
     /// from [`append`](Self::append) or [`read`](Self::read).
+    ///
+    /// # Errors
+    /// Writing buffered entries out failed (EMFILE on the ack file, a full disk …), or a
+    /// segment could not be removed. The ack counts all the same: it is kept and written
+    /// by a later flush or sync, which reports the error again if it persists.
     pub fn ack(&mut self, pos: SegmentPosition) -> Result<()> {
-        if self.pending_ack_bytes >= ACK_BUFFER_LIMIT {
-            self.flush_acks()?;
-        }
+        let recorded = self.record_ack(pos);
+        let flushed = if self.pending_ack_bytes >= ACK_BUFFER_LIMIT {
+            self.flush_acks()
+        } else {
+            Ok(())
+        };
+        recorded.and(flushed)
+    }
+
+    fn record_ack(&mut self, pos: SegmentPosition) -> Result<()> {
         let Ok(i) = self.find_segment(pos.segment) else {
             return Ok(());
         };
@@ -832,15 +844,18 @@ impl QueueLog {
 
     /// Records that the message at `pos` has been delivered, so that after a restart it goes
     /// out flagged `redelivered` (buffered, never fsync'd).
+    ///
+    /// # Errors
+    /// As [`ack`](Self::ack): the marker is kept all the same.
     pub fn mark_delivered(&mut self, pos: SegmentPosition) -> Result<()> {
         if self.scratch {
             return Ok(());
         }
-        if self.pending_ack_bytes >= ACK_BUFFER_LIMIT {
-            self.flush_acks()?;
-        }
         if let Ok(i) = self.find_segment(pos.segment) {
             self.push_entry(i, format::encode_ack_entry(pos.offset, true));
+        }
+        if self.pending_ack_bytes >= ACK_BUFFER_LIMIT {
+            self.flush_acks()?;
         }
         Ok(())
     }
@@ -2108,6 +2123,35 @@ mod tests {
                 .collect();
             assert_eq!(got, [(a, msg(0, 100).body), (b, msg(1, 100).body)]);
         }
+    }
+
+    #[test]
+    fn an_ack_whose_flush_finds_no_descriptor_still_counts() {
+        let sim = SimFs::new();
+        let mut log = sim_log(&sim, "/data/queues/q", SEG);
+        let n = 2 * ACK_BUFFER_LIMIT / format::ACK_ENTRY_LEN as usize;
+        let positions: Vec<_> = (0..n)
+            .map(|i| log.append(&msg(i, 1)).expect("append"))
+            .collect();
+        log.sync().expect("sync");
+        sim.inject(Fault {
+            op: SimOp::Open,
+            path: ".acks".into(),
+            skip: 0,
+            times: 1,
+            errno: errno(rustix::io::Errno::MFILE),
+            torn: false,
+        });
+        // As the queue does: an ack's error is logged, not retried.
+        let failed = positions.iter().filter(|&&p| log.ack(p).is_err()).count();
+        assert_eq!(failed, 1, "one flush found no descriptor");
+        assert_eq!(log.live_messages(), 0, "every ack counts");
+        assert!(read_all(&mut log).is_empty());
+        log.sync().expect("the next sync writes them all");
+        drop(log);
+        let after = sim.power_loss(PowerLoss::DropUnsynced);
+        let (_, recovery) = QueueLog::open_in(after.shared(), "/data/queues/q", SEG).expect("open");
+        assert_eq!(recovery.messages, 0);
     }
 
     #[test]
