@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use super::commit::{GroupCommit, Retired, SyncTarget};
 use super::definitions::{Change, DefinitionStore, Definitions, DefinitionsError};
+use super::fd_budget::FdBudget;
 use super::format::DEFAULT_SEGMENT_SIZE;
 use super::fs::{FsRef, RealFs};
 use super::{DataDirLock, QueueLog, Recovery, Result, StoreError, Syncer};
@@ -42,6 +43,9 @@ pub struct BrokerStore {
     commit: GroupCommit,
     /// Segment size of the queue logs it creates and opens.
     segment_size: u64,
+    /// Shared by every log it creates or opens, so that many queues stay within the open
+    /// files limit.
+    fd_budget: Arc<FdBudget>,
     /// Tests drive every commit round themselves (`commit_now`): nothing may run on the
     /// commit thread behind their back.
     #[cfg(test)]
@@ -113,6 +117,7 @@ impl BrokerStore {
                 retired,
                 commit,
                 segment_size: DEFAULT_SEGMENT_SIZE,
+                fd_budget: FdBudget::from_rlimit(),
                 #[cfg(test)]
                 manual_rounds: false,
                 known_ids: Mutex::new(HashSet::new()),
@@ -161,7 +166,9 @@ impl BrokerStore {
     /// I/O failures.
     pub fn create_queue_log(&self, id: &str) -> Result<QueueLog> {
         self.remember(id);
-        QueueLog::create_in(self.fs.clone(), self.queue_dir(id), self.segment_size)
+        let mut log = QueueLog::create_in(self.fs.clone(), self.queue_dir(id), self.segment_size)?;
+        log.set_fd_budget(self.fd_budget.clone());
+        Ok(log)
     }
 
     /// Creates a spill log for a transient queue whose backlog outgrew memory.
@@ -170,7 +177,9 @@ impl BrokerStore {
     /// I/O failures.
     pub fn create_spill_log(&self) -> Result<QueueLog> {
         let dir = self.dir.join(SPILL_DIR).join(crate::names::queue_log_id());
-        QueueLog::create_scratch_in(self.fs.clone(), dir, DEFAULT_SEGMENT_SIZE)
+        let mut log = QueueLog::create_scratch_in(self.fs.clone(), dir, DEFAULT_SEGMENT_SIZE)?;
+        log.set_fd_budget(self.fd_budget.clone());
+        Ok(log)
     }
 
     /// Opens a durable queue's log at start-up.
@@ -180,11 +189,14 @@ impl BrokerStore {
     pub fn open_queue_log(&self, id: &str) -> Result<(QueueLog, Recovery)> {
         self.remember(id);
         let dir = self.queue_dir(id);
-        if !self.fs.exists(&dir).map_err(StoreError::io("stat", &dir))? {
-            return QueueLog::create_in(self.fs.clone(), &dir, self.segment_size)
-                .map(|log| (log, Recovery::default()));
-        }
-        QueueLog::open_in(self.fs.clone(), dir, self.segment_size)
+        let (mut log, recovery) = if self.fs.exists(&dir).map_err(StoreError::io("stat", &dir))? {
+            QueueLog::open_in(self.fs.clone(), dir, self.segment_size)?
+        } else {
+            let log = QueueLog::create_in(self.fs.clone(), &dir, self.segment_size)?;
+            (log, Recovery::default())
+        };
+        log.set_fd_budget(self.fd_budget.clone());
+        Ok((log, recovery))
     }
 
     /// Removes the log of a deleted queue once its deletion (recorded before this call) is

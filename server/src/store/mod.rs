@@ -10,6 +10,7 @@
 //! - [`format`]: file names, headers and record encoding, in one place.
 //! - [`queue_log`]: [`QueueLog`], one queue's log: append, group-commit sync, ack,
 //!   paged reads, crash recovery.
+//! - [`fd_budget`]: how many logs may hold file descriptors at once.
 //! - [`lock`]: [`DataDirLock`], so that two brokers never share a data directory.
 //! - [`definitions`]: durable exchanges, queues and bindings: a snapshot plus a change log.
 //! - [`field_json`]: the lossless JSON form of field tables the definitions are kept in.
@@ -22,6 +23,7 @@ pub mod commit;
 #[cfg(test)]
 mod crash_tests;
 pub mod definitions;
+pub mod fd_budget;
 pub mod field_json;
 pub mod format;
 pub mod fs;

@@ -33,9 +33,11 @@
 use std::collections::VecDeque;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::fd_budget::{FdBudget, FdTicket};
 use super::format::{
     self, ACKS_MAGIC, FILE_HEADER_LEN, FLAG_PERSISTENT, FLAGS_OFFSET, LogFile, MAX_RECORD_OFFSET,
     MESSAGE_PREFIX_MAX, MIN_MESSAGE_PAYLOAD, RECORD_HEADER_LEN, SEGMENT_MAGIC,
@@ -129,7 +131,8 @@ impl Segment {
 struct Writer {
     number: u32,
     path: PathBuf,
-    file: FileRef,
+    /// `None` once closed to stay within the [`FdBudget`]; reopened by the next write.
+    file: Option<FileRef>,
     /// Bytes written to the file; the buffer follows them.
     written: u64,
     buf: Vec<u8>,
@@ -285,6 +288,10 @@ pub struct QueueLog {
     cursor: Option<(SegmentPosition, SegmentPosition)>,
     poisoned: Option<String>,
     deleted: bool,
+    /// Shared limit on logs holding descriptors; `None`: never close them early.
+    fd_budget: Option<Arc<FdBudget>>,
+    /// This log's place in `fd_budget` while it holds descriptors.
+    fd_ticket: Option<FdTicket>,
     /// A spill log: never synced nor reopened, so it keeps no ack files and no sync
     /// bookkeeping, only what tells when a segment can go.
     scratch: bool,
@@ -463,6 +470,8 @@ impl QueueLog {
             cursor: None,
             poisoned: None,
             deleted: false,
+            fd_budget: None,
+            fd_ticket: None,
             scratch: false,
         }
     }
@@ -559,15 +568,19 @@ impl QueueLog {
         let writer = Writer {
             number,
             path,
-            file,
+            file: Some(file),
             written: 0,
             buf,
             dirty: false,
         };
         self.segments.push_back(Segment::new(number));
+        self.note_open();
         if let Some(old) = self.writer.replace(writer) {
-            if old.dirty && !self.scratch {
-                self.unsynced.push((old.path, old.file));
+            if old.dirty
+                && !self.scratch
+                && let Some(file) = old.file
+            {
+                self.unsynced.push((old.path, file));
             }
             if let Ok(i) = self.find_segment(old.number)
                 && self.segments[i].live == 0
@@ -591,10 +604,25 @@ impl QueueLog {
         if w.buf.is_empty() {
             return Ok(());
         }
+        let file = match &w.file {
+            Some(file) => file.clone(),
+            None => {
+                let file = self
+                    .fs
+                    .open(&w.path, OpenMode::ReadWrite)
+                    .map_err(StoreError::io("open", &w.path))?;
+                w.file = Some(file.clone());
+                if self.fd_ticket.is_none()
+                    && let Some(budget) = &self.fd_budget
+                {
+                    self.fd_ticket = Some(budget.ticket());
+                }
+                file
+            }
+        };
         // On failure the buffer is kept and rewritten at the same offset by the next
         // attempt, overwriting whatever part of it reached the file.
-        w.file
-            .write_all_at(&w.buf, w.written)
+        file.write_all_at(&w.buf, w.written)
             .map_err(StoreError::io("write", &w.path))?;
         w.written += w.buf.len() as u64;
         w.dirty = true;
@@ -647,6 +675,11 @@ impl QueueLog {
                         .map_err(StoreError::io("open", &path))?
                 };
                 self.ack_file = Some((number, file.clone()));
+                if self.fd_ticket.is_none()
+                    && let Some(budget) = &self.fd_budget
+                {
+                    self.fd_ticket = Some(budget.ticket());
+                }
                 file
             }
         };
@@ -693,8 +726,9 @@ impl QueueLog {
         self.unsynced_acks.clear();
         if let Some(w) = self.writer.as_mut()
             && w.dirty
+            && let Some(file) = &w.file
         {
-            files.push((w.path.clone(), w.file.clone()));
+            files.push((w.path.clone(), file.clone()));
             w.dirty = false;
         }
         let mut dirs = Vec::new();
@@ -740,6 +774,10 @@ impl QueueLog {
             Ok(()) => {
                 if pending.position > self.durable {
                     self.durable = pending.position;
+                }
+                drop(pending);
+                if self.fd_budget.as_ref().is_some_and(|b| b.over()) {
+                    self.close_idle_files();
                 }
                 Ok(self.durable)
             }
@@ -1063,6 +1101,52 @@ impl QueueLog {
         self.cursor = None;
         self.dir_unsynced = !self.scratch;
         Ok(purged)
+    }
+
+    /// Shares `budget` with other logs: past it, this log closes its descriptors after
+    /// each sync and reopens them on demand (see [`FdBudget`]).
+    pub fn set_fd_budget(&mut self, budget: Arc<FdBudget>) {
+        self.fd_budget = Some(budget);
+        if self.writer.as_ref().is_some_and(|w| w.file.is_some()) || self.ack_file.is_some() {
+            self.note_open();
+        }
+    }
+
+    /// Takes a budget ticket if this log holds none.
+    fn note_open(&mut self) {
+        if self.fd_ticket.is_none()
+            && let Some(budget) = &self.fd_budget
+        {
+            self.fd_ticket = Some(budget.ticket());
+        }
+    }
+
+    /// Closes every descriptor no unsynced write depends on; gives the budget ticket
+    /// back when none is left.
+    fn close_idle_files(&mut self) {
+        self.reader = None;
+        if self.unsynced.is_empty() && self.dirty_acks.is_empty() {
+            self.ack_file = None;
+        }
+        if let Some(w) = self.writer.as_mut()
+            && !w.dirty
+            && w.buf.is_empty()
+            && !self.sync_in_flight
+        {
+            w.file = None;
+        }
+        let writer_open = self.writer.as_ref().is_some_and(|w| w.file.is_some());
+        if !writer_open && self.ack_file.is_none() {
+            self.fd_ticket = None;
+        }
+    }
+
+    /// Descriptors this log holds open now (writer, ack file, reader), for tests and
+    /// metrics.
+    pub fn open_files(&self) -> usize {
+        usize::from(self.writer.as_ref().is_some_and(|w| w.file.is_some()))
+            + usize::from(self.ack_file.is_some())
+            + usize::from(self.reader.is_some())
     }
 
     /// Gives back the write buffer, the read-ahead buffer and cached file handles, after
@@ -2152,6 +2236,43 @@ mod tests {
         let after = sim.power_loss(PowerLoss::DropUnsynced);
         let (_, recovery) = QueueLog::open_in(after.shared(), "/data/queues/q", SEG).expect("open");
         assert_eq!(recovery.messages, 0);
+    }
+
+    #[test]
+    fn many_logs_stay_within_the_descriptor_limit() {
+        let sim = SimFs::new();
+        sim.mkdir_durable(Path::new("/data/queues"));
+        sim.set_fd_limit(Some(100));
+        let budget = crate::store::fd_budget::FdBudget::new(20);
+        let mut logs = Vec::new();
+        for q in 0..1000 {
+            let mut log = QueueLog::create_in(sim.shared(), format!("/data/queues/{q}"), 1024)
+                .expect("create");
+            log.set_fd_budget(budget.clone());
+            log.append(&msg(q, 10)).expect("append");
+            log.sync().expect("sync");
+            logs.push(log);
+        }
+        assert!(sim.open_files() <= 40, "{} files open", sim.open_files());
+        // Every log works on: appends reopen the segment, acks the ack file.
+        for (q, log) in logs.iter_mut().enumerate() {
+            let p = log.append(&msg(q, 2000)).expect("append again");
+            let first = read_all(log)[0].0;
+            log.ack(first).expect("ack");
+            log.sync().expect("sync");
+            assert_eq!(
+                read_all(log).iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+                [p]
+            );
+        }
+        assert!(sim.open_files() <= 40, "{} files open", sim.open_files());
+        drop(logs);
+        let after = sim.power_loss(PowerLoss::DropUnsynced);
+        for q in [0, 499, 999] {
+            let (_, recovery) =
+                QueueLog::open_in(after.shared(), format!("/data/queues/{q}"), 1024).expect("open");
+            assert_eq!(recovery.messages, 1);
+        }
     }
 
     #[test]
