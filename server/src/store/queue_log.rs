@@ -6,7 +6,9 @@
 //! delivered markers are buffered in memory and written by [`QueueLog::flush`]; one
 //! [`QueueLog::sync`] (or the split [`QueueLog::begin_sync`] / [`PendingSync::run`] /
 //! [`QueueLog::complete_sync`] for group commit outside a lock) makes every earlier append
-//! durable. Acks are never fsync'd: a lost ack means a redelivery, never a loss.
+//! durable, with the acks and delivered markers recorded before it. Acks are never synced
+//! on their own: one not yet synced may be lost in a crash, which means a redelivery,
+//! never a loss.
 //!
 //! Recovery policy ([`QueueLog::open`]): segments are scanned in order and every record's
 //! length and CRC32 checked. Only what is provably valid is kept, and nothing provably
@@ -831,7 +833,8 @@ impl QueueLog {
         }
     }
 
-    /// Records that the message at `pos` is acked (buffered like appends, never fsync'd).
+    /// Records that the message at `pos` is acked (buffered like appends, durable at the
+    /// next sync).
     /// When every message of a sealed segment is acked, its files are deleted at once.
     /// Acking a position twice, or one of a deleted segment, does nothing. `pos` must come
     /// from [`append`](Self::append) or [`read`](Self::read).
@@ -881,7 +884,7 @@ impl QueueLog {
     }
 
     /// Records that the message at `pos` has been delivered, so that after a restart it goes
-    /// out flagged `redelivered` (buffered, never fsync'd).
+    /// out flagged `redelivered` (buffered, durable at the next sync).
     ///
     /// # Errors
     /// As [`ack`](Self::ack): the marker is kept all the same.
@@ -1348,6 +1351,13 @@ struct Window<'a> {
 impl Window<'_> {
     /// Bytes `offset..offset + len` (`len` at most [`SCAN_BUFFER`], within the file).
     fn get(&mut self, offset: u64, len: usize) -> Result<&[u8]> {
+        if offset.saturating_add(len as u64) > self.file_len {
+            return Err(corrupt(
+                self.path,
+                offset,
+                "read past the end of the segment",
+            ));
+        }
         let have =
             offset >= self.start && offset + len as u64 <= self.start + self.buf.len() as u64;
         if !have {
