@@ -290,6 +290,9 @@ pub struct QueueLog {
     cursor: Option<(SegmentPosition, SegmentPosition)>,
     poisoned: Option<String>,
     deleted: bool,
+    /// Segments dropped from memory whose files could not be removed yet: the next sync
+    /// retries, and fails while they remain (their messages would come back).
+    undeleted: Vec<u32>,
     /// Shared limit on logs holding descriptors; `None`: never close them early.
     fd_budget: Option<Arc<FdBudget>>,
     /// This log's place in `fd_budget` while it holds descriptors.
@@ -472,10 +475,17 @@ impl QueueLog {
             cursor: None,
             poisoned: None,
             deleted: false,
+            undeleted: Vec::new(),
             fd_budget: None,
             fd_ticket: None,
             scratch: false,
         }
+    }
+
+    /// Whether a failed sync poisoned the log (it refuses appends and syncs until the
+    /// broker restarts).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
     }
 
     /// The log's directory.
@@ -724,6 +734,7 @@ impl QueueLog {
             ));
         }
         self.flush()?;
+        self.remove_undeleted()?;
         let mut files = std::mem::take(&mut self.unsynced);
         self.unsynced_acks.clear();
         if let Some(w) = self.writer.as_mut()
@@ -1094,16 +1105,29 @@ impl QueueLog {
 
     /// Drops every message: deletes all segments; the next append starts a new one.
     /// Returns how many live messages there were.
+    ///
+    /// # Errors
+    /// A segment's files could not be removed: the messages are gone from the log all the
+    /// same, and the next sync retries the removal (and fails while it cannot, so that no
+    /// sync reports the purge durable while they could come back).
     pub fn purge(&mut self) -> Result<u64> {
         let purged = self.live;
         self.writer = None;
+        // Every segment goes from memory even if a removal fails: those are retried by
+        // the next sync, which fails while any remains.
+        let mut first_error = None;
         while !self.segments.is_empty() {
-            self.delete_segment(0)?;
+            if let Err(e) = self.delete_segment(0) {
+                first_error.get_or_insert(e);
+            }
         }
         self.live = 0;
         self.cursor = None;
         self.dir_unsynced = !self.scratch;
-        Ok(purged)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(purged),
+        }
     }
 
     /// Shares `budget` with other logs: past it, this log closes its descriptors after
@@ -1212,14 +1236,24 @@ impl QueueLog {
             // a power loss brings the segment back with its last ack never written.
             self.dir_unsynced = true;
         }
-        remove_if_exists(
-            &*self.fs,
-            &self.dir.join(format::segment_file_name(seg.number)),
-        )?;
-        remove_if_exists(
-            &*self.fs,
-            &self.dir.join(format::acks_file_name(seg.number)),
-        )
+        self.remove_segment_files(seg.number).inspect_err(|_| {
+            // Until its files are gone, no sync may report its acks durable.
+            self.undeleted.push(seg.number);
+        })
+    }
+
+    fn remove_segment_files(&self, number: u32) -> Result<()> {
+        remove_if_exists(&*self.fs, &self.dir.join(format::segment_file_name(number)))?;
+        remove_if_exists(&*self.fs, &self.dir.join(format::acks_file_name(number)))
+    }
+
+    /// Retries the removals of deleted segments that failed.
+    fn remove_undeleted(&mut self) -> Result<()> {
+        while let Some(&number) = self.undeleted.last() {
+            self.remove_segment_files(number)?;
+            self.undeleted.pop();
+        }
+        Ok(())
     }
 }
 

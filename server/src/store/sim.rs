@@ -109,6 +109,8 @@ struct State {
     ops: u64,
     crash_at: Option<u64>,
     torn_crash: bool,
+    /// The call with this number fails with this OS error (and does nothing).
+    fail_at: Option<(u64, i32)>,
     crashed: bool,
     faults: Vec<(Fault, usize)>,
     open_files: usize,
@@ -148,6 +150,11 @@ impl State {
         if self.crash_at == Some(n) {
             self.crashed = true;
             return Ok(true);
+        }
+        if let Some((k, errno)) = self.fail_at
+            && k == n
+        {
+            return Err(io::Error::from_raw_os_error(errno));
         }
         Ok(false)
     }
@@ -279,6 +286,12 @@ impl SimFs {
         let mut st = self.lock();
         st.crash_at = Some(k);
         st.torn_crash = torn;
+    }
+
+    /// Makes the call numbered `k` fail with OS error `errno`, doing nothing; the process
+    /// lives on.
+    pub fn fail_at(&self, k: u64, errno: i32) {
+        self.lock().fail_at = Some((k, errno));
     }
 
     /// Whether the crash point was reached.
