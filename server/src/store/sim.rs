@@ -11,8 +11,9 @@
 //!
 //! Write-back errors follow Linux's errseq semantics (see [`super::syncer`]): an
 //! injected write-back error on a file bumps the file's and the file system's error
-//! counters and drops its dirty pages; `fdatasync` reports it once per handle opened
-//! before it, `syncfs` once per handle whose cursor is older.
+//! counters and drops its dirty pages; `fdatasync` reports it once per handle whose
+//! sample is older, `syncfs` likewise for the file system's counter; a handle opened
+//! after an error nobody has seen yet reports it too.
 //!
 //! Crash points: every mutating call and every sync (create, write, truncate, rename,
 //! remove, mkdir, fsync, fdatasync, syncfs) gets the next operation number; with
@@ -81,12 +82,42 @@ pub enum PowerLoss {
     MetadataOnly,
 }
 
+/// Linux's `errseq_t`: an error counter and whether anyone has been told of the latest
+/// error. A descriptor samples it at open; an error nobody has seen yet is reported to
+/// descriptors opened after it too, one already seen only to those opened before it.
+#[derive(Debug, Clone, Copy, Default)]
+struct Errseq {
+    counter: u32,
+    seen: bool,
+}
+
+impl Errseq {
+    fn bump(&mut self) {
+        self.counter += 1;
+        self.seen = false;
+    }
+
+    fn sample(self) -> u32 {
+        if self.seen { self.counter } else { 0 }
+    }
+
+    /// `errseq_check_and_advance`: whether an error happened since `cursor`.
+    fn check_and_advance(&mut self, cursor: &mut u32) -> bool {
+        if *cursor == self.counter {
+            return false;
+        }
+        *cursor = self.counter;
+        self.seen = true;
+        true
+    }
+}
+
 #[derive(Debug, Clone)]
 struct FileNode {
     data: Vec<u8>,
     durable: Vec<u8>,
     dirty: bool,
-    wb_err: u32,
+    wb_err: Errseq,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -105,7 +136,7 @@ enum Node {
 struct State {
     nodes: HashMap<u64, Node>,
     next_ino: u64,
-    sb_err: u32,
+    sb_err: Errseq,
     ops: u64,
     crash_at: Option<u64>,
     torn_crash: bool,
@@ -334,9 +365,9 @@ impl SimFs {
     pub fn writeback_error(&self, path: &Path) {
         let mut st = self.lock();
         let Ok(ino) = st.resolve(path) else { return };
-        st.sb_err += 1;
+        st.sb_err.bump();
         if let Ok(f) = st.file_mut(ino) {
-            f.wb_err += 1;
+            f.wb_err.bump();
             f.dirty = false;
         }
     }
@@ -380,7 +411,7 @@ impl SimFs {
                         durable: data.clone(),
                         data,
                         dirty: false,
-                        wb_err: 0,
+                        wb_err: Errseq::default(),
                     })
                 }
             };
@@ -439,26 +470,8 @@ impl SimFile {
         }
     }
 
-    fn report(&self, wb: Option<u32>, sb: Option<u32>) -> io::Result<()> {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-        let mut failed = false;
-        if let Some(wb) = wb
-            && wb != seen.0
-        {
-            seen.0 = wb;
-            failed = true;
-        }
-        if let Some(sb) = sb
-            && sb != seen.1
-        {
-            seen.1 = sb;
-            failed = true;
-        }
-        if failed {
-            Err(errno(rustix::io::Errno::IO))
-        } else {
-            Ok(())
-        }
+    fn seen(&self) -> MutexGuard<'_, (u32, u32)> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -525,9 +538,10 @@ impl FsFile for SimFile {
                     f.durable = f.data.clone();
                     f.dirty = false;
                 }
-                let wb = f.wb_err;
-                drop(st);
-                self.report(Some(wb), None)
+                if f.wb_err.check_and_advance(&mut self.seen().0) {
+                    return Err(errno(rustix::io::Errno::IO));
+                }
+                Ok(())
             }
             None => Ok(()),
         }
@@ -541,9 +555,10 @@ impl FsFile for SimFile {
         }
         self.check(&mut st, Op::Syncfs)?;
         st.sync_everything();
-        let sb = st.sb_err;
-        drop(st);
-        self.report(None, Some(sb))
+        if st.sb_err.check_and_advance(&mut self.seen().1) {
+            return Err(errno(rustix::io::Errno::IO));
+        }
+        Ok(())
     }
 
     fn size(&self) -> io::Result<u64> {
@@ -611,17 +626,17 @@ impl FileSystem for SimFs {
                         data: Vec::new(),
                         durable: Vec::new(),
                         dirty: false,
-                        wb_err: 0,
+                        wb_err: Errseq::default(),
                     }),
                 )?
             }
             (_, Err(e)) => return Err(e),
         };
         let wb = match st.nodes.get(&ino) {
-            Some(Node::File(f)) => f.wb_err,
+            Some(Node::File(f)) => f.wb_err.sample(),
             _ => 0,
         };
-        let sb = st.sb_err;
+        let sb = st.sb_err.sample();
         st.open_files += 1;
         drop(st);
         Ok(Arc::new(SimFile {
@@ -780,10 +795,18 @@ mod tests {
         let a = sim.open(&dir.join("a"), OpenMode::CreateNew).expect("a");
         a.write_all_at(b"x", 0).expect("write");
         sim.writeback_error(&dir.join("a"));
+        let unseen = sim.open(dir, OpenMode::Directory).expect("dir");
+        assert!(early.syncfs().is_err(), "opened before: told");
+        assert!(early.syncfs().is_ok(), "told once");
         let late = sim.open(dir, OpenMode::Directory).expect("dir");
-        assert!(late.syncfs().is_ok(), "opened after the error: not told");
-        assert!(early.syncfs().is_err(), "opened before: told once");
-        assert!(early.syncfs().is_ok());
+        assert!(
+            late.syncfs().is_ok(),
+            "opened after the error was seen: not told"
+        );
+        assert!(
+            unseen.syncfs().is_err(),
+            "opened after the error but before anyone saw it: told"
+        );
         assert!(a.sync_data().is_err(), "the file's own handle is told too");
         assert!(a.sync_data().is_ok());
         let after = sim.power_loss(PowerLoss::DropUnsynced);

@@ -4,31 +4,36 @@
 //! # What Linux guarantees (errseq)
 //!
 //! Since Linux 4.13 every inode's page cache (`address_space`) carries an `errseq_t`
-//! `wb_err`: a write-back error (EIO, ENOSPC, EDQUOT …) bumps it, and every open file
-//! description samples it at `open` and advances its own cursor when `fsync`/`fdatasync`
-//! reports an error. So `fdatasync(fd)` reports each write-back error of *that file* that
-//! happened since `fd` was opened, once per open file description, even if the error
-//! happened during background write-back or during somebody else's `sync`. Since Linux
-//! 5.8 the superblock carries a second `errseq_t`, `s_wb_err`, bumped by a write-back
-//! error of *any* inode of the file system; `syncfs(fd)` reports it when it advanced since
-//! `fd` was opened or since `syncfs` through `fd` last reported it. Before 5.8 `syncfs`
-//! reported nothing.
+//! `wb_err`: a write-back error (EIO, ENOSPC, EDQUOT …) bumps it and clears its "seen"
+//! flag. Every open file description samples it at `open` (an error nobody has seen yet
+//! samples as "behind", so the new descriptor will report it too) and `fsync`/`fdatasync`
+//! report an error when the counter moved past the descriptor's sample, then advance the
+//! sample and mark the error seen. So `fdatasync(fd)` reports each write-back error of
+//! *that file* that happened since `fd` was opened, once per descriptor, even when it
+//! happened during background write-back or during somebody else's sync. Since Linux 5.8
+//! the superblock carries a second `errseq_t`, `s_wb_err`, bumped by a write-back error
+//! of *any* inode of the file system and sampled into each descriptor at open in the
+//! same way; `syncfs(fd)` reports it when it moved past `fd`'s sample. Before 5.8
+//! `syncfs` reported nothing.
 //!
 //! Consequences, which this module follows:
 //! - `syncfs` through the descriptor of whichever file happens to be first (the old
-//!   code) misses any error that happened before that descriptor was opened: a log that
-//!   just rolled to a new segment has a fresh descriptor, and another log's failed
-//!   write-back is then reported to nobody, and its messages are confirmed though lost.
-//!   The [`Syncer`] therefore calls `syncfs` through one descriptor of the data directory
-//!   opened once at start: every write-back error on the file system since the previous
-//!   round is reported to it, exactly once.
+//!   code) is wrong both ways. A descriptor opened after an error that was already seen
+//!   (by another program's `syncfs` on the same file system, or by ours through another
+//!   descriptor) misses it: a log that just rolled to a new segment has a fresh
+//!   descriptor, and another log's lost write-back was confirmed. A descriptor opened
+//!   long ago reports again errors already reported through another one: a whole round
+//!   was poisoned for nothing. The [`Syncer`] therefore calls `syncfs` through one
+//!   descriptor of the data directory opened once at start: every write-back error on
+//!   the file system since the previous round is reported to it exactly once.
 //! - `syncfs` does not say which file failed. When it reports an error, every log of the
 //!   round is synced again on its own, `fdatasync` per file through the descriptor its
-//!   writes went through (opened before them, so its cursor predates any of their
-//!   errors): a log whose files all sync is durable (its pages were written back and no
-//!   error hit them); a log whose file reports an error is not, and is poisoned. If no log
-//!   of the round reports one, the error belonged to a file outside the round (an ack
-//!   file synced earlier, another program's file on the same file system) and is logged.
+//!   writes went through (opened before them, so its sample predates any of their
+//!   errors; the log keeps it until a sync succeeds): a log whose files all sync is
+//!   durable (its pages were written back and no error hit them); a log whose file
+//!   reports an error is not, and is poisoned. If no log of the round reports one, the
+//!   error belonged to a file outside the round (another program's file on the same file
+//!   system, a file already synced) and is logged.
 //! - On kernels older than 5.8, or where `syncfs` is unsupported, every file is synced on
 //!   its own.
 
@@ -164,7 +169,13 @@ mod tests {
         b.append(&msg(b"b2")).expect("append");
         b.flush().expect("flush");
         sim.writeback_error(Path::new("/data/queues/b/0000000000.seg"));
-        // A rolls: its new segment's descriptor is opened after the error.
+        // Another program on the same file system calls syncfs and sees the error first.
+        sim.mkdir_durable(Path::new("/elsewhere"));
+        sim.open(Path::new("/elsewhere"), OpenMode::Directory)
+            .expect("dir")
+            .syncfs()
+            .expect_err("it sees the error");
+        // A rolls: its new segment's descriptor is opened after the error was seen.
         let a2 = a.append(&msg(&[b'x'; 300])).expect("append");
         assert_ne!(a2.segment, a1.segment);
 
