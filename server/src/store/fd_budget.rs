@@ -5,8 +5,13 @@
 //! file, a read-ahead reader). Each log that holds any takes a [`FdTicket`]; when more
 //! logs hold descriptors than the budget allows, a log closes its own once a sync has
 //! made its writes durable (the moment closing is safe: no write is left whose error only
-//! that descriptor could report) and reopens them on demand. Under the budget nothing is
-//! ever closed, so busy logs pay nothing.
+//! that descriptor could report) and reopens them on demand, and a reader is closed after
+//! every page. Under the budget nothing is ever closed, so busy logs pay nothing.
+//!
+//! The bound holds for logs that get synced (every durable queue that takes persistent
+//! messages). A log written but never synced keeps the descriptors its unsynced writes
+//! went through until a sync: a spill log (never synced), or an ack file written by
+//! acks alone (16 KiB of them) on a queue that nothing publishes to.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

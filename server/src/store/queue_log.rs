@@ -1040,9 +1040,12 @@ impl QueueLog {
             };
             self.cursor = Some((last, resume));
         }
-        if idx >= self.segments.len() || self.scratch {
-            // Caught up (or a spill log, one of possibly thousands): give back the read
-            // buffer and the file handle.
+        if idx >= self.segments.len()
+            || self.scratch
+            || self.fd_budget.as_ref().is_some_and(|b| b.over())
+        {
+            // Caught up (or a spill log, one of possibly thousands, or too many logs hold
+            // descriptors): give back the read buffer and the file handle.
             self.reader = None;
         }
         Ok(out)
@@ -2298,10 +2301,15 @@ mod tests {
             logs.push(log);
         }
         assert!(sim.open_files() <= 40, "{} files open", sim.open_files());
-        // Every log works on: appends reopen the segment, acks the ack file.
+        // Every log works on: appends reopen the segment, acks the ack file, reads the
+        // reader (closed after each page past the budget).
         for (q, log) in logs.iter_mut().enumerate() {
             let p = log.append(&msg(q, 2000)).expect("append again");
-            let first = read_all(log)[0].0;
+            let first = log.read(None, 1, usize::MAX).expect("read")[0].0;
+            assert!(
+                q < 20 || log.open_files() == 1,
+                "log {q} past the budget keeps only its unsynced segment open"
+            );
             log.ack(first).expect("ack");
             log.sync().expect("sync");
             assert_eq!(
