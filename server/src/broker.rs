@@ -1,7 +1,7 @@
 //! The broker's shared state: its settings, data directory, virtual hosts and users, and
 //! the id counters for connections and consumers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,6 +62,7 @@ impl Broker {
             None => Policies::default(),
         };
         let policies = Arc::new(RwLock::new(policies));
+        raise_open_files_limit();
         let (store, defs, cut) = BrokerStore::open(&config.data_dir)?;
         if cut > 0 {
             tracing::warn!(lines = cut, "cut a torn tail off the definitions log");
@@ -74,8 +75,9 @@ impl Broker {
         })?;
         let vhost = VHost::new("/", Some(store.clone()), Arc::new(timers), policies.clone());
         let (queues, messages) = vhost.restore(&defs)?;
-        let keep: HashSet<&str> = defs.queues.iter().map(|q| q.id.as_str()).collect();
-        store.remove_orphans(&keep);
+        // Only now, with what restore recorded (holds it created, queues it dropped),
+        // can a log directory be proven garbage.
+        store.remove_orphans();
         tracing::info!(
             data_dir = %config.data_dir.display(),
             queues,
@@ -204,5 +206,112 @@ impl Monitored for Broker {
 
     fn set_memory_tight(&self, tight: bool) {
         Broker::set_memory_tight(self, tight);
+    }
+}
+
+/// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit, as RabbitMQ's
+/// and LavinMQ's packages do: each active durable queue holds about two descriptors and
+/// each connection one, and the usual soft limit of 1024 runs out near 500 queues (then
+/// every open fails with EMFILE). Returns the (old, new) soft limits, or `None` when the
+/// limit could not be read or raised (logged; the broker runs on with the old one).
+pub fn raise_open_files_limit() -> Option<(u64, u64)> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let old = limit.current.unwrap_or(u64::MAX);
+    // An unlimited hard limit cannot be the soft one for descriptors (Linux refuses more
+    // than fs.nr_open): then ask for a large finite number.
+    let candidates = match limit.maximum {
+        Some(max) => vec![max],
+        None => vec![1 << 20, 1 << 16],
+    };
+    if candidates.iter().all(|&want| want <= old) {
+        return Some((old, old));
+    }
+    for want in candidates {
+        let new = Rlimit {
+            current: Some(want),
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, new) {
+            Ok(()) => {
+                tracing::debug!(old, new = want, "raised the open files limit");
+                return Some((old, want));
+            }
+            Err(error) => {
+                tracing::debug!(%error, want, "cannot raise the open files limit that far");
+            }
+        }
+    }
+    tracing::warn!(
+        soft = old,
+        "cannot raise the open files limit; each durable queue holds about two descriptors"
+    );
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::definitions::{Change, DefinitionStore, ExchangeDef};
+    use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
+
+    #[test]
+    fn the_open_files_limit_is_raised_to_the_hard_limit() {
+        use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+        let before = getrlimit(Resource::Nofile);
+        // Start from a low soft limit, as a default system gives.
+        setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(4096.min(before.current.unwrap_or(4096))),
+                maximum: before.maximum,
+            },
+        )
+        .expect("lower the soft limit");
+        let (_, new) = raise_open_files_limit().expect("raised");
+        let limit = getrlimit(Resource::Nofile);
+        assert_eq!(limit.current, Some(new));
+        if let Some(max) = limit.maximum {
+            assert_eq!(new, max);
+        }
+    }
+
+    #[test]
+    fn a_hold_created_during_restore_keeps_its_log() {
+        let dir = std::env::temp_dir().join(format!("warren-broker-hold-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A durable delayed exchange recorded without its hold (as a crash between the two
+        // records leaves it): restore gives it a new hold, with a new log.
+        let (mut defs, _, _) = DefinitionStore::open(&dir).expect("definitions");
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-delayed-type".into(),
+            AMQPValue::LongString("direct".into()),
+        );
+        defs.record(&Change::PutExchange(ExchangeDef {
+            vhost: "/".into(),
+            name: "later".into(),
+            kind: "x-delayed-message".into(),
+            auto_delete: false,
+            internal: false,
+            arguments,
+        }))
+        .expect("record");
+        defs.sync().expect("sync");
+        drop(defs);
+        let config = Arc::new(Config {
+            data_dir: dir.clone(),
+            ..Config::default()
+        });
+        let broker = Broker::open(config).expect("open");
+        let logs = std::fs::read_dir(dir.join("queues"))
+            .expect("queues dir")
+            .count();
+        assert_eq!(
+            logs, 1,
+            "the new hold's log must not be removed as an orphan"
+        );
+        drop(broker);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

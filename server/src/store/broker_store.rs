@@ -6,14 +6,15 @@
 //! `spill/<id>/` (emptied at every start: it only ever holds transient messages).
 
 use std::collections::HashSet;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::commit::{GroupCommit, SyncTarget};
-use super::definitions::{Change, DefinitionStore, Definitions};
+use super::commit::{GroupCommit, Retired, SyncTarget};
+use super::definitions::{Change, DefinitionStore, Definitions, DefinitionsError};
+use super::fd_budget::FdBudget;
 use super::format::DEFAULT_SEGMENT_SIZE;
-use super::{DataDirLock, QueueLog, Recovery, Result, StoreError};
+use super::fs::{FsRef, RealFs};
+use super::{DataDirLock, QueueLog, Recovery, Result, StoreError, Syncer};
 
 const QUEUES_DIR: &str = "queues";
 const SPILL_DIR: &str = "spill";
@@ -31,10 +32,27 @@ const KNOWN_ENTRIES: [&str; 7] = [
 /// The open data directory of a running broker.
 #[derive(Debug)]
 pub struct BrokerStore {
+    fs: FsRef,
     dir: PathBuf,
-    _lock: DataDirLock,
+    _lock: Option<DataDirLock>,
     definitions: Arc<Mutex<DefinitionStore>>,
+    /// Shared with the commit thread; tests run rounds through it directly.
+    #[cfg_attr(not(test), allow(dead_code))]
+    syncer: Arc<Syncer>,
+    retired: Arc<Retired>,
     commit: GroupCommit,
+    /// Segment size of the queue logs it creates and opens.
+    segment_size: u64,
+    /// Shared by every log it creates or opens, so that many queues stay within the open
+    /// files limit.
+    fd_budget: Arc<FdBudget>,
+    /// Tests drive every commit round themselves (`commit_now`): nothing may run on the
+    /// commit thread behind their back.
+    #[cfg(test)]
+    manual_rounds: bool,
+    /// Ids of the queue logs this store created or opened: never orphans, whatever the
+    /// definitions say (a log created during restore, a record that failed).
+    known_ids: Mutex<HashSet<String>>,
 }
 
 impl BrokerStore {
@@ -43,64 +61,103 @@ impl BrokerStore {
     ///
     /// # Errors
     /// Another broker holds the lock, the directory is not Warren's or of another
-    /// version, or I/O fails.
+    /// version, its definitions are damaged ([`StoreError::Definitions`]), or I/O fails.
     pub fn open(dir: &Path) -> Result<(Self, Definitions, usize)> {
-        fs::create_dir_all(dir).map_err(StoreError::io("create directory", dir))?;
-        let entries = fs::read_dir(dir).map_err(StoreError::io("read directory", dir))?;
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
-            if !KNOWN_ENTRIES.contains(&name.as_ref()) {
-                return Err(StoreError::Incompatible {
-                    path: dir.to_owned(),
-                    detail: format!(
-                        "it holds '{name}', which Warren did not write: \
-                         not a Warren data directory"
-                    ),
-                });
-            }
-        }
+        let fs = RealFs::shared();
+        fs.create_dir_all(dir)
+            .map_err(StoreError::io("create directory", dir))?;
+        check_entries(&fs, dir)?;
         let lock = DataDirLock::acquire(dir)?;
+        Self::open_in(fs, dir, Some(lock))
+    }
+
+    /// As [`open`](Self::open) on the file system `fs`, with `lock` already held (tests on
+    /// a simulated file system hold none).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub(crate) fn open_in(
+        fs: FsRef,
+        dir: &Path,
+        lock: Option<DataDirLock>,
+    ) -> Result<(Self, Definitions, usize)> {
+        fs.create_dir_all(dir)
+            .map_err(StoreError::io("create directory", dir))?;
+        check_entries(&fs, dir)?;
         let (definitions, defs, cut) =
-            DefinitionStore::open(dir).map_err(|e| StoreError::Incompatible {
-                path: dir.to_owned(),
-                detail: e.to_string(),
+            DefinitionStore::open_in(fs.clone(), dir).map_err(|e| match e {
+                DefinitionsError::Incompatible { .. } => StoreError::Incompatible {
+                    path: dir.to_owned(),
+                    detail: e.to_string(),
+                },
+                other => StoreError::Definitions(other),
             })?;
         let definitions = Arc::new(Mutex::new(definitions));
-        let commit = GroupCommit::start(definitions.clone())
+        let syncer = Arc::new(Syncer::open(&fs, dir)?);
+        let retired = Arc::new(Retired::default());
+        let commit = GroupCommit::start(definitions.clone(), syncer.clone(), retired.clone())
             .map_err(StoreError::io("start the commit thread", dir))?;
         let queues = dir.join(QUEUES_DIR);
-        fs::create_dir_all(&queues).map_err(StoreError::io("create directory", &queues))?;
+        fs.create_dir_all(&queues)
+            .map_err(StoreError::io("create directory", &queues))?;
         let spill = dir.join(SPILL_DIR);
-        if spill.exists() {
-            fs::remove_dir_all(&spill).map_err(StoreError::io("remove directory", &spill))?;
+        if fs.exists(&spill).map_err(StoreError::io("stat", &spill))? {
+            fs.remove_dir_all(&spill)
+                .map_err(StoreError::io("remove directory", &spill))?;
         }
-        fs::create_dir_all(&spill).map_err(StoreError::io("create directory", &spill))?;
+        fs.create_dir_all(&spill)
+            .map_err(StoreError::io("create directory", &spill))?;
         Ok((
             Self {
+                fs,
                 dir: dir.to_owned(),
                 _lock: lock,
                 definitions,
+                syncer,
+                retired,
                 commit,
+                segment_size: DEFAULT_SEGMENT_SIZE,
+                fd_budget: FdBudget::from_rlimit(),
+                #[cfg(test)]
+                manual_rounds: false,
+                known_ids: Mutex::new(HashSet::new()),
             },
             defs,
             cut,
         ))
     }
 
-    /// Appends a definitions change; durable at the next group commit.
+    /// Appends a definitions change, durable at the next group commit. A failure is
+    /// logged; callers that can still refuse the operation use
+    /// [`try_record`](Self::try_record) instead.
     pub fn record(&self, change: &Change) {
-        let result = match self.definitions.lock() {
-            Ok(mut defs) => defs.record(change).map_err(|e| e.to_string()),
-            Err(_) => Err("definitions store poisoned".to_owned()),
-        };
-        if let Err(error) = result {
+        if let Err(error) = self.try_record(change) {
             tracing::error!(%error, ?change, "cannot record a definitions change");
         }
     }
 
+    /// Appends a definitions change, durable at the next group commit; on failure nothing
+    /// of it is recorded, and the caller must refuse the operation (541 INTERNAL_ERROR)
+    /// rather than confirm what will not survive a restart.
+    ///
+    /// # Errors
+    /// The change could not be written.
+    pub fn try_record(&self, change: &Change) -> Result<()> {
+        let mut defs = self
+            .definitions
+            .lock()
+            .map_err(|_| StoreError::Misuse("definitions store poisoned by a panic"))?;
+        defs.record(change).map_err(StoreError::Definitions)
+    }
+
     fn queue_dir(&self, id: &str) -> PathBuf {
         self.dir.join(QUEUES_DIR).join(id)
+    }
+
+    fn remember(&self, id: &str) {
+        if let Ok(mut ids) = self.known_ids.lock() {
+            ids.insert(id.to_owned());
+        }
     }
 
     /// Creates the log of a newly declared durable queue.
@@ -108,7 +165,10 @@ impl BrokerStore {
     /// # Errors
     /// I/O failures.
     pub fn create_queue_log(&self, id: &str) -> Result<QueueLog> {
-        QueueLog::create(self.queue_dir(id), DEFAULT_SEGMENT_SIZE)
+        self.remember(id);
+        let mut log = QueueLog::create_in(self.fs.clone(), self.queue_dir(id), self.segment_size)?;
+        log.set_fd_budget(self.fd_budget.clone());
+        Ok(log)
     }
 
     /// Creates a spill log for a transient queue whose backlog outgrew memory.
@@ -117,7 +177,9 @@ impl BrokerStore {
     /// I/O failures.
     pub fn create_spill_log(&self) -> Result<QueueLog> {
         let dir = self.dir.join(SPILL_DIR).join(crate::names::queue_log_id());
-        QueueLog::create_scratch(dir, DEFAULT_SEGMENT_SIZE)
+        let mut log = QueueLog::create_scratch_in(self.fs.clone(), dir, DEFAULT_SEGMENT_SIZE)?;
+        log.set_fd_budget(self.fd_budget.clone());
+        Ok(log)
     }
 
     /// Opens a durable queue's log at start-up.
@@ -125,28 +187,71 @@ impl BrokerStore {
     /// # Errors
     /// I/O failures or an incompatible log.
     pub fn open_queue_log(&self, id: &str) -> Result<(QueueLog, Recovery)> {
+        self.remember(id);
         let dir = self.queue_dir(id);
-        if !dir.exists() {
-            return QueueLog::create(&dir, DEFAULT_SEGMENT_SIZE)
-                .map(|log| (log, Recovery::default()));
-        }
-        QueueLog::open(dir, DEFAULT_SEGMENT_SIZE)
+        let (mut log, recovery) = if self.fs.exists(&dir).map_err(StoreError::io("stat", &dir))? {
+            QueueLog::open_in(self.fs.clone(), dir, self.segment_size)?
+        } else {
+            let log = QueueLog::create_in(self.fs.clone(), &dir, self.segment_size)?;
+            (log, Recovery::default())
+        };
+        log.set_fd_budget(self.fd_budget.clone());
+        Ok((log, recovery))
     }
 
-    /// Deletes queue directories no definition refers to (queues deleted while their
-    /// directory removal was cut short).
-    pub fn remove_orphans(&self, keep: &HashSet<&str>) {
-        let Ok(entries) = fs::read_dir(self.dir.join(QUEUES_DIR)) else {
+    /// Removes the log of a deleted queue once its deletion (recorded before this call) is
+    /// durable: at the end of the next group commit's definitions sync, which this asks
+    /// for. Removing it at once (`QueueLog::delete`) would, after a crash before that
+    /// sync, bring the queue back without its messages.
+    pub fn retire_queue_log(&self, log: QueueLog) {
+        match self.retired.lock() {
+            Ok(mut retired) => retired.push(log),
+            Err(_) => return,
+        }
+        #[cfg(test)]
+        if self.manual_rounds {
             return;
+        }
+        self.commit.submit(Vec::new(), None);
+    }
+
+    /// Deletes the queue directories that are provably garbage: named by no queue of the
+    /// definitions as they stand now (after restore, with what restore recorded) and
+    /// never created nor opened by this store (queues deleted while their directory
+    /// removal was cut short). Call it once restore is done. Returns how many it removed.
+    pub fn remove_orphans(&self) -> usize {
+        let mut keep: HashSet<String> = match self.known_ids.lock() {
+            Ok(ids) => ids.clone(),
+            Err(_) => return 0,
         };
-        for entry in entries.flatten() {
-            let name = entry.file_name();
-            if !keep.contains(name.to_string_lossy().as_ref()) {
-                let path = entry.path();
-                tracing::warn!(path = %path.display(), "removing the log of a queue that no longer exists");
-                let _ = fs::remove_dir_all(path);
+        match self.definitions.lock() {
+            Ok(defs) => keep.extend(defs.current().queues.iter().map(|q| q.id.clone())),
+            Err(_) => return 0,
+        }
+        let queues = self.dir.join(QUEUES_DIR);
+        let names = match self.fs.read_dir(&queues) {
+            Ok(names) => names,
+            Err(error) => {
+                tracing::warn!(dir = %queues.display(), %error, "cannot list queue logs; no orphan removed");
+                return 0;
+            }
+        };
+        let mut removed = 0;
+        for name in names {
+            let name = name.to_string_lossy().into_owned();
+            if keep.contains(&name) {
+                continue;
+            }
+            let path = queues.join(&name);
+            tracing::warn!(path = %path.display(), "removing the log of a queue that no longer exists");
+            match self.fs.remove_dir_all(&path) {
+                Ok(()) => removed += 1,
+                Err(error) => {
+                    tracing::warn!(path = %path.display(), %error, "cannot remove an orphan queue log");
+                }
             }
         }
+        removed
     }
 
     /// Asks the group commit to make `targets` durable, then runs `then` (on the commit
@@ -167,4 +272,49 @@ impl BrokerStore {
     ) {
         self.commit.submit(targets, done);
     }
+
+    /// Uses `size` as the segment size of queue logs (tests roll segments often).
+    #[cfg(test)]
+    pub(crate) fn set_segment_size(&mut self, size: u64) {
+        self.segment_size = size;
+    }
+
+    /// Leaves every commit round to [`commit_now`](Self::commit_now).
+    #[cfg(test)]
+    pub(crate) fn set_manual_rounds(&mut self) {
+        self.manual_rounds = true;
+    }
+
+    /// One group-commit round on the caller's thread (tests drive rounds one by one).
+    #[cfg(test)]
+    pub(crate) fn commit_now(
+        &self,
+        targets: &Vec<Arc<dyn SyncTarget>>,
+    ) -> super::commit::RoundOutcome {
+        super::commit::commit_round(
+            &self.definitions,
+            &self.syncer,
+            &self.retired,
+            std::iter::once(targets),
+        )
+    }
+}
+
+/// Refuses a directory holding anything Warren did not write.
+fn check_entries(fs: &FsRef, dir: &Path) -> Result<()> {
+    let names = fs
+        .read_dir(dir)
+        .map_err(StoreError::io("read directory", dir))?;
+    for name in names {
+        let name = name.to_string_lossy();
+        if !KNOWN_ENTRIES.contains(&name.as_ref()) {
+            return Err(StoreError::Incompatible {
+                path: dir.to_owned(),
+                detail: format!(
+                    "it holds '{name}', which Warren did not write: not a Warren data directory"
+                ),
+            });
+        }
+    }
+    Ok(())
 }

@@ -11,8 +11,13 @@ use std::thread;
 
 use tokio::sync::oneshot;
 
-use super::PendingSync;
 use super::definitions::DefinitionStore;
+use super::{PendingSync, QueueLog, Syncer};
+
+/// Logs of deleted queues, removed once the deletion is durable in the definitions:
+/// removing a log before that would, after a crash, bring the queue back without its
+/// messages.
+pub type Retired = Mutex<Vec<QueueLog>>;
 
 /// Something whose appends a group commit makes durable (a queue with a log).
 pub trait SyncTarget: Send + Sync {
@@ -66,15 +71,20 @@ impl std::fmt::Debug for Request {
 
 impl GroupCommit {
     /// Starts the commit thread; each round first syncs the definitions log, so a queue
-    /// is durable before any message confirmed into it.
+    /// is durable before any message confirmed into it, then syncs the logs through
+    /// `syncer`.
     ///
     /// # Errors
     /// If the thread cannot be spawned.
-    pub fn start(definitions: Arc<Mutex<DefinitionStore>>) -> std::io::Result<Self> {
+    pub fn start(
+        definitions: Arc<Mutex<DefinitionStore>>,
+        syncer: Arc<Syncer>,
+        retired: Arc<Retired>,
+    ) -> std::io::Result<Self> {
         let (requests, inbox) = mpsc::channel::<Request>();
         thread::Builder::new()
             .name("warren-commit".into())
-            .spawn(move || commit_loop(&inbox, &definitions))?;
+            .spawn(move || commit_loop(&inbox, &definitions, &syncer, &retired))?;
         Ok(Self { requests })
     }
 
@@ -108,52 +118,111 @@ impl GroupCommit {
     }
 }
 
-fn commit_loop(inbox: &mpsc::Receiver<Request>, definitions: &Mutex<DefinitionStore>) {
+fn commit_loop(
+    inbox: &mpsc::Receiver<Request>,
+    definitions: &Mutex<DefinitionStore>,
+    syncer: &Syncer,
+    retired: &Retired,
+) {
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
         batch.extend(inbox.try_iter());
-        let definitions_ok = match definitions.lock() {
-            Ok(mut defs) => defs
-                .sync()
-                .inspect_err(|e| tracing::error!(error = %e, "cannot sync definitions"))
-                .is_ok(),
-            Err(_) => false,
-        };
-        // Every log writes its buffers first, then one sync covers them all.
-        let mut seen: Vec<(*const (), bool)> = Vec::new();
-        let mut began: Vec<(usize, &Arc<dyn SyncTarget>)> = Vec::new();
-        let mut pending = Vec::new();
-        for request in &batch {
-            for target in &request.targets {
-                let key = Arc::as_ptr(target).cast::<()>();
-                if seen.iter().any(|(k, _)| *k == key) {
-                    continue;
-                }
-                let ok = match target.begin_sync() {
-                    Some(Ok(sync)) => {
-                        began.push((seen.len(), target));
-                        pending.push(sync);
-                        false
-                    }
-                    Some(Err(_)) => false,
-                    None => true,
-                };
-                seen.push((key, ok));
-            }
-        }
-        let result = PendingSync::run_together(&pending);
-        for ((slot, target), sync) in began.into_iter().zip(pending) {
-            seen[slot].1 = target.complete_sync(sync, &result);
-        }
+        let outcome = commit_round(
+            definitions,
+            syncer,
+            retired,
+            batch.iter().map(|r| &r.targets),
+        );
         for request in batch {
-            let ok = definitions_ok
-                && request.targets.iter().all(|t| {
-                    let key = Arc::as_ptr(t).cast::<()>();
-                    seen.iter().any(|(k, ok)| *k == key && *ok)
-                });
+            let ok = request.targets.iter().all(|t| outcome.durable(t));
             if let Some(done) = request.done {
                 done.tell(ok);
             }
         }
+    }
+}
+
+/// What one group-commit round achieved.
+#[derive(Debug)]
+pub struct RoundOutcome {
+    definitions_ok: bool,
+    /// Each target seen (by address) and whether its appends are durable.
+    targets: Vec<(*const (), bool)>,
+}
+
+impl RoundOutcome {
+    /// Whether the definitions were synced in this round.
+    pub fn definitions_ok(&self) -> bool {
+        self.definitions_ok
+    }
+
+    /// Whether `target`'s appends up to the round are durable (and the definitions too).
+    pub fn durable(&self, target: &Arc<dyn SyncTarget>) -> bool {
+        let key = Arc::as_ptr(target).cast::<()>();
+        self.definitions_ok && self.targets.iter().any(|(k, ok)| *k == key && *ok)
+    }
+}
+
+/// One group-commit round: syncs the definitions (then removes the logs retired before
+/// that sync), has every target write its buffers, syncs them all through `syncer`, and
+/// tells each target its own outcome (a log the sync failed for is poisoned, the others
+/// are confirmed).
+pub fn commit_round<'a>(
+    definitions: &Mutex<DefinitionStore>,
+    syncer: &Syncer,
+    retired: &Retired,
+    requests: impl Iterator<Item = &'a Vec<Arc<dyn SyncTarget>>>,
+) -> RoundOutcome {
+    // Taken before the sync: their deletions were recorded before it.
+    let retiring = retired
+        .lock()
+        .map(|mut r| std::mem::take(&mut *r))
+        .unwrap_or_default();
+    let definitions_ok = match definitions.lock() {
+        Ok(mut defs) => defs
+            .sync()
+            .inspect_err(|e| tracing::error!(error = %e, "cannot sync definitions"))
+            .is_ok(),
+        Err(_) => false,
+    };
+    if definitions_ok {
+        for log in retiring {
+            let dir = log.dir().to_path_buf();
+            if let Err(error) = log.delete() {
+                tracing::warn!(dir = %dir.display(), %error, "cannot remove the log of a deleted queue; it goes at the next start");
+            }
+        }
+    } else if let Ok(mut r) = retired.lock() {
+        r.extend(retiring);
+    }
+    // Every log writes its buffers first, then one sync covers them all.
+    let mut seen: Vec<(*const (), bool)> = Vec::new();
+    let mut began: Vec<(usize, &Arc<dyn SyncTarget>)> = Vec::new();
+    let mut pending = Vec::new();
+    for targets in requests {
+        for target in targets {
+            let key = Arc::as_ptr(target).cast::<()>();
+            if seen.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            let ok = match target.begin_sync() {
+                Some(Ok(sync)) => {
+                    began.push((seen.len(), target));
+                    pending.push(sync);
+                    false
+                }
+                Some(Err(_)) => false,
+                None => true,
+            };
+            seen.push((key, ok));
+        }
+    }
+    let results: Vec<super::Result<()>> = syncer.sync(&pending);
+    for (((slot, target), sync), result) in began.into_iter().zip(pending).zip(&results) {
+        seen[slot].1 = target.complete_sync(sync, result);
+    }
+    RoundOutcome {
+        definitions_ok,
+        targets: seen,
     }
 }

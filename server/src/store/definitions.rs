@@ -1,20 +1,38 @@
 //! Durable definitions: exchanges, queues and bindings that survive a restart.
 //!
-//! A snapshot (`definitions.json`, replaced atomically: temp file, fsync, rename) plus a
-//! change log (`definitions.log`, one checksummed JSON line per change). Start-up loads
-//! the snapshot, replays the log up to its first torn or corrupt line, writes a fresh
-//! snapshot and starts an empty log, so the log never grows beyond one run's changes.
-//! Appends are written at once and made durable by the next group commit.
+//! A snapshot (`definitions.json`, replaced atomically: temp file, fsync, rename, fsync of
+//! the directory) plus a change log (`definitions.log`, one checksummed JSON line per
+//! change). Start-up loads the snapshot, replays the log, writes a fresh snapshot and
+//! starts an empty log, so the log never grows beyond one run's changes. Appends are
+//! written at once and made durable by the next group commit.
+//!
+//! Field tables (arguments) are written in [`field_json`](super::field_json)'s lossless
+//! form, so every value a client can send reads back bit for bit (NaN included).
+//!
+//! Recovery policy for the log: bad lines at its end with no valid line after them are a
+//! torn tail (a crash mid-write) and are cut off, as the caller is told. A bad line
+//! *followed by* a valid one is not a torn write: start-up stops with
+//! [`DefinitionsError::Corrupt`], naming the file and the line, rather than drop that
+//! definition and every later one (and let the queue logs they name be taken for
+//! orphans). A failed write is never left between two valid lines: the next write goes
+//! to the same offset. A failed sync makes the next sync rewrite everything from memory
+//! (snapshot and a fresh log), because the kernel may have dropped the log's pages.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use amqp_codec::amq_protocol::types::FieldTable;
 use serde::{Deserialize, Serialize};
 
-/// Version of the definitions format; a different one is refused, not misread.
-pub const DEFINITIONS_VERSION: u32 = 1;
+use super::field_json;
+use super::fs::{FileRef, FsRef, OpenMode, RealFs};
+
+/// Version of the definitions format written; other versions are refused, not misread.
+/// Version 1 (field tables in `amq-protocol`'s serde form, which loses NaN) is still
+/// read.
+pub const DEFINITIONS_VERSION: u32 = 2;
+/// Oldest version this build reads.
+const OLDEST_READABLE_VERSION: u32 = 1;
 const SNAPSHOT: &str = "definitions.json";
 const LOG: &str = "definitions.log";
 
@@ -32,6 +50,7 @@ pub struct ExchangeDef {
     /// Not publishable by clients.
     pub internal: bool,
     /// Optional arguments.
+    #[serde(with = "field_json")]
     pub arguments: FieldTable,
 }
 
@@ -48,6 +67,7 @@ pub struct QueueDef {
     /// Deleted when its last consumer goes.
     pub auto_delete: bool,
     /// Optional arguments.
+    #[serde(with = "field_json")]
     pub arguments: FieldTable,
 }
 
@@ -66,6 +86,7 @@ pub struct BindingDef {
     /// Binding key.
     pub routing_key: String,
     /// Binding arguments.
+    #[serde(with = "field_json")]
     pub arguments: FieldTable,
 }
 
@@ -129,6 +150,27 @@ pub enum DefinitionsError {
         /// What was wrong.
         detail: String,
     },
+    /// A line of the change log is unreadable and valid lines follow it: not a torn
+    /// write but damage. Start-up stops rather than lose that change and later ones.
+    #[error(
+        "{path} line {line}: unreadable definitions change ({detail}) followed by {later} valid \
+         ones; refusing to start rather than lose them. Restore the line from a backup, or \
+         remove it if the change it held may be lost"
+    )]
+    Corrupt {
+        /// The change log.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong with it.
+        detail: String,
+        /// How many valid lines follow.
+        later: usize,
+    },
+    /// An earlier write or sync failed and rewriting the definitions from memory failed
+    /// too.
+    #[error("definitions store failed earlier and cannot recover: {0}")]
+    Broken(String),
 }
 
 fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DefinitionsError + '_ {
@@ -141,8 +183,18 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DefinitionsError + '_ {
 /// The open definitions store of a data directory.
 #[derive(Debug)]
 pub struct DefinitionStore {
+    fs: FsRef,
+    dir: PathBuf,
     log_path: PathBuf,
-    log: File,
+    log: FileRef,
+    /// Length of the valid part of the log: the next line is written here.
+    len: u64,
+    /// Written since the last sync.
+    dirty: bool,
+    /// The definitions as recorded so far (what a rewrite writes).
+    current: Definitions,
+    /// A write or sync failed: the next sync rewrites snapshot and log from `current`.
+    broken: Option<String>,
 }
 
 impl Definitions {
@@ -182,56 +234,103 @@ impl Definitions {
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temp file, fsync, rename, fsync of the dir.
-fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes `bytes` to `path` atomically: a temp file, fsync, rename (the directory is
+/// synced by the caller).
+fn write_atomically(fs: &FsRef, path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    let file = fs.open(&tmp, OpenMode::CreateTruncate)?;
+    file.write_all_at(bytes, 0)?;
+    file.sync_all()?;
+    drop(file);
+    fs.rename(&tmp, path)
 }
 
-fn encode_line(change: &Change) -> Vec<u8> {
-    let json = serde_json::to_vec(change).unwrap_or_default();
+fn encode_line(change: &Change) -> Result<Vec<u8>, DefinitionsError> {
+    let json = serde_json::to_vec(change).map_err(|e| DefinitionsError::Io {
+        path: PathBuf::from(LOG),
+        source: io::Error::new(io::ErrorKind::InvalidInput, e),
+    })?;
     let mut line = format!("{:08x} ", crc32fast::hash(&json)).into_bytes();
     line.extend_from_slice(&json);
     line.push(b'\n');
-    line
+    Ok(line)
 }
 
-fn decode_line(line: &str) -> Option<Change> {
-    let (crc, json) = line.split_once(' ')?;
-    let crc = u32::from_str_radix(crc, 16).ok()?;
-    (crc32fast::hash(json.as_bytes()) == crc)
-        .then(|| serde_json::from_str(json).ok())
+fn decode_line(line: &[u8]) -> Result<Change, String> {
+    let text = std::str::from_utf8(line).map_err(|_| "not UTF-8".to_owned())?;
+    let (crc, json) = text
+        .split_once(' ')
+        .ok_or_else(|| "no checksum".to_owned())?;
+    let crc = u32::from_str_radix(crc, 16).map_err(|_| "no checksum".to_owned())?;
+    if crc32fast::hash(json.as_bytes()) != crc {
+        return Err("checksum mismatch".to_owned());
+    }
+    serde_json::from_str(json).map_err(|e| format!("unreadable change: {e}"))
+}
+
+/// Replays the change log `bytes` onto `defs`. Returns how many lines were cut off as a
+/// torn tail.
+fn replay(path: &Path, bytes: &[u8], defs: &mut Definitions) -> Result<usize, DefinitionsError> {
+    let mut lines: Vec<&[u8]> = bytes.split(|&b| b == b'\n').collect();
+    if lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    let decoded: Vec<Result<Change, String>> = lines.iter().map(|l| decode_line(l)).collect();
+    let Some(first_bad) = decoded.iter().position(Result::is_err) else {
+        decoded.into_iter().flatten().for_each(|c| defs.apply(c));
+        return Ok(0);
+    };
+    let later = decoded[first_bad..].iter().filter(|d| d.is_ok()).count();
+    if later > 0 {
+        let detail = decoded[first_bad]
+            .as_ref()
+            .err()
+            .cloned()
+            .unwrap_or_default();
+        return Err(DefinitionsError::Corrupt {
+            path: path.to_owned(),
+            line: first_bad + 1,
+            detail,
+            later,
+        });
+    }
+    let cut = decoded.len() - first_bad;
+    decoded
+        .into_iter()
+        .take(first_bad)
         .flatten()
+        .for_each(|c| defs.apply(c));
+    Ok(cut)
 }
 
 impl DefinitionStore {
     /// Loads the definitions in `dir` (empty if there are none yet), compacts them into
     /// a fresh snapshot and opens an empty change log. Returns the store, the
-    /// definitions, and how many log lines were cut off as torn or corrupt.
+    /// definitions, and how many log lines were cut off as a torn tail.
     ///
     /// # Errors
-    /// I/O failures, or a snapshot from another program or version.
+    /// I/O failures, a snapshot from another program or version, or a damaged change
+    /// log ([`DefinitionsError::Corrupt`]).
     pub fn open(dir: &Path) -> Result<(Self, Definitions, usize), DefinitionsError> {
-        fs::create_dir_all(dir).map_err(io_at(dir))?;
+        Self::open_in(RealFs::shared(), dir)
+    }
+
+    /// As [`open`](Self::open), on the file system `fs`.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_in(fs: FsRef, dir: &Path) -> Result<(Self, Definitions, usize), DefinitionsError> {
+        fs.create_dir_all(dir).map_err(io_at(dir))?;
         let snapshot_path = dir.join(SNAPSHOT);
         let log_path = dir.join(LOG);
-        let mut defs = match fs::read(&snapshot_path) {
+        let mut defs = match fs.read(&snapshot_path) {
             Ok(bytes) => {
                 let defs: Definitions =
                     serde_json::from_slice(&bytes).map_err(|e| DefinitionsError::Incompatible {
                         path: snapshot_path.clone(),
                         detail: e.to_string(),
                     })?;
-                if defs.version != DEFINITIONS_VERSION {
+                if !(OLDEST_READABLE_VERSION..=DEFINITIONS_VERSION).contains(&defs.version) {
                     return Err(DefinitionsError::Incompatible {
                         path: snapshot_path,
                         detail: format!("found version {}", defs.version),
@@ -239,64 +338,120 @@ impl DefinitionStore {
                 }
                 defs
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Definitions {
-                version: DEFINITIONS_VERSION,
-                ..Definitions::default()
-            },
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Definitions::default(),
             Err(e) => return Err(io_at(&snapshot_path)(e)),
         };
-        let mut cut = 0;
-        match File::open(&log_path) {
-            Ok(file) => {
-                let mut lines = BufReader::new(file).lines();
-                for line in lines.by_ref() {
-                    match line.ok().as_deref().and_then(decode_line) {
-                        Some(change) => defs.apply(change),
-                        None => {
-                            cut = 1;
-                            break;
-                        }
-                    }
-                }
-                cut += lines.count();
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        defs.version = DEFINITIONS_VERSION;
+        let cut = match fs.read(&log_path) {
+            Ok(bytes) => replay(&log_path, &bytes, &mut defs)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => return Err(io_at(&log_path)(e)),
-        }
-        let json = serde_json::to_vec_pretty(&defs).unwrap_or_default();
-        write_atomically(&snapshot_path, &json).map_err(io_at(&snapshot_path))?;
-        let log = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&log_path)
+        };
+        let (log, len) = Self::rewrite(&fs, dir, &defs)?;
+        Ok((
+            Self {
+                fs,
+                dir: dir.to_owned(),
+                log_path,
+                log,
+                len,
+                dirty: false,
+                current: defs.clone(),
+                broken: None,
+            },
+            defs,
+            cut,
+        ))
+    }
+
+    /// Writes `defs` as the snapshot, starts an empty log and syncs the directory.
+    fn rewrite(
+        fs: &FsRef,
+        dir: &Path,
+        defs: &Definitions,
+    ) -> Result<(FileRef, u64), DefinitionsError> {
+        let snapshot_path = dir.join(SNAPSHOT);
+        let log_path = dir.join(LOG);
+        let json = serde_json::to_vec_pretty(defs).map_err(|e| DefinitionsError::Io {
+            path: snapshot_path.clone(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, e),
+        })?;
+        write_atomically(fs, &snapshot_path, &json).map_err(io_at(&snapshot_path))?;
+        let log = fs
+            .open(&log_path, OpenMode::CreateTruncate)
             .map_err(io_at(&log_path))?;
         log.sync_all().map_err(io_at(&log_path))?;
-        Ok((Self { log_path, log }, defs, cut))
+        fs.sync_dir(dir).map_err(io_at(dir))?;
+        Ok((log, 0))
+    }
+
+    /// The definitions as recorded so far (durable or not).
+    pub fn current(&self) -> &Definitions {
+        &self.current
     }
 
     /// Appends a change (written now, durable at the next [`DefinitionStore::sync`]).
+    /// On failure the change is not recorded: nothing of it will be read back.
     ///
     /// # Errors
     /// I/O failures.
     pub fn record(&mut self, change: &Change) -> Result<(), DefinitionsError> {
-        self.log
-            .write_all(&encode_line(change))
-            .map_err(io_at(&self.log_path))
+        if let Some(why) = self.broken.clone() {
+            // A failed write or sync left the log in doubt: replace it first.
+            if self.sync().is_err() {
+                return Err(DefinitionsError::Broken(why));
+            }
+        }
+        let line = encode_line(change)?;
+        if let Err(e) = self.log.write_all_at(&line, self.len) {
+            // A prefix may have reached the file: cut it, or have the next sync rewrite
+            // the log without it, so that a refused change never comes back.
+            if self.log.set_len(self.len).is_err() {
+                self.broken = Some(e.to_string());
+            }
+            return Err(io_at(&self.log_path)(e));
+        }
+        self.len += line.len() as u64;
+        self.dirty = true;
+        self.current.apply(change.clone());
+        Ok(())
     }
 
-    /// Makes every recorded change durable.
+    /// Makes every recorded change durable. After a failed write or sync it rewrites the
+    /// snapshot and starts a fresh log from memory instead.
     ///
     /// # Errors
     /// I/O failures.
     pub fn sync(&mut self) -> Result<(), DefinitionsError> {
-        self.log.sync_data().map_err(io_at(&self.log_path))
+        if let Some(why) = self.broken.clone() {
+            tracing::warn!(error = %why, "rewriting the definitions after a failed write or sync");
+            let (log, len) = Self::rewrite(&self.fs, &self.dir, &self.current)?;
+            self.log = log;
+            self.len = len;
+            self.dirty = false;
+            self.broken = None;
+            return Ok(());
+        }
+        if !self.dirty {
+            return Ok(());
+        }
+        match self.log.sync_data() {
+            Ok(()) => {
+                self.dirty = false;
+                Ok(())
+            }
+            Err(e) => {
+                self.broken = Some(e.to_string());
+                Err(io_at(&self.log_path)(e))
+            }
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     fn temp_dir(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!(
@@ -367,6 +522,80 @@ mod tests {
         assert_eq!(cut, 1);
         assert_eq!(defs.queues, vec![queue("a")]);
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn arguments_with_nan_and_infinities_survive_a_restart() {
+        use amqp_codec::amq_protocol::types::AMQPValue;
+        let dir = temp_dir("nan");
+        let (mut store, _, _) = DefinitionStore::open(&dir).expect("open");
+        let mut odd = queue("odd");
+        let mut args = FieldTable::default();
+        args.insert("nan".into(), AMQPValue::Double(f64::NAN));
+        args.insert("inf".into(), AMQPValue::Float(f32::NEG_INFINITY));
+        args.insert("zero".into(), AMQPValue::Double(-0.0));
+        odd.arguments = args;
+        store.record(&Change::PutQueue(odd)).expect("record");
+        store.record(&Change::PutQueue(queue("q"))).expect("record");
+        store.sync().expect("sync");
+        drop(store);
+        let (_, defs, cut) = DefinitionStore::open(&dir).expect("reopen");
+        assert_eq!(cut, 0);
+        let names: Vec<_> = defs.queues.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(names, ["odd", "q"]);
+        let args = defs.queues[0].arguments.inner();
+        assert!(matches!(args.get("nan"), Some(AMQPValue::Double(d)) if d.is_nan()));
+        assert!(
+            matches!(args.get("zero"), Some(AMQPValue::Double(d)) if d.to_bits() == (-0.0f64).to_bits())
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bad_line_before_valid_ones_stops_start_up() {
+        let dir = temp_dir("badline");
+        let (mut store, _, _) = DefinitionStore::open(&dir).expect("open");
+        for name in ["a", "b", "c"] {
+            store
+                .record(&Change::PutQueue(queue(name)))
+                .expect("record");
+        }
+        drop(store);
+        let log = dir.join(LOG);
+        let text = fs::read_to_string(&log).expect("log");
+        let lines: Vec<&str> = text.lines().collect();
+        let bad = lines[1].replace("\"b\"", "\"x\"");
+        fs::write(&log, format!("{}\n{bad}\n{}\n", lines[0], lines[2])).expect("write");
+        let err = DefinitionStore::open(&dir).expect_err("must refuse");
+        let text = err.to_string();
+        assert!(
+            text.contains("definitions.log") && text.contains("line 2"),
+            "{text}"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 128, ..Default::default() })]
+
+        /// Any arguments a client can send read back bit for bit, from a log line and from
+        /// the snapshot.
+        #[test]
+        fn any_arguments_survive_the_log_and_the_snapshot(
+            t in crate::store::field_json::tests::table()
+        ) {
+            use crate::store::field_json::tests::same_table;
+            let mut q = queue("q");
+            q.arguments = t.clone();
+            let line = encode_line(&Change::PutQueue(q.clone())).expect("encode");
+            let back = decode_line(&line[..line.len() - 1]).expect("decode");
+            let Change::PutQueue(back) = back else { panic!("not a queue") };
+            proptest::prop_assert!(same_table(&back.arguments, &t));
+            let defs = Definitions { version: DEFINITIONS_VERSION, queues: vec![q], ..Definitions::default() };
+            let json = serde_json::to_vec_pretty(&defs).expect("snapshot");
+            let again: Definitions = serde_json::from_slice(&json).expect("read snapshot");
+            proptest::prop_assert!(same_table(&again.queues[0].arguments, &t));
+        }
     }
 
     #[test]

@@ -6,20 +6,34 @@
 //! per segment not yet fully acked, a sorted list of acked offsets. A segment whose
 //! messages are all acked is deleted, so disk use follows the backlog, not the history.
 //!
+//! - [`fs`]: the one seam for every file-system call, so tests can inject faults.
 //! - [`format`]: file names, headers and record encoding, in one place.
 //! - [`queue_log`]: [`QueueLog`], one queue's log: append, group-commit sync, ack,
 //!   paged reads, crash recovery.
+//! - [`fd_budget`]: how many logs may hold file descriptors at once.
 //! - [`lock`]: [`DataDirLock`], so that two brokers never share a data directory.
 //! - [`definitions`]: durable exchanges, queues and bindings: a snapshot plus a change log.
+//! - [`field_json`]: the lossless JSON form of field tables the definitions are kept in.
 //! - [`commit`]: the group commit: one thread, one sync for many appends to many logs.
+//! - [`syncer`]: how one group-commit round syncs many logs and learns which failed.
 //! - [`broker_store`]: a broker's data directory: lock, definitions, queue logs, commit.
 
 pub mod broker_store;
 pub mod commit;
+#[cfg(test)]
+mod crash_tests;
 pub mod definitions;
+pub mod fd_budget;
+pub mod field_json;
 pub mod format;
+pub mod fs;
 pub mod lock;
+#[cfg(test)]
+mod model_tests;
 pub mod queue_log;
+#[cfg(test)]
+pub mod sim;
+pub mod syncer;
 
 use std::fmt;
 use std::io;
@@ -32,6 +46,7 @@ pub use broker_store::BrokerStore;
 pub use commit::{GroupCommit, SyncTarget};
 pub use lock::DataDirLock;
 pub use queue_log::{PendingSync, QueueLog, Recovery};
+pub use syncer::Syncer;
 
 /// Where a message record lives in its queue's log: its segment and its byte offset there.
 ///
@@ -126,6 +141,9 @@ pub enum StoreError {
     /// segment numbers exhausted): a bug in the caller, reported rather than panicking.
     #[error("queue log misuse: {0}")]
     Misuse(&'static str),
+    /// The definitions could not be loaded or written (damaged change log, I/O).
+    #[error(transparent)]
+    Definitions(#[from] definitions::DefinitionsError),
     /// A segment size outside the supported range.
     #[error("segment size {0} is outside {min}..={max}", min = format::MIN_SEGMENT_SIZE, max = format::MAX_SEGMENT_SIZE)]
     InvalidSegmentSize(u64),
@@ -138,6 +156,16 @@ impl StoreError {
         match self {
             StoreError::Io { source, .. } => Some(source.kind()),
             _ => None,
+        }
+    }
+
+    /// Whether this is a shortage that passes by itself (too many open files, no kernel
+    /// memory) rather than a failure of the storage: the operation was not done, nothing
+    /// was lost, and it may be retried.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Io { source, .. } => fs::is_transient(source),
+            _ => false,
         }
     }
 

@@ -6,29 +6,45 @@
 //! delivered markers are buffered in memory and written by [`QueueLog::flush`]; one
 //! [`QueueLog::sync`] (or the split [`QueueLog::begin_sync`] / [`PendingSync::run`] /
 //! [`QueueLog::complete_sync`] for group commit outside a lock) makes every earlier append
-//! durable. Acks are never fsync'd: a lost ack means a redelivery, never a loss.
+//! durable, with the acks and delivered markers recorded before it. Acks are never synced
+//! on their own: one not yet synced may be lost in a crash, which means a redelivery,
+//! never a loss.
 //!
 //! Recovery policy ([`QueueLog::open`]): segments are scanned in order and every record's
-//! length and CRC32 checked. At the first bad or torn record the segment is cut there, later
-//! segments are removed (nothing in them can have been confirmed after a torn write), and a
-//! warning says so; start-up never fails on damaged data, only on I/O errors or on files
-//! that are not Warren's (or from another format version). After recovery, appends go to a
-//! new segment, so a recovered segment is never written again, and its transient records
+//! length and CRC32 checked. Only what is provably valid is kept, and nothing provably
+//! valid is dropped: a bad record is skipped when a valid record follows it (found at the
+//! end its length field names, or else by searching byte by byte for the next record whose
+//! length, kind and checksum all hold), and its bytes are remembered as a hole that reads
+//! step over; a bad tail with nothing valid after it (a torn write) is cut off. A segment
+//! is never deleted because an earlier record or segment is damaged. A segment whose
+//! header is all zeros (created, then a power loss before its first sync) is a torn
+//! segment, not a foreign file. Every repair is reported in [`Recovery::warnings`] and
+//! logged; start-up never fails on damaged data, only on I/O errors or on files that are
+//! not Warren's (or from another format version). After recovery, appends go to a new
+//! segment, so a recovered segment is never written again, and its transient records
 //! count as gone.
+//!
+//! Durability and errors: [`QueueLog::sync`] fdatasyncs the segments and the ack files
+//! written since the last sync and fsyncs the directory when it gained or lost files, so
+//! a synced ack never comes back after a power loss. A failed fdatasync/fsync poisons the
+//! log (the kernel may have dropped the data and a later fsync could succeed without it);
+//! a failure to *open* a directory for lack of descriptors (EMFILE, ENFILE) does not: the
+//! sync simply did not happen, is reported, and is retried in full by the next one.
+//! All file-system calls go through the store's [`FileSystem`] seam.
 
 use std::collections::VecDeque;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Read};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::fd_budget::{FdBudget, FdTicket};
 use super::format::{
     self, ACKS_MAGIC, FILE_HEADER_LEN, FLAG_PERSISTENT, FLAGS_OFFSET, LogFile, MAX_RECORD_OFFSET,
     MESSAGE_PREFIX_MAX, MIN_MESSAGE_PAYLOAD, RECORD_HEADER_LEN, SEGMENT_MAGIC,
 };
+use super::fs::{FileRef, FileSystem, FsRef, OpenMode, RealFs};
 use super::{Result, SegmentPosition, StoreError, StoredMessage};
 
 /// Appends are written out once this much is buffered (one write syscall per this many
@@ -82,6 +98,8 @@ struct Segment {
     pending: Vec<u8>,
     /// Length of the ack file; 0 when it must be (re)created before the next write.
     acks_len: u64,
+    /// Byte ranges of damaged records found at recovery, sorted: reads step over them.
+    holes: Vec<(u32, u32)>,
 }
 
 impl Segment {
@@ -94,7 +112,19 @@ impl Segment {
             delivered: Vec::new(),
             pending: Vec::new(),
             acks_len: 0,
+            holes: Vec::new(),
         }
+    }
+
+    /// The end of the hole starting at `offset`, if one does.
+    fn hole_at(&self, offset: u64) -> Option<u64> {
+        if self.holes.is_empty() {
+            return None;
+        }
+        self.holes
+            .iter()
+            .find(|&&(start, _)| u64::from(start) == offset)
+            .map(|&(_, end)| u64::from(end))
     }
 }
 
@@ -103,7 +133,8 @@ impl Segment {
 struct Writer {
     number: u32,
     path: PathBuf,
-    file: Arc<File>,
+    /// `None` once closed to stay within the [`FdBudget`]; reopened by the next write.
+    file: Option<FileRef>,
     /// Bytes written to the file; the buffer follows them.
     written: u64,
     buf: Vec<u8>,
@@ -116,16 +147,18 @@ struct Writer {
 struct SegmentReader {
     number: u32,
     path: PathBuf,
-    file: File,
+    file: FileRef,
     buf: Vec<u8>,
     /// File offset of `buf[0]`.
     start: u64,
 }
 
 impl SegmentReader {
-    fn open(dir: &Path, number: u32) -> Result<Self> {
+    fn open(fs: &dyn FileSystem, dir: &Path, number: u32) -> Result<Self> {
         let path = dir.join(format::segment_file_name(number));
-        let file = File::open(&path).map_err(StoreError::io("open", &path))?;
+        let file = fs
+            .open(&path, OpenMode::Read)
+            .map_err(StoreError::io("open", &path))?;
         Ok(Self {
             number,
             path,
@@ -173,41 +206,43 @@ impl SegmentReader {
 #[derive(Debug)]
 #[must_use = "run it and hand it back to QueueLog::complete_sync"]
 pub struct PendingSync {
-    files: Vec<(PathBuf, Arc<File>)>,
+    fs: FsRef,
+    /// Segment and ack files written since the last sync, each with the handle the
+    /// writes went through (its write-back error cursor predates them).
+    files: Vec<(PathBuf, FileRef)>,
     dirs: Vec<PathBuf>,
+    /// Whether `dirs` holds the parent directory (the log's directory is new in it).
+    parent: bool,
     position: Option<SegmentPosition>,
 }
 
 impl PendingSync {
-    /// fdatasyncs the written segments and fsyncs directories that gained files.
+    /// fdatasyncs the written files and fsyncs directories that gained or lost files.
+    ///
+    /// # Errors
+    /// The first failure. A failed fdatasync or fsync means data may be lost; a failure to
+    /// open a directory for lack of descriptors ([`StoreError::is_transient`]) means only
+    /// that this sync did not happen.
     pub fn run(&self) -> Result<()> {
         for (path, file) in &self.files {
             file.sync_data()
                 .map_err(StoreError::io("fdatasync", path))?;
         }
         for dir in &self.dirs {
-            File::open(dir)
-                .and_then(|d| d.sync_all())
+            let handle = self
+                .fs
+                .open(dir, OpenMode::Directory)
+                .map_err(StoreError::io("open directory", dir))?;
+            handle
+                .sync_all()
                 .map_err(StoreError::io("fsync directory", dir))?;
         }
         Ok(())
     }
 
-    /// Makes every sync in `all` durable. When they touch more than one file, one
-    /// `syncfs` of the data directory's filesystem replaces a journal commit per file:
-    /// a group commit over many queues costs about what one queue costs. Linux reports
-    /// writeback errors from `syncfs` since 5.8.
-    pub fn run_together(all: &[PendingSync]) -> Result<()> {
-        let touched: usize = all.iter().map(|p| p.files.len() + p.dirs.len()).sum();
-        match all.iter().find_map(|p| p.files.first()) {
-            Some((path, file)) if touched > 1 => match sync_filesystem(file) {
-                Err(e) if e.kind() == io::ErrorKind::Unsupported => {
-                    all.iter().try_for_each(PendingSync::run)
-                }
-                other => other.map_err(StoreError::io("syncfs", path)),
-            },
-            _ => all.iter().try_for_each(PendingSync::run),
-        }
+    /// Files and directories this sync covers.
+    pub fn touched(&self) -> usize {
+        self.files.len() + self.dirs.len()
     }
 
     /// The last append this sync covers.
@@ -224,6 +259,7 @@ impl PendingSync {
 /// One queue's durable log. See the [module documentation](self).
 #[derive(Debug)]
 pub struct QueueLog {
+    fs: FsRef,
     dir: PathBuf,
     segment_size: u64,
     /// Segments in number order; the writer's, if any, is the last.
@@ -240,9 +276,12 @@ pub struct QueueLog {
     dirty_acks: Vec<u32>,
     pending_ack_bytes: usize,
     /// The ack file written last, kept open.
-    ack_file: Option<(u32, File)>,
-    /// Sealed segments written since the last sync began.
-    unsynced: Vec<(PathBuf, Arc<File>)>,
+    ack_file: Option<(u32, FileRef)>,
+    /// Sealed segments and ack files written since the last sync began, with the handles
+    /// the writes went through (see [`PendingSync::run`]).
+    unsynced: Vec<(PathBuf, FileRef)>,
+    /// Ack files (by segment) already in `unsynced`.
+    unsynced_acks: Vec<u32>,
     dir_unsynced: bool,
     parent_unsynced: bool,
     sync_in_flight: bool,
@@ -251,6 +290,13 @@ pub struct QueueLog {
     cursor: Option<(SegmentPosition, SegmentPosition)>,
     poisoned: Option<String>,
     deleted: bool,
+    /// Segments dropped from memory whose files could not be removed yet: the next sync
+    /// retries, and fails while they remain (their messages would come back).
+    undeleted: Vec<u32>,
+    /// Shared limit on logs holding descriptors; `None`: never close them early.
+    fd_budget: Option<Arc<FdBudget>>,
+    /// This log's place in `fd_budget` while it holds descriptors.
+    fd_ticket: Option<FdTicket>,
     /// A spill log: never synced nor reopened, so it keeps no ack files and no sync
     /// bookkeeping, only what tells when a segment can go.
     scratch: bool,
@@ -261,17 +307,26 @@ impl QueueLog {
     /// [`StoreError::AlreadyExists`] if `dir` already holds segments, so that a new queue
     /// never adopts an old log; stray ack files are removed.
     pub fn create(dir: impl AsRef<Path>, segment_size: u64) -> Result<QueueLog> {
+        Self::create_in(RealFs::shared(), dir, segment_size)
+    }
+
+    /// As [`create`](Self::create), on the file system `fs`.
+    ///
+    /// # Errors
+    /// As [`create`](Self::create).
+    pub fn create_in(fs: FsRef, dir: impl AsRef<Path>, segment_size: u64) -> Result<QueueLog> {
         check_segment_size(segment_size)?;
         let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(StoreError::io("create directory", &dir))?;
-        let files = list_dir(&dir)?;
+        fs.create_dir_all(&dir)
+            .map_err(StoreError::io("create directory", &dir))?;
+        let files = list_dir(&*fs, &dir)?;
         if files.iter().any(|(f, _)| matches!(f, LogFile::Segment(_))) {
             return Err(StoreError::AlreadyExists { path: dir });
         }
         for (_, path) in files {
-            remove_if_exists(&path)?;
+            remove_if_exists(&*fs, &path)?;
         }
-        let mut log = Self::empty(dir, segment_size, 0);
+        let mut log = Self::empty(fs, dir, segment_size, 0);
         log.parent_unsynced = true;
         Ok(log)
     }
@@ -282,7 +337,19 @@ impl QueueLog {
     /// # Errors
     /// As [`create`](Self::create).
     pub fn create_scratch(dir: impl AsRef<Path>, segment_size: u64) -> Result<QueueLog> {
-        let mut log = Self::create(dir, segment_size)?;
+        Self::create_scratch_in(RealFs::shared(), dir, segment_size)
+    }
+
+    /// As [`create_scratch`](Self::create_scratch), on the file system `fs`.
+    ///
+    /// # Errors
+    /// As [`create`](Self::create).
+    pub fn create_scratch_in(
+        fs: FsRef,
+        dir: impl AsRef<Path>,
+        segment_size: u64,
+    ) -> Result<QueueLog> {
+        let mut log = Self::create_in(fs, dir, segment_size)?;
         log.scratch = true;
         log.parent_unsynced = false;
         Ok(log)
@@ -294,11 +361,23 @@ impl QueueLog {
     /// kept. Fails only on I/O errors and on files from another program or format version
     /// ([`StoreError::Incompatible`]); a missing `dir` is an I/O error (`NotFound`).
     pub fn open(dir: impl AsRef<Path>, segment_size: u64) -> Result<(QueueLog, Recovery)> {
+        Self::open_in(RealFs::shared(), dir, segment_size)
+    }
+
+    /// As [`open`](Self::open), on the file system `fs`.
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_in(
+        fs: FsRef,
+        dir: impl AsRef<Path>,
+        segment_size: u64,
+    ) -> Result<(QueueLog, Recovery)> {
         check_segment_size(segment_size)?;
         let dir = dir.as_ref().to_path_buf();
         let mut segments = Vec::new();
         let mut acks = Vec::new();
-        for (file, path) in list_dir(&dir)? {
+        for (file, path) in list_dir(&*fs, &dir)? {
             match file {
                 LogFile::Segment(n) => segments.push(n),
                 LogFile::Acks(n) => acks.push((n, path)),
@@ -309,7 +388,7 @@ impl QueueLog {
         // not apply to a later segment of the same number.
         for (n, path) in acks {
             if segments.binary_search(&n).is_err() {
-                remove_if_exists(&path)?;
+                remove_if_exists(&*fs, &path)?;
             }
         }
         let next = match segments.last() {
@@ -318,48 +397,39 @@ impl QueueLog {
                 .ok_or(StoreError::Misuse("segment numbers exhausted"))?,
             None => 0,
         };
-        let mut log = Self::empty(dir, segment_size, next);
+        let mut log = Self::empty(fs, dir, segment_size, next);
         let mut recovery = Recovery::default();
-        let mut damaged = false;
         for n in segments {
             let seg_path = log.dir.join(format::segment_file_name(n));
             let acks_path = log.dir.join(format::acks_file_name(n));
-            if damaged {
-                remove_if_exists(&seg_path)?;
-                remove_if_exists(&acks_path)?;
-                recovery.warnings.push(format!(
-                    "{}: removed, as it follows a damaged segment",
-                    seg_path.display()
-                ));
-                continue;
-            }
-            let entries = read_acks(&acks_path, &mut recovery.warnings)?;
-            let scan = scan_segment(&seg_path, &entries)?;
-            if let Some((offset, why)) = scan.damage {
-                damaged = true;
-                let cut = scan.file_len - scan.len;
-                if scan.len < FILE_HEADER_LEN {
-                    remove_if_exists(&seg_path)?;
-                } else {
-                    let file = OpenOptions::new()
-                        .write(true)
-                        .open(&seg_path)
-                        .map_err(StoreError::io("open", &seg_path))?;
-                    file.set_len(scan.len)
-                        .map_err(StoreError::io("truncate", &seg_path))?;
-                    file.sync_all()
-                        .map_err(StoreError::io("fsync", &seg_path))?;
-                }
-                recovery.warnings.push(format!(
-                    "{}: {why} at offset {offset}; cut {cut} bytes, kept {} live messages before it",
-                    seg_path.display(),
-                    scan.live
-                ));
+            let entries = read_acks(&*log.fs, &acks_path, &mut recovery.warnings)?;
+            let scan = scan_segment(&*log.fs, &seg_path, &entries)?;
+            for note in &scan.notes {
+                tracing::error!(segment = %seg_path.display(), "{note}");
+                recovery
+                    .warnings
+                    .push(format!("{}: {note}", seg_path.display()));
             }
             if scan.live == 0 {
-                remove_if_exists(&seg_path)?;
-                remove_if_exists(&acks_path)?;
+                remove_if_exists(&*log.fs, &seg_path)?;
+                remove_if_exists(&*log.fs, &acks_path)?;
                 continue;
+            }
+            if scan.len < scan.file_len || scan.zero_header {
+                let file = log
+                    .fs
+                    .open(&seg_path, OpenMode::ReadWrite)
+                    .map_err(StoreError::io("open", &seg_path))?;
+                if scan.len < scan.file_len {
+                    file.set_len(scan.len)
+                        .map_err(StoreError::io("truncate", &seg_path))?;
+                }
+                if scan.zero_header {
+                    file.write_all_at(&format::file_header(&SEGMENT_MAGIC), 0)
+                        .map_err(StoreError::io("write", &seg_path))?;
+                }
+                file.sync_all()
+                    .map_err(StoreError::io("fsync", &seg_path))?;
             }
             recovery.messages += u64::from(scan.live);
             recovery.bytes += scan.bytes;
@@ -373,6 +443,7 @@ impl QueueLog {
                 delivered: scan.delivered,
                 pending: Vec::new(),
                 acks_len: entries.len,
+                holes: scan.holes,
             });
         }
         log.live = recovery.messages;
@@ -380,8 +451,9 @@ impl QueueLog {
         Ok((log, recovery))
     }
 
-    fn empty(dir: PathBuf, segment_size: u64, next_segment: u32) -> Self {
+    fn empty(fs: FsRef, dir: PathBuf, segment_size: u64, next_segment: u32) -> Self {
         Self {
+            fs,
             dir,
             segment_size,
             segments: VecDeque::new(),
@@ -395,6 +467,7 @@ impl QueueLog {
             pending_ack_bytes: 0,
             ack_file: None,
             unsynced: Vec::new(),
+            unsynced_acks: Vec::new(),
             dir_unsynced: false,
             parent_unsynced: false,
             sync_in_flight: false,
@@ -402,8 +475,17 @@ impl QueueLog {
             cursor: None,
             poisoned: None,
             deleted: false,
+            undeleted: Vec::new(),
+            fd_budget: None,
+            fd_ticket: None,
             scratch: false,
         }
+    }
+
+    /// Whether a failed sync poisoned the log (it refuses appends and syncs until the
+    /// broker restarts).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
     }
 
     /// The log's directory.
@@ -483,11 +565,9 @@ impl QueueLog {
             .checked_add(1)
             .ok_or(StoreError::Misuse("segment numbers exhausted"))?;
         let path = self.dir.join(format::segment_file_name(number));
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path)
+        let file = self
+            .fs
+            .open(&path, OpenMode::CreateNew)
             .map_err(StoreError::io("create", &path))?;
         self.next_segment = next;
         self.dir_unsynced = !self.scratch;
@@ -500,15 +580,19 @@ impl QueueLog {
         let writer = Writer {
             number,
             path,
-            file: Arc::new(file),
+            file: Some(file),
             written: 0,
             buf,
             dirty: false,
         };
         self.segments.push_back(Segment::new(number));
+        self.note_open();
         if let Some(old) = self.writer.replace(writer) {
-            if old.dirty && !self.scratch {
-                self.unsynced.push((old.path, old.file));
+            if old.dirty
+                && !self.scratch
+                && let Some(file) = old.file
+            {
+                self.unsynced.push((old.path, file));
             }
             if let Ok(i) = self.find_segment(old.number)
                 && self.segments[i].live == 0
@@ -532,10 +616,25 @@ impl QueueLog {
         if w.buf.is_empty() {
             return Ok(());
         }
+        let file = match &w.file {
+            Some(file) => file.clone(),
+            None => {
+                let file = self
+                    .fs
+                    .open(&w.path, OpenMode::ReadWrite)
+                    .map_err(StoreError::io("open", &w.path))?;
+                w.file = Some(file.clone());
+                if self.fd_ticket.is_none()
+                    && let Some(budget) = &self.fd_budget
+                {
+                    self.fd_ticket = Some(budget.ticket());
+                }
+                file
+            }
+        };
         // On failure the buffer is kept and rewritten at the same offset by the next
         // attempt, overwriting whatever part of it reached the file.
-        w.file
-            .write_all_at(&w.buf, w.written)
+        file.write_all_at(&w.buf, w.written)
             .map_err(StoreError::io("write", &w.path))?;
         w.written += w.buf.len() as u64;
         w.dirty = true;
@@ -567,28 +666,33 @@ impl QueueLog {
             return Ok(());
         }
         let path = self.dir.join(format::acks_file_name(number));
-        let file = match &mut self.ack_file {
-            Some((n, f)) if *n == number && seg.acks_len != 0 => f,
-            slot => {
-                *slot = None;
+        let file = match &self.ack_file {
+            Some((n, f)) if *n == number && seg.acks_len != 0 => f.clone(),
+            _ => {
+                self.ack_file = None;
                 let file = if seg.acks_len == 0 {
-                    let f = OpenOptions::new()
-                        .write(true)
-                        .create(true)
-                        .truncate(true)
-                        .open(&path)
+                    let f = self
+                        .fs
+                        .open(&path, OpenMode::CreateTruncate)
                         .map_err(StoreError::io("create", &path))?;
                     f.write_all_at(&format::file_header(&ACKS_MAGIC), 0)
                         .map_err(StoreError::io("write", &path))?;
                     seg.acks_len = FILE_HEADER_LEN;
+                    // A new entry in the directory: the next sync makes it durable.
+                    self.dir_unsynced = true;
                     f
                 } else {
-                    OpenOptions::new()
-                        .write(true)
-                        .open(&path)
+                    self.fs
+                        .open(&path, OpenMode::ReadWrite)
                         .map_err(StoreError::io("open", &path))?
                 };
-                &mut slot.insert((number, file)).1
+                self.ack_file = Some((number, file.clone()));
+                if self.fd_ticket.is_none()
+                    && let Some(budget) = &self.fd_budget
+                {
+                    self.fd_ticket = Some(budget.ticket());
+                }
+                file
             }
         };
         file.write_all_at(&seg.pending, seg.acks_len)
@@ -599,6 +703,10 @@ impl QueueLog {
             seg.pending = Vec::new();
         } else {
             seg.pending.clear();
+        }
+        if !self.unsynced_acks.contains(&number) {
+            self.unsynced_acks.push(number);
+            self.unsynced.push((path, file));
         }
         Ok(())
     }
@@ -626,18 +734,23 @@ impl QueueLog {
             ));
         }
         self.flush()?;
+        self.remove_undeleted()?;
         let mut files = std::mem::take(&mut self.unsynced);
+        self.unsynced_acks.clear();
         if let Some(w) = self.writer.as_mut()
             && w.dirty
+            && let Some(file) = &w.file
         {
-            files.push((w.path.clone(), w.file.clone()));
+            files.push((w.path.clone(), file.clone()));
             w.dirty = false;
         }
         let mut dirs = Vec::new();
+        let mut parent = false;
         if self.parent_unsynced
-            && let Some(parent) = self.dir.parent()
+            && let Some(p) = self.dir.parent()
         {
-            dirs.push(parent.to_path_buf());
+            dirs.push(p.to_path_buf());
+            parent = true;
         }
         if self.dir_unsynced {
             dirs.push(self.dir.clone());
@@ -646,17 +759,24 @@ impl QueueLog {
         self.dir_unsynced = false;
         self.sync_in_flight = true;
         Ok(PendingSync {
+            fs: self.fs.clone(),
             files,
             dirs,
+            parent,
             position: self.last_appended,
         })
     }
 
     /// Second half of [`sync`](Self::sync): records the outcome of
-    /// [`PendingSync::run`]. On success the durable position advances to the sync's; on
-    /// failure the log is poisoned (appends and syncs fail from then on), because after a
-    /// failed fsync the kernel may have dropped the data and a later fsync could succeed
-    /// without it.
+    /// [`PendingSync::run`]. On success the durable position advances to the sync's. On a
+    /// transient failure ([`StoreError::is_transient`]: no descriptor to open a directory
+    /// with) nothing was synced and nothing was lost: the error is returned and the next
+    /// sync redoes all of this one. On any other failure the log is poisoned (appends and
+    /// syncs fail from then on), because after a failed fsync the kernel may have dropped
+    /// the data and a later fsync could succeed without it.
+    ///
+    /// # Errors
+    /// The sync failed: [`StoreError::Poisoned`], or the transient error.
     pub fn complete_sync(
         &mut self,
         pending: PendingSync,
@@ -668,7 +788,53 @@ impl QueueLog {
                 if pending.position > self.durable {
                     self.durable = pending.position;
                 }
+                drop(pending);
+                if self.fd_budget.as_ref().is_some_and(|b| b.over()) {
+                    self.close_idle_files();
+                }
                 Ok(self.durable)
+            }
+            Err(e) if e.is_transient() => {
+                // Give everything back: the next sync syncs it all again.
+                let PendingSync {
+                    files,
+                    parent,
+                    dirs,
+                    ..
+                } = pending;
+                let mut files = files;
+                files.append(&mut self.unsynced);
+                self.unsynced = files;
+                self.parent_unsynced |= parent;
+                self.dir_unsynced |= dirs.len() > usize::from(parent);
+                if let Some(w) = self.writer.as_mut()
+                    && self.unsynced.iter().any(|(p, _)| *p == w.path)
+                {
+                    self.unsynced.retain(|(p, _)| *p != w.path);
+                    w.dirty = true;
+                }
+                self.unsynced_acks = self
+                    .unsynced
+                    .iter()
+                    .filter_map(|(p, _)| {
+                        match p.file_name()?.to_str().and_then(format::parse_file_name)? {
+                            LogFile::Acks(n) => Some(n),
+                            LogFile::Segment(_) => None,
+                        }
+                    })
+                    .collect();
+                let source = match e {
+                    StoreError::Io { source, .. } => match source.raw_os_error() {
+                        Some(code) => io::Error::from_raw_os_error(code),
+                        None => io::Error::new(source.kind(), source.to_string()),
+                    },
+                    other => io::Error::other(other.to_string()),
+                };
+                Err(StoreError::Io {
+                    op: "sync (not done for lack of resources; the next sync retries)",
+                    path: self.dir.clone(),
+                    source,
+                })
             }
             Err(e) => {
                 let why = e.to_string();
@@ -678,14 +844,27 @@ impl QueueLog {
         }
     }
 
-    /// Records that the message at `pos` is acked (buffered like appends, never fsync'd).
+    /// Records that the message at `pos` is acked (buffered like appends, durable at the
+    /// next sync).
     /// When every message of a sealed segment is acked, its files are deleted at once.
     /// Acking a position twice, or one of a deleted segment, does nothing. `pos` must come
     /// from [`append`](Self::append) or [`read`](Self::read).
+    ///
+    /// # Errors
+    /// Writing buffered entries out failed (EMFILE on the ack file, a full disk …), or a
+    /// segment could not be removed. The ack counts all the same: it is kept and written
+    /// by a later flush or sync, which reports the error again if it persists.
     pub fn ack(&mut self, pos: SegmentPosition) -> Result<()> {
-        if self.pending_ack_bytes >= ACK_BUFFER_LIMIT {
-            self.flush_acks()?;
-        }
+        let recorded = self.record_ack(pos);
+        let flushed = if self.pending_ack_bytes >= ACK_BUFFER_LIMIT {
+            self.flush_acks()
+        } else {
+            Ok(())
+        };
+        recorded.and(flushed)
+    }
+
+    fn record_ack(&mut self, pos: SegmentPosition) -> Result<()> {
         let Ok(i) = self.find_segment(pos.segment) else {
             return Ok(());
         };
@@ -716,16 +895,19 @@ impl QueueLog {
     }
 
     /// Records that the message at `pos` has been delivered, so that after a restart it goes
-    /// out flagged `redelivered` (buffered, never fsync'd).
+    /// out flagged `redelivered` (buffered, durable at the next sync).
+    ///
+    /// # Errors
+    /// As [`ack`](Self::ack): the marker is kept all the same.
     pub fn mark_delivered(&mut self, pos: SegmentPosition) -> Result<()> {
         if self.scratch {
             return Ok(());
         }
-        if self.pending_ack_bytes >= ACK_BUFFER_LIMIT {
-            self.flush_acks()?;
-        }
         if let Ok(i) = self.find_segment(pos.segment) {
             self.push_entry(i, format::encode_ack_entry(pos.offset, true));
+        }
+        if self.pending_ack_bytes >= ACK_BUFFER_LIMIT {
+            self.flush_acks()?;
         }
         Ok(())
     }
@@ -789,7 +971,11 @@ impl QueueLog {
                 continue;
             }
             self.make_readable(number, end)?;
-            let reader = Self::reader_for(&mut self.reader, &self.dir, number)?;
+            if let Some(hole_end) = self.segments[idx].hole_at(offset) {
+                offset = hole_end;
+                continue;
+            }
+            let reader = Self::reader_for(&mut self.reader, &*self.fs, &self.dir, number)?;
             let head_len = RECORD_HEADER_LEN as usize + FLAGS_OFFSET + 1;
             if end - offset < head_len as u64 {
                 return Err(corrupt(
@@ -854,9 +1040,12 @@ impl QueueLog {
             };
             self.cursor = Some((last, resume));
         }
-        if idx >= self.segments.len() || self.scratch {
-            // Caught up (or a spill log, one of possibly thousands): give back the read
-            // buffer and the file handle.
+        if idx >= self.segments.len()
+            || self.scratch
+            || self.fd_budget.as_ref().is_some_and(|b| b.over())
+        {
+            // Caught up (or a spill log, one of possibly thousands, or too many logs hold
+            // descriptors): give back the read buffer and the file handle.
             self.reader = None;
         }
         Ok(out)
@@ -885,7 +1074,7 @@ impl QueueLog {
             return Ok((i + 1, FILE_HEADER_LEN));
         }
         self.make_readable(number, end)?;
-        let reader = Self::reader_for(&mut self.reader, &self.dir, number)?;
+        let reader = Self::reader_for(&mut self.reader, &*self.fs, &self.dir, number)?;
         let (payload_len, _) =
             format::decode_record_header(reader.bytes(offset, RECORD_HEADER_LEN as usize, end)?);
         Ok((i, offset + RECORD_HEADER_LEN + payload_len))
@@ -906,28 +1095,88 @@ impl QueueLog {
     /// The reader of segment `number`, opened if the cached one is another segment's.
     fn reader_for<'a>(
         slot: &'a mut Option<SegmentReader>,
+        fs: &dyn FileSystem,
         dir: &Path,
         number: u32,
     ) -> Result<&'a mut SegmentReader> {
         match slot {
             Some(r) if r.number == number => {}
-            _ => *slot = Some(SegmentReader::open(dir, number)?),
+            _ => *slot = Some(SegmentReader::open(fs, dir, number)?),
         }
         slot.as_mut().ok_or(StoreError::Misuse("no reader"))
     }
 
     /// Drops every message: deletes all segments; the next append starts a new one.
     /// Returns how many live messages there were.
+    ///
+    /// # Errors
+    /// A segment's files could not be removed: the messages are gone from the log all the
+    /// same, and the next sync retries the removal (and fails while it cannot, so that no
+    /// sync reports the purge durable while they could come back).
     pub fn purge(&mut self) -> Result<u64> {
         let purged = self.live;
         self.writer = None;
+        // Every segment goes from memory even if a removal fails: those are retried by
+        // the next sync, which fails while any remains.
+        let mut first_error = None;
         while !self.segments.is_empty() {
-            self.delete_segment(0)?;
+            if let Err(e) = self.delete_segment(0) {
+                first_error.get_or_insert(e);
+            }
         }
         self.live = 0;
         self.cursor = None;
         self.dir_unsynced = !self.scratch;
-        Ok(purged)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(purged),
+        }
+    }
+
+    /// Shares `budget` with other logs: past it, this log closes its descriptors after
+    /// each sync and reopens them on demand (see [`FdBudget`]).
+    pub fn set_fd_budget(&mut self, budget: Arc<FdBudget>) {
+        self.fd_budget = Some(budget);
+        if self.writer.as_ref().is_some_and(|w| w.file.is_some()) || self.ack_file.is_some() {
+            self.note_open();
+        }
+    }
+
+    /// Takes a budget ticket if this log holds none.
+    fn note_open(&mut self) {
+        if self.fd_ticket.is_none()
+            && let Some(budget) = &self.fd_budget
+        {
+            self.fd_ticket = Some(budget.ticket());
+        }
+    }
+
+    /// Closes every descriptor no unsynced write depends on; gives the budget ticket
+    /// back when none is left.
+    fn close_idle_files(&mut self) {
+        self.reader = None;
+        if self.unsynced.is_empty() && self.dirty_acks.is_empty() {
+            self.ack_file = None;
+        }
+        if let Some(w) = self.writer.as_mut()
+            && !w.dirty
+            && w.buf.is_empty()
+            && !self.sync_in_flight
+        {
+            w.file = None;
+        }
+        let writer_open = self.writer.as_ref().is_some_and(|w| w.file.is_some());
+        if !writer_open && self.ack_file.is_none() {
+            self.fd_ticket = None;
+        }
+    }
+
+    /// Descriptors this log holds open now (writer, ack file, reader), for tests and
+    /// metrics.
+    pub fn open_files(&self) -> usize {
+        usize::from(self.writer.as_ref().is_some_and(|w| w.file.is_some()))
+            + usize::from(self.ack_file.is_some())
+            + usize::from(self.reader.is_some())
     }
 
     /// Gives back the write buffer, the read-ahead buffer and cached file handles, after
@@ -949,7 +1198,9 @@ impl QueueLog {
         self.reader = None;
         self.ack_file = None;
         self.unsynced.clear();
-        fs::remove_dir_all(&self.dir).map_err(StoreError::io("remove directory", &self.dir))
+        self.fs
+            .remove_dir_all(&self.dir)
+            .map_err(StoreError::io("remove directory", &self.dir))
     }
 
     fn write_buffer_limit(&self) -> usize {
@@ -983,8 +1234,29 @@ impl QueueLog {
         {
             self.ack_file = None;
         }
-        remove_if_exists(&self.dir.join(format::segment_file_name(seg.number)))?;
-        remove_if_exists(&self.dir.join(format::acks_file_name(seg.number)))
+        if !self.scratch {
+            // The removal must be durable before a later sync reports acks durable: else
+            // a power loss brings the segment back with its last ack never written.
+            self.dir_unsynced = true;
+        }
+        self.remove_segment_files(seg.number).inspect_err(|_| {
+            // Until its files are gone, no sync may report its acks durable.
+            self.undeleted.push(seg.number);
+        })
+    }
+
+    fn remove_segment_files(&self, number: u32) -> Result<()> {
+        remove_if_exists(&*self.fs, &self.dir.join(format::segment_file_name(number)))?;
+        remove_if_exists(&*self.fs, &self.dir.join(format::acks_file_name(number)))
+    }
+
+    /// Retries the removals of deleted segments that failed.
+    fn remove_undeleted(&mut self) -> Result<()> {
+        while let Some(&number) = self.undeleted.last() {
+            self.remove_segment_files(number)?;
+            self.undeleted.pop();
+        }
+        Ok(())
     }
 }
 
@@ -996,18 +1268,6 @@ impl Drop for QueueLog {
             let _ = self.flush();
         }
     }
-}
-
-/// Flushes every file of the filesystem holding `file`, with its journal, in one call.
-#[cfg(target_os = "linux")]
-fn sync_filesystem(file: &File) -> io::Result<()> {
-    rustix::fs::syncfs(file).map_err(io::Error::from)
-}
-
-/// Without `syncfs` each file is synced on its own.
-#[cfg(not(target_os = "linux"))]
-fn sync_filesystem(_: &File) -> io::Result<()> {
-    Err(io::ErrorKind::Unsupported.into())
 }
 
 fn corrupt(path: &Path, offset: u64, detail: &str) -> StoreError {
@@ -1027,19 +1287,21 @@ fn check_segment_size(size: u64) -> Result<()> {
 }
 
 /// The log files in `dir`; other entries are ignored.
-fn list_dir(dir: &Path) -> Result<Vec<(LogFile, PathBuf)>> {
+fn list_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<(LogFile, PathBuf)>> {
     let mut files = Vec::new();
-    for entry in fs::read_dir(dir).map_err(StoreError::io("read directory", dir))? {
-        let entry = entry.map_err(StoreError::io("read directory", dir))?;
-        if let Some(file) = entry.file_name().to_str().and_then(format::parse_file_name) {
-            files.push((file, entry.path()));
+    for name in fs
+        .read_dir(dir)
+        .map_err(StoreError::io("read directory", dir))?
+    {
+        if let Some(file) = name.to_str().and_then(format::parse_file_name) {
+            files.push((file, dir.join(name)));
         }
     }
     Ok(files)
 }
 
-fn remove_if_exists(path: &Path) -> Result<()> {
-    match fs::remove_file(path) {
+fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+    match fs.remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io("remove", path)(e)),
         _ => Ok(()),
     }
@@ -1054,8 +1316,8 @@ struct AckEntries {
     len: u64,
 }
 
-fn read_acks(path: &Path, warnings: &mut Vec<String>) -> Result<AckEntries> {
-    let data = match fs::read(path) {
+fn read_acks(fs: &dyn FileSystem, path: &Path, warnings: &mut Vec<String>) -> Result<AckEntries> {
+    let data = match fs.read(path) {
         Ok(data) => data,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(AckEntries::default()),
         Err(e) => return Err(StoreError::io("read", path)(e)),
@@ -1099,88 +1361,202 @@ fn read_acks(path: &Path, warnings: &mut Vec<String>) -> Result<AckEntries> {
 #[derive(Debug, Default)]
 struct Scan {
     file_len: u64,
-    /// End of the last valid record.
+    /// End of the last valid record: the file is cut here when shorter than `file_len`.
     len: u64,
     live: u32,
     bytes: u64,
     expiring: u64,
     acked: Vec<u32>,
     delivered: Vec<u32>,
-    /// Offset and nature of the first bad record.
-    damage: Option<(u64, &'static str)>,
+    /// Byte ranges of damaged records with valid records after them.
+    holes: Vec<(u32, u32)>,
+    /// The header was all zeros (never synced) and must be rewritten if records are kept.
+    zero_header: bool,
+    /// One sentence per repair.
+    notes: Vec<String>,
 }
 
-/// Reads a segment sequentially through one buffer, checking every record's length and
-/// CRC and matching ack entries against record starts (entries that are not record starts
-/// are dropped). Bodies pass through the checksum and are not kept.
-fn scan_segment(path: &Path, acks: &AckEntries) -> Result<Scan> {
-    let file = File::open(path).map_err(StoreError::io("open", path))?;
-    let file_len = file.metadata().map_err(StoreError::io("stat", path))?.len();
+/// A read-ahead window over a file for the start-up scan.
+struct Window<'a> {
+    file: &'a dyn super::fs::FsFile,
+    path: &'a Path,
+    file_len: u64,
+    buf: Vec<u8>,
+    start: u64,
+}
+
+impl Window<'_> {
+    /// Bytes `offset..offset + len` (`len` at most [`SCAN_BUFFER`], within the file).
+    fn get(&mut self, offset: u64, len: usize) -> Result<&[u8]> {
+        if offset.saturating_add(len as u64) > self.file_len {
+            return Err(corrupt(
+                self.path,
+                offset,
+                "read past the end of the segment",
+            ));
+        }
+        let have =
+            offset >= self.start && offset + len as u64 <= self.start + self.buf.len() as u64;
+        if !have {
+            let want = (SCAN_BUFFER as u64)
+                .max(len as u64)
+                .min(self.file_len - offset) as usize;
+            self.buf.resize(want, 0);
+            if let Err(e) = self.file.read_exact_at(&mut self.buf, offset) {
+                self.buf.clear();
+                return Err(StoreError::io("read", self.path)(e));
+            }
+            self.start = offset;
+        }
+        let s = (offset - self.start) as usize;
+        Ok(&self.buf[s..s + len])
+    }
+
+    /// Checks the record at `offset`: its length fits the file, its checksum holds and it
+    /// is a message. Returns its payload length and summary, or why it is not valid.
+    fn record(
+        &mut self,
+        offset: u64,
+    ) -> Result<std::result::Result<(u64, format::MessageSummary), &'static str>> {
+        if offset > MAX_RECORD_OFFSET {
+            return Ok(Err("record beyond the addressable range"));
+        }
+        if self.file_len - offset < RECORD_HEADER_LEN {
+            return Ok(Err("torn record header"));
+        }
+        let (payload_len, crc) =
+            format::decode_record_header(self.get(offset, RECORD_HEADER_LEN as usize)?);
+        if payload_len < MIN_MESSAGE_PAYLOAD {
+            return Ok(Err("invalid record length"));
+        }
+        if payload_len > self.file_len - offset - RECORD_HEADER_LEN {
+            return Ok(Err("torn record"));
+        }
+        let start = offset + RECORD_HEADER_LEN;
+        if self.get(start, 1)?[0] != format::KIND_MESSAGE {
+            return Ok(Err("unknown record kind"));
+        }
+        let n = (payload_len as usize).min(MESSAGE_PREFIX_MAX);
+        let mut prefix = [0u8; MESSAGE_PREFIX_MAX];
+        prefix[..n].copy_from_slice(self.get(start, n)?);
+        let mut hasher = crc32fast::Hasher::new();
+        let mut at = start;
+        let end = start + payload_len;
+        while at < end {
+            let k = (end - at).min(SCAN_BUFFER as u64) as usize;
+            hasher.update(self.get(at, k)?);
+            at += k as u64;
+        }
+        if hasher.finalize() != crc {
+            return Ok(Err("checksum mismatch"));
+        }
+        Ok(format::summarize_message(&prefix[..n], payload_len).map(|s| (payload_len, s)))
+    }
+
+    /// The first offset after `bad` where a valid record starts: first where the bad
+    /// record's own length says it ends, then byte by byte.
+    fn next_valid(&mut self, bad: u64) -> Result<Option<u64>> {
+        if self.file_len - bad >= RECORD_HEADER_LEN {
+            let (payload_len, _) =
+                format::decode_record_header(self.get(bad, RECORD_HEADER_LEN as usize)?);
+            let end = bad + RECORD_HEADER_LEN + payload_len;
+            if payload_len >= MIN_MESSAGE_PAYLOAD
+                && end < self.file_len
+                && self.record(end)?.is_ok()
+            {
+                return Ok(Some(end));
+            }
+        }
+        let mut at = bad + 1;
+        while self.file_len - at > RECORD_HEADER_LEN + MIN_MESSAGE_PAYLOAD {
+            // Cheap filters first: a plausible length and the message kind.
+            let head = self.get(at, RECORD_HEADER_LEN as usize + 1)?;
+            let (payload_len, _) = format::decode_record_header(head);
+            let plausible = head[RECORD_HEADER_LEN as usize] == format::KIND_MESSAGE
+                && payload_len >= MIN_MESSAGE_PAYLOAD
+                && payload_len <= self.file_len - at - RECORD_HEADER_LEN;
+            if plausible && self.record(at)?.is_ok() {
+                return Ok(Some(at));
+            }
+            at += 1;
+        }
+        Ok(None)
+    }
+}
+
+/// Reads a segment sequentially, checking every record's length and CRC and matching ack
+/// entries against record starts (entries that are not record starts are dropped).
+/// Damaged records are skipped when a valid one follows (a hole), cut when none does (a
+/// torn tail); see the [module documentation](self). Bodies pass through the checksum
+/// and are not kept.
+fn scan_segment(fs: &dyn FileSystem, path: &Path, acks: &AckEntries) -> Result<Scan> {
+    let file = fs
+        .open(path, OpenMode::Read)
+        .map_err(StoreError::io("open", path))?;
+    let file_len = file.size().map_err(StoreError::io("stat", path))?;
     let mut scan = Scan {
         file_len,
+        len: file_len,
         ..Scan::default()
     };
     if file_len < FILE_HEADER_LEN {
-        scan.damage = Some((0, "torn file header"));
+        scan.notes
+            .push(format!("torn file header ({file_len} bytes); removed"));
+        scan.len = 0;
         return Ok(scan);
     }
-    let mut r = BufReader::with_capacity((file_len as usize).min(SCAN_BUFFER), file);
-    let mut header = [0u8; FILE_HEADER_LEN as usize];
-    r.read_exact(&mut header)
-        .map_err(StoreError::io("read", path))?;
-    format::check_file_header(&header, &SEGMENT_MAGIC).map_err(|detail| {
-        StoreError::Incompatible {
-            path: path.to_path_buf(),
-            detail,
-        }
-    })?;
-    let mut offset = FILE_HEADER_LEN;
-    let mut prefix = [0u8; MESSAGE_PREFIX_MAX];
-    let (mut next_ack, mut next_delivered) = (0, 0);
-    scan.damage = loop {
-        if offset == file_len {
-            break None;
-        }
-        if offset > MAX_RECORD_OFFSET {
-            break Some("record beyond the addressable range");
-        }
-        if file_len - offset < RECORD_HEADER_LEN {
-            break Some("torn record header");
-        }
-        let mut head = [0u8; RECORD_HEADER_LEN as usize];
-        r.read_exact(&mut head)
-            .map_err(StoreError::io("read", path))?;
-        let (payload_len, crc) = format::decode_record_header(&head);
-        if payload_len < MIN_MESSAGE_PAYLOAD {
-            break Some("invalid record length");
-        }
-        if payload_len > file_len - offset - RECORD_HEADER_LEN {
-            break Some("torn record");
-        }
-        let n = (payload_len as usize).min(MESSAGE_PREFIX_MAX);
-        r.read_exact(&mut prefix[..n])
-            .map_err(StoreError::io("read", path))?;
-        let mut hasher = crc32fast::Hasher::new();
-        hasher.update(&prefix[..n]);
-        let mut rest = payload_len - n as u64;
-        while rest > 0 {
-            let chunk = r.fill_buf().map_err(StoreError::io("read", path))?;
-            if chunk.is_empty() {
-                return Err(StoreError::io("read", path)(
-                    io::ErrorKind::UnexpectedEof.into(),
-                ));
+    let mut w = Window {
+        file: &*file,
+        path,
+        file_len,
+        buf: Vec::new(),
+        start: 0,
+    };
+    let header = w.get(0, FILE_HEADER_LEN as usize)?;
+    if header.iter().all(|&b| b == 0) {
+        scan.zero_header = true;
+        scan.notes.push(
+            "zero-filled header (created but never synced before a power loss): \
+             read as a torn segment"
+                .to_owned(),
+        );
+    } else {
+        format::check_file_header(header, &SEGMENT_MAGIC).map_err(|detail| {
+            StoreError::Incompatible {
+                path: path.to_path_buf(),
+                detail,
             }
-            let k = chunk.len().min(usize::try_from(rest).unwrap_or(usize::MAX));
-            hasher.update(&chunk[..k]);
-            r.consume(k);
-            rest -= k as u64;
-        }
-        if hasher.finalize() != crc {
-            break Some("checksum mismatch");
-        }
-        let summary = match format::summarize_message(&prefix[..n], payload_len) {
-            Ok(s) => s,
-            Err(why) => break Some(why),
+        })?;
+    }
+    let mut offset = FILE_HEADER_LEN;
+    let (mut next_ack, mut next_delivered) = (0, 0);
+    while offset < file_len {
+        let (payload_len, summary) = match w.record(offset)? {
+            Ok(record) => record,
+            Err(why) => match w.next_valid(offset)? {
+                Some(next) => {
+                    scan.notes.push(format!(
+                        "{why} at offset {offset}: skipped {} bytes up to the valid record \
+                         at offset {next}; the messages in them are lost",
+                        next - offset
+                    ));
+                    scan.holes.push((offset as u32, next as u32));
+                    offset = next;
+                    continue;
+                }
+                None => {
+                    if !(scan.zero_header && offset == FILE_HEADER_LEN) {
+                        scan.notes.push(format!(
+                            "{why} at offset {offset}; cut {} bytes, kept {} live messages \
+                             before it",
+                            file_len - offset,
+                            scan.live
+                        ));
+                    }
+                    scan.len = offset;
+                    break;
+                }
+            },
         };
         let at = offset as u32;
         while next_ack < acks.acked.len() && acks.acked[next_ack] < at {
@@ -1202,8 +1578,6 @@ fn scan_segment(path: &Path, acks: &AckEntries) -> Result<Scan> {
         }
         offset += RECORD_HEADER_LEN + payload_len;
     }
-    .map(|why| (offset, why));
-    scan.len = offset;
     Ok(scan)
 }
 
@@ -1216,8 +1590,11 @@ fn distinct(sorted: &[u32]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::sim::{Fault, Op as SimOp, PowerLoss, SimFs};
     use crate::store::test_support::TempDir;
     use bytestring::ByteString;
+    use std::fs::{self, OpenOptions};
+    use std::os::unix::fs::FileExt;
 
     const SEG: u64 = format::DEFAULT_SEGMENT_SIZE;
 
@@ -1452,7 +1829,7 @@ mod tests {
     }
 
     #[test]
-    fn garbage_in_a_segment_cuts_it_and_drops_later_segments() {
+    fn garbage_at_the_end_of_a_middle_segment_cuts_it_and_keeps_later_segments() {
         let dir = TempDir::new("garbage");
         let positions = three_segments(dir.path());
         let segs = files(dir.path(), "seg");
@@ -1465,31 +1842,92 @@ mod tests {
         drop(file);
 
         let (mut log, recovery) = QueueLog::open(dir.path(), 2048).expect("open");
+        assert_eq!(recovery.warnings.len(), 1, "{:?}", recovery.warnings);
         assert!(
             recovery.warnings[0].contains("checksum mismatch"),
             "{:?}",
             recovery.warnings
         );
-        assert!(
-            recovery.warnings[1..]
-                .iter()
-                .all(|w| w.contains("follows a damaged segment"))
-        );
-        assert_eq!(recovery.warnings.len(), segs.len() - 1);
         let got: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
-        let (first, second) = (segment_number(&segs[0]), segment_number(&segs[1]));
-        let in_second = positions.iter().filter(|p| p.segment == second).count();
+        let second = segment_number(&segs[1]);
+        let last_of_second = positions
+            .iter()
+            .copied()
+            .filter(|p| p.segment == second)
+            .max()
+            .expect("second segment");
         let expected: Vec<_> = positions
             .iter()
             .copied()
-            .filter(|p| p.segment == first || p.segment == second)
-            .take(positions.iter().filter(|p| p.segment == first).count() + in_second - 1)
+            .filter(|&p| p != last_of_second)
             .collect();
         assert_eq!(
             got, expected,
-            "the first segment and all but the scribbled record of the second"
+            "everything but the scribbled record, later segments included"
         );
-        assert_eq!(files(dir.path(), "seg").len(), 2);
+        assert_eq!(files(dir.path(), "seg").len(), 3);
+    }
+
+    #[test]
+    fn a_corrupt_record_mid_log_keeps_every_later_valid_record() {
+        let dir = TempDir::new("midcorrupt");
+        let positions = three_segments(dir.path());
+        let segs = files(dir.path(), "seg");
+        // Flip one body byte of the second record of the first segment: its checksum
+        // fails, but its length and every later record are intact.
+        let victim = positions[1];
+        assert_eq!(victim.segment, segment_number(&segs[0]));
+        let file = OpenOptions::new().write(true).open(&segs[0]).expect("open");
+        file.write_all_at(&[0xFF], u64::from(victim.offset) + 60)
+            .expect("scribble");
+        drop(file);
+
+        let (mut log, recovery) = QueueLog::open(dir.path(), 2048).expect("open");
+        let got: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
+        let expected: Vec<_> = positions.iter().copied().filter(|&p| p != victim).collect();
+        assert_eq!(got, expected, "only the corrupt record is lost");
+        assert_eq!(recovery.messages, 29);
+        assert!(
+            recovery
+                .warnings
+                .iter()
+                .any(|w| w.contains("checksum mismatch")),
+            "{:?}",
+            recovery.warnings
+        );
+        assert_eq!(
+            files(dir.path(), "seg").len(),
+            segs.len(),
+            "no segment deleted"
+        );
+        // A second start finds the same and loses nothing more.
+        drop(log);
+        let (_, recovery) = QueueLog::open(dir.path(), 2048).expect("reopen");
+        assert_eq!(recovery.messages, 29);
+    }
+
+    #[test]
+    fn a_zero_filled_segment_header_after_power_loss_is_a_torn_segment() {
+        let dir = TempDir::new("zeroheader");
+        let positions = three_segments(dir.path());
+        // The newest segment was created but its data never reached the disk: the file
+        // has its size but only zeros (what ext4 can show after a power loss).
+        let last = files(dir.path(), "seg").pop().expect("segment");
+        let len = fs::metadata(&last).expect("meta").len();
+        fs::write(&last, vec![0u8; len as usize]).expect("zero");
+        let (mut log, recovery) = QueueLog::open(dir.path(), 2048).expect("must open");
+        let got: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
+        let last_number = segment_number(&last);
+        let expected: Vec<_> = positions
+            .iter()
+            .copied()
+            .filter(|p| p.segment != last_number)
+            .collect();
+        assert_eq!(got, expected);
+        assert!(!recovery.warnings.is_empty());
+        // Appends go on after it.
+        log.append(&msg(100, 1)).expect("append");
+        log.sync().expect("sync");
     }
 
     fn segment_number(path: &Path) -> u32 {
@@ -1682,11 +2120,13 @@ mod tests {
             .iter_mut()
             .map(|log| log.begin_sync().expect("begin"))
             .collect();
-        let result = PendingSync::run_together(&pending);
-        assert!(result.is_ok(), "{result:?}");
-        for ((log, sync), pos) in logs.iter_mut().zip(pending).zip(appended) {
+        let syncer = crate::store::Syncer::open(&RealFs::shared(), dir.path()).expect("syncer");
+        let results = syncer.sync(&pending);
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        for (((log, sync), pos), result) in logs.iter_mut().zip(pending).zip(appended).zip(&results)
+        {
             assert_eq!(
-                log.complete_sync(sync, &result).expect("complete"),
+                log.complete_sync(sync, result).expect("complete"),
                 Some(pos)
             );
         }
@@ -1718,6 +2158,204 @@ mod tests {
         ));
         assert!(matches!(log.sync(), Err(StoreError::Poisoned(_))));
         assert_eq!(log.durable_position(), Some(b));
+    }
+
+    fn sim_log(sim: &SimFs, dir: &str, segment_size: u64) -> QueueLog {
+        sim.mkdir_durable(Path::new("/data/queues"));
+        QueueLog::create_in(sim.shared(), dir, segment_size).expect("create")
+    }
+
+    fn errno(e: rustix::io::Errno) -> i32 {
+        e.raw_os_error()
+    }
+
+    #[test]
+    fn no_descriptor_for_a_directory_sync_does_not_poison_and_the_sync_is_redone() {
+        for errno_value in [
+            errno(rustix::io::Errno::MFILE),
+            errno(rustix::io::Errno::NFILE),
+        ] {
+            let sim = SimFs::new();
+            let mut log = sim_log(&sim, "/data/queues/q", SEG);
+            let a = log.append(&msg(0, 10)).expect("append");
+            // The sync must fsync /data/queues (the log's directory is new there).
+            sim.inject(Fault {
+                op: SimOp::Open,
+                path: "/data/queues".into(),
+                skip: 0,
+                times: 1,
+                errno: errno_value,
+                torn: false,
+            });
+            let err = log.sync().expect_err("the directory could not be opened");
+            assert!(err.is_transient(), "{err}");
+            assert_eq!(log.durable_position(), None, "nothing confirmed");
+            let b = log
+                .append(&msg(1, 10))
+                .expect("not poisoned: appends go on");
+            assert_eq!(log.sync().expect("the retry succeeds"), Some(b));
+            drop(log);
+            let after = sim.power_loss(PowerLoss::DropUnsynced);
+            let (mut log, _) = QueueLog::open_in(after.shared(), "/data/queues/q", SEG)
+                .expect("the retried sync made the directory durable");
+            let got: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
+            assert_eq!(got, [a, b]);
+        }
+    }
+
+    #[test]
+    fn a_failed_fdatasync_still_poisons() {
+        let sim = SimFs::new();
+        let mut log = sim_log(&sim, "/data/queues/q", SEG);
+        log.append(&msg(0, 10)).expect("append");
+        sim.inject(Fault {
+            op: SimOp::SyncFile,
+            path: ".seg".into(),
+            skip: 0,
+            times: 1,
+            errno: errno(rustix::io::Errno::IO),
+            torn: false,
+        });
+        assert!(matches!(log.sync(), Err(StoreError::Poisoned(_))));
+        assert!(matches!(
+            log.append(&msg(1, 1)),
+            Err(StoreError::Poisoned(_))
+        ));
+    }
+
+    #[test]
+    fn write_errors_and_torn_writes_are_retried_at_the_same_offset() {
+        for (errno_value, torn) in [
+            (errno(rustix::io::Errno::NOSPC), true),
+            (errno(rustix::io::Errno::IO), false),
+        ] {
+            let sim = SimFs::new();
+            let mut log = sim_log(&sim, "/data/queues/q", SEG);
+            let a = log.append(&msg(0, 100)).expect("append");
+            sim.inject(Fault {
+                op: SimOp::Write,
+                path: ".seg".into(),
+                skip: 0,
+                times: 1,
+                errno: errno_value,
+                torn,
+            });
+            assert!(log.sync().is_err(), "the write failed");
+            let b = log.append(&msg(1, 100)).expect("append");
+            assert_eq!(log.sync().expect("sync"), Some(b));
+            drop(log);
+            let after = sim.power_loss(PowerLoss::DropUnsynced);
+            let (mut log, recovery) =
+                QueueLog::open_in(after.shared(), "/data/queues/q", SEG).expect("open");
+            assert!(recovery.warnings.is_empty(), "{:?}", recovery.warnings);
+            let got: Vec<_> = read_all(&mut log)
+                .into_iter()
+                .map(|(p, m)| (p, m.body))
+                .collect();
+            assert_eq!(got, [(a, msg(0, 100).body), (b, msg(1, 100).body)]);
+        }
+    }
+
+    #[test]
+    fn an_ack_whose_flush_finds_no_descriptor_still_counts() {
+        let sim = SimFs::new();
+        let mut log = sim_log(&sim, "/data/queues/q", SEG);
+        let n = 2 * ACK_BUFFER_LIMIT / format::ACK_ENTRY_LEN as usize;
+        let positions: Vec<_> = (0..n)
+            .map(|i| log.append(&msg(i, 1)).expect("append"))
+            .collect();
+        log.sync().expect("sync");
+        sim.inject(Fault {
+            op: SimOp::Open,
+            path: ".acks".into(),
+            skip: 0,
+            times: 1,
+            errno: errno(rustix::io::Errno::MFILE),
+            torn: false,
+        });
+        // As the queue does: an ack's error is logged, not retried.
+        let failed = positions.iter().filter(|&&p| log.ack(p).is_err()).count();
+        assert_eq!(failed, 1, "one flush found no descriptor");
+        assert_eq!(log.live_messages(), 0, "every ack counts");
+        assert!(read_all(&mut log).is_empty());
+        log.sync().expect("the next sync writes them all");
+        drop(log);
+        let after = sim.power_loss(PowerLoss::DropUnsynced);
+        let (_, recovery) = QueueLog::open_in(after.shared(), "/data/queues/q", SEG).expect("open");
+        assert_eq!(recovery.messages, 0);
+    }
+
+    #[test]
+    fn many_logs_stay_within_the_descriptor_limit() {
+        let sim = SimFs::new();
+        sim.mkdir_durable(Path::new("/data/queues"));
+        sim.set_fd_limit(Some(100));
+        let budget = crate::store::fd_budget::FdBudget::new(20);
+        let mut logs = Vec::new();
+        for q in 0..1000 {
+            let mut log = QueueLog::create_in(sim.shared(), format!("/data/queues/{q}"), 1024)
+                .expect("create");
+            log.set_fd_budget(budget.clone());
+            log.append(&msg(q, 10)).expect("append");
+            log.sync().expect("sync");
+            logs.push(log);
+        }
+        assert!(sim.open_files() <= 40, "{} files open", sim.open_files());
+        // Every log works on: appends reopen the segment, acks the ack file, reads the
+        // reader (closed after each page past the budget).
+        for (q, log) in logs.iter_mut().enumerate() {
+            let p = log.append(&msg(q, 2000)).expect("append again");
+            let first = log.read(None, 1, usize::MAX).expect("read")[0].0;
+            assert!(
+                q < 20 || log.open_files() == 1,
+                "log {q} past the budget keeps only its unsynced segment open"
+            );
+            log.ack(first).expect("ack");
+            log.sync().expect("sync");
+            assert_eq!(
+                read_all(log).iter().map(|(p, _)| *p).collect::<Vec<_>>(),
+                [p]
+            );
+        }
+        assert!(sim.open_files() <= 40, "{} files open", sim.open_files());
+        drop(logs);
+        let after = sim.power_loss(PowerLoss::DropUnsynced);
+        for q in [0, 499, 999] {
+            let (_, recovery) =
+                QueueLog::open_in(after.shared(), format!("/data/queues/{q}"), 1024).expect("open");
+            assert_eq!(recovery.messages, 1);
+        }
+    }
+
+    #[test]
+    fn a_synced_ack_does_not_come_back_after_a_power_loss() {
+        let sim = SimFs::new();
+        let mut log = sim_log(&sim, "/data/queues/q", 1024);
+        let positions: Vec<_> = (0..12)
+            .map(|i| log.append(&msg(i, 100)).expect("append"))
+            .collect();
+        log.sync().expect("sync");
+        // Ack a whole sealed segment (deleted at once) and one message of the next.
+        let first = positions[0].segment;
+        for &p in positions.iter().filter(|p| p.segment == first) {
+            log.ack(p).expect("ack");
+        }
+        let other = *positions
+            .iter()
+            .find(|p| p.segment != first)
+            .expect("second segment");
+        log.ack(other).expect("ack");
+        log.sync().expect("sync");
+        drop(log);
+        let after = sim.power_loss(PowerLoss::DropUnsynced);
+        let (mut log, _) = QueueLog::open_in(after.shared(), "/data/queues/q", 1024).expect("open");
+        let got: Vec<_> = read_all(&mut log).into_iter().map(|(p, _)| p).collect();
+        let expected: Vec<_> = positions
+            .iter()
+            .copied()
+            .filter(|p| p.segment != first && *p != other)
+            .collect();
+        assert_eq!(got, expected);
     }
 
     #[test]
