@@ -8,13 +8,26 @@
 //! the process, so a test run fails loudly at the cause instead of hanging until a
 //! timeout with nothing to show.
 //!
-//! Without the feature [`start`] does nothing: the release binary carries neither the
-//! detector's bookkeeping nor the thread.
+//! parking_lot's detector has a blind spot: its search only reports a cycle that it
+//! first enters at a thread, so a thread that waits for a lock it holds itself is missed
+//! when another thread queued on that lock before it (exactly the registry deadlock of
+//! issue 12, where publishers queue on the registry lock before the declaring thread
+//! re-enters it). [`watch_runtime`] covers that and every other way of blocking the
+//! broker (an async lock cycle, blocking work on a worker): a heartbeat task on the
+//! runtime must run every [`STALL_AFTER`]; when it does not, the watchdog prints every
+//! thread's stack (through gdb, when it is installed) and aborts.
+//!
+//! Without the feature [`start`] and [`watch_runtime`] do nothing: the release binary
+//! carries neither the detector's bookkeeping nor the threads.
 
 use std::time::Duration;
 
 /// How often the watchdog looks for a deadlock.
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+/// How long the runtime may go without running its heartbeat task before
+/// [`watch_runtime`] calls the broker stalled.
+pub const STALL_AFTER: Duration = Duration::from_secs(5);
 
 /// Whether this build carries the watchdog (the `deadlock-detection` feature).
 pub const ENABLED: bool = cfg!(feature = "deadlock-detection");
@@ -36,6 +49,65 @@ pub fn start() {
     }
 }
 
+/// Watches `runtime` for stalls (see the module docs); a no-op unless the
+/// `deadlock-detection` feature is on. Meant for a runtime that runs only the broker (the
+/// `warren` binary's): a test runtime that blocks its thread on purpose would trip it.
+pub fn watch_runtime(runtime: &tokio::runtime::Handle) {
+    #[cfg(feature = "deadlock-detection")]
+    {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::time::Instant;
+
+        let started = Instant::now();
+        let beat = Arc::new(AtomicU64::new(0));
+        let ms = move || u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let heart = beat.clone();
+        runtime.spawn(async move {
+            loop {
+                heart.store(ms(), Ordering::Relaxed);
+                tokio::time::sleep(CHECK_EVERY / 2).await;
+            }
+        });
+        let spawned = std::thread::Builder::new()
+            .name("warren-stall-watchdog".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(CHECK_EVERY);
+                    let silent = ms().saturating_sub(beat.load(Ordering::Relaxed));
+                    if silent > u64::try_from(STALL_AFTER.as_millis()).unwrap_or(u64::MAX) {
+                        eprintln!(
+                            "warren: STALL DETECTED: the runtime ran nothing for {silent} ms \
+                             (a worker is blocked: a lock cycle, or blocking work); aborting \
+                             (deadlock-detection watchdog). Every thread's stack:\n{}",
+                            all_stacks()
+                        );
+                        std::process::abort();
+                    }
+                }
+            });
+        if let Err(error) = spawned {
+            eprintln!("warren: cannot start the stall watchdog: {error}");
+        }
+    }
+    #[cfg(not(feature = "deadlock-detection"))]
+    let _ = runtime;
+}
+
+/// Every thread's stack, from gdb attached to this process (or why there are none).
+#[cfg(feature = "deadlock-detection")]
+fn all_stacks() -> String {
+    let output = std::process::Command::new("gdb")
+        .args(["-p", &std::process::id().to_string(), "-batch", "-ex"])
+        .arg("thread apply all bt")
+        .stdin(std::process::Stdio::null())
+        .output();
+    match output {
+        Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+        Err(error) => format!("(no stacks: gdb did not run: {error})"),
+    }
+}
+
 /// Checks for deadlocks forever; aborts the process on the first one.
 #[cfg(feature = "deadlock-detection")]
 fn watch() {
@@ -50,7 +122,12 @@ fn watch() {
             .map(|threads| {
                 threads
                     .iter()
-                    .map(|t| (format!("{:?}", t.thread_id()), format!("{:?}", t.backtrace())))
+                    .map(|t| {
+                        (
+                            format!("{:?}", t.thread_id()),
+                            format!("{:?}", t.backtrace()),
+                        )
+                    })
                     .collect()
             })
             .collect();
@@ -106,7 +183,10 @@ mod tests {
                 assert!(super::report(&cycles).contains("DEADLOCK DETECTED"));
                 return;
             }
-            assert!(Instant::now() < deadline, "no deadlock reported within 10 s");
+            assert!(
+                Instant::now() < deadline,
+                "no deadlock reported within 10 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
