@@ -1576,6 +1576,7 @@ fn tail(text: &str, lines: usize) -> String {
 fn condense(stacks: &str) -> String {
     let mut out = Vec::new();
     let mut frames = 0;
+    let mut previous = "";
     for line in stacks.lines() {
         if line.contains("DETECTED")
             || line.starts_with("Thread ")
@@ -1584,10 +1585,15 @@ fn condense(stacks: &str) -> String {
         {
             out.push(line.to_owned());
             frames = 0;
-        } else if frames < 8 && (line.contains("server/src/") || line.contains(" warren::")) {
+        } else if frames < 8 && line.contains("server/src/") {
+            // The watchdog's backtraces put a frame's name and its file on two lines.
+            if line.trim_start().starts_with("at ") {
+                out.push(format!("    {}", previous.trim()));
+            }
             out.push(format!("    {}", line.trim()));
             frames += 1;
         }
+        previous = line;
     }
     out.join("\n")
 }
