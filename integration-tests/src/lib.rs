@@ -212,6 +212,16 @@ pub struct WarrenProcess {
     addr: SocketAddr,
 }
 
+/// How [`WarrenProcess::start_logged`] starts the broker: more flags, and a file that
+/// takes its stderr (logs, and the deadlock watchdog's backtraces) instead of the test's.
+#[derive(Debug, Default, Clone)]
+pub struct ProcessOptions<'a> {
+    /// More command-line flags.
+    pub args: &'a [&'a str],
+    /// Appends the broker's stderr to this file.
+    pub stderr: Option<&'a std::path::Path>,
+}
+
 impl WarrenProcess {
     /// Builds the binary if needed, starts it on a free loopback port with its data in
     /// `data_dir`, and waits (bounded) until it accepts connections.
@@ -234,10 +244,34 @@ impl WarrenProcess {
         Self::spawn(data_dir, None, args).await
     }
 
+    /// Like [`WarrenProcess::start`], with more flags and its stderr sent to a file.
+    pub async fn start_logged(
+        data_dir: &std::path::Path,
+        options: ProcessOptions<'_>,
+    ) -> WarrenProcess {
+        let stderr = options.stderr.map(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+        });
+        Self::spawn_to(data_dir, None, options.args, stderr).await
+    }
+
     async fn spawn(
         data_dir: &std::path::Path,
         max_file_kib: Option<u64>,
         extra_args: &[&str],
+    ) -> WarrenProcess {
+        Self::spawn_to(data_dir, max_file_kib, extra_args, None).await
+    }
+
+    async fn spawn_to(
+        data_dir: &std::path::Path,
+        max_file_kib: Option<u64>,
+        extra_args: &[&str],
+        stderr: Option<std::fs::File>,
     ) -> WarrenProcess {
         let binary = warren_binary();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -270,6 +304,7 @@ impl WarrenProcess {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra_args)
+            .stderr(stderr.map_or_else(std::process::Stdio::inherit, Into::into))
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -292,6 +327,16 @@ impl WarrenProcess {
     /// The AMQP URI to reach it.
     pub fn uri(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)
+    }
+
+    /// Its process id (for signals, and for a debugger to print its threads' stacks).
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Its exit status, if it has exited (it is then reaped); `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     /// Sends SIGHUP (Warren reloads its policy file).
@@ -335,7 +380,9 @@ impl Drop for WarrenProcess {
     }
 }
 
-/// The path of the `warren` binary next to this test executable, built on first use.
+/// The path of the `warren` binary next to this test executable, built on first use,
+/// with the `deadlock-detection` watchdog: a broker that deadlocks aborts and prints
+/// every deadlocked thread's backtrace to its stderr.
 pub fn warren_binary() -> std::path::PathBuf {
     static BUILD: std::sync::Once = std::sync::Once::new();
     let exe = std::env::current_exe().expect("the test executable");
@@ -347,7 +394,15 @@ pub fn warren_binary() -> std::path::PathBuf {
     BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = std::process::Command::new(cargo);
-        build.args(["build", "-p", "warren", "--bin", "warren"]);
+        build.args([
+            "build",
+            "-p",
+            "warren",
+            "--bin",
+            "warren",
+            "--features",
+            "deadlock-detection",
+        ]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }

@@ -14,6 +14,7 @@
 //! - [`error`]: AMQP reply codes and RabbitMQ's error texts, in one place.
 //! - [`names`]: server-generated queue names and consumer tags.
 //! - [`policy`]: RabbitMQ policies: per-name queue and exchange settings from a file.
+//! - [`watchdog`]: test builds only: aborts with backtraces when threads deadlock.
 
 pub mod alarms;
 pub mod broker;
@@ -32,5 +33,6 @@ pub mod shutdown;
 pub mod store;
 pub mod timers;
 pub mod vhost;
+pub mod watchdog;
 
 pub use config::Config;

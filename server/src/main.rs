@@ -45,6 +45,8 @@ fn start() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    // Test builds (`deadlock-detection`) abort with every thread's stack on a stall.
+    warren::watchdog::watch_runtime(runtime.handle());
     runtime.block_on(async {
         let addr = (config.bind, config.port);
         let listener = tokio::net::TcpListener::bind(addr)

@@ -53,6 +53,8 @@ pub async fn run(
     config: Arc<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // Test builds (`deadlock-detection`) abort with backtraces on a lock cycle.
+    crate::watchdog::start();
     let broker = Arc::new(Broker::open(config).map_err(std::io::Error::other)?);
     {
         let config = broker.config();
