@@ -35,6 +35,8 @@ pub struct Broker {
     next_consumer: AtomicU64,
     alarms: Alarms,
     policies: Arc<RwLock<Policies>>,
+    /// The timer thread that wakes queues at their deadlines.
+    timers: Arc<Timers>,
 }
 
 /// Why the broker could not open.
@@ -73,7 +75,8 @@ impl Broker {
             path: config.data_dir.clone(),
             source,
         })?;
-        let vhost = VHost::new("/", Some(store.clone()), Arc::new(timers), policies.clone());
+        let timers = Arc::new(timers);
+        let vhost = VHost::new("/", Some(store.clone()), timers.clone(), policies.clone());
         let (queues, messages) = vhost.restore(&defs)?;
         // Only now, with what restore recorded (holds it created, queues it dropped),
         // can a log directory be proven garbage.
@@ -103,6 +106,7 @@ impl Broker {
             next_consumer: AtomicU64::new(1),
             alarms: Alarms::default(),
             policies,
+            timers,
         })
     }
 
@@ -171,17 +175,27 @@ impl Broker {
         self.store.commit(targets, done);
     }
 
-    /// Makes everything written so far durable (at shutdown).
+    /// Stops the timers and makes everything written so far durable (at shutdown).
+    /// Two rounds: what the first round's completions write (the source acks of moved
+    /// messages, once their copies are durable) is made durable by the second, so that
+    /// a clean restart does not move those messages again.
     pub async fn sync_all(&self) -> bool {
-        let targets: Vec<Arc<dyn SyncTarget>> = self
-            .vhosts
-            .values()
-            .flat_map(|v| v.logged_queues())
-            .map(|q| q as Arc<dyn SyncTarget>)
-            .collect();
-        let (done, synced) = oneshot::channel();
-        self.store.commit(targets, Some(done));
-        synced.await.unwrap_or(false)
+        // Nothing may move messages meanwhile.
+        let timers = self.timers.clone();
+        let _ = tokio::task::spawn_blocking(move || timers.stop()).await;
+        let mut durable = true;
+        for _ in 0..2 {
+            let targets: Vec<Arc<dyn SyncTarget>> = self
+                .vhosts
+                .values()
+                .flat_map(|v| v.logged_queues())
+                .map(|q| q as Arc<dyn SyncTarget>)
+                .collect();
+            let (done, synced) = oneshot::channel();
+            self.store.commit(targets, Some(done));
+            durable &= synced.await.unwrap_or(false);
+        }
+        durable
     }
 
     /// A fresh connection id.

@@ -67,6 +67,7 @@ struct Shared {
 /// The timer thread's handle; dropping it stops the thread.
 pub struct Timers {
     shared: Arc<Shared>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Timers {
@@ -85,10 +86,23 @@ impl Timers {
     pub fn start() -> std::io::Result<Self> {
         let shared = Arc::new(Shared::default());
         let worker = shared.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("warren-timers".into())
             .spawn(move || run(&worker))?;
-        Ok(Self { shared })
+        Ok(Self {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Stops the timer thread and waits for the wake-up it may be running to end: at
+    /// shutdown, so that nothing moves messages while the store is synced a last time.
+    pub fn stop(&self) {
+        self.shared.schedule.lock().stopped = true;
+        self.shared.changed.notify_one();
+        if let Some(thread) = self.thread.lock().take() {
+            let _ = thread.join();
+        }
     }
 
     /// Wakes `target` at `at_ms` (wall-clock milliseconds), unless it is gone by then.

@@ -163,6 +163,23 @@ impl VHost {
         })
     }
 
+    /// Drops a deleted queue's messages; its durable log goes once the deletion (written
+    /// before this call) is durable.
+    fn discard_queue(&self, queue: &Queue) -> u32 {
+        let (count, log) = queue.delete();
+        if let Some(log) = log {
+            match &self.store {
+                Some(store) => store.retire_queue_log(log),
+                None => {
+                    if let Err(error) = log.delete() {
+                        tracing::error!(queue = %queue.name(), %error, "cannot remove the queue's log");
+                    }
+                }
+            }
+        }
+        count
+    }
+
     /// Queues a definitions change; the caller holds the registry lock that orders it
     /// and calls [`write_changes`](Self::write_changes) once it is released.
     fn queue_change(&self, change: Change) {
@@ -420,7 +437,7 @@ impl VHost {
         if let Some(existing) = raced {
             // Another connection declared it meanwhile: that one stands, ours goes.
             if let Some(ours) = exchange.hold() {
-                ours.delete();
+                self.discard_queue(ours);
             }
             return self.check_redeclared_exchange(&existing, name, exchange.settings());
         }
@@ -593,14 +610,15 @@ impl VHost {
                     name: name.clone(),
                 });
             }
-            if let Some(hold) = existing.hold() {
+            let hold = existing.hold().cloned();
+            if let Some(hold) = &hold {
+                hold.mark_deleted();
                 if hold.settings().durable {
                     self.record(&Change::DeleteQueue {
                         vhost: self.name.clone(),
                         name: hold.name().to_string(),
                     });
                 }
-                hold.delete();
             }
             for other in exchanges.values() {
                 if unbinds_last(other, DestinationKind::Exchange, &name) {
@@ -609,6 +627,9 @@ impl VHost {
             }
             drop(exchanges);
             self.write_changes();
+            if let Some(hold) = hold {
+                self.discard_queue(&hold);
+            }
         }
     }
 
@@ -722,7 +743,7 @@ impl VHost {
         };
         if let Some(existing) = raced {
             // Another connection declared it meanwhile: that one stands, ours goes.
-            queue.delete();
+            self.discard_queue(&queue);
             self.redeclare(&existing, &declare, conn, effects)?;
             return Ok((existing, false));
         }
@@ -853,7 +874,7 @@ impl VHost {
     /// Retires a direct reply-to queue: later replies to it are dropped.
     pub fn remove_reply_queue(&self, queue: &Arc<Queue>) {
         if self.reply_queues.write().remove(&**queue.name()).is_some() {
-            queue.delete();
+            self.discard_queue(queue);
         }
     }
 
@@ -892,7 +913,7 @@ impl VHost {
     /// the queue's messages and log, and deletes the auto-delete exchanges it emptied.
     fn finish_removal(&self, removed: RemovedQueue) -> u32 {
         self.write_changes();
-        let count = removed.queue.delete();
+        let count = self.discard_queue(&removed.queue);
         self.remove_unused_exchanges(removed.emptied);
         count
     }
@@ -1200,9 +1221,8 @@ impl VHost {
                             vhost: self.name.clone(),
                             name: def.name.clone(),
                         });
-                        if let Err(error) = log.delete() {
-                            tracing::warn!(%error, "cannot remove the log of a deleted delayed exchange");
-                        }
+                        self.write_changes();
+                        store.retire_queue_log(log);
                     }
                 }
                 continue;

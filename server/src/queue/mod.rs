@@ -1092,9 +1092,11 @@ impl Queue {
         self.state.lock().deleted = true;
     }
 
-    /// Marks the queue deleted, drops its messages and its log, and tells its consumers'
-    /// connections. Returns the number of ready messages it held.
-    pub fn delete(&self) -> u32 {
+    /// Marks the queue deleted, drops its messages (and a spill log), and tells its
+    /// consumers' connections. Returns the number of ready messages it held, and its
+    /// durable log: the caller removes that once the deletion is durable, so that a
+    /// crash before then does not bring the queue back without its messages.
+    pub fn delete(&self) -> (u32, Option<QueueLog>) {
         let (count, consumers, log) = {
             let mut st = self.state.lock();
             st.deleted = true;
@@ -1102,12 +1104,15 @@ impl Queue {
             st.ready.take_all();
             st.paged = 0;
             st.paged_bytes = 0;
-            (count, std::mem::take(&mut st.consumers), st.log.take())
+            let log = st.log.take();
+            let (durable, spill) = if st.spill { (None, log) } else { (log, None) };
+            (count, std::mem::take(&mut st.consumers), (durable, spill))
         };
-        if let Some(log) = log
-            && let Err(error) = log.delete()
+        let (durable, spill) = log;
+        if let Some(spill) = spill
+            && let Err(error) = spill.delete()
         {
-            tracing::error!(queue = %self.name, %error, "cannot remove the queue's log");
+            tracing::error!(queue = %self.name, %error, "cannot remove the queue's spill log");
         }
         for consumer in consumers {
             consumer.mailbox.push(Outgoing::Cancelled {
@@ -1115,7 +1120,7 @@ impl Queue {
                 consumer: consumer.id,
             });
         }
-        u32::try_from(count).unwrap_or(u32::MAX)
+        (u32::try_from(count).unwrap_or(u32::MAX), durable)
     }
 
     /// Hands ready messages to consumers with credit, one at a time; expired messages met
