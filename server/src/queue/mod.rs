@@ -920,6 +920,12 @@ impl Queue {
             }
             let quorum = st.args.queue_type == QueueType::Quorum;
             for mut message in messages {
+                // A message returned from a `no_ack` delivery that was never written
+                // has no delivered marker yet; once flagged it would never get one. (A
+                // quorum queue marks every return below.)
+                if !quorum {
+                    st.mark_delivered(&message);
+                }
                 message.redelivered = true;
                 if quorum {
                     message.delivery_count += 1;
