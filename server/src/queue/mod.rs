@@ -23,6 +23,8 @@ pub mod credit;
 pub mod dead_letter;
 pub mod effects;
 pub mod mailbox;
+#[cfg(test)]
+mod model_tests;
 mod paging;
 pub mod ready;
 
