@@ -1,12 +1,13 @@
 //! Model-based tests of a [`Queue`] with its log.
 //!
-//! Random sequences of operations (publish, `basic.get`, a consumer with prefetch fed
-//! through its mailbox, ack, reject with and without requeue, closing the channel,
-//! purge, the memory alarm, settling moved letters, restarts) run against a real queue
-//! and against [`Model`], a plain description of what the queue promises, and the two
-//! are compared after every step: message counts, which message each delivery or get
-//! hands out and with which `redelivered` flag, the consumer's credit, the dead-letter
-//! moves left as [`Effects`], and, after a restart, which messages came back.
+//! Random sequences of operations (publish, `basic.get`, consumers with prefetch fed
+//! through their mailbox, ack, reject with and without requeue, closing the channel,
+//! purge, the memory alarm, settling moved letters, group commits, clean restarts and
+//! crashes) run against a real queue and against [`Model`], a plain description of what
+//! the queue promises, and the two are compared after every step: message counts, which
+//! message each delivery or get hands out and with which `redelivered` flag, the
+//! consumers' credit, the dead-letter moves left as [`Effects`], and, after a restart,
+//! which messages came back.
 //!
 //! The queue runs with tiny paging sizes ([`Paging::set_for_tests`]) so that a few
 //! messages already overflow its memory window: a durable queue pages to its log, a
@@ -50,6 +51,8 @@ const DLX: &str = "dlx";
 const DLX_KEY: &str = "dead";
 /// A per-message TTL far beyond any test run: messages carry an expiry, none expires.
 const TTL: &str = "3600000";
+/// Consumers on the channel at most.
+const MAX_CONSUMERS: usize = 2;
 /// Bodies start with the message's number in this many digits.
 const ID_DIGITS: usize = 8;
 
@@ -114,10 +117,10 @@ enum Op {
     },
     /// `basic.get`.
     Get { no_ack: bool },
-    /// `basic.consume`, unless the channel already has its consumer.
+    /// `basic.consume`, unless the channel already has [`MAX_CONSUMERS`].
     Consume { prefetch: u32, no_ack: bool },
-    /// `basic.cancel` of the consumer.
-    Cancel,
+    /// `basic.cancel` of the `at`-th consumer (modulo their number).
+    Cancel { at: usize },
     /// The connection writes what the queue left in its mailbox.
     Deliver,
     /// `basic.ack` of the `at`-th unacked delivery (modulo their number).
@@ -128,7 +131,7 @@ enum Op {
         multiple: bool,
         requeue: bool,
     },
-    /// The connection closes: the consumer goes, everything unacked or still in the
+    /// The connection closes: the consumers go, everything unacked or still in the
     /// mailbox is requeued.
     CloseChannel,
     /// The oldest move to the dead-letter exchange is durable there
@@ -204,7 +207,10 @@ struct Model {
     expiring: bool,
     /// The broker-wide memory alarm that shrinks every window.
     tight: bool,
-    consumer: Option<ModelConsumer>,
+    /// In arrival order (all of one priority, so they take turns).
+    consumers: Vec<ModelConsumer>,
+    /// Where the next turn starts.
+    next_consumer: usize,
     mailbox: Vec<Delivery>,
     /// Unacked deliveries in delivery-tag order, with the consumer whose credit they hold.
     unacked: Vec<(u64, Option<u64>)>,
@@ -231,7 +237,8 @@ impl Model {
             paged: VecDeque::new(),
             expiring: false,
             tight: false,
-            consumer: None,
+            consumers: Vec::new(),
+            next_consumer: 0,
             mailbox: Vec::new(),
             unacked: Vec::new(),
             moving: VecDeque::new(),
@@ -317,22 +324,32 @@ impl Model {
             && (!self.paged.is_empty() || self.window_full(own) || self.tight)
     }
 
-    fn take_credit(&mut self) -> bool {
-        let Some(c) = self.consumer.as_mut() else {
-            return false;
-        };
-        if c.prefetch != 0 && c.in_flight >= c.prefetch {
-            return false;
+    /// The consumer the next message goes to, taking one of its credits: consumers take
+    /// turns, skipping those without credit.
+    fn pick_consumer(&mut self) -> Option<usize> {
+        let n = self.consumers.len();
+        for k in 0..n {
+            let at = (self.next_consumer + k) % n;
+            let c = &mut self.consumers[at];
+            if c.prefetch == 0 || c.in_flight < c.prefetch {
+                c.in_flight += 1;
+                self.next_consumer = at + 1;
+                return Some(at);
+            }
         }
-        c.in_flight += 1;
-        true
+        None
     }
 
     fn release(&mut self, consumer: Option<u64>) {
-        if let Some(c) = self.consumer.as_mut()
-            && consumer == Some(c.id)
-        {
+        if let Some(c) = self.consumers.iter_mut().find(|c| Some(c.id) == consumer) {
             c.in_flight = c.in_flight.saturating_sub(1);
+        }
+    }
+
+    fn remove_consumer(&mut self, at: usize) {
+        self.consumers.remove(at);
+        if self.next_consumer > at {
+            self.next_consumer -= 1;
         }
     }
 
@@ -341,7 +358,7 @@ impl Model {
     }
 
     fn dispatch(&mut self) {
-        while self.consumer.is_some() {
+        while !self.consumers.is_empty() {
             self.expire();
             if self.mem.is_empty() {
                 self.refill();
@@ -349,15 +366,13 @@ impl Model {
                     break;
                 }
             }
-            if !self.take_credit() {
+            let Some(at) = self.pick_consumer() else {
                 break;
-            }
+            };
             let Some(id) = self.next_ready() else {
                 break;
             };
-            let Some(c) = self.consumer else {
-                break;
-            };
+            let c = self.consumers[at];
             if !c.no_ack {
                 self.msg_mut(id).delivered = true;
             }
@@ -440,7 +455,7 @@ impl Model {
     }
 
     fn consume(&mut self, id: u64, prefetch: u32, no_ack: bool) {
-        self.consumer = Some(ModelConsumer {
+        self.consumers.push(ModelConsumer {
             id,
             prefetch,
             no_ack,
@@ -449,13 +464,13 @@ impl Model {
         self.dispatch();
     }
 
-    /// The connection writes its mailbox: deliveries to the consumer become unacked (or,
-    /// without acks, leave for good); those to a consumer that is gone come back.
+    /// The connection writes its mailbox: deliveries to consumers become unacked (or,
+    /// without acks, leave for good); those to consumers that are gone come back.
     fn deliver(&mut self) {
         let mut returned = Vec::new();
         let mut kick = false;
         for d in std::mem::take(&mut self.mailbox) {
-            let current = self.consumer.is_some_and(|c| c.id == d.consumer);
+            let current = self.consumers.iter().any(|c| c.id == d.consumer);
             if current && d.no_ack {
                 self.release(Some(d.consumer));
                 kick = true;
@@ -488,7 +503,9 @@ impl Model {
     }
 
     fn close_channel(&mut self) {
-        self.consumer = None;
+        while !self.consumers.is_empty() {
+            self.remove_consumer(0);
+        }
         let unacked: Vec<u64> = self.unacked.drain(..).map(|(id, _)| id).collect();
         self.requeue(&unacked);
         let undelivered: Vec<u64> = self.mailbox.drain(..).map(|d| d.id).collect();
@@ -612,7 +629,8 @@ impl Model {
 
     /// What a stop forgets: the client, its deliveries, moves in flight, memory.
     fn restart_clear(&mut self) {
-        self.consumer = None;
+        self.consumers.clear();
+        self.next_consumer = 0;
         self.mailbox.clear();
         self.unacked.clear();
         self.moving.clear();
@@ -669,7 +687,7 @@ fn fail(what: impl std::fmt::Display) -> TestCaseError {
     TestCaseError::fail(what.to_string())
 }
 
-/// A queue under test, the client around it (one channel with at most one consumer) and
+/// A queue under test, the client around it (one channel with a few consumers) and
 /// the model it is checked against.
 struct Harness {
     setup: Setup,
@@ -680,8 +698,10 @@ struct Harness {
     mailbox: Arc<Mailbox>,
     /// Deliveries taken from the mailbox, not yet written (the connection's pending list).
     pending: Vec<Outgoing>,
-    consumer: Option<ConsumerHandle>,
-    consumers: u64,
+    /// The channel's consumers, in the order they came.
+    consumers: Vec<ConsumerHandle>,
+    /// Consumer ids handed out.
+    consumer_ids: u64,
     crashes: u32,
     /// The channel's unacked deliveries in delivery-tag order, with the credit each holds.
     unacked: Vec<(QueuedMessage, Option<Arc<Credit>>)>,
@@ -739,8 +759,8 @@ impl Harness {
             queue: Some(Arc::new(queue)),
             mailbox: Arc::default(),
             pending: Vec::new(),
-            consumer: None,
-            consumers: 0,
+            consumers: Vec::new(),
+            consumer_ids: 0,
             crashes: 0,
             unacked: Vec::new(),
             moves: VecDeque::new(),
@@ -821,10 +841,10 @@ impl Harness {
                 }
             }
             Op::Consume { prefetch, no_ack } => {
-                if self.consumer.is_none() {
-                    self.consumers += 1;
+                if self.consumers.len() < MAX_CONSUMERS {
+                    self.consumer_ids += 1;
                     let handle = ConsumerHandle {
-                        id: self.consumers,
+                        id: self.consumer_ids,
                         channel: 1,
                         exclusive: false,
                         credit: Arc::new(Credit::new(prefetch, None)),
@@ -835,15 +855,18 @@ impl Harness {
                     self.queue()
                         .add_consumer(handle.clone(), &mut effects)
                         .map_err(|e| fail(format!("{e:?}")))?;
-                    self.consumer = Some(handle);
-                    self.model.consume(self.consumers, prefetch, no_ack);
+                    self.consumers.push(handle);
+                    self.model.consume(self.consumer_ids, prefetch, no_ack);
                 }
             }
-            Op::Cancel => {
-                if let Some(c) = self.consumer.take() {
+            Op::Cancel { at } => {
+                if !self.consumers.is_empty() {
+                    let at = at % self.consumers.len();
+                    let c = self.consumers.remove(at);
                     prop_assert_eq!(self.queue().remove_consumer(c.id), ConsumerRemoval::Removed);
                     self.queue().kick(&mut effects);
-                    self.model.consumer = None;
+                    self.model.remove_consumer(at);
+                    self.model.dispatch();
                 }
             }
             Op::Deliver => self.deliver(&mut effects)?,
@@ -893,7 +916,7 @@ impl Harness {
                 }
             }
             Op::CloseChannel => {
-                if let Some(c) = self.consumer.take() {
+                for c in std::mem::take(&mut self.consumers) {
                     prop_assert_eq!(self.queue().remove_consumer(c.id), ConsumerRemoval::Removed);
                 }
                 let unacked: Vec<QueuedMessage> = self.unacked.drain(..).map(|(m, _)| m).collect();
@@ -976,15 +999,15 @@ impl Harness {
                 return Err(fail("a consumer was cancelled by the queue"));
             };
             prop_assert!(Arc::ptr_eq(&queue, self.queue()));
-            match &self.consumer {
-                Some(c) if c.id == consumer && c.no_ack => {
+            match self.consumers.iter().find(|c| c.id == consumer) {
+                Some(c) if c.no_ack => {
                     credit.release(1);
                     kick = true;
                     if message.position.is_some() {
                         queue.settle(std::iter::once(message));
                     }
                 }
-                Some(c) if c.id == consumer => self.unacked.push((message, Some(credit))),
+                Some(_) => self.unacked.push((message, Some(credit))),
                 _ => {
                     credit.release(1);
                     returned.push(message);
@@ -1026,7 +1049,7 @@ impl Harness {
     /// Drops the client's state and then the queue, which writes out what its log
     /// buffered.
     fn stop(&mut self) {
-        self.consumer = None;
+        self.consumers.clear();
         self.pending.clear();
         self.unacked.clear();
         self.moves.clear();
@@ -1156,8 +1179,8 @@ impl Harness {
             "message count"
         );
         prop_assert_eq!(
-            queue.consumer_count(),
-            u32::from(self.model.consumer.is_some()),
+            queue.consumer_count() as usize,
+            self.model.consumers.len(),
             "consumers"
         );
         let got: Vec<(u64, u64, bool)> = self
@@ -1192,11 +1215,13 @@ impl Harness {
             .collect();
         let want: Vec<Vec<u64>> = self.model.moving.iter().cloned().collect();
         prop_assert_eq!(got, want, "moves not yet settled");
-        if let (Some(c), Some(m)) = (&self.consumer, &self.model.consumer) {
+        for (c, m) in self.consumers.iter().zip(&self.model.consumers) {
+            prop_assert_eq!(c.id, m.id, "consumers");
             prop_assert_eq!(
                 c.credit.in_flight(),
                 m.in_flight,
-                "the consumer's credit in use"
+                "credit in use by {}",
+                c.id
             );
         }
         Ok(())
@@ -1272,7 +1297,7 @@ fn op() -> impl Strategy<Value = Op> {
         ),
         3 => any::<bool>().prop_map(|no_ack| Op::Get { no_ack }),
         1 => (0u32..4, any::<bool>()).prop_map(|(prefetch, no_ack)| Op::Consume { prefetch, no_ack }),
-        1 => Just(Op::Cancel),
+        1 => (0usize..MAX_CONSUMERS).prop_map(|at| Op::Cancel { at }),
         4 => Just(Op::Deliver),
         3 => (any::<usize>(), any::<bool>()).prop_map(|(at, multiple)| Op::Ack { at, multiple }),
         2 => (any::<usize>(), any::<bool>(), any::<bool>())
