@@ -31,7 +31,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use super::arguments::QueueArguments;
+use super::arguments::{Overflow, QueueArguments};
 use super::dead_letter::DeathReason;
 use super::paging::{Paging, TestPaging};
 use super::{
@@ -75,6 +75,12 @@ struct Setup {
     max_priority: Option<u8>,
     /// Whether the queue has a dead-letter exchange.
     dead_letter: bool,
+    /// `x-max-length`.
+    max_length: Option<u64>,
+    /// `x-max-length-bytes`.
+    max_length_bytes: Option<u64>,
+    /// `x-overflow`.
+    overflow: Overflow,
     /// The sizes the queue pages with.
     paging: Paging,
     /// The log's segment size (small ones roll and delete segments often). A spilling
@@ -89,6 +95,9 @@ impl Setup {
             max_priority: self.max_priority,
             dead_letter_exchange: self.dead_letter.then(|| DLX.to_owned()),
             dead_letter_routing_key: self.dead_letter.then(|| DLX_KEY.to_owned()),
+            max_length: self.max_length,
+            max_length_bytes: self.max_length_bytes,
+            overflow: self.overflow,
             ..QueueArguments::default()
         }
     }
@@ -196,6 +205,9 @@ struct Model {
     kind: Kind,
     max_level: u8,
     dead_letter: bool,
+    max_length: Option<u64>,
+    max_length_bytes: Option<u64>,
+    overflow: Overflow,
     paging: Paging,
     msgs: Vec<Msg>,
     /// Ready messages in memory: (level, number), delivered first to last.
@@ -216,8 +228,13 @@ struct Model {
     unacked: Vec<(u64, Option<u64>)>,
     /// Letters moving to the dead-letter exchange, their source records not yet acked.
     moving: VecDeque<Vec<u64>>,
+    /// The moves the current step left, with why their letters left.
+    new_moves: Vec<(Vec<u64>, DeathReason)>,
     /// Messages whose log record is not acked.
     live: BTreeSet<u64>,
+    /// What the last restart found in the log: messages, and those with a delivered
+    /// marker.
+    recovered: (u64, u64),
 }
 
 fn index(id: u64) -> usize {
@@ -230,6 +247,9 @@ impl Model {
             kind: setup.kind,
             max_level: setup.max_priority.unwrap_or(0),
             dead_letter: setup.dead_letter,
+            max_length: setup.max_length,
+            max_length_bytes: setup.max_length_bytes,
+            overflow: setup.overflow,
             paging: setup.paging,
             msgs: Vec::new(),
             mem: BTreeSet::new(),
@@ -242,6 +262,8 @@ impl Model {
             mailbox: Vec::new(),
             unacked: Vec::new(),
             moving: VecDeque::new(),
+            new_moves: Vec::new(),
+            recovered: (0, 0),
             live: BTreeSet::new(),
         }
     }
@@ -257,6 +279,55 @@ impl Model {
     /// Ready messages.
     fn count(&self) -> usize {
         self.mem.len() + self.paged.len()
+    }
+
+    /// Body bytes of the ready messages.
+    fn bytes(&self) -> u64 {
+        let paged: usize = self.paged.iter().map(|&id| self.msg(id).size).sum();
+        (self.mem_bytes + paged) as u64
+    }
+
+    /// Whether the ready messages exceed a length limit.
+    fn over_limit(&self) -> bool {
+        self.max_length.is_some_and(|max| self.count() as u64 > max)
+            || self.max_length_bytes.is_some_and(|max| self.bytes() > max)
+    }
+
+    /// Whether one more message of `size` bytes would exceed a length limit.
+    fn full_for(&self, size: usize) -> bool {
+        self.max_length
+            .is_some_and(|max| self.count() as u64 >= max)
+            || self
+                .max_length_bytes
+                .is_some_and(|max| self.bytes() + size as u64 > max)
+    }
+
+    /// A message leaves unconsumed: a letter to the dead-letter exchange if the queue
+    /// has one (its record stays until the move is settled), else gone for good.
+    fn discard(&mut self, id: u64, letters: &mut Vec<u64>) {
+        if self.dead_letter {
+            letters.push(id);
+        } else {
+            self.forget(id);
+        }
+    }
+
+    /// The letters one queue operation left become one move.
+    fn hand_over(&mut self, letters: Vec<u64>, reason: DeathReason) {
+        if !letters.is_empty() {
+            self.moving.push_back(letters.clone());
+            self.new_moves.push((letters, reason));
+        }
+    }
+
+    /// Drops the oldest messages while a length limit is exceeded.
+    fn drop_head(&mut self, letters: &mut Vec<u64>) {
+        while self.over_limit() {
+            let Some(id) = self.next_ready() else {
+                break;
+            };
+            self.discard(id, letters);
+        }
     }
 
     fn push_mem(&mut self, id: u64) {
@@ -385,8 +456,15 @@ impl Model {
         }
     }
 
-    fn publish(&mut self, mut msg: Msg) {
+    fn publish(&mut self, mut msg: Msg) -> Enqueued {
         let id = self.msgs.len() as u64;
+        if self.overflow != Overflow::DropHead && self.full_for(msg.size) {
+            self.msgs.push(msg);
+            if self.overflow == Overflow::RejectPublishDlx && self.dead_letter {
+                self.hand_over(vec![id], DeathReason::MaxLen);
+            }
+            return Enqueued::Rejected;
+        }
         self.expiring |= msg.ttl;
         let paged = match self.kind {
             Kind::Durable => self.memory_full(self.paging.durable),
@@ -405,7 +483,15 @@ impl Model {
             self.push_mem(id);
         }
         self.dispatch();
+        let mut letters = Vec::new();
+        self.drop_head(&mut letters);
         self.expire();
+        self.hand_over(letters, DeathReason::MaxLen);
+        if self.kind == Kind::Durable && self.msg(id).persistent {
+            Enqueued::Logged
+        } else {
+            Enqueued::Memory
+        }
     }
 
     /// `basic.get`: (message, its redelivered flag, ready messages left).
@@ -434,24 +520,19 @@ impl Model {
             self.push_mem(id);
         }
         self.expire();
+        let mut letters = Vec::new();
+        self.drop_head(&mut letters);
         self.dispatch();
+        self.hand_over(letters, DeathReason::MaxLen);
     }
 
-    /// Rejected without requeue: returns the letters that move to the dead-letter
-    /// exchange (whose records stay until the move is settled), if the queue has one.
-    fn reject(&mut self, ids: &[u64]) -> Option<Vec<u64>> {
-        if self.dead_letter {
-            if ids.is_empty() {
-                return None;
-            }
-            self.moving.push_back(ids.to_vec());
-            Some(ids.to_vec())
-        } else {
-            for &id in ids {
-                self.forget(id);
-            }
-            None
+    /// Rejected without requeue.
+    fn reject(&mut self, ids: &[u64]) {
+        let mut letters = Vec::new();
+        for &id in ids {
+            self.discard(id, &mut letters);
         }
+        self.hand_over(letters, DeathReason::Rejected);
     }
 
     fn consume(&mut self, id: u64, prefetch: u32, no_ack: bool) {
@@ -555,12 +636,22 @@ impl Model {
     }
 
     /// Starts from `survivors`, the messages a restart found in the log, in log order:
-    /// all in the log at first, then paged in as recovery reads them (expiries are
-    /// checked, then the clocks started).
+    /// all in the log at first, then paged in as recovery reads them (length limits
+    /// applied, expiries checked, then the clocks started).
     fn recover(&mut self, survivors: Vec<u64>) {
+        self.recovered = (
+            survivors.len() as u64,
+            survivors
+                .iter()
+                .filter(|&&id| self.msg(id).delivered)
+                .count() as u64,
+        );
         self.expiring = survivors.iter().any(|&id| self.msg(id).ttl);
         self.paged = survivors.into();
+        let mut letters = Vec::new();
+        self.drop_head(&mut letters);
         self.expire();
+        self.hand_over(letters, DeathReason::MaxLen);
         if self.expiring {
             self.refill();
         }
@@ -778,6 +869,7 @@ impl Harness {
     fn apply(&mut self, op: Op) -> Result<(), TestCaseError> {
         let mut effects = Effects::default();
         let mut rejected = None;
+        self.model.new_moves.clear();
         match op {
             Op::Publish {
                 persistent,
@@ -799,16 +891,7 @@ impl Harness {
                     .queue()
                     .publish(message, handling, &mut effects)
                     .map_err(fail)?;
-                let logged = self.setup.kind == Kind::Durable && persistent;
-                prop_assert_eq!(
-                    enqueued,
-                    if logged {
-                        Enqueued::Logged
-                    } else {
-                        Enqueued::Memory
-                    }
-                );
-                self.model.publish(Msg {
+                let want = self.model.publish(Msg {
                     persistent,
                     ttl,
                     priority,
@@ -819,6 +902,7 @@ impl Harness {
                     logged: false,
                     synced: false,
                 });
+                prop_assert_eq!(enqueued, want, "publish");
             }
             Op::Get { no_ack } => {
                 let got = self.queue().get(no_ack, &mut effects);
@@ -908,7 +992,8 @@ impl Harness {
                     if requeue {
                         self.model.requeue(&ids);
                     } else {
-                        rejected = self.model.reject(&ids).map(|ids| (ids, positions));
+                        self.model.reject(&ids);
+                        rejected = Some(positions);
                     }
                     if kick {
                         self.model.dispatch();
@@ -1097,15 +1182,11 @@ impl Harness {
         let (log, recovery) =
             QueueLog::open(&self.log_dir, self.setup.segment_size).map_err(fail)?;
         prop_assert_eq!(&recovery.warnings, &Vec::<String>::new());
-        prop_assert_eq!(recovery.messages as usize, self.model.count(), "recovered");
-        let delivered = self
-            .model
-            .live
-            .iter()
-            .filter(|&&id| self.model.msg(id).delivered);
+        let (messages, delivered) = self.model.recovered;
+        prop_assert_eq!(recovery.messages, messages, "recovered");
         prop_assert_eq!(
-            recovery.delivered as usize,
-            delivered.count(),
+            recovery.delivered,
+            delivered,
             "recovered with a delivered marker"
         );
         let queue = Arc::new(Queue::new(
@@ -1122,48 +1203,58 @@ impl Harness {
         Ok(())
     }
 
-    /// Nothing leaves the queue as an effect but rejected letters bound for its
-    /// dead-letter exchange, each with its record's position.
+    /// Nothing leaves the queue as an effect but the moves the model expects: letters
+    /// bound for its dead-letter exchange, each with its record's position (exactly the
+    /// rejected deliveries' positions after a reject).
     fn check_effects(
         &mut self,
         effects: Effects,
-        rejected: Option<(Vec<u64>, Vec<Option<crate::store::SegmentPosition>>)>,
+        rejected: Option<Vec<Option<crate::store::SegmentPosition>>>,
     ) -> Result<(), TestCaseError> {
         prop_assert!(effects.expired.is_empty(), "the queue expired");
-        let Some((ids, positions)) = rejected else {
-            prop_assert_eq!(
-                effects.moves.len(),
-                0,
-                "unexpected moves: {:?}",
-                effects.moves
-            );
-            return Ok(());
-        };
-        let mut moves = effects.moves;
-        prop_assert_eq!(moves.len(), 1, "one move per reject: {:?}", moves);
-        let moved = moves.remove(0);
-        prop_assert!(Arc::ptr_eq(&moved.source, self.queue()));
-        match &moved.route {
-            MoveRoute::DeadLetter {
-                exchange,
-                routing_key,
-            } => {
-                prop_assert_eq!(exchange.as_str(), DLX);
-                prop_assert_eq!(routing_key.as_deref(), Some(DLX_KEY));
-            }
-            MoveRoute::Delayed { .. } => return Err(fail("a move through a delayed exchange")),
-        }
-        let got: Vec<u64> = moved
-            .letters
+        let want = std::mem::take(&mut self.model.new_moves);
+        let got: Vec<(Vec<u64>, Vec<DeathReason>)> = effects
+            .moves
             .iter()
-            .map(|l| id_in(&l.message.body))
+            .map(|m| {
+                let ids = m.letters.iter().map(|l| id_in(&l.message.body)).collect();
+                (ids, m.letters.iter().map(|l| l.reason).collect())
+            })
             .collect();
-        prop_assert_eq!(&got, &ids, "letters moved");
-        for (letter, position) in moved.letters.iter().zip(&positions) {
-            prop_assert_eq!(letter.reason, DeathReason::Rejected);
-            prop_assert_eq!(letter.position, *position, "a letter's position");
+        let want_ids: Vec<(Vec<u64>, Vec<DeathReason>)> = want
+            .iter()
+            .map(|(ids, reason)| (ids.clone(), vec![*reason; ids.len()]))
+            .collect();
+        prop_assert_eq!(got, want_ids, "moves left as effects");
+        for moved in effects.moves {
+            prop_assert!(Arc::ptr_eq(&moved.source, self.queue()));
+            match &moved.route {
+                MoveRoute::DeadLetter {
+                    exchange,
+                    routing_key,
+                } => {
+                    prop_assert_eq!(exchange.as_str(), DLX);
+                    prop_assert_eq!(routing_key.as_deref(), Some(DLX_KEY));
+                }
+                MoveRoute::Delayed { .. } => {
+                    return Err(fail("a move through a delayed exchange"));
+                }
+            }
+            for letter in &moved.letters {
+                let id = id_in(&letter.message.body);
+                prop_assert_eq!(
+                    letter.position.is_some(),
+                    self.model.msg(id).logged,
+                    "position of letter {}",
+                    id
+                );
+            }
+            if let Some(positions) = &rejected {
+                let got: Vec<_> = moved.letters.iter().map(|l| l.position).collect();
+                prop_assert_eq!(&got, positions, "the rejected letters' positions");
+            }
+            self.moves.push_back(moved);
         }
-        self.moves.push_back(moved);
         Ok(())
     }
 
@@ -1292,7 +1383,7 @@ fn run(setup: Setup, ops: &[Op]) -> Result<(), TestCaseError> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        8 => (any::<bool>(), any::<bool>(), 0u8..6, 0usize..48).prop_map(
+        8 => (any::<bool>(), any::<bool>(), 0u8..6, size()).prop_map(
             |(persistent, ttl, priority, size)| Op::Publish { persistent, ttl, priority, size }
         ),
         3 => any::<bool>().prop_map(|no_ack| Op::Get { no_ack }),
@@ -1312,14 +1403,26 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Body sizes past the message's number: mostly multiples of 8, so that sums of bodies
+/// often land exactly on the byte limits (also multiples of 8 mostly).
+fn size() -> impl Strategy<Value = usize> {
+    prop_oneof![3 => prop::sample::select(vec![0, 8, 24, 40]), 1 => 0usize..48]
+}
+
+/// A byte limit, mostly a multiple of 8.
+fn byte_limit(range: std::ops::Range<usize>) -> impl Strategy<Value = usize> {
+    let eights = range.start.div_ceil(8)..range.end / 8;
+    prop_oneof![3 => eights.prop_map(|n| n * 8), 1 => range]
+}
+
 fn paging() -> impl Strategy<Value = Paging> {
     (
-        (1usize..8, 16usize..400),
-        (1usize..8, 16usize..400),
-        (1usize..4, 16usize..200),
+        (1usize..8, byte_limit(16..400)),
+        (1usize..8, byte_limit(16..400)),
+        (1usize..4, byte_limit(16..200)),
         1usize..6,
         1usize..6,
-        1usize..300,
+        byte_limit(1..300),
     )
         .prop_map(
             |(durable, transient, tight, refill_below, page_messages, page_bytes)| Paging {
@@ -1339,18 +1442,38 @@ fn setup(kinds: &'static [Kind], priority: bool) -> impl Strategy<Value = Setup>
     } else {
         Just(None).boxed()
     };
+    let limits = (
+        prop::option::weighted(0.3, 0u64..8),
+        prop::option::weighted(0.2, byte_limit(0..300).prop_map(|n| n as u64)),
+        prop::sample::select(vec![
+            Overflow::DropHead,
+            Overflow::RejectPublish,
+            Overflow::RejectPublishDlx,
+        ]),
+    );
     (
         prop::sample::select(kinds),
         max_priority,
         any::<bool>(),
+        limits,
         paging(),
         prop::sample::select(vec![MIN_SEGMENT_SIZE, 256, 4096, DEFAULT_SEGMENT_SIZE]),
     )
         .prop_map(
-            |(kind, max_priority, dead_letter, paging, segment_size)| Setup {
+            |(
                 kind,
                 max_priority,
                 dead_letter,
+                (max_length, max_length_bytes, overflow),
+                paging,
+                segment_size,
+            )| Setup {
+                kind,
+                max_priority,
+                dead_letter,
+                max_length,
+                max_length_bytes,
+                overflow,
                 paging,
                 segment_size,
             },
@@ -1400,6 +1523,9 @@ fn tiny(kind: Kind) -> Setup {
         kind,
         max_priority: None,
         dead_letter: false,
+        max_length: None,
+        max_length_bytes: None,
+        overflow: Overflow::DropHead,
         paging: Paging {
             durable: (1, 16),
             transient: (1, 16),
