@@ -124,6 +124,14 @@ enum Op {
         priority: u8,
         size: usize,
     },
+    /// As many publishes of such messages: backlogs that fill larger windows.
+    PublishBatch {
+        count: usize,
+        persistent: bool,
+        ttl: bool,
+        priority: u8,
+        size: usize,
+    },
     /// `basic.get`.
     Get { no_ack: bool },
     /// `basic.consume`, unless the channel already has [`MAX_CONSUMERS`].
@@ -876,33 +884,17 @@ impl Harness {
                 ttl,
                 priority,
                 size,
+            } => self.publish(persistent, ttl, priority, size, &mut effects)?,
+            Op::PublishBatch {
+                count,
+                persistent,
+                ttl,
+                priority,
+                size,
             } => {
-                let id = self.model.msgs.len() as u64;
-                let properties = properties(persistent, ttl, priority);
-                let message = Message {
-                    exchange: "ex".into(),
-                    routing_key: "rk".into(),
-                    properties: properties.clone(),
-                    body: body(id, size),
-                };
-                let handling = Handling::of(&message);
-                prop_assert_eq!(handling.persistent, persistent);
-                let enqueued = self
-                    .queue()
-                    .publish(message, handling, &mut effects)
-                    .map_err(fail)?;
-                let want = self.model.publish(Msg {
-                    persistent,
-                    ttl,
-                    priority,
-                    size: ID_DIGITS + size,
-                    properties,
-                    redelivered: false,
-                    delivered: false,
-                    logged: false,
-                    synced: false,
-                });
-                prop_assert_eq!(enqueued, want, "publish");
+                for _ in 0..count {
+                    self.publish(persistent, ttl, priority, size, &mut effects)?;
+                }
             }
             Op::Get { no_ack } => {
                 let got = self.queue().get(no_ack, &mut effects);
@@ -1066,6 +1058,44 @@ impl Harness {
         }
         self.check_effects(effects, rejected)?;
         self.check()
+    }
+
+    /// Publishes one message to the queue and to the model.
+    fn publish(
+        &mut self,
+        persistent: bool,
+        ttl: bool,
+        priority: u8,
+        size: usize,
+        effects: &mut Effects,
+    ) -> Result<(), TestCaseError> {
+        let id = self.model.msgs.len() as u64;
+        let properties = properties(persistent, ttl, priority);
+        let message = Message {
+            exchange: "ex".into(),
+            routing_key: "rk".into(),
+            properties: properties.clone(),
+            body: body(id, size),
+        };
+        let handling = Handling::of(&message);
+        prop_assert_eq!(handling.persistent, persistent);
+        let enqueued = self
+            .queue()
+            .publish(message, handling, effects)
+            .map_err(fail)?;
+        let want = self.model.publish(Msg {
+            persistent,
+            ttl,
+            priority,
+            size: ID_DIGITS + size,
+            properties,
+            redelivered: false,
+            delivered: false,
+            logged: false,
+            synced: false,
+        });
+        prop_assert_eq!(enqueued, want, "publish of {}", id);
+        Ok(())
     }
 
     /// The connection writes its mailbox, as `Connection::drain_mailbox` does.
@@ -1386,6 +1416,11 @@ fn op() -> impl Strategy<Value = Op> {
         8 => (any::<bool>(), any::<bool>(), 0u8..6, size()).prop_map(
             |(persistent, ttl, priority, size)| Op::Publish { persistent, ttl, priority, size }
         ),
+        1 => (2usize..40, any::<bool>(), any::<bool>(), 0u8..6, size()).prop_map(
+            |(count, persistent, ttl, priority, size)| Op::PublishBatch {
+                count, persistent, ttl, priority, size
+            }
+        ),
         3 => any::<bool>().prop_map(|no_ack| Op::Get { no_ack }),
         1 => (0u32..4, any::<bool>()).prop_map(|(prefetch, no_ack)| Op::Consume { prefetch, no_ack }),
         1 => (0usize..MAX_CONSUMERS).prop_map(|at| Op::Cancel { at }),
@@ -1415,14 +1450,19 @@ fn byte_limit(range: std::ops::Range<usize>) -> impl Strategy<Value = usize> {
     prop_oneof![3 => eights.prop_map(|n| n * 8), 1 => range]
 }
 
+/// Mostly below `small` (so that a few messages page), sometimes up to `large`.
+fn small_or_not(small: usize, large: usize) -> impl Strategy<Value = usize> {
+    prop_oneof![3 => 1..small, 1 => small..large]
+}
+
 fn paging() -> impl Strategy<Value = Paging> {
     (
-        (1usize..8, byte_limit(16..400)),
-        (1usize..8, byte_limit(16..400)),
-        (1usize..4, byte_limit(16..200)),
-        1usize..6,
-        1usize..6,
-        byte_limit(1..300),
+        (small_or_not(8, 80), byte_limit(16..2000)),
+        (small_or_not(8, 80), byte_limit(16..2000)),
+        (small_or_not(4, 20), byte_limit(16..400)),
+        small_or_not(6, 40),
+        small_or_not(6, 40),
+        byte_limit(1..1000),
     )
         .prop_map(
             |(durable, transient, tight, refill_below, page_messages, page_bytes)| Paging {
