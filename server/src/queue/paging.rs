@@ -26,6 +26,9 @@ pub(crate) struct Paging {
     /// worked off in slices, each on a wake-up of its own, so no one waits long for the
     /// lock.
     pub discard_slice: usize,
+    /// How many deliveries a queue hands one consumer's connection ahead of what it has
+    /// written ([`UNWRITTEN_LIMIT`](super::credit::UNWRITTEN_LIMIT)).
+    pub unwritten: u32,
 }
 
 impl Paging {
@@ -38,6 +41,7 @@ impl Paging {
         page_messages: 2048,
         page_bytes: 4 << 20,
         discard_slice: 2 * 2048,
+        unwritten: super::credit::UNWRITTEN_LIMIT,
     };
 
     /// The sizes in force.
