@@ -158,6 +158,8 @@ enum Op {
     Purge,
     /// The broker's queued messages pass (or fall back below) the spill budget.
     MemoryTight(bool),
+    /// The queue's timer fires ([`Queue::wake`]): due after a sliced drop.
+    Wake,
     /// The broker stops (cleanly) and starts again; a no-op for transient queues.
     Restart,
     /// The group commit makes what the log holds durable (a no-op without a durable log).
@@ -203,6 +205,8 @@ struct ModelConsumer {
     prefetch: u32,
     no_ack: bool,
     in_flight: u32,
+    /// Deliveries handed to the connection and not yet written.
+    unwritten: u32,
 }
 
 /// What the queue promises, kept plainly: every message's state, the ready ones split
@@ -227,6 +231,8 @@ struct Model {
     expiring: bool,
     /// The broker-wide memory alarm that shrinks every window.
     tight: bool,
+    /// A length-limit drop stopped after a slice: the rest waits for a wake-up.
+    discard_due: bool,
     /// In arrival order (all of one priority, so they take turns).
     consumers: Vec<ModelConsumer>,
     /// Where the next turn starts.
@@ -265,6 +271,7 @@ impl Model {
             paged: VecDeque::new(),
             expiring: false,
             tight: false,
+            discard_due: false,
             consumers: Vec::new(),
             next_consumer: 0,
             mailbox: Vec::new(),
@@ -328,9 +335,16 @@ impl Model {
         }
     }
 
-    /// Drops the oldest messages while a length limit is exceeded.
+    /// Drops the oldest messages while a length limit is exceeded, a slice at a time:
+    /// the rest waits for a wake-up.
     fn drop_head(&mut self, letters: &mut Vec<u64>) {
+        let mut discarded = 0;
         while self.over_limit() {
+            if discarded == self.paging.discard_slice {
+                self.discard_due = true;
+                return;
+            }
+            discarded += 1;
             let Some(id) = self.next_ready() else {
                 break;
             };
@@ -404,13 +418,14 @@ impl Model {
     }
 
     /// The consumer the next message goes to, taking one of its credits: consumers take
-    /// turns, skipping those without credit.
+    /// turns, skipping those without credit or with too much handed and not written.
     fn pick_consumer(&mut self) -> Option<usize> {
         let n = self.consumers.len();
         for k in 0..n {
             let at = (self.next_consumer + k) % n;
             let c = &mut self.consumers[at];
-            if c.prefetch == 0 || c.in_flight < c.prefetch {
+            if c.unwritten < self.paging.unwritten && (c.prefetch == 0 || c.in_flight < c.prefetch)
+            {
                 c.in_flight += 1;
                 self.next_consumer = at + 1;
                 return Some(at);
@@ -438,7 +453,13 @@ impl Model {
 
     fn dispatch(&mut self) {
         while !self.consumers.is_empty() {
-            self.expire();
+            if self.expiring {
+                self.expire();
+                if self.discard_due {
+                    // The rest of a sliced drop comes first, on the next wake-up.
+                    break;
+                }
+            }
             if self.mem.is_empty() {
                 self.refill();
                 if self.mem.is_empty() {
@@ -451,6 +472,7 @@ impl Model {
             let Some(id) = self.next_ready() else {
                 break;
             };
+            self.consumers[at].unwritten += 1;
             let c = self.consumers[at];
             if !c.no_ack {
                 self.msg_mut(id).delivered = true;
@@ -543,12 +565,23 @@ impl Model {
         self.hand_over(letters, DeathReason::Rejected);
     }
 
+    /// The queue's timer fires (only a sliced drop makes it due in these tests).
+    fn wake(&mut self) {
+        self.discard_due = false;
+        self.expire();
+        let mut letters = Vec::new();
+        self.drop_head(&mut letters);
+        self.dispatch();
+        self.hand_over(letters, DeathReason::MaxLen);
+    }
+
     fn consume(&mut self, id: u64, prefetch: u32, no_ack: bool) {
         self.consumers.push(ModelConsumer {
             id,
             prefetch,
             no_ack,
             in_flight: 0,
+            unwritten: 0,
         });
         self.dispatch();
     }
@@ -559,7 +592,14 @@ impl Model {
         let mut returned = Vec::new();
         let mut kick = false;
         for d in std::mem::take(&mut self.mailbox) {
-            let current = self.consumers.iter().any(|c| c.id == d.consumer);
+            let limit = self.paging.unwritten;
+            let consumer = self.consumers.iter_mut().find(|c| c.id == d.consumer);
+            let current = consumer.is_some();
+            if let Some(c) = consumer {
+                // Written: a consumer that had too much unwritten may take more.
+                kick |= c.unwritten >= limit;
+                c.unwritten = c.unwritten.saturating_sub(1);
+            }
             if current && d.no_ack {
                 self.release(Some(d.consumer));
                 kick = true;
@@ -730,6 +770,7 @@ impl Model {
     fn restart_clear(&mut self) {
         self.consumers.clear();
         self.next_consumer = 0;
+        self.discard_due = false;
         self.mailbox.clear();
         self.unacked.clear();
         self.moving.clear();
@@ -1025,6 +1066,10 @@ impl Harness {
                 let purged = self.queue().purge();
                 prop_assert_eq!(purged as usize, self.model.purge(), "purged");
             }
+            Op::Wake => {
+                self.queue().wake(crate::timers::now_ms(), &mut effects);
+                self.model.wake();
+            }
             Op::MemoryTight(tight) => {
                 self.env.memory_tight.store(tight, Ordering::Relaxed);
                 self.model.tight = tight;
@@ -1114,7 +1159,10 @@ impl Harness {
                 return Err(fail("a consumer was cancelled by the queue"));
             };
             prop_assert!(Arc::ptr_eq(&queue, self.queue()));
-            match self.consumers.iter().find(|c| c.id == consumer) {
+            let resume = credit.written();
+            let found = self.consumers.iter().find(|c| c.id == consumer);
+            kick |= resume && found.is_some();
+            match found {
                 Some(c) if c.no_ack => {
                     credit.release(1);
                     kick = true;
@@ -1432,6 +1480,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::SettleMove),
         1 => Just(Op::Purge),
         1 => any::<bool>().prop_map(Op::MemoryTight),
+        2 => Just(Op::Wake),
         2 => Just(Op::Restart),
         1 => Just(Op::Sync),
         2 => Just(Op::Crash),
@@ -1463,15 +1512,28 @@ fn paging() -> impl Strategy<Value = Paging> {
         small_or_not(6, 40),
         small_or_not(6, 40),
         byte_limit(1..1000),
+        small_or_not(4, 20),
+        small_or_not(4, 40),
     )
         .prop_map(
-            |(durable, transient, tight, refill_below, page_messages, page_bytes)| Paging {
+            |(
                 durable,
                 transient,
                 tight,
                 refill_below,
                 page_messages,
                 page_bytes,
+                discard_slice,
+                unwritten,
+            )| Paging {
+                durable,
+                transient,
+                tight,
+                refill_below,
+                page_messages,
+                page_bytes,
+                discard_slice,
+                unwritten: unwritten as u32,
             },
         )
 }
@@ -1573,6 +1635,8 @@ fn tiny(kind: Kind) -> Setup {
             refill_below: 1,
             page_messages: 1,
             page_bytes: 1,
+            discard_slice: 1,
+            unwritten: 1,
         },
         segment_size: MIN_SEGMENT_SIZE,
     }
