@@ -1348,6 +1348,11 @@ impl Harness {
             "message count"
         );
         prop_assert_eq!(
+            queue.memory_bytes(),
+            (self.model.mem_bytes + self.model.mem.len() * super::MESSAGE_FOOTPRINT) as u64,
+            "memory the ready messages hold"
+        );
+        prop_assert_eq!(
             queue.consumer_count() as usize,
             self.model.consumers.len(),
             "consumers"
