@@ -1150,8 +1150,10 @@ impl Queue {
                 break;
             };
             // A no_ack delivery leaves the log once its channel has written it
-            // (`settle`): until then it may still come back here.
-            if !st.consumers[at].no_ack {
+            // (`settle`): until then it may still come back here. A quorum queue marks
+            // it all the same, since its delivery count after a restart is the markers
+            // less the first delivery's.
+            if !st.consumers[at].no_ack || st.args.queue_type == QueueType::Quorum {
                 st.mark_delivered(&message);
             }
             let consumer = &st.consumers[at];
