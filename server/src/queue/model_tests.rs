@@ -31,7 +31,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
-use super::arguments::{Overflow, QueueArguments};
+use super::arguments::{Overflow, QueueArguments, QueueType};
 use super::dead_letter::DeathReason;
 use super::paging::{Paging, TestPaging};
 use super::{
@@ -81,6 +81,10 @@ struct Setup {
     max_length_bytes: Option<u64>,
     /// `x-overflow`.
     overflow: Overflow,
+    /// A quorum queue (durable only): it counts returns (`x-delivery-count`).
+    quorum: bool,
+    /// `x-delivery-limit` of a quorum queue.
+    delivery_limit: Option<u64>,
     /// The sizes the queue pages with.
     paging: Paging,
     /// The log's segment size (small ones roll and delete segments often). A spilling
@@ -98,6 +102,12 @@ impl Setup {
             max_length: self.max_length,
             max_length_bytes: self.max_length_bytes,
             overflow: self.overflow,
+            queue_type: if self.quorum {
+                QueueType::Quorum
+            } else {
+                QueueType::Classic
+            },
+            delivery_limit: self.delivery_limit,
             ..QueueArguments::default()
         }
     }
@@ -180,6 +190,10 @@ struct Msg {
     properties: Bytes,
     /// Its in-memory `redelivered` flag: set once it was returned.
     redelivered: bool,
+    /// Kept by a restart unless acked: persistent, or in a quorum queue.
+    kept: bool,
+    /// Times a quorum queue had it returned (its `x-delivery-count`).
+    returns: u32,
     /// Handed to a client that must ack it, or returned: after a restart it comes back
     /// flagged `redelivered`.
     delivered: bool,
@@ -220,6 +234,8 @@ struct Model {
     max_length: Option<u64>,
     max_length_bytes: Option<u64>,
     overflow: Overflow,
+    quorum: bool,
+    delivery_limit: Option<u64>,
     paging: Paging,
     msgs: Vec<Msg>,
     /// Ready messages in memory: (level, number), delivered first to last.
@@ -242,8 +258,8 @@ struct Model {
     unacked: Vec<(u64, Option<u64>)>,
     /// Letters moving to the dead-letter exchange, their source records not yet acked.
     moving: VecDeque<Vec<u64>>,
-    /// The moves the current step left, with why their letters left.
-    new_moves: Vec<(Vec<u64>, DeathReason)>,
+    /// The moves the current step left: their letters, with why each left.
+    new_moves: Vec<Vec<(u64, DeathReason)>>,
     /// Messages whose log record is not acked.
     live: BTreeSet<u64>,
     /// What the last restart found in the log: messages, and those with a delivered
@@ -264,6 +280,8 @@ impl Model {
             max_length: setup.max_length,
             max_length_bytes: setup.max_length_bytes,
             overflow: setup.overflow,
+            quorum: setup.quorum,
+            delivery_limit: setup.delivery_limit,
             paging: setup.paging,
             msgs: Vec::new(),
             mem: BTreeSet::new(),
@@ -319,25 +337,26 @@ impl Model {
 
     /// A message leaves unconsumed: a letter to the dead-letter exchange if the queue
     /// has one (its record stays until the move is settled), else gone for good.
-    fn discard(&mut self, id: u64, letters: &mut Vec<u64>) {
+    fn discard(&mut self, id: u64, reason: DeathReason, letters: &mut Vec<(u64, DeathReason)>) {
         if self.dead_letter {
-            letters.push(id);
+            letters.push((id, reason));
         } else {
             self.forget(id);
         }
     }
 
     /// The letters one queue operation left become one move.
-    fn hand_over(&mut self, letters: Vec<u64>, reason: DeathReason) {
+    fn hand_over(&mut self, letters: Vec<(u64, DeathReason)>) {
         if !letters.is_empty() {
-            self.moving.push_back(letters.clone());
-            self.new_moves.push((letters, reason));
+            self.moving
+                .push_back(letters.iter().map(|&(id, _)| id).collect());
+            self.new_moves.push(letters);
         }
     }
 
     /// Drops the oldest messages while a length limit is exceeded, a slice at a time:
     /// the rest waits for a wake-up.
-    fn drop_head(&mut self, letters: &mut Vec<u64>) {
+    fn drop_head(&mut self, letters: &mut Vec<(u64, DeathReason)>) {
         let mut discarded = 0;
         while self.over_limit() {
             if discarded == self.paging.discard_slice {
@@ -348,7 +367,7 @@ impl Model {
             let Some(id) = self.next_ready() else {
                 break;
             };
-            self.discard(id, letters);
+            self.discard(id, DeathReason::MaxLen, letters);
         }
     }
 
@@ -474,7 +493,9 @@ impl Model {
             };
             self.consumers[at].unwritten += 1;
             let c = self.consumers[at];
-            if !c.no_ack {
+            // A quorum queue marks `no_ack` deliveries too, to count returns from them
+            // (so one still in the mailbox at a restart comes back flagged).
+            if !c.no_ack || self.quorum {
                 self.msg_mut(id).delivered = true;
             }
             self.mailbox.push(Delivery {
@@ -488,10 +509,13 @@ impl Model {
 
     fn publish(&mut self, mut msg: Msg) -> Enqueued {
         let id = self.msgs.len() as u64;
+        // As a classic queue, a quorum queue keeps only persistent messages (RabbitMQ's
+        // keep every message: see the report of issue 12).
+        msg.kept = msg.persistent;
         if self.overflow != Overflow::DropHead && self.full_for(msg.size) {
             self.msgs.push(msg);
             if self.overflow == Overflow::RejectPublishDlx && self.dead_letter {
-                self.hand_over(vec![id], DeathReason::MaxLen);
+                self.hand_over(vec![(id, DeathReason::MaxLen)]);
             }
             return Enqueued::Rejected;
         }
@@ -516,8 +540,8 @@ impl Model {
         let mut letters = Vec::new();
         self.drop_head(&mut letters);
         self.expire();
-        self.hand_over(letters, DeathReason::MaxLen);
-        if self.kind == Kind::Durable && self.msg(id).persistent {
+        self.hand_over(letters);
+        if self.kind == Kind::Durable && self.msg(id).kept {
             Enqueued::Logged
         } else {
             Enqueued::Memory
@@ -542,27 +566,35 @@ impl Model {
         if ids.is_empty() {
             return;
         }
+        let mut letters = Vec::new();
         for &id in ids {
             // Flagged in memory, so after a restart too.
             self.msg_mut(id).redelivered = true;
             self.msg_mut(id).delivered = true;
+            if self.quorum {
+                self.msg_mut(id).returns += 1;
+                let returns = u64::from(self.msg(id).returns);
+                if self.delivery_limit.is_some_and(|limit| returns > limit) {
+                    self.discard(id, DeathReason::DeliveryLimit, &mut letters);
+                    continue;
+                }
+            }
             self.expiring |= self.msg(id).ttl;
             self.push_mem(id);
         }
         self.expire();
-        let mut letters = Vec::new();
         self.drop_head(&mut letters);
         self.dispatch();
-        self.hand_over(letters, DeathReason::MaxLen);
+        self.hand_over(letters);
     }
 
     /// Rejected without requeue.
     fn reject(&mut self, ids: &[u64]) {
         let mut letters = Vec::new();
         for &id in ids {
-            self.discard(id, &mut letters);
+            self.discard(id, DeathReason::Rejected, &mut letters);
         }
-        self.hand_over(letters, DeathReason::Rejected);
+        self.hand_over(letters);
     }
 
     /// The queue's timer fires (only a sliced drop makes it due in these tests).
@@ -572,7 +604,7 @@ impl Model {
         let mut letters = Vec::new();
         self.drop_head(&mut letters);
         self.dispatch();
-        self.hand_over(letters, DeathReason::MaxLen);
+        self.hand_over(letters);
     }
 
     fn consume(&mut self, id: u64, prefetch: u32, no_ack: bool) {
@@ -672,7 +704,7 @@ impl Model {
             .live
             .iter()
             .copied()
-            .filter(|&id| self.msg(id).persistent)
+            .filter(|&id| self.msg(id).kept)
             .collect();
         self.live = survivors.iter().copied().collect();
         for &id in &survivors {
@@ -699,7 +731,7 @@ impl Model {
         let mut letters = Vec::new();
         self.drop_head(&mut letters);
         self.expire();
-        self.hand_over(letters, DeathReason::MaxLen);
+        self.hand_over(letters);
         if self.expiring {
             self.refill();
         }
@@ -721,7 +753,7 @@ impl Model {
     /// acked is back; nothing else is, but persistent messages whose ack may have been
     /// lost; nothing is back twice or out of order; nothing never delivered is flagged.
     /// Then the model goes on from what came back.
-    fn crash(&mut self, back: &[(u64, bool)]) -> Result<(), TestCaseError> {
+    fn crash(&mut self, back: &[(u64, u32)]) -> Result<(), TestCaseError> {
         for pair in back.windows(2) {
             prop_assert!(
                 pair[0].0 < pair[1].0,
@@ -729,23 +761,30 @@ impl Model {
                 back
             );
         }
-        for &(id, redelivered) in back {
+        for &(id, marks) in back {
             prop_assert!(
                 id < self.msgs.len() as u64,
                 "recovered {} never published",
                 id
             );
             let m = self.msg(id);
-            prop_assert!(m.persistent, "transient message {} survived a crash", id);
+            prop_assert!(m.kept, "transient message {} survived a crash", id);
             prop_assert!(
-                !redelivered || m.delivered,
+                marks == 0 || m.delivered,
                 "{} flagged but never delivered",
                 id
             );
+            if self.quorum {
+                prop_assert!(
+                    marks.saturating_sub(1) <= m.returns,
+                    "{} came back with more returns than it had",
+                    id
+                );
+            }
         }
         for &id in &self.live {
             let m = self.msg(id);
-            if m.persistent && m.synced {
+            if m.kept && m.synced {
                 prop_assert!(
                     back.iter().any(|&(b, _)| b == id),
                     "durable message {} lost in a crash: {:?} came back",
@@ -755,10 +794,14 @@ impl Model {
             }
         }
         self.restart_clear();
-        for &(id, redelivered) in back {
+        let quorum = self.quorum;
+        for &(id, marks) in back {
             let m = self.msg_mut(id);
-            m.redelivered = redelivered;
-            m.delivered = redelivered;
+            m.redelivered = marks > 0;
+            m.delivered = marks > 0;
+            if quorum {
+                m.returns = marks.saturating_sub(1);
+            }
             m.synced = true;
         }
         self.live = back.iter().map(|&(id, _)| id).collect();
@@ -1135,6 +1178,8 @@ impl Harness {
             size: ID_DIGITS + size,
             properties,
             redelivered: false,
+            kept: false,
+            returns: 0,
             delivered: false,
             logged: false,
             synced: false,
@@ -1246,7 +1291,7 @@ impl Harness {
                     break;
                 };
                 for (pos, stored) in &page {
-                    back.push((id_in(&stored.body), log.delivery_marks(*pos) > 0));
+                    back.push((id_in(&stored.body), log.delivery_marks(*pos)));
                 }
                 from = Some(last);
             }
@@ -1291,19 +1336,17 @@ impl Harness {
     ) -> Result<(), TestCaseError> {
         prop_assert!(effects.expired.is_empty(), "the queue expired");
         let want = std::mem::take(&mut self.model.new_moves);
-        let got: Vec<(Vec<u64>, Vec<DeathReason>)> = effects
+        let got: Vec<Vec<(u64, DeathReason)>> = effects
             .moves
             .iter()
             .map(|m| {
-                let ids = m.letters.iter().map(|l| id_in(&l.message.body)).collect();
-                (ids, m.letters.iter().map(|l| l.reason).collect())
+                m.letters
+                    .iter()
+                    .map(|l| (id_in(&l.message.body), l.reason))
+                    .collect()
             })
             .collect();
-        let want_ids: Vec<(Vec<u64>, Vec<DeathReason>)> = want
-            .iter()
-            .map(|(ids, reason)| (ids.clone(), vec![*reason; ids.len()]))
-            .collect();
-        prop_assert_eq!(got, want_ids, "moves left as effects");
+        prop_assert_eq!(got, want, "moves left as effects");
         for moved in effects.moves {
             prop_assert!(Arc::ptr_eq(&moved.source, self.queue()));
             match &moved.route {
@@ -1417,7 +1460,30 @@ impl Harness {
             id
         );
         prop_assert_eq!(&message.message.body, &body(id, want.size - ID_DIGITS));
-        prop_assert_eq!(&message.message.properties, &want.properties);
+        let properties = if want.returns > 0 {
+            Message {
+                exchange: "ex".into(),
+                routing_key: "rk".into(),
+                properties: want.properties.clone(),
+                body: Bytes::new(),
+            }
+            .with_delivery_count(want.returns)
+            .properties
+        } else {
+            want.properties.clone()
+        };
+        prop_assert_eq!(
+            &message.message.properties,
+            &properties,
+            "properties of {}",
+            id
+        );
+        prop_assert_eq!(
+            message.delivery_count,
+            want.returns,
+            "x-delivery-count of {}",
+            id
+        );
         prop_assert_eq!(&*message.message.exchange, "ex");
         prop_assert_eq!(&*message.message.routing_key, "rk");
         prop_assert_eq!(message.priority, want.priority);
@@ -1549,6 +1615,10 @@ fn setup(kinds: &'static [Kind], priority: bool) -> impl Strategy<Value = Setup>
     } else {
         Just(None).boxed()
     };
+    let quorum = (
+        prop::bool::weighted(0.3),
+        prop::option::weighted(0.5, 0u64..3),
+    );
     let limits = (
         prop::option::weighted(0.3, 0u64..8),
         prop::option::weighted(0.2, byte_limit(0..300).prop_map(|n| n as u64)),
@@ -1563,6 +1633,7 @@ fn setup(kinds: &'static [Kind], priority: bool) -> impl Strategy<Value = Setup>
         max_priority,
         any::<bool>(),
         limits,
+        quorum,
         paging(),
         prop::sample::select(vec![MIN_SEGMENT_SIZE, 256, 4096, DEFAULT_SEGMENT_SIZE]),
     )
@@ -1572,6 +1643,7 @@ fn setup(kinds: &'static [Kind], priority: bool) -> impl Strategy<Value = Setup>
                 max_priority,
                 dead_letter,
                 (max_length, max_length_bytes, overflow),
+                (quorum, delivery_limit),
                 paging,
                 segment_size,
             )| Setup {
@@ -1581,6 +1653,9 @@ fn setup(kinds: &'static [Kind], priority: bool) -> impl Strategy<Value = Setup>
                 max_length,
                 max_length_bytes,
                 overflow,
+                // Quorum queues are durable only.
+                quorum: quorum && kind == Kind::Durable,
+                delivery_limit: delivery_limit.filter(|_| quorum && kind == Kind::Durable),
                 paging,
                 segment_size,
             },
@@ -1633,6 +1708,8 @@ fn tiny(kind: Kind) -> Setup {
         max_length: None,
         max_length_bytes: None,
         overflow: Overflow::DropHead,
+        quorum: false,
+        delivery_limit: None,
         paging: Paging {
             durable: (1, 16),
             transient: (1, 16),
@@ -1676,6 +1753,36 @@ fn a_message_got_after_an_unwritten_no_ack_delivery_comes_back_redelivered() {
             CloseChannel,
             Get { no_ack: false },
             Restart,
+        ],
+    );
+}
+
+/// A quorum queue counted the return of a `no_ack` delivery still in the mailbox when
+/// its channel closed (`x-delivery-count` 1), but after a restart the message came back
+/// with a count of 0: the count is rebuilt as the delivered markers less one for the
+/// first delivery, and a `no_ack` delivery had no marker.
+#[test]
+fn a_quorum_queue_keeps_the_count_of_a_returned_no_ack_delivery_across_a_restart() {
+    use Op::*;
+    regression(
+        Setup {
+            quorum: true,
+            ..tiny(Kind::Durable)
+        },
+        &[
+            Consume {
+                prefetch: 0,
+                no_ack: true,
+            },
+            Publish {
+                persistent: true,
+                ttl: false,
+                priority: 0,
+                size: 0,
+            },
+            CloseChannel,
+            Restart,
+            Get { no_ack: false },
         ],
     );
 }
