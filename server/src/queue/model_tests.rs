@@ -243,6 +243,9 @@ struct Model {
     mem_bytes: usize,
     /// Ready messages only in the log, oldest first.
     paged: VecDeque<u64>,
+    /// Purged messages still in the log, before the paged ones: they leave it as pages
+    /// are read.
+    purged: VecDeque<u64>,
     /// The queue checks expiries: it then reads the next page as soon as memory is empty.
     expiring: bool,
     /// The broker-wide memory alarm that shrinks every window.
@@ -287,6 +290,7 @@ impl Model {
             mem: BTreeSet::new(),
             mem_bytes: 0,
             paged: VecDeque::new(),
+            purged: VecDeque::new(),
             expiring: false,
             tight: false,
             discard_due: false,
@@ -386,13 +390,22 @@ impl Model {
         Some(id)
     }
 
-    /// The next page comes into memory: up to so many messages, or until their bodies
-    /// reach so many bytes.
+    /// The next page is read from the log: up to so many messages, or until their
+    /// bodies reach so many bytes. Purged ones, first in the log, leave it; the others
+    /// come into memory.
     fn read_page(&mut self) {
         let (mut messages, mut bytes) = (0, 0);
-        while let Some(id) = self.paged.pop_front() {
-            self.expiring |= self.msg(id).ttl;
-            self.push_mem(id);
+        loop {
+            let id = if let Some(id) = self.purged.pop_front() {
+                self.forget(id);
+                id
+            } else if let Some(id) = self.paged.pop_front() {
+                self.expiring |= self.msg(id).ttl;
+                self.push_mem(id);
+                id
+            } else {
+                break;
+            };
             messages += 1;
             bytes += self.msg(id).size;
             if messages >= self.paging.page_messages || bytes >= self.paging.page_bytes {
@@ -409,7 +422,25 @@ impl Model {
 
     fn next_ready(&mut self) -> Option<u64> {
         self.refill();
+        if self.mem.is_empty() && !self.purged.is_empty() && !self.paged.is_empty() {
+            // Purged messages stand before the next ones in the log.
+            self.work_off_purge();
+            self.refill();
+        }
         self.pop_mem()
+    }
+
+    /// Reads the next slice of purged messages out of the log; the rest waits for a
+    /// wake-up.
+    fn work_off_purge(&mut self) {
+        let mut pages = self.paging.discard_slice / self.paging.page_messages;
+        while !self.purged.is_empty() && pages > 0 {
+            self.read_page();
+            pages -= 1;
+        }
+        if !self.purged.is_empty() {
+            self.discard_due = true;
+        }
     }
 
     /// Checking expiries (none is due) reads the next page once memory is empty.
@@ -426,7 +457,10 @@ impl Model {
     }
 
     fn window_full(&self, (messages, bytes): (usize, usize)) -> bool {
-        !self.paged.is_empty() || self.mem.len() >= messages || self.mem_bytes >= bytes
+        !self.paged.is_empty()
+            || !self.purged.is_empty()
+            || self.mem.len() >= messages
+            || self.mem_bytes >= bytes
     }
 
     /// Whether a new message stays out of memory: its queue's own window is full, or the
@@ -600,6 +634,7 @@ impl Model {
     /// The queue's timer fires (only a sliced drop makes it due in these tests).
     fn wake(&mut self) {
         self.discard_due = false;
+        self.work_off_purge();
         self.expire();
         let mut letters = Vec::new();
         self.drop_head(&mut letters);
@@ -681,17 +716,17 @@ impl Model {
         }
     }
 
+    /// `queue.purge`: what is in memory goes at once, what is only in the log is read
+    /// out of it a slice per wake-up (and comes back if a restart comes first).
     fn purge(&mut self) -> usize {
         let count = self.count();
-        loop {
-            for (_, id) in std::mem::take(&mut self.mem) {
-                self.forget(id);
-            }
-            self.mem_bytes = 0;
-            if self.paged.is_empty() {
-                break;
-            }
-            self.refill();
+        for (_, id) in std::mem::take(&mut self.mem) {
+            self.forget(id);
+        }
+        self.mem_bytes = 0;
+        self.purged.extend(self.paged.drain(..));
+        if !self.purged.is_empty() {
+            self.discard_due = true;
         }
         count
     }
@@ -811,6 +846,7 @@ impl Model {
 
     /// What a stop forgets: the client, its deliveries, moves in flight, memory.
     fn restart_clear(&mut self) {
+        self.purged.clear();
         self.consumers.clear();
         self.next_consumer = 0;
         self.discard_due = false;
@@ -1353,6 +1389,7 @@ impl Harness {
                 MoveRoute::DeadLetter {
                     exchange,
                     routing_key,
+                    ..
                 } => {
                     prop_assert_eq!(exchange.as_str(), DLX);
                     prop_assert_eq!(routing_key.as_deref(), Some(DLX_KEY));
@@ -1496,16 +1533,25 @@ impl Harness {
         Ok(())
     }
 
-    /// Returns everything to the queue, settles every move and takes every message with
-    /// gets, in the model's order; then restarts and checks that nothing comes back.
+    /// Returns everything to the queue, lets the timers finish what was sliced, settles
+    /// every move and takes every message with gets, in the model's order; then restarts
+    /// and checks that nothing comes back.
     fn finish(&mut self) -> Result<(), TestCaseError> {
         self.apply(Op::CloseChannel)?;
-        while !self.moves.is_empty() {
-            self.apply(Op::SettleMove)?;
-        }
-        for _ in 0..=self.model.count() {
+        loop {
+            // What the timers would do: work off sliced purges and drops.
+            while self.model.discard_due {
+                self.apply(Op::Wake)?;
+            }
+            while !self.moves.is_empty() {
+                self.apply(Op::SettleMove)?;
+            }
+            if self.model.count() == 0 {
+                break;
+            }
             self.apply(Op::Get { no_ack: true })?;
         }
+        self.apply(Op::Get { no_ack: true })?;
         prop_assert_eq!(self.model.count(), 0);
         self.apply(Op::Restart)?;
         prop_assert_eq!(
@@ -1603,7 +1649,8 @@ fn paging() -> impl Strategy<Value = Paging> {
                 refill_below,
                 page_messages,
                 page_bytes,
-                discard_slice,
+                // At least a page, as in production: a purge's slice is so many pages.
+                discard_slice: discard_slice.max(page_messages),
                 unwritten: unwritten as u32,
             },
         )
