@@ -7,7 +7,9 @@
 //! the queue promises, and the two are compared after every step: message counts, which
 //! message each delivery or get hands out and with which `redelivered` flag, the
 //! consumers' credit, the dead-letter moves left as [`Effects`], and, after a restart,
-//! which messages came back.
+//! which messages came back. Queues are durable (classic or quorum), spilling or
+//! memory-only, with or without priorities, a dead-letter exchange, length limits and
+//! a delivery limit.
 //!
 //! The queue runs with tiny paging sizes ([`Paging::set_for_tests`]) so that a few
 //! messages already overflow its memory window: a durable queue pages to its log, a
