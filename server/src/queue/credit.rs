@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::paging::Paging;
+
 /// How many deliveries a queue hands one consumer's connection ahead of what it has
 /// written.
 pub const UNWRITTEN_LIMIT: u32 = 1024;
@@ -81,7 +83,7 @@ impl Credit {
 
     /// Whether the connection has written enough of what it was handed to take more.
     pub fn has_room(&self) -> bool {
-        self.unwritten.load(Ordering::Acquire) < UNWRITTEN_LIMIT
+        self.unwritten.load(Ordering::Acquire) < Paging::current().unwritten
     }
 
     /// Counts a delivery handed to the connection.
@@ -98,7 +100,7 @@ impl Credit {
                 Some(n.saturating_sub(1))
             })
             .unwrap_or(0);
-        before >= UNWRITTEN_LIMIT
+        before >= Paging::current().unwritten
     }
 
     /// Takes one unit of credit if both limits allow it.

@@ -23,6 +23,9 @@ pub mod credit;
 pub mod dead_letter;
 pub mod effects;
 pub mod mailbox;
+#[cfg(test)]
+mod model_tests;
+mod paging;
 pub mod ready;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -45,6 +48,7 @@ use crate::store::{
 use crate::timers::{Timers, Wake, now_ms};
 use arguments::{DeadLetterStrategy, Overflow, QueueArguments, QueueType};
 use dead_letter::{DeadLetter, DeathReason};
+use paging::Paging;
 use ready::Ready;
 
 /// Identifies a consumer across the broker (unique for the broker's lifetime).
@@ -138,10 +142,11 @@ enum Window {
 impl Window {
     /// (messages, body bytes) at most.
     fn limits(self) -> (usize, usize) {
+        let paging = Paging::current();
         match self {
-            Window::Durable => (4096, 8 << 20),
-            Window::Transient => (65_536, 32 << 20),
-            Window::Tight => (256, 256 << 10),
+            Window::Durable => paging.durable,
+            Window::Transient => paging.transient,
+            Window::Tight => paging.tight,
         }
     }
 }
@@ -149,16 +154,6 @@ impl Window {
 /// What a ready message costs in memory besides its body: its queue entry and the
 /// shared buffers' headers (properties, names), for the memory alarm.
 const MESSAGE_FOOTPRINT: usize = std::mem::size_of::<QueuedMessage>() + 64;
-/// When fewer ready messages than this remain in memory, the next page is read.
-const REFILL_BELOW: usize = 1024;
-/// Messages read from the log per page.
-const PAGE_MESSAGES: usize = 2048;
-/// Body bytes read from the log per page.
-const PAGE_BYTES: usize = 4 << 20;
-/// Messages a queue expires or drops for a length limit per lock hold. A backlog that
-/// expires all at once (after a restart, or a policy that lowered a limit) is worked
-/// off in slices, each on a wake-up of its own, so no one waits long for the lock.
-const DISCARD_SLICE: usize = 2 * PAGE_MESSAGES;
 /// How long dead letters that no queue took wait before they are tried again
 /// (`at-least-once`).
 const DEAD_LETTER_RETRY_MS: u64 = 1000;
@@ -332,7 +327,7 @@ impl QueueState {
 
     /// Reads the next page of logged messages into memory when memory runs low.
     fn refill(&mut self, queue: &str) {
-        if self.ready.len() < REFILL_BELOW {
+        if self.ready.len() < Paging::current().refill_below {
             self.read_page(queue);
         }
     }
@@ -348,7 +343,8 @@ impl QueueState {
             self.purged = 0;
             return;
         };
-        let page = match log.read(self.last_loaded, PAGE_MESSAGES, PAGE_BYTES) {
+        let paging = Paging::current();
+        let page = match log.read(self.last_loaded, paging.page_messages, paging.page_bytes) {
             Ok(page) => page,
             Err(error) => {
                 tracing::error!(queue, %error, "cannot read messages from the log");
@@ -431,7 +427,7 @@ impl QueueState {
 
     /// Takes the next ready message, paging in from the log when memory runs low.
     fn next_ready(&mut self, queue: &str) -> Option<QueuedMessage> {
-        if self.ready.len() < REFILL_BELOW {
+        if self.ready.len() < Paging::current().refill_below {
             self.refill(queue);
         }
         if self.ready.is_empty() && self.purged > 0 && self.paged > 0 {
@@ -484,7 +480,7 @@ impl QueueState {
             if !self.ready.is_empty() || self.paged == 0 {
                 break;
             }
-            if discarded >= DISCARD_SLICE {
+            if discarded >= Paging::current().discard_slice {
                 self.discard_due = true;
                 return;
             }
@@ -500,7 +496,8 @@ impl QueueState {
 
     /// Acks the next slice of purged messages still in the log.
     fn work_off_purge(&mut self, queue: &str) {
-        let mut pages = DISCARD_SLICE / PAGE_MESSAGES;
+        let paging = Paging::current();
+        let mut pages = paging.discard_slice / paging.page_messages;
         while self.purged > 0 && pages > 0 {
             self.read_page(queue);
             pages -= 1;
@@ -514,7 +511,7 @@ impl QueueState {
     fn drop_head(&mut self, queue: &str, out: &mut Vec<DeadLetter>) {
         let mut discarded = 0;
         while self.over_limit() {
-            if discarded == DISCARD_SLICE {
+            if discarded == Paging::current().discard_slice {
                 self.discard_due = true;
                 return;
             }
@@ -925,6 +922,12 @@ impl Queue {
             }
             let quorum = st.args.queue_type == QueueType::Quorum;
             for mut message in messages {
+                // A message returned from a `no_ack` delivery that was never written
+                // has no delivered marker yet; once flagged it would never get one. (A
+                // quorum queue marks every return below.)
+                if !quorum {
+                    st.mark_delivered(&message);
+                }
                 message.redelivered = true;
                 if quorum {
                     message.delivery_count += 1;
@@ -1152,8 +1155,10 @@ impl Queue {
                 break;
             };
             // A no_ack delivery leaves the log once its channel has written it
-            // (`settle`): until then it may still come back here.
-            if !st.consumers[at].no_ack {
+            // (`settle`): until then it may still come back here. A quorum queue marks
+            // it all the same, since its delivery count after a restart is the markers
+            // less the first delivery's.
+            if !st.consumers[at].no_ack || st.args.queue_type == QueueType::Quorum {
                 st.mark_delivered(&message);
             }
             let consumer = &st.consumers[at];
@@ -1387,7 +1392,8 @@ mod tests {
     fn a_large_length_limit_drop_is_done_in_slices() {
         let queue = plain_queue();
         let mut effects = Effects::default();
-        let backlog = 2 * DISCARD_SLICE + 100;
+        let slice = Paging::DEFAULT.discard_slice;
+        let backlog = 2 * slice + 100;
         for n in 0..backlog {
             queue
                 .publish(message(n), Handling::default(), &mut effects)
@@ -1398,7 +1404,7 @@ mod tests {
             ..QueueArguments::default()
         };
         queue.set_arguments(limited, &mut effects);
-        assert_eq!(queue.message_count() as usize, backlog - DISCARD_SLICE);
+        assert_eq!(queue.message_count() as usize, backlog - slice);
         assert!(queue.state.lock().discard_due);
         queue.wake(now_ms(), &mut effects);
         assert_eq!(queue.message_count() as usize, 100);
@@ -1434,7 +1440,7 @@ mod tests {
             ..Handling::default()
         };
         let mut effects = Effects::default();
-        let backlog = 3 * DISCARD_SLICE;
+        let backlog = 3 * Paging::DEFAULT.discard_slice;
         for n in 0..backlog {
             queue
                 .publish(message(n), persistent, &mut effects)
