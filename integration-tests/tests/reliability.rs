@@ -242,3 +242,72 @@ async fn at_least_once_dead_letters_wait_until_a_queue_takes_them() {
     broker.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A quorum queue keeps every message across a restart, whatever its delivery mode, as
+/// RabbitMQ's quorum queues do; and a purge answered before a clean stop stays done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_messages_survive_and_purges_stay_done_across_a_restart() {
+    let dir = temp_data_dir("quorum-transient");
+    let broker = WarrenProcess::start(&dir).await;
+    let (conn, channel) = connect(&broker).await;
+    let quorum = unique_name("quorum");
+    let purged = unique_name("purged");
+    within(
+        "declare a quorum queue",
+        channel.queue_declare(
+            quorum.as_str().into(),
+            durable(),
+            table(&[("x-queue-type", text("quorum"))]),
+        ),
+    )
+    .await
+    .expect("declare the quorum queue");
+    within(
+        "declare a classic queue",
+        channel.queue_declare(purged.as_str().into(), durable(), FieldTable::default()),
+    )
+    .await
+    .expect("declare the classic queue");
+    within(
+        "confirm.select",
+        channel.confirm_select(lapin::options::ConfirmSelectOptions::default()),
+    )
+    .await
+    .expect("confirm.select");
+    // Transient: delivery mode 1.
+    publish(&channel, "", &quorum, b"transient").await;
+    // More than a durable queue keeps in memory, so that most are only in its log.
+    for i in 0..6000 {
+        let confirm = within(
+            "publish",
+            channel.basic_publish(
+                "".into(),
+                purged.as_str().into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                BasicProperties::default().with_delivery_mode(2),
+            ),
+        )
+        .await
+        .expect("publish");
+        if i == 5999 {
+            within("confirm", confirm).await.expect("confirm");
+        }
+    }
+    let count = within(
+        "queue.purge",
+        channel.queue_purge(purged.as_str().into(), Default::default()),
+    )
+    .await
+    .expect("purge");
+    assert_eq!(count, 6000);
+    drop(conn);
+    broker.terminate();
+
+    let broker = WarrenProcess::start(&dir).await;
+    let (_conn, channel) = connect(&broker).await;
+    assert_eq!(message_count(&channel, &quorum).await, 1);
+    assert_eq!(message_count(&channel, &purged).await, 0);
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}

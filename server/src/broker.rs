@@ -183,6 +183,9 @@ impl Broker {
         // Nothing may move messages meanwhile.
         let timers = self.timers.clone();
         let _ = tokio::task::spawn_blocking(move || timers.stop()).await;
+        for queue in self.vhosts.values().flat_map(|v| v.logged_queues()) {
+            queue.finish_purge();
+        }
         let mut durable = true;
         for _ in 0..2 {
             let targets: Vec<Arc<dyn SyncTarget>> = self

@@ -744,6 +744,11 @@ impl Queue {
         if st.deleted {
             return Ok(Enqueued::Memory);
         }
+        // A quorum queue keeps every message, whatever its delivery mode, as RabbitMQ's.
+        let handling = Handling {
+            persistent: handling.persistent || st.args.queue_type == QueueType::Quorum,
+            ..handling
+        };
         if st.args.overflow != Overflow::DropHead && st.full_for(message.body.len()) {
             if st.args.overflow == Overflow::RejectPublishDlx
                 && st.args.dead_letter_exchange.is_some()
@@ -1067,6 +1072,19 @@ impl Queue {
                 ConsumerRemoval::RemovedLast
             } else {
                 ConsumerRemoval::Removed
+            }
+        }
+    }
+
+    /// Acks every purged message still in the log, at once: at shutdown, so that a
+    /// clean restart does not bring back what a purge removed.
+    pub fn finish_purge(&self) {
+        let mut st = self.state.lock();
+        while st.purged > 0 {
+            let before = st.purged;
+            st.read_page(&self.name);
+            if st.purged == before {
+                break;
             }
         }
     }

@@ -545,9 +545,8 @@ impl Model {
 
     fn publish(&mut self, mut msg: Msg) -> Enqueued {
         let id = self.msgs.len() as u64;
-        // As a classic queue, a quorum queue keeps only persistent messages (RabbitMQ's
-        // keep every message: see the report of issue 12).
-        msg.kept = msg.persistent;
+        // A quorum queue keeps every message, whatever its delivery mode, as RabbitMQ's.
+        msg.kept = msg.persistent || self.quorum;
         if self.overflow != Overflow::DropHead && self.full_for(msg.size) {
             self.msgs.push(msg);
             if self.overflow == Overflow::RejectPublishDlx && self.dead_letter {
