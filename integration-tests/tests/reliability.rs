@@ -311,3 +311,60 @@ async fn quorum_messages_survive_and_purges_stay_done_across_a_restart() {
     broker.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A durable queue whose definition cannot be written (the disk refuses the write) is
+/// refused with 541 instead of confirmed and lost at the next restart; the queues
+/// declared before it all come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_definition_that_cannot_be_stored_is_refused_not_confirmed() {
+    let dir = temp_data_dir("definitions-refused");
+    let broker = WarrenProcess::start_limited(&dir, Some(64)).await;
+    let note = "n".repeat(2048);
+    let mut declared = Vec::new();
+    let mut refused = None;
+    for i in 0..200 {
+        let (conn, channel) = connect(&broker).await;
+        let name = format!("durable-{i}");
+        let result = within(
+            "queue.declare",
+            channel.queue_declare(
+                name.as_str().into(),
+                durable(),
+                table(&[("x-note", text(&note))]),
+            ),
+        )
+        .await;
+        match result {
+            Ok(_) => declared.push(name),
+            Err(error) => {
+                let (code, text) = amqp_error(&error).expect("a broker-sent close");
+                assert_eq!(code, 541, "{text}");
+                assert!(text.contains("cannot store the definition"), "{text}");
+                refused = Some(name);
+                break;
+            }
+        }
+        drop(conn);
+    }
+    let refused = refused.expect("the file size limit refused a definition");
+    assert!(!declared.is_empty());
+    let (conn, _) = connect(&broker).await;
+    assert!(
+        !queue_exists(&conn, &refused).await,
+        "a refused queue exists"
+    );
+    drop(conn);
+    broker.terminate();
+
+    let broker = WarrenProcess::start(&dir).await;
+    let (conn, _) = connect(&broker).await;
+    for name in &declared {
+        assert!(queue_exists(&conn, name).await, "{name} was lost");
+    }
+    assert!(
+        !queue_exists(&conn, &refused).await,
+        "a refused queue came back"
+    );
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -114,3 +114,12 @@ pub fn channel_error(text: impl Into<String>) -> AmqpError {
 pub fn access_refused(text: impl Into<String>) -> AmqpError {
     AmqpError::new(ReplyCode::AccessRefused, text)
 }
+
+/// 541 INTERNAL_ERROR: a durable definition could not be written to the store, so the
+/// operation is refused rather than confirmed and lost at the next restart.
+pub fn not_stored(kind: &str, name: &str, vhost: &str, reason: &str) -> AmqpError {
+    AmqpError::new(
+        ReplyCode::InternalError,
+        format!("cannot store the definition of {kind} '{name}' in vhost '{vhost}': {reason}"),
+    )
+}

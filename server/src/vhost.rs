@@ -9,7 +9,7 @@
 //! the store sees changes in the order the registry made them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use amqp_codec::ShortStr;
@@ -53,7 +53,12 @@ pub struct VHost {
     memory_tight: Arc<AtomicBool>,
     /// Definition changes made under a registry lock, in that order, waiting to be
     /// written to the store once the lock is released.
-    unwritten: Mutex<Vec<Change>>,
+    unwritten: Mutex<Vec<(Change, Option<u64>)>>,
+    /// Tickets of the checked changes whose write failed, with why, until their
+    /// writer asks ([`written`](Self::written)).
+    failed_writes: Mutex<Vec<(u64, String)>>,
+    /// The next ticket of a checked change.
+    next_ticket: AtomicU64,
     /// Held while writing `unwritten` out, so that writers keep the registry's order.
     writing: Mutex<()>,
     /// Itself, for the clocks of its queues, which wake it to carry out their effects.
@@ -127,6 +132,8 @@ impl VHost {
             policies,
             memory_tight: Arc::default(),
             unwritten: Mutex::default(),
+            failed_writes: Mutex::default(),
+            next_ticket: AtomicU64::new(1),
             writing: Mutex::default(),
             me: me.clone(),
         });
@@ -184,7 +191,32 @@ impl VHost {
     /// and calls [`write_changes`](Self::write_changes) once it is released.
     fn queue_change(&self, change: Change) {
         if self.store.is_some() {
-            self.unwritten.lock().push(change);
+            self.unwritten.lock().push((change, None));
+        }
+    }
+
+    /// Like [`queue_change`](Self::queue_change), for a change whose operation is
+    /// refused if it cannot be written: returns the ticket to ask
+    /// [`written`](Self::written) about once [`write_changes`](Self::write_changes)
+    /// returned.
+    fn queue_checked_change(&self, change: Change) -> Option<u64> {
+        self.store.as_ref()?;
+        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+        self.unwritten.lock().push((change, Some(ticket)));
+        Some(ticket)
+    }
+
+    /// Whether the checked change of `ticket` was written, and if not, why. Only
+    /// meaningful after [`write_changes`](Self::write_changes) returned: every change
+    /// queued before it was written by then, by this caller or another.
+    fn written(&self, ticket: Option<u64>) -> Result<(), String> {
+        let Some(ticket) = ticket else {
+            return Ok(());
+        };
+        let mut failed = self.failed_writes.lock();
+        match failed.iter().position(|(t, _)| *t == ticket) {
+            Some(at) => Err(failed.swap_remove(at).1),
+            None => Ok(()),
         }
     }
 
@@ -195,8 +227,13 @@ impl VHost {
         };
         let _order = self.writing.lock();
         let changes = std::mem::take(&mut *self.unwritten.lock());
-        for change in &changes {
-            store.record(change);
+        for (change, ticket) in &changes {
+            if let Err(error) = store.try_record(change) {
+                tracing::error!(%error, ?change, "cannot record a definitions change");
+                if let Some(ticket) = ticket {
+                    self.failed_writes.lock().push((*ticket, error.to_string()));
+                }
+            }
         }
     }
 
@@ -413,33 +450,47 @@ impl VHost {
         let raced = {
             let mut exchanges = self.exchanges.write();
             match exchanges.get(name) {
-                Some(existing) => Some(existing.clone()),
+                Some(existing) => Err(existing.clone()),
                 None => {
                     let settings = exchange.settings();
+                    let mut tickets = Vec::new();
                     if settings.durable {
-                        self.record(&Change::PutExchange(ExchangeDef {
+                        tickets.push(self.queue_checked_change(Change::PutExchange(ExchangeDef {
                             vhost: self.name.clone(),
                             name: name.to_owned(),
                             kind: settings.type_name().to_owned(),
                             auto_delete: settings.auto_delete,
                             internal: settings.internal,
                             arguments: settings.arguments.clone(),
-                        }));
+                        })));
                     }
                     if let Some(def) = hold {
-                        self.record(&Change::PutQueue(def));
+                        tickets.push(self.queue_checked_change(Change::PutQueue(def)));
                     }
                     exchanges.insert(name.to_owned(), exchange.clone());
-                    None
+                    Ok(tickets)
                 }
             }
         };
-        if let Some(existing) = raced {
-            // Another connection declared it meanwhile: that one stands, ours goes.
-            if let Some(ours) = exchange.hold() {
-                self.discard_queue(ours);
+        let tickets = match raced {
+            Ok(tickets) => tickets,
+            Err(existing) => {
+                // Another connection declared it meanwhile: that one stands, ours goes.
+                if let Some(ours) = exchange.hold() {
+                    self.discard_queue(ours);
+                }
+                return self.check_redeclared_exchange(&existing, name, exchange.settings());
             }
-            return self.check_redeclared_exchange(&existing, name, exchange.settings());
+        };
+        self.write_changes();
+        let unwritten: Vec<String> = tickets
+            .into_iter()
+            .filter_map(|ticket| self.written(ticket).err())
+            .collect();
+        if let Some(reason) = unwritten.first() {
+            // Not stored, so not declared: it would not survive a restart.
+            self.remove_exchange(name);
+            return Err(error::not_stored("exchange", name, &self.name, reason));
         }
         Ok(())
     }
@@ -731,21 +782,34 @@ impl VHost {
         let raced = {
             let mut queues = self.queues.write();
             match queues.get(&*declare.name) {
-                Some(existing) => Some(existing.clone()),
+                Some(existing) => Err(existing.clone()),
                 None => {
-                    if let Some(def) = def {
-                        self.queue_change(Change::PutQueue(def));
-                    }
+                    let ticket =
+                        def.and_then(|def| self.queue_checked_change(Change::PutQueue(def)));
                     queues.insert(declare.name.to_string(), queue.clone());
-                    None
+                    Ok(ticket)
                 }
             }
         };
-        if let Some(existing) = raced {
-            // Another connection declared it meanwhile: that one stands, ours goes.
-            self.discard_queue(&queue);
-            self.redeclare(&existing, &declare, conn, effects)?;
-            return Ok((existing, false));
+        let ticket = match raced {
+            Ok(ticket) => ticket,
+            Err(existing) => {
+                // Another connection declared it meanwhile: that one stands, ours goes.
+                self.discard_queue(&queue);
+                self.redeclare(&existing, &declare, conn, effects)?;
+                return Ok((existing, false));
+            }
+        };
+        self.write_changes();
+        if let Err(reason) = self.written(ticket) {
+            // Not stored, so not declared: it would not survive a restart.
+            self.remove_queue(&queue);
+            return Err(error::not_stored(
+                "queue",
+                &declare.name,
+                &self.name,
+                &reason,
+            ));
         }
         queue.touch(effects);
         Ok((queue, true))
@@ -930,20 +994,54 @@ impl VHost {
         durable: bool,
         routing_key: &str,
         arguments: FieldTable,
-    ) {
-        if durable && source.settings().durable {
-            self.record(&Change::Bind(self.binding_def(
+    ) -> Option<u64> {
+        let ticket = if durable && source.settings().durable {
+            self.queue_checked_change(Change::Bind(self.binding_def(
                 source,
                 &destination,
                 routing_key,
                 &arguments,
-            )));
-        }
+            )))
+        } else {
+            None
+        };
         source.bind(Binding {
             destination,
             routing_key: routing_key.to_owned(),
             arguments,
         });
+        ticket
+    }
+
+    /// Writes the changes a binding queued and checks that its own was written; if not,
+    /// takes the binding back.
+    ///
+    /// # Errors
+    /// 541 INTERNAL_ERROR when the binding could not be stored.
+    fn confirm_binding(
+        &self,
+        ticket: Option<u64>,
+        source: &Exchange,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+    ) -> AmqpResult<()> {
+        self.write_changes();
+        let Err(reason) = self.written(ticket) else {
+            return Ok(());
+        };
+        source.unbind(
+            destination.kind(),
+            destination.name(),
+            routing_key,
+            arguments,
+        );
+        Err(error::not_stored(
+            "binding",
+            &format!("{} -> {}", source.name(), destination.name()),
+            &self.name,
+            &reason,
+        ))
     }
 
     /// Removes a binding, recording it when both ends are durable.
@@ -1014,7 +1112,7 @@ impl VHost {
     ) -> AmqpResult<()> {
         let source = self.binding_source(exchange)?;
         source.settings().kind.check_binding_key(routing_key)?;
-        {
+        let (ticket, queue) = {
             // Looked up and bound under the registry's lock, so that a deletion of the
             // queue, which unbinds it under the write lock, cannot fall in between.
             let queues = self.queues.read();
@@ -1024,16 +1122,22 @@ impl VHost {
                 .ok_or_else(|| error::no_queue(queue, &self.name))?;
             queue.check_access(conn)?;
             let durable = queue.settings().durable;
-            self.add_binding(
+            let ticket = self.add_binding(
                 &source,
-                Destination::Queue(queue),
+                Destination::Queue(queue.clone()),
                 durable,
                 routing_key,
-                arguments,
+                arguments.clone(),
             );
-        }
-        self.write_changes();
-        Ok(())
+            (ticket, queue)
+        };
+        self.confirm_binding(
+            ticket,
+            &source,
+            Destination::Queue(queue),
+            routing_key,
+            &arguments,
+        )
     }
 
     /// Removes a queue's binding; a missing binding is not an error.
@@ -1077,15 +1181,20 @@ impl VHost {
         let destination = self.binding_source(destination)?;
         source.settings().kind.check_binding_key(routing_key)?;
         let durable = destination.settings().durable;
-        self.add_binding(
+        let ticket = self.add_binding(
             &source,
             Destination::Exchange(destination.name().clone()),
             durable,
             routing_key,
-            arguments,
+            arguments.clone(),
         );
-        self.write_changes();
-        Ok(())
+        self.confirm_binding(
+            ticket,
+            &source,
+            Destination::Exchange(destination.name().clone()),
+            routing_key,
+            &arguments,
+        )
     }
 
     /// Removes an exchange-to-exchange binding; a missing binding is not an error.
