@@ -102,6 +102,9 @@ async fn redeclaring_a_dead_lettering_queue_under_traffic_never_freezes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// How many messages expire while the broker is down: more than three slices of expiry.
+const EXPIRED_WHILE_DOWN: usize = 15_000;
+
 /// Messages that expire while the broker is down are dead-lettered at start, once the
 /// whole vhost is back: their dead-letter exchange, its bindings and its target queue.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -131,7 +134,7 @@ async fn messages_that_expired_while_down_are_dead_lettered_at_start() {
     )
     .await
     .expect("declare dlx");
-    let ttl_ms = 300;
+    let ttl_ms = 1000;
     within(
         "declare wait",
         channel.queue_declare(
@@ -152,19 +155,26 @@ async fn messages_that_expired_while_down_are_dead_lettered_at_start() {
     .await
     .expect("declare work");
     bind_queue(&channel, "work", "dlx", "").await;
-    for i in 0..1000 {
-        let confirm = within(
-            "publish",
-            channel.basic_publish(
-                "".into(),
-                "wait".into(),
-                BasicPublishOptions::default(),
-                format!("m{i}").as_bytes(),
-                BasicProperties::default().with_delivery_mode(2),
-            ),
-        )
-        .await
-        .expect("publish");
+    // More than a queue expires in one slice, so that recovery works them off in
+    // several, some on wake-ups of their own.
+    let mut confirms = Vec::new();
+    for i in 0..EXPIRED_WHILE_DOWN {
+        confirms.push(
+            within(
+                "publish",
+                channel.basic_publish(
+                    "".into(),
+                    "wait".into(),
+                    BasicPublishOptions::default(),
+                    format!("m{i}").as_bytes(),
+                    BasicProperties::default().with_delivery_mode(2),
+                ),
+            )
+            .await
+            .expect("publish"),
+        );
+    }
+    for (i, confirm) in confirms.into_iter().enumerate() {
         assert!(
             within("confirm", confirm).await.expect("confirm").is_ack(),
             "message {i} not confirmed"
@@ -179,7 +189,7 @@ async fn messages_that_expired_while_down_are_dead_lettered_at_start() {
 
     let broker = WarrenProcess::start(&dir).await;
     let (_conn, channel) = connect(&broker).await;
-    wait_for_count(&channel, "work", 1000).await;
+    wait_for_count(&channel, "work", EXPIRED_WHILE_DOWN as u32).await;
     assert_eq!(message_count(&channel, "wait").await, 0);
     broker.terminate();
     let _ = std::fs::remove_dir_all(&dir);

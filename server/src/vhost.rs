@@ -63,6 +63,10 @@ pub struct VHost {
     writing: Mutex<()>,
     /// Itself, for the clocks of its queues, which wake it to carry out their effects.
     me: Weak<VHost>,
+    /// Set while [`restore`](Self::restore) runs: queues' clocks do nothing until every
+    /// exchange, queue and binding is back (restore then starts them afresh), so that
+    /// nothing is dead-lettered to a queue or through a binding not yet restored.
+    restoring: AtomicBool,
 }
 
 /// What the timers wake for one queue: asks it what is due and carries out the effects
@@ -77,6 +81,9 @@ impl Wake for QueueClock {
         let (Some(vhost), Some(queue)) = (self.vhost.upgrade(), self.queue.upgrade()) else {
             return;
         };
+        if vhost.restoring.load(Ordering::Acquire) {
+            return;
+        }
         let mut effects = Effects::default();
         queue.wake(now_ms, &mut effects);
         vhost.apply(effects);
@@ -136,6 +143,7 @@ impl VHost {
             next_ticket: AtomicU64::new(1),
             writing: Mutex::default(),
             me: me.clone(),
+            restoring: AtomicBool::new(false),
         });
         vhost.apply_policies();
         vhost
@@ -1280,6 +1288,28 @@ impl VHost {
         let Some(store) = &self.store else {
             return Ok((0, 0));
         };
+        self.restoring.store(true, Ordering::Release);
+        let restored = self.restore_from(store, defs);
+        self.restoring.store(false, Ordering::Release);
+        let (queues, messages, restored, effects) = restored?;
+        for queue in restored {
+            queue.start_clocks();
+        }
+        self.write_changes();
+        // Only now that every exchange, queue and binding is back can messages that
+        // expired while the broker was down reach their dead-letter queues.
+        self.apply(effects);
+        Ok((queues, messages))
+    }
+
+    /// Restore's work while the queues' clocks are held: returns the counts, the queues
+    /// whose clocks to start, and what recovery left to carry out.
+    #[allow(clippy::type_complexity)]
+    fn restore_from(
+        &self,
+        store: &Arc<BrokerStore>,
+        defs: &Definitions,
+    ) -> crate::store::Result<(usize, u64, Vec<Arc<Queue>>, Effects)> {
         for def in defs.exchanges.iter().filter(|e| e.vhost == self.name) {
             let Ok(Some((kind, delayed))) = parse_declared_type(&def.kind, &def.arguments) else {
                 tracing::warn!(exchange = %def.name, kind = %def.kind, "skipping an exchange of unknown type");
@@ -1395,14 +1425,7 @@ impl VHost {
                 });
             }
         }
-        for queue in restored {
-            queue.start_clocks();
-        }
-        self.write_changes();
-        // Only now that every exchange, queue and binding is back can messages that
-        // expired while the broker was down reach their dead-letter queues.
-        self.apply(effects);
-        Ok((queues, messages))
+        Ok((queues, messages, restored, effects))
     }
 
     /// Memory the messages its queues (and delayed exchanges) hold take.

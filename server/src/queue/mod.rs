@@ -703,6 +703,8 @@ impl Queue {
     /// so that the earliest one is woken for.
     pub fn start_clocks(self: &Arc<Self>) {
         let mut st = self.state.lock();
+        // A wake-up asked for during recovery found the clocks held: ask afresh.
+        st.timer_at_ms = 0;
         if st.expiring {
             st.refill(&self.name);
         }
