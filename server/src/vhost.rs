@@ -276,6 +276,7 @@ impl VHost {
         let from = moved.source.name();
         for letter in moved.letters {
             routed.clear();
+            let mut cycled = false;
             let (message, at_least_once) = match &moved.route {
                 MoveRoute::Delayed { exchange } => {
                     let exchanges = self.exchanges.read();
@@ -316,15 +317,18 @@ impl VHost {
                             ),
                         }
                     }
+                    let before = routed.queues.len();
                     routed
                         .queues
                         .retain(|queue| !republished.is_cycle(queue.name()));
+                    // Every route closes a cycle: RabbitMQ drops it, whatever the strategy.
+                    cycled = before > 0 && routed.queues.is_empty();
                     (republished.message, *at_least_once)
                 }
             };
             routed.dedup_queues();
             let taken = enqueue_moved(&message, routed.queues.drain(..), &mut commits, next);
-            if taken || !at_least_once {
+            if taken || !at_least_once || cycled {
                 positions.extend(letter.position);
             } else {
                 retained.push(letter);
@@ -881,6 +885,8 @@ impl VHost {
         if_empty: bool,
     ) -> AmqpResult<u32> {
         let removed = {
+            // Registry locks in their order: exchanges, then queues.
+            let exchanges = self.exchanges.read();
             let mut queues = self.queues.write();
             let Some(queue) = queues.get(name) else {
                 return Ok(0);
@@ -900,7 +906,7 @@ impl VHost {
             }
             queues
                 .remove(name)
-                .map(|queue| self.unregister_queue(queue))
+                .map(|queue| self.unregister_queue(queue, &exchanges))
         };
         Ok(removed.map_or(0, |removed| self.finish_removal(removed)))
     }
@@ -909,11 +915,12 @@ impl VHost {
     /// `x-expires`): a queue of the same name declared since is left alone.
     pub fn remove_queue(&self, queue: &Arc<Queue>) {
         let removed = {
+            let exchanges = self.exchanges.read();
             let mut queues = self.queues.write();
             match queues.get(&**queue.name()) {
                 Some(q) if Arc::ptr_eq(q, queue) => queues
                     .remove(&**queue.name())
-                    .map(|queue| self.unregister_queue(queue)),
+                    .map(|queue| self.unregister_queue(queue, &exchanges)),
                 _ => None,
             }
         };
@@ -963,11 +970,13 @@ impl VHost {
     /// after the queue left it: its bindings go and its deletion is queued for the store,
     /// so that a queue of the same name declared and bound right after is untouched.
     /// Memory work only; [`finish_removal`](Self::finish_removal) does the rest.
-    fn unregister_queue(&self, queue: Arc<Queue>) -> RemovedQueue {
+    fn unregister_queue(
+        &self,
+        queue: Arc<Queue>,
+        exchanges: &HashMap<String, Arc<Exchange>>,
+    ) -> RemovedQueue {
         queue.mark_deleted();
-        let emptied: Vec<String> = self
-            .exchanges
-            .read()
+        let emptied: Vec<String> = exchanges
             .values()
             .filter(|e| unbinds_last(e, DestinationKind::Queue, queue.name()))
             .map(|e| e.name().to_string())
@@ -1099,10 +1108,7 @@ impl VHost {
 
     /// The source exchange of a bind or unbind: not the default one, and existing.
     fn binding_source(&self, name: &str) -> AmqpResult<Arc<Exchange>> {
-        if name.is_empty() {
-            return Err(error::default_exchange_forbidden());
-        }
-        self.exchange(name)
+        binding_source(&self.exchanges.read(), name, &self.name)
     }
 
     /// Binds a queue to an exchange.
@@ -1118,11 +1124,13 @@ impl VHost {
         arguments: FieldTable,
         conn: ConnectionId,
     ) -> AmqpResult<()> {
-        let source = self.binding_source(exchange)?;
-        source.settings().kind.check_binding_key(routing_key)?;
-        let (ticket, queue) = {
-            // Looked up and bound under the registry's lock, so that a deletion of the
-            // queue, which unbinds it under the write lock, cannot fall in between.
+        let (ticket, queue, source) = {
+            // Looked up and bound under the registries' locks (exchanges, then queues),
+            // so that a deletion of either end, which unbinds it under a write lock,
+            // cannot fall in between.
+            let exchanges = self.exchanges.read();
+            let source = binding_source(&exchanges, exchange, &self.name)?;
+            source.settings().kind.check_binding_key(routing_key)?;
             let queues = self.queues.read();
             let queue = queues
                 .get(queue)
@@ -1137,7 +1145,7 @@ impl VHost {
                 routing_key,
                 arguments.clone(),
             );
-            (ticket, queue)
+            (ticket, queue, source)
         };
         self.confirm_binding(
             ticket,
@@ -1185,17 +1193,23 @@ impl VHost {
         routing_key: &str,
         arguments: FieldTable,
     ) -> AmqpResult<()> {
-        let source = self.binding_source(source)?;
-        let destination = self.binding_source(destination)?;
-        source.settings().kind.check_binding_key(routing_key)?;
-        let durable = destination.settings().durable;
-        let ticket = self.add_binding(
-            &source,
-            Destination::Exchange(destination.name().clone()),
-            durable,
-            routing_key,
-            arguments.clone(),
-        );
+        let (ticket, source, destination) = {
+            // Under the exchange registry's lock: a deletion of either end cannot fall
+            // between the look-ups and the binding.
+            let exchanges = self.exchanges.read();
+            let source = binding_source(&exchanges, source, &self.name)?;
+            let destination = binding_source(&exchanges, destination, &self.name)?;
+            source.settings().kind.check_binding_key(routing_key)?;
+            let durable = destination.settings().durable;
+            let ticket = self.add_binding(
+                &source,
+                Destination::Exchange(destination.name().clone()),
+                durable,
+                routing_key,
+                arguments.clone(),
+            );
+            (ticket, source, destination)
+        };
         self.confirm_binding(
             ticket,
             &source,
@@ -1465,6 +1479,21 @@ impl VHost {
     }
 }
 
+/// The exchange at one end of a bind or unbind: not the default one, and existing.
+fn binding_source(
+    exchanges: &HashMap<String, Arc<Exchange>>,
+    name: &str,
+    vhost: &str,
+) -> AmqpResult<Arc<Exchange>> {
+    if name.is_empty() {
+        return Err(error::default_exchange_forbidden());
+    }
+    exchanges
+        .get(name)
+        .cloned()
+        .ok_or_else(|| error::no_exchange(name, vhost))
+}
+
 /// A queue taken out of the registry, with what its deletion still has to do.
 struct RemovedQueue {
     queue: Arc<Queue>,
@@ -1668,6 +1697,57 @@ mod tests {
         assert!(
             disagree.is_empty(),
             "store and registry disagree in rounds {disagree:?}"
+        );
+    }
+
+    /// A binding racing the deletion of its exchange is never stored without it: after
+    /// a restart it would bind a later exchange of that name that the client never bound.
+    #[test]
+    fn a_bind_racing_an_exchange_delete_stores_no_orphan_binding() {
+        let dir = TempDir::new("bind-exchange-delete");
+        let (vhost, _) = open(&dir);
+        vhost
+            .declare_queue(durable_queue("q"), 1)
+            .expect("declare the queue");
+        let name = |round: usize| format!("e{round}");
+        let durable_direct = || ExchangeSettings {
+            kind: ExchangeKind::Direct,
+            durable: true,
+            auto_delete: false,
+            internal: false,
+            delayed: false,
+            arguments: FieldTable::default(),
+        };
+        race_rounds(
+            2_000,
+            |round| {
+                let _ = vhost.declare_exchange(&name(round), false, durable_direct());
+            },
+            |round| {
+                let _ = vhost.delete_exchange(&name(round), false);
+            },
+            |round| {
+                let _ = vhost.bind("q", &name(round), "k", FieldTable::default(), 1);
+            },
+            |_| {},
+        );
+        drop(vhost);
+        let defs = loop {
+            match BrokerStore::open(dir.path()) {
+                Ok((_, defs, _)) => break defs,
+                Err(crate::store::StoreError::Locked { .. }) => std::thread::yield_now(),
+                Err(e) => panic!("reopen: {e}"),
+            }
+        };
+        let orphans: Vec<&str> = defs
+            .bindings
+            .iter()
+            .filter(|b| !defs.exchanges.iter().any(|e| e.name == b.source))
+            .map(|b| b.source.as_str())
+            .collect();
+        assert!(
+            orphans.is_empty(),
+            "bindings of deleted exchanges: {orphans:?}"
         );
     }
 

@@ -497,9 +497,15 @@ impl QueueState {
     /// Acks the next slice of purged messages still in the log.
     fn work_off_purge(&mut self, queue: &str) {
         let paging = Paging::current();
-        let mut pages = paging.discard_slice / paging.page_messages;
+        let mut pages = (paging.discard_slice / paging.page_messages).max(1);
         while self.purged > 0 && pages > 0 {
+            let before = self.purged;
             self.read_page(queue);
+            if self.purged == before {
+                // The log cannot be read now: no wake-up of its own for the rest (that
+                // would spin); the next read of the queue tries again.
+                return;
+            }
             pages -= 1;
         }
         if self.purged > 0 {
