@@ -137,6 +137,7 @@ struct Shared {
     kicks: Vec<Arc<Queue>>,
     effects: Effects,
     confirms_due: Vec<u16>,
+    tx_commits_due: Vec<u16>,
     commits: Vec<Arc<Queue>>,
     cancel_notify: bool,
     user: String,
@@ -160,6 +161,7 @@ impl Shared {
             kicks: &mut self.kicks,
             effects: &mut self.effects,
             confirms_due: &mut self.confirms_due,
+            tx_commits_due: &mut self.tx_commits_due,
             commits: &mut self.commits,
             cancel_notify: self.cancel_notify,
             user: &self.user,
@@ -190,10 +192,13 @@ struct Connection {
     blocked: bool,
 }
 
-/// The confirms one batch owes, per channel up to a sequence number, sent once the
-/// group commit of the batch's persistent messages (if any) reports back.
+/// The confirms one batch owes, per channel up to a sequence number, and the channels
+/// whose `tx.commit` it completes, answered once the group commit of the batch's
+/// persistent messages (if any) reports back. A channel that closes takes its entries
+/// with it.
 struct ConfirmGroup {
     confirms: Vec<(u16, u64)>,
+    tx_commits: Vec<u16>,
     durable: Option<oneshot::Receiver<bool>>,
 }
 
@@ -212,6 +217,7 @@ impl Connection {
                 kicks: Vec::new(),
                 effects: Effects::default(),
                 confirms_due: Vec::new(),
+                tx_commits_due: Vec::new(),
                 commits: Vec::new(),
                 cancel_notify: session.cancel_notify,
                 user: session.user,
@@ -374,6 +380,14 @@ impl Connection {
                 Some((id, channel.schedule_confirms()?))
             })
             .collect();
+        let tx_commits: Vec<u16> = self
+            .shared
+            .tx_commits_due
+            .drain(..)
+            .filter(|&id| {
+                matches!(self.channels.get(usize::from(id)), Some(Some(c)) if c.is_committing())
+            })
+            .collect();
         let mut durable = None;
         if !self.shared.commits.is_empty() {
             let targets: Vec<Arc<dyn SyncTarget>> = self
@@ -382,7 +396,7 @@ impl Connection {
                 .drain(..)
                 .map(|q| q as Arc<dyn SyncTarget>)
                 .collect();
-            let done = if confirms.is_empty() {
+            let done = if confirms.is_empty() && tx_commits.is_empty() {
                 None
             } else {
                 let (done, committed) = oneshot::channel();
@@ -392,15 +406,54 @@ impl Connection {
             self.shared.broker.commit(targets, done);
         }
         // Nothing may follow connection.close: a closing connection confirms no more.
-        if confirms.is_empty() || !matches!(self.phase, Phase::Open) {
+        if (confirms.is_empty() && tx_commits.is_empty()) || !matches!(self.phase, Phase::Open) {
             return;
         }
-        if durable.is_none() && self.confirm_groups.is_empty() {
-            self.send_confirms(&confirms, true);
+        let group = ConfirmGroup {
+            confirms,
+            tx_commits,
+            durable,
+        };
+        if group.durable.is_none() && self.confirm_groups.is_empty() {
+            self.send_group(&group, true);
         } else {
-            self.confirm_groups
-                .push_back(ConfirmGroup { confirms, durable });
+            self.confirm_groups.push_back(group);
         }
+    }
+
+    /// Sends what a group owes now that its commit ended with `durable`: confirms, and
+    /// `commit-ok` (or the channel error of a transaction that did not complete).
+    fn send_group(&mut self, group: &ConfirmGroup, durable: bool) {
+        self.send_confirms(&group.confirms, durable);
+        if !matches!(self.phase, Phase::Open) {
+            return;
+        }
+        for &id in &group.tx_commits {
+            let result = match self.channels.get_mut(usize::from(id)) {
+                Some(Some(channel)) => channel.complete_commit(&mut self.shared.out, durable),
+                _ => Ok(()),
+            };
+            if let Err(error) = self.channel_result(id, result) {
+                self.close_connection(error);
+            }
+        }
+        self.kick_and_apply();
+    }
+
+    /// Forgets a closed channel, and with it the confirms and commit answers it was
+    /// still owed: a channel opened next under its number must not receive them.
+    fn forget_channel(&mut self, id: u16) {
+        if let Some(slot) = self.channels.get_mut(usize::from(id))
+            && slot.take().is_some()
+        {
+            self.open_channels -= 1;
+        }
+        for group in &mut self.confirm_groups {
+            group.confirms.retain(|&(c, _)| c != id);
+            group.tx_commits.retain(|&c| c != id);
+        }
+        self.shared.confirms_due.retain(|&c| c != id);
+        self.shared.tx_commits_due.retain(|&c| c != id);
     }
 
     fn send_confirms(&mut self, confirms: &[(u16, u64)], durable: bool) {
@@ -420,7 +473,7 @@ impl Connection {
         let Some(group) = self.confirm_groups.pop_front() else {
             return;
         };
-        self.send_confirms(&group.confirms, durable);
+        self.send_group(&group, durable);
         while let Some(next) = self.confirm_groups.front_mut() {
             let durable = match next.durable.as_mut().map(oneshot::Receiver::try_recv) {
                 None => true,
@@ -429,7 +482,7 @@ impl Connection {
                 Some(Err(oneshot::error::TryRecvError::Empty)) => break,
             };
             if let Some(group) = self.confirm_groups.pop_front() {
-                self.send_confirms(&group.confirms, durable);
+                self.send_group(&group, durable);
             }
         }
     }
@@ -586,6 +639,16 @@ impl Connection {
         };
         if let Method::Other(class) = &method {
             match **class {
+                AMQPClass::Channel(ch::AMQPMethod::Close(_)) if channel.is_closing() => {
+                    // The client's close crossed ours: answer it, as RabbitMQ does, and
+                    // keep waiting for the close-ok of ours.
+                    encode::method(
+                        &mut shared.out,
+                        id,
+                        &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+                    );
+                    return Ok(());
+                }
                 AMQPClass::Channel(ch::AMQPMethod::Close(_)) => {
                     channel.close_resources(&mut shared.context());
                     encode::method(
@@ -593,8 +656,7 @@ impl Connection {
                         id,
                         &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
                     );
-                    self.channels[slot] = None;
-                    self.open_channels -= 1;
+                    self.forget_channel(id);
                     debug!(channel = id, "channel closed by the client");
                     return Ok(());
                 }
@@ -602,8 +664,7 @@ impl Connection {
                     if !channel.is_closing() {
                         return Err(crate::error::unimplemented_method().for_method(20, 41));
                     }
-                    self.channels[slot] = None;
-                    self.open_channels -= 1;
+                    self.forget_channel(id);
                     return Ok(());
                 }
                 _ => {}
