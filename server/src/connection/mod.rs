@@ -34,7 +34,9 @@ use handshake::{HandshakeError, Session, close_method};
 use io::{FrameIo, HeaderCheck, READ_CHUNK};
 
 /// Above this much unwritten output, the connection stops taking deliveries from its
-/// mailbox until the client reads: prefetch bounds the rest.
+/// mailbox and stops reading the client's requests until the client reads: a client
+/// that pipelines requests and never reads the answers cannot grow the buffer without
+/// bound (one read's answers at most go past it).
 const OUT_HIGH_WATER: usize = 1024 * 1024;
 
 /// How long a client gets to finish the handshake (RabbitMQ's `handshake_timeout`).
@@ -252,11 +254,20 @@ impl Connection {
         }
         loop {
             if let Phase::Done(_) = self.phase {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                    io.writer.write_all(&self.shared.out).await?;
-                    io.writer.shutdown().await
-                })
-                .await;
+                // The close handshake's last frames go out behind what is buffered: give
+                // up only on a client that stops reading, not on one that reads slowly.
+                while !self.shared.out.is_empty() {
+                    match tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        io.writer.write_buf(&mut self.shared.out),
+                    )
+                    .await
+                    {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.writer.shutdown()).await;
                 let Phase::Done(ended) = std::mem::replace(&mut self.phase, Phase::Open) else {
                     unreachable!("checked above")
                 };
@@ -266,8 +277,10 @@ impl Connection {
                 Phase::Closing(deadline, _) => Some(*deadline),
                 _ => None,
             };
-            let take_deliveries =
-                self.shared.out.len() < OUT_HIGH_WATER && matches!(self.phase, Phase::Open);
+            let output_full = self.shared.out.len() >= OUT_HIGH_WATER;
+            let take_deliveries = !output_full && matches!(self.phase, Phase::Open);
+            // While closing, only the close handshake is read, which writes nothing more.
+            let read_more = !self.blocked && (!output_full || !matches!(self.phase, Phase::Open));
             let watch_acks = matches!(self.phase, Phase::Open)
                 && self.channels.iter().flatten().any(|c| c.has_unacked());
             io.rbuf.reserve(READ_CHUNK);
@@ -281,7 +294,14 @@ impl Connection {
                 }
                 written = io.writer.write_buf(&mut self.shared.out), if !self.shared.out.is_empty() => {
                     match written {
-                        Ok(_) => wrote_since_tick = true,
+                        Ok(n) => {
+                            wrote_since_tick = true;
+                            if output_full && n > 0 {
+                                // Reading waits for the client to read; that it does
+                                // shows it is alive as a heartbeat would.
+                                last_read = Instant::now();
+                            }
+                        }
                         Err(e) => return Ended::SocketError(e),
                     }
                 }
@@ -291,7 +311,7 @@ impl Connection {
                 () = std::future::ready(()), if take_deliveries && !self.pending.is_empty() => {
                     self.drain_mailbox();
                 }
-                read = io.reader.read_buf(&mut io.rbuf), if !self.blocked => {
+                read = io.reader.read_buf(&mut io.rbuf), if read_more => {
                     match read {
                         Ok(0) => return Ended::SocketClosed,
                         Ok(_) => {
