@@ -582,6 +582,114 @@ async fn a_client_that_never_reads_cannot_grow_the_brokers_output() {
 }
 
 // ---------------------------------------------------------------------------------------
+// 5. close-ok behind a backlog.
+// ---------------------------------------------------------------------------------------
+
+/// A publisher that writes without reading (mandatory messages that nothing routes, each
+/// coming back as `basic.return`) until the broker stops taking its bytes, then closes
+/// the connection and reads, slowly, gets its `close-ok` behind whatever the broker
+/// buffered for it, not an end of stream.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flooding_publisher_that_closes_gets_close_ok() {
+    let server = TestServer::start().await;
+    let mut raw = Raw::connect_open(server.addr()).await;
+    raw.open_channel(1).await;
+    let nowhere = unique_name("flood-nowhere");
+    let mut one = method(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Publish(basic::Publish {
+            exchange: "".into(),
+            routing_key: nowhere.as_str().into(),
+            mandatory: true,
+            immediate: false,
+        })),
+    );
+    let mut header = Vec::new();
+    header.extend_from_slice(&60u16.to_be_bytes());
+    header.extend_from_slice(&0u16.to_be_bytes());
+    header.extend_from_slice(&1024u64.to_be_bytes());
+    header.extend_from_slice(&0u16.to_be_bytes());
+    one.extend(raw_frame(FRAME_HEADER, 1, &header));
+    one.extend(raw_frame(FRAME_BODY, 1, &[b'r'; 1024]));
+    let chunk: Vec<u8> = one.iter().copied().cycle().take(one.len() * 64).collect();
+    let close = method(
+        0,
+        AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+            reply_code: 200,
+            reply_text: "bye".into(),
+            class_id: 0,
+            method_id: 0,
+        })),
+    );
+    let (mut reader, mut writer) = raw.stream.into_split();
+    let full = std::sync::Arc::new(tokio::sync::Notify::new());
+    // Writes until a write stays blocked (the socket buffers are full), then, once that
+    // write could finish, sends connection.close.
+    let flood = tokio::spawn({
+        let full = full.clone();
+        async move {
+            let mut written = 0usize;
+            while written < 24 << 20 {
+                let write = writer.write_all(&chunk);
+                tokio::pin!(write);
+                match tokio::time::timeout(Duration::from_secs(1), &mut write).await {
+                    Ok(done) => done.expect("write"),
+                    Err(_) => {
+                        full.notify_one();
+                        write.await.expect("write");
+                        written += chunk.len();
+                        break;
+                    }
+                }
+                written += chunk.len();
+            }
+            full.notify_one();
+            writer.write_all(&close).await.expect("write close");
+            (writer, written)
+        }
+    });
+    full.notified().await;
+    // Now the client reads, slowly (4 MiB/s), until close-ok.
+    let mut buf = Vec::new();
+    let mut scratch = vec![0u8; 256 * 1024];
+    let mut close_ok = false;
+    let started = std::time::Instant::now();
+    'read: while started.elapsed() < Duration::from_secs(30) {
+        let n = match tokio::time::timeout(
+            BOUND,
+            tokio::io::AsyncReadExt::read(&mut reader, &mut scratch),
+        )
+        .await
+        {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => n,
+            Err(_) => panic!("the broker sent nothing for {BOUND:?}"),
+        };
+        buf.extend_from_slice(&scratch[..n]);
+        let mut at = 0;
+        while buf.len() - at >= 7 {
+            let size = u32::from_be_bytes([buf[at + 3], buf[at + 4], buf[at + 5], buf[at + 6]]);
+            let end = at + 8 + size as usize;
+            if buf.len() < end {
+                break;
+            }
+            if buf[at] == 1
+                && buf[at + 1..at + 3] == [0, 0]
+                && buf[at + 7..at + 11] == [0, 10, 0, 51]
+            {
+                close_ok = true;
+                break 'read;
+            }
+            at = end;
+        }
+        buf.drain(..at);
+        tokio::time::sleep(Duration::from_millis(62)).await;
+    }
+    let (_writer, written) = within("the flood", flood).await.expect("the flood task");
+    assert!(close_ok, "close-ok arrived (wrote {} MiB)", written >> 20);
+}
+
+// ---------------------------------------------------------------------------------------
 // 9. Unbinding from an exchange that auto-delete took away.
 // ---------------------------------------------------------------------------------------
 
