@@ -10,7 +10,7 @@ use super::{Channel, Context};
 use std::sync::Arc;
 
 use crate::error::{self, AmqpError, AmqpResult};
-use crate::message::{Handling, Message};
+use crate::message::{COMPACT_MAX_BODY, Handling, Message};
 use crate::names;
 use crate::queue::dead_letter::{header_routing_keys, without_key};
 use crate::queue::{Enqueued, Queue, arguments};
@@ -182,11 +182,16 @@ impl Channel {
         routed: &[Arc<Queue>],
     ) -> AmqpResult<bool> {
         let Publication {
-            message,
+            mut message,
             mandatory,
-            handling,
+            mut handling,
             ..
         } = publication;
+        if routed.len() > 1 && message.body.len() <= COMPACT_MAX_BODY {
+            // One copy shared by all the queues, rather than one per queue that keeps it.
+            message.compact();
+            handling.compacted = true;
+        }
         let mut stored = Ok(Stored::default());
         if let Some((last, rest)) = routed.split_last() {
             for queue in rest {
