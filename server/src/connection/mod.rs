@@ -279,8 +279,9 @@ impl Connection {
             };
             let output_full = self.shared.out.len() >= OUT_HIGH_WATER;
             let take_deliveries = !output_full && matches!(self.phase, Phase::Open);
-            // While closing, only the close handshake is read, which writes nothing more.
-            let read_more = !self.blocked && (!output_full || !matches!(self.phase, Phase::Open));
+            // While closing, only the close handshake is read: it writes nothing more and
+            // publishes nothing, so neither a full output nor an alarm holds it back.
+            let read_more = !matches!(self.phase, Phase::Open) || (!self.blocked && !output_full);
             let watch_acks = matches!(self.phase, Phase::Open)
                 && self.channels.iter().flatten().any(|c| c.has_unacked());
             io.rbuf.reserve(READ_CHUNK);
