@@ -324,6 +324,11 @@ impl WarrenProcess {
         self.addr
     }
 
+    /// Its process id (to read its memory use from `/proc`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The AMQP URI to reach it.
     pub fn uri(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.addr)

@@ -3,12 +3,19 @@
 use amqp_codec::amq_protocol::types::AMQPValue;
 use amqp_codec::properties::{decode_properties, encode_properties};
 use amqp_codec::{Content, PropertiesView, ShortStr};
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::store::SegmentPosition;
 
+/// Messages whose body is at most this long are copied out of the connection's read
+/// buffer when a queue keeps them ([`Message::compact`]): a kept slice pins the whole
+/// read chunk (64 KiB) it arrived in. Larger bodies pin at most a few times their size,
+/// and copying them costs more than it saves.
+pub const COMPACT_MAX_BODY: usize = 16 * 1024;
+
 /// A message as published. Every field shares the connection's read buffer, so a copy
-/// routed to many queues costs reference counts, not bytes.
+/// routed to many queues costs reference counts, not bytes; a queue that keeps a small
+/// message copies it out ([`Message::compact`]).
 #[derive(Debug, Clone)]
 pub struct Message {
     /// Exchange it was published to.
@@ -30,6 +37,40 @@ impl Message {
             properties: content.properties,
             body: content.body,
         }
+    }
+
+    /// Copies a small message's routing key, exchange, properties and body into one
+    /// allocation of their own, so that a message a queue keeps no longer pins the read
+    /// chunk it arrived in (nor makes the memory accounting, which counts bodies, blind
+    /// to it). Bodies above [`COMPACT_MAX_BODY`] are left where they are.
+    pub fn compact(&mut self) {
+        if self.body.len() > COMPACT_MAX_BODY {
+            return;
+        }
+        let parts = [
+            self.exchange.as_bytes(),
+            self.routing_key.as_bytes(),
+            &self.properties[..],
+            &self.body[..],
+        ];
+        let mut buf = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            buf.put_slice(part);
+        }
+        let mut all = buf.freeze();
+        let exchange = all.split_to(self.exchange.len());
+        let routing_key = all.split_to(self.routing_key.len());
+        let properties = all.split_to(self.properties.len());
+        // The names were valid UTF-8 where they came from.
+        if let (Ok(exchange), Ok(routing_key)) = (
+            ShortStr::try_from(exchange),
+            ShortStr::try_from(routing_key),
+        ) {
+            self.exchange = exchange;
+            self.routing_key = routing_key;
+        }
+        self.properties = properties;
+        self.body = all;
     }
 
     /// The message with its `x-delivery-count` header set to `count`, as quorum queues
@@ -107,6 +148,7 @@ impl Handling {
                 .short_str(amqp_codec::properties::Property::Expiration)
                 .and_then(|e| e.parse().ok()),
             priority: view.priority().unwrap_or(0),
+            compacted: false,
         }
     }
 }
@@ -120,4 +162,45 @@ pub struct Handling {
     pub ttl_ms: Option<u64>,
     /// The `priority` property (0 when absent).
     pub priority: u8,
+    /// The message already has an allocation of its own ([`Message::compact`]), shared
+    /// by every queue it was routed to: queues keep it as it is.
+    pub compacted: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn within(part: &[u8], whole: &Bytes) -> bool {
+        let range = whole.as_ptr_range();
+        range.contains(&part.as_ptr())
+    }
+
+    #[test]
+    fn a_compacted_small_message_no_longer_shares_its_read_buffer() {
+        let chunk = Bytes::from(vec![b'a'; 64 * 1024]);
+        let mut message = Message {
+            exchange: ShortStr::try_from(chunk.slice(0..3)).expect("utf-8"),
+            routing_key: ShortStr::try_from(chunk.slice(3..8)).expect("utf-8"),
+            properties: chunk.slice(8..10),
+            body: chunk.slice(10..26),
+        };
+        message.compact();
+        assert_eq!(&*message.exchange, "aaa");
+        assert_eq!(&*message.routing_key, "aaaaa");
+        assert_eq!(&message.properties[..], b"aa");
+        assert_eq!(&message.body[..], &[b'a'; 16][..]);
+        assert!(!within(&message.body, &chunk));
+        assert!(!within(message.routing_key.as_bytes(), &chunk));
+
+        let mut large = Message {
+            body: chunk.slice(0..COMPACT_MAX_BODY + 1),
+            ..message
+        };
+        large.compact();
+        assert!(
+            within(&large.body, &chunk),
+            "large bodies stay where they are"
+        );
+    }
 }

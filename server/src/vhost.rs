@@ -1111,6 +1111,11 @@ impl VHost {
         binding_source(&self.exchanges.read(), name, &self.name)
     }
 
+    /// An exchange at one end of an unbind: not the default one; `None` if missing.
+    fn unbinding_end(&self, name: &str) -> AmqpResult<Option<Arc<Exchange>>> {
+        missing_is_none(self.binding_source(name))
+    }
+
     /// Binds a queue to an exchange.
     ///
     /// # Errors
@@ -1156,10 +1161,11 @@ impl VHost {
         )
     }
 
-    /// Removes a queue's binding; a missing binding is not an error.
+    /// Removes a queue's binding; a missing binding, queue or exchange is not an error
+    /// (RabbitMQ answers `unbind-ok`: clients tear down after auto-delete has).
     ///
     /// # Errors
-    /// As for [`VHost::bind`].
+    /// 403 for the default exchange, 405 for another connection's exclusive queue.
     pub fn unbind(
         &self,
         queue: &str,
@@ -1168,8 +1174,12 @@ impl VHost {
         arguments: &FieldTable,
         conn: ConnectionId,
     ) -> AmqpResult<()> {
-        let source = self.binding_source(exchange)?;
-        let queue = self.queue(queue, conn)?;
+        let (Some(source), Some(queue)) = (
+            self.unbinding_end(exchange)?,
+            missing_is_none(self.queue(queue, conn))?,
+        ) else {
+            return Ok(());
+        };
         let durable = queue.settings().durable;
         self.remove_binding(
             &source,
@@ -1219,10 +1229,11 @@ impl VHost {
         )
     }
 
-    /// Removes an exchange-to-exchange binding; a missing binding is not an error.
+    /// Removes an exchange-to-exchange binding; a missing binding or exchange is not an
+    /// error, as in RabbitMQ.
     ///
     /// # Errors
-    /// As for [`VHost::bind_exchange`].
+    /// 403 for the default exchange at either end.
     pub fn unbind_exchange(
         &self,
         destination: &str,
@@ -1230,8 +1241,12 @@ impl VHost {
         routing_key: &str,
         arguments: &FieldTable,
     ) -> AmqpResult<()> {
-        let source = self.binding_source(source)?;
-        let destination = self.binding_source(destination)?;
+        let (Some(source), Some(destination)) = (
+            self.unbinding_end(source)?,
+            self.unbinding_end(destination)?,
+        ) else {
+            return Ok(());
+        };
         let durable = destination.settings().durable;
         self.remove_binding(
             &source,
@@ -1542,6 +1557,15 @@ fn route_one(exchange: &Exchange, message: &Message, extra_keys: &[ShortStr], ou
         && let Some(alternate) = exchange.alternate()
     {
         out.exchanges.push(alternate);
+    }
+}
+
+/// A lookup whose 404 means "nothing to do" (unbinding what is already gone).
+fn missing_is_none<T>(found: AmqpResult<T>) -> AmqpResult<Option<T>> {
+    match found {
+        Ok(found) => Ok(Some(found)),
+        Err(e) if e.code == ReplyCode::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Context<'a> {
     pub effects: &'a mut Effects,
     /// Channels with publisher confirms to send after the batch.
     pub confirms_due: &'a mut Vec<u16>,
+    /// Channels whose `tx.commit` waits for this batch's group commit.
+    pub tx_commits_due: &'a mut Vec<u16>,
     /// Queues whose logs took persistent messages in this batch: one group commit after
     /// the batch makes them durable, and confirms wait for it.
     pub commits: &'a mut Vec<Arc<Queue>>,
@@ -109,8 +111,8 @@ struct ConfirmState {
 /// Work held back by `tx.select` until `tx.commit`.
 #[derive(Debug, Default)]
 struct TxState {
-    /// Held publishes.
-    publishes: Vec<Publication>,
+    /// Held publishes, each with the queues it was routed to when published.
+    publishes: Vec<(Publication, Vec<Arc<Queue>>)>,
     settlements: Vec<(Vec<Unacked>, Settlement)>,
 }
 
@@ -134,6 +136,9 @@ pub struct Channel {
     channel_limit: Arc<Limit>,
     confirm: Option<ConfirmState>,
     tx: Option<TxState>,
+    /// A `tx.commit` waits for the group commit of its persistent messages; until its
+    /// `commit-ok` is sent, further methods are refused, as RabbitMQ refuses them.
+    committing: bool,
     last_queue: Option<ShortStr>,
     max_message_size: u64,
     /// The private queue of this channel's direct reply-to consumer.
@@ -154,6 +159,7 @@ impl Channel {
             channel_limit: Arc::new(Limit::new(0)),
             confirm: None,
             tx: None,
+            committing: false,
             last_queue: None,
             max_message_size,
             reply_queue: None,
@@ -186,6 +192,11 @@ impl Channel {
     }
 
     fn dispatch(&mut self, ctx: &mut Context<'_>, method: Method) -> AmqpResult<()> {
+        if self.committing {
+            return Err(error::channel_error(
+                "unexpected command while processing 'tx.commit'",
+            ));
+        }
         let class = match method {
             Method::Publish(publish) => {
                 if publish.immediate {
@@ -260,7 +271,7 @@ impl Channel {
             .for_method(60, 40));
         }
         match self.assembler.header(header)? {
-            Some(content) => self.on_content(ctx, content),
+            Some(content) => self.on_content(ctx, content).map_err(for_publish),
             None => Ok(()),
         }
     }
@@ -271,7 +282,7 @@ impl Channel {
     /// 505 out of order, 501 if the body overruns its declared size.
     pub fn handle_body(&mut self, ctx: &mut Context<'_>, payload: Bytes) -> AmqpResult<()> {
         match self.assembler.body(payload)? {
-            Some(content) => self.on_content(ctx, content),
+            Some(content) => self.on_content(ctx, content).map_err(for_publish),
             None => Ok(()),
         }
     }
@@ -293,16 +304,34 @@ impl Channel {
                 let Some(state) = self.tx.replace(TxState::default()) else {
                     return Err(error::precondition("channel is not transactional"));
                 };
-                for publication in state.publishes {
-                    self.route(ctx, publication)?;
+                let mut logged = false;
+                for (publication, queues) in state.publishes {
+                    match self.enqueue_routed(ctx, publication, &queues) {
+                        Ok(l) => logged |= l,
+                        Err(e) => {
+                            // The acks the transaction held are not applied: they are
+                            // outstanding again, and go back to their queues when the
+                            // channel closes.
+                            for (entries, _) in state.settlements {
+                                self.restore_unacked(entries);
+                            }
+                            return Err(e);
+                        }
+                    }
                 }
                 for (entries, settlement) in state.settlements {
                     self.settle(ctx, entries, settlement);
                 }
-                ctx.send(
-                    self.id,
-                    AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
-                );
+                if logged {
+                    // commit-ok once the group commit after this batch reports back.
+                    self.committing = true;
+                    ctx.tx_commits_due.push(self.id);
+                } else {
+                    ctx.send(
+                        self.id,
+                        AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+                    );
+                }
                 Ok(())
             }
             tx::AMQPMethod::Rollback(_) => {
@@ -342,6 +371,31 @@ impl Channel {
     /// ignored from now on.
     pub fn mark_closing(&mut self) {
         self.closing = true;
+    }
+
+    /// Whether a `tx.commit` awaits the group commit of its messages.
+    pub fn is_committing(&self) -> bool {
+        self.committing
+    }
+
+    /// Ends a `tx.commit` that waited for the group commit: `commit-ok` if its messages
+    /// are durable, else RabbitMQ's error for a transaction that did not complete.
+    ///
+    /// # Errors
+    /// 406 PRECONDITION_FAILED `partial tx completion` (closes the channel).
+    pub fn complete_commit(&mut self, out: &mut BytesMut, durable: bool) -> AmqpResult<()> {
+        if !std::mem::take(&mut self.committing) || self.closing {
+            return Ok(());
+        }
+        if !durable {
+            return Err(error::precondition("partial tx completion").for_method(90, 20));
+        }
+        encode::method(
+            out,
+            self.id,
+            &AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})),
+        );
+        Ok(())
     }
 
     /// Closes the current batch of publishes for confirms; returns the sequence number
@@ -390,6 +444,15 @@ impl Channel {
         self.last_queue
             .clone()
             .ok_or_else(|| AmqpError::new(ReplyCode::NotFound, "no previously declared queue"))
+    }
+}
+
+/// Errors raised by a completed publish name `basic.publish`, as RabbitMQ's do.
+fn for_publish(error: AmqpError) -> AmqpError {
+    if error.class_id == 0 {
+        error.for_method(60, 40)
+    } else {
+        error
     }
 }
 

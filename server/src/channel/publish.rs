@@ -10,7 +10,7 @@ use super::{Channel, Context};
 use std::sync::Arc;
 
 use crate::error::{self, AmqpError, AmqpResult};
-use crate::message::{Handling, Message};
+use crate::message::{COMPACT_MAX_BODY, Handling, Message};
 use crate::names;
 use crate::queue::dead_letter::{header_routing_keys, without_key};
 use crate::queue::{Enqueued, Queue, arguments};
@@ -136,35 +136,68 @@ impl Channel {
             handling,
             extra_keys,
         };
-        if let Some(tx) = &mut self.tx {
-            tx.publishes.push(publication);
+        if self.tx.is_some() {
+            // Routed now, as RabbitMQ does: a missing exchange fails this publish, and
+            // the queues found now take the message at commit.
+            let queues = self.route_only(ctx, &publication)?;
+            if let Some(tx) = &mut self.tx {
+                tx.publishes.push((publication, queues));
+            }
             return Ok(());
         }
-        self.route(ctx, publication)
+        let queues = self.route_only(ctx, &publication)?;
+        let mut queues = queues;
+        let outcome = self.enqueue_routed(ctx, publication, &queues);
+        queues.clear();
+        ctx.routed.queues = queues;
+        outcome.map(|_| ())
     }
 
-    /// Routes a message to its queues (one body shared by all), returns it if it was
-    /// mandatory and went nowhere, and counts it for confirms (a nack if a full queue
-    /// refused it).
-    pub(super) fn route(
+    /// The queues a publication goes to (each once), taken out of the routing scratch
+    /// space; hand the vector back to `ctx.routed.queues` when done to keep its capacity.
+    ///
+    /// # Errors
+    /// 404 for a missing exchange, 403 for an internal one.
+    fn route_only(
+        &mut self,
+        ctx: &mut Context<'_>,
+        publication: &Publication,
+    ) -> AmqpResult<Vec<Arc<Queue>>> {
+        let routed = ctx
+            .vhost
+            .route(&publication.message, &publication.extra_keys, ctx.routed);
+        let queues = std::mem::take(&mut ctx.routed.queues);
+        ctx.routed.clear();
+        routed.map(|()| queues)
+    }
+
+    /// Puts a routed message on its queues (one body shared by all), returns it if it
+    /// was mandatory and went nowhere, and counts it for confirms (a nack if a full queue
+    /// refused it). Returns whether a queue's log took it (it then awaits a group
+    /// commit).
+    pub(super) fn enqueue_routed(
         &mut self,
         ctx: &mut Context<'_>,
         publication: Publication,
-    ) -> AmqpResult<()> {
+        routed: &[Arc<Queue>],
+    ) -> AmqpResult<bool> {
         let Publication {
-            message,
+            mut message,
             mandatory,
-            handling,
-            extra_keys,
+            mut handling,
+            ..
         } = publication;
-        ctx.vhost.route(&message, &extra_keys, ctx.routed)?;
-        let routed = std::mem::take(&mut ctx.routed.queues);
-        let mut stored = Ok(false);
+        if routed.len() > 1 && message.body.len() <= COMPACT_MAX_BODY {
+            // One copy shared by all the queues, rather than one per queue that keeps it.
+            message.compact();
+            handling.compacted = true;
+        }
+        let mut stored = Ok(Stored::default());
         if let Some((last, rest)) = routed.split_last() {
             for queue in rest {
-                stored = and_rejected(stored, enqueue(ctx, queue, message.clone(), handling));
+                stored = combine(stored, enqueue(ctx, queue, message.clone(), handling));
             }
-            stored = and_rejected(stored, enqueue(ctx, last, message, handling));
+            stored = combine(stored, enqueue(ctx, last, message, handling));
         } else if mandatory {
             ctx.send(
                 self.id,
@@ -183,30 +216,40 @@ impl Channel {
                 ctx.frame_max,
             );
         }
-        ctx.routed.queues = routed;
-        ctx.routed.clear();
-        let rejected = stored?;
+        let stored = stored?;
         if let Some(confirm) = &mut self.confirm {
             if confirm.published == confirm.scheduled {
                 ctx.confirms_due.push(self.id);
             }
             confirm.published += 1;
-            if rejected {
+            if stored.rejected {
                 confirm.rejected.push_back(confirm.published);
             }
         }
-        Ok(())
+        Ok(stored.logged)
     }
 }
 
-/// Combines per-queue outcomes: the first error wins, and any refusal makes the publish
-/// refused.
-fn and_rejected(acc: AmqpResult<bool>, next: AmqpResult<bool>) -> AmqpResult<bool> {
-    Ok(acc? | next?)
+/// What the queues a message was routed to did with it.
+#[derive(Debug, Default, Clone, Copy)]
+struct Stored {
+    /// A full queue refused it.
+    rejected: bool,
+    /// A queue's log took it.
+    logged: bool,
 }
 
-/// Puts a message on one queue, noting queues whose log now owes a group commit;
-/// returns whether a full queue refused it.
+/// Combines per-queue outcomes: the first error wins; any refusal makes the publish
+/// refused, any log makes it wait for a group commit.
+fn combine(acc: AmqpResult<Stored>, next: AmqpResult<Stored>) -> AmqpResult<Stored> {
+    let (acc, next) = (acc?, next?);
+    Ok(Stored {
+        rejected: acc.rejected | next.rejected,
+        logged: acc.logged | next.logged,
+    })
+}
+
+/// Puts a message on one queue, noting queues whose log now owes a group commit.
 ///
 /// # Errors
 /// 506 RESOURCE_ERROR when the queue's log cannot take the message (a full disk, an I/O
@@ -216,14 +259,20 @@ fn enqueue(
     queue: &Arc<Queue>,
     message: Message,
     handling: Handling,
-) -> AmqpResult<bool> {
+) -> AmqpResult<Stored> {
     match queue.publish(message, handling, ctx.effects) {
         Ok(Enqueued::Logged) => {
             ctx.commit_later(queue);
-            Ok(false)
+            Ok(Stored {
+                logged: true,
+                rejected: false,
+            })
         }
-        Ok(Enqueued::Memory) => Ok(false),
-        Ok(Enqueued::Rejected) => Ok(true),
+        Ok(Enqueued::Memory) => Ok(Stored::default()),
+        Ok(Enqueued::Rejected) => Ok(Stored {
+            logged: false,
+            rejected: true,
+        }),
         Err(e) => {
             tracing::error!(queue = %queue.name(), error = %e, "cannot store a message");
             Err(AmqpError::new(

@@ -34,7 +34,9 @@ use handshake::{HandshakeError, Session, close_method};
 use io::{FrameIo, HeaderCheck, READ_CHUNK};
 
 /// Above this much unwritten output, the connection stops taking deliveries from its
-/// mailbox until the client reads: prefetch bounds the rest.
+/// mailbox and stops reading the client's requests until the client reads: a client
+/// that pipelines requests and never reads the answers cannot grow the buffer without
+/// bound (one read's answers at most go past it).
 const OUT_HIGH_WATER: usize = 1024 * 1024;
 
 /// How long a client gets to finish the handshake (RabbitMQ's `handshake_timeout`).
@@ -137,6 +139,7 @@ struct Shared {
     kicks: Vec<Arc<Queue>>,
     effects: Effects,
     confirms_due: Vec<u16>,
+    tx_commits_due: Vec<u16>,
     commits: Vec<Arc<Queue>>,
     cancel_notify: bool,
     user: String,
@@ -160,6 +163,7 @@ impl Shared {
             kicks: &mut self.kicks,
             effects: &mut self.effects,
             confirms_due: &mut self.confirms_due,
+            tx_commits_due: &mut self.tx_commits_due,
             commits: &mut self.commits,
             cancel_notify: self.cancel_notify,
             user: &self.user,
@@ -190,10 +194,13 @@ struct Connection {
     blocked: bool,
 }
 
-/// The confirms one batch owes, per channel up to a sequence number, sent once the
-/// group commit of the batch's persistent messages (if any) reports back.
+/// The confirms one batch owes, per channel up to a sequence number, and the channels
+/// whose `tx.commit` it completes, answered once the group commit of the batch's
+/// persistent messages (if any) reports back. A channel that closes takes its entries
+/// with it.
 struct ConfirmGroup {
     confirms: Vec<(u16, u64)>,
+    tx_commits: Vec<u16>,
     durable: Option<oneshot::Receiver<bool>>,
 }
 
@@ -212,6 +219,7 @@ impl Connection {
                 kicks: Vec::new(),
                 effects: Effects::default(),
                 confirms_due: Vec::new(),
+                tx_commits_due: Vec::new(),
                 commits: Vec::new(),
                 cancel_notify: session.cancel_notify,
                 user: session.user,
@@ -246,11 +254,20 @@ impl Connection {
         }
         loop {
             if let Phase::Done(_) = self.phase {
-                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
-                    io.writer.write_all(&self.shared.out).await?;
-                    io.writer.shutdown().await
-                })
-                .await;
+                // The close handshake's last frames go out behind what is buffered: give
+                // up only on a client that stops reading, not on one that reads slowly.
+                while !self.shared.out.is_empty() {
+                    match tokio::time::timeout(
+                        CLOSE_TIMEOUT,
+                        io.writer.write_buf(&mut self.shared.out),
+                    )
+                    .await
+                    {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => break,
+                    }
+                }
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, io.writer.shutdown()).await;
                 let Phase::Done(ended) = std::mem::replace(&mut self.phase, Phase::Open) else {
                     unreachable!("checked above")
                 };
@@ -260,8 +277,11 @@ impl Connection {
                 Phase::Closing(deadline, _) => Some(*deadline),
                 _ => None,
             };
-            let take_deliveries =
-                self.shared.out.len() < OUT_HIGH_WATER && matches!(self.phase, Phase::Open);
+            let output_full = self.shared.out.len() >= OUT_HIGH_WATER;
+            let take_deliveries = !output_full && matches!(self.phase, Phase::Open);
+            // While closing, only the close handshake is read: it writes nothing more and
+            // publishes nothing, so neither a full output nor an alarm holds it back.
+            let read_more = !matches!(self.phase, Phase::Open) || (!self.blocked && !output_full);
             let watch_acks = matches!(self.phase, Phase::Open)
                 && self.channels.iter().flatten().any(|c| c.has_unacked());
             io.rbuf.reserve(READ_CHUNK);
@@ -275,7 +295,14 @@ impl Connection {
                 }
                 written = io.writer.write_buf(&mut self.shared.out), if !self.shared.out.is_empty() => {
                     match written {
-                        Ok(_) => wrote_since_tick = true,
+                        Ok(n) => {
+                            wrote_since_tick = true;
+                            if output_full && n > 0 {
+                                // Reading waits for the client to read; that it does
+                                // shows it is alive as a heartbeat would.
+                                last_read = Instant::now();
+                            }
+                        }
                         Err(e) => return Ended::SocketError(e),
                     }
                 }
@@ -285,7 +312,7 @@ impl Connection {
                 () = std::future::ready(()), if take_deliveries && !self.pending.is_empty() => {
                     self.drain_mailbox();
                 }
-                read = io.reader.read_buf(&mut io.rbuf), if !self.blocked => {
+                read = io.reader.read_buf(&mut io.rbuf), if read_more => {
                     match read {
                         Ok(0) => return Ended::SocketClosed,
                         Ok(_) => {
@@ -374,6 +401,14 @@ impl Connection {
                 Some((id, channel.schedule_confirms()?))
             })
             .collect();
+        let tx_commits: Vec<u16> = self
+            .shared
+            .tx_commits_due
+            .drain(..)
+            .filter(|&id| {
+                matches!(self.channels.get(usize::from(id)), Some(Some(c)) if c.is_committing())
+            })
+            .collect();
         let mut durable = None;
         if !self.shared.commits.is_empty() {
             let targets: Vec<Arc<dyn SyncTarget>> = self
@@ -382,7 +417,7 @@ impl Connection {
                 .drain(..)
                 .map(|q| q as Arc<dyn SyncTarget>)
                 .collect();
-            let done = if confirms.is_empty() {
+            let done = if confirms.is_empty() && tx_commits.is_empty() {
                 None
             } else {
                 let (done, committed) = oneshot::channel();
@@ -392,15 +427,54 @@ impl Connection {
             self.shared.broker.commit(targets, done);
         }
         // Nothing may follow connection.close: a closing connection confirms no more.
-        if confirms.is_empty() || !matches!(self.phase, Phase::Open) {
+        if (confirms.is_empty() && tx_commits.is_empty()) || !matches!(self.phase, Phase::Open) {
             return;
         }
-        if durable.is_none() && self.confirm_groups.is_empty() {
-            self.send_confirms(&confirms, true);
+        let group = ConfirmGroup {
+            confirms,
+            tx_commits,
+            durable,
+        };
+        if group.durable.is_none() && self.confirm_groups.is_empty() {
+            self.send_group(&group, true);
         } else {
-            self.confirm_groups
-                .push_back(ConfirmGroup { confirms, durable });
+            self.confirm_groups.push_back(group);
         }
+    }
+
+    /// Sends what a group owes now that its commit ended with `durable`: confirms, and
+    /// `commit-ok` (or the channel error of a transaction that did not complete).
+    fn send_group(&mut self, group: &ConfirmGroup, durable: bool) {
+        self.send_confirms(&group.confirms, durable);
+        if !matches!(self.phase, Phase::Open) {
+            return;
+        }
+        for &id in &group.tx_commits {
+            let result = match self.channels.get_mut(usize::from(id)) {
+                Some(Some(channel)) => channel.complete_commit(&mut self.shared.out, durable),
+                _ => Ok(()),
+            };
+            if let Err(error) = self.channel_result(id, result) {
+                self.close_connection(error);
+            }
+        }
+        self.kick_and_apply();
+    }
+
+    /// Forgets a closed channel, and with it the confirms and commit answers it was
+    /// still owed: a channel opened next under its number must not receive them.
+    fn forget_channel(&mut self, id: u16) {
+        if let Some(slot) = self.channels.get_mut(usize::from(id))
+            && slot.take().is_some()
+        {
+            self.open_channels -= 1;
+        }
+        for group in &mut self.confirm_groups {
+            group.confirms.retain(|&(c, _)| c != id);
+            group.tx_commits.retain(|&c| c != id);
+        }
+        self.shared.confirms_due.retain(|&c| c != id);
+        self.shared.tx_commits_due.retain(|&c| c != id);
     }
 
     fn send_confirms(&mut self, confirms: &[(u16, u64)], durable: bool) {
@@ -420,7 +494,7 @@ impl Connection {
         let Some(group) = self.confirm_groups.pop_front() else {
             return;
         };
-        self.send_confirms(&group.confirms, durable);
+        self.send_group(&group, durable);
         while let Some(next) = self.confirm_groups.front_mut() {
             let durable = match next.durable.as_mut().map(oneshot::Receiver::try_recv) {
                 None => true,
@@ -429,7 +503,7 @@ impl Connection {
                 Some(Err(oneshot::error::TryRecvError::Empty)) => break,
             };
             if let Some(group) = self.confirm_groups.pop_front() {
-                self.send_confirms(&group.confirms, durable);
+                self.send_group(&group, durable);
             }
         }
     }
@@ -586,6 +660,16 @@ impl Connection {
         };
         if let Method::Other(class) = &method {
             match **class {
+                AMQPClass::Channel(ch::AMQPMethod::Close(_)) if channel.is_closing() => {
+                    // The client's close crossed ours: answer it, as RabbitMQ does, and
+                    // keep waiting for the close-ok of ours.
+                    encode::method(
+                        &mut shared.out,
+                        id,
+                        &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
+                    );
+                    return Ok(());
+                }
                 AMQPClass::Channel(ch::AMQPMethod::Close(_)) => {
                     channel.close_resources(&mut shared.context());
                     encode::method(
@@ -593,8 +677,7 @@ impl Connection {
                         id,
                         &AMQPClass::Channel(ch::AMQPMethod::CloseOk(ch::CloseOk {})),
                     );
-                    self.channels[slot] = None;
-                    self.open_channels -= 1;
+                    self.forget_channel(id);
                     debug!(channel = id, "channel closed by the client");
                     return Ok(());
                 }
@@ -602,8 +685,7 @@ impl Connection {
                     if !channel.is_closing() {
                         return Err(crate::error::unimplemented_method().for_method(20, 41));
                     }
-                    self.channels[slot] = None;
-                    self.open_channels -= 1;
+                    self.forget_channel(id);
                     return Ok(());
                 }
                 _ => {}

@@ -806,6 +806,10 @@ impl Queue {
                     st.paged_bytes += message.body.len() as u64;
                 } else {
                     st.last_loaded = Some(pos);
+                    let mut message = message;
+                    if !handling.compacted && (st.consumers.is_empty() || !st.ready.is_empty()) {
+                        message.compact();
+                    }
                     st.enqueue(QueuedMessage {
                         offset: position_offset(pos),
                         position: Some(pos),
@@ -820,6 +824,11 @@ impl Queue {
             } else {
                 let offset = st.next_offset;
                 st.next_offset += 1;
+                let mut message = message;
+                if !handling.compacted && (st.consumers.is_empty() || !st.ready.is_empty()) {
+                    // It waits in the queue rather than going out at once.
+                    message.compact();
+                }
                 st.enqueue(QueuedMessage {
                     offset,
                     position: None,
