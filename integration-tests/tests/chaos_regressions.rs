@@ -13,10 +13,9 @@ use integration_tests::TestServer;
 /// which has not seen that yet, closes it too. Each side answers the other's close with
 /// `close-ok`; the broker must accept the client's `close-ok` for its own close (RabbitMQ
 /// keeps such a channel "closing" until then) instead of closing the whole connection
-/// with `504 CHANNEL_ERROR - expected 'channel.open'`, as Warren does today: it forgets
-/// the channel when the client's close arrives.
+/// with `504 CHANNEL_ERROR - expected 'channel.open'`, as Warren did when it forgot the
+/// channel on the client's close.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "Warren closes the connection with 504 on a crossed channel.close (connection/mod.rs)"]
 async fn a_crossed_channel_close_leaves_the_connection_open() {
     let server = TestServer::start().await;
     let mut raw = Raw::connect_open(server.addr()).await;
