@@ -82,8 +82,12 @@ pub async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
+                    // Small frames (confirms, acks) must not wait for Nagle.
+                    let _ = stream.set_nodelay(true);
+                    let (reader, writer) = stream.into_split();
                     tracker.spawn(connection::serve(
-                        stream,
+                        reader,
+                        writer,
                         peer,
                         broker.clone(),
                         Shutdown::from(stopping.clone()),

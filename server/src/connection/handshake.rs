@@ -7,6 +7,7 @@ use amqp_codec::amq_protocol::protocol::{AMQPClass, connection as c};
 use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable, LongString, ShortString};
 use amqp_codec::{CodecError, Frame, Method, ProtocolError, ReplyCode, encode};
 use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::io::FrameIo;
 use crate::broker::Broker;
@@ -81,7 +82,11 @@ fn server_properties() -> FieldTable {
 }
 
 /// Reads the next method on channel 0, skipping heartbeats.
-async fn next_method(io: &mut FrameIo) -> Result<AMQPClass, HandshakeError> {
+async fn next_method<R, W>(io: &mut FrameIo<R, W>) -> Result<AMQPClass, HandshakeError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     loop {
         match io.read_frame().await? {
             None => return Err(HandshakeError::Closed),
@@ -100,7 +105,11 @@ async fn next_method(io: &mut FrameIo) -> Result<AMQPClass, HandshakeError> {
 }
 
 /// Sends `connection.close` with `error` and waits briefly for `close-ok`.
-async fn refuse(io: &mut FrameIo, error: ProtocolError) -> HandshakeError {
+async fn refuse<R, W>(io: &mut FrameIo<R, W>, error: ProtocolError) -> HandshakeError
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     let mut out = BytesMut::new();
     encode::method(&mut out, 0, &close_method(&error));
     if io.write_all(&mut out).await.is_ok() {
@@ -160,8 +169,8 @@ fn client_capability(props: &FieldTable, name: &str) -> bool {
 ///
 /// # Errors
 /// See [`HandshakeError`]; refusals have already been sent to the client.
-pub async fn negotiate(
-    io: &mut FrameIo,
+pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    io: &mut FrameIo<R, W>,
     broker: &Broker,
     peer: SocketAddr,
 ) -> Result<Session, HandshakeError> {

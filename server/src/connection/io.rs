@@ -8,18 +8,20 @@ use std::io;
 use amqp_codec::frame::PROTOCOL_HEADER;
 use amqp_codec::{CodecError, Frame, FrameDecoder};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// How much free space a read asks for: one read can bring many small frames.
 pub const READ_CHUNK: usize = 64 * 1024;
 
 /// The reading and writing ends of a client socket.
-pub struct FrameIo {
+///
+/// Generic over the halves so that each transport is compiled in, with no dynamic
+/// dispatch: TCP's lock-free owned halves, or any stream cut by `tokio::io::split`.
+pub struct FrameIo<R, W> {
     /// The socket's read half.
-    pub reader: OwnedReadHalf,
+    pub reader: R,
     /// The socket's write half.
-    pub writer: OwnedWriteHalf,
+    pub writer: W,
     /// Bytes read and not yet decoded.
     pub rbuf: BytesMut,
     /// The frame decoder (protocol header already checked).
@@ -36,9 +38,9 @@ pub enum HeaderCheck {
     Closed,
 }
 
-impl FrameIo {
+impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> FrameIo<R, W> {
     /// Wraps a socket's halves; frames may be at most `frame_max` bytes.
-    pub fn new(reader: OwnedReadHalf, writer: OwnedWriteHalf, frame_max: u32) -> Self {
+    pub fn new(reader: R, writer: W, frame_max: u32) -> Self {
         Self {
             reader,
             writer,

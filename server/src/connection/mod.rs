@@ -17,8 +17,7 @@ use std::time::Duration;
 use amqp_codec::amq_protocol::protocol::{AMQPClass, channel as ch, connection as c};
 use amqp_codec::{CodecError, Frame, Method, ProtocolError, ReplyCode, encode};
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -47,13 +46,26 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often deliveries' acknowledgement deadlines are checked while some are pending.
 const ACK_TIMEOUT_CHECK: Duration = Duration::from_millis(250);
 
-/// Serves one client socket until it closes, fails, or the broker shuts down.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>, shutdown: Shutdown) {
+/// Serves one client connection, given as the two halves of its stream, until it
+/// closes, fails, or the broker shuts down.
+///
+/// Any byte stream works: TCP's `into_split` halves (the listener sets `TCP_NODELAY`
+/// first), or the halves `tokio::io::split` cuts from another stream, such as an
+/// in-memory `tokio::io::duplex` in tests. `peer` is the client's address, used for
+/// logs and for the rule that the default user logs in only from loopback.
+pub async fn serve<R, W>(
+    reader: R,
+    writer: W,
+    peer: SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: Shutdown,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let id = broker.next_connection_id();
     let span = info_span!("connection", id, %peer);
     async move {
-        let _ = stream.set_nodelay(true);
-        let (reader, writer) = stream.into_split();
         let mut io = FrameIo::new(reader, writer, broker.config().frame_max);
         match io.check_protocol_header().await {
             Ok(HeaderCheck::Accepted) => {}
@@ -239,7 +251,11 @@ impl Connection {
         }
     }
 
-    async fn run(&mut self, io: &mut FrameIo, mut shutdown: Shutdown) -> Ended {
+    async fn run<R, W>(&mut self, io: &mut FrameIo<R, W>, mut shutdown: Shutdown) -> Ended
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let beat = Duration::from_secs(u64::from(self.heartbeat.max(1)));
         let mut ticker = tokio::time::interval_at(Instant::now() + beat / 2, beat / 2);
         let mut last_read = Instant::now();
@@ -359,7 +375,7 @@ impl Connection {
 
     /// Decodes and handles every whole frame read so far, then does the work the batch
     /// deferred (dispatch to consumers that regained credit, publisher confirms).
-    fn process_input(&mut self, io: &mut FrameIo) {
+    fn process_input<R, W>(&mut self, io: &mut FrameIo<R, W>) {
         self.shared.now = std::time::Instant::now();
         self.shared.published = false;
         loop {
