@@ -352,6 +352,39 @@ mod tests {
         }
     }
 
+    /// Found while writing the fuzz harness: `connection.start` carries a field table
+    /// that the depth check did not cover, so a client that sent one nested thousands of
+    /// levels deep made `amq-protocol` recurse until the broker's stack overflowed.
+    #[test]
+    fn regression_deep_table_in_connection_start_is_refused() {
+        let mut nested = vec![b'V'];
+        for _ in 0..crate::table::MAX_DEPTH + 8 {
+            let mut outer = vec![b'A'];
+            outer.extend_from_slice(&(nested.len() as u32).to_be_bytes());
+            outer.extend_from_slice(&nested);
+            nested = outer;
+        }
+        let mut entries = vec![1, b'k'];
+        entries.extend_from_slice(&nested);
+        let mut payload = vec![0, 10, 0, 10, 0, 9];
+        payload.extend_from_slice(&(entries.len() as u32).to_be_bytes());
+        payload.extend_from_slice(&entries);
+        payload.extend_from_slice(&[0, 0, 0, 5]);
+        payload.extend_from_slice(b"PLAIN");
+        payload.extend_from_slice(&[0, 0, 0, 5]);
+        payload.extend_from_slice(b"en_US");
+        match parse_method(Bytes::from(payload)) {
+            Err(e) => assert_eq!(
+                (e.code, e.class_id, e.method_id),
+                (ReplyCode::FrameError, 10, 10)
+            ),
+            Ok(method) => panic!(
+                "a table {} levels deep was decoded: {method:?}",
+                crate::table::MAX_DEPTH + 9
+            ),
+        }
+    }
+
     #[test]
     fn other_methods_decode_through_amq_protocol() {
         let mut out = BytesMut::new();

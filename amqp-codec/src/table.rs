@@ -74,7 +74,9 @@ enum Field {
 }
 
 /// Checks every field table in a method payload (class and method ids included), so the
-/// generic decoder never recurses deeply. Methods without tables pass unchecked.
+/// generic decoder never recurses deeply. Methods without tables pass unchecked; every
+/// method `amq-protocol` decodes a table for is listed, the ones only servers send too
+/// (a client that sends `connection.start` must get an error, not a stack overflow).
 pub fn check_method_tables(payload: &[u8]) -> bool {
     use Field::{Bits, Short, ShortStr, Table};
     let (Some(class), Some(method)) = (payload.get(0..2), payload.get(2..4)) else {
@@ -85,7 +87,8 @@ pub fn check_method_tables(payload: &[u8]) -> bool {
         u16::from_be_bytes([method[0], method[1]]),
     );
     let layout: &[Field] = match ids {
-        (10, 11) => &[Table],                                  // connection.start-ok
+        (10, 10) => &[Short, Table], // connection.start: two version octets, then a table
+        (10, 11) => &[Table],        // connection.start-ok
         (40, 10) => &[Short, ShortStr, ShortStr, Bits, Table], // exchange.declare
         (40, 30) | (40, 40) => &[Short, ShortStr, ShortStr, ShortStr, Bits, Table], // exchange.bind/unbind
         (50, 10) => &[Short, ShortStr, Bits, Table],                                // queue.declare
