@@ -36,11 +36,25 @@ impl ProtocolError {
         self
     }
 
-    /// The full reply text as RabbitMQ words it: `NAME - text`.
+    /// The reply text as RabbitMQ sends it: `NAME - text`, cut as RabbitMQ cuts it to
+    /// fit the short string of `connection.close` and `channel.close` (255 bytes): its
+    /// first 252 bytes, at a character boundary, and `...`.
     pub fn reply_text(&self) -> String {
-        format!("{} - {}", self.code.name(), self.text)
+        let mut text = format!("{} - {}", self.code.name(), self.text);
+        if text.len() > MAX_REPLY_TEXT {
+            let mut end = MAX_REPLY_TEXT - 3;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str("...");
+        }
+        text
     }
 }
+
+/// The longest reply text: a short string.
+const MAX_REPLY_TEXT: usize = 255;
 
 /// What the decoder can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -54,4 +68,31 @@ pub enum CodecError {
     /// The socket failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Found by the connection fuzz harness: a 404 quoting a 255-byte queue name made a
+    /// 291-byte reply text, and amq-protocol panics on a short string that long, which
+    /// killed the connection's task without closing it or releasing what it held.
+    #[test]
+    fn regression_long_reply_texts_are_cut_as_rabbitmq_cuts_them() {
+        let name = "n".repeat(255);
+        let e = ProtocolError::new(
+            ReplyCode::NotFound,
+            format!("no queue '{name}' in vhost '/'"),
+        );
+        let text = e.reply_text();
+        assert_eq!(text.len(), 255);
+        assert!(text.starts_with("NOT_FOUND - no queue 'nnn"));
+        assert!(text.ends_with("nnn..."));
+        // Never inside a character: 'é' is two bytes.
+        let e = ProtocolError::new(ReplyCode::NotFound, "é".repeat(200));
+        let text = e.reply_text();
+        assert!(text.len() <= 255 && text.ends_with("é..."));
+        let short = ProtocolError::new(ReplyCode::NotFound, "no queue 'q' in vhost '/'");
+        assert_eq!(short.reply_text(), "NOT_FOUND - no queue 'q' in vhost '/'");
+    }
 }
