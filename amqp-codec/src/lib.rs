@@ -8,6 +8,7 @@
 //! - [`content`]: assembling publish → header → bodies into one message.
 //! - [`properties`]: reading the few content properties a broker needs without decoding all.
 //! - [`table`]: bounded-depth checks of field tables before they are decoded.
+//! - `fuzz` (tests and the `fuzzing` feature): the checks the fuzz targets run.
 //!
 //! Nothing here touches a socket: every function works on byte buffers, so all of it is
 //! unit- and property-tested on plain slices.
@@ -17,6 +18,8 @@ pub mod decode;
 pub mod encode;
 pub mod error;
 pub mod frame;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzz;
 pub mod properties;
 pub mod reply;
 pub mod table;
