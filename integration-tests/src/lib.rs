@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub mod fuzz;
 pub mod perf;
 pub mod python;
 
