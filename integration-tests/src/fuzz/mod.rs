@@ -83,16 +83,41 @@ struct Harness {
     sessions: u32,
 }
 
-fn scratch_dir() -> PathBuf {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    // tmpfs where there is one: the fuzzed sessions' fsyncs then cost nothing.
+/// Where data directories go: tmpfs where there is one, so that the fuzzed sessions'
+/// fsyncs cost nothing.
+fn scratch_base() -> PathBuf {
     let shm = PathBuf::from("/dev/shm");
-    let base = if shm.is_dir() {
+    if shm.is_dir() {
         shm
     } else {
         std::env::temp_dir()
+    }
+}
+
+/// Removes the data directories of harness processes that are gone: libFuzzer ends a
+/// run with `exit`, which runs no destructors.
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(scratch_base()) else {
+        return;
     };
-    base.join(format!(
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("warren-fuzz-"))
+            .and_then(|rest| rest.split('-').next())
+        else {
+            continue;
+        };
+        if !PathBuf::from("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn scratch_dir() -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    scratch_base().join(format!(
         "warren-fuzz-{}-{}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
@@ -122,6 +147,9 @@ impl Harness {
             Ok(runtime) => runtime,
             Err(e) => panic!("cannot build a runtime: {e}"),
         };
+        if cfg!(target_os = "linux") {
+            remove_stale_dirs();
+        }
         let data_dir = scratch_dir();
         let broker = {
             let _entered = runtime.enter();

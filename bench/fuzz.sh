@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Long fuzz runs: each target for a given time, one worker at nice 19, starting from the
+# committed corpus; then `cargo fuzz cmin` merges what the run found back into
+# fuzz/corpus/<target>/, minimized. The test command replays that corpus (without
+# libFuzzer), so commit it when it grew for a reason.
+#
+#   bench/fuzz.sh [-t SECONDS] [TARGET...]
+#
+# SECONDS is per target (default 600); TARGETs default to codec field_table connection.
+# Needs cargo-fuzz (`cargo install cargo-fuzz`); on stable Rust the nightly flags
+# libFuzzer needs are allowed with RUSTC_BOOTSTRAP=1, set here. Crashes land in
+# fuzz/artifacts/<target>/, the run's log in fuzz/logs/<target>.log (both ignored by git);
+# the last lines of each log (execs, cov, ft, corpus size) are printed at the end.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root/fuzz"
+
+seconds=600
+if [ "${1:-}" = "-t" ]; then
+  seconds="$2"
+  shift 2
+fi
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(codec field_table connection)
+
+export RUSTC_BOOTSTRAP=1
+export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
+
+# Largest input per target: deep tables need a few KB; whole sessions a little more.
+max_len() {
+  case "$1" in
+    field_table) echo 4096 ;;
+    *) echo 8192 ;;
+  esac
+}
+
+mkdir -p logs
+for target in "${targets[@]}"; do
+  echo "==> building $target"
+  nice -n 19 cargo fuzz build "$target"
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  echo "==> fuzzing $target for ${seconds}s (log: fuzz/logs/$target.log)"
+  # New inputs go to $work (the first corpus directory); the committed corpus is only read.
+  status=0
+  nice -n 19 cargo fuzz run "$target" "$work" "corpus/$target" -- \
+    -max_total_time="$seconds" -timeout=30 -rss_limit_mb=2048 \
+    -max_len="$(max_len "$target")" -print_final_stats=1 \
+    >"logs/$target.log" 2>&1 || status=$?
+  if [ "$status" -ne 0 ]; then
+    echo "!! $target stopped with status $status: see fuzz/logs/$target.log and fuzz/artifacts/$target/"
+  fi
+  echo "==> merging what $target found into corpus/$target (cmin)"
+  cp -n "$work"/* "corpus/$target/" 2>/dev/null || true
+  nice -n 19 cargo fuzz cmin "$target" "corpus/$target" -- -max_len="$(max_len "$target")" \
+    >>"logs/$target.log" 2>&1
+  rm -rf "$work"
+  trap - EXIT
+done
+
+for target in "${targets[@]}"; do
+  echo "--- $target"
+  grep -E "^#[0-9]+.*(DONE|pulse|NEW|REDUCE)" "logs/$target.log" | tail -1 || true
+  grep -E "^stat::" "logs/$target.log" | head -6 || true
+  echo "corpus: $(ls "corpus/$target" | wc -l) files, $(du -sh "corpus/$target" | cut -f1)"
+done
