@@ -13,6 +13,9 @@ use crate::frame::{
 use crate::properties::PropertiesView;
 use crate::reply::ReplyCode;
 
+/// The most a frame header alone makes the decoder reserve for the rest of its frame.
+const MAX_RESERVE: usize = 1024 * 1024;
+
 /// Decodes the byte stream of one client connection into frames.
 ///
 /// Body payloads and `basic.publish` strings are `split_to` slices of the read buffer,
@@ -86,7 +89,11 @@ impl Decoder for FrameDecoder {
             .into());
         }
         if src.len() < total {
-            src.reserve(total - src.len());
+            // Room for the rest of the frame, so that one read can bring it; but never
+            // more than MAX_RESERVE on a peer's word: beyond that the buffer grows with
+            // what arrives (frame_max 0 means no limit, and an operator may set a
+            // large one).
+            src.reserve((total - src.len()).min(MAX_RESERVE));
             return Ok(None);
         }
         if src[total - 1] != FRAME_END {
@@ -318,6 +325,34 @@ mod tests {
         match dec.decode(&mut buf) {
             Err(CodecError::Protocol(e)) => assert_eq!(e.code, ReplyCode::FrameError),
             other => panic!("expected frame error, got {other:?}"),
+        }
+    }
+
+    /// Found by the codec fuzz target: with no frame_max (0), seven bytes announcing a
+    /// 3.4 GB frame made the decoder reserve 3.4 GB before any of it arrived.
+    #[test]
+    fn regression_an_announced_size_reserves_at_most_a_bounded_buffer() {
+        let mut dec = FrameDecoder::after_header(0);
+        let mut buf = BytesMut::from(&[3u8, 0, 1, 0xCE, 0x00, 0x00, 0x00][..]);
+        assert!(matches!(dec.decode(&mut buf), Ok(None)));
+        assert!(
+            buf.capacity() <= 2 * MAX_RESERVE,
+            "reserved {}",
+            buf.capacity()
+        );
+        // The frame still decodes once it is all there.
+        let mut dec = FrameDecoder::after_header(0);
+        let size = 3 * MAX_RESERVE;
+        let mut buf = BytesMut::from(&[3u8, 0, 1][..]);
+        buf.extend_from_slice(&(size as u32).to_be_bytes());
+        for chunk in 0..3 {
+            assert!(matches!(dec.decode(&mut buf), Ok(None)), "chunk {chunk}");
+            buf.extend_from_slice(&vec![7u8; MAX_RESERVE]);
+        }
+        buf.extend_from_slice(&[FRAME_END]);
+        match dec.decode(&mut buf) {
+            Ok(Some(Frame::Body(1, body))) => assert_eq!(body.len(), size),
+            other => panic!("expected the body frame, got {other:?}"),
         }
     }
 
