@@ -51,10 +51,21 @@ for target in "${targets[@]}"; do
     echo "!! $target stopped with status $status: see fuzz/logs/$target.log and fuzz/artifacts/$target/"
   fi
   echo "==> merging what $target found into corpus/$target (cmin)"
+  # cmin renames everything to content hashes: set the named inputs (seed-*, crash-*)
+  # aside, minimize the rest together with them, drop the hashes of the named ones, and
+  # put the named ones back, so that they keep saying what they are.
+  named=$(mktemp -d)
+  find "corpus/$target" -maxdepth 1 -type f \( -name 'seed-*' -o -name 'crash-*' \) \
+    -exec cp {} "$named/" \;
   cp -n "$work"/* "corpus/$target/" 2>/dev/null || true
   nice -n 19 cargo fuzz cmin "$target" "corpus/$target" -- -max_len="$(max_len "$target")" \
     >>"logs/$target.log" 2>&1
-  rm -rf "$work"
+  for f in "$named"/*; do
+    [ -e "$f" ] || continue
+    rm -f "corpus/$target/$(sha1sum "$f" | cut -d' ' -f1)"
+    cp "$f" "corpus/$target/"
+  done
+  rm -rf "$work" "$named"
   trap - EXIT
 done
 
