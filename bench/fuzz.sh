@@ -71,7 +71,8 @@ done
 
 for target in "${targets[@]}"; do
   echo "--- $target"
-  grep -E "^#[0-9]+.*(DONE|pulse|NEW|REDUCE)" "logs/$target.log" | tail -1 || true
-  grep -E "^stat::" "logs/$target.log" | head -6 || true
-  echo "corpus: $(ls "corpus/$target" | wc -l) files, $(du -sh "corpus/$target" | cut -f1)"
+  grep -E "cov:.*corp:" "logs/$target.log" | tail -1 || true
+  grep -E "^Done [0-9]+ runs" "logs/$target.log" || true
+  echo "corpus: $(find "corpus/$target" -type f | wc -l) files," \
+    "$(find "corpus/$target" -type f -printf '%s\n' | awk '{s += $1} END {print s}') bytes"
 done
