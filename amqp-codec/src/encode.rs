@@ -23,8 +23,15 @@ fn framed(buf: &mut BytesMut, frame_type: u8, channel: u16, payload: impl FnOnce
     buf.put_u8(FRAME_END);
 }
 
+/// Writes a short string, cut to 255 bytes at a character boundary: a longer one (a
+/// routing key set by `x-dead-letter-routing-key`, which is a long string) must still
+/// reach clients as valid UTF-8.
 fn put_short_str(buf: &mut BytesMut, s: &str) {
-    let bytes = &s.as_bytes()[..s.len().min(255)];
+    let mut end = s.len().min(255);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let bytes = &s.as_bytes()[..end];
     buf.put_u8(bytes.len() as u8);
     buf.put_slice(bytes);
 }
@@ -159,6 +166,36 @@ mod tests {
             })),
         );
         assert_eq!(ours, theirs);
+    }
+
+    /// Found by the connection fuzz harness: a dead-letter routing key of 150 'é' (300
+    /// bytes) went out in get-ok cut at byte 255, inside a character, and amq-protocol
+    /// (like every client) refused the frame.
+    #[test]
+    fn regression_long_short_strings_are_cut_at_a_character_boundary() {
+        let key = "é".repeat(150);
+        let mut ours = BytesMut::new();
+        get_ok(
+            &mut ours,
+            1,
+            DeliveryInfo {
+                delivery_tag: 1,
+                redelivered: false,
+                exchange: "amq.fanout",
+                routing_key: &key,
+            },
+            0,
+        );
+        match amq_protocol::frame::parse_frame(&ours[..]) {
+            Ok((rest, amq_protocol::frame::AMQPFrame::Method(1, class))) => {
+                assert!(rest.is_empty());
+                let AMQPClass::Basic(basic::AMQPMethod::GetOk(get_ok)) = class else {
+                    panic!("expected get-ok, got {class:?}");
+                };
+                assert_eq!(get_ok.routing_key.as_str(), "é".repeat(127));
+            }
+            other => panic!("get-ok with a long routing key does not parse: {other:?}"),
+        }
     }
 
     #[test]
