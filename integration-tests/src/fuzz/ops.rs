@@ -216,6 +216,8 @@ pub(super) enum Value {
     Known(u8),
     /// `S`.
     Text(Name),
+    /// `S`, a name repeated: longer than a short string holds.
+    Repeated(Name, u8),
     /// `x`.
     Bytes(Vec<u8>),
     /// `T`.
@@ -253,6 +255,9 @@ impl Value {
                 AMQPValue::LongString(KNOWN_TEXTS[usize::from(*i) % KNOWN_TEXTS.len()].into())
             }
             Value::Text(name) => AMQPValue::LongString(name.text().into()),
+            Value::Repeated(name, n) => {
+                AMQPValue::LongString(name.text().repeat(usize::from(*n)).into())
+            }
             Value::Bytes(b) => AMQPValue::ByteArray(ByteArray::from(b.clone())),
             Value::Timestamp(t) => AMQPValue::Timestamp(*t),
             Value::Void => AMQPValue::Void,

@@ -359,6 +359,80 @@ pub fn connection() -> Vec<(&'static str, Vec<u8>)> {
         "frames-long-name-in-error",
         with_kind(kind::FRAMES, Some(handshake), &long),
     ));
+    // A dead-letter routing key longer than a short string, multi-byte, on a message
+    // that is dead-lettered and then fetched: its routing key goes out in get-ok.
+    let mut dlx = BytesMut::new();
+    method(
+        &mut dlx,
+        1,
+        AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    );
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("amq.fanout".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString("é".repeat(150).into()),
+    );
+    method(
+        &mut dlx,
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "dl-source".into(),
+            exclusive: true,
+            arguments: args,
+            ..Default::default()
+        })),
+    );
+    method(
+        &mut dlx,
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "dl-target".into(),
+            exclusive: true,
+            ..Default::default()
+        })),
+    );
+    method(
+        &mut dlx,
+        1,
+        AMQPClass::Queue(queue::AMQPMethod::Bind(queue::Bind {
+            queue: "dl-target".into(),
+            exchange: "amq.fanout".into(),
+            ..Default::default()
+        })),
+    );
+    publish(&mut dlx, 1, "dl-source", b"dead", false);
+    method(
+        &mut dlx,
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: "dl-source".into(),
+            no_ack: false,
+        })),
+    );
+    method(
+        &mut dlx,
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Reject(basic::Reject {
+            delivery_tag: 1,
+            requeue: false,
+        })),
+    );
+    method(
+        &mut dlx,
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Get(basic::Get {
+            queue: "dl-target".into(),
+            no_ack: true,
+        })),
+    );
+    seeds.push((
+        "frames-long-dead-letter-routing-key",
+        with_kind(kind::FRAMES, Some(handshake), &dlx),
+    ));
     // A method frame that is not whole when the stream ends.
     let mut cut = session_frames();
     cut.truncate(cut.len() / 2);
