@@ -71,7 +71,7 @@ fn write_seeds() {
     }
 }
 
-/// Seeded random inputs for a few seconds: corpus files with a few bytes overwritten,
+/// Seeded random inputs for three seconds: corpus files with a few bytes overwritten,
 /// and random session inputs (kind byte 2), which `arbitrary` always decodes.
 #[test]
 fn connection_random_run() {
@@ -88,7 +88,7 @@ fn connection_random_run() {
     };
     let started = Instant::now();
     let mut runs = 0u32;
-    while started.elapsed() < Duration::from_secs(4) {
+    while started.elapsed() < Duration::from_secs(3) {
         let mut input: Vec<u8> = if next() % 2 == 0 {
             let mut input = vec![fuzz::kind::SESSION];
             input.extend((0..8 + next() % 600).map(|_| next() as u8));

@@ -57,7 +57,7 @@ const SESSIONS_PER_BROKER: u32 = 500;
 /// At most this many ops of a session input are run.
 const MAX_OPS: usize = 256;
 /// At most this many sleeps per session, so that no input is slow by design.
-const MAX_SLEEPS: usize = 32;
+const MAX_SLEEPS: usize = 8;
 /// Room in each direction of the in-memory stream.
 const PIPE: usize = 256 * 1024;
 
@@ -668,7 +668,7 @@ async fn write_script<W: AsyncWrite + Unpin>(writer: &mut W, script: &Script) {
                     tokio::task::yield_now().await;
                 }
             }
-            Pause::Sleep => tokio::time::sleep(Duration::from_millis(2)).await,
+            Pause::Sleep => tokio::time::sleep(Duration::from_millis(1)).await,
         }
     }
     if script.close {

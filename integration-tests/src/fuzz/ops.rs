@@ -847,7 +847,7 @@ pub(super) enum Op {
     Heartbeat(Chan),
     /// Let the server run (a few yields) before the next op.
     Yield,
-    /// Wait two milliseconds (group commits, timers) before the next op.
+    /// Wait a millisecond (group commits, timers) before the next op.
     Sleep,
 }
 
