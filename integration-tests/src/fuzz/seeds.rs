@@ -433,6 +433,26 @@ pub fn connection() -> Vec<(&'static str, Vec<u8>)> {
         "frames-long-dead-letter-routing-key",
         with_kind(kind::FRAMES, Some(handshake), &dlx),
     ));
+    // Before logging in, a connection.start (which only servers send) whose table nests
+    // past the depth limit: refused before amq-protocol recurses into it (26,000 levels
+    // in one frame once overflowed the stack and aborted the broker).
+    let mut deep_start = PROTOCOL_HEADER.to_vec();
+    let mut args = vec![0, 9];
+    args.extend_from_slice(&nested_table(MAX_TABLE_DEPTH + 8));
+    args.extend_from_slice(&[0, 0, 0, 5]);
+    args.extend_from_slice(b"PLAIN");
+    args.extend_from_slice(&[0, 0, 0, 5]);
+    args.extend_from_slice(b"en_US");
+    let mut payload = 10u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(&10u16.to_be_bytes());
+    payload.extend_from_slice(&args);
+    let mut start = BytesMut::new();
+    frame(&mut start, FRAME_METHOD, 0, &payload);
+    deep_start.extend_from_slice(&start);
+    seeds.push((
+        "raw-deep-table-in-connection-start",
+        with_kind(kind::RAW, None, &deep_start),
+    ));
     // A method frame that is not whole when the stream ends.
     let mut cut = session_frames();
     cut.truncate(cut.len() / 2);
