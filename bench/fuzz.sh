@@ -24,6 +24,7 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(codec field_table connection)
 
 export RUSTC_BOOTSTRAP=1
+export LSAN_OPTIONS="suppressions=$root/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-1}"
 
 # Largest input per target: deep tables need a few KB; whole sessions a little more.
