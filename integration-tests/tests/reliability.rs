@@ -206,17 +206,7 @@ async fn at_least_once_dead_letters_wait_until_a_queue_takes_them() {
     let dlx = unique_name("dlx");
     let source = unique_name("source");
     let target = unique_name("target");
-    within(
-        "exchange.declare",
-        channel.exchange_declare(
-            dlx.as_str().into(),
-            ExchangeKind::Direct,
-            ExchangeDeclareOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("declare the dead-letter exchange");
+    declare_exchange_with(&channel, &dlx, ExchangeKind::Direct, FieldTable::default()).await;
     within(
         "declare the source",
         channel.queue_declare(

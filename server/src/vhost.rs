@@ -578,7 +578,7 @@ impl VHost {
     /// survive a restart, when the exchange is durable.
     fn create_hold(&self, exchange: &Exchange) -> AmqpResult<()> {
         if let Some(def) = self.new_hold(exchange)? {
-            self.record(&Change::PutQueue(def));
+            self.queue_change(Change::PutQueue(def));
         }
         Ok(())
     }
@@ -615,11 +615,8 @@ impl VHost {
             name.into(),
             QueueSettings {
                 durable: log.is_some(),
-                exclusive_owner: None,
-                auto_delete: false,
-                arguments: FieldTable::default(),
-                parsed: QueueArguments::default(),
                 holds_for: Some(exchange.name().clone()),
+                ..QueueSettings::default()
             },
             log,
             recovered,
@@ -668,7 +665,7 @@ impl VHost {
                 continue;
             };
             if existing.settings().durable {
-                self.record(&Change::DeleteExchange {
+                self.queue_change(Change::DeleteExchange {
                     vhost: self.name.clone(),
                     name: name.clone(),
                 });
@@ -677,7 +674,7 @@ impl VHost {
             if let Some(hold) = &hold {
                 hold.mark_deleted();
                 if hold.settings().durable {
-                    self.record(&Change::DeleteQueue {
+                    self.queue_change(Change::DeleteQueue {
                         vhost: self.name.clone(),
                         name: hold.name().to_string(),
                     });
@@ -936,12 +933,8 @@ impl VHost {
         let queue = self.new_queue(
             address.as_str().into(),
             QueueSettings {
-                durable: false,
                 exclusive_owner: Some(conn),
-                auto_delete: false,
-                arguments: FieldTable::default(),
-                parsed: QueueArguments::default(),
-                holds_for: None,
+                ..QueueSettings::default()
             },
             None,
             &Recovery::default(),
@@ -997,10 +990,6 @@ impl VHost {
         let count = self.discard_queue(&removed.queue);
         self.remove_unused_exchanges(removed.emptied);
         count
-    }
-
-    fn record(&self, change: &Change) {
-        self.queue_change(change.clone());
     }
 
     /// Adds a binding, recording it when both ends are durable.
@@ -1077,7 +1066,7 @@ impl VHost {
             arguments,
         );
         if removed && durable && source.settings().durable {
-            self.record(&Change::Unbind(self.binding_def(
+            self.queue_change(Change::Unbind(self.binding_def(
                 source,
                 &destination,
                 routing_key,
@@ -1320,25 +1309,23 @@ impl VHost {
         self.restoring.store(true, Ordering::Release);
         let restored = self.restore_from(store, defs);
         self.restoring.store(false, Ordering::Release);
-        let (queues, messages, restored, effects) = restored?;
-        for queue in restored {
+        let restored = restored?;
+        for queue in restored.clocks {
             queue.start_clocks();
         }
         self.write_changes();
         // Only now that every exchange, queue and binding is back can messages that
         // expired while the broker was down reach their dead-letter queues.
-        self.apply(effects);
-        Ok((queues, messages))
+        self.apply(restored.effects);
+        Ok((restored.queues, restored.messages))
     }
 
-    /// Restore's work while the queues' clocks are held: returns the counts, the queues
-    /// whose clocks to start, and what recovery left to carry out.
-    #[allow(clippy::type_complexity)]
+    /// Restore's work while the queues' clocks are held.
     fn restore_from(
         &self,
         store: &Arc<BrokerStore>,
         defs: &Definitions,
-    ) -> crate::store::Result<(usize, u64, Vec<Arc<Queue>>, Effects)> {
+    ) -> crate::store::Result<Restored> {
         for def in defs.exchanges.iter().filter(|e| e.vhost == self.name) {
             let Ok(Some((kind, delayed))) = parse_declared_type(&def.kind, &def.arguments) else {
                 tracing::warn!(exchange = %def.name, kind = %def.kind, "skipping an exchange of unknown type");
@@ -1385,7 +1372,7 @@ impl VHost {
                             exchange,
                             "dropping the held messages of a deleted delayed exchange"
                         );
-                        self.record(&Change::DeleteQueue {
+                        self.queue_change(Change::DeleteQueue {
                             vhost: self.name.clone(),
                             name: def.name.clone(),
                         });
@@ -1454,7 +1441,12 @@ impl VHost {
                 });
             }
         }
-        Ok((queues, messages, restored, effects))
+        Ok(Restored {
+            queues,
+            messages,
+            clocks: restored,
+            effects,
+        })
     }
 
     /// Memory the messages its queues (and delayed exchanges) hold take.
@@ -1507,6 +1499,18 @@ fn binding_source(
         .get(name)
         .cloned()
         .ok_or_else(|| error::no_exchange(name, vhost))
+}
+
+/// What restoring a vhost found, and what it leaves to do once its clocks may run.
+struct Restored {
+    /// Queues restored.
+    queues: usize,
+    /// Messages recovered.
+    messages: u64,
+    /// The queues (delayed exchanges' holds too) whose clocks to start.
+    clocks: Vec<Arc<Queue>>,
+    /// What recovery expired or dropped, to carry out.
+    effects: Effects,
 }
 
 /// A queue taken out of the registry, with what its deletion still has to do.
@@ -1630,6 +1634,18 @@ mod tests {
         (vhost, defs)
     }
 
+    /// The definitions stored in `dir`, once the store's last user (the commit thread
+    /// may hold it a moment after the vhost is dropped) has let go of it.
+    fn stored_definitions(dir: &TempDir) -> Definitions {
+        loop {
+            match BrokerStore::open(dir.path()) {
+                Ok((_, defs, _)) => return defs,
+                Err(crate::store::StoreError::Locked { .. }) => std::thread::yield_now(),
+                Err(e) => panic!("reopen: {e}"),
+            }
+        }
+    }
+
     /// Runs `rounds` rounds of: `setup`, then `a` and `b` on two threads released at
     /// the same instant, then `check` once both are done. None of them may panic, so
     /// that no thread is left waiting at a barrier.
@@ -1703,14 +1719,7 @@ mod tests {
             |round| live.push(vhost.queue(&name(round), 1).is_ok()),
         );
         drop(vhost);
-        // The commit thread may hold the store a moment longer.
-        let defs = loop {
-            match BrokerStore::open(dir.path()) {
-                Ok((_, defs, _)) => break defs,
-                Err(crate::store::StoreError::Locked { .. }) => std::thread::yield_now(),
-                Err(e) => panic!("reopen: {e}"),
-            }
-        };
+        let defs = stored_definitions(&dir);
         let disagree: Vec<usize> = (0..rounds)
             .filter(|&round| {
                 let stored = defs.queues.iter().any(|q| q.name == name(round));
@@ -1756,13 +1765,7 @@ mod tests {
             |_| {},
         );
         drop(vhost);
-        let defs = loop {
-            match BrokerStore::open(dir.path()) {
-                Ok((_, defs, _)) => break defs,
-                Err(crate::store::StoreError::Locked { .. }) => std::thread::yield_now(),
-                Err(e) => panic!("reopen: {e}"),
-            }
-        };
+        let defs = stored_definitions(&dir);
         let orphans: Vec<&str> = defs
             .bindings
             .iter()

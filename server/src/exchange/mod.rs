@@ -382,14 +382,7 @@ pub(crate) mod test_support {
         Arc::new(Queue::new(
             name.into(),
             "/",
-            QueueSettings {
-                durable: false,
-                exclusive_owner: None,
-                auto_delete: false,
-                arguments: FieldTable::default(),
-                parsed: crate::queue::arguments::QueueArguments::default(),
-                holds_for: None,
-            },
+            QueueSettings::default(),
             None,
             &crate::store::Recovery::default(),
             crate::queue::QueueEnv::for_tests(),

@@ -62,10 +62,4 @@ impl Effects {
     pub fn is_empty(&self) -> bool {
         self.moves.is_empty() && self.expired.is_empty()
     }
-
-    /// Adds what `other` leaves to do.
-    pub fn append(&mut self, mut other: Effects) {
-        self.moves.append(&mut other.moves);
-        self.expired.append(&mut other.expired);
-    }
 }

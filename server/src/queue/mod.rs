@@ -95,8 +95,9 @@ pub struct ConsumerHandle {
     pub priority: i32,
 }
 
-/// The declared properties of a queue, compared on redeclaration.
-#[derive(Debug, Clone)]
+/// The declared properties of a queue, compared on redeclaration. The default is a
+/// plain transient queue.
+#[derive(Debug, Clone, Default)]
 pub struct QueueSettings {
     /// Survives a restart.
     pub durable: bool,
@@ -1300,11 +1301,6 @@ impl Queue {
         st.retry_at_ms = now_ms() + DEAD_LETTER_RETRY_MS;
         self.arm_timer(&mut st);
     }
-
-    /// Whether the queue was deleted.
-    pub fn is_deleted(&self) -> bool {
-        self.state.lock().deleted
-    }
 }
 
 impl SyncTarget for Queue {
@@ -1348,14 +1344,7 @@ mod tests {
         Arc::new(Queue::new(
             "q".into(),
             "/",
-            QueueSettings {
-                durable: false,
-                exclusive_owner: None,
-                auto_delete: false,
-                arguments: FieldTable::default(),
-                parsed: QueueArguments::default(),
-                holds_for: None,
-            },
+            QueueSettings::default(),
             None,
             &Recovery::default(),
             QueueEnv::for_tests(),
@@ -1460,11 +1449,7 @@ mod tests {
             "/",
             QueueSettings {
                 durable: true,
-                exclusive_owner: None,
-                auto_delete: false,
-                arguments: FieldTable::default(),
-                parsed: QueueArguments::default(),
-                holds_for: None,
+                ..QueueSettings::default()
             },
             Some(log),
             &Recovery::default(),
