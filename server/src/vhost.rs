@@ -30,7 +30,9 @@ use crate::queue::{
     ConnectionId, Effects, Enqueued, Move, MoveRoute, Queue, QueueDeclare, QueueEnv, QueueSettings,
 };
 use crate::store::definitions::{BindingDef, Change, Definitions, ExchangeDef, QueueDef};
-use crate::store::{BrokerStore, QueueLog, Recovery, SegmentPosition, SyncTarget};
+use crate::store::{
+    BrokerStore, PendingDefinitions, QueueLog, Recovery, SegmentPosition, SyncTarget,
+};
 use crate::timers::{Timers, Wake, now_ms};
 use amqp_codec::ReplyCode;
 
@@ -67,6 +69,29 @@ pub struct VHost {
     /// exchange, queue and binding is back (restore then starts them afresh), so that
     /// nothing is dead-lettered to a queue or through a binding not yet restored.
     restoring: AtomicBool,
+    /// Tests set it to leave queued changes unwritten by the operations that made them,
+    /// as if their thread stalled just after the registry lock: only commit rounds
+    /// write them then.
+    #[cfg(test)]
+    stall_writes: AtomicBool,
+}
+
+impl PendingDefinitions for VHost {
+    fn write_pending(&self) {
+        let Some(store) = &self.store else {
+            return;
+        };
+        let _order = self.writing.lock();
+        let changes = std::mem::take(&mut *self.unwritten.lock());
+        for (change, ticket) in &changes {
+            if let Err(error) = store.try_record(change) {
+                tracing::error!(%error, ?change, "cannot record a definitions change");
+                if let Some(ticket) = ticket {
+                    self.failed_writes.lock().push((*ticket, error.to_string()));
+                }
+            }
+        }
+    }
 }
 
 /// What the timers wake for one queue: asks it what is due and carries out the effects
@@ -144,7 +169,13 @@ impl VHost {
             writing: Mutex::default(),
             me: me.clone(),
             restoring: AtomicBool::new(false),
+            #[cfg(test)]
+            stall_writes: AtomicBool::new(false),
         });
+        if let Some(store) = &vhost.store {
+            let writer: Weak<dyn PendingDefinitions> = vhost.me.clone();
+            store.add_writer(writer);
+        }
         vhost.apply_policies();
         vhost
     }
@@ -228,21 +259,14 @@ impl VHost {
         }
     }
 
-    /// Writes the queued definitions changes to the store, in the order they were made.
+    /// Writes the queued definitions changes to the store, in the order they were made
+    /// (commit rounds write them too, should this thread stall before it does).
     fn write_changes(&self) {
-        let Some(store) = &self.store else {
+        #[cfg(test)]
+        if self.stall_writes.load(Ordering::Acquire) {
             return;
-        };
-        let _order = self.writing.lock();
-        let changes = std::mem::take(&mut *self.unwritten.lock());
-        for (change, ticket) in &changes {
-            if let Err(error) = store.try_record(change) {
-                tracing::error!(%error, ?change, "cannot record a definitions change");
-                if let Some(ticket) = ticket {
-                    self.failed_writes.lock().push((*ticket, error.to_string()));
-                }
-            }
         }
+        self.write_pending();
     }
 
     /// Carries out what queue operations left to do: moves messages between queues
@@ -1731,6 +1755,49 @@ mod tests {
             disagree.is_empty(),
             "store and registry disagree in rounds {disagree:?}"
         );
+    }
+
+    /// A queue is routable as soon as it is in the registry, a moment before the
+    /// declaring thread writes its definition: a message confirmed into it in that
+    /// moment must not be durable without the queue.
+    #[test]
+    fn a_message_confirmed_into_a_just_declared_queue_survives_with_it() {
+        let dir = TempDir::new("routable-before-written");
+        let (vhost, _) = open(&dir);
+        vhost.stall_writes.store(true, Ordering::Release);
+        let (queue, _) = vhost
+            .declare_queue(durable_queue("fresh"), 1)
+            .expect("declare the queue");
+        let message = Message {
+            exchange: "".into(),
+            routing_key: "fresh".into(),
+            properties: bytes::Bytes::new(),
+            body: bytes::Bytes::from_static(b"confirmed"),
+        };
+        let persistent = Handling {
+            persistent: true,
+            ..Handling::default()
+        };
+        let mut effects = Effects::default();
+        queue
+            .publish(message, persistent, &mut effects)
+            .expect("publish");
+        let store = vhost.store.clone().expect("a durable vhost");
+        let (done, durable) = tokio::sync::oneshot::channel();
+        let target: Arc<dyn SyncTarget> = queue.clone();
+        store.commit(vec![target], Some(done));
+        assert_eq!(
+            durable.blocking_recv(),
+            Ok(true),
+            "the publish was confirmed"
+        );
+        drop((queue, store, vhost));
+        let defs = stored_definitions(&dir);
+        let stored = defs.queues.iter().find(|q| q.name == "fresh");
+        let stored = stored.expect("the queue a confirmed message went to is stored");
+        let (store, _, _) = BrokerStore::open(dir.path()).expect("reopen the store");
+        let (_, recovery) = store.open_queue_log(&stored.id).expect("open its log");
+        assert_eq!(recovery.messages, 1);
     }
 
     /// A binding racing the deletion of its exchange is never stored without it: after

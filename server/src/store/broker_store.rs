@@ -7,9 +7,9 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use super::commit::{GroupCommit, Retired, SyncTarget};
+use super::commit::{GroupCommit, PendingDefinitions, Retired, SyncTarget, Writers};
 use super::definitions::{Change, DefinitionStore, Definitions, DefinitionsError};
 use super::fd_budget::FdBudget;
 use super::format::DEFAULT_SEGMENT_SIZE;
@@ -36,6 +36,8 @@ pub struct BrokerStore {
     dir: PathBuf,
     _lock: Option<DataDirLock>,
     definitions: Arc<Mutex<DefinitionStore>>,
+    /// Whoever holds definitions changes not yet written; each commit round writes them.
+    writers: Arc<Writers>,
     /// Shared with the commit thread; tests run rounds through it directly.
     #[cfg_attr(not(test), allow(dead_code))]
     syncer: Arc<Syncer>,
@@ -95,8 +97,14 @@ impl BrokerStore {
         let definitions = Arc::new(Mutex::new(definitions));
         let syncer = Arc::new(Syncer::open(&fs, dir)?);
         let retired = Arc::new(Retired::default());
-        let commit = GroupCommit::start(definitions.clone(), syncer.clone(), retired.clone())
-            .map_err(StoreError::io("start the commit thread", dir))?;
+        let writers = Arc::new(Writers::default());
+        let commit = GroupCommit::start(
+            definitions.clone(),
+            writers.clone(),
+            syncer.clone(),
+            retired.clone(),
+        )
+        .map_err(StoreError::io("start the commit thread", dir))?;
         let queues = dir.join(QUEUES_DIR);
         fs.create_dir_all(&queues)
             .map_err(StoreError::io("create directory", &queues))?;
@@ -113,6 +121,7 @@ impl BrokerStore {
                 dir: dir.to_owned(),
                 _lock: lock,
                 definitions,
+                writers,
                 syncer,
                 retired,
                 commit,
@@ -148,6 +157,14 @@ impl BrokerStore {
             .lock()
             .map_err(|_| StoreError::Misuse("definitions store poisoned by a panic"))?;
         defs.record(change).map_err(StoreError::Definitions)
+    }
+
+    /// Has every commit round first write the changes `writer` holds, so that what is
+    /// confirmed never outruns the definitions it depends on.
+    pub fn add_writer(&self, writer: Weak<dyn PendingDefinitions>) {
+        if let Ok(mut writers) = self.writers.lock() {
+            writers.push(writer);
+        }
     }
 
     fn queue_dir(&self, id: &str) -> PathBuf {
@@ -293,6 +310,7 @@ impl BrokerStore {
     ) -> super::commit::RoundOutcome {
         super::commit::commit_round(
             &self.definitions,
+            &self.writers,
             &self.syncer,
             &self.retired,
             std::iter::once(targets),

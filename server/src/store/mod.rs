@@ -43,7 +43,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 pub use broker_store::BrokerStore;
-pub use commit::{GroupCommit, SyncTarget};
+pub use commit::{GroupCommit, PendingDefinitions, SyncTarget};
 pub use lock::DataDirLock;
 pub use queue_log::{PendingSync, QueueLog, Recovery};
 pub use syncer::Syncer;
