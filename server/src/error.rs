@@ -123,3 +123,14 @@ pub fn not_stored(kind: &str, name: &str, vhost: &str, reason: &str) -> AmqpErro
         format!("cannot store the definition of {kind} '{name}' in vhost '{vhost}': {reason}"),
     )
 }
+
+/// 541 INTERNAL_ERROR: a durable deletion could not be written to the store; the thing
+/// is gone until the next restart brings it back with what it held.
+pub fn deletion_not_stored(kind: &str, name: &str, vhost: &str, reason: &str) -> AmqpError {
+    AmqpError::new(
+        ReplyCode::InternalError,
+        format!(
+            "cannot store the deletion of {kind} '{name}' in vhost '{vhost}': {reason}; it comes back at the next restart"
+        ),
+    )
+}

@@ -226,6 +226,26 @@ impl VHost {
         count
     }
 
+    /// Drops a deleted durable queue's messages from memory when its deletion could not
+    /// be written: the log stays on disk, so that the queue comes back whole at the next
+    /// start rather than as a stored queue without its messages.
+    fn abandon_queue(&self, queue: &Queue) -> u32 {
+        let (count, _kept) = queue.delete();
+        count
+    }
+
+    /// Drops a removed queue: discarded with its log if its deletion (`ticket`) was
+    /// written, else abandoned with the log kept; the write's error in that case.
+    fn drop_removed(&self, queue: &Queue, ticket: Option<u64>) -> Result<u32, String> {
+        match self.written(ticket) {
+            Ok(()) => Ok(self.discard_queue(queue)),
+            Err(reason) => {
+                self.abandon_queue(queue);
+                Err(reason)
+            }
+        }
+    }
+
     /// Queues a definitions change; the caller holds the registry lock that orders it
     /// and calls [`write_changes`](Self::write_changes) once it is released.
     fn queue_change(&self, change: Change) {
@@ -695,10 +715,11 @@ impl VHost {
                 });
             }
             let hold = existing.hold().cloned();
+            let mut hold_ticket = None;
             if let Some(hold) = &hold {
                 hold.mark_deleted();
                 if hold.settings().durable {
-                    self.queue_change(Change::DeleteQueue {
+                    hold_ticket = self.queue_checked_change(Change::DeleteQueue {
                         vhost: self.name.clone(),
                         name: hold.name().to_string(),
                     });
@@ -712,7 +733,8 @@ impl VHost {
             drop(exchanges);
             self.write_changes();
             if let Some(hold) = hold {
-                self.discard_queue(&hold);
+                // A failure is logged; the exchange is gone for its clients either way.
+                let _ = self.drop_removed(&hold, hold_ticket);
             }
         }
     }
@@ -929,7 +951,12 @@ impl VHost {
                 .remove(name)
                 .map(|queue| self.unregister_queue(queue, &exchanges))
         };
-        Ok(removed.map_or(0, |removed| self.finish_removal(removed)))
+        match removed {
+            Some(removed) => self
+                .finish_removal(removed)
+                .map_err(|reason| error::deletion_not_stored("queue", name, &self.name, &reason)),
+            None => Ok(0),
+        }
     }
 
     /// Deletes `queue` if it is still registered (exclusive and auto-delete clean-up,
@@ -946,7 +973,8 @@ impl VHost {
             }
         };
         if let Some(removed) = removed {
-            self.finish_removal(removed);
+            // A failure is logged; nobody waits for the answer.
+            let _ = self.finish_removal(removed);
         }
     }
 
@@ -998,22 +1026,30 @@ impl VHost {
             .filter(|e| unbinds_last(e, DestinationKind::Queue, queue.name()))
             .map(|e| e.name().to_string())
             .collect();
-        if queue.settings().durable {
-            self.queue_change(Change::DeleteQueue {
+        let ticket = if queue.settings().durable {
+            self.queue_checked_change(Change::DeleteQueue {
                 vhost: self.name.clone(),
                 name: queue.name().to_string(),
-            });
+            })
+        } else {
+            None
+        };
+        RemovedQueue {
+            queue,
+            emptied,
+            ticket,
         }
-        RemovedQueue { queue, emptied }
     }
 
     /// Finishes a deletion once the registry lock is released: writes the change, drops
-    /// the queue's messages and log, and deletes the auto-delete exchanges it emptied.
-    fn finish_removal(&self, removed: RemovedQueue) -> u32 {
+    /// the queue's messages and log (keeping the log if the deletion could not be
+    /// written), and deletes the auto-delete exchanges it emptied. Returns the ready
+    /// message count, or why the deletion is not stored.
+    fn finish_removal(&self, removed: RemovedQueue) -> Result<u32, String> {
         self.write_changes();
-        let count = self.discard_queue(&removed.queue);
+        let dropped = self.drop_removed(&removed.queue, removed.ticket);
         self.remove_unused_exchanges(removed.emptied);
-        count
+        dropped
     }
 
     /// Adds a binding, recording it when both ends are durable.
@@ -1542,6 +1578,8 @@ struct RemovedQueue {
     queue: Arc<Queue>,
     /// Auto-delete exchanges its bindings were the last of.
     emptied: Vec<String>,
+    /// The checked change of its deletion, if durable.
+    ticket: Option<u64>,
 }
 
 /// Routes `message` from `start` with its own key and `extra_keys`, then through the
@@ -1798,6 +1836,66 @@ mod tests {
         let (store, _, _) = BrokerStore::open(dir.path()).expect("reopen the store");
         let (_, recovery) = store.open_queue_log(&stored.id).expect("open its log");
         assert_eq!(recovery.messages, 1);
+    }
+
+    /// A deletion that cannot be stored is refused with 541 and keeps the queue's log:
+    /// the restart that brings the stored queue back brings its messages too.
+    #[test]
+    fn a_deletion_that_cannot_be_stored_keeps_the_queues_messages() {
+        use crate::store::sim::{Fault, Op, SimFs};
+        let data = std::path::Path::new("/data");
+        let sim = SimFs::new();
+        sim.mkdir_durable(data);
+        let (store, _, _) = BrokerStore::open_in(sim.shared(), data, None).expect("open");
+        let store = Arc::new(store);
+        let timers = Arc::new(Timers::start().expect("timer thread"));
+        let vhost = VHost::new("/", Some(store.clone()), timers, Arc::default());
+        let (queue, _) = vhost
+            .declare_queue(durable_queue("doomed"), 1)
+            .expect("declare the queue");
+        let persistent = Handling {
+            persistent: true,
+            ..Handling::default()
+        };
+        let mut effects = Effects::default();
+        for n in 0..3 {
+            let message = Message {
+                exchange: "".into(),
+                routing_key: "doomed".into(),
+                properties: bytes::Bytes::new(),
+                body: bytes::Bytes::from(format!("m{n}")),
+            };
+            queue
+                .publish(message, persistent, &mut effects)
+                .expect("publish");
+        }
+        let commit = |targets: Vec<Arc<dyn SyncTarget>>| {
+            let (done, durable) = tokio::sync::oneshot::channel();
+            store.commit(targets, Some(done));
+            durable.blocking_recv()
+        };
+        assert_eq!(commit(vec![queue.clone()]), Ok(true), "confirmed");
+        sim.inject(Fault {
+            op: Op::Write,
+            path: "definitions.log".into(),
+            skip: 0,
+            times: usize::MAX,
+            errno: rustix::io::Errno::NOSPC.raw_os_error(),
+            torn: false,
+        });
+        let refused = vhost
+            .delete_queue("doomed", 1, false, false)
+            .expect_err("a deletion that is not stored");
+        assert_eq!(refused.code, ReplyCode::InternalError);
+        // A round after the deletion: a retired log would be removed by now.
+        assert_eq!(commit(Vec::new()), Ok(true));
+        sim.clear_faults();
+        drop((queue, vhost, store));
+        let (store, defs, _) = BrokerStore::open_in(sim.shared(), data, None).expect("reopen");
+        let stored = defs.queues.iter().find(|q| q.name == "doomed");
+        let stored = stored.expect("the deletion was not stored, so the queue is");
+        let (_, recovery) = store.open_queue_log(&stored.id).expect("open its log");
+        assert_eq!(recovery.messages, 3, "and so are its messages");
     }
 
     /// A binding racing the deletion of its exchange is never stored without it: after
