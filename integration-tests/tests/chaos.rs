@@ -1152,8 +1152,7 @@ fn write_policies(path: &Path, rng: &mut StdRng) {
 }
 
 /// Rewrites the policy file and sends SIGHUP every 0.5–2 s, once the broker serves AMQP
-/// (it accepts TCP connections before it has recovered and set up its SIGHUP handler, and
-/// a SIGHUP before that ends it).
+/// (it accepts TCP connections before it has recovered and listens for reloads).
 async fn reload_policies(
     path: PathBuf,
     broker: SocketAddr,

@@ -368,3 +368,35 @@ async fn a_definition_that_cannot_be_stored_is_refused_not_confirmed() {
     broker.terminate();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// SIGHUP asks for a reload and never ends the broker, not even while it recovers: the
+/// port accepts connections from the moment it is bound, before recovery, so that is
+/// when a supervisor's or a test's first SIGHUP can come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hangup_while_starting_does_not_end_the_broker() {
+    let dir = temp_data_dir("hangup-start");
+    let broker = WarrenProcess::start(&dir).await;
+    let (conn, channel) = connect(&broker).await;
+    let names: Vec<String> = (0..50).map(|i| format!("kept-{i}")).collect();
+    for name in &names {
+        within(
+            "queue.declare",
+            channel.queue_declare(name.as_str().into(), durable(), FieldTable::default()),
+        )
+        .await
+        .expect("declare");
+    }
+    drop(conn);
+    broker.terminate();
+
+    let mut broker = WarrenProcess::start(&dir).await;
+    broker.hang_up();
+    let (conn, _) = connect(&broker).await;
+    for name in &names {
+        assert!(queue_exists(&conn, name).await, "{name} was not recovered");
+    }
+    drop(conn);
+    assert_eq!(broker.exit_status(), None, "SIGHUP ended the broker");
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}

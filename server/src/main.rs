@@ -48,6 +48,12 @@ fn start() -> anyhow::Result<()> {
     // Test builds (`deadlock-detection`) abort with every thread's stack on a stall.
     warren::watchdog::watch_runtime(runtime.handle());
     runtime.block_on(async {
+        // From here on SIGHUP never ends the broker: clients can connect once the port is
+        // bound, long before recovery ends and the reload task listens; one that comes
+        // before then finds nothing yet to reload.
+        #[cfg(unix)]
+        let _hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("cannot handle SIGHUP")?;
         let addr = (config.bind, config.port);
         let listener = tokio::net::TcpListener::bind(addr)
             .await

@@ -21,8 +21,8 @@ use crate::shutdown::Shutdown;
 /// How long connections get to close after the stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Reads the policy file again on every SIGHUP, as long as the broker runs.
-async fn reload_policies_on_hangup(broker: std::sync::Weak<Broker>) {
+/// Reads the policy file (if any) again on every SIGHUP, as long as the broker runs.
+async fn reload_on_hangup(broker: std::sync::Weak<Broker>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -66,9 +66,7 @@ pub async fn run(
             config.data_dir.clone(),
         );
     }
-    if broker.config().policies.is_some() {
-        tokio::spawn(reload_policies_on_hangup(Arc::downgrade(&broker)));
-    }
+    tokio::spawn(reload_on_hangup(Arc::downgrade(&broker)));
     let (stop, stopping) = watch::channel(false);
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {
