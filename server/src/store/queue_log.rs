@@ -404,8 +404,12 @@ impl QueueLog {
             let acks_path = log.dir.join(format::acks_file_name(n));
             let entries = read_acks(&*log.fs, &acks_path, &mut recovery.warnings)?;
             let scan = scan_segment(&*log.fs, &seg_path, &entries)?;
+            if !scan.holes.is_empty() {
+                // Messages lost in the middle of a log: more than the torn tail a crash
+                // leaves, which its owner reports with the other warnings.
+                tracing::error!(segment = %seg_path.display(), holes = scan.holes.len(), "damaged records skipped; the messages in them are lost");
+            }
             for note in &scan.notes {
-                tracing::error!(segment = %seg_path.display(), "{note}");
                 recovery
                     .warnings
                     .push(format!("{}: {note}", seg_path.display()));
