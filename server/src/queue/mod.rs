@@ -1111,7 +1111,23 @@ impl Queue {
     pub fn purge(self: &Arc<Self>) -> u32 {
         let mut st = self.state.lock();
         let count = st.ready_count();
-        for message in st.ready.take_all() {
+        let taken = st.ready.take_all();
+        let logged = taken.iter().filter(|m| m.position.is_some()).count() as u64;
+        let unread = st.paged + st.purged;
+        if let Some(log) = st.log.as_mut()
+            && log.live_messages() == logged + unread
+        {
+            // Nothing in the log is unacked or moving: all of it goes, a file per segment
+            // rather than a record per message.
+            if let Err(error) = log.purge() {
+                tracing::warn!(queue = %self.name, %error, "cannot remove a purged segment yet; the next sync retries");
+            }
+            st.paged = 0;
+            st.paged_bytes = 0;
+            st.purged = 0;
+            return u32::try_from(count).unwrap_or(u32::MAX);
+        }
+        for message in taken {
             st.forget(&message);
         }
         // Those only in the log leave it a slice per wake-up, unread by anyone.
@@ -1437,14 +1453,8 @@ mod tests {
         assert!(!queue.state.lock().discard_due);
     }
 
-    /// A purge of a backlog that is mostly only in the log answers at once; the log
-    /// records go a slice per wake-up, and messages published meanwhile are kept.
-    #[test]
-    fn a_purge_leaves_the_log_in_slices_and_keeps_later_messages() {
-        let dir = crate::store::test_support::TempDir::new("purge-slices");
-        let log = QueueLog::create(dir.path(), crate::store::format::DEFAULT_SEGMENT_SIZE)
-            .expect("create a log");
-        let queue = Arc::new(Queue::new(
+    fn durable_queue_on(log: QueueLog) -> Arc<Queue> {
+        Arc::new(Queue::new(
             "q".into(),
             "/",
             QueueSettings {
@@ -1454,26 +1464,71 @@ mod tests {
             Some(log),
             &Recovery::default(),
             QueueEnv::for_tests(),
-        ));
-        let persistent = Handling {
-            persistent: true,
-            ..Handling::default()
-        };
+        ))
+    }
+
+    const PERSISTENT: Handling = Handling {
+        persistent: true,
+        ttl_ms: None,
+        priority: 0,
+        compacted: false,
+    };
+
+    /// Publishes persistent messages `0..n`, more than fit in memory.
+    fn publish_backlog(queue: &Arc<Queue>, n: usize) {
         let mut effects = Effects::default();
-        let backlog = 3 * Paging::DEFAULT.discard_slice;
-        for n in 0..backlog {
+        for i in 0..n {
             queue
-                .publish(message(n), persistent, &mut effects)
+                .publish(message(i), PERSISTENT, &mut effects)
                 .expect("publish");
         }
+    }
+
+    /// A purge while nothing is unacked drops the whole log at once, a file per segment:
+    /// nothing is left to work off, and a message published right after is the next one.
+    #[test]
+    fn a_purge_with_nothing_unacked_drops_the_whole_log_at_once() {
+        let dir = crate::store::test_support::TempDir::new("purge-whole");
+        let log = QueueLog::create(dir.path(), 64 * 1024).expect("create a log");
+        let queue = durable_queue_on(log);
+        let backlog = 3 * Paging::DEFAULT.discard_slice;
+        publish_backlog(&queue, backlog);
         assert_eq!(queue.purge() as usize, backlog);
+        {
+            let st = queue.state.lock();
+            assert_eq!((st.purged, st.paged), (0, 0));
+            assert_eq!(st.log.as_ref().map(QueueLog::live_messages), Some(0));
+            assert_eq!(st.log.as_ref().map(QueueLog::segment_count), Some(0));
+        }
+        let mut effects = Effects::default();
+        queue
+            .publish(message(backlog), PERSISTENT, &mut effects)
+            .expect("publish after the purge");
+        let (got, left) = queue.get(true, &mut effects).expect("the later message");
+        assert_eq!(got.message.body, Bytes::from(backlog.to_string()));
+        assert_eq!(left, 0);
+    }
+
+    /// A purge while a message is unacked answers at once; the purged records go a
+    /// slice per wake-up, and messages published meanwhile are kept.
+    #[test]
+    fn a_purge_beside_an_unacked_message_leaves_the_log_in_slices() {
+        let dir = crate::store::test_support::TempDir::new("purge-slices");
+        let log = QueueLog::create(dir.path(), crate::store::format::DEFAULT_SEGMENT_SIZE)
+            .expect("create a log");
+        let queue = durable_queue_on(log);
+        let backlog = 3 * Paging::DEFAULT.discard_slice;
+        publish_backlog(&queue, backlog);
+        let mut effects = Effects::default();
+        let (held, _) = queue.get(false, &mut effects).expect("the first message");
+        assert_eq!(queue.purge() as usize, backlog - 1);
         assert_eq!(queue.message_count(), 0);
         assert!(
             queue.state.lock().purged > 0,
             "the log was worked off at once"
         );
         queue
-            .publish(message(backlog), persistent, &mut effects)
+            .publish(message(backlog), PERSISTENT, &mut effects)
             .expect("publish after the purge");
         assert_eq!(queue.message_count(), 1);
         while queue.state.lock().discard_due {
@@ -1482,9 +1537,60 @@ mod tests {
         let (got, left) = queue.get(true, &mut effects).expect("the later message");
         assert_eq!(got.message.body, Bytes::from(backlog.to_string()));
         assert_eq!(left, 0);
+        queue.settle([held]);
         let st = queue.state.lock();
         assert_eq!(st.purged, 0);
         assert_eq!(st.log.as_ref().map(QueueLog::live_messages), Some(0));
+    }
+
+    /// A sliced purge whose log cannot be read for now leaves the rest to the queue's
+    /// next read, instead of waking itself again and again on a log that keeps failing.
+    #[test]
+    fn a_purge_on_an_unreadable_log_does_not_spin() {
+        use crate::store::sim::{Fault, Op, SimFs};
+        let sim = SimFs::new();
+        sim.mkdir_durable(std::path::Path::new("/q"));
+        let log = QueueLog::create_in(
+            sim.shared(),
+            "/q/log",
+            crate::store::format::DEFAULT_SEGMENT_SIZE,
+        )
+        .expect("create a log");
+        let queue = durable_queue_on(log);
+        let backlog = 3 * Paging::DEFAULT.discard_slice;
+        publish_backlog(&queue, backlog);
+        let mut effects = Effects::default();
+        let (_held, _) = queue.get(false, &mut effects).expect("the first message");
+        sim.inject(Fault {
+            op: Op::Read,
+            path: String::new(),
+            skip: 0,
+            times: usize::MAX,
+            errno: rustix::io::Errno::IO.raw_os_error(),
+            torn: false,
+        });
+        assert_eq!(queue.purge() as usize, backlog - 1);
+        queue.wake(now_ms(), &mut effects);
+        {
+            let st = queue.state.lock();
+            assert!(st.purged > 0, "nothing could be read");
+            assert!(
+                !st.discard_due,
+                "a failing log must not wake its queue again"
+            );
+        }
+        sim.clear_faults();
+        queue
+            .publish(message(backlog), PERSISTENT, &mut effects)
+            .expect("publish after the purge");
+        while queue.state.lock().purged > 0 {
+            assert!(queue.get(true, &mut effects).is_none());
+            while queue.state.lock().discard_due {
+                queue.wake(now_ms(), &mut effects);
+            }
+        }
+        let (got, _) = queue.get(true, &mut effects).expect("the later message");
+        assert_eq!(got.message.body, Bytes::from(backlog.to_string()));
     }
 
     /// A consumer that looked the queue up before it was deleted is refused, instead of

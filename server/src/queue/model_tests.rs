@@ -717,14 +717,30 @@ impl Model {
         }
     }
 
-    /// `queue.purge`: what is in memory goes at once, what is only in the log is read
-    /// out of it a slice per wake-up (and comes back if a restart comes first).
+    /// `queue.purge`: what is in memory goes at once; when the log holds nothing else
+    /// (nothing unacked, nothing moving), all of it goes at once too; otherwise what is
+    /// only in the log is read out of it a slice per wake-up (and comes back if a
+    /// restart comes first).
     fn purge(&mut self) -> usize {
         let count = self.count();
+        let ready: BTreeSet<u64> = self
+            .mem
+            .iter()
+            .map(|&(_, id)| id)
+            .chain(self.paged.iter().copied())
+            .chain(self.purged.iter().copied())
+            .collect();
+        let whole_log = self.live.iter().all(|id| ready.contains(id));
         for (_, id) in std::mem::take(&mut self.mem) {
             self.forget(id);
         }
         self.mem_bytes = 0;
+        if whole_log {
+            self.live.clear();
+            self.paged.clear();
+            self.purged.clear();
+            return count;
+        }
         self.purged.extend(self.paged.drain(..));
         if !self.purged.is_empty() {
             self.discard_due = true;
