@@ -1610,6 +1610,9 @@ fn enqueue_moved(
 }
 
 #[cfg(test)]
+mod crash_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::test_support::TempDir;
