@@ -120,7 +120,7 @@ enum Settled {
 
 /// One message in one queue, as the workload knows it.
 #[derive(Debug, Default)]
-struct Copy {
+struct MessageCopy {
     /// Its log record was written (for a moved copy: the move is known to be taken).
     written: bool,
     /// A round after the write reported its queue durable.
@@ -148,7 +148,7 @@ struct Definition {
 #[derive(Debug, Default)]
 struct Ledger {
     /// By (queue, message id).
-    copies: BTreeMap<(String, u32), Copy>,
+    copies: BTreeMap<(String, u32), MessageCopy>,
     /// By key ("exchange e", "queue q", "binding e q key").
     definitions: BTreeMap<String, Definition>,
     /// How far the workload's clock was moved ahead of the wall clock.
@@ -182,7 +182,7 @@ impl Ledger {
         }
     }
 
-    fn copy(&mut self, queue: &str, id: u32) -> &mut Copy {
+    fn copy(&mut self, queue: &str, id: u32) -> &mut MessageCopy {
         self.copies.entry((queue.to_owned(), id)).or_default()
     }
 
