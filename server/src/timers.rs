@@ -19,11 +19,39 @@ pub trait Wake: Send + Sync {
     fn wake(self: Arc<Self>, now_ms: u64);
 }
 
-/// The current wall-clock time in milliseconds since the Unix epoch.
+/// The current wall-clock time in milliseconds since the Unix epoch (in tests, moved on
+/// by what the calling thread set with [`skew_clock_for_tests`]).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
+    let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    #[cfg(test)]
+    let now = now.saturating_add(TEST_SKEW.with(std::cell::Cell::get));
+    now
+}
+
+#[cfg(test)]
+thread_local! {
+    static TEST_SKEW: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Moves the clock of the calling thread `ms` ahead of the wall clock until the guard is
+/// dropped: a test can then let TTLs and delays run out without waiting for them.
+#[cfg(test)]
+pub(crate) fn skew_clock_for_tests(ms: u64) -> ClockSkew {
+    ClockSkew(TEST_SKEW.with(|skew| skew.replace(ms)))
+}
+
+/// Puts back the clock skew a test replaced, when dropped.
+#[cfg(test)]
+#[derive(Debug)]
+pub(crate) struct ClockSkew(u64);
+
+#[cfg(test)]
+impl Drop for ClockSkew {
+    fn drop(&mut self) {
+        TEST_SKEW.with(|skew| skew.set(self.0));
+    }
 }
 
 struct Entry {

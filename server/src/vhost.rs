@@ -1672,6 +1672,9 @@ fn enqueue_moved(
 }
 
 #[cfg(test)]
+mod crash_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::test_support::TempDir;

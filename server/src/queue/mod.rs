@@ -48,7 +48,7 @@ use crate::store::{
 use crate::timers::{Timers, Wake, now_ms};
 use arguments::{DeadLetterStrategy, Overflow, QueueArguments, QueueType};
 use dead_letter::{DeadLetter, DeathReason};
-use paging::Paging;
+pub(crate) use paging::Paging;
 use ready::Ready;
 
 /// Identifies a consumer across the broker (unique for the broker's lifetime).

@@ -52,6 +52,10 @@ pub struct BrokerStore {
     /// commit thread behind their back.
     #[cfg(test)]
     manual_rounds: bool,
+    /// With manual rounds: the commit requests made meanwhile, each with what to run
+    /// once it is served, waiting for the next [`commit_now`](Self::commit_now).
+    #[cfg(test)]
+    held: Held,
     /// Ids of the queue logs this store created or opened: never orphans, whatever the
     /// definitions say (a log created during restore, a record that failed).
     known_ids: Mutex<HashSet<String>>,
@@ -129,6 +133,8 @@ impl BrokerStore {
                 fd_budget: FdBudget::from_rlimit(),
                 #[cfg(test)]
                 manual_rounds: false,
+                #[cfg(test)]
+                held: Held::default(),
                 known_ids: Mutex::new(HashSet::new()),
             },
             defs,
@@ -278,6 +284,10 @@ impl BrokerStore {
         targets: Vec<Arc<dyn SyncTarget>>,
         then: impl FnOnce(bool) + Send + 'static,
     ) {
+        #[cfg(test)]
+        if self.manual_rounds {
+            return self.hold(targets, Box::new(then));
+        }
         self.commit.submit_then(targets, then);
     }
 
@@ -287,7 +297,26 @@ impl BrokerStore {
         targets: Vec<Arc<dyn SyncTarget>>,
         done: Option<tokio::sync::oneshot::Sender<bool>>,
     ) {
+        #[cfg(test)]
+        if self.manual_rounds {
+            return self.hold(
+                targets,
+                Box::new(move |durable| {
+                    if let Some(done) = done {
+                        let _ = done.send(durable);
+                    }
+                }),
+            );
+        }
         self.commit.submit(targets, done);
+    }
+
+    /// Keeps a commit request for the next manual round.
+    #[cfg(test)]
+    fn hold(&self, targets: Vec<Arc<dyn SyncTarget>>, then: Box<dyn FnOnce(bool) + Send>) {
+        if let Ok(mut held) = self.held.0.lock() {
+            held.push(HeldRequest { targets, then });
+        }
     }
 
     /// Uses `size` as the segment size of queue logs (tests roll segments often).
@@ -296,25 +325,60 @@ impl BrokerStore {
         self.segment_size = size;
     }
 
-    /// Leaves every commit round to [`commit_now`](Self::commit_now).
+    /// Leaves every commit round to [`commit_now`](Self::commit_now): commit requests
+    /// (`commit`, `commit_then`) wait for it instead of going to the commit thread, so
+    /// that a test sees every file-system call in an order it chose.
     #[cfg(test)]
     pub(crate) fn set_manual_rounds(&mut self) {
         self.manual_rounds = true;
     }
 
-    /// One group-commit round on the caller's thread (tests drive rounds one by one).
+    /// One group-commit round on the caller's thread (tests drive rounds one by one):
+    /// over `targets` and the targets of every request held since the last round, whose
+    /// follow-up then runs with its own outcome.
     #[cfg(test)]
     pub(crate) fn commit_now(
         &self,
         targets: &Vec<Arc<dyn SyncTarget>>,
     ) -> super::commit::RoundOutcome {
-        super::commit::commit_round(
+        let held = self
+            .held
+            .0
+            .lock()
+            .map(|mut held| std::mem::take(&mut *held))
+            .unwrap_or_default();
+        let outcome = super::commit::commit_round(
             &self.definitions,
             &self.writers,
             &self.syncer,
             &self.retired,
-            std::iter::once(targets),
-        )
+            std::iter::once(targets).chain(held.iter().map(|request| &request.targets)),
+        );
+        for request in held {
+            (request.then)(request.targets.iter().all(|t| outcome.durable(t)));
+        }
+        outcome
+    }
+}
+
+/// A commit request held for a manual round: its targets, and what runs once the
+/// round served it, with whether they were made durable.
+#[cfg(test)]
+struct HeldRequest {
+    targets: Vec<Arc<dyn SyncTarget>>,
+    then: Box<dyn FnOnce(bool) + Send>,
+}
+
+/// The commit requests held for the next manual round.
+#[cfg(test)]
+#[derive(Default)]
+struct Held(Mutex<Vec<HeldRequest>>);
+
+#[cfg(test)]
+impl std::fmt::Debug for Held {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let held = self.0.lock().map_or(0, |held| held.len());
+        f.debug_struct("Held").field("requests", &held).finish()
     }
 }
 
