@@ -124,13 +124,13 @@ pub fn not_stored(kind: &str, name: &str, vhost: &str, reason: &str) -> AmqpErro
     )
 }
 
-/// 541 INTERNAL_ERROR: a durable deletion could not be written to the store; the thing
-/// is gone until the next restart brings it back with what it held.
+/// 541 INTERNAL_ERROR: a durable deletion could not be written to the store yet; it is
+/// retried, and a restart before it is stored brings the thing back with what it held.
 pub fn deletion_not_stored(kind: &str, name: &str, vhost: &str, reason: &str) -> AmqpError {
     AmqpError::new(
         ReplyCode::InternalError,
         format!(
-            "cannot store the deletion of {kind} '{name}' in vhost '{vhost}': {reason}; it comes back at the next restart"
+            "cannot store the deletion of {kind} '{name}' in vhost '{vhost}' yet: {reason}; it is retried, and a restart before then brings the {kind} back"
         ),
     )
 }

@@ -9,12 +9,12 @@
 //! the store sees changes in the order the registry made them.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
 use amqp_codec::ShortStr;
 use amqp_codec::amq_protocol::types::FieldTable;
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::error::{self, AmqpError, AmqpResult};
 use crate::exchange::{
@@ -30,9 +30,7 @@ use crate::queue::{
     ConnectionId, Effects, Enqueued, Move, MoveRoute, Queue, QueueDeclare, QueueEnv, QueueSettings,
 };
 use crate::store::definitions::{BindingDef, Change, Definitions, ExchangeDef, QueueDef};
-use crate::store::{
-    BrokerStore, PendingDefinitions, QueueLog, Recovery, SegmentPosition, SyncTarget,
-};
+use crate::store::{BrokerStore, QueueLog, Recovery, SegmentPosition, SyncTarget};
 use crate::timers::{Timers, Wake, now_ms};
 use amqp_codec::ReplyCode;
 
@@ -53,16 +51,6 @@ pub struct VHost {
     /// The broker's queued messages take more memory than the spill budget; shared
     /// with its queues, which then spill early.
     memory_tight: Arc<AtomicBool>,
-    /// Definition changes made under a registry lock, in that order, waiting to be
-    /// written to the store once the lock is released.
-    unwritten: Mutex<Vec<(Change, Option<u64>)>>,
-    /// Tickets of the checked changes whose write failed, with why, until their
-    /// writer asks ([`written`](Self::written)).
-    failed_writes: Mutex<Vec<(u64, String)>>,
-    /// The next ticket of a checked change.
-    next_ticket: AtomicU64,
-    /// Held while writing `unwritten` out, so that writers keep the registry's order.
-    writing: Mutex<()>,
     /// Itself, for the clocks of its queues, which wake it to carry out their effects.
     me: Weak<VHost>,
     /// Set while [`restore`](Self::restore) runs: queues' clocks do nothing until every
@@ -74,24 +62,6 @@ pub struct VHost {
     /// write them then.
     #[cfg(test)]
     stall_writes: AtomicBool,
-}
-
-impl PendingDefinitions for VHost {
-    fn write_pending(&self) {
-        let Some(store) = &self.store else {
-            return;
-        };
-        let _order = self.writing.lock();
-        let changes = std::mem::take(&mut *self.unwritten.lock());
-        for (change, ticket) in &changes {
-            if let Err(error) = store.try_record(change) {
-                tracing::error!(%error, ?change, "cannot record a definitions change");
-                if let Some(ticket) = ticket {
-                    self.failed_writes.lock().push((*ticket, error.to_string()));
-                }
-            }
-        }
-    }
 }
 
 /// What the timers wake for one queue: asks it what is due and carries out the effects
@@ -163,19 +133,11 @@ impl VHost {
             timers,
             policies,
             memory_tight: Arc::default(),
-            unwritten: Mutex::default(),
-            failed_writes: Mutex::default(),
-            next_ticket: AtomicU64::new(1),
-            writing: Mutex::default(),
             me: me.clone(),
             restoring: AtomicBool::new(false),
             #[cfg(test)]
             stall_writes: AtomicBool::new(false),
         });
-        if let Some(store) = &vhost.store {
-            let writer: Weak<dyn PendingDefinitions> = vhost.me.clone();
-            store.add_writer(writer);
-        }
         vhost.apply_policies();
         vhost
     }
@@ -226,31 +188,26 @@ impl VHost {
         count
     }
 
-    /// Drops a deleted durable queue's messages from memory when its deletion could not
-    /// be written: the log stays on disk, so that the queue comes back whole at the next
-    /// start rather than as a stored queue without its messages.
-    fn abandon_queue(&self, queue: &Queue) -> u32 {
-        let (count, _kept) = queue.delete();
-        count
-    }
-
     /// Drops a removed queue: discarded with its log if its deletion (`ticket`) was
-    /// written, else abandoned with the log kept; the write's error in that case.
+    /// stored; else its messages leave memory but its log is kept, durable, until the
+    /// store manages to write the deletion (a restart before then brings the queue back
+    /// whole, not as a stored queue without its messages). The write's error then.
     fn drop_removed(&self, queue: &Queue, ticket: Option<u64>) -> Result<u32, String> {
-        match self.written(ticket) {
-            Ok(()) => Ok(self.discard_queue(queue)),
-            Err(reason) => {
-                self.abandon_queue(queue);
-                Err(reason)
-            }
+        let reason = match self.written(ticket) {
+            Ok(()) => return Ok(self.discard_queue(queue)),
+            Err(reason) => reason,
+        };
+        if let (Some(store), Some(log)) = (&self.store, queue.abandon()) {
+            store.keep_undeleted(&self.name, queue.name(), log);
         }
+        Err(reason)
     }
 
     /// Queues a definitions change; the caller holds the registry lock that orders it
     /// and calls [`write_changes`](Self::write_changes) once it is released.
     fn queue_change(&self, change: Change) {
-        if self.store.is_some() {
-            self.unwritten.lock().push((change, None));
+        if let Some(store) = &self.store {
+            store.pending().queue(change);
         }
     }
 
@@ -259,23 +216,15 @@ impl VHost {
     /// [`written`](Self::written) about once [`write_changes`](Self::write_changes)
     /// returned.
     fn queue_checked_change(&self, change: Change) -> Option<u64> {
-        self.store.as_ref()?;
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
-        self.unwritten.lock().push((change, Some(ticket)));
-        Some(ticket)
+        Some(self.store.as_ref()?.pending().queue_checked(change))
     }
 
-    /// Whether the checked change of `ticket` was written, and if not, why. Only
-    /// meaningful after [`write_changes`](Self::write_changes) returned: every change
-    /// queued before it was written by then, by this caller or another.
+    /// Whether the checked change of `ticket` was stored, and if not, why. Only
+    /// meaningful after [`write_changes`](Self::write_changes) returned.
     fn written(&self, ticket: Option<u64>) -> Result<(), String> {
-        let Some(ticket) = ticket else {
-            return Ok(());
-        };
-        let mut failed = self.failed_writes.lock();
-        match failed.iter().position(|(t, _)| *t == ticket) {
-            Some(at) => Err(failed.swap_remove(at).1),
-            None => Ok(()),
+        match (&self.store, ticket) {
+            (Some(store), Some(ticket)) => store.pending().written(ticket),
+            _ => Ok(()),
         }
     }
 
@@ -286,7 +235,9 @@ impl VHost {
         if self.stall_writes.load(Ordering::Acquire) {
             return;
         }
-        self.write_pending();
+        if let Some(store) = &self.store {
+            store.write_pending();
+        }
     }
 
     /// Carries out what queue operations left to do: moves messages between queues
@@ -1841,64 +1792,199 @@ mod tests {
         assert_eq!(recovery.messages, 1);
     }
 
+    /// A durable vhost on a simulated file system, for tests that inject faults.
+    struct SimVHost {
+        sim: crate::store::sim::SimFs,
+        store: Arc<BrokerStore>,
+        vhost: Arc<VHost>,
+    }
+
+    const SIM_DATA: &str = "/data";
+
+    impl SimVHost {
+        fn new() -> Self {
+            let sim = crate::store::sim::SimFs::new();
+            sim.mkdir_durable(std::path::Path::new(SIM_DATA));
+            let (store, _, _) =
+                BrokerStore::open_in(sim.shared(), std::path::Path::new(SIM_DATA), None)
+                    .expect("open");
+            let store = Arc::new(store);
+            let timers = Arc::new(Timers::start().expect("timer thread"));
+            let vhost = VHost::new("/", Some(store.clone()), timers, Arc::default());
+            Self { sim, store, vhost }
+        }
+
+        /// A commit round over `targets`: whether they were made durable.
+        fn commit(&self, targets: Vec<Arc<dyn SyncTarget>>) -> bool {
+            let (done, durable) = tokio::sync::oneshot::channel();
+            self.store.commit(targets, Some(done));
+            durable.blocking_recv() == Ok(true)
+        }
+
+        fn publish(&self, queue: &Arc<Queue>, body: &str) {
+            let message = Message {
+                exchange: "".into(),
+                routing_key: queue.name().to_string().into(),
+                properties: bytes::Bytes::new(),
+                body: bytes::Bytes::from(body.to_owned()),
+            };
+            let persistent = Handling {
+                persistent: true,
+                ..Handling::default()
+            };
+            queue
+                .publish(message, persistent, &mut Effects::default())
+                .expect("publish");
+        }
+
+        /// Makes every write to the definitions log fail (disk full).
+        fn fail_definitions(&self) {
+            self.sim.inject(crate::store::sim::Fault {
+                op: crate::store::sim::Op::Write,
+                path: "definitions.log".into(),
+                skip: 0,
+                times: usize::MAX,
+                errno: rustix::io::Errno::NOSPC.raw_os_error(),
+                torn: false,
+            });
+        }
+
+        /// Stops the broker and opens what a power loss leaves (`lose_unsynced`) or
+        /// what a clean stop leaves: the definitions, and each stored queue's message
+        /// count by name.
+        fn restart(self, lose_unsynced: bool) -> (Definitions, Vec<(String, u64)>) {
+            let after = if lose_unsynced {
+                self.sim
+                    .power_loss(crate::store::sim::PowerLoss::DropUnsynced)
+            } else {
+                self.sim.clone()
+            };
+            drop((self.vhost, self.store));
+            let (store, defs, _) =
+                BrokerStore::open_in(after.shared(), std::path::Path::new(SIM_DATA), None)
+                    .expect("reopen");
+            let counts = defs
+                .queues
+                .iter()
+                .map(|q| {
+                    let (_, recovery) = store.open_queue_log(&q.id).expect("open a log");
+                    (q.name.clone(), recovery.messages)
+                })
+                .collect();
+            (defs, counts)
+        }
+    }
+
     /// A deletion that cannot be stored is refused with 541 and keeps the queue's log:
     /// the restart that brings the stored queue back brings its messages too.
     #[test]
     fn a_deletion_that_cannot_be_stored_keeps_the_queues_messages() {
-        use crate::store::sim::{Fault, Op, SimFs};
-        let data = std::path::Path::new("/data");
-        let sim = SimFs::new();
-        sim.mkdir_durable(data);
-        let (store, _, _) = BrokerStore::open_in(sim.shared(), data, None).expect("open");
-        let store = Arc::new(store);
-        let timers = Arc::new(Timers::start().expect("timer thread"));
-        let vhost = VHost::new("/", Some(store.clone()), timers, Arc::default());
-        let (queue, _) = vhost
+        let sim = SimVHost::new();
+        let (queue, _) = sim
+            .vhost
             .declare_queue(durable_queue("doomed"), 1)
             .expect("declare the queue");
-        let persistent = Handling {
-            persistent: true,
-            ..Handling::default()
-        };
-        let mut effects = Effects::default();
         for n in 0..3 {
-            let message = Message {
-                exchange: "".into(),
-                routing_key: "doomed".into(),
-                properties: bytes::Bytes::new(),
-                body: bytes::Bytes::from(format!("m{n}")),
-            };
-            queue
-                .publish(message, persistent, &mut effects)
-                .expect("publish");
+            sim.publish(&queue, &format!("m{n}"));
         }
-        let commit = |targets: Vec<Arc<dyn SyncTarget>>| {
-            let (done, durable) = tokio::sync::oneshot::channel();
-            store.commit(targets, Some(done));
-            durable.blocking_recv()
-        };
-        assert_eq!(commit(vec![queue.clone()]), Ok(true), "confirmed");
-        sim.inject(Fault {
-            op: Op::Write,
-            path: "definitions.log".into(),
-            skip: 0,
-            times: usize::MAX,
-            errno: rustix::io::Errno::NOSPC.raw_os_error(),
-            torn: false,
-        });
-        let refused = vhost
+        assert!(sim.commit(vec![queue.clone()]), "confirmed");
+        sim.fail_definitions();
+        let refused = sim
+            .vhost
             .delete_queue("doomed", 1, false, false)
             .expect_err("a deletion that is not stored");
         assert_eq!(refused.code, ReplyCode::InternalError);
         // A round after the deletion: a retired log would be removed by now.
-        assert_eq!(commit(Vec::new()), Ok(true));
-        sim.clear_faults();
-        drop((queue, vhost, store));
-        let (store, defs, _) = BrokerStore::open_in(sim.shared(), data, None).expect("reopen");
-        let stored = defs.queues.iter().find(|q| q.name == "doomed");
-        let stored = stored.expect("the deletion was not stored, so the queue is");
-        let (_, recovery) = store.open_queue_log(&stored.id).expect("open its log");
-        assert_eq!(recovery.messages, 3, "and so are its messages");
+        assert!(sim.commit(Vec::new()));
+        drop(queue);
+        let (_, counts) = sim.restart(false);
+        assert_eq!(
+            counts,
+            [("doomed".to_owned(), 3)],
+            "the queue comes back whole"
+        );
+    }
+
+    /// A message written to a queue just before its deletion failed to be stored is
+    /// confirmed only once it is durable: that queue comes back after a power loss.
+    #[test]
+    fn a_queue_whose_deletion_is_not_stored_keeps_what_was_confirmed_into_it() {
+        let sim = SimVHost::new();
+        let (queue, _) = sim
+            .vhost
+            .declare_queue(durable_queue("q"), 1)
+            .expect("declare the queue");
+        assert!(sim.commit(Vec::new()), "the queue is durable");
+        sim.publish(&queue, "m");
+        sim.fail_definitions();
+        sim.vhost
+            .delete_queue("q", 1, false, false)
+            .expect_err("a deletion that is not stored");
+        assert!(sim.commit(vec![queue.clone()]), "the message is confirmed");
+        drop(queue);
+        let (_, counts) = sim.restart(true);
+        assert_eq!(counts, [("q".to_owned(), 1)]);
+    }
+
+    /// A deletion that could not be stored is written again by later commits: once the
+    /// disk recovers, the queue is gone for good and its log is removed.
+    #[test]
+    fn a_deletion_that_failed_is_stored_once_the_disk_recovers() {
+        let sim = SimVHost::new();
+        let (queue, _) = sim
+            .vhost
+            .declare_queue(durable_queue("q"), 1)
+            .expect("declare the queue");
+        sim.publish(&queue, "m");
+        assert!(sim.commit(vec![queue.clone()]));
+        drop(queue);
+        sim.fail_definitions();
+        sim.vhost
+            .delete_queue("q", 1, false, false)
+            .expect_err("a deletion that is not stored");
+        sim.sim.clear_faults();
+        assert!(sim.commit(Vec::new()));
+        let logs = sim.sim.clone();
+        let (defs, _) = sim.restart(true);
+        assert!(defs.queues.is_empty(), "{:?}", defs.queues);
+        let queues = std::path::Path::new(SIM_DATA).join("queues");
+        assert_eq!(
+            crate::store::fs::FileSystem::read_dir(&logs, &queues).map_or(0, |d| d.len()),
+            0,
+            "the log was removed"
+        );
+    }
+
+    /// A queue declared anew under the name of one whose deletion could not be stored
+    /// replaces it in the store, without the old one's bindings, and the old log goes.
+    #[test]
+    fn a_queue_declared_after_a_failed_deletion_does_not_inherit_its_bindings() {
+        let sim = SimVHost::new();
+        sim.vhost
+            .declare_queue(durable_queue("q"), 1)
+            .expect("declare the queue");
+        sim.vhost
+            .bind("q", "amq.direct", "k", FieldTable::default(), 1)
+            .expect("bind");
+        assert!(sim.commit(Vec::new()));
+        sim.fail_definitions();
+        sim.vhost
+            .delete_queue("q", 1, false, false)
+            .expect_err("a deletion that is not stored");
+        sim.sim.clear_faults();
+        let (fresh, _) = sim
+            .vhost
+            .declare_queue(durable_queue("q"), 1)
+            .expect("declare it again");
+        drop(fresh);
+        assert!(sim.commit(Vec::new()));
+        let (defs, _) = sim.restart(true);
+        assert_eq!(defs.queues.len(), 1);
+        assert!(
+            !defs.bindings.iter().any(|b| b.destination == "q"),
+            "{:?}",
+            defs.bindings
+        );
     }
 
     /// A binding racing the deletion of its exchange is never stored without it: after

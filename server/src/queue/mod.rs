@@ -205,6 +205,9 @@ struct QueueState {
     next_consumer: usize,
     had_consumer: bool,
     deleted: bool,
+    /// Deleted with appends whose sync failed (see [`Queue::abandon`]): none of them
+    /// may be reported durable.
+    lost_appends: bool,
     /// Some message in memory carries an expiry (so dispatch checks the clock).
     expiring: bool,
     /// The wake-up already asked of the timers (0: none).
@@ -1178,6 +1181,25 @@ impl Queue {
         (u32::try_from(count).unwrap_or(u32::MAX), durable)
     }
 
+    /// Like [`delete`](Self::delete), for a durable queue whose deletion could not be
+    /// stored: its log is made durable first and returned to be kept, since the stored
+    /// queue would come back with it at a restart. Should that sync fail, nothing
+    /// appended to the queue is reported durable from then on.
+    pub fn abandon(&self) -> Option<QueueLog> {
+        {
+            let mut st = self.state.lock();
+            st.deleted = true;
+            if !st.spill
+                && let Some(log) = st.log.as_mut()
+                && let Err(error) = log.sync()
+            {
+                tracing::error!(queue = %self.name, %error, "cannot sync the log of a queue whose deletion is not stored");
+                st.lost_appends = true;
+            }
+        }
+        self.delete().1
+    }
+
     /// Hands ready messages to consumers with credit, one at a time; expired messages met
     /// at the head on the way are dead-lettered instead.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, letters: &mut Vec<DeadLetter>) {
@@ -1325,7 +1347,14 @@ impl SyncTarget for Queue {
         if st.spill {
             return None;
         }
-        let log = st.log.as_mut()?;
+        let Some(log) = st.log.as_mut() else {
+            return st.lost_appends.then(|| {
+                Err(crate::store::StoreError::Poisoned(format!(
+                    "queue '{}' was deleted with appends not synced",
+                    self.name
+                )))
+            });
+        };
         Some(log.begin_sync().inspect_err(|error| {
             tracing::error!(queue = %self.name, %error, "cannot write the queue's log");
         }))
@@ -1333,13 +1362,10 @@ impl SyncTarget for Queue {
 
     fn complete_sync(&self, pending: PendingSync, result: &crate::store::Result<()>) -> bool {
         let mut st = self.state.lock();
-        if st.deleted {
-            // Deleted since its appends were written: nothing of it is to be kept, so
-            // nothing waits on it (a dead letter moved here was deleted with it).
-            return true;
-        }
         let Some(log) = st.log.as_mut() else {
-            return false;
+            // Deleted since its appends were written: they count as durable if the sync
+            // went through (a log kept because the deletion is not stored comes back).
+            return result.is_ok() && !st.lost_appends;
         };
         match log.complete_sync(pending, result) {
             Ok(_) => true,

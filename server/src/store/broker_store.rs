@@ -7,13 +7,14 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
-use super::commit::{GroupCommit, PendingDefinitions, Retired, SyncTarget, Writers};
-use super::definitions::{Change, DefinitionStore, Definitions, DefinitionsError};
+use super::commit::{GroupCommit, Retired, SyncTarget};
+use super::definitions::{DefinitionStore, Definitions, DefinitionsError};
 use super::fd_budget::FdBudget;
 use super::format::DEFAULT_SEGMENT_SIZE;
 use super::fs::{FsRef, RealFs};
+use super::pending::PendingChanges;
 use super::{DataDirLock, QueueLog, Recovery, Result, StoreError, Syncer};
 
 const QUEUES_DIR: &str = "queues";
@@ -36,8 +37,8 @@ pub struct BrokerStore {
     dir: PathBuf,
     _lock: Option<DataDirLock>,
     definitions: Arc<Mutex<DefinitionStore>>,
-    /// Whoever holds definitions changes not yet written; each commit round writes them.
-    writers: Arc<Writers>,
+    /// Definitions changes made but not yet written; each commit round writes them.
+    pending: Arc<PendingChanges>,
     /// Shared with the commit thread; tests run rounds through it directly.
     #[cfg_attr(not(test), allow(dead_code))]
     syncer: Arc<Syncer>,
@@ -101,10 +102,10 @@ impl BrokerStore {
         let definitions = Arc::new(Mutex::new(definitions));
         let syncer = Arc::new(Syncer::open(&fs, dir)?);
         let retired = Arc::new(Retired::default());
-        let writers = Arc::new(Writers::default());
+        let pending = Arc::new(PendingChanges::default());
         let commit = GroupCommit::start(
             definitions.clone(),
-            writers.clone(),
+            pending.clone(),
             syncer.clone(),
             retired.clone(),
         )
@@ -119,13 +120,17 @@ impl BrokerStore {
         }
         fs.create_dir_all(&spill)
             .map_err(StoreError::io("create directory", &spill))?;
+        // Their entries must be durable before any log in them is synced: a log syncs
+        // its own directory and its parent, not the data directory.
+        fs.sync_dir(dir)
+            .map_err(StoreError::io("fsync directory", dir))?;
         Ok((
             Self {
                 fs,
                 dir: dir.to_owned(),
                 _lock: lock,
                 definitions,
-                writers,
+                pending,
                 syncer,
                 retired,
                 commit,
@@ -142,22 +147,14 @@ impl BrokerStore {
         ))
     }
 
-    /// Appends a definitions change, durable at the next group commit. A failure is
-    /// logged; callers that can still refuse the operation use
-    /// [`try_record`](Self::try_record) instead.
-    pub fn record(&self, change: &Change) {
-        if let Err(error) = self.try_record(change) {
-            tracing::error!(%error, ?change, "cannot record a definitions change");
-        }
-    }
-
-    /// Appends a definitions change, durable at the next group commit; on failure nothing
-    /// of it is recorded, and the caller must refuse the operation (541 INTERNAL_ERROR)
-    /// rather than confirm what will not survive a restart.
+    /// Appends a definitions change at once, durable at the next group commit; on
+    /// failure nothing of it is recorded (store tests write changes directly; the
+    /// broker queues them in [`pending`](Self::pending)).
     ///
     /// # Errors
     /// The change could not be written.
-    pub fn try_record(&self, change: &Change) -> Result<()> {
+    #[cfg(test)]
+    pub(crate) fn try_record(&self, change: &super::definitions::Change) -> Result<()> {
         let mut defs = self
             .definitions
             .lock()
@@ -165,11 +162,24 @@ impl BrokerStore {
         defs.record(change).map_err(StoreError::Definitions)
     }
 
-    /// Has every commit round first write the changes `writer` holds, so that what is
-    /// confirmed never outruns the definitions it depends on.
-    pub fn add_writer(&self, writer: Weak<dyn PendingDefinitions>) {
-        if let Ok(mut writers) = self.writers.lock() {
-            writers.push(writer);
+    /// Where definitions changes made under registry locks wait to be written.
+    pub fn pending(&self) -> &PendingChanges {
+        &self.pending
+    }
+
+    /// Writes the pending definitions changes (see [`PendingChanges`]), in order; a
+    /// commit round then removes the logs this let go.
+    pub fn write_pending(&self) {
+        if self.pending.write(&self.definitions, &self.retired) {
+            self.ask_for_round();
+        }
+    }
+
+    /// The log of queue `name` of `vhost`, whose deletion could not be written: kept
+    /// until the deletion is stored (see [`PendingChanges`]).
+    pub fn keep_undeleted(&self, vhost: &str, name: &str, log: QueueLog) {
+        if let Some(log) = self.pending.keep_undeleted(vhost, name, log) {
+            self.retire_queue_log(log);
         }
     }
 
@@ -231,6 +241,11 @@ impl BrokerStore {
             Ok(mut retired) => retired.push(log),
             Err(_) => return,
         }
+        self.ask_for_round();
+    }
+
+    /// Has the commit thread run a round soon (tests with manual rounds run their own).
+    fn ask_for_round(&self) {
         #[cfg(test)]
         if self.manual_rounds {
             return;
@@ -349,7 +364,7 @@ impl BrokerStore {
             .unwrap_or_default();
         let outcome = super::commit::commit_round(
             &self.definitions,
-            &self.writers,
+            &self.pending,
             &self.syncer,
             &self.retired,
             std::iter::once(targets).chain(held.iter().map(|request| &request.targets)),
@@ -399,4 +414,37 @@ fn check_entries(fs: &FsRef, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoredMessage;
+    use crate::store::sim::{PowerLoss, SimFs};
+
+    /// The directories a fresh data directory gets are durable before anything goes
+    /// into them: a power loss during the very first run keeps what it confirmed.
+    #[test]
+    fn the_first_runs_confirmed_messages_survive_a_power_loss() {
+        let data = Path::new("/data");
+        let sim = SimFs::new();
+        sim.mkdir_durable(data);
+        let (store, _, _) = BrokerStore::open_in(sim.shared(), data, None).expect("open");
+        let mut log = store.create_queue_log("q").expect("create a log");
+        let message = StoredMessage {
+            exchange: "".into(),
+            routing_key: "q".into(),
+            properties: bytes::Bytes::new(),
+            body: bytes::Bytes::from_static(b"confirmed"),
+            expires_at_ms: 0,
+            persistent: true,
+        };
+        log.append(&message).expect("append");
+        log.sync().expect("sync");
+        let after = sim.power_loss(PowerLoss::DropUnsynced);
+        drop((log, store));
+        let (store, _, _) = BrokerStore::open_in(after.shared(), data, None).expect("reopen");
+        let (_, recovery) = store.open_queue_log("q").expect("open the log");
+        assert_eq!(recovery.messages, 1);
+    }
 }

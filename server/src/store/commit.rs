@@ -6,30 +6,19 @@
 //! an fsync runs are served together by the next one.
 
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 use tokio::sync::oneshot;
 
 use super::definitions::DefinitionStore;
+use super::pending::PendingChanges;
 use super::{PendingSync, QueueLog, Syncer};
 
 /// Logs of deleted queues, removed once the deletion is durable in the definitions:
 /// removing a log before that would, after a crash, bring the queue back without its
 /// messages.
 pub type Retired = Mutex<Vec<QueueLog>>;
-
-/// Something holding definitions changes already made but not yet written to the
-/// definitions log: a vhost between the registry lock that ordered them and their write.
-/// Every commit round has it write them before syncing the definitions, so that nothing
-/// confirmed into a queue is durable before the queue itself is.
-pub trait PendingDefinitions: Send + Sync {
-    /// Writes the changes it holds, in their order.
-    fn write_pending(&self);
-}
-
-/// The holders of pending definitions changes that every commit round asks.
-pub type Writers = Mutex<Vec<Weak<dyn PendingDefinitions>>>;
 
 /// Something whose appends a group commit makes durable (a queue with a log).
 pub trait SyncTarget: Send + Sync {
@@ -90,14 +79,14 @@ impl GroupCommit {
     /// If the thread cannot be spawned.
     pub fn start(
         definitions: Arc<Mutex<DefinitionStore>>,
-        writers: Arc<Writers>,
+        pending: Arc<PendingChanges>,
         syncer: Arc<Syncer>,
         retired: Arc<Retired>,
     ) -> std::io::Result<Self> {
         let (requests, inbox) = mpsc::channel::<Request>();
         thread::Builder::new()
             .name("warren-commit".into())
-            .spawn(move || commit_loop(&inbox, &definitions, &writers, &syncer, &retired))?;
+            .spawn(move || commit_loop(&inbox, &definitions, &pending, &syncer, &retired))?;
         Ok(Self { requests })
     }
 
@@ -134,7 +123,7 @@ impl GroupCommit {
 fn commit_loop(
     inbox: &mpsc::Receiver<Request>,
     definitions: &Mutex<DefinitionStore>,
-    writers: &Writers,
+    pending: &PendingChanges,
     syncer: &Syncer,
     retired: &Retired,
 ) {
@@ -143,7 +132,7 @@ fn commit_loop(
         batch.extend(inbox.try_iter());
         let outcome = commit_round(
             definitions,
-            writers,
+            pending,
             syncer,
             retired,
             batch.iter().map(|r| &r.targets),
@@ -178,27 +167,18 @@ impl RoundOutcome {
     }
 }
 
-/// One group-commit round: has `writers` write their pending definitions changes, syncs
+/// One group-commit round: writes the pending definitions changes, syncs
 /// the definitions (then removes the logs retired before that sync), has every target write its buffers, syncs them all through `syncer`, and
 /// tells each target its own outcome (a log the sync failed for is poisoned, the others
 /// are confirmed).
 pub fn commit_round<'a>(
     definitions: &Mutex<DefinitionStore>,
-    writers: &Writers,
+    pending: &PendingChanges,
     syncer: &Syncer,
     retired: &Retired,
     requests: impl Iterator<Item = &'a Vec<Arc<dyn SyncTarget>>>,
 ) -> RoundOutcome {
-    let live: Vec<Arc<dyn PendingDefinitions>> = match writers.lock() {
-        Ok(mut writers) => {
-            writers.retain(|w| w.strong_count() > 0);
-            writers.iter().filter_map(Weak::upgrade).collect()
-        }
-        Err(_) => Vec::new(),
-    };
-    for writer in live {
-        writer.write_pending();
-    }
+    pending.write(definitions, retired);
     // Taken before the sync: their deletions were recorded before it.
     let retiring = retired
         .lock()

@@ -214,6 +214,17 @@ impl Definitions {
                 });
             }
             Change::PutQueue(def) => {
+                let replaced = self
+                    .queues
+                    .iter()
+                    .any(|q| q.vhost == def.vhost && q.name == def.name && q.id != def.id);
+                if replaced {
+                    // Another incarnation of the name (its deletion was not stored): its
+                    // bindings are not this queue's.
+                    self.bindings.retain(|b| {
+                        !(b.vhost == def.vhost && !b.to_exchange && b.destination == def.name)
+                    });
+                }
                 self.queues
                     .retain(|q| !(q.vhost == def.vhost && q.name == def.name));
                 self.queues.push(def);

@@ -14,6 +14,7 @@
 //! - [`lock`]: [`DataDirLock`], so that two brokers never share a data directory.
 //! - [`definitions`]: durable exchanges, queues and bindings: a snapshot plus a change log.
 //! - [`field_json`]: the lossless JSON form of field tables the definitions are kept in.
+//! - [`pending`]: definitions changes made under registry locks, waiting to be written.
 //! - [`commit`]: the group commit: one thread, one sync for many appends to many logs.
 //! - [`syncer`]: how one group-commit round syncs many logs and learns which failed.
 //! - [`broker_store`]: a broker's data directory: lock, definitions, queue logs, commit.
@@ -30,6 +31,7 @@ pub mod fs;
 pub mod lock;
 #[cfg(test)]
 mod model_tests;
+pub mod pending;
 pub mod queue_log;
 #[cfg(test)]
 pub mod sim;
@@ -43,7 +45,7 @@ use bytes::Bytes;
 use bytestring::ByteString;
 
 pub use broker_store::BrokerStore;
-pub use commit::{GroupCommit, PendingDefinitions, SyncTarget};
+pub use commit::{GroupCommit, SyncTarget};
 pub use lock::DataDirLock;
 pub use queue_log::{PendingSync, QueueLog, Recovery};
 pub use syncer::Syncer;
