@@ -813,6 +813,7 @@ impl Connection {
         self.shared.mailbox.drain_into(&mut self.inbox);
         self.pending.extend(self.inbox.drain(..));
         let mut returned = Vec::new();
+        let mut written = 0;
         while self.shared.out.len() < OUT_HIGH_WATER {
             let Some(item) = self.pending.pop_front() else {
                 break;
@@ -825,6 +826,7 @@ impl Connection {
                     credit,
                     message,
                 } => {
+                    written += 1;
                     let shared = &mut self.shared;
                     let back = match self.channels.get_mut(usize::from(channel)) {
                         Some(Some(ch)) => {
@@ -848,6 +850,9 @@ impl Connection {
                 }
             }
         }
+        let shared = &mut self.shared;
+        let mailbox = Arc::clone(&shared.mailbox);
+        mailbox.written(written, |queue| shared.context().kick_later(queue));
         crate::channel::requeue_all(returned, &mut self.shared.effects);
         self.after_batch();
     }

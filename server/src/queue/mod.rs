@@ -203,6 +203,8 @@ struct QueueState {
     /// All consumers share one priority, so dispatch is plain round-robin.
     uniform_priority: bool,
     next_consumer: usize,
+    /// Consumers passed over in this dispatch because their connection was full.
+    stalled: Vec<usize>,
     had_consumer: bool,
     deleted: bool,
     /// Some message in memory carries an expiry (so dispatch checks the clock).
@@ -549,8 +551,7 @@ impl QueueState {
         }
         if self.args.single_active_consumer {
             let active = (0..n).min_by_key(|&i| self.consumers[i].id)?;
-            let credit = &self.consumers[active].credit;
-            return (credit.has_room() && credit.try_acquire()).then_some(active);
+            return self.take_credit(active).then_some(active);
         }
         let mut start = 0;
         while start < n {
@@ -565,8 +566,7 @@ impl QueueState {
             let size = end - start;
             for k in 0..size {
                 let at = start + (self.next_consumer + k) % size;
-                let credit = &self.consumers[at].credit;
-                if credit.has_room() && credit.try_acquire() {
+                if self.take_credit(at) {
                     self.next_consumer = at - start + 1;
                     return Some(at);
                 }
@@ -574,6 +574,22 @@ impl QueueState {
             start = end;
         }
         None
+    }
+
+    /// Takes a unit of consumer `at`'s credit if it may be handed another delivery; one
+    /// refused only because its connection is full is noted in `stalled`.
+    fn take_credit(&mut self, at: usize) -> bool {
+        let consumer = &self.consumers[at];
+        if !consumer.credit.has_room() {
+            return false;
+        }
+        if !consumer.mailbox.has_room() {
+            if !self.stalled.contains(&at) {
+                self.stalled.push(at);
+            }
+            return false;
+        }
+        consumer.credit.try_acquire()
     }
 
     /// The next deadline the timers must wake the queue for, if any.
@@ -1169,6 +1185,7 @@ impl Queue {
             return;
         }
         let now = if st.expiring { now_ms() } else { 0 };
+        st.stalled.clear();
         loop {
             if st.expiring {
                 st.expire(&self.name, now, letters);
@@ -1184,6 +1201,16 @@ impl Queue {
                 }
             }
             let Some(at) = st.pick_consumer() else {
+                // Consumers whose connections were full are kicked once those have
+                // written; one that found room meanwhile is served now.
+                let room = st.stalled.iter().fold(false, |room, &at| {
+                    let consumer = &st.consumers[at];
+                    consumer.mailbox.stall(self, &consumer.credit) || room
+                });
+                st.stalled.clear();
+                if room {
+                    continue;
+                }
                 break;
             };
             let Some(message) = st.next_ready(&self.name) else {
@@ -1408,6 +1435,61 @@ mod tests {
         queue.kick(&mut effects);
         assert_eq!(handed(&mailbox), credit::UNWRITTEN_LIMIT as usize);
         assert!(effects.is_empty());
+    }
+
+    /// Consumers of many queues on one connection are handed at most the connection's
+    /// room in all; once it has written half of that, the queues that found it full are
+    /// kicked and hand it more, until every message has gone out.
+    #[test]
+    fn a_full_connection_holds_its_queues_back_until_it_has_written() {
+        let room = 8;
+        let _paging = Paging {
+            connection_unwritten: room,
+            ..Paging::DEFAULT
+        }
+        .set_for_tests();
+        let mailbox = Arc::new(Mailbox::default());
+        let mut effects = Effects::default();
+        let (queues, per_queue) = (4u64, 10usize);
+        for id in 0..queues {
+            let queue = plain_queue();
+            for n in 0..per_queue {
+                queue
+                    .publish(message(n), Handling::default(), &mut effects)
+                    .expect("publish");
+            }
+            let credit = Arc::new(Credit::new(0, None));
+            queue
+                .add_consumer(consumer(id, &credit, &mailbox), &mut effects)
+                .expect("consume");
+        }
+        let mut held = handed(&mailbox);
+        assert_eq!(held, room as usize);
+        let mut kicked = Vec::new();
+        mailbox.written(room / 2 - 1, |q| kicked.push(q.clone()));
+        assert!(kicked.is_empty(), "more than half the room is still taken");
+        let mut delivered = room as usize / 2 - 1;
+        held -= delivered;
+        mailbox.written(1, |q| kicked.push(q.clone()));
+        delivered += 1;
+        held -= 1;
+        assert_eq!(kicked.len(), queues as usize, "every queue found it full");
+        while delivered < queues as usize * per_queue {
+            assert!(
+                !kicked.is_empty(),
+                "{delivered} delivered, then nothing more"
+            );
+            for queue in std::mem::take(&mut kicked) {
+                queue.kick(&mut effects);
+            }
+            held += handed(&mailbox);
+            assert!(held <= room as usize, "{held} handed ahead of the writes");
+            let n = u32::try_from(held).expect("small");
+            delivered += held;
+            held = 0;
+            mailbox.written(n, |q| kicked.push(q.clone()));
+        }
+        assert_eq!(delivered, queues as usize * per_queue);
     }
 
     /// A policy that lowers a length limit far below the backlog drops it a slice per
