@@ -42,7 +42,7 @@ pub use mailbox::{Mailbox, Outgoing};
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Handling, Message, QueuedMessage};
 use crate::store::{
-    BrokerStore, PendingSync, QueueLog, Recovery, SegmentPosition, StoreError, StoredMessage,
+    BrokerStore, MessageRecord, PendingSync, QueueLog, Recovery, SegmentPosition, StoreError,
     SyncTarget,
 };
 use crate::timers::{Timers, Wake, now_ms};
@@ -153,8 +153,21 @@ impl Window {
 }
 
 /// What a ready message costs in memory besides its body: its queue entry and the
-/// shared buffers' headers (properties, names), for the memory alarm.
+/// header and size-class rounding of the one allocation it keeps, for the memory alarm.
 const MESSAGE_FOOTPRINT: usize = std::mem::size_of::<QueuedMessage>() + 64;
+
+/// The log record of `message` as a queue writes it.
+fn record(message: &Message, persistent: bool, expires_at_ms: u64) -> MessageRecord<'_> {
+    MessageRecord {
+        persistent,
+        expires_at_ms,
+        exchange: message.exchange(),
+        routing_key: message.routing_key(),
+        properties: message.raw_properties(),
+        body: message.body(),
+    }
+}
+
 /// How long dead letters that no queue took wait before they are tried again
 /// (`at-least-once`).
 const DEAD_LETTER_RETRY_MS: u64 = 1000;
@@ -380,12 +393,12 @@ impl QueueState {
             self.last_loaded = Some(pos);
             self.paged = self.paged.saturating_sub(1);
             self.paged_bytes = self.paged_bytes.saturating_sub(stored.body.len() as u64);
-            let mut message = Message {
-                exchange: stored.exchange,
-                routing_key: stored.routing_key,
-                properties: stored.properties,
-                body: stored.body,
-            };
+            let mut message = Message::new(
+                &stored.exchange,
+                &stored.routing_key,
+                &stored.properties,
+                stored.body,
+            );
             if delivery_count > 0 {
                 message = message.with_delivery_count(delivery_count);
             }
@@ -774,7 +787,7 @@ impl Queue {
             persistent: handling.persistent || st.args.queue_type == QueueType::Quorum,
             ..handling
         };
-        if st.args.overflow != Overflow::DropHead && st.full_for(message.body.len()) {
+        if st.args.overflow != Overflow::DropHead && st.full_for(message.body().len()) {
             if st.args.overflow == Overflow::RejectPublishDlx
                 && st.args.dead_letter_exchange.is_some()
             {
@@ -795,38 +808,26 @@ impl Queue {
         } else {
             0
         };
-        let stored = |message: &Message| StoredMessage {
-            persistent: handling.persistent,
-            expires_at_ms,
-            exchange: message.exchange.clone(),
-            routing_key: message.routing_key.clone(),
-            properties: message.properties.clone(),
-            body: message.body.clone(),
-        };
         let durable_log = st.log.is_some() && !st.spill;
         let logged =
             if !durable_log && self.memory_full(st, Window::Transient) && self.spill_log(st) {
                 let paged = st.paged;
                 let log = st.log.as_mut().ok_or(StoreError::Misuse("no spill log"))?;
-                let pos = log.append(&stored(&message))?;
+                let pos = log.append(record(&message, handling.persistent, expires_at_ms))?;
                 if paged == 0 {
                     st.spill_base = st.next_offset.wrapping_sub(position_offset(pos));
                 }
                 st.paged += 1;
-                st.paged_bytes += message.body.len() as u64;
+                st.paged_bytes += message.body().len() as u64;
                 false
             } else if durable_log {
                 let log = st.log.as_mut().ok_or(StoreError::Misuse("no queue log"))?;
-                let pos = log.append(&stored(&message))?;
+                let pos = log.append(record(&message, handling.persistent, expires_at_ms))?;
                 if self.memory_full(st, Window::Durable) {
                     st.paged += 1;
-                    st.paged_bytes += message.body.len() as u64;
+                    st.paged_bytes += message.body().len() as u64;
                 } else {
                     st.last_loaded = Some(pos);
-                    let mut message = message;
-                    if !handling.compacted && (st.consumers.is_empty() || !st.ready.is_empty()) {
-                        message.compact();
-                    }
                     st.enqueue(QueuedMessage {
                         offset: position_offset(pos),
                         position: Some(pos),
@@ -841,11 +842,6 @@ impl Queue {
             } else {
                 let offset = st.next_offset;
                 st.next_offset += 1;
-                let mut message = message;
-                if !handling.compacted && (st.consumers.is_empty() || !st.ready.is_empty()) {
-                    // It waits in the queue rather than going out at once.
-                    message.compact();
-                }
                 st.enqueue(QueuedMessage {
                     offset,
                     position: None,
@@ -1379,12 +1375,7 @@ mod tests {
     }
 
     fn message(n: usize) -> Message {
-        Message {
-            exchange: "".into(),
-            routing_key: "q".into(),
-            properties: Bytes::new(),
-            body: Bytes::from(n.to_string()),
-        }
+        Message::new("", "q", b"", Bytes::from(n.to_string()))
     }
 
     fn consumer(id: ConsumerId, credit: &Arc<Credit>, mailbox: &Arc<Mailbox>) -> ConsumerHandle {
@@ -1562,7 +1553,7 @@ mod tests {
             queue.wake(now_ms(), &mut effects);
         }
         let (got, left) = queue.get(true, &mut effects).expect("the later message");
-        assert_eq!(got.message.body, Bytes::from(backlog.to_string()));
+        assert_eq!(got.message.body(), backlog.to_string().as_bytes());
         assert_eq!(left, 0);
         let st = queue.state.lock();
         assert_eq!(st.purged, 0);

@@ -903,7 +903,7 @@ fn id_in(body: &[u8]) -> u64 {
 
 /// The number of the message a queue handed out.
 fn id_of(message: &QueuedMessage) -> u64 {
-    id_in(&message.message.body)
+    id_in(message.message.body())
 }
 
 fn properties(persistent: bool, ttl: bool, priority: u8) -> Bytes {
@@ -1225,12 +1225,7 @@ impl Harness {
     ) -> Result<(), TestCaseError> {
         let id = self.model.msgs.len() as u64;
         let properties = properties(persistent, ttl, priority);
-        let message = Message {
-            exchange: "ex".into(),
-            routing_key: "rk".into(),
-            properties: properties.clone(),
-            body: body(id, size),
-        };
+        let message = Message::new("ex", "rk", &properties.clone(), body(id, size));
         let handling = Handling::of(&message);
         prop_assert_eq!(handling.persistent, persistent);
         let enqueued = self
@@ -1413,7 +1408,7 @@ impl Harness {
             .map(|m| {
                 m.letters
                     .iter()
-                    .map(|l| (id_in(&l.message.body), l.reason))
+                    .map(|l| (id_in(l.message.body()), l.reason))
                     .collect()
             })
             .collect();
@@ -1434,7 +1429,7 @@ impl Harness {
                 }
             }
             for letter in &moved.letters {
-                let id = id_in(&letter.message.body);
+                let id = id_in(letter.message.body());
                 prop_assert_eq!(
                     letter.position.is_some(),
                     self.model.msg(id).logged,
@@ -1500,7 +1495,7 @@ impl Harness {
         let got: Vec<Vec<u64>> = self
             .moves
             .iter()
-            .map(|m| m.letters.iter().map(|l| id_in(&l.message.body)).collect())
+            .map(|m| m.letters.iter().map(|l| id_in(l.message.body())).collect())
             .collect();
         let want: Vec<Vec<u64>> = self.model.moving.iter().cloned().collect();
         prop_assert_eq!(got, want, "moves not yet settled");
@@ -1531,22 +1526,19 @@ impl Harness {
             "redelivered flag of {}",
             id
         );
-        prop_assert_eq!(&message.message.body, &body(id, want.size - ID_DIGITS));
+        prop_assert_eq!(message.message.body(), &body(id, want.size - ID_DIGITS)[..]);
         let properties = if want.returns > 0 {
-            Message {
-                exchange: "ex".into(),
-                routing_key: "rk".into(),
-                properties: want.properties.clone(),
-                body: Bytes::new(),
-            }
-            .with_delivery_count(want.returns)
-            .properties
+            Bytes::copy_from_slice(
+                Message::new("ex", "rk", &want.properties, Bytes::new())
+                    .with_delivery_count(want.returns)
+                    .raw_properties(),
+            )
         } else {
             want.properties.clone()
         };
         prop_assert_eq!(
-            &message.message.properties,
-            &properties,
+            message.message.raw_properties(),
+            &properties[..],
             "properties of {}",
             id
         );
@@ -1556,8 +1548,8 @@ impl Harness {
             "x-delivery-count of {}",
             id
         );
-        prop_assert_eq!(&*message.message.exchange, "ex");
-        prop_assert_eq!(&*message.message.routing_key, "rk");
+        prop_assert_eq!(message.message.exchange(), "ex");
+        prop_assert_eq!(message.message.routing_key(), "rk");
         prop_assert_eq!(message.priority, want.priority);
         prop_assert_eq!(
             message.position.is_some(),
