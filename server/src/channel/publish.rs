@@ -255,7 +255,9 @@ fn enqueue(
     message: Message,
     handling: Handling,
 ) -> AmqpResult<Stored> {
-    match queue.publish(message, handling, ctx.effects) {
+    let enqueued = queue.publish(message, handling, ctx.effects);
+    ctx.note_backlog(queue);
+    match enqueued {
         Ok(Enqueued::Logged) => {
             ctx.commit_later(queue);
             Ok(Stored {

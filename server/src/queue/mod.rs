@@ -28,7 +28,7 @@ mod model_tests;
 mod paging;
 pub mod ready;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use amqp_codec::amq_protocol::types::FieldTable;
@@ -285,6 +285,49 @@ pub struct Queue {
     env: QueueEnv,
     settings: QueueSettings,
     state: Mutex<QueueState>,
+    flow: FlowGauge,
+}
+
+/// A queue's backlog as publishers' flow control sees it, updated after each dispatch:
+/// the ready messages in memory while the queue has consumers (a backlog they are
+/// working off; none without consumers, whose backlog spills to disk instead), and how
+/// many deliveries the queue has handed out, which tells a backlog that drains from
+/// one whose consumers are stuck.
+#[derive(Debug, Default)]
+pub struct FlowGauge {
+    ready: AtomicU64,
+    ready_bytes: AtomicU64,
+    handed: AtomicU64,
+}
+
+impl FlowGauge {
+    fn set(&self, st: &QueueState, handed: u64) {
+        let (ready, bytes) = if st.consumers.is_empty() {
+            (0, 0)
+        } else {
+            (st.ready.len() as u64, st.ready.bytes() as u64)
+        };
+        self.ready.store(ready, Ordering::Relaxed);
+        self.ready_bytes.store(bytes, Ordering::Relaxed);
+        if handed > 0 {
+            self.handed.fetch_add(handed, Ordering::Relaxed);
+        }
+    }
+
+    /// Ready messages in memory awaiting the queue's consumers (0 without consumers).
+    pub fn ready(&self) -> u64 {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Their body bytes.
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries handed to consumers so far.
+    pub fn handed(&self) -> u64 {
+        self.handed.load(Ordering::Relaxed)
+    }
 }
 
 /// The ordering key of a logged message: its log position, which grows in publish order.
@@ -655,6 +698,7 @@ impl Queue {
                 holds,
                 ..QueueState::default()
             }),
+            flow: FlowGauge::default(),
         }
     }
 
@@ -1177,8 +1221,15 @@ impl Queue {
     /// Hands ready messages to consumers with credit, one at a time; expired messages met
     /// at the head on the way are dead-lettered instead.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, letters: &mut Vec<DeadLetter>) {
+        let handed = self.dispatch_ready(st, letters);
+        self.flow.set(st, handed);
+    }
+
+    /// [`Queue::dispatch`]'s work; returns how many deliveries it handed out.
+    fn dispatch_ready(self: &Arc<Self>, st: &mut QueueState, letters: &mut Vec<DeadLetter>) -> u64 {
+        let mut handed = 0;
         if st.consumers.is_empty() {
-            return;
+            return handed;
         }
         let now = if st.expiring { now_ms() } else { 0 };
         st.stalled.clear();
@@ -1229,7 +1280,14 @@ impl Queue {
                 credit: consumer.credit.clone(),
                 message,
             });
+            handed += 1;
         }
+        handed
+    }
+
+    /// What publishers' flow control reads of the queue without taking its lock.
+    pub fn flow(&self) -> &FlowGauge {
+        &self.flow
     }
 
     /// Asks the timers to wake the queue at its next deadline, unless an earlier
@@ -1426,6 +1484,30 @@ mod tests {
         queue.kick(&mut effects);
         assert_eq!(handed(&mailbox), credit::UNWRITTEN_LIMIT as usize);
         assert!(effects.is_empty());
+    }
+
+    /// Publishers' flow control sees a backlog only while the queue has consumers to
+    /// work it off, and counts the deliveries it hands them.
+    #[test]
+    fn the_flow_gauge_shows_a_backlog_only_to_consumers() {
+        let queue = plain_queue();
+        let mut effects = Effects::default();
+        for n in 0..10 {
+            queue
+                .publish(message(n), Handling::default(), &mut effects)
+                .expect("publish");
+        }
+        assert_eq!(queue.flow().ready(), 0, "no consumer: nothing to wait for");
+        let credit = Arc::new(Credit::new(4, None));
+        let mailbox = Arc::new(Mailbox::default());
+        queue
+            .add_consumer(consumer(1, &credit, &mailbox), &mut effects)
+            .expect("consume");
+        let flow = queue.flow();
+        assert_eq!((flow.ready(), flow.ready_bytes(), flow.handed()), (6, 6, 4));
+        assert_eq!(queue.remove_consumer(1), ConsumerRemoval::Removed);
+        queue.kick(&mut effects);
+        assert_eq!(queue.flow().ready(), 0, "the consumer left");
     }
 
     /// Consumers of many queues on one connection are handed at most the connection's
