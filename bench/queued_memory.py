@@ -8,6 +8,8 @@ one at a time in confirm mode, and reads the broker's VmRSS (/proc/PID/status) b
 and after; it repeats --runs times (a fresh queue each time, deleted afterwards) and
 prints each run and the median bytes per message. Works against Warren or RabbitMQ (give
 the Erlang VM's PID). Standard library only: speaks AMQP 0-9-1 over a plain socket.
+Give each measurement a fresh broker (--runs 1, repeated): a later run on the same broker
+reuses the memory an earlier run's deleted queue gave back to the allocator, and reads low.
 
 usage: bench/queued_memory.py --pid PID [--host 127.0.0.1] [--port 5672]
                               [--count 50000] [--size 16] [--runs 3]

@@ -59,12 +59,7 @@ fn bind(ex: &Exchange, destinations: &[ShortStr], i: usize, key: String, argumen
 }
 
 fn message(routing_key: String, properties: Bytes) -> Message {
-    Message {
-        exchange: "bench".into(),
-        routing_key: routing_key.into(),
-        properties,
-        body: Bytes::new(),
-    }
+    Message::new("bench", &routing_key, &properties, Bytes::new())
 }
 
 /// Where each shape of topic pattern starts among `total` bindings, in percent: 30%

@@ -2,90 +2,165 @@
 
 use amqp_codec::amq_protocol::types::AMQPValue;
 use amqp_codec::properties::{decode_properties, encode_properties};
-use amqp_codec::{Content, PropertiesView, ShortStr};
-use bytes::{BufMut, Bytes, BytesMut};
+use amqp_codec::{Content, PropertiesView};
+use bytes::Bytes;
 
 use crate::store::SegmentPosition;
 
-/// Messages whose body is at most this long are copied out of the connection's read
-/// buffer when a queue keeps them ([`Message::compact`]): a kept slice pins the whole
-/// read chunk (64 KiB) it arrived in. Larger bodies pin at most a few times their size,
-/// and copying them costs more than it saves.
+/// Bodies at most this long are kept in the same allocation as the message's exchange,
+/// routing key and properties ([`Message::new`]): a small body kept as a slice of the
+/// connection's read buffer would pin the whole read chunk (64 KiB) it arrived in, and a
+/// second allocation would cost its own header and size-class rounding. Larger bodies
+/// stay where they arrived (they pin at most a few times their size), since copying them
+/// costs more than it saves.
 pub const COMPACT_MAX_BODY: usize = 16 * 1024;
 
-/// A message as published. Every field shares the connection's read buffer, so a copy
-/// routed to many queues costs reference counts, not bytes; a queue that keeps a small
-/// message copies it out ([`Message::compact`]).
+/// A message as published: exchange, routing key, encoded properties and body.
+///
+/// Laid out for the many a queue may hold (72 bytes plus one allocation): the names
+/// and properties are kept one after the other in one buffer of their own, followed by
+/// the body when it is small; a large body is a second, shared slice. A copy routed to
+/// many queues costs reference counts, not bytes.
 #[derive(Debug, Clone)]
 pub struct Message {
-    /// Exchange it was published to.
-    pub exchange: ShortStr,
-    /// Routing key it was published with.
-    pub routing_key: ShortStr,
-    /// Encoded content properties, forwarded to consumers as they came.
-    pub properties: Bytes,
-    /// The body.
-    pub body: Bytes,
+    /// Exchange, routing key and properties, then the body unless it is in `large_body`.
+    head: Bytes,
+    /// A body above [`COMPACT_MAX_BODY`], as it arrived; empty otherwise.
+    large_body: Bytes,
+    exchange_len: u8,
+    routing_key_len: u8,
+    properties_len: u32,
+}
+
+/// `name` cut to the 255 bytes a short string holds, at a character boundary.
+fn short(name: &str) -> &str {
+    let mut end = name.len().min(usize::from(u8::MAX));
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 impl Message {
-    /// The message a completed `basic.publish` carries.
-    pub fn from_content(content: Content) -> Self {
+    /// A message of these parts, copied into one allocation (with the body unless it is
+    /// larger than [`COMPACT_MAX_BODY`]). Names longer than a short string are cut to
+    /// 255 bytes, as the wire could not carry more.
+    pub fn new(exchange: &str, routing_key: &str, properties: &[u8], body: Bytes) -> Self {
+        let (exchange, routing_key) = (short(exchange), short(routing_key));
+        // Encoded properties come from one frame, whose size is a u32.
+        let properties = &properties[..properties.len().min(u32::MAX as usize)];
+        let inline = body.len() <= COMPACT_MAX_BODY;
+        let parts = [
+            exchange.as_bytes(),
+            routing_key.as_bytes(),
+            properties,
+            if inline { &body[..] } else { &[] },
+        ];
+        let mut head = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+        for part in parts {
+            head.extend_from_slice(part);
+        }
         Self {
-            exchange: content.publish.exchange,
-            routing_key: content.publish.routing_key,
-            properties: content.properties,
-            body: content.body,
+            // A boxed slice of its exact size: the `Bytes` needs no second allocation
+            // until it is shared.
+            head: Bytes::from(head.into_boxed_slice()),
+            large_body: if inline { Bytes::new() } else { body },
+            exchange_len: u8::try_from(exchange.len()).unwrap_or(u8::MAX),
+            routing_key_len: u8::try_from(routing_key.len()).unwrap_or(u8::MAX),
+            properties_len: u32::try_from(properties.len()).unwrap_or(u32::MAX),
         }
     }
 
-    /// Copies a small message's routing key, exchange, properties and body into one
-    /// allocation of their own, so that a message a queue keeps no longer pins the read
-    /// chunk it arrived in (nor makes the memory accounting, which counts bodies, blind
-    /// to it). Bodies above [`COMPACT_MAX_BODY`] are left where they are.
-    pub fn compact(&mut self) {
-        if self.body.len() > COMPACT_MAX_BODY {
-            return;
+    /// The message a completed `basic.publish` carries.
+    pub fn from_content(content: Content) -> Self {
+        Self::new(
+            &content.publish.exchange,
+            &content.publish.routing_key,
+            &content.properties,
+            content.body,
+        )
+    }
+
+    fn routing_key_at(&self) -> usize {
+        usize::from(self.exchange_len)
+    }
+
+    fn properties_at(&self) -> usize {
+        self.routing_key_at() + usize::from(self.routing_key_len)
+    }
+
+    fn body_at(&self) -> usize {
+        self.properties_at() + self.properties_len as usize
+    }
+
+    /// Exchange it was published to.
+    pub fn exchange(&self) -> &str {
+        std::str::from_utf8(&self.head[..self.routing_key_at()]).unwrap_or_default()
+    }
+
+    /// Routing key it was published with.
+    pub fn routing_key(&self) -> &str {
+        std::str::from_utf8(&self.head[self.routing_key_at()..self.properties_at()])
+            .unwrap_or_default()
+    }
+
+    /// Encoded content properties, forwarded to consumers as they came.
+    pub fn raw_properties(&self) -> &[u8] {
+        &self.head[self.properties_at()..self.body_at()]
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        if self.large_body.is_empty() {
+            &self.head[self.body_at()..]
+        } else {
+            &self.large_body
         }
-        let parts = [
-            self.exchange.as_bytes(),
-            self.routing_key.as_bytes(),
-            &self.properties[..],
-            &self.body[..],
-        ];
-        let mut buf = BytesMut::with_capacity(parts.iter().map(|p| p.len()).sum());
-        for part in parts {
-            buf.put_slice(part);
+    }
+
+    /// The body as shared bytes (a reference, not a copy).
+    pub fn body_bytes(&self) -> Bytes {
+        if self.large_body.is_empty() {
+            self.head.slice(self.body_at()..)
+        } else {
+            self.large_body.clone()
         }
-        let mut all = buf.freeze();
-        let exchange = all.split_to(self.exchange.len());
-        let routing_key = all.split_to(self.routing_key.len());
-        let properties = all.split_to(self.properties.len());
-        // The names were valid UTF-8 where they came from.
-        if let (Ok(exchange), Ok(routing_key)) = (
-            ShortStr::try_from(exchange),
-            ShortStr::try_from(routing_key),
-        ) {
-            self.exchange = exchange;
-            self.routing_key = routing_key;
-        }
-        self.properties = properties;
-        self.body = all;
+    }
+
+    /// The same message with other encoded properties.
+    #[must_use]
+    pub fn with_raw_properties(&self, properties: &[u8]) -> Self {
+        Self::new(
+            self.exchange(),
+            self.routing_key(),
+            properties,
+            self.body_bytes(),
+        )
+    }
+
+    /// The same message under another exchange and routing key (a dead letter's).
+    #[must_use]
+    pub fn with_route(&self, exchange: &str, routing_key: &str) -> Self {
+        Self::new(
+            exchange,
+            routing_key,
+            self.raw_properties(),
+            self.body_bytes(),
+        )
     }
 
     /// The message with its `x-delivery-count` header set to `count`, as quorum queues
     /// redeliver it.
     #[must_use]
-    pub fn with_delivery_count(mut self, count: u32) -> Self {
-        let mut properties = decode_properties(&self.properties).unwrap_or_default();
+    pub fn with_delivery_count(self, count: u32) -> Self {
+        let mut properties = decode_properties(self.raw_properties()).unwrap_or_default();
         let mut headers = properties.headers().clone().unwrap_or_default();
         headers.insert(
             "x-delivery-count".into(),
             AMQPValue::LongLongInt(i64::from(count)),
         );
         properties = properties.with_headers(headers);
-        self.properties = encode_properties(&properties);
-        self
+        self.with_raw_properties(&encode_properties(&properties))
     }
 
     /// The `x-delay` header in milliseconds (delayed exchanges hold the message that
@@ -109,7 +184,7 @@ impl Message {
 
     /// A view of the properties (validated when the header frame was decoded).
     pub fn properties(&self) -> Option<PropertiesView<'_>> {
-        PropertiesView::new(&self.properties).ok()
+        PropertiesView::new(self.raw_properties()).ok()
     }
 }
 
@@ -148,7 +223,6 @@ impl Handling {
                 .short_str(amqp_codec::properties::Property::Expiration)
                 .and_then(|e| e.parse().ok()),
             priority: view.priority().unwrap_or(0),
-            compacted: false,
         }
     }
 }
@@ -162,9 +236,6 @@ pub struct Handling {
     pub ttl_ms: Option<u64>,
     /// The `priority` property (0 when absent).
     pub priority: u8,
-    /// The message already has an allocation of its own ([`Message::compact`]), shared
-    /// by every queue it was routed to: queues keep it as it is.
-    pub compacted: bool,
 }
 
 #[cfg(test)]
@@ -177,30 +248,47 @@ mod tests {
     }
 
     #[test]
-    fn a_compacted_small_message_no_longer_shares_its_read_buffer() {
+    fn a_small_message_shares_one_allocation_and_no_read_buffer() {
         let chunk = Bytes::from(vec![b'a'; 64 * 1024]);
-        let mut message = Message {
-            exchange: ShortStr::try_from(chunk.slice(0..3)).expect("utf-8"),
-            routing_key: ShortStr::try_from(chunk.slice(3..8)).expect("utf-8"),
-            properties: chunk.slice(8..10),
-            body: chunk.slice(10..26),
-        };
-        message.compact();
-        assert_eq!(&*message.exchange, "aaa");
-        assert_eq!(&*message.routing_key, "aaaaa");
-        assert_eq!(&message.properties[..], b"aa");
-        assert_eq!(&message.body[..], &[b'a'; 16][..]);
-        assert!(!within(&message.body, &chunk));
-        assert!(!within(message.routing_key.as_bytes(), &chunk));
+        let message = Message::new("aaa", "bbbbb", b"pp", chunk.slice(10..26));
+        assert_eq!(message.exchange(), "aaa");
+        assert_eq!(message.routing_key(), "bbbbb");
+        assert_eq!(message.raw_properties(), b"pp");
+        assert_eq!(message.body(), &[b'a'; 16][..]);
+        assert!(!within(message.body(), &chunk));
+        assert!(within(message.body(), &message.head));
+        assert_eq!(message.head.len(), 3 + 5 + 2 + 16);
+        assert!(std::mem::size_of::<Message>() <= 72);
 
-        let mut large = Message {
-            body: chunk.slice(0..COMPACT_MAX_BODY + 1),
-            ..message
-        };
-        large.compact();
+        let large = Message::new("", "q", b"", chunk.slice(0..=COMPACT_MAX_BODY));
         assert!(
-            within(&large.body, &chunk),
+            within(large.body(), &chunk),
             "large bodies stay where they are"
         );
+        assert_eq!(large.body().len(), COMPACT_MAX_BODY + 1);
+        assert_eq!(large.routing_key(), "q");
+    }
+
+    #[test]
+    fn new_properties_or_route_keep_the_rest() {
+        let message = Message::new("ex", "rk", b"\x00\x00", Bytes::from_static(b"body"));
+        let other = message.with_raw_properties(b"\x10\x00\x02");
+        assert_eq!(
+            (other.exchange(), other.routing_key(), other.body()),
+            ("ex", "rk", &b"body"[..])
+        );
+        assert_eq!(other.raw_properties(), b"\x10\x00\x02");
+        let moved = other.with_route("dlx", "dead");
+        assert_eq!((moved.exchange(), moved.routing_key()), ("dlx", "dead"));
+        assert_eq!(moved.raw_properties(), b"\x10\x00\x02");
+        assert_eq!(moved.body_bytes(), Bytes::from_static(b"body"));
+    }
+
+    #[test]
+    fn names_longer_than_a_short_string_are_cut_at_a_character_boundary() {
+        let long = "é".repeat(200);
+        let message = Message::new(&long, "k", b"", Bytes::new());
+        assert_eq!(message.exchange().len(), 254);
+        assert_eq!(message.routing_key(), "k");
     }
 }

@@ -1273,13 +1273,15 @@ impl VHost {
         out: &mut Routed,
     ) -> AmqpResult<()> {
         out.clear();
-        if message.exchange.is_empty() {
+        if message.exchange().is_empty() {
             let queues = self.queues.read();
-            for key in std::iter::once(&message.routing_key).chain(extra_keys) {
-                if let Some(queue) = queues.get(&**key) {
+            let keys =
+                std::iter::once(message.routing_key()).chain(extra_keys.iter().map(|k| &**k));
+            for key in keys {
+                if let Some(queue) = queues.get(key) {
                     out.queues.push(queue.clone());
                 } else if key.starts_with(names::REPLY_TO)
-                    && let Some(queue) = self.reply_queues.read().get(&**key)
+                    && let Some(queue) = self.reply_queues.read().get(key)
                 {
                     out.queues.push(queue.clone());
                 }
@@ -1289,12 +1291,13 @@ impl VHost {
         }
         let exchanges = self.exchanges.read();
         let exchange = exchanges
-            .get(&*message.exchange)
-            .ok_or_else(|| error::no_exchange(&message.exchange, &self.name))?;
+            .get(message.exchange())
+            .ok_or_else(|| error::no_exchange(message.exchange(), &self.name))?;
         if exchange.settings().internal {
             return Err(error::access_refused(format!(
                 "cannot publish to internal exchange '{}' in vhost '{}'",
-                message.exchange, self.name
+                message.exchange(),
+                self.name
             )));
         }
         if let Some(hold) = exchange.hold()
@@ -1564,10 +1567,8 @@ fn route_one(exchange: &Exchange, message: &Message, extra_keys: &[ShortStr], ou
     let before = (out.queues.len(), out.exchanges.len());
     exchange.route(message, out);
     if !extra_keys.is_empty() {
-        let mut copy = message.clone();
         for key in extra_keys {
-            copy.routing_key = key.clone();
-            exchange.route(&copy, out);
+            exchange.route(&message.with_route(message.exchange(), key), out);
         }
     }
     if (out.queues.len(), out.exchanges.len()) == before
@@ -1698,12 +1699,7 @@ mod tests {
     /// Whether the vhost has a binding from `amq.direct` to queue `name`.
     fn bound(vhost: &VHost, name: &str) -> bool {
         let direct = vhost.exchange("amq.direct").expect("amq.direct");
-        let message = Message {
-            exchange: "amq.direct".into(),
-            routing_key: "k".into(),
-            properties: bytes::Bytes::new(),
-            body: bytes::Bytes::new(),
-        };
+        let message = Message::new("amq.direct", "k", b"", bytes::Bytes::new());
         let mut routed = Routed::default();
         direct.route(&message, &mut routed);
         routed.queues.iter().any(|q| &**q.name() == name)

@@ -42,15 +42,15 @@ pub(super) fn write_delivery(
         DeliveryInfo {
             delivery_tag: tag,
             redelivered: message.redelivered,
-            exchange: &message.message.exchange,
-            routing_key: &message.message.routing_key,
+            exchange: message.message.exchange(),
+            routing_key: message.message.routing_key(),
         },
     );
     encode::content(
         ctx.out,
         channel,
-        &message.message.properties,
-        &message.message.body,
+        message.message.raw_properties(),
+        message.message.body(),
         ctx.frame_max,
     );
 }
@@ -144,16 +144,16 @@ impl Channel {
             DeliveryInfo {
                 delivery_tag: tag,
                 redelivered: message.redelivered,
-                exchange: &message.message.exchange,
-                routing_key: &message.message.routing_key,
+                exchange: message.message.exchange(),
+                routing_key: message.message.routing_key(),
             },
             message_count,
         );
         encode::content(
             ctx.out,
             self.id,
-            &message.message.properties,
-            &message.message.body,
+            message.message.raw_properties(),
+            message.message.body(),
             ctx.frame_max,
         );
         if !no_ack {

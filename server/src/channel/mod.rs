@@ -24,6 +24,10 @@ use crate::vhost::VHost;
 pub use delivery::Unacked;
 use publish::Publication;
 
+/// Ready messages from which a queue a batch published to counts towards the
+/// connection's flow control: below it the queue keeps up.
+pub const BACKLOG_NOTED: u64 = 16;
+
 /// What a channel's handlers need from their connection, borrowed for one call.
 pub struct Context<'a> {
     /// The broker.
@@ -63,12 +67,28 @@ pub struct Context<'a> {
     /// Set when the batch published a message (a resource alarm then blocks the
     /// connection).
     pub published: &'a mut bool,
+    /// Queues this batch published to that hold a backlog for their consumers, for the
+    /// connection's flow control (duplicates possible, consecutive ones left out).
+    pub backlogged: &'a mut Vec<Arc<Queue>>,
 }
 
 impl Context<'_> {
     /// Writes a method frame.
     pub fn send(&mut self, channel: u16, method: AMQPClass) {
         encode::method(self.out, channel, &method);
+    }
+
+    /// Notes that this batch published to `queue`, if it holds a backlog for its
+    /// consumers (at least [`BACKLOG_NOTED`] ready messages).
+    pub fn note_backlog(&mut self, queue: &Arc<Queue>) {
+        if queue.flow().ready() >= BACKLOG_NOTED
+            && !self
+                .backlogged
+                .last()
+                .is_some_and(|q| Arc::ptr_eq(q, queue))
+        {
+            self.backlogged.push(queue.clone());
+        }
     }
 
     /// Schedules a group commit of `queue`'s log after this batch (once per batch).

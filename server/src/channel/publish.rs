@@ -10,7 +10,7 @@ use super::{Channel, Context};
 use std::sync::Arc;
 
 use crate::error::{self, AmqpError, AmqpResult};
-use crate::message::{COMPACT_MAX_BODY, Handling, Message};
+use crate::message::{Handling, Message};
 use crate::names;
 use crate::queue::dead_letter::{header_routing_keys, without_key};
 use crate::queue::{Enqueued, Queue, arguments};
@@ -84,9 +84,9 @@ fn sender_selected_keys(message: &mut Message) -> AmqpResult<Vec<ShortStr>> {
                 .into_iter()
                 .map(ShortStr::from),
         );
-        if let Some(properties) = decode_properties(&message.properties) {
+        if let Some(properties) = decode_properties(message.raw_properties()) {
             let properties = properties.with_headers(without_key(&headers, "BCC"));
-            message.properties = encode_properties(&properties);
+            *message = message.with_raw_properties(&encode_properties(&properties));
         }
     }
     Ok(keys)
@@ -125,9 +125,9 @@ impl Channel {
             let Some(queue) = &self.reply_queue else {
                 return Err(error::precondition("fast reply consumer does not exist"));
             };
-            if let Some(properties) = decode_properties(&message.properties) {
+            if let Some(properties) = decode_properties(message.raw_properties()) {
                 let properties = properties.with_reply_to(queue.name().to_string().into());
-                message.properties = encode_properties(&properties);
+                message = message.with_raw_properties(&encode_properties(&properties));
             }
         }
         let publication = Publication {
@@ -182,16 +182,11 @@ impl Channel {
         routed: &[Arc<Queue>],
     ) -> AmqpResult<bool> {
         let Publication {
-            mut message,
+            message,
             mandatory,
-            mut handling,
+            handling,
             ..
         } = publication;
-        if routed.len() > 1 && message.body.len() <= COMPACT_MAX_BODY {
-            // One copy shared by all the queues, rather than one per queue that keeps it.
-            message.compact();
-            handling.compacted = true;
-        }
         let mut stored = Ok(Stored::default());
         if let Some((last, rest)) = routed.split_last() {
             for queue in rest {
@@ -204,15 +199,15 @@ impl Channel {
                 AMQPClass::Basic(b::AMQPMethod::Return(b::Return {
                     reply_code: ReplyCode::NoRoute.code(),
                     reply_text: "NO_ROUTE".into(),
-                    exchange: message.exchange.to_string().into(),
-                    routing_key: message.routing_key.to_string().into(),
+                    exchange: message.exchange().into(),
+                    routing_key: message.routing_key().into(),
                 })),
             );
             encode::content(
                 ctx.out,
                 self.id,
-                &message.properties,
-                &message.body,
+                message.raw_properties(),
+                message.body(),
                 ctx.frame_max,
             );
         }
@@ -260,7 +255,9 @@ fn enqueue(
     message: Message,
     handling: Handling,
 ) -> AmqpResult<Stored> {
-    match queue.publish(message, handling, ctx.effects) {
+    let enqueued = queue.publish(message, handling, ctx.effects);
+    ctx.note_backlog(queue);
+    match enqueued {
         Ok(Enqueued::Logged) => {
             ctx.commit_later(queue);
             Ok(Stored {

@@ -6,6 +6,7 @@
 //! over a read, a pending write, the mailbox and the heartbeat timer, so a client that
 //! is slow to read cannot stall the frames it sends us, and vice versa.
 
+mod flow;
 mod handshake;
 mod io;
 
@@ -159,6 +160,8 @@ struct Shared {
     now: std::time::Instant,
     /// The current batch published a message.
     published: bool,
+    /// Queues the current batch published to that hold a backlog.
+    backlogged: Vec<Arc<Queue>>,
 }
 
 impl Shared {
@@ -181,6 +184,7 @@ impl Shared {
             user: &self.user,
             now: self.now,
             published: &mut self.published,
+            backlogged: &mut self.backlogged,
         }
     }
 }
@@ -204,6 +208,8 @@ struct Connection {
     blocked_notify: bool,
     /// Reading is paused: the connection published while a resource alarm was raised.
     blocked: bool,
+    /// Reading is paused while the queues it publishes to work off their backlog.
+    flow: flow::Flow,
 }
 
 /// The confirms one batch owes, per channel up to a sequence number, and the channels
@@ -237,9 +243,11 @@ impl Connection {
                 user: session.user,
                 now: std::time::Instant::now(),
                 published: false,
+                backlogged: Vec::new(),
             },
             blocked_notify: session.blocked_notify,
             blocked: false,
+            flow: flow::Flow::default(),
             channels: Vec::new(),
             open_channels: 0,
             channel_max: session.channel_max,
@@ -297,7 +305,9 @@ impl Connection {
             let take_deliveries = !output_full && matches!(self.phase, Phase::Open);
             // While closing, only the close handshake is read: it writes nothing more and
             // publishes nothing, so neither a full output nor an alarm holds it back.
-            let read_more = !matches!(self.phase, Phase::Open) || (!self.blocked && !output_full);
+            let in_flow = self.flow.is_waiting();
+            let read_more =
+                !matches!(self.phase, Phase::Open) || (!self.blocked && !output_full && !in_flow);
             let watch_acks = matches!(self.phase, Phase::Open)
                 && self.channels.iter().flatten().any(|c| c.has_unacked());
             io.rbuf.reserve(READ_CHUNK);
@@ -337,6 +347,7 @@ impl Connection {
                             if self.shared.published && alarms.borrow().any() {
                                 self.block(alarms.borrow().reason());
                             }
+                            self.flow.after_batch(&mut self.shared.backlogged);
                         }
                         Err(e) => return Ended::SocketError(e),
                     }
@@ -357,6 +368,11 @@ impl Connection {
                         encode::heartbeat(&mut self.shared.out);
                     }
                     wrote_since_tick = false;
+                }
+                () = sleep_until_opt(self.flow.next_look()) => {
+                    self.flow.poll();
+                    // The client's frames wait unread meanwhile: its heartbeats too.
+                    last_read = Instant::now();
                 }
                 _ = ack_deadlines.tick(), if watch_acks => {
                     self.close_late_channels();
@@ -813,6 +829,7 @@ impl Connection {
         self.shared.mailbox.drain_into(&mut self.inbox);
         self.pending.extend(self.inbox.drain(..));
         let mut returned = Vec::new();
+        let mut written = 0;
         while self.shared.out.len() < OUT_HIGH_WATER {
             let Some(item) = self.pending.pop_front() else {
                 break;
@@ -825,6 +842,7 @@ impl Connection {
                     credit,
                     message,
                 } => {
+                    written += 1;
                     let shared = &mut self.shared;
                     let back = match self.channels.get_mut(usize::from(channel)) {
                         Some(Some(ch)) => {
@@ -848,6 +866,9 @@ impl Connection {
                 }
             }
         }
+        let shared = &mut self.shared;
+        let mailbox = Arc::clone(&shared.mailbox);
+        mailbox.written(written, |queue| shared.context().kick_later(queue));
         crate::channel::requeue_all(returned, &mut self.shared.effects);
         self.after_batch();
     }

@@ -216,7 +216,7 @@ impl ConsistentHashRouter {
     fn message_hash(&self, message: &Message) -> u32 {
         let mut h = Hasher::new();
         match &self.hash_on {
-            HashOn::RoutingKey => h.write(message.routing_key.as_bytes()),
+            HashOn::RoutingKey => h.write(message.routing_key().as_bytes()),
             HashOn::Header(name) => {
                 let value = message
                     .properties()

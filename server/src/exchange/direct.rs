@@ -62,7 +62,7 @@ impl Router for DirectRouter {
     }
 
     fn route(&self, message: &Message, out: &mut Routed) {
-        if let Some(list) = self.by_key.get(&*message.routing_key) {
+        if let Some(list) = self.by_key.get(message.routing_key()) {
             for b in list {
                 b.deliver_to(out);
             }

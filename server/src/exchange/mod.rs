@@ -398,12 +398,7 @@ pub(crate) mod test_support {
     }
 
     pub fn message(key: &str, properties: Bytes) -> Message {
-        Message {
-            exchange: "x".into(),
-            routing_key: key.into(),
-            properties,
-            body: Bytes::new(),
-        }
+        Message::new("x", key, &properties, Bytes::new())
     }
 
     pub fn names(out: &[Arc<Queue>]) -> Vec<String> {

@@ -304,7 +304,7 @@ impl Router for TopicRouter {
         }
         // The empty key has no words (as in RabbitMQ), so only patterns of none or `#`s
         // match it.
-        let key: &str = &message.routing_key;
+        let key: &str = message.routing_key();
         let rest = (!key.is_empty()).then_some(key);
         self.root.walk(rest, &mut Seen::new(), out);
     }

@@ -10,7 +10,7 @@
 //! that pages the whole backlog into memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use super::paging::Paging;
 
@@ -69,6 +69,8 @@ pub struct Credit {
     channel: Option<Arc<Limit>>,
     /// Deliveries handed to the connection and not yet written (or given back).
     unwritten: AtomicU32,
+    /// Its queue waits in its connection's mailbox for room ([`Mailbox::stall`](super::Mailbox::stall)).
+    stalled: AtomicBool,
 }
 
 impl Credit {
@@ -78,6 +80,7 @@ impl Credit {
             own: Limit::new(own),
             channel,
             unwritten: AtomicU32::new(0),
+            stalled: AtomicBool::new(false),
         }
     }
 
@@ -101,6 +104,17 @@ impl Credit {
             })
             .unwrap_or(0);
         before >= Paging::current().unwritten
+    }
+
+    /// Marks the consumer's queue as waiting for room on the connection; returns whether
+    /// it was already, so that it is registered once.
+    pub fn stall(&self) -> bool {
+        self.stalled.swap(true, Ordering::AcqRel)
+    }
+
+    /// Clears the mark [`Credit::stall`] set, once the queue has been kicked.
+    pub fn unstall(&self) {
+        self.stalled.store(false, Ordering::Release);
     }
 
     /// Takes one unit of credit if both limits allow it.

@@ -127,9 +127,9 @@ pub fn republish(
     now_ms: u64,
 ) -> Republished {
     let message = &letter.message;
-    let mut properties = decode_properties(&message.properties).unwrap_or_default();
+    let mut properties = decode_properties(message.raw_properties()).unwrap_or_default();
     let mut headers = properties.headers().clone().unwrap_or_default();
-    let mut keys = vec![message.routing_key.to_string()];
+    let mut keys = vec![message.routing_key().to_string()];
     keys.extend(header_routing_keys(&headers, "CC"));
 
     let mut entry = FieldTable::default();
@@ -137,7 +137,7 @@ pub fn republish(
     entry.insert("reason".into(), long_str(letter.reason.as_str()));
     entry.insert("queue".into(), long_str(queue));
     entry.insert("time".into(), AMQPValue::Timestamp(now_ms / 1000));
-    entry.insert("exchange".into(), long_str(&message.exchange));
+    entry.insert("exchange".into(), long_str(message.exchange()));
     entry.insert(
         "routing-keys".into(),
         AMQPValue::FieldArray(keys.iter().map(|k| long_str(k)).collect::<Vec<_>>().into()),
@@ -190,7 +190,7 @@ pub fn republish(
     for (suffix, value) in [
         ("reason", letter.reason.as_str()),
         ("queue", queue),
-        ("exchange", &message.exchange),
+        ("exchange", message.exchange()),
     ] {
         let first = ShortString::from(format!("x-first-death-{suffix}"));
         if !headers.contains_key(first.as_str()) {
@@ -211,15 +211,12 @@ pub fn republish(
         encoded = view.without(Property::Expiration);
     }
     Republished {
-        message: Message {
-            exchange: dlx.into(),
-            routing_key: routing_keys
-                .first()
-                .cloned()
-                .unwrap_or_else(|| message.routing_key.clone()),
-            properties: encoded,
-            body: message.body.clone(),
-        },
+        message: Message::new(
+            dlx,
+            routing_keys.first().map_or(message.routing_key(), |k| &**k),
+            &encoded,
+            message.body_bytes(),
+        ),
         routing_keys,
         deaths: history,
     }
@@ -232,16 +229,16 @@ mod tests {
     use bytes::Bytes;
 
     fn message(properties: &BasicProperties) -> Message {
-        Message {
-            exchange: "ex".into(),
-            routing_key: "rk".into(),
-            properties: encode_properties(properties),
-            body: Bytes::from_static(b"body"),
-        }
+        Message::new(
+            "ex",
+            "rk",
+            &encode_properties(properties),
+            Bytes::from_static(b"body"),
+        )
     }
 
     fn headers(message: &Message) -> FieldTable {
-        PropertiesView::new(&message.properties)
+        PropertiesView::new(message.raw_properties())
             .expect("valid properties")
             .headers()
             .expect("headers")
@@ -279,9 +276,9 @@ mod tests {
             None,
             7_000,
         );
-        assert_eq!(&*out.message.exchange, "dlx");
-        assert_eq!(&*out.message.routing_key, "rk");
-        let view = PropertiesView::new(&out.message.properties).expect("valid");
+        assert_eq!(out.message.exchange(), "dlx");
+        assert_eq!(out.message.routing_key(), "rk");
+        let view = PropertiesView::new(out.message.raw_properties()).expect("valid");
         assert_eq!(view.short_str(Property::Expiration), None);
         let d = deaths(&out.message);
         assert_eq!(d.len(), 1);

@@ -28,7 +28,7 @@ mod model_tests;
 mod paging;
 pub mod ready;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use amqp_codec::amq_protocol::types::FieldTable;
@@ -42,7 +42,7 @@ pub use mailbox::{Mailbox, Outgoing};
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Handling, Message, QueuedMessage};
 use crate::store::{
-    BrokerStore, PendingSync, QueueLog, Recovery, SegmentPosition, StoreError, StoredMessage,
+    BrokerStore, MessageRecord, PendingSync, QueueLog, Recovery, SegmentPosition, StoreError,
     SyncTarget,
 };
 use crate::timers::{Timers, Wake, now_ms};
@@ -153,8 +153,21 @@ impl Window {
 }
 
 /// What a ready message costs in memory besides its body: its queue entry and the
-/// shared buffers' headers (properties, names), for the memory alarm.
+/// header and size-class rounding of the one allocation it keeps, for the memory alarm.
 const MESSAGE_FOOTPRINT: usize = std::mem::size_of::<QueuedMessage>() + 64;
+
+/// The log record of `message` as a queue writes it.
+fn record(message: &Message, persistent: bool, expires_at_ms: u64) -> MessageRecord<'_> {
+    MessageRecord {
+        persistent,
+        expires_at_ms,
+        exchange: message.exchange(),
+        routing_key: message.routing_key(),
+        properties: message.raw_properties(),
+        body: message.body(),
+    }
+}
+
 /// How long dead letters that no queue took wait before they are tried again
 /// (`at-least-once`).
 const DEAD_LETTER_RETRY_MS: u64 = 1000;
@@ -203,6 +216,8 @@ struct QueueState {
     /// All consumers share one priority, so dispatch is plain round-robin.
     uniform_priority: bool,
     next_consumer: usize,
+    /// Consumers passed over in this dispatch because their connection was full.
+    stalled: Vec<usize>,
     had_consumer: bool,
     deleted: bool,
     /// Deleted with appends whose sync failed (see [`Queue::abandon`]): none of them
@@ -273,6 +288,49 @@ pub struct Queue {
     env: QueueEnv,
     settings: QueueSettings,
     state: Mutex<QueueState>,
+    flow: FlowGauge,
+}
+
+/// A queue's backlog as publishers' flow control sees it, updated after each dispatch:
+/// the ready messages in memory while the queue has consumers (a backlog they are
+/// working off; none without consumers, whose backlog spills to disk instead), and how
+/// many deliveries the queue has handed out, which tells a backlog that drains from
+/// one whose consumers are stuck.
+#[derive(Debug, Default)]
+pub struct FlowGauge {
+    ready: AtomicU64,
+    ready_bytes: AtomicU64,
+    handed: AtomicU64,
+}
+
+impl FlowGauge {
+    fn set(&self, st: &QueueState, handed: u64) {
+        let (ready, bytes) = if st.consumers.is_empty() {
+            (0, 0)
+        } else {
+            (st.ready.len() as u64, st.ready.bytes() as u64)
+        };
+        self.ready.store(ready, Ordering::Relaxed);
+        self.ready_bytes.store(bytes, Ordering::Relaxed);
+        if handed > 0 {
+            self.handed.fetch_add(handed, Ordering::Relaxed);
+        }
+    }
+
+    /// Ready messages in memory awaiting the queue's consumers (0 without consumers).
+    pub fn ready(&self) -> u64 {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    /// Their body bytes.
+    pub fn ready_bytes(&self) -> u64 {
+        self.ready_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Deliveries handed to consumers so far.
+    pub fn handed(&self) -> u64 {
+        self.handed.load(Ordering::Relaxed)
+    }
 }
 
 /// The ordering key of a logged message: its log position, which grows in publish order.
@@ -381,12 +439,12 @@ impl QueueState {
             self.last_loaded = Some(pos);
             self.paged = self.paged.saturating_sub(1);
             self.paged_bytes = self.paged_bytes.saturating_sub(stored.body.len() as u64);
-            let mut message = Message {
-                exchange: stored.exchange,
-                routing_key: stored.routing_key,
-                properties: stored.properties,
-                body: stored.body,
-            };
+            let mut message = Message::new(
+                &stored.exchange,
+                &stored.routing_key,
+                &stored.properties,
+                stored.body,
+            );
             if delivery_count > 0 {
                 message = message.with_delivery_count(delivery_count);
             }
@@ -552,8 +610,7 @@ impl QueueState {
         }
         if self.args.single_active_consumer {
             let active = (0..n).min_by_key(|&i| self.consumers[i].id)?;
-            let credit = &self.consumers[active].credit;
-            return (credit.has_room() && credit.try_acquire()).then_some(active);
+            return self.take_credit(active).then_some(active);
         }
         let mut start = 0;
         while start < n {
@@ -568,8 +625,7 @@ impl QueueState {
             let size = end - start;
             for k in 0..size {
                 let at = start + (self.next_consumer + k) % size;
-                let credit = &self.consumers[at].credit;
-                if credit.has_room() && credit.try_acquire() {
+                if self.take_credit(at) {
                     self.next_consumer = at - start + 1;
                     return Some(at);
                 }
@@ -577,6 +633,22 @@ impl QueueState {
             start = end;
         }
         None
+    }
+
+    /// Takes a unit of consumer `at`'s credit if it may be handed another delivery; one
+    /// refused only because its connection is full is noted in `stalled`.
+    fn take_credit(&mut self, at: usize) -> bool {
+        let consumer = &self.consumers[at];
+        if !consumer.credit.has_room() {
+            return false;
+        }
+        if !consumer.mailbox.has_room() {
+            if !self.stalled.contains(&at) {
+                self.stalled.push(at);
+            }
+            return false;
+        }
+        consumer.credit.try_acquire()
     }
 
     /// The next deadline the timers must wake the queue for, if any.
@@ -629,6 +701,7 @@ impl Queue {
                 holds,
                 ..QueueState::default()
             }),
+            flow: FlowGauge::default(),
         }
     }
 
@@ -761,7 +834,7 @@ impl Queue {
             persistent: handling.persistent || st.args.queue_type == QueueType::Quorum,
             ..handling
         };
-        if st.args.overflow != Overflow::DropHead && st.full_for(message.body.len()) {
+        if st.args.overflow != Overflow::DropHead && st.full_for(message.body().len()) {
             if st.args.overflow == Overflow::RejectPublishDlx
                 && st.args.dead_letter_exchange.is_some()
             {
@@ -782,38 +855,26 @@ impl Queue {
         } else {
             0
         };
-        let stored = |message: &Message| StoredMessage {
-            persistent: handling.persistent,
-            expires_at_ms,
-            exchange: message.exchange.clone(),
-            routing_key: message.routing_key.clone(),
-            properties: message.properties.clone(),
-            body: message.body.clone(),
-        };
         let durable_log = st.log.is_some() && !st.spill;
         let logged =
             if !durable_log && self.memory_full(st, Window::Transient) && self.spill_log(st) {
                 let paged = st.paged;
                 let log = st.log.as_mut().ok_or(StoreError::Misuse("no spill log"))?;
-                let pos = log.append(&stored(&message))?;
+                let pos = log.append(record(&message, handling.persistent, expires_at_ms))?;
                 if paged == 0 {
                     st.spill_base = st.next_offset.wrapping_sub(position_offset(pos));
                 }
                 st.paged += 1;
-                st.paged_bytes += message.body.len() as u64;
+                st.paged_bytes += message.body().len() as u64;
                 false
             } else if durable_log {
                 let log = st.log.as_mut().ok_or(StoreError::Misuse("no queue log"))?;
-                let pos = log.append(&stored(&message))?;
+                let pos = log.append(record(&message, handling.persistent, expires_at_ms))?;
                 if self.memory_full(st, Window::Durable) {
                     st.paged += 1;
-                    st.paged_bytes += message.body.len() as u64;
+                    st.paged_bytes += message.body().len() as u64;
                 } else {
                     st.last_loaded = Some(pos);
-                    let mut message = message;
-                    if !handling.compacted && (st.consumers.is_empty() || !st.ready.is_empty()) {
-                        message.compact();
-                    }
                     st.enqueue(QueuedMessage {
                         offset: position_offset(pos),
                         position: Some(pos),
@@ -828,11 +889,6 @@ impl Queue {
             } else {
                 let offset = st.next_offset;
                 st.next_offset += 1;
-                let mut message = message;
-                if !handling.compacted && (st.consumers.is_empty() || !st.ready.is_empty()) {
-                    // It waits in the queue rather than going out at once.
-                    message.compact();
-                }
                 st.enqueue(QueuedMessage {
                     offset,
                     position: None,
@@ -1203,10 +1259,18 @@ impl Queue {
     /// Hands ready messages to consumers with credit, one at a time; expired messages met
     /// at the head on the way are dead-lettered instead.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, letters: &mut Vec<DeadLetter>) {
+        let handed = self.dispatch_ready(st, letters);
+        self.flow.set(st, handed);
+    }
+
+    /// [`Queue::dispatch`]'s work; returns how many deliveries it handed out.
+    fn dispatch_ready(self: &Arc<Self>, st: &mut QueueState, letters: &mut Vec<DeadLetter>) -> u64 {
+        let mut handed = 0;
         if st.consumers.is_empty() {
-            return;
+            return handed;
         }
         let now = if st.expiring { now_ms() } else { 0 };
+        st.stalled.clear();
         loop {
             if st.expiring {
                 st.expire(&self.name, now, letters);
@@ -1222,6 +1286,16 @@ impl Queue {
                 }
             }
             let Some(at) = st.pick_consumer() else {
+                // Consumers whose connections were full are kicked once those have
+                // written; one that found room meanwhile is served now.
+                let room = st.stalled.iter().fold(false, |room, &at| {
+                    let consumer = &st.consumers[at];
+                    consumer.mailbox.stall(self, &consumer.credit) || room
+                });
+                st.stalled.clear();
+                if room {
+                    continue;
+                }
                 break;
             };
             let Some(message) = st.next_ready(&self.name) else {
@@ -1244,7 +1318,14 @@ impl Queue {
                 credit: consumer.credit.clone(),
                 message,
             });
+            handed += 1;
         }
+        handed
+    }
+
+    /// What publishers' flow control reads of the queue without taking its lock.
+    pub fn flow(&self) -> &FlowGauge {
+        &self.flow
     }
 
     /// Asks the timers to wake the queue at its next deadline, unless an earlier
@@ -1394,12 +1475,7 @@ mod tests {
     }
 
     fn message(n: usize) -> Message {
-        Message {
-            exchange: "".into(),
-            routing_key: "q".into(),
-            properties: Bytes::new(),
-            body: Bytes::from(n.to_string()),
-        }
+        Message::new("", "q", b"", Bytes::from(n.to_string()))
     }
 
     fn consumer(id: ConsumerId, credit: &Arc<Credit>, mailbox: &Arc<Mailbox>) -> ConsumerHandle {
@@ -1450,6 +1526,85 @@ mod tests {
         queue.kick(&mut effects);
         assert_eq!(handed(&mailbox), credit::UNWRITTEN_LIMIT as usize);
         assert!(effects.is_empty());
+    }
+
+    /// Publishers' flow control sees a backlog only while the queue has consumers to
+    /// work it off, and counts the deliveries it hands them.
+    #[test]
+    fn the_flow_gauge_shows_a_backlog_only_to_consumers() {
+        let queue = plain_queue();
+        let mut effects = Effects::default();
+        for n in 0..10 {
+            queue
+                .publish(message(n), Handling::default(), &mut effects)
+                .expect("publish");
+        }
+        assert_eq!(queue.flow().ready(), 0, "no consumer: nothing to wait for");
+        let credit = Arc::new(Credit::new(4, None));
+        let mailbox = Arc::new(Mailbox::default());
+        queue
+            .add_consumer(consumer(1, &credit, &mailbox), &mut effects)
+            .expect("consume");
+        let flow = queue.flow();
+        assert_eq!((flow.ready(), flow.ready_bytes(), flow.handed()), (6, 6, 4));
+        assert_eq!(queue.remove_consumer(1), ConsumerRemoval::Removed);
+        queue.kick(&mut effects);
+        assert_eq!(queue.flow().ready(), 0, "the consumer left");
+    }
+
+    /// Consumers of many queues on one connection are handed at most the connection's
+    /// room in all; once it has written half of that, the queues that found it full are
+    /// kicked and hand it more, until every message has gone out.
+    #[test]
+    fn a_full_connection_holds_its_queues_back_until_it_has_written() {
+        let room = 8;
+        let _paging = Paging {
+            connection_unwritten: room,
+            ..Paging::DEFAULT
+        }
+        .set_for_tests();
+        let mailbox = Arc::new(Mailbox::default());
+        let mut effects = Effects::default();
+        let (queues, per_queue) = (4u64, 10usize);
+        for id in 0..queues {
+            let queue = plain_queue();
+            for n in 0..per_queue {
+                queue
+                    .publish(message(n), Handling::default(), &mut effects)
+                    .expect("publish");
+            }
+            let credit = Arc::new(Credit::new(0, None));
+            queue
+                .add_consumer(consumer(id, &credit, &mailbox), &mut effects)
+                .expect("consume");
+        }
+        let mut held = handed(&mailbox);
+        assert_eq!(held, room as usize);
+        let mut kicked = Vec::new();
+        mailbox.written(room / 2 - 1, |q| kicked.push(q.clone()));
+        assert!(kicked.is_empty(), "more than half the room is still taken");
+        let mut delivered = room as usize / 2 - 1;
+        held -= delivered;
+        mailbox.written(1, |q| kicked.push(q.clone()));
+        delivered += 1;
+        held -= 1;
+        assert_eq!(kicked.len(), queues as usize, "every queue found it full");
+        while delivered < queues as usize * per_queue {
+            assert!(
+                !kicked.is_empty(),
+                "{delivered} delivered, then nothing more"
+            );
+            for queue in std::mem::take(&mut kicked) {
+                queue.kick(&mut effects);
+            }
+            held += handed(&mailbox);
+            assert!(held <= room as usize, "{held} handed ahead of the writes");
+            let n = u32::try_from(held).expect("small");
+            delivered += held;
+            held = 0;
+            mailbox.written(n, |q| kicked.push(q.clone()));
+        }
+        assert_eq!(delivered, queues as usize * per_queue);
     }
 
     /// A policy that lowers a length limit far below the backlog drops it a slice per
@@ -1561,7 +1716,7 @@ mod tests {
             queue.wake(now_ms(), &mut effects);
         }
         let (got, left) = queue.get(true, &mut effects).expect("the later message");
-        assert_eq!(got.message.body, Bytes::from(backlog.to_string()));
+        assert_eq!(got.message.body(), backlog.to_string().as_bytes());
         assert_eq!(left, 0);
         queue.settle([held]);
         let st = queue.state.lock();

@@ -259,6 +259,11 @@ struct Model {
     /// Where the next turn starts.
     next_consumer: usize,
     mailbox: Vec<Delivery>,
+    /// Deliveries handed to the connection and not yet written, over all consumers.
+    conn_unwritten: u32,
+    /// A consumer with room of its own was passed over because the connection was full:
+    /// the queue is kicked once the connection has written half its room.
+    stalled: bool,
     /// Unacked deliveries in delivery-tag order, with the consumer whose credit they hold.
     unacked: Vec<(u64, Option<u64>)>,
     /// Letters moving to the dead-letter exchange, their source records not yet acked.
@@ -299,6 +304,8 @@ impl Model {
             consumers: Vec::new(),
             next_consumer: 0,
             mailbox: Vec::new(),
+            conn_unwritten: 0,
+            stalled: false,
             unacked: Vec::new(),
             moving: VecDeque::new(),
             new_moves: Vec::new(),
@@ -476,9 +483,14 @@ impl Model {
     /// turns, skipping those without credit or with too much handed and not written.
     fn pick_consumer(&mut self) -> Option<usize> {
         let n = self.consumers.len();
+        let full = self.conn_unwritten >= self.paging.connection_unwritten;
         for k in 0..n {
             let at = (self.next_consumer + k) % n;
             let c = &mut self.consumers[at];
+            if c.unwritten < self.paging.unwritten && full {
+                self.stalled = true;
+                continue;
+            }
             if c.unwritten < self.paging.unwritten && (c.prefetch == 0 || c.in_flight < c.prefetch)
             {
                 c.in_flight += 1;
@@ -528,6 +540,7 @@ impl Model {
                 break;
             };
             self.consumers[at].unwritten += 1;
+            self.conn_unwritten += 1;
             let c = self.consumers[at];
             // A quorum queue marks `no_ack` deliveries too, to count returns from them
             // (so one still in the mailbox at a restart comes back flagged).
@@ -659,6 +672,7 @@ impl Model {
     fn deliver(&mut self) {
         let mut returned = Vec::new();
         let mut kick = false;
+        let delivered = self.mailbox.len();
         for d in std::mem::take(&mut self.mailbox) {
             let limit = self.paging.unwritten;
             let consumer = self.consumers.iter_mut().find(|c| c.id == d.consumer);
@@ -678,10 +692,20 @@ impl Model {
                 returned.push(d.id);
             }
         }
+        kick |= self.written(delivered);
         self.requeue(&returned);
         if kick {
             self.dispatch();
         }
+    }
+
+    /// The connection wrote (or gave back) `n` deliveries; true when that lets a queue
+    /// that found it full go on.
+    fn written(&mut self, n: usize) -> bool {
+        self.conn_unwritten -= u32::try_from(n).expect("few");
+        let resume = self.stalled && self.conn_unwritten <= self.paging.connection_unwritten / 2;
+        self.stalled &= !resume;
+        resume
     }
 
     /// Takes the unacked deliveries an ack or nack names, giving their credit back;
@@ -706,6 +730,7 @@ impl Model {
         let unacked: Vec<u64> = self.unacked.drain(..).map(|(id, _)| id).collect();
         self.requeue(&unacked);
         let undelivered: Vec<u64> = self.mailbox.drain(..).map(|d| d.id).collect();
+        self.written(undelivered.len());
         self.requeue(&undelivered);
     }
 
@@ -868,6 +893,8 @@ impl Model {
         self.next_consumer = 0;
         self.discard_due = false;
         self.mailbox.clear();
+        self.conn_unwritten = 0;
+        self.stalled = false;
         self.unacked.clear();
         self.moving.clear();
         self.mem.clear();
@@ -892,7 +919,7 @@ fn id_in(body: &[u8]) -> u64 {
 
 /// The number of the message a queue handed out.
 fn id_of(message: &QueuedMessage) -> u64 {
-    id_in(&message.message.body)
+    id_in(message.message.body())
 }
 
 fn properties(persistent: bool, ttl: bool, priority: u8) -> Bytes {
@@ -1145,6 +1172,8 @@ impl Harness {
                         Outgoing::Cancelled { .. } => None,
                     })
                     .collect();
+                let n = u32::try_from(undelivered.len()).expect("few");
+                self.mailbox.written(n, |_| {});
                 if !undelivered.is_empty() {
                     self.queue().requeue(undelivered, &mut effects);
                 }
@@ -1212,12 +1241,7 @@ impl Harness {
     ) -> Result<(), TestCaseError> {
         let id = self.model.msgs.len() as u64;
         let properties = properties(persistent, ttl, priority);
-        let message = Message {
-            exchange: "ex".into(),
-            routing_key: "rk".into(),
-            properties: properties.clone(),
-            body: body(id, size),
-        };
+        let message = Message::new("ex", "rk", &properties.clone(), body(id, size));
         let handling = Handling::of(&message);
         prop_assert_eq!(handling.persistent, persistent);
         let enqueued = self
@@ -1245,7 +1269,9 @@ impl Harness {
     fn deliver(&mut self, effects: &mut Effects) -> Result<(), TestCaseError> {
         let mut returned = Vec::new();
         let mut kick = false;
+        let mut written = 0;
         for item in std::mem::take(&mut self.pending) {
+            written += 1;
             let Outgoing::Deliver {
                 consumer,
                 queue,
@@ -1275,6 +1301,7 @@ impl Harness {
                 }
             }
         }
+        self.mailbox.written(written, |_| kick = true);
         if !returned.is_empty() {
             self.queue().requeue(returned, effects);
         }
@@ -1312,6 +1339,8 @@ impl Harness {
     fn stop(&mut self) {
         self.consumers.clear();
         self.pending.clear();
+        // The connection is gone: nothing it held is unwritten, no queue waits on it.
+        self.mailbox.written(u32::MAX, |_| {});
         self.unacked.clear();
         self.moves.clear();
         let queue = self.queue.take().expect("a queue to stop");
@@ -1395,7 +1424,7 @@ impl Harness {
             .map(|m| {
                 m.letters
                     .iter()
-                    .map(|l| (id_in(&l.message.body), l.reason))
+                    .map(|l| (id_in(l.message.body()), l.reason))
                     .collect()
             })
             .collect();
@@ -1416,7 +1445,7 @@ impl Harness {
                 }
             }
             for letter in &moved.letters {
-                let id = id_in(&letter.message.body);
+                let id = id_in(letter.message.body());
                 prop_assert_eq!(
                     letter.position.is_some(),
                     self.model.msg(id).logged,
@@ -1482,7 +1511,7 @@ impl Harness {
         let got: Vec<Vec<u64>> = self
             .moves
             .iter()
-            .map(|m| m.letters.iter().map(|l| id_in(&l.message.body)).collect())
+            .map(|m| m.letters.iter().map(|l| id_in(l.message.body())).collect())
             .collect();
         let want: Vec<Vec<u64>> = self.model.moving.iter().cloned().collect();
         prop_assert_eq!(got, want, "moves not yet settled");
@@ -1513,22 +1542,19 @@ impl Harness {
             "redelivered flag of {}",
             id
         );
-        prop_assert_eq!(&message.message.body, &body(id, want.size - ID_DIGITS));
+        prop_assert_eq!(message.message.body(), &body(id, want.size - ID_DIGITS)[..]);
         let properties = if want.returns > 0 {
-            Message {
-                exchange: "ex".into(),
-                routing_key: "rk".into(),
-                properties: want.properties.clone(),
-                body: Bytes::new(),
-            }
-            .with_delivery_count(want.returns)
-            .properties
+            Bytes::copy_from_slice(
+                Message::new("ex", "rk", &want.properties, Bytes::new())
+                    .with_delivery_count(want.returns)
+                    .raw_properties(),
+            )
         } else {
             want.properties.clone()
         };
         prop_assert_eq!(
-            &message.message.properties,
-            &properties,
+            message.message.raw_properties(),
+            &properties[..],
             "properties of {}",
             id
         );
@@ -1538,8 +1564,8 @@ impl Harness {
             "x-delivery-count of {}",
             id
         );
-        prop_assert_eq!(&*message.message.exchange, "ex");
-        prop_assert_eq!(&*message.message.routing_key, "rk");
+        prop_assert_eq!(message.message.exchange(), "ex");
+        prop_assert_eq!(message.message.routing_key(), "rk");
         prop_assert_eq!(message.priority, want.priority);
         prop_assert_eq!(
             message.position.is_some(),
@@ -1648,6 +1674,7 @@ fn paging() -> impl Strategy<Value = Paging> {
         byte_limit(1..1000),
         small_or_not(4, 20),
         small_or_not(4, 40),
+        small_or_not(4, 40),
     )
         .prop_map(
             |(
@@ -1659,6 +1686,7 @@ fn paging() -> impl Strategy<Value = Paging> {
                 page_bytes,
                 discard_slice,
                 unwritten,
+                connection_unwritten,
             )| Paging {
                 durable,
                 transient,
@@ -1669,6 +1697,7 @@ fn paging() -> impl Strategy<Value = Paging> {
                 // At least a page, as in production: a purge's slice is so many pages.
                 discard_slice: discard_slice.max(page_messages),
                 unwritten: unwritten as u32,
+                connection_unwritten: connection_unwritten as u32,
             },
         )
 }
@@ -1783,6 +1812,7 @@ fn tiny(kind: Kind) -> Setup {
             page_bytes: 1,
             discard_slice: 1,
             unwritten: 1,
+            connection_unwritten: 1,
         },
         segment_size: MIN_SEGMENT_SIZE,
     }

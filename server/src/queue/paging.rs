@@ -29,6 +29,9 @@ pub(crate) struct Paging {
     /// How many deliveries a queue hands one consumer's connection ahead of what it has
     /// written ([`UNWRITTEN_LIMIT`](super::credit::UNWRITTEN_LIMIT)).
     pub unwritten: u32,
+    /// How many deliveries queues hand one connection, over all its consumers, ahead of
+    /// what it has written ([`Mailbox`](super::Mailbox)).
+    pub connection_unwritten: u32,
 }
 
 impl Paging {
@@ -42,6 +45,7 @@ impl Paging {
         page_bytes: 4 << 20,
         discard_slice: 2 * 2048,
         unwritten: super::credit::UNWRITTEN_LIMIT,
+        connection_unwritten: 4096,
     };
 
     /// The sizes in force.

@@ -17,7 +17,7 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::{StoreError, StoredMessage};
+use super::{MessageRecord, StoreError, StoredMessage};
 
 /// Magic bytes opening every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"WARRENSG";
@@ -122,7 +122,7 @@ pub fn check_file_header(header: &[u8], magic: &[u8; 8]) -> Result<(), String> {
 
 /// Length of the record (header included) that `msg` encodes to, after checking that the
 /// format can hold it.
-pub fn message_record_len(msg: &StoredMessage) -> Result<u64, StoreError> {
+pub fn message_record_len(msg: &MessageRecord<'_>) -> Result<u64, StoreError> {
     if msg.exchange.len() > 255 {
         return Err(StoreError::InvalidMessage(
             "exchange name longer than 255 bytes",
@@ -149,7 +149,7 @@ pub fn message_record_len(msg: &StoredMessage) -> Result<u64, StoreError> {
 
 /// Appends the record of `msg` to `buf`. The caller has checked it with
 /// [`message_record_len`], whose result this returns.
-pub fn encode_message(buf: &mut Vec<u8>, term: u64, msg: &StoredMessage, record_len: u64) {
+pub fn encode_message(buf: &mut Vec<u8>, term: u64, msg: &MessageRecord<'_>, record_len: u64) {
     let start = buf.len();
     buf.reserve(record_len as usize);
     let payload_len = (record_len - RECORD_HEADER_LEN) as u32;
@@ -164,9 +164,9 @@ pub fn encode_message(buf: &mut Vec<u8>, term: u64, msg: &StoredMessage, record_
     buf.push(msg.routing_key.len() as u8);
     buf.extend_from_slice(msg.routing_key.as_bytes());
     buf.extend_from_slice(&(msg.properties.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&msg.properties);
+    buf.extend_from_slice(msg.properties);
     buf.extend_from_slice(&(msg.body.len() as u64).to_be_bytes());
-    buf.extend_from_slice(&msg.body);
+    buf.extend_from_slice(msg.body);
     let crc = crc32fast::hash(&buf[start + RECORD_HEADER_LEN as usize..]);
     buf[start + 4..start + 8].copy_from_slice(&crc.to_be_bytes());
 }
@@ -328,9 +328,9 @@ mod tests {
     #[test]
     fn message_round_trips_and_summarizes() {
         let msg = message(b"hello");
-        let len = message_record_len(&msg).expect("fits");
+        let len = message_record_len(&(&msg).into()).expect("fits");
         let mut buf = vec![9u8; 3];
-        encode_message(&mut buf, 0, &msg, len);
+        encode_message(&mut buf, 0, &(&msg).into(), len);
         assert_eq!(buf.len() as u64, 3 + len);
         let rec = &buf[3..];
         let (plen, crc) = decode_record_header(rec);
@@ -354,7 +354,7 @@ mod tests {
         let mut msg = message(b"");
         msg.exchange = ByteString::from("x".repeat(256));
         assert!(matches!(
-            message_record_len(&msg),
+            message_record_len(&(&msg).into()),
             Err(StoreError::InvalidMessage(_))
         ));
     }
@@ -382,9 +382,9 @@ mod tests {
     #[test]
     fn truncated_payloads_are_errors_not_panics() {
         let msg = message(b"body");
-        let len = message_record_len(&msg).expect("fits");
+        let len = message_record_len(&(&msg).into()).expect("fits");
         let mut buf = Vec::new();
-        encode_message(&mut buf, 0, &msg, len);
+        encode_message(&mut buf, 0, &(&msg).into(), len);
         let payload = &buf[8..];
         for cut in 0..payload.len() {
             assert!(decode_message(Bytes::copy_from_slice(&payload[..cut])).is_err());

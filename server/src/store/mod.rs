@@ -86,6 +86,37 @@ pub struct StoredMessage {
     pub body: Bytes,
 }
 
+/// A message record to append, borrowed from wherever the message is kept: a queue's
+/// messages are written without first being copied into a [`StoredMessage`].
+#[derive(Debug, Clone, Copy)]
+pub struct MessageRecord<'a> {
+    /// Published with delivery mode 2.
+    pub persistent: bool,
+    /// Expiry deadline in milliseconds since the Unix epoch, 0 for none.
+    pub expires_at_ms: u64,
+    /// Exchange the message was published to.
+    pub exchange: &'a str,
+    /// Routing key it was published with.
+    pub routing_key: &'a str,
+    /// Encoded content properties.
+    pub properties: &'a [u8],
+    /// The body.
+    pub body: &'a [u8],
+}
+
+impl<'a> From<&'a StoredMessage> for MessageRecord<'a> {
+    fn from(msg: &'a StoredMessage) -> Self {
+        Self {
+            persistent: msg.persistent,
+            expires_at_ms: msg.expires_at_ms,
+            exchange: &msg.exchange,
+            routing_key: &msg.routing_key,
+            properties: &msg.properties,
+            body: &msg.body,
+        }
+    }
+}
+
 /// What can go wrong in the store. Every I/O error names the operation and the file.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -45,7 +45,7 @@ use super::format::{
     MESSAGE_PREFIX_MAX, MIN_MESSAGE_PAYLOAD, RECORD_HEADER_LEN, SEGMENT_MAGIC,
 };
 use super::fs::{FileRef, FileSystem, FsRef, OpenMode, RealFs};
-use super::{Result, SegmentPosition, StoreError, StoredMessage};
+use super::{MessageRecord, Result, SegmentPosition, StoreError, StoredMessage};
 
 /// Appends are written out once this much is buffered (one write syscall per this many
 /// bytes, whatever the group commit's pace).
@@ -522,7 +522,8 @@ impl QueueLog {
     /// unless the buffer is full or the segment rolls over; the message is durable once a
     /// later sync covers its position. Rolls to a new segment when this record would take
     /// the current one past the segment size (a larger message gets a segment of its own).
-    pub fn append(&mut self, msg: &StoredMessage) -> Result<SegmentPosition> {
+    pub fn append<'a>(&mut self, msg: impl Into<MessageRecord<'a>>) -> Result<SegmentPosition> {
+        let msg = &msg.into();
         if let Some(why) = &self.poisoned {
             return Err(StoreError::Poisoned(why.clone()));
         }
