@@ -1756,12 +1756,7 @@ mod tests {
         let (queue, _) = vhost
             .declare_queue(durable_queue("fresh"), 1)
             .expect("declare the queue");
-        let message = Message {
-            exchange: "".into(),
-            routing_key: "fresh".into(),
-            properties: bytes::Bytes::new(),
-            body: bytes::Bytes::from_static(b"confirmed"),
-        };
+        let message = Message::new("", "fresh", &[], bytes::Bytes::from_static(b"confirmed"));
         let persistent = Handling {
             persistent: true,
             ..Handling::default()
@@ -1818,12 +1813,7 @@ mod tests {
         }
 
         fn publish(&self, queue: &Arc<Queue>, body: &str) {
-            let message = Message {
-                exchange: "".into(),
-                routing_key: queue.name().to_string().into(),
-                properties: bytes::Bytes::new(),
-                body: bytes::Bytes::from(body.to_owned()),
-            };
+            let message = Message::new("", queue.name(), &[], bytes::Bytes::from(body.to_owned()));
             let persistent = Handling {
                 persistent: true,
                 ..Handling::default()

@@ -1652,7 +1652,6 @@ mod tests {
         persistent: true,
         ttl_ms: None,
         priority: 0,
-        compacted: false,
     };
 
     /// Publishes persistent messages `0..n`, more than fit in memory.
@@ -1686,7 +1685,7 @@ mod tests {
             .publish(message(backlog), PERSISTENT, &mut effects)
             .expect("publish after the purge");
         let (got, left) = queue.get(true, &mut effects).expect("the later message");
-        assert_eq!(got.message.body, Bytes::from(backlog.to_string()));
+        assert_eq!(got.message.body(), backlog.to_string().as_bytes());
         assert_eq!(left, 0);
     }
 
@@ -1771,7 +1770,7 @@ mod tests {
             }
         }
         let (got, _) = queue.get(true, &mut effects).expect("the later message");
-        assert_eq!(got.message.body, Bytes::from(backlog.to_string()));
+        assert_eq!(got.message.body(), backlog.to_string().as_bytes());
     }
 
     /// A consumer that looked the queue up before it was deleted is refused, instead of

@@ -196,7 +196,7 @@ impl Ledger {
             };
             let source = moved.source.name().to_string();
             for letter in &moved.letters {
-                let id = id_of(&letter.message.body);
+                let id = id_of(letter.message.body());
                 if letter.position.is_some() {
                     self.copy(&source, id).moved_to.insert(target.to_owned());
                 }
@@ -375,12 +375,7 @@ impl Run {
         for _ in 0..count {
             let id = self.next_id;
             self.next_id += 1;
-            let message = Message {
-                exchange: exchange.into(),
-                routing_key: key.into(),
-                properties: properties.clone(),
-                body: body(id),
-            };
+            let message = Message::new(exchange, key, &properties, body(id));
             let handling = Handling::of(&message);
             let mut routed = Routed::default();
             let route = vhost.route(&message, &[], &mut routed);
@@ -472,7 +467,7 @@ impl Run {
         let messages = self.take_delivered(queue, count);
         for m in &messages {
             // Recorded first: an ack cut short by the crash may have taken effect.
-            self.ledger.copy(queue, id_of(&m.message.body)).settled = Settled::Pending;
+            self.ledger.copy(queue, id_of(m.message.body())).settled = Settled::Pending;
         }
         let q = self.vhost()?.queue(queue, CONN);
         self.alive("queue lookup", q)?.settle(messages);
@@ -495,7 +490,7 @@ impl Run {
             .taken
             .iter()
             .filter(|(q, _)| q == queue)
-            .map(|(_, m)| id_of(&m.message.body))
+            .map(|(_, m)| id_of(m.message.body()))
             .collect();
         let mut purged = 0;
         for ((q, id), copy) in &mut self.ledger.copies {
@@ -845,7 +840,7 @@ fn check(fs: &SimFs, ledger: &Ledger, context: &str) -> usize {
                 };
                 any = true;
                 found
-                    .entry((queue.name().to_string(), id_of(&message.message.body)))
+                    .entry((queue.name().to_string(), id_of(message.message.body())))
                     .or_default()
                     .push(message.redelivered);
             }
