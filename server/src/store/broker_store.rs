@@ -107,6 +107,10 @@ impl BrokerStore {
         }
         fs.create_dir_all(&spill)
             .map_err(StoreError::io("create directory", &spill))?;
+        // Their entries must be durable before any log in them is: a sync file by file
+        // (old kernels, or after a write-back error) never syncs this directory.
+        fs.sync_dir(dir)
+            .map_err(StoreError::io("fsync directory", dir))?;
         Ok((
             Self {
                 fs,
