@@ -95,8 +95,14 @@ impl BrokerStore {
         let definitions = Arc::new(Mutex::new(definitions));
         let syncer = Arc::new(Syncer::open(&fs, dir)?);
         let retired = Arc::new(Retired::default());
-        let commit = GroupCommit::start(definitions.clone(), syncer.clone(), retired.clone())
-            .map_err(StoreError::io("start the commit thread", dir))?;
+        let fd_budget = FdBudget::from_rlimit();
+        let commit = GroupCommit::start(
+            definitions.clone(),
+            syncer.clone(),
+            retired.clone(),
+            fd_budget.clone(),
+        )
+        .map_err(StoreError::io("start the commit thread", dir))?;
         let queues = dir.join(QUEUES_DIR);
         fs.create_dir_all(&queues)
             .map_err(StoreError::io("create directory", &queues))?;
@@ -121,7 +127,7 @@ impl BrokerStore {
                 retired,
                 commit,
                 segment_size: DEFAULT_SEGMENT_SIZE,
-                fd_budget: FdBudget::from_rlimit(),
+                fd_budget,
                 #[cfg(test)]
                 manual_rounds: false,
                 known_ids: Mutex::new(HashSet::new()),
@@ -283,6 +289,12 @@ impl BrokerStore {
         self.segment_size = size;
     }
 
+    /// Shares `budget` among the queue logs it creates and opens from now on.
+    #[cfg(test)]
+    pub(crate) fn set_fd_budget(&mut self, budget: Arc<FdBudget>) {
+        self.fd_budget = budget;
+    }
+
     /// Leaves every commit round to [`commit_now`](Self::commit_now).
     #[cfg(test)]
     pub(crate) fn set_manual_rounds(&mut self) {
@@ -299,6 +311,7 @@ impl BrokerStore {
             &self.definitions,
             &self.syncer,
             &self.retired,
+            Some(&self.fd_budget),
             std::iter::once(targets),
         )
     }

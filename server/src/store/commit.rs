@@ -12,6 +12,7 @@ use std::thread;
 use tokio::sync::oneshot;
 
 use super::definitions::DefinitionStore;
+use super::fd_budget::{FdBudget, ROUND_NEED};
 use super::{PendingSync, QueueLog, Syncer};
 
 /// Logs of deleted queues, removed once the deletion is durable in the definitions:
@@ -72,7 +73,7 @@ impl std::fmt::Debug for Request {
 impl GroupCommit {
     /// Starts the commit thread; each round first syncs the definitions log, so a queue
     /// is durable before any message confirmed into it, then syncs the logs through
-    /// `syncer`.
+    /// `syncer`, within the logs' descriptor `budget`.
     ///
     /// # Errors
     /// If the thread cannot be spawned.
@@ -80,11 +81,12 @@ impl GroupCommit {
         definitions: Arc<Mutex<DefinitionStore>>,
         syncer: Arc<Syncer>,
         retired: Arc<Retired>,
+        budget: Arc<FdBudget>,
     ) -> std::io::Result<Self> {
         let (requests, inbox) = mpsc::channel::<Request>();
         thread::Builder::new()
             .name("warren-commit".into())
-            .spawn(move || commit_loop(&inbox, &definitions, &syncer, &retired))?;
+            .spawn(move || commit_loop(&inbox, &definitions, &syncer, &retired, &budget))?;
         Ok(Self { requests })
     }
 
@@ -123,6 +125,7 @@ fn commit_loop(
     definitions: &Mutex<DefinitionStore>,
     syncer: &Syncer,
     retired: &Retired,
+    budget: &FdBudget,
 ) {
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
@@ -131,6 +134,7 @@ fn commit_loop(
             definitions,
             syncer,
             retired,
+            Some(budget),
             batch.iter().map(|r| &r.targets),
         );
         for request in batch {
@@ -167,10 +171,16 @@ impl RoundOutcome {
 /// that sync), has every target write its buffers, syncs them all through `syncer`, and
 /// tells each target its own outcome (a log the sync failed for is poisoned, the others
 /// are confirmed).
+///
+/// Targets are synced in chunks that fit the logs' descriptor `budget`: when fewer than
+/// [`ROUND_NEED`] permits are left, the targets begun so far are synced and completed,
+/// which closes the descriptors they opened for the round, before more are begun. Under
+/// the budget a round is one chunk.
 pub fn commit_round<'a>(
     definitions: &Mutex<DefinitionStore>,
     syncer: &Syncer,
     retired: &Retired,
+    budget: Option<&FdBudget>,
     requests: impl Iterator<Item = &'a Vec<Arc<dyn SyncTarget>>>,
 ) -> RoundOutcome {
     // Taken before the sync: their deletions were recorded before it.
@@ -199,11 +209,23 @@ pub fn commit_round<'a>(
     let mut seen: Vec<(*const (), bool)> = Vec::new();
     let mut began: Vec<(usize, &Arc<dyn SyncTarget>)> = Vec::new();
     let mut pending = Vec::new();
+    let finish = |seen: &mut Vec<(*const (), bool)>,
+                  began: &mut Vec<(usize, &Arc<dyn SyncTarget>)>,
+                  pending: &mut Vec<super::PendingSync>| {
+        let results: Vec<super::Result<()>> = syncer.sync(pending);
+        for (((slot, target), sync), result) in began.drain(..).zip(pending.drain(..)).zip(&results)
+        {
+            seen[slot].1 = target.complete_sync(sync, result);
+        }
+    };
     for targets in requests {
         for target in targets {
             let key = Arc::as_ptr(target).cast::<()>();
             if seen.iter().any(|(k, _)| *k == key) {
                 continue;
+            }
+            if !pending.is_empty() && budget.is_some_and(|b| b.round_room() < ROUND_NEED) {
+                finish(&mut seen, &mut began, &mut pending);
             }
             let ok = match target.begin_sync() {
                 Some(Ok(sync)) => {
@@ -217,10 +239,7 @@ pub fn commit_round<'a>(
             seen.push((key, ok));
         }
     }
-    let results: Vec<super::Result<()>> = syncer.sync(&pending);
-    for (((slot, target), sync), result) in began.into_iter().zip(pending).zip(&results) {
-        seen[slot].1 = target.complete_sync(sync, result);
-    }
+    finish(&mut seen, &mut began, &mut pending);
     RoundOutcome {
         definitions_ok,
         targets: seen,
