@@ -5,6 +5,7 @@
 //! hear back on; publisher confirms wait for that answer. Requests that queue up while
 //! an fsync runs are served together by the next one.
 
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -151,7 +152,7 @@ fn commit_loop(
 pub struct RoundOutcome {
     definitions_ok: bool,
     /// Each target seen (by address) and whether its appends are durable.
-    targets: Vec<(*const (), bool)>,
+    targets: HashMap<*const (), bool>,
 }
 
 impl RoundOutcome {
@@ -163,7 +164,7 @@ impl RoundOutcome {
     /// Whether `target`'s appends up to the round are durable (and the definitions too).
     pub fn durable(&self, target: &Arc<dyn SyncTarget>) -> bool {
         let key = Arc::as_ptr(target).cast::<()>();
-        self.definitions_ok && self.targets.iter().any(|(k, ok)| *k == key && *ok)
+        self.definitions_ok && self.targets.get(&key).copied().unwrap_or(false)
     }
 }
 
@@ -205,38 +206,39 @@ pub fn commit_round<'a>(
     } else if let Ok(mut r) = retired.lock() {
         r.extend(retiring);
     }
-    // Every log writes its buffers first, then one sync covers them all.
-    let mut seen: Vec<(*const (), bool)> = Vec::new();
-    let mut began: Vec<(usize, &Arc<dyn SyncTarget>)> = Vec::new();
+    // Every log writes its buffers first, then one sync covers them all (one per chunk).
+    let mut seen: HashMap<*const (), bool> = HashMap::new();
+    let mut began: Vec<&Arc<dyn SyncTarget>> = Vec::new();
     let mut pending = Vec::new();
-    let finish = |seen: &mut Vec<(*const (), bool)>,
-                  began: &mut Vec<(usize, &Arc<dyn SyncTarget>)>,
+    let finish = |seen: &mut HashMap<*const (), bool>,
+                  began: &mut Vec<&Arc<dyn SyncTarget>>,
                   pending: &mut Vec<super::PendingSync>| {
         let results: Vec<super::Result<()>> = syncer.sync(pending);
-        for (((slot, target), sync), result) in began.drain(..).zip(pending.drain(..)).zip(&results)
-        {
-            seen[slot].1 = target.complete_sync(sync, result);
+        for ((target, sync), result) in began.drain(..).zip(pending.drain(..)).zip(&results) {
+            let durable = target.complete_sync(sync, result);
+            seen.insert(Arc::as_ptr(target).cast::<()>(), durable);
         }
     };
     for targets in requests {
         for target in targets {
             let key = Arc::as_ptr(target).cast::<()>();
-            if seen.iter().any(|(k, _)| *k == key) {
+            if seen.contains_key(&key) {
                 continue;
             }
             if !pending.is_empty() && budget.is_some_and(|b| b.round_room() < ROUND_NEED) {
                 finish(&mut seen, &mut began, &mut pending);
             }
+            // Not durable until its sync completes (or at once if it keeps no log).
             let ok = match target.begin_sync() {
                 Some(Ok(sync)) => {
-                    began.push((seen.len(), target));
+                    began.push(target);
                     pending.push(sync);
                     false
                 }
                 Some(Err(_)) => false,
                 None => true,
             };
-            seen.push((key, ok));
+            seen.insert(key, ok);
         }
     }
     finish(&mut seen, &mut began, &mut pending);
