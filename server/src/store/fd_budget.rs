@@ -161,13 +161,9 @@ impl FdBudget {
     }
 
     /// Descriptors held now.
+    #[cfg(test)]
     pub fn open(&self) -> usize {
         self.counts.lock().open
-    }
-
-    /// Descriptors the logs may hold at most.
-    pub fn limit(&self) -> usize {
-        self.limit
     }
 }
 
