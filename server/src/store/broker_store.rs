@@ -103,11 +103,13 @@ impl BrokerStore {
         let syncer = Arc::new(Syncer::open(&fs, dir)?);
         let retired = Arc::new(Retired::default());
         let pending = Arc::new(PendingChanges::default());
+        let fd_budget = FdBudget::from_rlimit();
         let commit = GroupCommit::start(
             definitions.clone(),
             pending.clone(),
             syncer.clone(),
             retired.clone(),
+            fd_budget.clone(),
         )
         .map_err(StoreError::io("start the commit thread", dir))?;
         let queues = dir.join(QUEUES_DIR);
@@ -120,8 +122,8 @@ impl BrokerStore {
         }
         fs.create_dir_all(&spill)
             .map_err(StoreError::io("create directory", &spill))?;
-        // Their entries must be durable before any log in them is synced: a log syncs
-        // its own directory and its parent, not the data directory.
+        // Their entries must be durable before any log in them is: a log syncs its own
+        // directory and its parent, never this one.
         fs.sync_dir(dir)
             .map_err(StoreError::io("fsync directory", dir))?;
         Ok((
@@ -135,7 +137,7 @@ impl BrokerStore {
                 retired,
                 commit,
                 segment_size: DEFAULT_SEGMENT_SIZE,
-                fd_budget: FdBudget::from_rlimit(),
+                fd_budget,
                 #[cfg(test)]
                 manual_rounds: false,
                 #[cfg(test)]
@@ -340,6 +342,12 @@ impl BrokerStore {
         self.segment_size = size;
     }
 
+    /// Shares `budget` among the queue logs it creates and opens from now on.
+    #[cfg(test)]
+    pub(crate) fn set_fd_budget(&mut self, budget: Arc<FdBudget>) {
+        self.fd_budget = budget;
+    }
+
     /// Leaves every commit round to [`commit_now`](Self::commit_now): commit requests
     /// (`commit`, `commit_then`) wait for it instead of going to the commit thread, so
     /// that a test sees every file-system call in an order it chose.
@@ -367,6 +375,7 @@ impl BrokerStore {
             &self.pending,
             &self.syncer,
             &self.retired,
+            Some(&self.fd_budget),
             std::iter::once(targets).chain(held.iter().map(|request| &request.targets)),
         );
         for request in held {

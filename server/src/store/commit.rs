@@ -5,6 +5,7 @@
 //! hear back on; publisher confirms wait for that answer. Requests that queue up while
 //! an fsync runs are served together by the next one.
 
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -12,6 +13,7 @@ use std::thread;
 use tokio::sync::oneshot;
 
 use super::definitions::DefinitionStore;
+use super::fd_budget::{FdBudget, ROUND_NEED};
 use super::pending::PendingChanges;
 use super::{PendingSync, QueueLog, Syncer};
 
@@ -73,7 +75,7 @@ impl std::fmt::Debug for Request {
 impl GroupCommit {
     /// Starts the commit thread; each round first syncs the definitions log, so a queue
     /// is durable before any message confirmed into it, then syncs the logs through
-    /// `syncer`.
+    /// `syncer`, within the logs' descriptor `budget`.
     ///
     /// # Errors
     /// If the thread cannot be spawned.
@@ -82,11 +84,14 @@ impl GroupCommit {
         pending: Arc<PendingChanges>,
         syncer: Arc<Syncer>,
         retired: Arc<Retired>,
+        budget: Arc<FdBudget>,
     ) -> std::io::Result<Self> {
         let (requests, inbox) = mpsc::channel::<Request>();
         thread::Builder::new()
             .name("warren-commit".into())
-            .spawn(move || commit_loop(&inbox, &definitions, &pending, &syncer, &retired))?;
+            .spawn(move || {
+                commit_loop(&inbox, &definitions, &pending, &syncer, &retired, &budget);
+            })?;
         Ok(Self { requests })
     }
 
@@ -126,6 +131,7 @@ fn commit_loop(
     pending: &PendingChanges,
     syncer: &Syncer,
     retired: &Retired,
+    budget: &FdBudget,
 ) {
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
@@ -135,6 +141,7 @@ fn commit_loop(
             pending,
             syncer,
             retired,
+            Some(budget),
             batch.iter().map(|r| &r.targets),
         );
         for request in batch {
@@ -151,7 +158,7 @@ fn commit_loop(
 pub struct RoundOutcome {
     definitions_ok: bool,
     /// Each target seen (by address) and whether its appends are durable.
-    targets: Vec<(*const (), bool)>,
+    targets: HashMap<*const (), bool>,
 }
 
 impl RoundOutcome {
@@ -163,7 +170,7 @@ impl RoundOutcome {
     /// Whether `target`'s appends up to the round are durable (and the definitions too).
     pub fn durable(&self, target: &Arc<dyn SyncTarget>) -> bool {
         let key = Arc::as_ptr(target).cast::<()>();
-        self.definitions_ok && self.targets.iter().any(|(k, ok)| *k == key && *ok)
+        self.definitions_ok && self.targets.get(&key).copied().unwrap_or(false)
     }
 }
 
@@ -171,11 +178,17 @@ impl RoundOutcome {
 /// the definitions (then removes the logs retired before that sync), has every target write its buffers, syncs them all through `syncer`, and
 /// tells each target its own outcome (a log the sync failed for is poisoned, the others
 /// are confirmed).
+///
+/// Targets are synced in chunks that fit the logs' descriptor `budget`: when fewer than
+/// [`ROUND_NEED`] permits are left, the targets begun so far are synced and completed,
+/// which closes the descriptors they opened for the round, before more are begun. Under
+/// the budget a round is one chunk.
 pub fn commit_round<'a>(
     definitions: &Mutex<DefinitionStore>,
     pending: &PendingChanges,
     syncer: &Syncer,
     retired: &Retired,
+    budget: Option<&FdBudget>,
     requests: impl Iterator<Item = &'a Vec<Arc<dyn SyncTarget>>>,
 ) -> RoundOutcome {
     pending.write(definitions, retired);
@@ -201,32 +214,42 @@ pub fn commit_round<'a>(
     } else if let Ok(mut r) = retired.lock() {
         r.extend(retiring);
     }
-    // Every log writes its buffers first, then one sync covers them all.
-    let mut seen: Vec<(*const (), bool)> = Vec::new();
-    let mut began: Vec<(usize, &Arc<dyn SyncTarget>)> = Vec::new();
+    // Every log writes its buffers first, then one sync covers them all (one per chunk).
+    let mut seen: HashMap<*const (), bool> = HashMap::new();
+    let mut began: Vec<&Arc<dyn SyncTarget>> = Vec::new();
     let mut pending = Vec::new();
+    let finish = |seen: &mut HashMap<*const (), bool>,
+                  began: &mut Vec<&Arc<dyn SyncTarget>>,
+                  pending: &mut Vec<super::PendingSync>| {
+        let results: Vec<super::Result<()>> = syncer.sync(pending);
+        for ((target, sync), result) in began.drain(..).zip(pending.drain(..)).zip(&results) {
+            let durable = target.complete_sync(sync, result);
+            seen.insert(Arc::as_ptr(target).cast::<()>(), durable);
+        }
+    };
     for targets in requests {
         for target in targets {
             let key = Arc::as_ptr(target).cast::<()>();
-            if seen.iter().any(|(k, _)| *k == key) {
+            if seen.contains_key(&key) {
                 continue;
             }
+            if !pending.is_empty() && budget.is_some_and(|b| b.round_room() < ROUND_NEED) {
+                finish(&mut seen, &mut began, &mut pending);
+            }
+            // Not durable until its sync completes (or at once if it keeps no log).
             let ok = match target.begin_sync() {
                 Some(Ok(sync)) => {
-                    began.push((seen.len(), target));
+                    began.push(target);
                     pending.push(sync);
                     false
                 }
                 Some(Err(_)) => false,
                 None => true,
             };
-            seen.push((key, ok));
+            seen.insert(key, ok);
         }
     }
-    let results: Vec<super::Result<()>> = syncer.sync(&pending);
-    for (((slot, target), sync), result) in began.into_iter().zip(pending).zip(&results) {
-        seen[slot].1 = target.complete_sync(sync, result);
-    }
+    finish(&mut seen, &mut began, &mut pending);
     RoundOutcome {
         definitions_ok,
         targets: seen,

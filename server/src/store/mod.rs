@@ -10,7 +10,7 @@
 //! - [`format`]: file names, headers and record encoding, in one place.
 //! - [`queue_log`]: [`QueueLog`], one queue's log: append, group-commit sync, ack,
 //!   paged reads, crash recovery.
-//! - [`fd_budget`]: how many logs may hold file descriptors at once.
+//! - [`fd_budget`]: how many file descriptors the queue logs may hold at once.
 //! - [`lock`]: [`DataDirLock`], so that two brokers never share a data directory.
 //! - [`definitions`]: durable exchanges, queues and bindings: a snapshot plus a change log.
 //! - [`field_json`]: the lossless JSON form of field tables the definitions are kept in.
@@ -20,6 +20,8 @@
 //! - [`broker_store`]: a broker's data directory: lock, definitions, queue logs, commit.
 
 pub mod broker_store;
+#[cfg(test)]
+mod budget_tests;
 pub mod commit;
 #[cfg(test)]
 mod crash_tests;
