@@ -298,8 +298,9 @@ pub struct QueueLog {
     cursor: Option<(SegmentPosition, SegmentPosition)>,
     poisoned: Option<String>,
     deleted: bool,
-    /// Segments dropped from memory whose files could not be removed yet: the next sync
-    /// retries, and fails while they remain (their messages would come back).
+    /// Segments dropped from memory whose files are not removed yet (found fully acked at
+    /// start, or a removal failed): the next sync removes them, and fails while they
+    /// remain (their messages would come back).
     undeleted: Vec<u32>,
     /// Shared limit on the descriptors of logs; `None`: never close them early.
     fd_budget: Option<Arc<FdBudget>>,
@@ -425,8 +426,11 @@ impl QueueLog {
                     .push(format!("{}: {note}", seg_path.display()));
             }
             if scan.live == 0 {
-                remove_if_exists(&*log.fs, &seg_path)?;
-                remove_if_exists(&*log.fs, &acks_path)?;
+                // Removed by the log's first sync, not here: unlinking every queue's last,
+                // fully acked segment made starting 100,000 queues take minutes. Until
+                // then a restart finds it empty again.
+                log.undeleted.push(n);
+                log.dir_unsynced = true;
                 continue;
             }
             if scan.len < scan.file_len || scan.zero_header {
@@ -1737,6 +1741,45 @@ mod tests {
             properties: Bytes::from(vec![0x10, 0x00, i as u8]),
             body: Bytes::from(body),
         }
+    }
+
+    /// A fully acked segment found at start is removed by the log's first sync, not while
+    /// opening (starting 100,000 idle queues must not unlink 100,000 files); until then
+    /// a crash finds it empty again, never with its messages back.
+    #[test]
+    fn a_fully_acked_segment_goes_at_the_first_sync_not_at_start() {
+        let dir = TempDir::new("acked-at-start");
+        let mut log = QueueLog::create(dir.path(), SEG).expect("create");
+        let positions: Vec<SegmentPosition> = (0..3)
+            .map(|i| log.append(&msg(i, 10)).expect("append"))
+            .collect();
+        for pos in positions {
+            log.ack(pos).expect("ack");
+        }
+        log.sync().expect("sync");
+        drop(log);
+        assert_eq!(
+            files(dir.path(), "seg").len(),
+            1,
+            "the writer's segment stays"
+        );
+
+        let (log, recovery) = QueueLog::open(dir.path(), SEG).expect("open");
+        assert_eq!(recovery.messages, 0);
+        assert_eq!(files(dir.path(), "seg").len(), 1, "opening removed nothing");
+        drop(log);
+        let (mut log, recovery) = QueueLog::open(dir.path(), SEG).expect("open again");
+        assert_eq!(recovery.messages, 0, "found empty again");
+        log.sync().expect("first sync");
+        assert!(files(dir.path(), "seg").is_empty(), "the sync removed it");
+        let pos = log.append(&msg(9, 10)).expect("append after");
+        log.sync().expect("sync");
+        drop(log);
+        let (mut log, recovery) = QueueLog::open(dir.path(), SEG).expect("reopen");
+        assert_eq!(recovery.messages, 1);
+        let read = read_all(&mut log);
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].0, pos);
     }
 
     fn read_all(log: &mut QueueLog) -> Vec<(SegmentPosition, StoredMessage)> {
