@@ -103,3 +103,31 @@ async fn sigterm_closes_clients_with_320_and_exits_cleanly() {
     assert!(status.success(), "exit status {status}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Logs written to a file (not a terminal) carry no colour codes: they would litter
+/// every log file and every tool that reads one.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_to_a_file_carry_no_colour_codes() {
+    let dir = temp_data_dir("cli-log-file");
+    let log = dir.with_extension("log");
+    let broker = WarrenProcess::start_logged(
+        &dir,
+        integration_tests::ProcessOptions {
+            args: &["--log-level", "info"],
+            stderr: Some(&log),
+        },
+    )
+    .await;
+    let status = tokio::task::spawn_blocking(move || broker.terminate())
+        .await
+        .expect("join");
+    assert!(status.success(), "exit status {status}");
+    let text = std::fs::read_to_string(&log).expect("read the log");
+    assert!(text.contains("accepting AMQP connections"), "{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "colour codes in a log file:\n{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&log);
+}

@@ -10,7 +10,9 @@ use clap::Parser;
 #[command(
     name = "warren",
     version,
-    about = "An AMQP 0-9-1 message broker, a drop-in stand-in for RabbitMQ"
+    about = "An AMQP 0-9-1 message broker, a drop-in stand-in for RabbitMQ",
+    // A flag given twice takes its last value, so wrappers can append to defaults.
+    args_override_self = true
 )]
 pub struct Config {
     /// Address to listen on for AMQP connections.
