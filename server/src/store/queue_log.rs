@@ -426,11 +426,17 @@ impl QueueLog {
                     .push(format!("{}: {note}", seg_path.display()));
             }
             if scan.live == 0 {
-                // Removed by the log's first sync, not here: unlinking every queue's last,
-                // fully acked segment made starting 100,000 queues take minutes. Until
-                // then a restart finds it empty again.
-                log.undeleted.push(n);
-                log.dir_unsynced = true;
+                if scan.notes.is_empty() {
+                    // Removed by the log's first sync, not here: unlinking every queue's
+                    // last, fully acked segment made starting 100,000 queues take
+                    // minutes. Until then a restart finds it empty again.
+                    log.undeleted.push(n);
+                    log.dir_unsynced = true;
+                } else {
+                    // A damaged one goes now, so that it is reported once.
+                    remove_if_exists(&*log.fs, &seg_path)?;
+                    remove_if_exists(&*log.fs, &acks_path)?;
+                }
                 continue;
             }
             if scan.len < scan.file_len || scan.zero_header {
