@@ -26,6 +26,7 @@ pub mod mailbox;
 #[cfg(test)]
 mod model_tests;
 mod paging;
+pub mod partition_key;
 pub mod ready;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
