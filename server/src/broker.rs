@@ -192,7 +192,7 @@ impl Broker {
                 .vhosts
                 .values()
                 .flat_map(|v| v.logged_queues())
-                .map(|q| q as Arc<dyn SyncTarget>)
+                .flat_map(|q| q.sync_targets())
                 .collect();
             let (done, synced) = oneshot::channel();
             self.store.commit(targets, Some(done));

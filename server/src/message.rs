@@ -205,6 +205,8 @@ pub struct QueuedMessage {
     pub delivery_count: u32,
     /// Its priority, for queues with priority levels.
     pub priority: u8,
+    /// The partition of a partitioned queue that handed it out (0 otherwise).
+    pub partition: u16,
     /// The message.
     pub message: Message,
 }

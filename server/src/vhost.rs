@@ -174,8 +174,8 @@ impl VHost {
     /// Drops a deleted queue's messages; its durable log goes once the deletion (written
     /// before this call) is durable.
     fn discard_queue(&self, queue: &Queue) -> u32 {
-        let (count, log) = queue.delete();
-        if let Some(log) = log {
+        let (count, logs) = queue.delete();
+        for log in logs {
             match &self.store {
                 Some(store) => store.retire_queue_log(log),
                 None => {
@@ -197,8 +197,11 @@ impl VHost {
             Ok(()) => return Ok(self.discard_queue(queue)),
             Err(reason) => reason,
         };
-        if let (Some(store), Some(log)) = (&self.store, queue.abandon()) {
-            store.keep_undeleted(&self.name, queue.name(), log);
+        let logs = queue.abandon();
+        if let Some(store) = &self.store
+            && !logs.is_empty()
+        {
+            store.keep_undeleted(&self.name, queue.name(), logs);
         }
         Err(reason)
     }
@@ -332,13 +335,13 @@ impl VHost {
         if !retained.is_empty() {
             // At least once: no queue took them, so their source keeps them and tries
             // again later.
-            moved.source.retain_dead_letters(retained);
+            moved.source.retain_dead_letters(moved.partition, retained);
         }
-        let source = moved.source;
+        let (source, partition) = (moved.source, moved.partition);
         match (&self.store, commits.is_empty()) {
             (Some(store), false) => store.commit_then(commits, move |durable| {
                 if durable {
-                    source.settle_moved(&positions);
+                    source.settle_moved(partition, &positions);
                 } else {
                     tracing::error!(
                         queue = %source.name(),
@@ -348,7 +351,7 @@ impl VHost {
             }),
             _ => {
                 if !positions.is_empty() {
-                    source.settle_moved(&positions);
+                    source.settle_moved(partition, &positions);
                 }
             }
         }
@@ -1414,6 +1417,15 @@ impl VHost {
                 Some(log),
                 &recovery,
             );
+            for p in 1..queue.partitions().unwrap_or(0) {
+                if let Some((log, recovery)) = store.open_partition_log(&def.id, p)? {
+                    for warning in &recovery.warnings {
+                        tracing::warn!(queue = %def.name, partition = p, "{warning}");
+                    }
+                    messages += recovery.messages;
+                    queue.recover_partition(p, log, &recovery);
+                }
+            }
             // What this drops or expires is carried out once the whole vhost is back.
             queue.set_arguments(self.effective_arguments(&queue), &mut effects);
             self.queues.write().insert(def.name.clone(), queue);
@@ -1609,8 +1621,8 @@ fn enqueue_moved(
     let mut taken = false;
     for queue in queues {
         match queue.publish(message.clone(), handling, effects) {
-            Ok(Enqueued::Logged) => {
-                commits.push(queue);
+            Ok(Enqueued::Logged(p)) => {
+                commits.push(queue.sync_target(p));
                 taken = true;
             }
             Ok(Enqueued::Memory) => taken = true,

@@ -111,8 +111,8 @@ impl Channel {
         if c.no_ack {
             credit.release(1);
             ctx.kick_later(&queue);
-            if message.position.is_some() {
-                // Written: only now may it leave the log.
+            if message.position.is_some() || queue.partitions().is_some() {
+                // Written: only now may it leave the log (and its partition pass on).
                 queue.settle(std::iter::once(message));
             }
         } else {
@@ -223,6 +223,9 @@ impl Channel {
         for entry in &entries {
             if let Some(credit) = &entry.credit {
                 credit.release(1);
+                ctx.kick_later(&entry.queue);
+            } else if entry.queue.partitions().is_some() {
+                // A `basic.get` settled may end a partition's drain.
                 ctx.kick_later(&entry.queue);
             }
         }

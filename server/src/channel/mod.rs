@@ -19,6 +19,7 @@ use crate::error::{self, AmqpError, AmqpResult};
 use crate::exchange::Routed;
 use crate::message::QueuedMessage;
 use crate::queue::{ConnectionId, ConsumerId, Effects, Limit, Mailbox, Queue};
+use crate::store::SyncTarget;
 use crate::vhost::VHost;
 
 pub use delivery::Unacked;
@@ -55,9 +56,9 @@ pub struct Context<'a> {
     pub confirms_due: &'a mut Vec<u16>,
     /// Channels whose `tx.commit` waits for this batch's group commit.
     pub tx_commits_due: &'a mut Vec<u16>,
-    /// Queues whose logs took persistent messages in this batch: one group commit after
-    /// the batch makes them durable, and confirms wait for it.
-    pub commits: &'a mut Vec<Arc<Queue>>,
+    /// Logs (of queues, or of partitions) that took persistent messages in this batch:
+    /// one group commit after the batch makes them durable, and confirms wait for it.
+    pub commits: &'a mut Vec<Arc<dyn SyncTarget>>,
     /// Whether the client handles a server-sent `basic.cancel`.
     pub cancel_notify: bool,
     /// The authenticated user (publishes may only claim it as `user-id`).
@@ -91,10 +92,17 @@ impl Context<'_> {
         }
     }
 
-    /// Schedules a group commit of `queue`'s log after this batch (once per batch).
-    pub fn commit_later(&mut self, queue: &Arc<Queue>) {
-        if !self.commits.iter().any(|q| Arc::ptr_eq(q, queue)) {
-            self.commits.push(queue.clone());
+    /// Schedules a group commit after this batch (once per batch) of the log of
+    /// `queue` (of its partition `partition`) that took a message.
+    pub fn commit_later(&mut self, queue: &Arc<Queue>, partition: u16) {
+        let target = queue.sync_target(partition);
+        let at = Arc::as_ptr(&target).cast::<()>();
+        if !self
+            .commits
+            .iter()
+            .any(|t| std::ptr::eq(Arc::as_ptr(t).cast::<()>(), at))
+        {
+            self.commits.push(target);
         }
     }
 

@@ -258,8 +258,8 @@ fn enqueue(
     let enqueued = queue.publish(message, handling, ctx.effects);
     ctx.note_backlog(queue);
     match enqueued {
-        Ok(Enqueued::Logged) => {
-            ctx.commit_later(queue);
+        Ok(Enqueued::Logged(partition)) => {
+            ctx.commit_later(queue, partition);
             Ok(Stored {
                 logged: true,
                 rejected: false,

@@ -153,7 +153,7 @@ struct Shared {
     effects: Effects,
     confirms_due: Vec<u16>,
     tx_commits_due: Vec<u16>,
-    commits: Vec<Arc<Queue>>,
+    commits: Vec<Arc<dyn SyncTarget>>,
     cancel_notify: bool,
     user: String,
     /// When the current batch started (deliveries' acknowledgement clocks start here).
@@ -443,12 +443,7 @@ impl Connection {
             .collect();
         let mut durable = None;
         if !self.shared.commits.is_empty() {
-            let targets: Vec<Arc<dyn SyncTarget>> = self
-                .shared
-                .commits
-                .drain(..)
-                .map(|q| q as Arc<dyn SyncTarget>)
-                .collect();
+            let targets: Vec<Arc<dyn SyncTarget>> = self.shared.commits.drain(..).collect();
             let done = if confirms.is_empty() && tx_commits.is_empty() {
                 None
             } else {

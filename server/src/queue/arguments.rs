@@ -266,6 +266,12 @@ pub struct QueueArguments {
     /// `x-consumer-timeout`: milliseconds a delivery may stay unacknowledged before the
     /// channel is closed; overrides the broker-wide setting.
     pub consumer_timeout: Option<u64>,
+    /// `x-partitions`: the partition count.
+    pub partitions: Option<u16>,
+    /// What a partitioned queue hashes.
+    pub partition_hash: super::partition_key::HashOn,
+    /// `x-consumers-per-partition`.
+    pub consumers_per_partition: Option<u16>,
 }
 
 /// A consumer's validated `basic.consume` arguments.

@@ -41,6 +41,8 @@ pub enum MoveRoute {
 pub struct Move {
     /// The queue they leave.
     pub source: Arc<Queue>,
+    /// The partition they leave (0 for a plain queue), whose log holds their records.
+    pub partition: u16,
     /// Where they go.
     pub route: MoveRoute,
     /// The messages, each with its position in the source's log.

@@ -22,11 +22,15 @@ pub mod arguments;
 pub mod credit;
 pub mod dead_letter;
 pub mod effects;
+pub(crate) mod group;
 pub mod mailbox;
 #[cfg(test)]
 mod model_tests;
 mod paging;
 pub mod partition_key;
+pub mod partitioned;
+#[cfg(test)]
+mod partitioned_tests;
 pub mod ready;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -39,6 +43,7 @@ use parking_lot::Mutex;
 pub use credit::{Credit, Limit};
 pub use effects::{Effects, Move, MoveRoute};
 pub use mailbox::{Mailbox, Outgoing};
+pub use partitioned::Membership;
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Handling, Message, QueuedMessage};
@@ -50,6 +55,7 @@ use crate::timers::{Timers, Wake, now_ms};
 use arguments::{DeadLetterStrategy, Overflow, QueueArguments, QueueType};
 use dead_letter::{DeadLetter, DeathReason};
 pub(crate) use paging::Paging;
+use partitioned::{Locked, Partitioned};
 use ready::Ready;
 
 /// Identifies a consumer across the broker (unique for the broker's lifetime).
@@ -178,8 +184,9 @@ const DEAD_LETTER_RETRY_MS: u64 = 1000;
 pub enum Enqueued {
     /// Held in memory only.
     Memory,
-    /// Written to the durable log: a group commit makes it safe.
-    Logged,
+    /// Written to the durable log of partition `.0` (0 for a plain queue): a group
+    /// commit of [`Queue::sync_target`] makes it safe.
+    Logged(u16),
     /// Refused by a full queue (`x-overflow` `reject-publish`): a confirm is a nack.
     Rejected,
 }
@@ -240,6 +247,36 @@ struct QueueState {
     /// This is a delayed exchange's hold: messages are kept in due-time order, all in
     /// memory, and leave through the exchange when due.
     holds: bool,
+    /// The state of one partition of a partitioned queue (see [`partitioned`]): its
+    /// consumers are the partition's owners, and handed-out deliveries are counted.
+    partition: Option<PartitionTally>,
+}
+
+/// A partition moving from owners with unacked deliveries to others.
+#[derive(Debug)]
+struct Drain {
+    /// The new owners (none: it waits for a member).
+    to: Vec<ConsumerHandle>,
+    /// The owners it leaves, which hold its deliveries.
+    from: std::collections::BTreeSet<ConsumerId>,
+    /// When it began.
+    since_ms: u64,
+}
+
+/// What a partition keeps besides a plain queue's state.
+#[derive(Debug, Default)]
+struct PartitionTally {
+    /// Its index, stamped on the messages it hands out so that settling finds it.
+    index: u16,
+    /// Deliveries handed out (to consumers or `basic.get`) and not yet settled: a new
+    /// owner gets the partition only once this is 0, so that no key is unacked at two
+    /// consumers at once.
+    unacked: u32,
+    /// A move waiting for the partition's unacked deliveries to be settled.
+    draining: Option<Drain>,
+    /// Ready messages and body bytes in the queue's other partitions, as last seen: the
+    /// length limits bound the whole queue.
+    outside: (u64, u64),
 }
 
 /// What a queue is given by the broker around it: never a way back into its vhost.
@@ -288,8 +325,23 @@ pub struct Queue {
     vhost_name: String,
     env: QueueEnv,
     settings: QueueSettings,
-    state: Mutex<QueueState>,
+    body: Body,
     flow: FlowGauge,
+    /// A partitioned queue's last use, for its `x-expires` (a plain queue keeps it in
+    /// its state).
+    last_used_ms: AtomicU64,
+}
+
+/// What a queue holds its messages in.
+// One per queue, inside its `Arc`: boxing the plain state would only add a pointer to
+// chase on every publish.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Body {
+    /// One FIFO under one lock.
+    Plain(Mutex<QueueState>),
+    /// N partitions, each under its own lock (`x-partitions`).
+    Partitioned(Partitioned),
 }
 
 /// A queue's backlog as publishers' flow control sees it, updated after each dispatch:
@@ -313,6 +365,14 @@ impl FlowGauge {
         };
         self.ready.store(ready, Ordering::Relaxed);
         self.ready_bytes.store(bytes, Ordering::Relaxed);
+        if handed > 0 {
+            self.handed.fetch_add(handed, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts deliveries handed out by a partition (a partitioned queue's backlog is
+    /// not reported: its partitions do not add up one figure without a shared lock).
+    fn add_handed(&self, handed: u64) {
         if handed > 0 {
             self.handed.fetch_add(handed, Ordering::Relaxed);
         }
@@ -356,26 +416,28 @@ impl QueueState {
         self.ready.bytes() as u64 + self.paged_bytes
     }
 
+    /// Ready messages and bytes of the whole queue, for its length limits: a partition
+    /// adds the other partitions'.
+    fn limited(&self) -> (u64, u64) {
+        let (count, bytes) = self.partition.as_ref().map_or((0, 0), |p| p.outside);
+        (self.ready_count() + count, self.ready_bytes() + bytes)
+    }
+
     /// Whether the queue holds more than its length limits allow.
     fn over_limit(&self) -> bool {
-        self.args
-            .max_length
-            .is_some_and(|max| self.ready_count() > max)
-            || self
-                .args
-                .max_length_bytes
-                .is_some_and(|max| self.ready_bytes() > max)
+        let (count, bytes) = self.limited();
+        self.args.max_length.is_some_and(|max| count > max)
+            || self.args.max_length_bytes.is_some_and(|max| bytes > max)
     }
 
     /// Whether one more message of `len` body bytes would exceed a length limit.
     fn full_for(&self, len: usize) -> bool {
-        self.args
-            .max_length
-            .is_some_and(|max| self.ready_count() >= max)
+        let (count, bytes) = self.limited();
+        self.args.max_length.is_some_and(|max| count >= max)
             || self
                 .args
                 .max_length_bytes
-                .is_some_and(|max| self.ready_bytes() + len as u64 > max)
+                .is_some_and(|max| bytes + len as u64 > max)
     }
 
     /// Whether the ready messages in memory fill `window`: further ones wait in the log.
@@ -465,6 +527,7 @@ impl QueueState {
                 expires_at_ms: stored.expires_at_ms,
                 delivery_count,
                 priority: message.properties().and_then(|p| p.priority()).unwrap_or(0),
+                partition: 0,
                 message,
             };
             if self.holds {
@@ -674,7 +737,8 @@ impl QueueState {
 
 impl Queue {
     /// A new, empty queue; durable queues bring their (new or recovered) log and what was
-    /// recovered in it.
+    /// recovered in it. A partitioned queue's first partition takes that log; the others
+    /// make theirs when first used, or are given theirs by [`Queue::recover_partition`].
     pub fn new(
         name: ShortStr,
         vhost_name: &str,
@@ -685,25 +749,79 @@ impl Queue {
     ) -> Self {
         let args = settings.parsed.clone();
         let holds = settings.holds_for.is_some();
+        let partitions = args.partitions.filter(|_| !holds);
+        let fresh = |args: QueueArguments| QueueState {
+            ready: Ready::new(args.max_priority.unwrap_or(0)),
+            args,
+            uniform_priority: true,
+            last_used_ms: now_ms(),
+            holds,
+            ..QueueState::default()
+        };
+        let part_args = partition_arguments(&args);
+        let log_id = log
+            .as_ref()
+            .and_then(|l| l.dir().file_name())
+            .map(|id| id.to_string_lossy().into_owned());
+        let first = QueueState {
+            log,
+            paged: recovered.messages,
+            paged_bytes: recovered.bytes,
+            expiring: recovered.expiring > 0,
+            ..fresh(if partitions.is_some() {
+                part_args.clone()
+            } else {
+                args.clone()
+            })
+        };
+        let body = match partitions {
+            None => Body::Plain(Mutex::new(first)),
+            Some(n) => Body::Partitioned(Partitioned::new(
+                n,
+                args.partition_hash.clone(),
+                args.consumers_per_partition.unwrap_or(1),
+                log_id,
+                first,
+                || fresh(part_args.clone()),
+            )),
+        };
         Self {
             name,
             vhost_name: vhost_name.to_owned(),
             env,
             settings,
-            state: Mutex::new(QueueState {
-                ready: Ready::new(args.max_priority.unwrap_or(0)),
-                args,
-                log,
-                paged: recovered.messages,
-                paged_bytes: recovered.bytes,
-                expiring: recovered.expiring > 0,
-                uniform_priority: true,
-                last_used_ms: now_ms(),
-                holds,
-                ..QueueState::default()
-            }),
+            body,
             flow: FlowGauge::default(),
+            last_used_ms: AtomicU64::new(now_ms()),
         }
+    }
+
+    /// Gives partition `p` of a recovered partitioned queue its log, as found at start.
+    pub fn recover_partition(&self, p: u16, log: QueueLog, recovered: &Recovery) {
+        let Some(parts) = self.partitioned() else {
+            return;
+        };
+        let Some(part) = parts.parts.get(usize::from(p)) else {
+            return;
+        };
+        let mut st = Locked::new(&part.state, Some(&parts.totals));
+        st.log = Some(log);
+        st.paged = recovered.messages;
+        st.paged_bytes = recovered.bytes;
+        st.expiring = recovered.expiring > 0;
+    }
+
+    /// Locks the plain queue's state, or partition `p`'s.
+    fn lock(&self, p: usize) -> Locked<'_> {
+        match &self.body {
+            Body::Plain(state) => Locked::new(state, None),
+            Body::Partitioned(parts) => parts.lock(p),
+        }
+    }
+
+    /// How many states the queue has: 1, or its partition count.
+    fn state_count(&self) -> usize {
+        self.partitioned().map_or(1, |p| p.parts.len())
     }
 
     /// The queue's name.
@@ -716,10 +834,43 @@ impl Queue {
         &self.settings
     }
 
+    /// Its partition count, if it is partitioned (fixed when it was made).
+    pub fn partitions(&self) -> Option<u16> {
+        self.partitioned().map(Partitioned::count)
+    }
+
     /// Whether it keeps a durable log.
     pub fn is_logged(&self) -> bool {
-        let st = self.state.lock();
+        if let Some(parts) = self.partitioned() {
+            return parts.log_id.is_some();
+        }
+        let st = self.lock(0);
         st.log.is_some() && !st.spill
+    }
+
+    /// What a group commit syncs to make everything appended to this queue durable:
+    /// the queue, or each of its partitions that has a log.
+    pub fn sync_targets(self: &Arc<Self>) -> Vec<Arc<dyn SyncTarget>> {
+        match &self.body {
+            Body::Plain(_) => vec![self.clone() as Arc<dyn SyncTarget>],
+            Body::Partitioned(parts) => parts
+                .parts
+                .iter()
+                .filter(|p| p.state.lock().log.is_some())
+                .map(|p| p.clone() as Arc<dyn SyncTarget>)
+                .collect(),
+        }
+    }
+
+    /// What a group commit syncs for what [`Queue::publish`] reported in partition `p`.
+    pub fn sync_target(self: &Arc<Self>, p: u16) -> Arc<dyn SyncTarget> {
+        match self
+            .partitioned()
+            .and_then(|parts| parts.parts.get(usize::from(p)))
+        {
+            Some(part) => part.clone(),
+            None => self.clone(),
+        }
     }
 
     /// Checks that connection `conn` may use this queue (exclusive queues belong to one).
@@ -737,27 +888,45 @@ impl Queue {
 
     /// Ready messages (not counting those delivered and unacked).
     pub fn message_count(&self) -> u32 {
-        u32::try_from(self.state.lock().ready_count()).unwrap_or(u32::MAX)
+        let count = match self.partitioned() {
+            Some(parts) => parts.totals.ready.load(Ordering::Relaxed),
+            None => self.lock(0).ready_count(),
+        };
+        u32::try_from(count).unwrap_or(u32::MAX)
     }
 
     /// Memory its ready messages hold (those not paged out): bodies, plus each
     /// message's own footprint, which dominates for small bodies.
     pub fn memory_bytes(&self) -> u64 {
-        let st = self.state.lock();
-        (st.ready.bytes() + st.ready.len() * MESSAGE_FOOTPRINT) as u64
+        (0..self.state_count())
+            .map(|p| {
+                let st = self.lock(p);
+                (st.ready.bytes() + st.ready.len() * MESSAGE_FOOTPRINT) as u64
+            })
+            .sum()
     }
 
-    /// Registered consumers.
+    /// Registered consumers (a partitioned queue's: its group's members, active or
+    /// standby, and its manual consumers).
     pub fn consumer_count(&self) -> u32 {
-        u32::try_from(self.state.lock().consumers.len()).unwrap_or(u32::MAX)
+        let count = match self.partitioned() {
+            Some(parts) => parts.consumer_count(),
+            None => self.lock(0).consumers.len(),
+        };
+        u32::try_from(count).unwrap_or(u32::MAX)
     }
 
     /// Replaces the arguments in force (a policy changed) and applies them at once:
     /// length limits drop what is now too much, TTLs expire what is now too old.
     pub fn set_arguments(self: &Arc<Self>, args: QueueArguments, effects: &mut Effects) {
-        let mut letters = Vec::new();
-        let mut st = self.state.lock();
-        {
+        let part_args = self.partitioned().map(|_| partition_arguments(&args));
+        if part_args.is_some() {
+            self.unused_since(self.last_used_ms.load(Ordering::Relaxed));
+        }
+        for p in 0..self.state_count() {
+            let mut letters = Vec::new();
+            let mut st = self.lock(p);
+            let args = part_args.clone().unwrap_or_else(|| args.clone());
             if args.message_ttl.is_some() && st.args.message_ttl != args.message_ttl {
                 tracing::debug!(queue = %self.name, "message TTL changed; it applies to new messages");
             }
@@ -766,44 +935,67 @@ impl Queue {
             st.expire(&self.name, now_ms() + 1, &mut letters);
             st.timer_at_ms = 0;
             self.arm_timer(&mut st);
+            self.hand_over(&mut st, letters, effects);
         }
-        self.hand_over(&mut st, letters, effects);
     }
 
     /// Notes a use of the queue (a declaration), which restarts its `x-expires`
     /// countdown, and drops what expired meanwhile.
     pub fn touch(self: &Arc<Self>, effects: &mut Effects) {
-        let mut letters = Vec::new();
-        let mut st = self.state.lock();
         let now = now_ms();
-        st.last_used_ms = now;
-        st.expire(&self.name, now + 1, &mut letters);
-        self.arm_timer(&mut st);
-        self.hand_over(&mut st, letters, effects);
+        self.unused_since(now);
+        for p in 0..self.state_count() {
+            let mut letters = Vec::new();
+            let mut st = self.lock(p);
+            st.last_used_ms = now;
+            st.expire(&self.name, now + 1, &mut letters);
+            self.arm_timer(&mut st);
+            self.hand_over(&mut st, letters, effects);
+        }
     }
 
     /// Starts the clocks of a queue recovered at start-up, once the whole vhost (and so
     /// any dead-letter exchange) is back: messages recovered with an expiry are paged in
     /// so that the earliest one is woken for.
     pub fn start_clocks(self: &Arc<Self>) {
-        let mut st = self.state.lock();
-        // A wake-up asked for during recovery found the clocks held: ask afresh.
-        st.timer_at_ms = 0;
-        if st.expiring {
-            st.refill(&self.name);
-        }
-        // A hold keeps everything in memory, in due order.
-        while st.holds && st.paged > 0 {
-            let before = st.paged;
-            st.read_page(&self.name);
-            if st.paged == before {
-                break;
+        self.unused_since(self.last_used_ms.load(Ordering::Relaxed));
+        for p in 0..self.state_count() {
+            let mut st = self.lock(p);
+            // A wake-up asked for during recovery found the clocks held: ask afresh.
+            st.timer_at_ms = 0;
+            if st.expiring {
+                st.refill(&self.name);
             }
+            // A hold keeps everything in memory, in due order.
+            while st.holds && st.paged > 0 {
+                let before = st.paged;
+                st.read_page(&self.name);
+                if st.paged == before {
+                    break;
+                }
+            }
+            self.arm_timer(&mut st);
         }
-        self.arm_timer(&mut st);
     }
 
-    /// Enqueues a message and hands it to a consumer with credit, if any.
+    /// For a partitioned queue with `x-expires`: asks to be woken when it will have
+    /// been unused that long, counting from `since_ms`, if it has no consumer. (A plain
+    /// queue's state does this itself.)
+    fn unused_since(self: &Arc<Self>, since_ms: u64) {
+        let Some(parts) = self.partitioned() else {
+            return;
+        };
+        self.last_used_ms.store(since_ms, Ordering::Relaxed);
+        if let Some(ttl) = self.settings.parsed.expires
+            && parts.consumer_count() == 0
+        {
+            let clock: Weak<dyn Wake> = Arc::downgrade(&self.env.clock);
+            self.env.timers.wake_at(since_ms.saturating_add(ttl), clock);
+        }
+    }
+
+    /// Enqueues a message and hands it to a consumer with credit, if any: in a
+    /// partitioned queue, in the partition its key hashes to.
     ///
     /// # Errors
     /// The log could not take it (disk full, I/O error): the message is not enqueued.
@@ -813,11 +1005,38 @@ impl Queue {
         handling: Handling,
         effects: &mut Effects,
     ) -> Result<Enqueued, StoreError> {
+        let p = self.partitioned().map_or(0, |parts| parts.route(&message));
         let mut letters = Vec::new();
-        let mut st = self.state.lock();
+        let mut st = self.lock(p);
+        if let Some(parts) = self.partitioned() {
+            self.ensure_partition_log(parts, &mut st, p)?;
+        }
         let outcome = self.publish_locked(&mut st, message, handling, &mut letters);
         self.hand_over(&mut st, letters, effects);
         outcome
+    }
+
+    /// Makes a durable partitioned queue's partition `p` its log, on its first message.
+    fn ensure_partition_log(
+        &self,
+        parts: &Partitioned,
+        st: &mut QueueState,
+        p: usize,
+    ) -> Result<(), StoreError> {
+        let (Some(id), None) = (&parts.log_id, &st.log) else {
+            return Ok(());
+        };
+        if st.deleted {
+            return Ok(());
+        }
+        let store = self
+            .env
+            .store
+            .upgrade()
+            .ok_or(StoreError::Misuse("no store for a durable queue"))?;
+        let p = u16::try_from(p).map_err(|_| StoreError::Misuse("partition out of range"))?;
+        st.log = Some(store.create_partition_log(id, p)?);
+        Ok(())
     }
 
     fn publish_locked(
@@ -883,6 +1102,7 @@ impl Queue {
                         expires_at_ms,
                         delivery_count: 0,
                         priority: handling.priority,
+                        partition: 0,
                         message,
                     });
                 }
@@ -897,6 +1117,7 @@ impl Queue {
                     expires_at_ms,
                     delivery_count: 0,
                     priority: handling.priority,
+                    partition: 0,
                     message,
                 });
                 false
@@ -912,7 +1133,7 @@ impl Queue {
             self.arm_timer(st);
         }
         Ok(if logged {
-            Enqueued::Logged
+            Enqueued::Logged(st.partition.as_ref().map_or(0, |t| t.index))
         } else {
             Enqueued::Memory
         })
@@ -962,32 +1183,51 @@ impl Queue {
     }
 
     /// Takes the oldest ready message for `basic.get`, with the count left behind. With
-    /// `no_ack` the message leaves the queue for good at once.
+    /// `no_ack` the message leaves the queue for good at once. A partitioned queue gives
+    /// one from a partition no consumer owns, in turn.
     pub fn get(
         self: &Arc<Self>,
         no_ack: bool,
         effects: &mut Effects,
     ) -> Option<(QueuedMessage, u32)> {
-        let mut letters = Vec::new();
-        let mut st = self.state.lock();
-        let taken = {
-            let now = now_ms();
+        let order: Vec<usize> = match self.partitioned() {
+            Some(parts) => parts.get_order().collect(),
+            None => vec![0],
+        };
+        let now = now_ms();
+        self.last_used_ms.store(now, Ordering::Relaxed);
+        for p in order {
+            let mut letters = Vec::new();
+            let mut st = self.lock(p);
+            let owned = st
+                .partition
+                .as_ref()
+                .is_some_and(|t| t.draining.is_some() || !st.consumers.is_empty());
+            if owned {
+                continue;
+            }
             st.last_used_ms = now;
             st.expire(&self.name, now + 1, &mut letters);
-            let taken = st.next_ready(&self.name).map(|message| {
+            let taken = st.next_ready(&self.name).map(|mut message| {
                 if no_ack {
                     st.forget(&message);
                 } else {
                     st.mark_delivered(&message);
+                    if let Some(tally) = st.partition.as_mut() {
+                        tally.unacked += 1;
+                        message.partition = tally.index;
+                    }
                 }
-                let left = u32::try_from(st.ready_count()).unwrap_or(u32::MAX);
-                (message, left)
+                message
             });
             self.arm_timer(&mut st);
-            taken
-        };
-        self.hand_over(&mut st, letters, effects);
-        taken
+            self.hand_over(&mut st, letters, effects);
+            drop(st);
+            if let Some(message) = taken {
+                return Some((message, self.message_count()));
+            }
+        }
+        None
     }
 
     /// Puts delivered messages back at their original positions, flagged redelivered.
@@ -997,12 +1237,13 @@ impl Queue {
         messages: impl IntoIterator<Item = QueuedMessage>,
         effects: &mut Effects,
     ) {
-        let mut letters = Vec::new();
-        let mut st = self.state.lock();
-        {
+        for (p, messages) in self.by_partition(messages) {
+            let mut letters = Vec::new();
+            let mut st = self.lock(p);
             if st.deleted {
                 return;
             }
+            partitioned::settled(&mut st, messages.len());
             let quorum = st.args.queue_type == QueueType::Quorum;
             for mut message in messages {
                 // A message returned from a `no_ack` delivery that was never written
@@ -1035,25 +1276,58 @@ impl Queue {
             st.drop_head(&self.name, &mut letters);
             self.dispatch(&mut st, &mut letters);
             self.arm_timer(&mut st);
+            self.hand_over(&mut st, letters, effects);
         }
-        self.hand_over(&mut st, letters, effects);
     }
 
-    /// Records that delivered messages were acked: they leave the log.
+    /// Groups settled messages by the partition they came from (all in one for a plain
+    /// queue), keeping their order within each.
+    fn by_partition(
+        &self,
+        messages: impl IntoIterator<Item = QueuedMessage>,
+    ) -> Vec<(usize, Vec<QueuedMessage>)> {
+        let messages: Vec<QueuedMessage> = messages.into_iter().collect();
+        if self.partitioned().is_none() || messages.is_empty() {
+            return vec![(0, messages)];
+        }
+        let mut groups: Vec<(usize, Vec<QueuedMessage>)> = Vec::new();
+        for message in messages {
+            let p = usize::from(message.partition);
+            match groups.iter_mut().find(|(q, _)| *q == p) {
+                Some((_, batch)) => batch.push(message),
+                None => groups.push((p, vec![message])),
+            }
+        }
+        groups
+    }
+
+    /// Records that delivered messages were acked: they leave the log. A partition
+    /// whose last unacked delivery this was may pass to its next owner: it is left for
+    /// the next kick to dispatch.
     pub fn settle(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
-        let mut st = self.state.lock();
-        if st.log.is_none() {
+        for (p, messages) in self.by_partition(messages) {
+            let mut st = self.lock(p);
+            if partitioned::settled(&mut st, messages.len())
+                && let Some(parts) = self.partitioned()
+            {
+                parts.parts[p].waiting.store(true, Ordering::Release);
+            }
+            if st.log.is_none() {
+                continue;
+            }
+            for message in messages {
+                st.forget(&message);
+            }
+        }
+    }
+
+    /// Records that messages moved elsewhere from partition `p` (0 for a plain queue)
+    /// are durable there: their records leave its log.
+    pub fn settle_moved(&self, p: u16, positions: &[SegmentPosition]) {
+        if usize::from(p) >= self.state_count() {
             return;
         }
-        for message in messages {
-            st.forget(&message);
-        }
-    }
-
-    /// Records that messages moved elsewhere are durable there: their records leave
-    /// this queue's log.
-    pub fn settle_moved(&self, positions: &[SegmentPosition]) {
-        let mut st = self.state.lock();
+        let mut st = self.lock(usize::from(p));
         if let Some(log) = st.log.as_mut() {
             for &pos in positions {
                 let _ = log.ack(pos);
@@ -1068,20 +1342,33 @@ impl Queue {
         messages: impl IntoIterator<Item = QueuedMessage>,
         effects: &mut Effects,
     ) {
-        let mut letters = Vec::new();
-        let mut st = self.state.lock();
-        for message in messages {
-            st.discard(message, DeathReason::Rejected, &mut letters);
+        for (p, messages) in self.by_partition(messages) {
+            let mut letters = Vec::new();
+            let mut st = self.lock(p);
+            if partitioned::settled(&mut st, messages.len()) {
+                self.dispatch(&mut st, &mut letters);
+            }
+            for message in messages {
+                st.discard(message, DeathReason::Rejected, &mut letters);
+            }
+            self.hand_over(&mut st, letters, effects);
         }
-        self.hand_over(&mut st, letters, effects);
     }
 
-    /// Dispatches again after consumers regained credit.
+    /// Dispatches again after consumers regained credit: a partitioned queue, the
+    /// partitions that wait for it.
     pub fn kick(self: &Arc<Self>, effects: &mut Effects) {
-        let mut letters = Vec::new();
-        let mut st = self.state.lock();
-        self.dispatch(&mut st, &mut letters);
-        self.hand_over(&mut st, letters, effects);
+        for p in 0..self.state_count() {
+            if let Some(parts) = self.partitioned()
+                && !parts.parts[p].waiting.swap(false, Ordering::AcqRel)
+            {
+                continue;
+            }
+            let mut letters = Vec::new();
+            let mut st = self.lock(p);
+            self.dispatch(&mut st, &mut letters);
+            self.hand_over(&mut st, letters, effects);
+        }
     }
 
     /// Registers a consumer and starts delivering to it.
@@ -1094,109 +1381,136 @@ impl Queue {
         consumer: ConsumerHandle,
         effects: &mut Effects,
     ) -> AmqpResult<()> {
-        let mut letters = Vec::new();
-        let mut st = self.state.lock();
-        {
-            if st.deleted {
-                // Deleted since the consumer looked it up: it must not wait on it forever.
+        self.add_member(consumer, &Membership::default(), effects)
+    }
+
+    /// Registers a consumer, with how it takes part in a partitioned queue's group, and
+    /// starts delivering to it.
+    ///
+    /// # Errors
+    /// 403 ACCESS_REFUSED if an exclusive consumer holds the queue, or if an exclusive
+    /// consumer is asked for while others exist; 406 PRECONDITION_FAILED for a group
+    /// other than the queue's.
+    pub fn add_member(
+        self: &Arc<Self>,
+        consumer: ConsumerHandle,
+        membership: &Membership,
+        effects: &mut Effects,
+    ) -> AmqpResult<()> {
+        if let Some(parts) = self.partitioned() {
+            if self.lock(0).deleted {
                 return Err(crate::error::no_queue(&self.name, &self.vhost_name));
             }
-            if st.consumers.iter().any(|c| c.exclusive)
-                || (consumer.exclusive
-                    && (!st.consumers.is_empty() || st.args.single_active_consumer))
-            {
-                return Err(AmqpError::new(
-                    ReplyCode::AccessRefused,
-                    format!(
-                        "queue '{}' in vhost '{}' in exclusive use",
-                        self.name, self.vhost_name
-                    ),
-                ));
-            }
-            let at = st
-                .consumers
-                .partition_point(|c| c.priority >= consumer.priority);
-            st.uniform_priority &= st
-                .consumers
-                .first()
-                .is_none_or(|c| c.priority == consumer.priority);
-            st.consumers.insert(at, consumer);
-            st.had_consumer = true;
-            self.dispatch(&mut st, &mut letters);
+            self.join(parts, consumer, membership)?;
+            self.kick(effects);
+            return Ok(());
         }
+        let mut letters = Vec::new();
+        let mut st = self.lock(0);
+        if st.deleted {
+            // Deleted since the consumer looked it up: it must not wait on it forever.
+            return Err(crate::error::no_queue(&self.name, &self.vhost_name));
+        }
+        if st.consumers.iter().any(|c| c.exclusive)
+            || (consumer.exclusive && (!st.consumers.is_empty() || st.args.single_active_consumer))
+        {
+            return Err(AmqpError::new(
+                ReplyCode::AccessRefused,
+                format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name, self.vhost_name
+                ),
+            ));
+        }
+        let at = st
+            .consumers
+            .partition_point(|c| c.priority >= consumer.priority);
+        st.uniform_priority &= st
+            .consumers
+            .first()
+            .is_none_or(|c| c.priority == consumer.priority);
+        st.consumers.insert(at, consumer);
+        st.had_consumer = true;
+        self.dispatch(&mut st, &mut letters);
         self.hand_over(&mut st, letters, effects);
         Ok(())
     }
 
     /// Unregisters a consumer; messages already handed to it stay with its channel. The
     /// caller kicks the queue once those are settled or returned, so that (with a single
-    /// active consumer) the next consumer takes over in order.
+    /// active consumer, or a partition that moved) the next consumer takes over in order.
     pub fn remove_consumer(self: &Arc<Self>, id: ConsumerId) -> ConsumerRemoval {
-        {
-            let mut st = self.state.lock();
-            let Some(at) = st.consumers.iter().position(|c| c.id == id) else {
-                return ConsumerRemoval::Unknown;
-            };
-            st.consumers.remove(at);
-            if st.next_consumer > at {
-                st.next_consumer -= 1;
-            }
-            if st.consumers.is_empty() {
-                st.uniform_priority = true;
-                st.last_used_ms = now_ms();
-                self.arm_timer(&mut st);
-            }
-            if self.settings.auto_delete && st.consumers.is_empty() && st.had_consumer {
-                ConsumerRemoval::RemovedLast
-            } else {
-                ConsumerRemoval::Removed
-            }
+        if let Some(parts) = self.partitioned() {
+            return self.leave(parts, id);
+        }
+        let mut st = self.lock(0);
+        let Some(at) = st.consumers.iter().position(|c| c.id == id) else {
+            return ConsumerRemoval::Unknown;
+        };
+        st.consumers.remove(at);
+        if st.next_consumer > at {
+            st.next_consumer -= 1;
+        }
+        if st.consumers.is_empty() {
+            st.uniform_priority = true;
+            st.last_used_ms = now_ms();
+            self.arm_timer(&mut st);
+        }
+        if self.settings.auto_delete && st.consumers.is_empty() && st.had_consumer {
+            ConsumerRemoval::RemovedLast
+        } else {
+            ConsumerRemoval::Removed
         }
     }
 
     /// Acks every purged message still in the log, at once: at shutdown, so that a
     /// clean restart does not bring back what a purge removed.
     pub fn finish_purge(&self) {
-        let mut st = self.state.lock();
-        while st.purged > 0 {
-            let before = st.purged;
-            st.read_page(&self.name);
-            if st.purged == before {
-                break;
+        for p in 0..self.state_count() {
+            let mut st = self.lock(p);
+            while st.purged > 0 {
+                let before = st.purged;
+                st.read_page(&self.name);
+                if st.purged == before {
+                    break;
+                }
             }
         }
     }
 
     /// Drops all ready messages (in memory and paged out); returns how many.
     pub fn purge(self: &Arc<Self>) -> u32 {
-        let mut st = self.state.lock();
-        let count = st.ready_count();
-        let taken = st.ready.take_all();
-        let logged = taken.iter().filter(|m| m.position.is_some()).count() as u64;
-        let unread = st.paged + st.purged;
-        if let Some(log) = st.log.as_mut()
-            && log.live_messages() == logged + unread
-        {
-            // Nothing in the log is unacked or moving: all of it goes, a file per segment
-            // rather than a record per message.
-            if let Err(error) = log.purge() {
-                tracing::warn!(queue = %self.name, %error, "cannot remove a purged segment yet; the next sync retries");
+        let mut count = 0;
+        for p in 0..self.state_count() {
+            let mut st = self.lock(p);
+            count += st.ready_count();
+            let taken = st.ready.take_all();
+            let logged = taken.iter().filter(|m| m.position.is_some()).count() as u64;
+            let unread = st.paged + st.purged;
+            if let Some(log) = st.log.as_mut()
+                && log.live_messages() == logged + unread
+            {
+                // Nothing in the log is unacked or moving: all of it goes, a file per
+                // segment rather than a record per message.
+                if let Err(error) = log.purge() {
+                    tracing::warn!(queue = %self.name, %error, "cannot remove a purged segment yet; the next sync retries");
+                }
+                st.paged = 0;
+                st.paged_bytes = 0;
+                st.purged = 0;
+                continue;
             }
+            for message in taken {
+                st.forget(&message);
+            }
+            // Those only in the log leave it a slice per wake-up, unread by anyone.
+            st.purged += st.paged;
             st.paged = 0;
             st.paged_bytes = 0;
-            st.purged = 0;
-            return u32::try_from(count).unwrap_or(u32::MAX);
-        }
-        for message in taken {
-            st.forget(&message);
-        }
-        // Those only in the log leave it a slice per wake-up, unread by anyone.
-        st.purged += st.paged;
-        st.paged = 0;
-        st.paged_bytes = 0;
-        if st.purged > 0 {
-            st.discard_due = true;
-            self.arm_timer(&mut st);
+            if st.purged > 0 {
+                st.discard_due = true;
+                self.arm_timer(&mut st);
+            }
         }
         u32::try_from(count).unwrap_or(u32::MAX)
     }
@@ -1204,30 +1518,45 @@ impl Queue {
     /// Marks the queue deleted, at once: from now on it takes no consumer and no
     /// message ([`delete`](Self::delete) then drops what it holds).
     pub fn mark_deleted(&self) {
-        self.state.lock().deleted = true;
+        for p in 0..self.state_count() {
+            self.lock(p).deleted = true;
+        }
     }
 
-    /// Marks the queue deleted, drops its messages (and a spill log), and tells its
+    /// Marks the queue deleted, drops its messages (and spill logs), and tells its
     /// consumers' connections. Returns the number of ready messages it held, and its
-    /// durable log: the caller removes that once the deletion is durable, so that a
-    /// crash before then does not bring the queue back without its messages.
-    pub fn delete(&self) -> (u32, Option<QueueLog>) {
-        let (count, consumers, log) = {
-            let mut st = self.state.lock();
-            st.deleted = true;
-            let count = st.ready_count();
-            st.ready.take_all();
-            st.paged = 0;
-            st.paged_bytes = 0;
-            let log = st.log.take();
-            let (durable, spill) = if st.spill { (None, log) } else { (log, None) };
-            (count, std::mem::take(&mut st.consumers), (durable, spill))
-        };
-        let (durable, spill) = log;
-        if let Some(spill) = spill
-            && let Err(error) = spill.delete()
-        {
-            tracing::error!(queue = %self.name, %error, "cannot remove the queue's spill log");
+    /// durable logs (a partitioned queue's, one per partition that made one): the
+    /// caller removes those once the deletion is durable, so that a crash before then
+    /// does not bring the queue back without its messages.
+    pub fn delete(&self) -> (u32, Vec<QueueLog>) {
+        let mut count = 0;
+        let mut durable = Vec::new();
+        let mut consumers = self
+            .partitioned()
+            .map(Partitioned::take_consumers)
+            .unwrap_or_default();
+        for p in 0..self.state_count() {
+            let (log, spill) = {
+                let mut st = self.lock(p);
+                st.deleted = true;
+                count += st.ready_count();
+                st.ready.take_all();
+                st.paged = 0;
+                st.paged_bytes = 0;
+                let log = st.log.take();
+                if self.partitioned().is_none() {
+                    consumers.append(&mut st.consumers);
+                } else {
+                    st.consumers.clear();
+                }
+                if st.spill { (None, log) } else { (log, None) }
+            };
+            if let Some(spill) = spill
+                && let Err(error) = spill.delete()
+            {
+                tracing::error!(queue = %self.name, %error, "cannot remove the queue's spill log");
+            }
+            durable.extend(log);
         }
         for consumer in consumers {
             consumer.mailbox.push(Outgoing::Cancelled {
@@ -1239,12 +1568,12 @@ impl Queue {
     }
 
     /// Like [`delete`](Self::delete), for a durable queue whose deletion could not be
-    /// stored: its log is made durable first and returned to be kept, since the stored
-    /// queue would come back with it at a restart. Should that sync fail, nothing
+    /// stored: its logs are made durable first and returned to be kept, since the stored
+    /// queue would come back with them at a restart. Should a sync fail, nothing
     /// appended to the queue is reported durable from then on.
-    pub fn abandon(&self) -> Option<QueueLog> {
-        {
-            let mut st = self.state.lock();
+    pub fn abandon(&self) -> Vec<QueueLog> {
+        for p in 0..self.state_count() {
+            let mut st = self.lock(p);
             st.deleted = true;
             if !st.spill
                 && let Some(log) = st.log.as_mut()
@@ -1261,7 +1590,18 @@ impl Queue {
     /// at the head on the way are dead-lettered instead.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, letters: &mut Vec<DeadLetter>) {
         let handed = self.dispatch_ready(st, letters);
-        self.flow.set(st, handed);
+        match (self.partitioned(), st.partition.as_ref()) {
+            (Some(parts), Some(tally)) => {
+                self.flow.add_handed(handed);
+                if !st.ready.is_empty() && !st.consumers.is_empty() {
+                    // Its owners lack credit or room: their next kick dispatches it.
+                    parts.parts[usize::from(tally.index)]
+                        .waiting
+                        .store(true, Ordering::Release);
+                }
+            }
+            _ => self.flow.set(st, handed),
+        }
     }
 
     /// [`Queue::dispatch`]'s work; returns how many deliveries it handed out.
@@ -1299,7 +1639,7 @@ impl Queue {
                 }
                 break;
             };
-            let Some(message) = st.next_ready(&self.name) else {
+            let Some(mut message) = st.next_ready(&self.name) else {
                 st.consumers[at].credit.release(1);
                 break;
             };
@@ -1309,6 +1649,11 @@ impl Queue {
             // less the first delivery's.
             if !st.consumers[at].no_ack || st.args.queue_type == QueueType::Quorum {
                 st.mark_delivered(&message);
+            }
+            if let Some(tally) = st.partition.as_mut() {
+                // Counted until settled (a no_ack one: until written).
+                tally.unacked += 1;
+                message.partition = tally.index;
             }
             let consumer = &st.consumers[at];
             consumer.credit.handed();
@@ -1375,6 +1720,7 @@ impl Queue {
         };
         effects.moves.push(Move {
             source: self.clone(),
+            partition: st.partition.as_ref().map_or(0, |t| t.index),
             route,
             letters,
         });
@@ -1385,35 +1731,53 @@ impl Queue {
     /// itself as expired when its `x-expires` ran out unused. Called by the owner's
     /// clock.
     pub fn wake(self: &Arc<Self>, now_ms: u64, effects: &mut Effects) {
-        let mut letters = Vec::new();
-        let mut st = self.state.lock();
-        st.timer_at_ms = 0;
-        st.discard_due = false;
-        st.work_off_purge(&self.name);
-        if !st.retained.is_empty() && st.retry_at_ms <= now_ms {
-            letters = std::mem::take(&mut st.retained);
+        let mut unused = true;
+        for p in 0..self.state_count() {
+            let mut letters = Vec::new();
+            let mut st = self.lock(p);
+            st.timer_at_ms = 0;
+            st.discard_due = false;
+            st.work_off_purge(&self.name);
+            if !st.retained.is_empty() && st.retry_at_ms <= now_ms {
+                letters = std::mem::take(&mut st.retained);
+            }
+            st.expire(&self.name, now_ms + 1, &mut letters);
+            st.drop_head(&self.name, &mut letters);
+            self.dispatch(&mut st, &mut letters);
+            unused &= !st.deleted
+                && st.consumers.is_empty()
+                && st
+                    .args
+                    .expires
+                    .is_some_and(|ttl| st.last_used_ms.saturating_add(ttl) <= now_ms);
+            if !unused || self.partitioned().is_some() {
+                self.arm_timer(&mut st);
+            }
+            self.hand_over(&mut st, letters, effects);
         }
-        st.expire(&self.name, now_ms + 1, &mut letters);
-        st.drop_head(&self.name, &mut letters);
-        self.dispatch(&mut st, &mut letters);
-        let unused = !st.deleted
-            && st.consumers.is_empty()
-            && st
-                .args
-                .expires
-                .is_some_and(|ttl| st.last_used_ms.saturating_add(ttl) <= now_ms);
+        if let Some(parts) = self.partitioned() {
+            unused = !self.lock(0).deleted
+                && parts.consumer_count() == 0
+                && self.settings.parsed.expires.is_some_and(|ttl| {
+                    self.last_used_ms
+                        .load(Ordering::Relaxed)
+                        .saturating_add(ttl)
+                        <= now_ms
+                });
+        }
         if unused {
             effects.expired.push(self.clone());
-        } else {
-            self.arm_timer(&mut st);
         }
-        self.hand_over(&mut st, letters, effects);
     }
 
     /// Keeps dead letters that no queue took (`at-least-once`) to try them again later;
-    /// their records stay in the log until they are taken.
-    pub fn retain_dead_letters(self: &Arc<Self>, letters: Vec<DeadLetter>) {
-        let mut st = self.state.lock();
+    /// their records stay in the log of partition `p` (0 for a plain queue) until they
+    /// are taken.
+    pub fn retain_dead_letters(self: &Arc<Self>, p: u16, letters: Vec<DeadLetter>) {
+        if usize::from(p) >= self.state_count() {
+            return;
+        }
+        let mut st = self.lock(usize::from(p));
         if st.deleted {
             return;
         }
@@ -1423,38 +1787,65 @@ impl Queue {
     }
 }
 
+/// The arguments a partition runs with: the queue's, less what applies to the whole
+/// queue (`x-expires`, kept by the queue itself).
+fn partition_arguments(args: &QueueArguments) -> QueueArguments {
+    QueueArguments {
+        expires: None,
+        ..args.clone()
+    }
+}
+
+/// Writes out a log's buffered appends for a group commit (see [`SyncTarget`]).
+fn begin_sync(st: &mut QueueState, name: &str) -> Option<crate::store::Result<PendingSync>> {
+    if st.spill {
+        return None;
+    }
+    let Some(log) = st.log.as_mut() else {
+        return st.lost_appends.then(|| {
+            Err(crate::store::StoreError::Poisoned(format!(
+                "queue '{name}' was deleted with appends not synced"
+            )))
+        });
+    };
+    Some(log.begin_sync().inspect_err(|error| {
+        tracing::error!(queue = %name, %error, "cannot write the queue's log");
+    }))
+}
+
+/// Records a group commit's sync of a log (see [`SyncTarget`]).
+fn complete_sync(
+    st: &mut QueueState,
+    name: &str,
+    pending: PendingSync,
+    result: &crate::store::Result<()>,
+) -> bool {
+    let Some(log) = st.log.as_mut() else {
+        // Deleted since its appends were written: they count as durable if the sync
+        // went through (a log kept because the deletion is not stored comes back).
+        return result.is_ok() && !st.lost_appends;
+    };
+    match log.complete_sync(pending, result) {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::error!(queue = %name, %error, "cannot sync the queue's log");
+            false
+        }
+    }
+}
+
 impl SyncTarget for Queue {
     fn begin_sync(&self) -> Option<crate::store::Result<PendingSync>> {
-        let mut st = self.state.lock();
-        if st.spill {
-            return None;
+        match &self.body {
+            Body::Plain(state) => begin_sync(&mut state.lock(), &self.name),
+            Body::Partitioned(_) => None,
         }
-        let Some(log) = st.log.as_mut() else {
-            return st.lost_appends.then(|| {
-                Err(crate::store::StoreError::Poisoned(format!(
-                    "queue '{}' was deleted with appends not synced",
-                    self.name
-                )))
-            });
-        };
-        Some(log.begin_sync().inspect_err(|error| {
-            tracing::error!(queue = %self.name, %error, "cannot write the queue's log");
-        }))
     }
 
     fn complete_sync(&self, pending: PendingSync, result: &crate::store::Result<()>) -> bool {
-        let mut st = self.state.lock();
-        let Some(log) = st.log.as_mut() else {
-            // Deleted since its appends were written: they count as durable if the sync
-            // went through (a log kept because the deletion is not stored comes back).
-            return result.is_ok() && !st.lost_appends;
-        };
-        match log.complete_sync(pending, result) {
-            Ok(_) => true,
-            Err(error) => {
-                tracing::error!(queue = %self.name, %error, "cannot sync the queue's log");
-                false
-            }
+        match &self.body {
+            Body::Plain(state) => complete_sync(&mut state.lock(), &self.name, pending, result),
+            Body::Partitioned(_) => result.is_ok(),
         }
     }
 }
@@ -1627,12 +2018,12 @@ mod tests {
         };
         queue.set_arguments(limited, &mut effects);
         assert_eq!(queue.message_count() as usize, backlog - slice);
-        assert!(queue.state.lock().discard_due);
+        assert!(queue.lock(0).discard_due);
         queue.wake(now_ms(), &mut effects);
         assert_eq!(queue.message_count() as usize, 100);
         queue.wake(now_ms(), &mut effects);
         assert_eq!(queue.message_count(), 0);
-        assert!(!queue.state.lock().discard_due);
+        assert!(!queue.lock(0).discard_due);
     }
 
     fn durable_queue_on(log: QueueLog) -> Arc<Queue> {
@@ -1676,7 +2067,7 @@ mod tests {
         publish_backlog(&queue, backlog);
         assert_eq!(queue.purge() as usize, backlog);
         {
-            let st = queue.state.lock();
+            let st = queue.lock(0);
             assert_eq!((st.purged, st.paged), (0, 0));
             assert_eq!(st.log.as_ref().map(QueueLog::live_messages), Some(0));
             assert_eq!(st.log.as_ref().map(QueueLog::segment_count), Some(0));
@@ -1704,22 +2095,19 @@ mod tests {
         let (held, _) = queue.get(false, &mut effects).expect("the first message");
         assert_eq!(queue.purge() as usize, backlog - 1);
         assert_eq!(queue.message_count(), 0);
-        assert!(
-            queue.state.lock().purged > 0,
-            "the log was worked off at once"
-        );
+        assert!(queue.lock(0).purged > 0, "the log was worked off at once");
         queue
             .publish(message(backlog), PERSISTENT, &mut effects)
             .expect("publish after the purge");
         assert_eq!(queue.message_count(), 1);
-        while queue.state.lock().discard_due {
+        while queue.lock(0).discard_due {
             queue.wake(now_ms(), &mut effects);
         }
         let (got, left) = queue.get(true, &mut effects).expect("the later message");
         assert_eq!(got.message.body(), backlog.to_string().as_bytes());
         assert_eq!(left, 0);
         queue.settle([held]);
-        let st = queue.state.lock();
+        let st = queue.lock(0);
         assert_eq!(st.purged, 0);
         assert_eq!(st.log.as_ref().map(QueueLog::live_messages), Some(0));
     }
@@ -1753,7 +2141,7 @@ mod tests {
         assert_eq!(queue.purge() as usize, backlog - 1);
         queue.wake(now_ms(), &mut effects);
         {
-            let st = queue.state.lock();
+            let st = queue.lock(0);
             assert!(st.purged > 0, "nothing could be read");
             assert!(
                 !st.discard_due,
@@ -1764,9 +2152,9 @@ mod tests {
         queue
             .publish(message(backlog), PERSISTENT, &mut effects)
             .expect("publish after the purge");
-        while queue.state.lock().purged > 0 {
+        while queue.lock(0).purged > 0 {
             assert!(queue.get(true, &mut effects).is_none());
-            while queue.state.lock().discard_due {
+            while queue.lock(0).discard_due {
                 queue.wake(now_ms(), &mut effects);
             }
         }

@@ -590,7 +590,7 @@ impl Model {
         self.expire();
         self.hand_over(letters);
         if self.kind == Kind::Durable && self.msg(id).kept {
-            Enqueued::Logged
+            Enqueued::Logged(0)
         } else {
             Enqueued::Memory
         }
@@ -1010,7 +1010,7 @@ impl Harness {
             // go once read and acked) before it needs one.
             let log = QueueLog::create_scratch(dir.path().join("spill"), setup.segment_size)
                 .map_err(fail)?;
-            let mut st = queue.state.lock();
+            let mut st = queue.lock(0);
             st.log = Some(log);
             st.spill = true;
         }
@@ -1183,7 +1183,7 @@ impl Harness {
                 if let Some(moved) = self.moves.pop_front() {
                     let positions: Vec<_> =
                         moved.letters.iter().filter_map(|l| l.position).collect();
-                    self.queue().settle_moved(&positions);
+                    self.queue().settle_moved(0, &positions);
                     self.model.settle_move();
                 }
             }

@@ -31,3 +31,8 @@ pub enum HashProperty {
     /// `timestamp`, as decimal seconds.
     Timestamp,
 }
+
+/// Stand-in until the hash lands: every message goes round robin.
+pub fn partition_of(_message: &crate::message::Message, _on: &HashOn, _n: u16) -> Option<u16> {
+    None
+}

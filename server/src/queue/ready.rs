@@ -166,6 +166,7 @@ mod tests {
             expires_at_ms,
             delivery_count: 0,
             priority,
+            partition: 0,
             message: Message::new("", "q", b"", Bytes::from_static(b"xy")),
         }
     }

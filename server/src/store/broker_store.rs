@@ -179,8 +179,8 @@ impl BrokerStore {
 
     /// The log of queue `name` of `vhost`, whose deletion could not be written: kept
     /// until the deletion is stored (see [`PendingChanges`]).
-    pub fn keep_undeleted(&self, vhost: &str, name: &str, log: QueueLog) {
-        if let Some(log) = self.pending.keep_undeleted(vhost, name, log) {
+    pub fn keep_undeleted(&self, vhost: &str, name: &str, logs: Vec<QueueLog>) {
+        for log in self.pending.keep_undeleted(vhost, name, logs) {
             self.retire_queue_log(log);
         }
     }
@@ -197,6 +197,9 @@ impl BrokerStore {
 
     /// Creates the log of a newly declared durable queue.
     ///
+    /// A partitioned queue's partitions other than the first have theirs made by
+    /// [`BrokerStore::create_partition_log`].
+    ///
     /// # Errors
     /// I/O failures.
     pub fn create_queue_log(&self, id: &str) -> Result<QueueLog> {
@@ -204,6 +207,30 @@ impl BrokerStore {
         let mut log = QueueLog::create_in(self.fs.clone(), self.queue_dir(id), self.segment_size)?;
         log.set_fd_budget(self.fd_budget.clone());
         Ok(log)
+    }
+
+    /// Creates the log of partition `p` of the durable partitioned queue whose own log
+    /// (partition 0's) has id `id`, on the partition's first message: beside it, as
+    /// `<id>.p<p>`, so that an idle partition has no directory.
+    ///
+    /// # Errors
+    /// I/O failures.
+    pub fn create_partition_log(&self, id: &str, p: u16) -> Result<QueueLog> {
+        self.create_queue_log(&partition_log_id(id, p))
+    }
+
+    /// Opens the log of partition `p` of a durable partitioned queue at start-up, if it
+    /// ever made one.
+    ///
+    /// # Errors
+    /// I/O failures or an incompatible log.
+    pub fn open_partition_log(&self, id: &str, p: u16) -> Result<Option<(QueueLog, Recovery)>> {
+        let id = partition_log_id(id, p);
+        let dir = self.queue_dir(&id);
+        if !self.fs.exists(&dir).map_err(StoreError::io("stat", &dir))? {
+            return Ok(None);
+        }
+        self.open_queue_log(&id).map(Some)
     }
 
     /// Creates a spill log for a transient queue whose backlog outgrew memory.
@@ -279,7 +306,9 @@ impl BrokerStore {
         let mut removed = 0;
         for name in names {
             let name = name.to_string_lossy().into_owned();
-            if keep.contains(&name) {
+            // A partition's log belongs to its queue's.
+            let owner = name.rsplit_once(".p").map_or(name.as_str(), |(id, _)| id);
+            if keep.contains(&name) || keep.contains(owner) {
                 continue;
             }
             let path = queues.join(&name);
@@ -423,6 +452,11 @@ fn check_entries(fs: &FsRef, dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The log id of partition `p` of the partitioned queue whose own log has id `id`.
+fn partition_log_id(id: &str, p: u16) -> String {
+    format!("{id}.p{p}")
 }
 
 #[cfg(test)]

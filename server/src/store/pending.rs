@@ -26,8 +26,8 @@ use super::definitions::{Change, DefinitionStore};
 struct Undeleted {
     vhost: String,
     name: String,
-    /// Its log, once its owner handed it over.
-    log: Option<QueueLog>,
+    /// Its logs (a partitioned queue's are several), once its owner handed them over.
+    logs: Option<Vec<QueueLog>>,
 }
 
 /// The queued definitions changes of a broker, and the deletions still to store.
@@ -72,20 +72,20 @@ impl PendingChanges {
         }
     }
 
-    /// Hands over the log of queue `name` of `vhost`, whose deletion could not be
-    /// written: it is kept until the deletion is stored. Returns it back when that
-    /// already happened (or the name was declared anew): the caller retires it.
-    pub fn keep_undeleted(&self, vhost: &str, name: &str, log: QueueLog) -> Option<QueueLog> {
+    /// Hands over the logs of queue `name` of `vhost`, whose deletion could not be
+    /// written: they are kept until the deletion is stored. Returns them back when that
+    /// already happened (or the name was declared anew): the caller retires them.
+    pub fn keep_undeleted(&self, vhost: &str, name: &str, logs: Vec<QueueLog>) -> Vec<QueueLog> {
         let mut undeleted = self.undeleted.lock();
         match undeleted
             .iter_mut()
-            .find(|u| u.vhost == vhost && u.name == name && u.log.is_none())
+            .find(|u| u.vhost == vhost && u.name == name && u.logs.is_none())
         {
             Some(entry) => {
-                entry.log = Some(log);
-                None
+                entry.logs = Some(logs);
+                Vec::new()
             }
-            None => Some(log),
+            None => logs,
         }
     }
 
@@ -129,7 +129,7 @@ impl PendingChanges {
                         undeleted.push(Undeleted {
                             vhost,
                             name,
-                            log: None,
+                            logs: None,
                         });
                     }
                 }
@@ -142,7 +142,7 @@ impl PendingChanges {
                 name: entry.name.clone(),
             };
             match defs.record(&change) {
-                Ok(()) => settled.extend(entry.log),
+                Ok(()) => settled.extend(entry.logs.into_iter().flatten()),
                 Err(error) => {
                     tracing::debug!(%error, queue = %entry.name, "the deletion is still not stored");
                     still.push(entry);
@@ -168,6 +168,6 @@ fn settle(undeleted: &mut Vec<Undeleted>, vhost: &str, name: &str, settled: &mut
         .iter()
         .position(|u| u.vhost == vhost && u.name == name)
     {
-        settled.extend(undeleted.swap_remove(at).log);
+        settled.extend(undeleted.swap_remove(at).logs.into_iter().flatten());
     }
 }

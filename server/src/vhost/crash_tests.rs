@@ -387,7 +387,7 @@ impl Run {
                 self.ledger.copy(&name, id);
                 let enqueued = queue.publish(message.clone(), handling, &mut effects);
                 match self.alive("basic.publish", enqueued)? {
-                    Enqueued::Logged => self.ledger.copy(&name, id).written = true,
+                    Enqueued::Logged(_) => self.ledger.copy(&name, id).written = true,
                     Enqueued::Rejected => {
                         self.ledger.copies.remove(&(name, id));
                     }

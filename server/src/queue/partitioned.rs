@@ -1,0 +1,513 @@
+//! Partitioned queues (`x-partitions`) and the consumer group that shares them out.
+//!
+//! A partitioned queue is one [`Queue`] with N partitions behind it. Each partition is a
+//! plain queue's state behind its own lock: its own FIFO, log, TTLs and limits, and as
+//! its consumers exactly its owners. So publishing, dispatching, acking and requeueing
+//! take one partition's lock and partitions flow in parallel; only membership changes
+//! take the group's lock, which then visits partitions one at a time.
+//!
+//! A message's partition is the hash of its key ([`partition_key`](super::partition_key));
+//! a message without one goes round robin. The group's members are given partitions by
+//! [`group::assign`](super::group::assign), sticky and with the fewest moves. A partition
+//! that moves with deliveries still unacked drains first: it goes to nobody until its
+//! unacked count is back to 0, so a key is never unacked at two members at once.
+//!
+//! Lock order, as in [`queue`](super): the group's lock, then one partition's lock, then
+//! what a queue calls while holding its own. No code holds two partitions' locks.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::group::{self, Candidate};
+use super::partition_key::{self, HashOn};
+use super::{
+    ConsumerHandle, ConsumerId, ConsumerRemoval, Drain, PartitionTally, Queue, QueueState,
+};
+use crate::error::{self, AmqpResult};
+use crate::message::Message;
+use crate::store::{PendingSync, SyncTarget};
+use crate::timers::now_ms;
+
+/// How a consumer takes part in a partitioned queue, from its `basic.consume` arguments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// `x-consumer-group`: the group it joins (the queue's group when absent).
+    pub group: Option<String>,
+    /// `x-partition`: consume these partitions, outside the group.
+    pub partitions: Option<Vec<u16>>,
+}
+
+/// One partition: a plain queue's state under its own lock.
+#[derive(Debug)]
+pub struct Partition {
+    pub(super) state: Mutex<QueueState>,
+    /// Ready messages may wait for an owner's credit: a kick dispatches it.
+    pub(super) waiting: AtomicBool,
+}
+
+/// Ready messages and bytes over all partitions, kept by [`Locked`] as partitions
+/// change: what the queue's length limits and its counts read.
+#[derive(Debug, Default)]
+pub(super) struct Totals {
+    pub(super) ready: AtomicU64,
+    pub(super) bytes: AtomicU64,
+}
+
+/// A partition's state, locked; on release it brings the queue's totals up to date.
+pub(super) struct Locked<'a> {
+    st: MutexGuard<'a, QueueState>,
+    totals: Option<&'a Totals>,
+    before: (u64, u64),
+}
+
+impl<'a> Locked<'a> {
+    /// Locks `state`, telling it what the queue's other partitions hold.
+    pub(super) fn new(state: &'a Mutex<QueueState>, totals: Option<&'a Totals>) -> Self {
+        let mut st = state.lock();
+        let before = (st.ready_count(), st.ready_bytes());
+        if let (Some(totals), Some(tally)) = (totals, st.partition.as_mut()) {
+            tally.outside = (
+                totals
+                    .ready
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(before.0),
+                totals
+                    .bytes
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(before.1),
+            );
+        }
+        Self { st, totals, before }
+    }
+}
+
+impl std::ops::Deref for Locked<'_> {
+    type Target = QueueState;
+    fn deref(&self) -> &QueueState {
+        &self.st
+    }
+}
+
+impl std::ops::DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut QueueState {
+        &mut self.st
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let Some(totals) = self.totals else {
+            return;
+        };
+        let after = (self.st.ready_count(), self.st.ready_bytes());
+        for (total, before, after) in [
+            (&totals.ready, self.before.0, after.0),
+            (&totals.bytes, self.before.1, after.1),
+        ] {
+            if after >= before {
+                total.fetch_add(after - before, Ordering::Relaxed);
+            } else {
+                let _ = total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                    Some(t.saturating_sub(before - after))
+                });
+            }
+        }
+    }
+}
+
+/// The group of a partitioned queue: its members in join order, its manual consumers
+/// and the assignment in force.
+#[derive(Debug, Default)]
+struct Group {
+    /// Named by the first member that gave `x-consumer-group`; cleared when the last
+    /// member leaves.
+    name: Option<String>,
+    members: Vec<Member>,
+    /// Consumers of given partitions (`x-partition`), outside the group.
+    manual: Vec<(ConsumerHandle, Vec<u16>)>,
+    next_seq: u64,
+    /// Each partition's group owners.
+    owners: Vec<Vec<ConsumerId>>,
+}
+
+#[derive(Debug)]
+struct Member {
+    handle: ConsumerHandle,
+    seq: u64,
+}
+
+/// Why a group rebalanced, for its log line.
+#[derive(Debug, Clone, Copy)]
+enum Cause {
+    Join,
+    Leave,
+    Manual,
+}
+
+impl Cause {
+    fn name(self) -> &'static str {
+        match self {
+            Cause::Join => "join",
+            Cause::Leave => "leave",
+            Cause::Manual => "manual",
+        }
+    }
+}
+
+/// The partitioned body of a queue.
+#[derive(Debug)]
+pub(super) struct Partitioned {
+    pub(super) parts: Box<[Arc<Partition>]>,
+    group: Mutex<Group>,
+    hash: HashOn,
+    /// Owners per partition (`x-consumers-per-partition`).
+    per_partition: u16,
+    next_keyless: AtomicU32,
+    next_get: AtomicU32,
+    pub(super) totals: Totals,
+    /// The durable queue's log id: a partition's log is made beside it on first use.
+    pub(super) log_id: Option<String>,
+}
+
+impl Partitioned {
+    /// `n` empty partitions; the first one takes `first` (the queue's log, if any).
+    pub(super) fn new(
+        n: u16,
+        hash: HashOn,
+        per_partition: u16,
+        log_id: Option<String>,
+        mut first: QueueState,
+        make: impl Fn() -> QueueState,
+    ) -> Self {
+        let parts = (0..n.max(1))
+            .map(|index| {
+                let mut st = if index == 0 {
+                    std::mem::take(&mut first)
+                } else {
+                    make()
+                };
+                st.partition = Some(PartitionTally {
+                    index,
+                    ..PartitionTally::default()
+                });
+                Arc::new(Partition {
+                    state: Mutex::new(st),
+                    waiting: AtomicBool::new(false),
+                })
+            })
+            .collect::<Box<[_]>>();
+        let totals = Totals::default();
+        if let Some(p) = parts.first() {
+            let st = p.state.lock();
+            totals.ready.store(st.ready_count(), Ordering::Relaxed);
+            totals.bytes.store(st.ready_bytes(), Ordering::Relaxed);
+        }
+        Self {
+            group: Mutex::new(Group {
+                owners: vec![Vec::new(); parts.len()],
+                ..Group::default()
+            }),
+            parts,
+            hash,
+            per_partition: per_partition.max(1),
+            next_keyless: AtomicU32::new(0),
+            next_get: AtomicU32::new(0),
+            totals,
+            log_id,
+        }
+    }
+
+    /// The number of partitions.
+    pub(super) fn count(&self) -> u16 {
+        u16::try_from(self.parts.len()).unwrap_or(u16::MAX)
+    }
+
+    /// Locks partition `p`.
+    pub(super) fn lock(&self, p: usize) -> Locked<'_> {
+        Locked::new(&self.parts[p].state, Some(&self.totals))
+    }
+
+    /// The partition `message` goes to: its key's hash, else the next in turn.
+    pub(super) fn route(&self, message: &Message) -> usize {
+        let n = self.count();
+        let p = partition_key::partition_of(message, &self.hash, n).unwrap_or_else(|| {
+            let turn = self.next_keyless.fetch_add(1, Ordering::Relaxed);
+            u16::try_from(turn % u32::from(n)).unwrap_or(0)
+        });
+        usize::from(p)
+    }
+
+    /// Where `basic.get` starts looking, rotating so that no partition starves.
+    pub(super) fn get_order(&self) -> impl Iterator<Item = usize> + '_ {
+        let n = self.parts.len();
+        let start = self.next_get.fetch_add(1, Ordering::Relaxed) as usize % n;
+        (0..n).map(move |i| (start + i) % n)
+    }
+
+    /// Registered consumers: members (active or standby) and manual ones.
+    pub(super) fn consumer_count(&self) -> usize {
+        let group = self.group.lock();
+        group.members.len() + group.manual.len()
+    }
+
+    /// Every consumer, for the cancellations of a deleted queue; the group is left empty.
+    pub(super) fn take_consumers(&self) -> Vec<ConsumerHandle> {
+        let mut group = self.group.lock();
+        let group = &mut *group;
+        group.name = None;
+        group.owners.iter_mut().for_each(Vec::clear);
+        let members = std::mem::take(&mut group.members)
+            .into_iter()
+            .map(|m| m.handle);
+        let manual = std::mem::take(&mut group.manual)
+            .into_iter()
+            .map(|(c, _)| c);
+        members.chain(manual).collect()
+    }
+}
+
+/// Settles `n` of a partition's deliveries: once none is left, a drain ends and the
+/// waiting owners take the partition (the caller dispatches it, or a kick does).
+pub(super) fn settled(st: &mut QueueState, n: usize) -> bool {
+    let Some(tally) = st.partition.as_mut() else {
+        return false;
+    };
+    tally.unacked = tally
+        .unacked
+        .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+    if tally.unacked > 0 {
+        return false;
+    }
+    let Some(drain) = tally.draining.take() else {
+        return false;
+    };
+    tracing::debug!(
+        partition = tally.index,
+        drained_ms = now_ms().saturating_sub(drain.since_ms),
+        "a moved partition drained"
+    );
+    set_consumers(st, drain.to);
+    true
+}
+
+/// Makes `owners` a partition's consumers, in priority order.
+fn set_consumers(st: &mut QueueState, mut owners: Vec<ConsumerHandle>) {
+    owners.sort_by_key(|c| std::cmp::Reverse(c.priority));
+    st.uniform_priority = owners.windows(2).all(|w| w[0].priority == w[1].priority);
+    st.next_consumer = 0;
+    st.had_consumer |= !owners.is_empty();
+    st.consumers = owners;
+}
+
+impl Queue {
+    /// The partitioned body, if the queue is partitioned.
+    pub(super) fn partitioned(&self) -> Option<&Partitioned> {
+        match &self.body {
+            super::Body::Partitioned(p) => Some(p),
+            super::Body::Plain(_) => None,
+        }
+    }
+
+    /// Adds a consumer to a partitioned queue: to its group, or to given partitions.
+    pub(super) fn join(
+        self: &Arc<Self>,
+        parts: &Partitioned,
+        consumer: ConsumerHandle,
+        membership: &Membership,
+    ) -> AmqpResult<()> {
+        let mut group = parts.group.lock();
+        let exclusive = group
+            .members
+            .iter()
+            .map(|m| &m.handle)
+            .chain(group.manual.iter().map(|(c, _)| c))
+            .any(|c| c.exclusive);
+        let empty = group.members.is_empty() && group.manual.is_empty();
+        if exclusive || (consumer.exclusive && !empty) {
+            return Err(crate::error::AmqpError::new(
+                amqp_codec::ReplyCode::AccessRefused,
+                format!(
+                    "queue '{}' in vhost '{}' in exclusive use",
+                    self.name, self.vhost_name
+                ),
+            ));
+        }
+        let cause = if let Some(partitions) = &membership.partitions {
+            group.manual.push((consumer, partitions.clone()));
+            Cause::Manual
+        } else {
+            if let (Some(asked), Some(name)) = (&membership.group, &group.name)
+                && asked != name
+            {
+                return Err(error::precondition(format!(
+                    "queue '{}' in vhost '{}' is consumed by group '{name}': a partitioned \
+                     queue serves one consumer group; give group '{asked}' its own \
+                     partitioned queue bound to the same exchange, or use a stream",
+                    self.name, self.vhost_name
+                )));
+            }
+            if group.name.is_none() {
+                group.name.clone_from(&membership.group);
+            }
+            let seq = group.next_seq;
+            group.next_seq += 1;
+            group.members.push(Member {
+                handle: consumer,
+                seq,
+            });
+            Cause::Join
+        };
+        self.rebalance(parts, &mut group, cause);
+        Ok(())
+    }
+
+    /// Removes a consumer from a partitioned queue; its partitions pass on once drained.
+    pub(super) fn leave(self: &Arc<Self>, parts: &Partitioned, id: ConsumerId) -> ConsumerRemoval {
+        let mut group = parts.group.lock();
+        let cause = if let Some(at) = group.members.iter().position(|m| m.handle.id == id) {
+            group.members.remove(at);
+            Cause::Leave
+        } else if let Some(at) = group.manual.iter().position(|(c, _)| c.id == id) {
+            group.manual.remove(at);
+            Cause::Manual
+        } else {
+            return ConsumerRemoval::Unknown;
+        };
+        if group.members.is_empty() {
+            group.name = None;
+        }
+        self.rebalance(parts, &mut group, cause);
+        let empty = group.members.is_empty() && group.manual.is_empty();
+        if empty {
+            self.unused_since(now_ms());
+        }
+        if self.settings.auto_delete && empty {
+            ConsumerRemoval::RemovedLast
+        } else {
+            ConsumerRemoval::Removed
+        }
+    }
+
+    /// Assigns the partitions afresh and hands each moved one to its new owners, or
+    /// starts its drain. Partitions given owners are left for the next kick to dispatch.
+    fn rebalance(&self, parts: &Partitioned, group: &mut Group, cause: Cause) {
+        let n = parts.count();
+        let manual: BTreeSet<u16> = group
+            .manual
+            .iter()
+            .flat_map(|(_, ps)| ps.iter().copied())
+            .filter(|&p| p < n)
+            .collect();
+        let candidates: Vec<Candidate> = group
+            .members
+            .iter()
+            .map(|m| Candidate {
+                consumer: m.handle.id,
+                seq: m.seq,
+                priority: m.handle.priority,
+            })
+            .collect();
+        let unacked: Vec<u32> = parts
+            .parts
+            .iter()
+            .map(|p| p.state.lock().partition.as_ref().map_or(0, |t| t.unacked))
+            .collect();
+        let assignment = group::assign(
+            n,
+            parts.per_partition,
+            &manual,
+            &candidates,
+            &group.owners,
+            &unacked,
+        );
+        for (p, owners) in assignment.owners.iter().enumerate() {
+            let mut target: Vec<ConsumerHandle> = owners
+                .iter()
+                .filter_map(|id| group.members.iter().find(|m| m.handle.id == *id))
+                .map(|m| m.handle.clone())
+                .collect();
+            let index = u16::try_from(p).unwrap_or(u16::MAX);
+            target.extend(
+                group
+                    .manual
+                    .iter()
+                    .filter(|(_, ps)| ps.contains(&index))
+                    .map(|(c, _)| c.clone()),
+            );
+            let exclusive_owner = parts.per_partition == 1 && !manual.contains(&index);
+            let mut st = parts.lock(p);
+            if hand_over_partition(&mut st, target, exclusive_owner) {
+                parts.parts[p].waiting.store(true, Ordering::Release);
+            }
+        }
+        if !assignment.moves.is_empty() {
+            let active = assignment
+                .owners
+                .iter()
+                .flatten()
+                .collect::<BTreeSet<_>>()
+                .len();
+            tracing::info!(
+                queue = %self.name,
+                vhost = %self.vhost_name,
+                group = group.name.as_deref().unwrap_or(""),
+                cause = cause.name(),
+                active,
+                standby = group.members.len().saturating_sub(active),
+                moves = assignment.moves.len(),
+                detail = %group::describe(&assignment.moves),
+                "consumer group rebalanced"
+            );
+        }
+        group.owners = assignment.owners;
+    }
+}
+
+/// Gives a partition to `target`: at once when nothing of it is unacked (or it may
+/// have several owners), else after a drain. True if it has owners to dispatch to now.
+fn hand_over_partition(
+    st: &mut QueueState,
+    target: Vec<ConsumerHandle>,
+    exclusive_owner: bool,
+) -> bool {
+    let ids = |cs: &[ConsumerHandle]| cs.iter().map(|c| c.id).collect::<BTreeSet<_>>();
+    let wanted = ids(&target);
+    let current = ids(&st.consumers);
+    let Some(tally) = st.partition.as_mut() else {
+        return false;
+    };
+    if let Some(drain) = tally.draining.as_mut() {
+        if wanted != drain.from {
+            drain.to = target;
+            return false;
+        }
+        // Back to the consumers that hold its deliveries: nothing to wait for.
+        tally.draining = None;
+    } else if current == wanted {
+        return false;
+    } else if tally.unacked > 0 && exclusive_owner {
+        // Its unacked deliveries sit at the owners it leaves: it waits for them.
+        tally.draining = Some(Drain {
+            to: target,
+            from: current,
+            since_ms: now_ms(),
+        });
+        st.consumers.clear();
+        return false;
+    }
+    set_consumers(st, target);
+    !st.consumers.is_empty()
+}
+
+impl SyncTarget for Partition {
+    fn begin_sync(&self) -> Option<crate::store::Result<PendingSync>> {
+        super::begin_sync(&mut self.state.lock(), "partition")
+    }
+
+    fn complete_sync(&self, pending: PendingSync, result: &crate::store::Result<()>) -> bool {
+        super::complete_sync(&mut self.state.lock(), "partition", pending, result)
+    }
+}

@@ -1,0 +1,295 @@
+//! Unit tests of partitioned queues: routing, assignment glue, drains, counts.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use super::*;
+
+fn partitioned_queue(n: u16) -> Arc<Queue> {
+    let mut settings = QueueSettings::default();
+    settings.parsed.partitions = Some(n);
+    Arc::new(Queue::new(
+        "pq".into(),
+        "/",
+        settings,
+        None,
+        &Recovery::default(),
+        QueueEnv::for_tests(),
+    ))
+}
+
+/// A message published through the default exchange: it has no key, so it goes round
+/// robin.
+fn keyless(n: usize) -> Message {
+    Message::new("", "pq", b"", Bytes::from(n.to_string()))
+}
+
+struct Member {
+    id: ConsumerId,
+    credit: Arc<Credit>,
+    mailbox: Arc<Mailbox>,
+}
+
+impl Member {
+    fn new(id: ConsumerId, prefetch: u32) -> Self {
+        Self {
+            id,
+            credit: Arc::new(Credit::new(prefetch, None)),
+            mailbox: Arc::new(Mailbox::default()),
+        }
+    }
+
+    fn handle(&self) -> ConsumerHandle {
+        ConsumerHandle {
+            id: self.id,
+            channel: 1,
+            exclusive: false,
+            credit: self.credit.clone(),
+            mailbox: self.mailbox.clone(),
+            no_ack: false,
+            priority: 0,
+        }
+    }
+
+    fn join(&self, queue: &Arc<Queue>) {
+        let mut effects = Effects::default();
+        queue
+            .add_member(self.handle(), &Membership::default(), &mut effects)
+            .expect("join");
+    }
+
+    /// The deliveries handed to it since last asked, as written by its connection.
+    fn take(&self) -> Vec<QueuedMessage> {
+        let mut items = Vec::new();
+        self.mailbox.drain_into(&mut items);
+        items
+            .into_iter()
+            .filter_map(|item| match item {
+                Outgoing::Deliver { message, .. } => {
+                    let _ = self.credit.written();
+                    Some(message)
+                }
+                Outgoing::Cancelled { .. } => None,
+            })
+            .collect()
+    }
+
+    /// Acks `messages`, as a channel does: settle, give credit back, kick.
+    fn ack(&self, queue: &Arc<Queue>, messages: Vec<QueuedMessage>) {
+        let n = u32::try_from(messages.len()).expect("few");
+        queue.settle(messages);
+        self.credit.release(n);
+        queue.kick(&mut Effects::default());
+    }
+}
+
+fn publish(queue: &Arc<Queue>, range: std::ops::Range<usize>) {
+    let mut effects = Effects::default();
+    for n in range {
+        queue
+            .publish(keyless(n), Handling::default(), &mut effects)
+            .expect("publish");
+    }
+}
+
+fn body(m: &QueuedMessage) -> usize {
+    std::str::from_utf8(m.message.body())
+        .expect("utf8")
+        .parse()
+        .expect("number")
+}
+
+#[test]
+fn keyless_messages_go_round_robin_and_counts_add_up() {
+    let queue = partitioned_queue(4);
+    publish(&queue, 0..10);
+    assert_eq!(queue.message_count(), 10);
+    assert_eq!(queue.partitions(), Some(4));
+    let member = Member::new(1, 100);
+    member.join(&queue);
+    let got = member.take();
+    assert_eq!(got.len(), 10);
+    for m in &got {
+        assert_eq!(usize::from(m.partition), body(m) % 4, "round robin");
+    }
+    assert_eq!(queue.message_count(), 0);
+    assert_eq!(queue.consumer_count(), 1);
+}
+
+#[test]
+fn two_members_share_the_partitions_and_each_keeps_its_own() {
+    let queue = partitioned_queue(4);
+    let (a, b) = (Member::new(1, 100), Member::new(2, 100));
+    a.join(&queue);
+    b.join(&queue);
+    publish(&queue, 0..40);
+    let (got_a, got_b) = (a.take(), b.take());
+    assert_eq!(got_a.len() + got_b.len(), 40);
+    let parts = |ms: &[QueuedMessage]| {
+        ms.iter()
+            .map(|m| m.partition)
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    assert_eq!(parts(&got_a).len(), 2);
+    assert_eq!(parts(&got_b).len(), 2);
+    assert!(parts(&got_a).is_disjoint(&parts(&got_b)));
+}
+
+/// A partition that moves while its owner holds unacked deliveries goes to its new
+/// owner only once they are acked: never unacked at two members at once.
+#[test]
+fn a_moving_partition_waits_for_its_old_owner_to_ack() {
+    let queue = partitioned_queue(2);
+    let a = Member::new(1, 100);
+    a.join(&queue);
+    publish(&queue, 0..4);
+    let held = a.take();
+    assert_eq!(held.len(), 4);
+    let b = Member::new(2, 100);
+    b.join(&queue);
+    publish(&queue, 4..8);
+    // One partition moved to b, but a still holds its deliveries: b gets nothing yet,
+    // while a goes on with the partition it kept.
+    assert!(b.take().is_empty(), "b waits for the drain");
+    let kept = a.take();
+    assert_eq!(kept.len(), 2);
+    let moved = 1 - kept[0].partition;
+    assert!(kept.iter().all(|m| m.partition != moved));
+    // a acks what it held of the moved partition: b takes over, in order.
+    let (of_moved, rest): (Vec<_>, Vec<_>) = held.into_iter().partition(|m| m.partition == moved);
+    a.ack(&queue, rest);
+    assert!(
+        b.take().is_empty(),
+        "still one delivery of the moved partition unacked"
+    );
+    a.ack(&queue, of_moved);
+    let got = b.take();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|m| m.partition == moved && !m.redelivered));
+    let bodies: Vec<usize> = got.iter().map(body).collect();
+    let mut sorted = bodies.clone();
+    sorted.sort_unstable();
+    assert_eq!(bodies, sorted, "in order");
+}
+
+/// A member that goes away with unacked deliveries: they come back first, flagged
+/// redelivered, at the member that takes its partitions.
+#[test]
+fn a_closed_member_hands_its_unacked_on_first() {
+    let queue = partitioned_queue(2);
+    let (a, b) = (Member::new(1, 100), Member::new(2, 100));
+    a.join(&queue);
+    b.join(&queue);
+    publish(&queue, 0..6);
+    let held = a.take();
+    let _ = b.take();
+    assert_eq!(held.len(), 3);
+    // The channel closes: consumer first, then its unacked requeued.
+    assert_eq!(queue.remove_consumer(a.id), ConsumerRemoval::Removed);
+    let mut effects = Effects::default();
+    queue.requeue(held, &mut effects);
+    queue.kick(&mut effects);
+    let got = b.take();
+    assert_eq!(got.len(), 3);
+    assert!(got.iter().all(|m| m.redelivered));
+    assert_eq!(queue.consumer_count(), 1);
+}
+
+#[test]
+fn get_takes_only_from_partitions_nobody_owns() {
+    let queue = partitioned_queue(2);
+    publish(&queue, 0..4);
+    let mut effects = Effects::default();
+    let (first, left) = queue.get(false, &mut effects).expect("a message");
+    assert_eq!(left, 3);
+    let a = Member::new(1, 100);
+    a.join(&queue);
+    // The partition of the got message waits for its settle; the other flows.
+    let got = a.take();
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|m| m.partition != first.partition));
+    assert!(
+        queue.get(false, &mut effects).is_none(),
+        "all partitions owned"
+    );
+    queue.settle([first]);
+    queue.kick(&mut effects);
+    assert_eq!(a.take().len(), 1);
+}
+
+#[test]
+fn a_consumer_naming_another_group_is_refused() {
+    let queue = partitioned_queue(2);
+    let a = Member::new(1, 10);
+    let mut effects = Effects::default();
+    let named = |g: &str| Membership {
+        group: Some(g.into()),
+        partitions: None,
+    };
+    queue
+        .add_member(a.handle(), &named("g"), &mut effects)
+        .expect("join g");
+    let b = Member::new(2, 10);
+    let error = queue
+        .add_member(b.handle(), &named("h"), &mut effects)
+        .expect_err("one group per queue");
+    assert_eq!(error.code, ReplyCode::PreconditionFailed);
+    assert!(error.reply_text().contains("is consumed by group 'g'"));
+    // Without a name, it joins the queue's group.
+    queue
+        .add_member(b.handle(), &Membership::default(), &mut effects)
+        .expect("join the queue's group");
+    assert_eq!(queue.consumer_count(), 2);
+}
+
+#[test]
+fn purge_and_delete_cover_every_partition() {
+    let queue = partitioned_queue(3);
+    publish(&queue, 0..9);
+    assert_eq!(queue.purge(), 9);
+    assert_eq!(queue.message_count(), 0);
+    publish(&queue, 0..3);
+    let a = Member::new(1, 0);
+    let (count, logs) = queue.delete();
+    assert_eq!(count, 3);
+    assert!(logs.is_empty());
+    let mut effects = Effects::default();
+    assert!(
+        queue
+            .add_member(a.handle(), &Membership::default(), &mut effects)
+            .is_err()
+    );
+}
+
+#[test]
+fn length_limits_bound_the_whole_queue() {
+    let mut settings = QueueSettings::default();
+    settings.parsed.partitions = Some(4);
+    settings.parsed.max_length = Some(5);
+    settings.parsed.overflow = Overflow::RejectPublish;
+    let queue = Arc::new(Queue::new(
+        "pq".into(),
+        "/",
+        settings,
+        None,
+        &Recovery::default(),
+        QueueEnv::for_tests(),
+    ));
+    let mut effects = Effects::default();
+    let outcomes: Vec<Enqueued> = (0..8)
+        .map(|n| {
+            queue
+                .publish(keyless(n), Handling::default(), &mut effects)
+                .expect("publish")
+        })
+        .collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|e| **e == Enqueued::Rejected)
+            .count(),
+        3
+    );
+    assert_eq!(queue.message_count(), 5);
+}
