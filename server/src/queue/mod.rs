@@ -22,6 +22,7 @@ pub mod arguments;
 pub mod credit;
 pub mod dead_letter;
 pub mod effects;
+pub(crate) mod group;
 pub mod mailbox;
 #[cfg(test)]
 mod model_tests;
