@@ -20,11 +20,11 @@
 //!   to the members furthest under their quota.
 //! - With one owner per partition that greedy is optimal by construction. With several, a
 //!   member may be unable to take a freed partition it already owns; a min-cost-flow pass
-//!   then repairs and, where needed, improves the greedy result until no balanced
-//!   assignment moves fewer partitions.
+//!   then repairs and improves the greedy result until no balanced assignment moves fewer
+//!   partitions. Only then may a busy partition be revoked before an idle one.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt::Write as _;
 
 use super::ConsumerId;
@@ -207,36 +207,56 @@ fn balance(a: usize, per_partition: usize, was: &[Vec<usize>], busy: &[u32]) -> 
         quota[m] = q + 1;
     }
 
+    // Idle partitions first, then the least busy, then the highest index. With K > 1, a
+    // partition another member gave up already comes after the rest: the members taking
+    // freed partitions may own it already, and can take each partition once.
+    let mut revoked = vec![0usize; e];
     for m in 0..a {
         let Some(excess) = held[m].len().checked_sub(quota[m]).filter(|&x| x > 0) else {
             continue;
         };
         let mut mine = std::mem::take(&mut held[m]);
-        mine.sort_by_key(|&i| (busy.get(i).copied().unwrap_or(0), Reverse(i)));
+        mine.sort_by_key(|&i| (revoked[i], busy.get(i).copied().unwrap_or(0), Reverse(i)));
         for &i in &mine[..excess] {
             holders[i].retain(|&h| h != m);
+            revoked[i] += 1;
         }
         held[m] = mine.split_off(excess);
     }
 
-    let mut pool: Vec<usize> = Vec::new();
-    for (i, hs) in holders.iter().enumerate() {
-        pool.extend(std::iter::repeat_n(i, k - hs.len()));
+    // Freed ownerships by partition index, a partition's second free place after every
+    // partition's first (and so on), so that a taker meets distinct partitions; a taker
+    // skips those it owns already.
+    let mut pool: VecDeque<usize> = VecDeque::new();
+    for round in 0..k {
+        pool.extend((0..e).filter(|&i| holders[i].len() + round < k));
     }
     let mut takers: Vec<usize> = (0..a).filter(|&m| held[m].len() < quota[m]).collect();
     takers.sort_by_key(|&m| (held[m].len(), m));
     for m in takers {
+        let mut skipped = Vec::new();
         while held[m].len() < quota[m] {
-            let Some(at) = pool.iter().position(|&i| !holders[i].contains(&m)) else {
+            let Some(i) = pool.pop_front() else {
                 break;
             };
-            let i = pool.remove(at);
+            if holders[i].contains(&m) {
+                skipped.push(i);
+                continue;
+            }
             holders[i].push(m);
             held[m].push(i);
         }
+        for i in skipped.into_iter().rev() {
+            pool.push_front(i);
+        }
     }
 
-    if k > 1 {
+    // Every member kept min(holding, quota), the most any balanced assignment keeps with
+    // these quotas, and quotas given to the biggest holders keep the most: the result is
+    // minimal, unless a freed ownership found no taker (K > 1: every member short of its
+    // quota owns the partition already) or a partition had more owners than it may keep.
+    let trimmed = was.iter().any(|w| w.len() > k);
+    if trimmed || !pool.is_empty() {
         holders = Flow::settle(a, k, q, r, was, &holders);
     }
 
@@ -270,7 +290,8 @@ fn diff(current: &[Vec<ConsumerId>], target: &[Vec<ConsumerId>]) -> Vec<Reassign
 }
 
 /// A min-cost flow that turns the greedy's assignment into a balanced one with the fewest
-/// moves, for more than one owner per partition.
+/// moves, when the greedy could not place every ownership (more than one owner per
+/// partition) or had to drop owners from a partition listing too many.
 ///
 /// Nodes: the source, one per member, one per partition, the sink. Source → member carries
 /// the member's ownerships (`q` at a cost that forces them, one more at no cost when
