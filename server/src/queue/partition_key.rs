@@ -207,11 +207,22 @@ mod tests {
         )
     }
 
-    fn with_header(value: AMQPValue) -> Message {
+    /// A message published to `exchange` with header `h` set to `value` (and another).
+    fn header_via(exchange: &str, value: AMQPValue) -> Message {
         let mut headers = FieldTable::default();
         headers.insert("h".into(), value);
         headers.insert("other".into(), AMQPValue::LongString("decoy".into()));
-        published("rk", &BasicProperties::default().with_headers(headers))
+        let properties = BasicProperties::default().with_headers(headers);
+        Message::new(
+            exchange,
+            "rk",
+            &encode_properties(&properties),
+            Bytes::new(),
+        )
+    }
+
+    fn with_header(value: AMQPValue) -> Message {
+        header_via("amq.direct", value)
     }
 
     fn header() -> HashOn {
@@ -317,10 +328,7 @@ mod tests {
 
     #[test]
     fn a_header_key_ignores_the_exchange_and_routing_key() {
-        let mut headers = FieldTable::default();
-        headers.insert("h".into(), AMQPValue::LongString("user-7".into()));
-        let properties = encode_properties(&BasicProperties::default().with_headers(headers));
-        let via_default = Message::new("", "my-queue", &properties, Bytes::new());
+        let via_default = header_via("", AMQPValue::LongString("user-7".into()));
         assert_eq!(
             partition_of(&via_default, &header(), WIDE),
             expected("user-7", WIDE)
