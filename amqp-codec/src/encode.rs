@@ -10,6 +10,7 @@ use crate::frame::{
     CLASS_BASIC, FRAME_BODY, FRAME_END, FRAME_HEADER, FRAME_HEARTBEAT, FRAME_METHOD,
     FRAME_OVERHEAD, PROTOCOL_HEADER,
 };
+use crate::table::{Entries, length_prefixed};
 
 /// Writes one frame whose payload `payload` appends, patching the size afterwards.
 fn framed(buf: &mut BytesMut, frame_type: u8, channel: u16, payload: impl FnOnce(&mut BytesMut)) {
@@ -59,17 +60,133 @@ pub fn method(buf: &mut BytesMut, channel: u16, class: &AMQPClass) {
 /// Writes a content header and the body frames, each body frame at most `frame_max`
 /// bytes with its framing; a zero-length body is a header alone.
 pub fn content(buf: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8], frame_max: u32) {
+    content_with(buf, channel, properties.len(), body, frame_max, |buf| {
+        buf.put_slice(properties);
+    });
+}
+
+/// The header entry [`content_annotated`] adds.
+pub const PARTITION_HEADER: &str = "x-partition";
+
+/// The `headers` bit of the basic property flags.
+const HEADERS_FLAG: u16 = 0x2000;
+
+/// The property flags before `headers`: content-type, then content-encoding.
+const BEFORE_HEADERS: [u16; 2] = [0x8000, 0x4000];
+
+/// Size of the `x-partition` entry: name length, name, tag `l`, 64-bit value.
+const PARTITION_ENTRY_LEN: usize = 1 + PARTITION_HEADER.len() + 1 + 8;
+
+/// Like [`content`], with an `x-partition` header of type `l` (signed 64-bit, as
+/// RabbitMQ's `x-delivery-count`) set to `partition` in the content header, so a
+/// consumer of a partitioned queue sees where each message came from. The message's
+/// stored properties stay as published.
+///
+/// The entry is spliced in while the raw properties are copied into `buf`, which
+/// happens anyway: no decode, no allocation. With a headers table, its length is
+/// rewritten and the entry appended, and any `x-partition` entry the publisher set is
+/// left out, so there is exactly one; without one, the headers flag is set and a
+/// one-entry table inserted after content-type and content-encoding.
+///
+/// Properties this cannot splice into (cut short, a malformed headers table, a second
+/// flags word, or a table that would outgrow its `u32` length) are copied unchanged,
+/// as [`content`] would: the broker forwards what it accepted rather than fail.
+pub fn content_annotated(
+    buf: &mut BytesMut,
+    channel: u16,
+    properties: &[u8],
+    partition: i64,
+    body: &[u8],
+    frame_max: u32,
+) {
+    let len = properties.len() + 4 + PARTITION_ENTRY_LEN;
+    content_with(buf, channel, len, body, frame_max, |buf| {
+        let start = buf.len();
+        if annotate(buf, properties, partition).is_none() {
+            buf.truncate(start);
+            buf.put_slice(properties);
+        }
+    });
+}
+
+/// Writes a content header whose properties (about `properties_len` bytes)
+/// `properties` appends, then the body frames, each at most `frame_max` bytes.
+fn content_with(
+    buf: &mut BytesMut,
+    channel: u16,
+    properties_len: usize,
+    body: &[u8],
+    frame_max: u32,
+    properties: impl FnOnce(&mut BytesMut),
+) {
     let max_payload = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
-    buf.reserve(body.len() + properties.len() + 64 + FRAME_OVERHEAD * body.len() / max_payload);
+    buf.reserve(body.len() + properties_len + 64 + FRAME_OVERHEAD * body.len() / max_payload);
     framed(buf, FRAME_HEADER, channel, |buf| {
         buf.put_u16(CLASS_BASIC);
         buf.put_u16(0);
         buf.put_u64(body.len() as u64);
-        buf.put_slice(properties);
+        properties(buf);
     });
     for chunk in body.chunks(max_payload) {
         framed(buf, FRAME_BODY, channel, |buf| buf.put_slice(chunk));
     }
+}
+
+/// Appends `properties` with the `x-partition` entry spliced in (see
+/// [`content_annotated`]); `None` when they cannot be read that far, leaving partial
+/// output for the caller to truncate.
+fn annotate(buf: &mut BytesMut, properties: &[u8], partition: i64) -> Option<()> {
+    let flags = u16::from_be_bytes(properties.get(..2)?.try_into().ok()?);
+    if flags & 1 != 0 {
+        // A second flags word: no basic property uses one, so no layout to follow.
+        return None;
+    }
+    let mut at = 2usize;
+    for flag in BEFORE_HEADERS {
+        if flags & flag != 0 {
+            at = at.checked_add(1 + usize::from(*properties.get(at)?))?;
+        }
+    }
+    let (before, after) = (properties.get(2..at)?, properties.get(at..)?);
+    let mut entry = [0u8; PARTITION_ENTRY_LEN];
+    entry[0] = PARTITION_HEADER.len() as u8;
+    entry[1..1 + PARTITION_HEADER.len()].copy_from_slice(PARTITION_HEADER.as_bytes());
+    entry[1 + PARTITION_HEADER.len()] = b'l';
+    entry[2 + PARTITION_HEADER.len()..].copy_from_slice(&partition.to_be_bytes());
+
+    buf.put_u16(flags | HEADERS_FLAG);
+    buf.put_slice(before);
+    let rest = if flags & HEADERS_FLAG == 0 {
+        buf.put_u32(PARTITION_ENTRY_LEN as u32);
+        after
+    } else {
+        let (table, used) = length_prefixed(after)?;
+        let len_at = buf.len();
+        buf.put_u32(0);
+        // Copy the entries in runs, leaving out any `x-partition` already there.
+        let mut entries = Entries::new(table);
+        let mut copied = 0;
+        loop {
+            let at = table.len() - entries.rest().len();
+            let Some(e) = entries.next() else {
+                break;
+            };
+            if e.name == PARTITION_HEADER.as_bytes() {
+                buf.put_slice(table.get(copied..at)?);
+                copied = at + e.encoded.len();
+            }
+        }
+        if !entries.rest().is_empty() {
+            return None;
+        }
+        buf.put_slice(table.get(copied..)?);
+        let len = u32::try_from(buf.len() - len_at - 4 + PARTITION_ENTRY_LEN).ok()?;
+        buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
+        after.get(used..)?
+    };
+    buf.put_slice(&entry);
+    buf.put_slice(rest);
+    Some(())
 }
 
 /// The routing facts a delivery carries.
@@ -136,7 +253,12 @@ mod tests {
     use super::*;
     use crate::decode::FrameDecoder;
     use crate::frame::{Frame, Method};
+    use crate::properties::{PropertiesView, Property, decode_properties, encode_properties};
+    use amq_protocol::protocol::BasicProperties;
     use amq_protocol::protocol::basic;
+    use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
+    use bytes::Bytes;
+    use proptest::prelude::*;
     use tokio_util::codec::Decoder;
 
     #[test]
@@ -258,5 +380,223 @@ mod tests {
             });
         }
         assert_eq!(kinds, ["h10000", "b4088", "b4088", "b1824", "h0"]);
+    }
+
+    /// Decodes what `content` or `content_annotated` wrote: the header's properties and
+    /// the body, checking the sizes and that no frame exceeds `frame_max`.
+    fn decode_content(mut out: BytesMut, channel: u16, frame_max: u32) -> (Bytes, Vec<u8>) {
+        let mut dec = FrameDecoder::after_header(frame_max);
+        let mut header = None;
+        let mut body = Vec::new();
+        while !out.is_empty() {
+            let before = out.len();
+            match dec.decode(&mut out).expect("decodes") {
+                Some(Frame::Header(ch, h)) => {
+                    assert_eq!(ch, channel);
+                    assert!(header.is_none(), "two headers");
+                    header = Some(h);
+                }
+                Some(Frame::Body(ch, b)) => {
+                    assert_eq!(ch, channel);
+                    assert!(frame_max == 0 || before - out.len() <= frame_max as usize);
+                    body.extend_from_slice(&b);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let header = header.expect("a header");
+        assert_eq!(header.class_id, CLASS_BASIC);
+        assert_eq!(header.body_size, body.len() as u64);
+        (header.properties, body)
+    }
+
+    /// `properties` as a consumer of partition `partition` must see them.
+    fn annotated(properties: &BasicProperties, partition: i64) -> BasicProperties {
+        let mut headers = properties.headers().clone().unwrap_or_default();
+        headers.insert(PARTITION_HEADER.into(), AMQPValue::LongLongInt(partition));
+        properties.clone().with_headers(headers)
+    }
+
+    /// Writes `properties` annotated with `partition` around `body` and checks what a
+    /// client decodes.
+    fn check_annotated(properties: &BasicProperties, partition: i64, body: &[u8], frame_max: u32) {
+        let raw = encode_properties(properties);
+        let mut out = BytesMut::new();
+        content_annotated(&mut out, 3, &raw, partition, body, frame_max);
+        let (written, got_body) = decode_content(out, 3, frame_max);
+        assert!(PropertiesView::new(&written).is_ok());
+        assert_eq!(
+            decode_properties(&written),
+            Some(annotated(properties, partition)),
+            "from {properties:?}"
+        );
+        assert_eq!(got_body, body);
+        // Exactly one entry of that name.
+        let table = PropertiesView::new(&written)
+            .ok()
+            .and_then(|v| v.raw(Property::Headers))
+            .expect("headers");
+        let (inner, _) = length_prefixed(table).expect("a table");
+        let count = Entries::new(inner)
+            .filter(|e| e.name == PARTITION_HEADER.as_bytes())
+            .count();
+        assert_eq!(count, 1);
+    }
+
+    /// Properties with the flags in `mask` (bit 13 for content-type, down to bit 0 for
+    /// cluster-id) set to fixed values, headers holding `headers`.
+    fn properties_of(mask: u16, headers: &FieldTable) -> BasicProperties {
+        type Set = fn(BasicProperties, &FieldTable) -> BasicProperties;
+        let setters: [Set; 14] = [
+            |p, _| p.with_content_type("application/json".into()),
+            |p, _| p.with_content_encoding("gzip".into()),
+            |p, h| p.with_headers(h.clone()),
+            |p, _| p.with_delivery_mode(2),
+            |p, _| p.with_priority(5),
+            |p, _| p.with_correlation_id("corr".into()),
+            |p, _| p.with_reply_to("amq.rabbitmq.reply-to".into()),
+            |p, _| p.with_expiration("60000".into()),
+            |p, _| p.with_message_id("id-1".into()),
+            |p, _| p.with_timestamp(1_700_000_000),
+            |p, _| p.with_type("order".into()),
+            |p, _| p.with_user_id("guest".into()),
+            |p, _| p.with_app_id("app".into()),
+            |p, _| p.with_cluster_id("".into()),
+        ];
+        let on = |bit: usize| mask & (1 << (13 - bit)) != 0;
+        setters
+            .iter()
+            .enumerate()
+            .filter(|(bit, _)| on(*bit))
+            .fold(BasicProperties::default(), |p, (_, set)| set(p, headers))
+    }
+
+    fn some_headers() -> Vec<FieldTable> {
+        let mut with_old = FieldTable::default();
+        with_old.insert("a".into(), AMQPValue::LongString("1".into()));
+        with_old.insert(PARTITION_HEADER.into(), AMQPValue::LongString("old".into()));
+        with_old.insert("z".into(), AMQPValue::LongLongInt(-1));
+        let mut only_old = FieldTable::default();
+        only_old.insert(PARTITION_HEADER.into(), AMQPValue::LongLongInt(99));
+        let mut nested = FieldTable::default();
+        nested.insert("t".into(), AMQPValue::FieldTable(with_old.clone()));
+        nested.insert(
+            "arr".into(),
+            AMQPValue::FieldArray(FieldArray::from(vec![AMQPValue::Boolean(true)])),
+        );
+        vec![FieldTable::default(), with_old, only_old, nested]
+    }
+
+    #[test]
+    fn annotated_content_decodes_for_every_flag_mix() {
+        let headers = some_headers();
+        for mask in 0..1u16 << 14 {
+            let table = &headers[usize::from(mask) % headers.len()];
+            check_annotated(
+                &properties_of(mask, table),
+                i64::from(mask) - 7,
+                b"hi",
+                4096,
+            );
+        }
+    }
+
+    #[test]
+    fn annotated_content_drops_a_published_x_partition() {
+        for table in some_headers() {
+            let properties = BasicProperties::default().with_headers(table);
+            for partition in [0, 1, -1, i64::MIN, i64::MAX] {
+                check_annotated(&properties, partition, b"", 4096);
+            }
+        }
+        // Repeated entries of that name, which amq-protocol would never write.
+        let raw = [
+            &[0x20, 0x00, 0, 0, 0, 31][..],
+            &[11],
+            PARTITION_HEADER.as_bytes(),
+            &[b't', 1],
+            &[11],
+            PARTITION_HEADER.as_bytes(),
+            b"V",
+            &[1, b'k', b'b', 7],
+        ]
+        .concat();
+        let mut out = BytesMut::new();
+        content_annotated(&mut out, 1, &raw, 4, &[], 4096);
+        let (written, _) = decode_content(out, 1, 4096);
+        let expected = [
+            &[0x20, 0x00, 0, 0, 0, 25][..],
+            &[1, b'k', b'b', 7],
+            &[11],
+            PARTITION_HEADER.as_bytes(),
+            &[b'l', 0, 0, 0, 0, 0, 0, 0, 4],
+        ]
+        .concat();
+        assert_eq!(&written[..], &expected[..]);
+    }
+
+    #[test]
+    fn annotated_content_splits_large_bodies_like_content() {
+        let body: Vec<u8> = (0..70_000u32).map(|i| i as u8).collect();
+        let properties = BasicProperties::default().with_delivery_mode(2);
+        for frame_max in [4096, 8192, 131_072, 0] {
+            check_annotated(&properties, 12, &body, frame_max);
+            let raw = encode_properties(&properties);
+            let (mut plain, mut ours) = (BytesMut::new(), BytesMut::new());
+            content(&mut plain, 1, &raw, &body, frame_max);
+            content_annotated(&mut ours, 1, &raw, 12, &body, frame_max);
+            // The same body frames after a header longer by the new table.
+            let grown = 4 + PARTITION_ENTRY_LEN;
+            assert_eq!(ours.len(), plain.len() + grown);
+            let header_end = 7 + 12 + raw.len() + 1;
+            assert_eq!(&ours[header_end + grown..], &plain[header_end..]);
+        }
+    }
+
+    #[test]
+    fn unreadable_properties_are_copied_unchanged() {
+        let mut long_table = vec![0x20, 0x00];
+        long_table.extend_from_slice(&[0, 0, 0, 9, 1, b'k']);
+        for raw in [
+            &[][..],
+            &[0x20],
+            &[0x80, 0x00],                            // content-type cut short
+            &[0x80, 0x00, 5, b'a'],                   // content-type runs past the end
+            &[0x20, 0x00, 0, 0],                      // table length cut short
+            &long_table,                              // table runs past the end
+            &[0x20, 0x00, 0, 0, 0, 3, 1, b'k', b'?'], // unknown type tag
+            &[0x20, 0x00, 0, 0, 0, 2, 5, b'k'],       // entry name cut short
+            &[0x00, 0x01, 0x00, 0x00],                // a second flags word
+        ] {
+            let mut ours = BytesMut::new();
+            content_annotated(&mut ours, 1, raw, 3, b"body", 4096);
+            let mut plain = BytesMut::new();
+            content(&mut plain, 1, raw, b"body", 4096);
+            assert_eq!(ours, plain, "{raw:?}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn annotated_content_matches_the_property_decoder(
+            mask in any::<u16>(),
+            entries in proptest::collection::vec((0usize..4, any::<i64>()), 0..6),
+            partition in any::<i64>(),
+            body_len in 0usize..20_000,
+            frame_max in prop_oneof![Just(4096u32), Just(4097), Just(65_536), Just(0)],
+        ) {
+            let names = ["a", PARTITION_HEADER, "b", "x-partitio"];
+            let mut table = FieldTable::default();
+            for (name, n) in entries {
+                let value = if n % 2 == 0 {
+                    AMQPValue::LongLongInt(n)
+                } else {
+                    AMQPValue::LongString(n.to_string().into())
+                };
+                table.insert(names[name].into(), value);
+            }
+            let body: Vec<u8> = (0..body_len).map(|i| (i * 7) as u8).collect();
+            check_annotated(&properties_of(mask & 0x3fff, &table), partition, &body, frame_max);
+        }
     }
 }

@@ -28,7 +28,7 @@ use crate::frame::{
 };
 use crate::properties::{PropertiesView, Property, decode_properties, encode_properties};
 use crate::reply::ReplyCode;
-use crate::table::{MAX_DEPTH, check_method_tables, check_table};
+use crate::table::{Entries, MAX_DEPTH, check_method_tables, check_table, length_prefixed};
 
 /// Inputs at most this long are also given to `amq-protocol`'s recursive decoders when
 /// the bounded walker refused them: five bytes per nesting level keep them shallow
@@ -76,8 +76,9 @@ pub fn codec(data: &[u8]) {
     assemble(&whole.frames, frame_max);
 }
 
-/// Runs the field-table walker, the content-properties reader and the method-table
-/// check on arbitrary bytes, comparing them with `amq-protocol`'s decoders.
+/// Runs the field-table walker, the content-properties reader (and the `x-partition`
+/// annotation of [`encode::content_annotated`]) and the method-table check on
+/// arbitrary bytes, comparing them with `amq-protocol`'s decoders.
 ///
 /// Input layout: one byte picks the check (modulo 3: a field table, content
 /// properties, a method payload); the rest is its input.
@@ -85,8 +86,9 @@ pub fn codec(data: &[u8]) {
 /// # Panics
 /// When the walker and the decoder disagree on a table both accept or on its length, a
 /// shallow table the decoder reads is refused by the walker, a decoded table encodes to
-/// something that does not decode to the same, or the properties reader breaks a
-/// promise (see [`PropertiesView`]).
+/// something that does not decode to the same, the properties reader breaks a
+/// promise (see [`PropertiesView`]), or annotating valid properties with `x-partition`
+/// gives properties that are not the same plus exactly that one header.
 pub fn field_table(data: &[u8]) {
     let Some((mode, bytes)) = data.split_first() else {
         return;
@@ -477,6 +479,7 @@ const PROPERTIES: [Property; 14] = [
 ];
 
 fn check_properties(bytes: &[u8]) {
+    check_annotated(bytes);
     let view = match PropertiesView::new(bytes) {
         Ok(view) => view,
         Err(error) => {
@@ -529,6 +532,83 @@ fn check_properties(bytes: &[u8]) {
         encoded,
         "properties encoding is not stable"
     );
+}
+
+/// The entries of a headers table other than `x-partition`, as encoded.
+fn other_entries(table: Option<&[u8]>) -> Vec<&[u8]> {
+    let Some((body, _)) = table.and_then(length_prefixed) else {
+        return Vec::new();
+    };
+    Entries::new(body)
+        .filter(|e| e.name != encode::PARTITION_HEADER.as_bytes())
+        .map(|e| e.encoded)
+        .collect()
+}
+
+/// Annotates `bytes` as content properties with `x-partition` and checks the result:
+/// never a panic; valid properties stay valid, with every other property and header
+/// as it was and exactly one `x-partition` holding the partition.
+fn check_annotated(bytes: &[u8]) {
+    let partition = i64::from_be_bytes(array8(bytes)).rotate_left(bytes.len() as u32 % 64);
+    let mut out = BytesMut::new();
+    encode::content_annotated(&mut out, 1, bytes, partition, &[], 0);
+    // One header frame: type, channel, size; class, weight, body size; properties; end.
+    let annotated = &out[7 + 12..out.len() - 1];
+    let Ok(view) = PropertiesView::new(bytes) else {
+        return;
+    };
+    if bytes.get(1).is_some_and(|low| low & 1 != 0) {
+        // A second flags word announced: no layout to splice into, copied as it is.
+        assert_eq!(
+            annotated, bytes,
+            "properties with a flags continuation changed"
+        );
+        return;
+    }
+    let after = PropertiesView::new(annotated)
+        .unwrap_or_else(|e| panic!("annotated properties are malformed: {e}"));
+    for property in PROPERTIES.iter().filter(|p| **p != Property::Headers) {
+        assert_eq!(
+            view.raw(*property),
+            after.raw(*property),
+            "{property:?} changed"
+        );
+    }
+    let table = after
+        .raw(Property::Headers)
+        .expect("annotated without headers");
+    let (body, _) = length_prefixed(table).expect("the headers are a table");
+    let partitions: Vec<_> = Entries::new(body)
+        .filter(|e| e.name == encode::PARTITION_HEADER.as_bytes())
+        .map(|e| (e.tag, e.value))
+        .collect();
+    assert_eq!(partitions, [(b'l', &partition.to_be_bytes()[..])]);
+    assert_eq!(
+        other_entries(view.raw(Property::Headers)),
+        other_entries(Some(table)),
+        "other headers changed"
+    );
+    if let Some(props) = decode_properties(bytes) {
+        let mut headers = props.headers().clone().unwrap_or_default();
+        headers.insert(
+            encode::PARTITION_HEADER.into(),
+            AMQPValue::LongLongInt(partition),
+        );
+        assert_eq!(
+            decode_properties(annotated),
+            Some(props.with_headers(headers)),
+            "amq-protocol reads other properties from the annotated ones"
+        );
+    }
+}
+
+/// The first eight bytes of `bytes`, zero-padded.
+fn array8(bytes: &[u8]) -> [u8; 8] {
+    let mut out = [0u8; 8];
+    for (o, b) in out.iter_mut().zip(bytes) {
+        *o = *b;
+    }
+    out
 }
 
 fn check_method_payload(bytes: &[u8]) {

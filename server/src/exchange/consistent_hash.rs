@@ -25,12 +25,14 @@ use std::fmt;
 
 use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 use amqp_codec::properties::Property;
+use amqp_codec::table::{find_header, value_size};
 
 use super::{Binding, Destination, DestinationKind, Routed, Router};
 use crate::erlang;
 use crate::error::{self, AmqpResult};
 use crate::message::Message;
 use crate::queue::arguments::type_name;
+use crate::queue::partition_key::{Digits, HashOn, parse_hash_property, property_key};
 
 /// The exchange argument naming a header whose value is hashed instead of the routing
 /// key.
@@ -49,33 +51,6 @@ pub const MAX_WEIGHT: u32 = 10_000;
 /// (weights 1 and 3: 25% ± 2.2 points). Each point costs 8 bytes, so a binding of the
 /// largest weight holds 8 MB, and a bind or unbind costs time linear in the points.
 pub const POINTS_PER_WEIGHT: u32 = 100;
-
-/// What a message is hashed by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum HashOn {
-    /// The routing key (the default).
-    RoutingKey,
-    /// The value of the header with this name.
-    Header(Box<[u8]>),
-    /// The `message_id` property.
-    MessageId,
-    /// The `correlation_id` property.
-    CorrelationId,
-    /// The `timestamp` property, as its decimal seconds (as the plugin hashes it).
-    Timestamp,
-}
-
-impl HashOn {
-    /// The property named by a `hash-property` value.
-    fn property(name: &[u8]) -> Option<Self> {
-        match name {
-            b"message_id" => Some(Self::MessageId),
-            b"correlation_id" => Some(Self::CorrelationId),
-            b"timestamp" => Some(Self::Timestamp),
-            _ => None,
-        }
-    }
-}
 
 /// A binding, with what the ring needs to know of it.
 #[derive(Debug)]
@@ -129,9 +104,9 @@ impl ConsistentHashRouter {
     pub fn new(arguments: &FieldTable) -> Self {
         let header = arguments.inner().get(HASH_HEADER).and_then(string_bytes);
         let property = arguments.inner().get(HASH_PROPERTY).and_then(string_bytes);
-        let hash_on = match (header, property.and_then(HashOn::property)) {
+        let hash_on = match (header, property.and_then(parse_hash_property)) {
             (Some(name), _) => HashOn::Header(name.into()),
-            (None, Some(property)) => property,
+            (None, Some(property)) => HashOn::Property(property),
             (None, None) => HashOn::RoutingKey,
         };
         Self::with(hash_on)
@@ -173,7 +148,7 @@ impl ConsistentHashRouter {
             (Some(_), Some(_)) => Err(error::precondition(
                 "hash-header and hash-property are mutually exclusive",
             )),
-            (None, Some(name)) if HashOn::property(name).is_none() => Err(error::precondition(
+            (None, Some(name)) if parse_hash_property(name).is_none() => Err(error::precondition(
                 format!("Unsupported property: {}", String::from_utf8_lossy(name)),
             )),
             _ => Ok(()),
@@ -227,28 +202,13 @@ impl ConsistentHashRouter {
                     None => h.write_undefined(),
                 }
             }
-            HashOn::MessageId | HashOn::CorrelationId => {
-                let property = if self.hash_on == HashOn::MessageId {
-                    Property::MessageId
-                } else {
-                    Property::CorrelationId
-                };
-                match message.properties().and_then(|p| p.raw(property)) {
-                    Some(bytes) => h.write(bytes),
-                    None => h.write_undefined(),
-                }
-            }
-            HashOn::Timestamp => {
-                let seconds = message
+            HashOn::Property(property) => {
+                let mut digits: Digits = [0; 40];
+                let key = message
                     .properties()
-                    .and_then(|p| p.raw(Property::Timestamp))
-                    .and_then(|b| <[u8; 8]>::try_from(b).ok())
-                    .map(u64::from_be_bytes);
-                match seconds {
-                    Some(seconds) => {
-                        let mut digits = [0u8; 20];
-                        h.write(decimal(seconds, &mut digits));
-                    }
+                    .and_then(|p| property_key(&p, *property, &mut digits));
+                match key {
+                    Some(bytes) => h.write(bytes),
                     None => h.write_undefined(),
                 }
             }
@@ -444,20 +404,6 @@ fn point_hash(destination: &Destination, index: u32) -> u32 {
     h.finish()
 }
 
-/// `n` in decimal, written into the end of `buf`.
-fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        // n % 10 < 10, so the cast keeps it.
-        buf[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            return &buf[at..];
-        }
-    }
-}
-
 /// Prefix of hashed values that are not strings, so they differ from the strings they
 /// are (rarely) spelled like.
 const TAG: u8 = 0xff;
@@ -494,45 +440,6 @@ impl Hasher {
         k ^= k >> 33;
         (k >> 32) as u32
     }
-}
-
-/// The last value (type tag and encoded value) of header `name` in an encoded field
-/// table (length prefix included), as RabbitMQ keeps the last of repeated keys. The
-/// table was checked when the content header was decoded, so a malformed one just ends
-/// the search.
-fn find_header<'a>(table: &'a [u8], name: &[u8]) -> Option<(u8, &'a [u8])> {
-    let len = u32::from_be_bytes(table.get(..4)?.try_into().ok()?) as usize;
-    let mut body = table.get(4..4usize.checked_add(len)?)?;
-    let mut found = None;
-    while let Some((&key_len, rest)) = body.split_first() {
-        let key_len = usize::from(key_len);
-        let key = rest.get(..key_len)?;
-        let (&tag, rest) = rest.get(key_len..)?.split_first()?;
-        let size = value_size(tag, rest)?;
-        if key == name {
-            found = Some((tag, rest.get(..size)?));
-        }
-        body = rest.get(size..)?;
-    }
-    found
-}
-
-/// The size of a value of type `tag` at the start of `bytes` (RabbitMQ's type tags).
-fn value_size(tag: u8, bytes: &[u8]) -> Option<usize> {
-    let size = match tag {
-        b't' | b'b' | b'B' => 1,
-        b's' | b'U' | b'u' => 2,
-        b'I' | b'i' | b'f' => 4,
-        b'D' => 5,
-        b'L' | b'l' | b'd' | b'T' => 8,
-        b'V' => 0,
-        b'S' | b'x' | b'A' | b'F' => {
-            let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-            4usize.checked_add(len)?
-        }
-        _ => return None,
-    };
-    (bytes.len() >= size).then_some(size)
 }
 
 /// Hashes a header value the way RabbitMQ sees it as an Erlang term, so that values it
