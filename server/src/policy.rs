@@ -1065,7 +1065,7 @@ mod tests {
     /// A queue declared with these arguments, under a policy with this definition.
     fn apply(entries: &[(&str, V)], policy: Option<Value>) -> QueueArguments {
         let args = table(entries);
-        let declared = match arguments::parse_stored(&args, "q", "/") {
+        let declared = match arguments::parse_stored(&args, "q", "/", None) {
             Ok(declared) => declared,
             Err(e) => panic!("unexpected error: {}", e.reply_text()),
         };
@@ -1590,7 +1590,7 @@ mod tests {
             ],
         ] {
             let args = table(&entries);
-            let declared = match arguments::parse_stored(&args, "q", "/") {
+            let declared = match arguments::parse_stored(&args, "q", "/", None) {
                 Ok(d) => d,
                 Err(e) => panic!("{}", e.reply_text()),
             };

@@ -757,7 +757,7 @@ impl VHost {
         if declare.name.starts_with("amq.") && !declare.server_named {
             return Err(error::reserved_name("queue", &declare.name));
         }
-        let parsed = arguments::parse(&declare.arguments, &declare, &self.name)?;
+        let parsed = arguments::parse(&declare.arguments, &declare, &self.name, None)?;
         let durable = declare.durable && !declare.exclusive;
         // The log is made before the registry lock is taken: no file-system work under it.
         let (log, def) = self.new_log(
@@ -859,6 +859,7 @@ impl VHost {
         arguments::assert_equivalent(
             &current.arguments,
             &declare.arguments,
+            existing.partitions(),
             &declare.name,
             &self.name,
         )?;
@@ -1397,7 +1398,7 @@ impl VHost {
                 continue;
             }
             queues += 1;
-            let parsed = arguments::parse_stored(&def.arguments, &def.name, &self.name).unwrap_or_else(|error| {
+            let parsed = arguments::parse_stored(&def.arguments, &def.name, &self.name, None).unwrap_or_else(|error| {
                 tracing::warn!(queue = %def.name, %error, "ignoring the stored queue's invalid arguments");
                 QueueArguments::default()
             });

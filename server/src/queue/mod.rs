@@ -716,6 +716,13 @@ impl Queue {
         &self.settings
     }
 
+    /// How many partitions it has, `None` for a plain queue: the effective count fixed at
+    /// creation (its `x-partitions`, else its policy's then), which redeclarations and
+    /// consumer arguments are checked against.
+    pub fn partitions(&self) -> Option<u16> {
+        self.settings.parsed.partitions
+    }
+
     /// Whether it keeps a durable log.
     pub fn is_logged(&self) -> bool {
         let st = self.state.lock();
