@@ -143,6 +143,8 @@ const STREAM_CONSUMER_ARGS: &[&str] = &["x-stream-offset", "x-credit"];
 
 /// The order in which RabbitMQ validates declare arguments (`declare_args/0`), limited to
 /// what classic and quorum queues accept; `x-consumer-timeout` sits where 4.3 puts it.
+/// Warren's partitioning arguments come last, `x-partitions` first: the others need the
+/// count it settles.
 const DECLARE_ORDER: &[&str] = &[
     EXPIRES,
     MESSAGE_TTL,
