@@ -20,7 +20,13 @@
 //! | `overflow` | argument | policy |
 //! | `dead-letter-strategy` | — | argument |
 //! | `delivery-limit` | — | lower; unlimited (negative) loses to a limit; neither: 20 |
+//! | `partitions` | argument, else policy, at creation only | same |
 //! | `alternate-exchange` (exchanges) | argument | |
+//!
+//! `partitions` (Warren's, issue 13) is read once, when a queue is made
+//! ([`Policies::partitions_at_creation`]): the partitions' logs and every key's partition
+//! depend on the count, so [`effective`] never changes it afterwards, and a policy that
+//! later asks for another count only gets a log line ([`Policies::ignored_partitions`]).
 //!
 //! Validation and its texts follow RabbitMQ 4.2 (`rabbit_policies:validate_policy0/2`,
 //! `rabbit_policy:validation/3`, `rabbit_parameter_validation`); values are printed as
@@ -39,7 +45,9 @@ use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::erlang;
-use crate::queue::arguments::{DeadLetterStrategy, Overflow, QueueArguments, QueueType};
+use crate::queue::arguments::{
+    DeadLetterStrategy, MAX_PARTITIONS, Overflow, QueueArguments, QueueType,
+};
 
 const MESSAGE_TTL: &str = "message-ttl";
 const EXPIRES: &str = "expires";
@@ -52,6 +60,7 @@ const DLX_STRATEGY: &str = "dead-letter-strategy";
 const DELIVERY_LIMIT: &str = "delivery-limit";
 const CONSUMER_TIMEOUT: &str = "consumer-timeout";
 const ALTERNATE_EXCHANGE: &str = "alternate-exchange";
+const PARTITIONS: &str = "partitions";
 
 /// `rabbit_re`'s longest pattern, in bytes.
 const MAX_PATTERN_LENGTH: usize = 1024;
@@ -96,8 +105,8 @@ const fn rule(key: &'static str, check: Check, complaint: &'static str) -> Rule 
 const LEADER_LOCATORS: &[&str] = &["client-local", "balanced", "random", "least-leaders"];
 
 /// Every key Warren accepts in a definition, sorted; the keys of `rabbit_policies`, plus
-/// `target-group-size` (`rabbit_quorum_queue`) and `queue-master-locator`
-/// (`rabbit_classic_queue`). Plugin keys (`federation-upstream`, …) and the removed
+/// `target-group-size` (`rabbit_quorum_queue`), `queue-master-locator`
+/// (`rabbit_classic_queue`) and Warren's `partitions`. Plugin keys (`federation-upstream`, …) and the removed
 /// `ha-*` keys are refused as RabbitMQ 4.2 without those plugins refuses them.
 const RULES: &[Rule] = &[
     rule(
@@ -154,6 +163,11 @@ const RULES: &[Rule] = &[
         OVERFLOW,
         Check::OneOf(&["drop-head", "reject-publish", "reject-publish-dlx"]),
         "is not a valid overflow value",
+    ),
+    rule(
+        PARTITIONS,
+        Check::IntRange(1, MAX_PARTITIONS as u64),
+        "is not a valid partition count",
     ),
     rule(
         "queue-leader-locator",
@@ -229,6 +243,7 @@ const STREAM_UNSUPPORTED: &[&str] = &[
     "queue-mode",
     DELIVERY_LIMIT,
     "queue-master-locator",
+    PARTITIONS,
 ];
 
 /// Why a policy file was refused. Every variant names the file; those about one policy
@@ -391,6 +406,10 @@ pub struct PolicyDefinition {
     pub consumer_timeout: Option<u64>,
     /// `alternate-exchange` (exchanges).
     pub alternate_exchange: Option<String>,
+    /// `partitions`: the partition count of queues made while the policy applies to them
+    /// (1..=[`MAX_PARTITIONS`]), unless they declare `x-partitions`. Read only at
+    /// creation: see [`Policies::partitions_at_creation`].
+    pub partitions: Option<u16>,
     /// Keys RabbitMQ recognises that Warren accepts but does not act on (`queue-mode`,
     /// `queue-version`, `max-age`, …). Kept because they decide which queue types the
     /// policy applies to.
@@ -412,6 +431,7 @@ impl PolicyDefinition {
             (DELIVERY_LIMIT, self.delivery_limit.is_some()),
             (CONSUMER_TIMEOUT, self.consumer_timeout.is_some()),
             (ALTERNATE_EXCHANGE, self.alternate_exchange.is_some()),
+            (PARTITIONS, self.partitions.is_some()),
         ];
         typed
             .into_iter()
@@ -504,6 +524,9 @@ impl PolicyDefinition {
                 };
             }
             ALTERNATE_EXCHANGE => self.alternate_exchange = text(),
+            PARTITIONS => {
+                self.partitions = value.as_u64().and_then(|n| u16::try_from(n).ok());
+            }
             other => self.ignored.push(other.to_owned()),
         }
     }
@@ -686,6 +709,35 @@ impl Policies {
             .find(|policy| policy.matches_queue(vhost, name, queue_type))
     }
 
+    /// The partition count a queue made now gets from its policy: the `partitions` of the
+    /// policy that applies to it, if any. Pass it to [`crate::queue::arguments::parse`],
+    /// where an `x-partitions` argument wins over it; it is never read again for that
+    /// queue (see [`effective`]).
+    pub fn partitions_at_creation(
+        &self,
+        vhost: &str,
+        name: &str,
+        queue_type: QueueType,
+    ) -> Option<u16> {
+        self.for_queue(vhost, name, queue_type)
+            .and_then(|policy| policy.definition.partitions)
+    }
+
+    /// The policy that applies to an existing queue and the partition count it asks
+    /// for, when that differs from the queue's `current` count: the policy cannot have
+    /// its way (the count is fixed at creation), so the caller says so in the log.
+    pub fn ignored_partitions(
+        &self,
+        vhost: &str,
+        name: &str,
+        queue_type: QueueType,
+        current: Option<u16>,
+    ) -> Option<(&Policy, u16)> {
+        let policy = self.for_queue(vhost, name, queue_type)?;
+        let wanted = policy.definition.partitions?;
+        (current != Some(wanted)).then_some((policy, wanted))
+    }
+
     /// The policy that applies to an exchange, if any; see [`alternate_exchange`].
     pub fn for_exchange(&self, vhost: &str, name: &str) -> Option<&Policy> {
         self.policies
@@ -857,11 +909,17 @@ fn compile(pattern: &str) -> Result<Regex, String> {
 /// `arguments` is the queue's declared argument table: [`QueueArguments`] holds values
 /// with defaults applied, so it cannot say whether `x-overflow`, `x-delivery-limit` or
 /// `x-dead-letter-strategy` was given, which decides precedence for those keys.
+///
+/// The partitioning settings (`partitions`, the hash key, consumers per partition) are
+/// `declared`'s, whatever the policy says: `declared.partitions` already holds the count
+/// fixed at creation, and re-partitioning a live queue would move keys between
+/// partitions.
 pub fn effective(
     declared: &QueueArguments,
     arguments: &FieldTable,
     policy: Option<&PolicyDefinition>,
 ) -> QueueArguments {
+    // `partitions` is carried over from `declared` by this clone and never touched again.
     let mut out = declared.clone();
     let Some(policy) = policy else {
         return out;
@@ -1065,7 +1123,7 @@ mod tests {
     /// A queue declared with these arguments, under a policy with this definition.
     fn apply(entries: &[(&str, V)], policy: Option<Value>) -> QueueArguments {
         let args = table(entries);
-        let declared = match arguments::parse_stored(&args, "q", "/") {
+        let declared = match arguments::parse_stored(&args, "q", "/", None) {
             Ok(declared) => declared,
             Err(e) => panic!("unexpected error: {}", e.reply_text()),
         };
@@ -1332,6 +1390,7 @@ mod tests {
                 delivery_limit: None,
                 consumer_timeout: Some(4),
                 alternate_exchange: Some("ae".to_owned()),
+                partitions: None,
                 ignored: vec![
                     "queue-leader-locator".to_owned(),
                     "queue-mode".to_owned(),
@@ -1590,12 +1649,114 @@ mod tests {
             ],
         ] {
             let args = table(&entries);
-            let declared = match arguments::parse_stored(&args, "q", "/") {
+            let declared = match arguments::parse_stored(&args, "q", "/", None) {
                 Ok(d) => d,
                 Err(e) => panic!("{}", e.reply_text()),
             };
             assert_eq!(effective(&declared, &args, None), declared);
         }
+    }
+
+    #[test]
+    fn partitions_is_a_count_from_1_to_4096_for_classic_and_quorum_queues() {
+        assert_eq!(definition(json!({"partitions": 1})).partitions, Some(1));
+        let most = definition(json!({"partitions": 4096}));
+        assert_eq!(most.partitions, Some(4096));
+        assert_eq!(most.keys().collect::<Vec<_>>(), ["partitions"]);
+        assert!(most.applies_to(QueueType::Classic));
+        assert!(most.applies_to(QueueType::Quorum));
+        assert!(!most.applies_to(QueueType::Stream));
+        for (value, shown) in [
+            (json!(0), "0"),
+            (json!(4097), "4097"),
+            (json!(-1), "-1"),
+            (json!("4"), "<<\"4\">>"),
+            (json!(4.0), "4.0"),
+        ] {
+            assert_eq!(
+                refused_definition(json!({ "partitions": value })),
+                (
+                    "partitions".to_owned(),
+                    format!("{shown} is not a valid partition count")
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn partitions_are_read_at_creation_only_and_the_argument_wins() {
+        let set = policies(json!([
+            {"name": "four", "pattern": "^orders$", "definition": {"partitions": 4}},
+        ]));
+        // At creation: the policy's count, unless the queue declares its own.
+        let at_creation = set.partitions_at_creation("/", "orders", QueueType::Classic);
+        assert_eq!(at_creation, Some(4));
+        assert_eq!(
+            set.partitions_at_creation("/", "orders", QueueType::Quorum),
+            Some(4)
+        );
+        assert_eq!(
+            set.partitions_at_creation("/", "other", QueueType::Classic),
+            None
+        );
+        let declared = |entries: &[(&str, V)]| {
+            let args = table(entries);
+            let declare = crate::queue::QueueDeclare {
+                name: "orders".into(),
+                server_named: false,
+                passive: false,
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments: args.clone(),
+            };
+            match arguments::parse(&args, &declare, "/", at_creation) {
+                Ok(parsed) => (parsed, args),
+                Err(e) => panic!("unexpected error: {}", e.reply_text()),
+            }
+        };
+        let (by_policy, args) = declared(&[]);
+        assert_eq!(by_policy.partitions, Some(4));
+        let (by_argument, _) = declared(&[("x-partitions", V::LongInt(8))]);
+        assert_eq!(by_argument.partitions, Some(8));
+        // Afterwards a policy never re-partitions, whatever it says, and its other keys
+        // still apply.
+        for later in [
+            json!({"partitions": 16}),
+            json!({"partitions": 16, "max-length": 5}),
+        ] {
+            let later = definition(later);
+            let applied = effective(&by_policy, &args, Some(&later));
+            assert_eq!(applied.partitions, Some(4));
+            assert_eq!(applied.max_length, later.max_length);
+            assert_eq!(
+                effective(&by_argument, &args, Some(&later)).partitions,
+                Some(8)
+            );
+        }
+        // Nor does losing the policy un-partition it.
+        assert_eq!(effective(&by_policy, &args, None).partitions, Some(4));
+        let plain = QueueArguments::default();
+        let later = definition(json!({"partitions": 16}));
+        assert_eq!(effective(&plain, &args, Some(&later)).partitions, None);
+    }
+
+    #[test]
+    fn a_later_policy_asking_for_other_partitions_is_reported() {
+        let set = policies(json!([
+            {"name": "four", "pattern": "^orders$", "definition": {"partitions": 4}},
+            {"name": "ttl", "pattern": "^plain$", "definition": {"message-ttl": 5}},
+        ]));
+        let ignored = |name, current| {
+            set.ignored_partitions("/", name, QueueType::Classic, current)
+                .map(|(policy, wanted)| (policy.name.as_str(), wanted))
+        };
+        assert_eq!(ignored("orders", None), Some(("four", 4)));
+        assert_eq!(ignored("orders", Some(8)), Some(("four", 4)));
+        assert_eq!(ignored("orders", Some(4)), None);
+        // A policy without `partitions` asks for nothing.
+        assert_eq!(ignored("plain", Some(4)), None);
+        assert_eq!(ignored("nothing", Some(4)), None);
     }
 
     #[test]

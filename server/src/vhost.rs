@@ -24,7 +24,7 @@ use crate::exchange::{
 use crate::message::{Handling, Message};
 use crate::names;
 use crate::policy::{self, Policies};
-use crate::queue::arguments::{self, QueueArguments};
+use crate::queue::arguments::{self, QueueArguments, QueueType};
 use crate::queue::dead_letter;
 use crate::queue::{
     ConnectionId, Effects, Enqueued, Move, MoveRoute, Queue, QueueDeclare, QueueEnv, QueueSettings,
@@ -375,6 +375,17 @@ impl VHost {
         let queues: Vec<Arc<Queue>> = self.queues.read().values().cloned().collect();
         let mut effects = Effects::default();
         for queue in queues {
+            let queue_type = queue.settings().parsed.queue_type;
+            if let Some((policy, wanted)) = self.policies.read().ignored_partitions(
+                &self.name,
+                queue.name(),
+                queue_type,
+                queue.partitions(),
+            ) {
+                tracing::info!(queue = %queue.name(), vhost = %self.name, policy = %policy.name,
+                    partitions = ?queue.partitions(), wanted,
+                    "a policy's partitions apply only to new queues: delete and re-declare it to change its partitions");
+            }
             queue.set_arguments(self.effective_arguments(&queue), &mut effects);
         }
         for exchange in self.exchanges.read().values() {
@@ -595,6 +606,7 @@ impl VHost {
                 id: String::new(),
                 auto_delete: false,
                 arguments: FieldTable::default(),
+                partitions: None,
             },
         )?;
         self.attach_hold(exchange, &name, log, &Recovery::default());
@@ -760,7 +772,13 @@ impl VHost {
         if declare.name.starts_with("amq.") && !declare.server_named {
             return Err(error::reserved_name("queue", &declare.name));
         }
-        let parsed = arguments::parse(&declare.arguments, &declare, &self.name)?;
+        // The partition count is fixed here, once: a later policy never changes it.
+        let policy_partitions = self.policies.read().partitions_at_creation(
+            &self.name,
+            &declare.name,
+            QueueType::of(&declare.arguments),
+        );
+        let parsed = arguments::parse(&declare.arguments, &declare, &self.name, policy_partitions)?;
         let durable = declare.durable && !declare.exclusive;
         // The log is made before the registry lock is taken: no file-system work under it.
         let (log, def) = self.new_log(
@@ -772,6 +790,7 @@ impl VHost {
                 id: String::new(),
                 auto_delete: declare.auto_delete,
                 arguments: declare.arguments.clone(),
+                partitions: parsed.partitions,
             },
         )?;
         let queue = self.new_queue(
@@ -862,6 +881,7 @@ impl VHost {
         arguments::assert_equivalent(
             &current.arguments,
             &declare.arguments,
+            existing.partitions(),
             &declare.name,
             &self.name,
         )?;
@@ -1400,9 +1420,10 @@ impl VHost {
                 continue;
             }
             queues += 1;
-            let parsed = arguments::parse_stored(&def.arguments, &def.name, &self.name).unwrap_or_else(|error| {
+            // The stored partition count overrides: the policy that gave it may be gone.
+            let parsed = arguments::parse_stored(&def.arguments, &def.name, &self.name, def.partitions).unwrap_or_else(|error| {
                 tracing::warn!(queue = %def.name, %error, "ignoring the stored queue's invalid arguments");
-                QueueArguments::default()
+                QueueArguments { partitions: def.partitions, ..QueueArguments::default() }
             });
             let queue = self.new_queue(
                 def.name.as_str().into(),

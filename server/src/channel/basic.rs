@@ -147,6 +147,7 @@ impl Channel {
         let options = arguments::consumer(
             &consume.arguments,
             queue.settings().parsed.queue_type,
+            queue.partitions(),
             queue.name(),
             ctx.vhost.name(),
         )?;

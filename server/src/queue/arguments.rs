@@ -19,6 +19,7 @@ use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 use crate::erlang;
 use crate::error::{self, AmqpError, AmqpResult};
 use crate::queue::QueueDeclare;
+use crate::queue::partition_key::{HashOn, HashProperty};
 
 const EXPIRES: &str = "x-expires";
 const MESSAGE_TTL: &str = "x-message-ttl";
@@ -43,6 +44,28 @@ const DEFAULT_DELIVERY_LIMIT: u64 = 20;
 const LEADER_LOCATOR: &str = "x-queue-leader-locator";
 const PRIORITY: &str = "x-priority";
 const CANCEL_ON_HA_FAILOVER: &str = "x-cancel-on-ha-failover";
+// Warren's partitioned queues and consumer groups (issue 13, docs/partitions-design.md §6).
+const PARTITIONS: &str = "x-partitions";
+const HASH_HEADER: &str = "x-partition-hash-header";
+const HASH_PROPERTY: &str = "x-partition-hash-property";
+const CONSUMERS_PER_PARTITION: &str = "x-consumers-per-partition";
+const CONSUMER_GROUP: &str = "x-consumer-group";
+const GROUP_MEMBER: &str = "x-group-member";
+const SESSION_TIMEOUT: &str = "x-group-session-timeout";
+const GROUP_NOTIFY: &str = "x-group-notify";
+const PARTITION: &str = "x-partition";
+
+/// The most partitions a queue may have (`x-partitions`, policy `partitions`).
+pub const MAX_PARTITIONS: u16 = 4096;
+/// The most consumers that may own one partition at a time (`x-consumers-per-partition`).
+pub const MAX_CONSUMERS_PER_PARTITION: u16 = 1024;
+/// The longest `x-group-session-timeout`: one hour, in milliseconds.
+pub const MAX_SESSION_TIMEOUT_MS: u64 = 3_600_000;
+/// How long a static member's partitions wait for it after its channel closes, when it
+/// gives no `x-group-session-timeout`, in milliseconds.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 30_000;
+/// The longest group name or member id, in bytes (a short string's limit).
+const MAX_GROUP_NAME_BYTES: usize = 255;
 
 /// Queue arguments each type accepts, in RabbitMQ 3.13's order (its `capabilities/0`):
 /// redeclaration compares exactly these, in this order.
@@ -60,6 +83,10 @@ const CLASSIC_QUEUE_ARGS: &[&str] = &[
     SINGLE_ACTIVE_CONSUMER,
     QUEUE_TYPE,
     "x-queue-master-locator",
+    PARTITIONS,
+    HASH_HEADER,
+    HASH_PROPERTY,
+    CONSUMERS_PER_PARTITION,
 ];
 const QUORUM_QUEUE_ARGS: &[&str] = &[
     DLX,
@@ -77,6 +104,10 @@ const QUORUM_QUEUE_ARGS: &[&str] = &[
     DELIVERY_LIMIT,
     MESSAGE_TTL,
     LEADER_LOCATOR,
+    PARTITIONS,
+    HASH_HEADER,
+    HASH_PROPERTY,
+    CONSUMERS_PER_PARTITION,
 ];
 const STREAM_QUEUE_ARGS: &[&str] = &[
     MAX_LENGTH_BYTES,
@@ -87,13 +118,33 @@ const STREAM_QUEUE_ARGS: &[&str] = &[
     LEADER_LOCATOR,
 ];
 
-/// Consumer arguments each type accepts (RabbitMQ 3.13).
-const CLASSIC_CONSUMER_ARGS: &[&str] = &[CANCEL_ON_HA_FAILOVER, PRIORITY, "x-credit"];
-const QUORUM_CONSUMER_ARGS: &[&str] = &[PRIORITY, "x-credit"];
+/// Consumer arguments each type accepts (RabbitMQ 3.13), then Warren's consumer-group
+/// arguments, which only a partitioned queue takes (refused on others).
+const CLASSIC_CONSUMER_ARGS: &[&str] = &[
+    CANCEL_ON_HA_FAILOVER,
+    PRIORITY,
+    "x-credit",
+    CONSUMER_GROUP,
+    GROUP_MEMBER,
+    SESSION_TIMEOUT,
+    GROUP_NOTIFY,
+    PARTITION,
+];
+const QUORUM_CONSUMER_ARGS: &[&str] = &[
+    PRIORITY,
+    "x-credit",
+    CONSUMER_GROUP,
+    GROUP_MEMBER,
+    SESSION_TIMEOUT,
+    GROUP_NOTIFY,
+    PARTITION,
+];
 const STREAM_CONSUMER_ARGS: &[&str] = &["x-stream-offset", "x-credit"];
 
 /// The order in which RabbitMQ validates declare arguments (`declare_args/0`), limited to
 /// what classic and quorum queues accept; `x-consumer-timeout` sits where 4.3 puts it.
+/// Warren's partitioning arguments come last, `x-partitions` first: the others need the
+/// count it settles.
 const DECLARE_ORDER: &[&str] = &[
     EXPIRES,
     MESSAGE_TTL,
@@ -112,10 +163,24 @@ const DECLARE_ORDER: &[&str] = &[
     CONSUMER_TIMEOUT,
     INITIAL_GROUP_SIZE,
     LEADER_LOCATOR,
+    PARTITIONS,
+    HASH_HEADER,
+    HASH_PROPERTY,
+    CONSUMERS_PER_PARTITION,
 ];
 
-/// The order in which RabbitMQ validates consumer arguments (`consume_args/0`).
-const CONSUME_ORDER: &[&str] = &[PRIORITY, CONSUMER_TIMEOUT, CANCEL_ON_HA_FAILOVER];
+/// The order in which RabbitMQ validates consumer arguments (`consume_args/0`), then
+/// Warren's consumer-group arguments in the design's table order.
+const CONSUME_ORDER: &[&str] = &[
+    PRIORITY,
+    CONSUMER_TIMEOUT,
+    CANCEL_ON_HA_FAILOVER,
+    CONSUMER_GROUP,
+    GROUP_MEMBER,
+    SESSION_TIMEOUT,
+    GROUP_NOTIFY,
+    PARTITION,
+];
 
 /// `x-message-ttl` and `x-expires` above ten years are refused (`rabbit_misc:check_expiry`).
 const MAX_EXPIRY_MS: i64 = 315_360_000_000;
@@ -266,22 +331,50 @@ pub struct QueueArguments {
     /// `x-consumer-timeout`: milliseconds a delivery may stay unacknowledged before the
     /// channel is closed; overrides the broker-wide setting.
     pub consumer_timeout: Option<u64>,
-    /// `x-partitions`: the partition count.
+    /// How many partitions the queue has (1..=[`MAX_PARTITIONS`]); `None` for a plain
+    /// queue. This is the *effective* count, fixed when the queue is made: its
+    /// `x-partitions` argument, else the `partitions` of the policy that matched it then
+    /// (given to [`parse`]), and after a restart the count stored with its definition
+    /// (given to [`parse_stored`]). A later policy never changes it: the partitions'
+    /// logs and every key's partition depend on it.
     pub partitions: Option<u16>,
-    /// What a partitioned queue hashes.
-    pub partition_hash: super::partition_key::HashOn,
-    /// `x-consumers-per-partition`.
+    /// What a partitioned queue hashes a message by: `x-partition-hash-header`,
+    /// `x-partition-hash-property`, else the routing key.
+    pub partition_hash: HashOn,
+    /// `x-consumers-per-partition`: how many group members own each partition at once
+    /// (1..=[`MAX_CONSUMERS_PER_PARTITION`]); `None` means 1, which keeps each key's
+    /// order.
     pub consumers_per_partition: Option<u16>,
 }
 
 /// A consumer's validated `basic.consume` arguments.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// Not `Copy`: the consumer-group arguments hold strings and a partition list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConsumerArguments {
     /// `x-priority`: higher-priority consumers are served first; default 0. RabbitMQ takes
     /// any integer; values beyond `i32` are clamped, which keeps their order.
     pub priority: i32,
     /// `x-consumer-timeout`: this consumer's acknowledgement timeout in milliseconds.
     pub timeout_ms: Option<u64>,
+    /// `x-consumer-group`: the name of the group the consumer joins (1 to 255 bytes of
+    /// UTF-8). `None` joins the queue's group under whatever name it has, or the default
+    /// group; a consumer with [`partitions`](Self::partitions) joins none.
+    pub group: Option<String>,
+    /// `x-group-member`: a static member id (1 to 255 bytes of UTF-8). A static member
+    /// that loses its channel keeps its partitions for
+    /// [`session_timeout_ms`](Self::session_timeout_ms), and gets them back by
+    /// rejoining with the same id.
+    pub member: Option<String>,
+    /// `x-group-session-timeout`: how long a static member's partitions wait for it, in
+    /// milliseconds (0..=[`MAX_SESSION_TIMEOUT_MS`]); `None` means
+    /// [`DEFAULT_SESSION_TIMEOUT_MS`]. Only with [`member`](Self::member).
+    pub session_timeout_ms: Option<u64>,
+    /// `x-group-notify`: also deliver `assigned`/`revoked` control messages.
+    pub notify: bool,
+    /// `x-partition`: the partitions this consumer reads outside the group (a manual
+    /// consumer), sorted and without duplicates; `None` for a group member.
+    pub partitions: Option<Vec<u16>>,
 }
 
 /// Validates the arguments of a new queue (not a redeclaration) and the flags its type
@@ -290,13 +383,27 @@ pub struct ConsumerArguments {
 /// `declare.name` must already be the final name; `declare.server_named` says the server
 /// picked it.
 ///
+/// `policy_partitions` is the `partitions` of the policy that matches the new queue, if
+/// any: the queue's partition count is fixed here, once ([`QueueArguments::partitions`]).
+/// An `x-partitions` argument wins over it, and it is not applied to a queue declared
+/// with `x-single-active-consumer` true, which cannot be partitioned (the queue stays
+/// plain rather than its declaration failing because of a policy). The partitioning
+/// arguments that need a partitioned queue (`x-partition-hash-header`,
+/// `x-partition-hash-property`, `x-consumers-per-partition`) accept either source, so a
+/// policy-partitioned queue can choose its key.
+///
 /// # Errors
 ///
 /// 406 PRECONDITION_FAILED with RabbitMQ's text for a server-named non-classic queue, an
 /// argument of the wrong type or value, an argument the queue type does not take, or a
 /// quorum queue that is auto-delete, exclusive or not durable; 540 NOT_IMPLEMENTED for a
 /// stream queue.
-pub fn parse(args: &FieldTable, declare: &QueueDeclare, vhost: &str) -> AmqpResult<QueueArguments> {
+pub fn parse(
+    args: &FieldTable,
+    declare: &QueueDeclare,
+    vhost: &str,
+    policy_partitions: Option<u16>,
+) -> AmqpResult<QueueArguments> {
     let queue = Resource {
         queue: &declare.name,
         vhost,
@@ -322,7 +429,12 @@ pub fn parse(args: &FieldTable, declare: &QueueDeclare, vhost: &str) -> AmqpResu
             )));
         }
     }
-    let parsed = parse_arguments(args, queue, queue_type)?;
+    let single_active = matches!(
+        args.inner().get(SINGLE_ACTIVE_CONSUMER),
+        Some(AMQPValue::Boolean(true))
+    );
+    let policy_partitions = policy_partitions.filter(|_| !single_active);
+    let parsed = parse_arguments(args, queue, queue_type, policy_partitions)?;
     if parsed.queue_type == QueueType::Quorum {
         // rabbit_queue_type_util checks, in rabbit_quorum_queue:declare/2's order.
         let durable = declare.durable && !declare.exclusive;
@@ -361,17 +473,41 @@ pub fn parse(args: &FieldTable, declare: &QueueDeclare, vhost: &str) -> AmqpResu
 /// Runs the argument checks of [`parse`] but not the flag checks, which held when the
 /// queue was declared.
 ///
+/// `stored_partitions` is the partition count recorded with the queue's definition (the
+/// effective one at creation, which a policy may have given): it overrides the
+/// arguments, so the queue comes back with the partitions it had even if its policy is
+/// gone.
+///
 /// # Errors
 ///
 /// As [`parse`], for arguments that no longer pass (say, from a newer or older Warren).
-pub fn parse_stored(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<QueueArguments> {
-    parse_arguments(args, Resource { queue, vhost }, queue_type_arg(args))
+pub fn parse_stored(
+    args: &FieldTable,
+    queue: &str,
+    vhost: &str,
+    stored_partitions: Option<u16>,
+) -> AmqpResult<QueueArguments> {
+    let mut parsed = parse_arguments(
+        args,
+        Resource { queue, vhost },
+        queue_type_arg(args),
+        stored_partitions,
+    )?;
+    if stored_partitions.is_some() {
+        parsed.partitions = stored_partitions;
+    }
+    Ok(parsed)
 }
 
 /// Checks a redeclaration's arguments against the existing queue's, as RabbitMQ does
 /// (`rabbit_misc:assert_args_equivalence`): only the arguments the existing queue's type
 /// accepts are compared, integers of any width are equal when their values are, and a
 /// missing `x-queue-type` equals `classic`. Other arguments may differ freely.
+///
+/// `x-partitions` is compared with `current_partitions`, the queue's effective partition
+/// count (from its argument or from its policy at creation), not with its declared
+/// argument; a redeclaration without `x-partitions` is accepted whatever the count, so
+/// clients unaware of a policy-partitioned queue can still declare it.
 ///
 /// # Errors
 ///
@@ -381,16 +517,31 @@ pub fn parse_stored(args: &FieldTable, queue: &str, vhost: &str) -> AmqpResult<Q
 pub fn assert_equivalent(
     current: &FieldTable,
     requested: &FieldTable,
+    current_partitions: Option<u16>,
     queue: &str,
     vhost: &str,
 ) -> AmqpResult<()> {
     let resource = Resource { queue, vhost };
-    let keys = QueueType::of(current).queue_arguments();
-    assert_args_equivalent(current, requested, keys, &resource, |key, old, new| {
+    let same = |key: &str, old: Option<&AMQPValue>, new: Option<&AMQPValue>| {
         let classic =
             |v: Option<&AMQPValue>| v.and_then(as_longstr).is_some_and(|s| s == b"classic");
         key == QUEUE_TYPE && (classic(old) || classic(new))
-    })
+    };
+    for &key in QueueType::of(current).queue_arguments() {
+        if key == PARTITIONS {
+            // The effective count stands in for the argument; an absent one is no claim.
+            let mut effective = FieldTable::default();
+            if let Some(n) = current_partitions {
+                effective.insert(PARTITIONS.into(), AMQPValue::ShortUInt(n));
+            }
+            assert_args_equivalent(&effective, requested, &[key], &resource, |_, _, new| {
+                new.is_none()
+            })?;
+        } else {
+            assert_args_equivalent(current, requested, &[key], &resource, same)?;
+        }
+    }
+    Ok(())
 }
 
 /// The arguments of `exchange.declare` RabbitMQ compares on redeclaration.
@@ -479,13 +630,21 @@ fn assert_args_equivalent(
 /// ignored). Arguments known only to another queue type (`x-stream-offset`, or
 /// `x-cancel-on-ha-failover` on a quorum queue) are refused; unknown ones are ignored.
 ///
+/// Then Warren's consumer-group arguments, in this order: `x-consumer-group`,
+/// `x-group-member`, `x-group-session-timeout`, `x-group-notify`, `x-partition`.
+/// `partitions` is the queue's effective partition count; on a queue that has none,
+/// each of them is refused (unlike RabbitMQ, which ignores unknown consume arguments:
+/// ignoring `x-consumer-group` would hide a missing policy).
+///
 /// # Errors
 ///
 /// 406 PRECONDITION_FAILED with RabbitMQ's text, e.g. `invalid arg 'x-priority' for queue
-/// 'q' in vhost '/': "expected integer, got longstr"`.
+/// 'q' in vhost '/': "expected integer, got longstr"`, or ours, e.g. `invalid arg
+/// 'x-partition' for queue 'q' in vhost '/': "partition 16 is out of range 0-15"`.
 pub fn consumer(
     args: &FieldTable,
     queue_type: QueueType,
+    partitions: Option<u16>,
     queue: &str,
     vhost: &str,
 ) -> AmqpResult<ConsumerArguments> {
@@ -498,17 +657,8 @@ pub fn consumer(
         if !queue_type.accepts_consumer_argument(key) {
             continue;
         }
-        let checked = match key {
-            PRIORITY => check_int(value).map(|p| {
-                parsed.priority =
-                    i32::try_from(p).unwrap_or(if p < 0 { i32::MIN } else { i32::MAX });
-            }),
-            CONSUMER_TIMEOUT => check_non_neg_int(value).map(|t| parsed.timeout_ms = Some(t)),
-            // Checked, then ignored: Warren has no mirrored queues.
-            CANCEL_ON_HA_FAILOVER => check_bool(value).map(drop),
-            _ => Ok(()),
-        };
-        checked.map_err(|reason| invalid_arg(key, resource, &reason))?;
+        apply_consumer(key, value, args, partitions, &mut parsed)
+            .map_err(|reason| invalid_arg(key, resource, &reason))?;
     }
     let known = |key: &str| {
         [
@@ -611,10 +761,14 @@ fn queue_type_arg(args: &FieldTable) -> Result<QueueType, Reason> {
 
 /// `rabbit_amqqueue:check_declare_arguments`: the type, then each argument the type
 /// takes in `declare_args/0` order, then arguments that belong to another type.
+///
+/// `partitions` is the partition count to assume when `x-partitions` is absent (from a
+/// policy or the stored definition).
 fn parse_arguments(
     args: &FieldTable,
     queue: Resource<'_>,
     queue_type: Result<QueueType, Reason>,
+    partitions: Option<u16>,
 ) -> AmqpResult<QueueArguments> {
     let queue_type = queue_type.map_err(|reason| invalid_arg(QUEUE_TYPE, queue, &reason))?;
     if queue_type == QueueType::Stream {
@@ -625,6 +779,7 @@ fn parse_arguments(
     }
     let mut parsed = QueueArguments {
         queue_type,
+        partitions,
         ..QueueArguments::default()
     };
     for &key in DECLARE_ORDER {
@@ -763,9 +918,180 @@ fn apply(
                 return Err(Reason::Atom("invalid_queue_locator_arg"));
             }
         }
+        PARTITIONS => {
+            let n = check_bounded(value, MAX_PARTITIONS)?;
+            if matches!(
+                args.inner().get(SINGLE_ACTIVE_CONSUMER),
+                Some(AMQPValue::Boolean(true))
+            ) {
+                return Err(Reason::Text(format!(
+                    "{SINGLE_ACTIVE_CONSUMER} cannot be combined with {PARTITIONS}"
+                )));
+            }
+            out.partitions = Some(n);
+        }
+        HASH_HEADER => {
+            let header = check_longstr(value)?;
+            require_partitions(out)?;
+            if args.contains_key(HASH_PROPERTY) {
+                return Err(Reason::Text(format!(
+                    "{HASH_HEADER} and {HASH_PROPERTY} are mutually exclusive"
+                )));
+            }
+            out.partition_hash = HashOn::Header(header.into());
+        }
+        HASH_PROPERTY => {
+            let property = match check_longstr(value)? {
+                b"message_id" => HashProperty::MessageId,
+                b"correlation_id" => HashProperty::CorrelationId,
+                b"timestamp" => HashProperty::Timestamp,
+                other => {
+                    return Err(Reason::Text(format!(
+                        "unsupported property '{}'",
+                        erlang::chars(other)
+                    )));
+                }
+            };
+            require_partitions(out)?;
+            out.partition_hash = HashOn::Property(property);
+        }
+        CONSUMERS_PER_PARTITION => {
+            let k = check_bounded(value, MAX_CONSUMERS_PER_PARTITION)?;
+            require_partitions(out)?;
+            out.consumers_per_partition = Some(k);
+        }
         _ => {}
     }
     Ok(())
+}
+
+/// The partitioning arguments that mean nothing on a plain queue. `out.partitions` is
+/// already the effective count: `x-partitions` is checked before them.
+fn require_partitions(out: &QueueArguments) -> Result<u16, Reason> {
+    out.partitions
+        .ok_or_else(|| Reason::Text("requires a partitioned queue".to_owned()))
+}
+
+/// Validates one consumer argument and records it; `partitions` is the queue's count.
+fn apply_consumer(
+    key: &str,
+    value: &AMQPValue,
+    args: &FieldTable,
+    partitions: Option<u16>,
+    out: &mut ConsumerArguments,
+) -> Result<(), Reason> {
+    let partitioned = || partitions.ok_or_else(|| Reason::Text("queue is not partitioned".into()));
+    match key {
+        PRIORITY => {
+            let p = check_int(value)?;
+            out.priority = i32::try_from(p).unwrap_or(if p < 0 { i32::MIN } else { i32::MAX });
+        }
+        CONSUMER_TIMEOUT => out.timeout_ms = Some(check_non_neg_int(value)?),
+        // Checked, then ignored: Warren has no mirrored queues.
+        CANCEL_ON_HA_FAILOVER => {
+            check_bool(value)?;
+        }
+        CONSUMER_GROUP => {
+            let group = check_group_name(value, "group name")?;
+            partitioned()?;
+            out.group = Some(group);
+        }
+        GROUP_MEMBER => {
+            let member = check_group_name(value, "member id")?;
+            partitioned()?;
+            if args.contains_key(PARTITION) {
+                return Err(Reason::Text(format!(
+                    "{GROUP_MEMBER} and {PARTITION} are mutually exclusive"
+                )));
+            }
+            out.member = Some(member);
+        }
+        SESSION_TIMEOUT => {
+            let ms = check_non_neg_int(value)?;
+            if ms > MAX_SESSION_TIMEOUT_MS {
+                return Err(Reason::MaxValueExceeded(saturate(ms)));
+            }
+            partitioned()?;
+            if !args.contains_key(GROUP_MEMBER) {
+                return Err(Reason::Text(format!("requires {GROUP_MEMBER}")));
+            }
+            out.session_timeout_ms = Some(ms);
+        }
+        GROUP_NOTIFY => {
+            let notify = check_bool(value)?;
+            partitioned()?;
+            out.notify = notify;
+        }
+        PARTITION => {
+            let requested = match value {
+                AMQPValue::FieldArray(items) => items
+                    .as_slice()
+                    .iter()
+                    .map(check_int)
+                    .collect::<Result<Vec<i64>, Reason>>()?,
+                single => vec![check_int(single)?],
+            };
+            if requested.is_empty() {
+                return Err(Reason::Text("empty partition list".to_owned()));
+            }
+            let n = partitioned()?;
+            let mut owned = Vec::with_capacity(requested.len());
+            for p in requested {
+                match u16::try_from(p).ok().filter(|&p| p < n) {
+                    Some(p) => owned.push(p),
+                    None => {
+                        return Err(Reason::Text(format!(
+                            "partition {p} is out of range 0-{}",
+                            n - 1
+                        )));
+                    }
+                }
+            }
+            if args.contains_key(CONSUMER_GROUP) {
+                return Err(Reason::Text(format!(
+                    "{PARTITION} and {CONSUMER_GROUP} are mutually exclusive"
+                )));
+            }
+            owned.sort_unstable();
+            owned.dedup();
+            out.partitions = Some(owned);
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A group name or member id: a string of 1 to 255 bytes of UTF-8; `what` names it in
+/// the reasons (`"empty group name"`).
+fn check_group_name(value: &AMQPValue, what: &str) -> Result<String, Reason> {
+    let bytes = check_longstr(value)?;
+    if bytes.is_empty() {
+        return Err(Reason::Text(format!("empty {what}")));
+    }
+    if bytes.len() > MAX_GROUP_NAME_BYTES {
+        return Err(Reason::Text(format!(
+            "{what} is longer than {MAX_GROUP_NAME_BYTES} bytes"
+        )));
+    }
+    String::from_utf8(bytes.to_vec())
+        .map_err(|_| Reason::Text(format!("{what} is not valid UTF-8")))
+}
+
+/// An integer from 1 to `max`, with `check_int_arg`'s reasons and RabbitMQ's
+/// `{value_zero,0}`, `{value_negative,N}` and `{max_value_exceeded,N}` (in that order of
+/// checks, as `x-expires` and `x-max-priority` report them).
+fn check_bounded(value: &AMQPValue, max: u16) -> Result<u16, Reason> {
+    let n = check_int(value)?;
+    if n == 0 {
+        return Err(Reason::ValueZero);
+    }
+    if n < 0 {
+        return Err(Reason::ValueNegative(n));
+    }
+    u16::try_from(n)
+        .ok()
+        .filter(|&k| k <= max)
+        .ok_or(Reason::MaxValueExceeded(n))
 }
 
 /// A string argument: other types are `{unacceptable_type,T}`.
@@ -1016,13 +1342,13 @@ mod tests {
     }
 
     fn classic(entries: &[(&str, V)]) -> AmqpResult<QueueArguments> {
-        parse(&table(entries), &declare(false, false, false), "/")
+        parse(&table(entries), &declare(false, false, false), "/", None)
     }
 
     fn quorum(entries: &[(&str, V)]) -> AmqpResult<QueueArguments> {
         let mut all = vec![(QUEUE_TYPE, s("quorum"))];
         all.extend(entries.iter().cloned());
-        parse(&table(&all), &declare(true, false, false), "/")
+        parse(&table(&all), &declare(true, false, false), "/", None)
     }
 
     fn ok<T: fmt::Debug>(result: AmqpResult<T>) -> T {
@@ -1254,7 +1580,7 @@ mod tests {
             );
             // Stored arguments only meet rabbit_amqqueue's check.
             assert_eq!(
-                refused(parse_stored(&table(&[(DLX, value)]), "q", "/")),
+                refused(parse_stored(&table(&[(DLX, value)]), "q", "/", None)),
                 invalid(DLX, &format!("{{unacceptable_type,{name}}}"))
             );
         }
@@ -1357,26 +1683,26 @@ mod tests {
     #[test]
     fn stream_queues_are_not_implemented() {
         let args = table(&[(QUEUE_TYPE, s("stream"))]);
-        let (code, text) = err(parse(&args, &declare(true, false, false), "/"));
+        let (code, text) = err(parse(&args, &declare(true, false, false), "/", None));
         assert_eq!(code, ReplyCode::NotImplemented);
         assert_eq!(
             text,
             "cannot declare queue 'q' in vhost '/': stream queues are not supported by Warren yet"
         );
-        assert!(parse_stored(&args, "q", "/").is_err());
+        assert!(parse_stored(&args, "q", "/", None).is_err());
     }
 
     #[test]
     fn server_named_queues_must_be_classic() {
         let mut d = declare(true, false, false);
         d.server_named = true;
-        assert!(parse(&FieldTable::default(), &d, "/").is_ok());
+        assert!(parse(&FieldTable::default(), &d, "/", None).is_ok());
         assert_eq!(
-            refused(parse(&table(&[(QUEUE_TYPE, s("quorum"))]), &d, "/")),
+            refused(parse(&table(&[(QUEUE_TYPE, s("quorum"))]), &d, "/", None)),
             "Cannot declare a server-named queue for type rabbit_quorum_queue"
         );
         assert_eq!(
-            refused(parse(&table(&[(QUEUE_TYPE, s("stream"))]), &d, "/")),
+            refused(parse(&table(&[(QUEUE_TYPE, s("stream"))]), &d, "/", None)),
             "Cannot declare a server-named queue for type rabbit_stream_queue"
         );
     }
@@ -1384,8 +1710,8 @@ mod tests {
     #[test]
     fn quorum_queues_must_be_durable_and_shared() {
         let args = table(&[(QUEUE_TYPE, s("quorum"))]);
-        let text = |d: QueueDeclare| refused(parse(&args, &d, "/"));
-        assert!(parse(&args, &declare(true, false, false), "/").is_ok());
+        let text = |d: QueueDeclare| refused(parse(&args, &d, "/", None));
+        assert!(parse(&args, &declare(true, false, false), "/", None).is_ok());
         assert_eq!(
             text(declare(true, false, true)),
             format!("invalid property 'auto-delete' for {RES}")
@@ -1410,11 +1736,11 @@ mod tests {
         // Argument errors come first.
         let bad = table(&[(QUEUE_TYPE, s("quorum")), (MAX_LENGTH, V::LongLongInt(-5))]);
         assert_eq!(
-            refused(parse(&bad, &declare(false, false, false), "/")),
+            refused(parse(&bad, &declare(false, false, false), "/", None)),
             invalid(MAX_LENGTH, "{value_negative,-5}")
         );
         // Flags are not rechecked on recovery.
-        assert!(parse_stored(&args, "q", "/").is_ok());
+        assert!(parse_stored(&args, "q", "/", None).is_ok());
     }
 
     #[test]
@@ -1577,7 +1903,7 @@ mod tests {
     }
 
     fn equivalent(current: &[(&str, V)], requested: &[(&str, V)]) -> AmqpResult<()> {
-        assert_equivalent(&table(current), &table(requested), "q", "/")
+        assert_equivalent(&table(current), &table(requested), None, "q", "/")
     }
 
     fn inequivalent(key: &str, received: &str, current: &str) -> String {
@@ -1790,7 +2116,7 @@ mod tests {
     }
 
     fn consume(entries: &[(&str, V)], queue_type: QueueType) -> AmqpResult<ConsumerArguments> {
-        consumer(&table(entries), queue_type, "q", "/")
+        consumer(&table(entries), queue_type, None, "q", "/")
     }
 
     #[test]
@@ -1901,6 +2227,479 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    /// A classic queue declared with these arguments under a policy giving `policy`
+    /// partitions.
+    fn under_policy(entries: &[(&str, V)], policy: Option<u16>) -> AmqpResult<QueueArguments> {
+        parse(&table(entries), &declare(false, false, false), "/", policy)
+    }
+
+    #[test]
+    fn partitions_take_an_integer_from_1_to_4096() {
+        for (name, value) in each_integer(4) {
+            assert_eq!(
+                ok(classic(&[(PARTITIONS, value.clone())])).partitions,
+                Some(4),
+                "{name}"
+            );
+            assert_eq!(
+                ok(quorum(&[(PARTITIONS, value)])).partitions,
+                Some(4),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            ok(classic(&[(PARTITIONS, V::ShortUInt(4096))])).partitions,
+            Some(4096)
+        );
+        assert_eq!(ok(classic(&[])).partitions, None);
+        assert_eq!(
+            refused(classic(&[(PARTITIONS, s("4"))])),
+            invalid(PARTITIONS, "\"expected integer, got longstr\"")
+        );
+        assert_eq!(
+            refused(classic(&[(PARTITIONS, V::LongInt(0))])),
+            invalid(PARTITIONS, "{value_zero,0}")
+        );
+        assert_eq!(
+            refused(quorum(&[(PARTITIONS, V::LongInt(-1))])),
+            invalid(PARTITIONS, "{value_negative,-1}")
+        );
+        assert_eq!(
+            refused(classic(&[(PARTITIONS, V::LongInt(5000))])),
+            invalid(PARTITIONS, "{max_value_exceeded,5000}")
+        );
+        assert_eq!(
+            refused(classic(&[(PARTITIONS, V::LongLongInt(i64::MAX))])),
+            invalid(PARTITIONS, &format!("{{max_value_exceeded,{}}}", i64::MAX))
+        );
+        // Streams keep their refusal (540) before any argument is looked at.
+        let stream = table(&[(QUEUE_TYPE, s("stream")), (PARTITIONS, V::LongInt(4))]);
+        let (code, _) = err(parse(&stream, &declare(true, false, false), "/", None));
+        assert_eq!(code, ReplyCode::NotImplemented);
+    }
+
+    #[test]
+    fn partitions_cannot_be_combined_with_single_active_consumer() {
+        let sac = |on: bool| (SINGLE_ACTIVE_CONSUMER, V::Boolean(on));
+        assert_eq!(
+            refused(classic(&[sac(true), (PARTITIONS, V::LongInt(4))])),
+            invalid(
+                PARTITIONS,
+                "\"x-single-active-consumer cannot be combined with x-partitions\""
+            )
+        );
+        assert_eq!(
+            refused(quorum(&[sac(true), (PARTITIONS, V::LongInt(4))])),
+            invalid(
+                PARTITIONS,
+                "\"x-single-active-consumer cannot be combined with x-partitions\""
+            )
+        );
+        assert_eq!(
+            ok(classic(&[sac(false), (PARTITIONS, V::LongInt(4))])).partitions,
+            Some(4)
+        );
+        // A policy's count does not apply to a single-active-consumer queue: it stays
+        // plain rather than its declaration failing.
+        let plain = ok(under_policy(&[sac(true)], Some(4)));
+        assert_eq!(plain.partitions, None);
+        assert!(plain.single_active_consumer);
+    }
+
+    #[test]
+    fn the_argument_wins_over_the_policy_at_creation() {
+        assert_eq!(ok(under_policy(&[], Some(4))).partitions, Some(4));
+        assert_eq!(
+            ok(under_policy(&[(PARTITIONS, V::LongInt(8))], Some(4))).partitions,
+            Some(8)
+        );
+        assert_eq!(ok(under_policy(&[], None)).partitions, None);
+        // An invalid argument is refused even when a policy would partition the queue.
+        assert_eq!(
+            refused(under_policy(&[(PARTITIONS, V::LongInt(0))], Some(4))),
+            invalid(PARTITIONS, "{value_zero,0}")
+        );
+    }
+
+    #[test]
+    fn the_stored_count_overrides_on_recovery() {
+        let stored = |entries: &[(&str, V)], n| ok(parse_stored(&table(entries), "q", "/", n));
+        // Given by a policy that is gone now.
+        assert_eq!(stored(&[], Some(4)).partitions, Some(4));
+        assert_eq!(
+            stored(&[(PARTITIONS, V::LongInt(4))], Some(4)).partitions,
+            Some(4)
+        );
+        assert_eq!(
+            stored(&[(PARTITIONS, V::LongInt(8))], Some(4)).partitions,
+            Some(4)
+        );
+        // Definitions written before partitions existed.
+        assert_eq!(
+            stored(&[(PARTITIONS, V::LongInt(8))], None).partitions,
+            Some(8)
+        );
+        assert_eq!(stored(&[], None).partitions, None);
+        // The key arguments of a policy-partitioned queue come back with it.
+        let keyed = stored(&[(HASH_HEADER, s("k"))], Some(4));
+        assert_eq!(keyed.partition_hash, HashOn::Header(b"k".to_vec().into()));
+    }
+
+    #[test]
+    fn the_hash_header_names_the_key() {
+        let n = (PARTITIONS, V::LongInt(4));
+        let parsed = ok(classic(&[n.clone(), (HASH_HEADER, s("customer"))]));
+        assert_eq!(
+            parsed.partition_hash,
+            HashOn::Header(b"customer".to_vec().into())
+        );
+        assert_eq!(
+            ok(classic(std::slice::from_ref(&n))).partition_hash,
+            HashOn::RoutingKey
+        );
+        // A policy-partitioned queue may choose its key too.
+        let policy = ok(under_policy(&[(HASH_HEADER, s("customer"))], Some(4)));
+        assert_eq!(
+            policy.partition_hash,
+            HashOn::Header(b"customer".to_vec().into())
+        );
+        assert_eq!(
+            refused(classic(&[n.clone(), (HASH_HEADER, V::LongLongInt(1))])),
+            invalid(HASH_HEADER, "{unacceptable_type,long}")
+        );
+        assert_eq!(
+            refused(classic(&[(HASH_HEADER, s("customer"))])),
+            invalid(HASH_HEADER, "\"requires a partitioned queue\"")
+        );
+        assert_eq!(
+            refused(classic(&[
+                n,
+                (HASH_HEADER, s("customer")),
+                (HASH_PROPERTY, s("message_id"))
+            ])),
+            invalid(
+                HASH_HEADER,
+                "\"x-partition-hash-header and x-partition-hash-property are mutually exclusive\""
+            )
+        );
+    }
+
+    #[test]
+    fn the_hash_property_is_one_of_three() {
+        let n = (PARTITIONS, V::LongInt(4));
+        for (text, property) in [
+            ("message_id", HashProperty::MessageId),
+            ("correlation_id", HashProperty::CorrelationId),
+            ("timestamp", HashProperty::Timestamp),
+        ] {
+            let parsed = ok(quorum(&[n.clone(), (HASH_PROPERTY, s(text))]));
+            assert_eq!(parsed.partition_hash, HashOn::Property(property));
+        }
+        assert_eq!(
+            refused(classic(&[n.clone(), (HASH_PROPERTY, V::Boolean(true))])),
+            invalid(HASH_PROPERTY, "{unacceptable_type,bool}")
+        );
+        assert_eq!(
+            refused(classic(&[n, (HASH_PROPERTY, s("foo"))])),
+            invalid(HASH_PROPERTY, "\"unsupported property 'foo'\"")
+        );
+        assert_eq!(
+            refused(classic(&[(HASH_PROPERTY, s("message_id"))])),
+            invalid(HASH_PROPERTY, "\"requires a partitioned queue\"")
+        );
+        // The value is checked before the queue is known to be partitioned.
+        assert_eq!(
+            refused(classic(&[(HASH_PROPERTY, s("foo"))])),
+            invalid(HASH_PROPERTY, "\"unsupported property 'foo'\"")
+        );
+    }
+
+    #[test]
+    fn consumers_per_partition_range_from_1_to_1024() {
+        let n = (PARTITIONS, V::LongInt(4));
+        let k = |value: V| classic(&[n.clone(), (CONSUMERS_PER_PARTITION, value)]);
+        assert_eq!(ok(k(V::ShortUInt(2))).consumers_per_partition, Some(2));
+        assert_eq!(ok(k(V::LongInt(1024))).consumers_per_partition, Some(1024));
+        assert_eq!(
+            ok(classic(std::slice::from_ref(&n))).consumers_per_partition,
+            None
+        );
+        assert_eq!(
+            refused(k(s("2"))),
+            invalid(CONSUMERS_PER_PARTITION, "\"expected integer, got longstr\"")
+        );
+        assert_eq!(
+            refused(k(V::LongInt(0))),
+            invalid(CONSUMERS_PER_PARTITION, "{value_zero,0}")
+        );
+        assert_eq!(
+            refused(k(V::LongInt(-2))),
+            invalid(CONSUMERS_PER_PARTITION, "{value_negative,-2}")
+        );
+        assert_eq!(
+            refused(k(V::LongInt(1025))),
+            invalid(CONSUMERS_PER_PARTITION, "{max_value_exceeded,1025}")
+        );
+        assert_eq!(
+            refused(classic(&[(CONSUMERS_PER_PARTITION, V::LongInt(2))])),
+            invalid(CONSUMERS_PER_PARTITION, "\"requires a partitioned queue\"")
+        );
+    }
+
+    fn redeclare(
+        current: &[(&str, V)],
+        partitions: Option<u16>,
+        requested: &[(&str, V)],
+    ) -> AmqpResult<()> {
+        assert_equivalent(&table(current), &table(requested), partitions, "q", "/")
+    }
+
+    #[test]
+    fn redeclaring_without_x_partitions_is_accepted() {
+        let n = (PARTITIONS, V::LongInt(4));
+        // Partitioned by argument, by policy, and a quorum queue.
+        assert!(redeclare(std::slice::from_ref(&n), Some(4), &[]).is_ok());
+        assert!(redeclare(&[], Some(4), &[]).is_ok());
+        let q = (QUEUE_TYPE, s("quorum"));
+        assert!(redeclare(&[q.clone(), n], Some(4), std::slice::from_ref(&q)).is_ok());
+    }
+
+    #[test]
+    fn x_partitions_is_compared_with_the_effective_count() {
+        let n = |k: i32| (PARTITIONS, V::LongInt(k));
+        for (name, value) in each_integer(4) {
+            assert!(
+                redeclare(&[], Some(4), &[(PARTITIONS, value.clone())]).is_ok(),
+                "{name}"
+            );
+            assert!(
+                redeclare(&[n(4)], Some(4), &[(PARTITIONS, value)]).is_ok(),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            refused(redeclare(&[n(4)], Some(4), &[n(8)])),
+            inequivalent(PARTITIONS, "'8'", "'4'")
+        );
+        // Partitioned by a policy: the declared arguments hold no count.
+        assert_eq!(
+            refused(redeclare(&[], Some(4), &[n(8)])),
+            inequivalent(PARTITIONS, "'8'", "'4'")
+        );
+        assert_eq!(
+            refused(redeclare(&[], None, &[n(4)])),
+            inequivalent(PARTITIONS, "the value '4' of type 'signedint'", "none")
+        );
+        let q = (QUEUE_TYPE, s("quorum"));
+        assert_eq!(
+            refused(redeclare(&[q.clone(), n(4)], Some(4), &[q, n(2)])),
+            inequivalent(PARTITIONS, "'2'", "'4'")
+        );
+        // The key settings compare as RabbitMQ compares arguments.
+        assert_eq!(
+            refused(redeclare(
+                &[n(4), (HASH_HEADER, s("a"))],
+                Some(4),
+                &[(HASH_HEADER, s("b"))]
+            )),
+            inequivalent(HASH_HEADER, "'b'", "'a'")
+        );
+    }
+
+    /// Consumes from a classic queue of `partitions` partitions.
+    fn join(entries: &[(&str, V)], partitions: Option<u16>) -> AmqpResult<ConsumerArguments> {
+        consumer(&table(entries), QueueType::Classic, partitions, "q", "/")
+    }
+
+    #[test]
+    fn group_arguments_on_a_plain_queue_are_refused() {
+        for (key, value) in [
+            (CONSUMER_GROUP, s("g")),
+            (GROUP_MEMBER, s("m")),
+            (SESSION_TIMEOUT, V::LongInt(10)),
+            (GROUP_NOTIFY, V::Boolean(true)),
+            (PARTITION, V::LongInt(0)),
+        ] {
+            assert_eq!(
+                refused(join(&[(key, value.clone())], None)),
+                invalid(key, "\"queue is not partitioned\""),
+                "{key}"
+            );
+            let quorum = consumer(&table(&[(key, value)]), QueueType::Quorum, None, "q", "/");
+            assert_eq!(
+                refused(quorum),
+                invalid(key, "\"queue is not partitioned\""),
+                "{key}"
+            );
+        }
+        // RabbitMQ's arguments are checked first.
+        assert_eq!(
+            refused(join(&[(CONSUMER_GROUP, s("g")), (PRIORITY, s("x"))], None)),
+            invalid(PRIORITY, "\"expected integer, got longstr\"")
+        );
+    }
+
+    #[test]
+    fn group_names_and_member_ids() {
+        let parsed = ok(join(
+            &[(CONSUMER_GROUP, s("billing")), (GROUP_MEMBER, s("node-1"))],
+            Some(4),
+        ));
+        assert_eq!(parsed.group.as_deref(), Some("billing"));
+        assert_eq!(parsed.member.as_deref(), Some("node-1"));
+        assert_eq!(parsed.session_timeout_ms, None);
+        assert!(!parsed.notify);
+        assert_eq!(parsed.partitions, None);
+        assert_eq!(ok(join(&[], Some(4))), ConsumerArguments::default());
+        let longest = "g".repeat(255);
+        assert_eq!(
+            ok(join(&[(CONSUMER_GROUP, s(&longest))], Some(4))).group,
+            Some(longest)
+        );
+        for (key, what) in [(CONSUMER_GROUP, "group name"), (GROUP_MEMBER, "member id")] {
+            assert_eq!(
+                refused(join(&[(key, V::LongInt(1))], Some(4))),
+                invalid(key, "{unacceptable_type,signedint}")
+            );
+            assert_eq!(
+                refused(join(&[(key, s(""))], Some(4))),
+                invalid(key, &format!("\"empty {what}\""))
+            );
+            assert_eq!(
+                refused(join(&[(key, s(&"m".repeat(256)))], Some(4))),
+                invalid(key, &format!("\"{what} is longer than 255 bytes\""))
+            );
+            let bad = V::LongString(LongString::from(vec![0xff_u8, 0xfe]));
+            assert_eq!(
+                refused(join(&[(key, bad)], Some(4))),
+                invalid(key, &format!("\"{what} is not valid UTF-8\""))
+            );
+            // The value is checked before the queue is known to be partitioned.
+            assert_eq!(
+                refused(join(&[(key, s(""))], None)),
+                invalid(key, &format!("\"empty {what}\""))
+            );
+        }
+        assert_eq!(
+            refused(join(
+                &[(GROUP_MEMBER, s("m")), (PARTITION, V::LongInt(1))],
+                Some(4)
+            )),
+            invalid(
+                GROUP_MEMBER,
+                "\"x-group-member and x-partition are mutually exclusive\""
+            )
+        );
+    }
+
+    #[test]
+    fn session_timeout_needs_a_member_and_ranges_to_an_hour() {
+        let member = (GROUP_MEMBER, s("m"));
+        for ms in [0, 30_000, 3_600_000] {
+            let parsed = ok(join(
+                &[member.clone(), (SESSION_TIMEOUT, V::LongLongInt(ms))],
+                Some(2),
+            ));
+            assert_eq!(parsed.session_timeout_ms, Some(ms.unsigned_abs()));
+        }
+        assert_eq!(
+            refused(join(
+                &[member.clone(), (SESSION_TIMEOUT, V::LongInt(3_600_001))],
+                Some(2)
+            )),
+            invalid(SESSION_TIMEOUT, "{max_value_exceeded,3600001}")
+        );
+        assert_eq!(
+            refused(join(
+                &[member.clone(), (SESSION_TIMEOUT, V::LongInt(-1))],
+                Some(2)
+            )),
+            invalid(SESSION_TIMEOUT, "{value_negative,-1}")
+        );
+        assert_eq!(
+            refused(join(&[member, (SESSION_TIMEOUT, s("1s"))], Some(2))),
+            invalid(SESSION_TIMEOUT, "\"expected integer, got longstr\"")
+        );
+        assert_eq!(
+            refused(join(&[(SESSION_TIMEOUT, V::LongInt(10))], Some(2))),
+            invalid(SESSION_TIMEOUT, "\"requires x-group-member\"")
+        );
+        assert_eq!(DEFAULT_SESSION_TIMEOUT_MS, 30_000);
+    }
+
+    #[test]
+    fn group_notify_is_a_boolean() {
+        assert!(ok(join(&[(GROUP_NOTIFY, V::Boolean(true))], Some(2))).notify);
+        assert!(!ok(join(&[(GROUP_NOTIFY, V::Boolean(false))], Some(2))).notify);
+        assert_eq!(
+            refused(join(&[(GROUP_NOTIFY, V::LongInt(1))], Some(2))),
+            invalid(GROUP_NOTIFY, "{unacceptable_type,signedint}")
+        );
+    }
+
+    #[test]
+    fn x_partition_is_an_integer_or_a_list_in_range() {
+        for (name, value) in each_integer(3) {
+            let parsed = ok(join(&[(PARTITION, value)], Some(16)));
+            assert_eq!(parsed.partitions, Some(vec![3]), "{name}");
+        }
+        let list = |items: Vec<V>| V::FieldArray(FieldArray::from(items));
+        let parsed = ok(join(
+            &[(
+                PARTITION,
+                list(vec![V::LongInt(5), V::ShortShortUInt(1), V::LongLongInt(5)]),
+            )],
+            Some(16),
+        ));
+        assert_eq!(parsed.partitions, Some(vec![1, 5]));
+        assert_eq!(
+            ok(join(&[(PARTITION, V::LongInt(15))], Some(16))).partitions,
+            Some(vec![15])
+        );
+        assert_eq!(
+            refused(join(&[(PARTITION, V::LongInt(16))], Some(16))),
+            invalid(PARTITION, "\"partition 16 is out of range 0-15\"")
+        );
+        assert_eq!(
+            refused(join(
+                &[(PARTITION, list(vec![V::LongInt(0), V::LongInt(-1)]))],
+                Some(16)
+            )),
+            invalid(PARTITION, "\"partition -1 is out of range 0-15\"")
+        );
+        assert_eq!(
+            refused(join(&[(PARTITION, list(vec![]))], Some(16))),
+            invalid(PARTITION, "\"empty partition list\"")
+        );
+        assert_eq!(
+            refused(join(&[(PARTITION, s("1"))], Some(16))),
+            invalid(PARTITION, "\"expected integer, got longstr\"")
+        );
+        assert_eq!(
+            refused(join(
+                &[(PARTITION, list(vec![V::LongInt(1), s("2")]))],
+                Some(16)
+            )),
+            invalid(PARTITION, "\"expected integer, got longstr\"")
+        );
+        assert_eq!(
+            refused(join(
+                &[(CONSUMER_GROUP, s("g")), (PARTITION, V::LongInt(1))],
+                Some(16)
+            )),
+            invalid(
+                PARTITION,
+                "\"x-partition and x-consumer-group are mutually exclusive\""
+            )
+        );
+        // A manual consumer may ask for notifications.
+        let manual = ok(join(
+            &[(PARTITION, V::LongInt(2)), (GROUP_NOTIFY, V::Boolean(true))],
+            Some(4),
+        ));
+        assert_eq!((manual.partitions, manual.notify), (Some(vec![2]), true));
     }
 
     #[test]

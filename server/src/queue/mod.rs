@@ -834,7 +834,9 @@ impl Queue {
         &self.settings
     }
 
-    /// Its partition count, if it is partitioned (fixed when it was made).
+    /// How many partitions it has, `None` for a plain queue: the effective count fixed at
+    /// creation (its `x-partitions`, else its policy's then), which redeclarations and
+    /// consumer arguments are checked against.
     pub fn partitions(&self) -> Option<u16> {
         self.partitioned().map(Partitioned::count)
     }

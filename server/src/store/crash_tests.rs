@@ -120,6 +120,7 @@ impl Run {
             id: id.clone(),
             auto_delete: false,
             arguments,
+            partitions: None,
         }))?;
         self.ledger
             .queue_states

@@ -70,6 +70,13 @@ pub struct QueueDef {
     /// Optional arguments.
     #[serde(with = "field_json")]
     pub arguments: FieldTable,
+    /// Its partition count, for a partitioned queue: the effective one at creation
+    /// (`x-partitions`, else its policy's then), so that a restart gives it back the
+    /// partitions its logs were written for even if the policy has changed or gone.
+    /// Absent from plain queues' definitions and from those written before partitions
+    /// existed, which therefore still load, and load as plain queues.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u16>,
 }
 
 /// A binding between durable ends.
@@ -606,6 +613,7 @@ mod tests {
             id: format!("{name}-1"),
             auto_delete: false,
             arguments: FieldTable::default(),
+            partitions: None,
         }
     }
 
@@ -641,6 +649,47 @@ mod tests {
         assert_eq!(defs.bindings, vec![binding]);
         let (_, again, _) = DefinitionStore::open(&dir).expect("compacted");
         assert_eq!(again, defs);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_queue_keeps_its_partition_count_and_older_definitions_still_load() {
+        let mut partitioned = queue("p");
+        partitioned.partitions = Some(4);
+        // A log line and a snapshot carry the count.
+        let line = encode_line(&Change::PutQueue(partitioned.clone())).expect("encode");
+        assert!(String::from_utf8_lossy(&line).contains("\"partitions\":4"));
+        let back = decode_line(&line[..line.len() - 1]).expect("decode");
+        assert_eq!(back, Change::PutQueue(partitioned.clone()));
+        // A plain queue's definition is written as before partitions existed, and such a
+        // definition (here also an old snapshot) reads back as a plain queue.
+        let plain = queue("a");
+        let line = encode_line(&Change::PutQueue(plain.clone())).expect("encode");
+        assert!(!String::from_utf8_lossy(&line).contains("partitions"));
+        assert_eq!(
+            decode_line(&line[..line.len() - 1]).expect("decode"),
+            Change::PutQueue(plain.clone())
+        );
+        let old = r#"{"version":2,"exchanges":[],"queues":[{"vhost":"/","name":"a","id":"a-1","auto_delete":false,"arguments":{}}],"bindings":[]}"#;
+        let defs: Definitions = serde_json::from_str(old).expect("old snapshot");
+        assert_eq!(defs.queues[0].partitions, None);
+        // And through a restart, from the log and then from the compacted snapshot.
+        let dir = temp_dir("partitions");
+        let (mut store, _, _) = DefinitionStore::open(&dir).expect("open");
+        store
+            .record(&Change::PutQueue(partitioned.clone()))
+            .expect("record");
+        store
+            .record(&Change::PutQueue(plain.clone()))
+            .expect("record");
+        store.sync().expect("sync");
+        drop(store);
+        for _ in 0..2 {
+            let (_, defs, _) = DefinitionStore::open(&dir).expect("reopen");
+            let mut queues = defs.queues.clone();
+            queues.sort_by(|a, b| a.name.cmp(&b.name));
+            assert_eq!(queues, vec![plain.clone(), partitioned.clone()]);
+        }
         let _ = fs::remove_dir_all(&dir);
     }
 
