@@ -9,7 +9,7 @@ use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
 use super::{Channel, ChannelConsumer, Context, Settlement, Unacked};
 use crate::error::{self, AmqpResult};
 use crate::names;
-use crate::queue::{ConsumerHandle, Credit, arguments};
+use crate::queue::{ConsumerHandle, Credit, Membership, arguments};
 
 /// Deliveries a `no_ack` consumer may have queued for writing at once: enough to keep
 /// the socket busy, bounded so a slow reader cannot make the broker buffer a backlog.
@@ -177,8 +177,12 @@ impl Channel {
                 })),
             );
         }
+        let membership = Membership {
+            group: options.group.clone(),
+            partitions: options.partitions.clone(),
+        };
         queue
-            .add_consumer(
+            .add_member(
                 ConsumerHandle {
                     id,
                     channel: self.id,
@@ -188,6 +192,7 @@ impl Channel {
                     no_ack: consume.no_ack,
                     priority: options.priority,
                 },
+                &membership,
                 ctx.effects,
             )
             .inspect_err(|_| ctx.out.truncate(mark))?;

@@ -33,6 +33,7 @@ pub(super) fn write_delivery(
     channel: u16,
     consumer_tag: &str,
     tag: u64,
+    queue: &Queue,
     message: &QueuedMessage,
 ) {
     encode::deliver(
@@ -46,13 +47,20 @@ pub(super) fn write_delivery(
             routing_key: message.message.routing_key(),
         },
     );
-    encode::content(
-        ctx.out,
-        channel,
-        message.message.raw_properties(),
-        message.message.body(),
-        ctx.frame_max,
-    );
+    content(ctx, channel, queue, message);
+}
+
+/// Writes a delivered message's content frames: from a partitioned queue, with its
+/// partition in an `x-partition` header.
+fn content(ctx: &mut Context<'_>, channel: u16, queue: &Queue, message: &QueuedMessage) {
+    let properties = message.message.raw_properties();
+    let body = message.message.body();
+    if queue.partitions().is_some() {
+        let partition = i64::from(message.partition);
+        encode::content_annotated(ctx.out, channel, properties, partition, body, ctx.frame_max);
+    } else {
+        encode::content(ctx.out, channel, properties, body, ctx.frame_max);
+    }
 }
 
 /// The acknowledgement deadline of a delivery made at `now` under `timeout_ms` (0: none).
@@ -107,7 +115,7 @@ impl Channel {
         }
         let tag = self.take_tag();
         let c = &self.consumers[at];
-        write_delivery(ctx, self.id, &c.tag, tag, &message);
+        write_delivery(ctx, self.id, &c.tag, tag, &queue, &message);
         if c.no_ack {
             credit.release(1);
             ctx.kick_later(&queue);
@@ -149,13 +157,7 @@ impl Channel {
             },
             message_count,
         );
-        encode::content(
-            ctx.out,
-            self.id,
-            message.message.raw_properties(),
-            message.message.body(),
-            ctx.frame_max,
-        );
+        content(ctx, self.id, &queue, &message);
         if !no_ack {
             let timeout = ctx.broker.config().consumer_timeout;
             self.unacked.push_back(Unacked {

@@ -1215,10 +1215,10 @@ impl Queue {
                     st.forget(&message);
                 } else {
                     st.mark_delivered(&message);
-                    if let Some(tally) = st.partition.as_mut() {
-                        tally.unacked += 1;
-                        message.partition = tally.index;
-                    }
+                }
+                if let Some(tally) = st.partition.as_mut() {
+                    tally.unacked += u32::from(!no_ack);
+                    message.partition = tally.index;
                 }
                 message
             });

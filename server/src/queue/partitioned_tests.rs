@@ -293,3 +293,25 @@ fn length_limits_bound_the_whole_queue() {
     );
     assert_eq!(queue.message_count(), 5);
 }
+
+/// Members with a small prefetch work a backlog off to the end, acking as they go.
+#[test]
+fn members_with_a_small_prefetch_drain_the_backlog() {
+    let queue = partitioned_queue(4);
+    publish(&queue, 0..40);
+    let (a, b) = (Member::new(1, 5), Member::new(2, 5));
+    a.join(&queue);
+    b.join(&queue);
+    let mut total = 0;
+    for _ in 0..100 {
+        let (got_a, got_b) = (a.take(), b.take());
+        if got_a.is_empty() && got_b.is_empty() {
+            break;
+        }
+        total += got_a.len() + got_b.len();
+        a.ack(&queue, got_a);
+        b.ack(&queue, got_b);
+    }
+    assert_eq!(total, 40);
+    assert_eq!(queue.message_count(), 0);
+}
