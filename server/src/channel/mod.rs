@@ -492,6 +492,15 @@ pub fn requeue_all(
     per_queue(entries, |queue, batch| queue.requeue(batch, effects));
 }
 
+/// Gives back deliveries a connection never wrote (their consumer or channel went
+/// first), unflagged, one call per queue.
+pub fn give_back_all(
+    entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>,
+    effects: &mut Effects,
+) {
+    per_queue(entries, |queue, batch| queue.give_back(batch, effects));
+}
+
 /// Settles a run of acked deliveries with their queues, one call per queue.
 pub fn settle_all(entries: impl IntoIterator<Item = (Arc<Queue>, QueuedMessage)>) {
     per_queue(entries, |queue, batch| queue.settle(batch));

@@ -864,7 +864,7 @@ impl Connection {
         let shared = &mut self.shared;
         let mailbox = Arc::clone(&shared.mailbox);
         mailbox.written(written, |queue| shared.context().kick_later(queue));
-        crate::channel::requeue_all(returned, &mut self.shared.effects);
+        crate::channel::give_back_all(returned, &mut self.shared.effects);
         self.after_batch();
     }
 
@@ -882,7 +882,7 @@ impl Connection {
             Outgoing::Deliver { queue, message, .. } => Some((queue, message)),
             Outgoing::Cancelled { .. } => None,
         });
-        crate::channel::requeue_all(returned, &mut self.shared.effects);
+        crate::channel::give_back_all(returned, &mut self.shared.effects);
         for queue in std::mem::take(&mut self.shared.exclusive_queues) {
             self.shared.vhost.remove_queue(&queue);
         }

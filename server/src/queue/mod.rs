@@ -1239,6 +1239,27 @@ impl Queue {
         messages: impl IntoIterator<Item = QueuedMessage>,
         effects: &mut Effects,
     ) {
+        self.put_back(messages, true, effects);
+    }
+
+    /// Puts back messages handed to a consumer's connection that it never wrote (the
+    /// consumer or its channel went first): at their positions, as they were, since
+    /// no client saw them. So a consumer that leaves gracefully causes no redelivery.
+    pub fn give_back(
+        self: &Arc<Self>,
+        messages: impl IntoIterator<Item = QueuedMessage>,
+        effects: &mut Effects,
+    ) {
+        self.put_back(messages, false, effects);
+    }
+
+    /// [`requeue`](Self::requeue) (`delivered`) or [`give_back`](Self::give_back).
+    fn put_back(
+        self: &Arc<Self>,
+        messages: impl IntoIterator<Item = QueuedMessage>,
+        delivered: bool,
+        effects: &mut Effects,
+    ) {
         for (p, messages) in self.by_partition(messages) {
             let mut letters = Vec::new();
             let mut st = self.lock(p);
@@ -1248,6 +1269,11 @@ impl Queue {
             partitioned::settled(&mut st, messages.len());
             let quorum = st.args.queue_type == QueueType::Quorum;
             for mut message in messages {
+                if !delivered {
+                    st.expiring |= message.expires_at_ms != 0;
+                    st.ready.reinsert(message);
+                    continue;
+                }
                 // A message returned from a `no_ack` delivery that was never written
                 // has no delivered marker yet; once flagged it would never get one. (A
                 // quorum queue marks every return below.)

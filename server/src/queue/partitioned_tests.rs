@@ -315,3 +315,35 @@ fn members_with_a_small_prefetch_drain_the_backlog() {
     assert_eq!(total, 40);
     assert_eq!(queue.message_count(), 0);
 }
+
+/// Deliveries still in a leaving member's mailbox, never written, come back as they
+/// were: the member that takes the partition over sees no redelivery.
+#[test]
+fn unwritten_deliveries_of_a_leaver_come_back_unflagged() {
+    let queue = partitioned_queue(2);
+    let (a, b) = (Member::new(1, 100), Member::new(2, 100));
+    a.join(&queue);
+    publish(&queue, 0..6);
+    assert_eq!(queue.remove_consumer(a.id), ConsumerRemoval::Removed);
+    b.join(&queue);
+    let mut items = Vec::new();
+    a.mailbox.drain_into(&mut items);
+    let unwritten: Vec<QueuedMessage> = items
+        .into_iter()
+        .filter_map(|item| match item {
+            Outgoing::Deliver { message, .. } => Some(message),
+            Outgoing::Cancelled { .. } => None,
+        })
+        .collect();
+    assert_eq!(unwritten.len(), 6);
+    assert!(b.take().is_empty(), "the partitions wait for what a was handed");
+    let mut effects = Effects::default();
+    queue.give_back(unwritten, &mut effects);
+    queue.kick(&mut effects);
+    let got = b.take();
+    assert_eq!(got.len(), 6);
+    assert!(got.iter().all(|m| !m.redelivered));
+    let mut bodies: Vec<usize> = got.iter().map(body).collect();
+    bodies.sort_unstable();
+    assert_eq!(bodies, (0..6).collect::<Vec<_>>());
+}
