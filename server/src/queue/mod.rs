@@ -43,7 +43,7 @@ use parking_lot::Mutex;
 pub use credit::{Credit, Limit};
 pub use effects::{Effects, Move, MoveRoute};
 pub use mailbox::{Mailbox, Outgoing};
-pub use partitioned::Membership;
+pub use partitioned::{GroupSnapshot, MemberSnapshot, Membership, PartitionSnapshot};
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Handling, Message, QueuedMessage};
@@ -839,6 +839,12 @@ impl Queue {
     /// consumer arguments are checked against.
     pub fn partitions(&self) -> Option<u16> {
         self.partitioned().map(Partitioned::count)
+    }
+
+    /// A partitioned queue's group and partitions as they are now (owners, depths,
+    /// unacked counts, drains); `None` for a plain queue.
+    pub fn group_snapshot(&self) -> Option<GroupSnapshot> {
+        self.partitioned().map(Partitioned::snapshot)
     }
 
     /// Whether it keeps a durable log.

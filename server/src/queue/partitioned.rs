@@ -40,6 +40,54 @@ pub struct Membership {
     pub partitions: Option<Vec<u16>>,
 }
 
+/// What a partitioned queue's group looks like now: for the management API and logs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupSnapshot {
+    /// The group's name (`x-consumer-group`), if one was given.
+    pub group: Option<String>,
+    /// The partition count.
+    pub partitions: u16,
+    /// Owners per partition (`x-consumers-per-partition`).
+    pub consumers_per_partition: u16,
+    /// Members in join order.
+    pub members: Vec<MemberSnapshot>,
+    /// Every partition, by index.
+    pub partition_states: Vec<PartitionSnapshot>,
+}
+
+/// A group member in a [`GroupSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct MemberSnapshot {
+    /// Its consumer id.
+    pub consumer: ConsumerId,
+    /// Its channel.
+    pub channel: u16,
+    /// Its `x-priority`.
+    pub priority: i32,
+    /// The partitions assigned to it (some may still be draining to it).
+    pub assigned: Vec<u16>,
+    /// Assigned nothing: a hot standby.
+    pub standby: bool,
+}
+
+/// A partition in a [`GroupSnapshot`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionSnapshot {
+    /// Its index.
+    pub index: u16,
+    /// The consumers it delivers to now (none while draining).
+    pub owners: Vec<ConsumerId>,
+    /// Ready messages.
+    pub depth: u64,
+    /// Deliveries handed out and not settled.
+    pub unacked: u32,
+    /// While it drains: the consumers it goes to next, and since when (ms since the
+    /// epoch).
+    pub draining_to: Option<(Vec<ConsumerId>, u64)>,
+    /// Consumed by `x-partition` consumers, outside the group.
+    pub manual: bool,
+}
+
 /// One partition: a plain queue's state under its own lock.
 #[derive(Debug)]
 pub struct Partition {
@@ -266,6 +314,55 @@ impl Partitioned {
             .into_iter()
             .map(|(c, _)| c);
         members.chain(manual).collect()
+    }
+}
+
+impl Partitioned {
+    /// The group and every partition as they are now, one partition lock at a time.
+    pub(super) fn snapshot(&self) -> GroupSnapshot {
+        let group = self.group.lock();
+        let partition_states = self
+            .parts
+            .iter()
+            .map(|part| {
+                let st = part.state.lock();
+                let tally = st.partition.as_ref();
+                let index = tally.map_or(0, |t| t.index);
+                PartitionSnapshot {
+                    index,
+                    owners: st.consumers.iter().map(|c| c.id).collect(),
+                    depth: st.ready_count(),
+                    unacked: tally.map_or(0, |t| t.unacked),
+                    draining_to: tally
+                        .and_then(|t| t.draining.as_ref())
+                        .map(|d| (d.to.iter().map(|c| c.id).collect(), d.since_ms)),
+                    manual: group.manual.iter().any(|(_, ps)| ps.contains(&index)),
+                }
+            })
+            .collect();
+        let members = group
+            .members
+            .iter()
+            .map(|m| {
+                let assigned: Vec<u16> = (0..self.count())
+                    .filter(|&p| group.owners[usize::from(p)].contains(&m.handle.id))
+                    .collect();
+                MemberSnapshot {
+                    consumer: m.handle.id,
+                    channel: m.handle.channel,
+                    priority: m.handle.priority,
+                    standby: assigned.is_empty(),
+                    assigned,
+                }
+            })
+            .collect();
+        GroupSnapshot {
+            group: group.name.clone(),
+            partitions: self.count(),
+            consumers_per_partition: self.per_partition,
+            members,
+            partition_states,
+        }
     }
 }
 

@@ -155,6 +155,16 @@ fn a_moving_partition_waits_for_its_old_owner_to_ack() {
     let kept = a.take();
     assert_eq!(kept.len(), 2);
     let moved = 1 - kept[0].partition;
+    let snapshot = queue.group_snapshot().expect("partitioned");
+    let state = &snapshot.partition_states[usize::from(moved)];
+    assert!(state.owners.is_empty(), "nobody takes it while it drains");
+    assert_eq!(
+        state.draining_to.as_ref().map(|d| d.0.clone()),
+        Some(vec![b.id])
+    );
+    assert_eq!((state.depth, state.unacked), (2, 2));
+    assert_eq!(snapshot.members.len(), 2);
+    assert!(snapshot.members.iter().all(|m| m.assigned.len() == 1));
     assert!(kept.iter().all(|m| m.partition != moved));
     // a acks what it held of the moved partition: b takes over, in order.
     let (of_moved, rest): (Vec<_>, Vec<_>) = held.into_iter().partition(|m| m.partition == moved);
@@ -336,7 +346,10 @@ fn unwritten_deliveries_of_a_leaver_come_back_unflagged() {
         })
         .collect();
     assert_eq!(unwritten.len(), 6);
-    assert!(b.take().is_empty(), "the partitions wait for what a was handed");
+    assert!(
+        b.take().is_empty(),
+        "the partitions wait for what a was handed"
+    );
     let mut effects = Effects::default();
     queue.give_back(unwritten, &mut effects);
     queue.kick(&mut effects);
