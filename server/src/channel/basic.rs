@@ -42,7 +42,7 @@ impl Channel {
                     .position(|c| &*c.tag == cancel.consumer_tag.as_str())
                 {
                     let consumer = self.consumers.remove(at);
-                    self.forget_consumer(ctx, &consumer);
+                    self.forget_consumer(ctx, &consumer, false);
                 }
                 if !cancel.nowait {
                     ctx.send(
@@ -180,6 +180,10 @@ impl Channel {
         let membership = Membership {
             group: options.group.clone(),
             partitions: options.partitions.clone(),
+            member: options.member.clone(),
+            session_timeout_ms: options
+                .session_timeout_ms
+                .unwrap_or(arguments::DEFAULT_SESSION_TIMEOUT_MS),
         };
         queue
             .add_member(

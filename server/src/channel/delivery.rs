@@ -239,9 +239,15 @@ impl Channel {
         }
     }
 
-    /// Unregisters a consumer from its queue, deleting an auto-delete queue it was the
+    /// Unregisters a consumer from its queue (`closed`: its channel closed, rather
+    /// than a `basic.cancel`), deleting an auto-delete queue it was the
     /// last consumer of, or the direct reply-to queue it consumed.
-    pub(super) fn forget_consumer(&mut self, ctx: &mut Context<'_>, consumer: &ChannelConsumer) {
+    pub(super) fn forget_consumer(
+        &mut self,
+        ctx: &mut Context<'_>,
+        consumer: &ChannelConsumer,
+        closed: bool,
+    ) {
         if self
             .reply_queue
             .as_ref()
@@ -251,7 +257,12 @@ impl Channel {
             ctx.vhost.remove_reply_queue(&consumer.queue);
             return;
         }
-        match consumer.queue.remove_consumer(consumer.id) {
+        let removal = if closed {
+            consumer.queue.close_consumer(consumer.id)
+        } else {
+            consumer.queue.remove_consumer(consumer.id)
+        };
+        match removal {
             ConsumerRemoval::RemovedLast => ctx.vhost.remove_queue(&consumer.queue),
             ConsumerRemoval::Removed => ctx.kick_later(&consumer.queue),
             ConsumerRemoval::Unknown => {}

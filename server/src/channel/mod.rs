@@ -383,7 +383,7 @@ impl Channel {
     /// queues that lose their last one go), unacked deliveries are requeued in order.
     pub fn close_resources(&mut self, ctx: &mut Context<'_>) {
         for consumer in std::mem::take(&mut self.consumers) {
-            self.forget_consumer(ctx, &consumer);
+            self.forget_consumer(ctx, &consumer, true);
         }
         let unacked: Vec<Unacked> = self.unacked.drain(..).collect();
         self.settle(ctx, unacked, Settlement::Reject { requeue: true });

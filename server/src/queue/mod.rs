@@ -1474,8 +1474,19 @@ impl Queue {
     /// caller kicks the queue once those are settled or returned, so that (with a single
     /// active consumer, or a partition that moved) the next consumer takes over in order.
     pub fn remove_consumer(self: &Arc<Self>, id: ConsumerId) -> ConsumerRemoval {
+        self.drop_consumer(id, false)
+    }
+
+    /// Like [`remove_consumer`](Self::remove_consumer), for a consumer whose channel
+    /// closed (not a `basic.cancel`): a static group member is held for its session
+    /// timeout rather than removed.
+    pub fn close_consumer(self: &Arc<Self>, id: ConsumerId) -> ConsumerRemoval {
+        self.drop_consumer(id, true)
+    }
+
+    fn drop_consumer(self: &Arc<Self>, id: ConsumerId, closed: bool) -> ConsumerRemoval {
         if let Some(parts) = self.partitioned() {
-            return self.leave(parts, id);
+            return self.leave(parts, id, closed);
         }
         let mut st = self.lock(0);
         let Some(at) = st.consumers.iter().position(|c| c.id == id) else {
@@ -1790,6 +1801,7 @@ impl Queue {
             self.hand_over(&mut st, letters, effects);
         }
         if let Some(parts) = self.partitioned() {
+            self.expire_sessions(parts, now_ms);
             unused = !self.lock(0).deleted
                 && parts.consumer_count() == 0
                 && self.settings.parsed.expires.is_some_and(|ttl| {

@@ -16,20 +16,20 @@
 //! what a queue calls while holding its own. No code holds two partitions' locks.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use parking_lot::{Mutex, MutexGuard};
 
 use super::group::{self, Candidate};
 use super::partition_key::{self, HashOn};
 use super::{
-    ConsumerHandle, ConsumerId, ConsumerRemoval, Drain, PartitionTally, Queue, QueueState,
+    ConsumerHandle, ConsumerId, ConsumerRemoval, Drain, Outgoing, PartitionTally, Queue, QueueState,
 };
 use crate::error::{self, AmqpResult};
 use crate::message::Message;
 use crate::store::{PendingSync, SyncTarget};
-use crate::timers::now_ms;
+use crate::timers::{Wake, now_ms};
 
 /// How a consumer takes part in a partitioned queue, from its `basic.consume` arguments.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -38,6 +38,13 @@ pub struct Membership {
     pub group: Option<String>,
     /// `x-partition`: consume these partitions, outside the group.
     pub partitions: Option<Vec<u16>>,
+    /// `x-group-member`: a static member's id. A static member whose channel closes
+    /// keeps its partitions, delivering nothing, for `session_timeout_ms`: back within
+    /// it, it gets them again without a rebalance. A second consumer with a live
+    /// member's id takes its place (the first is cancelled).
+    pub member: Option<String>,
+    /// `x-group-session-timeout`: how long a static member's partitions wait for it.
+    pub session_timeout_ms: u64,
 }
 
 /// What a partitioned queue's group looks like now: for the management API and logs.
@@ -185,6 +192,11 @@ struct Group {
 struct Member {
     handle: ConsumerHandle,
     seq: u64,
+    /// A static member's id (`x-group-member`).
+    static_id: Option<String>,
+    session_ms: u64,
+    /// A static member whose channel closed: its partitions wait for it until then.
+    held_until: Option<u64>,
 }
 
 /// Why a group rebalanced, for its log line.
@@ -193,6 +205,12 @@ enum Cause {
     Join,
     Leave,
     Manual,
+    /// A static member's channel closed: its partitions wait for it.
+    Held,
+    /// A static member came back (or took a live one's place).
+    Rejoin,
+    Fenced,
+    SessionExpired,
 }
 
 impl Cause {
@@ -201,6 +219,10 @@ impl Cause {
             Cause::Join => "join",
             Cause::Leave => "leave",
             Cause::Manual => "manual",
+            Cause::Held => "held",
+            Cause::Rejoin => "rejoin",
+            Cause::Fenced => "fenced",
+            Cause::SessionExpired => "session-expired",
         }
     }
 }
@@ -449,11 +471,25 @@ impl Queue {
             if group.name.is_none() {
                 group.name.clone_from(&membership.group);
             }
+            let known = membership.member.as_ref().and_then(|id| {
+                group
+                    .members
+                    .iter()
+                    .position(|m| m.static_id.as_ref() == Some(id))
+            });
+            if let Some(at) = known {
+                let cause = take_place(&mut group, at, consumer, membership.session_timeout_ms);
+                self.rebalance(parts, &mut group, cause);
+                return Ok(());
+            }
             let seq = group.next_seq;
             group.next_seq += 1;
             group.members.push(Member {
                 handle: consumer,
                 seq,
+                static_id: membership.member.clone(),
+                session_ms: membership.session_timeout_ms,
+                held_until: None,
             });
             Cause::Join
         };
@@ -462,11 +498,26 @@ impl Queue {
     }
 
     /// Removes a consumer from a partitioned queue; its partitions pass on once drained.
-    pub(super) fn leave(self: &Arc<Self>, parts: &Partitioned, id: ConsumerId) -> ConsumerRemoval {
+    /// A static member whose channel `closed` is held instead, for its session timeout.
+    pub(super) fn leave(
+        self: &Arc<Self>,
+        parts: &Partitioned,
+        id: ConsumerId,
+        closed: bool,
+    ) -> ConsumerRemoval {
         let mut group = parts.group.lock();
         let cause = if let Some(at) = group.members.iter().position(|m| m.handle.id == id) {
-            group.members.remove(at);
-            Cause::Leave
+            let member = &mut group.members[at];
+            if closed && member.static_id.is_some() && member.session_ms > 0 {
+                let until = now_ms().saturating_add(member.session_ms);
+                member.held_until = Some(until);
+                let clock: Weak<dyn Wake> = Arc::downgrade(&self.env.clock);
+                self.env.timers.wake_at(until, clock);
+                Cause::Held
+            } else {
+                group.members.remove(at);
+                Cause::Leave
+            }
         } else if let Some(at) = group.manual.iter().position(|(c, _)| c.id == id) {
             group.manual.remove(at);
             Cause::Manual
@@ -485,6 +536,25 @@ impl Queue {
             ConsumerRemoval::RemovedLast
         } else {
             ConsumerRemoval::Removed
+        }
+    }
+
+    /// Ends the sessions of static members held past their timeout: they leave.
+    pub(super) fn expire_sessions(self: &Arc<Self>, parts: &Partitioned, now_ms: u64) {
+        let mut group = parts.group.lock();
+        let before = group.members.len();
+        group
+            .members
+            .retain(|m| m.held_until.is_none_or(|until| until > now_ms));
+        if group.members.len() == before {
+            return;
+        }
+        if group.members.is_empty() {
+            group.name = None;
+        }
+        self.rebalance(parts, &mut group, Cause::SessionExpired);
+        if group.members.is_empty() && group.manual.is_empty() {
+            self.unused_since(now_ms);
         }
     }
 
@@ -521,9 +591,11 @@ impl Queue {
             &unacked,
         );
         for (p, owners) in assignment.owners.iter().enumerate() {
+            // A held member keeps its partitions, but they deliver to nobody.
             let mut target: Vec<ConsumerHandle> = owners
                 .iter()
                 .filter_map(|id| group.members.iter().find(|m| m.handle.id == *id))
+                .filter(|m| m.held_until.is_none())
                 .map(|m| m.handle.clone())
                 .collect();
             let index = u16::try_from(p).unwrap_or(u16::MAX);
@@ -540,7 +612,7 @@ impl Queue {
                 parts.parts[p].waiting.store(true, Ordering::Release);
             }
         }
-        if !assignment.moves.is_empty() {
+        if !assignment.moves.is_empty() || matches!(cause, Cause::Rejoin | Cause::Fenced) {
             let active = assignment
                 .owners
                 .iter()
@@ -561,6 +633,30 @@ impl Queue {
         }
         group.owners = assignment.owners;
     }
+}
+
+/// Puts `consumer` in the place of static member `at` (back after a close, or taking a
+/// live one's place, which is cancelled): same partitions, no moves.
+fn take_place(group: &mut Group, at: usize, consumer: ConsumerHandle, session_ms: u64) -> Cause {
+    let member = &mut group.members[at];
+    let old = std::mem::replace(&mut member.handle, consumer);
+    member.session_ms = session_ms;
+    let cause = if member.held_until.take().is_some() {
+        Cause::Rejoin
+    } else {
+        old.mailbox.push(Outgoing::Cancelled {
+            channel: old.channel,
+            consumer: old.id,
+        });
+        Cause::Fenced
+    };
+    let new = member.handle.id;
+    for owner in group.owners.iter_mut().flatten() {
+        if *owner == old.id {
+            *owner = new;
+        }
+    }
+    cause
 }
 
 /// Gives a partition to `target`: at once when nothing of it is unacked (or it may

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::*;
+use crate::timers::now_ms;
 
 fn partitioned_queue(n: u16) -> Arc<Queue> {
     let mut settings = QueueSettings::default();
@@ -235,7 +236,7 @@ fn a_consumer_naming_another_group_is_refused() {
     let mut effects = Effects::default();
     let named = |g: &str| Membership {
         group: Some(g.into()),
-        partitions: None,
+        ..Membership::default()
     };
     queue
         .add_member(a.handle(), &named("g"), &mut effects)
@@ -359,4 +360,104 @@ fn unwritten_deliveries_of_a_leaver_come_back_unflagged() {
     let mut bodies: Vec<usize> = got.iter().map(body).collect();
     bodies.sort_unstable();
     assert_eq!(bodies, (0..6).collect::<Vec<_>>());
+}
+
+fn static_member(id: &str) -> Membership {
+    Membership {
+        member: Some(id.into()),
+        session_timeout_ms: 60_000,
+        ..Membership::default()
+    }
+}
+
+fn assigned(queue: &Queue, consumer: ConsumerId) -> Vec<u16> {
+    let snapshot = queue.group_snapshot().expect("partitioned");
+    snapshot
+        .members
+        .iter()
+        .find(|m| m.consumer == consumer)
+        .map(|m| m.assigned.clone())
+        .unwrap_or_default()
+}
+
+/// A static member whose channel closes keeps its partitions for its session: nothing
+/// is delivered from them meanwhile, and back in time it gets the same ones.
+#[test]
+fn a_static_member_comes_back_to_its_partitions() {
+    let queue = partitioned_queue(4);
+    let mut effects = Effects::default();
+    let (a, b) = (Member::new(1, 100), Member::new(2, 100));
+    queue
+        .add_member(a.handle(), &static_member("a"), &mut effects)
+        .expect("join");
+    b.join(&queue);
+    let mine = assigned(&queue, a.id);
+    assert_eq!(mine.len(), 2);
+    assert_eq!(queue.close_consumer(a.id), ConsumerRemoval::Removed);
+    publish(&queue, 0..8);
+    let got_b = b.take();
+    assert_eq!(got_b.len(), 4, "b keeps only its own partitions");
+    assert!(got_b.iter().all(|m| !mine.contains(&m.partition)));
+    let again = Member::new(3, 100);
+    queue
+        .add_member(again.handle(), &static_member("a"), &mut effects)
+        .expect("rejoin");
+    queue.kick(&mut effects);
+    assert_eq!(assigned(&queue, again.id), mine, "the same partitions");
+    let got = again.take();
+    assert_eq!(got.len(), 4);
+    assert!(got.iter().all(|m| mine.contains(&m.partition)));
+    assert_eq!(queue.consumer_count(), 2);
+}
+
+/// A held member whose session runs out leaves: its partitions pass on.
+#[test]
+fn a_static_members_session_expires() {
+    let queue = partitioned_queue(2);
+    let mut effects = Effects::default();
+    let (a, b) = (Member::new(1, 100), Member::new(2, 100));
+    queue
+        .add_member(a.handle(), &static_member("a"), &mut effects)
+        .expect("join");
+    b.join(&queue);
+    queue.close_consumer(a.id);
+    publish(&queue, 0..4);
+    assert_eq!(b.take().len(), 2);
+    queue.wake(now_ms() + 60_001, &mut effects);
+    queue.kick(&mut effects);
+    assert_eq!(b.take().len(), 2, "b took a's partition");
+    assert_eq!(queue.consumer_count(), 1);
+}
+
+/// A second consumer with a live static member's id takes its place; the first is
+/// cancelled, and its partitions wait for what it holds.
+#[test]
+fn a_second_consumer_with_the_same_id_fences_the_first() {
+    let queue = partitioned_queue(2);
+    let mut effects = Effects::default();
+    let a = Member::new(1, 100);
+    queue
+        .add_member(a.handle(), &static_member("a"), &mut effects)
+        .expect("join");
+    publish(&queue, 0..2);
+    let held = a.take();
+    assert_eq!(held.len(), 2);
+    let a2 = Member::new(2, 100);
+    queue
+        .add_member(a2.handle(), &static_member("a"), &mut effects)
+        .expect("fence");
+    let mut items = Vec::new();
+    a.mailbox.drain_into(&mut items);
+    assert!(matches!(
+        items.as_slice(),
+        [Outgoing::Cancelled { consumer: 1, .. }]
+    ));
+    publish(&queue, 2..4);
+    assert!(
+        a2.take().is_empty(),
+        "waits for the fenced member's deliveries"
+    );
+    a.ack(&queue, held);
+    assert_eq!(a2.take().len(), 2);
+    assert_eq!(queue.consumer_count(), 1);
 }
