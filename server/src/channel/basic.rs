@@ -184,6 +184,7 @@ impl Channel {
             session_timeout_ms: options
                 .session_timeout_ms
                 .unwrap_or(arguments::DEFAULT_SESSION_TIMEOUT_MS),
+            notify: options.notify,
         };
         queue
             .add_member(

@@ -4,13 +4,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
+use amqp_codec::amq_protocol::protocol::{AMQPClass, BasicProperties, basic as b};
+use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 use amqp_codec::encode::{self, DeliveryInfo};
+use amqp_codec::properties::encode_properties;
+use bytes::Bytes;
 
 use super::{Channel, ChannelConsumer, Context, Settlement, reject_all, requeue_all, settle_all};
 use crate::error::{self, AmqpError, AmqpResult};
-use crate::message::QueuedMessage;
-use crate::queue::{ConsumerId, ConsumerRemoval, Credit, Queue};
+use crate::message::{Message, QueuedMessage};
+use crate::queue::{ConsumerId, ConsumerRemoval, Credit, GroupEvent, Queue};
 
 /// A delivery awaiting its acknowledgement.
 #[derive(Debug)]
@@ -25,6 +28,19 @@ pub struct Unacked {
     pub message: QueuedMessage,
     /// When it must be acknowledged by, and the timeout that set it (consumer timeout).
     pub deadline: Option<(Instant, u64)>,
+    /// A group event's control delivery: settling it only removes it.
+    pub control: bool,
+}
+
+/// A group event to tell a consumer (see [`Outgoing::GroupEvent`]).
+#[derive(Debug, Clone, Copy)]
+pub struct GroupNotice<'a> {
+    /// What happened.
+    pub event: GroupEvent,
+    /// To which partition.
+    pub partition: u16,
+    /// The group's name, if it has one.
+    pub group: Option<&'a str>,
 }
 
 /// Writes one delivery (method, header and body frames) into the output buffer.
@@ -131,9 +147,66 @@ impl Channel {
                 queue,
                 message,
                 deadline,
+                control: false,
             });
         }
         None
+    }
+
+    /// Writes a group event's control delivery to one of this channel's consumers: an
+    /// empty message from exchange `""` with the queue's name as routing key and headers
+    /// `x-group-event`, `x-partition` and `x-consumer-group`. It takes no credit and
+    /// has no deadline; acking, nacking or rejecting it only removes it.
+    pub fn group_event(
+        &mut self,
+        ctx: &mut Context<'_>,
+        consumer: ConsumerId,
+        queue: Arc<Queue>,
+        notice: GroupNotice<'_>,
+    ) {
+        let Some(c) = self
+            .consumers
+            .iter()
+            .find(|c| c.id == consumer)
+            .filter(|_| !self.closing)
+        else {
+            return;
+        };
+        let (tag, no_ack) = (c.tag.clone(), c.no_ack);
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "x-group-event".into(),
+            AMQPValue::LongString(notice.event.name().into()),
+        );
+        if let Some(group) = notice.group {
+            headers.insert(
+                "x-consumer-group".into(),
+                AMQPValue::LongString(group.into()),
+            );
+        }
+        let properties = encode_properties(&BasicProperties::default().with_headers(headers));
+        let message = QueuedMessage {
+            offset: 0,
+            position: None,
+            redelivered: false,
+            expires_at_ms: 0,
+            delivery_count: 0,
+            priority: 0,
+            partition: notice.partition,
+            message: Message::new("", queue.name(), &properties, Bytes::new()),
+        };
+        let delivery_tag = self.take_tag();
+        write_delivery(ctx, self.id, &tag, delivery_tag, &queue, &message);
+        if !no_ack {
+            self.unacked.push_back(Unacked {
+                tag: delivery_tag,
+                credit: None,
+                queue,
+                message,
+                deadline: None,
+                control: true,
+            });
+        }
     }
 
     /// Writes a `basic.get-ok` for a message taken from `queue`.
@@ -166,6 +239,7 @@ impl Channel {
                 queue,
                 message,
                 deadline: deadline(ctx.now, timeout),
+                control: false,
             });
         }
     }
@@ -219,9 +293,11 @@ impl Channel {
     pub(super) fn settle(
         &mut self,
         ctx: &mut Context<'_>,
-        entries: Vec<Unacked>,
+        mut entries: Vec<Unacked>,
         settlement: Settlement,
     ) {
+        // Group events' control deliveries are only removed.
+        entries.retain(|u| !u.control);
         for entry in &entries {
             if let Some(credit) = &entry.credit {
                 credit.release(1);

@@ -853,6 +853,24 @@ impl Connection {
                         returned.push(back);
                     }
                 }
+                Outgoing::GroupEvent {
+                    channel,
+                    consumer,
+                    queue,
+                    event,
+                    partition,
+                    group,
+                } => {
+                    let shared = &mut self.shared;
+                    if let Some(Some(ch)) = self.channels.get_mut(usize::from(channel)) {
+                        let notice = crate::channel::GroupNotice {
+                            event,
+                            partition,
+                            group: group.as_deref(),
+                        };
+                        ch.group_event(&mut shared.context(), consumer, queue, notice);
+                    }
+                }
                 Outgoing::Cancelled { channel, consumer } => {
                     let shared = &mut self.shared;
                     if let Some(Some(ch)) = self.channels.get_mut(usize::from(channel)) {
@@ -880,7 +898,7 @@ impl Connection {
         self.pending.extend(self.inbox.drain(..));
         let returned = self.pending.drain(..).filter_map(|item| match item {
             Outgoing::Deliver { queue, message, .. } => Some((queue, message)),
-            Outgoing::Cancelled { .. } => None,
+            Outgoing::Cancelled { .. } | Outgoing::GroupEvent { .. } => None,
         });
         crate::channel::give_back_all(returned, &mut self.shared.effects);
         for queue in std::mem::take(&mut self.shared.exclusive_queues) {

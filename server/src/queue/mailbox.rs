@@ -38,6 +38,22 @@ pub enum Outgoing {
         /// The message.
         message: QueuedMessage,
     },
+    /// A partition was assigned to or revoked from a group member that asked to hear
+    /// of it (`x-group-notify`): an empty control delivery, in order with its data.
+    GroupEvent {
+        /// Channel of the consumer.
+        channel: u16,
+        /// The consumer.
+        consumer: ConsumerId,
+        /// The partitioned queue.
+        queue: Arc<Queue>,
+        /// What happened.
+        event: GroupEvent,
+        /// To which partition.
+        partition: u16,
+        /// The group's name, if it has one.
+        group: Option<String>,
+    },
     /// The queue went away under the consumer (`basic.cancel` from the server).
     Cancelled {
         /// Channel of the consumer.
@@ -45,6 +61,25 @@ pub enum Outgoing {
         /// The consumer.
         consumer: ConsumerId,
     },
+}
+
+/// What happened to a group member's partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// It is the member's now: its messages follow.
+    Assigned,
+    /// It is no longer the member's: no more of its messages come.
+    Revoked,
+}
+
+impl GroupEvent {
+    /// The `x-group-event` header's value.
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupEvent::Assigned => "assigned",
+            GroupEvent::Revoked => "revoked",
+        }
+    }
 }
 
 /// A connection's inbox of deliveries and notices from queues.

@@ -42,7 +42,7 @@ use parking_lot::Mutex;
 
 pub use credit::{Credit, Limit};
 pub use effects::{Effects, Move, MoveRoute};
-pub use mailbox::{Mailbox, Outgoing};
+pub use mailbox::{GroupEvent, Mailbox, Outgoing};
 pub use partitioned::{GroupSnapshot, MemberSnapshot, Membership, PartitionSnapshot};
 
 use crate::error::{AmqpError, AmqpResult};

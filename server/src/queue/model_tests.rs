@@ -1169,7 +1169,7 @@ impl Harness {
                     .drain(..)
                     .filter_map(|item| match item {
                         Outgoing::Deliver { message, .. } => Some(message),
-                        Outgoing::Cancelled { .. } => None,
+                        Outgoing::Cancelled { .. } | Outgoing::GroupEvent { .. } => None,
                     })
                     .collect();
                 let n = u32::try_from(undelivered.len()).expect("few");
@@ -1483,16 +1483,17 @@ impl Harness {
             self.model.consumers.len(),
             "consumers"
         );
-        let got: Vec<(u64, u64, bool)> = self
-            .pending
-            .iter()
-            .map(|item| match item {
-                Outgoing::Deliver {
-                    consumer, message, ..
-                } => (id_of(message), *consumer, message.redelivered),
-                Outgoing::Cancelled { consumer, .. } => (u64::MAX, *consumer, false),
-            })
-            .collect();
+        let got: Vec<(u64, u64, bool)> =
+            self.pending
+                .iter()
+                .map(|item| match item {
+                    Outgoing::Deliver {
+                        consumer, message, ..
+                    } => (id_of(message), *consumer, message.redelivered),
+                    Outgoing::Cancelled { consumer, .. }
+                    | Outgoing::GroupEvent { consumer, .. } => (u64::MAX, *consumer, false),
+                })
+                .collect();
         let want: Vec<(u64, u64, bool)> = self
             .model
             .mailbox

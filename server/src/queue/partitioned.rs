@@ -24,7 +24,8 @@ use parking_lot::{Mutex, MutexGuard};
 use super::group::{self, Candidate};
 use super::partition_key::{self, HashOn};
 use super::{
-    ConsumerHandle, ConsumerId, ConsumerRemoval, Drain, Outgoing, PartitionTally, Queue, QueueState,
+    ConsumerHandle, ConsumerId, ConsumerRemoval, Drain, GroupEvent, Outgoing, PartitionTally,
+    Queue, QueueState,
 };
 use crate::error::{self, AmqpResult};
 use crate::message::Message;
@@ -45,6 +46,9 @@ pub struct Membership {
     pub member: Option<String>,
     /// `x-group-session-timeout`: how long a static member's partitions wait for it.
     pub session_timeout_ms: u64,
+    /// `x-group-notify`: hear of each partition assigned or revoked, as an empty
+    /// delivery with `x-group-event` and `x-partition` headers.
+    pub notify: bool,
 }
 
 /// What a partitioned queue's group looks like now: for the management API and logs.
@@ -197,6 +201,8 @@ struct Member {
     session_ms: u64,
     /// A static member whose channel closed: its partitions wait for it until then.
     held_until: Option<u64>,
+    /// It hears of its partitions' comings and goings.
+    notify: bool,
 }
 
 /// Why a group rebalanced, for its log line.
@@ -478,8 +484,9 @@ impl Queue {
                     .position(|m| m.static_id.as_ref() == Some(id))
             });
             if let Some(at) = known {
-                let cause = take_place(&mut group, at, consumer, membership.session_timeout_ms);
-                self.rebalance(parts, &mut group, cause);
+                let cause = take_place(&mut group, at, consumer, membership);
+                let fresh = group.members[at].handle.id;
+                self.rebalance(parts, &mut group, cause, Some(fresh));
                 return Ok(());
             }
             let seq = group.next_seq;
@@ -490,10 +497,11 @@ impl Queue {
                 static_id: membership.member.clone(),
                 session_ms: membership.session_timeout_ms,
                 held_until: None,
+                notify: membership.notify,
             });
             Cause::Join
         };
-        self.rebalance(parts, &mut group, cause);
+        self.rebalance(parts, &mut group, cause, None);
         Ok(())
     }
 
@@ -527,7 +535,7 @@ impl Queue {
         if group.members.is_empty() {
             group.name = None;
         }
-        self.rebalance(parts, &mut group, cause);
+        self.rebalance(parts, &mut group, cause, None);
         let empty = group.members.is_empty() && group.manual.is_empty();
         if empty {
             self.unused_since(now_ms());
@@ -552,7 +560,7 @@ impl Queue {
         if group.members.is_empty() {
             group.name = None;
         }
-        self.rebalance(parts, &mut group, Cause::SessionExpired);
+        self.rebalance(parts, &mut group, Cause::SessionExpired, None);
         if group.members.is_empty() && group.manual.is_empty() {
             self.unused_since(now_ms);
         }
@@ -560,7 +568,16 @@ impl Queue {
 
     /// Assigns the partitions afresh and hands each moved one to its new owners, or
     /// starts its drain. Partitions given owners are left for the next kick to dispatch.
-    fn rebalance(&self, parts: &Partitioned, group: &mut Group, cause: Cause) {
+    /// Members that asked are told of each partition they gain or lose (`fresh`, a
+    /// member that just took a static member's place, of every one it holds) before
+    /// any of its messages.
+    fn rebalance(
+        self: &Arc<Self>,
+        parts: &Partitioned,
+        group: &mut Group,
+        cause: Cause,
+        fresh: Option<ConsumerId>,
+    ) {
         let n = parts.count();
         let manual: BTreeSet<u16> = group
             .manual
@@ -606,6 +623,28 @@ impl Queue {
                     .filter(|(_, ps)| ps.contains(&index))
                     .map(|(c, _)| c.clone()),
             );
+            let before = group.owners.get(p).map_or(&[][..], Vec::as_slice);
+            for member in group
+                .members
+                .iter()
+                .filter(|m| m.notify && m.held_until.is_none())
+            {
+                let id = member.handle.id;
+                let event = match (before.contains(&id), owners.contains(&id)) {
+                    (false, true) => GroupEvent::Assigned,
+                    (true, true) if fresh == Some(id) => GroupEvent::Assigned,
+                    (true, false) => GroupEvent::Revoked,
+                    _ => continue,
+                };
+                member.handle.mailbox.push(Outgoing::GroupEvent {
+                    channel: member.handle.channel,
+                    consumer: id,
+                    queue: self.clone(),
+                    event,
+                    partition: index,
+                    group: group.name.clone(),
+                });
+            }
             let exclusive_owner = parts.per_partition == 1 && !manual.contains(&index);
             let mut st = parts.lock(p);
             if hand_over_partition(&mut st, target, exclusive_owner) {
@@ -637,10 +676,16 @@ impl Queue {
 
 /// Puts `consumer` in the place of static member `at` (back after a close, or taking a
 /// live one's place, which is cancelled): same partitions, no moves.
-fn take_place(group: &mut Group, at: usize, consumer: ConsumerHandle, session_ms: u64) -> Cause {
+fn take_place(
+    group: &mut Group,
+    at: usize,
+    consumer: ConsumerHandle,
+    membership: &Membership,
+) -> Cause {
     let member = &mut group.members[at];
     let old = std::mem::replace(&mut member.handle, consumer);
-    member.session_ms = session_ms;
+    member.session_ms = membership.session_timeout_ms;
+    member.notify = membership.notify;
     let cause = if member.held_until.take().is_some() {
         Cause::Rejoin
     } else {

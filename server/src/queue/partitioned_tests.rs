@@ -71,7 +71,7 @@ impl Member {
                     let _ = self.credit.written();
                     Some(message)
                 }
-                Outgoing::Cancelled { .. } => None,
+                Outgoing::Cancelled { .. } | Outgoing::GroupEvent { .. } => None,
             })
             .collect()
     }
@@ -343,7 +343,7 @@ fn unwritten_deliveries_of_a_leaver_come_back_unflagged() {
         .into_iter()
         .filter_map(|item| match item {
             Outgoing::Deliver { message, .. } => Some(message),
-            Outgoing::Cancelled { .. } => None,
+            Outgoing::Cancelled { .. } | Outgoing::GroupEvent { .. } => None,
         })
         .collect();
     assert_eq!(unwritten.len(), 6);
@@ -460,4 +460,46 @@ fn a_second_consumer_with_the_same_id_fences_the_first() {
     a.ack(&queue, held);
     assert_eq!(a2.take().len(), 2);
     assert_eq!(queue.consumer_count(), 1);
+}
+
+/// A member that asked hears of each partition it gains before its messages, and of
+/// each it loses.
+#[test]
+fn notified_members_hear_of_assignments_before_messages() {
+    let queue = partitioned_queue(2);
+    let mut effects = Effects::default();
+    let notify = Membership {
+        notify: true,
+        ..Membership::default()
+    };
+    publish(&queue, 0..2);
+    let a = Member::new(1, 100);
+    queue
+        .add_member(a.handle(), &notify, &mut effects)
+        .expect("join");
+    let b = Member::new(2, 100);
+    b.join(&queue);
+    let mut items = Vec::new();
+    a.mailbox.drain_into(&mut items);
+    let seen: Vec<String> = items
+        .iter()
+        .map(|item| match item {
+            Outgoing::GroupEvent {
+                event, partition, ..
+            } => format!("{}:{partition}", event.name()),
+            Outgoing::Deliver { message, .. } => format!("message:{}", message.partition),
+            Outgoing::Cancelled { .. } => "cancelled".into(),
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "assigned:0",
+            "assigned:1",
+            "message:0",
+            "message:1",
+            "revoked:1"
+        ]
+    );
+    assert!(b.take().is_empty(), "p1 drains before b takes it");
 }
