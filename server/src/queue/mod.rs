@@ -208,8 +208,9 @@ struct QueueState {
     last_loaded: Option<SegmentPosition>,
     /// The queue's log. A durable queue's holds every message; a transient queue's is a
     /// spill log, made when its backlog first outgrows memory, holding only what did not
-    /// fit (never synced, gone with the queue or at the next start).
-    log: Option<QueueLog>,
+    /// fit (never synced, gone with the queue or at the next start). Boxed: a log's state is larger than the rest of the queue's, and most
+    /// partitions of a partitioned queue never make one.
+    log: Option<Box<QueueLog>>,
     /// `log` is a spill log.
     spill: bool,
     /// A spill log could not be made: the backlog stays in memory.
@@ -764,7 +765,7 @@ impl Queue {
             .and_then(|l| l.dir().file_name())
             .map(|id| id.to_string_lossy().into_owned());
         let first = QueueState {
-            log,
+            log: log.map(Box::new),
             paged: recovered.messages,
             paged_bytes: recovered.bytes,
             expiring: recovered.expiring > 0,
@@ -805,7 +806,7 @@ impl Queue {
             return;
         };
         let mut st = Locked::new(&part.state, Some(&parts.totals));
-        st.log = Some(log);
+        st.log = Some(Box::new(log));
         st.paged = recovered.messages;
         st.paged_bytes = recovered.bytes;
         st.expiring = recovered.expiring > 0;
@@ -1043,7 +1044,7 @@ impl Queue {
             .upgrade()
             .ok_or(StoreError::Misuse("no store for a durable queue"))?;
         let p = u16::try_from(p).map_err(|_| StoreError::Misuse("partition out of range"))?;
-        st.log = Some(store.create_partition_log(id, p)?);
+        st.log = Some(Box::new(store.create_partition_log(id, p)?));
         Ok(())
     }
 
@@ -1174,7 +1175,7 @@ impl Queue {
         {
             Some(Ok(log)) => {
                 tracing::debug!(queue = %self.name, "the backlog outgrew memory: spilling to disk");
-                st.log = Some(log);
+                st.log = Some(Box::new(log));
                 st.spill = true;
                 true
             }
@@ -1588,7 +1589,7 @@ impl Queue {
                 st.ready.take_all();
                 st.paged = 0;
                 st.paged_bytes = 0;
-                let log = st.log.take();
+                let log = st.log.take().map(|log| *log);
                 if self.partitioned().is_none() {
                     consumers.append(&mut st.consumers);
                 } else {
@@ -2115,8 +2116,8 @@ mod tests {
         {
             let st = queue.lock(0);
             assert_eq!((st.purged, st.paged), (0, 0));
-            assert_eq!(st.log.as_ref().map(QueueLog::live_messages), Some(0));
-            assert_eq!(st.log.as_ref().map(QueueLog::segment_count), Some(0));
+            assert_eq!(st.log.as_deref().map(QueueLog::live_messages), Some(0));
+            assert_eq!(st.log.as_deref().map(QueueLog::segment_count), Some(0));
         }
         let mut effects = Effects::default();
         queue
@@ -2155,7 +2156,7 @@ mod tests {
         queue.settle([held]);
         let st = queue.lock(0);
         assert_eq!(st.purged, 0);
-        assert_eq!(st.log.as_ref().map(QueueLog::live_messages), Some(0));
+        assert_eq!(st.log.as_deref().map(QueueLog::live_messages), Some(0));
     }
 
     /// A sliced purge whose log cannot be read for now leaves the rest to the queue's

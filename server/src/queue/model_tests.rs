@@ -1011,7 +1011,7 @@ impl Harness {
             let log = QueueLog::create_scratch(dir.path().join("spill"), setup.segment_size)
                 .map_err(fail)?;
             let mut st = queue.lock(0);
-            st.log = Some(log);
+            st.log = Some(Box::new(log));
             st.spill = true;
         }
         Ok(Self {

@@ -503,3 +503,10 @@ fn notified_members_hear_of_assignments_before_messages() {
     );
     assert!(b.take().is_empty(), "p1 drains before b takes it");
 }
+
+/// An idle partition costs well under a KiB: its state (the log boxed, made only on
+/// first use) and its `Arc`, plus one small allocation for its priority level.
+#[test]
+fn an_idle_partition_is_small() {
+    assert!(std::mem::size_of::<partitioned::Partition>() <= 512);
+}
