@@ -331,6 +331,8 @@ pub struct Queue {
     /// A partitioned queue's last use, for its `x-expires` (a plain queue keeps it in
     /// its state).
     last_used_ms: AtomicU64,
+    /// A partitioned queue's `x-expires` in force (0: none); its partitions have none.
+    expires_ms: AtomicU64,
 }
 
 /// What a queue holds its messages in.
@@ -794,6 +796,7 @@ impl Queue {
             body,
             flow: FlowGauge::default(),
             last_used_ms: AtomicU64::new(now_ms()),
+            expires_ms: AtomicU64::new(args.expires.unwrap_or(0)),
         }
     }
 
@@ -930,6 +933,8 @@ impl Queue {
     pub fn set_arguments(self: &Arc<Self>, args: QueueArguments, effects: &mut Effects) {
         let part_args = self.partitioned().map(|_| partition_arguments(&args));
         if part_args.is_some() {
+            self.expires_ms
+                .store(args.expires.unwrap_or(0), Ordering::Relaxed);
             self.unused_since(self.last_used_ms.load(Ordering::Relaxed));
         }
         for p in 0..self.state_count() {
@@ -987,17 +992,25 @@ impl Queue {
         }
     }
 
-    /// For a partitioned queue with `x-expires`: asks to be woken when it will have
-    /// been unused that long, counting from `since_ms`, if it has no consumer. (A plain
-    /// queue's state does this itself.)
+    /// For a partitioned queue with `x-expires`: notes a use at `since_ms` and, if it
+    /// has no consumer, asks to be woken when it will have been unused that long. (A
+    /// plain queue's state does this itself.) Takes the group's lock: never call it
+    /// holding that.
     fn unused_since(self: &Arc<Self>, since_ms: u64) {
         let Some(parts) = self.partitioned() else {
             return;
         };
         self.last_used_ms.store(since_ms, Ordering::Relaxed);
-        if let Some(ttl) = self.settings.parsed.expires
-            && parts.consumer_count() == 0
-        {
+        if parts.consumer_count() == 0 {
+            self.arm_expiry(since_ms);
+        }
+    }
+
+    /// Asks to be woken when a partitioned queue last used at `since_ms` will have been
+    /// unused for its `x-expires` (in force now: declared, or from a policy).
+    fn arm_expiry(self: &Arc<Self>, since_ms: u64) {
+        let ttl = self.expires_ms.load(Ordering::Relaxed);
+        if ttl > 0 {
             let clock: Weak<dyn Wake> = Arc::downgrade(&self.env.clock);
             self.env.timers.wake_at(since_ms.saturating_add(ttl), clock);
         }
@@ -1394,10 +1407,13 @@ impl Queue {
     /// partitions that wait for it.
     pub fn kick(self: &Arc<Self>, effects: &mut Effects) {
         for p in 0..self.state_count() {
-            if let Some(parts) = self.partitioned()
-                && !parts.parts[p].waiting.swap(false, Ordering::AcqRel)
-            {
-                continue;
+            if let Some(parts) = self.partitioned() {
+                // Pairs with the fence in `dispatch`: credit released before this kick
+                // is seen by a dispatch that raises the flag after this look.
+                std::sync::atomic::fence(Ordering::SeqCst);
+                if !parts.parts[p].waiting.swap(false, Ordering::SeqCst) {
+                    continue;
+                }
             }
             let mut letters = Vec::new();
             let mut st = self.lock(p);
@@ -1635,16 +1651,23 @@ impl Queue {
     /// Hands ready messages to consumers with credit, one at a time; expired messages met
     /// at the head on the way are dead-lettered instead.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, letters: &mut Vec<DeadLetter>) {
-        let handed = self.dispatch_ready(st, letters);
-        match (self.partitioned(), st.partition.as_ref()) {
-            (Some(parts), Some(tally)) => {
-                self.flow.add_handed(handed);
-                if !st.ready.is_empty() && !st.consumers.is_empty() {
-                    // Its owners lack credit or room: their next kick dispatches it.
-                    parts.parts[usize::from(tally.index)]
-                        .waiting
-                        .store(true, Ordering::Release);
+        let mut handed = self.dispatch_ready(st, letters);
+        let index = st.partition.as_ref().map(|t| usize::from(t.index));
+        match (self.partitioned(), index) {
+            (Some(parts), Some(index)) => {
+                while !st.ready.is_empty() && !st.consumers.is_empty() {
+                    // Its owners lack credit or room: their next kick dispatches it. A
+                    // kick since their credit was last looked at may have found the flag
+                    // still down, so look again once it is up.
+                    parts.parts[index].waiting.store(true, Ordering::SeqCst);
+                    std::sync::atomic::fence(Ordering::SeqCst);
+                    let more = self.dispatch_ready(st, letters);
+                    if more == 0 {
+                        break;
+                    }
+                    handed += more;
                 }
+                self.flow.add_handed(handed);
             }
             _ => self.flow.set(st, handed),
         }
@@ -1803,14 +1826,14 @@ impl Queue {
         }
         if let Some(parts) = self.partitioned() {
             self.expire_sessions(parts, now_ms);
-            unused = !self.lock(0).deleted
-                && parts.consumer_count() == 0
-                && self.settings.parsed.expires.is_some_and(|ttl| {
-                    self.last_used_ms
-                        .load(Ordering::Relaxed)
-                        .saturating_add(ttl)
-                        <= now_ms
-                });
+            let ttl = self.expires_ms.load(Ordering::Relaxed);
+            let last_used = self.last_used_ms.load(Ordering::Relaxed);
+            let idle = !self.lock(0).deleted && parts.consumer_count() == 0;
+            unused = idle && ttl > 0 && last_used.saturating_add(ttl) <= now_ms;
+            if idle && !unused {
+                // Used since the deadline was set (a get, a declare): the next one.
+                self.arm_expiry(last_used);
+            }
         }
         if unused {
             effects.expired.push(self.clone());

@@ -190,6 +190,8 @@ struct Group {
     next_seq: u64,
     /// Each partition's group owners.
     owners: Vec<Vec<ConsumerId>>,
+    /// The queue was deleted: a consumer that looked it up before must not join.
+    deleted: bool,
 }
 
 #[derive(Debug)]
@@ -329,10 +331,12 @@ impl Partitioned {
         group.members.len() + group.manual.len()
     }
 
-    /// Every consumer, for the cancellations of a deleted queue; the group is left empty.
+    /// Every consumer, for the cancellations of a deleted queue; the group is left empty
+    /// and takes no one from now on.
     pub(super) fn take_consumers(&self) -> Vec<ConsumerHandle> {
         let mut group = self.group.lock();
         let group = &mut *group;
+        group.deleted = true;
         group.name = None;
         group.owners.iter_mut().for_each(Vec::clear);
         let members = std::mem::take(&mut group.members)
@@ -444,6 +448,9 @@ impl Queue {
         membership: &Membership,
     ) -> AmqpResult<()> {
         let mut group = parts.group.lock();
+        if group.deleted {
+            return Err(error::no_queue(&self.name, &self.vhost_name));
+        }
         let exclusive = group
             .members
             .iter()
@@ -537,6 +544,7 @@ impl Queue {
         }
         self.rebalance(parts, &mut group, cause, None);
         let empty = group.members.is_empty() && group.manual.is_empty();
+        drop(group);
         if empty {
             self.unused_since(now_ms());
         }
@@ -561,7 +569,9 @@ impl Queue {
             group.name = None;
         }
         self.rebalance(parts, &mut group, Cause::SessionExpired, None);
-        if group.members.is_empty() && group.manual.is_empty() {
+        let empty = group.members.is_empty() && group.manual.is_empty();
+        drop(group);
+        if empty {
             self.unused_since(now_ms);
         }
     }
@@ -623,6 +633,12 @@ impl Queue {
                     .filter(|(_, ps)| ps.contains(&index))
                     .map(|(c, _)| c.clone()),
             );
+            let exclusive_owner = parts.per_partition == 1 && !manual.contains(&index);
+            let mut st = parts.lock(p);
+            if hand_over_partition(&mut st, target, exclusive_owner) {
+                parts.parts[p].waiting.store(true, Ordering::Release);
+            }
+            // Told under the partition's lock: no delivery of it slips in between.
             let before = group.owners.get(p).map_or(&[][..], Vec::as_slice);
             for member in group
                 .members
@@ -644,11 +660,6 @@ impl Queue {
                     partition: index,
                     group: group.name.clone(),
                 });
-            }
-            let exclusive_owner = parts.per_partition == 1 && !manual.contains(&index);
-            let mut st = parts.lock(p);
-            if hand_over_partition(&mut st, target, exclusive_owner) {
-                parts.parts[p].waiting.store(true, Ordering::Release);
             }
         }
         if !assignment.moves.is_empty() || matches!(cause, Cause::Rejoin | Cause::Fenced) {

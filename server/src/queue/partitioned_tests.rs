@@ -510,3 +510,50 @@ fn notified_members_hear_of_assignments_before_messages() {
 fn an_idle_partition_is_small() {
     assert!(std::mem::size_of::<partitioned::Partition>() <= 512);
 }
+
+fn expiring_queue(expires_ms: u64) -> Arc<Queue> {
+    let mut settings = QueueSettings::default();
+    settings.parsed.partitions = Some(2);
+    settings.parsed.expires = Some(expires_ms);
+    Arc::new(Queue::new(
+        "pq".into(),
+        "/",
+        settings,
+        None,
+        &Recovery::default(),
+        QueueEnv::for_tests(),
+    ))
+}
+
+/// The last member of a queue with `x-expires` leaving (cancel, close, or a static
+/// member's session running out) starts the countdown without taking the group's
+/// lock twice: that hung the connection, or the broker's timer thread.
+#[test]
+fn the_last_member_leaving_an_expiring_queue_does_not_hang() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let queue = expiring_queue(60_000);
+        let mut effects = Effects::default();
+        let a = Member::new(1, 10);
+        a.join(&queue);
+        assert_eq!(queue.remove_consumer(a.id), ConsumerRemoval::Removed);
+        let b = Member::new(2, 10);
+        queue
+            .add_member(b.handle(), &static_member("b"), &mut effects)
+            .expect("join");
+        queue.close_consumer(b.id);
+        let session_over = now_ms() + 60_001;
+        queue.wake(session_over, &mut effects);
+        let held_until_then = effects.expired.len();
+        queue.wake(session_over + 60_000, &mut effects);
+        let _ = done.send((held_until_then, effects.expired.len()));
+    });
+    let expired = finished
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("leaving returned");
+    assert_eq!(
+        expired,
+        (0, 1),
+        "unused from the end of the session, expired x-expires later"
+    );
+}
