@@ -11,7 +11,8 @@
 //!   `c.`), fed persistent messages under publisher confirms. Every confirmed id is
 //!   recorded; after rounds ended by SIGKILL and a restart, the ledger queues are drained
 //!   and every confirmed id must be there (a copy more is allowed only if flagged
-//!   redelivered).
+//!   redelivered). One of them is partitioned and fed by key: its drain must also give
+//!   each key's messages in publish order, each in the partition of its key.
 //!
 //! Errors the chaos provokes (a passive declare of a missing queue, an exclusive queue of
 //! another connection, inequivalent arguments, a deleted exchange) close channels and
@@ -68,12 +69,18 @@ const OP_BOUND: Duration = Duration::from_secs(10);
 const LEDGER_BATCH: u64 = 16;
 /// The ledger's durable queues: one through the default exchange, one through a durable
 /// direct exchange, one through a durable fanout exchange.
-const LEDGER_QUEUES: [&str; 3] = ["ledger.q0", "ledger.q1", "ledger.q2"];
+const LEDGER_QUEUES: [&str; 4] = ["ledger.q0", "ledger.q1", "ledger.q2", LEDGER_PARTITIONED];
+/// The partitioned ledger queue, bound to `ledger.x` by every key of [`LEDGER_KEYS`].
+const LEDGER_PARTITIONED: &str = "ledger.p";
+/// Its partition count.
+const LEDGER_PARTITIONS: i32 = 4;
+/// The keys its messages are published with.
+const LEDGER_KEYS: [&str; 7] = ["pk0", "pk1", "pk2", "pk3", "pk4", "pk5", "pk6"];
 
 /// The queues the chaos declares, publishes to, consumes from and deletes. The prefix
 /// fixes each one's arguments (see [`queue_spec`]), so that declares by different
 /// clients agree and redeclaring is the common case.
-const QUEUES: [&str; 20] = [
+const QUEUES: [&str; 22] = [
     "c.plain.0",
     "c.plain.1",
     "c.plain.2",
@@ -93,6 +100,8 @@ const QUEUES: [&str; 20] = [
     "c.dur.1",
     "c.pol.0",
     "c.pol.1",
+    "c.part.0",
+    "c.part.1",
     "c.dlq",
 ];
 
@@ -283,6 +292,8 @@ struct Verdict {
     dup_unflagged: u64,
     unconfirmed_present: u64,
     held_back: u64,
+    /// A key of the partitioned ledger queue out of publish order, or in two partitions.
+    misordered: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -420,6 +431,14 @@ fn queue_spec(name: &str) -> (QueueDeclareOptions, FieldTable) {
     } else if name.starts_with("c.dur.") {
         options.durable = true;
         table(&[("x-max-length", int(1000))])
+    } else if name == "c.part.0" {
+        table(&[("x-partitions", int(4))])
+    } else if name == "c.part.1" {
+        table(&[
+            ("x-partitions", int(3)),
+            ("x-partition-hash-property", text("message_id")),
+            ("x-max-length", int(200)),
+        ])
     } else if name == "c.dlq" {
         table(&[("x-max-length", int(500))])
     } else {
@@ -1018,6 +1037,40 @@ impl Client {
         }
     }
 
+    /// A consumer's arguments for `queue`: on a partitioned queue, now a plain member of
+    /// its group, now a static one, a notified one, a prioritised one or a consumer of
+    /// given partitions; now and then a group argument that is refused (out of range,
+    /// another group, or on a queue that is not partitioned).
+    fn consume_arguments(&mut self, queue: &str) -> FieldTable {
+        let partitioned = queue.starts_with("c.part.");
+        if !partitioned {
+            return if self.rng.random_bool(0.01) {
+                table(&[("x-consumer-group", text("g"))])
+            } else {
+                FieldTable::default()
+            };
+        }
+        match self.rng.random_range(0..10) {
+            0 => table(&[("x-consumer-group", text("g"))]),
+            1 => table(&[
+                (
+                    "x-group-member",
+                    text(&format!("m{}", self.rng.random_range(0..4))),
+                ),
+                (
+                    "x-group-session-timeout",
+                    int(self.rng.random_range(0..300)),
+                ),
+            ]),
+            2 => table(&[("x-group-notify", lapin::types::AMQPValue::Boolean(true))]),
+            3 => table(&[("x-priority", int(self.rng.random_range(0..3)))]),
+            4 => table(&[("x-partition", int(self.rng.random_range(0..3)))]),
+            5 if self.rng.random_bool(0.2) => table(&[("x-partition", int(99))]),
+            6 if self.rng.random_bool(0.2) => table(&[("x-consumer-group", text("other"))]),
+            _ => FieldTable::default(),
+        }
+    }
+
     /// Starts a short-lived consumer on a channel of its own, with a prefetch, that acks,
     /// nacks, rejects (requeueing or not) or leaves its deliveries, then cancels or closes.
     async fn consume(&mut self) -> lapin::Result<()> {
@@ -1035,6 +1088,7 @@ impl Client {
             .basic_qos(prefetch, BasicQosOptions { global })
             .await?;
         let no_ack = self.rng.random_bool(0.2);
+        let arguments = self.consume_arguments(queue);
         let mut consumer = channel
             .basic_consume(
                 queue.into(),
@@ -1044,7 +1098,7 @@ impl Client {
                     exclusive: self.rng.random_bool(0.05),
                     ..BasicConsumeOptions::default()
                 },
-                FieldTable::default(),
+                arguments,
             )
             .await?;
         let mut rng = StdRng::seed_from_u64(self.rng.random());
@@ -1338,6 +1392,11 @@ async fn probe(
 /// Declares the ledger's durable queues, exchanges and bindings (idempotent).
 async fn declare_ledger(channel: &Channel) -> lapin::Result<()> {
     for queue in LEDGER_QUEUES {
+        let arguments = if queue == LEDGER_PARTITIONED {
+            table(&[("x-partitions", int(LEDGER_PARTITIONS))])
+        } else {
+            FieldTable::default()
+        };
         channel
             .queue_declare(
                 queue.into(),
@@ -1345,6 +1404,17 @@ async fn declare_ledger(channel: &Channel) -> lapin::Result<()> {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
+                arguments,
+            )
+            .await?;
+    }
+    for key in LEDGER_KEYS {
+        channel
+            .queue_bind(
+                LEDGER_PARTITIONED.into(),
+                "ledger.x".into(),
+                key.into(),
+                QueueBindOptions::default(),
                 FieldTable::default(),
             )
             .await?;
@@ -1379,10 +1449,14 @@ async fn declare_ledger(channel: &Channel) -> lapin::Result<()> {
 
 /// Where ledger message `id` goes: (exchange, routing key).
 fn ledger_route(id: u64) -> (&'static str, &'static str) {
-    match id % 3 {
+    match id % 4 {
         0 => ("", "ledger.q0"),
         1 => ("ledger.x", "k1"),
-        _ => ("ledger.f", ""),
+        2 => ("ledger.f", ""),
+        _ => (
+            "ledger.x",
+            LEDGER_KEYS[(id / 4) as usize % LEDGER_KEYS.len()],
+        ),
     }
 }
 
@@ -1482,6 +1556,19 @@ async fn feed_ledger(
     }
 }
 
+/// A delivery's `x-partition` header (-1 without one).
+fn partition_header(delivery: &lapin::message::Delivery) -> i64 {
+    let value = delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-partition").cloned());
+    match value {
+        Some(lapin::types::AMQPValue::LongLongInt(p)) => p,
+        _ => -1,
+    }
+}
+
 fn ledger_id(body: &[u8]) -> Option<u64> {
     std::str::from_utf8(body)
         .ok()?
@@ -1502,6 +1589,7 @@ async fn verify_ledger(broker: SocketAddr, ledger: &Ledger) -> Verdict {
         .await
         .expect("declare the ledger");
     let mut seen: HashMap<u64, (u32, u32)> = HashMap::new();
+    let mut verdict = Verdict::default();
     for queue in LEDGER_QUEUES {
         let ready = common::message_count(&channel, queue).await;
         let mut consumer = common::consume_with(
@@ -1515,6 +1603,8 @@ async fn verify_ledger(broker: SocketAddr, ledger: &Ledger) -> Verdict {
             FieldTable::default(),
         )
         .await;
+        // The partitioned queue's last id per key, and the partition each key was in.
+        let mut keys: HashMap<String, (u64, i64)> = HashMap::new();
         for _ in 0..ready {
             let delivery = common::next_delivery(&mut consumer).await;
             let id = ledger_id(&delivery.data).unwrap_or_else(|| {
@@ -1523,6 +1613,17 @@ async fn verify_ledger(broker: SocketAddr, ledger: &Ledger) -> Verdict {
                     String::from_utf8_lossy(&delivery.data)
                 )
             });
+            if queue == LEDGER_PARTITIONED {
+                let partition = partition_header(&delivery);
+                let key = delivery.routing_key.as_str().to_owned();
+                if let Some((last, was)) = keys.insert(key.clone(), (id, partition))
+                    && (last >= id || was != partition)
+                {
+                    verdict.misordered.push(format!(
+                        "key {key}: id {id} in partition {partition} after id {last} in {was}"
+                    ));
+                }
+            }
             let entry = seen.entry(id).or_default();
             entry.0 += 1;
             if !delivery.redelivered {
@@ -1543,7 +1644,6 @@ async fn verify_ledger(broker: SocketAddr, ledger: &Ledger) -> Verdict {
     let confirmed = std::mem::take(&mut *lock(&ledger.confirmed));
     let acked = std::mem::take(&mut *lock(&ledger.acked));
     let held = std::mem::take(&mut *lock(&ledger.held));
-    let mut verdict = Verdict::default();
     for id in &confirmed {
         if !seen.contains_key(id) && !acked.contains(id) {
             verdict.lost.push(*id);
@@ -1922,6 +2022,14 @@ async fn chaos_never_freezes_and_never_loses_what_it_confirmed() {
             "LOST {} confirmed ledger messages (first ids {:?})",
             lost.len(),
             &lost[..lost.len().min(20)]
+        ));
+    }
+    let misordered: Vec<&String> = verdicts.iter().flat_map(|v| &v.misordered).collect();
+    if !misordered.is_empty() {
+        failures.push(format!(
+            "the partitioned ledger queue broke key order {} times: {:?}",
+            misordered.len(),
+            &misordered[..misordered.len().min(10)]
         ));
     }
     if verdicts.iter().any(|v| v.dup_unflagged > 0) {
