@@ -9,6 +9,9 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use common::*;
 use futures_lite::StreamExt;
@@ -1275,5 +1278,64 @@ async fn a_higher_priority_member_takes_every_partition() {
     }
     for _ in 0..2 {
         let _ = low.next().await;
+    }
+}
+
+/// `examples-python/partitioned_workers.py` against this broker (it takes `AMQP_URL`):
+/// three worker processes, one SIGKILLed midway, every message received in per-key
+/// order, by its own check.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_partitioned_workers_example_keeps_order_through_a_kill() {
+    let server = TestServer::start().await;
+    if !server.is_warren() {
+        return;
+    }
+    let python = integration_tests::python::venv_python().expect("the examples' virtualenv");
+    let mut child = Command::new(python)
+        .arg("partitioned_workers.py")
+        .current_dir(integration_tests::python::examples_dir())
+        .env("AMQP_URL", server.uri())
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start partitioned_workers.py");
+    let mut stdout = child.stdout.take().expect("its stdout");
+    let output = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    // The script bounds each of its waits at 30 s; this bounds the whole run.
+    let exited = wait_for(Duration::from_secs(90), || {
+        let done = matches!(child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("its exit status");
+    let output = within("its output", output).await.expect("the reader");
+    let summary = output
+        .lines()
+        .rfind(|line| line.starts_with("summary: "))
+        .unwrap_or_else(|| panic!("no summary line; it printed:\n{output}"));
+    assert!(
+        status.success()
+            && summary.starts_with(
+                "summary: 200 messages for 10 keys on 8 partitions, 3 workers (worker 1 \
+                 killed midway), all received, per-key order kept, "
+            ),
+        "{status}: {summary}"
+    );
+    for w in 0..3 {
+        let line = format!("worker {w} got customer-");
+        assert!(
+            output
+                .lines()
+                .any(|l| l.starts_with(&line) && l.contains(" from partition ")),
+            "worker {w} printed no delivery"
+        );
     }
 }
