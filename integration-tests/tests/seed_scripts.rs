@@ -1,9 +1,10 @@
 //! The seed document's three pika scripts (`examples-python/`), run unmodified against
-//! an in-process Warren on `localhost:5672`, where they connect.
+//! an in-process Warren on `localhost:5672`, where they connect: on a plain
+//! `example_queue`, and on one that a policy partitions (issue 13).
 //!
-//! This is the only test that takes port 5672. It needs the virtualenv
-//! `examples-python/.venv` with `requirements.txt` installed (`scripts/test.sh` makes
-//! it); if it is missing the test makes it, with `python3 -m venv` and pip.
+//! This is the only test file that takes port 5672; its tests take turns. It needs the
+//! virtualenv `examples-python/.venv` with `requirements.txt` installed (`scripts/test.sh`
+//! makes it); if it is missing the test makes it, with `python3 -m venv` and pip.
 //!
 //! Set `WARREN_SEED_EXTERNAL_BROKER=1` to run the same checks against a broker that
 //! already listens on `localhost:5672` (a RabbitMQ node, to compare) instead of starting
@@ -15,16 +16,16 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use integration_tests::python::{examples_dir, venv_python};
 use integration_tests::wait_for;
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
@@ -37,28 +38,56 @@ const RECEIVED: &str = "Received b'Hello, World!'";
 /// Bound on every wait: a script starting, a message arriving, a process exiting.
 const BOUND: Duration = Duration::from_secs(30);
 
+/// The tests of this file take turns on port 5672.
+static PORT_5672: Mutex<()> = Mutex::new(());
+
 #[test]
 fn seed_scripts_run_unmodified() -> Result<()> {
+    with_runtime(run_scripts)
+}
+
+/// The seed's recipe for a real consumer group: a policy partitions `example_queue`
+/// when the scripts first declare it, and the same unmodified scripts then publish
+/// round robin over its partitions and consume it as one group.
+#[test]
+fn seed_scripts_share_a_policy_partitioned_queue() -> Result<()> {
+    if std::env::var_os(EXTERNAL_ENV).is_some() {
+        // RabbitMQ has no `partitions` policy key.
+        return Ok(());
+    }
+    with_runtime(run_partitioned)
+}
+
+/// Runs `test` with the virtualenv's python and a runtime, holding port 5672.
+fn with_runtime(test: impl FnOnce(&Runtime, &Path) -> Result<()>) -> Result<()> {
+    let _port = PORT_5672
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let python = venv_python()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = run_scripts(&rt, &python);
+    let result = test(&rt, &python);
     // Whatever lapin or the server left running must not hold the test up.
     rt.shutdown_timeout(Duration::from_secs(5));
     result
 }
 
-fn run_scripts(rt: &Runtime, python: &Path) -> Result<()> {
-    let broker = Broker::start(rt)?;
+/// Connects the probe's lapin connection to the broker on port 5672.
+fn probe(rt: &Runtime) -> Result<Probe<'_>> {
     let connect = lapin::Connection::connect(
         "amqp://guest:guest@127.0.0.1:5672/%2f",
         lapin::ConnectionProperties::default(),
     );
     let conn = bounded(rt, "lapin connecting to 127.0.0.1:5672", connect)?
         .map_err(|e| anyhow!("lapin cannot connect to the broker on 127.0.0.1:5672: {e:?}"))?;
-    let probe = Probe { rt, conn };
+    Ok(Probe { rt, conn })
+}
+
+fn run_scripts(rt: &Runtime, python: &Path) -> Result<()> {
+    let broker = Broker::start(rt, None)?;
+    let probe = probe(rt)?;
     if broker.is_external() {
         // A long-lived broker may hold an example_queue from an earlier run.
         probe.delete_queue()?;
@@ -69,6 +98,75 @@ fn run_scripts(rt: &Runtime, python: &Path) -> Result<()> {
 
     bounded(rt, "connection.close", probe.conn.close(200, "done".into()))??;
     broker.stop(rt)
+}
+
+fn run_partitioned(rt: &Runtime, python: &Path) -> Result<()> {
+    let broker = Broker::start(rt, Some(r#"{"partitions": 4}"#))?;
+    let probe = probe(rt)?;
+
+    // Four producer.py runs: through the default exchange they have no key, so they go
+    // round robin, one to each partition, and each get-ok says which.
+    for _ in 0..4 {
+        let out = run_to_completion(python, "producer.py")?;
+        ensure!(out.is_empty(), "producer.py printed {out:?}");
+    }
+    probe.wait_until("example_queue holds four messages", |q| q == Some((4, 0)))?;
+    let partitions = probe.get_partitions(4)?;
+    ensure!(
+        partitions == [0, 1, 2, 3],
+        "one message in each of the policy's 4 partitions, got partitions {partitions:?}"
+    );
+
+    producer_then_consumer(python, &probe).context("producer.py then consumer.py")?;
+    group_takes_turns(python, &probe).context("two consumer_group.py, producer.py twice")?;
+
+    bounded(rt, "connection.close", probe.conn.close(200, "done".into()))??;
+    broker.stop(rt)
+}
+
+/// Two `consumer_group.py` members join the queue's group and own two partitions each.
+/// A `producer.py` message goes to one partition, so to one member, which prints it and
+/// leaves; its partitions pass to the other, which takes the next message. (Two
+/// messages published at once could land in two partitions of one member, which with
+/// `auto_ack` would take both.)
+fn group_takes_turns(python: &Path, probe: &Probe<'_>) -> Result<()> {
+    let mut members = vec![
+        Script::spawn(python, "consumer_group.py", &[("CONSUMER_GROUP_NAME", "g")])?,
+        Script::spawn(python, "consumer_group.py", &[("CONSUMER_GROUP_NAME", "g")])?,
+    ];
+    let both = probe.wait_until("both consumer_group.py members consume", |q| {
+        q == Some((0, 2))
+    });
+    if let Err(e) = both {
+        let report: Vec<String> = members.iter_mut().map(Script::report).collect();
+        bail!("{e:#}\n{}", report.join("\n"));
+    }
+    for left in [1, 0] {
+        let out = run_to_completion(python, "producer.py")?;
+        ensure!(out.is_empty(), "producer.py printed {out:?}");
+        let deadline = Instant::now() + BOUND;
+        let mut done = loop {
+            if let Some(at) = members
+                .iter_mut()
+                .position(|m| m.child.try_wait().ok().flatten().is_some())
+            {
+                break members.remove(at);
+            }
+            if Instant::now() >= deadline {
+                let report: Vec<String> = members.iter_mut().map(Script::report).collect();
+                bail!("no member exited within {BOUND:?}\n{}", report.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let status = done.wait_exit()?;
+        ensure!(
+            status.success() && done.lines == [RECEIVED],
+            "the member should print one message and exit 0; {}",
+            done.report()
+        );
+        probe.wait_until("the other member still consumes", |q| q == Some((0, left)))?;
+    }
+    Ok(())
 }
 
 /// Runs `future` on `rt` for at most [`BOUND`].
@@ -327,6 +425,28 @@ impl Probe<'_> {
         Ok(())
     }
 
+    /// Takes `n` messages with `basic.get` (no-ack) and returns their `x-partition`s.
+    fn get_partitions(&self, n: usize) -> Result<Vec<i64>> {
+        let take = async {
+            let channel = self.conn.create_channel().await?;
+            let mut partitions = Vec::with_capacity(n);
+            for _ in 0..n {
+                let message = channel
+                    .basic_get(QUEUE.into(), BasicGetOptions { no_ack: true })
+                    .await?
+                    .ok_or_else(|| anyhow!("get-empty"))?;
+                let headers = message.delivery.properties.headers().clone();
+                match headers.as_ref().and_then(|h| h.inner().get("x-partition")) {
+                    Some(AMQPValue::LongLongInt(p)) => partitions.push(*p),
+                    other => bail!("x-partition should be a long, got {other:?}"),
+                }
+            }
+            channel.close(200, "done".into()).await?;
+            Ok(partitions)
+        };
+        bounded(self.rt, "basic.get", take)?
+    }
+
     fn delete_queue(&self) -> Result<()> {
         let delete = async {
             let channel = self.conn.create_channel().await?;
@@ -346,22 +466,42 @@ struct Broker {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     data_dir: Option<PathBuf>,
+    policies: Option<PathBuf>,
 }
 
 impl Broker {
-    fn start(rt: &Runtime) -> Result<Broker> {
+    /// Starts Warren; with `example_queue_policy`, a policy of that definition applies to
+    /// `example_queue`.
+    fn start(rt: &Runtime, example_queue_policy: Option<&str>) -> Result<Broker> {
         if std::env::var_os(EXTERNAL_ENV).is_some() {
             return Ok(Broker {
                 stop: None,
                 task: None,
                 data_dir: None,
+                policies: None,
             });
         }
         let data_dir = std::env::temp_dir().join(integration_tests::unique_name("warren-seed"));
+        let policies = match example_queue_policy {
+            Some(definition) => {
+                let file = data_dir.with_extension("policies.json");
+                std::fs::write(
+                    &file,
+                    format!(
+                        r#"{{"policies": [{{"vhost": "/", "name": "seed", "pattern": "^{QUEUE}$",
+                            "apply-to": "queues", "priority": 0, "definition": {definition}}}]}}"#
+                    ),
+                )
+                .context("write the policy file")?;
+                Some(file)
+            }
+            None => None,
+        };
         let config = warren::Config {
             bind: "0.0.0.0".parse()?,
             port: 5672,
             data_dir: data_dir.clone(),
+            policies: policies.clone(),
             ..Default::default()
         };
         let listener = rt
@@ -380,6 +520,7 @@ impl Broker {
             stop: Some(stop),
             task: Some(task),
             data_dir: Some(data_dir),
+            policies,
         })
     }
 
@@ -407,6 +548,9 @@ impl Drop for Broker {
         }
         if let Some(dir) = self.data_dir.take() {
             let _ = std::fs::remove_dir_all(dir);
+        }
+        if let Some(file) = self.policies.take() {
+            let _ = std::fs::remove_file(file);
         }
     }
 }
