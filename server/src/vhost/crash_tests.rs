@@ -20,7 +20,13 @@
 //! yet (its letters are retained, then retried once it does); delayed messages coming
 //! due; a queue expiring unused; a restart in the middle that finds messages expired
 //! while it was down; a sliced purge of a paged backlog; a queue and an exchange
-//! deletion; a second restart. It runs once without a crash to count its crash points,
+//! deletion; a second restart. Beside them, partitioned queues (issue 13): a durable
+//! queue of four partitions fed keyed messages whose keys never hash to its last one
+//! (whose log directory must then never exist), and one partitioned by a policy that
+//! is gone after the first restart (the stored count must stand); a member consuming
+//! and acking, a rejection dead-lettered from a partition, the first message of each
+//! partition (its directory made and its parent synced), and the deletion of a
+//! partitioned queue (every partition's log retired). It runs once without a crash to count its crash points,
 //! then once per point and kind of crash, dying there; what the file system then holds
 //! is restarted and checked against a ledger of what the workload was told.
 
@@ -37,6 +43,9 @@ use super::VHost;
 use crate::exchange::{ExchangeSettings, Routed, parse_declared_type};
 use crate::message::{Handling, Message, QueuedMessage};
 use crate::names;
+use crate::policy::Policies;
+use crate::queue::Queue;
+use crate::queue::partition_key::{SEED, murmur3_x86_32};
 use crate::queue::{
     ConnectionId, ConsumerHandle, Credit, Effects, Enqueued, Mailbox, MoveRoute, Outgoing, Paging,
     QueueDeclare,
@@ -52,6 +61,29 @@ const SEGMENT: u64 = 700;
 /// The TTL and delay of messages that are to run out during the workload.
 const HOUR: u64 = 3_600_000;
 const CONN: ConnectionId = 1;
+/// The partitions of the declared partitioned queue, and the one no key hashes to.
+const PARTS: u16 = 4;
+const UNUSED: u16 = 3;
+/// The partitions the policy gives `bypolicy` when it is declared (the first boot only).
+const POLICY_PARTS: u16 = 2;
+const POLICY: &str = r#"{"policies": [{"name": "split", "pattern": "^bypolicy$",
+    "apply-to": "queues", "definition": {"partitions": 2}}]}"#;
+
+/// A routing key that hashes to partition `p` of `PARTS` (never to `UNUSED`), the
+/// `nth` such: as producers compute it, murmur3 x86_32 of the key, mod N.
+fn key_for(p: u16, nth: usize) -> String {
+    assert_ne!(p, UNUSED);
+    (0..)
+        .map(|i| format!("key{i}"))
+        .filter(|key| partition_of_key(key, PARTS) == p)
+        .nth(nth)
+        .unwrap_or_default()
+}
+
+/// The partition (of `n`) a message published with routing key `key` belongs in.
+fn partition_of_key(key: &str, n: u16) -> u16 {
+    u16::try_from(murmur3_x86_32(key.as_bytes(), SEED) % u32::from(n)).unwrap_or(u16::MAX)
+}
 
 /// Small paging sizes: a few messages make a paged backlog and a purge in slices.
 fn paging() -> Paging {
@@ -131,6 +163,9 @@ struct MessageCopy {
     moved_to: BTreeSet<String>,
     /// It came by a move: at least once, so it may arrive more than once.
     arrived: bool,
+    /// The partition of a partitioned queue it belongs in (its key's hash), whose log's
+    /// sync makes it durable; 0 in a plain queue.
+    partition: u16,
 }
 
 /// A durable definition (exchange, queue, binding) as the workload knows it.
@@ -151,6 +186,8 @@ struct Ledger {
     copies: BTreeMap<(String, u32), MessageCopy>,
     /// By key ("exchange e", "queue q", "binding e q key").
     definitions: BTreeMap<String, Definition>,
+    /// The partition count of each partitioned queue, as declared.
+    partitions: BTreeMap<String, u16>,
     /// How far the workload's clock was moved ahead of the wall clock.
     skew: u64,
     /// The workload ran to its end.
@@ -215,7 +252,8 @@ struct Node {
 }
 
 /// Starts a broker on `fs`: opens the store, restores the vhost, removes orphan logs.
-fn boot(fs: &SimFs) -> Result<(Node, Definitions), String> {
+/// With `policy`, the policy that partitions `bypolicy` is in force.
+fn boot(fs: &SimFs, policy: bool) -> Result<(Node, Definitions), String> {
     let (mut store, defs, _) =
         BrokerStore::open_in(fs.shared(), Path::new(DATA), None).map_err(|e| e.to_string())?;
     store.set_segment_size(SEGMENT);
@@ -224,7 +262,17 @@ fn boot(fs: &SimFs) -> Result<(Node, Definitions), String> {
     let timers = Timers::start().map_err(|e| e.to_string())?;
     // Nothing may run behind the test's back: it wakes queues itself.
     timers.stop();
-    let vhost = VHost::new("/", Some(store.clone()), Arc::new(timers), Arc::default());
+    let policies = if policy {
+        Policies::from_json(POLICY, Path::new("policies.json")).map_err(|e| e.to_string())?
+    } else {
+        Policies::default()
+    };
+    let vhost = VHost::new(
+        "/",
+        Some(store.clone()),
+        Arc::new(timers),
+        Arc::new(parking_lot::RwLock::new(policies)),
+    );
     vhost.restore(&defs).map_err(|e| e.to_string())?;
     store.remove_orphans();
     Ok((Node { vhost, store }, defs))
@@ -383,11 +431,23 @@ impl Run {
             let mut effects = Effects::default();
             for queue in routed.queues.drain(..) {
                 let name = queue.name().to_string();
+                let partition = self
+                    .ledger
+                    .partitions
+                    .get(&name)
+                    .map_or(0, |&n| partition_of_key(key, n));
                 // Recorded first: a write cut short by the crash may have landed.
-                self.ledger.copy(&name, id);
+                self.ledger.copy(&name, id).partition = partition;
                 let enqueued = queue.publish(message.clone(), handling, &mut effects);
                 match self.alive("basic.publish", enqueued)? {
-                    Enqueued::Logged(_) => self.ledger.copy(&name, id).written = true,
+                    Enqueued::Logged(p) => {
+                        assert_eq!(
+                            p, partition,
+                            "message {id} to {name} with key {key}: logged in partition {p}, \
+                             its key hashes to {partition}"
+                        );
+                        self.ledger.copy(&name, id).written = true;
+                    }
                     Enqueued::Rejected => {
                         self.ledger.copies.remove(&(name, id));
                     }
@@ -537,22 +597,21 @@ impl Run {
         self.carry(effects)
     }
 
-    /// One group-commit round over every logged queue; records what it made durable.
+    /// One group-commit round over every logged queue (a partitioned queue's partitions
+    /// that have a log, as at shutdown); records what it made durable: a message is
+    /// confirmed, an ack made durable, when the round synced its partition.
     fn round(&mut self) -> Step {
         let node = self.node.as_ref().ok_or(Crashed)?;
         let mut queues = node.vhost.logged_queues();
         queues.sort_by(|a, b| a.name().cmp(b.name()));
-        let targets: Vec<Arc<dyn SyncTarget>> = queues
-            .iter()
-            .map(|q| q.clone() as Arc<dyn SyncTarget>)
-            .collect();
+        let targets: Vec<Arc<dyn SyncTarget>> =
+            queues.iter().flat_map(Queue::sync_targets).collect();
         let outcome = node.store.commit_now(&targets);
-        for (queue, target) in queues.iter().zip(&targets) {
-            if !outcome.durable(target) {
-                continue;
-            }
+        for queue in &queues {
             for ((q, _), copy) in &mut self.ledger.copies {
-                if q.as_str() != &**queue.name() {
+                if q.as_str() != &**queue.name()
+                    || !outcome.durable(&queue.sync_target(copy.partition))
+                {
                     continue;
                 }
                 copy.confirmed |= copy.written;
@@ -616,8 +675,18 @@ impl Run {
         self.round()?;
         self.taken.clear();
         self.node = None;
-        let booted = boot(&self.sim);
+        let booted = boot(&self.sim, false);
         let (node, _) = self.alive("restart", booted)?;
+        // Partition counts come back from the definitions, the policy's too (it is gone).
+        for (name, &n) in &self.ledger.partitions {
+            if let Ok(queue) = node.vhost.queue(name, CONN) {
+                assert_eq!(
+                    queue.partitions(),
+                    Some(n),
+                    "{name}'s partitions after a restart"
+                );
+            }
+        }
         self.node = Some(node);
         // Restore dead-lettered what expired while the broker was down.
         let expired: Vec<u32> = self
@@ -683,6 +752,24 @@ impl Run {
             table(&[("x-expires", AMQPValue::LongLongInt(HOUR as i64))]),
         )?;
         self.bind("idle", "work", "i")?;
+        // Partitioned queues, fed through a fanout exchange so that the routing key is
+        // only the partition key: one declared with four partitions, one given two by
+        // a policy (in force at this first boot only).
+        self.declare_exchange("keyed", "fanout", FieldTable::default())?;
+        self.declare_queue(
+            "parts",
+            table(&[
+                dlx("dlx"),
+                ("x-partitions", AMQPValue::LongLongInt(i64::from(PARTS))),
+            ]),
+        )?;
+        self.ledger.partitions.insert("parts".into(), PARTS);
+        self.declare_queue("bypolicy", FieldTable::default())?;
+        self.ledger
+            .partitions
+            .insert("bypolicy".into(), POLICY_PARTS);
+        self.bind("parts", "keyed", "")?;
+        self.bind("bypolicy", "keyed", "")?;
         self.round()?;
 
         // Confirmed publishes: to two queues at once, to a TTL queue, past a length
@@ -697,6 +784,26 @@ impl Run {
         self.publish("work", "i", &persistent(), 2)?;
         self.round()?;
         self.publish("work", "o", &persistent(), 6)?;
+        self.round()?;
+
+        // Keyed publishes: partitions 0 and 1 first, then the first message of
+        // partition 2 (its log made then) among more for partition 0. No key ever
+        // hashes to the last partition.
+        self.publish("keyed", &key_for(0, 0), &persistent(), 2)?;
+        self.publish("keyed", &key_for(1, 0), &persistent(), 2)?;
+        self.round()?;
+        self.publish("keyed", &key_for(2, 0), &persistent(), 1)?;
+        self.publish("keyed", &key_for(0, 1), &persistent(), 1)?;
+        self.round()?;
+        // A member of the group takes three and leaves; it acks two, the third is
+        // rejected to the dead-letter exchange; another is taken with basic.get and
+        // left unacked over the restart.
+        self.consume("parts", 3)?;
+        self.ack("parts", 2)?;
+        self.reject("parts", 1)?;
+        self.round()?;
+        self.get("parts", 1)?;
+        self.publish("keyed", &key_for(1, 1), &persistent(), 1)?;
         self.round()?;
 
         // Consume: acks, a rejection dead-lettered, a rejection retained (the quorum
@@ -729,9 +836,19 @@ impl Run {
         self.round()?;
         self.round()?;
 
-        // A restart, which finds the TTL queue's messages expired.
+        // A restart, which finds the TTL queue's messages expired (and the policy that
+        // partitioned `bypolicy` gone).
         self.restart()?;
         self.round()?;
+        self.round()?;
+        // Keyed publishes after the restart go on after what it recovered; the queue
+        // partitioned by the gone policy keeps its partitions, then is deleted with
+        // the logs of both.
+        self.publish("keyed", &key_for(2, 1), &persistent(), 2)?;
+        self.get("parts", 1)?;
+        self.ack("parts", 1)?;
+        self.round()?;
+        self.delete_queue("bypolicy")?;
         self.round()?;
 
         // A purge of a paged backlog, in slices; acks of dead letters; deletions.
@@ -778,7 +895,7 @@ fn run(crash: Option<(u64, bool)>) -> (SimFs, Ledger, u64) {
         late_bound: false,
         skew: None,
     };
-    if let Ok((node, _)) = boot(&sim) {
+    if let Ok((node, _)) = boot(&sim, true) {
         run.node = Some(node);
         let _ = run.workload();
     }
@@ -795,11 +912,15 @@ fn run(crash: Option<(u64, bool)>) -> (SimFs, Ledger, u64) {
 /// message found was put there by the workload, once (a moved one may arrive more than
 /// once); one whose ack or purge was synced comes back only flagged redelivered; a
 /// confirmed message not settled is in its queue (unless the queue is gone), or, if it
-/// was moved, in its queue or its target or both.
+/// was moved, in its queue or its target or both. In a partitioned queue, a message is
+/// in the partition its key hashes to, after every message published before it there;
+/// the queue has the partitions it was declared with, and a log directory only for
+/// those that were ever given a message.
 fn check(fs: &SimFs, ledger: &Ledger, context: &str) -> usize {
     let _paging = paging().set_for_tests();
     let _skew = skew_clock_for_tests(ledger.skew);
-    let (node, defs) = boot(fs).unwrap_or_else(|e| panic!("{context}: the broker must start: {e}"));
+    let (node, defs) =
+        boot(fs, false).unwrap_or_else(|e| panic!("{context}: the broker must start: {e}"));
     for (key, def) in &ledger.definitions {
         let mut words = key.split(' ');
         let present = match (words.next(), words.next(), words.next(), words.next()) {
@@ -824,10 +945,23 @@ fn check(fs: &SimFs, ledger: &Ledger, context: &str) -> usize {
         }
     }
 
+    check_partition_logs(fs, ledger, &defs, context);
+
     // Every message in every queue, by (queue, id): whether each copy came redelivered.
     let queues = node.vhost.logged_queues();
     let names: BTreeSet<String> = queues.iter().map(|q| q.name().to_string()).collect();
+    for queue in &queues {
+        let wanted = ledger.partitions.get(&**queue.name()).copied();
+        assert_eq!(
+            queue.partitions(),
+            wanted,
+            "{context}: {} has the wrong partition count",
+            queue.name()
+        );
+    }
     let mut found: BTreeMap<(String, u32), Vec<bool>> = BTreeMap::new();
+    // A partitioned queue's messages by (queue, partition), in the order `get` gave them.
+    let mut order: BTreeMap<(String, u16), Vec<u32>> = BTreeMap::new();
     loop {
         let mut any = false;
         for queue in &queues {
@@ -839,8 +973,23 @@ fn check(fs: &SimFs, ledger: &Ledger, context: &str) -> usize {
                     break;
                 };
                 any = true;
+                let (name, id) = (queue.name().to_string(), id_of(message.message.body()));
+                if ledger.partitions.contains_key(&name) {
+                    if let Some(copy) = ledger.copies.get(&(name.clone(), id)) {
+                        assert_eq!(
+                            message.partition, copy.partition,
+                            "{context}: message {id} of {name} came back in partition {}, \
+                             its key hashes to {}",
+                            message.partition, copy.partition
+                        );
+                    }
+                    order
+                        .entry((name.clone(), message.partition))
+                        .or_default()
+                        .push(id);
+                }
                 found
-                    .entry((queue.name().to_string(), id_of(message.message.body())))
+                    .entry((name, id))
                     .or_default()
                     .push(message.redelivered);
             }
@@ -850,6 +999,12 @@ fn check(fs: &SimFs, ledger: &Ledger, context: &str) -> usize {
         }
     }
 
+    for ((queue, p), ids) in &order {
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "{context}: partition {p} of {queue} gave its messages out of publish order: {ids:?}"
+        );
+    }
     for ((queue, id), flags) in &found {
         let copy = ledger
             .copies
@@ -889,6 +1044,53 @@ fn check(fs: &SimFs, ledger: &Ledger, context: &str) -> usize {
     found.values().map(Vec::len).sum()
 }
 
+/// Checks the partitions' log directories a restart left (orphans removed): each is
+/// that of a partition past the first (which uses the queue's own) of a live queue;
+/// every partitioned queue has its declared count stored, and none has a
+/// directory for a partition no message was ever routed to.
+fn check_partition_logs(fs: &SimFs, ledger: &Ledger, defs: &Definitions, context: &str) {
+    for (name, &n) in &ledger.partitions {
+        if let Some(def) = defs.queues.iter().find(|q| &q.name == name) {
+            assert_eq!(
+                def.partitions,
+                Some(n),
+                "{context}: {name}'s stored partition count"
+            );
+        }
+    }
+    let dir = Path::new(DATA).join("queues");
+    let entries = fs
+        .shared()
+        .read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{context}: cannot list {}: {e}", dir.display()));
+    for entry in entries {
+        let entry = entry.to_string_lossy().into_owned();
+        // A queue's own log may be one restore just made (a delayed exchange's hold),
+        // not in the definitions it read: only partitions' logs are checked.
+        let Some((id, p)) = entry.rsplit_once(".p") else {
+            continue;
+        };
+        let def = defs
+            .queues
+            .iter()
+            .find(|q| q.id == id)
+            .unwrap_or_else(|| panic!("{context}: log directory {entry} of no queue"));
+        let p: u16 = p
+            .parse()
+            .unwrap_or_else(|_| panic!("{context}: log directory {entry}"));
+        assert!(
+            p >= 1 && def.partitions.is_some_and(|n| p < n),
+            "{context}: log directory {entry} is no partition of {} ({:?} partitions)",
+            def.name,
+            def.partitions
+        );
+        assert!(
+            !(def.name == "parts" && p == UNUSED),
+            "{context}: a log directory for partition {p} of parts, which no key hashes to"
+        );
+    }
+}
+
 #[test]
 fn a_crash_at_every_io_point_of_a_broker_workload_loses_nothing_confirmed() {
     let started = std::time::Instant::now();
@@ -902,13 +1104,25 @@ fn a_crash_at_every_io_point_of_a_broker_workload_loses_nothing_confirmed() {
             .filter(|((q, _), c)| q == queue && c.confirmed)
             .count()
     };
-    for queue in ["orders", "ttl", "limited", "quorum", "idle"] {
+    for queue in [
+        "orders", "ttl", "limited", "quorum", "idle", "parts", "bypolicy",
+    ] {
         assert!(confirmed(queue) > 0, "messages confirmed into {queue}");
+    }
+    // Every partition of `parts` but the unused one was given confirmed messages.
+    for p in (0..PARTS).filter(|&p| p != UNUSED) {
+        assert!(
+            ledger
+                .copies
+                .iter()
+                .any(|((q, _), c)| q == "parts" && c.partition == p && c.confirmed),
+            "messages confirmed into partition {p} of parts"
+        );
     }
     // Every kind of move reached its target durably: rejected, retained then retried,
     // expired at the restart, delayed and come due; and refused by a full queue.
     let hold = names::delayed_hold("delayed");
-    for source in ["orders", "quorum", "ttl", hold.as_str()] {
+    for source in ["orders", "quorum", "ttl", "parts", hold.as_str()] {
         let moved = ledger.copies.iter().any(|((q, id), c)| {
             q == source
                 && c.moved_to.iter().any(|target| {
@@ -921,7 +1135,12 @@ fn a_crash_at_every_io_point_of_a_broker_workload_loses_nothing_confirmed() {
         assert!(moved, "a message of {source} moved durably");
     }
     assert!(confirmed("dead") >= 5, "dead letters confirmed");
-    for key in ["queue audit", "queue idle", "exchange late"] {
+    for key in [
+        "queue audit",
+        "queue idle",
+        "queue bypolicy",
+        "exchange late",
+    ] {
         assert!(ledger.definitions[key].deleted, "{key} deleted");
     }
     let held = check(&sim.power_loss(PowerLoss::ProcessKill), &ledger, "no crash");
