@@ -30,6 +30,8 @@ mod paging;
 pub mod partition_key;
 pub mod partitioned;
 #[cfg(test)]
+mod partitioned_model_tests;
+#[cfg(test)]
 mod partitioned_tests;
 pub mod ready;
 
