@@ -753,9 +753,11 @@ impl Run {
         )?;
         self.bind("idle", "work", "i")?;
         // Partitioned queues, fed through a fanout exchange so that the routing key is
-        // only the partition key: one declared with four partitions, one given two by
-        // a policy (in force at this first boot only).
+        // only the partition key: one declared with four partitions here, one given two
+        // by a policy (in force at this first boot only) below.
         self.declare_exchange("keyed", "fanout", FieldTable::default())?;
+        // Recorded first: a declaration cut short by the crash may have been stored.
+        self.ledger.partitions.insert("parts".into(), PARTS);
         self.declare_queue(
             "parts",
             table(&[
@@ -763,13 +765,7 @@ impl Run {
                 ("x-partitions", AMQPValue::LongLongInt(i64::from(PARTS))),
             ]),
         )?;
-        self.ledger.partitions.insert("parts".into(), PARTS);
-        self.declare_queue("bypolicy", FieldTable::default())?;
-        self.ledger
-            .partitions
-            .insert("bypolicy".into(), POLICY_PARTS);
         self.bind("parts", "keyed", "")?;
-        self.bind("bypolicy", "keyed", "")?;
         self.round()?;
 
         // Confirmed publishes: to two queues at once, to a TTL queue, past a length
@@ -786,10 +782,17 @@ impl Run {
         self.publish("work", "o", &persistent(), 6)?;
         self.round()?;
 
-        // Keyed publishes: partitions 0 and 1 first, then the first message of
-        // partition 2 (its log made then) among more for partition 0. No key ever
-        // hashes to the last partition.
-        self.publish("keyed", &key_for(0, 0), &persistent(), 2)?;
+        // Keyed publishes: partitions 0 (past its memory window: some are paged) and 1
+        // first, then the first message of partition 2 (its log made then) among more
+        // for partition 0. No key ever hashes to the last partition. The queue the
+        // policy partitions is declared just before: its partitions' logs are made
+        // before its definition is durable.
+        self.ledger
+            .partitions
+            .insert("bypolicy".into(), POLICY_PARTS);
+        self.declare_queue("bypolicy", FieldTable::default())?;
+        self.bind("bypolicy", "keyed", "")?;
+        self.publish("keyed", &key_for(0, 0), &persistent(), 6)?;
         self.publish("keyed", &key_for(1, 0), &persistent(), 2)?;
         self.round()?;
         self.publish("keyed", &key_for(2, 0), &persistent(), 1)?;
@@ -959,6 +962,12 @@ fn check(fs: &SimFs, ledger: &Ledger, context: &str) -> usize {
             queue.name()
         );
     }
+    // What a partitioned queue counts, recovered partition by partition, before `get`.
+    let counted: BTreeMap<String, u32> = queues
+        .iter()
+        .filter(|q| q.partitions().is_some())
+        .map(|q| (q.name().to_string(), q.message_count()))
+        .collect();
     let mut found: BTreeMap<(String, u32), Vec<bool>> = BTreeMap::new();
     // A partitioned queue's messages by (queue, partition), in the order `get` gave them.
     let mut order: BTreeMap<(String, u16), Vec<u32>> = BTreeMap::new();
@@ -999,6 +1008,17 @@ fn check(fs: &SimFs, ledger: &Ledger, context: &str) -> usize {
         }
     }
 
+    for (queue, &count) in &counted {
+        let got = found
+            .iter()
+            .filter(|((q, _), _)| q == queue)
+            .map(|(_, flags)| flags.len())
+            .sum::<usize>();
+        assert_eq!(
+            count as usize, got,
+            "{context}: {queue} counted {count} messages at start, and gave {got}"
+        );
+    }
     for ((queue, p), ids) in &order {
         assert!(
             ids.windows(2).all(|w| w[0] < w[1]),
