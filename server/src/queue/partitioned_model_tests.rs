@@ -2,7 +2,7 @@
 //! group.
 //!
 //! Random sequences of operations (keyed and keyless publishes, members joining with a
-//! prefetch, cancelling, closing their channel, acking, `basic.get` and its ack or
+//! prefetch and a priority, cancelling, closing their channel, acking, `basic.get` and its ack or
 //! return) run against a real in-memory partitioned queue and against [`Model`]: N
 //! FIFOs, and [`group::assign`] as the oracle of who owns which partition. After every
 //! step they are compared:
@@ -51,8 +51,9 @@ enum Op {
     PublishKey { key: u8 },
     /// A publish through the default exchange: no key, round robin.
     PublishKeyless,
-    /// A consumer joins the group on a channel of its own.
-    Join { prefetch: u32 },
+    /// A consumer joins the group on a channel of its own, with an `x-priority`: only
+    /// the members at the highest one are active, the rest stand by.
+    Join { prefetch: u32, priority: i32 },
     /// `basic.cancel` of a consumer: its unacked deliveries stay with its channel.
     Cancel { at: usize },
     /// Its channel closes: the consumer leaves, then its unacked deliveries go back.
@@ -72,6 +73,7 @@ enum Op {
 struct Channel {
     consumer: ConsumerId,
     prefetch: u32,
+    priority: i32,
     /// Still a member of the group (not cancelled nor closed).
     member: bool,
     /// Join order, as the queue's group numbers its members.
@@ -161,7 +163,7 @@ impl Model {
             .map(|c| Candidate {
                 consumer: c.consumer,
                 seq: c.seq,
-                priority: 0,
+                priority: c.priority,
             })
             .collect();
         let assignment = group::assign(
@@ -271,7 +273,7 @@ impl Harness {
                 self.model.next_keyless += 1;
                 self.publish(Message::new("", "pq", b"", body(self.model.next_id)), p)?;
             }
-            Op::Join { prefetch } => {
+            Op::Join { prefetch, priority } => {
                 let consumer = ConsumerId::try_from(self.clients.len() + 1).unwrap_or(0);
                 let client = Client {
                     consumer,
@@ -286,12 +288,13 @@ impl Harness {
                     credit: client.credit.clone(),
                     mailbox: client.mailbox.clone(),
                     no_ack: false,
-                    priority: 0,
+                    priority,
                 };
                 self.clients.push(client);
                 self.model.channels.push(Channel {
                     consumer,
                     prefetch,
+                    priority,
                     member: true,
                     seq: self.model.next_seq,
                     unacked: Vec::new(),
@@ -589,7 +592,8 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         8 => (0..KEYS).prop_map(|key| Op::PublishKey { key }),
         1 => Just(Op::PublishKeyless),
-        3 => (1u32..4).prop_map(|prefetch| Op::Join { prefetch }),
+        3 => (1u32..4, prop::sample::select(vec![0, 0, 0, 1, 2]))
+            .prop_map(|(prefetch, priority)| Op::Join { prefetch, priority }),
         2 => any::<usize>().prop_map(|at| Op::Cancel { at }),
         2 => any::<usize>().prop_map(|at| Op::CloseChannel { at }),
         6 => (any::<usize>(), 1usize..4).prop_map(|(at, n)| Op::Ack { at, n }),
