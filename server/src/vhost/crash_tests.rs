@@ -23,7 +23,8 @@
 //! deletion; a second restart. Beside them, partitioned queues (issue 13): a durable
 //! queue of four partitions fed keyed messages whose keys never hash to its last one
 //! (whose log directory must then never exist), and one partitioned by a policy that
-//! is gone after the first restart (the stored count must stand); a member consuming
+//! asks for another count over both queues after a restart, and is gone at the final
+//! check (the stored counts must stand); a member consuming
 //! and acking, a rejection dead-lettered from a partition, the first message of each
 //! partition (its directory made and its parent synced), and the deletion of a
 //! partitioned queue (every partition's log retired). It runs once without a crash to count its crash points,
@@ -64,10 +65,14 @@ const CONN: ConnectionId = 1;
 /// The partitions of the declared partitioned queue, and the one no key hashes to.
 const PARTS: u16 = 4;
 const UNUSED: u16 = 3;
-/// The partitions the policy gives `bypolicy` when it is declared (the first boot only).
+/// The partitions the policy gives `bypolicy` when it is declared (the first boot).
 const POLICY_PARTS: u16 = 2;
 const POLICY: &str = r#"{"policies": [{"name": "split", "pattern": "^bypolicy$",
     "apply-to": "queues", "definition": {"partitions": 2}}]}"#;
+/// The policy the restarts find instead: another count, over both partitioned queues.
+/// Partition counts are fixed at creation: it must change neither.
+const CHANGED_POLICY: &str = r#"{"policies": [{"name": "split", "pattern": "^(bypolicy|parts)$",
+    "apply-to": "queues", "definition": {"partitions": 3}}]}"#;
 
 /// A routing key that hashes to partition `p` of `PARTS` (never to `UNUSED`), the
 /// `nth` such: as producers compute it, murmur3 x86_32 of the key, mod N.
@@ -252,8 +257,8 @@ struct Node {
 }
 
 /// Starts a broker on `fs`: opens the store, restores the vhost, removes orphan logs.
-/// With `policy`, the policy that partitions `bypolicy` is in force.
-fn boot(fs: &SimFs, policy: bool) -> Result<(Node, Definitions), String> {
+/// `policies` is the policy file in force, if any.
+fn boot(fs: &SimFs, policies: Option<&str>) -> Result<(Node, Definitions), String> {
     let (mut store, defs, _) =
         BrokerStore::open_in(fs.shared(), Path::new(DATA), None).map_err(|e| e.to_string())?;
     store.set_segment_size(SEGMENT);
@@ -262,10 +267,11 @@ fn boot(fs: &SimFs, policy: bool) -> Result<(Node, Definitions), String> {
     let timers = Timers::start().map_err(|e| e.to_string())?;
     // Nothing may run behind the test's back: it wakes queues itself.
     timers.stop();
-    let policies = if policy {
-        Policies::from_json(POLICY, Path::new("policies.json")).map_err(|e| e.to_string())?
-    } else {
-        Policies::default()
+    let policies = match policies {
+        Some(json) => {
+            Policies::from_json(json, Path::new("policies.json")).map_err(|e| e.to_string())?
+        }
+        None => Policies::default(),
     };
     let vhost = VHost::new(
         "/",
@@ -675,9 +681,9 @@ impl Run {
         self.round()?;
         self.taken.clear();
         self.node = None;
-        let booted = boot(&self.sim, false);
+        let booted = boot(&self.sim, Some(CHANGED_POLICY));
         let (node, _) = self.alive("restart", booted)?;
-        // Partition counts come back from the definitions, the policy's too (it is gone).
+        // Partition counts come back from the definitions, whatever the policy says now.
         for (name, &n) in &self.ledger.partitions {
             if let Ok(queue) = node.vhost.queue(name, CONN) {
                 assert_eq!(
@@ -840,12 +846,12 @@ impl Run {
         self.round()?;
 
         // A restart, which finds the TTL queue's messages expired (and the policy that
-        // partitioned `bypolicy` gone).
+        // partitioned `bypolicy` changed).
         self.restart()?;
         self.round()?;
         self.round()?;
         // Keyed publishes after the restart go on after what it recovered; the queue
-        // partitioned by the gone policy keeps its partitions, then is deleted with
+        // partitioned by the changed policy keeps its partitions, then is deleted with
         // the logs of both.
         self.publish("keyed", &key_for(2, 1), &persistent(), 2)?;
         self.get("parts", 1)?;
@@ -898,7 +904,7 @@ fn run(crash: Option<(u64, bool)>) -> (SimFs, Ledger, u64) {
         late_bound: false,
         skew: None,
     };
-    if let Ok((node, _)) = boot(&sim, true) {
+    if let Ok((node, _)) = boot(&sim, Some(POLICY)) {
         run.node = Some(node);
         let _ = run.workload();
     }
@@ -923,7 +929,7 @@ fn check(fs: &SimFs, ledger: &Ledger, context: &str) -> usize {
     let _paging = paging().set_for_tests();
     let _skew = skew_clock_for_tests(ledger.skew);
     let (node, defs) =
-        boot(fs, false).unwrap_or_else(|e| panic!("{context}: the broker must start: {e}"));
+        boot(fs, None).unwrap_or_else(|e| panic!("{context}: the broker must start: {e}"));
     for (key, def) in &ledger.definitions {
         let mut words = key.split(' ');
         let present = match (words.next(), words.next(), words.next(), words.next()) {
