@@ -2,10 +2,10 @@
 //! group.
 //!
 //! Random sequences of operations (keyed and keyless publishes, members joining with a
-//! prefetch and a priority, cancelling, closing their channel, acking, `basic.get` and its ack or
-//! return) run against a real in-memory partitioned queue and against [`Model`]: N
-//! FIFOs, and [`group::assign`] as the oracle of who owns which partition. After every
-//! step they are compared:
+//! prefetch and a priority, cancelling, closing their channel, acking, rejecting with
+//! and without requeue, `basic.get` and its ack or return) run against a real
+//! in-memory partitioned queue and against [`Model`]: N FIFOs, and [`group::assign`]
+//! as the oracle of who owns which partition. After every step they are compared:
 //!
 //! - every delivery and get comes from the partition its key hashes to (keyless ones
 //!   round robin), is the head of that partition's FIFO (so first deliveries of a key
@@ -60,6 +60,9 @@ enum Op {
     CloseChannel { at: usize },
     /// Acks the `n` oldest unacked deliveries of a channel.
     Ack { at: usize, n: usize },
+    /// Rejects the oldest unacked delivery of a channel: back in place, or dropped (the
+    /// queue has no dead-letter exchange).
+    Reject { at: usize, requeue: bool },
     /// `basic.get` (acks expected) on a channel of its own.
     Get,
     /// Acks the oldest message taken with `basic.get`.
@@ -339,6 +342,25 @@ impl Harness {
                 self.queue.settle(acked);
                 credit.release(u32::try_from(n).unwrap_or(u32::MAX));
             }
+            Op::Reject { at, requeue } => {
+                let Some(at) = (!self.clients.is_empty()).then(|| at % self.clients.len()) else {
+                    return Ok(());
+                };
+                let client = &mut self.clients[at];
+                if client.unacked.is_empty() {
+                    return Ok(());
+                }
+                let message = client.unacked.remove(0);
+                let credit = client.credit.clone();
+                let (id, p) = self.model.channel(client.consumer).unacked.remove(0);
+                if requeue {
+                    self.model.ready[usize::from(p)].insert(id);
+                    self.queue.requeue([message], &mut effects);
+                } else {
+                    self.queue.reject([message], &mut effects);
+                }
+                credit.release(1);
+            }
             Op::Get => {
                 let got = self.queue.get(false, &mut effects);
                 self.check_get(got)?;
@@ -597,6 +619,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(|at| Op::Cancel { at }),
         2 => any::<usize>().prop_map(|at| Op::CloseChannel { at }),
         6 => (any::<usize>(), 1usize..4).prop_map(|(at, n)| Op::Ack { at, n }),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(at, requeue)| Op::Reject { at, requeue }),
         2 => Just(Op::Get),
         1 => Just(Op::AckGet),
         1 => Just(Op::ReturnGet),
