@@ -312,7 +312,7 @@ impl Harness {
                 let Some(consumer) = self.member_at(at) else {
                     return Ok(());
                 };
-                self.leave(consumer)?;
+                self.leave(consumer, false)?;
             }
             Op::CloseChannel { at } => {
                 let Some(at) = (!self.clients.is_empty()).then(|| at % self.clients.len()) else {
@@ -320,7 +320,7 @@ impl Harness {
                 };
                 let consumer = self.clients[at].consumer;
                 if self.model.channel(consumer).member {
-                    self.leave(consumer)?;
+                    self.leave(consumer, true)?;
                 }
                 let returned = std::mem::take(&mut self.clients[at].unacked);
                 let channel = self.model.channel(consumer);
@@ -408,10 +408,16 @@ impl Harness {
         (!members.is_empty()).then(|| members[at % members.len()])
     }
 
-    fn leave(&mut self, consumer: ConsumerId) -> Result<(), TestCaseError> {
+    /// The consumer leaves the group: cancelled, or its channel `closed` (as the channel
+    /// tells the queue; no member here is static, so both are a leave).
+    fn leave(&mut self, consumer: ConsumerId, closed: bool) -> Result<(), TestCaseError> {
         self.model.channel(consumer).member = false;
         self.model.rebalance();
-        self.queue.remove_consumer(consumer);
+        if closed {
+            self.queue.close_consumer(consumer);
+        } else {
+            self.queue.remove_consumer(consumer);
+        }
         // A delivery made before the cancel may still be in the mailbox.
         self.take_deliveries()
     }
