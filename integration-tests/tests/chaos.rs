@@ -1408,17 +1408,6 @@ async fn declare_ledger(channel: &Channel) -> lapin::Result<()> {
             )
             .await?;
     }
-    for key in LEDGER_KEYS {
-        channel
-            .queue_bind(
-                LEDGER_PARTITIONED.into(),
-                "ledger.x".into(),
-                key.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-    }
     for (exchange, kind, queue, key) in [
         ("ledger.x", lapin::ExchangeKind::Direct, "ledger.q1", "k1"),
         ("ledger.f", lapin::ExchangeKind::Fanout, "ledger.q2", ""),
@@ -1438,6 +1427,17 @@ async fn declare_ledger(channel: &Channel) -> lapin::Result<()> {
             .queue_bind(
                 queue.into(),
                 exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for key in LEDGER_KEYS {
+        channel
+            .queue_bind(
+                LEDGER_PARTITIONED.into(),
+                "ledger.x".into(),
                 key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),

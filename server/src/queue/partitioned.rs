@@ -633,7 +633,7 @@ impl Queue {
                     .filter(|(_, ps)| ps.contains(&index))
                     .map(|(c, _)| c.clone()),
             );
-            let exclusive_owner = parts.per_partition == 1 && !manual.contains(&index);
+            let exclusive_owner = parts.per_partition == 1;
             let mut st = parts.lock(p);
             if hand_over_partition(&mut st, target, exclusive_owner) {
                 parts.parts[p].waiting.store(true, Ordering::Release);
@@ -715,8 +715,9 @@ fn take_place(
     cause
 }
 
-/// Gives a partition to `target`: at once when nothing of it is unacked (or it may
-/// have several owners), else after a drain. True if it has owners to dispatch to now.
+/// Gives a partition to `target`: at once when nothing of it is unacked, when it keeps
+/// every owner it has (or may have several group owners), else after a drain. True if
+/// it has owners to dispatch to now.
 fn hand_over_partition(
     st: &mut QueueState,
     target: Vec<ConsumerHandle>,
@@ -737,8 +738,13 @@ fn hand_over_partition(
         tally.draining = None;
     } else if current == wanted {
         return false;
-    } else if tally.unacked > 0 && exclusive_owner {
-        // Its unacked deliveries sit at the owners it leaves: it waits for them.
+    } else if tally.unacked > 0
+        && exclusive_owner
+        && (current.is_empty() || !current.is_subset(&wanted))
+    {
+        // Its unacked deliveries sit at owners it leaves (or at `basic.get`s when it
+        // had none): it waits for them. Consumers added beside owners it keeps (manual
+        // consumers sharing it) take it at once.
         tally.draining = Some(Drain {
             to: target,
             from: current,

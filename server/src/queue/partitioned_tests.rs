@@ -557,3 +557,32 @@ fn the_last_member_leaving_an_expiring_queue_does_not_hang() {
         "unused from the end of the session, expired x-expires later"
     );
 }
+
+/// A consumer of given partitions that takes one from a group member waits, like a
+/// new group owner, until the member's deliveries of it are settled.
+#[test]
+fn a_manual_consumer_taking_a_members_partition_waits_for_its_drain() {
+    let queue = partitioned_queue(1);
+    let mut effects = Effects::default();
+    let a = Member::new(1, 100);
+    a.join(&queue);
+    publish(&queue, 0..1);
+    let held = a.take();
+    assert_eq!(held.len(), 1);
+    let manual = Member::new(2, 100);
+    let given = Membership {
+        partitions: Some(vec![0]),
+        ..Membership::default()
+    };
+    queue
+        .add_member(manual.handle(), &given, &mut effects)
+        .expect("consume partition 0");
+    publish(&queue, 1..2);
+    assert!(
+        manual.take().is_empty(),
+        "a still holds partition 0's delivery"
+    );
+    assert!(a.take().is_empty(), "a lost partition 0");
+    a.ack(&queue, held);
+    assert_eq!(manual.take().len(), 1);
+}
