@@ -22,6 +22,9 @@
 //! - [`verify`]: the exactly-once verdict.
 //! - [`report`]: the text and JSON reports.
 //! - [`run`]: one run from start to finish.
+//! - [`groups`], [`group_member`] and [`group_check`]: the consumer-group churn
+//!   benchmark (`warren-perf groups`), its member processes (`warren-perf
+//!   group-member`) and the checks over what they report.
 //!
 //! The tests of the private `capacity` module measure the tool's own ceiling against
 //! an in-process null broker.
@@ -34,6 +37,9 @@ pub mod connections;
 pub mod consumer;
 pub mod cpu;
 pub mod fdlimit;
+pub mod group_check;
+pub mod group_member;
+pub mod groups;
 pub mod latency;
 pub mod message;
 pub mod options;
@@ -48,6 +54,6 @@ pub mod topology;
 pub mod verify;
 pub mod wire;
 
-pub use options::Options;
+pub use options::{Command, Options};
 pub use report::{Outcome, Report};
 pub use run::run;

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use super::group_member::MemberOptions;
+use super::groups::GroupsOptions;
 
 /// Run time when neither `--duration` nor `--count` is given.
 const DEFAULT_DURATION_SECS: f64 = 10.0;
@@ -22,6 +25,8 @@ Examples (against a broker on 127.0.0.1:5672 unless --uri says otherwise):
                                                               1000 queues, 4 connections in all
   warren-perf --duration 5 --exchange-type topic --bindings 10000
                                                               routing past 10,000 non-matching bindings
+  warren-perf --duration 10 --partitions 4 -x 4 -y 4           a 4-partition queue, a group of 4 members
+  warren-perf groups --duration 60 --messages 200000         consumer-group churn (see groups --help)
   warren-perf --connections 10000 --hold 30                   open 10,000 consumer connections, hold, close
 
 Exit status: 0 verified (every message consumed exactly once), 1 verification failed,
@@ -49,12 +54,32 @@ impl ExchangeType {
     }
 }
 
+/// The modes besides the load run.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Consumer-group churn: a partitioned queue, members started, cancelled and
+    /// SIGKILLed as separate processes, and checks of order, exclusivity and loss.
+    /// Exit status: 0 every check held, 1 one failed, 2 the run could not be carried out.
+    Groups(GroupsOptions),
+    /// One member process of `groups` (started by it): prints JSON lines.
+    GroupMember(MemberOptions),
+}
+
 /// Load generator for AMQP 0-9-1 brokers: publish and consume at full speed or at a
 /// fixed rate, measure rates, end-to-end latency and the tool's own CPU, and check that
 /// every message arrived exactly once.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "warren-perf", version, after_help = EXAMPLES)]
+#[command(
+    name = "warren-perf",
+    version,
+    after_help = EXAMPLES,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Options {
+    /// Another mode than the load run.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Broker URI (user, password, host, port, vhost; `?heartbeat=N` and
     /// `?frame_max=N` are honoured).
     #[arg(
@@ -83,6 +108,12 @@ pub struct Options {
     /// in turn; with fanout every message reaches every queue.
     #[arg(long, default_value_t = 1)]
     pub queues: u16,
+
+    /// Declare each queue partitioned (`x-partitions: N`, Warren only), so that its
+    /// consumers share its partitions out as one consumer group. Through the default
+    /// exchange messages spread over the partitions round robin.
+    #[arg(long)]
+    pub partitions: Option<u16>,
 
     /// Extra bindings on the (direct or topic) exchange whose keys match no message,
     /// leading to a queue that must stay empty: routing cost as bindings grow.
@@ -212,6 +243,9 @@ impl Options {
                 self.total_consumers(),
                 self.queues
             );
+        }
+        if self.partitions == Some(0) {
+            bail!("--partitions must be at least 1");
         }
         if self.connections == Some(0) {
             bail!("--connections must be at least 1");

@@ -23,6 +23,9 @@ pub struct Scenario {
     pub consumers_per_connection: u16,
     /// Queues.
     pub queues: u16,
+    /// `x-partitions` of each queue, if partitioned.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<u16>,
     /// Extra, never-matching bindings on the exchange.
     pub bindings: u32,
     /// Exchange published to (empty: the default exchange).
@@ -145,9 +148,13 @@ impl Report {
             0 => exchange,
             n => format!("{exchange} (+{n} non-matching bindings)"),
         };
+        let partitions = s
+            .partitions
+            .map(|n| format!(" of {n} partitions"))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "warren-perf → {}: {} producer(s), {consumers}, {} queue(s) via {exchange}, {} B bodies, {}, {confirms}, {ack}{rate}",
+            "warren-perf → {}: {} producer(s), {consumers}, {} queue(s){partitions} via {exchange}, {} B bodies, {}, {confirms}, {ack}{rate}",
             s.broker,
             s.producers,
             s.queues,

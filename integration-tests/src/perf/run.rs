@@ -376,6 +376,7 @@ fn scenario(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Scenari
         consumers: opts.consumers,
         consumers_per_connection: opts.consumers_per_connection,
         queues: opts.queues,
+        partitions: opts.partitions,
         bindings: opts.bindings,
         exchange: topology.exchange.clone(),
         exchange_type: topology.exchange_type.map(|t| t.as_str().to_string()),

@@ -11,7 +11,7 @@
 use std::time::Duration;
 
 use amqp_codec::amq_protocol::protocol::{AMQPClass, exchange, queue};
-use amqp_codec::amq_protocol::types::ShortString;
+use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use anyhow::{Result, anyhow, bail};
 
 use super::conn::{Connection, Endpoint};
@@ -37,6 +37,8 @@ pub struct Topology {
     pub sink: Option<String>,
     /// Extra bindings whose keys match no routing key the producers use.
     pub bindings: u32,
+    /// `x-partitions` for each queue (`--partitions`), if partitioned.
+    pub partitions: Option<u16>,
 }
 
 /// Where one producer's messages go.
@@ -150,6 +152,7 @@ impl Topology {
             producers: usize::from(opts.producers).max(1),
             sink,
             bindings: opts.bindings,
+            partitions: opts.partitions,
         })
     }
 
@@ -218,11 +221,16 @@ impl Topology {
             )))?;
         }
         let mut setup = Vec::new();
-        for name in self.queues.iter().chain(&self.sink) {
+        for (k, name) in self.queues.iter().chain(&self.sink).enumerate() {
+            let mut arguments = FieldTable::default();
+            if let Some(n) = self.partitions.filter(|_| k < self.queues.len()) {
+                arguments.insert("x-partitions".into(), AMQPValue::ShortUInt(n));
+            }
             setup.push(AMQPClass::Queue(queue::AMQPMethod::Declare(
                 queue::Declare {
                     queue: name.as_str().into(),
                     durable: self.durable,
+                    arguments,
                     ..Default::default()
                 },
             )));
