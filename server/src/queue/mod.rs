@@ -1090,12 +1090,13 @@ impl Queue {
             }
             return Ok(Enqueued::Rejected);
         }
+        let now = now_ms();
         let expires_at_ms = if st.holds {
             st.expiring = true;
-            now_ms().saturating_add(message.delay_ms())
+            now.saturating_add(message.delay_ms())
         } else if st.args.message_ttl.is_some() || handling.ttl_ms.is_some() {
             st.expiring = true;
-            expiry(now_ms(), st.args.message_ttl, handling.ttl_ms)
+            expiry(now, st.args.message_ttl, handling.ttl_ms)
         } else {
             0
         };
@@ -1146,12 +1147,14 @@ impl Queue {
                 });
                 false
             };
-        self.dispatch(st, letters);
+        // At the publish's own time: a TTL of 0 reaches a consumer waiting for it even
+        // when the clock ticks in between.
+        self.dispatch_at(st, letters, Some(now));
         if st.args.max_length.is_some() || st.args.max_length_bytes.is_some() {
             st.drop_head(&self.name, letters);
         }
         if st.expiring {
-            st.expire(&self.name, now_ms() + 1, letters);
+            st.expire(&self.name, now + 1, letters);
         }
         if st.expiring || st.discard_due {
             self.arm_timer(st);
@@ -1653,7 +1656,17 @@ impl Queue {
     /// Hands ready messages to consumers with credit, one at a time; expired messages met
     /// at the head on the way are dead-lettered instead.
     fn dispatch(self: &Arc<Self>, st: &mut QueueState, letters: &mut Vec<DeadLetter>) {
-        let mut handed = self.dispatch_ready(st, letters);
+        self.dispatch_at(st, letters, None);
+    }
+
+    /// [`Queue::dispatch`], expiring what expired by `at_ms` (by now if `None`).
+    fn dispatch_at(
+        self: &Arc<Self>,
+        st: &mut QueueState,
+        letters: &mut Vec<DeadLetter>,
+        at_ms: Option<u64>,
+    ) {
+        let mut handed = self.dispatch_ready(st, letters, at_ms);
         let index = st.partition.as_ref().map(|t| usize::from(t.index));
         match (self.partitioned(), index) {
             (Some(parts), Some(index)) => {
@@ -1663,7 +1676,7 @@ impl Queue {
                     // still down, so look again once it is up.
                     parts.parts[index].waiting.store(true, Ordering::SeqCst);
                     std::sync::atomic::fence(Ordering::SeqCst);
-                    let more = self.dispatch_ready(st, letters);
+                    let more = self.dispatch_ready(st, letters, at_ms);
                     if more == 0 {
                         break;
                     }
@@ -1676,12 +1689,21 @@ impl Queue {
     }
 
     /// [`Queue::dispatch`]'s work; returns how many deliveries it handed out.
-    fn dispatch_ready(self: &Arc<Self>, st: &mut QueueState, letters: &mut Vec<DeadLetter>) -> u64 {
+    fn dispatch_ready(
+        self: &Arc<Self>,
+        st: &mut QueueState,
+        letters: &mut Vec<DeadLetter>,
+        at_ms: Option<u64>,
+    ) -> u64 {
         let mut handed = 0;
         if st.consumers.is_empty() {
             return handed;
         }
-        let now = if st.expiring { now_ms() } else { 0 };
+        let now = if st.expiring {
+            at_ms.unwrap_or_else(now_ms)
+        } else {
+            0
+        };
         st.stalled.clear();
         loop {
             if st.expiring {
