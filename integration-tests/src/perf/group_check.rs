@@ -297,6 +297,9 @@ pub fn check(events: &[Event], facts: &RunFacts<'_>) -> Summary {
     let mut last_holder: HashMap<(u32, u32), u32> = HashMap::new();
     let mut highest_first: HashMap<u32, u32> = HashMap::new();
     let mut repeats_of: HashMap<u32, u64> = HashMap::new();
+    // Messages a killed member had, that came back: an ack it logged just before its
+    // kill never reached the broker.
+    let mut came_back: std::collections::HashSet<(u32, u32, u32)> = Default::default();
     for e in &deliveries {
         let previous = last_holder.insert((e.key, e.seq), e.member);
         match previous {
@@ -325,6 +328,7 @@ pub fn check(events: &[Event], facts: &RunFacts<'_>) -> Summary {
             Some(m) if killed_at(m).is_some() => {
                 s.redeliveries_after_kill += 1;
                 *repeats_of.entry(m).or_default() += 1;
+                came_back.insert((m, e.key, e.seq));
             }
             Some(m) => {
                 s.redeliveries_after_graceful += 1;
@@ -363,9 +367,14 @@ pub fn check(events: &[Event], facts: &RunFacts<'_>) -> Summary {
     let mut intervals: Vec<Vec<(u64, u64, u32)>> = vec![Vec::new(); partitions];
     let mut unacked_at_kill: HashMap<u32, u64> = HashMap::new();
     for e in &deliveries {
+        // An ack logged by a member killed before the broker got it is no ack: the
+        // broker gave the message to another member after the kill.
         let ack = acks
             .get(&(e.member, e.key, e.seq))
-            .and_then(|ts| ts.iter().copied().find(|&t| t >= e.t));
+            .and_then(|ts| ts.iter().copied().find(|&t| t >= e.t))
+            .filter(|_| {
+                killed_at(e.member).is_none() || !came_back.contains(&(e.member, e.key, e.seq))
+            });
         let end = match (ack, killed_at(e.member)) {
             (Some(a), Some(k)) => a.min(k),
             (Some(a), None) => a,
@@ -679,6 +688,24 @@ mod tests {
         let s = run(&events, &members, &[(7, 0)]);
         assert_eq!(s.redeliveries_after_graceful, 1);
         assert!(!s.ok());
+    }
+
+    /// A killed member that logged an ack a moment before its kill, which the broker
+    /// never got: the redelivery is explained by that unacked message.
+    #[test]
+    fn an_ack_logged_just_before_a_kill_may_not_have_reached_the_broker() {
+        let mut again = ev(2, Kind::Deliver, 60, 7, 0, 2);
+        again.redelivered = true;
+        let events = [
+            ev(1, Kind::Deliver, 10, 7, 0, 2),
+            ev(1, Kind::Ack, 49, 7, 0, 2),
+            again,
+            ev(2, Kind::Ack, 70, 7, 0, 2),
+        ];
+        let members = [member(1, Ending::Killed(50)), member(2, Ending::Running)];
+        let s = run(&events, &members, &[(7, 0)]);
+        assert!(s.ok(), "{s:?}");
+        assert_eq!((s.redeliveries_after_kill, s.killed_unacked), (1, 1));
     }
 
     #[test]
