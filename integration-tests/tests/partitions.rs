@@ -202,24 +202,6 @@ async fn ack(delivery: &Delivery) {
         .expect("basic.ack");
 }
 
-/// (messages, consumers) of `queue` by passive declare.
-async fn counts(channel: &Channel, queue: &str) -> (u32, u32) {
-    let declared = within(
-        "passive queue.declare",
-        channel.queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("passive declare");
-    (declared.message_count(), declared.consumer_count())
-}
-
 async fn wait_for_counts(channel: &Channel, queue: &str, expected: (u32, u32)) {
     let ok = wait_for(BOUND, || async { counts(channel, queue).await == expected }).await;
     assert!(

@@ -117,7 +117,12 @@ pub async fn declare_queue(channel: &Channel, name: &str) {
 
 /// The number of ready messages in `queue`, by passive declare.
 pub async fn message_count(channel: &Channel, queue: &str) -> u32 {
-    within(
+    counts(channel, queue).await.0
+}
+
+/// (ready messages, consumers) of `queue`, by passive declare.
+pub async fn counts(channel: &Channel, queue: &str) -> (u32, u32) {
+    let declared = within(
         "passive queue.declare",
         channel.queue_declare(
             queue.into(),
@@ -129,8 +134,8 @@ pub async fn message_count(channel: &Channel, queue: &str) -> u32 {
         ),
     )
     .await
-    .expect("passive declare")
-    .message_count()
+    .expect("passive declare");
+    (declared.message_count(), declared.consumer_count())
 }
 
 /// Whether `queue` exists, by passive declare on a throwaway channel (an exclusive

@@ -31,14 +31,11 @@ use bytes::Bytes;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
+use super::arguments::QueueArguments;
 use super::group::{self, Candidate};
 use super::partition_key::{SEED, murmur3_x86_32};
-use super::{
-    ConsumerHandle, ConsumerId, Credit, Effects, Mailbox, Membership, Outgoing, Queue, QueueEnv,
-    QueueSettings,
-};
+use super::{ConsumerHandle, ConsumerId, Credit, Effects, Mailbox, Membership, Outgoing, Queue};
 use crate::message::{Handling, Message, QueuedMessage};
-use crate::store::Recovery;
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 128;
@@ -243,17 +240,11 @@ fn id_of(message: &QueuedMessage) -> u64 {
 
 impl Harness {
     fn new(n: u16, k: u16) -> Self {
-        let mut settings = QueueSettings::default();
-        settings.parsed.partitions = Some(n);
-        settings.parsed.consumers_per_partition = Some(k);
-        let queue = Arc::new(Queue::new(
-            "pq".into(),
-            "/",
-            settings,
-            None,
-            &Recovery::default(),
-            QueueEnv::for_tests(),
-        ));
+        let queue = super::partitioned_tests::queue_with(QueueArguments {
+            partitions: Some(n),
+            consumers_per_partition: Some(k),
+            ..QueueArguments::default()
+        });
         Self {
             queue,
             model: Model::new(n, k),

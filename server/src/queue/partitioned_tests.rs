@@ -7,9 +7,12 @@ use bytes::Bytes;
 use super::*;
 use crate::timers::now_ms;
 
-fn partitioned_queue(n: u16) -> Arc<Queue> {
-    let mut settings = QueueSettings::default();
-    settings.parsed.partitions = Some(n);
+/// A transient queue `pq` on its own, running with `args`.
+pub(super) fn queue_with(args: QueueArguments) -> Arc<Queue> {
+    let settings = QueueSettings {
+        parsed: args,
+        ..QueueSettings::default()
+    };
     Arc::new(Queue::new(
         "pq".into(),
         "/",
@@ -18,6 +21,13 @@ fn partitioned_queue(n: u16) -> Arc<Queue> {
         &Recovery::default(),
         QueueEnv::for_tests(),
     ))
+}
+
+fn partitioned_queue(n: u16) -> Arc<Queue> {
+    queue_with(QueueArguments {
+        partitions: Some(n),
+        ..QueueArguments::default()
+    })
 }
 
 /// A message published through the default exchange: it has no key, so it goes round
@@ -275,18 +285,12 @@ fn purge_and_delete_cover_every_partition() {
 
 #[test]
 fn length_limits_bound_the_whole_queue() {
-    let mut settings = QueueSettings::default();
-    settings.parsed.partitions = Some(4);
-    settings.parsed.max_length = Some(5);
-    settings.parsed.overflow = Overflow::RejectPublish;
-    let queue = Arc::new(Queue::new(
-        "pq".into(),
-        "/",
-        settings,
-        None,
-        &Recovery::default(),
-        QueueEnv::for_tests(),
-    ));
+    let queue = queue_with(QueueArguments {
+        partitions: Some(4),
+        max_length: Some(5),
+        overflow: Overflow::RejectPublish,
+        ..QueueArguments::default()
+    });
     let mut effects = Effects::default();
     let outcomes: Vec<Enqueued> = (0..8)
         .map(|n| {
@@ -512,17 +516,11 @@ fn an_idle_partition_is_small() {
 }
 
 fn expiring_queue(expires_ms: u64) -> Arc<Queue> {
-    let mut settings = QueueSettings::default();
-    settings.parsed.partitions = Some(2);
-    settings.parsed.expires = Some(expires_ms);
-    Arc::new(Queue::new(
-        "pq".into(),
-        "/",
-        settings,
-        None,
-        &Recovery::default(),
-        QueueEnv::for_tests(),
-    ))
+    queue_with(QueueArguments {
+        partitions: Some(2),
+        expires: Some(expires_ms),
+        ..QueueArguments::default()
+    })
 }
 
 /// The last member of a queue with `x-expires` leaving (cancel, close, or a static
