@@ -280,6 +280,9 @@ struct PartitionTally {
     /// Ready messages and body bytes in the queue's other partitions, as last seen: the
     /// length limits bound the whole queue.
     outside: (u64, u64),
+    /// What this partition last added to the queue's [`FlowGauge`]: ready messages and
+    /// body bytes awaiting its owners.
+    shown_to_flow: (u64, u64),
 }
 
 /// What a queue is given by the broker around it: never a way back into its vhost.
@@ -362,22 +365,31 @@ pub struct FlowGauge {
 }
 
 impl FlowGauge {
-    fn set(&self, st: &QueueState, handed: u64) {
-        let (ready, bytes) = if st.consumers.is_empty() {
+    /// Shows `st`'s backlog after a dispatch that handed out `handed` deliveries. A
+    /// partition shows its share: it adds the change since its last showing, under its
+    /// own lock, so that the queue's figure is the sum of its partitions' without a
+    /// lock over them all.
+    fn set(&self, st: &mut QueueState, handed: u64) {
+        let backlog = if st.consumers.is_empty() {
             (0, 0)
         } else {
             (st.ready.len() as u64, st.ready.bytes() as u64)
         };
-        self.ready.store(ready, Ordering::Relaxed);
-        self.ready_bytes.store(bytes, Ordering::Relaxed);
-        if handed > 0 {
-            self.handed.fetch_add(handed, Ordering::Relaxed);
+        match st.partition.as_mut() {
+            None => {
+                self.ready.store(backlog.0, Ordering::Relaxed);
+                self.ready_bytes.store(backlog.1, Ordering::Relaxed);
+            }
+            Some(tally) => {
+                let shown = std::mem::replace(&mut tally.shown_to_flow, backlog);
+                // Each partition's share never goes below 0, so neither does the sum;
+                // the wrapping adds take away what a share lost.
+                self.ready
+                    .fetch_add(backlog.0.wrapping_sub(shown.0), Ordering::Relaxed);
+                self.ready_bytes
+                    .fetch_add(backlog.1.wrapping_sub(shown.1), Ordering::Relaxed);
+            }
         }
-    }
-
-    /// Counts deliveries handed out by a partition (a partitioned queue's backlog is
-    /// not reported: its partitions do not add up one figure without a shared lock).
-    fn add_handed(&self, handed: u64) {
         if handed > 0 {
             self.handed.fetch_add(handed, Ordering::Relaxed);
         }
@@ -1668,24 +1680,21 @@ impl Queue {
     ) {
         let mut handed = self.dispatch_ready(st, letters, at_ms);
         let index = st.partition.as_ref().map(|t| usize::from(t.index));
-        match (self.partitioned(), index) {
-            (Some(parts), Some(index)) => {
-                while !st.ready.is_empty() && !st.consumers.is_empty() {
-                    // Its owners lack credit or room: their next kick dispatches it. A
-                    // kick since their credit was last looked at may have found the flag
-                    // still down, so look again once it is up.
-                    parts.parts[index].waiting.store(true, Ordering::SeqCst);
-                    std::sync::atomic::fence(Ordering::SeqCst);
-                    let more = self.dispatch_ready(st, letters, at_ms);
-                    if more == 0 {
-                        break;
-                    }
-                    handed += more;
+        if let (Some(parts), Some(index)) = (self.partitioned(), index) {
+            while !st.ready.is_empty() && !st.consumers.is_empty() {
+                // Its owners lack credit or room: their next kick dispatches it. A kick
+                // since their credit was last looked at may have found the flag still
+                // down, so look again once it is up.
+                parts.parts[index].waiting.store(true, Ordering::SeqCst);
+                std::sync::atomic::fence(Ordering::SeqCst);
+                let more = self.dispatch_ready(st, letters, at_ms);
+                if more == 0 {
+                    break;
                 }
-                self.flow.add_handed(handed);
+                handed += more;
             }
-            _ => self.flow.set(st, handed),
         }
+        self.flow.set(st, handed);
     }
 
     /// [`Queue::dispatch`]'s work; returns how many deliveries it handed out.

@@ -638,6 +638,8 @@ impl Queue {
             if hand_over_partition(&mut st, target, exclusive_owner) {
                 parts.parts[p].waiting.store(true, Ordering::Release);
             }
+            // Its backlog no longer counts for publishers if it lost its owners.
+            self.flow.set(&mut st, 0);
             // Told under the partition's lock: no delivery of it slips in between.
             let before = group.owners.get(p).map_or(&[][..], Vec::as_slice);
             for member in group

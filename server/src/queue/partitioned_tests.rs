@@ -584,3 +584,27 @@ fn a_manual_consumer_taking_a_members_partition_waits_for_its_drain() {
     a.ack(&queue, held);
     assert_eq!(manual.take().len(), 1);
 }
+
+/// Publishers' flow control sees a partitioned queue's whole backlog: the sum of what
+/// its owned partitions hold, kept without a lock over them all.
+#[test]
+fn the_flow_gauge_adds_up_the_partitions_backlogs() {
+    let queue = partitioned_queue(2);
+    publish(&queue, 0..10);
+    assert_eq!(queue.flow().ready(), 0, "no member: nothing to wait for");
+    let member = Member::new(1, 4);
+    member.join(&queue);
+    let flow = queue.flow();
+    assert_eq!((flow.ready(), flow.ready_bytes(), flow.handed()), (6, 6, 4));
+    let first = member.take();
+    member.ack(&queue, first);
+    assert_eq!((flow.ready(), flow.handed()), (2, 8));
+    publish(&queue, 10..20);
+    assert_eq!(flow.ready(), 12);
+    assert_eq!(queue.remove_consumer(member.id), ConsumerRemoval::Removed);
+    assert_eq!(
+        queue.flow().ready(),
+        0,
+        "the member left: nothing is delivered"
+    );
+}
