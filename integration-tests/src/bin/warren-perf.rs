@@ -2,13 +2,14 @@
 //! consume rates, end-to-end latency and the tool's own CPU, and verify that every
 //! message was consumed exactly once; or (`--connections N`) open N consuming
 //! connections and report how long that took; or (`groups`) run the consumer-group
-//! churn benchmark. Exit status: 0 verified, 1 verification failed (or not every
+//! churn benchmark; or (`group-join`) measure what a rebalance costs the partitions
+//! it does not move. Exit status: 0 verified, 1 verification failed (or not every
 //! connection opened), 2 the run could not be carried out.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use integration_tests::perf::{self, Command, Options, group_member, groups};
+use integration_tests::perf::{self, Command, Options, group_join, group_member, groups};
 
 fn main() -> ExitCode {
     let opts = Options::parse();
@@ -19,6 +20,18 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("warren-perf group-member {}: error: {e:#}", member_opts.id);
+                    ExitCode::from(2)
+                }
+            };
+        }
+        Some(Command::GroupJoin(join_opts)) => {
+            return match group_join::run(join_opts) {
+                Ok(report) => {
+                    print!("{}", report.to_text());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("warren-perf group-join: error: {e:#}");
                     ExitCode::from(2)
                 }
             };

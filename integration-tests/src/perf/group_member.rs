@@ -237,7 +237,7 @@ fn parse_body(body: &[u8]) -> Option<(u32, u32)> {
 }
 
 /// The delivery's `x-partition` header, if it has one.
-fn header_partition(delivery: &Delivery) -> Option<u16> {
+pub(super) fn header_partition(delivery: &Delivery) -> Option<u16> {
     let headers = delivery.properties.headers().as_ref()?;
     let value = headers.inner().get("x-partition")?;
     let n: i64 = match value {

@@ -25,6 +25,8 @@
 //! - [`groups`], [`group_member`] and [`group_check`]: the consumer-group churn
 //!   benchmark (`warren-perf groups`), its member processes (`warren-perf
 //!   group-member`) and the checks over what they report.
+//! - [`group_join`]: how much a rebalance slows the partitions it does not move
+//!   (`warren-perf group-join`).
 //!
 //! The tests of the private `capacity` module measure the tool's own ceiling against
 //! an in-process null broker.
@@ -38,6 +40,7 @@ pub mod consumer;
 pub mod cpu;
 pub mod fdlimit;
 pub mod group_check;
+pub mod group_join;
 pub mod group_member;
 pub mod groups;
 pub mod latency;

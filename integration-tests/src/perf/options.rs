@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use super::group_join::JoinOptions;
 use super::group_member::MemberOptions;
 use super::groups::GroupsOptions;
 
@@ -27,6 +28,7 @@ Examples (against a broker on 127.0.0.1:5672 unless --uri says otherwise):
                                                               routing past 10,000 non-matching bindings
   warren-perf --duration 10 --partitions 4 -x 4 -y 4           a 4-partition queue, a group of 4 members
   warren-perf groups --duration 60 --messages 200000         consumer-group churn (see groups --help)
+  warren-perf group-join --joins 10                           rate of unmoved partitions during joins
   warren-perf --connections 10000 --hold 30                   open 10,000 consumer connections, hold, close
 
 Exit status: 0 verified (every message consumed exactly once), 1 verification failed,
@@ -63,6 +65,9 @@ pub enum Command {
     Groups(GroupsOptions),
     /// One member process of `groups` (started by it): prints JSON lines.
     GroupMember(MemberOptions),
+    /// Rate lost by the partitions a rebalance does not move: a steady flow into a
+    /// partitioned queue while members join and leave.
+    GroupJoin(JoinOptions),
 }
 
 /// Load generator for AMQP 0-9-1 brokers: publish and consume at full speed or at a
