@@ -95,14 +95,13 @@ impl Context<'_> {
     /// Schedules a group commit after this batch (once per batch) of the log of
     /// `queue` (of its partition `partition`) that took a message.
     pub fn commit_later(&mut self, queue: &Arc<Queue>, partition: u16) {
-        let target = queue.sync_target(partition);
-        let at = Arc::as_ptr(&target).cast::<()>();
+        let at = queue.sync_target_addr(partition);
         if !self
             .commits
             .iter()
             .any(|t| std::ptr::eq(Arc::as_ptr(t).cast::<()>(), at))
         {
-            self.commits.push(target);
+            self.commits.push(queue.sync_target(partition));
         }
     }
 

@@ -899,6 +899,18 @@ impl Queue {
         }
     }
 
+    /// Where [`sync_target`](Self::sync_target)`(p)` points, to tell whether a batch
+    /// already waits on it without taking a reference.
+    pub fn sync_target_addr(&self, p: u16) -> *const () {
+        match self
+            .partitioned()
+            .and_then(|parts| parts.parts.get(usize::from(p)))
+        {
+            Some(part) => Arc::as_ptr(part).cast(),
+            None => std::ptr::from_ref(self).cast(),
+        }
+    }
+
     /// Checks that connection `conn` may use this queue (exclusive queues belong to one).
     ///
     /// # Errors
@@ -1229,13 +1241,13 @@ impl Queue {
         no_ack: bool,
         effects: &mut Effects,
     ) -> Option<(QueuedMessage, u32)> {
-        let order: Vec<usize> = match self.partitioned() {
-            Some(parts) => parts.get_order().collect(),
-            None => vec![0],
+        let (start, n) = match self.partitioned() {
+            Some(parts) => (parts.get_start(), usize::from(parts.count())),
+            None => (0, 1),
         };
         let now = now_ms();
         self.last_used_ms.store(now, Ordering::Relaxed);
-        for p in order {
+        for p in (0..n).map(|i| (start + i) % n) {
             let mut letters = Vec::new();
             let mut st = self.lock(p);
             let owned = st
@@ -1346,14 +1358,14 @@ impl Queue {
     }
 
     /// Groups settled messages by the partition they came from (all in one for a plain
-    /// queue), keeping their order within each.
+    /// queue, without allocating), keeping their order within each.
     fn by_partition(
         &self,
         messages: impl IntoIterator<Item = QueuedMessage>,
-    ) -> Vec<(usize, Vec<QueuedMessage>)> {
+    ) -> impl Iterator<Item = (usize, Vec<QueuedMessage>)> {
         let messages: Vec<QueuedMessage> = messages.into_iter().collect();
         if self.partitioned().is_none() || messages.is_empty() {
-            return vec![(0, messages)];
+            return Some((0, messages)).into_iter().chain(Vec::new());
         }
         let mut groups: Vec<(usize, Vec<QueuedMessage>)> = Vec::new();
         for message in messages {
@@ -1363,7 +1375,7 @@ impl Queue {
                 None => groups.push((p, vec![message])),
             }
         }
-        groups
+        None.into_iter().chain(groups)
     }
 
     /// Records that delivered messages were acked: they leave the log. A partition
@@ -1423,12 +1435,17 @@ impl Queue {
     /// Dispatches again after consumers regained credit: a partitioned queue, the
     /// partitions that wait for it.
     pub fn kick(self: &Arc<Self>, effects: &mut Effects) {
+        if self.partitioned().is_some() {
+            // Pairs with the fence in `dispatch`: credit released before this kick is
+            // seen by a dispatch that raises the flag after this look.
+            std::sync::atomic::fence(Ordering::SeqCst);
+        }
         for p in 0..self.state_count() {
             if let Some(parts) = self.partitioned() {
-                // Pairs with the fence in `dispatch`: credit released before this kick
-                // is seen by a dispatch that raises the flag after this look.
-                std::sync::atomic::fence(Ordering::SeqCst);
-                if !parts.parts[p].waiting.swap(false, Ordering::SeqCst) {
+                // Looked at before it is taken: a flag that is down is not written, so
+                // that kicks from many cores do not fight over the partitions' lines.
+                let waiting = &parts.parts[p].waiting;
+                if !waiting.load(Ordering::SeqCst) || !waiting.swap(false, Ordering::SeqCst) {
                     continue;
                 }
             }

@@ -318,11 +318,9 @@ impl Partitioned {
         usize::from(p)
     }
 
-    /// Where `basic.get` starts looking, rotating so that no partition starves.
-    pub(super) fn get_order(&self) -> impl Iterator<Item = usize> + '_ {
-        let n = self.parts.len();
-        let start = self.next_get.fetch_add(1, Ordering::Relaxed) as usize % n;
-        (0..n).map(move |i| (start + i) % n)
+    /// The partition where `basic.get` starts looking, rotating so that none starves.
+    pub(super) fn get_start(&self) -> usize {
+        self.next_get.fetch_add(1, Ordering::Relaxed) as usize % self.parts.len()
     }
 
     /// Registered consumers: members (active or standby) and manual ones.
