@@ -383,11 +383,14 @@ impl FlowGauge {
             Some(tally) => {
                 let shown = std::mem::replace(&mut tally.shown_to_flow, backlog);
                 // Each partition's share never goes below 0, so neither does the sum;
-                // the wrapping adds take away what a share lost.
-                self.ready
-                    .fetch_add(backlog.0.wrapping_sub(shown.0), Ordering::Relaxed);
-                self.ready_bytes
-                    .fetch_add(backlog.1.wrapping_sub(shown.1), Ordering::Relaxed);
+                // the wrapping adds take away what a share lost. An unchanged share
+                // writes nothing to the line all partitions share.
+                if backlog != shown {
+                    self.ready
+                        .fetch_add(backlog.0.wrapping_sub(shown.0), Ordering::Relaxed);
+                    self.ready_bytes
+                        .fetch_add(backlog.1.wrapping_sub(shown.1), Ordering::Relaxed);
+                }
             }
         }
         if handed > 0 {

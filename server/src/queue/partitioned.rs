@@ -166,9 +166,11 @@ impl Drop for Locked<'_> {
             (&totals.ready, self.before.0, after.0),
             (&totals.bytes, self.before.1, after.1),
         ] {
-            if after >= before {
+            // Untouched totals are not written: acks and kicks leave them alone, and
+            // the line they share with every partition stays put.
+            if after > before {
                 total.fetch_add(after - before, Ordering::Relaxed);
-            } else {
+            } else if after < before {
                 let _ = total.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
                     Some(t.saturating_sub(before - after))
                 });
