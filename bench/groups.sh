@@ -6,10 +6,14 @@
 #      pika members in turn, prefetch 10, 0-2 ms work), with its checks;
 #   2. a latency churn: the same with no work, so join / hand-over / fail-over times are
 #      the broker's, not a busy member's backlog;
-#   3. throughput: a plain queue 1 -> 1 against 1 partition 1 -> 1, and N partitions with
-#      N producers and N members (N = 1 2 4 8 16), transient and persistent (confirms),
+#   3. joins: `warren-perf group-join` (a steady 32,000 msg/s into 16 partitions, 3
+#      members, one more joining and leaving every 3 s): the rate the partitions a
+#      rebalance does not move lose, worst 100 ms bucket, beside a quiet control;
+#   4. throughput: a plain queue 1 -> 1 against 1 partition 1 -> 1, and N partitions with
+#      N producers and N members (N = 1 2 4 8 16) beside N plain queues 1 -> 1 each (what
+#      the machine gives N independent flows), transient and persistent (confirms),
 #      consume msg/s medians of GROUPS_RUNS runs;
-#   4. with GROUPS_RABBITMQ=1, the churn against RabbitMQ's nearest equivalent (an
+#   5. with GROUPS_RABBITMQ=1, the churn against RabbitMQ's nearest equivalent (an
 #      x-consistent-hash exchange -> 16 single-active-consumer quorum queues), on a
 #      throwaway node (../shared/tools/rabbitmq.sh; apt-get install -y rabbitmq-server).
 #
@@ -18,8 +22,8 @@
 #   GROUPS_RABBITMQ=1 bench/groups.sh            RabbitMQ too
 #   bench/groups.sh --seed 42                    ARGS go to every `warren-perf groups`
 #
-# Also read: GROUPS_LATENCY_DURATION (30; 0 skips the latency churn), GROUPS_RUNS (3; 0
-# skips throughput), GROUPS_TP_SECS (5: seconds per throughput run), GROUPS_OUT (where
+# Also read: GROUPS_LATENCY_DURATION (30; 0 skips the latency churn), GROUPS_JOINS (10;
+# 0 skips the joins), GROUPS_RUNS (3; 0 skips throughput), GROUPS_TP_SECS (5: seconds per throughput run), GROUPS_OUT (where
 # the results and every member's JSON lines go; a fresh temporary directory by default),
 # WARREN_BENCH_PORT (5692), RABBIT_BENCH_PORT (5673), CARGO_TARGET_DIR.
 # Exits non-zero if a churn's checks failed against Warren (RabbitMQ's are expected to
@@ -35,6 +39,7 @@ rabbit_port=${RABBIT_BENCH_PORT:-5673}
 duration=${GROUPS_DURATION:-60}
 messages=${GROUPS_MESSAGES:-200000}
 latency_duration=${GROUPS_LATENCY_DURATION:-30}
+joins=${GROUPS_JOINS:-10}
 runs=${GROUPS_RUNS:-3}
 tp_secs=${GROUPS_TP_SECS:-5}
 out=${GROUPS_OUT:-$(mktemp -d -t warren-groups.XXXXXX)}
@@ -89,6 +94,12 @@ if [ "$latency_duration" != 0 ]; then
     --messages "$latency_messages" --work-max-us 0 "${pika[@]}" "$@" || status=1
 fi
 
+if [ "$joins" != 0 ]; then
+  echo
+  echo "== joins"
+  "$perf" group-join --uri "$warren_uri" --joins "$joins" --json "$out/join.json" || status=1
+fi
+
 if [ "$runs" != 0 ]; then
   echo
   echo "== throughput: consume msg/s, median of $runs runs of $tp_secs s"
@@ -116,6 +127,9 @@ EOF
     tp "$mode plain queue 1->1" "${extra[@]}"
     for n in 1 2 4 8 16; do
       tp "$mode $n partition(s), $n->$n" --partitions "$n" -x "$n" -y "$n" "${extra[@]}"
+      if [ "$n" != 1 ]; then
+        tp "$mode $n plain queues, 1->1 each" --queues "$n" -x "$n" -y "$n" "${extra[@]}"
+      fi
     done
   done | tee "$out/throughput.md"
 fi
