@@ -365,36 +365,45 @@ pub struct FlowGauge {
 }
 
 impl FlowGauge {
-    /// Shows `st`'s backlog after a dispatch that handed out `handed` deliveries. A
-    /// partition shows its share: it adds the change since its last showing, under its
-    /// own lock, so that the queue's figure is the sum of its partitions' without a
-    /// lock over them all.
-    fn set(&self, st: &mut QueueState, handed: u64) {
-        let backlog = if st.consumers.is_empty() {
+    /// What `st` holds for its consumers: ready messages in memory and their bytes.
+    fn backlog_of(st: &QueueState) -> (u64, u64) {
+        if st.consumers.is_empty() {
             (0, 0)
         } else {
             (st.ready.len() as u64, st.ready.bytes() as u64)
-        };
-        match st.partition.as_mut() {
-            None => {
-                self.ready.store(backlog.0, Ordering::Relaxed);
-                self.ready_bytes.store(backlog.1, Ordering::Relaxed);
-            }
-            Some(tally) => {
-                let shown = std::mem::replace(&mut tally.shown_to_flow, backlog);
-                // Each partition's share never goes below 0, so neither does the sum;
-                // the wrapping adds take away what a share lost. An unchanged share
-                // writes nothing to the line all partitions share.
-                if backlog != shown {
-                    self.ready
-                        .fetch_add(backlog.0.wrapping_sub(shown.0), Ordering::Relaxed);
-                    self.ready_bytes
-                        .fetch_add(backlog.1.wrapping_sub(shown.1), Ordering::Relaxed);
-                }
-            }
+        }
+    }
+
+    /// Shows `st`'s backlog after a dispatch that handed out `handed` deliveries (a
+    /// partition's share is shown as its lock is released: [`show_share`](Self::show_share)).
+    fn set(&self, st: &QueueState, handed: u64) {
+        if st.partition.is_none() {
+            let (ready, bytes) = Self::backlog_of(st);
+            self.ready.store(ready, Ordering::Relaxed);
+            self.ready_bytes.store(bytes, Ordering::Relaxed);
         }
         if handed > 0 {
             self.handed.fetch_add(handed, Ordering::Relaxed);
+        }
+    }
+
+    /// Shows a partition's share of the queue's backlog: adds its change since the
+    /// last showing, under the partition's lock, so that the queue's figure is the sum
+    /// of its partitions' without a lock over them all. Unchanged, it writes nothing
+    /// to the line all partitions share.
+    fn show_share(&self, st: &mut QueueState) {
+        let backlog = Self::backlog_of(st);
+        let Some(tally) = st.partition.as_mut() else {
+            return;
+        };
+        let shown = std::mem::replace(&mut tally.shown_to_flow, backlog);
+        if backlog != shown {
+            // Each share never goes below 0, so neither does the sum; the wrapping
+            // adds take away what a share lost.
+            self.ready
+                .fetch_add(backlog.0.wrapping_sub(shown.0), Ordering::Relaxed);
+            self.ready_bytes
+                .fetch_add(backlog.1.wrapping_sub(shown.1), Ordering::Relaxed);
         }
     }
 
@@ -825,7 +834,7 @@ impl Queue {
         let Some(part) = parts.parts.get(usize::from(p)) else {
             return;
         };
-        let mut st = Locked::new(&part.state, Some(&parts.totals));
+        let mut st = Locked::new(&part.state, Some((&parts.totals, &self.flow)));
         st.log = Some(Box::new(log));
         st.paged = recovered.messages;
         st.paged_bytes = recovered.bytes;
@@ -836,7 +845,7 @@ impl Queue {
     fn lock(&self, p: usize) -> Locked<'_> {
         match &self.body {
             Body::Plain(state) => Locked::new(state, None),
-            Body::Partitioned(parts) => parts.lock(p),
+            Body::Partitioned(parts) => parts.lock(p, &self.flow),
         }
     }
 
@@ -1439,7 +1448,7 @@ impl Queue {
     /// partitions that wait for it.
     pub fn kick(self: &Arc<Self>, effects: &mut Effects) {
         if self.partitioned().is_some() {
-            // Pairs with the fence in `dispatch`: credit released before this kick is
+            // Pairs with the fence in `dispatch_at`: credit released before this kick is
             // seen by a dispatch that raises the flag after this look.
             std::sync::atomic::fence(Ordering::SeqCst);
         }
@@ -1879,6 +1888,8 @@ impl Queue {
         }
         if let Some(parts) = self.partitioned() {
             self.expire_sessions(parts, now_ms);
+            // Partitions an expired member held may have passed to members with credit.
+            self.kick(effects);
             let ttl = self.expires_ms.load(Ordering::Relaxed);
             let last_used = self.last_used_ms.load(Ordering::Relaxed);
             let idle = !self.lock(0).deleted && parts.consumer_count() == 0;

@@ -24,8 +24,8 @@ use parking_lot::{Mutex, MutexGuard};
 use super::group::{self, Candidate};
 use super::partition_key::{self, HashOn};
 use super::{
-    ConsumerHandle, ConsumerId, ConsumerRemoval, Drain, GroupEvent, Outgoing, PartitionTally,
-    Queue, QueueState,
+    ConsumerHandle, ConsumerId, ConsumerRemoval, Drain, FlowGauge, GroupEvent, Outgoing,
+    PartitionTally, Queue, QueueState,
 };
 use crate::error::{self, AmqpResult};
 use crate::message::Message;
@@ -115,19 +115,24 @@ pub(super) struct Totals {
     pub(super) bytes: AtomicU64,
 }
 
-/// A partition's state, locked; on release it brings the queue's totals up to date.
+/// A partition's state, locked; on release it brings the queue's totals and its share
+/// of the flow gauge up to date, whatever changed it.
 pub(super) struct Locked<'a> {
     st: MutexGuard<'a, QueueState>,
-    totals: Option<&'a Totals>,
+    shared: Option<(&'a Totals, &'a FlowGauge)>,
     before: (u64, u64),
 }
 
 impl<'a> Locked<'a> {
-    /// Locks `state`, telling it what the queue's other partitions hold.
-    pub(super) fn new(state: &'a Mutex<QueueState>, totals: Option<&'a Totals>) -> Self {
+    /// Locks `state`, telling it what the queue's other partitions hold (`shared`:
+    /// none for a plain queue).
+    pub(super) fn new(
+        state: &'a Mutex<QueueState>,
+        shared: Option<(&'a Totals, &'a FlowGauge)>,
+    ) -> Self {
         let mut st = state.lock();
         let before = (st.ready_count(), st.ready_bytes());
-        if let (Some(totals), Some(tally)) = (totals, st.partition.as_mut()) {
+        if let (Some((totals, _)), Some(tally)) = (shared, st.partition.as_mut()) {
             tally.outside = (
                 totals
                     .ready
@@ -139,7 +144,7 @@ impl<'a> Locked<'a> {
                     .saturating_sub(before.1),
             );
         }
-        Self { st, totals, before }
+        Self { st, shared, before }
     }
 }
 
@@ -158,9 +163,10 @@ impl std::ops::DerefMut for Locked<'_> {
 
 impl Drop for Locked<'_> {
     fn drop(&mut self) {
-        let Some(totals) = self.totals else {
+        let Some((totals, flow)) = self.shared else {
             return;
         };
+        flow.show_share(&mut self.st);
         let after = (self.st.ready_count(), self.st.ready_bytes());
         for (total, before, after) in [
             (&totals.ready, self.before.0, after.0),
@@ -306,8 +312,8 @@ impl Partitioned {
     }
 
     /// Locks partition `p`.
-    pub(super) fn lock(&self, p: usize) -> Locked<'_> {
-        Locked::new(&self.parts[p].state, Some(&self.totals))
+    pub(super) fn lock<'a>(&'a self, p: usize, flow: &'a FlowGauge) -> Locked<'a> {
+        Locked::new(&self.parts[p].state, Some((&self.totals, flow)))
     }
 
     /// The partition `message` goes to: its key's hash, else the next in turn.
@@ -634,12 +640,10 @@ impl Queue {
                     .map(|(c, _)| c.clone()),
             );
             let exclusive_owner = parts.per_partition == 1;
-            let mut st = parts.lock(p);
+            let mut st = parts.lock(p, &self.flow);
             if hand_over_partition(&mut st, target, exclusive_owner) {
                 parts.parts[p].waiting.store(true, Ordering::Release);
             }
-            // Its backlog no longer counts for publishers if it lost its owners.
-            self.flow.set(&mut st, 0);
             // Told under the partition's lock: no delivery of it slips in between.
             let before = group.owners.get(p).map_or(&[][..], Vec::as_slice);
             for member in group

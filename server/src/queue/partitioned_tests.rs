@@ -428,7 +428,6 @@ fn a_static_members_session_expires() {
     publish(&queue, 0..4);
     assert_eq!(b.take().len(), 2);
     queue.wake(now_ms() + 60_001, &mut effects);
-    queue.kick(&mut effects);
     assert_eq!(b.take().len(), 2, "b took a's partition");
     assert_eq!(queue.consumer_count(), 1);
 }
@@ -607,4 +606,16 @@ fn the_flow_gauge_adds_up_the_partitions_backlogs() {
         0,
         "the member left: nothing is delivered"
     );
+}
+
+/// A purge empties every partition's share, though nothing is dispatched after it.
+#[test]
+fn a_purge_empties_the_flow_gauge() {
+    let queue = partitioned_queue(2);
+    let member = Member::new(1, 1);
+    member.join(&queue);
+    publish(&queue, 0..10);
+    assert_eq!(queue.flow().ready(), 9, "one is out on the member's credit");
+    assert_eq!(queue.purge(), 9);
+    assert_eq!(queue.flow().ready(), 0);
 }
