@@ -150,11 +150,24 @@ impl Drop for TestServer {
 }
 
 /// Whether a broker at `addr` answers the AMQP protocol header.
+///
+/// A socket connected to itself does not count: while nothing listens on a port of the
+/// ephemeral range, a connect from the same host can pick that very port as its own
+/// and succeed by simultaneous open, echoing what it writes. A probe that took that for
+/// the broker let a test connect before the broker listened ("connection refused").
 async fn answers_amqp(addr: SocketAddr) -> bool {
+    match tokio::net::TcpStream::connect(addr).await {
+        Ok(stream) => speaks_amqp(stream, addr).await,
+        Err(_) => false,
+    }
+}
+
+/// Whether the other end of `stream`, connected to `addr`, answers the AMQP header.
+async fn speaks_amqp(mut stream: tokio::net::TcpStream, addr: SocketAddr) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut stream) = tokio::net::TcpStream::connect(addr).await else {
+    if stream.local_addr().is_ok_and(|local| local == addr) {
         return false;
-    };
+    }
     if stream.write_all(b"AMQP\x00\x00\x09\x01").await.is_err() {
         return false;
     }
@@ -309,10 +322,7 @@ impl WarrenProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let up = wait_for(Duration::from_secs(20), || async move {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await;
+        let up = wait_for(Duration::from_secs(20), || answers_amqp(addr)).await;
         assert!(
             up,
             "warren did not accept connections on {addr} within 20 s"
@@ -416,4 +426,24 @@ pub fn warren_binary() -> std::path::PathBuf {
         assert!(status.success(), "cargo build -p warren failed");
     });
     binary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A probe whose socket the kernel connected to itself (the port it waits on is
+    /// free, and the probe's own end took it) does not mistake its echo for a broker.
+    #[tokio::test]
+    async fn a_socket_connected_to_itself_is_no_broker() {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("reuseaddr");
+        socket.bind(addr).expect("bind the port to connect to");
+        let stream = socket.connect(addr).await.expect("connected to itself");
+        assert_eq!(stream.peer_addr().ok(), Some(addr));
+        assert!(!speaks_amqp(stream, addr).await);
+    }
 }
