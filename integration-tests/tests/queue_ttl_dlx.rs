@@ -415,7 +415,8 @@ async fn a_queue_with_a_consumer_does_not_expire_until_the_consumer_goes() {
     let server = TestServer::start().await;
     let (conn, channel) = open(&server).await;
     let queue = unique_name("expires-consumed");
-    declare(&channel, &queue, &[("x-expires", int(100))]).await;
+    // Long enough that a loaded machine does not expire it between declare and consume.
+    declare(&channel, &queue, &[("x-expires", int(500))]).await;
     let consumer_channel = common::channel(&conn).await;
     let _consumer = consume_with(
         &consumer_channel,
@@ -425,7 +426,8 @@ async fn a_queue_with_a_consumer_does_not_expire_until_the_consumer_goes() {
         FieldTable::default(),
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Nothing to wait on: the queue must outlive twice its expiry while consumed.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     assert!(queue_exists(&conn, &queue).await, "expired while consumed");
     within(
         "basic.cancel",
@@ -433,7 +435,8 @@ async fn a_queue_with_a_consumer_does_not_expire_until_the_consumer_goes() {
     )
     .await
     .expect("cancel");
-    wait_until_gone(&conn, &queue, Duration::from_millis(250)).await;
+    // Looked at less often than its expiry: a passive declare is a use.
+    wait_until_gone(&conn, &queue, Duration::from_millis(750)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
