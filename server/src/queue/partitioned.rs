@@ -457,13 +457,29 @@ impl Queue {
         if group.deleted {
             return Err(error::no_queue(&self.name, &self.vhost_name));
         }
-        let exclusive = group
-            .members
-            .iter()
-            .map(|m| &m.handle)
-            .chain(group.manual.iter().map(|(c, _)| c))
-            .any(|c| c.exclusive);
-        let empty = group.members.is_empty() && group.manual.is_empty();
+        // A static member coming back (or fencing its old self) takes its own place:
+        // it is not another consumer to an exclusive one.
+        let returning = membership
+            .member
+            .as_ref()
+            .filter(|_| membership.partitions.is_none())
+            .and_then(|id| {
+                group
+                    .members
+                    .iter()
+                    .position(|m| m.static_id.as_ref() == Some(id))
+            });
+        let others = || {
+            group
+                .members
+                .iter()
+                .enumerate()
+                .filter(move |(at, _)| Some(*at) != returning)
+                .map(|(_, m)| &m.handle)
+                .chain(group.manual.iter().map(|(c, _)| c))
+        };
+        let exclusive = others().any(|c| c.exclusive);
+        let empty = others().next().is_none();
         if exclusive || (consumer.exclusive && !empty) {
             return Err(crate::error::AmqpError::new(
                 amqp_codec::ReplyCode::AccessRefused,
@@ -490,13 +506,7 @@ impl Queue {
             if group.name.is_none() {
                 group.name.clone_from(&membership.group);
             }
-            let known = membership.member.as_ref().and_then(|id| {
-                group
-                    .members
-                    .iter()
-                    .position(|m| m.static_id.as_ref() == Some(id))
-            });
-            if let Some(at) = known {
+            if let Some(at) = returning {
                 let cause = take_place(&mut group, at, consumer, membership);
                 let fresh = group.members[at].handle.id;
                 self.rebalance(parts, &mut group, cause, Some(fresh));

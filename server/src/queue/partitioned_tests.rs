@@ -619,3 +619,30 @@ fn a_purge_empties_the_flow_gauge() {
     assert_eq!(queue.purge(), 9);
     assert_eq!(queue.flow().ready(), 0);
 }
+
+/// An exclusive static member that comes back within its session takes its own place;
+/// anyone else is still refused while it is held.
+#[test]
+fn an_exclusive_static_member_comes_back_to_its_place() {
+    let queue = partitioned_queue(2);
+    let mut effects = Effects::default();
+    let exclusive = |member: &Member| ConsumerHandle {
+        exclusive: true,
+        ..member.handle()
+    };
+    let a = Member::new(1, 100);
+    queue
+        .add_member(exclusive(&a), &static_member("a"), &mut effects)
+        .expect("join");
+    queue.close_consumer(a.id);
+    let stranger = Member::new(2, 100);
+    let refused = queue
+        .add_member(exclusive(&stranger), &Membership::default(), &mut effects)
+        .expect_err("held in exclusive use");
+    assert_eq!(refused.code, amqp_codec::ReplyCode::AccessRefused);
+    let again = Member::new(3, 100);
+    queue
+        .add_member(exclusive(&again), &static_member("a"), &mut effects)
+        .expect("back within its session");
+    assert_eq!(assigned(&queue, again.id), vec![0, 1]);
+}
