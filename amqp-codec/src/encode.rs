@@ -90,7 +90,9 @@ const PARTITION_ENTRY_LEN: usize = 1 + PARTITION_HEADER.len() + 1 + 8;
 ///
 /// Properties this cannot splice into (cut short, a malformed headers table, a second
 /// flags word, or a table that would outgrow its `u32` length) are copied unchanged,
-/// as [`content`] would: the broker forwards what it accepted rather than fail.
+/// as [`content`] would: the broker forwards what it accepted rather than fail. So are
+/// properties the entry would push past `frame_max` (a content header is one frame):
+/// the consumer gets the message without its partition rather than a frame error.
 pub fn content_annotated(
     buf: &mut BytesMut,
     channel: u16,
@@ -100,6 +102,10 @@ pub fn content_annotated(
     frame_max: u32,
 ) {
     let len = properties.len() + 4 + PARTITION_ENTRY_LEN;
+    if frame_max > 0 && FRAME_OVERHEAD + HEADER_FIXED_LEN + len > frame_max as usize {
+        content(buf, channel, properties, body, frame_max);
+        return;
+    }
     content_with(buf, channel, len, body, frame_max, |buf| {
         let start = buf.len();
         if annotate(buf, properties, partition).is_none() {
@@ -108,6 +114,9 @@ pub fn content_annotated(
         }
     });
 }
+
+/// A content header's payload before its properties: class, weight, body size.
+const HEADER_FIXED_LEN: usize = 2 + 2 + 8;
 
 /// Writes a content header whose properties (about `properties_len` bytes)
 /// `properties` appends, then the body frames, each at most `frame_max` bytes.
@@ -551,6 +560,25 @@ mod tests {
             let header_end = 7 + 12 + raw.len() + 1;
             assert_eq!(&ours[header_end + grown..], &plain[header_end..]);
         }
+    }
+
+    #[test]
+    fn properties_the_entry_would_push_past_frame_max_are_copied_unchanged() {
+        let content_type = "t".repeat(255);
+        let properties = BasicProperties::default()
+            .with_content_type(content_type.as_str().into())
+            .with_content_encoding(content_type.as_str().into());
+        let raw = encode_properties(&properties);
+        let header_frame = FRAME_OVERHEAD + HEADER_FIXED_LEN + raw.len();
+        // Room for the entry: it is added.
+        let roomy = u32::try_from(header_frame + 4 + PARTITION_ENTRY_LEN).unwrap_or(u32::MAX);
+        check_annotated(&properties, 3, b"body", roomy);
+        // One byte short: the header goes out as published, within frame_max.
+        let (mut plain, mut ours) = (BytesMut::new(), BytesMut::new());
+        content(&mut plain, 1, &raw, b"body", roomy - 1);
+        content_annotated(&mut ours, 1, &raw, 3, b"body", roomy - 1);
+        assert_eq!(ours, plain);
+        assert!(header_frame <= (roomy - 1) as usize);
     }
 
     #[test]
