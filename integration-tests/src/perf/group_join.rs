@@ -30,12 +30,13 @@ use lapin::options::{
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel};
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
 
 use super::group_member::header_partition;
+use super::groups::connect;
 
 /// Width of the buckets rates are counted in.
 const BUCKET_US: u64 = 100_000;
@@ -272,14 +273,6 @@ fn write_trace(trace: &Trace, path: &std::path::Path) -> std::io::Result<()> {
         writeln!(out, "deliver,{},{},{}", s.t_us, s.partition, s.member)?;
     }
     out.flush()
-}
-
-async fn connect(uri: &str) -> Result<(Connection, Channel)> {
-    let conn = Connection::connect(uri, ConnectionProperties::default())
-        .await
-        .context("connecting")?;
-    let channel = conn.create_channel().await.context("opening a channel")?;
-    Ok((conn, channel))
 }
 
 /// Runs the flow and the joins; returns what every member saw.

@@ -600,7 +600,8 @@ fn start_member(
     Ok(())
 }
 
-async fn connect(uri: &str) -> Result<(Connection, Channel)> {
+/// A connection and a channel on it.
+pub(super) async fn connect(uri: &str) -> Result<(Connection, Channel)> {
     let conn = Connection::connect(uri, ConnectionProperties::default())
         .await
         .context("connecting")?;
