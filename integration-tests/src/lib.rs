@@ -162,6 +162,15 @@ async fn answers_amqp(addr: SocketAddr) -> bool {
     }
 }
 
+/// Whether something other than the probe itself listens at `addr` (see
+/// [`answers_amqp`] for why a socket connected to itself does not count).
+async fn listens(addr: SocketAddr) -> bool {
+    match tokio::net::TcpStream::connect(addr).await {
+        Ok(stream) => stream.local_addr().is_ok_and(|local| local != addr),
+        Err(_) => false,
+    }
+}
+
 /// Whether the other end of `stream`, connected to `addr`, answers the AMQP header.
 async fn speaks_amqp(mut stream: tokio::net::TcpStream, addr: SocketAddr) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -236,9 +245,27 @@ pub struct ProcessOptions<'a> {
     pub stderr: Option<&'a std::path::Path>,
 }
 
+/// How far a started broker must have come before [`WarrenProcess`] hands it over.
+#[derive(Clone, Copy)]
+enum Ready {
+    /// Its port is bound (it may still be recovering its data).
+    Listening,
+    /// It has recovered and answers the AMQP protocol header.
+    Answering,
+}
+
+impl Ready {
+    fn describe(self) -> &'static str {
+        match self {
+            Ready::Listening => "listening",
+            Ready::Answering => "answering AMQP",
+        }
+    }
+}
+
 impl WarrenProcess {
     /// Builds the binary if needed, starts it on a free loopback port with its data in
-    /// `data_dir`, and waits (bounded) until it accepts connections.
+    /// `data_dir`, and waits (bounded) until it has recovered and answers AMQP.
     pub async fn start(data_dir: &std::path::Path) -> WarrenProcess {
         Self::start_limited(data_dir, None).await
     }
@@ -273,6 +300,13 @@ impl WarrenProcess {
         Self::spawn_to(data_dir, None, options.args, stderr).await
     }
 
+    /// Starts it like [`WarrenProcess::start`] but returns as soon as its port is bound,
+    /// before it has recovered its data and answers AMQP: for tests of what a broker
+    /// does while it starts.
+    pub async fn start_listening(data_dir: &std::path::Path) -> WarrenProcess {
+        Self::launch(data_dir, None, &[], None, Ready::Listening).await
+    }
+
     async fn spawn(
         data_dir: &std::path::Path,
         max_file_kib: Option<u64>,
@@ -286,6 +320,16 @@ impl WarrenProcess {
         max_file_kib: Option<u64>,
         extra_args: &[&str],
         stderr: Option<std::fs::File>,
+    ) -> WarrenProcess {
+        Self::launch(data_dir, max_file_kib, extra_args, stderr, Ready::Answering).await
+    }
+
+    async fn launch(
+        data_dir: &std::path::Path,
+        max_file_kib: Option<u64>,
+        extra_args: &[&str],
+        stderr: Option<std::fs::File>,
+        ready: Ready,
     ) -> WarrenProcess {
         let binary = warren_binary();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -322,10 +366,14 @@ impl WarrenProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let up = wait_for(Duration::from_secs(20), || answers_amqp(addr)).await;
+        let up = match ready {
+            Ready::Listening => wait_for(Duration::from_secs(20), || listens(addr)).await,
+            Ready::Answering => wait_for(Duration::from_secs(20), || answers_amqp(addr)).await,
+        };
         assert!(
             up,
-            "warren did not accept connections on {addr} within 20 s"
+            "warren was not {} on {addr} within 20 s",
+            ready.describe()
         );
         WarrenProcess { child, addr }
     }

@@ -389,7 +389,7 @@ async fn a_hangup_while_starting_does_not_end_the_broker() {
     drop(conn);
     broker.terminate();
 
-    let mut broker = WarrenProcess::start(&dir).await;
+    let mut broker = WarrenProcess::start_listening(&dir).await;
     broker.hang_up();
     let (conn, _) = connect(&broker).await;
     for name in &names {
