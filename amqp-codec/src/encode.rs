@@ -60,9 +60,9 @@ pub fn method(buf: &mut BytesMut, channel: u16, class: &AMQPClass) {
 /// Writes a content header and the body frames, each body frame at most `frame_max`
 /// bytes with its framing; a zero-length body is a header alone.
 pub fn content(buf: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8], frame_max: u32) {
-    content_with(buf, channel, properties.len(), body, frame_max, |buf| {
-        buf.put_slice(properties);
-    });
+    reserve_content(buf, properties.len(), body, frame_max);
+    header_frame(buf, channel, body.len(), |buf| buf.put_slice(properties));
+    body_frames(buf, channel, body, frame_max);
 }
 
 /// The header entry [`content_annotated`] adds.
@@ -90,9 +90,11 @@ const PARTITION_ENTRY_LEN: usize = 1 + PARTITION_HEADER.len() + 1 + 8;
 ///
 /// Properties this cannot splice into (cut short, a malformed headers table, a second
 /// flags word, or a table that would outgrow its `u32` length) are copied unchanged,
-/// as [`content`] would: the broker forwards what it accepted rather than fail. So are
-/// properties the entry would push past `frame_max` (a content header is one frame):
-/// the consumer gets the message without its partition rather than a frame error.
+/// as [`content`] would: the broker forwards what it accepted rather than fail. When
+/// the entry would push the header past `frame_max` (a content header is one frame),
+/// the consumer gets the message without an `x-partition` entry rather than a frame
+/// error; one the publisher set is still left out, so the header never claims a
+/// partition the broker did not state.
 pub fn content_annotated(
     buf: &mut BytesMut,
     channel: u16,
@@ -101,50 +103,68 @@ pub fn content_annotated(
     body: &[u8],
     frame_max: u32,
 ) {
-    let len = properties.len() + 4 + PARTITION_ENTRY_LEN;
-    if frame_max > 0 && FRAME_OVERHEAD + HEADER_FIXED_LEN + len > frame_max as usize {
-        content(buf, channel, properties, body, frame_max);
-        return;
-    }
-    content_with(buf, channel, len, body, frame_max, |buf| {
-        let start = buf.len();
-        if annotate(buf, properties, partition).is_none() {
-            buf.truncate(start);
-            buf.put_slice(properties);
-        }
+    reserve_content(buf, properties.len() + 4 + PARTITION_ENTRY_LEN, body, frame_max);
+    let start = buf.len();
+    header_frame(buf, channel, body.len(), |buf| {
+        spliced(buf, properties, Some(partition));
     });
+    if frame_max > 0 && buf.len() - start > frame_max as usize {
+        buf.truncate(start);
+        header_frame(buf, channel, body.len(), |buf| spliced(buf, properties, None));
+    }
+    body_frames(buf, channel, body, frame_max);
 }
 
-/// A content header's payload before its properties: class, weight, body size.
-const HEADER_FIXED_LEN: usize = 2 + 2 + 8;
+/// Appends `properties` with any `x-partition` entry replaced by one for `partition`
+/// (left out when `None`), or unchanged when they cannot be read that far.
+fn spliced(buf: &mut BytesMut, properties: &[u8], partition: Option<i64>) {
+    let start = buf.len();
+    if annotate(buf, properties, partition).is_none() {
+        buf.truncate(start);
+        buf.put_slice(properties);
+    }
+}
 
-/// Writes a content header whose properties (about `properties_len` bytes)
-/// `properties` appends, then the body frames, each at most `frame_max` bytes.
-fn content_with(
+/// Makes room in `buf` for a content header with about `properties_len` bytes of
+/// properties and `body` in frames of at most `frame_max` bytes.
+fn reserve_content(buf: &mut BytesMut, properties_len: usize, body: &[u8], frame_max: u32) {
+    let max_payload = max_body_payload(frame_max);
+    buf.reserve(body.len() + properties_len + 64 + FRAME_OVERHEAD * body.len() / max_payload);
+}
+
+/// The most body bytes one body frame carries under `frame_max`.
+fn max_body_payload(frame_max: u32) -> usize {
+    (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1)
+}
+
+/// Writes a content header frame for a body of `body_len` bytes, its properties
+/// written by `properties`.
+fn header_frame(
     buf: &mut BytesMut,
     channel: u16,
-    properties_len: usize,
-    body: &[u8],
-    frame_max: u32,
+    body_len: usize,
     properties: impl FnOnce(&mut BytesMut),
 ) {
-    let max_payload = (frame_max as usize).saturating_sub(FRAME_OVERHEAD).max(1);
-    buf.reserve(body.len() + properties_len + 64 + FRAME_OVERHEAD * body.len() / max_payload);
     framed(buf, FRAME_HEADER, channel, |buf| {
         buf.put_u16(CLASS_BASIC);
         buf.put_u16(0);
-        buf.put_u64(body.len() as u64);
+        buf.put_u64(body_len as u64);
         properties(buf);
     });
-    for chunk in body.chunks(max_payload) {
+}
+
+/// Writes `body` as body frames of at most `frame_max` bytes each.
+fn body_frames(buf: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32) {
+    for chunk in body.chunks(max_body_payload(frame_max)) {
         framed(buf, FRAME_BODY, channel, |buf| buf.put_slice(chunk));
     }
 }
 
-/// Appends `properties` with the `x-partition` entry spliced in (see
+/// Appends `properties` with the `x-partition` entry for `partition` spliced in, or
+/// any the publisher set left out when `partition` is `None` (see
 /// [`content_annotated`]); `None` when they cannot be read that far, leaving partial
 /// output for the caller to truncate.
-fn annotate(buf: &mut BytesMut, properties: &[u8], partition: i64) -> Option<()> {
+fn annotate(buf: &mut BytesMut, properties: &[u8], partition: Option<i64>) -> Option<()> {
     let flags = u16::from_be_bytes(properties.get(..2)?.try_into().ok()?);
     if flags & 1 != 0 {
         // A second flags word: no basic property uses one, so no layout to follow.
@@ -157,11 +177,12 @@ fn annotate(buf: &mut BytesMut, properties: &[u8], partition: i64) -> Option<()>
         }
     }
     let (before, after) = (properties.get(2..at)?, properties.get(at..)?);
-    let mut entry = [0u8; PARTITION_ENTRY_LEN];
-    entry[0] = PARTITION_HEADER.len() as u8;
-    entry[1..1 + PARTITION_HEADER.len()].copy_from_slice(PARTITION_HEADER.as_bytes());
-    entry[1 + PARTITION_HEADER.len()] = b'l';
-    entry[2 + PARTITION_HEADER.len()..].copy_from_slice(&partition.to_be_bytes());
+    let entry = partition.map(partition_entry);
+    let entry: &[u8] = entry.as_ref().map_or(&[], |entry| entry);
+    if flags & HEADERS_FLAG == 0 && entry.is_empty() {
+        buf.put_slice(properties);
+        return Some(());
+    }
 
     buf.put_u16(flags | HEADERS_FLAG);
     buf.put_slice(before);
@@ -189,13 +210,23 @@ fn annotate(buf: &mut BytesMut, properties: &[u8], partition: i64) -> Option<()>
             return None;
         }
         buf.put_slice(table.get(copied..)?);
-        let len = u32::try_from(buf.len() - len_at - 4 + PARTITION_ENTRY_LEN).ok()?;
+        let len = u32::try_from(buf.len() - len_at - 4 + entry.len()).ok()?;
         buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
         after.get(used..)?
     };
-    buf.put_slice(&entry);
+    buf.put_slice(entry);
     buf.put_slice(rest);
     Some(())
+}
+
+/// The encoded `x-partition` table entry for `partition`.
+fn partition_entry(partition: i64) -> [u8; PARTITION_ENTRY_LEN] {
+    let mut entry = [0u8; PARTITION_ENTRY_LEN];
+    entry[0] = PARTITION_HEADER.len() as u8;
+    entry[1..1 + PARTITION_HEADER.len()].copy_from_slice(PARTITION_HEADER.as_bytes());
+    entry[1 + PARTITION_HEADER.len()] = b'l';
+    entry[2 + PARTITION_HEADER.len()..].copy_from_slice(&partition.to_be_bytes());
+    entry
 }
 
 /// The routing facts a delivery carries.
@@ -563,22 +594,37 @@ mod tests {
     }
 
     #[test]
-    fn properties_the_entry_would_push_past_frame_max_are_copied_unchanged() {
-        let content_type = "t".repeat(255);
-        let properties = BasicProperties::default()
-            .with_content_type(content_type.as_str().into())
-            .with_content_encoding(content_type.as_str().into());
-        let raw = encode_properties(&properties);
-        let header_frame = FRAME_OVERHEAD + HEADER_FIXED_LEN + raw.len();
-        // Room for the entry: it is added.
-        let roomy = u32::try_from(header_frame + 4 + PARTITION_ENTRY_LEN).unwrap_or(u32::MAX);
-        check_annotated(&properties, 3, b"body", roomy);
-        // One byte short: the header goes out as published, within frame_max.
-        let (mut plain, mut ours) = (BytesMut::new(), BytesMut::new());
-        content(&mut plain, 1, &raw, b"body", roomy - 1);
-        content_annotated(&mut ours, 1, &raw, 3, b"body", roomy - 1);
-        assert_eq!(ours, plain);
-        assert!(header_frame <= (roomy - 1) as usize);
+    fn the_entry_is_left_out_where_it_would_push_the_header_past_frame_max() {
+        let long = "t".repeat(255);
+        let plain = BasicProperties::default()
+            .with_content_type(long.as_str().into())
+            .with_content_encoding(long.as_str().into());
+        let mut forged = FieldTable::default();
+        forged.insert(PARTITION_HEADER.into(), AMQPValue::LongLongInt(99));
+        forged.insert("kept".into(), AMQPValue::Boolean(true));
+        let mut kept = FieldTable::default();
+        kept.insert("kept".into(), AMQPValue::Boolean(true));
+        let with_headers = plain.clone().with_headers(forged);
+        let cases = [
+            (&plain, plain.clone()),
+            (&with_headers, plain.clone().with_headers(kept)),
+        ];
+        for (properties, stripped) in cases {
+            // The smallest frame_max the annotated header fits in: it is added there.
+            let mut fitting = BytesMut::new();
+            content_annotated(&mut fitting, 1, &encode_properties(properties), 3, b"", 0);
+            let fits = u32::try_from(fitting.len()).unwrap_or(u32::MAX);
+            check_annotated(properties, 3, b"body", fits);
+
+            // One byte less: no `x-partition` at all, not even the publisher's, and the
+            // rest as published; the header within frame_max.
+            let raw = encode_properties(properties);
+            let mut out = BytesMut::new();
+            content_annotated(&mut out, 1, &raw, 3, b"body", fits - 1);
+            let (written, body) = decode_content(out, 1, fits - 1);
+            assert_eq!(body, b"body");
+            assert_eq!(decode_properties(&written), Some(stripped));
+        }
     }
 
     #[test]
