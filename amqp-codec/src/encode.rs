@@ -103,14 +103,21 @@ pub fn content_annotated(
     body: &[u8],
     frame_max: u32,
 ) {
-    reserve_content(buf, properties.len() + 4 + PARTITION_ENTRY_LEN, body, frame_max);
+    reserve_content(
+        buf,
+        properties.len() + 4 + PARTITION_ENTRY_LEN,
+        body,
+        frame_max,
+    );
     let start = buf.len();
     header_frame(buf, channel, body.len(), |buf| {
         spliced(buf, properties, Some(partition));
     });
     if frame_max > 0 && buf.len() - start > frame_max as usize {
         buf.truncate(start);
-        header_frame(buf, channel, body.len(), |buf| spliced(buf, properties, None));
+        header_frame(buf, channel, body.len(), |buf| {
+            spliced(buf, properties, None)
+        });
     }
     body_frames(buf, channel, body, frame_max);
 }

@@ -50,6 +50,11 @@ const AFTER_US: (u64, u64) = (300_000, 1_000_000);
 /// How long before an event its quiet control buckets start: at least 0.5 s after the
 /// event before it.
 const CONTROL_BEFORE_US: u64 = 600_000;
+/// The longest --warmup, --hold or --interval taken, in seconds (a day).
+const MAX_SECONDS: f64 = 86_400.0;
+/// How long a step of the broker's (connect, consume, cancel, close) may take before
+/// the run gives up on it rather than hang.
+const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The command line of `warren-perf group-join`.
 #[derive(Debug, Clone, Args)]
@@ -112,8 +117,13 @@ impl JoinOptions {
         if !(self.rate >= 100.0 && self.rate.is_finite()) {
             bail!("--rate must be at least 100 messages per second");
         }
-        if self.hold < 1.1 || self.interval - self.hold < 1.1 {
+        // Written so that NaN fails every check.
+        let within = |v: f64, min: f64| v >= min && v <= MAX_SECONDS;
+        if !within(self.hold, 1.1) || !within(self.interval - self.hold, 1.1) {
             bail!("--hold must be at least 1.1 s and 1.1 s shorter than --interval");
+        }
+        if !within(self.warmup, CONTROL_BEFORE_US as f64 / 1e6) {
+            bail!("--warmup must be at least 0.6 s, for the first event's control point");
         }
         Ok(())
     }
@@ -156,10 +166,11 @@ pub struct EventFigures {
     /// Partitions whose owner changed.
     moved: usize,
     /// The worst of its buckets: non-moving partitions' deliveries over what was offered
-    /// to them (1.0: no loss).
-    worst_ratio: f64,
+    /// to them (1.0: no loss); `None` when nothing was measured (every partition moved,
+    /// or nothing was offered).
+    worst_ratio: Option<f64>,
     /// The same at the quiet control point before it.
-    control_ratio: f64,
+    control_ratio: Option<f64>,
 }
 
 /// The report of a run.
@@ -180,22 +191,29 @@ pub struct JoinReport {
 }
 
 impl JoinReport {
-    fn losses(&self, change: Change, control: bool) -> Vec<f64> {
-        let mut v: Vec<f64> = self
+    /// The measured losses of the events `change` picks (all when `None`), at the event or
+    /// at its control point, sorted; and how many of them went unmeasured.
+    fn losses(&self, change: Option<Change>, control: bool) -> (Vec<f64>, usize) {
+        let ratios: Vec<Option<f64>> = self
             .events
             .iter()
-            .filter(|e| e.change == change)
+            .filter(|e| change.is_none_or(|c| e.change == c))
             .map(|e| {
-                let ratio = if control {
+                if control {
                     e.control_ratio
                 } else {
                     e.worst_ratio
-                };
-                (1.0 - ratio).max(0.0)
+                }
             })
             .collect();
+        let mut v: Vec<f64> = ratios
+            .iter()
+            .flatten()
+            .map(|ratio| (1.0 - ratio).max(0.0))
+            .collect();
         v.sort_by(f64::total_cmp);
-        v
+        let unmeasured = ratios.len() - v.len();
+        (v, unmeasured)
     }
 
     /// The human-readable summary.
@@ -215,19 +233,24 @@ impl JoinReport {
         let mut out = format!(
             "group-join: {} partitions, {} members + 1 joining, {:.0} msg/s offered, {} published, {} delivered\n\
              rate lost by non-moving partitions, worst 100 ms bucket of the 300 ms after the event:\n\
-             | event | events | partitions moved (median) | loss median | loss max |\n\
+             | event | events measured | partitions moved (median) | loss median | loss max |\n\
              | --- | ---: | ---: | ---: | ---: |\n",
             self.partitions, self.members, self.rate, self.published, self.delivered
         );
         for (label, change, control) in [
-            ("join", Change::Join, false),
-            ("leave", Change::Leave, false),
-            ("quiet (control)", Change::Join, true),
+            ("join", Some(Change::Join), false),
+            ("leave", Some(Change::Leave), false),
+            ("quiet (control, before each event)", None, true),
         ] {
-            let v = self.losses(change, control);
-            let moved = if control { 0 } else { moved(change) };
+            let (v, unmeasured) = self.losses(change, control);
+            let moved = change.map_or(0, moved);
+            let unmeasured = if unmeasured == 0 {
+                String::new()
+            } else {
+                format!(" ({unmeasured} unmeasured)")
+            };
             out.push_str(&format!(
-                "| {label} | {} | {moved} | {:.1} % | {:.1} % |\n",
+                "| {label} | {}{unmeasured} | {moved} | {:.1} % | {:.1} % |\n",
                 v.len(),
                 median(&v),
                 max(&v)
@@ -305,7 +328,7 @@ async fn record(opts: &JoinOptions) -> Result<Trace> {
         let (thread, joined) =
             spawn_member(opts, m, start, &seen, always.clone(), stop_rx.clone())?;
         threads.push(thread);
-        joined.await.context("a member failed to join")?;
+        joined_by(joined).await?;
     }
 
     let (publishing_tx, publishing_rx) = watch::channel(false);
@@ -329,10 +352,7 @@ async fn record(opts: &JoinOptions) -> Result<Trace> {
         threads.push(thread);
         tokio::time::sleep_until(join_at).await;
         let _ = go_tx.send(true);
-        events.push((
-            Change::Join,
-            joined.await.context("a member failed to join")?,
-        ));
+        events.push((Change::Join, joined_by(joined).await?));
         tokio::time::sleep_until(leave_at).await;
         events.push((Change::Leave, micros(start)));
         let _ = leave_tx.send(true);
@@ -352,9 +372,12 @@ async fn record(opts: &JoinOptions) -> Result<Trace> {
         }
     }
     let _ = stop_tx.send(true);
+    // A member that leaves has a step's time to cancel and one to close.
+    let bound = STEP_TIMEOUT * 3;
     for thread in threads {
-        tokio::task::spawn_blocking(move || thread.join())
+        tokio::time::timeout(bound, tokio::task::spawn_blocking(move || thread.join()))
             .await
+            .context("a member did not stop")?
             .context("joining a member's thread")?
             .map_err(|_| anyhow::anyhow!("a member's thread panicked"))??;
     }
@@ -362,7 +385,7 @@ async fn record(opts: &JoinOptions) -> Result<Trace> {
         .queue_delete(opts.queue.as_str().into(), QueueDeleteOptions::default())
         .await
         .context("deleting the queue")?;
-    conn.close(200, "done".into()).await?;
+    step("connection.close", conn.close(200, "done".into())).await?;
 
     let mut seen = std::mem::take(&mut *seen.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
     seen.sort_by_key(|s| s.t_us);
@@ -372,6 +395,25 @@ async fn record(opts: &JoinOptions) -> Result<Trace> {
         seen,
         events,
     })
+}
+
+/// The time of a member's `consume-ok`, or an error if it does not come in time.
+async fn joined_by(joined: oneshot::Receiver<u64>) -> Result<u64> {
+    tokio::time::timeout(STEP_TIMEOUT, joined)
+        .await
+        .context("a member did not join in time")?
+        .context("a member failed to join")
+}
+
+/// `future`, a step of the protocol named `what`, or an error if it does not end in time.
+async fn step<T, E>(what: &str, future: impl Future<Output = Result<T, E>>) -> Result<T>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::time::timeout(STEP_TIMEOUT, future)
+        .await
+        .with_context(|| format!("{what} did not end in time"))?
+        .with_context(|| what.to_owned())
 }
 
 fn micros(start: Instant) -> u64 {
@@ -484,10 +526,9 @@ impl Member {
                 changed = leave.changed(), if !leaving => {
                     if changed.is_err() || *leave.borrow() {
                         leaving = true;
-                        channel
-                            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                            .await
-                            .context("basic.cancel")?;
+                        let cancel = channel
+                            .basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
+                        step("basic.cancel", cancel).await?;
                     }
                     continue;
                 }
@@ -508,7 +549,7 @@ impl Member {
                 .await
                 .context("basic.ack")?;
         }
-        conn.close(200, "leaving".into()).await?;
+        step("connection.close", conn.close(200, "leaving".into())).await?;
         Ok(())
     }
 }
@@ -521,13 +562,13 @@ fn analyse(trace: &Trace, opts: &JoinOptions) -> JoinReport {
         .map(|&(change, at)| {
             let kept = kept_owner(trace, at);
             let moved = usize::from(trace.partitions) - kept.len();
-            let worst = (0..EVENT_BUCKETS)
-                .map(|k| bucket_ratio(trace, &kept, at + k * BUCKET_US))
-                .fold(f64::INFINITY, f64::min);
-            let control_at = at.saturating_sub(CONTROL_BEFORE_US);
-            let control = (0..EVENT_BUCKETS)
-                .map(|k| bucket_ratio(trace, &kept, control_at + k * BUCKET_US))
-                .fold(f64::INFINITY, f64::min);
+            let worst_from = |from: u64| {
+                (0..EVENT_BUCKETS)
+                    .filter_map(|k| bucket_ratio(trace, &kept, from + k * BUCKET_US))
+                    .min_by(f64::total_cmp)
+            };
+            let worst = worst_from(at);
+            let control = worst_from(at.saturating_sub(CONTROL_BEFORE_US));
             EventFigures {
                 change,
                 at_ms: at as f64 / 1000.0,
@@ -576,8 +617,8 @@ fn window(seen: &[Seen], from: u64, to: u64) -> &[Seen] {
 }
 
 /// Deliveries of the `kept` partitions in the bucket from `from`, over what was offered
-/// to them in it (their share of what was published then).
-fn bucket_ratio(trace: &Trace, kept: &BTreeSet<u16>, from: u64) -> f64 {
+/// to them in it (their share of what was published then); `None` when nothing was.
+fn bucket_ratio(trace: &Trace, kept: &BTreeSet<u16>, from: u64) -> Option<f64> {
     let to = from + BUCKET_US;
     let delivered = window(&trace.seen, from, to)
         .iter()
@@ -587,11 +628,7 @@ fn bucket_ratio(trace: &Trace, kept: &BTreeSet<u16>, from: u64) -> f64 {
     let b = trace.published_us.partition_point(|&t| t < to);
     let offered =
         b.saturating_sub(a) as f64 * kept.len() as f64 / f64::from(trace.partitions.max(1));
-    if offered == 0.0 {
-        1.0
-    } else {
-        delivered as f64 / offered
-    }
+    (offered > 0.0).then(|| delivered as f64 / offered)
 }
 
 #[cfg(test)]
@@ -650,8 +687,47 @@ mod tests {
         let report = analyse(&trace(0), &options());
         let event = &report.events[0];
         assert_eq!(event.moved, 1);
-        assert!((event.worst_ratio - 1.0).abs() < 1e-9, "{event:?}");
-        assert!((event.control_ratio - 1.0).abs() < 1e-9, "{event:?}");
+        assert_eq!(event.worst_ratio, Some(1.0), "{event:?}");
+        assert_eq!(event.control_ratio, Some(1.0), "{event:?}");
+    }
+
+    #[test]
+    fn an_event_that_moves_every_partition_is_not_measured() {
+        let mut trace = trace(0);
+        for s in trace.seen.iter_mut().filter(|s| s.t_us >= 2_000_000) {
+            s.member += 10;
+        }
+        let report = analyse(&trace, &options());
+        let event = &report.events[0];
+        assert_eq!(event.moved, 4);
+        assert_eq!((event.worst_ratio, event.control_ratio), (None, None));
+        assert!(
+            report.to_text().contains("| join | 0 (1 unmeasured) |"),
+            "{}",
+            report.to_text()
+        );
+    }
+
+    #[test]
+    fn durations_that_are_not_numbers_or_too_short_are_refused() {
+        for (warmup, hold, interval) in [
+            (f64::NAN, 1.5, 3.0),
+            (2.0, f64::NAN, 3.0),
+            (2.0, 1.5, f64::NAN),
+            (0.5, 1.5, 3.0),
+            (-1.0, 1.5, 3.0),
+            (2.0, 1.5, 2.5),
+            (2.0, f64::INFINITY, f64::INFINITY),
+        ] {
+            let opts = JoinOptions {
+                warmup,
+                hold,
+                interval,
+                ..options()
+            };
+            assert!(opts.validate().is_err(), "{warmup} {hold} {interval}");
+        }
+        assert!(options().validate().is_ok());
     }
 
     #[test]
@@ -661,11 +737,9 @@ mod tests {
         let report = analyse(&trace(50_000), &options());
         let event = &report.events[0];
         assert_eq!(event.moved, 1);
-        assert!(
-            (event.worst_ratio - 250.0 / 300.0).abs() < 1e-9,
-            "{event:?}"
-        );
-        assert!((event.control_ratio - 1.0).abs() < 1e-9);
+        let worst = event.worst_ratio.unwrap_or(f64::NAN);
+        assert!((worst - 250.0 / 300.0).abs() < 1e-9, "{event:?}");
+        assert_eq!(event.control_ratio, Some(1.0));
         assert!(report.to_text().contains("16.7 %"), "{}", report.to_text());
     }
 }
