@@ -15,6 +15,9 @@
 //! - [`definitions`]: durable exchanges, queues and bindings: a snapshot plus a change log.
 //! - [`field_json`]: the lossless JSON form of field tables the definitions are kept in.
 //! - [`pending`]: definitions changes made under registry locks, waiting to be written.
+//! - [`stream_log`]: [`stream_log::StreamLog`], one stream's log: chunked appends, group-commit
+//!   sync, reads from any offset or time, retention, crash recovery.
+//! - [`stream_format`]: file names, chunks, entries and index entries of stream logs.
 //! - [`commit`]: the group commit: one thread, one sync for many appends to many logs.
 //! - [`syncer`]: how one group-commit round syncs many logs and learns which failed.
 //! - [`broker_store`]: a broker's data directory: lock, definitions, queue logs, commit.
@@ -37,6 +40,10 @@ pub mod pending;
 pub mod queue_log;
 #[cfg(test)]
 pub mod sim;
+pub mod stream_format;
+pub mod stream_log;
+#[cfg(test)]
+mod stream_log_tests;
 pub mod syncer;
 
 use std::fmt;

@@ -225,6 +225,23 @@ pub struct PendingSync {
 }
 
 impl PendingSync {
+    /// The sync of another kind of log (a stream's): `files` to fdatasync, each with the
+    /// handle its writes went through, and `dirs` to fsync.
+    pub(crate) fn of_files(fs: FsRef, files: Vec<(PathBuf, FileRef)>, dirs: Vec<PathBuf>) -> Self {
+        Self {
+            fs,
+            files,
+            dirs,
+            parent: false,
+            position: None,
+        }
+    }
+
+    /// Its files and directories back, for a log to sync again after a transient failure.
+    pub(crate) fn into_files(self) -> (Vec<(PathBuf, FileRef)>, Vec<PathBuf>) {
+        (self.files, self.dirs)
+    }
+
     /// fdatasyncs the written files and fsyncs directories that gained or lost files.
     ///
     /// # Errors
