@@ -65,8 +65,50 @@ pub fn content(buf: &mut BytesMut, channel: u16, properties: &[u8], body: &[u8],
     body_frames(buf, channel, body, frame_max);
 }
 
-/// The header entry [`content_annotated`] adds.
+/// The header entry [`content_annotated`] adds for a partitioned queue.
 pub const PARTITION_HEADER: &str = "x-partition";
+/// The header entry [`content_annotated`] adds for a stream.
+pub const STREAM_OFFSET_HEADER: &str = "x-stream-offset";
+
+/// A header entry the broker states on a delivery: its name (one of the broker's
+/// own) and a long value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Annotation {
+    name: &'static str,
+    value: i64,
+}
+
+impl Annotation {
+    /// `x-partition`: the partition of a partitioned queue a message came from.
+    pub fn partition(partition: i64) -> Self {
+        Self {
+            name: PARTITION_HEADER,
+            value: partition,
+        }
+    }
+
+    /// `x-stream-offset`: a stream message's offset.
+    pub fn stream_offset(offset: i64) -> Self {
+        Self {
+            name: STREAM_OFFSET_HEADER,
+            value: offset,
+        }
+    }
+
+    /// The encoded table entry and its length: name, tag `l`, 64-bit value.
+    fn entry(self) -> ([u8; MAX_ENTRY_LEN], usize) {
+        let mut entry = [0u8; MAX_ENTRY_LEN];
+        let name = self.name.as_bytes();
+        entry[0] = name.len() as u8;
+        entry[1..1 + name.len()].copy_from_slice(name);
+        entry[1 + name.len()] = b'l';
+        entry[2 + name.len()..10 + name.len()].copy_from_slice(&self.value.to_be_bytes());
+        (entry, 10 + name.len())
+    }
+}
+
+/// The longest entry an [`Annotation`] encodes to.
+const MAX_ENTRY_LEN: usize = 1 + STREAM_OFFSET_HEADER.len() + 1 + 8;
 
 /// The `headers` bit of the basic property flags.
 const HEADERS_FLAG: u16 = 0x2000;
@@ -75,12 +117,14 @@ const HEADERS_FLAG: u16 = 0x2000;
 const BEFORE_HEADERS: [u16; 2] = [0x8000, 0x4000];
 
 /// Size of the `x-partition` entry: name length, name, tag `l`, 64-bit value.
+#[cfg(test)]
 const PARTITION_ENTRY_LEN: usize = 1 + PARTITION_HEADER.len() + 1 + 8;
 
-/// Like [`content`], with an `x-partition` header of type `l` (signed 64-bit, as
-/// RabbitMQ's `x-delivery-count`) set to `partition` in the content header, so a
-/// consumer of a partitioned queue sees where each message came from. The message's
-/// stored properties stay as published.
+/// Like [`content`], with a header of type `l` (signed 64-bit, as RabbitMQ's
+/// `x-delivery-count`) that the broker states, such as `x-partition` (so that a consumer
+/// of a partitioned queue sees where each message came from) or `x-stream-offset`. The
+/// message's stored properties stay as published. Below, `x-partition` stands for the
+/// annotation's name.
 ///
 /// The entry is spliced in while the raw properties are copied into `buf`, which
 /// happens anyway: no decode, no allocation. With a headers table, its length is
@@ -99,34 +143,29 @@ pub fn content_annotated(
     buf: &mut BytesMut,
     channel: u16,
     properties: &[u8],
-    partition: i64,
+    annotation: Annotation,
     body: &[u8],
     frame_max: u32,
 ) {
-    reserve_content(
-        buf,
-        properties.len() + 4 + PARTITION_ENTRY_LEN,
-        body,
-        frame_max,
-    );
+    reserve_content(buf, properties.len() + 4 + MAX_ENTRY_LEN, body, frame_max);
     let start = buf.len();
     header_frame(buf, channel, body.len(), |buf| {
-        spliced(buf, properties, Some(partition));
+        spliced(buf, properties, annotation, true);
     });
     if frame_max > 0 && buf.len() - start > frame_max as usize {
         buf.truncate(start);
         header_frame(buf, channel, body.len(), |buf| {
-            spliced(buf, properties, None)
+            spliced(buf, properties, annotation, false);
         });
     }
     body_frames(buf, channel, body, frame_max);
 }
 
-/// Appends `properties` with any `x-partition` entry replaced by one for `partition`
-/// (left out when `None`), or unchanged when they cannot be read that far.
-fn spliced(buf: &mut BytesMut, properties: &[u8], partition: Option<i64>) {
+/// Appends `properties` with any entry of the annotation's name replaced by the
+/// annotation (left out unless `add`), or unchanged when they cannot be read that far.
+fn spliced(buf: &mut BytesMut, properties: &[u8], annotation: Annotation, add: bool) {
     let start = buf.len();
-    if annotate(buf, properties, partition).is_none() {
+    if annotate(buf, properties, annotation, add).is_none() {
         buf.truncate(start);
         buf.put_slice(properties);
     }
@@ -167,11 +206,15 @@ fn body_frames(buf: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32) {
     }
 }
 
-/// Appends `properties` with the `x-partition` entry for `partition` spliced in, or
-/// any the publisher set left out when `partition` is `None` (see
-/// [`content_annotated`]); `None` when they cannot be read that far, leaving partial
-/// output for the caller to truncate.
-fn annotate(buf: &mut BytesMut, properties: &[u8], partition: Option<i64>) -> Option<()> {
+/// Appends `properties` with the annotation spliced in (with `add`), any entry of its
+/// name the publisher set left out (see [`content_annotated`]); `None` when they
+/// cannot be read that far, leaving partial output for the caller to truncate.
+fn annotate(
+    buf: &mut BytesMut,
+    properties: &[u8],
+    annotation: Annotation,
+    add: bool,
+) -> Option<()> {
     let flags = u16::from_be_bytes(properties.get(..2)?.try_into().ok()?);
     if flags & 1 != 0 {
         // A second flags word: no basic property uses one, so no layout to follow.
@@ -184,8 +227,8 @@ fn annotate(buf: &mut BytesMut, properties: &[u8], partition: Option<i64>) -> Op
         }
     }
     let (before, after) = (properties.get(2..at)?, properties.get(at..)?);
-    let entry = partition.map(partition_entry);
-    let entry: &[u8] = entry.as_ref().map_or(&[], |entry| entry);
+    let (encoded, len) = annotation.entry();
+    let entry = if add { &encoded[..len] } else { &[] };
     if flags & HEADERS_FLAG == 0 && entry.is_empty() {
         buf.put_slice(properties);
         return Some(());
@@ -194,7 +237,7 @@ fn annotate(buf: &mut BytesMut, properties: &[u8], partition: Option<i64>) -> Op
     buf.put_u16(flags | HEADERS_FLAG);
     buf.put_slice(before);
     let rest = if flags & HEADERS_FLAG == 0 {
-        buf.put_u32(PARTITION_ENTRY_LEN as u32);
+        buf.put_u32(entry.len() as u32);
         after
     } else {
         let (table, used) = length_prefixed(after)?;
@@ -208,7 +251,7 @@ fn annotate(buf: &mut BytesMut, properties: &[u8], partition: Option<i64>) -> Op
             let Some(e) = entries.next() else {
                 break;
             };
-            if e.name == PARTITION_HEADER.as_bytes() {
+            if e.name == annotation.name.as_bytes() {
                 buf.put_slice(table.get(copied..at)?);
                 copied = at + e.encoded.len();
             }
@@ -224,16 +267,6 @@ fn annotate(buf: &mut BytesMut, properties: &[u8], partition: Option<i64>) -> Op
     buf.put_slice(entry);
     buf.put_slice(rest);
     Some(())
-}
-
-/// The encoded `x-partition` table entry for `partition`.
-fn partition_entry(partition: i64) -> [u8; PARTITION_ENTRY_LEN] {
-    let mut entry = [0u8; PARTITION_ENTRY_LEN];
-    entry[0] = PARTITION_HEADER.len() as u8;
-    entry[1..1 + PARTITION_HEADER.len()].copy_from_slice(PARTITION_HEADER.as_bytes());
-    entry[1 + PARTITION_HEADER.len()] = b'l';
-    entry[2 + PARTITION_HEADER.len()..].copy_from_slice(&partition.to_be_bytes());
-    entry
 }
 
 /// The routing facts a delivery carries.
@@ -469,7 +502,14 @@ mod tests {
     fn check_annotated(properties: &BasicProperties, partition: i64, body: &[u8], frame_max: u32) {
         let raw = encode_properties(properties);
         let mut out = BytesMut::new();
-        content_annotated(&mut out, 3, &raw, partition, body, frame_max);
+        content_annotated(
+            &mut out,
+            3,
+            &raw,
+            Annotation::partition(partition),
+            body,
+            frame_max,
+        );
         let (written, got_body) = decode_content(out, 3, frame_max);
         assert!(PropertiesView::new(&written).is_ok());
         assert_eq!(
@@ -569,7 +609,7 @@ mod tests {
         ]
         .concat();
         let mut out = BytesMut::new();
-        content_annotated(&mut out, 1, &raw, 4, &[], 4096);
+        content_annotated(&mut out, 1, &raw, Annotation::partition(4), &[], 4096);
         let (written, _) = decode_content(out, 1, 4096);
         let expected = [
             &[0x20, 0x00, 0, 0, 0, 25][..],
@@ -591,7 +631,14 @@ mod tests {
             let raw = encode_properties(&properties);
             let (mut plain, mut ours) = (BytesMut::new(), BytesMut::new());
             content(&mut plain, 1, &raw, &body, frame_max);
-            content_annotated(&mut ours, 1, &raw, 12, &body, frame_max);
+            content_annotated(
+                &mut ours,
+                1,
+                &raw,
+                Annotation::partition(12),
+                &body,
+                frame_max,
+            );
             // The same body frames after a header longer by the new table.
             let grown = 4 + PARTITION_ENTRY_LEN;
             assert_eq!(ours.len(), plain.len() + grown);
@@ -619,7 +666,14 @@ mod tests {
         for (properties, stripped) in cases {
             // The smallest frame_max the annotated header fits in: it is added there.
             let mut fitting = BytesMut::new();
-            content_annotated(&mut fitting, 1, &encode_properties(properties), 3, b"", 0);
+            content_annotated(
+                &mut fitting,
+                1,
+                &encode_properties(properties),
+                Annotation::partition(3),
+                b"",
+                0,
+            );
             let fits = u32::try_from(fitting.len()).unwrap_or(u32::MAX);
             check_annotated(properties, 3, b"body", fits);
 
@@ -627,11 +681,47 @@ mod tests {
             // rest as published; the header within frame_max.
             let raw = encode_properties(properties);
             let mut out = BytesMut::new();
-            content_annotated(&mut out, 1, &raw, 3, b"body", fits - 1);
+            content_annotated(
+                &mut out,
+                1,
+                &raw,
+                Annotation::partition(3),
+                b"body",
+                fits - 1,
+            );
             let (written, body) = decode_content(out, 1, fits - 1);
             assert_eq!(body, b"body");
             assert_eq!(decode_properties(&written), Some(stripped));
         }
+    }
+
+    #[test]
+    fn a_stream_offset_replaces_a_published_one() {
+        let mut headers = FieldTable::default();
+        headers.insert(
+            STREAM_OFFSET_HEADER.into(),
+            AMQPValue::LongString("forged".into()),
+        );
+        headers.insert("kept".into(), AMQPValue::Boolean(true));
+        let properties = BasicProperties::default().with_headers(headers);
+        let raw = encode_properties(&properties);
+        let mut out = BytesMut::new();
+        content_annotated(
+            &mut out,
+            1,
+            &raw,
+            Annotation::stream_offset(1 << 40),
+            b"b",
+            4096,
+        );
+        let (written, _) = decode_content(out, 1, 4096);
+        let mut expected = FieldTable::default();
+        expected.insert("kept".into(), AMQPValue::Boolean(true));
+        expected.insert(STREAM_OFFSET_HEADER.into(), AMQPValue::LongLongInt(1 << 40));
+        assert_eq!(
+            decode_properties(&written),
+            Some(BasicProperties::default().with_headers(expected))
+        );
     }
 
     #[test]
@@ -650,7 +740,7 @@ mod tests {
             &[0x00, 0x01, 0x00, 0x00],                // a second flags word
         ] {
             let mut ours = BytesMut::new();
-            content_annotated(&mut ours, 1, raw, 3, b"body", 4096);
+            content_annotated(&mut ours, 1, raw, Annotation::partition(3), b"body", 4096);
             let mut plain = BytesMut::new();
             content(&mut plain, 1, raw, b"body", 4096);
             assert_eq!(ours, plain, "{raw:?}");

@@ -551,7 +551,14 @@ fn other_entries(table: Option<&[u8]>) -> Vec<&[u8]> {
 fn check_annotated(bytes: &[u8]) {
     let partition = i64::from_be_bytes(array8(bytes)).rotate_left(bytes.len() as u32 % 64);
     let mut out = BytesMut::new();
-    encode::content_annotated(&mut out, 1, bytes, partition, &[], 0);
+    encode::content_annotated(
+        &mut out,
+        1,
+        bytes,
+        encode::Annotation::partition(partition),
+        &[],
+        0,
+    );
     // One header frame: type, channel, size; class, weight, body size; properties; end.
     let annotated = &out[7 + 12..out.len() - 1];
     let Ok(view) = PropertiesView::new(bytes) else {

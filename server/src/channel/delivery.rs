@@ -72,7 +72,7 @@ fn content(ctx: &mut Context<'_>, channel: u16, queue: &Queue, message: &QueuedM
     let properties = message.message.raw_properties();
     let body = message.message.body();
     if queue.partitions().is_some() {
-        let partition = i64::from(message.partition);
+        let partition = encode::Annotation::partition(i64::from(message.partition));
         encode::content_annotated(ctx.out, channel, properties, partition, body, ctx.frame_max);
     } else {
         encode::content(ctx.out, channel, properties, body, ctx.frame_max);
