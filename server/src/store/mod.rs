@@ -17,6 +17,7 @@
 //! - [`pending`]: definitions changes made under registry locks, waiting to be written.
 //! - [`stream_log`]: [`stream_log::StreamLog`], one stream's log: chunked appends, group-commit
 //!   sync, reads from any offset or time, retention, crash recovery.
+//! - [`stream_offsets`]: the committed offsets of a stream's tracked consumers.
 //! - [`stream_format`]: file names, chunks, entries and index entries of stream logs.
 //! - [`commit`]: the group commit: one thread, one sync for many appends to many logs.
 //! - [`syncer`]: how one group-commit round syncs many logs and learns which failed.
@@ -44,6 +45,7 @@ pub mod stream_format;
 pub mod stream_log;
 #[cfg(test)]
 mod stream_log_tests;
+pub mod stream_offsets;
 pub mod syncer;
 
 use std::fmt;
