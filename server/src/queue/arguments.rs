@@ -605,6 +605,13 @@ pub fn parse_stored(
 /// argument; a redeclaration without `x-partitions` is accepted whatever the count, so
 /// clients unaware of a policy-partitioned queue can still declare it.
 ///
+/// A stream redeclared without `x-queue-type` is compared as RabbitMQ 4 compares it:
+/// its channel adds `x-queue-type: classic` to such a declaration (the default type), so
+/// the text is `received 'classic' but current is 'stream'`. Classic and quorum queues
+/// keep RabbitMQ 3.13's comparison, which adds nothing: a quorum queue redeclared
+/// without its type gets `received none but current is the value 'quorum' of type
+/// 'longstr'`.
+///
 /// # Errors
 ///
 /// 406 PRECONDITION_FAILED `inequivalent arg 'x-message-ttl' for queue 'q' in vhost '/':
@@ -623,8 +630,19 @@ pub fn assert_equivalent(
             |v: Option<&AMQPValue>| v.and_then(as_longstr).is_some_and(|s| s == b"classic");
         key == QUEUE_TYPE && (classic(old) || classic(new))
     };
-    for &key in QueueType::of(current).queue_arguments() {
-        if key == PARTITIONS {
+    let current_type = QueueType::of(current);
+    for &key in current_type.queue_arguments() {
+        if key == QUEUE_TYPE
+            && current_type == QueueType::Stream
+            && !requested.contains_key(QUEUE_TYPE)
+        {
+            let mut augmented = FieldTable::default();
+            augmented.insert(
+                QUEUE_TYPE.into(),
+                AMQPValue::LongString(QueueType::Classic.name().into()),
+            );
+            assert_args_equivalent(current, &augmented, &[key], &resource, same)?;
+        } else if key == PARTITIONS {
             // The effective count stands in for the argument; an absent one is no claim.
             let mut effective = FieldTable::default();
             if let Some(n) = current_partitions {
@@ -2604,6 +2622,85 @@ mod tests {
                 &[q.clone(), (EXPIRES, V::LongInt(1)), (DLX, s("x"))]
             )),
             inequivalent(DLX, "the value 'x' of type 'longstr'", "none")
+        );
+    }
+
+    #[test]
+    fn a_streams_redeclaration_compares_its_seven_arguments() {
+        let current = [
+            (QUEUE_TYPE, s("stream")),
+            (MAX_AGE, s("1D")),
+            (MAX_LENGTH_BYTES, V::LongInt(1000)),
+            (STREAM_FILTER_SIZE, V::ShortShortUInt(32)),
+        ];
+        assert!(equivalent(&current, &current).is_ok());
+        let with = |key: &str, value: V| {
+            let mut requested = current.to_vec();
+            requested.retain(|(k, _)| *k != key);
+            requested.push((key, value));
+            equivalent(&current, &requested)
+        };
+        assert_eq!(
+            refused(with(MAX_AGE, s("7D"))),
+            inequivalent(MAX_AGE, "'7D'", "'1D'")
+        );
+        // Integer widths do not matter.
+        assert!(with(MAX_LENGTH_BYTES, V::LongLongInt(1000)).is_ok());
+        assert_eq!(
+            refused(with(STREAM_FILTER_SIZE, V::LongInt(64))),
+            inequivalent(STREAM_FILTER_SIZE, "'64'", "'32'")
+        );
+        for key in [STREAM_SEGMENT_SIZE, INITIAL_CLUSTER_SIZE] {
+            assert_eq!(
+                refused(with(key, V::LongInt(3))),
+                inequivalent(key, "the value '3' of type 'signedint'", "none")
+            );
+        }
+        assert_eq!(
+            refused(with(LEADER_LOCATOR, s("balanced"))),
+            inequivalent(
+                LEADER_LOCATOR,
+                "the value 'balanced' of type 'longstr'",
+                "none"
+            )
+        );
+        // Any other argument is ignored, x-max-length included.
+        assert!(with(MAX_LENGTH, V::LongInt(1)).is_ok());
+        assert!(with(PARTITIONS, V::LongInt(4)).is_ok());
+    }
+
+    #[test]
+    fn a_stream_redeclared_without_its_type_is_compared_with_classic() {
+        // RabbitMQ 4's channel adds x-queue-type: classic when a declaration has none,
+        // so both sides hold a value: untyped texts.
+        let text = inequivalent(QUEUE_TYPE, "'classic'", "'stream'");
+        let current = [(QUEUE_TYPE, s("stream")), (MAX_AGE, s("1D"))];
+        assert_eq!(refused(equivalent(&current, &[(MAX_AGE, s("1D"))])), text);
+        assert_eq!(refused(equivalent(&current, &[])), text);
+        assert_eq!(
+            refused(equivalent(&current, &[(QUEUE_TYPE, s("classic"))])),
+            text
+        );
+        assert_eq!(
+            refused(equivalent(&current, &[(QUEUE_TYPE, s("quorum"))])),
+            inequivalent(QUEUE_TYPE, "'quorum'", "'stream'")
+        );
+        // The mirror case.
+        assert_eq!(
+            refused(equivalent(&[], &[(QUEUE_TYPE, s("stream"))])),
+            inequivalent(QUEUE_TYPE, "the value 'stream' of type 'longstr'", "none")
+        );
+        assert_eq!(
+            refused(equivalent(
+                &[(QUEUE_TYPE, s("classic"))],
+                &[(QUEUE_TYPE, s("stream"))]
+            )),
+            inequivalent(QUEUE_TYPE, "'stream'", "'classic'")
+        );
+        // Quorum queues keep RabbitMQ 3.13's text (equivalence_names_the_missing_side).
+        assert_eq!(
+            refused(equivalent(&[(QUEUE_TYPE, s("quorum"))], &[])),
+            inequivalent(QUEUE_TYPE, "none", "the value 'quorum' of type 'longstr'")
         );
     }
 
