@@ -53,6 +53,11 @@ const MAX_STREAM_SEGMENT_BYTES: i64 = 3_000_000_000;
 const STREAM_FILTER_BYTES: std::ops::RangeInclusive<i64> = 16..=255;
 const PRIORITY: &str = "x-priority";
 const CANCEL_ON_HA_FAILOVER: &str = "x-cancel-on-ha-failover";
+const STREAM_OFFSET: &str = "x-stream-offset";
+const STREAM_FILTER: &str = "x-stream-filter";
+const MATCH_UNFILTERED: &str = "x-stream-match-unfiltered";
+/// LavinMQ's name for server-side offset tracking of a stream consumer.
+const OFFSET_TRACKING: &str = "x-stream-automatic-offset-tracking";
 // Warren's partitioned queues and consumer groups (issue 13, docs/partitions-design.md §6).
 const PARTITIONS: &str = "x-partitions";
 const HASH_HEADER: &str = "x-partition-hash-header";
@@ -130,7 +135,9 @@ const STREAM_QUEUE_ARGS: &[&str] = &[
 ];
 
 /// Consumer arguments each type accepts (RabbitMQ 3.13), then Warren's consumer-group
-/// arguments, which only a partitioned queue takes (refused on others).
+/// arguments, which only a partitioned queue takes (refused on others). Streams take
+/// RabbitMQ 4's filter arguments and LavinMQ's offset tracking too, so other types
+/// refuse those, as RabbitMQ 4 refuses `x-stream-filter` on a classic queue.
 const CLASSIC_CONSUMER_ARGS: &[&str] = &[
     CANCEL_ON_HA_FAILOVER,
     PRIORITY,
@@ -150,7 +157,13 @@ const QUORUM_CONSUMER_ARGS: &[&str] = &[
     GROUP_NOTIFY,
     PARTITION,
 ];
-const STREAM_CONSUMER_ARGS: &[&str] = &["x-stream-offset", "x-credit"];
+const STREAM_CONSUMER_ARGS: &[&str] = &[
+    STREAM_OFFSET,
+    "x-credit",
+    STREAM_FILTER,
+    MATCH_UNFILTERED,
+    OFFSET_TRACKING,
+];
 
 /// The order in which RabbitMQ validates declare arguments (`declare_args/0`), limited to
 /// what Warren's queue types accept; `x-consumer-timeout` sits where 4.3 puts it.
@@ -185,16 +198,23 @@ const DECLARE_ORDER: &[&str] = &[
 ];
 
 /// The order in which RabbitMQ validates consumer arguments (`consume_args/0`), then
-/// Warren's consumer-group arguments in the design's table order.
+/// Warren's consumer-group arguments in the design's table order, then the stream
+/// arguments RabbitMQ reads without validating (`x-stream-filter`,
+/// `x-stream-match-unfiltered`: the filter comes first, the second depends on it) and
+/// LavinMQ's offset tracking.
 const CONSUME_ORDER: &[&str] = &[
     PRIORITY,
     CONSUMER_TIMEOUT,
     CANCEL_ON_HA_FAILOVER,
+    STREAM_OFFSET,
     CONSUMER_GROUP,
     GROUP_MEMBER,
     SESSION_TIMEOUT,
     GROUP_NOTIFY,
     PARTITION,
+    STREAM_FILTER,
+    MATCH_UNFILTERED,
+    OFFSET_TRACKING,
 ];
 
 /// `x-message-ttl` and `x-expires` above ten years are refused (`rabbit_misc:check_expiry`).
@@ -405,6 +425,27 @@ impl StreamArguments {
     }
 }
 
+/// Where a stream consumer starts reading (`x-stream-offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamOffset {
+    /// `first`: the oldest message the stream keeps. A negative integer means this too.
+    First,
+    /// `last`: the start of the last chunk written, delivered whole; `next` when the
+    /// stream is empty.
+    Last,
+    /// `next`: only messages written after the consumer attaches (the default).
+    Next,
+    /// A non-negative integer: this offset, or the first one kept when it is older;
+    /// beyond the end, the consumer waits until the stream reaches it.
+    Offset(u64),
+    /// A `timestamp` (sent in seconds), in milliseconds since the Unix epoch: the first
+    /// chunk written at or after this time.
+    Timestamp(u64),
+    /// An interval string such as `"1h"` (read as `x-max-age` is), in milliseconds:
+    /// the first chunk written at or after that long before the consume.
+    Interval(u64),
+}
+
 /// A consumer's validated `basic.consume` arguments.
 ///
 /// Not `Copy`: the consumer-group arguments hold strings and a partition list.
@@ -433,6 +474,21 @@ pub struct ConsumerArguments {
     /// `x-partition`: the partitions this consumer reads outside the group (a manual
     /// consumer), sorted and without duplicates; `None` for a group member.
     pub partitions: Option<Vec<u16>>,
+    /// `x-stream-offset` (streams): where to start reading; `None` means
+    /// [`StreamOffset::Next`].
+    pub stream_offset: Option<StreamOffset>,
+    /// `x-stream-filter` (streams): deliver only messages whose
+    /// `x-stream-filter-value` is one of these, byte for byte. A string gives one value;
+    /// an array gives its strings, in order (its other elements are dropped). Empty
+    /// means no filter, which is also what a value of any other type means.
+    pub stream_filter: Vec<Box<[u8]>>,
+    /// `x-stream-match-unfiltered` (streams): with a filter, also deliver messages
+    /// that have no filter value. Always false without a filter, and when the
+    /// argument is not a boolean.
+    pub match_unfiltered: bool,
+    /// `x-stream-automatic-offset-tracking` (streams, LavinMQ's name): the server keeps
+    /// this consumer's committed offset under its consumer tag.
+    pub track_offsets: bool,
 }
 
 /// Validates the arguments of a new queue (not a redeclaration) and the flags its type
@@ -744,6 +800,12 @@ fn assert_args_equivalent(
 /// ignored). Arguments known only to another queue type (`x-stream-offset`, or
 /// `x-cancel-on-ha-failover` on a quorum queue) are refused; unknown ones are ignored.
 ///
+/// A stream takes `x-stream-offset` ([`StreamOffset`], RabbitMQ's rules),
+/// `x-stream-filter` and `x-stream-match-unfiltered` (read as RabbitMQ reads them, never
+/// refused), and `x-stream-automatic-offset-tracking`, a boolean. Other queue types
+/// refuse these four, and streams refuse `x-priority` and the consumer-group
+/// arguments, with RabbitMQ's `of queue type` text.
+///
 /// Then Warren's consumer-group arguments, in this order: `x-consumer-group`,
 /// `x-group-member`, `x-group-session-timeout`, `x-group-notify`, `x-partition`.
 /// `partitions` is the queue's effective partition count; on a queue that has none,
@@ -753,8 +815,11 @@ fn assert_args_equivalent(
 /// # Errors
 ///
 /// 406 PRECONDITION_FAILED with RabbitMQ's text, e.g. `invalid arg 'x-priority' for queue
-/// 'q' in vhost '/': "expected integer, got longstr"`, or ours, e.g. `invalid arg
-/// 'x-partition' for queue 'q' in vhost '/': "partition 16 is out of range 0-15"`.
+/// 'q' in vhost '/': "expected integer, got longstr"` or `invalid arg 'x-stream-offset'
+/// for queue 'q' in vhost '/': {invalid_stream_offset_arg,{longstr,<<"foo">>}}`, or
+/// ours, e.g. `invalid arg 'x-partition' for queue 'q' in vhost '/': "partition 16 is
+/// out of range 0-15"` or `invalid arg 'x-stream-automatic-offset-tracking' for queue
+/// 'q' in vhost '/': {unacceptable_type,longstr}`.
 pub fn consumer(
     args: &FieldTable,
     queue_type: QueueType,
@@ -824,6 +889,10 @@ enum Reason {
     Atom(&'static str),
     /// An Erlang string such as `"unsupported queue mode 'x'"`.
     Text(String),
+    /// `{invalid_stream_offset_arg,{longstr,<<"foo">>}}`: the field's type and its value
+    /// as `~255p` prints it, but always on one line (RabbitMQ breaks a term past 255
+    /// columns).
+    InvalidStreamOffset(&'static str, String),
 }
 
 impl fmt::Display for Reason {
@@ -839,6 +908,9 @@ impl fmt::Display for Reason {
             Self::MaxValueExceeded(n) => write!(f, "{{max_value_exceeded,{n}}}"),
             Self::Atom(a) => f.write_str(a),
             Self::Text(s) => f.write_str(&erlang::string(s)),
+            Self::InvalidStreamOffset(t, v) => {
+                write!(f, "{{invalid_stream_offset_arg,{{{t},{v}}}}}")
+            }
         }
     }
 }
@@ -1219,9 +1291,67 @@ fn apply_consumer(
             owned.dedup();
             out.partitions = Some(owned);
         }
+        STREAM_OFFSET => out.stream_offset = Some(stream_offset(value)?),
+        // rabbit_stream_queue:filter_spec/1: never refused.
+        STREAM_FILTER => {
+            out.stream_filter = match value {
+                AMQPValue::FieldArray(items) => items
+                    .as_slice()
+                    .iter()
+                    .filter_map(as_longstr)
+                    .map(Box::from)
+                    .collect(),
+                single => as_longstr(single).map(Box::from).into_iter().collect(),
+            };
+        }
+        // After STREAM_FILTER in CONSUME_ORDER: it only counts with a filter.
+        MATCH_UNFILTERED => {
+            out.match_unfiltered =
+                matches!(value, AMQPValue::Boolean(true)) && !out.stream_filter.is_empty();
+        }
+        // Our choice: a non-boolean is refused rather than ignored.
+        OFFSET_TRACKING => out.track_offsets = check_bool(value)?,
         _ => {}
     }
     Ok(())
+}
+
+/// `x-stream-offset` as RabbitMQ's `parse_offset_arg` reads it: the bytes `first`,
+/// `last` or `next` in any string type; a `timestamp` in seconds; another string as an
+/// interval ([`parse_max_age`]); an integer as an offset, negative ones meaning first.
+///
+/// RabbitMQ also lets any other type through its validator, then fails on it when the
+/// consumer attaches; Warren refuses it here with the same reason as an invalid string,
+/// `{invalid_stream_offset_arg,{T,V}}` (`{bool,true}`, `{double,1.5}`,
+/// `{binary,<<"1h">>}`, `{void,undefined}`).
+fn stream_offset(value: &AMQPValue) -> Result<StreamOffset, Reason> {
+    let bytes = match value {
+        AMQPValue::ByteArray(bytes) => Some(bytes.as_slice()),
+        other => as_longstr(other),
+    };
+    match bytes {
+        Some(b"first") => return Ok(StreamOffset::First),
+        Some(b"last") => return Ok(StreamOffset::Last),
+        Some(b"next") => return Ok(StreamOffset::Next),
+        _ => {}
+    }
+    let offset = match value {
+        AMQPValue::Timestamp(seconds) => {
+            Some(StreamOffset::Timestamp(seconds.saturating_mul(1000)))
+        }
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => {
+            bytes.and_then(parse_max_age).map(StreamOffset::Interval)
+        }
+        other => integer(other)
+            .map(|n| u64::try_from(n).map_or(StreamOffset::First, StreamOffset::Offset)),
+    };
+    offset.ok_or_else(|| {
+        let shown = match erl(value) {
+            Erl::Bin(bytes) => erlang::latin1_binary(bytes),
+            term => erl_term(term),
+        };
+        Reason::InvalidStreamOffset(type_name(value), shown)
+    })
 }
 
 /// A group name or member id: a string of 1 to 255 bytes of UTF-8; `what` names it in
@@ -2843,6 +2973,267 @@ mod tests {
                 QueueType::Quorum
             )
             .is_ok()
+        );
+    }
+
+    fn offset(value: V) -> AmqpResult<Option<StreamOffset>> {
+        consume(&[(STREAM_OFFSET, value)], QueueType::Stream).map(|c| c.stream_offset)
+    }
+
+    #[test]
+    fn stream_offsets_follow_rabbitmq() {
+        assert_eq!(ok(consume(&[], QueueType::Stream)).stream_offset, None);
+        for (text, spec) in [
+            ("first", StreamOffset::First),
+            ("last", StreamOffset::Last),
+            ("next", StreamOffset::Next),
+        ] {
+            assert_eq!(ok(offset(s(text))), Some(spec));
+            let bytes = V::ByteArray(ByteArray::from(text.as_bytes().to_vec()));
+            assert_eq!(ok(offset(bytes)), Some(spec));
+            let short = V::ShortString(text.into());
+            assert_eq!(ok(offset(short)), Some(spec));
+        }
+        for (name, value) in each_integer(5) {
+            assert_eq!(ok(offset(value)), Some(StreamOffset::Offset(5)), "{name}");
+        }
+        for (name, value) in each_integer(-5) {
+            let expected = if name.starts_with("unsigned") {
+                StreamOffset::Offset(0)
+            } else {
+                StreamOffset::First
+            };
+            assert_eq!(ok(offset(value)), Some(expected), "{name}");
+        }
+        assert_eq!(
+            ok(offset(V::LongLongInt(i64::MAX))),
+            Some(StreamOffset::Offset(i64::MAX.unsigned_abs()))
+        );
+        // A timestamp is in seconds.
+        assert_eq!(
+            ok(offset(V::Timestamp(1_700_000_000))),
+            Some(StreamOffset::Timestamp(1_700_000_000_000))
+        );
+        assert_eq!(
+            ok(offset(V::Timestamp(u64::MAX))),
+            Some(StreamOffset::Timestamp(u64::MAX))
+        );
+        // Another string is an interval back from now, read as x-max-age is.
+        assert_eq!(ok(offset(s("1h"))), Some(StreamOffset::Interval(3_600_000)));
+        assert_eq!(
+            ok(offset(s("30m"))),
+            Some(StreamOffset::Interval(1_800_000))
+        );
+    }
+
+    #[test]
+    fn invalid_stream_offsets_are_refused_with_the_value() {
+        let reason = |term: &str| {
+            invalid(
+                STREAM_OFFSET,
+                &format!("{{invalid_stream_offset_arg,{term}}}"),
+            )
+        };
+        // The text of the facts note, for queue 'q'.
+        assert_eq!(
+            refused(offset(s("foo"))),
+            format!(
+                "invalid arg 'x-stream-offset' for {RES}: {{invalid_stream_offset_arg,{{longstr,<<\"foo\">>}}}}"
+            )
+        );
+        for text in ["100", "0s", "1H", "", "First", "1h "] {
+            assert_eq!(
+                refused(offset(s(text))),
+                reason(&format!(
+                    "{{longstr,{}}}",
+                    erlang::latin1_binary(text.as_bytes())
+                )),
+                "{text:?}"
+            );
+        }
+        // ~p prints a binary's bytes as latin-1.
+        assert_eq!(refused(offset(s("é"))), reason("{longstr,<<\"Ã©\">>}"));
+        let control = V::LongString(LongString::from(vec![1_u8, 2]));
+        assert_eq!(refused(offset(control)), reason("{longstr,<<1,2>>}"));
+        // Types RabbitMQ lets through its validator (then fails on): our choice.
+        let cases = [
+            (V::Boolean(true), "{bool,true}"),
+            (V::Double(1.5), "{double,1.5}"),
+            (V::Float(2.0), "{float,2.0}"),
+            (
+                V::DecimalValue(DecimalValue {
+                    scale: 2,
+                    value: 100,
+                }),
+                "{decimal,{2,100}}",
+            ),
+            (V::Void, "{void,undefined}"),
+            (
+                V::ByteArray(ByteArray::from(b"1h".to_vec())),
+                "{binary,<<\"1h\">>}",
+            ),
+            (
+                V::FieldArray(FieldArray::from(vec![s("first")])),
+                "{array,[{longstr,<<\"first\">>}]}",
+            ),
+            (V::FieldTable(FieldTable::default()), "{table,[]}"),
+        ];
+        for (value, term) in cases {
+            assert_eq!(refused(offset(value)), reason(term), "{term}");
+        }
+    }
+
+    #[test]
+    fn stream_filters_take_strings() {
+        let filter = |entries: &[(&str, V)]| {
+            let parsed = ok(consume(entries, QueueType::Stream));
+            let values: Vec<Vec<u8>> = parsed.stream_filter.iter().map(|v| v.to_vec()).collect();
+            (values, parsed.match_unfiltered)
+        };
+        let none: Vec<Vec<u8>> = Vec::new();
+        assert_eq!(filter(&[]), (none.clone(), false));
+        assert_eq!(
+            filter(&[(STREAM_FILTER, s("eu"))]),
+            (vec![b"eu".to_vec()], false)
+        );
+        let array = V::FieldArray(FieldArray::from(vec![
+            s("eu"),
+            V::LongInt(1),
+            V::LongString(LongString::from(vec![0xff_u8])),
+            V::Boolean(true),
+            s("us"),
+        ]));
+        assert_eq!(
+            filter(&[(STREAM_FILTER, array), (MATCH_UNFILTERED, V::Boolean(true))]),
+            (vec![b"eu".to_vec(), vec![0xff], b"us".to_vec()], true)
+        );
+        // Another type, or an array without strings, means no filter, and
+        // match-unfiltered then means nothing.
+        for value in [
+            V::LongInt(1),
+            V::Boolean(true),
+            V::FieldArray(FieldArray::default()),
+            V::FieldArray(FieldArray::from(vec![V::LongInt(1)])),
+        ] {
+            assert_eq!(
+                filter(&[(STREAM_FILTER, value), (MATCH_UNFILTERED, V::Boolean(true))]),
+                (none.clone(), false)
+            );
+        }
+        // A non-boolean match-unfiltered is false, as in RabbitMQ.
+        assert_eq!(
+            filter(&[(STREAM_FILTER, s("eu")), (MATCH_UNFILTERED, s("true"))]),
+            (vec![b"eu".to_vec()], false)
+        );
+        assert_eq!(
+            filter(&[
+                (STREAM_FILTER, s("eu")),
+                (MATCH_UNFILTERED, V::Boolean(false))
+            ]),
+            (vec![b"eu".to_vec()], false)
+        );
+    }
+
+    #[test]
+    fn offset_tracking_is_a_boolean() {
+        let track = |value: V| consume(&[(OFFSET_TRACKING, value)], QueueType::Stream);
+        assert!(ok(track(V::Boolean(true))).track_offsets);
+        assert!(!ok(track(V::Boolean(false))).track_offsets);
+        assert!(!ok(consume(&[], QueueType::Stream)).track_offsets);
+        assert_eq!(
+            refused(track(s("true"))),
+            invalid(OFFSET_TRACKING, "{unacceptable_type,longstr}")
+        );
+        assert_eq!(
+            refused(track(V::ShortShortUInt(1))),
+            invalid(OFFSET_TRACKING, "{unacceptable_type,unsignedbyte}")
+        );
+    }
+
+    #[test]
+    fn stream_consumer_arguments_belong_to_streams() {
+        let other = |key: &str, queue_type: QueueType| {
+            format!(
+                "invalid arg '{key}' for {RES} of queue type {}",
+                queue_type.module()
+            )
+        };
+        // RabbitMQ's stream_SUITE: x-priority on a stream.
+        assert_eq!(
+            refused(consume(&[(PRIORITY, V::LongInt(1))], QueueType::Stream)),
+            format!("invalid arg 'x-priority' for {RES} of queue type rabbit_stream_queue")
+        );
+        for (key, value) in [
+            (CANCEL_ON_HA_FAILOVER, V::Boolean(true)),
+            (CONSUMER_GROUP, s("g")),
+            (GROUP_MEMBER, s("m")),
+            (SESSION_TIMEOUT, V::LongInt(1)),
+            (GROUP_NOTIFY, V::Boolean(true)),
+            (PARTITION, V::LongInt(0)),
+        ] {
+            assert_eq!(
+                refused(consume(&[(key, value)], QueueType::Stream)),
+                other(key, QueueType::Stream)
+            );
+        }
+        // As in 3.13 to 4.2, x-consumer-timeout is ignored on a stream (4.3 refuses it).
+        let timeout = ok(consume(
+            &[(CONSUMER_TIMEOUT, V::LongInt(5))],
+            QueueType::Stream,
+        ));
+        assert_eq!(timeout.timeout_ms, None);
+        // The offset is validated before other types' arguments are refused.
+        assert_eq!(
+            refused(consume(
+                &[(PRIORITY, V::LongInt(1)), (STREAM_OFFSET, s("foo"))],
+                QueueType::Stream
+            )),
+            invalid(
+                STREAM_OFFSET,
+                "{invalid_stream_offset_arg,{longstr,<<\"foo\">>}}"
+            )
+        );
+        // Classic and quorum queues refuse the stream arguments, as RabbitMQ 4 does
+        // (LavinMQ's tracking too: our choice).
+        for queue_type in [QueueType::Classic, QueueType::Quorum] {
+            for (key, value) in [
+                (STREAM_OFFSET, s("first")),
+                (STREAM_FILTER, s("eu")),
+                (MATCH_UNFILTERED, V::Boolean(true)),
+                (OFFSET_TRACKING, V::Boolean(true)),
+            ] {
+                assert_eq!(
+                    refused(consume(&[(key, value)], queue_type)),
+                    other(key, queue_type)
+                );
+            }
+        }
+        // Unknown arguments and x-credit are ignored.
+        assert_eq!(
+            ok(consume(
+                &[("x-credit", V::Boolean(true)), ("x-other", s("a"))],
+                QueueType::Stream
+            )),
+            ConsumerArguments::default()
+        );
+        let all = ok(consume(
+            &[
+                (STREAM_OFFSET, V::LongLongInt(42)),
+                (STREAM_FILTER, s("eu")),
+                (MATCH_UNFILTERED, V::Boolean(true)),
+                (OFFSET_TRACKING, V::Boolean(true)),
+            ],
+            QueueType::Stream,
+        ));
+        assert_eq!(
+            all,
+            ConsumerArguments {
+                stream_offset: Some(StreamOffset::Offset(42)),
+                stream_filter: vec![Box::from(&b"eu"[..])],
+                match_unfiltered: true,
+                track_offsets: true,
+                ..ConsumerArguments::default()
+            }
         );
     }
 
