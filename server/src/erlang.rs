@@ -47,13 +47,20 @@ pub(crate) fn string(s: &str) -> String {
 /// A binary nested in a table or array, printed with `~tp`: `<<"abc">>`,
 /// `<<"é"/utf8>>` or `<<1,2>>`.
 pub(crate) fn binary(bytes: &[u8]) -> String {
-    if bytes.is_empty() {
-        return "<<>>".to_owned();
-    }
     if let Ok(s) = std::str::from_utf8(bytes) {
         if !s.is_ascii() && s.chars().all(printable) {
             return format!("<<{}/utf8>>", string(s));
         }
+    }
+    latin1_binary(bytes)
+}
+
+/// A binary printed with `~p` (no `t`): its bytes as latin-1 characters, `<<"abc">>`,
+/// or `<<1,2>>` when one is not printable. UTF-8 text therefore shows as its bytes:
+/// `é` prints as `<<"Ã©">>`.
+pub(crate) fn latin1_binary(bytes: &[u8]) -> String {
+    if bytes.is_empty() {
+        return "<<>>".to_owned();
     }
     let latin1: String = bytes.iter().map(|&b| char::from(b)).collect();
     if latin1.chars().all(printable) {

@@ -4,6 +4,7 @@
 //! Clients depend on RabbitMQ's exact reply texts, so the checks, their order and their
 //! texts follow RabbitMQ 3.13 (`rabbit_amqqueue`, `rabbit_misc`, `rabbit_queue_type_util`,
 //! `rabbit_quorum_queue`, `rabbit_channel`); 4.x differences are noted where they matter.
+//! Streams follow RabbitMQ 4.2 (`rabbit_stream_queue`, `docs/streams-rabbitmq-facts.md`).
 //! RabbitMQ prints the reason of an invalid argument as an Erlang term (`~255p`), so the
 //! texts reproduce that rendering: `{value_negative,-5}`, `"expected integer, got longstr"`,
 //! `{unacceptable_type,long}`.
@@ -42,8 +43,21 @@ const DELIVERY_LIMIT: &str = "x-delivery-limit";
 /// RabbitMQ 4's delivery limit for quorum queues that set none.
 const DEFAULT_DELIVERY_LIMIT: u64 = 20;
 const LEADER_LOCATOR: &str = "x-queue-leader-locator";
+const MAX_AGE: &str = "x-max-age";
+const STREAM_SEGMENT_SIZE: &str = "x-stream-max-segment-size-bytes";
+const STREAM_FILTER_SIZE: &str = "x-stream-filter-size-bytes";
+const INITIAL_CLUSTER_SIZE: &str = "x-initial-cluster-size";
+/// RabbitMQ's largest `x-stream-max-segment-size-bytes` (`?MAX_STREAM_MAX_SEGMENT_SIZE`).
+const MAX_STREAM_SEGMENT_BYTES: i64 = 3_000_000_000;
+/// The sizes `x-stream-filter-size-bytes` may take, in bytes.
+const STREAM_FILTER_BYTES: std::ops::RangeInclusive<i64> = 16..=255;
 const PRIORITY: &str = "x-priority";
 const CANCEL_ON_HA_FAILOVER: &str = "x-cancel-on-ha-failover";
+const STREAM_OFFSET: &str = "x-stream-offset";
+const STREAM_FILTER: &str = "x-stream-filter";
+const MATCH_UNFILTERED: &str = "x-stream-match-unfiltered";
+/// LavinMQ's name for server-side offset tracking of a stream consumer.
+const OFFSET_TRACKING: &str = "x-stream-automatic-offset-tracking";
 // Warren's partitioned queues and consumer groups (issue 13, docs/partitions-design.md §6).
 const PARTITIONS: &str = "x-partitions";
 const HASH_HEADER: &str = "x-partition-hash-header";
@@ -67,8 +81,9 @@ pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 30_000;
 /// The longest group name or member id, in bytes (a short string's limit).
 const MAX_GROUP_NAME_BYTES: usize = 255;
 
-/// Queue arguments each type accepts, in RabbitMQ 3.13's order (its `capabilities/0`):
-/// redeclaration compares exactly these, in this order.
+/// Queue arguments each type accepts, in RabbitMQ 3.13's order (its `capabilities/0`;
+/// streams as in 4.2, which added `x-stream-filter-size-bytes`): redeclaration compares
+/// exactly these, in this order.
 const CLASSIC_QUEUE_ARGS: &[&str] = &[
     EXPIRES,
     MESSAGE_TTL,
@@ -112,14 +127,17 @@ const QUORUM_QUEUE_ARGS: &[&str] = &[
 const STREAM_QUEUE_ARGS: &[&str] = &[
     MAX_LENGTH_BYTES,
     QUEUE_TYPE,
-    "x-max-age",
-    "x-stream-max-segment-size-bytes",
-    "x-initial-cluster-size",
+    MAX_AGE,
+    STREAM_SEGMENT_SIZE,
+    STREAM_FILTER_SIZE,
+    INITIAL_CLUSTER_SIZE,
     LEADER_LOCATOR,
 ];
 
 /// Consumer arguments each type accepts (RabbitMQ 3.13), then Warren's consumer-group
-/// arguments, which only a partitioned queue takes (refused on others).
+/// arguments, which only a partitioned queue takes (refused on others). Streams take
+/// RabbitMQ 4's filter arguments and LavinMQ's offset tracking too, so other types
+/// refuse those, as RabbitMQ 4 refuses `x-stream-filter` on a classic queue.
 const CLASSIC_CONSUMER_ARGS: &[&str] = &[
     CANCEL_ON_HA_FAILOVER,
     PRIORITY,
@@ -139,10 +157,16 @@ const QUORUM_CONSUMER_ARGS: &[&str] = &[
     GROUP_NOTIFY,
     PARTITION,
 ];
-const STREAM_CONSUMER_ARGS: &[&str] = &["x-stream-offset", "x-credit"];
+const STREAM_CONSUMER_ARGS: &[&str] = &[
+    STREAM_OFFSET,
+    "x-credit",
+    STREAM_FILTER,
+    MATCH_UNFILTERED,
+    OFFSET_TRACKING,
+];
 
 /// The order in which RabbitMQ validates declare arguments (`declare_args/0`), limited to
-/// what classic and quorum queues accept; `x-consumer-timeout` sits where 4.3 puts it.
+/// what Warren's queue types accept; `x-consumer-timeout` sits where 4.3 puts it.
 /// Warren's partitioning arguments come last, `x-partitions` first: the others need the
 /// count it settles.
 const DECLARE_ORDER: &[&str] = &[
@@ -162,6 +186,10 @@ const DECLARE_ORDER: &[&str] = &[
     SINGLE_ACTIVE_CONSUMER,
     CONSUMER_TIMEOUT,
     INITIAL_GROUP_SIZE,
+    MAX_AGE,
+    STREAM_SEGMENT_SIZE,
+    STREAM_FILTER_SIZE,
+    INITIAL_CLUSTER_SIZE,
     LEADER_LOCATOR,
     PARTITIONS,
     HASH_HEADER,
@@ -170,16 +198,23 @@ const DECLARE_ORDER: &[&str] = &[
 ];
 
 /// The order in which RabbitMQ validates consumer arguments (`consume_args/0`), then
-/// Warren's consumer-group arguments in the design's table order.
+/// Warren's consumer-group arguments in the design's table order, then the stream
+/// arguments RabbitMQ reads without validating (`x-stream-filter`,
+/// `x-stream-match-unfiltered`: the filter comes first, the second depends on it) and
+/// LavinMQ's offset tracking.
 const CONSUME_ORDER: &[&str] = &[
     PRIORITY,
     CONSUMER_TIMEOUT,
     CANCEL_ON_HA_FAILOVER,
+    STREAM_OFFSET,
     CONSUMER_GROUP,
     GROUP_MEMBER,
     SESSION_TIMEOUT,
     GROUP_NOTIFY,
     PARTITION,
+    STREAM_FILTER,
+    MATCH_UNFILTERED,
+    OFFSET_TRACKING,
 ];
 
 /// `x-message-ttl` and `x-expires` above ten years are refused (`rabbit_misc:check_expiry`).
@@ -188,7 +223,8 @@ const MAX_EXPIRY_MS: i64 = 315_360_000_000;
 /// Which implementation a queue uses, from `x-queue-type`.
 ///
 /// Warren runs classic and quorum queues with one engine; the type decides which
-/// arguments are allowed, the flags a quorum queue needs, and delivery counting.
+/// arguments are allowed, the flags a quorum queue or a stream needs, and delivery
+/// counting.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum QueueType {
     /// The default: `classic`, or no `x-queue-type` at all.
@@ -196,7 +232,9 @@ pub enum QueueType {
     Classic,
     /// `quorum`: durable only, counts deliveries, honours `x-delivery-limit`.
     Quorum,
-    /// `stream`: recognised so the refusal is clear, but not supported yet.
+    /// `stream`: an append-only log read from any offset; durable only. Its declare
+    /// and consume arguments are validated as RabbitMQ validates them, but [`parse`]
+    /// still refuses to declare one until the stream body is in place.
     Stream,
 }
 
@@ -306,7 +344,8 @@ pub struct QueueArguments {
     pub expires: Option<u64>,
     /// `x-max-length`: most ready messages.
     pub max_length: Option<u64>,
-    /// `x-max-length-bytes`: most body bytes of ready messages.
+    /// `x-max-length-bytes`: most body bytes of ready messages; for a stream, the
+    /// retention limit on the bytes it keeps.
     pub max_length_bytes: Option<u64>,
     /// `x-overflow`: what happens past either limit.
     pub overflow: Overflow,
@@ -347,6 +386,66 @@ pub struct QueueArguments {
     pub consumers_per_partition: Option<u16>,
 }
 
+/// A stream's own settings, read from its accepted declare arguments with
+/// [`StreamArguments::of`]; `None` means the default. (`x-max-length-bytes`, its
+/// retention by size, is [`QueueArguments::max_length_bytes`].)
+///
+/// They are not in [`QueueArguments`], which each partition of a partitioned queue
+/// holds a copy of: they would make every idle partition bigger.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamArguments {
+    /// `x-max-age`: drop what is older than this many milliseconds, as
+    /// [`parse_max_age`] reads it.
+    pub max_age_ms: Option<u64>,
+    /// `x-stream-max-segment-size-bytes`: the size at which a segment file rolls, at
+    /// most 3,000,000,000.
+    pub segment_bytes: Option<u64>,
+    /// `x-stream-filter-size-bytes`: the bytes of each chunk's Bloom filter, 16..=255.
+    pub filter_bytes: Option<u8>,
+}
+
+impl StreamArguments {
+    /// The settings in a stream's arguments as [`parse`] or [`parse_stored`] accepted
+    /// them. A value those would refuse counts as absent.
+    pub fn of(args: &FieldTable) -> Self {
+        let int = |key: &str| args.inner().get(key).and_then(integer);
+        Self {
+            max_age_ms: args
+                .inner()
+                .get(MAX_AGE)
+                .and_then(as_longstr)
+                .and_then(parse_max_age),
+            segment_bytes: int(STREAM_SEGMENT_SIZE)
+                .filter(|n| *n <= MAX_STREAM_SEGMENT_BYTES)
+                .and_then(|n| u64::try_from(n).ok()),
+            filter_bytes: int(STREAM_FILTER_SIZE)
+                .filter(|n| STREAM_FILTER_BYTES.contains(n))
+                .and_then(|n| u8::try_from(n).ok()),
+        }
+    }
+}
+
+/// Where a stream consumer starts reading (`x-stream-offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StreamOffset {
+    /// `first`: the oldest message the stream keeps. A negative integer means this too.
+    First,
+    /// `last`: the start of the last chunk written, delivered whole; `next` when the
+    /// stream is empty.
+    Last,
+    /// `next`: only messages written after the consumer attaches (the default).
+    Next,
+    /// A non-negative integer: this offset, or the first one kept when it is older;
+    /// beyond the end, the consumer waits until the stream reaches it.
+    Offset(u64),
+    /// A `timestamp` (sent in seconds), in milliseconds since the Unix epoch: the first
+    /// chunk written at or after this time.
+    Timestamp(u64),
+    /// An interval string such as `"1h"` (read as `x-max-age` is), in milliseconds:
+    /// the first chunk written at or after that long before the consume.
+    Interval(u64),
+}
+
 /// A consumer's validated `basic.consume` arguments.
 ///
 /// Not `Copy`: the consumer-group arguments hold strings and a partition list.
@@ -375,6 +474,21 @@ pub struct ConsumerArguments {
     /// `x-partition`: the partitions this consumer reads outside the group (a manual
     /// consumer), sorted and without duplicates; `None` for a group member.
     pub partitions: Option<Vec<u16>>,
+    /// `x-stream-offset` (streams): where to start reading; `None` means
+    /// [`StreamOffset::Next`].
+    pub stream_offset: Option<StreamOffset>,
+    /// `x-stream-filter` (streams): deliver only messages whose
+    /// `x-stream-filter-value` is one of these, byte for byte. A string gives one value;
+    /// an array gives its strings, in order (its other elements are dropped). Empty
+    /// means no filter, which is also what a value of any other type means.
+    pub stream_filter: Vec<Box<[u8]>>,
+    /// `x-stream-match-unfiltered` (streams): with a filter, also deliver messages
+    /// that have no filter value. Always false without a filter, and when the
+    /// argument is not a boolean.
+    pub match_unfiltered: bool,
+    /// `x-stream-automatic-offset-tracking` (streams, LavinMQ's name): the server keeps
+    /// this consumer's committed offset under its consumer tag.
+    pub track_offsets: bool,
 }
 
 /// Validates the arguments of a new queue (not a redeclaration) and the flags its type
@@ -392,13 +506,42 @@ pub struct ConsumerArguments {
 /// `x-partition-hash-property`, `x-consumers-per-partition`) accept either source, so a
 /// policy-partitioned queue can choose its key.
 ///
+/// A stream (`x-queue-type: stream`) gets RabbitMQ's checks, but as long as Warren has
+/// no stream body (`STREAMS_ENABLED`), one that passes them all is refused.
+///
 /// # Errors
 ///
 /// 406 PRECONDITION_FAILED with RabbitMQ's text for a server-named non-classic queue, an
-/// argument of the wrong type or value, an argument the queue type does not take, or a
-/// quorum queue that is auto-delete, exclusive or not durable; 540 NOT_IMPLEMENTED for a
-/// stream queue.
+/// argument of the wrong type or value, an argument the queue type does not take, a
+/// quorum queue or stream that is auto-delete, exclusive or not durable, or a stream's
+/// segment or filter size out of range; then 540 NOT_IMPLEMENTED for a stream.
 pub fn parse(
+    args: &FieldTable,
+    declare: &QueueDeclare,
+    vhost: &str,
+    policy_partitions: Option<u16>,
+) -> AmqpResult<QueueArguments> {
+    let parsed = parse_checked(args, declare, vhost, policy_partitions)?;
+    if parsed.queue_type == QueueType::Stream && !STREAMS_ENABLED {
+        // Our choice: RabbitMQ answers not_implemented for what a queue type cannot do.
+        return Err(error::not_implemented(format!(
+            "cannot declare {}: stream queues are not supported by Warren yet",
+            Resource {
+                queue: &declare.name,
+                vhost
+            }
+        )));
+    }
+    Ok(parsed)
+}
+
+/// Whether [`parse`] lets a stream be declared. False until the stream queue body is
+/// wired in: every check runs, then the declaration is refused with 540, so no stream
+/// can exist before Warren can run one.
+const STREAMS_ENABLED: bool = false;
+
+/// [`parse`] without its final refusal of streams.
+fn parse_checked(
     args: &FieldTable,
     declare: &QueueDeclare,
     vhost: &str,
@@ -435,43 +578,49 @@ pub fn parse(
     );
     let policy_partitions = policy_partitions.filter(|_| !single_active);
     let parsed = parse_arguments(args, queue, queue_type, policy_partitions)?;
-    if parsed.queue_type == QueueType::Quorum {
-        // rabbit_queue_type_util checks, in rabbit_quorum_queue:declare/2's order.
-        let durable = declare.durable && !declare.exclusive;
-        let property = if declare.auto_delete {
-            Some("auto-delete")
-        } else if declare.exclusive {
-            Some("exclusive-owner")
-        } else if !durable {
-            Some("non-durable")
-        } else {
-            None
-        };
-        if let Some(property) = property {
-            return Err(error::precondition(format!(
-                "invalid property '{property}' for {queue}"
-            )));
-        }
-        if args
-            .inner()
-            .get(OVERFLOW)
-            .and_then(as_longstr)
-            .is_some_and(|v| v == b"reject-publish-dlx")
-        {
-            tracing::warn!(
-                queue = %declare.name,
-                vhost,
-                "invalid overflow strategy reject-publish-dlx for a quorum queue: using drop-head"
-            );
-        }
+    if parsed.queue_type == QueueType::Classic {
+        return Ok(parsed);
+    }
+    // rabbit_queue_type_util checks, in the order of rabbit_quorum_queue:declare/2 and
+    // rabbit_stream_queue:declare/2. RabbitMQ 4.3 refuses a transient stream before
+    // this (541, the deprecated transient_nonexcl_queues); 3.13 to 4.2 answer here.
+    let durable = declare.durable && !declare.exclusive;
+    let property = if declare.auto_delete {
+        Some("auto-delete")
+    } else if declare.exclusive {
+        Some("exclusive-owner")
+    } else if !durable {
+        Some("non-durable")
+    } else {
+        None
+    };
+    if let Some(property) = property {
+        return Err(error::precondition(format!(
+            "invalid property '{property}' for {queue}"
+        )));
+    }
+    if parsed.queue_type == QueueType::Stream {
+        stream_limits(args)?;
+    } else if args
+        .inner()
+        .get(OVERFLOW)
+        .and_then(as_longstr)
+        .is_some_and(|v| v == b"reject-publish-dlx")
+    {
+        tracing::warn!(
+            queue = %declare.name,
+            vhost,
+            "invalid overflow strategy reject-publish-dlx for a quorum queue: using drop-head"
+        );
     }
     Ok(parsed)
 }
 
 /// Rebuilds the settings of a queue from arguments accepted earlier (recovery).
 ///
-/// Runs the argument checks of [`parse`] but not the flag checks, which held when the
-/// queue was declared.
+/// Runs the argument checks of [`parse`] (a stream's segment and filter sizes
+/// included) but not the flag checks, which held when the queue was declared, nor the
+/// refusal of streams.
 ///
 /// `stored_partitions` is the partition count recorded with the queue's definition (the
 /// effective one at creation, which a policy may have given): it overrides the
@@ -493,6 +642,9 @@ pub fn parse_stored(
         queue_type_arg(args),
         stored_partitions,
     )?;
+    if parsed.queue_type == QueueType::Stream {
+        stream_limits(args)?;
+    }
     if stored_partitions.is_some() {
         parsed.partitions = stored_partitions;
     }
@@ -508,6 +660,13 @@ pub fn parse_stored(
 /// count (from its argument or from its policy at creation), not with its declared
 /// argument; a redeclaration without `x-partitions` is accepted whatever the count, so
 /// clients unaware of a policy-partitioned queue can still declare it.
+///
+/// A stream redeclared without `x-queue-type` is compared as RabbitMQ 4 compares it:
+/// its channel adds `x-queue-type: classic` to such a declaration (the default type), so
+/// the text is `received 'classic' but current is 'stream'`. Classic and quorum queues
+/// keep RabbitMQ 3.13's comparison, which adds nothing: a quorum queue redeclared
+/// without its type gets `received none but current is the value 'quorum' of type
+/// 'longstr'`.
 ///
 /// # Errors
 ///
@@ -527,8 +686,19 @@ pub fn assert_equivalent(
             |v: Option<&AMQPValue>| v.and_then(as_longstr).is_some_and(|s| s == b"classic");
         key == QUEUE_TYPE && (classic(old) || classic(new))
     };
-    for &key in QueueType::of(current).queue_arguments() {
-        if key == PARTITIONS {
+    let current_type = QueueType::of(current);
+    for &key in current_type.queue_arguments() {
+        if key == QUEUE_TYPE
+            && current_type == QueueType::Stream
+            && !requested.contains_key(QUEUE_TYPE)
+        {
+            let mut augmented = FieldTable::default();
+            augmented.insert(
+                QUEUE_TYPE.into(),
+                AMQPValue::LongString(QueueType::Classic.name().into()),
+            );
+            assert_args_equivalent(current, &augmented, &[key], &resource, same)?;
+        } else if key == PARTITIONS {
             // The effective count stands in for the argument; an absent one is no claim.
             let mut effective = FieldTable::default();
             if let Some(n) = current_partitions {
@@ -630,6 +800,12 @@ fn assert_args_equivalent(
 /// ignored). Arguments known only to another queue type (`x-stream-offset`, or
 /// `x-cancel-on-ha-failover` on a quorum queue) are refused; unknown ones are ignored.
 ///
+/// A stream takes `x-stream-offset` ([`StreamOffset`], RabbitMQ's rules),
+/// `x-stream-filter` and `x-stream-match-unfiltered` (read as RabbitMQ reads them, never
+/// refused), and `x-stream-automatic-offset-tracking`, a boolean. Other queue types
+/// refuse these four, and streams refuse `x-priority` and the consumer-group
+/// arguments, with RabbitMQ's `of queue type` text.
+///
 /// Then Warren's consumer-group arguments, in this order: `x-consumer-group`,
 /// `x-group-member`, `x-group-session-timeout`, `x-group-notify`, `x-partition`.
 /// `partitions` is the queue's effective partition count; on a queue that has none,
@@ -639,8 +815,11 @@ fn assert_args_equivalent(
 /// # Errors
 ///
 /// 406 PRECONDITION_FAILED with RabbitMQ's text, e.g. `invalid arg 'x-priority' for queue
-/// 'q' in vhost '/': "expected integer, got longstr"`, or ours, e.g. `invalid arg
-/// 'x-partition' for queue 'q' in vhost '/': "partition 16 is out of range 0-15"`.
+/// 'q' in vhost '/': "expected integer, got longstr"` or `invalid arg 'x-stream-offset'
+/// for queue 'q' in vhost '/': {invalid_stream_offset_arg,{longstr,<<"foo">>}}`, or
+/// ours, e.g. `invalid arg 'x-partition' for queue 'q' in vhost '/': "partition 16 is
+/// out of range 0-15"` or `invalid arg 'x-stream-automatic-offset-tracking' for queue
+/// 'q' in vhost '/': {unacceptable_type,longstr}`.
 pub fn consumer(
     args: &FieldTable,
     queue_type: QueueType,
@@ -710,6 +889,10 @@ enum Reason {
     Atom(&'static str),
     /// An Erlang string such as `"unsupported queue mode 'x'"`.
     Text(String),
+    /// `{invalid_stream_offset_arg,{longstr,<<"foo">>}}`: the field's type and its value
+    /// as `~255p` prints it, but always on one line (RabbitMQ breaks a term past 255
+    /// columns).
+    InvalidStreamOffset(&'static str, String),
 }
 
 impl fmt::Display for Reason {
@@ -725,6 +908,9 @@ impl fmt::Display for Reason {
             Self::MaxValueExceeded(n) => write!(f, "{{max_value_exceeded,{n}}}"),
             Self::Atom(a) => f.write_str(a),
             Self::Text(s) => f.write_str(&erlang::string(s)),
+            Self::InvalidStreamOffset(t, v) => {
+                write!(f, "{{invalid_stream_offset_arg,{{{t},{v}}}}}")
+            }
         }
     }
 }
@@ -771,12 +957,6 @@ fn parse_arguments(
     partitions: Option<u16>,
 ) -> AmqpResult<QueueArguments> {
     let queue_type = queue_type.map_err(|reason| invalid_arg(QUEUE_TYPE, queue, &reason))?;
-    if queue_type == QueueType::Stream {
-        // Our choice: RabbitMQ answers not_implemented for what a queue type cannot do.
-        return Err(error::not_implemented(format!(
-            "cannot declare {queue}: stream queues are not supported by Warren yet"
-        )));
-    }
     let mut parsed = QueueArguments {
         queue_type,
         partitions,
@@ -821,6 +1001,52 @@ fn parse_arguments(
         }
     }
     Ok(parsed)
+}
+
+/// The checks of `rabbit_stream_queue:declare/2` that follow the flags: the segment and
+/// filter sizes, whose types and signs the argument checks have already settled.
+fn stream_limits(args: &FieldTable) -> AmqpResult<()> {
+    let value = |key: &str| args.inner().get(key).and_then(integer);
+    if value(STREAM_SEGMENT_SIZE).is_some_and(|n| n > MAX_STREAM_SEGMENT_BYTES) {
+        // RabbitMQ's fixed text, without the queue's name.
+        return Err(error::precondition(format!(
+            "Exceeded max value for {STREAM_SEGMENT_SIZE}"
+        )));
+    }
+    if value(STREAM_FILTER_SIZE).is_some_and(|n| !STREAM_FILTER_BYTES.contains(&n)) {
+        return Err(error::precondition(format!(
+            "Invalid value for {STREAM_FILTER_SIZE}"
+        )));
+    }
+    Ok(())
+}
+
+/// Reads an `x-max-age` value (also a stream consumer's interval offset) as RabbitMQ's
+/// `check_max_age` does, in milliseconds: digits, a number above 0, then exactly one
+/// unit, `Y` (365 days), `M` (30 days), `D` (24 hours), `h`, `m` or `s`, case-sensitive.
+/// `"7D"` and `"12h"` are valid; `"0D"`, `"1d"`, `"1.5h"`, `"D"` and `""` are not.
+///
+/// RabbitMQ matches `^([0-9]+)(.*)`, whose `.` stops at a line feed, so anything after a
+/// line feed that follows the unit is ignored (`"1h\nx"` is one hour), as there.
+/// RabbitMQ's integers have no bound; here a result past `u64` saturates at
+/// `u64::MAX`, an age no message reaches.
+pub fn parse_max_age(text: &[u8]) -> Option<u64> {
+    let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
+    let (number, rest) = text.split_at(digits);
+    let unit = rest.split(|&b| b == b'\n').next().unwrap_or_default();
+    let unit_ms: u64 = match unit {
+        b"Y" => 365 * 86_400_000,
+        b"M" => 30 * 86_400_000,
+        b"D" => 86_400_000,
+        b"h" => 3_600_000,
+        b"m" => 60_000,
+        b"s" => 1_000,
+        _ => return None,
+    };
+    let n = number.iter().fold(0u64, |n, &d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    });
+    (n > 0).then(|| n.saturating_mul(unit_ms))
 }
 
 /// Validates one declare argument and records it.
@@ -899,11 +1125,20 @@ fn apply(
         }
         SINGLE_ACTIVE_CONSUMER => out.single_active_consumer = check_bool(value)?,
         CONSUMER_TIMEOUT => out.consumer_timeout = Some(check_non_neg_int(value)?),
-        INITIAL_GROUP_SIZE => {
+        INITIAL_GROUP_SIZE | INITIAL_CLUSTER_SIZE => {
+            // Checked, then ignored: Warren runs on one node.
             let size = check_non_neg_int(value)?;
             if size == 0 {
                 return Err(Reason::ValueZero);
             }
+        }
+        // Checked; StreamArguments::of reads them.
+        MAX_AGE => {
+            parse_max_age(check_longstr(value)?).ok_or(Reason::Atom("invalid_max_age"))?;
+        }
+        // Their bounds are checked after the flags (stream_limits), as RabbitMQ does.
+        STREAM_SEGMENT_SIZE | STREAM_FILTER_SIZE => {
+            check_non_neg_int(value)?;
         }
         LEADER_LOCATOR => {
             let locator = check_longstr(value)?;
@@ -1056,9 +1291,67 @@ fn apply_consumer(
             owned.dedup();
             out.partitions = Some(owned);
         }
+        STREAM_OFFSET => out.stream_offset = Some(stream_offset(value)?),
+        // rabbit_stream_queue:filter_spec/1: never refused.
+        STREAM_FILTER => {
+            out.stream_filter = match value {
+                AMQPValue::FieldArray(items) => items
+                    .as_slice()
+                    .iter()
+                    .filter_map(as_longstr)
+                    .map(Box::from)
+                    .collect(),
+                single => as_longstr(single).map(Box::from).into_iter().collect(),
+            };
+        }
+        // After STREAM_FILTER in CONSUME_ORDER: it only counts with a filter.
+        MATCH_UNFILTERED => {
+            out.match_unfiltered =
+                matches!(value, AMQPValue::Boolean(true)) && !out.stream_filter.is_empty();
+        }
+        // Our choice: a non-boolean is refused rather than ignored.
+        OFFSET_TRACKING => out.track_offsets = check_bool(value)?,
         _ => {}
     }
     Ok(())
+}
+
+/// `x-stream-offset` as RabbitMQ's `parse_offset_arg` reads it: the bytes `first`,
+/// `last` or `next` in any string type; a `timestamp` in seconds; another string as an
+/// interval ([`parse_max_age`]); an integer as an offset, negative ones meaning first.
+///
+/// RabbitMQ also lets any other type through its validator, then fails on it when the
+/// consumer attaches; Warren refuses it here with the same reason as an invalid string,
+/// `{invalid_stream_offset_arg,{T,V}}` (`{bool,true}`, `{double,1.5}`,
+/// `{binary,<<"1h">>}`, `{void,undefined}`).
+fn stream_offset(value: &AMQPValue) -> Result<StreamOffset, Reason> {
+    let bytes = match value {
+        AMQPValue::ByteArray(bytes) => Some(bytes.as_slice()),
+        other => as_longstr(other),
+    };
+    match bytes {
+        Some(b"first") => return Ok(StreamOffset::First),
+        Some(b"last") => return Ok(StreamOffset::Last),
+        Some(b"next") => return Ok(StreamOffset::Next),
+        _ => {}
+    }
+    let offset = match value {
+        AMQPValue::Timestamp(seconds) => {
+            Some(StreamOffset::Timestamp(seconds.saturating_mul(1000)))
+        }
+        AMQPValue::LongString(_) | AMQPValue::ShortString(_) => {
+            bytes.and_then(parse_max_age).map(StreamOffset::Interval)
+        }
+        other => integer(other)
+            .map(|n| u64::try_from(n).map_or(StreamOffset::First, StreamOffset::Offset)),
+    };
+    offset.ok_or_else(|| {
+        let shown = match erl(value) {
+            Erl::Bin(bytes) => erlang::latin1_binary(bytes),
+            term => erl_term(term),
+        };
+        Reason::InvalidStreamOffset(type_name(value), shown)
+    })
 }
 
 /// A group name or member id: a string of 1 to 255 bytes of UTF-8; `what` names it in
@@ -1349,6 +1642,27 @@ mod tests {
         let mut all = vec![(QUEUE_TYPE, s("quorum"))];
         all.extend(entries.iter().cloned());
         parse(&table(&all), &declare(true, false, false), "/", None)
+    }
+
+    /// A durable stream declared with these arguments, without the final refusal.
+    fn stream(entries: &[(&str, V)]) -> AmqpResult<QueueArguments> {
+        stream_declared(entries, &declare(true, false, false))
+    }
+
+    fn stream_declared(entries: &[(&str, V)], d: &QueueDeclare) -> AmqpResult<QueueArguments> {
+        parse_checked(&stream_table(entries), d, "/", None)
+    }
+
+    fn stream_table(entries: &[(&str, V)]) -> FieldTable {
+        let mut all = vec![(QUEUE_TYPE, s("stream"))];
+        all.extend(entries.iter().cloned());
+        table(&all)
+    }
+
+    /// The settings of a stream declared with these arguments, which must pass.
+    fn stream_settings(entries: &[(&str, V)]) -> StreamArguments {
+        ok(stream(entries));
+        StreamArguments::of(&stream_table(entries))
     }
 
     fn ok<T: fmt::Debug>(result: AmqpResult<T>) -> T {
@@ -1682,14 +1996,368 @@ mod tests {
 
     #[test]
     fn stream_queues_are_not_implemented() {
-        let args = table(&[(QUEUE_TYPE, s("stream"))]);
+        let args = table(&[(QUEUE_TYPE, s("stream")), (MAX_AGE, s("1D"))]);
         let (code, text) = err(parse(&args, &declare(true, false, false), "/", None));
         assert_eq!(code, ReplyCode::NotImplemented);
         assert_eq!(
             text,
             "cannot declare queue 'q' in vhost '/': stream queues are not supported by Warren yet"
         );
-        assert!(parse_stored(&args, "q", "/", None).is_err());
+        // Every check runs first: the refusal only meets a valid declaration.
+        assert_eq!(
+            refused(parse(&args, &declare(false, false, false), "/", None)),
+            format!("invalid property 'non-durable' for {RES}")
+        );
+        let bad = table(&[(QUEUE_TYPE, s("stream")), (MAX_AGE, s("1d"))]);
+        assert_eq!(
+            refused(parse(&bad, &declare(true, false, false), "/", None)),
+            invalid(MAX_AGE, "invalid_max_age")
+        );
+        // Recovery does not refuse: no stream can have been stored while they are.
+        let stored = ok(parse_stored(&args, "q", "/", None));
+        assert_eq!(stored.queue_type, QueueType::Stream);
+        assert_eq!(StreamArguments::of(&args).max_age_ms, Some(86_400_000));
+    }
+
+    #[test]
+    fn stream_arguments_are_recorded() {
+        assert_eq!(
+            ok(stream(&[])),
+            QueueArguments {
+                queue_type: QueueType::Stream,
+                ..QueueArguments::default()
+            }
+        );
+        assert_eq!(stream_settings(&[]), StreamArguments::default());
+        let all = [
+            (MAX_LENGTH_BYTES, V::LongLongInt(20_000_000_000)),
+            (MAX_AGE, s("7D")),
+            (STREAM_SEGMENT_SIZE, V::LongInt(100_000_000)),
+            (STREAM_FILTER_SIZE, V::ShortShortUInt(32)),
+            (INITIAL_CLUSTER_SIZE, V::ShortInt(3)),
+            (LEADER_LOCATOR, s("balanced")),
+            ("x-foo", s("stored, not checked")),
+        ];
+        assert_eq!(
+            ok(stream(&all)),
+            QueueArguments {
+                queue_type: QueueType::Stream,
+                max_length_bytes: Some(20_000_000_000),
+                ..QueueArguments::default()
+            }
+        );
+        assert_eq!(
+            stream_settings(&all),
+            StreamArguments {
+                max_age_ms: Some(7 * 86_400_000),
+                segment_bytes: Some(100_000_000),
+                filter_bytes: Some(32),
+            }
+        );
+        for (name, value) in each_integer(100) {
+            let entries = [
+                (MAX_LENGTH_BYTES, value.clone()),
+                (STREAM_SEGMENT_SIZE, value.clone()),
+                (STREAM_FILTER_SIZE, value.clone()),
+                (INITIAL_CLUSTER_SIZE, value),
+            ];
+            assert_eq!(ok(stream(&entries)).max_length_bytes, Some(100), "{name}");
+            let settings = stream_settings(&entries);
+            assert_eq!(settings.segment_bytes, Some(100), "{name}");
+            assert_eq!(settings.filter_bytes, Some(100), "{name}");
+        }
+        // Values the checks refuse are absent.
+        let refused_values = stream_table(&[
+            (MAX_AGE, s("1d")),
+            (STREAM_SEGMENT_SIZE, V::LongLongInt(4_000_000_000)),
+            (STREAM_FILTER_SIZE, V::LongInt(8)),
+        ]);
+        assert_eq!(
+            StreamArguments::of(&refused_values),
+            StreamArguments::default()
+        );
+    }
+
+    #[test]
+    fn max_age_is_a_number_and_one_unit() {
+        let day = 86_400_000;
+        for (text, ms) in [
+            ("1Y", 365 * day),
+            ("10D", 10 * day),
+            ("1M", 30 * day),
+            ("7D", 7 * day),
+            ("12h", 12 * 3_600_000),
+            ("30m", 30 * 60_000),
+            ("45s", 45_000),
+            ("007s", 7_000),
+            // PCRE's `.` stops at a line feed: what follows one is not part of the unit.
+            ("1h\nanything", 3_600_000),
+        ] {
+            assert_eq!(parse_max_age(text.as_bytes()), Some(ms), "{text:?}");
+            assert_eq!(stream_settings(&[(MAX_AGE, s(text))]).max_age_ms, Some(ms));
+        }
+        assert_eq!(
+            parse_max_age(b"99999999999999999999999999Y"),
+            Some(u64::MAX)
+        );
+        for text in [
+            "1A", "D", "", "0D", "000h", "1.5h", "1d", "1H", "1hh", "1 h", " 1h", "+1h", "-1h",
+            "h1", "1\nh", "1h\r",
+        ] {
+            assert_eq!(parse_max_age(text.as_bytes()), None, "{text:?}");
+            assert_eq!(
+                refused(stream(&[(MAX_AGE, s(text))])),
+                invalid(MAX_AGE, "invalid_max_age"),
+                "{text:?}"
+            );
+        }
+        // Only a longstr: RabbitMQ's check_max_age_arg takes no other type.
+        for (name, value) in each_integer(1).into_iter().chain(each_non_integer()) {
+            if name == "longstr" {
+                continue;
+            }
+            assert_eq!(
+                refused(stream(&[(MAX_AGE, value)])),
+                invalid(MAX_AGE, &format!("{{unacceptable_type,{name}}}")),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_sizes_are_non_negative_integers() {
+        for key in [MAX_LENGTH_BYTES, STREAM_SEGMENT_SIZE, STREAM_FILTER_SIZE] {
+            assert_eq!(
+                refused(stream(&[(key, V::LongInt(-5))])),
+                invalid(key, "{value_negative,-5}")
+            );
+            for (name, value) in each_non_integer() {
+                assert_eq!(
+                    refused(stream(&[(key, value)])),
+                    invalid(key, &format!("\"expected integer, got {name}\"")),
+                    "{key} {name}"
+                );
+            }
+        }
+        // The facts note's example, for queue 'q'.
+        assert_eq!(
+            refused(stream(&[(MAX_LENGTH_BYTES, V::LongInt(-5))])),
+            format!("invalid arg 'x-max-length-bytes' for {RES}: {{value_negative,-5}}")
+        );
+        assert_eq!(
+            stream_settings(&[(STREAM_SEGMENT_SIZE, V::LongInt(0))]).segment_bytes,
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn segment_size_is_at_most_three_gigabytes() {
+        let size = |n: i64| stream(&[(STREAM_SEGMENT_SIZE, V::LongLongInt(n))]);
+        assert_eq!(
+            stream_settings(&[(STREAM_SEGMENT_SIZE, V::LongLongInt(3_000_000_000))]).segment_bytes,
+            Some(3_000_000_000)
+        );
+        for n in [3_000_000_001, i64::MAX] {
+            assert_eq!(
+                refused(size(n)),
+                "Exceeded max value for x-stream-max-segment-size-bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn filter_size_ranges_from_16_to_255() {
+        let size = |n: i32| stream(&[(STREAM_FILTER_SIZE, V::LongInt(n))]);
+        for n in [16, 255] {
+            let settings = stream_settings(&[(STREAM_FILTER_SIZE, V::LongInt(n))]);
+            assert_eq!(settings.filter_bytes, u8::try_from(n).ok());
+        }
+        for n in [0, 15, 256, 100_000] {
+            assert_eq!(
+                refused(size(n)),
+                "Invalid value for x-stream-filter-size-bytes",
+                "{n}"
+            );
+        }
+        // The segment size is checked first.
+        assert_eq!(
+            refused(stream(&[
+                (STREAM_FILTER_SIZE, V::LongInt(1)),
+                (STREAM_SEGMENT_SIZE, V::LongLongInt(4_000_000_000))
+            ])),
+            "Exceeded max value for x-stream-max-segment-size-bytes"
+        );
+        // Stored arguments get the same checks.
+        let stored = |n: i32| {
+            let args = table(&[
+                (QUEUE_TYPE, s("stream")),
+                (STREAM_FILTER_SIZE, V::LongInt(n)),
+            ]);
+            parse_stored(&args, "q", "/", None)
+        };
+        assert!(stored(64).is_ok());
+        assert_eq!(
+            refused(stored(8)),
+            "Invalid value for x-stream-filter-size-bytes"
+        );
+    }
+
+    #[test]
+    fn initial_cluster_size_and_leader_locator() {
+        assert!(stream(&[(INITIAL_CLUSTER_SIZE, V::LongInt(1))]).is_ok());
+        assert_eq!(
+            refused(stream(&[(INITIAL_CLUSTER_SIZE, V::LongInt(0))])),
+            invalid(INITIAL_CLUSTER_SIZE, "{value_zero,0}")
+        );
+        assert_eq!(
+            refused(stream(&[(INITIAL_CLUSTER_SIZE, V::LongInt(-1))])),
+            invalid(INITIAL_CLUSTER_SIZE, "{value_negative,-1}")
+        );
+        assert_eq!(
+            refused(stream(&[(INITIAL_CLUSTER_SIZE, s("3"))])),
+            invalid(INITIAL_CLUSTER_SIZE, "\"expected integer, got longstr\"")
+        );
+        for locator in ["client-local", "balanced", "random", "least-leaders"] {
+            assert!(stream(&[(LEADER_LOCATOR, s(locator))]).is_ok(), "{locator}");
+        }
+        assert_eq!(
+            refused(stream(&[(LEADER_LOCATOR, s("nearest"))])),
+            invalid(LEADER_LOCATOR, "invalid_queue_locator_arg")
+        );
+        assert_eq!(
+            refused(stream(&[(LEADER_LOCATOR, V::Boolean(true))])),
+            invalid(LEADER_LOCATOR, "{unacceptable_type,bool}")
+        );
+    }
+
+    #[test]
+    fn stream_arguments_follow_rabbitmq_order() {
+        // declare_args/0: x-max-length-bytes, x-max-age, the segment size, the filter
+        // size, x-initial-cluster-size, x-queue-leader-locator.
+        let bad = [
+            (LEADER_LOCATOR, s("nearest")),
+            (INITIAL_CLUSTER_SIZE, V::LongInt(0)),
+            (STREAM_FILTER_SIZE, V::LongInt(-1)),
+            (STREAM_SEGMENT_SIZE, V::LongInt(-1)),
+            (MAX_AGE, s("1d")),
+            (MAX_LENGTH_BYTES, V::LongInt(-1)),
+        ];
+        for (i, (key, _)) in bad.iter().enumerate().rev() {
+            let text = refused(stream(&bad[..=i]));
+            assert!(text.starts_with(&format!("invalid arg '{key}'")), "{text}");
+        }
+        // Values before membership, membership before the flags and the limits.
+        assert_eq!(
+            refused(stream(&[
+                (MAX_LENGTH, V::LongInt(1)),
+                (MAX_AGE, V::LongInt(1))
+            ])),
+            invalid(MAX_AGE, "{unacceptable_type,signedint}")
+        );
+        assert_eq!(
+            refused(stream_declared(
+                &[
+                    (MAX_LENGTH, V::LongInt(1)),
+                    (STREAM_SEGMENT_SIZE, V::LongLongInt(4_000_000_000))
+                ],
+                &declare(false, false, false)
+            )),
+            format!("invalid arg 'x-max-length' for {RES} of queue type rabbit_stream_queue")
+        );
+        assert_eq!(
+            refused(stream_declared(
+                &[(STREAM_SEGMENT_SIZE, V::LongLongInt(4_000_000_000))],
+                &declare(false, false, false)
+            )),
+            format!("invalid property 'non-durable' for {RES}")
+        );
+    }
+
+    #[test]
+    fn streams_must_be_durable_and_shared() {
+        let text = |d: QueueDeclare| refused(stream_declared(&[], &d));
+        assert!(stream_declared(&[], &declare(true, false, false)).is_ok());
+        assert_eq!(
+            text(declare(true, false, true)),
+            format!("invalid property 'auto-delete' for {RES}")
+        );
+        assert_eq!(
+            text(declare(true, true, false)),
+            format!("invalid property 'exclusive-owner' for {RES}")
+        );
+        assert_eq!(
+            text(declare(false, false, false)),
+            format!("invalid property 'non-durable' for {RES}")
+        );
+        // RabbitMQ's order: auto-delete, then exclusive, then durability.
+        assert_eq!(
+            text(declare(false, true, true)),
+            format!("invalid property 'auto-delete' for {RES}")
+        );
+        assert_eq!(
+            text(declare(false, true, false)),
+            format!("invalid property 'exclusive-owner' for {RES}")
+        );
+        // Flags are not rechecked on recovery.
+        let args = table(&[(QUEUE_TYPE, s("stream"))]);
+        assert!(parse_stored(&args, "q", "/", None).is_ok());
+    }
+
+    #[test]
+    fn other_queue_types_arguments_are_refused_on_streams() {
+        let other =
+            |key: &str| format!("invalid arg '{key}' for {RES} of queue type rabbit_stream_queue");
+        for (key, value) in [
+            (MAX_LENGTH, V::LongInt(10)),
+            (MESSAGE_TTL, V::LongInt(10)),
+            (EXPIRES, V::LongInt(10)),
+            (DLX, s("dlx")),
+            (DLX_ROUTING_KEY, s("rk")),
+            (DLX_STRATEGY, s("at-most-once")),
+            (OVERFLOW, s("reject-publish")),
+            (SINGLE_ACTIVE_CONSUMER, V::Boolean(true)),
+            (MAX_PRIORITY, V::LongInt(5)),
+            (QUEUE_MODE, s("lazy")),
+            (QUEUE_VERSION, V::LongInt(2)),
+            ("x-queue-master-locator", s("min-masters")),
+            (MAX_IN_MEMORY_LENGTH, V::LongInt(1)),
+            (MAX_IN_MEMORY_BYTES, V::LongInt(1)),
+            (DELIVERY_LIMIT, V::LongInt(1)),
+            (INITIAL_GROUP_SIZE, V::LongInt(1)),
+            // Warren's partitioning, for now.
+            (PARTITIONS, V::LongInt(4)),
+            (HASH_HEADER, s("k")),
+            (HASH_PROPERTY, s("message_id")),
+            (CONSUMERS_PER_PARTITION, V::LongInt(2)),
+        ] {
+            assert_eq!(refused(stream(&[(key, value)])), other(key), "{key}");
+        }
+        // The text of RabbitMQ's test, for queue 'q'.
+        assert_eq!(
+            refused(stream(&[(OVERFLOW, s("drop-head"))])),
+            format!("invalid arg 'x-overflow' for {RES} of queue type rabbit_stream_queue")
+        );
+        // rabbit_channel's check of a dead-letter exchange's type comes first.
+        assert_eq!(
+            refused(stream(&[(DLX, V::LongInt(1))])),
+            format!("invalid type 'signedint' for arg '{DLX}' in {RES}")
+        );
+        // The stream arguments are refused on the other types.
+        for key in [
+            MAX_AGE,
+            STREAM_SEGMENT_SIZE,
+            STREAM_FILTER_SIZE,
+            INITIAL_CLUSTER_SIZE,
+        ] {
+            assert_eq!(
+                refused(classic(&[(key, V::LongInt(20))])),
+                format!("invalid arg '{key}' for {RES} of queue type rabbit_classic_queue")
+            );
+            assert_eq!(
+                refused(quorum(&[(key, V::LongInt(20))])),
+                format!("invalid arg '{key}' for {RES} of queue type rabbit_quorum_queue")
+            );
+        }
     }
 
     #[test]
@@ -2088,6 +2756,85 @@ mod tests {
     }
 
     #[test]
+    fn a_streams_redeclaration_compares_its_seven_arguments() {
+        let current = [
+            (QUEUE_TYPE, s("stream")),
+            (MAX_AGE, s("1D")),
+            (MAX_LENGTH_BYTES, V::LongInt(1000)),
+            (STREAM_FILTER_SIZE, V::ShortShortUInt(32)),
+        ];
+        assert!(equivalent(&current, &current).is_ok());
+        let with = |key: &str, value: V| {
+            let mut requested = current.to_vec();
+            requested.retain(|(k, _)| *k != key);
+            requested.push((key, value));
+            equivalent(&current, &requested)
+        };
+        assert_eq!(
+            refused(with(MAX_AGE, s("7D"))),
+            inequivalent(MAX_AGE, "'7D'", "'1D'")
+        );
+        // Integer widths do not matter.
+        assert!(with(MAX_LENGTH_BYTES, V::LongLongInt(1000)).is_ok());
+        assert_eq!(
+            refused(with(STREAM_FILTER_SIZE, V::LongInt(64))),
+            inequivalent(STREAM_FILTER_SIZE, "'64'", "'32'")
+        );
+        for key in [STREAM_SEGMENT_SIZE, INITIAL_CLUSTER_SIZE] {
+            assert_eq!(
+                refused(with(key, V::LongInt(3))),
+                inequivalent(key, "the value '3' of type 'signedint'", "none")
+            );
+        }
+        assert_eq!(
+            refused(with(LEADER_LOCATOR, s("balanced"))),
+            inequivalent(
+                LEADER_LOCATOR,
+                "the value 'balanced' of type 'longstr'",
+                "none"
+            )
+        );
+        // Any other argument is ignored, x-max-length included.
+        assert!(with(MAX_LENGTH, V::LongInt(1)).is_ok());
+        assert!(with(PARTITIONS, V::LongInt(4)).is_ok());
+    }
+
+    #[test]
+    fn a_stream_redeclared_without_its_type_is_compared_with_classic() {
+        // RabbitMQ 4's channel adds x-queue-type: classic when a declaration has none,
+        // so both sides hold a value: untyped texts.
+        let text = inequivalent(QUEUE_TYPE, "'classic'", "'stream'");
+        let current = [(QUEUE_TYPE, s("stream")), (MAX_AGE, s("1D"))];
+        assert_eq!(refused(equivalent(&current, &[(MAX_AGE, s("1D"))])), text);
+        assert_eq!(refused(equivalent(&current, &[])), text);
+        assert_eq!(
+            refused(equivalent(&current, &[(QUEUE_TYPE, s("classic"))])),
+            text
+        );
+        assert_eq!(
+            refused(equivalent(&current, &[(QUEUE_TYPE, s("quorum"))])),
+            inequivalent(QUEUE_TYPE, "'quorum'", "'stream'")
+        );
+        // The mirror case.
+        assert_eq!(
+            refused(equivalent(&[], &[(QUEUE_TYPE, s("stream"))])),
+            inequivalent(QUEUE_TYPE, "the value 'stream' of type 'longstr'", "none")
+        );
+        assert_eq!(
+            refused(equivalent(
+                &[(QUEUE_TYPE, s("classic"))],
+                &[(QUEUE_TYPE, s("stream"))]
+            )),
+            inequivalent(QUEUE_TYPE, "'stream'", "'classic'")
+        );
+        // Quorum queues keep RabbitMQ 3.13's text (equivalence_names_the_missing_side).
+        assert_eq!(
+            refused(equivalent(&[(QUEUE_TYPE, s("quorum"))], &[])),
+            inequivalent(QUEUE_TYPE, "none", "the value 'quorum' of type 'longstr'")
+        );
+    }
+
+    #[test]
     fn equivalence_prints_nested_values_as_erlang_terms() {
         let mut inner = FieldTable::default();
         inner.insert("a".into(), V::LongLongInt(1));
@@ -2229,6 +2976,267 @@ mod tests {
         );
     }
 
+    fn offset(value: V) -> AmqpResult<Option<StreamOffset>> {
+        consume(&[(STREAM_OFFSET, value)], QueueType::Stream).map(|c| c.stream_offset)
+    }
+
+    #[test]
+    fn stream_offsets_follow_rabbitmq() {
+        assert_eq!(ok(consume(&[], QueueType::Stream)).stream_offset, None);
+        for (text, spec) in [
+            ("first", StreamOffset::First),
+            ("last", StreamOffset::Last),
+            ("next", StreamOffset::Next),
+        ] {
+            assert_eq!(ok(offset(s(text))), Some(spec));
+            let bytes = V::ByteArray(ByteArray::from(text.as_bytes().to_vec()));
+            assert_eq!(ok(offset(bytes)), Some(spec));
+            let short = V::ShortString(text.into());
+            assert_eq!(ok(offset(short)), Some(spec));
+        }
+        for (name, value) in each_integer(5) {
+            assert_eq!(ok(offset(value)), Some(StreamOffset::Offset(5)), "{name}");
+        }
+        for (name, value) in each_integer(-5) {
+            let expected = if name.starts_with("unsigned") {
+                StreamOffset::Offset(0)
+            } else {
+                StreamOffset::First
+            };
+            assert_eq!(ok(offset(value)), Some(expected), "{name}");
+        }
+        assert_eq!(
+            ok(offset(V::LongLongInt(i64::MAX))),
+            Some(StreamOffset::Offset(i64::MAX.unsigned_abs()))
+        );
+        // A timestamp is in seconds.
+        assert_eq!(
+            ok(offset(V::Timestamp(1_700_000_000))),
+            Some(StreamOffset::Timestamp(1_700_000_000_000))
+        );
+        assert_eq!(
+            ok(offset(V::Timestamp(u64::MAX))),
+            Some(StreamOffset::Timestamp(u64::MAX))
+        );
+        // Another string is an interval back from now, read as x-max-age is.
+        assert_eq!(ok(offset(s("1h"))), Some(StreamOffset::Interval(3_600_000)));
+        assert_eq!(
+            ok(offset(s("30m"))),
+            Some(StreamOffset::Interval(1_800_000))
+        );
+    }
+
+    #[test]
+    fn invalid_stream_offsets_are_refused_with_the_value() {
+        let reason = |term: &str| {
+            invalid(
+                STREAM_OFFSET,
+                &format!("{{invalid_stream_offset_arg,{term}}}"),
+            )
+        };
+        // The text of the facts note, for queue 'q'.
+        assert_eq!(
+            refused(offset(s("foo"))),
+            format!(
+                "invalid arg 'x-stream-offset' for {RES}: {{invalid_stream_offset_arg,{{longstr,<<\"foo\">>}}}}"
+            )
+        );
+        for text in ["100", "0s", "1H", "", "First", "1h "] {
+            assert_eq!(
+                refused(offset(s(text))),
+                reason(&format!(
+                    "{{longstr,{}}}",
+                    erlang::latin1_binary(text.as_bytes())
+                )),
+                "{text:?}"
+            );
+        }
+        // ~p prints a binary's bytes as latin-1.
+        assert_eq!(refused(offset(s("é"))), reason("{longstr,<<\"Ã©\">>}"));
+        let control = V::LongString(LongString::from(vec![1_u8, 2]));
+        assert_eq!(refused(offset(control)), reason("{longstr,<<1,2>>}"));
+        // Types RabbitMQ lets through its validator (then fails on): our choice.
+        let cases = [
+            (V::Boolean(true), "{bool,true}"),
+            (V::Double(1.5), "{double,1.5}"),
+            (V::Float(2.0), "{float,2.0}"),
+            (
+                V::DecimalValue(DecimalValue {
+                    scale: 2,
+                    value: 100,
+                }),
+                "{decimal,{2,100}}",
+            ),
+            (V::Void, "{void,undefined}"),
+            (
+                V::ByteArray(ByteArray::from(b"1h".to_vec())),
+                "{binary,<<\"1h\">>}",
+            ),
+            (
+                V::FieldArray(FieldArray::from(vec![s("first")])),
+                "{array,[{longstr,<<\"first\">>}]}",
+            ),
+            (V::FieldTable(FieldTable::default()), "{table,[]}"),
+        ];
+        for (value, term) in cases {
+            assert_eq!(refused(offset(value)), reason(term), "{term}");
+        }
+    }
+
+    #[test]
+    fn stream_filters_take_strings() {
+        let filter = |entries: &[(&str, V)]| {
+            let parsed = ok(consume(entries, QueueType::Stream));
+            let values: Vec<Vec<u8>> = parsed.stream_filter.iter().map(|v| v.to_vec()).collect();
+            (values, parsed.match_unfiltered)
+        };
+        let none: Vec<Vec<u8>> = Vec::new();
+        assert_eq!(filter(&[]), (none.clone(), false));
+        assert_eq!(
+            filter(&[(STREAM_FILTER, s("eu"))]),
+            (vec![b"eu".to_vec()], false)
+        );
+        let array = V::FieldArray(FieldArray::from(vec![
+            s("eu"),
+            V::LongInt(1),
+            V::LongString(LongString::from(vec![0xff_u8])),
+            V::Boolean(true),
+            s("us"),
+        ]));
+        assert_eq!(
+            filter(&[(STREAM_FILTER, array), (MATCH_UNFILTERED, V::Boolean(true))]),
+            (vec![b"eu".to_vec(), vec![0xff], b"us".to_vec()], true)
+        );
+        // Another type, or an array without strings, means no filter, and
+        // match-unfiltered then means nothing.
+        for value in [
+            V::LongInt(1),
+            V::Boolean(true),
+            V::FieldArray(FieldArray::default()),
+            V::FieldArray(FieldArray::from(vec![V::LongInt(1)])),
+        ] {
+            assert_eq!(
+                filter(&[(STREAM_FILTER, value), (MATCH_UNFILTERED, V::Boolean(true))]),
+                (none.clone(), false)
+            );
+        }
+        // A non-boolean match-unfiltered is false, as in RabbitMQ.
+        assert_eq!(
+            filter(&[(STREAM_FILTER, s("eu")), (MATCH_UNFILTERED, s("true"))]),
+            (vec![b"eu".to_vec()], false)
+        );
+        assert_eq!(
+            filter(&[
+                (STREAM_FILTER, s("eu")),
+                (MATCH_UNFILTERED, V::Boolean(false))
+            ]),
+            (vec![b"eu".to_vec()], false)
+        );
+    }
+
+    #[test]
+    fn offset_tracking_is_a_boolean() {
+        let track = |value: V| consume(&[(OFFSET_TRACKING, value)], QueueType::Stream);
+        assert!(ok(track(V::Boolean(true))).track_offsets);
+        assert!(!ok(track(V::Boolean(false))).track_offsets);
+        assert!(!ok(consume(&[], QueueType::Stream)).track_offsets);
+        assert_eq!(
+            refused(track(s("true"))),
+            invalid(OFFSET_TRACKING, "{unacceptable_type,longstr}")
+        );
+        assert_eq!(
+            refused(track(V::ShortShortUInt(1))),
+            invalid(OFFSET_TRACKING, "{unacceptable_type,unsignedbyte}")
+        );
+    }
+
+    #[test]
+    fn stream_consumer_arguments_belong_to_streams() {
+        let other = |key: &str, queue_type: QueueType| {
+            format!(
+                "invalid arg '{key}' for {RES} of queue type {}",
+                queue_type.module()
+            )
+        };
+        // RabbitMQ's stream_SUITE: x-priority on a stream.
+        assert_eq!(
+            refused(consume(&[(PRIORITY, V::LongInt(1))], QueueType::Stream)),
+            format!("invalid arg 'x-priority' for {RES} of queue type rabbit_stream_queue")
+        );
+        for (key, value) in [
+            (CANCEL_ON_HA_FAILOVER, V::Boolean(true)),
+            (CONSUMER_GROUP, s("g")),
+            (GROUP_MEMBER, s("m")),
+            (SESSION_TIMEOUT, V::LongInt(1)),
+            (GROUP_NOTIFY, V::Boolean(true)),
+            (PARTITION, V::LongInt(0)),
+        ] {
+            assert_eq!(
+                refused(consume(&[(key, value)], QueueType::Stream)),
+                other(key, QueueType::Stream)
+            );
+        }
+        // As in 3.13 to 4.2, x-consumer-timeout is ignored on a stream (4.3 refuses it).
+        let timeout = ok(consume(
+            &[(CONSUMER_TIMEOUT, V::LongInt(5))],
+            QueueType::Stream,
+        ));
+        assert_eq!(timeout.timeout_ms, None);
+        // The offset is validated before other types' arguments are refused.
+        assert_eq!(
+            refused(consume(
+                &[(PRIORITY, V::LongInt(1)), (STREAM_OFFSET, s("foo"))],
+                QueueType::Stream
+            )),
+            invalid(
+                STREAM_OFFSET,
+                "{invalid_stream_offset_arg,{longstr,<<\"foo\">>}}"
+            )
+        );
+        // Classic and quorum queues refuse the stream arguments, as RabbitMQ 4 does
+        // (LavinMQ's tracking too: our choice).
+        for queue_type in [QueueType::Classic, QueueType::Quorum] {
+            for (key, value) in [
+                (STREAM_OFFSET, s("first")),
+                (STREAM_FILTER, s("eu")),
+                (MATCH_UNFILTERED, V::Boolean(true)),
+                (OFFSET_TRACKING, V::Boolean(true)),
+            ] {
+                assert_eq!(
+                    refused(consume(&[(key, value)], queue_type)),
+                    other(key, queue_type)
+                );
+            }
+        }
+        // Unknown arguments and x-credit are ignored.
+        assert_eq!(
+            ok(consume(
+                &[("x-credit", V::Boolean(true)), ("x-other", s("a"))],
+                QueueType::Stream
+            )),
+            ConsumerArguments::default()
+        );
+        let all = ok(consume(
+            &[
+                (STREAM_OFFSET, V::LongLongInt(42)),
+                (STREAM_FILTER, s("eu")),
+                (MATCH_UNFILTERED, V::Boolean(true)),
+                (OFFSET_TRACKING, V::Boolean(true)),
+            ],
+            QueueType::Stream,
+        ));
+        assert_eq!(
+            all,
+            ConsumerArguments {
+                stream_offset: Some(StreamOffset::Offset(42)),
+                stream_filter: vec![Box::from(&b"eu"[..])],
+                match_unfiltered: true,
+                track_offsets: true,
+                ..ConsumerArguments::default()
+            }
+        );
+    }
+
     /// A classic queue declared with these arguments under a policy giving `policy`
     /// partitions.
     fn under_policy(entries: &[(&str, V)], policy: Option<u16>) -> AmqpResult<QueueArguments> {
@@ -2274,10 +3282,12 @@ mod tests {
             refused(classic(&[(PARTITIONS, V::LongLongInt(i64::MAX))])),
             invalid(PARTITIONS, &format!("{{max_value_exceeded,{}}}", i64::MAX))
         );
-        // Streams keep their refusal (540) before any argument is looked at.
+        // Not on streams, for now.
         let stream = table(&[(QUEUE_TYPE, s("stream")), (PARTITIONS, V::LongInt(4))]);
-        let (code, _) = err(parse(&stream, &declare(true, false, false), "/", None));
-        assert_eq!(code, ReplyCode::NotImplemented);
+        assert_eq!(
+            refused(parse(&stream, &declare(true, false, false), "/", None)),
+            format!("invalid arg 'x-partitions' for {RES} of queue type rabbit_stream_queue")
+        );
     }
 
     #[test]
