@@ -1,6 +1,6 @@
 //! Quorum queues as clients see them: declared durable, redeliveries counted in
 //! `x-delivery-count`, and a message returned more often than `x-delivery-limit` allows
-//! dead-lettered with reason `delivery_limit`. Streams are refused clearly.
+//! dead-lettered with reason `delivery_limit`. Streams have their own tests (`streams.rs`).
 
 mod common;
 
@@ -140,22 +140,6 @@ async fn past_the_delivery_limit_a_message_is_dead_lettered() {
         Some("delivery_limit")
     );
     assert_eq!(message_count(&channel, &name).await, 0);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn stream_queues_are_refused_clearly() {
-    let server = TestServer::start().await;
-    let (_conn, channel) = open(&server).await;
-    let name = unique_name("stream");
-    let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), text("stream"));
-    assert_amqp_error(
-        declare(&channel, &name, durable(), args).await,
-        540,
-        &format!(
-            "NOT_IMPLEMENTED - cannot declare queue '{name}' in vhost '/': stream queues are not supported by Warren yet"
-        ),
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -134,3 +134,49 @@ pub fn deletion_not_stored(kind: &str, name: &str, vhost: &str, reason: &str) ->
         ),
     )
 }
+
+/// What a stream refuses, with RabbitMQ's codes and texts (`rabbit_stream_queue`).
+pub mod stream {
+    use super::{AmqpError, ReplyCode};
+
+    /// 540: `basic.get` on a stream.
+    pub fn get(name: &str, vhost: &str) -> AmqpError {
+        AmqpError::new(
+            ReplyCode::NotImplemented,
+            format!("basic.get not supported by stream queues queue '{name}' in vhost '{vhost}'"),
+        )
+    }
+
+    /// 540: `queue.purge` of a stream.
+    pub fn purge(name: &str, vhost: &str) -> AmqpError {
+        AmqpError::new(
+            ReplyCode::NotImplemented,
+            format!("queue.purge not supported by stream queues queue '{name}' in vhost '{vhost}'"),
+        )
+    }
+
+    /// 406: a stream consumer on a channel without a per-consumer `basic.qos`.
+    pub fn no_prefetch(name: &str, vhost: &str) -> AmqpError {
+        super::precondition(format!(
+            "consumer prefetch count is not set for stream queue '{name}' in vhost '{vhost}'"
+        ))
+    }
+
+    /// 540: a `no_ack` stream consumer.
+    pub fn no_ack(name: &str, vhost: &str) -> AmqpError {
+        AmqpError::new(
+            ReplyCode::NotImplemented,
+            format!(
+                "automatic acknowledgement not supported by stream queue '{name}' in vhost '{vhost}'"
+            ),
+        )
+    }
+
+    /// 540: a stream consumer on a channel with a global `basic.qos`.
+    pub fn global_qos(name: &str, vhost: &str) -> AmqpError {
+        AmqpError::new(
+            ReplyCode::NotImplemented,
+            format!("queue '{name}' in vhost '{vhost}' does not support global qos"),
+        )
+    }
+}

@@ -30,6 +30,9 @@ use crate::queue::{
     ConnectionId, Effects, Enqueued, Move, MoveRoute, Queue, QueueDeclare, QueueEnv, QueueSettings,
 };
 use crate::store::definitions::{BindingDef, Change, Definitions, ExchangeDef, QueueDef};
+use crate::store::stream_log::{
+    DEFAULT_STREAM_FILTER_BYTES, DEFAULT_STREAM_SEGMENT_SIZE, SEGMENT_SIZE_RANGE, StreamLog,
+};
 use crate::store::{BrokerStore, QueueLog, Recovery, SegmentPosition, SyncTarget};
 use crate::timers::{Timers, Wake, now_ms};
 use amqp_codec::ReplyCode;
@@ -112,6 +115,18 @@ fn predeclared_exchanges() -> HashMap<String, Arc<Exchange>> {
     .collect()
 }
 
+/// The segment size and Bloom filter size a stream declared with `args` uses.
+fn stream_log_settings(args: &FieldTable) -> (u64, u8) {
+    let stream = arguments::StreamArguments::of(args);
+    (
+        stream
+            .segment_bytes
+            .unwrap_or(DEFAULT_STREAM_SEGMENT_SIZE)
+            .clamp(SEGMENT_SIZE_RANGE.0, SEGMENT_SIZE_RANGE.1),
+        stream.filter_bytes.unwrap_or(DEFAULT_STREAM_FILTER_BYTES),
+    )
+}
+
 fn yes_no(b: bool) -> &'static str {
     if b { "true" } else { "false" }
 }
@@ -143,32 +158,61 @@ impl VHost {
     }
 
     /// Makes a queue of this vhost, with a clock that wakes it through the vhost.
+    /// A stream's `stream` log sits in the directory of its queue log `log`.
     fn new_queue(
         &self,
         name: ShortStr,
         settings: QueueSettings,
         log: Option<QueueLog>,
         recovered: &Recovery,
+        stream: Option<StreamLog>,
     ) -> Arc<Queue> {
         Arc::new_cyclic(|me| {
             let clock: Arc<dyn Wake> = Arc::new(QueueClock {
                 vhost: self.me.clone(),
                 queue: me.clone(),
             });
-            Queue::new(
-                name,
-                &self.name,
-                settings,
-                log,
-                recovered,
-                QueueEnv {
-                    timers: self.timers.clone(),
-                    clock,
-                    store: self.store.as_ref().map_or_else(Weak::new, Arc::downgrade),
-                    memory_tight: self.memory_tight.clone(),
-                },
-            )
+            let env = QueueEnv {
+                timers: self.timers.clone(),
+                clock,
+                store: self.store.as_ref().map_or_else(Weak::new, Arc::downgrade),
+                memory_tight: self.memory_tight.clone(),
+            };
+            match (log, stream) {
+                (Some(home), Some(stream)) => {
+                    Queue::new_stream(me.clone(), name, &self.name, settings, home, stream, env)
+                }
+                (log, _) => Queue::new(name, &self.name, settings, log, recovered, env),
+            }
         })
+    }
+
+    /// The log of a new stream, in the directory of its queue log `home`.
+    ///
+    /// # Errors
+    /// 541 INTERNAL_ERROR without a data directory or when the log cannot be made.
+    fn new_stream_log(
+        &self,
+        home: Option<&QueueLog>,
+        args: &FieldTable,
+        name: &str,
+    ) -> AmqpResult<StreamLog> {
+        let failed = |why: String| {
+            AmqpError::new(
+                ReplyCode::InternalError,
+                format!(
+                    "cannot create the log of stream '{name}' in vhost '{}': {why}",
+                    self.name
+                ),
+            )
+        };
+        let (Some(store), Some(home)) = (self.store.as_ref(), home) else {
+            return Err(failed("the broker runs without a data directory".into()));
+        };
+        let (segment, bloom) = stream_log_settings(args);
+        store
+            .create_stream_log(home, segment, bloom)
+            .map_err(|e| failed(e.to_string()))
     }
 
     /// Drops a deleted queue's messages; its durable log goes once the deletion (written
@@ -630,6 +674,7 @@ impl VHost {
             },
             log,
             recovered,
+            None,
         );
         exchange.set_hold(hold.clone());
         hold
@@ -793,6 +838,11 @@ impl VHost {
                 partitions: parsed.partitions,
             },
         )?;
+        let stream = if parsed.queue_type == QueueType::Stream {
+            Some(self.new_stream_log(log.as_ref(), &declare.arguments, &declare.name)?)
+        } else {
+            None
+        };
         let queue = self.new_queue(
             declare.name.clone(),
             QueueSettings {
@@ -805,6 +855,7 @@ impl VHost {
             },
             log,
             &Recovery::default(),
+            stream,
         );
         queue.set_arguments(self.effective_arguments(&queue), effects);
         let raced = {
@@ -964,6 +1015,7 @@ impl VHost {
             },
             None,
             &Recovery::default(),
+            None,
         );
         self.reply_queues.write().insert(address, queue.clone());
         queue
@@ -1425,6 +1477,14 @@ impl VHost {
                 tracing::warn!(queue = %def.name, %error, "ignoring the stored queue's invalid arguments");
                 QueueArguments { partitions: def.partitions, ..QueueArguments::default() }
             });
+            let stream = if parsed.queue_type == QueueType::Stream {
+                let (segment, bloom) = stream_log_settings(&def.arguments);
+                let (stream, recovery) = store.open_stream_log(&log, segment, bloom)?;
+                messages += recovery.messages;
+                Some(stream)
+            } else {
+                None
+            };
             let queue = self.new_queue(
                 def.name.as_str().into(),
                 QueueSettings {
@@ -1437,6 +1497,7 @@ impl VHost {
                 },
                 Some(log),
                 &recovery,
+                stream,
             );
             for p in 1..queue.partitions().unwrap_or(0) {
                 if let Some((log, recovery)) = store.open_partition_log(&def.id, p)? {

@@ -9,7 +9,10 @@ use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
 use super::{Channel, ChannelConsumer, Context, Settlement, Unacked};
 use crate::error::{self, AmqpResult};
 use crate::names;
+use crate::queue::arguments::StreamOffset;
+use crate::queue::stream::{StreamFilter, StreamStart};
 use crate::queue::{ConsumerHandle, Credit, Membership, arguments};
+use crate::timers::now_ms;
 
 /// Deliveries a `no_ack` consumer may have queued for writing at once: enough to keep
 /// the socket busy, bounded so a slow reader cannot make the broker buffer a backlog.
@@ -57,6 +60,9 @@ impl Channel {
             b::AMQPMethod::Get(get) => {
                 let name = self.resolve_queue_name(&get.queue.as_str().into())?;
                 let queue = ctx.vhost.queue(&name, ctx.connection)?;
+                if queue.is_stream() {
+                    return Err(error::stream::get(&name, ctx.vhost.name()));
+                }
                 match queue.get(get.no_ack, ctx.effects) {
                     Some((message, left)) => {
                         self.deliver_get(ctx, queue, message, left, get.no_ack)
@@ -151,6 +157,19 @@ impl Channel {
             queue.name(),
             ctx.vhost.name(),
         )?;
+        if queue.is_stream() {
+            // rabbit_stream_queue:consume/3's order.
+            let vhost = ctx.vhost.name();
+            if self.prefetch == 0 {
+                return Err(error::stream::no_prefetch(queue.name(), vhost));
+            }
+            if consume.no_ack {
+                return Err(error::stream::no_ack(queue.name(), vhost));
+            }
+            if self.channel_limit.limit() > 0 {
+                return Err(error::stream::global_qos(queue.name(), vhost));
+            }
+        }
         let tag: ShortStr = if consume.consumer_tag.as_str().is_empty() {
             names::server_consumer_tag().into()
         } else {
@@ -186,25 +205,34 @@ impl Channel {
                 .unwrap_or(arguments::DEFAULT_SESSION_TIMEOUT_MS),
             notify: options.notify,
         };
-        queue
-            .add_member(
-                ConsumerHandle {
-                    id,
-                    channel: self.id,
-                    exclusive: consume.exclusive,
-                    credit,
-                    mailbox: ctx.mailbox.clone(),
-                    no_ack: consume.no_ack,
-                    priority: options.priority,
-                },
-                &membership,
-                ctx.effects,
-            )
-            .inspect_err(|_| ctx.out.truncate(mark))?;
-        let timeout_ms = options
-            .timeout_ms
-            .or(queue.settings().parsed.consumer_timeout)
-            .unwrap_or(ctx.broker.config().consumer_timeout);
+        let handle = ConsumerHandle {
+            id,
+            channel: self.id,
+            exclusive: consume.exclusive,
+            credit,
+            mailbox: ctx.mailbox.clone(),
+            no_ack: consume.no_ack,
+            priority: options.priority,
+        };
+        let added = if queue.is_stream() {
+            let filter = StreamFilter {
+                values: options.stream_filter.clone(),
+                match_unfiltered: options.match_unfiltered,
+            };
+            queue.add_stream_consumer(handle, stream_start(&options), filter)
+        } else {
+            queue.add_member(handle, &membership, ctx.effects)
+        };
+        added.inspect_err(|_| ctx.out.truncate(mark))?;
+        // Stream consumers never time out (RabbitMQ 4.3): nothing waits on their acks.
+        let timeout_ms = if queue.is_stream() {
+            0
+        } else {
+            options
+                .timeout_ms
+                .or(queue.settings().parsed.consumer_timeout)
+                .unwrap_or(ctx.broker.config().consumer_timeout)
+        };
         self.consumers.push(ChannelConsumer {
             id,
             tag,
@@ -213,5 +241,17 @@ impl Channel {
             timeout_ms,
         });
         Ok(())
+    }
+}
+
+/// Where a stream consumer starts, from its `x-stream-offset` (`next` by default).
+fn stream_start(options: &arguments::ConsumerArguments) -> StreamStart {
+    match options.stream_offset {
+        None | Some(StreamOffset::Next) => StreamStart::Next,
+        Some(StreamOffset::First) => StreamStart::First,
+        Some(StreamOffset::Last) => StreamStart::Last,
+        Some(StreamOffset::Offset(offset)) => StreamStart::Offset(offset),
+        Some(StreamOffset::Timestamp(ms)) => StreamStart::Timestamp(ms),
+        Some(StreamOffset::Interval(ms)) => StreamStart::Timestamp(now_ms().saturating_sub(ms)),
     }
 }

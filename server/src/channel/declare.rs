@@ -189,6 +189,9 @@ impl Channel {
             q::AMQPMethod::Purge(purge) => {
                 let name = self.resolve_queue_name(&purge.queue.as_str().into())?;
                 let queue = ctx.vhost.queue(&name, ctx.connection)?;
+                if queue.is_stream() {
+                    return Err(error::stream::purge(&name, ctx.vhost.name()));
+                }
                 let message_count = queue.purge();
                 if !purge.nowait {
                     ctx.send(

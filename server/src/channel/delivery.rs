@@ -67,11 +67,16 @@ pub(super) fn write_delivery(
 }
 
 /// Writes a delivered message's content frames: from a partitioned queue, with its
-/// partition in an `x-partition` header.
+/// partition in an `x-partition` header; from a stream, with its offset in an
+/// `x-stream-offset` header.
 fn content(ctx: &mut Context<'_>, channel: u16, queue: &Queue, message: &QueuedMessage) {
     let properties = message.message.raw_properties();
     let body = message.message.body();
-    if queue.partitions().is_some() {
+    if queue.is_stream() {
+        let offset =
+            encode::Annotation::stream_offset(i64::try_from(message.offset).unwrap_or(i64::MAX));
+        encode::content_annotated(ctx.out, channel, properties, offset, body, ctx.frame_max);
+    } else if queue.partitions().is_some() {
         let partition = encode::Annotation::partition(i64::from(message.partition));
         encode::content_annotated(ctx.out, channel, properties, partition, body, ctx.frame_max);
     } else {

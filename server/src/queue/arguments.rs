@@ -506,42 +506,13 @@ pub struct ConsumerArguments {
 /// `x-partition-hash-property`, `x-consumers-per-partition`) accept either source, so a
 /// policy-partitioned queue can choose its key.
 ///
-/// A stream (`x-queue-type: stream`) gets RabbitMQ's checks, but as long as Warren has
-/// no stream body (`STREAMS_ENABLED`), one that passes them all is refused.
-///
 /// # Errors
 ///
 /// 406 PRECONDITION_FAILED with RabbitMQ's text for a server-named non-classic queue, an
 /// argument of the wrong type or value, an argument the queue type does not take, a
 /// quorum queue or stream that is auto-delete, exclusive or not durable, or a stream's
-/// segment or filter size out of range; then 540 NOT_IMPLEMENTED for a stream.
+/// segment or filter size out of range.
 pub fn parse(
-    args: &FieldTable,
-    declare: &QueueDeclare,
-    vhost: &str,
-    policy_partitions: Option<u16>,
-) -> AmqpResult<QueueArguments> {
-    let parsed = parse_checked(args, declare, vhost, policy_partitions)?;
-    if parsed.queue_type == QueueType::Stream && !STREAMS_ENABLED {
-        // Our choice: RabbitMQ answers not_implemented for what a queue type cannot do.
-        return Err(error::not_implemented(format!(
-            "cannot declare {}: stream queues are not supported by Warren yet",
-            Resource {
-                queue: &declare.name,
-                vhost
-            }
-        )));
-    }
-    Ok(parsed)
-}
-
-/// Whether [`parse`] lets a stream be declared. False until the stream queue body is
-/// wired in: every check runs, then the declaration is refused with 540, so no stream
-/// can exist before Warren can run one.
-const STREAMS_ENABLED: bool = false;
-
-/// [`parse`] without its final refusal of streams.
-fn parse_checked(
     args: &FieldTable,
     declare: &QueueDeclare,
     vhost: &str,
@@ -1650,7 +1621,7 @@ mod tests {
     }
 
     fn stream_declared(entries: &[(&str, V)], d: &QueueDeclare) -> AmqpResult<QueueArguments> {
-        parse_checked(&stream_table(entries), d, "/", None)
+        parse(&stream_table(entries), d, "/", None)
     }
 
     fn stream_table(entries: &[(&str, V)]) -> FieldTable {
@@ -1995,15 +1966,10 @@ mod tests {
     }
 
     #[test]
-    fn stream_queues_are_not_implemented() {
+    fn a_valid_stream_declaration_is_accepted_and_stored_alike() {
         let args = table(&[(QUEUE_TYPE, s("stream")), (MAX_AGE, s("1D"))]);
-        let (code, text) = err(parse(&args, &declare(true, false, false), "/", None));
-        assert_eq!(code, ReplyCode::NotImplemented);
-        assert_eq!(
-            text,
-            "cannot declare queue 'q' in vhost '/': stream queues are not supported by Warren yet"
-        );
-        // Every check runs first: the refusal only meets a valid declaration.
+        let parsed = ok(parse(&args, &declare(true, false, false), "/", None));
+        assert_eq!(parsed.queue_type, QueueType::Stream);
         assert_eq!(
             refused(parse(&args, &declare(false, false, false), "/", None)),
             format!("invalid property 'non-durable' for {RES}")
@@ -2013,7 +1979,6 @@ mod tests {
             refused(parse(&bad, &declare(true, false, false), "/", None)),
             invalid(MAX_AGE, "invalid_max_age")
         );
-        // Recovery does not refuse: no stream can have been stored while they are.
         let stored = ok(parse_stored(&args, "q", "/", None));
         assert_eq!(stored.queue_type, QueueType::Stream);
         assert_eq!(StreamArguments::of(&args).max_age_ms, Some(86_400_000));

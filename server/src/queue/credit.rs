@@ -39,6 +39,11 @@ impl Limit {
         self.limit.store(limit, Ordering::Release);
     }
 
+    /// The limit (0: unlimited).
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Acquire)
+    }
+
     /// Messages currently counted against the limit.
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Acquire)

@@ -34,6 +34,7 @@ mod partitioned_model_tests;
 #[cfg(test)]
 mod partitioned_tests;
 pub mod ready;
+pub mod stream;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -59,6 +60,7 @@ use dead_letter::{DeadLetter, DeathReason};
 pub(crate) use paging::Paging;
 use partitioned::{Locked, Partitioned};
 use ready::Ready;
+use stream::{Retention, Stream, StreamFilter, StreamStart};
 
 /// Identifies a consumer across the broker (unique for the broker's lifetime).
 pub type ConsumerId = u64;
@@ -350,6 +352,16 @@ enum Body {
     Plain(Mutex<QueueState>),
     /// N partitions, each under its own lock (`x-partitions`).
     Partitioned(Partitioned),
+    /// An append-only log read by each consumer from its own offset
+    /// (`x-queue-type: stream`). `home` is an empty plain state holding the queue's
+    /// log directory, so that the queue's life cycle (deletion, retirement of its
+    /// directory, timers) works as for any durable queue.
+    Stream {
+        /// The empty state that owns the directory.
+        home: Mutex<QueueState>,
+        /// The log and its consumers.
+        stream: Stream,
+    },
 }
 
 /// A queue's backlog as publishers' flow control sees it, updated after each dispatch:
@@ -826,6 +838,83 @@ impl Queue {
         }
     }
 
+    /// A stream queue over `log`, whose files sit in `home`'s directory. `me` is the
+    /// queue's own reference (the stream hands out deliveries that name it).
+    pub fn new_stream(
+        me: Weak<Queue>,
+        name: ShortStr,
+        vhost_name: &str,
+        settings: QueueSettings,
+        home: QueueLog,
+        log: crate::store::stream_log::StreamLog,
+        env: QueueEnv,
+    ) -> Self {
+        let args = settings.parsed.clone();
+        let retention = retention(&args, &settings.arguments);
+        let state = QueueState {
+            ready: Ready::new(0),
+            log: Some(Box::new(home)),
+            args: args.clone(),
+            uniform_priority: true,
+            last_used_ms: now_ms(),
+            ..QueueState::default()
+        };
+        Self {
+            name,
+            vhost_name: vhost_name.to_owned(),
+            env,
+            settings,
+            body: Body::Stream {
+                home: Mutex::new(state),
+                stream: Stream::new(me, log, retention),
+            },
+            flow: FlowGauge::default(),
+            last_used_ms: AtomicU64::new(now_ms()),
+            expires_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The stream body, if this is a stream.
+    fn stream(&self) -> Option<&Stream> {
+        match &self.body {
+            Body::Stream { stream, .. } => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a stream (`x-queue-type: stream`).
+    pub fn is_stream(&self) -> bool {
+        self.stream().is_some()
+    }
+
+    /// Registers a consumer of a stream, reading from `start` the messages `filter`
+    /// passes.
+    ///
+    /// # Errors
+    /// 404 if the queue was deleted meanwhile; 541 if the log cannot be read.
+    pub fn add_stream_consumer(
+        &self,
+        consumer: ConsumerHandle,
+        start: StreamStart,
+        filter: StreamFilter,
+    ) -> AmqpResult<()> {
+        let Some(stream) = self.stream() else {
+            return Err(AmqpError::new(
+                ReplyCode::InternalError,
+                format!("{} is not a stream", self.name),
+            ));
+        };
+        if self.lock(0).deleted {
+            return Err(crate::error::no_queue(&self.name, &self.vhost_name));
+        }
+        stream.add_consumer(consumer, start, filter).map_err(|e| {
+            AmqpError::new(
+                ReplyCode::InternalError,
+                format!("cannot read stream '{}': {e}", self.name),
+            )
+        })
+    }
+
     /// Gives partition `p` of a recovered partitioned queue its log, as found at start.
     pub fn recover_partition(&self, p: u16, log: QueueLog, recovered: &Recovery) {
         let Some(parts) = self.partitioned() else {
@@ -844,7 +933,7 @@ impl Queue {
     /// Locks the plain queue's state, or partition `p`'s.
     fn lock(&self, p: usize) -> Locked<'_> {
         match &self.body {
-            Body::Plain(state) => Locked::new(state, None),
+            Body::Plain(state) | Body::Stream { home: state, .. } => Locked::new(state, None),
             Body::Partitioned(parts) => parts.lock(p, &self.flow),
         }
     }
@@ -890,7 +979,7 @@ impl Queue {
     /// the queue, or each of its partitions that has a log.
     pub fn sync_targets(self: &Arc<Self>) -> Vec<Arc<dyn SyncTarget>> {
         match &self.body {
-            Body::Plain(_) => vec![self.clone() as Arc<dyn SyncTarget>],
+            Body::Plain(_) | Body::Stream { .. } => vec![self.clone() as Arc<dyn SyncTarget>],
             Body::Partitioned(parts) => parts
                 .parts
                 .iter()
@@ -938,9 +1027,10 @@ impl Queue {
 
     /// Ready messages (not counting those delivered and unacked).
     pub fn message_count(&self) -> u32 {
-        let count = match self.partitioned() {
-            Some(parts) => parts.totals.ready.load(Ordering::Relaxed),
-            None => self.lock(0).ready_count(),
+        let count = match (&self.body, self.partitioned()) {
+            (Body::Stream { stream, .. }, _) => stream.message_count(),
+            (_, Some(parts)) => parts.totals.ready.load(Ordering::Relaxed),
+            (_, None) => self.lock(0).ready_count(),
         };
         u32::try_from(count).unwrap_or(u32::MAX)
     }
@@ -959,6 +1049,10 @@ impl Queue {
     /// Registered consumers (a partitioned queue's: its group's members, active or
     /// standby, and its manual consumers).
     pub fn consumer_count(&self) -> u32 {
+        if self.is_stream() {
+            // As RabbitMQ: a stream's `declare-ok` always says 0.
+            return 0;
+        }
         let count = match self.partitioned() {
             Some(parts) => parts.consumer_count(),
             None => self.lock(0).consumers.len(),
@@ -969,6 +1063,11 @@ impl Queue {
     /// Replaces the arguments in force (a policy changed) and applies them at once:
     /// length limits drop what is now too much, TTLs expire what is now too old.
     pub fn set_arguments(self: &Arc<Self>, args: QueueArguments, effects: &mut Effects) {
+        if let Some(stream) = self.stream() {
+            stream.set_retention(retention(&args, &self.settings.arguments));
+            self.lock(0).args = args;
+            return;
+        }
         let part_args = self.partitioned().map(|_| partition_arguments(&args));
         if part_args.is_some() {
             self.expires_ms
@@ -1065,6 +1164,9 @@ impl Queue {
         handling: Handling,
         effects: &mut Effects,
     ) -> Result<Enqueued, StoreError> {
+        if let Some(stream) = self.stream() {
+            return stream.append(&message);
+        }
         let p = self.partitioned().map_or(0, |parts| parts.route(&message));
         let mut letters = Vec::new();
         let mut st = self.lock(p);
@@ -1253,6 +1355,10 @@ impl Queue {
         no_ack: bool,
         effects: &mut Effects,
     ) -> Option<(QueuedMessage, u32)> {
+        if self.is_stream() {
+            // Refused before it gets here (540), as RabbitMQ refuses it.
+            return None;
+        }
         let (start, n) = match self.partitioned() {
             Some(parts) => (parts.get_start(), usize::from(parts.count())),
             None => (0, 1),
@@ -1321,6 +1427,10 @@ impl Queue {
         delivered: bool,
         effects: &mut Effects,
     ) {
+        if self.is_stream() {
+            // Nothing leaves a stream, so nothing goes back: settling is credit.
+            return;
+        }
         for (p, messages) in self.by_partition(messages) {
             let mut letters = Vec::new();
             let mut st = self.lock(p);
@@ -1394,6 +1504,9 @@ impl Queue {
     /// whose last unacked delivery this was may pass to its next owner: it is left for
     /// the next kick to dispatch.
     pub fn settle(&self, messages: impl IntoIterator<Item = QueuedMessage>) {
+        if self.is_stream() {
+            return;
+        }
         for (p, messages) in self.by_partition(messages) {
             let mut st = self.lock(p);
             if partitioned::settled(&mut st, messages.len())
@@ -1431,6 +1544,10 @@ impl Queue {
         messages: impl IntoIterator<Item = QueuedMessage>,
         effects: &mut Effects,
     ) {
+        if self.is_stream() {
+            // RabbitMQ settles a stream's rejects as acks.
+            return;
+        }
         for (p, messages) in self.by_partition(messages) {
             let mut letters = Vec::new();
             let mut st = self.lock(p);
@@ -1447,6 +1564,10 @@ impl Queue {
     /// Dispatches again after consumers regained credit: a partitioned queue, the
     /// partitions that wait for it.
     pub fn kick(self: &Arc<Self>, effects: &mut Effects) {
+        if let Some(stream) = self.stream() {
+            stream.dispatch();
+            return;
+        }
         if self.partitioned().is_some() {
             // Pairs with the fence in `dispatch_at`: credit released before this kick is
             // seen by a dispatch that raises the flag after this look.
@@ -1494,6 +1615,9 @@ impl Queue {
         membership: &Membership,
         effects: &mut Effects,
     ) -> AmqpResult<()> {
+        if self.is_stream() {
+            return self.add_stream_consumer(consumer, StreamStart::Next, StreamFilter::default());
+        }
         if let Some(parts) = self.partitioned() {
             if self.lock(0).deleted {
                 return Err(crate::error::no_queue(&self.name, &self.vhost_name));
@@ -1548,6 +1672,9 @@ impl Queue {
     }
 
     fn drop_consumer(self: &Arc<Self>, id: ConsumerId, closed: bool) -> ConsumerRemoval {
+        if let Some(stream) = self.stream() {
+            return stream.remove_consumer(id);
+        }
         if let Some(parts) = self.partitioned() {
             return self.leave(parts, id, closed);
         }
@@ -1588,6 +1715,10 @@ impl Queue {
 
     /// Drops all ready messages (in memory and paged out); returns how many.
     pub fn purge(self: &Arc<Self>) -> u32 {
+        if self.is_stream() {
+            // Refused before it gets here (540), as RabbitMQ refuses it.
+            return 0;
+        }
         let mut count = 0;
         for p in 0..self.state_count() {
             let mut st = self.lock(p);
@@ -1639,10 +1770,11 @@ impl Queue {
     pub fn delete(&self) -> (u32, Vec<QueueLog>) {
         let mut count = 0;
         let mut durable = Vec::new();
-        let mut consumers = self
-            .partitioned()
-            .map(Partitioned::take_consumers)
-            .unwrap_or_default();
+        let mut consumers = match (&self.body, self.partitioned()) {
+            (Body::Stream { stream, .. }, _) => stream.delete(),
+            (_, Some(parts)) => parts.take_consumers(),
+            (_, None) => Vec::new(),
+        };
         for p in 0..self.state_count() {
             let (log, spill) = {
                 let mut st = self.lock(p);
@@ -1973,6 +2105,8 @@ impl SyncTarget for Queue {
         match &self.body {
             Body::Plain(state) => begin_sync(&mut state.lock(), &self.name),
             Body::Partitioned(_) => None,
+            // The home log holds no message: the stream's log is what to sync.
+            Body::Stream { stream, .. } => stream.begin_sync(),
         }
     }
 
@@ -1980,7 +2114,17 @@ impl SyncTarget for Queue {
         match &self.body {
             Body::Plain(state) => complete_sync(&mut state.lock(), &self.name, pending, result),
             Body::Partitioned(_) => result.is_ok(),
+            Body::Stream { stream, .. } => stream.complete_sync(pending, result),
         }
+    }
+}
+
+/// How long a stream keeps its messages: by `x-max-length-bytes` in force (a policy's
+/// `max-length-bytes` included) and its declared `x-max-age`.
+fn retention(args: &QueueArguments, declared: &FieldTable) -> Retention {
+    Retention {
+        max_bytes: args.max_length_bytes,
+        max_age_ms: arguments::StreamArguments::of(declared).max_age_ms,
     }
 }
 

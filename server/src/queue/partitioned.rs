@@ -442,7 +442,7 @@ impl Queue {
     pub(super) fn partitioned(&self) -> Option<&Partitioned> {
         match &self.body {
             super::Body::Partitioned(p) => Some(p),
-            super::Body::Plain(_) => None,
+            super::Body::Plain(_) | super::Body::Stream { .. } => None,
         }
     }
 

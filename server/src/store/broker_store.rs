@@ -15,6 +15,7 @@ use super::fd_budget::FdBudget;
 use super::format::DEFAULT_SEGMENT_SIZE;
 use super::fs::{FsRef, RealFs};
 use super::pending::PendingChanges;
+use super::stream_log::{StreamLog, StreamRecovery};
 use super::{DataDirLock, QueueLog, Recovery, Result, StoreError, Syncer};
 
 const QUEUES_DIR: &str = "queues";
@@ -259,6 +260,33 @@ impl BrokerStore {
         };
         log.set_fd_budget(self.fd_budget.clone());
         Ok((log, recovery))
+    }
+
+    /// Starts the log of a newly declared stream in the directory of its (empty) queue
+    /// log `home`, which then stands for the stream in the queue's life cycle.
+    ///
+    /// # Errors
+    /// I/O failures, or a segment size out of range.
+    pub fn create_stream_log(
+        &self,
+        home: &QueueLog,
+        segment_bytes: u64,
+        bloom_bytes: u8,
+    ) -> Result<StreamLog> {
+        StreamLog::create(self.fs.clone(), home.dir(), segment_bytes, bloom_bytes)
+    }
+
+    /// Opens the log of a stream at start-up, in the directory of its queue log `home`.
+    ///
+    /// # Errors
+    /// I/O failures or an incompatible log.
+    pub fn open_stream_log(
+        &self,
+        home: &QueueLog,
+        segment_bytes: u64,
+        bloom_bytes: u8,
+    ) -> Result<(StreamLog, StreamRecovery)> {
+        StreamLog::open(self.fs.clone(), home.dir(), segment_bytes, bloom_bytes)
     }
 
     /// Removes the log of a deleted queue once its deletion (recorded before this call) is

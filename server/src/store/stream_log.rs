@@ -49,6 +49,8 @@ const READ_AHEAD: usize = 64 << 10;
 pub const SEGMENT_SIZE_RANGE: (u64, u64) = (4096, 3_000_000_000);
 /// RabbitMQ's default segment size.
 pub const DEFAULT_STREAM_SEGMENT_SIZE: u64 = 500_000_000;
+/// RabbitMQ's default size of a chunk's Bloom filter (`x-stream-filter-size-bytes`).
+pub const DEFAULT_STREAM_FILTER_BYTES: u8 = 16;
 
 /// What [`StreamLog::open`] found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -465,21 +467,21 @@ impl StreamLog {
             .ok_or(StoreError::Misuse("stream segment numbers exhausted"))?;
         let segment_path = self.dir.join(sf::segment_file_name(number));
         let index_path = self.dir.join(sf::index_file_name(number));
-        let segment = self
-            .fs
-            .open(&segment_path, OpenMode::CreateTruncate)
-            .map_err(StoreError::io("create", &segment_path))?;
+        // Read and write (the index is searched while it grows), emptied: a roll that
+        // failed part way may have left either file.
+        let create = |path: &Path, magic: &[u8; 8]| -> Result<FileRef> {
+            let file = self
+                .fs
+                .open(path, OpenMode::CreateKeep)
+                .map_err(StoreError::io("create", path))?;
+            file.set_len(0).map_err(StoreError::io("truncate", path))?;
+            file.write_all_at(&file_header(magic), 0)
+                .map_err(StoreError::io("write", path))?;
+            Ok(file)
+        };
         self.dir_unsynced = true;
-        segment
-            .write_all_at(&file_header(&STREAM_SEGMENT_MAGIC), 0)
-            .map_err(StoreError::io("write", &segment_path))?;
-        let index = self
-            .fs
-            .open(&index_path, OpenMode::CreateTruncate)
-            .map_err(StoreError::io("create", &index_path))?;
-        index
-            .write_all_at(&file_header(&STREAM_INDEX_MAGIC), 0)
-            .map_err(StoreError::io("write", &index_path))?;
+        let segment = create(&segment_path, &STREAM_SEGMENT_MAGIC)?;
+        let index = create(&index_path, &STREAM_INDEX_MAGIC)?;
         if let Some(old) = self.active.take()
             && old.dirty
         {

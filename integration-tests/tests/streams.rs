@@ -1,0 +1,357 @@
+//! Streams (`x-queue-type: stream`) as 0-9-1 clients see them, with RabbitMQ's rules:
+//! durable only, consumers need a per-consumer prefetch and start where
+//! `x-stream-offset` says, every delivery carries its offset, settling is credit, and
+//! `basic.get`, `queue.purge` and `no_ack` are refused. Written against RabbitMQ's
+//! behaviour (docs/streams-rabbitmq-facts.md); run with `WARREN_TEST_EXTERNAL_URI` to check
+//! them against a RabbitMQ.
+
+mod common;
+
+use common::*;
+use integration_tests::{TestServer, unique_name};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, BasicRejectOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, Consumer};
+
+fn stream_args(extra: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut args = table(extra);
+    args.insert("x-queue-type".into(), text("stream"));
+    args
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+async fn declare_stream(channel: &Channel, name: &str) {
+    within(
+        "queue.declare",
+        channel.queue_declare(name.into(), durable(), stream_args(&[])),
+    )
+    .await
+    .expect("declare a stream");
+}
+
+/// A consumer of `stream` with prefetch `prefetch`, starting at `offset` (the default,
+/// `next`, when `None`).
+async fn consume(
+    channel: &Channel,
+    stream: &str,
+    prefetch: u16,
+    offset: Option<AMQPValue>,
+) -> lapin::Result<Consumer> {
+    within(
+        "basic.qos",
+        channel.basic_qos(prefetch, BasicQosOptions::default()),
+    )
+    .await?;
+    let mut args = FieldTable::default();
+    if let Some(offset) = offset {
+        args.insert("x-stream-offset".into(), offset);
+    }
+    within(
+        "basic.consume",
+        channel.basic_consume(
+            stream.into(),
+            unique_name("c").as_str().into(),
+            BasicConsumeOptions::default(),
+            args,
+        ),
+    )
+    .await
+}
+
+fn offset_of(delivery: &lapin::message::Delivery) -> i64 {
+    match header(&delivery.properties, "x-stream-offset") {
+        Some(AMQPValue::LongLongInt(n)) => *n,
+        other => panic!("x-stream-offset is {other:?}"),
+    }
+}
+
+/// Publishes `n` messages `m0`, `m1` … with confirms.
+async fn publish_n(channel: &Channel, stream: &str, from: usize, n: usize) {
+    for i in from..from + n {
+        publish(channel, "", stream, format!("m{i}").as_bytes()).await;
+    }
+}
+
+/// The next `n` deliveries, acked: (offset, body).
+async fn take(consumer: &mut Consumer, n: usize) -> Vec<(i64, String)> {
+    let mut got = Vec::new();
+    for _ in 0..n {
+        let delivery = next_delivery(consumer).await;
+        assert!(!delivery.redelivered, "a stream never redelivers");
+        got.push((offset_of(&delivery), body(&delivery)));
+        within("basic.ack", delivery.acker.ack(BasicAckOptions::default()))
+            .await
+            .expect("ack");
+    }
+    got
+}
+
+fn expected(from: usize, to: usize) -> Vec<(i64, String)> {
+    (from..to).map(|i| (i as i64, format!("m{i}"))).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_is_durable_and_neither_exclusive_nor_auto_delete() {
+    let server = TestServer::start().await;
+    let (conn, _) = open(&server).await;
+    let cases = [
+        (
+            QueueDeclareOptions {
+                durable: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            "auto-delete",
+        ),
+        (
+            QueueDeclareOptions {
+                durable: true,
+                exclusive: true,
+                ..QueueDeclareOptions::default()
+            },
+            "exclusive-owner",
+        ),
+        (QueueDeclareOptions::default(), "non-durable"),
+    ];
+    for (options, property) in cases {
+        let channel = common::channel(&conn).await;
+        let name = unique_name("s-props");
+        assert_amqp_error(
+            within(
+                "queue.declare",
+                channel.queue_declare(name.as_str().into(), options, stream_args(&[])),
+            )
+            .await,
+            406,
+            &format!(
+                "PRECONDITION_FAILED - invalid property '{property}' for queue '{name}' in vhost '/'"
+            ),
+        );
+    }
+    let channel = common::channel(&conn).await;
+    let name = unique_name("s-args");
+    assert_amqp_error(
+        within(
+            "queue.declare",
+            channel.queue_declare(
+                name.as_str().into(),
+                durable(),
+                stream_args(&[("x-max-length", AMQPValue::LongInt(5))]),
+            ),
+        )
+        .await,
+        406,
+        &format!(
+            "PRECONDITION_FAILED - invalid arg 'x-max-length' for queue '{name}' in vhost '/' of queue type rabbit_stream_queue"
+        ),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn consumers_start_where_x_stream_offset_says() {
+    let server = TestServer::start().await;
+    let (conn, channel) = open_confirm(&server).await;
+    let name = unique_name("s-offsets");
+    declare_stream(&channel, &name).await;
+    publish_n(&channel, &name, 0, 10).await;
+
+    let first = common::channel(&conn).await;
+    let mut c = consume(&first, &name, 100, Some(text("first")))
+        .await
+        .expect("first");
+    assert_eq!(take(&mut c, 10).await, expected(0, 10));
+
+    let from = common::channel(&conn).await;
+    let mut c = consume(&from, &name, 100, Some(AMQPValue::LongLongInt(6)))
+        .await
+        .expect("6");
+    assert_eq!(take(&mut c, 4).await, expected(6, 10));
+
+    let next = common::channel(&conn).await;
+    let mut n = consume(&next, &name, 100, None).await.expect("next");
+    assert_no_delivery(&mut n).await;
+    publish_n(&channel, &name, 10, 2).await;
+    assert_eq!(take(&mut n, 2).await, expected(10, 12));
+    // Those already attached see the new messages too.
+    assert_eq!(take(&mut c, 2).await, expected(10, 12));
+
+    // Long ago: everything; far ahead: only what comes.
+    let old = common::channel(&conn).await;
+    let mut c = consume(&old, &name, 100, Some(AMQPValue::Timestamp(1_000_000)))
+        .await
+        .expect("ts");
+    assert_eq!(take(&mut c, 12).await, expected(0, 12));
+    let below = common::channel(&conn).await;
+    let mut c = consume(&below, &name, 100, Some(AMQPValue::LongLongInt(-5)))
+        .await
+        .expect("neg");
+    assert_eq!(take(&mut c, 1).await, expected(0, 1));
+
+    let last = common::channel(&conn).await;
+    let mut c = consume(&last, &name, 100, Some(text("last")))
+        .await
+        .expect("last");
+    let got = take(&mut c, 1).await;
+    assert!(got[0].0 <= 11, "last starts within what exists: {got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_nacks_and_rejects_are_all_credit_and_nothing_comes_back() {
+    let server = TestServer::start().await;
+    let (conn, channel) = open_confirm(&server).await;
+    let name = unique_name("s-credit");
+    declare_stream(&channel, &name).await;
+    publish_n(&channel, &name, 0, 6).await;
+    let reader = common::channel(&conn).await;
+    let mut c = consume(&reader, &name, 2, Some(text("first")))
+        .await
+        .expect("consume");
+    let d0 = next_delivery(&mut c).await;
+    let d1 = next_delivery(&mut c).await;
+    assert_eq!((offset_of(&d0), offset_of(&d1)), (0, 1));
+    assert_no_delivery(&mut c).await;
+    within(
+        "nack",
+        d0.acker.nack(BasicNackOptions {
+            requeue: true,
+            ..BasicNackOptions::default()
+        }),
+    )
+    .await
+    .expect("nack");
+    let d2 = next_delivery(&mut c).await;
+    assert_eq!(offset_of(&d2), 2, "a nack with requeue brings nothing back");
+    within(
+        "reject",
+        d1.acker.reject(BasicRejectOptions { requeue: true }),
+    )
+    .await
+    .expect("reject");
+    let d3 = next_delivery(&mut c).await;
+    assert_eq!(offset_of(&d3), 3);
+    assert_no_delivery(&mut c).await;
+    within("ack", d2.acker.ack(BasicAckOptions::default()))
+        .await
+        .expect("ack");
+    assert_eq!(offset_of(&next_delivery(&mut c).await), 4);
+    // The channel stays open through all of it.
+    assert!(reader.status().connected());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn get_purge_no_ack_and_a_missing_prefetch_are_refused() {
+    let server = TestServer::start().await;
+    let (_, channel) = open(&server).await;
+    let name = unique_name("s-refused");
+    declare_stream(&channel, &name).await;
+    let stream = format!("queue '{name}' in vhost '/'");
+
+    let (conn, channel) = open(&server).await;
+    let _ = within(
+        "basic.qos",
+        channel.basic_qos(0, BasicQosOptions::default()),
+    )
+    .await;
+    assert_amqp_error(
+        within(
+            "basic.consume",
+            channel.basic_consume(
+                name.as_str().into(),
+                "c".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await,
+        406,
+        &format!("PRECONDITION_FAILED - consumer prefetch count is not set for stream {stream}"),
+    );
+    drop(conn);
+
+    let (_conn, channel) = open(&server).await;
+    within(
+        "basic.qos",
+        channel.basic_qos(10, BasicQosOptions::default()),
+    )
+    .await
+    .expect("qos");
+    assert_amqp_error(
+        within(
+            "basic.consume",
+            channel.basic_consume(
+                name.as_str().into(),
+                "c".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await,
+        540,
+        &format!("NOT_IMPLEMENTED - automatic acknowledgement not supported by stream {stream}"),
+    );
+
+    let (_conn, channel) = open(&server).await;
+    assert_amqp_error(
+        within(
+            "basic.get",
+            channel.basic_get(
+                name.as_str().into(),
+                lapin::options::BasicGetOptions::default(),
+            ),
+        )
+        .await,
+        540,
+        &format!("NOT_IMPLEMENTED - basic.get not supported by stream queues {stream}"),
+    );
+
+    let (_conn, channel) = open(&server).await;
+    assert_amqp_error(
+        within(
+            "queue.purge",
+            channel.queue_purge(
+                name.as_str().into(),
+                lapin::options::QueuePurgeOptions::default(),
+            ),
+        )
+        .await,
+        540,
+        &format!("NOT_IMPLEMENTED - queue.purge not supported by stream queues {stream}"),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_keeps_every_confirmed_message_across_a_restart() {
+    let dir = integration_tests::temp_data_dir("streams-restart");
+    let name = unique_name("s-restart");
+    {
+        let server = TestServer::start_in(&dir).await;
+        let (_conn, channel) = open_confirm(&server).await;
+        declare_stream(&channel, &name).await;
+        publish_n(&channel, &name, 0, 50).await;
+        assert_eq!(message_count(&channel, &name).await, 50);
+        server.stop().await;
+    }
+    let server = TestServer::start_in(&dir).await;
+    let (conn, channel) = open_confirm(&server).await;
+    assert_eq!(message_count(&channel, &name).await, 50);
+    publish_n(&channel, &name, 50, 5).await;
+    let reader = common::channel(&conn).await;
+    let mut c = consume(&reader, &name, 20, Some(text("first")))
+        .await
+        .expect("consume");
+    assert_eq!(take(&mut c, 55).await, expected(0, 55));
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,417 @@
+//! A stream queue's body (`x-queue-type: stream`): an append-only log that every
+//! consumer reads from its own offset, with no message ever removed by consuming.
+//!
+//! Publishing appends to the [`StreamLog`]; confirms follow the group commit as for a
+//! durable queue. Each consumer has a cursor (next offset, chunk position, its own
+//! reader and the undelivered rest of the chunk it read last) and takes one credit per
+//! delivery; settling (ack, nack, reject, recover) only gives credit back, which the
+//! channel does. Consumers are served when they attach, when their credit comes back (a
+//! kick) and when a commit makes more of the log readable. See
+//! `docs/streams-design.md`.
+//!
+//! Reads happen under the stream's own lock, on whichever task dispatches (the
+//! consumer's connection, or the commit thread after a sync). The lock is the stream's
+//! alone: publishers to other queues and other streams never wait for it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Weak};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::mailbox::Outgoing;
+use super::{ConsumerHandle, ConsumerId, ConsumerRemoval, Enqueued, Queue};
+use amqp_codec::properties::Property;
+use amqp_codec::table::find_header;
+
+use crate::message::{Message, QueuedMessage};
+use crate::store::stream_format::{StreamEntry, StreamRecord};
+use crate::store::stream_log::{ChunkPosition, Read, StreamLog, StreamReader};
+use crate::store::{PendingSync, StoreError};
+use crate::timers::now_ms;
+
+/// Where a new consumer starts reading (`x-stream-offset`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamStart {
+    /// The first message kept.
+    First,
+    /// The start of the last chunk written.
+    Last,
+    /// Only messages appended from now on (the default).
+    Next,
+    /// This offset (the first kept if it is older; waits if it is not there yet).
+    Offset(u64),
+    /// The first chunk appended at or after this time (milliseconds since the epoch).
+    Timestamp(u64),
+}
+
+/// Which messages a consumer wants (`x-stream-filter`, `x-stream-match-unfiltered`):
+/// those whose `x-stream-filter-value` is one of `values`, and with
+/// `match_unfiltered` those without one. No values: every message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamFilter {
+    /// The filter values asked for, compared byte for byte.
+    pub values: Vec<Box<[u8]>>,
+    /// Also the messages published without a filter value.
+    pub match_unfiltered: bool,
+}
+
+impl StreamFilter {
+    /// Whether an entry with this filter value passes (exactly, unlike RabbitMQ's
+    /// chunk-level Bloom filter, which lets clients see others and filter again).
+    fn passes(&self, value: Option<&[u8]>) -> bool {
+        if self.values.is_empty() {
+            return true;
+        }
+        match value {
+            Some(v) => self.values.iter().any(|want| **want == *v),
+            None => self.match_unfiltered,
+        }
+    }
+}
+
+/// The publisher's `x-stream-filter-value` header, if it is a string.
+fn filter_value(message: &Message) -> Option<&str> {
+    let properties = message.properties()?;
+    let table = properties.raw(Property::Headers)?;
+    let (tag, value) = find_header(table, FILTER_VALUE_HEADER.as_bytes())?;
+    if tag != b'S' {
+        return None;
+    }
+    std::str::from_utf8(value.get(4..)?).ok()
+}
+
+/// The header a publisher tags a message with for filtering consumers.
+const FILTER_VALUE_HEADER: &str = "x-stream-filter-value";
+
+/// How long retention keeps a stream: from `x-max-length-bytes` and `x-max-age` or
+/// their policy keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Keep at most this many bytes (whole segments dropped, oldest first).
+    pub max_bytes: Option<u64>,
+    /// Drop segments whose newest message is older than this.
+    pub max_age_ms: Option<u64>,
+}
+
+/// A stream's log and its consumers' cursors.
+#[derive(Debug)]
+pub struct Stream {
+    /// The queue it is the body of, to hand deliveries that name it.
+    queue: Weak<Queue>,
+    core: Mutex<Core>,
+}
+
+#[derive(Debug)]
+struct Core {
+    log: StreamLog,
+    readers: Vec<Cursor>,
+    retention: Retention,
+    deleted: bool,
+}
+
+/// One consumer's place in the stream.
+#[derive(Debug)]
+struct Cursor {
+    consumer: ConsumerHandle,
+    /// The next offset to deliver.
+    next: u64,
+    /// The chunk to read when `pending` runs out.
+    at: ChunkPosition,
+    reader: StreamReader,
+    /// Entries of the last chunk read that are not delivered yet.
+    pending: VecDeque<StreamEntry>,
+    filter: StreamFilter,
+}
+
+impl Stream {
+    /// The body of `queue` over `log`, kept as `retention` says.
+    pub fn new(queue: Weak<Queue>, log: StreamLog, retention: Retention) -> Self {
+        Self {
+            queue,
+            core: Mutex::new(Core {
+                log,
+                readers: Vec::new(),
+                retention,
+                deleted: false,
+            }),
+        }
+    }
+
+    /// Appends a published message; it is readable, and confirmed, after the next
+    /// group commit.
+    ///
+    /// # Errors
+    /// The log refused it (poisoned, or a message the format cannot hold).
+    pub fn append(&self, message: &Message) -> Result<Enqueued, StoreError> {
+        let mut core = self.core.lock();
+        if core.deleted {
+            return Ok(Enqueued::Memory);
+        }
+        let record = StreamRecord {
+            filter_value: filter_value(message),
+            exchange: message.exchange(),
+            routing_key: message.routing_key(),
+            properties: message.raw_properties(),
+            body: message.body(),
+        };
+        core.log.append(&record, now_ms())?;
+        Ok(Enqueued::Logged(0))
+    }
+
+    /// Messages kept: from the first kept offset to the readable end.
+    pub fn message_count(&self) -> u64 {
+        let core = self.core.lock();
+        core.log.readable_end() - core.log.first_offset()
+    }
+
+    /// Registers a consumer starting at `start`, and serves it.
+    ///
+    /// # Errors
+    /// Finding the start in the log's index failed.
+    pub fn add_consumer(
+        &self,
+        consumer: ConsumerHandle,
+        start: StreamStart,
+        filter: StreamFilter,
+    ) -> Result<(), StoreError> {
+        {
+            let mut core = self.core.lock();
+            let log = &core.log;
+            let next = match start {
+                StreamStart::First => log.first_offset(),
+                StreamStart::Last => log.last_chunk_offset(),
+                StreamStart::Next => log.end_offset(),
+                StreamStart::Offset(offset) => offset.max(log.first_offset()),
+                StreamStart::Timestamp(ms) => log.offset_at_time(ms)?,
+            };
+            let cursor = Cursor {
+                consumer,
+                next,
+                at: log.seek(next)?,
+                reader: log.reader(),
+                pending: VecDeque::new(),
+                filter,
+            };
+            core.readers.push(cursor);
+        }
+        self.dispatch();
+        Ok(())
+    }
+
+    /// Unregisters a consumer; what was handed to it stays with its channel.
+    pub fn remove_consumer(&self, id: ConsumerId) -> ConsumerRemoval {
+        let mut core = self.core.lock();
+        match core.readers.iter().position(|c| c.consumer.id == id) {
+            Some(at) => {
+                core.readers.remove(at);
+                ConsumerRemoval::Removed
+            }
+            None => ConsumerRemoval::Unknown,
+        }
+    }
+
+    /// Serves every consumer that has credit and something readable ahead of it.
+    pub fn dispatch(&self) {
+        let Some(queue) = self.queue.upgrade() else {
+            return;
+        };
+        let mut core = self.core.lock();
+        let Core {
+            log,
+            readers,
+            deleted,
+            ..
+        } = &mut *core;
+        if *deleted {
+            return;
+        }
+        for cursor in readers.iter_mut() {
+            if let Err(error) = cursor.serve(&queue, log) {
+                tracing::error!(queue = %queue.name(), %error, "cannot read the stream");
+            }
+        }
+    }
+
+    /// Changes how long the stream keeps its messages, and applies it.
+    pub fn set_retention(&self, retention: Retention) {
+        let mut core = self.core.lock();
+        core.retention = retention;
+        core.retain();
+    }
+
+    /// Marks the stream deleted and returns its consumers, to be told.
+    pub fn delete(&self) -> Vec<ConsumerHandle> {
+        let mut core = self.core.lock();
+        core.deleted = true;
+        core.readers.drain(..).map(|c| c.consumer).collect()
+    }
+
+    /// First half of a group-commit sync of the stream's log.
+    pub fn begin_sync(&self) -> Option<Result<PendingSync, StoreError>> {
+        let mut core = self.core.lock();
+        if core.deleted {
+            return None;
+        }
+        Some(core.log.begin_sync())
+    }
+
+    /// Second half: on success what the sync covered becomes readable, consumers
+    /// waiting for it are served and retention runs; false if the appends are not
+    /// durable.
+    pub fn complete_sync(&self, pending: PendingSync, result: &Result<(), StoreError>) -> bool {
+        let (grew, durable) = {
+            let mut core = self.core.lock();
+            let before = core.log.readable_end();
+            match core.log.complete_sync(pending, result) {
+                Ok(end) => {
+                    core.retain();
+                    (end > before, true)
+                }
+                Err(error) => {
+                    tracing::error!(dir = %core.log.dir().display(), %error, "stream sync failed");
+                    (false, false)
+                }
+            }
+        };
+        if grew {
+            self.dispatch();
+        }
+        durable
+    }
+}
+
+impl Core {
+    /// Drops whole segments retention no longer keeps.
+    fn retain(&mut self) {
+        let Retention {
+            max_bytes,
+            max_age_ms,
+        } = self.retention;
+        if max_bytes.is_none() && max_age_ms.is_none() {
+            return;
+        }
+        if let Err(error) = self.log.apply_retention(max_bytes, max_age_ms, now_ms()) {
+            tracing::warn!(dir = %self.log.dir().display(), %error, "cannot drop a stream segment yet; retried at the next commit");
+        }
+    }
+}
+
+impl Cursor {
+    /// Hands the consumer what it has credit and room for.
+    fn serve(&mut self, queue: &Arc<Queue>, log: &StreamLog) -> Result<(), StoreError> {
+        let credit = self.consumer.credit.clone();
+        let credit = &credit;
+        loop {
+            if self.pending.is_empty() && !self.fill(log)? {
+                return Ok(());
+            }
+            if !credit.has_room() {
+                return Ok(());
+            }
+            if !self.consumer.mailbox.has_room() {
+                if self.consumer.mailbox.stall(queue, credit) {
+                    continue;
+                }
+                return Ok(());
+            }
+            if !credit.try_acquire() {
+                return Ok(());
+            }
+            let Some(entry) = self.pending.pop_front() else {
+                credit.release(1);
+                return Ok(());
+            };
+            self.next = entry.offset + 1;
+            credit.handed();
+            self.consumer.mailbox.push(Outgoing::Deliver {
+                channel: self.consumer.channel,
+                consumer: self.consumer.id,
+                queue: Arc::clone(queue),
+                credit: credit.clone(),
+                message: delivery(entry),
+            });
+        }
+    }
+
+    /// Reads the next chunk with entries at or after `next` into `pending`; false when
+    /// nothing more is readable now.
+    fn fill(&mut self, log: &StreamLog) -> Result<bool, StoreError> {
+        let mut lost = 0;
+        while self.next < log.readable_end() {
+            match self.reader.read(self.at, log.readable_end())? {
+                Read::Chunk(chunk) => {
+                    self.at = chunk.next;
+                    let filter = &self.filter;
+                    let skip = !filter.values.is_empty()
+                        && !chunk
+                            .body
+                            .may_match(&filter.values, filter.match_unfiltered);
+                    let entries = chunk.body.entries().take(if skip { 0 } else { usize::MAX });
+                    for entry in entries {
+                        match entry {
+                            Ok(entry)
+                                if entry.offset >= self.next
+                                    && filter.passes(entry.filter_value.as_deref()) =>
+                            {
+                                self.pending.push_back(entry);
+                            }
+                            Ok(_) => {}
+                            Err(detail) => {
+                                tracing::error!(dir = %log.dir().display(), detail, "a damaged stream entry ends its chunk");
+                                break;
+                            }
+                        }
+                    }
+                    self.next = self.next.max(chunk.body.info.first_offset);
+                    if !self.pending.is_empty() {
+                        return Ok(true);
+                    }
+                    self.next = self.next.max(chunk.body.info.end_offset());
+                }
+                Read::End => return Ok(false),
+                Read::Lost => {
+                    // Retention took the segment, or the chunk is damaged: find the
+                    // offset again, past the damage if it is there again.
+                    lost += 1;
+                    let again = log.seek(self.next.max(log.first_offset()))?;
+                    self.at = if again == self.at || lost > 1 {
+                        log.seek_past(self.at)?
+                    } else {
+                        again
+                    };
+                    self.next = self.next.max(log.first_offset());
+                    if lost > 16 {
+                        return Ok(false);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// A stream entry as a queue delivers it: redelivered never, its offset the stream's.
+fn delivery(entry: StreamEntry) -> QueuedMessage {
+    let StreamEntry {
+        offset,
+        exchange,
+        routing_key,
+        properties,
+        body,
+        ..
+    } = entry;
+    fn text(b: &Bytes) -> &str {
+        std::str::from_utf8(b).unwrap_or_default()
+    }
+    QueuedMessage {
+        offset,
+        position: None,
+        redelivered: false,
+        expires_at_ms: 0,
+        delivery_count: 0,
+        priority: 0,
+        partition: 0,
+        message: Message::new(text(&exchange), text(&routing_key), &properties, body),
+    }
+}
