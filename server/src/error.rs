@@ -172,6 +172,20 @@ pub mod stream {
         )
     }
 
+    /// 406: a second live consumer tracking its offsets under the same consumer tag.
+    pub fn tracking_key_in_use(key: &str, name: &str, vhost: &str) -> AmqpError {
+        super::precondition(format!(
+            "consumer tag '{key}' already tracks its offsets in stream queue '{name}' in vhost '{vhost}'"
+        ))
+    }
+
+    /// 406: offset tracking asked for without a consumer tag to keep it under.
+    pub fn tracking_without_tag(name: &str, vhost: &str) -> AmqpError {
+        super::precondition(format!(
+            "invalid arg 'x-stream-automatic-offset-tracking' for queue '{name}' in vhost '{vhost}': \"requires a consumer tag\""
+        ))
+    }
+
     /// 540: a stream consumer on a channel with a global `basic.qos`.
     pub fn global_qos(name: &str, vhost: &str) -> AmqpError {
         AmqpError::new(

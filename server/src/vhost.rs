@@ -28,11 +28,13 @@ use crate::queue::arguments::{self, QueueArguments, QueueType};
 use crate::queue::dead_letter;
 use crate::queue::{
     ConnectionId, Effects, Enqueued, Move, MoveRoute, Queue, QueueDeclare, QueueEnv, QueueSettings,
+    StreamFiles,
 };
 use crate::store::definitions::{BindingDef, Change, Definitions, ExchangeDef, QueueDef};
 use crate::store::stream_log::{
     DEFAULT_STREAM_FILTER_BYTES, DEFAULT_STREAM_SEGMENT_SIZE, SEGMENT_SIZE_RANGE, StreamLog,
 };
+use crate::store::stream_offsets::StreamOffsets;
 use crate::store::{BrokerStore, QueueLog, Recovery, SegmentPosition, SyncTarget};
 use crate::timers::{Timers, Wake, now_ms};
 use amqp_codec::ReplyCode;
@@ -165,7 +167,7 @@ impl VHost {
         settings: QueueSettings,
         log: Option<QueueLog>,
         recovered: &Recovery,
-        stream: Option<StreamLog>,
+        stream: Option<(StreamLog, StreamOffsets)>,
     ) -> Arc<Queue> {
         Arc::new_cyclic(|me| {
             let clock: Arc<dyn Wake> = Arc::new(QueueClock {
@@ -179,8 +181,9 @@ impl VHost {
                 memory_tight: self.memory_tight.clone(),
             };
             match (log, stream) {
-                (Some(home), Some(stream)) => {
-                    Queue::new_stream(me.clone(), name, &self.name, settings, home, stream, env)
+                (Some(home), Some((log, offsets))) => {
+                    let files = StreamFiles { home, log, offsets };
+                    Queue::new_stream(me.clone(), name, &self.name, settings, files, env)
                 }
                 (log, _) => Queue::new(name, &self.name, settings, log, recovered, env),
             }
@@ -196,7 +199,7 @@ impl VHost {
         home: Option<&QueueLog>,
         args: &FieldTable,
         name: &str,
-    ) -> AmqpResult<StreamLog> {
+    ) -> AmqpResult<(StreamLog, StreamOffsets)> {
         let failed = |why: String| {
             AmqpError::new(
                 ReplyCode::InternalError,
@@ -210,9 +213,13 @@ impl VHost {
             return Err(failed("the broker runs without a data directory".into()));
         };
         let (segment, bloom) = stream_log_settings(args);
-        store
+        let log = store
             .create_stream_log(home, segment, bloom)
-            .map_err(|e| failed(e.to_string()))
+            .map_err(|e| failed(e.to_string()))?;
+        let offsets = store
+            .open_stream_offsets(home)
+            .map_err(|e| failed(e.to_string()))?;
+        Ok((log, offsets))
     }
 
     /// Drops a deleted queue's messages; its durable log goes once the deletion (written
@@ -1481,7 +1488,7 @@ impl VHost {
                 let (segment, bloom) = stream_log_settings(&def.arguments);
                 let (stream, recovery) = store.open_stream_log(&log, segment, bloom)?;
                 messages += recovery.messages;
-                Some(stream)
+                Some((stream, store.open_stream_offsets(&log)?))
             } else {
                 None
             };

@@ -169,6 +169,9 @@ impl Channel {
             if self.channel_limit.limit() > 0 {
                 return Err(error::stream::global_qos(queue.name(), vhost));
             }
+            if options.track_offsets && consume.consumer_tag.as_str().is_empty() {
+                return Err(error::stream::tracking_without_tag(queue.name(), vhost));
+            }
         }
         let tag: ShortStr = if consume.consumer_tag.as_str().is_empty() {
             names::server_consumer_tag().into()
@@ -219,7 +222,8 @@ impl Channel {
                 values: options.stream_filter.clone(),
                 match_unfiltered: options.match_unfiltered,
             };
-            queue.add_stream_consumer(handle, stream_start(&options), filter)
+            let track = options.track_offsets.then(|| tag.to_string());
+            queue.add_stream_consumer(handle, stream_start(&options), filter, track)
         } else {
             queue.add_member(handle, &membership, ctx.effects)
         };

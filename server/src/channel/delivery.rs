@@ -305,6 +305,9 @@ impl Channel {
         entries.retain(|u| !u.control);
         for entry in &entries {
             if let Some(credit) = &entry.credit {
+                if entry.queue.is_stream() {
+                    entry.queue.stream_settled(credit, &[entry.message.offset]);
+                }
                 credit.release(1);
                 ctx.kick_later(&entry.queue);
             } else if entry.queue.partitions().is_some() {

@@ -60,6 +60,7 @@ use dead_letter::{DeadLetter, DeathReason};
 pub(crate) use paging::Paging;
 use partitioned::{Locked, Partitioned};
 use ready::Ready;
+pub use stream::StreamFiles;
 use stream::{Retention, Stream, StreamFilter, StreamStart};
 
 /// Identifies a consumer across the broker (unique for the broker's lifetime).
@@ -838,17 +839,17 @@ impl Queue {
         }
     }
 
-    /// A stream queue over `log`, whose files sit in `home`'s directory. `me` is the
-    /// queue's own reference (the stream hands out deliveries that name it).
+    /// A stream queue over `files`. `me` is the queue's own reference (the stream
+    /// hands out deliveries that name it).
     pub fn new_stream(
         me: Weak<Queue>,
         name: ShortStr,
         vhost_name: &str,
         settings: QueueSettings,
-        home: QueueLog,
-        log: crate::store::stream_log::StreamLog,
+        files: StreamFiles,
         env: QueueEnv,
     ) -> Self {
+        let StreamFiles { home, log, offsets } = files;
         let args = settings.parsed.clone();
         let retention = retention(&args, &settings.arguments);
         let state = QueueState {
@@ -866,7 +867,7 @@ impl Queue {
             settings,
             body: Body::Stream {
                 home: Mutex::new(state),
-                stream: Stream::new(me, log, retention),
+                stream: Stream::new(me, log, offsets, retention),
             },
             flow: FlowGauge::default(),
             last_used_ms: AtomicU64::new(now_ms()),
@@ -888,15 +889,17 @@ impl Queue {
     }
 
     /// Registers a consumer of a stream, reading from `start` the messages `filter`
-    /// passes.
+    /// passes; a tracked one (`track`: its key) resumes at its committed offset.
     ///
     /// # Errors
-    /// 404 if the queue was deleted meanwhile; 541 if the log cannot be read.
+    /// 404 if the queue was deleted meanwhile; 406 if another consumer tracks under
+    /// the same key; 541 if the log cannot be read.
     pub fn add_stream_consumer(
-        &self,
+        self: &Arc<Self>,
         consumer: ConsumerHandle,
         start: StreamStart,
         filter: StreamFilter,
+        track: Option<String>,
     ) -> AmqpResult<()> {
         let Some(stream) = self.stream() else {
             return Err(AmqpError::new(
@@ -907,12 +910,48 @@ impl Queue {
         if self.lock(0).deleted {
             return Err(crate::error::no_queue(&self.name, &self.vhost_name));
         }
-        stream.add_consumer(consumer, start, filter).map_err(|e| {
-            AmqpError::new(
-                ReplyCode::InternalError,
-                format!("cannot read stream '{}': {e}", self.name),
-            )
-        })
+        let key = track.clone();
+        let ask_sync = stream
+            .add_consumer(consumer, start, filter, track)
+            .map_err(|e| match e {
+                stream::AddError::Tracked => crate::error::stream::tracking_key_in_use(
+                    key.as_deref().unwrap_or_default(),
+                    &self.name,
+                    &self.vhost_name,
+                ),
+                stream::AddError::Store(e) => AmqpError::new(
+                    ReplyCode::InternalError,
+                    format!("cannot read stream '{}': {e}", self.name),
+                ),
+            })?;
+        if ask_sync {
+            self.ask_sync();
+        }
+        Ok(())
+    }
+
+    /// Asks the group commit for a round over this queue's logs, for a change no
+    /// publish may come to carry to disk (a stream's committed offsets).
+    fn ask_sync(self: &Arc<Self>) {
+        if let Some(store) = self.env.store.upgrade() {
+            store.commit(self.sync_targets(), None);
+        }
+    }
+
+    /// Records that a stream consumer (known by its `credit`) settled the deliveries
+    /// at `offsets`, for its tracked offset.
+    pub fn stream_settled(self: &Arc<Self>, credit: &Arc<Credit>, offsets: &[u64]) {
+        let Some(stream) = self.stream() else {
+            return;
+        };
+        if stream.settled(credit, offsets) {
+            self.ask_sync();
+        }
+    }
+
+    /// A stream's committed offset under tracking key `key`, if it has one.
+    pub fn committed_offset(&self, key: &str) -> Option<u64> {
+        self.stream()?.committed_offset(key)
     }
 
     /// Gives partition `p` of a recovered partitioned queue its log, as found at start.
@@ -1616,7 +1655,12 @@ impl Queue {
         effects: &mut Effects,
     ) -> AmqpResult<()> {
         if self.is_stream() {
-            return self.add_stream_consumer(consumer, StreamStart::Next, StreamFilter::default());
+            return self.add_stream_consumer(
+                consumer,
+                StreamStart::Next,
+                StreamFilter::default(),
+                None,
+            );
         }
         if let Some(parts) = self.partitioned() {
             if self.lock(0).deleted {

@@ -13,22 +13,35 @@
 //! consumer's connection, or the commit thread after a sync). The lock is the stream's
 //! alone: publishers to other queues and other streams never wait for it.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Weak};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::mailbox::Outgoing;
-use super::{ConsumerHandle, ConsumerId, ConsumerRemoval, Enqueued, Queue};
+use super::{ConsumerHandle, ConsumerId, ConsumerRemoval, Credit, Enqueued, Queue};
 use amqp_codec::properties::Property;
 use amqp_codec::table::find_header;
 
 use crate::message::{Message, QueuedMessage};
 use crate::store::stream_format::{StreamEntry, StreamRecord};
 use crate::store::stream_log::{ChunkPosition, Read, StreamLog, StreamReader};
-use crate::store::{PendingSync, StoreError};
+use crate::store::stream_offsets::StreamOffsets;
+use crate::store::{PendingSync, QueueLog, StoreError};
 use crate::timers::now_ms;
+
+/// What a stream keeps on disk: its log and committed offsets, in the directory of its
+/// (empty) queue log `home`, which stands for the stream in the queue's life cycle.
+#[derive(Debug)]
+pub struct StreamFiles {
+    /// The queue log whose directory holds the stream's files.
+    pub home: QueueLog,
+    /// The messages.
+    pub log: StreamLog,
+    /// The committed offsets of tracked consumers.
+    pub offsets: StreamOffsets,
+}
 
 /// Where a new consumer starts reading (`x-stream-offset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +97,17 @@ fn filter_value(message: &Message) -> Option<&str> {
 /// The header a publisher tags a message with for filtering consumers.
 const FILTER_VALUE_HEADER: &str = "x-stream-filter-value";
 
+/// Why a consumer could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddError {
+    /// Another live consumer tracks its offsets under the same key.
+    #[error("the offset tracking key is in use")]
+    Tracked,
+    /// Reading the log to find the start failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// How long retention keeps a stream: from `x-max-length-bytes` and `x-max-age` or
 /// their policy keys.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -105,9 +129,13 @@ pub struct Stream {
 #[derive(Debug)]
 struct Core {
     log: StreamLog,
+    /// The committed offsets of tracked consumers, synced with the log.
+    offsets: StreamOffsets,
     readers: Vec<Cursor>,
     retention: Retention,
     deleted: bool,
+    /// A commit was asked for to sync changed offsets, and has not begun yet.
+    sync_asked: bool,
 }
 
 /// One consumer's place in the stream.
@@ -122,18 +150,37 @@ struct Cursor {
     /// Entries of the last chunk read that are not delivered yet.
     pending: VecDeque<StreamEntry>,
     filter: StreamFilter,
+    /// A tracked consumer's key and the offsets delivered to it and not settled.
+    tracked: Option<(String, BTreeSet<u64>)>,
+}
+
+impl Cursor {
+    /// What a tracked consumer has consumed up to: its lowest unsettled delivery, or
+    /// the next offset it would be given.
+    fn committed(&self) -> Option<(&str, u64)> {
+        let (key, outstanding) = self.tracked.as_ref()?;
+        Some((key, outstanding.first().copied().unwrap_or(self.next)))
+    }
 }
 
 impl Stream {
-    /// The body of `queue` over `log`, kept as `retention` says.
-    pub fn new(queue: Weak<Queue>, log: StreamLog, retention: Retention) -> Self {
+    /// The body of `queue` over `log` and the committed `offsets` of its tracked
+    /// consumers, kept as `retention` says.
+    pub fn new(
+        queue: Weak<Queue>,
+        log: StreamLog,
+        offsets: StreamOffsets,
+        retention: Retention,
+    ) -> Self {
         Self {
             queue,
             core: Mutex::new(Core {
                 log,
+                offsets,
                 readers: Vec::new(),
                 retention,
                 deleted: false,
+                sync_asked: false,
             }),
         }
     }
@@ -165,25 +212,41 @@ impl Stream {
         core.log.readable_end() - core.log.first_offset()
     }
 
-    /// Registers a consumer starting at `start`, and serves it.
+    /// Registers a consumer starting at `start`, and serves it. A tracked consumer
+    /// (`track` names its key) resumes where its committed offset says instead, when
+    /// it has one. Returns whether a commit must be asked for to make the tracked
+    /// consumer's start durable.
     ///
     /// # Errors
-    /// Finding the start in the log's index failed.
+    /// [`AddError::Tracked`] if a live consumer already tracks under that key; finding
+    /// the start in the log's index failed.
     pub fn add_consumer(
         &self,
         consumer: ConsumerHandle,
         start: StreamStart,
         filter: StreamFilter,
-    ) -> Result<(), StoreError> {
+        track: Option<String>,
+    ) -> Result<bool, AddError> {
+        let mut ask_sync = false;
         {
             let mut core = self.core.lock();
+            if let Some(key) = &track
+                && core
+                    .readers
+                    .iter()
+                    .any(|c| c.tracked.as_ref().is_some_and(|(k, _)| k == key))
+            {
+                return Err(AddError::Tracked);
+            }
+            let resume = track.as_deref().and_then(|key| core.offsets.get(key));
+            let start = resume.map_or(start, StreamStart::Offset);
             let log = &core.log;
             let next = match start {
                 StreamStart::First => log.first_offset(),
                 StreamStart::Last => log.last_chunk_offset(),
                 StreamStart::Next => log.end_offset(),
                 StreamStart::Offset(offset) => offset.max(log.first_offset()),
-                StreamStart::Timestamp(ms) => log.offset_at_time(ms)?,
+                StreamStart::Timestamp(ms) => log.offset_at_time(ms).map_err(AddError::Store)?,
             };
             let cursor = Cursor {
                 consumer,
@@ -192,11 +255,57 @@ impl Stream {
                 reader: log.reader(),
                 pending: VecDeque::new(),
                 filter,
+                tracked: track.map(|key| (key, BTreeSet::new())),
             };
+            if let Some((key, offset)) = cursor.committed()
+                && core.offsets.set(key, offset)
+                && !core.sync_asked
+            {
+                core.sync_asked = true;
+                ask_sync = true;
+            }
             core.readers.push(cursor);
         }
         self.dispatch();
-        Ok(())
+        Ok(ask_sync)
+    }
+
+    /// Records that the consumer whose credit is `credit` settled the deliveries at
+    /// `offsets`: a tracked consumer's committed offset moves on. Returns whether a
+    /// commit must be asked for to make it durable (none is pending yet).
+    #[must_use]
+    pub fn settled(&self, credit: &Arc<Credit>, offsets: &[u64]) -> bool {
+        let mut core = self.core.lock();
+        let Core {
+            readers,
+            offsets: committed,
+            sync_asked,
+            ..
+        } = &mut *core;
+        let Some(cursor) = readers
+            .iter_mut()
+            .find(|c| c.tracked.is_some() && Arc::ptr_eq(&c.consumer.credit, credit))
+        else {
+            return false;
+        };
+        if let Some((_, outstanding)) = cursor.tracked.as_mut() {
+            for offset in offsets {
+                outstanding.remove(offset);
+            }
+        }
+        let Some((key, offset)) = cursor.committed() else {
+            return false;
+        };
+        if !committed.set(key, offset) || *sync_asked {
+            return false;
+        }
+        *sync_asked = true;
+        true
+    }
+
+    /// The committed offset of tracking key `key`, if it has one.
+    pub fn committed_offset(&self, key: &str) -> Option<u64> {
+        self.core.lock().offsets.get(key)
     }
 
     /// Unregisters a consumer; what was handed to it stays with its channel.
@@ -247,13 +356,27 @@ impl Stream {
         core.readers.drain(..).map(|c| c.consumer).collect()
     }
 
-    /// First half of a group-commit sync of the stream's log.
+    /// First half of a group-commit sync of the stream's log and committed offsets.
     pub fn begin_sync(&self) -> Option<Result<PendingSync, StoreError>> {
         let mut core = self.core.lock();
         if core.deleted {
             return None;
         }
-        Some(core.log.begin_sync())
+        core.sync_asked = false;
+        let pending = match core.log.begin_sync() {
+            Ok(pending) => pending,
+            Err(e) => return Some(Err(e)),
+        };
+        let dir = core.log.dir().to_path_buf();
+        Some(match core.offsets.begin_sync() {
+            Ok(None) => Ok(pending),
+            Ok(Some((file, with_dir))) => Ok(pending.with_file(file, with_dir.then_some(dir))),
+            Err(e) => {
+                // The messages' sync goes ahead; the offsets are written by the next.
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot write stream offsets");
+                Ok(pending)
+            }
+        })
     }
 
     /// Second half: on success what the sync covered becomes readable, consumers
@@ -263,6 +386,9 @@ impl Stream {
         let (grew, durable) = {
             let mut core = self.core.lock();
             let before = core.log.readable_end();
+            if let Err(error) = core.offsets.complete_sync(result.is_ok()) {
+                tracing::warn!(dir = %core.log.dir().display(), %error, "cannot remove old stream offsets yet");
+            }
             match core.log.complete_sync(pending, result) {
                 Ok(end) => {
                     core.retain();
@@ -323,6 +449,9 @@ impl Cursor {
                 return Ok(());
             };
             self.next = entry.offset + 1;
+            if let Some((_, outstanding)) = self.tracked.as_mut() {
+                outstanding.insert(entry.offset);
+            }
             credit.handed();
             self.consumer.mailbox.push(Outgoing::Deliver {
                 channel: self.consumer.channel,

@@ -16,6 +16,7 @@ use super::format::DEFAULT_SEGMENT_SIZE;
 use super::fs::{FsRef, RealFs};
 use super::pending::PendingChanges;
 use super::stream_log::{StreamLog, StreamRecovery};
+use super::stream_offsets::StreamOffsets;
 use super::{DataDirLock, QueueLog, Recovery, Result, StoreError, Syncer};
 
 const QUEUES_DIR: &str = "queues";
@@ -287,6 +288,15 @@ impl BrokerStore {
         bloom_bytes: u8,
     ) -> Result<(StreamLog, StreamRecovery)> {
         StreamLog::open(self.fs.clone(), home.dir(), segment_bytes, bloom_bytes)
+    }
+
+    /// The committed offsets of a stream's tracked consumers, in the directory of its
+    /// queue log `home` (none yet for a new stream).
+    ///
+    /// # Errors
+    /// I/O failures or an incompatible file.
+    pub fn open_stream_offsets(&self, home: &QueueLog) -> Result<StreamOffsets> {
+        StreamOffsets::open(self.fs.clone(), home.dir())
     }
 
     /// Removes the log of a deleted queue once its deletion (recorded before this call) is

@@ -237,6 +237,14 @@ impl PendingSync {
         }
     }
 
+    /// This sync with one more file to fdatasync (written through `file.1`) and,
+    /// if given, a directory to fsync.
+    pub(crate) fn with_file(mut self, file: (PathBuf, FileRef), dir: Option<PathBuf>) -> Self {
+        self.files.push(file);
+        self.dirs.extend(dir);
+        self
+    }
+
     /// Its files and directories back, for a log to sync again after a transient failure.
     pub(crate) fn into_files(self) -> (Vec<(PathBuf, FileRef)>, Vec<PathBuf>) {
         (self.files, self.dirs)

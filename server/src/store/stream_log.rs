@@ -575,7 +575,14 @@ impl StreamLog {
                     }
                 }
                 let active_path = self.active.as_ref().map(|a| a.segment_path.clone());
-                for (path, file) in files {
+                // Only this log's files: others (a stream's offsets) share the sync.
+                let ours = |path: &Path| {
+                    path.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(sf::parse_file_name)
+                        .is_some()
+                };
+                for (path, file) in files.into_iter().filter(|(p, _)| ours(p)) {
                     let is_active = active_path
                         .as_ref()
                         .is_some_and(|p| *p == path || p.with_extension("sidx") == path);

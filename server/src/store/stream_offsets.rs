@@ -118,13 +118,14 @@ impl StreamOffsets {
         self.current.get(key).copied()
     }
 
-    /// Sets `key`'s offset, durable at the next sync.
-    pub fn set(&mut self, key: &str, offset: u64) {
+    /// Sets `key`'s offset, durable at the next sync; returns whether it changed.
+    pub fn set(&mut self, key: &str, offset: u64) -> bool {
         if self.current.get(key) == Some(&offset) {
-            return;
+            return false;
         }
         self.current.insert(key.to_owned(), offset);
         self.dirty.insert(key.to_owned(), offset);
+        true
     }
 
     /// Writes what changed (or a new generation's snapshot) and returns the file to
