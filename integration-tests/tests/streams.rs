@@ -552,3 +552,113 @@ async fn filters_deliver_exactly_what_was_asked_for() {
         assert_no_delivery(&mut c).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_super_stream_as_rabbitmqs_tools_declare_it_routes_by_partition_key() {
+    let dir = integration_tests::temp_data_dir("streams-super");
+    let name = unique_name("invoices");
+    {
+        let server = TestServer::start_in(&dir).await;
+        let (_conn, channel) = open_confirm(&server).await;
+        within(
+            "exchange.declare",
+            channel.exchange_declare(
+                name.as_str().into(),
+                lapin::ExchangeKind::Direct,
+                lapin::options::ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                table(&[("x-super-stream", AMQPValue::Boolean(true))]),
+            ),
+        )
+        .await
+        .expect("the super stream's exchange");
+        for p in 0..3 {
+            let partition = format!("{name}-{p}");
+            within(
+                "queue.declare",
+                channel.queue_declare(
+                    partition.as_str().into(),
+                    durable(),
+                    stream_args(&[("x-queue-leader-locator", text("balanced"))]),
+                ),
+            )
+            .await
+            .expect("a partition stream");
+            within(
+                "queue.bind",
+                channel.queue_bind(
+                    partition.as_str().into(),
+                    name.as_str().into(),
+                    p.to_string().as_str().into(),
+                    Default::default(),
+                    table(&[("x-stream-partition-order", AMQPValue::LongLongInt(p))]),
+                ),
+            )
+            .await
+            .expect("bind");
+        }
+        for (i, key) in ["0", "2", "2", "1", "0"].iter().enumerate() {
+            publish(&channel, &name, key, format!("m{i}").as_bytes()).await;
+        }
+        server.stop().await;
+    }
+    let server = TestServer::start_in(&dir).await;
+    let (conn, channel) = open_confirm(&server).await;
+    publish(&channel, &name, "1", b"m5").await;
+    for (p, want) in [
+        (0, vec!["m0", "m4"]),
+        (1, vec!["m3", "m5"]),
+        (2, vec!["m1", "m2"]),
+    ] {
+        let ch = common::channel(&conn).await;
+        let partition = format!("{name}-{p}");
+        let mut c = consume(&ch, &partition, 10, Some(text("first")))
+            .await
+            .expect("consume");
+        let got: Vec<String> = take(&mut c, want.len())
+            .await
+            .into_iter()
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(got, want, "partition {p}");
+    }
+    server.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn retention_drops_the_oldest_segments_past_max_length_bytes() {
+    let server = TestServer::start().await;
+    let (conn, channel) = open_confirm(&server).await;
+    let name = unique_name("s-retention");
+    within(
+        "queue.declare",
+        channel.queue_declare(
+            name.as_str().into(),
+            durable(),
+            stream_args(&[
+                ("x-max-length-bytes", AMQPValue::LongInt(20_000)),
+                ("x-stream-max-segment-size-bytes", AMQPValue::LongInt(4096)),
+            ]),
+        ),
+    )
+    .await
+    .expect("declare");
+    let body = vec![b'x'; 1000];
+    for _ in 0..100 {
+        publish(&channel, "", &name, &body).await;
+    }
+    let count = message_count(&channel, &name).await;
+    assert!(
+        (10..=30).contains(&count),
+        "about 20 KB of 1 KB messages kept, within a segment: {count}"
+    );
+    let reader = common::channel(&conn).await;
+    let mut c = consume(&reader, &name, 100, Some(text("first")))
+        .await
+        .expect("consume");
+    let first = next_delivery(&mut c).await;
+    assert_eq!(offset_of(&first), 100 - i64::from(count));
+}
