@@ -46,13 +46,14 @@ use serde_json::{Map, Value};
 
 use crate::erlang;
 use crate::queue::arguments::{
-    DeadLetterStrategy, MAX_PARTITIONS, Overflow, QueueArguments, QueueType,
+    self, DeadLetterStrategy, MAX_PARTITIONS, Overflow, QueueArguments, QueueType,
 };
 
 const MESSAGE_TTL: &str = "message-ttl";
 const EXPIRES: &str = "expires";
 const MAX_LENGTH: &str = "max-length";
 const MAX_LENGTH_BYTES: &str = "max-length-bytes";
+const MAX_AGE: &str = "max-age";
 const OVERFLOW: &str = "overflow";
 const DLX: &str = "dead-letter-exchange";
 const DLX_ROUTING_KEY: &str = "dead-letter-routing-key";
@@ -137,7 +138,7 @@ const RULES: &[Rule] = &[
         Check::NonNegInt,
         "is not a valid cluster size",
     ),
-    rule("max-age", Check::MaxAge, "is not a valid max age"),
+    rule(MAX_AGE, Check::MaxAge, "is not a valid max age"),
     rule(
         "max-in-memory-bytes",
         Check::NonNegInt,
@@ -406,6 +407,8 @@ pub struct PolicyDefinition {
     pub consumer_timeout: Option<u64>,
     /// `alternate-exchange` (exchanges).
     pub alternate_exchange: Option<String>,
+    /// `max-age` (streams), in milliseconds.
+    pub max_age_ms: Option<u64>,
     /// `partitions`: the partition count of queues made while the policy applies to them
     /// (1..=[`MAX_PARTITIONS`]), unless they declare `x-partitions`. Read only at
     /// creation: see [`Policies::partitions_at_creation`].
@@ -432,6 +435,7 @@ impl PolicyDefinition {
             (CONSUMER_TIMEOUT, self.consumer_timeout.is_some()),
             (ALTERNATE_EXCHANGE, self.alternate_exchange.is_some()),
             (PARTITIONS, self.partitions.is_some()),
+            (MAX_AGE, self.max_age_ms.is_some()),
         ];
         typed
             .into_iter()
@@ -527,6 +531,11 @@ impl PolicyDefinition {
             PARTITIONS => {
                 self.partitions = value.as_u64().and_then(|n| u16::try_from(n).ok());
             }
+            MAX_AGE => {
+                self.max_age_ms = value
+                    .as_str()
+                    .and_then(|age| arguments::parse_max_age(age.as_bytes()));
+            }
             other => self.ignored.push(other.to_owned()),
         }
     }
@@ -543,17 +552,10 @@ fn check(check: Check, value: &Value) -> bool {
         Check::IntRange(low, high) => int().is_some_and(|n| (low..=high).contains(&n)),
         Check::OneOf(allowed) => value.as_str().is_some_and(|s| allowed.contains(&s)),
         Check::OneOfInt(allowed) => int().is_some_and(|n| allowed.contains(&n)),
-        Check::MaxAge => value.as_str().is_some_and(valid_max_age),
+        Check::MaxAge => value
+            .as_str()
+            .is_some_and(|age| arguments::parse_max_age(age.as_bytes()).is_some()),
     }
-}
-
-/// `rabbit_amqqueue:check_max_age/1`: a positive number of `Y`, `M`, `D`, `h`, `m` or `s`.
-fn valid_max_age(age: &str) -> bool {
-    let digits = age.len() - age.trim_start_matches(|c: char| c.is_ascii_digit()).len();
-    let (value, unit) = age.split_at(digits);
-    !value.is_empty()
-        && value.bytes().any(|b| b != b'0')
-        && ["Y", "M", "D", "h", "m", "s"].contains(&unit)
 }
 
 /// One policy: which queues and exchanges it covers, and what it sets.
@@ -931,7 +933,12 @@ pub fn effective(
     out.message_ttl = lower(declared.message_ttl, policy.message_ttl);
     out.expires = lower(declared.expires, policy.expires);
     out.max_length = lower(declared.max_length, policy.max_length);
-    out.max_length_bytes = lower(declared.max_length_bytes, policy.max_length_bytes);
+    out.max_length_bytes = if declared.queue_type == QueueType::Stream {
+        // rabbit_stream_queue: for a stream's retention the policy wins.
+        policy.max_length_bytes.or(declared.max_length_bytes)
+    } else {
+        lower(declared.max_length_bytes, policy.max_length_bytes)
+    };
     out.consumer_timeout = lower(declared.consumer_timeout, policy.consumer_timeout);
     out.dead_letter_exchange = declared
         .dead_letter_exchange
@@ -1368,6 +1375,25 @@ mod tests {
     }
 
     #[test]
+    fn a_streams_retention_policy_wins_over_its_arguments() {
+        let stream = [
+            ("x-queue-type", s("stream")),
+            ("x-max-length-bytes", V::LongInt(100)),
+        ];
+        let applied = apply(&stream, Some(json!({"max-length-bytes": 5000})));
+        assert_eq!(applied.max_length_bytes, Some(5000));
+        assert_eq!(apply(&stream, None).max_length_bytes, Some(100));
+        // A classic queue keeps the lower of the two.
+        let classic = [("x-max-length-bytes", V::LongInt(100))];
+        let applied = apply(&classic, Some(json!({"max-length-bytes": 5000})));
+        assert_eq!(applied.max_length_bytes, Some(100));
+        assert_eq!(
+            definition(json!({"max-age": "2h"})).max_age_ms,
+            Some(2 * 3_600_000)
+        );
+    }
+
+    #[test]
     fn definitions_are_typed() {
         let def = definition(json!({
             "message-ttl": 0, "expires": 1, "max-length": 2, "max-length-bytes": 3,
@@ -1390,6 +1416,7 @@ mod tests {
                 delivery_limit: None,
                 consumer_timeout: Some(4),
                 alternate_exchange: Some("ae".to_owned()),
+                max_age_ms: None,
                 partitions: None,
                 ignored: vec![
                     "queue-leader-locator".to_owned(),

@@ -26,6 +26,7 @@ use crate::names;
 use crate::policy::{self, Policies};
 use crate::queue::arguments::{self, QueueArguments, QueueType};
 use crate::queue::dead_letter;
+use crate::queue::stream::Retention;
 use crate::queue::{
     ConnectionId, Effects, Enqueued, Move, MoveRoute, Queue, QueueDeclare, QueueEnv, QueueSettings,
     StreamFiles,
@@ -410,6 +411,26 @@ impl VHost {
 
     /// The arguments `queue` runs with: its declared ones under the policy that matches
     /// it, with RabbitMQ's precedence.
+    /// Puts `queue` under the policy that matches it now (none: its own arguments).
+    fn apply_queue_policy(&self, queue: &Arc<Queue>, effects: &mut Effects) {
+        let args = self.effective_arguments(queue);
+        if queue.is_stream() {
+            // A stream's retention: the policy's `max-age` wins over `x-max-age`.
+            let settings = queue.settings();
+            let policy_age = self
+                .policies
+                .read()
+                .for_queue(&self.name, queue.name(), settings.parsed.queue_type)
+                .and_then(|p| p.definition.max_age_ms);
+            let declared_age = arguments::StreamArguments::of(&settings.arguments).max_age_ms;
+            queue.set_stream_retention(Retention {
+                max_bytes: args.max_length_bytes,
+                max_age_ms: policy_age.or(declared_age),
+            });
+        }
+        queue.set_arguments(args, effects);
+    }
+
     fn effective_arguments(&self, queue: &Queue) -> QueueArguments {
         let settings = queue.settings();
         let policies = self.policies.read();
@@ -437,7 +458,7 @@ impl VHost {
                     partitions = ?queue.partitions(), wanted,
                     "a policy's partitions apply only to new queues: delete and re-declare it to change its partitions");
             }
-            queue.set_arguments(self.effective_arguments(&queue), &mut effects);
+            self.apply_queue_policy(&queue, &mut effects);
         }
         for exchange in self.exchanges.read().values() {
             self.apply_exchange_policy(exchange);
@@ -864,7 +885,7 @@ impl VHost {
             &Recovery::default(),
             stream,
         );
-        queue.set_arguments(self.effective_arguments(&queue), effects);
+        self.apply_queue_policy(&queue, effects);
         let raced = {
             let mut queues = self.queues.write();
             match queues.get(&*declare.name) {
@@ -1516,7 +1537,7 @@ impl VHost {
                 }
             }
             // What this drops or expires is carried out once the whole vhost is back.
-            queue.set_arguments(self.effective_arguments(&queue), &mut effects);
+            self.apply_queue_policy(&queue, &mut effects);
             self.queues.write().insert(def.name.clone(), queue);
         }
         let delayed: Vec<Arc<Exchange>> = self

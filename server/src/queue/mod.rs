@@ -60,8 +60,9 @@ use dead_letter::{DeadLetter, DeathReason};
 pub(crate) use paging::Paging;
 use partitioned::{Locked, Partitioned};
 use ready::Ready;
+pub use stream::Retention;
 pub use stream::StreamFiles;
-use stream::{Retention, Stream, StreamFilter, StreamStart};
+use stream::{Stream, StreamFilter, StreamStart};
 
 /// Identifies a consumer across the broker (unique for the broker's lifetime).
 pub type ConsumerId = u64;
@@ -883,6 +884,13 @@ impl Queue {
         }
     }
 
+    /// Changes how long a stream keeps its messages, and applies it.
+    pub fn set_stream_retention(&self, retention: Retention) {
+        if let Some(stream) = self.stream() {
+            stream.set_retention(retention);
+        }
+    }
+
     /// Whether this is a stream (`x-queue-type: stream`).
     pub fn is_stream(&self) -> bool {
         self.stream().is_some()
@@ -1102,8 +1110,8 @@ impl Queue {
     /// Replaces the arguments in force (a policy changed) and applies them at once:
     /// length limits drop what is now too much, TTLs expire what is now too old.
     pub fn set_arguments(self: &Arc<Self>, args: QueueArguments, effects: &mut Effects) {
-        if let Some(stream) = self.stream() {
-            stream.set_retention(retention(&args, &self.settings.arguments));
+        if self.is_stream() {
+            // A stream's retention comes with its policy ([`Queue::set_stream_retention`]).
             self.lock(0).args = args;
             return;
         }

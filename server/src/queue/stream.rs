@@ -238,6 +238,8 @@ impl Stream {
             {
                 return Err(AddError::Tracked);
             }
+            // Age retention runs at commits; an idle stream catches up here.
+            core.retain();
             let resume = track.as_deref().and_then(|key| core.offsets.get(key));
             let start = resume.map_or(start, StreamStart::Offset);
             let log = &core.log;
