@@ -12,7 +12,10 @@
 //!   recorded; after rounds ended by SIGKILL and a restart, the ledger queues are drained
 //!   and every confirmed id must be there (a copy more is allowed only if flagged
 //!   redelivered). One of them is partitioned and fed by key: its drain must also give
-//!   each key's messages in publish order, each in the partition of its key.
+//!   each key's messages in publish order, each in the partition of its key. A stream
+//!   (`ledger.s`) gets a copy of every message of the fanout route: read from its first
+//!   offset, it must hold every confirmed one, once each and in publish order, however
+//!   many rounds went by (a stream keeps what it is given).
 //!
 //! Errors the chaos provokes (a passive declare of a missing queue, an exclusive queue of
 //! another connection, inequivalent arguments, a deleted exchange) close channels and
@@ -74,13 +77,15 @@ const LEDGER_QUEUES: [&str; 4] = ["ledger.q0", "ledger.q1", "ledger.q2", LEDGER_
 const LEDGER_PARTITIONED: &str = "ledger.p";
 /// Its partition count.
 const LEDGER_PARTITIONS: i32 = 4;
+/// The ledger stream, bound to the fanout exchange `ledger.f`.
+const LEDGER_STREAM: &str = "ledger.s";
 /// The keys its messages are published with.
 const LEDGER_KEYS: [&str; 7] = ["pk0", "pk1", "pk2", "pk3", "pk4", "pk5", "pk6"];
 
 /// The queues the chaos declares, publishes to, consumes from and deletes. The prefix
 /// fixes each one's arguments (see [`queue_spec`]), so that declares by different
 /// clients agree and redeclaring is the common case.
-const QUEUES: [&str; 22] = [
+const QUEUES: [&str; 24] = [
     "c.plain.0",
     "c.plain.1",
     "c.plain.2",
@@ -103,6 +108,8 @@ const QUEUES: [&str; 22] = [
     "c.part.0",
     "c.part.1",
     "c.dlq",
+    "c.stream.0",
+    "c.stream.1",
 ];
 
 /// The TTL and dead-lettering queues, which get more traffic and redeclares than the
@@ -279,6 +286,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Ledger {
     next_id: AtomicU64,
     confirmed: Mutex<HashSet<u64>>,
+    /// Every confirmed id routed to the ledger stream, over the whole run.
+    stream_confirmed: Mutex<HashSet<u64>>,
     acked: Mutex<HashSet<u64>>,
     held: Mutex<HashSet<u64>>,
     total_confirmed: AtomicU64,
@@ -294,6 +303,9 @@ struct Verdict {
     held_back: u64,
     /// A key of the partitioned ledger queue out of publish order, or in two partitions.
     misordered: Vec<String>,
+    /// What is wrong with the ledger stream: confirmed ids missing, ids twice or out of
+    /// publish order.
+    stream_faults: Vec<String>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -439,12 +451,25 @@ fn queue_spec(name: &str) -> (QueueDeclareOptions, FieldTable) {
             ("x-partition-hash-property", text("message_id")),
             ("x-max-length", int(200)),
         ])
+    } else if name.starts_with("c.stream.") {
+        // Small segments and a byte limit: retention drops segments under the readers.
+        options.durable = true;
+        table(&[
+            ("x-queue-type", text("stream")),
+            ("x-stream-max-segment-size-bytes", int(8192)),
+            ("x-max-length-bytes", int(40_000)),
+        ])
     } else if name == "c.dlq" {
         table(&[("x-max-length", int(500))])
     } else {
         FieldTable::default()
     };
     (options, args)
+}
+
+/// Whether a chaos queue is a stream (see [`queue_spec`]).
+fn is_stream(name: &str) -> bool {
+    name.starts_with("c.stream.")
 }
 
 fn exchange_kind(kind: &str) -> lapin::ExchangeKind {
@@ -848,6 +873,10 @@ impl Client {
             Op::Purge => {
                 let channel = self.channel().await?;
                 let name = self.queue();
+                if is_stream(name) {
+                    // 540, closing the connection: a stream cannot be purged.
+                    return Ok(());
+                }
                 channel
                     .queue_purge(name.into(), QueuePurgeOptions::default())
                     .await?;
@@ -944,6 +973,10 @@ impl Client {
             Op::Get => {
                 let channel = self.channel().await?;
                 let name = self.queue();
+                if is_stream(name) {
+                    // 540, closing the connection: a stream has no basic.get.
+                    return Ok(());
+                }
                 let no_ack = self.rng.random_bool(0.3);
                 let got = channel
                     .basic_get(name.into(), BasicGetOptions { no_ack })
@@ -989,8 +1022,9 @@ impl Client {
                         )
                         .await?;
                 }
-                if self.rng.random_bool(0.3) {
-                    let name = self.queue();
+                let name = self.queue();
+                // A stream has no basic.get (540, closing the connection).
+                if self.rng.random_bool(0.3) && !is_stream(name) {
                     if let Some(message) = channel
                         .basic_get(name.into(), BasicGetOptions { no_ack: false })
                         .await?
@@ -1042,6 +1076,9 @@ impl Client {
     /// given partitions; now and then a group argument that is refused (out of range,
     /// another group, or on a queue that is not partitioned).
     fn consume_arguments(&mut self, queue: &str) -> FieldTable {
+        if is_stream(queue) {
+            return self.stream_arguments();
+        }
         let partitioned = queue.starts_with("c.part.");
         if !partitioned {
             return if self.rng.random_bool(0.01) {
@@ -1071,6 +1108,29 @@ impl Client {
         }
     }
 
+    /// A stream consumer's arguments: any start, now and then a filter, and now and then
+    /// (under one of few tags, so some collide and are refused) offset tracking.
+    fn stream_arguments(&mut self) -> FieldTable {
+        use lapin::types::AMQPValue;
+        let offset = match self.rng.random_range(0..6) {
+            0 => text("first"),
+            1 => text("last"),
+            2 => text("next"),
+            3 => AMQPValue::LongLongInt(self.rng.random_range(-5..400)),
+            4 => AMQPValue::Timestamp(1_700_000_000),
+            _ => text("10s"),
+        };
+        let mut args = vec![("x-stream-offset", offset)];
+        if self.rng.random_bool(0.2) {
+            args.push(("x-stream-filter", text("red")));
+            args.push((
+                "x-stream-match-unfiltered",
+                AMQPValue::Boolean(self.rng.random_bool(0.5)),
+            ));
+        }
+        table(&args)
+    }
+
     /// Starts a short-lived consumer on a channel of its own, with a prefetch, that acks,
     /// nacks, rejects (requeueing or not) or leaves its deliveries, then cancels or closes.
     async fn consume(&mut self) -> lapin::Result<()> {
@@ -1083,11 +1143,12 @@ impl Client {
             self.declare(&channel, queue).await?;
         }
         let prefetch = self.rng.random_range(1..20);
-        let global = self.rng.random_bool(0.1);
+        // A stream consumer needs its own prefetch and acks (else 540).
+        let global = !is_stream(queue) && self.rng.random_bool(0.1);
         channel
             .basic_qos(prefetch, BasicQosOptions { global })
             .await?;
-        let no_ack = self.rng.random_bool(0.2);
+        let no_ack = !is_stream(queue) && self.rng.random_bool(0.2);
         let arguments = self.consume_arguments(queue);
         let mut consumer = channel
             .basic_consume(
@@ -1408,9 +1469,20 @@ async fn declare_ledger(channel: &Channel) -> lapin::Result<()> {
             )
             .await?;
     }
+    channel
+        .queue_declare(
+            LEDGER_STREAM.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..QueueDeclareOptions::default()
+            },
+            table(&[("x-queue-type", text("stream"))]),
+        )
+        .await?;
     for (exchange, kind, queue, key) in [
         ("ledger.x", lapin::ExchangeKind::Direct, "ledger.q1", "k1"),
         ("ledger.f", lapin::ExchangeKind::Fanout, "ledger.q2", ""),
+        ("ledger.f", lapin::ExchangeKind::Fanout, LEDGER_STREAM, ""),
     ] {
         channel
             .exchange_declare(
@@ -1504,6 +1576,9 @@ async fn feed_ledger(
                     match confirm.await? {
                         Confirmation::Ack(None) => {
                             lock(&ledger.confirmed).insert(id);
+                            if ledger_route(id).0 == "ledger.f" {
+                                lock(&ledger.stream_confirmed).insert(id);
+                            }
                             ledger.total_confirmed.fetch_add(1, Ordering::Relaxed);
                         }
                         Confirmation::Ack(Some(_)) => {
@@ -1639,6 +1714,7 @@ async fn verify_ledger(broker: SocketAddr, ledger: &Ledger) -> Verdict {
         let left = common::message_count(&channel, queue).await;
         assert_eq!(left, 0, "{queue} still holds {left} after its drain");
     }
+    verdict.stream_faults = verify_ledger_stream(&conn, ledger).await;
     let _ = conn.close(200, "OK".into()).await;
 
     let confirmed = std::mem::take(&mut *lock(&ledger.confirmed));
@@ -1666,6 +1742,63 @@ async fn verify_ledger(broker: SocketAddr, ledger: &Ledger) -> Verdict {
         }
     }
     verdict
+}
+
+/// Reads the ledger stream from its first offset: every id confirmed into it over the
+/// run must be there, once, in publish order.
+async fn verify_ledger_stream(conn: &Connection, ledger: &Ledger) -> Vec<String> {
+    let channel = common::channel(conn).await;
+    let count = common::message_count(&channel, LEDGER_STREAM).await;
+    common::within(
+        "basic.qos",
+        channel.basic_qos(500, BasicQosOptions::default()),
+    )
+    .await
+    .expect("qos");
+    let mut consumer = common::consume_with(
+        &channel,
+        LEDGER_STREAM,
+        "",
+        BasicConsumeOptions::default(),
+        table(&[("x-stream-offset", text("first"))]),
+    )
+    .await;
+    let mut faults = Vec::new();
+    let mut seen = HashSet::new();
+    let mut last: Option<u64> = None;
+    for _ in 0..count {
+        let delivery = common::next_delivery(&mut consumer).await;
+        common::within("ack", delivery.acker.ack(BasicAckOptions::default()))
+            .await
+            .expect("ack");
+        let Some(id) = ledger_id(&delivery.data) else {
+            faults.push(format!(
+                "a foreign message {:?}",
+                String::from_utf8_lossy(&delivery.data)
+            ));
+            continue;
+        };
+        if last.is_some_and(|last| last >= id) && faults.len() < 20 {
+            faults.push(format!("id {id} after {last:?}"));
+        }
+        last = Some(id);
+        seen.insert(id);
+    }
+    let _ = channel.close(200, "OK".into()).await;
+    let mut lost: Vec<u64> = lock(&ledger.stream_confirmed)
+        .iter()
+        .filter(|id| !seen.contains(id))
+        .copied()
+        .collect();
+    lost.sort_unstable();
+    if !lost.is_empty() {
+        faults.push(format!(
+            "{} confirmed ids missing (first {:?})",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        ));
+    }
+    faults
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2049,6 +2182,13 @@ async fn chaos() {
             "the partitioned ledger queue broke key order {} times: {:?}",
             misordered.len(),
             &misordered[..misordered.len().min(10)]
+        ));
+    }
+    let stream_faults: Vec<&String> = verdicts.iter().flat_map(|v| &v.stream_faults).collect();
+    if !stream_faults.is_empty() {
+        failures.push(format!(
+            "the ledger stream is wrong: {:?}",
+            &stream_faults[..stream_faults.len().min(10)]
         ));
     }
     if verdicts.iter().any(|v| v.dup_unflagged > 0) {
