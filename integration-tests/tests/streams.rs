@@ -662,3 +662,25 @@ async fn retention_drops_the_oldest_segments_past_max_length_bytes() {
     let first = next_delivery(&mut c).await;
     assert_eq!(offset_of(&first), 100 - i64::from(count));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_stream_ignores_if_empty_and_counts_nothing() {
+    let server = TestServer::start().await;
+    let (_conn, channel) = open_confirm(&server).await;
+    let name = unique_name("s-delete");
+    declare_stream(&channel, &name).await;
+    publish_n(&channel, &name, 0, 3).await;
+    let deleted = within(
+        "queue.delete",
+        channel.queue_delete(
+            name.as_str().into(),
+            lapin::options::QueueDeleteOptions {
+                if_empty: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("a stream is deleted whatever if_empty says");
+    assert_eq!(deleted, 0);
+}

@@ -994,7 +994,8 @@ impl VHost {
                     self.name
                 )));
             }
-            if if_empty && queue.message_count() > 0 {
+            // RabbitMQ ignores if_empty for a stream (and deletes it).
+            if if_empty && !queue.is_stream() && queue.message_count() > 0 {
                 return Err(error::precondition(format!(
                     "queue '{name}' in vhost '{}' not empty",
                     self.name

@@ -877,6 +877,7 @@ impl Connection {
                         ch.consumer_cancelled(&mut shared.context(), consumer);
                     }
                 }
+                Outgoing::Wake { queue } => self.shared.context().kick_later(&queue),
             }
         }
         let shared = &mut self.shared;
@@ -898,7 +899,9 @@ impl Connection {
         self.pending.extend(self.inbox.drain(..));
         let returned = self.pending.drain(..).filter_map(|item| match item {
             Outgoing::Deliver { queue, message, .. } => Some((queue, message)),
-            Outgoing::Cancelled { .. } | Outgoing::GroupEvent { .. } => None,
+            Outgoing::Cancelled { .. } | Outgoing::GroupEvent { .. } | Outgoing::Wake { .. } => {
+                None
+            }
         });
         crate::channel::give_back_all(returned, &mut self.shared.effects);
         for queue in std::mem::take(&mut self.shared.exclusive_queues) {

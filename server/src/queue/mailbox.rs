@@ -54,6 +54,12 @@ pub enum Outgoing {
         /// The group's name, if it has one.
         group: Option<String>,
     },
+    /// `queue` has more for a consumer of this connection: kick it from the
+    /// connection's task (a stream after a commit, or a stream read cut short).
+    Wake {
+        /// The queue to kick.
+        queue: Arc<Queue>,
+    },
     /// The queue went away under the consumer (`basic.cancel` from the server).
     Cancelled {
         /// Channel of the consumer.

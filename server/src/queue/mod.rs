@@ -922,6 +922,7 @@ impl Queue {
         let ask_sync = stream
             .add_consumer(consumer, start, filter, track)
             .map_err(|e| match e {
+                stream::AddError::Deleted => crate::error::no_queue(&self.name, &self.vhost_name),
                 stream::AddError::Tracked => crate::error::stream::tracking_key_in_use(
                     key.as_deref().unwrap_or_default(),
                     &self.name,
@@ -1085,6 +1086,9 @@ impl Queue {
     /// Memory its ready messages hold (those not paged out): bodies, plus each
     /// message's own footprint, which dominates for small bodies.
     pub fn memory_bytes(&self) -> u64 {
+        if let Some(stream) = self.stream() {
+            return stream.buffered_bytes();
+        }
         (0..self.state_count())
             .map(|p| {
                 let st = self.lock(p);
@@ -1864,6 +1868,9 @@ impl Queue {
     /// queue would come back with them at a restart. Should a sync fail, nothing
     /// appended to the queue is reported durable from then on.
     pub fn abandon(&self) -> Vec<QueueLog> {
+        if let Some(stream) = self.stream() {
+            stream.sync_abandoned();
+        }
         for p in 0..self.state_count() {
             let mut st = self.lock(p);
             st.deleted = true;

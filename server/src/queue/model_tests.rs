@@ -1169,7 +1169,9 @@ impl Harness {
                     .drain(..)
                     .filter_map(|item| match item {
                         Outgoing::Deliver { message, .. } => Some(message),
-                        Outgoing::Cancelled { .. } | Outgoing::GroupEvent { .. } => None,
+                        Outgoing::Cancelled { .. }
+                        | Outgoing::GroupEvent { .. }
+                        | Outgoing::Wake { .. } => None,
                     })
                     .collect();
                 let n = u32::try_from(undelivered.len()).expect("few");
@@ -1492,6 +1494,7 @@ impl Harness {
                     } => (id_of(message), *consumer, message.redelivered),
                     Outgoing::Cancelled { consumer, .. }
                     | Outgoing::GroupEvent { consumer, .. } => (u64::MAX, *consumer, false),
+                    Outgoing::Wake { .. } => (u64::MAX, u64::MAX, false),
                 })
                 .collect();
         let want: Vec<(u64, u64, bool)> = self

@@ -81,7 +81,9 @@ impl Member {
                     let _ = self.credit.written();
                     Some(message)
                 }
-                Outgoing::Cancelled { .. } | Outgoing::GroupEvent { .. } => None,
+                Outgoing::Cancelled { .. }
+                | Outgoing::GroupEvent { .. }
+                | Outgoing::Wake { .. } => None,
             })
             .collect()
     }
@@ -347,7 +349,9 @@ fn unwritten_deliveries_of_a_leaver_come_back_unflagged() {
         .into_iter()
         .filter_map(|item| match item {
             Outgoing::Deliver { message, .. } => Some(message),
-            Outgoing::Cancelled { .. } | Outgoing::GroupEvent { .. } => None,
+            Outgoing::Cancelled { .. } | Outgoing::GroupEvent { .. } | Outgoing::Wake { .. } => {
+                None
+            }
         })
         .collect();
     assert_eq!(unwritten.len(), 6);
@@ -492,6 +496,7 @@ fn notified_members_hear_of_assignments_before_messages() {
             } => format!("{}:{partition}", event.name()),
             Outgoing::Deliver { message, .. } => format!("message:{}", message.partition),
             Outgoing::Cancelled { .. } => "cancelled".into(),
+            Outgoing::Wake { .. } => "wake".into(),
         })
         .collect();
     assert_eq!(

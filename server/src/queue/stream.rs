@@ -9,9 +9,11 @@
 //! kick) and when a commit makes more of the log readable. See
 //! `docs/streams-design.md`.
 //!
-//! Reads happen under the stream's own lock, on whichever task dispatches (the
-//! consumer's connection, or the commit thread after a sync). The lock is the stream's
-//! alone: publishers to other queues and other streams never wait for it.
+//! Reads happen under the stream's own lock, on a connection's task: the commit thread
+//! never reads, it only wakes the connections of consumers waiting for what it made
+//! readable ([`Outgoing::Wake`]). One dispatch reads at most [`READ_BUDGET`] chunks per
+//! consumer and wakes the consumer's connection to go on, so a reader far behind (or
+//! one whose filter skips most chunks) never holds the lock for long.
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Weak};
@@ -94,6 +96,10 @@ fn filter_value(message: &Message) -> Option<&str> {
     std::str::from_utf8(value.get(4..)?).ok()
 }
 
+/// Chunks one dispatch reads for one consumer at most before leaving the rest to a
+/// wake-up of its connection.
+const READ_BUDGET: usize = 16;
+
 /// The header a publisher tags a message with for filtering consumers.
 const FILTER_VALUE_HEADER: &str = "x-stream-filter-value";
 
@@ -103,6 +109,9 @@ pub enum AddError {
     /// Another live consumer tracks its offsets under the same key.
     #[error("the offset tracking key is in use")]
     Tracked,
+    /// The stream was deleted meanwhile.
+    #[error("the stream was deleted")]
+    Deleted,
     /// Reading the log to find the start failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -136,6 +145,8 @@ struct Core {
     deleted: bool,
     /// A commit was asked for to sync changed offsets, and has not begun yet.
     sync_asked: bool,
+    /// Deleted with appends whose sync failed: none of them may be reported durable.
+    lost_appends: bool,
 }
 
 /// One consumer's place in the stream.
@@ -149,6 +160,9 @@ struct Cursor {
     reader: StreamReader,
     /// Entries of the last chunk read that are not delivered yet.
     pending: VecDeque<StreamEntry>,
+    /// `at` was the end when the consumer attached beyond it: find `next` through the
+    /// index once it is readable rather than read every chunk up to it.
+    seek_pending: bool,
     filter: StreamFilter,
     /// A tracked consumer's key and the offsets delivered to it and not settled.
     tracked: Option<(String, BTreeSet<u64>)>,
@@ -181,6 +195,7 @@ impl Stream {
                 retention,
                 deleted: false,
                 sync_asked: false,
+                lost_appends: false,
             }),
         }
     }
@@ -230,6 +245,9 @@ impl Stream {
         let mut ask_sync = false;
         {
             let mut core = self.core.lock();
+            if core.deleted {
+                return Err(AddError::Deleted);
+            }
             if let Some(key) = &track
                 && core
                     .readers
@@ -246,7 +264,9 @@ impl Stream {
             let next = match start {
                 StreamStart::First => log.first_offset(),
                 StreamStart::Last => log.last_chunk_offset(),
-                StreamStart::Next => log.end_offset(),
+                // The readable end: a committed offset stored from here never names a
+                // message that a crash could take back.
+                StreamStart::Next => log.readable_end(),
                 StreamStart::Offset(offset) => offset.max(log.first_offset()),
                 StreamStart::Timestamp(ms) => log.offset_at_time(ms).map_err(AddError::Store)?,
             };
@@ -256,6 +276,7 @@ impl Stream {
                 at: log.seek(next)?,
                 reader: log.reader(),
                 pending: VecDeque::new(),
+                seek_pending: next >= log.end_offset(),
                 filter,
                 tracked: track.map(|key| (key, BTreeSet::new())),
             };
@@ -362,7 +383,11 @@ impl Stream {
     pub fn begin_sync(&self) -> Option<Result<PendingSync, StoreError>> {
         let mut core = self.core.lock();
         if core.deleted {
-            return None;
+            return core.lost_appends.then(|| {
+                Err(StoreError::Poisoned(
+                    "the stream was deleted with appends not synced".into(),
+                ))
+            });
         }
         core.sync_asked = false;
         let pending = match core.log.begin_sync() {
@@ -403,9 +428,51 @@ impl Stream {
             }
         };
         if grew {
-            self.dispatch();
+            self.wake_readers();
         }
         durable
+    }
+
+    /// Wakes the connections of consumers that may have something to read now, once
+    /// each, to dispatch from their own tasks.
+    fn wake_readers(&self) {
+        let Some(queue) = self.queue.upgrade() else {
+            return;
+        };
+        let core = self.core.lock();
+        let mut woken: Vec<&Arc<super::Mailbox>> = Vec::new();
+        for cursor in &core.readers {
+            let mailbox = &cursor.consumer.mailbox;
+            if cursor.pending.is_empty()
+                && cursor.consumer.credit.has_room()
+                && !woken.iter().any(|m| Arc::ptr_eq(m, mailbox))
+            {
+                mailbox.push(Outgoing::Wake {
+                    queue: Arc::clone(&queue),
+                });
+                woken.push(mailbox);
+            }
+        }
+    }
+
+    /// Bytes of messages the stream holds in memory (appended, not yet written).
+    pub fn buffered_bytes(&self) -> u64 {
+        self.core.lock().log.buffered_bytes()
+    }
+
+    /// For a stream whose deletion could not be stored: makes what was appended
+    /// durable now, since the stored stream comes back at a restart; if that fails,
+    /// no later sync reports anything durable.
+    pub fn sync_abandoned(&self) {
+        let mut core = self.core.lock();
+        let result = core.log.begin_sync().and_then(|pending| {
+            let result = pending.run();
+            core.log.complete_sync(pending, &result).map(|_| ())
+        });
+        if let Err(error) = result {
+            tracing::error!(dir = %core.log.dir().display(), %error, "cannot sync a stream whose deletion is not stored");
+            core.lost_appends = true;
+        }
     }
 }
 
@@ -430,9 +497,20 @@ impl Cursor {
     fn serve(&mut self, queue: &Arc<Queue>, log: &StreamLog) -> Result<(), StoreError> {
         let credit = self.consumer.credit.clone();
         let credit = &credit;
+        let mut budget = READ_BUDGET;
         loop {
-            if self.pending.is_empty() && !self.fill(log)? {
-                return Ok(());
+            if self.pending.is_empty() {
+                match self.fill(log, &mut budget)? {
+                    Fill::Some => {}
+                    Fill::Nothing => return Ok(()),
+                    Fill::OutOfBudget => {
+                        // The rest on the connection's next turn.
+                        self.consumer.mailbox.push(Outgoing::Wake {
+                            queue: Arc::clone(queue),
+                        });
+                        return Ok(());
+                    }
+                }
             }
             if !credit.has_room() {
                 return Ok(());
@@ -465,11 +543,19 @@ impl Cursor {
         }
     }
 
-    /// Reads the next chunk with entries at or after `next` into `pending`; false when
-    /// nothing more is readable now.
-    fn fill(&mut self, log: &StreamLog) -> Result<bool, StoreError> {
+    /// Reads the next chunk with entries at or after `next` into `pending`, reading at
+    /// most `budget` chunks.
+    fn fill(&mut self, log: &StreamLog, budget: &mut usize) -> Result<Fill, StoreError> {
         let mut lost = 0;
         while self.next < log.readable_end() {
+            if self.seek_pending {
+                self.at = log.seek(self.next)?;
+                self.seek_pending = false;
+            }
+            if *budget == 0 {
+                return Ok(Fill::OutOfBudget);
+            }
+            *budget -= 1;
             match self.reader.read(self.at, log.readable_end())? {
                 Read::Chunk(chunk) => {
                     self.at = chunk.next;
@@ -496,11 +582,11 @@ impl Cursor {
                     }
                     self.next = self.next.max(chunk.body.info.first_offset);
                     if !self.pending.is_empty() {
-                        return Ok(true);
+                        return Ok(Fill::Some);
                     }
                     self.next = self.next.max(chunk.body.info.end_offset());
                 }
-                Read::End => return Ok(false),
+                Read::End => return Ok(Fill::Nothing),
                 Read::Lost => {
                     // Retention took the segment, or the chunk is damaged: find the
                     // offset again, past the damage if it is there again.
@@ -513,13 +599,23 @@ impl Cursor {
                     };
                     self.next = self.next.max(log.first_offset());
                     if lost > 16 {
-                        return Ok(false);
+                        return Ok(Fill::Nothing);
                     }
                 }
             }
         }
-        Ok(false)
+        Ok(Fill::Nothing)
     }
+}
+
+/// What [`Cursor::fill`] found.
+enum Fill {
+    /// Entries to deliver.
+    Some,
+    /// Nothing readable now.
+    Nothing,
+    /// Its read budget ran out before it found anything.
+    OutOfBudget,
 }
 
 /// A stream entry as a queue delivers it: redelivered never, its offset the stream's.

@@ -43,6 +43,8 @@ const MAX_CHUNK_ENTRIES: u32 = 4096;
 const MAX_SEGMENT_CHUNKS: u64 = 256_000;
 /// Sealed chunks are written out once this much waits, whatever the commit's pace.
 const WRITE_BUFFER_LIMIT: usize = 256 << 10;
+/// Buffers grown past this by a large message are shrunk back once emptied.
+const SHRINK_ABOVE: usize = 4 << 20;
 /// Readers fetch at least this much per read.
 const READ_AHEAD: usize = 64 << 10;
 /// Smallest and largest segment size a stream takes (RabbitMQ's largest).
@@ -332,6 +334,11 @@ impl StreamLog {
             .unwrap_or(self.durable_end)
     }
 
+    /// Bytes appended and not yet written to the segment files (held in memory).
+    pub fn buffered_bytes(&self) -> u64 {
+        (self.open.entries.len() + self.sealed.len()) as u64
+    }
+
     /// Bytes the segments take on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.len).sum()
@@ -399,6 +406,10 @@ impl StreamLog {
         self.sealed_chunks
             .push_back((info, self.sealed.len() - start));
         self.open.entries.clear();
+        if self.open.entries.capacity() > SHRINK_ABOVE {
+            // One huge message must not keep its buffer for good.
+            self.open.entries.shrink_to(MAX_CHUNK_BYTES);
+        }
         self.open.bloom.clear();
         self.open.count = 0;
         self.open.first_offset = self.next_offset;
@@ -420,6 +431,9 @@ impl StreamLog {
             self.sealed_chunks.pop_front();
         };
         self.sealed.drain(..done);
+        if self.sealed.is_empty() && self.sealed.capacity() > SHRINK_ABOVE {
+            self.sealed.shrink_to(WRITE_BUFFER_LIMIT);
+        }
         result
     }
 
@@ -783,9 +797,11 @@ impl StreamLog {
         }
     }
 
-    /// Drops whole segments, oldest first and never the last, while the stream takes
-    /// more than `max_bytes` or its oldest segment's newest chunk is older than
-    /// `now_ms - max_age_ms`. Returns how many went.
+    /// Drops whole segments, oldest first, while the stream takes more than `max_bytes`
+    /// or its oldest segment's newest chunk is older than `now_ms - max_age_ms`. Never
+    /// the newest segment holding a durable chunk, nor any after it: recovery finds the
+    /// stream's end in its chunks, and offsets must never start again below it. Returns
+    /// how many went.
     ///
     /// # Errors
     /// Removing a segment's files failed (it is kept, and tried again next time).
@@ -796,7 +812,13 @@ impl StreamLog {
         now_ms: u64,
     ) -> Result<usize> {
         let mut removed = 0;
-        while self.segments.len() > 1 {
+        let durable = self.durable_end;
+        let mut removable = self
+            .segments
+            .iter()
+            .rposition(|s| s.chunks > 0 && s.first_offset < durable)
+            .unwrap_or(0);
+        while removable > 0 {
             let Some(oldest) = self.segments.front().copied() else {
                 break;
             };
@@ -814,6 +836,7 @@ impl StreamLog {
             self.segments.pop_front();
             self.dir_unsynced = true;
             removed += 1;
+            removable -= 1;
             remove_if_exists(
                 &*self.fs,
                 &self.dir.join(sf::index_file_name(oldest.number)),
@@ -1117,7 +1140,9 @@ impl StreamReader {
                 return Ok(Read::Lost);
             };
             if whole.len() < total {
-                return Ok(Read::End);
+                // The caller wants offsets below the readable end, all in complete
+                // chunks: a chunk running past its file is damaged, or `at` is stale.
+                return Ok(Read::Lost);
             }
             let Ok(body) = ChunkBody::decode(whole.slice(CHUNK_HEADER_LEN as usize..), crc) else {
                 return Ok(Read::Lost);
@@ -1156,7 +1181,14 @@ impl StreamReader {
                     }
                 }
             };
-            let want = len.max(min_read).max(READ_AHEAD);
+            let mut want = len.max(min_read).max(READ_AHEAD);
+            if want > READ_AHEAD {
+                // A damaged length must not make a reader allocate gigabytes.
+                let size = file.size().map_err(|e| {
+                    StoreError::io("stat", self.dir.join(sf::segment_file_name(at.segment)))(e)
+                })?;
+                want = want.min(usize::try_from(size.saturating_sub(at.pos)).unwrap_or(usize::MAX));
+            }
             let mut buf = BytesMut::zeroed(want);
             let mut got = 0;
             while got < want {

@@ -518,3 +518,64 @@ fn an_error_at_every_io_point_loses_nothing_confirmed() {
         }
     }
 }
+
+#[test]
+fn retention_keeps_the_newest_segment_with_durable_chunks_so_offsets_never_restart() {
+    let (sim, fs) = sim();
+    let mut log = StreamLog::create(fs, DIR, 4096, 16).expect("create");
+    for round in 0..3 {
+        append(&mut log, 5, T0 + round);
+        sync(&mut log).expect("sync");
+    }
+    let end = log.readable_end();
+    assert_eq!(log.segment_count(), 1);
+    // The disk fills up: the next roll makes an empty segment and its chunk fails.
+    sim.inject(super::sim::Fault {
+        op: super::sim::Op::Write,
+        path: "0000000001.sseg".into(),
+        skip: 1,
+        times: 1000,
+        errno: rustix::io::Errno::NOSPC.raw_os_error(),
+        torn: false,
+    });
+    append(&mut log, 60, T0 + 10);
+    assert!(sync(&mut log).is_err());
+    assert_eq!(
+        log.segment_count(),
+        2,
+        "an empty segment after the failed write"
+    );
+    // Retention asks for nothing to be kept: the segment holding the end stays.
+    log.apply_retention(Some(0), Some(0), u64::MAX)
+        .expect("retention");
+    drop(log);
+    sim.clear_faults();
+    let (mut log, _) = StreamLog::open(sim.shared(), DIR, 4096, 16).expect("open");
+    assert_eq!(log.readable_end(), end, "the end survives");
+    assert!(
+        append(&mut log, 1, T0 + 20)[0] >= end,
+        "offsets go on after it"
+    );
+}
+
+#[test]
+fn a_chunk_with_a_damaged_length_is_stepped_over_by_readers() {
+    let (sim, fs) = sim();
+    let mut log = StreamLog::create(fs, DIR, 1 << 20, 16).expect("create");
+    let mut starts = Vec::new();
+    for round in 0..10 {
+        starts.push(log.end_offset());
+        append(&mut log, 3, T0 + round);
+        sync(&mut log).expect("sync");
+    }
+    drop(log);
+    let (log, _) = StreamLog::open(sim.shared(), DIR, 1 << 20, 16).expect("open");
+    // The fifth chunk's length now runs far past the file.
+    let at = log.seek(starts[4]).expect("seek");
+    let segment = Path::new(DIR).join("0000000000.sseg");
+    sim.scribble(&segment, at.pos as usize, &[0x7f, 0xff, 0xff, 0xff]);
+    let got = read_from(&log, 0);
+    check_entries(&got);
+    assert_eq!(got.len(), 27, "one chunk of 3 lost");
+    assert_eq!(got.last().map(|e| e.offset), Some(29));
+}
