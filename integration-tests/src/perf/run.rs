@@ -144,6 +144,7 @@ fn run_load(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Result<
     let verdict = verify::verify(
         &routes,
         topology.queues.len(),
+        topology.reading(),
         &producer_results,
         &consumer_results,
     );
@@ -389,6 +390,7 @@ fn scenario(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Scenari
         consumers: opts.consumers,
         consumers_per_connection: opts.consumers_per_connection,
         queues: opts.queues,
+        stream_offset: topology.stream.map(|offset| offset.to_string()),
         partitions: opts.partitions,
         bindings: opts.bindings,
         exchange: topology.exchange.clone(),
