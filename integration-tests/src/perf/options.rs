@@ -37,9 +37,8 @@ Examples (against a broker on 127.0.0.1:5672 unless --uri says otherwise):
   warren-perf group-join --joins 10                           rate of unmoved partitions during joins
   warren-perf --connections 10000 --hold 30                   open 10,000 consumer connections, hold, close
 
-Exit status: 0 verified (every message consumed exactly once; on a stream, once by every
-consumer), 1 verification failed,
-2 the run could not be carried out.";
+Exit status: 0 verified (every message consumed exactly once; on a stream, once by each
+consumer), 1 verification failed, 2 the run could not be carried out.";
 
 /// Exchange types the tool can set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
