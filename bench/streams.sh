@@ -22,7 +22,8 @@
 #   STREAMS_RABBITMQ=0 bench/streams.sh      Warren only
 #
 # Also read: STREAMS_SIZES ("16 1024": body sizes of part 1), STREAMS_READERS (10),
-# STREAMS_REPLAY_SIZE (1024), STREAMS_CONFIRM (256), STREAMS_RABBITMQ (auto: RabbitMQ when
+# STREAMS_REPLAY_SIZE (1024), STREAMS_CONFIRM (256), STREAMS_PREFETCH (200: each consumer's
+# basic.qos, which is its credit on a stream), STREAMS_RABBITMQ (auto: RabbitMQ when
 # rabbitmq-server is installed; 1 requires it, 0 skips it), STREAMS_PROFILE (release;
 # debug only tries the script out, its numbers mean nothing), WARREN_BENCH_PORT (5693),
 # RABBIT_BENCH_PORT (5673), CARGO_TARGET_DIR.
@@ -127,6 +128,7 @@ MESSAGES = int(ENV.get("STREAMS_MESSAGES", "1000000"))
 READERS = int(ENV.get("STREAMS_READERS", "10"))
 REPLAY_SIZE = int(ENV.get("STREAMS_REPLAY_SIZE", "1024"))
 CONFIRM = ENV.get("STREAMS_CONFIRM", "256")
+PREFETCH = ENV.get("STREAMS_PREFETCH", "200")
 NAMES = {"warren": "Warren", "rabbitmq": "RabbitMQ"}
 failed = False
 
@@ -176,7 +178,8 @@ class Sampler:
 def perf(broker, args, timeout):
     """One warren-perf run: its JSON report and exit status, or None if it failed."""
     global failed
-    cmd = [PERF, "--uri", BROKERS[broker], "--json", "--quiet", "--stream", *args]
+    cmd = [PERF, "--uri", BROKERS[broker], "--json", "--quiet", "--stream",
+           "--prefetch", PREFETCH, *args]
     out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                          timeout=timeout)
     if out.returncode not in (0, 1) or not out.stdout.strip():
@@ -200,7 +203,9 @@ def num(v, digits=0):
 
 
 def ratio(w, r):
-    return "–" if w is None or not r else f"{w / r:.1f}×"
+    if w is None or not r:
+        return "–"
+    return f"{w / r:.1f}×" if w / r >= 0.95 else f"{w / r:.2g}×"
 
 
 def verified(reports):
@@ -267,7 +272,7 @@ def main():
     rabbit = "rabbitmq" in BROKERS
     if publish:
         print(f"## Publish with confirms (window {CONFIRM}), 1 producer, 1 consumer from "
-              f"`first`, {SECS:g} s\n")
+              f"`first` (prefetch {PREFETCH}), {SECS:g} s\n")
         head = "| body | Warren publish msg/s | Warren consume msg/s | Warren p50 ms |"
         rule = "| ---: | ---: | ---: | ---: |"
         if rabbit:
@@ -297,7 +302,7 @@ def main():
         print()
     if replay:
         print(f"## Replay: {MESSAGES:,} messages of {REPLAY_SIZE} B (confirmed), then "
-              f"{READERS} consumers from `first` at once\n")
+              f"{READERS} consumers from `first` at once (prefetch {PREFETCH} each)\n")
         print("| broker | fill msg/s | replay deliveries/s (all consumers) | replay MB/s "
               "| RSS idle MB | peak RSS filling MB | peak RSS replaying MB | VmHWM MB | verified |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
