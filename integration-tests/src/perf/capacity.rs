@@ -13,6 +13,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use amqp_codec::amq_protocol::protocol::{AMQPClass, basic, channel, confirm, connection};
+use amqp_codec::amq_protocol::types::FieldTable;
 use amqp_codec::encode::{self, DeliveryInfo};
 use anyhow::{Result, bail};
 use bytes::BytesMut;
@@ -280,6 +281,7 @@ fn consume_capacity(no_ack: bool) -> Result<()> {
         prefetch: 0,
         no_ack,
         ack_each: false,
+        arguments: FieldTable::default(),
         producers: 1,
         drain_timeout: Duration::from_secs(10),
     };
@@ -362,6 +364,7 @@ fn null_broker_round_trip() -> Result<()> {
         prefetch: 10,
         no_ack: false,
         ack_each: true,
+        arguments: FieldTable::default(),
         producers: 1,
         drain_timeout: Duration::from_secs(5),
     };

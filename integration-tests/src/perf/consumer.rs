@@ -5,9 +5,11 @@
 //! `--no-ack`).
 //!
 //! Each consumer's tag names the slot of the queue it reads (`wp<slot>-…`), so that a
-//! connection reading several queues knows where each delivery came from. It stops
-//! once its queues have received everything producers published to them, or when
-//! nothing arrives for the drain timeout after producers finished.
+//! connection reading several queues knows where each delivery came from. The
+//! consumers of one queue on a connection share a slot; on a stream every consumer has
+//! a slot of its own, since each must receive every message. It stops once its queues
+//! have received everything producers published to them (on a stream: once per
+//! consumer), or when nothing arrives for the drain timeout after producers finished.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -38,7 +40,8 @@ const TICK: Duration = Duration::from_millis(100);
 pub struct ConsumerPlan {
     /// Consuming connection index.
     pub index: u16,
-    /// The distinct queues its consumers read, by slot: queue index and name.
+    /// The queues its consumers read, by slot: queue index and name. A queue read by
+    /// several of its consumers has one slot, a stream one per consumer.
     pub queues: Vec<(usize, String)>,
     /// One entry per consumer on the channel: the slot of the queue it reads.
     pub consumers: Vec<usize>,
@@ -51,6 +54,8 @@ pub struct ConsumerPlan {
     pub no_ack: bool,
     /// One `basic.ack` per delivery instead of one per read.
     pub ack_each: bool,
+    /// Arguments of every `basic.consume` (`x-stream-offset` on streams).
+    pub arguments: FieldTable,
     /// Number of producers in the run.
     pub producers: usize,
     /// How long to wait without progress once producers are done.
@@ -115,7 +120,7 @@ pub fn connect(endpoint: &Endpoint, plan: &ConsumerPlan) -> Result<Connection> {
                 no_ack: plan.no_ack,
                 exclusive: false,
                 nowait: false,
-                arguments: FieldTable::default(),
+                arguments: plan.arguments.clone(),
             }))
         })
         .collect();
@@ -582,6 +587,7 @@ mod tests {
             prefetch: 10,
             no_ack,
             ack_each,
+            arguments: FieldTable::default(),
             producers: 1,
             drain_timeout: Duration::from_secs(1),
         }

@@ -1,7 +1,10 @@
 //! `warren-perf`'s command line, and the checks that make every run bounded.
 
+use std::fmt;
+use std::str::FromStr;
 use std::time::Duration;
 
+use amqp_codec::amq_protocol::types::AMQPValue;
 use anyhow::{Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -27,12 +30,15 @@ Examples (against a broker on 127.0.0.1:5672 unless --uri says otherwise):
   warren-perf --duration 5 --exchange-type topic --bindings 10000
                                                               routing past 10,000 non-matching bindings
   warren-perf --duration 10 --partitions 4 -x 4 -y 4           a 4-partition queue, a group of 4 members
+  warren-perf --duration 10 --stream --confirm 256             a stream, its consumer reading from first
+  warren-perf --stream --backlog --count 100000 -y 10 --confirm 256
+                                                              fill a stream, then 10 consumers replay it all
   warren-perf groups --duration 60 --messages 200000         consumer-group churn (see groups --help)
   warren-perf group-join --joins 10                           rate of unmoved partitions during joins
   warren-perf --connections 10000 --hold 30                   open 10,000 consumer connections, hold, close
 
-Exit status: 0 verified (every message consumed exactly once), 1 verification failed,
-2 the run could not be carried out.";
+Exit status: 0 verified (every message consumed exactly once; on a stream, once by each
+consumer), 1 verification failed, 2 the run could not be carried out.";
 
 /// Exchange types the tool can set up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -52,6 +58,59 @@ impl ExchangeType {
             ExchangeType::Direct => "direct",
             ExchangeType::Fanout => "fanout",
             ExchangeType::Topic => "topic",
+        }
+    }
+}
+
+/// Where the consumers of a stream start reading (`--stream-offset`, sent as the
+/// `x-stream-offset` consume argument).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamOffset {
+    /// The oldest message the stream holds.
+    First,
+    /// The start of the stream's last chunk.
+    Last,
+    /// The next message appended after the consumer attaches.
+    Next,
+    /// This offset (the stream's first message is 0).
+    Offset(u64),
+}
+
+impl StreamOffset {
+    /// The `x-stream-offset` value: a longstr for a name, a long integer for an offset.
+    pub fn to_amqp(self) -> AMQPValue {
+        match self {
+            StreamOffset::Offset(n) => AMQPValue::LongLongInt(i64::try_from(n).unwrap_or(i64::MAX)),
+            named => AMQPValue::LongString(named.to_string().into()),
+        }
+    }
+}
+
+impl fmt::Display for StreamOffset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StreamOffset::First => f.write_str("first"),
+            StreamOffset::Last => f.write_str("last"),
+            StreamOffset::Next => f.write_str("next"),
+            StreamOffset::Offset(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl FromStr for StreamOffset {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "first" => Ok(StreamOffset::First),
+            "last" => Ok(StreamOffset::Last),
+            "next" => Ok(StreamOffset::Next),
+            _ => s
+                .parse::<i64>()
+                .ok()
+                .and_then(|n| u64::try_from(n).ok())
+                .map(StreamOffset::Offset)
+                .ok_or_else(|| format!("expected first, last, next or an offset ≥ 0, got {s:?}")),
         }
     }
 }
@@ -119,6 +178,32 @@ pub struct Options {
     /// exchange messages spread over the partitions round robin.
     #[arg(long)]
     pub partitions: Option<u16>,
+
+    /// Declare each queue as a stream (`x-queue-type: stream`), durable whether or not
+    /// --persistent is given (a stream stores every message); consumers read from
+    /// --stream-offset, default `first`. Every consumer of a stream reads every message
+    /// (nothing is shared out): with N consumers on a stream, each message is delivered
+    /// N times and each consumer is checked for all of them. Streams cannot be purged,
+    /// so each is deleted and declared afresh before the run (--keep keeps it after).
+    /// A replay is --backlog: the stream is filled first, then all consumers attach at
+    /// once and read it from --stream-offset. Needs manual acks (no --no-ack) and a
+    /// --prefetch above 0 (acks only give credit back); not with --partitions.
+    #[arg(long)]
+    pub stream: bool,
+
+    /// With --stream: where consumers start, `first`, `last`, `next` or an offset
+    /// (N ≥ 0). On the fresh stream of a run without --backlog, consumers attach before
+    /// anything is published, so `first`, `last` and `next` all read everything. With
+    /// --backlog only `first` or an offset can be checked. An offset N skips the first N
+    /// messages of the stream, which must then have one producer (the offsets then
+    /// number that producer's messages).
+    #[arg(
+        long,
+        default_value = "first",
+        requires = "stream",
+        value_name = "first|last|next|N"
+    )]
+    pub stream_offset: StreamOffset,
 
     /// Extra bindings on the (direct or topic) exchange whose keys match no message,
     /// leading to a queue that must stay empty: routing cost as bindings grow.
@@ -280,6 +365,37 @@ impl Options {
         if self.count == Some(0) {
             bail!("--count must be at least 1");
         }
+        if self.stream {
+            self.validate_stream()?;
+        }
+        Ok(())
+    }
+
+    /// The rules of `--stream`: what a stream consumer needs, and runs whose
+    /// deliveries could not be checked.
+    fn validate_stream(&self) -> Result<()> {
+        if self.no_ack {
+            bail!("--stream cannot be read with --no-ack: stream consumers must acknowledge");
+        }
+        if self.prefetch == 0 {
+            bail!(
+                "--stream needs --prefetch above 0: a stream consumer reads only as far as \
+                 its prefetch lets it"
+            );
+        }
+        if self.partitions.is_some() {
+            bail!("--stream with --partitions is not supported");
+        }
+        if self.connections.is_some() {
+            bail!("--stream does not apply to --connections");
+        }
+        if self.backlog && matches!(self.stream_offset, StreamOffset::Last | StreamOffset::Next) {
+            bail!(
+                "--backlog fills the stream before consumers attach: --stream-offset {} would \
+                 skip what was published; use first or an offset",
+                self.stream_offset
+            );
+        }
         Ok(())
     }
 
@@ -362,5 +478,64 @@ mod tests {
             .is_err()
         );
         assert!(parse(&["--connections", "0"]).validate().is_err());
+    }
+
+    #[test]
+    fn stream_offsets_parse_and_need_a_stream() {
+        let o = parse(&["--stream"]);
+        o.validate().expect("valid");
+        assert_eq!(o.stream_offset, StreamOffset::First);
+        assert!(!parse(&[]).stream);
+        for (arg, offset) in [
+            ("first", StreamOffset::First),
+            ("last", StreamOffset::Last),
+            ("next", StreamOffset::Next),
+            ("42", StreamOffset::Offset(42)),
+        ] {
+            assert_eq!(
+                parse(&["--stream", "--stream-offset", arg]).stream_offset,
+                offset
+            );
+            assert_eq!(offset.to_string(), arg);
+        }
+        assert_eq!(StreamOffset::Offset(7).to_amqp(), AMQPValue::LongLongInt(7));
+        assert_eq!(
+            StreamOffset::First.to_amqp(),
+            AMQPValue::LongString("first".into())
+        );
+        for bad in ["-1", "FIRST", "1h", ""] {
+            assert!(
+                Options::try_parse_from(["warren-perf", "--stream", "--stream-offset", bad])
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(Options::try_parse_from(["warren-perf", "--stream-offset", "last"]).is_err());
+    }
+
+    #[test]
+    fn stream_runs_need_acks_credit_and_a_checkable_start() {
+        let refused = |args: &[&str]| {
+            let mut all = vec!["--stream"];
+            all.extend_from_slice(args);
+            parse(&all).validate().err().map(|e| e.to_string())
+        };
+        let no_ack = refused(&["--no-ack"]).expect("refused");
+        assert!(no_ack.contains("--no-ack"), "{no_ack}");
+        let prefetch = refused(&["--prefetch", "0"]).expect("refused");
+        assert!(prefetch.contains("--prefetch"), "{prefetch}");
+        assert!(refused(&["--partitions", "2"]).is_some());
+        assert!(refused(&["--connections", "5"]).is_some());
+        assert!(refused(&["--backlog", "--stream-offset", "next"]).is_some());
+        assert!(refused(&["--backlog", "--stream-offset", "last"]).is_some());
+        assert_eq!(refused(&["--backlog", "--count", "5", "-y", "10"]), None);
+        assert_eq!(refused(&["--backlog", "--stream-offset", "3"]), None);
+        assert_eq!(refused(&["--stream-offset", "next", "--ack-each"]), None);
+        parse(&["--no-ack"])
+            .validate()
+            .expect("a queue may be read with auto-ack");
+        parse(&["--prefetch", "0"])
+            .validate()
+            .expect("and without a prefetch");
     }
 }

@@ -23,6 +23,11 @@ pub struct Scenario {
     pub consumers_per_connection: u16,
     /// Queues.
     pub queues: u16,
+    /// With `--stream`: the queues are streams, and the offset every consumer read
+    /// them from (`first`, `last`, `next` or a number). Each consumer of a stream
+    /// receives every message, so deliveries are messages times consumers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_offset: Option<String>,
     /// `x-partitions` of each queue, if partitioned.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub partitions: Option<u16>,
@@ -103,7 +108,8 @@ pub struct Report {
     pub scenario: Scenario,
     /// Publishing: messages written over the publishing time.
     pub publish: Throughput,
-    /// Consuming: deliveries from the start until the last one arrived.
+    /// Consuming: deliveries (on streams, by all consumers together) from the start
+    /// until the last one arrived.
     pub consume: Throughput,
     /// End-to-end latency (send stamp to receipt), if anything was consumed.
     pub latency: Option<Latency>,
@@ -152,12 +158,18 @@ impl Report {
             .partitions
             .map(|n| format!(" of {n} partitions"))
             .unwrap_or_default();
+        let queues = match &s.stream_offset {
+            Some(offset) => format!(
+                "{} stream(s) (each consumer reads all, from {offset})",
+                s.queues
+            ),
+            None => format!("{} queue(s){partitions}", s.queues),
+        };
         let _ = writeln!(
             out,
-            "warren-perf → {}: {} producer(s), {consumers}, {} queue(s){partitions} via {exchange}, {} B bodies, {}, {confirms}, {ack}{rate}",
+            "warren-perf → {}: {} producer(s), {consumers}, {queues} via {exchange}, {} B bodies, {}, {confirms}, {ack}{rate}",
             s.broker,
             s.producers,
-            s.queues,
             s.size,
             if s.persistent {
                 "persistent"
@@ -211,7 +223,7 @@ impl Report {
                 "note      the broker blocked publishers (connection.blocked)"
             );
         }
-        out.push_str(&verdict_line(&self.verdict, s.queues));
+        out.push_str(&verdict_line(&self.verdict, s));
         out.push('\n');
         out
     }
@@ -226,13 +238,18 @@ impl Report {
 }
 
 /// "verified: published N, confirmed N, consumed N", or what went wrong.
-fn verdict_line(v: &Verdict, queues: u16) -> String {
+fn verdict_line(v: &Verdict, s: &Scenario) -> String {
     let confirmed = match (v.confirmed, v.nacked) {
         (Some(c), Some(0) | None) => c.to_string(),
         (Some(c), Some(n)) => format!("{c} (nacked {n})"),
         (None, _) => "n/a (confirms off)".to_string(),
     };
-    let consumed = if v.expected != v.confirmed.unwrap_or(v.published) && queues > 1 {
+    let consumed = if s.stream_offset.is_some() {
+        format!(
+            "{} deliveries (of {} expected: every consumer reads every message)",
+            v.consumed, v.expected
+        )
+    } else if v.expected != v.confirmed.unwrap_or(v.published) && s.queues > 1 {
         format!("{} (of {} expected deliveries)", v.consumed, v.expected)
     } else {
         v.consumed.to_string()
@@ -468,5 +485,67 @@ fn micros(us: f64) -> String {
         format!("{:.2} ms", us / 1000.0)
     } else {
         format!("{us:.0} µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scenario(queues: u16, stream_offset: Option<&str>) -> Scenario {
+        Scenario {
+            broker: "127.0.0.1:5672".into(),
+            producers: 1,
+            consumers: 3,
+            consumers_per_connection: 1,
+            queues,
+            stream_offset: stream_offset.map(str::to_string),
+            partitions: None,
+            bindings: 0,
+            exchange: String::new(),
+            exchange_type: None,
+            size: 16,
+            persistent: false,
+            confirm: 0,
+            prefetch: 200,
+            ack: "multiple",
+            rate: None,
+            count: Some(4),
+            time_limit_secs: 3600.0,
+        }
+    }
+
+    fn verdict(expected: u64, consumed: u64) -> Verdict {
+        Verdict {
+            status: Status::Verified,
+            published: 4,
+            confirmed: None,
+            nacked: None,
+            expected,
+            consumed,
+            missing: 0,
+            duplicates: 0,
+            strays: 0,
+            redelivered: 0,
+            timed_out_consumers: 0,
+            misrouted: 0,
+        }
+    }
+
+    #[test]
+    fn stream_deliveries_are_told_apart_from_messages() {
+        assert_eq!(
+            verdict_line(&verdict(12, 12), &scenario(1, Some("first"))),
+            "verified: published 4, confirmed n/a (confirms off), consumed 12 deliveries \
+             (of 12 expected: every consumer reads every message)"
+        );
+        assert_eq!(
+            verdict_line(&verdict(4, 4), &scenario(1, None)),
+            "verified: published 4, confirmed n/a (confirms off), consumed 4"
+        );
+        let json = serde_json::to_string(&scenario(1, None)).expect("serializes");
+        assert!(!json.contains("stream_offset"), "{json}");
+        let json = serde_json::to_string(&scenario(1, Some("7"))).expect("serializes");
+        assert!(json.contains(r#""stream_offset":"7""#), "{json}");
     }
 }

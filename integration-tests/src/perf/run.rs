@@ -20,7 +20,7 @@ use super::progress::Progress;
 use super::report::{CpuUse, Outcome, Report, Scenario, Throughput};
 use super::shared::Shared;
 use super::stamp::Clock;
-use super::topology::{Route, Topology};
+use super::topology::{Reading, Route, Topology};
 use super::verify;
 
 /// Runs the load described by `opts` (or, with `--connections`, the connection-scale
@@ -93,16 +93,22 @@ fn run_load(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Result<
 
     let producer_results = join_all(producers, &shared);
     if let Ok(results) = &producer_results {
+        // Deliveries each queue's consumers must receive in all: each message once on a
+        // queue, once per consumer on a stream.
+        let reading = topology.reading();
         let mut expected = vec![0u64; topology.queues.len()];
         for (result, route) in results.iter().zip(&routes) {
             for &q in &route.queues {
                 expected[q] += route
                     .share(q)
-                    .map_or(0, |share| share.count(result.published));
+                    .map_or(0, |share| reading.due(share.count(result.published)));
             }
         }
-        for (progress, expected) in shared.queues.iter().zip(expected) {
-            progress.expected.store(expected, Ordering::Release);
+        for (q, (progress, expected)) in shared.queues.iter().zip(expected).enumerate() {
+            let readers = topology.readers(q, opts.total_consumers());
+            progress
+                .expected
+                .store(expected * readers, Ordering::Release);
         }
     } else {
         shared.abort();
@@ -138,6 +144,7 @@ fn run_load(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Result<
     let verdict = verify::verify(
         &routes,
         topology.queues.len(),
+        topology.reading(),
         &producer_results,
         &consumer_results,
     );
@@ -192,7 +199,9 @@ fn sum_cpu(cpus: impl Iterator<Item = Option<Duration>>) -> Option<Duration> {
 }
 
 /// The plan of consuming connection `index`: consumers `index * k .. (index + 1) * k`
-/// of the run (`k` per connection), consumer `j` reading queue `j % queues`.
+/// of the run (`k` per connection), consumer `j` reading queue `j % queues`. The
+/// consumers of a queue share its slot; on a stream each has its own, so that what
+/// each received is checked on its own.
 fn consumer_plan(
     opts: &Options,
     index: u16,
@@ -205,7 +214,11 @@ fn consumer_plan(
     let mut consumers = Vec::with_capacity(per_connection);
     for j in first..first + per_connection {
         let q = topology.consumer_queue(j);
-        let slot = match queues.iter().position(|&(known, _)| known == q) {
+        let shared_slot = match topology.reading() {
+            Reading::Shared => queues.iter().position(|&(known, _)| known == q),
+            Reading::Each { .. } => None,
+        };
+        let slot = match shared_slot {
             Some(slot) => slot,
             None => {
                 queues.push((q, topology.queues[q].clone()));
@@ -226,6 +239,7 @@ fn consumer_plan(
         prefetch: opts.prefetch,
         no_ack: opts.no_ack,
         ack_each: opts.ack_each,
+        arguments: topology.consume_arguments(),
         producers: usize::from(opts.producers),
         drain_timeout: Duration::from_secs_f64(opts.drain_timeout),
     }
@@ -376,6 +390,7 @@ fn scenario(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Scenari
         consumers: opts.consumers,
         consumers_per_connection: opts.consumers_per_connection,
         queues: opts.queues,
+        stream_offset: topology.stream.map(|offset| offset.to_string()),
         partitions: opts.partitions,
         bindings: opts.bindings,
         exchange: topology.exchange.clone(),
@@ -392,5 +407,51 @@ fn scenario(opts: &Options, endpoint: &Endpoint, topology: &Topology) -> Scenari
         rate: opts.rate,
         count: opts.count,
         time_limit_secs: opts.publish_time_limit().as_secs_f64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn plans(args: &[&str]) -> Vec<ConsumerPlan> {
+        let mut all = vec!["warren-perf", "--queue", "q"];
+        all.extend_from_slice(args);
+        let opts = Options::try_parse_from(all).expect("parses");
+        let topology = Topology::plan(&opts).expect("plans");
+        let routes: Vec<Route> = (0..usize::from(opts.producers))
+            .map(|p| topology.route(p))
+            .collect();
+        (0..opts.consumers)
+            .map(|i| consumer_plan(&opts, i, &topology, &routes))
+            .collect()
+    }
+
+    #[test]
+    fn a_queue_s_consumers_share_a_slot_and_a_stream_s_each_have_one() {
+        let args = [
+            "--queues",
+            "2",
+            "-y",
+            "2",
+            "--consumers-per-connection",
+            "3",
+        ];
+        let queue = plans(&args);
+        assert_eq!(queue[0].queues, [(0, "q-0".into()), (1, "q-1".into())]);
+        assert_eq!(queue[0].consumers, [0, 1, 0]);
+        assert!(queue[0].arguments.inner().is_empty());
+        let mut stream_args = vec!["--stream"];
+        stream_args.extend(args);
+        let stream = plans(&stream_args);
+        // Connection 1 has consumers 3, 4, 5: streams 1, 0, 1.
+        assert_eq!(
+            stream[1].queues,
+            [(1, "q-1".into()), (0, "q-0".into()), (1, "q-1".into())]
+        );
+        assert_eq!(stream[1].consumers, [0, 1, 2]);
+        assert_eq!(stream[1].shares.len(), 3);
+        assert!(stream[1].arguments.inner().contains_key("x-stream-offset"));
     }
 }

@@ -2,6 +2,10 @@
 //! messages reach, which queue each consumer reads, and declaring, purging and
 //! deleting them on the broker.
 //!
+//! With `--stream` the queues are streams: every consumer of a stream reads all of its
+//! messages ([`Reading::Each`]) where the consumers of a queue share them out
+//! ([`Reading::Shared`]).
+//!
 //! With more queues than producers (and no fanout), each producer publishes to its
 //! share of the queues in turn: producer `p` of `P` owns queues `p`, `p + P`, … and
 //! sends message `seq` to the `seq % n`-th of its `n` queues. Queue names are
@@ -15,7 +19,7 @@ use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable, ShortString};
 use anyhow::{Result, anyhow, bail};
 
 use super::conn::{Connection, Endpoint};
-use super::options::{ExchangeType, Options};
+use super::options::{ExchangeType, Options, StreamOffset};
 
 /// Names and routing for one run.
 #[derive(Debug, Clone)]
@@ -28,8 +32,11 @@ pub struct Topology {
     pub builtin_exchange: bool,
     /// Queue names, in index order.
     pub queues: Vec<String>,
-    /// Durable queues and exchange (with `--persistent`).
+    /// Durable queues and exchange (with `--persistent` or `--stream`).
     pub durable: bool,
+    /// With `--stream`: the queues are streams, which every consumer reads from this
+    /// offset.
+    pub stream: Option<StreamOffset>,
     /// Number of producers, which share the queues out between them.
     pub producers: usize,
     /// Queue that the extra, never-matching bindings (`--bindings`) lead to; it must
@@ -39,6 +46,32 @@ pub struct Topology {
     pub bindings: u32,
     /// `x-partitions` for each queue (`--partitions`), if partitioned.
     pub partitions: Option<u16>,
+}
+
+/// How the consumers of a queue divide its messages between them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// A queue: its consumers share its messages out, so that each message is
+    /// delivered once in all.
+    Shared,
+    /// A stream: every consumer reads every message whose index in its producer's
+    /// [`Share`] of the stream is at least `from`.
+    Each {
+        /// The first share index read: the stream offset consumers start at, which
+        /// numbers the messages of the stream's one producer (checked when planning);
+        /// 0 when they start at the beginning.
+        from: u64,
+    },
+}
+
+impl Reading {
+    /// How many of the first `sent` messages of a share each reader must receive.
+    pub fn due(self, sent: u64) -> u64 {
+        match self {
+            Reading::Shared => sent,
+            Reading::Each { from } => sent.saturating_sub(from),
+        }
+    }
 }
 
 /// Where one producer's messages go.
@@ -143,17 +176,66 @@ impl Topology {
         for name in queues.iter().chain([&exchange]).chain(&sink) {
             ShortString::try_new(name.as_str()).map_err(|e| anyhow!("name {name:?}: {e}"))?;
         }
-        Ok(Self {
+        let topology = Self {
             builtin_exchange: exchange.starts_with("amq."),
             exchange,
             exchange_type,
             queues,
-            durable: opts.persistent,
+            durable: opts.persistent || opts.stream,
+            stream: opts.stream.then_some(opts.stream_offset),
             producers: usize::from(opts.producers).max(1),
             sink,
             bindings: opts.bindings,
             partitions: opts.partitions,
-        })
+        };
+        if matches!(topology.reading(), Reading::Each { from } if from > 0) {
+            let mut feeders = vec![0usize; topology.queues.len()];
+            for p in 0..topology.producers {
+                for &q in &topology.route(p).queues {
+                    feeders[q] += 1;
+                }
+            }
+            if feeders.iter().any(|&n| n > 1) {
+                bail!(
+                    "an integer --stream-offset needs one producer per stream (the offsets \
+                     then number that producer's messages): use fewer --producers than \
+                     --queues, or as many, and no fanout with several producers"
+                );
+            }
+        }
+        Ok(topology)
+    }
+
+    /// How consumers divide each queue's messages: shared out, or all read by each
+    /// consumer of a stream.
+    pub fn reading(&self) -> Reading {
+        match self.stream {
+            None => Reading::Shared,
+            Some(StreamOffset::Offset(from)) => Reading::Each { from },
+            Some(_) => Reading::Each { from: 0 },
+        }
+    }
+
+    /// How many times each message routed to queue `queue` must be delivered, with
+    /// `consumers` consumers in all (consumer `j` reading queue `j % queues`): once for
+    /// a queue, once per consumer of it for a stream.
+    pub fn readers(&self, queue: usize, consumers: usize) -> u64 {
+        match self.reading() {
+            Reading::Shared => 1,
+            Reading::Each { .. } => {
+                let n = self.queues.len();
+                (consumers / n + usize::from(queue < consumers % n)) as u64
+            }
+        }
+    }
+
+    /// The arguments of every `basic.consume`: `x-stream-offset` on streams.
+    pub fn consume_arguments(&self) -> FieldTable {
+        let mut arguments = FieldTable::default();
+        if let Some(offset) = self.stream {
+            arguments.insert("x-stream-offset".into(), offset.to_amqp());
+        }
+        arguments
     }
 
     /// Where producer `producer` publishes and which queues that reaches: with fanout,
@@ -203,7 +285,8 @@ impl Topology {
     }
 
     /// Declares the exchange and queues, empties the queues (a previous run may have
-    /// left messages) and binds them.
+    /// left messages) and binds them. Streams cannot be purged: each is deleted and
+    /// declared afresh.
     ///
     /// # Errors
     /// The broker refusing any step (e.g. an existing queue with other settings).
@@ -222,9 +305,18 @@ impl Topology {
         }
         let mut setup = Vec::new();
         for (k, name) in self.queues.iter().chain(&self.sink).enumerate() {
+            // The sink of the --bindings keys stays a plain queue, whose count is read.
+            let stream = self.stream.is_some() && k < self.queues.len();
             let mut arguments = FieldTable::default();
             if let Some(n) = self.partitions.filter(|_| k < self.queues.len()) {
                 arguments.insert("x-partitions".into(), AMQPValue::ShortUInt(n));
+            }
+            if stream {
+                arguments.insert(
+                    "x-queue-type".into(),
+                    AMQPValue::LongString("stream".into()),
+                );
+                setup.push(delete_queue(name));
             }
             setup.push(AMQPClass::Queue(queue::AMQPMethod::Declare(
                 queue::Declare {
@@ -234,10 +326,12 @@ impl Topology {
                     ..Default::default()
                 },
             )));
-            setup.push(AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
-                queue: name.as_str().into(),
-                nowait: false,
-            })));
+            if !stream {
+                setup.push(AMQPClass::Queue(queue::AMQPMethod::Purge(queue::Purge {
+                    queue: name.as_str().into(),
+                    nowait: false,
+                })));
+            }
         }
         if self.exchange_type.is_some() {
             for name in &self.queues {
@@ -297,12 +391,12 @@ impl Topology {
     /// The broker refusing a deletion.
     pub fn delete(&self, endpoint: &Endpoint) -> Result<()> {
         let mut conn = Connection::open(endpoint, "warren-perf cleanup")?;
-        conn.call_many(self.queues.iter().chain(&self.sink).map(|name| {
-            AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
-                queue: name.as_str().into(),
-                ..Default::default()
-            }))
-        }))?;
+        conn.call_many(
+            self.queues
+                .iter()
+                .chain(&self.sink)
+                .map(|name| delete_queue(name)),
+        )?;
         if self.exchange_type.is_some() && !self.builtin_exchange {
             conn.call(AMQPClass::Exchange(exchange::AMQPMethod::Delete(
                 exchange::Delete {
@@ -313,6 +407,15 @@ impl Topology {
         }
         conn.close(Duration::from_secs(5))
     }
+}
+
+/// `queue.delete` of `name` (which brokers answer with `delete-ok` even when there is
+/// no such queue).
+fn delete_queue(name: &str) -> AMQPClass {
+    AMQPClass::Queue(queue::AMQPMethod::Delete(queue::Delete {
+        queue: name.into(),
+        ..Default::default()
+    }))
 }
 
 /// The type of a named exchange given without `--exchange-type`: that of the
@@ -383,6 +486,72 @@ mod tests {
         let mut all = vec!["warren-perf", "--bindings", "3"];
         all.extend(["--exchange-type", "fanout"]);
         assert!(Topology::plan(&Options::try_parse_from(all).expect("parses")).is_err());
+    }
+
+    #[test]
+    fn streams_are_durable_read_whole_by_each_consumer_from_their_offset() {
+        let t = plan(&[]);
+        assert_eq!((t.durable, t.reading()), (false, Reading::Shared));
+        assert_eq!(t.readers(0, 10), 1);
+        assert!(t.consume_arguments().inner().is_empty());
+        let t = plan(&["--stream", "--queues", "3", "-y", "7"]);
+        assert_eq!((t.durable, t.reading()), (true, Reading::Each { from: 0 }));
+        // Consumers 0, 3, 6 read stream 0; 1, 4 stream 1; 2, 5 stream 2.
+        let readers: Vec<u64> = (0..3).map(|q| t.readers(q, 7)).collect();
+        assert_eq!(readers, [3, 2, 2]);
+        assert_eq!(
+            t.consume_arguments().inner().get("x-stream-offset"),
+            Some(&AMQPValue::LongString("first".into()))
+        );
+        let t = plan(&["--stream", "--stream-offset", "next"]);
+        assert_eq!(t.reading(), Reading::Each { from: 0 });
+        let t = plan(&["--stream", "--stream-offset", "5"]);
+        assert_eq!(t.reading(), Reading::Each { from: 5 });
+        assert_eq!(
+            t.consume_arguments().inner().get("x-stream-offset"),
+            Some(&AMQPValue::LongLongInt(5))
+        );
+        assert_eq!(
+            (
+                t.reading().due(8),
+                t.reading().due(3),
+                Reading::Shared.due(8)
+            ),
+            (3, 0, 8)
+        );
+    }
+
+    #[test]
+    fn an_integer_stream_offset_needs_one_producer_per_stream() {
+        let planned = |args: &[&str]| {
+            let mut all = vec!["warren-perf", "--stream", "--stream-offset", "2"];
+            all.extend_from_slice(args);
+            Topology::plan(&Options::try_parse_from(all).expect("parses")).is_ok()
+        };
+        assert!(planned(&[]));
+        assert!(planned(&["-x", "2", "--queues", "2"]));
+        assert!(planned(&["-x", "2", "--queues", "5", "-y", "5"]));
+        assert!(!planned(&["-x", "2"]));
+        assert!(!planned(&["-x", "3", "--queues", "2", "-y", "2"]));
+        assert!(!planned(&[
+            "-x",
+            "2",
+            "--queues",
+            "2",
+            "--exchange-type",
+            "fanout"
+        ]));
+        assert!(planned(&[
+            "--queues",
+            "2",
+            "-y",
+            "2",
+            "--exchange-type",
+            "fanout"
+        ]));
+        let mut all = vec!["warren-perf", "--stream", "--stream-offset", "first"];
+        all.extend(["-x", "2"]);
+        assert!(Topology::plan(&Options::try_parse_from(all).expect("parses")).is_ok());
     }
 
     #[test]

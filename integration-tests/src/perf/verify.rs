@@ -1,13 +1,17 @@
 //! The correctness verdict: every published message (with confirms: every confirmed
 //! one) reached each queue it was routed to and was consumed there exactly once, and
 //! nothing else was consumed.
+//!
+//! On a stream, "consumed there exactly once" holds for each consumer on its own:
+//! every consumer of a stream must receive every message (from its start offset on)
+//! once, so N consumers make N deliveries of each message, none of them duplicates.
 
 use serde::Serialize;
 
 use super::consumer::ConsumerResult;
 use super::producer::ProducerResult;
 use super::seqset::SeqSet;
-use super::topology::Route;
+use super::topology::{Reading, Route};
 
 /// Outcome of the check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -33,15 +37,17 @@ pub struct Verdict {
     /// Messages negatively confirmed (`None` without confirms).
     pub nacked: Option<u64>,
     /// Deliveries that had to arrive: each published (or confirmed) message once per
-    /// queue it was routed to.
+    /// queue it was routed to, or on a stream once per consumer of it.
     pub expected: u64,
     /// Deliveries received by all consumers.
     pub consumed: u64,
     /// Required deliveries that never arrived.
     pub missing: u64,
-    /// Deliveries of a message its queue had already delivered.
+    /// Deliveries of a message its queue had already delivered (on a stream: that the
+    /// same consumer had already received).
     pub duplicates: u64,
-    /// Deliveries that were not sent by this run to that queue.
+    /// Deliveries that were not sent by this run to that queue (or, on a stream, lay
+    /// before the offset its consumers started at).
     pub strays: u64,
     /// Deliveries flagged redelivered (not an error by itself).
     pub redelivered: u64,
@@ -58,10 +64,12 @@ impl Verdict {
     }
 }
 
-/// Checks consumers' records against what producers sent where.
+/// Checks consumers' records against what producers sent where; `reading` says whether
+/// the consumers of a queue share its messages or (streams) each read them all.
 pub fn verify(
     routes: &[Route],
     queues: usize,
+    reading: Reading,
     producers: &[ProducerResult],
     consumers: &[ConsumerResult],
 ) -> Verdict {
@@ -99,46 +107,76 @@ pub fn verify(
         verdict.status = Status::Unverified;
         return verdict;
     }
-    // Per queue and producer: the union of what that queue's consumers saw, numbered
-    // by index in the producer's share of the queue.
-    let mut seen: Vec<Vec<SeqSet>> = vec![vec![SeqSet::new(); producers.len()]; queues];
-    for c in consumers {
-        for (&q, per_producer) in c.queues.iter().zip(&c.seen) {
-            for (p, set) in per_producer.iter().enumerate() {
-                if let Some(union) = seen.get_mut(q).and_then(|q| q.get_mut(p)) {
-                    verdict.duplicates += union.union_with(set);
-                }
-            }
-        }
-    }
-    for (q, per_producer) in seen.iter().enumerate() {
-        for (p, union) in per_producer.iter().enumerate() {
-            let Some(producer) = producers.get(p) else {
-                continue;
-            };
-            let Some(share) = routes.get(p).and_then(|r| r.share(q)) else {
-                verdict.strays += union.len();
-                continue;
-            };
-            let sent = share.count(producer.published);
-            match &producer.confirms {
-                None => {
-                    verdict.expected += sent;
-                    verdict.missing += sent - union.count_below(sent);
-                }
-                Some(tracker) => {
-                    for index in 0..sent {
-                        if tracker.is_acked(share.seq(index)) {
-                            verdict.expected += 1;
-                            verdict.missing += u64::from(!union.contains(index));
+    match reading {
+        Reading::Shared => {
+            // Per queue and producer: the union of what that queue's consumers saw,
+            // numbered by index in the producer's share of the queue; one consumer
+            // receiving what another had is a duplicate.
+            let mut seen: Vec<Vec<SeqSet>> = vec![vec![SeqSet::new(); producers.len()]; queues];
+            for c in consumers {
+                for (&q, per_producer) in c.queues.iter().zip(&c.seen) {
+                    for (p, set) in per_producer.iter().enumerate() {
+                        if let Some(union) = seen.get_mut(q).and_then(|q| q.get_mut(p)) {
+                            verdict.duplicates += union.union_with(set);
                         }
                     }
+                }
+            }
+            for (q, per_producer) in seen.iter().enumerate() {
+                check_reader(&mut verdict, routes, producers, q, per_producer, 0);
+            }
+        }
+        Reading::Each { from } => {
+            // Each consumer of a stream has a slot of its own, checked on its own.
+            for c in consumers {
+                for (&q, per_producer) in c.queues.iter().zip(&c.seen) {
+                    check_reader(&mut verdict, routes, producers, q, per_producer, from);
                 }
             }
         }
     }
     verdict.settle();
     verdict
+}
+
+/// Checks what one reader of queue `q` received (per producer, by share index) against
+/// what had to reach it: every message of each producer's share from index `from` on
+/// (with confirms, every confirmed one). Anything it received below `from` is a stray.
+fn check_reader(
+    verdict: &mut Verdict,
+    routes: &[Route],
+    producers: &[ProducerResult],
+    q: usize,
+    seen: &[SeqSet],
+    from: u64,
+) {
+    for (p, set) in seen.iter().enumerate() {
+        let Some(producer) = producers.get(p) else {
+            continue;
+        };
+        let Some(share) = routes.get(p).and_then(|r| r.share(q)) else {
+            verdict.strays += set.len();
+            continue;
+        };
+        let sent = share.count(producer.published);
+        let from = from.min(sent);
+        verdict.strays += set.count_below(from);
+        match &producer.confirms {
+            None => {
+                let received = set.count_below(sent) - set.count_below(from);
+                verdict.expected += sent - from;
+                verdict.missing += sent - from - received;
+            }
+            Some(tracker) => {
+                for index in from..sent {
+                    if tracker.is_acked(share.seq(index)) {
+                        verdict.expected += 1;
+                        verdict.missing += u64::from(!set.contains(index));
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Verdict {
@@ -171,22 +209,32 @@ mod tests {
     }
 
     fn consumer(queue_index: usize, seen: &[&[u64]]) -> ConsumerResult {
-        let seen: Vec<SeqSet> = seen
+        connection(&[(queue_index, seen)])
+    }
+
+    /// A consuming connection with one slot per `(queue, seen per producer)`.
+    fn connection(slots: &[(usize, &[&[u64]])]) -> ConsumerResult {
+        let seen: Vec<Vec<SeqSet>> = slots
             .iter()
-            .map(|seqs| {
-                let mut s = SeqSet::new();
-                for &q in *seqs {
-                    s.insert(q);
-                }
-                s
+            .map(|(_, per_producer)| {
+                per_producer
+                    .iter()
+                    .map(|seqs| {
+                        let mut s = SeqSet::new();
+                        for &q in *seqs {
+                            s.insert(q);
+                        }
+                        s
+                    })
+                    .collect()
             })
             .collect();
         ConsumerResult {
             index: 0,
-            queues: vec![queue_index],
-            consumed: seen.iter().map(SeqSet::len).sum(),
+            queues: slots.iter().map(|&(q, _)| q).collect(),
+            consumed: seen.iter().flatten().map(SeqSet::len).sum(),
             bytes: 0,
-            seen: vec![seen],
+            seen,
             duplicates: 0,
             strays: 0,
             redelivered: 0,
@@ -212,6 +260,7 @@ mod tests {
         let v = verify(
             &routes,
             1,
+            Reading::Shared,
             &[producer(0, 4, None)],
             &[consumer(0, &[&[0, 1]]), consumer(0, &[&[2, 3]])],
         );
@@ -225,6 +274,7 @@ mod tests {
         let v = verify(
             &routes,
             2,
+            Reading::Shared,
             &[producer(0, 4, None)],
             &[
                 consumer(0, &[&[0, 1]]),
@@ -249,6 +299,7 @@ mod tests {
         let v = verify(
             std::slice::from_ref(&route),
             2,
+            Reading::Shared,
             &[producer(0, 6, None)],
             &[consumer(0, &[&[0, 1, 2]]), consumer(1, &[&[0, 2]])],
         );
@@ -259,6 +310,7 @@ mod tests {
         let v = verify(
             &[route],
             2,
+            Reading::Shared,
             &[producer(0, 6, Some(tracker))],
             &[consumer(0, &[&[0, 1, 2]]), consumer(1, &[&[0, 1]])],
         );
@@ -274,10 +326,95 @@ mod tests {
         let v = verify(
             &routes,
             1,
+            Reading::Shared,
             &[producer(0, 3, Some(tracker))],
             &[consumer(0, &[&[0, 1]])],
         );
         assert_eq!(v.status, Status::Verified);
         assert_eq!((v.confirmed, v.nacked, v.expected), (Some(2), Some(1), 2));
+    }
+
+    #[test]
+    fn every_consumer_of_a_stream_must_see_every_message_once() {
+        let routes = [direct(0)];
+        let all: &[&[u64]] = &[&[0, 1, 2, 3]];
+        let stream = Reading::Each { from: 0 };
+        // Two connections, the second with two consumers of the stream (two slots).
+        let readers = [consumer(0, all), connection(&[(0, all), (0, all)])];
+        let v = verify(&routes, 1, stream, &[producer(0, 4, None)], &readers);
+        assert_eq!(v.status, Status::Verified);
+        assert_eq!(
+            (v.expected, v.consumed, v.missing, v.duplicates),
+            (12, 12, 0, 0)
+        );
+        // The same deliveries from a queue would be duplicates.
+        let v = verify(
+            &routes,
+            1,
+            Reading::Shared,
+            &[producer(0, 4, None)],
+            &readers,
+        );
+        assert_eq!((v.status, v.duplicates), (Status::Failed, 8));
+        // One consumer's gap is not filled by another's deliveries.
+        let v = verify(
+            &routes,
+            1,
+            stream,
+            &[producer(0, 4, None)],
+            &[consumer(0, all), consumer(0, &[&[0, 1, 3]])],
+        );
+        assert_eq!((v.status, v.expected, v.missing), (Status::Failed, 8, 1));
+        // A consumer receiving a message twice is a duplicate (counted as it consumes).
+        let mut twice = consumer(0, all);
+        twice.duplicates = 1;
+        let v = verify(&routes, 1, stream, &[producer(0, 4, None)], &[twice]);
+        assert_eq!((v.status, v.duplicates), (Status::Failed, 1));
+    }
+
+    #[test]
+    fn stream_consumers_from_an_offset_owe_nothing_before_it() {
+        let routes = [direct(0)];
+        let stream = Reading::Each { from: 2 };
+        let v = verify(
+            &routes,
+            1,
+            stream,
+            &[producer(0, 5, None)],
+            &[consumer(0, &[&[2, 3, 4]]), consumer(0, &[&[2, 3, 4]])],
+        );
+        assert_eq!((v.status, v.expected, v.missing), (Status::Verified, 6, 0));
+        let v = verify(
+            &routes,
+            1,
+            stream,
+            &[producer(0, 5, None)],
+            &[consumer(0, &[&[1, 2, 3]])],
+        );
+        assert_eq!(
+            (v.status, v.expected, v.missing, v.strays),
+            (Status::Failed, 3, 1, 1)
+        );
+        // Past the end of what was published: nothing is owed.
+        let v = verify(
+            &routes,
+            1,
+            Reading::Each { from: 9 },
+            &[producer(0, 5, None)],
+            &[consumer(0, &[&[]])],
+        );
+        assert_eq!((v.status, v.expected), (Status::Verified, 0));
+        // With confirms, the confirmed messages from the offset on.
+        let mut tracker = ConfirmTracker::new();
+        tracker.record(4, true, false, 5).expect("ack of 0-3");
+        tracker.record(5, false, true, 5).expect("nack of 4");
+        let v = verify(
+            &routes,
+            1,
+            stream,
+            &[producer(0, 5, Some(tracker))],
+            &[consumer(0, &[&[2, 3]])],
+        );
+        assert_eq!((v.status, v.expected, v.missing), (Status::Verified, 2, 0));
     }
 }
