@@ -885,10 +885,21 @@ impl Queue {
     }
 
     /// Changes how long a stream keeps its messages, and applies it.
-    pub fn set_stream_retention(&self, retention: Retention) {
+    pub fn set_stream_retention(self: &Arc<Self>, retention: Retention) {
         if let Some(stream) = self.stream() {
             stream.set_retention(retention);
+            self.arm_stream_timer();
         }
+    }
+
+    /// Has the timers wake a stream when its next periodic work is due (age retention,
+    /// a retry of failed reads).
+    fn arm_stream_timer(self: &Arc<Self>) {
+        let Some(at) = self.stream().and_then(|s| s.next_wake(now_ms())) else {
+            return;
+        };
+        let clock: Weak<dyn Wake> = Arc::downgrade(&self.env.clock);
+        self.env.timers.wake_at(at, clock);
     }
 
     /// Whether this is a stream (`x-queue-type: stream`).
@@ -1616,7 +1627,9 @@ impl Queue {
     /// partitions that wait for it.
     pub fn kick(self: &Arc<Self>, effects: &mut Effects) {
         if let Some(stream) = self.stream() {
-            stream.dispatch();
+            if stream.dispatch() {
+                self.arm_stream_timer();
+            }
             return;
         }
         if self.partitioned().is_some() {
@@ -2053,6 +2066,12 @@ impl Queue {
     /// itself as expired when its `x-expires` ran out unused. Called by the owner's
     /// clock.
     pub fn wake(self: &Arc<Self>, now_ms: u64, effects: &mut Effects) {
+        if let Some(stream) = self.stream() {
+            // A failed retry re-arms through `next_wake` as well.
+            let _ = stream.on_timer();
+            self.arm_stream_timer();
+            return;
+        }
         let mut unused = true;
         for p in 0..self.state_count() {
             let mut letters = Vec::new();

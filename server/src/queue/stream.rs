@@ -99,6 +99,12 @@ fn filter_value(message: &Message) -> Option<&str> {
 /// Chunks one dispatch reads for one consumer at most before leaving the rest to a
 /// wake-up of its connection.
 const READ_BUDGET: usize = 16;
+/// How soon consumers are served again after a read failed (a shortage of descriptors
+/// passes; damage was stepped over), when nothing else serves them first.
+const RETRY_MS: u64 = 1000;
+/// How often a stream with `max-age` looks for expired segments when nothing else
+/// (a commit, a consumer attaching) makes it look.
+const AGE_CHECK_MS: u64 = 60_000;
 
 /// The header a publisher tags a message with for filtering consumers.
 const FILTER_VALUE_HEADER: &str = "x-stream-filter-value";
@@ -147,6 +153,8 @@ struct Core {
     sync_asked: bool,
     /// Deleted with appends whose sync failed: none of them may be reported durable.
     lost_appends: bool,
+    /// A read failed: serve the consumers again at the next timer wake-up.
+    retry_due: bool,
 }
 
 /// One consumer's place in the stream.
@@ -196,6 +204,7 @@ impl Stream {
                 deleted: false,
                 sync_asked: false,
                 lost_appends: false,
+                retry_due: false,
             }),
         }
     }
@@ -289,7 +298,9 @@ impl Stream {
             }
             core.readers.push(cursor);
         }
-        self.dispatch();
+        if self.dispatch() {
+            self.arm_retry();
+        }
         Ok(ask_sync)
     }
 
@@ -343,26 +354,56 @@ impl Stream {
         }
     }
 
-    /// Serves every consumer that has credit and something readable ahead of it.
-    pub fn dispatch(&self) {
+    /// Serves every consumer that has credit and something readable ahead of it. A read
+    /// that fails is retried at the stream's next timer wake-up ([`Stream::next_wake`]);
+    /// returns whether one is now due.
+    #[must_use]
+    pub fn dispatch(&self) -> bool {
         let Some(queue) = self.queue.upgrade() else {
-            return;
+            return false;
         };
         let mut core = self.core.lock();
         let Core {
             log,
             readers,
             deleted,
+            retry_due,
             ..
         } = &mut *core;
         if *deleted {
-            return;
+            return false;
         }
+        let mut failed = false;
         for cursor in readers.iter_mut() {
             if let Err(error) = cursor.serve(&queue, log) {
-                tracing::error!(queue = %queue.name(), %error, "cannot read the stream");
+                tracing::error!(queue = %queue.name(), %error, "cannot read the stream; retrying");
+                failed = true;
             }
         }
+        let newly = failed && !*retry_due;
+        *retry_due |= failed;
+        newly
+    }
+
+    /// The timer's turn: drops what aged out and retries failed reads.
+    pub fn on_timer(&self) -> bool {
+        let retry = {
+            let mut core = self.core.lock();
+            core.retain();
+            std::mem::take(&mut core.retry_due)
+        };
+        retry && self.dispatch()
+    }
+
+    /// When the timer must come next, after `now_ms`, if at all.
+    pub fn next_wake(&self, now_ms: u64) -> Option<u64> {
+        let core = self.core.lock();
+        if core.deleted {
+            return None;
+        }
+        let retry = core.retry_due.then_some(now_ms + RETRY_MS);
+        let age = core.retention.max_age_ms.map(|_| now_ms + AGE_CHECK_MS);
+        retry.into_iter().chain(age).min()
     }
 
     /// Changes how long the stream keeps its messages, and applies it.
@@ -431,6 +472,13 @@ impl Stream {
             self.wake_readers();
         }
         durable
+    }
+
+    /// Has the queue's timer come for a retry of failed reads.
+    fn arm_retry(&self) {
+        if let Some(queue) = self.queue.upgrade() {
+            queue.arm_stream_timer();
+        }
     }
 
     /// Wakes the connections of consumers that may have something to read now, once
@@ -599,7 +647,11 @@ impl Cursor {
                     };
                     self.next = self.next.max(log.first_offset());
                     if lost > 16 {
-                        return Ok(Fill::Nothing);
+                        return Err(StoreError::Corrupt {
+                            path: log.dir().to_path_buf(),
+                            offset: self.next,
+                            detail: "no readable chunk found for this offset".into(),
+                        });
                     }
                 }
             }
