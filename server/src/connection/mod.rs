@@ -199,6 +199,10 @@ struct Connection {
     /// Items taken from the mailbox; written while the output buffer has room, so that
     /// one wake-up cannot pile a whole prefetch window of large bodies into memory.
     pending: VecDeque<Outgoing>,
+    /// Queues that asked to be kicked ([`Outgoing::Wake`]): kicked only when nothing
+    /// else is ready, so that a stream consumer catching up a chunk budget at a time
+    /// never keeps the connection from reading its client.
+    wakes: Vec<Arc<Queue>>,
     /// The buffer the mailbox is swapped into.
     inbox: Vec<Outgoing>,
     /// Publisher confirms waiting for a group commit, in the order they must go out.
@@ -253,6 +257,7 @@ impl Connection {
             channel_max: session.channel_max,
             heartbeat: session.heartbeat,
             pending: VecDeque::new(),
+            wakes: Vec::new(),
             inbox: Vec::new(),
             confirm_groups: VecDeque::new(),
             phase: Phase::Open,
@@ -384,6 +389,13 @@ impl Connection {
                     if let Phase::Closing(_, text) = &self.phase {
                         self.phase = Phase::Done(Ended::ServerClosed(text.clone()));
                     }
+                }
+                // Last: only when nothing else is ready (see `wakes`).
+                () = std::future::ready(()), if take_deliveries && !self.wakes.is_empty() => {
+                    for queue in std::mem::take(&mut self.wakes) {
+                        self.shared.context().kick_later(&queue);
+                    }
+                    self.after_batch();
                 }
             }
         }
@@ -877,7 +889,11 @@ impl Connection {
                         ch.consumer_cancelled(&mut shared.context(), consumer);
                     }
                 }
-                Outgoing::Wake { queue } => self.shared.context().kick_later(&queue),
+                Outgoing::Wake { queue } => {
+                    if !self.wakes.iter().any(|q| Arc::ptr_eq(q, &queue)) {
+                        self.wakes.push(queue);
+                    }
+                }
             }
         }
         let shared = &mut self.shared;

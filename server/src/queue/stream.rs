@@ -155,6 +155,11 @@ struct Core {
     lost_appends: bool,
     /// A read failed: serve the consumers again at the next timer wake-up.
     retry_due: bool,
+    /// The wake-up already asked of the timers (0: none).
+    timer_at_ms: u64,
+    /// Where the next dispatch starts among the readers, so that a shared read budget
+    /// serves them in turn.
+    next_reader: usize,
 }
 
 /// One consumer's place in the stream.
@@ -205,6 +210,8 @@ impl Stream {
                 sync_asked: false,
                 lost_appends: false,
                 retry_due: false,
+                timer_at_ms: 0,
+                next_reader: 0,
             }),
         }
     }
@@ -368,14 +375,21 @@ impl Stream {
             readers,
             deleted,
             retry_due,
+            next_reader,
             ..
         } = &mut *core;
         if *deleted {
             return false;
         }
         let mut failed = false;
-        for cursor in readers.iter_mut() {
-            if let Err(error) = cursor.serve(&queue, log) {
+        // One budget for the whole dispatch, the readers served in turn from where the
+        // last dispatch stopped: a kick never reads for long under this lock.
+        let mut budget = READ_BUDGET * 4;
+        let count = readers.len();
+        let start = core_next_reader(next_reader, count);
+        for k in 0..count {
+            let cursor = &mut readers[(start + k) % count];
+            if let Err(error) = cursor.serve(&queue, log, &mut budget) {
                 tracing::error!(queue = %queue.name(), %error, "cannot read the stream; retrying");
                 failed = true;
             }
@@ -389,21 +403,28 @@ impl Stream {
     pub fn on_timer(&self) -> bool {
         let retry = {
             let mut core = self.core.lock();
+            core.timer_at_ms = 0;
             core.retain();
             std::mem::take(&mut core.retry_due)
         };
         retry && self.dispatch()
     }
 
-    /// When the timer must come next, after `now_ms`, if at all.
+    /// When the timer must come next, after `now_ms`, if it is not asked for that or
+    /// earlier already: the caller asks the timers for it.
     pub fn next_wake(&self, now_ms: u64) -> Option<u64> {
-        let core = self.core.lock();
+        let mut core = self.core.lock();
         if core.deleted {
             return None;
         }
         let retry = core.retry_due.then_some(now_ms + RETRY_MS);
         let age = core.retention.max_age_ms.map(|_| now_ms + AGE_CHECK_MS);
-        retry.into_iter().chain(age).min()
+        let at = retry.into_iter().chain(age).min()?;
+        if core.timer_at_ms != 0 && core.timer_at_ms <= at {
+            return None;
+        }
+        core.timer_at_ms = at;
+        Some(at)
     }
 
     /// Changes how long the stream keeps its messages, and applies it.
@@ -513,6 +534,8 @@ impl Stream {
     /// no later sync reports anything durable.
     pub fn sync_abandoned(&self) {
         let mut core = self.core.lock();
+        // Deleted under the same lock: no append may slip in after the sync.
+        core.deleted = true;
         let result = core.log.begin_sync().and_then(|pending| {
             let result = pending.run();
             core.log.complete_sync(pending, &result).map(|_| ())
@@ -542,13 +565,17 @@ impl Core {
 
 impl Cursor {
     /// Hands the consumer what it has credit and room for.
-    fn serve(&mut self, queue: &Arc<Queue>, log: &StreamLog) -> Result<(), StoreError> {
+    fn serve(
+        &mut self,
+        queue: &Arc<Queue>,
+        log: &StreamLog,
+        budget: &mut usize,
+    ) -> Result<(), StoreError> {
         let credit = self.consumer.credit.clone();
         let credit = &credit;
-        let mut budget = READ_BUDGET;
         loop {
             if self.pending.is_empty() {
-                match self.fill(log, &mut budget)? {
+                match self.fill(log, budget)? {
                     Fill::Some => {}
                     Fill::Nothing => return Ok(()),
                     Fill::OutOfBudget => {
@@ -640,12 +667,14 @@ impl Cursor {
                     // offset again, past the damage if it is there again.
                     lost += 1;
                     let again = log.seek(self.next.max(log.first_offset()))?;
-                    self.at = if again == self.at || lost > 1 {
+                    let (at, from) = if again == self.at || lost > 1 {
+                        // Past the damage for good: never back before what follows it.
                         log.seek_past(self.at)?
                     } else {
-                        again
+                        (again, self.next)
                     };
-                    self.next = self.next.max(log.first_offset());
+                    self.at = at;
+                    self.next = self.next.max(from).max(log.first_offset());
                     if lost > 16 {
                         return Err(StoreError::Corrupt {
                             path: log.dir().to_path_buf(),
@@ -658,6 +687,16 @@ impl Cursor {
         }
         Ok(Fill::Nothing)
     }
+}
+
+/// Where a dispatch over `count` readers starts, moving `next` on for the next one.
+fn core_next_reader(next: &mut usize, count: usize) -> usize {
+    if count == 0 {
+        return 0;
+    }
+    let start = *next % count;
+    *next = start + 1;
+    start
 }
 
 /// What [`Cursor::fill`] found.
@@ -692,5 +731,93 @@ fn delivery(entry: StreamEntry) -> QueuedMessage {
         priority: 0,
         partition: 0,
         message: Message::new(text(&exchange), text(&routing_key), &properties, body),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{Credit, Mailbox};
+    use crate::store::sim::SimFs;
+    use std::path::Path;
+
+    const DIR: &str = "/data/s";
+
+    fn consumer() -> ConsumerHandle {
+        ConsumerHandle {
+            id: 1,
+            channel: 1,
+            exclusive: false,
+            credit: Arc::new(Credit::new(100, None)),
+            mailbox: Arc::new(Mailbox::default()),
+            no_ack: false,
+            priority: 0,
+        }
+    }
+
+    /// A log of `n` one-message chunks, synced one by one.
+    fn log_of(sim: &SimFs, n: u64) -> StreamLog {
+        let mut log = StreamLog::create(sim.shared(), DIR, 1 << 20, 16).expect("create");
+        for i in 0..n {
+            let body = i.to_be_bytes();
+            let record = StreamRecord {
+                filter_value: None,
+                exchange: "",
+                routing_key: "k",
+                properties: &[0, 0],
+                body: &body,
+            };
+            log.append(&record, 1).expect("append");
+            let pending = log.begin_sync().expect("sync");
+            let result = pending.run();
+            log.complete_sync(pending, &result).expect("synced");
+        }
+        log
+    }
+
+    /// What a cursor from `from` reads, turn by turn as dispatches would, in at most
+    /// `turns` turns; `None` if it has not reached the end by then.
+    fn read_all(log: &StreamLog, from: u64, turns: usize) -> Option<Vec<u64>> {
+        let mut cursor = Cursor {
+            consumer: consumer(),
+            next: from,
+            at: log.seek(from).expect("seek"),
+            reader: log.reader(),
+            pending: VecDeque::new(),
+            seek_pending: false,
+            filter: StreamFilter::default(),
+            tracked: None,
+        };
+        let mut got = Vec::new();
+        for _ in 0..turns {
+            let mut budget = READ_BUDGET;
+            match cursor.fill(log, &mut budget) {
+                Ok(Fill::Some) => {
+                    while let Some(entry) = cursor.pending.pop_front() {
+                        got.push(entry.offset);
+                        cursor.next = entry.offset + 1;
+                    }
+                }
+                Ok(Fill::OutOfBudget) | Err(_) => {}
+                Ok(Fill::Nothing) => return Some(got),
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn a_damaged_stretch_of_the_log_never_holds_a_reader_back() {
+        let sim = SimFs::new();
+        sim.mkdir_durable(Path::new("/data"));
+        let log = log_of(&sim, 40);
+        let segment = Path::new(DIR).join("0000000000.sseg");
+        // 20 damaged chunks in a row, more than a read budget, then the newest one.
+        for offset in (10..30).chain([39]) {
+            let at = log.seek(offset).expect("seek");
+            sim.scribble(&segment, at.pos as usize + 8, &[0xff, 0xff]);
+        }
+        let got = read_all(&log, 0, 50).expect("the reader reaches the end");
+        let want: Vec<u64> = (0..10).chain(30..39).collect();
+        assert_eq!(got, want);
     }
 }

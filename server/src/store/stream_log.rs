@@ -659,15 +659,16 @@ impl StreamLog {
         })
     }
 
-    /// Where the chunk after the one at `at` starts, by the index: for a reader that
-    /// found the chunk at `at` damaged (its messages are lost; this is logged). A
+    /// Where the chunk after the one at `at` starts, by the index, and the offset it
+    /// starts at: for a reader that found the chunk at `at` damaged (its messages are
+    /// lost; this is logged), which must then never go back before that offset. A
     /// position in a segment no longer kept finds the first chunk.
     ///
     /// # Errors
     /// Reading an index failed.
-    pub fn seek_past(&self, at: ChunkPosition) -> Result<ChunkPosition> {
+    pub fn seek_past(&self, at: ChunkPosition) -> Result<(ChunkPosition, u64)> {
         let Some(i) = self.segments.iter().position(|s| s.number == at.segment) else {
-            return self.seek(0);
+            return Ok((self.seek(0)?, self.first_offset()));
         };
         let summary = self.segments[i];
         let index = self.open_index(summary.number)?;
@@ -688,17 +689,21 @@ impl StreamLog {
         );
         if lo < summary.chunks {
             let entry = self.index_entry(&index, summary.number, lo)?;
-            return Ok(ChunkPosition {
+            let at = ChunkPosition {
                 segment: summary.number,
                 pos: entry.pos,
-            });
+            };
+            return Ok((at, entry.info.first_offset));
         }
         Ok(match self.segments.get(i + 1) {
-            Some(next) => ChunkPosition {
-                segment: next.number,
-                pos: FILE_HEADER_LEN,
-            },
-            None => self.end_position(),
+            Some(next) => {
+                let at = ChunkPosition {
+                    segment: next.number,
+                    pos: FILE_HEADER_LEN,
+                };
+                (at, next.first_offset)
+            }
+            None => (self.end_position(), self.written_end),
         })
     }
 
@@ -892,6 +897,10 @@ impl StreamLog {
                 detail,
             }
         })?;
+        // What a killed broker wrote without syncing is readable from now on: make it
+        // durable first, so that no offset a reader sees can be taken back by a later
+        // power loss.
+        file.sync_data().map_err(StoreError::io("fdatasync", &path))?;
         let mut scan = Scan {
             file: &file,
             path: &path,
