@@ -900,7 +900,8 @@ impl StreamLog {
         // What a killed broker wrote without syncing is readable from now on: make it
         // durable first, so that no offset a reader sees can be taken back by a later
         // power loss.
-        file.sync_data().map_err(StoreError::io("fdatasync", &path))?;
+        file.sync_data()
+            .map_err(StoreError::io("fdatasync", &path))?;
         let mut scan = Scan {
             file: &file,
             path: &path,
