@@ -188,6 +188,10 @@ pub enum StoreError {
     /// The definitions could not be loaded or written (damaged change log, I/O).
     #[error(transparent)]
     Definitions(#[from] definitions::DefinitionsError),
+    /// Appends refused while earlier ones wait in memory for writes that keep failing
+    /// (a full disk): memory must not take what the disk will not.
+    #[error("appends are refused while {0} bytes wait for writes that keep failing: {1}")]
+    Backlogged(usize, String),
     /// A segment size outside the supported range.
     #[error("segment size {0} is outside {min}..={max}", min = format::MIN_SEGMENT_SIZE, max = format::MAX_SEGMENT_SIZE)]
     InvalidSegmentSize(u64),

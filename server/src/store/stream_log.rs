@@ -43,6 +43,8 @@ const MAX_CHUNK_ENTRIES: u32 = 4096;
 const MAX_SEGMENT_CHUNKS: u64 = 256_000;
 /// Sealed chunks are written out once this much waits, whatever the commit's pace.
 const WRITE_BUFFER_LIMIT: usize = 256 << 10;
+/// Appends are refused while this much waits in memory for writes that keep failing.
+const MAX_UNWRITTEN: usize = 64 << 20;
 /// Buffers grown past this by a large message are shrunk back once emptied.
 const SHRINK_ABOVE: usize = 4 << 20;
 /// Readers fetch at least this much per read.
@@ -364,6 +366,14 @@ impl StreamLog {
             return Err(StoreError::Poisoned(why.clone()));
         }
         let len = sf::entry_len(record)?;
+        let unwritten = self.open.entries.len() + self.sealed.len();
+        if unwritten >= MAX_UNWRITTEN {
+            // Try to write it out; if the disk still refuses, so does this append.
+            self.seal();
+            if let Err(e) = self.write_sealed() {
+                return Err(StoreError::Backlogged(self.sealed.len(), e.to_string()));
+            }
+        }
         if self.open.count > 0
             && (self.open.entries.len() + len > MAX_CHUNK_BYTES
                 || self.open.count >= MAX_CHUNK_ENTRIES)

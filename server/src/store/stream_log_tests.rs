@@ -602,3 +602,36 @@ fn what_recovery_makes_readable_survives_a_later_power_loss() {
     let (log, _) = StreamLog::open(lost_power.shared(), DIR, 1 << 20, 16).expect("open");
     assert_eq!(log.readable_end(), 10);
 }
+
+#[test]
+fn appends_are_refused_while_writes_keep_failing_past_a_bound() {
+    let (sim, fs) = sim();
+    let mut log = StreamLog::create(fs, DIR, 1 << 30, 16).expect("create");
+    sim.inject(super::sim::Fault {
+        op: super::sim::Op::Write,
+        path: ".sseg".into(),
+        skip: 0,
+        times: usize::MAX,
+        errno: rustix::io::Errno::NOSPC.raw_os_error(),
+        torn: false,
+    });
+    let body = vec![7u8; 1 << 20];
+    let record = StreamRecord {
+        filter_value: None,
+        exchange: "",
+        routing_key: "",
+        properties: &[0, 0],
+        body: &body,
+    };
+    let refused = (0..200).find(|_| log.append(&record, T0).is_err());
+    let at = refused.expect("appends are refused at last");
+    assert!((60..=70).contains(&at), "refused after {at} MiB");
+    assert!(matches!(
+        log.append(&record, T0),
+        Err(super::StoreError::Backlogged(..))
+    ));
+    // The disk has room again: appends go on, and everything is written.
+    sim.clear_faults();
+    log.append(&record, T0).expect("accepted again");
+    assert_eq!(sync(&mut log).expect("sync"), at as u64 + 1);
+}
