@@ -50,3 +50,44 @@ pub fn venv_python() -> Result<PathBuf> {
     }
     Ok(python)
 }
+
+/// Runs `examples-python/<script>` with the virtualenv's python and `AMQP_URL` set to
+/// `amqp_url`, killing it if it has not exited within `bound`; returns its exit status
+/// and everything it printed on stdout.
+///
+/// # Errors
+/// The virtualenv could not be made or the script not started.
+pub async fn run_example(
+    script: &str,
+    amqp_url: &str,
+    bound: std::time::Duration,
+) -> Result<(std::process::ExitStatus, String)> {
+    use std::io::Read as _;
+    let python = venv_python()?;
+    let mut child = Command::new(python)
+        .arg(script)
+        .current_dir(examples_dir())
+        .env("AMQP_URL", amqp_url)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("start {script}"))?;
+    let mut stdout = child.stdout.take().context("its stdout")?;
+    let output = tokio::task::spawn_blocking(move || {
+        let mut text = String::new();
+        let _ = stdout.read_to_string(&mut text);
+        text
+    });
+    let exited = crate::wait_for(bound, || {
+        let done = matches!(child.try_wait(), Ok(Some(_)));
+        async move { done }
+    })
+    .await;
+    if !exited {
+        let _ = child.kill();
+    }
+    let status = child.wait().context("its exit status")?;
+    let output = output.await.context("reading its output")?;
+    Ok((status, output))
+}

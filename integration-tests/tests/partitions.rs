@@ -9,8 +9,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -1272,33 +1270,14 @@ async fn the_partitioned_workers_example_keeps_order_through_a_kill() {
     if !server.is_warren() {
         return;
     }
-    let python = integration_tests::python::venv_python().expect("the examples' virtualenv");
-    let mut child = Command::new(python)
-        .arg("partitioned_workers.py")
-        .current_dir(integration_tests::python::examples_dir())
-        .env("AMQP_URL", server.uri())
-        .env("PYTHONUNBUFFERED", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start partitioned_workers.py");
-    let mut stdout = child.stdout.take().expect("its stdout");
-    let output = tokio::task::spawn_blocking(move || {
-        let mut text = String::new();
-        let _ = stdout.read_to_string(&mut text);
-        text
-    });
     // The script bounds each of its waits at 30 s; this bounds the whole run.
-    let exited = wait_for(Duration::from_secs(90), || {
-        let done = matches!(child.try_wait(), Ok(Some(_)));
-        async move { done }
-    })
-    .await;
-    if !exited {
-        let _ = child.kill();
-    }
-    let status = child.wait().expect("its exit status");
-    let output = within("its output", output).await.expect("the reader");
+    let (status, output) = integration_tests::python::run_example(
+        "partitioned_workers.py",
+        server.uri(),
+        Duration::from_secs(90),
+    )
+    .await
+    .expect("run partitioned_workers.py");
     let summary = output
         .lines()
         .rfind(|line| line.starts_with("summary: "))

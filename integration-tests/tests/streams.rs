@@ -684,3 +684,30 @@ async fn deleting_a_stream_ignores_if_empty_and_counts_nothing() {
     .expect("a stream is deleted whatever if_empty says");
     assert_eq!(deleted, 0);
 }
+
+/// `examples-python/stream_replay.py` (pika) against this broker: a replay from the
+/// first offset, an exact filter and a tracked reader that resumes where it stopped
+/// acking, by its own checks.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_stream_replay_example_runs_with_pika() {
+    let server = TestServer::start().await;
+    if !server.is_warren() {
+        return;
+    }
+    let (status, output) = integration_tests::python::run_example(
+        "stream_replay.py",
+        server.uri(),
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .expect("run stream_replay.py");
+    let summary = output
+        .lines()
+        .rfind(|line| line.starts_with("summary: "))
+        .unwrap_or_else(|| panic!("no summary line; it printed:\n{output}"));
+    assert!(
+        status.success()
+            && summary == "summary: audit 100/100, eu-only 34, billing resumed at 20, ok",
+        "{status}: {summary}"
+    );
+}
