@@ -303,10 +303,17 @@ impl Channel {
     ) {
         // Group events' control deliveries are only removed.
         entries.retain(|u| !u.control);
+        // A stream's consumers settle by offset, a run per consumer (its tracked offset).
+        let mut streams: Vec<(&Arc<Queue>, &Arc<Credit>, Vec<u64>)> = Vec::new();
         for entry in &entries {
             if let Some(credit) = &entry.credit {
                 if entry.queue.is_stream() {
-                    entry.queue.stream_settled(credit, &[entry.message.offset]);
+                    match streams.last_mut() {
+                        Some((_, c, offsets)) if Arc::ptr_eq(c, credit) => {
+                            offsets.push(entry.message.offset);
+                        }
+                        _ => streams.push((&entry.queue, credit, vec![entry.message.offset])),
+                    }
                 }
                 credit.release(1);
                 ctx.kick_later(&entry.queue);
@@ -314,6 +321,10 @@ impl Channel {
                 // A `basic.get` settled may end a partition's drain.
                 ctx.kick_later(&entry.queue);
             }
+        }
+        // Before the kicks (run after this batch) can deliver more.
+        for (queue, credit, offsets) in streams {
+            queue.stream_settled(credit, &offsets);
         }
         let entries = entries.into_iter().map(|u| (u.queue, u.message));
         match settlement {

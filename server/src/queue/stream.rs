@@ -386,7 +386,7 @@ impl Stream {
         // last dispatch stopped: a kick never reads for long under this lock.
         let mut budget = READ_BUDGET * 4;
         let count = readers.len();
-        let start = core_next_reader(next_reader, count);
+        let start = rotate_start(next_reader, count);
         for k in 0..count {
             let cursor = &mut readers[(start + k) % count];
             if let Err(error) = cursor.serve(&queue, log, &mut budget) {
@@ -690,7 +690,7 @@ impl Cursor {
 }
 
 /// Where a dispatch over `count` readers starts, moving `next` on for the next one.
-fn core_next_reader(next: &mut usize, count: usize) -> usize {
+fn rotate_start(next: &mut usize, count: usize) -> usize {
     if count == 0 {
         return 0;
     }

@@ -79,13 +79,18 @@ pub fn acks_file_name(n: u32) -> String {
     format!("{n:010}.acks")
 }
 
-/// Recognises the files of a queue log; anything else is `None`.
-pub fn parse_file_name(name: &str) -> Option<LogFile> {
+/// A log file name's segment number and extension: ten digits, a dot, the rest.
+pub fn numbered_file(name: &str) -> Option<(u32, &str)> {
     let (stem, ext) = name.split_once('.')?;
     if stem.len() != 10 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    let n: u32 = stem.parse().ok()?;
+    Some((stem.parse().ok()?, ext))
+}
+
+/// Recognises the files of a queue log; anything else is `None`.
+pub fn parse_file_name(name: &str) -> Option<LogFile> {
+    let (n, ext) = numbered_file(name)?;
     match ext {
         "seg" => Some(LogFile::Segment(n)),
         "acks" => Some(LogFile::Acks(n)),

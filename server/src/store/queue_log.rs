@@ -1451,19 +1451,29 @@ fn check_segment_size(size: u64) -> Result<()> {
 
 /// The log files in `dir`; other entries are ignored.
 fn list_dir(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<(LogFile, PathBuf)>> {
+    list_files(fs, dir, format::parse_file_name)
+}
+
+/// The entries of `dir` that `parse` recognises, with their paths.
+pub(super) fn list_files<F>(
+    fs: &dyn FileSystem,
+    dir: &Path,
+    parse: impl Fn(&str) -> Option<F>,
+) -> Result<Vec<(F, PathBuf)>> {
     let mut files = Vec::new();
     for name in fs
         .read_dir(dir)
         .map_err(StoreError::io("read directory", dir))?
     {
-        if let Some(file) = name.to_str().and_then(format::parse_file_name) {
+        if let Some(file) = name.to_str().and_then(&parse) {
             files.push((file, dir.join(name)));
         }
     }
     Ok(files)
 }
 
-fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
+/// Removes `path`; one already gone is not an error.
+pub(super) fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
     match fs.remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io("remove", path)(e)),
         _ => Ok(()),

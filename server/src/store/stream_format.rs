@@ -60,11 +60,7 @@ pub fn index_file_name(n: u32) -> String {
 
 /// Recognises the files of a stream log; anything else is `None`.
 pub fn parse_file_name(name: &str) -> Option<StreamFile> {
-    let (stem, ext) = name.split_once('.')?;
-    if stem.len() != 10 || !stem.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u32 = stem.parse().ok()?;
+    let (n, ext) = super::format::numbered_file(name)?;
     match ext {
         "sseg" => Some(StreamFile::Segment(n)),
         "sidx" => Some(StreamFile::Index(n)),

@@ -28,6 +28,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::format::{FILE_HEADER_LEN, check_file_header, file_header};
 use super::fs::{FileRef, FileSystem, FsRef, OpenMode};
+use super::queue_log::{list_files, remove_if_exists};
 use super::stream_format::{
     self as sf, Bloom, CHUNK_FIXED_LEN, CHUNK_HEADER_LEN, ChunkBody, ChunkInfo, INDEX_ENTRY_LEN,
     IndexEntry, STREAM_INDEX_MAGIC, STREAM_SEGMENT_MAGIC, StreamFile, StreamRecord,
@@ -205,7 +206,7 @@ impl StreamLog {
         let dir = dir.as_ref().to_path_buf();
         fs.create_dir_all(&dir)
             .map_err(StoreError::io("create directory", &dir))?;
-        if list(&*fs, &dir)?
+        if list_files(&*fs, &dir, sf::parse_file_name)?
             .iter()
             .any(|(f, _)| matches!(f, StreamFile::Segment(_)))
         {
@@ -264,7 +265,7 @@ impl StreamLog {
         let dir = dir.as_ref().to_path_buf();
         let mut log = Self::empty(fs, dir, max_segment_bytes, bloom_len)?;
         let mut recovery = StreamRecovery::default();
-        let files = list(&*log.fs, &log.dir)?;
+        let files = list_files(&*log.fs, &log.dir, sf::parse_file_name)?;
         let mut numbers: Vec<u32> = files
             .iter()
             .filter_map(|(f, _)| match f {
@@ -1229,25 +1230,5 @@ impl StreamReader {
         let start = (at.pos - self.buf_at.pos) as usize;
         let end = (start + len).min(self.buf.len());
         Ok(Some(self.buf.slice(start..end)))
-    }
-}
-
-fn list(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<(StreamFile, PathBuf)>> {
-    let mut files = Vec::new();
-    for name in fs
-        .read_dir(dir)
-        .map_err(StoreError::io("read directory", dir))?
-    {
-        if let Some(file) = name.to_str().and_then(sf::parse_file_name) {
-            files.push((file, dir.join(name)));
-        }
-    }
-    Ok(files)
-}
-
-fn remove_if_exists(fs: &dyn FileSystem, path: &Path) -> Result<()> {
-    match fs.remove_file(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io("remove", path)(e)),
-        _ => Ok(()),
     }
 }

@@ -25,21 +25,11 @@ fn filter(offset: u64) -> Option<String> {
     (offset % 3 != 0).then(|| format!("f{}", offset % 3))
 }
 
+/// Appends `n` messages; their offsets.
 fn append(log: &mut StreamLog, n: u64, now_ms: u64) -> Vec<u64> {
-    (0..n)
-        .map(|_| {
-            let offset = log.end_offset();
-            let (b, f) = (body(offset), filter(offset));
-            let record = StreamRecord {
-                filter_value: f.as_deref(),
-                exchange: "ex",
-                routing_key: "rk",
-                properties: &[0, 0],
-                body: &b,
-            };
-            log.append(&record, now_ms).expect("append")
-        })
-        .collect()
+    let first = log.end_offset();
+    append_checked(log, n, now_ms).expect("append");
+    (first..log.end_offset()).collect()
 }
 
 fn sync(log: &mut StreamLog) -> super::Result<u64> {

@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{FILE_HEADER_LEN, check_file_header, file_header};
 use super::fs::{FileRef, FsRef, OpenMode};
+use super::queue_log::remove_if_exists;
 use super::{Result, StoreError};
 
 /// Magic bytes opening every offsets file.
@@ -205,15 +206,11 @@ impl StreamOffsets {
             self.snapshot_pending = false;
         }
         while let Some(g) = self.removing.pop() {
-            let path = self.dir.join(file_name(g));
-            match self.fs.remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    self.removing.push(g);
-                    self.superseded.append(&mut self.removing);
-                    return Err(StoreError::io("remove", &path)(e));
-                }
+            let removed = remove_if_exists(&*self.fs, &self.dir.join(file_name(g)));
+            if let Err(e) = removed {
+                self.removing.push(g);
+                self.superseded.append(&mut self.removing);
+                return Err(e);
             }
         }
         Ok(())
