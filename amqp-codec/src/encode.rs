@@ -120,52 +120,57 @@ const BEFORE_HEADERS: [u16; 2] = [0x8000, 0x4000];
 #[cfg(test)]
 const PARTITION_ENTRY_LEN: usize = 1 + PARTITION_HEADER.len() + 1 + 8;
 
-/// Like [`content`], with a header of type `l` (signed 64-bit, as RabbitMQ's
+/// Like [`content`], with headers of type `l` (signed 64-bit, as RabbitMQ's
 /// `x-delivery-count`) that the broker states, such as `x-partition` (so that a consumer
-/// of a partitioned queue sees where each message came from) or `x-stream-offset`. The
-/// message's stored properties stay as published. Below, `x-partition` stands for the
-/// annotation's name.
+/// of a partitioned queue sees where each message came from) and `x-stream-offset`. The
+/// message's stored properties stay as published.
 ///
-/// The entry is spliced in while the raw properties are copied into `buf`, which
+/// The entries are spliced in while the raw properties are copied into `buf`, which
 /// happens anyway: no decode, no allocation. With a headers table, its length is
-/// rewritten and the entry appended, and any `x-partition` entry the publisher set is
-/// left out, so there is exactly one; without one, the headers flag is set and a
-/// one-entry table inserted after content-type and content-encoding.
+/// rewritten and the entries appended, and any entry of the same names the publisher
+/// set is left out, so there is exactly one of each; without one, the headers flag is
+/// set and a table of the annotations inserted after content-type and
+/// content-encoding.
 ///
 /// Properties this cannot splice into (cut short, a malformed headers table, a second
 /// flags word, or a table that would outgrow its `u32` length) are copied unchanged,
 /// as [`content`] would: the broker forwards what it accepted rather than fail. When
-/// the entry would push the header past `frame_max` (a content header is one frame),
-/// the consumer gets the message without an `x-partition` entry rather than a frame
-/// error; one the publisher set is still left out, so the header never claims a
-/// partition the broker did not state.
+/// the entries would push the header past `frame_max` (a content header is one frame),
+/// the consumer gets the message without them rather than a frame error; entries of
+/// their names the publisher set are still left out, so the header never claims a
+/// partition or offset the broker did not state.
 pub fn content_annotated(
     buf: &mut BytesMut,
     channel: u16,
     properties: &[u8],
-    annotation: Annotation,
+    annotations: &[Annotation],
     body: &[u8],
     frame_max: u32,
 ) {
-    reserve_content(buf, properties.len() + 4 + MAX_ENTRY_LEN, body, frame_max);
+    reserve_content(
+        buf,
+        properties.len() + 4 + MAX_ENTRY_LEN * annotations.len(),
+        body,
+        frame_max,
+    );
     let start = buf.len();
     header_frame(buf, channel, body.len(), |buf| {
-        spliced(buf, properties, annotation, true);
+        spliced(buf, properties, annotations, true);
     });
     if frame_max > 0 && buf.len() - start > frame_max as usize {
         buf.truncate(start);
         header_frame(buf, channel, body.len(), |buf| {
-            spliced(buf, properties, annotation, false);
+            spliced(buf, properties, annotations, false);
         });
     }
     body_frames(buf, channel, body, frame_max);
 }
 
-/// Appends `properties` with any entry of the annotation's name replaced by the
-/// annotation (left out unless `add`), or unchanged when they cannot be read that far.
-fn spliced(buf: &mut BytesMut, properties: &[u8], annotation: Annotation, add: bool) {
+/// Appends `properties` with any entry of an annotation's name replaced by the
+/// annotations (left out unless `add`), or unchanged when they cannot be read that far.
+fn spliced(buf: &mut BytesMut, properties: &[u8], annotations: &[Annotation], add: bool) {
     let start = buf.len();
-    if annotate(buf, properties, annotation, add).is_none() {
+    if annotate(buf, properties, annotations, add).is_none() {
         buf.truncate(start);
         buf.put_slice(properties);
     }
@@ -206,13 +211,13 @@ fn body_frames(buf: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32) {
     }
 }
 
-/// Appends `properties` with the annotation spliced in (with `add`), any entry of its
-/// name the publisher set left out (see [`content_annotated`]); `None` when they
+/// Appends `properties` with the annotations spliced in (with `add`), any entry of
+/// their names the publisher set left out (see [`content_annotated`]); `None` when they
 /// cannot be read that far, leaving partial output for the caller to truncate.
 fn annotate(
     buf: &mut BytesMut,
     properties: &[u8],
-    annotation: Annotation,
+    annotations: &[Annotation],
     add: bool,
 ) -> Option<()> {
     let flags = u16::from_be_bytes(properties.get(..2)?.try_into().ok()?);
@@ -227,9 +232,12 @@ fn annotate(
         }
     }
     let (before, after) = (properties.get(2..at)?, properties.get(at..)?);
-    let (encoded, len) = annotation.entry();
-    let entry = if add { &encoded[..len] } else { &[] };
-    if flags & HEADERS_FLAG == 0 && entry.is_empty() {
+    let added: usize = if add {
+        annotations.iter().map(|a| a.entry().1).sum()
+    } else {
+        0
+    };
+    if flags & HEADERS_FLAG == 0 && added == 0 {
         buf.put_slice(properties);
         return Some(());
     }
@@ -237,13 +245,13 @@ fn annotate(
     buf.put_u16(flags | HEADERS_FLAG);
     buf.put_slice(before);
     let rest = if flags & HEADERS_FLAG == 0 {
-        buf.put_u32(entry.len() as u32);
+        buf.put_u32(u32::try_from(added).ok()?);
         after
     } else {
         let (table, used) = length_prefixed(after)?;
         let len_at = buf.len();
         buf.put_u32(0);
-        // Copy the entries in runs, leaving out any `x-partition` already there.
+        // Copy the entries in runs, leaving out any of the annotations' already there.
         let mut entries = Entries::new(table);
         let mut copied = 0;
         loop {
@@ -251,7 +259,7 @@ fn annotate(
             let Some(e) = entries.next() else {
                 break;
             };
-            if e.name == annotation.name.as_bytes() {
+            if annotations.iter().any(|a| e.name == a.name.as_bytes()) {
                 buf.put_slice(table.get(copied..at)?);
                 copied = at + e.encoded.len();
             }
@@ -260,11 +268,16 @@ fn annotate(
             return None;
         }
         buf.put_slice(table.get(copied..)?);
-        let len = u32::try_from(buf.len() - len_at - 4 + entry.len()).ok()?;
+        let len = u32::try_from(buf.len() - len_at - 4 + added).ok()?;
         buf[len_at..len_at + 4].copy_from_slice(&len.to_be_bytes());
         after.get(used..)?
     };
-    buf.put_slice(entry);
+    if add {
+        for annotation in annotations {
+            let (encoded, len) = annotation.entry();
+            buf.put_slice(&encoded[..len]);
+        }
+    }
     buf.put_slice(rest);
     Some(())
 }
@@ -506,7 +519,7 @@ mod tests {
             &mut out,
             3,
             &raw,
-            Annotation::partition(partition),
+            &[Annotation::partition(partition)],
             body,
             frame_max,
         );
@@ -609,7 +622,7 @@ mod tests {
         ]
         .concat();
         let mut out = BytesMut::new();
-        content_annotated(&mut out, 1, &raw, Annotation::partition(4), &[], 4096);
+        content_annotated(&mut out, 1, &raw, &[Annotation::partition(4)], &[], 4096);
         let (written, _) = decode_content(out, 1, 4096);
         let expected = [
             &[0x20, 0x00, 0, 0, 0, 25][..],
@@ -620,6 +633,36 @@ mod tests {
         ]
         .concat();
         assert_eq!(&written[..], &expected[..]);
+    }
+
+    #[test]
+    fn two_annotations_replace_both_published_entries_once_each() {
+        for table in some_headers() {
+            let mut forged = table.clone();
+            forged.insert(PARTITION_HEADER.into(), AMQPValue::LongString("9".into()));
+            forged.insert(STREAM_OFFSET_HEADER.into(), AMQPValue::Boolean(true));
+            let properties = BasicProperties::default().with_headers(forged);
+            let raw = encode_properties(&properties);
+            let mut out = BytesMut::new();
+            let both = [Annotation::stream_offset(77), Annotation::partition(5)];
+            content_annotated(&mut out, 2, &raw, &both, b"x", 4096);
+            let (written, body) = decode_content(out, 2, 4096);
+            assert_eq!(body, b"x");
+            let mut want = table.clone();
+            want.insert(STREAM_OFFSET_HEADER.into(), AMQPValue::LongLongInt(77));
+            want.insert(PARTITION_HEADER.into(), AMQPValue::LongLongInt(5));
+            let got = decode_properties(&written).expect("properties");
+            assert_eq!(got.headers().clone(), Some(want), "from {table:?}");
+        }
+        // Without headers: a table of both is inserted.
+        let mut out = BytesMut::new();
+        let both = [Annotation::partition(1), Annotation::stream_offset(2)];
+        content_annotated(&mut out, 1, &[0, 0], &both, b"", 4096);
+        let (written, _) = decode_content(out, 1, 4096);
+        let headers = decode_properties(&written)
+            .and_then(|p| p.headers().clone())
+            .expect("headers");
+        assert_eq!(headers.inner().len(), 2);
     }
 
     #[test]
@@ -635,7 +678,7 @@ mod tests {
                 &mut ours,
                 1,
                 &raw,
-                Annotation::partition(12),
+                &[Annotation::partition(12)],
                 &body,
                 frame_max,
             );
@@ -670,7 +713,7 @@ mod tests {
                 &mut fitting,
                 1,
                 &encode_properties(properties),
-                Annotation::partition(3),
+                &[Annotation::partition(3)],
                 b"",
                 0,
             );
@@ -685,7 +728,7 @@ mod tests {
                 &mut out,
                 1,
                 &raw,
-                Annotation::partition(3),
+                &[Annotation::partition(3)],
                 b"body",
                 fits - 1,
             );
@@ -710,7 +753,7 @@ mod tests {
             &mut out,
             1,
             &raw,
-            Annotation::stream_offset(1 << 40),
+            &[Annotation::stream_offset(1 << 40)],
             b"b",
             4096,
         );
@@ -740,7 +783,14 @@ mod tests {
             &[0x00, 0x01, 0x00, 0x00],                // a second flags word
         ] {
             let mut ours = BytesMut::new();
-            content_annotated(&mut ours, 1, raw, Annotation::partition(3), b"body", 4096);
+            content_annotated(
+                &mut ours,
+                1,
+                raw,
+                &[Annotation::partition(3)],
+                b"body",
+                4096,
+            );
             let mut plain = BytesMut::new();
             content(&mut plain, 1, raw, b"body", 4096);
             assert_eq!(ours, plain, "{raw:?}");

@@ -555,7 +555,7 @@ fn check_annotated(bytes: &[u8]) {
         &mut out,
         1,
         bytes,
-        encode::Annotation::partition(partition),
+        &[encode::Annotation::partition(partition)],
         &[],
         0,
     );

@@ -29,13 +29,11 @@ use crate::queue::dead_letter;
 use crate::queue::stream::Retention;
 use crate::queue::{
     ConnectionId, Effects, Enqueued, Move, MoveRoute, Queue, QueueDeclare, QueueEnv, QueueSettings,
-    StreamFiles,
 };
 use crate::store::definitions::{BindingDef, Change, Definitions, ExchangeDef, QueueDef};
 use crate::store::stream_log::{
-    DEFAULT_STREAM_FILTER_BYTES, DEFAULT_STREAM_SEGMENT_SIZE, SEGMENT_SIZE_RANGE, StreamLog,
+    DEFAULT_STREAM_FILTER_BYTES, DEFAULT_STREAM_SEGMENT_SIZE, SEGMENT_SIZE_RANGE, StreamFiles,
 };
-use crate::store::stream_offsets::StreamOffsets;
 use crate::store::{BrokerStore, QueueLog, Recovery, SegmentPosition, SyncTarget};
 use crate::timers::{Timers, Wake, now_ms};
 use amqp_codec::ReplyCode;
@@ -161,14 +159,15 @@ impl VHost {
     }
 
     /// Makes a queue of this vhost, with a clock that wakes it through the vhost.
-    /// A stream's `stream` log sits in the directory of its queue log `log`.
+    /// A stream's files (`stream`, one per partition) sit in the directory of its
+    /// queue log `log`.
     fn new_queue(
         &self,
         name: ShortStr,
         settings: QueueSettings,
         log: Option<QueueLog>,
         recovered: &Recovery,
-        stream: Option<(StreamLog, StreamOffsets)>,
+        stream: Option<Vec<StreamFiles>>,
     ) -> Arc<Queue> {
         Arc::new_cyclic(|me| {
             let clock: Arc<dyn Wake> = Arc::new(QueueClock {
@@ -182,25 +181,26 @@ impl VHost {
                 memory_tight: self.memory_tight.clone(),
             };
             match (log, stream) {
-                (Some(home), Some((log, offsets))) => {
-                    let files = StreamFiles { home, log, offsets };
-                    Queue::new_stream(me.clone(), name, &self.name, settings, files, env)
+                (Some(home), Some(files)) => {
+                    Queue::new_stream(me.clone(), name, &self.name, settings, home, files, env)
                 }
                 (log, _) => Queue::new(name, &self.name, settings, log, recovered, env),
             }
         })
     }
 
-    /// The log of a new stream, in the directory of its queue log `home`.
+    /// The files of a new stream's `partitions` (1 without `x-partitions`), in the
+    /// directory of its queue log `home`.
     ///
     /// # Errors
     /// 541 INTERNAL_ERROR without a data directory or when the log cannot be made.
-    fn new_stream_log(
+    fn new_stream_files(
         &self,
         home: Option<&QueueLog>,
+        partitions: u16,
         args: &FieldTable,
         name: &str,
-    ) -> AmqpResult<(StreamLog, StreamOffsets)> {
+    ) -> AmqpResult<Vec<StreamFiles>> {
         let failed = |why: String| {
             AmqpError::new(
                 ReplyCode::InternalError,
@@ -214,13 +214,13 @@ impl VHost {
             return Err(failed("the broker runs without a data directory".into()));
         };
         let (segment, bloom) = stream_log_settings(args);
-        let log = store
-            .create_stream_log(home, segment, bloom)
-            .map_err(|e| failed(e.to_string()))?;
-        let offsets = store
-            .open_stream_offsets(home)
-            .map_err(|e| failed(e.to_string()))?;
-        Ok((log, offsets))
+        (0..partitions.max(1))
+            .map(|p| {
+                store
+                    .create_stream(home, p, segment, bloom)
+                    .map_err(|e| failed(e.to_string()))
+            })
+            .collect()
     }
 
     /// Drops a deleted queue's messages; its durable log goes once the deletion (written
@@ -867,7 +867,13 @@ impl VHost {
             },
         )?;
         let stream = if parsed.queue_type == QueueType::Stream {
-            Some(self.new_stream_log(log.as_ref(), &declare.arguments, &declare.name)?)
+            let partitions = parsed.partitions.unwrap_or(1);
+            Some(self.new_stream_files(
+                log.as_ref(),
+                partitions,
+                &declare.arguments,
+                &declare.name,
+            )?)
         } else {
             None
         };
@@ -1508,9 +1514,13 @@ impl VHost {
             });
             let stream = if parsed.queue_type == QueueType::Stream {
                 let (segment, bloom) = stream_log_settings(&def.arguments);
-                let (stream, recovery) = store.open_stream_log(&log, segment, bloom)?;
-                messages += recovery.messages;
-                Some((stream, store.open_stream_offsets(&log)?))
+                let mut files = Vec::new();
+                for p in 0..parsed.partitions.unwrap_or(1).max(1) {
+                    let (part, recovery) = store.open_stream(&log, p, segment, bloom)?;
+                    messages += recovery.messages;
+                    files.push(part);
+                }
+                Some(files)
             } else {
                 None
             };
@@ -1528,7 +1538,12 @@ impl VHost {
                 &recovery,
                 stream,
             );
-            for p in 1..queue.partitions().unwrap_or(0) {
+            let queue_partitions = if queue.is_stream() {
+                None
+            } else {
+                queue.partitions()
+            };
+            for p in 1..queue_partitions.unwrap_or(0) {
                 if let Some((log, recovery)) = store.open_partition_log(&def.id, p)? {
                     for warning in &recovery.warnings {
                         tracing::warn!(queue = %def.name, partition = p, "{warning}");

@@ -10,7 +10,7 @@ use super::{Channel, ChannelConsumer, Context, Settlement, Unacked};
 use crate::error::{self, AmqpResult};
 use crate::names;
 use crate::queue::arguments::StreamOffset;
-use crate::queue::stream::{StreamFilter, StreamStart};
+use crate::queue::stream::{Reader, StreamFilter, StreamStart};
 use crate::queue::{ConsumerHandle, Credit, Membership, arguments};
 use crate::timers::now_ms;
 
@@ -218,12 +218,16 @@ impl Channel {
             priority: options.priority,
         };
         let added = if queue.is_stream() {
-            let filter = StreamFilter {
-                values: options.stream_filter.clone(),
-                match_unfiltered: options.match_unfiltered,
+            let reader = Reader {
+                consumer: handle,
+                start: stream_start(&options),
+                filter: StreamFilter {
+                    values: options.stream_filter.clone(),
+                    match_unfiltered: options.match_unfiltered,
+                },
             };
             let track = options.track_offsets.then(|| tag.to_string());
-            queue.add_stream_consumer(handle, stream_start(&options), filter, track)
+            queue.add_stream_consumer(reader, track, &membership)
         } else {
             queue.add_member(handle, &membership, ctx.effects)
         };

@@ -43,6 +43,10 @@ pub struct GroupNotice<'a> {
     pub group: Option<&'a str>,
 }
 
+/// Settled deliveries of one stream consumer in one partition, in a row: the queue,
+/// the consumer's credit, the partition and the offsets.
+type StreamRun<'a> = (&'a Arc<Queue>, &'a Arc<Credit>, u16, Vec<u64>);
+
 /// Writes one delivery (method, header and body frames) into the output buffer.
 pub(super) fn write_delivery(
     ctx: &mut Context<'_>,
@@ -68,19 +72,30 @@ pub(super) fn write_delivery(
 
 /// Writes a delivered message's content frames: from a partitioned queue, with its
 /// partition in an `x-partition` header; from a stream, with its offset in an
-/// `x-stream-offset` header.
+/// `x-stream-offset` header (and its partition, if the stream is partitioned).
 fn content(ctx: &mut Context<'_>, channel: u16, queue: &Queue, message: &QueuedMessage) {
     let properties = message.message.raw_properties();
     let body = message.message.body();
-    if queue.is_stream() {
-        let offset =
-            encode::Annotation::stream_offset(i64::try_from(message.offset).unwrap_or(i64::MAX));
-        encode::content_annotated(ctx.out, channel, properties, offset, body, ctx.frame_max);
-    } else if queue.partitions().is_some() {
-        let partition = encode::Annotation::partition(i64::from(message.partition));
-        encode::content_annotated(ctx.out, channel, properties, partition, body, ctx.frame_max);
-    } else {
+    let offset =
+        encode::Annotation::stream_offset(i64::try_from(message.offset).unwrap_or(i64::MAX));
+    let partition = encode::Annotation::partition(i64::from(message.partition));
+    let annotations: &[encode::Annotation] = match (queue.is_stream(), queue.partitions()) {
+        (true, Some(_)) => &[offset, partition],
+        (true, None) => &[offset],
+        (false, Some(_)) => &[partition],
+        (false, None) => &[],
+    };
+    if annotations.is_empty() {
         encode::content(ctx.out, channel, properties, body, ctx.frame_max);
+    } else {
+        encode::content_annotated(
+            ctx.out,
+            channel,
+            properties,
+            annotations,
+            body,
+            ctx.frame_max,
+        );
     }
 }
 
@@ -303,16 +318,18 @@ impl Channel {
     ) {
         // Group events' control deliveries are only removed.
         entries.retain(|u| !u.control);
-        // A stream's consumers settle by offset, a run per consumer (its tracked offset).
-        let mut streams: Vec<(&Arc<Queue>, &Arc<Credit>, Vec<u64>)> = Vec::new();
+        // A stream's consumers settle by offset, a run per consumer and partition (its
+        // tracked offset).
+        let mut streams: Vec<StreamRun<'_>> = Vec::new();
         for entry in &entries {
             if let Some(credit) = &entry.credit {
                 if entry.queue.is_stream() {
+                    let (offset, partition) = (entry.message.offset, entry.message.partition);
                     match streams.last_mut() {
-                        Some((_, c, offsets)) if Arc::ptr_eq(c, credit) => {
-                            offsets.push(entry.message.offset);
+                        Some((_, c, p, offsets)) if Arc::ptr_eq(c, credit) && *p == partition => {
+                            offsets.push(offset);
                         }
-                        _ => streams.push((&entry.queue, credit, vec![entry.message.offset])),
+                        _ => streams.push((&entry.queue, credit, partition, vec![offset])),
                     }
                 }
                 credit.release(1);
@@ -323,8 +340,8 @@ impl Channel {
             }
         }
         // Before the kicks (run after this batch) can deliver more.
-        for (queue, credit, offsets) in streams {
-            queue.stream_settled(credit, &offsets);
+        for (queue, credit, partition, offsets) in streams {
+            queue.stream_settled(credit, partition, &offsets);
         }
         let entries = entries.into_iter().map(|u| (u.queue, u.message));
         match settlement {
@@ -332,6 +349,30 @@ impl Channel {
             Settlement::Reject { requeue: true } => requeue_all(entries, ctx.effects),
             Settlement::Reject { requeue: false } => reject_all(entries, ctx.effects),
         }
+    }
+
+    /// What a closing channel never settled: requeued, except that deliveries from
+    /// streams do not count as settled for tracked offsets (the next reader gets
+    /// them again); a reader stopped for them makes way.
+    pub(super) fn release_unsettled(&mut self, ctx: &mut Context<'_>, entries: Vec<Unacked>) {
+        let (streams, rest): (Vec<Unacked>, Vec<Unacked>) = entries
+            .into_iter()
+            .partition(|u| u.queue.is_stream() && u.credit.is_some());
+        let mut seen: Vec<(&Arc<Queue>, &Arc<Credit>)> = Vec::new();
+        for entry in &streams {
+            if let Some(credit) = &entry.credit
+                && !seen
+                    .iter()
+                    .any(|(q, c)| Arc::ptr_eq(q, &entry.queue) && Arc::ptr_eq(c, credit))
+            {
+                seen.push((&entry.queue, credit));
+            }
+        }
+        for (queue, credit) in seen {
+            queue.stream_abandoned(credit);
+            ctx.kick_later(queue);
+        }
+        self.settle(ctx, rest, Settlement::Reject { requeue: true });
     }
 
     /// Unregisters a consumer from its queue (`closed`: its channel closed, rather

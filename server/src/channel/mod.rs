@@ -385,10 +385,10 @@ impl Channel {
             self.forget_consumer(ctx, &consumer, true);
         }
         let unacked: Vec<Unacked> = self.unacked.drain(..).collect();
-        self.settle(ctx, unacked, Settlement::Reject { requeue: true });
+        self.release_unsettled(ctx, unacked);
         if let Some(state) = self.tx.take() {
             for (entries, _) in state.settlements {
-                self.settle(ctx, entries, Settlement::Reject { requeue: true });
+                self.release_unsettled(ctx, entries);
             }
         }
         self.assembler.reset();

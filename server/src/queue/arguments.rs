@@ -132,6 +132,9 @@ const STREAM_QUEUE_ARGS: &[&str] = &[
     STREAM_FILTER_SIZE,
     INITIAL_CLUSTER_SIZE,
     LEADER_LOCATOR,
+    PARTITIONS,
+    HASH_HEADER,
+    HASH_PROPERTY,
 ];
 
 /// Consumer arguments each type accepts (RabbitMQ 3.13), then Warren's consumer-group
@@ -160,6 +163,8 @@ const QUORUM_CONSUMER_ARGS: &[&str] = &[
 const STREAM_CONSUMER_ARGS: &[&str] = &[
     STREAM_OFFSET,
     "x-credit",
+    CONSUMER_GROUP,
+    PARTITION,
     STREAM_FILTER,
     MATCH_UNFILTERED,
     OFFSET_TRACKING,
@@ -2289,10 +2294,7 @@ mod tests {
             (MAX_IN_MEMORY_BYTES, V::LongInt(1)),
             (DELIVERY_LIMIT, V::LongInt(1)),
             (INITIAL_GROUP_SIZE, V::LongInt(1)),
-            // Warren's partitioning, for now.
-            (PARTITIONS, V::LongInt(4)),
-            (HASH_HEADER, s("k")),
-            (HASH_PROPERTY, s("message_id")),
+            // A partition of a stream has one owner per group.
             (CONSUMERS_PER_PARTITION, V::LongInt(2)),
         ] {
             assert_eq!(refused(stream(&[(key, value)])), other(key), "{key}");
@@ -2759,9 +2761,10 @@ mod tests {
                 "none"
             )
         );
-        // Any other argument is ignored, x-max-length included.
+        // Any other argument is ignored, x-max-length included; a partition count
+        // other than the stream's is refused, as on partitioned queues.
         assert!(with(MAX_LENGTH, V::LongInt(1)).is_ok());
-        assert!(with(PARTITIONS, V::LongInt(4)).is_ok());
+        assert!(with(PARTITIONS, V::LongInt(4)).is_err());
     }
 
     #[test]
@@ -3128,13 +3131,12 @@ mod tests {
             refused(consume(&[(PRIORITY, V::LongInt(1))], QueueType::Stream)),
             format!("invalid arg 'x-priority' for {RES} of queue type rabbit_stream_queue")
         );
+        // Static members and group events are partitioned queues' alone.
         for (key, value) in [
             (CANCEL_ON_HA_FAILOVER, V::Boolean(true)),
-            (CONSUMER_GROUP, s("g")),
             (GROUP_MEMBER, s("m")),
             (SESSION_TIMEOUT, V::LongInt(1)),
             (GROUP_NOTIFY, V::Boolean(true)),
-            (PARTITION, V::LongInt(0)),
         ] {
             assert_eq!(
                 refused(consume(&[(key, value)], QueueType::Stream)),
@@ -3158,6 +3160,14 @@ mod tests {
                 "{invalid_stream_offset_arg,{longstr,<<\"foo\">>}}"
             )
         );
+        // Groups and given partitions need a partitioned stream, as they need a
+        // partitioned queue.
+        for (key, value) in [(CONSUMER_GROUP, s("g")), (PARTITION, V::LongInt(0))] {
+            assert_eq!(
+                refused(consume(&[(key, value)], QueueType::Stream)),
+                invalid(key, "\"queue is not partitioned\"")
+            );
+        }
         // Classic and quorum queues refuse the stream arguments, as RabbitMQ 4 does
         // (LavinMQ's tracking too: our choice).
         for queue_type in [QueueType::Classic, QueueType::Quorum] {
@@ -3247,12 +3257,10 @@ mod tests {
             refused(classic(&[(PARTITIONS, V::LongLongInt(i64::MAX))])),
             invalid(PARTITIONS, &format!("{{max_value_exceeded,{}}}", i64::MAX))
         );
-        // Not on streams, for now.
+        // Streams take it too (a partitioned stream).
         let stream = table(&[(QUEUE_TYPE, s("stream")), (PARTITIONS, V::LongInt(4))]);
-        assert_eq!(
-            refused(parse(&stream, &declare(true, false, false), "/", None)),
-            format!("invalid arg 'x-partitions' for {RES} of queue type rabbit_stream_queue")
-        );
+        let parsed = parse(&stream, &declare(true, false, false), "/", None);
+        assert_eq!(ok(parsed).partitions, Some(4));
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod partitioned_model_tests;
 mod partitioned_tests;
 pub mod ready;
 pub mod stream;
+pub mod stream_groups;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -50,6 +51,7 @@ pub use partitioned::{GroupSnapshot, MemberSnapshot, Membership, PartitionSnapsh
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Handling, Message, QueuedMessage};
+use crate::store::stream_log::StreamFiles;
 use crate::store::{
     BrokerStore, MessageRecord, PendingSync, QueueLog, Recovery, SegmentPosition, StoreError,
     SyncTarget,
@@ -61,8 +63,9 @@ pub(crate) use paging::Paging;
 use partitioned::{Locked, Partitioned};
 use ready::Ready;
 pub use stream::Retention;
-pub use stream::StreamFiles;
-use stream::{Stream, StreamFilter, StreamStart};
+use stream::{Reader, Stream, StreamFilter, StreamStart};
+pub use stream_groups::StreamGroupSnapshot;
+use stream_groups::Streams;
 
 /// Identifies a consumer across the broker (unique for the broker's lifetime).
 pub type ConsumerId = u64;
@@ -361,8 +364,8 @@ enum Body {
     Stream {
         /// The empty state that owns the directory.
         home: Mutex<QueueState>,
-        /// The log and its consumers.
-        stream: Stream,
+        /// The log (one per partition), its consumers and groups.
+        streams: Streams,
     },
 }
 
@@ -840,17 +843,18 @@ impl Queue {
         }
     }
 
-    /// A stream queue over `files`. `me` is the queue's own reference (the stream
-    /// hands out deliveries that name it).
+    /// A stream queue over `files`, one per partition (partition 0's directory is the
+    /// queue's). `me` is the queue's own reference (the stream hands out deliveries
+    /// that name it).
     pub fn new_stream(
         me: Weak<Queue>,
         name: ShortStr,
         vhost_name: &str,
         settings: QueueSettings,
-        files: StreamFiles,
+        home: QueueLog,
+        files: Vec<StreamFiles>,
         env: QueueEnv,
     ) -> Self {
-        let StreamFiles { home, log, offsets } = files;
         let args = settings.parsed.clone();
         let retention = retention(&args, &settings.arguments);
         let state = QueueState {
@@ -861,6 +865,15 @@ impl Queue {
             last_used_ms: now_ms(),
             ..QueueState::default()
         };
+        let hash = args.partitions.map(|_| args.partition_hash.clone());
+        let parts = files
+            .into_iter()
+            .enumerate()
+            .map(|(p, StreamFiles { log, offsets })| {
+                let p = u16::try_from(p).unwrap_or(u16::MAX);
+                Arc::new(Stream::new(me.clone(), p, log, offsets, retention))
+            })
+            .collect();
         Self {
             name,
             vhost_name: vhost_name.to_owned(),
@@ -868,7 +881,7 @@ impl Queue {
             settings,
             body: Body::Stream {
                 home: Mutex::new(state),
-                stream: Stream::new(me, log, offsets, retention),
+                streams: Streams::new(parts, hash),
             },
             flow: FlowGauge::default(),
             last_used_ms: AtomicU64::new(now_ms()),
@@ -877,17 +890,24 @@ impl Queue {
     }
 
     /// The stream body, if this is a stream.
-    fn stream(&self) -> Option<&Stream> {
+    fn streams(&self) -> Option<&Streams> {
         match &self.body {
-            Body::Stream { stream, .. } => Some(stream),
+            Body::Stream { streams, .. } => Some(streams),
             _ => None,
         }
     }
 
+    /// A stream's partitions (one without `x-partitions`); none for other queues.
+    fn stream_parts(&self) -> &[Arc<Stream>] {
+        self.streams().map_or(&[], |s| &s.parts)
+    }
+
     /// Changes how long a stream keeps its messages, and applies it.
     pub fn set_stream_retention(self: &Arc<Self>, retention: Retention) {
-        if let Some(stream) = self.stream() {
-            stream.set_retention(retention);
+        if self.is_stream() {
+            for part in self.stream_parts() {
+                part.set_retention(retention);
+            }
             self.arm_stream_timer();
         }
     }
@@ -895,7 +915,13 @@ impl Queue {
     /// Has the timers wake a stream when its next periodic work is due (age retention,
     /// a retry of failed reads).
     fn arm_stream_timer(self: &Arc<Self>) {
-        let Some(at) = self.stream().and_then(|s| s.next_wake(now_ms())) else {
+        let now = now_ms();
+        let Some(at) = self
+            .stream_parts()
+            .iter()
+            .filter_map(|s| s.next_wake(now))
+            .min()
+        else {
             return;
         };
         let clock: Weak<dyn Wake> = Arc::downgrade(&self.env.clock);
@@ -904,23 +930,25 @@ impl Queue {
 
     /// Whether this is a stream (`x-queue-type: stream`).
     pub fn is_stream(&self) -> bool {
-        self.stream().is_some()
+        self.streams().is_some()
     }
 
     /// Registers a consumer of a stream, reading from `start` the messages `filter`
-    /// passes; a tracked one (`track`: its key) resumes at its committed offset.
+    /// passes; a tracked one (`track`: its consumer tag) resumes at its committed
+    /// offset. On a partitioned stream it joins its group (`membership.group`, else
+    /// the default group), which resumes at the group's committed offsets, or reads
+    /// the partitions it names.
     ///
     /// # Errors
     /// 404 if the queue was deleted meanwhile; 406 if another consumer tracks under
     /// the same key; 541 if the log cannot be read.
     pub fn add_stream_consumer(
         self: &Arc<Self>,
-        consumer: ConsumerHandle,
-        start: StreamStart,
-        filter: StreamFilter,
+        reader: Reader,
         track: Option<String>,
+        membership: &Membership,
     ) -> AmqpResult<()> {
-        let Some(stream) = self.stream() else {
+        let Some(streams) = self.streams() else {
             return Err(AmqpError::new(
                 ReplyCode::InternalError,
                 format!("{} is not a stream", self.name),
@@ -929,25 +957,40 @@ impl Queue {
         if self.lock(0).deleted {
             return Err(crate::error::no_queue(&self.name, &self.vhost_name));
         }
-        let key = track.clone();
-        let ask_sync = stream
-            .add_consumer(consumer, start, filter, track)
-            .map_err(|e| match e {
-                stream::AddError::Deleted => crate::error::no_queue(&self.name, &self.vhost_name),
-                stream::AddError::Tracked => crate::error::stream::tracking_key_in_use(
-                    key.as_deref().unwrap_or_default(),
-                    &self.name,
-                    &self.vhost_name,
-                ),
-                stream::AddError::Store(e) => AmqpError::new(
-                    ReplyCode::InternalError,
-                    format!("cannot read stream '{}': {e}", self.name),
-                ),
-            })?;
+        let key = track.as_deref().map(stream_groups::consumer_key);
+        let added = match (streams.partitions(), &membership.partitions) {
+            (None, _) => streams.parts[0].add_consumer(reader, key),
+            (Some(_), Some(list)) => streams.add_to(&reader, list, key.as_deref()),
+            (Some(_), None) => streams.join(&self.name, reader, membership.group.as_deref()),
+        };
+        let ask_sync = added.map_err(|e| match e {
+            stream::AddError::Deleted => crate::error::no_queue(&self.name, &self.vhost_name),
+            stream::AddError::Tracked => crate::error::stream::tracking_key_in_use(
+                track.as_deref().unwrap_or_default(),
+                &self.name,
+                &self.vhost_name,
+            ),
+            stream::AddError::Store(e) => AmqpError::new(
+                ReplyCode::InternalError,
+                format!("cannot read stream '{}': {e}", self.name),
+            ),
+        })?;
         if ask_sync {
             self.ask_sync();
         }
+        self.dispatch_stream();
         Ok(())
+    }
+
+    /// Serves every stream partition's consumers.
+    fn dispatch_stream(self: &Arc<Self>) {
+        let mut retry = false;
+        for part in self.stream_parts() {
+            retry |= part.dispatch();
+        }
+        if retry {
+            self.arm_stream_timer();
+        }
     }
 
     /// Asks the group commit for a round over this queue's logs, for a change no
@@ -959,19 +1002,32 @@ impl Queue {
     }
 
     /// Records that a stream consumer (known by its `credit`) settled the deliveries
-    /// at `offsets`, for its tracked offset.
-    pub fn stream_settled(self: &Arc<Self>, credit: &Arc<Credit>, offsets: &[u64]) {
-        let Some(stream) = self.stream() else {
+    /// at `offsets` of `partition`, for its tracked offset.
+    pub fn stream_settled(self: &Arc<Self>, credit: &Arc<Credit>, partition: u16, offsets: &[u64]) {
+        let Some(part) = self.stream_parts().get(usize::from(partition)) else {
             return;
         };
-        if stream.settled(credit, offsets) {
+        if part.settled(credit, offsets) {
             self.ask_sync();
         }
     }
 
-    /// A stream's committed offset under tracking key `key`, if it has one.
-    pub fn committed_offset(&self, key: &str) -> Option<u64> {
-        self.stream()?.committed_offset(key)
+    /// A closing channel held deliveries of this stream's consumer `credit` that it
+    /// never settled: a reader stopped for them makes way now.
+    pub fn stream_abandoned(self: &Arc<Self>, credit: &Arc<Credit>) {
+        let mut ask = false;
+        for part in self.stream_parts() {
+            ask |= part.abandoned(credit);
+        }
+        if ask {
+            self.ask_sync();
+        }
+    }
+
+    /// A stream's consumer groups: per group and partition, the committed offset and
+    /// the lag behind the end; empty for other queues.
+    pub fn stream_groups(&self) -> Vec<StreamGroupSnapshot> {
+        self.streams().map(Streams::snapshot).unwrap_or_default()
     }
 
     /// Gives partition `p` of a recovered partitioned queue its log, as found at start.
@@ -1016,7 +1072,11 @@ impl Queue {
     /// creation (its `x-partitions`, else its policy's then), which redeclarations and
     /// consumer arguments are checked against.
     pub fn partitions(&self) -> Option<u16> {
-        self.partitioned().map(Partitioned::count)
+        match &self.body {
+            Body::Partitioned(parts) => Some(parts.count()),
+            Body::Stream { streams, .. } => streams.partitions(),
+            Body::Plain(_) => None,
+        }
     }
 
     /// A partitioned queue's group and partitions as they are now (owners, depths,
@@ -1038,7 +1098,12 @@ impl Queue {
     /// the queue, or each of its partitions that has a log.
     pub fn sync_targets(self: &Arc<Self>) -> Vec<Arc<dyn SyncTarget>> {
         match &self.body {
-            Body::Plain(_) | Body::Stream { .. } => vec![self.clone() as Arc<dyn SyncTarget>],
+            Body::Plain(_) => vec![self.clone() as Arc<dyn SyncTarget>],
+            Body::Stream { streams, .. } => streams
+                .parts
+                .iter()
+                .map(|p| p.clone() as Arc<dyn SyncTarget>)
+                .collect(),
             Body::Partitioned(parts) => parts
                 .parts
                 .iter()
@@ -1050,6 +1115,9 @@ impl Queue {
 
     /// What a group commit syncs for what [`Queue::publish`] reported in partition `p`.
     pub fn sync_target(self: &Arc<Self>, p: u16) -> Arc<dyn SyncTarget> {
+        if let Some(part) = self.stream_parts().get(usize::from(p)) {
+            return part.clone();
+        }
         match self
             .partitioned()
             .and_then(|parts| parts.parts.get(usize::from(p)))
@@ -1087,7 +1155,9 @@ impl Queue {
     /// Ready messages (not counting those delivered and unacked).
     pub fn message_count(&self) -> u32 {
         let count = match (&self.body, self.partitioned()) {
-            (Body::Stream { stream, .. }, _) => stream.message_count(),
+            (Body::Stream { streams, .. }, _) => {
+                streams.parts.iter().map(|p| p.message_count()).sum()
+            }
             (_, Some(parts)) => parts.totals.ready.load(Ordering::Relaxed),
             (_, None) => self.lock(0).ready_count(),
         };
@@ -1097,8 +1167,8 @@ impl Queue {
     /// Memory its ready messages hold (those not paged out): bodies, plus each
     /// message's own footprint, which dominates for small bodies.
     pub fn memory_bytes(&self) -> u64 {
-        if let Some(stream) = self.stream() {
-            return stream.buffered_bytes();
+        if self.is_stream() {
+            return self.stream_parts().iter().map(|p| p.buffered_bytes()).sum();
         }
         (0..self.state_count())
             .map(|p| {
@@ -1226,8 +1296,12 @@ impl Queue {
         handling: Handling,
         effects: &mut Effects,
     ) -> Result<Enqueued, StoreError> {
-        if let Some(stream) = self.stream() {
-            return stream.append(&message);
+        if let Some(streams) = self.streams() {
+            let p = streams.route(&message);
+            return match streams.parts.get(p) {
+                Some(part) => part.append(&message),
+                None => Ok(Enqueued::Memory),
+            };
         }
         let p = self.partitioned().map_or(0, |parts| parts.route(&message));
         let mut letters = Vec::new();
@@ -1626,10 +1700,8 @@ impl Queue {
     /// Dispatches again after consumers regained credit: a partitioned queue, the
     /// partitions that wait for it.
     pub fn kick(self: &Arc<Self>, effects: &mut Effects) {
-        if let Some(stream) = self.stream() {
-            if stream.dispatch() {
-                self.arm_stream_timer();
-            }
+        if self.is_stream() {
+            self.dispatch_stream();
             return;
         }
         if self.partitioned().is_some() {
@@ -1680,12 +1752,12 @@ impl Queue {
         effects: &mut Effects,
     ) -> AmqpResult<()> {
         if self.is_stream() {
-            return self.add_stream_consumer(
+            let reader = Reader {
                 consumer,
-                StreamStart::Next,
-                StreamFilter::default(),
-                None,
-            );
+                start: StreamStart::Next,
+                filter: StreamFilter::default(),
+            };
+            return self.add_stream_consumer(reader, None, membership);
         }
         if let Some(parts) = self.partitioned() {
             if self.lock(0).deleted {
@@ -1741,8 +1813,17 @@ impl Queue {
     }
 
     fn drop_consumer(self: &Arc<Self>, id: ConsumerId, closed: bool) -> ConsumerRemoval {
-        if let Some(stream) = self.stream() {
-            return stream.remove_consumer(id);
+        if let Some(streams) = self.streams() {
+            // A cancelled consumer's unsettled deliveries still count for its offsets.
+            return match streams.leave(&self.name, id, !closed) {
+                None => ConsumerRemoval::Unknown,
+                Some(ask) => {
+                    if ask {
+                        self.ask_sync();
+                    }
+                    ConsumerRemoval::Removed
+                }
+            };
         }
         if let Some(parts) = self.partitioned() {
             return self.leave(parts, id, closed);
@@ -1840,7 +1921,7 @@ impl Queue {
         let mut count = 0;
         let mut durable = Vec::new();
         let mut consumers = match (&self.body, self.partitioned()) {
-            (Body::Stream { stream, .. }, _) => stream.delete(),
+            (Body::Stream { streams, .. }, _) => streams.take_consumers(),
             (_, Some(parts)) => parts.take_consumers(),
             (_, None) => Vec::new(),
         };
@@ -1881,8 +1962,8 @@ impl Queue {
     /// queue would come back with them at a restart. Should a sync fail, nothing
     /// appended to the queue is reported durable from then on.
     pub fn abandon(&self) -> Vec<QueueLog> {
-        if let Some(stream) = self.stream() {
-            stream.sync_abandoned();
+        for part in self.stream_parts() {
+            part.sync_abandoned();
         }
         for p in 0..self.state_count() {
             let mut st = self.lock(p);
@@ -2066,9 +2147,11 @@ impl Queue {
     /// itself as expired when its `x-expires` ran out unused. Called by the owner's
     /// clock.
     pub fn wake(self: &Arc<Self>, now_ms: u64, effects: &mut Effects) {
-        if let Some(stream) = self.stream() {
-            // A failed retry re-arms through `next_wake` as well.
-            let _ = stream.on_timer();
+        if self.is_stream() {
+            for part in self.stream_parts() {
+                // A failed retry re-arms through `next_wake` as well.
+                let _ = part.on_timer();
+            }
             self.arm_stream_timer();
             return;
         }
@@ -2182,17 +2265,15 @@ impl SyncTarget for Queue {
     fn begin_sync(&self) -> Option<crate::store::Result<PendingSync>> {
         match &self.body {
             Body::Plain(state) => begin_sync(&mut state.lock(), &self.name),
-            Body::Partitioned(_) => None,
-            // The home log holds no message: the stream's log is what to sync.
-            Body::Stream { stream, .. } => stream.begin_sync(),
+            // Partitions and a stream's logs are synced as targets of their own.
+            Body::Partitioned(_) | Body::Stream { .. } => None,
         }
     }
 
     fn complete_sync(&self, pending: PendingSync, result: &crate::store::Result<()>) -> bool {
         match &self.body {
             Body::Plain(state) => complete_sync(&mut state.lock(), &self.name, pending, result),
-            Body::Partitioned(_) => result.is_ok(),
-            Body::Stream { stream, .. } => stream.complete_sync(pending, result),
+            Body::Partitioned(_) | Body::Stream { .. } => result.is_ok(),
         }
     }
 }

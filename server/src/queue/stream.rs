@@ -22,7 +22,7 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 
 use super::mailbox::Outgoing;
-use super::{ConsumerHandle, ConsumerId, ConsumerRemoval, Credit, Enqueued, Queue};
+use super::{ConsumerHandle, ConsumerId, Credit, Enqueued, Queue};
 use amqp_codec::properties::Property;
 use amqp_codec::table::find_header;
 
@@ -30,20 +30,8 @@ use crate::message::{Message, QueuedMessage};
 use crate::store::stream_format::{StreamEntry, StreamRecord};
 use crate::store::stream_log::{ChunkPosition, Read, StreamLog, StreamReader};
 use crate::store::stream_offsets::StreamOffsets;
-use crate::store::{PendingSync, QueueLog, StoreError};
+use crate::store::{PendingSync, StoreError, SyncTarget};
 use crate::timers::now_ms;
-
-/// What a stream keeps on disk: its log and committed offsets, in the directory of its
-/// (empty) queue log `home`, which stands for the stream in the queue's life cycle.
-#[derive(Debug)]
-pub struct StreamFiles {
-    /// The queue log whose directory holds the stream's files.
-    pub home: QueueLog,
-    /// The messages.
-    pub log: StreamLog,
-    /// The committed offsets of tracked consumers.
-    pub offsets: StreamOffsets,
-}
 
 /// Where a new consumer starts reading (`x-stream-offset`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +97,31 @@ const AGE_CHECK_MS: u64 = 60_000;
 /// The header a publisher tags a message with for filtering consumers.
 const FILTER_VALUE_HEADER: &str = "x-stream-filter-value";
 
+/// A consumer as a stream attaches it: its handle, where it starts when it has no
+/// committed offset, and what it wants.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    /// The consumer.
+    pub consumer: ConsumerHandle,
+    /// Where it starts reading without a committed offset.
+    pub start: StreamStart,
+    /// The messages it wants.
+    pub filter: StreamFilter,
+}
+
+/// Where one tracking key's reading of a stream stands ([`Stream::position_of`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPosition {
+    /// The committed offset: the lowest not yet settled, stored with the log.
+    pub committed: Option<u64>,
+    /// The readable end of the stream (or partition).
+    pub end: u64,
+    /// The consumer reading under the key now, if any.
+    pub reader: Option<ConsumerId>,
+    /// Deliveries made under the key and not settled.
+    pub unsettled: u32,
+}
+
 /// Why a consumer could not be added.
 #[derive(Debug, thiserror::Error)]
 pub enum AddError {
@@ -133,11 +146,14 @@ pub struct Retention {
     pub max_age_ms: Option<u64>,
 }
 
-/// A stream's log and its consumers' cursors.
+/// A stream's log and its consumers' cursors: the whole stream, or one partition of a
+/// partitioned one.
 #[derive(Debug)]
 pub struct Stream {
     /// The queue it is the body of, to hand deliveries that name it.
     queue: Weak<Queue>,
+    /// Its partition of the queue (0 for a stream without partitions).
+    partition: u16,
     core: Mutex<Core>,
 }
 
@@ -147,6 +163,9 @@ struct Core {
     /// The committed offsets of tracked consumers, synced with the log.
     offsets: StreamOffsets,
     readers: Vec<Cursor>,
+    /// Readers waiting for a tracking key whose cursor is stopped with deliveries not
+    /// settled (a group's partition draining): each attaches once it is gone.
+    successors: Vec<(String, Reader)>,
     retention: Retention,
     deleted: bool,
     /// A commit was asked for to sync changed offsets, and has not begun yet.
@@ -179,6 +198,10 @@ struct Cursor {
     filter: StreamFilter,
     /// A tracked consumer's key and the offsets delivered to it and not settled.
     tracked: Option<(String, BTreeSet<u64>)>,
+    /// Delivers nothing more: a tracked consumer cancelled, or a group's partition
+    /// moved away, waiting for its deliveries to be settled so that its committed
+    /// offset is final.
+    stopped: bool,
 }
 
 impl Cursor {
@@ -191,20 +214,23 @@ impl Cursor {
 }
 
 impl Stream {
-    /// The body of `queue` over `log` and the committed `offsets` of its tracked
-    /// consumers, kept as `retention` says.
+    /// Partition `partition` of `queue` (0 for a whole stream) over `log` and the
+    /// committed `offsets` of its tracked consumers, kept as `retention` says.
     pub fn new(
         queue: Weak<Queue>,
+        partition: u16,
         log: StreamLog,
         offsets: StreamOffsets,
         retention: Retention,
     ) -> Self {
         Self {
             queue,
+            partition,
             core: Mutex::new(Core {
                 log,
                 offsets,
                 readers: Vec::new(),
+                successors: Vec::new(),
                 retention,
                 deleted: false,
                 sync_asked: false,
@@ -217,7 +243,7 @@ impl Stream {
     }
 
     /// Appends a published message; it is readable, and confirmed, after the next
-    /// group commit.
+    /// group commit of this partition.
     ///
     /// # Errors
     /// The log refused it (poisoned, or a message the format cannot hold).
@@ -234,7 +260,7 @@ impl Stream {
             body: message.body(),
         };
         core.log.append(&record, now_ms())?;
-        Ok(Enqueued::Logged(0))
+        Ok(Enqueued::Logged(self.partition))
     }
 
     /// Messages kept: from the first kept offset to the readable end.
@@ -245,120 +271,155 @@ impl Stream {
 
     /// Registers a consumer starting at `start`, and serves it. A tracked consumer
     /// (`track` names its key) resumes where its committed offset says instead, when
-    /// it has one. Returns whether a commit must be asked for to make the tracked
-    /// consumer's start durable.
+    /// it has one; a stopped consumer under the same key (cancelled with deliveries
+    /// not settled) gives way, its later settlements no longer counted. Returns whether
+    /// a commit must be asked for to make the tracked consumer's start durable.
     ///
     /// # Errors
     /// [`AddError::Tracked`] if a live consumer already tracks under that key; finding
     /// the start in the log's index failed.
-    pub fn add_consumer(
-        &self,
-        consumer: ConsumerHandle,
-        start: StreamStart,
-        filter: StreamFilter,
-        track: Option<String>,
-    ) -> Result<bool, AddError> {
-        let mut ask_sync = false;
-        {
+    pub fn add_consumer(&self, reader: Reader, track: Option<String>) -> Result<bool, AddError> {
+        let ask_sync = {
             let mut core = self.core.lock();
             if core.deleted {
                 return Err(AddError::Deleted);
             }
             if let Some(key) = &track
-                && core
-                    .readers
-                    .iter()
-                    .any(|c| c.tracked.as_ref().is_some_and(|(k, _)| k == key))
+                && let Some(at) = core.tracking(key)
             {
-                return Err(AddError::Tracked);
+                if !core.readers[at].stopped {
+                    return Err(AddError::Tracked);
+                }
+                core.readers.remove(at);
             }
-            // Age retention runs at commits; an idle stream catches up here.
-            core.retain();
-            let resume = track.as_deref().and_then(|key| core.offsets.get(key));
-            let start = resume.map_or(start, StreamStart::Offset);
-            let log = &core.log;
-            let next = match start {
-                StreamStart::First => log.first_offset(),
-                StreamStart::Last => log.last_chunk_offset(),
-                // The readable end: a committed offset stored from here never names a
-                // message that a crash could take back.
-                StreamStart::Next => log.readable_end(),
-                StreamStart::Offset(offset) => offset.max(log.first_offset()),
-                StreamStart::Timestamp(ms) => log.offset_at_time(ms).map_err(AddError::Store)?,
-            };
-            let cursor = Cursor {
-                consumer,
-                next,
-                at: log.seek(next)?,
-                reader: log.reader(),
-                pending: VecDeque::new(),
-                seek_pending: next >= log.end_offset(),
-                filter,
-                tracked: track.map(|key| (key, BTreeSet::new())),
-            };
-            if let Some((key, offset)) = cursor.committed()
-                && core.offsets.set(key, offset)
-                && !core.sync_asked
-            {
-                core.sync_asked = true;
-                ask_sync = true;
-            }
-            core.readers.push(cursor);
-        }
+            core.attach(reader, track)?
+        };
         if self.dispatch() {
             self.arm_retry();
         }
         Ok(ask_sync)
     }
 
+    /// Gives the reading under tracking key `key` (a consumer group's, in this
+    /// partition) to `to`, or to nobody. The reader holding it now stops at once; `to`
+    /// starts at the key's committed offset (else its own start) once the deliveries
+    /// made to that reader are settled, so that the committed offset it starts from is
+    /// final. Returns whether a commit must be asked for; the caller dispatches.
+    ///
+    /// # Errors
+    /// Finding the start in the log's index failed.
+    pub fn assign(&self, key: &str, to: Option<Reader>) -> Result<bool, AddError> {
+        let mut core = self.core.lock();
+        if core.deleted {
+            return Err(AddError::Deleted);
+        }
+        core.successors.retain(|(k, _)| k != key);
+        if let Some(at) = core.tracking(key) {
+            let cursor = &mut core.readers[at];
+            if to
+                .as_ref()
+                .is_some_and(|r| r.consumer.id == cursor.consumer.id)
+            {
+                cursor.stopped = false;
+                return Ok(false);
+            }
+            cursor.stop();
+            if !cursor.outstanding_is_empty() {
+                core.successors.extend(to.map(|r| (key.to_owned(), r)));
+                return Ok(false);
+            }
+            core.readers.remove(at);
+        }
+        match to {
+            Some(reader) => core.attach(reader, Some(key.to_owned())),
+            None => Ok(false),
+        }
+    }
+
     /// Records that the consumer whose credit is `credit` settled the deliveries at
-    /// `offsets`: a tracked consumer's committed offset moves on. Returns whether a
+    /// `offsets`: a tracked consumer's committed offset moves on, and a stopped one
+    /// with nothing left unsettled makes way for its successor. Returns whether a
     /// commit must be asked for to make it durable (none is pending yet).
     #[must_use]
     pub fn settled(&self, credit: &Arc<Credit>, offsets: &[u64]) -> bool {
         let mut core = self.core.lock();
-        let Core {
-            readers,
-            offsets: committed,
-            sync_asked,
-            ..
-        } = &mut *core;
-        let Some(cursor) = readers
-            .iter_mut()
-            .find(|c| c.tracked.is_some() && Arc::ptr_eq(&c.consumer.credit, credit))
+        let Some(at) = core
+            .readers
+            .iter()
+            .position(|c| c.tracked.is_some() && Arc::ptr_eq(&c.consumer.credit, credit))
         else {
             return false;
         };
+        let cursor = &mut core.readers[at];
         if let Some((_, outstanding)) = cursor.tracked.as_mut() {
             for offset in offsets {
                 outstanding.remove(offset);
             }
         }
-        let Some((key, offset)) = cursor.committed() else {
+        let finished = cursor.stopped && cursor.outstanding_is_empty();
+        let mut ask = core.commit_offset(at);
+        if finished {
+            let gone = core.readers.remove(at);
+            ask |= core.hand_on(&gone);
+        }
+        ask
+    }
+
+    /// A channel closed with deliveries of a stopped consumer (`credit`) not settled:
+    /// they never will be, so its successor starts from its committed offset now.
+    /// Returns whether a commit must be asked for.
+    #[must_use]
+    pub fn abandoned(&self, credit: &Arc<Credit>) -> bool {
+        let mut core = self.core.lock();
+        let Some(at) = core
+            .readers
+            .iter()
+            .position(|c| c.stopped && Arc::ptr_eq(&c.consumer.credit, credit))
+        else {
             return false;
         };
-        if !committed.set(key, offset) || *sync_asked {
-            return false;
+        let gone = core.readers.remove(at);
+        core.hand_on(&gone)
+    }
+
+    /// Where the reading under tracking key `key` stands.
+    pub fn position_of(&self, key: &str) -> KeyPosition {
+        let core = self.core.lock();
+        let cursor = core.tracking(key).map(|at| &core.readers[at]);
+        KeyPosition {
+            committed: core.offsets.get(key),
+            end: core.log.readable_end(),
+            reader: cursor.filter(|c| !c.stopped).map(|c| c.consumer.id),
+            unsettled: cursor
+                .and_then(|c| c.tracked.as_ref())
+                .map_or(0, |(_, o)| u32::try_from(o.len()).unwrap_or(u32::MAX)),
         }
-        *sync_asked = true;
-        true
     }
 
-    /// The committed offset of tracking key `key`, if it has one.
-    pub fn committed_offset(&self, key: &str) -> Option<u64> {
-        self.core.lock().offsets.get(key)
+    /// The tracking keys stored under `prefix`.
+    pub fn keys_with_prefix(&self, prefix: &str) -> Vec<String> {
+        let core = self.core.lock();
+        core.offsets
+            .with_prefix(prefix)
+            .map(|(k, _)| k.to_owned())
+            .collect()
     }
 
-    /// Unregisters a consumer; what was handed to it stays with its channel.
-    pub fn remove_consumer(&self, id: ConsumerId) -> ConsumerRemoval {
+    /// Unregisters a consumer; what was handed to it stays with its channel. With
+    /// `keep_unsettled` (a `basic.cancel`), a tracked consumer with deliveries not
+    /// settled stays, stopped, so that settling them still moves its committed offset.
+    /// `None` if it had no cursor here, else whether a commit must be asked for.
+    pub fn remove_consumer(&self, id: ConsumerId, keep_unsettled: bool) -> Option<bool> {
         let mut core = self.core.lock();
-        match core.readers.iter().position(|c| c.consumer.id == id) {
-            Some(at) => {
-                core.readers.remove(at);
-                ConsumerRemoval::Removed
-            }
-            None => ConsumerRemoval::Unknown,
+        core.successors.retain(|(_, r)| r.consumer.id != id);
+        let at = core.readers.iter().position(|c| c.consumer.id == id)?;
+        let cursor = &mut core.readers[at];
+        if keep_unsettled && cursor.tracked.is_some() && !cursor.outstanding_is_empty() {
+            cursor.stop();
+            return Some(false);
         }
+        let gone = core.readers.remove(at);
+        Some(core.hand_on(&gone))
     }
 
     /// Serves every consumer that has credit and something readable ahead of it. A read
@@ -389,7 +450,7 @@ impl Stream {
         let start = rotate_start(next_reader, count);
         for k in 0..count {
             let cursor = &mut readers[(start + k) % count];
-            if let Err(error) = cursor.serve(&queue, log, &mut budget) {
+            if let Err(error) = cursor.serve(&queue, log, self.partition, &mut budget) {
                 tracing::error!(queue = %queue.name(), %error, "cannot read the stream; retrying");
                 failed = true;
             }
@@ -438,6 +499,7 @@ impl Stream {
     pub fn delete(&self) -> Vec<ConsumerHandle> {
         let mut core = self.core.lock();
         core.deleted = true;
+        core.successors.clear();
         core.readers.drain(..).map(|c| c.consumer).collect()
     }
 
@@ -512,7 +574,8 @@ impl Stream {
         let mut woken: Vec<&Arc<super::Mailbox>> = Vec::new();
         for cursor in &core.readers {
             let mailbox = &cursor.consumer.mailbox;
-            if cursor.pending.is_empty()
+            if !cursor.stopped
+                && cursor.pending.is_empty()
                 && cursor.consumer.credit.has_room()
                 && !woken.iter().any(|m| Arc::ptr_eq(m, mailbox))
             {
@@ -547,7 +610,87 @@ impl Stream {
     }
 }
 
+impl SyncTarget for Stream {
+    fn begin_sync(&self) -> Option<Result<PendingSync, StoreError>> {
+        Stream::begin_sync(self)
+    }
+
+    fn complete_sync(&self, pending: PendingSync, result: &Result<(), StoreError>) -> bool {
+        Stream::complete_sync(self, pending, result)
+    }
+}
+
 impl Core {
+    /// The cursor tracking under `key`, if any.
+    fn tracking(&self, key: &str) -> Option<usize> {
+        self.readers
+            .iter()
+            .position(|c| c.tracked.as_ref().is_some_and(|(k, _)| k == key))
+    }
+
+    /// Adds a cursor for `reader` at its start, or a tracked one's committed offset;
+    /// returns whether a commit must be asked for to make that start durable.
+    fn attach(&mut self, reader: Reader, track: Option<String>) -> Result<bool, AddError> {
+        // Age retention runs at commits; an idle stream catches up here.
+        self.retain();
+        let resume = track.as_deref().and_then(|key| self.offsets.get(key));
+        let start = resume.map_or(reader.start, StreamStart::Offset);
+        let log = &self.log;
+        let next = match start {
+            StreamStart::First => log.first_offset(),
+            StreamStart::Last => log.last_chunk_offset(),
+            // The readable end: a committed offset stored from here never names a
+            // message that a crash could take back.
+            StreamStart::Next => log.readable_end(),
+            StreamStart::Offset(offset) => offset.max(log.first_offset()),
+            StreamStart::Timestamp(ms) => log.offset_at_time(ms)?,
+        };
+        self.readers.push(Cursor {
+            consumer: reader.consumer,
+            next,
+            at: log.seek(next)?,
+            reader: log.reader(),
+            pending: VecDeque::new(),
+            seek_pending: next >= log.end_offset(),
+            filter: reader.filter,
+            tracked: track.map(|key| (key, BTreeSet::new())),
+            stopped: false,
+        });
+        Ok(self.commit_offset(self.readers.len() - 1))
+    }
+
+    /// Stores the committed offset of the tracked cursor `at`; returns whether a
+    /// commit must be asked for (none is pending yet).
+    fn commit_offset(&mut self, at: usize) -> bool {
+        let Some((key, offset)) = self.readers[at].committed() else {
+            return false;
+        };
+        if !self.offsets.set(key, offset) || self.sync_asked {
+            return false;
+        }
+        self.sync_asked = true;
+        true
+    }
+
+    /// A tracked cursor is gone: the reader waiting for its key, if any, attaches.
+    /// Returns whether a commit must be asked for.
+    fn hand_on(&mut self, gone: &Cursor) -> bool {
+        let Some((key, _)) = &gone.tracked else {
+            return false;
+        };
+        let Some(at) = self.successors.iter().position(|(k, _)| k == key) else {
+            return false;
+        };
+        let (key, reader) = self.successors.remove(at);
+        match self.attach(reader, Some(key)) {
+            Ok(ask) => ask,
+            Err(error) => {
+                tracing::error!(dir = %self.log.dir().display(), %error, "cannot start a group member's reading of a stream partition");
+                false
+            }
+        }
+    }
+
     /// Drops whole segments retention no longer keeps.
     fn retain(&mut self) {
         let Retention {
@@ -564,13 +707,28 @@ impl Core {
 }
 
 impl Cursor {
+    /// Delivers nothing more; what it read ahead is dropped.
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.pending.clear();
+    }
+
+    /// Whether every delivery made to it is settled.
+    fn outstanding_is_empty(&self) -> bool {
+        self.tracked.as_ref().is_none_or(|(_, o)| o.is_empty())
+    }
+
     /// Hands the consumer what it has credit and room for.
     fn serve(
         &mut self,
         queue: &Arc<Queue>,
         log: &StreamLog,
+        partition: u16,
         budget: &mut usize,
     ) -> Result<(), StoreError> {
+        if self.stopped {
+            return Ok(());
+        }
         let credit = self.consumer.credit.clone();
         let credit = &credit;
         loop {
@@ -613,7 +771,7 @@ impl Cursor {
                 consumer: self.consumer.id,
                 queue: Arc::clone(queue),
                 credit: credit.clone(),
-                message: delivery(entry),
+                message: delivery(entry, partition),
             });
         }
     }
@@ -710,7 +868,7 @@ enum Fill {
 }
 
 /// A stream entry as a queue delivers it: redelivered never, its offset the stream's.
-fn delivery(entry: StreamEntry) -> QueuedMessage {
+fn delivery(entry: StreamEntry, partition: u16) -> QueuedMessage {
     let StreamEntry {
         offset,
         exchange,
@@ -729,7 +887,7 @@ fn delivery(entry: StreamEntry) -> QueuedMessage {
         expires_at_ms: 0,
         delivery_count: 0,
         priority: 0,
-        partition: 0,
+        partition,
         message: Message::new(text(&exchange), text(&routing_key), &properties, body),
     }
 }
@@ -787,6 +945,7 @@ mod tests {
             seek_pending: false,
             filter: StreamFilter::default(),
             tracked: None,
+            stopped: false,
         };
         let mut got = Vec::new();
         for _ in 0..turns {

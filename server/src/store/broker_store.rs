@@ -15,7 +15,7 @@ use super::fd_budget::FdBudget;
 use super::format::DEFAULT_SEGMENT_SIZE;
 use super::fs::{FsRef, RealFs};
 use super::pending::PendingChanges;
-use super::stream_log::{StreamLog, StreamRecovery};
+use super::stream_log::{StreamFiles, StreamLog, StreamRecovery};
 use super::stream_offsets::StreamOffsets;
 use super::{DataDirLock, QueueLog, Recovery, Result, StoreError, Syncer};
 
@@ -263,40 +263,50 @@ impl BrokerStore {
         Ok((log, recovery))
     }
 
-    /// Starts the log of a newly declared stream in the directory of its (empty) queue
-    /// log `home`, which then stands for the stream in the queue's life cycle.
+    /// Starts the log and offsets of partition `p` of a newly declared stream (0 for
+    /// a stream without partitions), in the directory of its (empty) queue log `home`,
+    /// which then stands for the stream in the queue's life cycle, or a subdirectory
+    /// of it for partitions past the first.
     ///
     /// # Errors
     /// I/O failures, or a segment size out of range.
-    pub fn create_stream_log(
+    pub fn create_stream(
         &self,
         home: &QueueLog,
+        p: u16,
         segment_bytes: u64,
         bloom_bytes: u8,
-    ) -> Result<StreamLog> {
-        StreamLog::create(self.fs.clone(), home.dir(), segment_bytes, bloom_bytes)
+    ) -> Result<StreamFiles> {
+        let dir = stream_dir(home, p);
+        let mut log = StreamLog::create(self.fs.clone(), &dir, segment_bytes, bloom_bytes)?;
+        if p > 0 {
+            // The queue's directory entry, should partition 0 not be synced first.
+            log.sync_outer_dir(home.dir().parent().map(Path::to_path_buf));
+        }
+        let offsets = StreamOffsets::open(self.fs.clone(), &dir)?;
+        Ok(StreamFiles { log, offsets })
     }
 
-    /// Opens the log of a stream at start-up, in the directory of its queue log `home`.
+    /// Opens partition `p` of a stream at start-up (see [`BrokerStore::create_stream`]);
+    /// one whose directory a crash kept from being made starts empty.
     ///
     /// # Errors
     /// I/O failures or an incompatible log.
-    pub fn open_stream_log(
+    pub fn open_stream(
         &self,
         home: &QueueLog,
+        p: u16,
         segment_bytes: u64,
         bloom_bytes: u8,
-    ) -> Result<(StreamLog, StreamRecovery)> {
-        StreamLog::open(self.fs.clone(), home.dir(), segment_bytes, bloom_bytes)
-    }
-
-    /// The committed offsets of a stream's tracked consumers, in the directory of its
-    /// queue log `home` (none yet for a new stream).
-    ///
-    /// # Errors
-    /// I/O failures or an incompatible file.
-    pub fn open_stream_offsets(&self, home: &QueueLog) -> Result<StreamOffsets> {
-        StreamOffsets::open(self.fs.clone(), home.dir())
+    ) -> Result<(StreamFiles, StreamRecovery)> {
+        let dir = stream_dir(home, p);
+        if !self.fs.exists(&dir).map_err(StoreError::io("stat", &dir))? {
+            let files = self.create_stream(home, p, segment_bytes, bloom_bytes)?;
+            return Ok((files, StreamRecovery::default()));
+        }
+        let (log, recovery) = StreamLog::open(self.fs.clone(), &dir, segment_bytes, bloom_bytes)?;
+        let offsets = StreamOffsets::open(self.fs.clone(), &dir)?;
+        Ok((StreamFiles { log, offsets }, recovery))
     }
 
     /// Removes the log of a deleted queue once its deletion (recorded before this call) is
@@ -495,6 +505,15 @@ fn check_entries(fs: &FsRef, dir: &Path) -> Result<()> {
 /// The log id of partition `p` of the partitioned queue whose own log has id `id`.
 fn partition_log_id(id: &str, p: u16) -> String {
     format!("{id}.p{p}")
+}
+
+/// Where partition `p` of the stream whose queue log is `home` keeps its files.
+fn stream_dir(home: &QueueLog, p: u16) -> PathBuf {
+    if p == 0 {
+        home.dir().to_path_buf()
+    } else {
+        home.dir().join(format!("p{p:04}"))
+    }
 }
 
 #[cfg(test)]

@@ -35,6 +35,18 @@ use super::stream_format::{
 };
 use super::{PendingSync, Result, StoreError};
 
+/// What a stream (or one partition of it) keeps on disk: its log and committed
+/// offsets, in the directory of the queue's (empty) queue log, which stands for the
+/// stream in the queue's life cycle, or a subdirectory of it for partitions past the
+/// first.
+#[derive(Debug)]
+pub struct StreamFiles {
+    /// The messages.
+    pub log: StreamLog,
+    /// The committed offsets of tracked consumers.
+    pub offsets: super::stream_offsets::StreamOffsets,
+}
+
 /// A chunk is sealed once its entries take this much.
 const MAX_CHUNK_BYTES: usize = 1 << 20;
 /// … or once it holds this many entries.
@@ -186,6 +198,8 @@ pub struct StreamLog {
     unsynced: Vec<(PathBuf, FileRef)>,
     dir_unsynced: bool,
     parent_unsynced: bool,
+    /// A directory further out whose entry for ours the next sync makes durable.
+    outer_unsynced: Option<PathBuf>,
     /// The written end the sync in flight covers.
     syncing: Option<u64>,
     poisoned: Option<String>,
@@ -218,6 +232,12 @@ impl StreamLog {
         Ok(log)
     }
 
+    /// Has the next sync also make `dir`'s entry for the directory that holds ours
+    /// durable: for a log created in a subdirectory of a directory itself new.
+    pub fn sync_outer_dir(&mut self, dir: Option<PathBuf>) {
+        self.outer_unsynced = dir;
+    }
+
     fn empty(fs: FsRef, dir: PathBuf, max_segment_bytes: u64, bloom_len: u8) -> Result<Self> {
         let (min, max) = SEGMENT_SIZE_RANGE;
         if !(min..=max).contains(&max_segment_bytes) {
@@ -246,6 +266,7 @@ impl StreamLog {
             unsynced: Vec::new(),
             dir_unsynced: false,
             parent_unsynced: false,
+            outer_unsynced: None,
             syncing: None,
             poisoned: None,
         })
@@ -561,6 +582,7 @@ impl StreamLog {
         if self.dir_unsynced {
             dirs.push(self.dir.clone());
         }
+        dirs.extend(self.outer_unsynced.take());
         self.parent_unsynced = false;
         self.dir_unsynced = false;
         self.syncing = Some(self.written_end);
@@ -595,8 +617,10 @@ impl StreamLog {
                 for dir in dirs {
                     if Some(&dir) == parent.as_ref() {
                         self.parent_unsynced = true;
-                    } else {
+                    } else if dir == self.dir {
                         self.dir_unsynced = true;
+                    } else {
+                        self.outer_unsynced = Some(dir);
                     }
                 }
                 let active_path = self.active.as_ref().map(|a| a.segment_path.clone());

@@ -16,6 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use super::format::{FILE_HEADER_LEN, check_file_header, file_header};
@@ -117,6 +118,14 @@ impl StreamOffsets {
     /// The committed offset of `key`, if it has one.
     pub fn get(&self, key: &str) -> Option<u64> {
         self.current.get(key).copied()
+    }
+
+    /// The keys that start with `prefix` and their committed offsets, in key order.
+    pub fn with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = (&'a str, u64)> {
+        self.current
+            .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
+            .take_while(move |(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.as_str(), *v))
     }
 
     /// Sets `key`'s offset, durable at the next sync; returns whether it changed.
