@@ -2188,4 +2188,117 @@ mod tests {
             "bound to a deleted queue in rounds {dangling:?}"
         );
     }
+
+    /// Commits what `queue` holds and waits for it: every partition's log and offsets.
+    fn commit_all(vhost: &VHost, queue: &Arc<Queue>) {
+        let store = vhost.store.clone().expect("a durable vhost");
+        let (done, durable) = tokio::sync::oneshot::channel();
+        store.commit(queue.sync_targets(), Some(done));
+        assert_eq!(durable.blocking_recv(), Ok(true), "committed");
+    }
+
+    /// Takes what `mailbox` holds for consumer `id`: its deliveries' (partition, offset).
+    fn delivered(mailbox: &crate::queue::Mailbox) -> Vec<(u16, u64)> {
+        let mut out = Vec::new();
+        mailbox.drain_into(&mut out);
+        out.into_iter()
+            .filter_map(|o| match o {
+                crate::queue::Outgoing::Deliver { message, .. } => {
+                    Some((message.partition, message.offset))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_stream_groups_committed_offsets_and_lag_are_exact_at_rest_and_after_a_reopen() {
+        use crate::queue::stream::{Reader, StreamFilter, StreamStart};
+        use crate::queue::{ConsumerHandle, Credit, Mailbox, Membership};
+        let dir = TempDir::new("vhost-stream-groups");
+        let name = "events";
+        let declare = || {
+            let mut d = durable_queue(name);
+            d.arguments.insert(
+                "x-queue-type".into(),
+                amqp_codec::amq_protocol::types::AMQPValue::LongString("stream".into()),
+            );
+            d.arguments.insert(
+                "x-partitions".into(),
+                amqp_codec::amq_protocol::types::AMQPValue::LongInt(2),
+            );
+            d
+        };
+        {
+            let (vhost, _) = open(&dir);
+            let (queue, _) = vhost.declare_queue(declare(), 1).expect("declare");
+            let mut effects = Effects::default();
+            // Keyless publishes go round robin: 5 to each partition.
+            for i in 0..10u8 {
+                let message = Message::new("", "", &[0, 0], bytes::Bytes::from(vec![i]));
+                queue
+                    .publish(message, Handling::default(), &mut effects)
+                    .expect("publish");
+            }
+            commit_all(&vhost, &queue);
+            let mailbox = Arc::new(Mailbox::default());
+            let credit = Arc::new(Credit::new(100, None));
+            let reader = Reader {
+                consumer: ConsumerHandle {
+                    id: 7,
+                    channel: 1,
+                    exclusive: false,
+                    credit: credit.clone(),
+                    mailbox: mailbox.clone(),
+                    no_ack: false,
+                    priority: 0,
+                },
+                start: StreamStart::First,
+                filter: StreamFilter::default(),
+            };
+            let membership = Membership {
+                group: Some("audit".into()),
+                ..Membership::default()
+            };
+            queue
+                .add_stream_consumer(reader, None, &membership)
+                .expect("join");
+            let got = delivered(&mailbox);
+            assert_eq!(got.len(), 10, "{got:?}");
+            // Settle partition 0's offsets 0–2 and 4 (3 stays unsettled), and all of
+            // partition 1's.
+            queue.stream_settled(&credit, 0, &[0, 1, 2, 4]);
+            queue.stream_settled(&credit, 1, &[0, 1, 2, 3, 4]);
+            commit_all(&vhost, &queue);
+            let groups = queue.stream_groups();
+            assert_eq!(groups.len(), 1);
+            let audit = &groups[0];
+            assert_eq!(audit.group, "audit");
+            assert_eq!(audit.members, vec![7]);
+            let at: Vec<(Option<u64>, u64, u64, u32)> = audit
+                .partitions
+                .iter()
+                .map(|p| (p.committed, p.end, p.lag, p.unsettled))
+                .collect();
+            assert_eq!(at, vec![(Some(3), 5, 2, 1), (Some(5), 5, 0, 0)]);
+            assert_eq!(
+                queue.remove_consumer(7),
+                crate::queue::ConsumerRemoval::Removed
+            );
+            commit_all(&vhost, &queue);
+        }
+        let defs = stored_definitions(&dir);
+        let (vhost, _) = open(&dir);
+        vhost.restore(&defs).expect("restore");
+        let queue = vhost.queue(name, 1).expect("the stream is back");
+        assert_eq!(queue.partitions(), Some(2));
+        let groups = queue.stream_groups();
+        assert_eq!(groups.len(), 1, "the group is listed at rest: {groups:?}");
+        let at: Vec<(Option<u64>, u64, u64, Option<u64>)> = groups[0]
+            .partitions
+            .iter()
+            .map(|p| (p.committed, p.end, p.lag, p.owner))
+            .collect();
+        assert_eq!(at, vec![(Some(3), 5, 2, None), (Some(5), 5, 0, None)]);
+    }
 }

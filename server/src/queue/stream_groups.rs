@@ -361,3 +361,24 @@ impl Streams {
         ask
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracking_keys_fit_the_offsets_file_and_never_collide() {
+        let long = "é".repeat(200);
+        let other = format!("{}x", "é".repeat(199));
+        for name in ["", "g", &long, &other] {
+            let key = group_key(name);
+            assert!(key.len() <= MAX_KEY_BYTES, "{} bytes", key.len());
+        }
+        assert_ne!(group_key(&long), group_key(&other));
+        assert_eq!(group_key("audit"), "\0gaudit");
+        // No consumer tag names a group's key, even one that looks like it.
+        assert_ne!(consumer_key("\0gaudit"), group_key("audit"));
+        assert_eq!(consumer_key("tag"), "tag");
+        assert!(consumer_key("\0g").starts_with(ESCAPED_TAG_PREFIX));
+    }
+}
