@@ -85,7 +85,7 @@ const LEDGER_KEYS: [&str; 7] = ["pk0", "pk1", "pk2", "pk3", "pk4", "pk5", "pk6"]
 /// The queues the chaos declares, publishes to, consumes from and deletes. The prefix
 /// fixes each one's arguments (see [`queue_spec`]), so that declares by different
 /// clients agree and redeclaring is the common case.
-const QUEUES: [&str; 24] = [
+const QUEUES: [&str; 25] = [
     "c.plain.0",
     "c.plain.1",
     "c.plain.2",
@@ -110,6 +110,7 @@ const QUEUES: [&str; 24] = [
     "c.dlq",
     "c.stream.0",
     "c.stream.1",
+    "c.stream.2",
 ];
 
 /// The TTL and dead-lettering queues, which get more traffic and redeclares than the
@@ -450,6 +451,15 @@ fn queue_spec(name: &str) -> (QueueDeclareOptions, FieldTable) {
             ("x-partitions", int(3)),
             ("x-partition-hash-property", text("message_id")),
             ("x-max-length", int(200)),
+        ])
+    } else if name == "c.stream.2" {
+        // Partitioned, read by consumer groups that move partitions as members come
+        // and go.
+        options.durable = true;
+        table(&[
+            ("x-queue-type", text("stream")),
+            ("x-partitions", int(3)),
+            ("x-stream-max-segment-size-bytes", int(8192)),
         ])
     } else if name.starts_with("c.stream.") {
         // Small segments and a byte limit: retention drops segments under the readers.
@@ -1077,7 +1087,7 @@ impl Client {
     /// another group, or on a queue that is not partitioned).
     fn consume_arguments(&mut self, queue: &str) -> FieldTable {
         if is_stream(queue) {
-            return self.stream_arguments();
+            return self.stream_arguments(queue == "c.stream.2");
         }
         let partitioned = queue.starts_with("c.part.");
         if !partitioned {
@@ -1108,9 +1118,10 @@ impl Client {
         }
     }
 
-    /// A stream consumer's arguments: any start, now and then a filter, and now and then
-    /// (under one of few tags, so some collide and are refused) offset tracking.
-    fn stream_arguments(&mut self) -> FieldTable {
+    /// A stream consumer's arguments: any start, now and then a filter, and on a
+    /// `partitioned` stream one of two groups (else the default group), or given
+    /// partitions.
+    fn stream_arguments(&mut self, partitioned: bool) -> FieldTable {
         use lapin::types::AMQPValue;
         let offset = match self.rng.random_range(0..6) {
             0 => text("first"),
@@ -1121,6 +1132,14 @@ impl Client {
             _ => text("10s"),
         };
         let mut args = vec![("x-stream-offset", offset)];
+        if partitioned {
+            match self.rng.random_range(0..4) {
+                0 => args.push(("x-consumer-group", text("g1"))),
+                1 => args.push(("x-consumer-group", text("g2"))),
+                2 => args.push(("x-partition", int(self.rng.random_range(0..3)))),
+                _ => {}
+            }
+        }
         if self.rng.random_bool(0.2) {
             args.push(("x-stream-filter", text("red")));
             args.push((
