@@ -99,6 +99,21 @@ fn content(ctx: &mut Context<'_>, channel: u16, queue: &Queue, message: &QueuedM
     }
 }
 
+/// A delivery the connection did not write (its consumer or channel went first): a
+/// stream is told at once (no message goes back to it); another queue's is returned,
+/// to be given back.
+pub fn not_written(
+    queue: Arc<Queue>,
+    credit: &Arc<Credit>,
+    message: QueuedMessage,
+) -> Option<(Arc<Queue>, QueuedMessage)> {
+    if queue.is_stream() {
+        queue.stream_given_back(credit, &message);
+        return None;
+    }
+    Some((queue, message))
+}
+
 /// The acknowledgement deadline of a delivery made at `now` under `timeout_ms` (0: none).
 fn deadline(now: Instant, timeout_ms: u64) -> Option<(Instant, u64)> {
     (timeout_ms > 0).then(|| (now + Duration::from_millis(timeout_ms), timeout_ms))
@@ -144,7 +159,7 @@ impl Channel {
         let at = self.consumers.iter().position(|c| c.id == consumer);
         let Some(at) = at.filter(|_| !self.closing) else {
             credit.release(1);
-            return Some((queue, message));
+            return not_written(queue, &credit, message);
         };
         if resume {
             ctx.kick_later(&queue);

@@ -22,7 +22,7 @@ use crate::queue::{ConnectionId, ConsumerId, Effects, Limit, Mailbox, Queue};
 use crate::store::SyncTarget;
 use crate::vhost::VHost;
 
-pub use delivery::{GroupNotice, Unacked};
+pub use delivery::{GroupNotice, Unacked, not_written};
 use publish::Publication;
 
 /// Ready messages from which a queue a batch published to counts towards the

@@ -858,7 +858,7 @@ impl Connection {
                         _ => {
                             credit.written();
                             credit.release(1);
-                            Some((queue, message))
+                            crate::channel::not_written(queue, &credit, message)
                         }
                     };
                     if let Some(back) = back {
@@ -914,7 +914,12 @@ impl Connection {
         self.shared.mailbox.drain_into(&mut self.inbox);
         self.pending.extend(self.inbox.drain(..));
         let returned = self.pending.drain(..).filter_map(|item| match item {
-            Outgoing::Deliver { queue, message, .. } => Some((queue, message)),
+            Outgoing::Deliver {
+                queue,
+                message,
+                credit,
+                ..
+            } => crate::channel::not_written(queue, &credit, message),
             Outgoing::Cancelled { .. } | Outgoing::GroupEvent { .. } | Outgoing::Wake { .. } => {
                 None
             }

@@ -1012,6 +1012,17 @@ impl Queue {
         }
     }
 
+    /// A stream delivery to the consumer whose credit is `credit` was never written:
+    /// its tracked offset must not pass it.
+    pub fn stream_given_back(self: &Arc<Self>, credit: &Arc<Credit>, message: &QueuedMessage) {
+        let Some(part) = self.stream_parts().get(usize::from(message.partition)) else {
+            return;
+        };
+        if part.given_back(credit, message.offset) {
+            self.ask_sync();
+        }
+    }
+
     /// A closing channel held deliveries of this stream's consumer `credit` that it
     /// never settled: a reader stopped for them makes way now.
     pub fn stream_abandoned(self: &Arc<Self>, credit: &Arc<Credit>) {

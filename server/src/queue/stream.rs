@@ -206,10 +206,11 @@ struct Cursor {
 
 impl Cursor {
     /// What a tracked consumer has consumed up to: its lowest unsettled delivery, or
-    /// the next offset it would be given.
+    /// the next offset it would be given (lower after a give-back).
     fn committed(&self) -> Option<(&str, u64)> {
         let (key, outstanding) = self.tracked.as_ref()?;
-        Some((key, outstanding.first().copied().unwrap_or(self.next)))
+        let lowest = outstanding.first().copied().unwrap_or(self.next);
+        Some((key, lowest.min(self.next)))
     }
 }
 
@@ -355,6 +356,42 @@ impl Stream {
             for offset in offsets {
                 outstanding.remove(offset);
             }
+        }
+        let finished = cursor.stopped && cursor.outstanding_is_empty();
+        let mut ask = core.commit_offset(at);
+        if finished {
+            let gone = core.readers.remove(at);
+            ask |= core.hand_on(&gone);
+        }
+        ask
+    }
+
+    /// A delivery at `offset` to the consumer whose credit is `credit` was never
+    /// written (the consumer or its channel went first): it is not outstanding, and
+    /// the consumer's reading goes back to it, so that its committed offset never
+    /// passes it. Returns whether a commit must be asked for.
+    #[must_use]
+    pub fn given_back(&self, credit: &Arc<Credit>, offset: u64) -> bool {
+        let mut core = self.core.lock();
+        let Some(at) = core
+            .readers
+            .iter()
+            .position(|c| c.tracked.is_some() && Arc::ptr_eq(&c.consumer.credit, credit))
+        else {
+            return false;
+        };
+        let cursor = &mut core.readers[at];
+        if !cursor
+            .tracked
+            .as_mut()
+            .is_some_and(|(_, outstanding)| outstanding.remove(&offset))
+        {
+            return false;
+        }
+        if offset < cursor.next {
+            cursor.next = offset;
+            cursor.pending.clear();
+            cursor.seek_pending = true;
         }
         let finished = cursor.stopped && cursor.outstanding_is_empty();
         let mut ask = core.commit_offset(at);
@@ -707,10 +744,12 @@ impl Core {
 }
 
 impl Cursor {
-    /// Delivers nothing more; what it read ahead is dropped.
+    /// Delivers nothing more; what it read ahead is dropped, to be read again from
+    /// `next` should it go on (a partition given back to its member before it drained).
     fn stop(&mut self) {
         self.stopped = true;
         self.pending.clear();
+        self.seek_pending = true;
     }
 
     /// Whether every delivery made to it is settled.
@@ -978,5 +1017,106 @@ mod tests {
         let got = read_all(&log, 0, 50).expect("the reader reaches the end");
         let want: Vec<u64> = (0..10).chain(30..39).collect();
         assert_eq!(got, want);
+    }
+
+    /// A log of `chunks` chunks of `n` messages each.
+    fn chunks_of(sim: &SimFs, chunks: u64, n: u64) -> StreamLog {
+        let mut log = StreamLog::create(sim.shared(), DIR, 1 << 20, 16).expect("create");
+        for i in 0..chunks * n {
+            let body = i.to_be_bytes();
+            let record = StreamRecord {
+                filter_value: None,
+                exchange: "",
+                routing_key: "k",
+                properties: &[0, 0],
+                body: &body,
+            };
+            log.append(&record, 1).expect("append");
+            if (i + 1) % n == 0 {
+                let pending = log.begin_sync().expect("sync");
+                let result = pending.run();
+                log.complete_sync(pending, &result).expect("synced");
+            }
+        }
+        log
+    }
+
+    fn cursor_at(log: &StreamLog, next: u64, tracked: Option<(&str, &[u64])>) -> Cursor {
+        Cursor {
+            consumer: consumer(),
+            next,
+            at: log.seek(next).expect("seek"),
+            reader: log.reader(),
+            pending: VecDeque::new(),
+            seek_pending: false,
+            filter: StreamFilter::default(),
+            tracked: tracked.map(|(k, o)| (k.to_owned(), o.iter().copied().collect())),
+            stopped: false,
+        }
+    }
+
+    #[test]
+    fn a_reading_stopped_and_given_back_goes_on_with_the_rest_of_its_chunk() {
+        let sim = SimFs::new();
+        sim.mkdir_durable(Path::new("/data"));
+        let log = chunks_of(&sim, 2, 5);
+        let mut cursor = cursor_at(&log, 0, None);
+        let mut budget = READ_BUDGET;
+        assert!(matches!(cursor.fill(&log, &mut budget), Ok(Fill::Some)));
+        for want in 0..2 {
+            let entry = cursor.pending.pop_front().expect("an entry");
+            assert_eq!(entry.offset, want);
+            cursor.next = entry.offset + 1;
+        }
+        // Its partition moves away, then comes back before it drained.
+        cursor.stop();
+        cursor.stopped = false;
+        let mut got = Vec::new();
+        let mut budget = READ_BUDGET;
+        while let Ok(Fill::Some) = cursor.fill(&log, &mut budget) {
+            while let Some(entry) = cursor.pending.pop_front() {
+                got.push(entry.offset);
+                cursor.next = entry.offset + 1;
+            }
+        }
+        assert_eq!(got, (2..10).collect::<Vec<u64>>());
+    }
+
+    #[test]
+    fn deliveries_never_written_hold_the_committed_offset_and_end_a_drain() {
+        let sim = SimFs::new();
+        sim.mkdir_durable(Path::new("/data"));
+        let log = chunks_of(&sim, 1, 6);
+        let offsets = StreamOffsets::open(sim.shared(), DIR).expect("offsets");
+        let stream = Stream::new(Weak::new(), 0, log, offsets, Retention::default());
+        let old = consumer();
+        let credit = old.credit.clone();
+        {
+            let mut core = stream.core.lock();
+            // Delivered 0–4; 3 and 4 not settled, and 4 never written at all.
+            let mut cursor = cursor_at(&core.log, 5, Some(("g", &[3, 4])));
+            cursor.consumer = old;
+            cursor.stopped = true;
+            core.readers.push(cursor);
+            let mut next = consumer();
+            next.id = 2;
+            next.credit = Arc::new(Credit::new(10, None));
+            let reader = Reader {
+                consumer: next,
+                start: StreamStart::Next,
+                filter: StreamFilter::default(),
+            };
+            core.successors.push(("g".into(), reader));
+        }
+        let _ = stream.given_back(&credit, 4);
+        let at = stream.position_of("g");
+        assert_eq!((at.committed, at.reader, at.unsettled), (Some(3), None, 1));
+        // 3 settled, the drain ends: the successor starts at 4, never written before.
+        let _ = stream.settled(&credit, &[3]);
+        let at = stream.position_of("g");
+        assert_eq!((at.committed, at.reader), (Some(4), Some(2)));
+        let core = stream.core.lock();
+        assert_eq!(core.readers.len(), 1);
+        assert_eq!(core.readers[0].next, 4);
     }
 }

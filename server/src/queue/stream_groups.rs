@@ -34,31 +34,39 @@ const GROUP_KEY_PREFIX: &str = "\0g";
 const CUT_GROUP_KEY_PREFIX: &str = "\0h";
 /// What an escaped consumer tag starts with.
 const ESCAPED_TAG_PREFIX: &str = "\0c";
+/// The prefix of an escaped consumer tag's key too long to store whole.
+const CUT_TAG_KEY_PREFIX: &str = "\0d";
 /// The longest tracking key the offsets file stores whole.
 const MAX_KEY_BYTES: usize = 255;
 
 /// The tracking key of consumer group `name` (the default group: the empty name).
 /// Names too long to store whole are cut and given a hash of the whole name.
 pub fn group_key(name: &str) -> String {
-    let whole = format!("{GROUP_KEY_PREFIX}{name}");
-    if whole.len() <= MAX_KEY_BYTES {
-        return whole;
-    }
-    let hash = partition_key::murmur3_x86_32(name.as_bytes(), 0);
-    let mut cut = MAX_KEY_BYTES - CUT_GROUP_KEY_PREFIX.len() - 8;
-    while !name.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{CUT_GROUP_KEY_PREFIX}{hash:08x}{}", &name[..cut])
+    prefixed(GROUP_KEY_PREFIX, CUT_GROUP_KEY_PREFIX, name)
 }
 
 /// The tracking key of a consumer tracked on its own (`x-stream-automatic-offset-tracking`).
 pub fn consumer_key(tag: &str) -> String {
     if tag.starts_with('\0') {
-        format!("{ESCAPED_TAG_PREFIX}{tag}")
+        prefixed(ESCAPED_TAG_PREFIX, CUT_TAG_KEY_PREFIX, tag)
     } else {
         tag.to_owned()
     }
+}
+
+/// `prefix` and `name`, or where that is too long to store whole, `cut_prefix`, a hash
+/// of `name` and as much of it as fits.
+fn prefixed(prefix: &str, cut_prefix: &str, name: &str) -> String {
+    let whole = format!("{prefix}{name}");
+    if whole.len() <= MAX_KEY_BYTES {
+        return whole;
+    }
+    let hash = partition_key::murmur3_x86_32(name.as_bytes(), 0);
+    let mut cut = MAX_KEY_BYTES - cut_prefix.len() - 8;
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{cut_prefix}{hash:08x}{}", &name[..cut])
 }
 
 /// A stream's partitions (one for a stream without `x-partitions`) and its groups.
@@ -380,5 +388,7 @@ mod tests {
         assert_ne!(consumer_key("\0gaudit"), group_key("audit"));
         assert_eq!(consumer_key("tag"), "tag");
         assert!(consumer_key("\0g").starts_with(ESCAPED_TAG_PREFIX));
+        let nul_tag = format!("\0{}", "t".repeat(254));
+        assert!(consumer_key(&nul_tag).len() <= MAX_KEY_BYTES);
     }
 }
