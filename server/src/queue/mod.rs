@@ -2159,9 +2159,12 @@ impl Queue {
     /// clock.
     pub fn wake(self: &Arc<Self>, now_ms: u64, effects: &mut Effects) {
         if self.is_stream() {
+            let mut ask = false;
             for part in self.stream_parts() {
-                // A failed retry re-arms through `next_wake` as well.
-                let _ = part.on_timer();
+                ask |= part.on_timer();
+            }
+            if ask {
+                self.ask_sync();
             }
             self.arm_stream_timer();
             return;

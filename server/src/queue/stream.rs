@@ -174,6 +174,9 @@ struct Core {
     lost_appends: bool,
     /// A read failed: serve the consumers again at the next timer wake-up.
     retry_due: bool,
+    /// `retry_due` was set where the timer could not be asked at once (under this
+    /// lock): the caller asks once the lock is released.
+    retry_unarmed: bool,
     /// The wake-up already asked of the timers (0: none).
     timer_at_ms: u64,
     /// Where the next dispatch starts among the readers, so that a shared read budget
@@ -237,6 +240,7 @@ impl Stream {
                 sync_asked: false,
                 lost_appends: false,
                 retry_due: false,
+                retry_unarmed: false,
                 timer_at_ms: 0,
                 next_reader: 0,
             }),
@@ -331,9 +335,18 @@ impl Stream {
             }
             core.readers.remove(at);
         }
-        match to {
-            Some(reader) => core.attach(reader, Some(key.to_owned())),
-            None => Ok(false),
+        core.successors.extend(to.map(|r| (key.to_owned(), r)));
+        let ask = core.attach_successors();
+        self.arm_if_unarmed(core);
+        Ok(ask)
+    }
+
+    /// Asks the timer for a retry that `core` found due, once its lock is released.
+    fn arm_if_unarmed(&self, mut core: parking_lot::MutexGuard<'_, Core>) {
+        let arm = std::mem::take(&mut core.retry_unarmed);
+        drop(core);
+        if arm {
+            self.arm_retry();
         }
     }
 
@@ -363,6 +376,7 @@ impl Stream {
             let gone = core.readers.remove(at);
             ask |= core.hand_on(&gone);
         }
+        self.arm_if_unarmed(core);
         ask
     }
 
@@ -399,6 +413,7 @@ impl Stream {
             let gone = core.readers.remove(at);
             ask |= core.hand_on(&gone);
         }
+        self.arm_if_unarmed(core);
         ask
     }
 
@@ -416,7 +431,9 @@ impl Stream {
             return false;
         };
         let gone = core.readers.remove(at);
-        core.hand_on(&gone)
+        let ask = core.hand_on(&gone);
+        self.arm_if_unarmed(core);
+        ask
     }
 
     /// Where the reading under tracking key `key` stands.
@@ -456,7 +473,9 @@ impl Stream {
             return Some(false);
         }
         let gone = core.readers.remove(at);
-        Some(core.hand_on(&gone))
+        let ask = core.hand_on(&gone);
+        self.arm_if_unarmed(core);
+        Some(ask)
     }
 
     /// Serves every consumer that has credit and something readable ahead of it. A read
@@ -497,15 +516,23 @@ impl Stream {
         newly
     }
 
-    /// The timer's turn: drops what aged out and retries failed reads.
+    /// The timer's turn: drops what aged out and retries failed reads and readers
+    /// waiting to start. Returns whether a commit must be asked for.
+    #[must_use]
     pub fn on_timer(&self) -> bool {
         let retry = {
             let mut core = self.core.lock();
             core.timer_at_ms = 0;
             core.retain();
-            std::mem::take(&mut core.retry_due)
+            let retry = std::mem::take(&mut core.retry_due);
+            core.retry_unarmed = false;
+            (retry, retry && core.attach_successors())
         };
-        retry && self.dispatch()
+        if retry.0 {
+            // A retry that fails again re-arms through `next_wake`.
+            let _ = self.dispatch();
+        }
+        retry.1
     }
 
     /// When the timer must come next, after `now_ms`, if it is not asked for that or
@@ -712,20 +739,36 @@ impl Core {
     /// A tracked cursor is gone: the reader waiting for its key, if any, attaches.
     /// Returns whether a commit must be asked for.
     fn hand_on(&mut self, gone: &Cursor) -> bool {
-        let Some((key, _)) = &gone.tracked else {
+        if gone.tracked.is_none() {
             return false;
-        };
-        let Some(at) = self.successors.iter().position(|(k, _)| k == key) else {
-            return false;
-        };
-        let (key, reader) = self.successors.remove(at);
-        match self.attach(reader, Some(key)) {
-            Ok(ask) => ask,
-            Err(error) => {
-                tracing::error!(dir = %self.log.dir().display(), %error, "cannot start a group member's reading of a stream partition");
-                false
+        }
+        self.attach_successors()
+    }
+
+    /// Attaches every waiting reader whose key nobody reads under any more. One whose
+    /// start cannot be found in the log keeps waiting, for the timer's retry. Returns
+    /// whether a commit must be asked for.
+    fn attach_successors(&mut self) -> bool {
+        let mut ask = false;
+        let mut at = 0;
+        while at < self.successors.len() {
+            if self.tracking(&self.successors[at].0).is_some() {
+                at += 1;
+                continue;
+            }
+            let (key, reader) = self.successors.remove(at);
+            match self.attach(reader.clone(), Some(key.clone())) {
+                Ok(a) => ask |= a,
+                Err(error) => {
+                    tracing::error!(dir = %self.log.dir().display(), %error, "cannot start a group member's reading of a stream partition; retrying");
+                    self.successors.insert(at, (key, reader));
+                    self.retry_unarmed |= !self.retry_due;
+                    self.retry_due = true;
+                    at += 1;
+                }
             }
         }
+        ask
     }
 
     /// Drops whole segments retention no longer keeps.
@@ -1118,5 +1161,47 @@ mod tests {
         let core = stream.core.lock();
         assert_eq!(core.readers.len(), 1);
         assert_eq!(core.readers[0].next, 4);
+    }
+
+    #[test]
+    fn a_successor_that_cannot_start_is_retried_by_the_timer() {
+        use crate::store::sim::{Fault, Op};
+        let sim = SimFs::new();
+        sim.mkdir_durable(Path::new("/data"));
+        let log = chunks_of(&sim, 1, 6);
+        let offsets = StreamOffsets::open(sim.shared(), DIR).expect("offsets");
+        let stream = Stream::new(Weak::new(), 0, log, offsets, Retention::default());
+        let old = consumer();
+        let credit = old.credit.clone();
+        {
+            let mut core = stream.core.lock();
+            let mut cursor = cursor_at(&core.log, 4, Some(("g", &[3])));
+            cursor.consumer = old;
+            core.readers.push(cursor);
+        }
+        let mut next = consumer();
+        next.id = 2;
+        let reader = Reader {
+            consumer: next,
+            start: StreamStart::Next,
+            filter: StreamFilter::default(),
+        };
+        assert!(matches!(stream.assign("g", Some(reader)), Ok(false)));
+        // Its start is looked up in the index, which cannot be read for now.
+        sim.inject(Fault {
+            op: Op::Read,
+            path: "sidx".into(),
+            skip: 0,
+            times: usize::MAX,
+            errno: rustix::io::Errno::IO.raw_os_error(),
+            torn: false,
+        });
+        let _ = stream.settled(&credit, &[3]);
+        assert_eq!(stream.position_of("g").reader, None);
+        assert!(stream.next_wake(0).is_some(), "a retry is due");
+        sim.clear_faults();
+        let _ = stream.on_timer();
+        let at = stream.position_of("g");
+        assert_eq!((at.committed, at.reader), (Some(4), Some(2)));
     }
 }
