@@ -16,6 +16,7 @@
 //! - [`policy`]: RabbitMQ policies: per-name queue and exchange settings from a file.
 //! - [`watchdog`]: test builds only: aborts with backtraces when threads deadlock.
 
+pub mod access;
 pub mod alarms;
 pub mod broker;
 pub mod channel;

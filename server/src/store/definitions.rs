@@ -1,4 +1,5 @@
-//! Durable definitions: exchanges, queues and bindings that survive a restart.
+//! Durable definitions: virtual hosts, users and their permissions, exchanges, queues and
+//! bindings that survive a restart.
 //!
 //! A snapshot (`definitions.json`, replaced atomically: temp file, fsync, rename, fsync of
 //! the directory) plus a change log (`definitions.log`, one checksummed JSON line per
@@ -18,7 +19,7 @@
 //! to the same offset. A failed sync makes the next sync rewrite everything from memory
 //! (snapshot and a fresh log), because the kernel may have dropped the log's pages.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -98,11 +99,87 @@ pub struct BindingDef {
     pub arguments: FieldTable,
 }
 
+/// A virtual host, with the fields RabbitMQ's definitions give one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VhostDef {
+    /// Its name.
+    pub name: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Free labels.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Its limits (`max-connections`, `max-queues`); a negative value is no limit.
+    #[serde(default)]
+    pub limits: BTreeMap<String, i64>,
+}
+
+/// A user, as RabbitMQ's definitions hold one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserDef {
+    /// Its name.
+    pub name: String,
+    /// Salt and hash in base64 (see `access::password`); empty: no password login.
+    pub password_hash: String,
+    /// The algorithm of `password_hash` (`rabbit_password_hashing_sha256` …).
+    pub hashing_algorithm: String,
+    /// Its tags (`administrator`, `monitoring`, `impersonator` …).
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Its limits (`max-connections`, `max-channels`); a negative value is no limit.
+    #[serde(default)]
+    pub limits: BTreeMap<String, i64>,
+}
+
+/// A user's permissions in a virtual host: three regular expressions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PermissionDef {
+    /// The user.
+    pub user: String,
+    /// The virtual host.
+    pub vhost: String,
+    /// Over the names it may declare and delete.
+    pub configure: String,
+    /// Over the names it may publish to and bind to.
+    pub write: String,
+    /// Over the names it may consume from and bind from.
+    pub read: String,
+}
+
+/// A user's topic permissions on one exchange of a virtual host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicPermissionDef {
+    /// The user.
+    pub user: String,
+    /// The virtual host.
+    pub vhost: String,
+    /// The (topic) exchange.
+    pub exchange: String,
+    /// Over routing keys published with.
+    pub write: String,
+    /// Over binding keys.
+    pub read: String,
+}
+
 /// Everything durable, as loaded at start-up.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Definitions {
     /// Format version.
     pub version: u32,
+    /// Virtual hosts. None in definitions written before virtual hosts could be made,
+    /// which therefore start as a first start does (the default vhost and user).
+    #[serde(default)]
+    pub vhosts: Vec<VhostDef>,
+    /// Users.
+    #[serde(default)]
+    pub users: Vec<UserDef>,
+    /// Permissions per user and vhost.
+    #[serde(default)]
+    pub permissions: Vec<PermissionDef>,
+    /// Topic permissions per user, vhost and exchange.
+    #[serde(default)]
+    pub topic_permissions: Vec<TopicPermissionDef>,
     /// Durable exchanges (the predeclared `amq.*` ones are not stored).
     pub exchanges: Vec<ExchangeDef>,
     /// Durable queues.
@@ -137,6 +214,93 @@ pub enum Change {
     Bind(BindingDef),
     /// A binding was removed.
     Unbind(BindingDef),
+    /// A virtual host was created or changed.
+    PutVhost(VhostDef),
+    /// A virtual host was deleted, with everything in it and every permission in it.
+    DeleteVhost {
+        /// Its name.
+        name: String,
+    },
+    /// A user was created or changed.
+    PutUser(UserDef),
+    /// A user was deleted, with its permissions.
+    DeleteUser {
+        /// Its name.
+        name: String,
+    },
+    /// A user's permissions in a vhost were set.
+    SetPermissions(PermissionDef),
+    /// A user's permissions in a vhost were cleared.
+    ClearPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+    },
+    /// A user's topic permissions on an exchange were set.
+    SetTopicPermissions(TopicPermissionDef),
+    /// A user's topic permissions in a vhost were cleared: on one exchange, or all.
+    ClearTopicPermissions {
+        /// The user.
+        user: String,
+        /// The vhost.
+        vhost: String,
+        /// The exchange; all of them when absent.
+        exchange: Option<String>,
+    },
+}
+
+/// Applies a change to the virtual hosts, users and permissions (the few definitions
+/// kept without an index); false if `change` is not one of those.
+fn apply_access(defs: &mut Definitions, change: &Change) -> bool {
+    match change {
+        Change::PutVhost(def) => {
+            defs.vhosts.retain(|v| v.name != def.name);
+            defs.vhosts.push(def.clone());
+        }
+        Change::DeleteVhost { name } => {
+            defs.vhosts.retain(|v| v.name != *name);
+            defs.permissions.retain(|p| p.vhost != *name);
+            defs.topic_permissions.retain(|p| p.vhost != *name);
+        }
+        Change::PutUser(def) => {
+            defs.users.retain(|u| u.name != def.name);
+            defs.users.push(def.clone());
+        }
+        Change::DeleteUser { name } => {
+            defs.users.retain(|u| u.name != *name);
+            defs.permissions.retain(|p| p.user != *name);
+            defs.topic_permissions.retain(|p| p.user != *name);
+        }
+        Change::SetPermissions(def) => {
+            defs.permissions
+                .retain(|p| !(p.user == def.user && p.vhost == def.vhost));
+            defs.permissions.push(def.clone());
+        }
+        Change::ClearPermissions { user, vhost } => {
+            defs.permissions
+                .retain(|p| !(p.user == *user && p.vhost == *vhost));
+        }
+        Change::SetTopicPermissions(def) => {
+            defs.topic_permissions.retain(|p| {
+                !(p.user == def.user && p.vhost == def.vhost && p.exchange == def.exchange)
+            });
+            defs.topic_permissions.push(def.clone());
+        }
+        Change::ClearTopicPermissions {
+            user,
+            vhost,
+            exchange,
+        } => {
+            defs.topic_permissions.retain(|p| {
+                !(p.user == *user
+                    && p.vhost == *vhost
+                    && exchange.as_ref().is_none_or(|e| *e == p.exchange))
+            });
+        }
+        _ => return false,
+    }
+    true
 }
 
 /// Errors of the definitions store.
@@ -249,6 +413,12 @@ impl Index {
     /// Applies `change` to `defs`, which this indexes. A definition put again keeps its
     /// place; a deleted one's place goes to the last one.
     fn apply(&mut self, defs: &mut Definitions, change: Change) {
+        if apply_access(defs, &change) {
+            if let Change::DeleteVhost { name } = change {
+                self.delete_vhost_contents(defs, &name);
+            }
+            return;
+        }
         match change {
             Change::PutExchange(def) => {
                 put(&mut self.exchanges, &mut defs.exchanges, def, |e| {
@@ -308,7 +478,49 @@ impl Index {
                     self.unbind_where(defs, |b| *b == def);
                 }
             }
+            // Applied above.
+            Change::PutVhost(_)
+            | Change::DeleteVhost { .. }
+            | Change::PutUser(_)
+            | Change::DeleteUser { .. }
+            | Change::SetPermissions(_)
+            | Change::ClearPermissions { .. }
+            | Change::SetTopicPermissions(_)
+            | Change::ClearTopicPermissions { .. } => {}
         }
+    }
+
+    /// Removes every exchange, queue and binding of a deleted vhost.
+    fn delete_vhost_contents(&mut self, defs: &mut Definitions, vhost: &str) {
+        let exchanges: Vec<String> = defs
+            .exchanges
+            .iter()
+            .filter(|e| e.vhost == vhost)
+            .map(|e| e.name.clone())
+            .collect();
+        for name in exchanges {
+            remove(
+                &mut self.exchanges,
+                &mut defs.exchanges,
+                (vhost.to_owned(), name),
+                |e| (e.vhost.clone(), e.name.clone()),
+            );
+        }
+        let queues: Vec<String> = defs
+            .queues
+            .iter()
+            .filter(|q| q.vhost == vhost)
+            .map(|q| q.name.clone())
+            .collect();
+        for name in queues {
+            remove(
+                &mut self.queues,
+                &mut defs.queues,
+                (vhost.to_owned(), name),
+                |q| (q.vhost.clone(), q.name.clone()),
+            );
+        }
+        self.unbind_where(defs, |b| b.vhost == vhost);
     }
 
     /// Removes the bindings that `gone` picks, keeping the counts.
@@ -793,6 +1005,14 @@ mod tests {
                 }
             }
             Change::Unbind(def) => defs.bindings.retain(|b| *b != def),
+            other => {
+                assert!(apply_access(defs, &other));
+                if let Change::DeleteVhost { name } = other {
+                    defs.exchanges.retain(|e| e.vhost != name);
+                    defs.queues.retain(|q| q.vhost != name);
+                    defs.bindings.retain(|b| b.vhost != name);
+                }
+            }
         }
     }
 
@@ -848,6 +1068,7 @@ mod tests {
             (vhost(), name()).prop_map(|(vhost, name)| Change::DeleteQueue { vhost, name }),
             binding.clone().prop_map(Change::Bind),
             binding.prop_map(Change::Unbind),
+            vhost().prop_map(|name| Change::DeleteVhost { name }),
         ]
     }
 
