@@ -1,7 +1,7 @@
 //! The broker's shared state: its settings, data directory, virtual hosts and users, and
 //! the id counters for connections and consumers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,28 +9,30 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use crate::access::permissions::Permissions;
+use crate::access::rabbit_json::RabbitDefinitions;
+use crate::access::{Access, AccessDefinitions, LoginError, VhostRefusal};
 use crate::alarms::{Alarms, Monitored};
 use crate::config::Config;
 use crate::policy::{Policies, PolicyError};
 use crate::queue::{ConnectionId, ConsumerId};
+use crate::store::definitions::{Change, Definitions, PermissionDef, VhostDef};
 use crate::store::{BrokerStore, StoreError, SyncTarget};
 use crate::timers::Timers;
 use crate::vhost::VHost;
 use parking_lot::RwLock;
-
-/// A user that may log in.
-#[derive(Debug, Clone)]
-struct User {
-    password: String,
-}
 
 /// Everything connections share.
 #[derive(Debug)]
 pub struct Broker {
     config: Arc<Config>,
     store: Arc<BrokerStore>,
-    vhosts: HashMap<String, Arc<VHost>>,
-    users: HashMap<String, User>,
+    vhosts: RwLock<HashMap<String, Arc<VHost>>>,
+    /// Users, vhosts' settings and permissions.
+    access: RwLock<Access>,
+    /// Bumped by every change to `access`, so that connections holding permissions
+    /// look them up again.
+    access_epoch: AtomicU64,
     next_connection: AtomicU64,
     next_consumer: AtomicU64,
     alarms: Alarms,
@@ -48,6 +50,36 @@ pub enum OpenError {
     /// The policy file is unreadable or invalid.
     #[error(transparent)]
     Policies(#[from] PolicyError),
+    /// The default user or vhost, or one from the definitions file, could not be made.
+    #[error("cannot create a user, vhost or permission: {0}")]
+    Access(#[from] crate::access::AccessError),
+    /// The definitions file (`--load-definitions`) is unreadable or invalid.
+    #[error("definitions file {path}: {reason}")]
+    Definitions {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What a logged-in user may do in the vhost it opened: its name and tags, and its
+/// permissions there as of `epoch`.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The user.
+    pub user: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+    /// The vhost.
+    pub vhost: String,
+    /// Its permissions in the vhost (none at all once they are cleared).
+    pub permissions: Arc<Permissions>,
+    /// Whether it has topic permissions in the vhost (only then are routing keys
+    /// checked).
+    pub topic: bool,
+    /// The [`Broker::access_epoch`] they were looked up at.
+    pub epoch: u64,
 }
 
 impl Broker {
@@ -76,8 +108,16 @@ impl Broker {
             source,
         })?;
         let timers = Arc::new(timers);
-        let vhost = VHost::new("/", Some(store.clone()), timers.clone(), policies.clone());
-        let (queues, messages) = vhost.restore(&defs)?;
+        let access = Self::open_access(&config, &store, &defs)?;
+        let mut vhosts = HashMap::new();
+        let (mut queues, mut messages) = (0, 0);
+        for name in access.vhost_names() {
+            let vhost = VHost::new(name, Some(store.clone()), timers.clone(), policies.clone());
+            let (q, m) = vhost.restore(&defs)?;
+            queues += q;
+            messages += m;
+            vhosts.insert(name.to_owned(), vhost);
+        }
         // Only now, with what restore recorded (holds it created, queues it dropped),
         // can a log directory be proven garbage.
         store.remove_orphans();
@@ -88,26 +128,113 @@ impl Broker {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered durable state"
         );
-        let mut vhosts = HashMap::new();
-        vhosts.insert("/".to_owned(), vhost);
-        let mut users = HashMap::new();
-        users.insert(
-            config.default_user.clone(),
-            User {
-                password: config.default_pass.clone(),
-            },
-        );
         Ok(Self {
             config,
             store,
-            vhosts,
-            users,
+            vhosts: RwLock::new(vhosts),
+            access: RwLock::new(access),
+            access_epoch: AtomicU64::new(0),
             next_connection: AtomicU64::new(1),
             next_consumer: AtomicU64::new(1),
             alarms: Alarms::default(),
             policies,
             timers,
         })
+    }
+
+    /// The users, vhosts and permissions the definitions hold. On the first start
+    /// (definitions without vhosts, which includes a data directory from before vhosts
+    /// could be made), the default vhost and the default user with every permission in
+    /// it, as RabbitMQ makes them, recorded for the next commit.
+    fn open_access(
+        config: &Config,
+        store: &BrokerStore,
+        defs: &Definitions,
+    ) -> Result<Access, OpenError> {
+        let (mut access, warnings) = Access::from_definitions(defs);
+        for warning in warnings {
+            tracing::warn!("ignoring stored access definition: {warning}");
+        }
+        let mut changes = Vec::new();
+        if let Some(path) = &config.load_definitions {
+            changes = Self::load_definitions(&mut access, path)?;
+        }
+        if !defs.vhosts.is_empty() || !changes.is_empty() {
+            for change in changes {
+                store.pending().queue(change);
+            }
+            store.write_pending();
+            return Ok(access);
+        }
+        let mut names = vec![config.default_vhost.clone()];
+        // What an older data directory holds is in `/`.
+        let old_data = defs.queues.iter().any(|q| q.vhost == "/")
+            || defs.exchanges.iter().any(|e| e.vhost == "/");
+        if old_data && config.default_vhost != "/" {
+            names.push("/".to_owned());
+        }
+        let user = &config.default_user;
+        if access.user(user).is_none() {
+            let def = Access::new_user(user, &config.default_pass, vec!["administrator".into()]);
+            changes.push(access.put_user(def)?);
+        }
+        for name in names {
+            changes.push(access.put_vhost(VhostDef {
+                name: name.clone(),
+                description: "Default virtual host".into(),
+                tags: Vec::new(),
+                limits: BTreeMap::new(),
+            }));
+            changes.push(access.set_permissions(PermissionDef {
+                user: user.clone(),
+                vhost: name,
+                configure: ".*".into(),
+                write: ".*".into(),
+                read: ".*".into(),
+            })?);
+        }
+        tracing::info!(user = %user, vhost = %config.default_vhost, "first start: created the default user and vhost");
+        for change in changes {
+            store.pending().queue(change);
+        }
+        store.write_pending();
+        Ok(access)
+    }
+
+    /// Applies a RabbitMQ definitions file's vhosts, users and permissions to `access`;
+    /// returns the changes to store.
+    fn load_definitions(
+        access: &mut Access,
+        path: &std::path::Path,
+    ) -> Result<Vec<Change>, OpenError> {
+        let failed = |reason: String| OpenError::Definitions {
+            path: path.to_owned(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+        let AccessDefinitions {
+            vhosts,
+            users,
+            permissions,
+            topic_permissions: topic,
+        } = RabbitDefinitions::parse(&text)
+            .and_then(RabbitDefinitions::access)
+            .map_err(|e| failed(e.to_string()))?;
+        let mut changes = Vec::new();
+        for vhost in vhosts {
+            changes.push(access.put_vhost(vhost));
+        }
+        for user in users {
+            changes.push(access.put_user(user)?);
+        }
+        for p in permissions {
+            changes.push(access.set_permissions(p)?);
+        }
+        for t in topic {
+            changes.push(access.set_topic_permissions(t)?);
+        }
+        tracing::info!(file = %path.display(), changes = changes.len(), "loaded definitions");
+        Ok(changes)
     }
 
     /// The settings it runs with.
@@ -125,7 +252,7 @@ impl Broker {
             return Ok(());
         };
         self.policies.write().reload(path)?;
-        for vhost in self.vhosts.values() {
+        for vhost in self.all_vhosts() {
             vhost.apply_policies();
         }
         tracing::info!(file = %path.display(), "policies reloaded");
@@ -140,33 +267,108 @@ impl Broker {
     /// Memory the messages queues hold take (what the memory alarm
     /// watches).
     pub fn memory_in_use(&self) -> u64 {
-        self.vhosts.values().map(|v| v.memory_in_use()).sum()
+        self.all_vhosts().iter().map(|v| v.memory_in_use()).sum()
     }
 
     /// Tells every vhost whether queued messages take more memory than the spill budget.
     pub fn set_memory_tight(&self, tight: bool) {
-        for vhost in self.vhosts.values() {
+        for vhost in self.all_vhosts() {
             vhost.set_memory_tight(tight);
         }
     }
 
     /// A vhost by name.
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {
-        self.vhosts.get(name).cloned()
+        self.vhosts.read().get(name).cloned()
+    }
+
+    /// Every vhost, for work over all of them (taken out of the registry's lock).
+    fn all_vhosts(&self) -> Vec<Arc<VHost>> {
+        self.vhosts.read().values().cloned().collect()
     }
 
     /// Whether `user` with `password` may log in from `peer`. The default user may log in
     /// only from loopback unless the settings allow otherwise, as in RabbitMQ.
-    pub fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> bool {
-        let Some(known) = self.users.get(user) else {
-            return false;
-        };
-        if known.password != password {
-            return false;
-        }
+    ///
+    /// # Errors
+    /// Why not, for the log.
+    pub fn authenticate(&self, user: &str, password: &str, peer: IpAddr) -> Result<(), Refused> {
+        self.access
+            .read()
+            .authenticate(user, password)
+            .map_err(Refused::Login)?;
         let loopback = peer.is_loopback()
             || matches!(peer, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
-        user != self.config.default_user || self.config.allow_remote_default_user || loopback
+        if user == self.config.default_user && !self.config.allow_remote_default_user && !loopback {
+            return Err(Refused::LoopbackOnly);
+        }
+        Ok(())
+    }
+
+    /// What `user` may do in `vhost`, for a connection opening it.
+    ///
+    /// # Errors
+    /// The vhost does not exist or the user may not use it.
+    pub fn grant(&self, user: &str, vhost: &str) -> Result<Grant, VhostRefusal> {
+        let epoch = self.access_epoch.load(Ordering::Acquire);
+        let access = self.access.read();
+        let permissions = access.vhost_access(user, vhost)?;
+        Ok(Grant {
+            user: user.to_owned(),
+            tags: access
+                .user(user)
+                .map(|u| u.tags().to_vec())
+                .unwrap_or_default(),
+            vhost: vhost.to_owned(),
+            permissions,
+            topic: access.has_topic_permissions(user, vhost),
+            epoch,
+        })
+    }
+
+    /// The registry of users, vhosts and permissions, read-locked.
+    pub fn access(&self) -> parking_lot::RwLockReadGuard<'_, Access> {
+        self.access.read()
+    }
+
+    /// The current epoch of users and permissions: a [`Grant`] from an older one may
+    /// be out of date.
+    pub fn access_epoch(&self) -> u64 {
+        self.access_epoch.load(Ordering::Acquire)
+    }
+
+    /// Brings `grant` up to date if users or permissions changed since it was made;
+    /// one whose permissions were cleared (or whose user or vhost went) may do nothing.
+    pub fn refresh(&self, grant: &mut Grant) {
+        let epoch = self.access_epoch();
+        if grant.epoch == epoch {
+            return;
+        }
+        match self.grant(&grant.user, &grant.vhost) {
+            Ok(fresh) => *grant = fresh,
+            Err(_) => {
+                grant.permissions = Arc::new(Permissions::none());
+                grant.epoch = epoch;
+            }
+        }
+    }
+
+    /// Runs `change` on the registry of users, vhosts and permissions, stores what it
+    /// returns, and has connections look their permissions up again.
+    ///
+    /// # Errors
+    /// What `change` refused.
+    pub fn change_access<E>(
+        &self,
+        change: impl FnOnce(&mut Access) -> Result<Vec<Change>, E>,
+    ) -> Result<(), E> {
+        let changes = change(&mut self.access.write())?;
+        self.access_epoch.fetch_add(1, Ordering::AcqRel);
+        for change in changes {
+            self.store.pending().queue(change);
+        }
+        self.store.write_pending();
+        Ok(())
     }
 
     /// Asks the group commit to make the logs of `targets` durable; `done` hears whether
@@ -183,14 +385,14 @@ impl Broker {
         // Nothing may move messages meanwhile.
         let timers = self.timers.clone();
         let _ = tokio::task::spawn_blocking(move || timers.stop()).await;
-        for queue in self.vhosts.values().flat_map(|v| v.logged_queues()) {
+        let vhosts = self.all_vhosts();
+        for queue in vhosts.iter().flat_map(|v| v.logged_queues()) {
             queue.finish_purge();
         }
         let mut durable = true;
         for _ in 0..2 {
-            let targets: Vec<Arc<dyn SyncTarget>> = self
-                .vhosts
-                .values()
+            let targets: Vec<Arc<dyn SyncTarget>> = vhosts
+                .iter()
                 .flat_map(|v| v.logged_queues())
                 .flat_map(|q| q.sync_targets())
                 .collect();
@@ -224,6 +426,17 @@ impl Monitored for Broker {
     fn set_memory_tight(&self, tight: bool) {
         Broker::set_memory_tight(self, tight);
     }
+}
+
+/// Why a login was refused, for the log (the client is told only that it was).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Unknown user or wrong password.
+    #[error(transparent)]
+    Login(#[from] LoginError),
+    /// The default user may log in only from loopback.
+    #[error("user can only log in via localhost")]
+    LoopbackOnly,
 }
 
 /// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit, as RabbitMQ's

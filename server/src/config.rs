@@ -27,6 +27,9 @@ pub struct Config {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
     #[arg(long, env = "WARREN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// Name of the virtual host created at first start.
+    #[arg(long, env = "WARREN_DEFAULT_VHOST", default_value = "/")]
+    pub default_vhost: String,
     /// Name of the user created at first start.
     #[arg(long, env = "WARREN_DEFAULT_USER", default_value = "guest")]
     pub default_user: String,
@@ -68,6 +71,11 @@ pub struct Config {
     /// `policies` section); read at start and again on SIGHUP.
     #[arg(long, env = "WARREN_POLICIES")]
     pub policies: Option<PathBuf>,
+    /// A RabbitMQ definitions file (`rabbitmqctl export_definitions`) applied at every
+    /// start: its vhosts, users (password hashes as RabbitMQ writes them), permissions
+    /// and topic permissions are created or replaced (RabbitMQ's `load_definitions`).
+    #[arg(long, env = "WARREN_LOAD_DEFINITIONS")]
+    pub load_definitions: Option<PathBuf>,
     /// Largest message body accepted, in bytes (RabbitMQ's `max_message_size`).
     #[arg(long, env = "WARREN_MAX_MESSAGE_SIZE", default_value_t = 128 * 1024 * 1024)]
     pub max_message_size: u64,

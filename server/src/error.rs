@@ -135,6 +135,37 @@ pub fn deletion_not_stored(kind: &str, name: &str, vhost: &str, reason: &str) ->
     )
 }
 
+/// Permission refusals, with RabbitMQ's texts (`rabbit_access_control`).
+pub mod access {
+    use super::{AmqpError, ReplyCode};
+
+    /// 403: `configure access to queue 'q' in vhost '/' refused for user 'u'`.
+    pub fn refused(perm: &str, kind: &str, name: &str, vhost: &str, user: &str) -> AmqpError {
+        AmqpError::new(
+            ReplyCode::AccessRefused,
+            format!(
+                "{perm} access to {kind} '{name}' in vhost '{vhost}' refused for user '{user}'"
+            ),
+        )
+    }
+
+    /// 403: `write access to topic 'k' in exchange 'x' in vhost '/' refused for user 'u'`.
+    pub fn topic_refused(
+        perm: &str,
+        key: &str,
+        exchange: &str,
+        vhost: &str,
+        user: &str,
+    ) -> AmqpError {
+        AmqpError::new(
+            ReplyCode::AccessRefused,
+            format!(
+                "{perm} access to topic '{key}' in exchange '{exchange}' in vhost '{vhost}' refused for user '{user}'"
+            ),
+        )
+    }
+}
+
 /// What a stream refuses, with RabbitMQ's codes and texts (`rabbit_stream_queue`).
 pub mod stream {
     use super::{AmqpError, ReplyCode};

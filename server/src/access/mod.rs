@@ -9,6 +9,7 @@
 
 pub mod password;
 pub mod permissions;
+pub mod rabbit_json;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -92,6 +93,19 @@ pub enum AccessError {
     /// No such vhost.
     #[error("no such vhost '{0}'")]
     NoSuchVhost(String),
+}
+
+/// Vhosts, users and permissions as definitions: what is imported and exported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccessDefinitions {
+    /// Virtual hosts.
+    pub vhosts: Vec<VhostDef>,
+    /// Users.
+    pub users: Vec<UserDef>,
+    /// Permissions.
+    pub permissions: Vec<PermissionDef>,
+    /// Topic permissions.
+    pub topic_permissions: Vec<TopicPermissionDef>,
 }
 
 /// Users, vhosts' settings and permissions.
@@ -329,14 +343,7 @@ impl Access {
     }
 
     /// Every vhost, user, permission and topic permission, as definitions.
-    pub fn export(
-        &self,
-    ) -> (
-        Vec<VhostDef>,
-        Vec<UserDef>,
-        Vec<PermissionDef>,
-        Vec<TopicPermissionDef>,
-    ) {
+    pub fn export(&self) -> AccessDefinitions {
         let vhosts = self.vhosts.values().cloned().collect();
         let mut users: Vec<UserDef> = self.users.values().map(|u| u.def.clone()).collect();
         users.sort_by(|a, b| a.name.cmp(&b.name));
@@ -359,7 +366,12 @@ impl Access {
         topic.sort_by(|a, b| {
             (&a.user, &a.vhost, &a.exchange).cmp(&(&b.user, &b.vhost, &b.exchange))
         });
-        (vhosts, users, permissions, topic)
+        AccessDefinitions {
+            vhosts,
+            users,
+            permissions,
+            topic_permissions: topic,
+        }
     }
 }
 
@@ -436,7 +448,12 @@ mod tests {
                 read: ".*".into(),
             })
             .expect("topic");
-        let (vhosts, users, permissions, topic_permissions) = access.export();
+        let AccessDefinitions {
+            vhosts,
+            users,
+            permissions,
+            topic_permissions,
+        } = access.export();
         let defs = Definitions {
             vhosts,
             users,

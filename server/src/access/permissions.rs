@@ -95,6 +95,20 @@ pub struct Permissions {
 }
 
 impl Permissions {
+    /// Permissions that allow nothing, not even the empty name: what a connection
+    /// keeps once its user's permissions are cleared.
+    pub fn none() -> Self {
+        let nothing = || Pattern {
+            source: String::new(),
+            regex: Regex::new(r"[^\s\S]").unwrap_or_else(|_| unreachable!("a valid class")),
+        };
+        Self {
+            configure: nothing(),
+            write: nothing(),
+            read: nothing(),
+        }
+    }
+
     /// The pattern for `perm`.
     pub fn pattern(&self, perm: Perm) -> &Pattern {
         match perm {

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use amqp_codec::ShortStr;
 use amqp_codec::amq_protocol::protocol::{AMQPClass, basic as b};
 
+use super::authz::Kind;
 use super::{Channel, ChannelConsumer, Context, Settlement, Unacked};
+use crate::access::permissions::Perm;
 use crate::error::{self, AmqpResult};
 use crate::names;
 use crate::queue::arguments::StreamOffset;
@@ -59,6 +61,7 @@ impl Channel {
             }
             b::AMQPMethod::Get(get) => {
                 let name = self.resolve_queue_name(&get.queue.as_str().into())?;
+                ctx.permit(Perm::Read, Kind::Queue, &name)?;
                 let queue = ctx.vhost.queue(&name, ctx.connection)?;
                 if queue.is_stream() {
                     return Err(error::stream::get(&name, ctx.vhost.name()));
@@ -137,6 +140,9 @@ impl Channel {
 
     fn consume(&mut self, ctx: &mut Context<'_>, consume: b::Consume) -> AmqpResult<()> {
         let name = self.resolve_queue_name(&consume.queue.as_str().into())?;
+        if &*name != names::REPLY_TO {
+            ctx.permit(Perm::Read, Kind::Queue, &name)?;
+        }
         let queue = if &*name == names::REPLY_TO {
             if !consume.no_ack {
                 return Err(error::precondition("reply consumer cannot acknowledge"));

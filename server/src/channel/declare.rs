@@ -2,7 +2,9 @@
 
 use amqp_codec::amq_protocol::protocol::{AMQPClass, exchange as ex, queue as q};
 
+use super::authz::Kind;
 use super::{Channel, Context};
+use crate::access::permissions::Perm;
 use crate::error::{self, AmqpResult};
 use crate::exchange::{ExchangeKind, ExchangeSettings, parse_declared_type};
 use crate::names;
@@ -31,6 +33,17 @@ impl Channel {
                         )));
                     }
                 };
+                let name = d.exchange.as_str();
+                if !d.passive && !name.is_empty() {
+                    ctx.permit(Perm::Configure, Kind::Exchange, name)?;
+                    let alternate = d.arguments.inner().get("alternate-exchange");
+                    if let Some(alternate) = alternate.and_then(long_string)
+                        && ctx.vhost.exchange(name).is_err()
+                    {
+                        ctx.permit(Perm::Read, Kind::Exchange, name)?;
+                        ctx.permit(Perm::Write, Kind::Exchange, &alternate)?;
+                    }
+                }
                 ctx.vhost.declare_exchange(
                     d.exchange.as_str(),
                     d.passive,
@@ -52,6 +65,9 @@ impl Channel {
                 Ok(())
             }
             ex::AMQPMethod::Delete(d) => {
+                if !d.exchange.as_str().is_empty() {
+                    ctx.permit(Perm::Configure, Kind::Exchange, d.exchange.as_str())?;
+                }
                 ctx.vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)?;
                 if !d.nowait {
@@ -63,6 +79,12 @@ impl Channel {
                 Ok(())
             }
             ex::AMQPMethod::Bind(bind) => {
+                ctx.permit_binding(
+                    Kind::Exchange,
+                    bind.destination.as_str(),
+                    bind.source.as_str(),
+                    bind.routing_key.as_str(),
+                )?;
                 ctx.vhost.bind_exchange(
                     bind.destination.as_str(),
                     bind.source.as_str(),
@@ -78,6 +100,12 @@ impl Channel {
                 Ok(())
             }
             ex::AMQPMethod::Unbind(unbind) => {
+                ctx.permit_binding(
+                    Kind::Exchange,
+                    unbind.destination.as_str(),
+                    unbind.source.as_str(),
+                    unbind.routing_key.as_str(),
+                )?;
                 ctx.vhost.unbind_exchange(
                     unbind.destination.as_str(),
                     unbind.source.as_str(),
@@ -126,6 +154,19 @@ impl Channel {
                     }
                     return Ok(());
                 }
+                if !d.passive {
+                    if name.starts_with("amq.") && !server_named {
+                        return Err(error::reserved_name("queue", &name));
+                    }
+                    ctx.permit(Perm::Configure, Kind::Queue, &name)?;
+                    let dlx = d.arguments.inner().get("x-dead-letter-exchange");
+                    if let Some(dlx) = dlx.and_then(long_string)
+                        && ctx.vhost.queue(&name, ctx.connection).is_err()
+                    {
+                        ctx.permit(Perm::Read, Kind::Queue, &name)?;
+                        ctx.permit(Perm::Write, Kind::Exchange, &dlx)?;
+                    }
+                }
                 let (queue, created) = ctx.vhost.declare_queue(
                     QueueDeclare {
                         name: name.clone(),
@@ -156,6 +197,12 @@ impl Channel {
             }
             q::AMQPMethod::Bind(bind) => {
                 let name = self.resolve_queue_name(&bind.queue.as_str().into())?;
+                ctx.permit_binding(
+                    Kind::Queue,
+                    &name,
+                    bind.exchange.as_str(),
+                    bind.routing_key.as_str(),
+                )?;
                 ctx.vhost.bind(
                     &name,
                     bind.exchange.as_str(),
@@ -173,6 +220,12 @@ impl Channel {
             }
             q::AMQPMethod::Unbind(unbind) => {
                 let name = self.resolve_queue_name(&unbind.queue.as_str().into())?;
+                ctx.permit_binding(
+                    Kind::Queue,
+                    &name,
+                    unbind.exchange.as_str(),
+                    unbind.routing_key.as_str(),
+                )?;
                 ctx.vhost.unbind(
                     &name,
                     unbind.exchange.as_str(),
@@ -188,6 +241,7 @@ impl Channel {
             }
             q::AMQPMethod::Purge(purge) => {
                 let name = self.resolve_queue_name(&purge.queue.as_str().into())?;
+                ctx.permit(Perm::Read, Kind::Queue, &name)?;
                 let queue = ctx.vhost.queue(&name, ctx.connection)?;
                 if queue.is_stream() {
                     return Err(error::stream::purge(&name, ctx.vhost.name()));
@@ -203,6 +257,7 @@ impl Channel {
             }
             q::AMQPMethod::Delete(delete) => {
                 let name = self.resolve_queue_name(&delete.queue.as_str().into())?;
+                ctx.permit(Perm::Configure, Kind::Queue, &name)?;
                 let message_count = ctx.vhost.delete_queue(
                     &name,
                     ctx.connection,
@@ -219,5 +274,15 @@ impl Channel {
             }
             _ => Err(error::unimplemented_method()),
         }
+    }
+}
+
+/// A string argument's value (`alternate-exchange`, `x-dead-letter-exchange`).
+fn long_string(value: &amqp_codec::amq_protocol::types::AMQPValue) -> Option<String> {
+    use amqp_codec::amq_protocol::types::AMQPValue;
+    match value {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
     }
 }

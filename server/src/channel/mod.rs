@@ -2,6 +2,7 @@
 //! prefetch, and confirm and transaction modes. Methods arrive through one dispatch
 //! `match` ([`Channel::handle_method`]); each class's handlers live in their own file.
 
+mod authz;
 mod basic;
 mod declare;
 mod delivery;
@@ -14,7 +15,7 @@ use amqp_codec::amq_protocol::protocol::{AMQPClass, channel as ch, confirm, tx};
 use amqp_codec::{ContentAssembler, ContentHeader, Method, ReplyCode, ShortStr, encode};
 use bytes::{Bytes, BytesMut};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Grant};
 use crate::error::{self, AmqpError, AmqpResult};
 use crate::exchange::Routed;
 use crate::message::QueuedMessage;
@@ -61,8 +62,9 @@ pub struct Context<'a> {
     pub commits: &'a mut Vec<Arc<dyn SyncTarget>>,
     /// Whether the client handles a server-sent `basic.cancel`.
     pub cancel_notify: bool,
-    /// The authenticated user (publishes may only claim it as `user-id`).
-    pub user: &'a str,
+    /// The authenticated user and what it may do in the vhost (publishes may only
+    /// claim its name as `user-id`).
+    pub grant: &'a mut Grant,
     /// When the current batch started: the time deliveries in it are stamped with.
     pub now: std::time::Instant,
     /// Set when the batch published a message (a resource alarm then blocks the
@@ -167,6 +169,9 @@ pub struct Channel {
     /// `commit-ok` is sent, further methods are refused, as RabbitMQ refuses them.
     committing: bool,
     last_queue: Option<ShortStr>,
+    /// The exchange a publish was last allowed to, at which epoch of the broker's
+    /// permissions: the next publish there at that epoch needs no check.
+    allowed_publish: Option<(ShortStr, u64)>,
     max_message_size: u64,
     /// The private queue of this channel's direct reply-to consumer.
     reply_queue: Option<Arc<Queue>>,
@@ -188,6 +193,7 @@ impl Channel {
             tx: None,
             committing: false,
             last_queue: None,
+            allowed_publish: None,
             max_message_size,
             reply_queue: None,
         }

@@ -95,6 +95,7 @@ fn sender_selected_keys(message: &mut Message) -> AmqpResult<Vec<ShortStr>> {
 impl Channel {
     pub(super) fn on_content(&mut self, ctx: &mut Context<'_>, content: Content) -> AmqpResult<()> {
         *ctx.published = true;
+        self.permit_publish(ctx, &content)?;
         let mandatory = content.publish.mandatory;
         let mut message = Message::from_content(content);
         // One look at the properties (validated when the header frame was decoded).
@@ -105,11 +106,12 @@ impl Channel {
             handling.persistent = view.delivery_mode() == Some(2);
             handling.priority = view.priority().unwrap_or(0);
             if let Some(claimed) = view.short_str(Property::UserId)
-                && claimed != ctx.user
+                && claimed != ctx.grant.user
+                && !ctx.grant.tags.iter().any(|t| t == "impersonator")
             {
                 return Err(error::precondition(format!(
                     "user_id property set to '{claimed}' but authenticated user was '{}'",
-                    ctx.user
+                    ctx.grant.user
                 )));
             }
             if let Some(expiration) = view.raw(Property::Expiration) {

@@ -10,13 +10,16 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::io::FrameIo;
-use crate::broker::Broker;
+use crate::access::VhostRefusal;
+use crate::broker::{Broker, Grant};
 use crate::vhost::VHost;
 
 /// What the handshake agreed on.
 pub struct Session {
     /// The authenticated user.
     pub user: String,
+    /// What it may do in the vhost.
+    pub grant: Grant,
     /// The vhost opened.
     pub vhost: Arc<VHost>,
     /// Negotiated largest frame.
@@ -203,11 +206,18 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         ));
     }
     let login = credentials(mechanism, start_ok.response.as_bytes());
-    let user = match login {
-        Some((user, pass)) if broker.authenticate(&user, &pass, peer.ip()) => user,
+    let checked = login.map(|(user, pass)| {
+        let result = broker.authenticate(&user, &pass, peer.ip());
+        (user, result)
+    });
+    let user = match checked {
+        Some((user, Ok(()))) => user,
         other => {
-            let user = other.map(|(u, _)| u).unwrap_or_default();
-            tracing::warn!(%user, mechanism, "login refused");
+            let (user, why) = match &other {
+                Some((user, Err(why))) => (user.as_str(), why.to_string()),
+                _ => ("", "unreadable credentials".to_owned()),
+            };
+            tracing::warn!(%user, %peer, mechanism, reason = %why, "login refused");
             let error = ProtocolError::new(
                 ReplyCode::AccessRefused,
                 format!(
@@ -266,17 +276,22 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         Err(error) => return Err(error),
     };
     let vhost_name = open.virtual_host.as_str();
-    let Some(vhost) = broker.vhost(vhost_name) else {
+    let granted = broker.grant(&user, vhost_name);
+    let (Some(vhost), Ok(grant)) = (broker.vhost(vhost_name), &granted) else {
+        let text = match granted {
+            Err(VhostRefusal::NotPermitted) => {
+                format!("access to vhost '{vhost_name}' refused for user '{user}'")
+            }
+            _ => format!("vhost {vhost_name} not found"),
+        };
+        tracing::warn!(%user, vhost = vhost_name, %peer, reason = %text, "connection.open refused");
         return Err(refuse(
             io,
-            ProtocolError::new(
-                ReplyCode::NotAllowed,
-                format!("vhost {vhost_name} not found"),
-            )
-            .for_method(10, 40),
+            ProtocolError::new(ReplyCode::NotAllowed, text).for_method(10, 40),
         )
         .await);
     };
+    let grant = grant.clone();
     encode::method(
         &mut out,
         0,
@@ -285,6 +300,7 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     io.write_all(&mut out).await?;
     Ok(Session {
         user,
+        grant,
         vhost,
         frame_max,
         channel_max,

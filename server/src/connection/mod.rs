@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::broker::Broker;
+use crate::broker::{Broker, Grant};
 use crate::channel::{Channel, Context};
 use crate::exchange::Routed;
 use crate::queue::{ConnectionId, Effects, Mailbox, Outgoing, Queue};
@@ -155,7 +155,8 @@ struct Shared {
     tx_commits_due: Vec<u16>,
     commits: Vec<Arc<dyn SyncTarget>>,
     cancel_notify: bool,
-    user: String,
+    /// The user and what it may do in the vhost.
+    grant: Grant,
     /// When the current batch started (deliveries' acknowledgement clocks start here).
     now: std::time::Instant,
     /// The current batch published a message.
@@ -181,7 +182,7 @@ impl Shared {
             tx_commits_due: &mut self.tx_commits_due,
             commits: &mut self.commits,
             cancel_notify: self.cancel_notify,
-            user: &self.user,
+            grant: &mut self.grant,
             now: self.now,
             published: &mut self.published,
             backlogged: &mut self.backlogged,
@@ -244,7 +245,7 @@ impl Connection {
                 tx_commits_due: Vec::new(),
                 commits: Vec::new(),
                 cancel_notify: session.cancel_notify,
-                user: session.user,
+                grant: session.grant,
                 now: std::time::Instant::now(),
                 published: false,
                 backlogged: Vec::new(),

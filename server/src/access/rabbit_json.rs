@@ -1,0 +1,275 @@
+//! RabbitMQ's definitions file (`rabbitmqctl export_definitions`, the management API's
+//! `/api/definitions`): the parts about virtual hosts, users, permissions, topic
+//! permissions and limits, read into Warren's definitions and written back in
+//! RabbitMQ's shape, so that a file moves between the two brokers unchanged.
+//!
+//! Read leniently, as RabbitMQ reads it: unknown fields are ignored; user tags may be a
+//! list or RabbitMQ 3.8's comma-separated string; a user may carry a clear-text
+//! `password` instead of a `password_hash`; vhost limits come as `vhost-limits`
+//! parameters.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::password::Algorithm;
+use super::{Access, AccessDefinitions};
+use crate::store::definitions::{PermissionDef, TopicPermissionDef, UserDef, VhostDef};
+
+/// The file, as far as access goes; the other sections are kept as they came.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RabbitDefinitions {
+    /// The version of the broker that wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbit_version: Option<String>,
+    /// The same, as 3.8+ writes it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq_version: Option<String>,
+    /// Users.
+    #[serde(default)]
+    pub users: Vec<RabbitUser>,
+    /// Virtual hosts.
+    #[serde(default)]
+    pub vhosts: Vec<RabbitVhost>,
+    /// Permissions.
+    #[serde(default)]
+    pub permissions: Vec<PermissionDef>,
+    /// Topic permissions.
+    #[serde(default)]
+    pub topic_permissions: Vec<TopicPermissionDef>,
+    /// Runtime parameters (Warren reads `vhost-limits`).
+    #[serde(default)]
+    pub parameters: Vec<RabbitParameter>,
+}
+
+/// A user in RabbitMQ's definitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RabbitUser {
+    /// Its name.
+    pub name: String,
+    /// Salt and hash, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    /// A clear-text password, hashed on import (never written).
+    #[serde(default, skip_serializing)]
+    pub password: Option<String>,
+    /// The algorithm of `password_hash`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hashing_algorithm: Option<String>,
+    /// Tags: a list, or a comma-separated string.
+    #[serde(default)]
+    pub tags: Tags,
+    /// `max-connections`, `max-channels`.
+    #[serde(default)]
+    pub limits: BTreeMap<String, i64>,
+}
+
+/// User tags as either form RabbitMQ has written.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Tags {
+    /// `["administrator", "monitoring"]` (3.9 and later).
+    List(Vec<String>),
+    /// `"administrator,monitoring"` (3.8 and before).
+    Joined(String),
+}
+
+impl Default for Tags {
+    fn default() -> Self {
+        Self::List(Vec::new())
+    }
+}
+
+impl Tags {
+    fn into_list(self) -> Vec<String> {
+        match self {
+            Self::List(list) => list,
+            Self::Joined(joined) => joined
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        }
+    }
+}
+
+/// A vhost in RabbitMQ's definitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RabbitVhost {
+    /// Its name.
+    pub name: String,
+    /// Free text (3.8+; under `metadata` in 3.11+).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Free labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Vec<String>>,
+    /// `description` and `tags` as 3.11+ writes them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<RabbitVhostMetadata>,
+}
+
+/// A vhost's metadata (RabbitMQ 3.11+).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RabbitVhostMetadata {
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+    /// Free labels.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// A runtime parameter.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RabbitParameter {
+    /// Its vhost.
+    pub vhost: String,
+    /// Its component (`vhost-limits`, `federation-upstream` …).
+    pub component: String,
+    /// Its name (`limits` for vhost limits).
+    pub name: String,
+    /// Its value.
+    pub value: serde_json::Value,
+}
+
+/// Why a definitions file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    /// Not JSON of the expected shape.
+    #[error("not a RabbitMQ definitions file: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A user has neither a password hash nor a password... nor may log in without one.
+    #[error("user '{0}' has an unknown hashing_algorithm '{1}'")]
+    Algorithm(String, String),
+}
+
+impl RabbitDefinitions {
+    /// Reads a definitions file.
+    ///
+    /// # Errors
+    /// Not JSON, or not of RabbitMQ's shape.
+    pub fn parse(text: &str) -> Result<Self, ImportError> {
+        Ok(serde_json::from_str(text)?)
+    }
+
+    /// The vhosts, users, permissions and topic permissions it holds, as Warren's
+    /// definitions (clear-text passwords hashed now).
+    ///
+    /// # Errors
+    /// A user's hashing algorithm is unknown.
+    pub fn access(self) -> Result<AccessDefinitions, ImportError> {
+        let mut limits: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+        for p in self.parameters {
+            if p.component == "vhost-limits"
+                && let serde_json::Value::Object(map) = p.value
+            {
+                let entry = limits.entry(p.vhost).or_default();
+                for (k, v) in map {
+                    if let Some(n) = v.as_i64() {
+                        entry.insert(k, n);
+                    }
+                }
+            }
+        }
+        let vhosts = self
+            .vhosts
+            .into_iter()
+            .map(|v| {
+                let metadata = v.metadata.unwrap_or_default();
+                VhostDef {
+                    limits: limits.remove(&v.name).unwrap_or_default(),
+                    description: v.description.unwrap_or(metadata.description),
+                    tags: v.tags.unwrap_or(metadata.tags),
+                    name: v.name,
+                }
+            })
+            .collect();
+        let mut users = Vec::new();
+        for u in self.users {
+            let tags = u.tags.into_list();
+            let def = match (u.password_hash, u.password) {
+                (Some(hash), _) => {
+                    let algorithm = u
+                        .hashing_algorithm
+                        .unwrap_or_else(|| Algorithm::default().name().to_owned());
+                    if Algorithm::from_name(&algorithm).is_none() {
+                        return Err(ImportError::Algorithm(u.name, algorithm));
+                    }
+                    UserDef {
+                        name: u.name,
+                        password_hash: hash,
+                        hashing_algorithm: algorithm,
+                        tags,
+                        limits: u.limits,
+                    }
+                }
+                (None, Some(password)) => {
+                    let mut def = Access::new_user(&u.name, &password, tags);
+                    def.limits = u.limits;
+                    def
+                }
+                (None, None) => UserDef {
+                    name: u.name,
+                    password_hash: String::new(),
+                    hashing_algorithm: Algorithm::default().name().to_owned(),
+                    tags,
+                    limits: u.limits,
+                },
+            };
+            users.push(def);
+        }
+        Ok(AccessDefinitions {
+            vhosts,
+            users,
+            permissions: self.permissions,
+            topic_permissions: self.topic_permissions,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rabbitmq_3_10_export_reads_with_tags_in_either_form_and_limits_as_parameters() {
+        let text = r#"{
+          "rabbit_version": "3.10.8", "rabbitmq_version": "3.10.8",
+          "users": [
+            {"name": "admin", "password_hash": "kI3GCqW5JLMJa4iX1lo7X4D6XI4qMCOj7B1VdnGr+1NpANJ8",
+             "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": ["administrator"], "limits": {}},
+            {"name": "old", "password_hash": "kI3GCqW5JLMJa4iX1lo7X4D6XI4qMCOj7B1VdnGr+1NpANJ8",
+             "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": "management,monitoring"},
+            {"name": "clear", "password": "s3cret", "tags": []}
+          ],
+          "vhosts": [{"name": "/"}, {"name": "app", "metadata": {"description": "d", "tags": ["t"]}}],
+          "permissions": [{"user": "admin", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
+          "topic_permissions": [{"user": "admin", "vhost": "/", "exchange": "amq.topic", "write": "^a", "read": ".*"}],
+          "parameters": [{"vhost": "app", "component": "vhost-limits", "name": "limits",
+                          "value": {"max-connections": 10, "max-queues": 5}}],
+          "global_parameters": [], "policies": [], "queues": [], "exchanges": [], "bindings": []
+        }"#;
+        let AccessDefinitions {
+            vhosts,
+            users,
+            permissions,
+            topic_permissions: topic,
+        } = RabbitDefinitions::parse(text)
+            .expect("parses")
+            .access()
+            .expect("usable");
+        assert_eq!(vhosts.len(), 2);
+        assert_eq!(vhosts[1].description, "d");
+        assert_eq!(vhosts[1].limits.get("max-queues"), Some(&5));
+        assert_eq!(users[1].tags, vec!["management", "monitoring"]);
+        assert_eq!(permissions.len(), 1);
+        assert_eq!(topic.len(), 1);
+        let mut access = Access::default();
+        for u in users {
+            access.put_user(u).expect("a usable user");
+        }
+        assert!(access.authenticate("clear", "s3cret").is_ok());
+    }
+}
