@@ -327,8 +327,10 @@ impl Access {
         &mut self,
         def: TopicPermissionDef,
     ) -> Result<Change, AccessError> {
-        Pattern::new(&def.write)?;
-        Pattern::new(&def.read)?;
+        // Checked with its variables filled in, as it will be matched.
+        for source in [&def.write, &def.read] {
+            Pattern::new(&source.replace("{username}", "u").replace("{vhost}", "v"))?;
+        }
         let list = self
             .topic
             .entry((def.user.clone(), def.vhost.clone()))
