@@ -282,6 +282,30 @@ impl Broker {
         self.vhosts.read().get(name).cloned()
     }
 
+    /// A new, empty vhost `name`, not yet registered (made before any lock is taken).
+    pub(crate) fn new_vhost(&self, name: &str) -> Arc<VHost> {
+        VHost::new(
+            name,
+            Some(self.store.clone()),
+            self.timers.clone(),
+            self.policies.clone(),
+        )
+    }
+
+    /// Makes `vhost` reachable by connections (unless one of its name already is).
+    pub(crate) fn register_vhost(&self, vhost: Arc<VHost>) {
+        self.vhosts
+            .write()
+            .entry(vhost.name().to_owned())
+            .or_insert(vhost);
+    }
+
+    /// Takes vhost `name` out of reach; its connections and contents are the caller's
+    /// to end.
+    pub(crate) fn unregister_vhost(&self, name: &str) -> Option<Arc<VHost>> {
+        self.vhosts.write().remove(name)
+    }
+
     /// Every vhost, for work over all of them (taken out of the registry's lock).
     fn all_vhosts(&self) -> Vec<Arc<VHost>> {
         self.vhosts.read().values().cloned().collect()
@@ -369,6 +393,14 @@ impl Broker {
         }
         self.store.write_pending();
         Ok(())
+    }
+
+    /// Waits for a group commit, which makes the definitions changes made so far
+    /// durable; false if it could not.
+    pub async fn commit_definitions(&self) -> bool {
+        let (done, durable) = oneshot::channel();
+        self.store.commit(Vec::new(), Some(done));
+        durable.await.unwrap_or(false)
     }
 
     /// Asks the group commit to make the logs of `targets` durable; `done` hears whether

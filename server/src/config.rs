@@ -71,6 +71,10 @@ pub struct Config {
     /// `policies` section); read at start and again on SIGHUP.
     #[arg(long, env = "WARREN_POLICIES")]
     pub policies: Option<PathBuf>,
+    /// The Unix socket `warren ctl` talks to (default: `warren.sock` in the data
+    /// directory), readable and writable by the broker's user only.
+    #[arg(long, env = "WARREN_CTL_SOCKET")]
+    pub ctl_socket: Option<PathBuf>,
     /// A RabbitMQ definitions file (`rabbitmqctl export_definitions`) applied at every
     /// start: its vhosts, users (password hashes as RabbitMQ writes them), permissions
     /// and topic permissions are created or replaced (RabbitMQ's `load_definitions`).

@@ -17,11 +17,13 @@
 //! - [`watchdog`]: test builds only: aborts with backtraces when threads deadlock.
 
 pub mod access;
+pub mod admin;
 pub mod alarms;
 pub mod broker;
 pub mod channel;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod erlang;
 pub mod error;
 pub mod exchange;

@@ -19,6 +19,11 @@ fn main() -> std::process::ExitCode {
 }
 
 fn start() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("ctl") {
+        let status = ctl(&args[2..])?;
+        std::process::exit(status);
+    }
     let config = match warren::Config::try_parse() {
         Ok(config) => config,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -90,4 +95,39 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
+}
+
+/// `warren ctl [--data-dir DIR | --socket PATH] [-p VHOST] [-q] [--formatter table|json]
+/// VERB ARGS...`: the options may come anywhere, as `rabbitmqctl` takes them.
+fn ctl(args: &[String]) -> anyhow::Result<i32> {
+    use warren::ctl::Format;
+    let mut data_dir = std::env::var_os("WARREN_DATA_DIR")
+        .map_or_else(|| std::path::PathBuf::from("./warren-data"), Into::into);
+    let mut socket = std::env::var_os("WARREN_CTL_SOCKET").map(std::path::PathBuf::from);
+    let (mut vhost, mut quiet, mut format) = ("/".to_owned(), false, Format::Table);
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "-p" | "--vhost" => vhost = value(arg)?,
+            "-q" | "--quiet" => quiet = true,
+            "--data-dir" => data_dir = value(arg)?.into(),
+            "--socket" => socket = Some(value(arg)?.into()),
+            "--formatter" => {
+                format = match value(arg)?.as_str() {
+                    "json" => Format::Json,
+                    "table" => Format::Table,
+                    other => anyhow::bail!("unknown formatter '{other}' (table or json)"),
+                }
+            }
+            _ => rest.push(arg.clone()),
+        }
+    }
+    let socket = socket.unwrap_or_else(|| warren::ctl::socket_path(&data_dir));
+    warren::ctl::client(&socket, &vhost, rest, format, quiet)
 }

@@ -67,6 +67,19 @@ pub async fn run(
         );
     }
     tokio::spawn(reload_on_hangup(Arc::downgrade(&broker)));
+    {
+        let config = broker.config();
+        let socket = config
+            .ctl_socket
+            .clone()
+            .unwrap_or_else(|| crate::ctl::socket_path(&config.data_dir));
+        let weak = Arc::downgrade(&broker);
+        tokio::spawn(async move {
+            if let Err(error) = crate::ctl::serve(socket.clone(), weak).await {
+                tracing::error!(socket = %socket.display(), %error, "warren ctl is not available");
+            }
+        });
+    }
     let (stop, stopping) = watch::channel(false);
     let tracker = TaskTracker::new();
     if let Ok(addr) = listener.local_addr() {

@@ -61,6 +61,8 @@ pub struct VHost {
     /// exchange, queue and binding is back (restore then starts them afresh), so that
     /// nothing is dead-lettered to a queue or through a binding not yet restored.
     restoring: AtomicBool,
+    /// Set when the vhost is deleted: its connections close.
+    deleted: tokio::sync::watch::Sender<bool>,
     /// Tests set it to leave queued changes unwritten by the operations that made them,
     /// as if their thread stalled just after the registry lock: only commit rounds
     /// write them then.
@@ -151,6 +153,7 @@ impl VHost {
             memory_tight: Arc::default(),
             me: me.clone(),
             restoring: AtomicBool::new(false),
+            deleted: tokio::sync::watch::Sender::new(false),
             #[cfg(test)]
             stall_writes: AtomicBool::new(false),
         });
@@ -1017,6 +1020,23 @@ impl VHost {
                 .map_err(|reason| error::deletion_not_stored("queue", name, &self.name, &reason)),
             None => Ok(0),
         }
+    }
+
+    /// Ends the vhost, once it is deleted and out of the broker's registry: its
+    /// connections are told to close, and its queues are deleted with their messages
+    /// and logs.
+    pub fn delete_contents(&self) {
+        self.deleted.send_replace(true);
+        let queues: Vec<Arc<Queue>> = self.queues.read().values().cloned().collect();
+        for queue in queues {
+            self.remove_queue(&queue);
+        }
+        self.exchanges.write().clear();
+    }
+
+    /// Resolves once the vhost is deleted (at once if it is).
+    pub fn deleted(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.deleted.subscribe()
     }
 
     /// Deletes `queue` if it is still registered (exclusive and auto-delete clean-up,

@@ -34,6 +34,11 @@ impl User {
         &self.def.name
     }
 
+    /// It as definitions hold it.
+    pub fn def(&self) -> &UserDef {
+        &self.def
+    }
+
     /// Its tags.
     pub fn tags(&self) -> &[String] {
         &self.def.tags
@@ -342,6 +347,27 @@ impl Access {
             read: def.read.clone(),
         });
         Ok(Change::SetTopicPermissions(def))
+    }
+
+    /// Clears a user's topic permissions in a vhost: on `exchange`, or on all.
+    pub fn clear_topic_permissions(
+        &mut self,
+        user: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> Change {
+        let key = (user.to_owned(), vhost.to_owned());
+        if let Some(list) = self.topic.get_mut(&key) {
+            list.retain(|t| exchange.is_some_and(|e| e != t.exchange));
+            if list.is_empty() {
+                self.topic.remove(&key);
+            }
+        }
+        Change::ClearTopicPermissions {
+            user: user.to_owned(),
+            vhost: vhost.to_owned(),
+            exchange: exchange.map(str::to_owned),
+        }
     }
 
     /// Every vhost, user, permission and topic permission, as definitions.

@@ -22,8 +22,10 @@ use super::{DataDirLock, QueueLog, Recovery, Result, StoreError, Syncer};
 const QUEUES_DIR: &str = "queues";
 const SPILL_DIR: &str = "spill";
 /// Names a Warren data directory may hold; anything else means it is not ours.
-const KNOWN_ENTRIES: [&str; 7] = [
+const KNOWN_ENTRIES: [&str; 8] = [
     "warren.lock",
+    // `warren ctl`'s socket (crate::ctl::SOCKET_NAME), left behind by a kill.
+    "warren.sock",
     "definitions.json",
     "definitions.log",
     "definitions.tmp",

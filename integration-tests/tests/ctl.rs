@@ -1,0 +1,243 @@
+//! `warren ctl` against a running broker process (issue 15): users, vhosts and
+//! permissions managed at run time over the owner-only Unix socket, applied to open
+//! connections at their next method, durable across `kill -9`, and definitions
+//! exported and imported in RabbitMQ's shape.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use futures_lite::StreamExt;
+use integration_tests::{WarrenProcess, temp_data_dir, unique_name, warren_binary};
+use lapin::types::FieldTable;
+
+/// Runs `warren ctl --data-dir DIR ARGS…`; returns its exit status, stdout and stderr.
+fn ctl(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(warren_binary())
+        .arg("ctl")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run warren ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a `warren ctl` command that must succeed; returns its stdout.
+fn ok(dir: &Path, args: &[&str]) -> String {
+    let (status, out, err) = ctl(dir, args);
+    assert_eq!(status, 0, "warren ctl {args:?}: {err}");
+    out
+}
+
+fn uri(broker: &WarrenProcess, user: &str, pass: &str, vhost: &str) -> String {
+    format!("amqp://{user}:{pass}@{}/{vhost}", broker.addr())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn users_vhosts_and_permissions_are_managed_at_run_time_and_survive_a_kill() {
+    let dir = temp_data_dir("ctl-manage");
+    let broker = WarrenProcess::start(&dir).await;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(dir.join("warren.sock"))
+            .expect("the socket")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "only the broker's user may use it");
+    }
+    ok(&dir, &["add_user", "bob", "s3cret"]);
+    let (status, _, err) = ctl(&dir, &["add_user", "bob", "again"]);
+    assert_eq!(status, 2);
+    assert!(err.contains("user_already_exists: bob"), "{err}");
+    ok(&dir, &["add_vhost", "app"]);
+    ok(
+        &dir,
+        &["set_permissions", "-p", "app", "bob", ".*", ".*", ".*"],
+    );
+    let users = ok(&dir, &["list_users", "--formatter", "json"]);
+    assert!(users.contains("\"bob\""), "{users}");
+    let vhosts = ok(&dir, &["list_vhosts", "-q"]);
+    assert!(vhosts.is_empty(), "quiet prints nothing: {vhosts}");
+
+    let conn = connect_uri(&uri(&broker, "bob", "s3cret", "app"))
+        .await
+        .expect("bob may use app");
+    assert_amqp_error(
+        connect_uri(&uri(&broker, "bob", "s3cret", "%2f")).await,
+        530,
+        "NOT_ALLOWED - access to vhost '/' refused for user 'bob'",
+    );
+    let ch = channel(&conn).await;
+    declare_queue(&ch, "q1").await;
+    // Cleared permissions apply to the open connection at its next method.
+    ok(
+        &dir,
+        &["set_permissions", "-p", "app", "bob", "^q1$", ".*", ".*"],
+    );
+    let ch = channel(&conn).await;
+    assert_amqp_error(
+        ch.queue_declare("q2".into(), Default::default(), FieldTable::default())
+            .await,
+        403,
+        "ACCESS_REFUSED - configure access to queue 'q2' in vhost 'app' refused for user 'bob'",
+    );
+    ok(&dir, &["change_password", "bob", "n3w"]);
+    broker.kill();
+
+    // What ctl answered is durable.
+    let broker = WarrenProcess::start(&dir).await;
+    connect_uri(&uri(&broker, "bob", "n3w", "app"))
+        .await
+        .expect("bob's new password and permissions survived the kill");
+    assert_amqp_error(
+        connect_uri(&uri(&broker, "bob", "s3cret", "app")).await,
+        403,
+        "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
+    );
+    ok(&dir, &["delete_user", "bob"]);
+    assert_amqp_error(
+        connect_uri(&uri(&broker, "bob", "n3w", "app")).await,
+        403,
+        "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
+    );
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_vhost_closes_its_connections_and_removes_its_queues() {
+    let dir = temp_data_dir("ctl-delete-vhost");
+    let broker = WarrenProcess::start(&dir).await;
+    ok(&dir, &["add_vhost", "doomed"]);
+    ok(
+        &dir,
+        &["set_permissions", "-p", "doomed", "guest", ".*", ".*", ".*"],
+    );
+    let conn = connect_uri(&uri(&broker, "guest", "guest", "doomed"))
+        .await
+        .expect("connect");
+    let mut events = Box::pin(conn.events_listener());
+    let ch = channel(&conn).await;
+    let name = unique_name("dq");
+    within(
+        "queue.declare",
+        ch.queue_declare(
+            name.as_str().into(),
+            lapin::options::QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("declare");
+    publish(&ch, "", &name, b"m").await;
+    let other = connect_uri(&uri(&broker, "guest", "guest", "%2f"))
+        .await
+        .expect("a connection to another vhost");
+    ok(&dir, &["delete_vhost", "doomed"]);
+    // The broker's close comes to the client as a connection error.
+    let closed = within("the close", async {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(e) = event {
+                return amqp_error(&e);
+            }
+        }
+        None
+    })
+    .await;
+    assert_eq!(
+        closed,
+        Some((
+            320,
+            "CONNECTION_FORCED - vhost 'doomed' is deleted".to_owned()
+        ))
+    );
+    assert!(other.status().connected(), "other vhosts' connections stay");
+    assert_amqp_error(
+        connect_uri(&uri(&broker, "guest", "guest", "doomed")).await,
+        530,
+        "NOT_ALLOWED - vhost doomed not found",
+    );
+    broker.kill();
+    // Gone for good, with its queue's log.
+    let broker = WarrenProcess::start(&dir).await;
+    ok(&dir, &["add_vhost", "doomed"]);
+    ok(
+        &dir,
+        &["set_permissions", "-p", "doomed", "guest", ".*", ".*", ".*"],
+    );
+    let conn = connect_uri(&uri(&broker, "guest", "guest", "doomed"))
+        .await
+        .expect("connect");
+    assert!(!queue_exists(&conn, &name).await);
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exported_definitions_import_into_another_broker_with_every_login() {
+    let from = temp_data_dir("ctl-export");
+    let to = temp_data_dir("ctl-import");
+    let first = WarrenProcess::start(&from).await;
+    ok(&from, &["add_user", "carol", "pw"]);
+    ok(
+        &from,
+        &["set_user_tags", "carol", "monitoring", "management"],
+    );
+    ok(&from, &["add_vhost", "v1"]);
+    ok(
+        &from,
+        &["set_permissions", "-p", "v1", "carol", "^c", "^c", "^c"],
+    );
+    ok(
+        &from,
+        &[
+            "set_topic_permissions",
+            "-p",
+            "v1",
+            "carol",
+            "amq.topic",
+            "^x",
+            "^y",
+        ],
+    );
+    let file = from.with_extension("definitions.json");
+    ok(
+        &from,
+        &["export_definitions", file.to_str().expect("utf-8 path")],
+    );
+    first.terminate();
+
+    let second = WarrenProcess::start(&to).await;
+    ok(
+        &to,
+        &["import_definitions", file.to_str().expect("utf-8 path")],
+    );
+    connect_uri(&uri(&second, "carol", "pw", "v1"))
+        .await
+        .expect("carol's hash came across");
+    let users = ok(&to, &["list_users", "--formatter", "json"]);
+    assert!(users.contains("monitoring"), "{users}");
+    let topic = ok(
+        &to,
+        &["list_topic_permissions", "-p", "v1", "--formatter", "json"],
+    );
+    assert!(topic.contains("amq.topic"), "{topic}");
+    let (status, _, err) = ctl(&to, &["import_definitions", "/nonexistent.json"]);
+    assert_ne!(status, 0);
+    assert!(err.contains("cannot read"), "{err}");
+    second.terminate();
+    let _ = std::fs::remove_dir_all(&from);
+    let _ = std::fs::remove_dir_all(&to);
+    let _ = std::fs::remove_file(&file);
+}

@@ -1,0 +1,346 @@
+//! The broker's administration operations, as `rabbitmqctl` and the management API have
+//! them: users, virtual hosts, permissions, topic permissions and definitions. `warren
+//! ctl` ([`crate::ctl`]) and, later, the HTTP API call these; each change is stored in
+//! the definitions and applies to open connections at their next method.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::access::password::{Algorithm, PasswordHash};
+use crate::access::rabbit_json::{ImportError, RabbitDefinitions, RabbitUser, RabbitVhost, Tags};
+use crate::access::{Access, AccessDefinitions, AccessError};
+use crate::broker::Broker;
+use crate::store::definitions::{PermissionDef, TopicPermissionDef, VhostDef};
+use crate::vhost::VHost;
+
+/// Why an administration operation was refused, worded as `rabbitmqctl` words it.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// `add_user` of a user that exists.
+    #[error("user_already_exists: {0}")]
+    UserExists(String),
+    /// A user that does not exist.
+    #[error("no_such_user: {0}")]
+    NoSuchUser(String),
+    /// `add_vhost` of a vhost that exists.
+    #[error("vhost_already_exists: {0}")]
+    VhostExists(String),
+    /// A vhost that does not exist.
+    #[error("no_such_vhost: {0}")]
+    NoSuchVhost(String),
+    /// A permission pattern or stored hash is unusable.
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    /// A definitions file could not be read.
+    #[error(transparent)]
+    Import(#[from] ImportError),
+}
+
+/// A user as `list_users` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserInfo {
+    /// Its name.
+    pub user: String,
+    /// Its tags.
+    pub tags: Vec<String>,
+}
+
+impl Broker {
+    /// Creates a user with `password` (hashed with SHA-256) and `tags`.
+    ///
+    /// # Errors
+    /// The user exists.
+    pub fn add_user(
+        &self,
+        name: &str,
+        password: &str,
+        tags: Vec<String>,
+    ) -> Result<(), AdminError> {
+        self.change_access(|access| {
+            if access.user(name).is_some() {
+                return Err(AdminError::UserExists(name.to_owned()));
+            }
+            Ok(vec![
+                access.put_user(Access::new_user(name, password, tags))?,
+            ])
+        })
+    }
+
+    /// Deletes a user and its permissions.
+    ///
+    /// # Errors
+    /// No such user.
+    pub fn delete_user(&self, name: &str) -> Result<(), AdminError> {
+        self.change_access(|access| {
+            access
+                .delete_user(name)
+                .map(|c| vec![c])
+                .map_err(|_| AdminError::NoSuchUser(name.to_owned()))
+        })
+    }
+
+    /// Gives a user a new password.
+    ///
+    /// # Errors
+    /// No such user.
+    pub fn change_password(&self, name: &str, password: &str) -> Result<(), AdminError> {
+        self.change_access(|access| {
+            let mut def = access
+                .user(name)
+                .map(|u| u.def().clone())
+                .ok_or_else(|| AdminError::NoSuchUser(name.to_owned()))?;
+            let hash = PasswordHash::new(Algorithm::default(), password);
+            def.password_hash = hash.to_base64();
+            def.hashing_algorithm = hash.algorithm().name().to_owned();
+            Ok(vec![access.put_user(def)?])
+        })
+    }
+
+    /// Replaces a user's tags.
+    ///
+    /// # Errors
+    /// No such user.
+    pub fn set_user_tags(&self, name: &str, tags: Vec<String>) -> Result<(), AdminError> {
+        self.change_access(|access| {
+            let mut def = access
+                .user(name)
+                .map(|u| u.def().clone())
+                .ok_or_else(|| AdminError::NoSuchUser(name.to_owned()))?;
+            def.tags = tags;
+            Ok(vec![access.put_user(def)?])
+        })
+    }
+
+    /// Every user with its tags, by name.
+    pub fn list_users(&self) -> Vec<UserInfo> {
+        self.access()
+            .export()
+            .users
+            .into_iter()
+            .map(|u| UserInfo {
+                user: u.name,
+                tags: u.tags,
+            })
+            .collect()
+    }
+
+    /// Creates a vhost.
+    ///
+    /// # Errors
+    /// It exists.
+    pub fn add_vhost(&self, name: &str, description: &str) -> Result<(), AdminError> {
+        let vhost = self.new_vhost(name);
+        self.change_access(|access| {
+            if access.vhost(name).is_some() {
+                return Err(AdminError::VhostExists(name.to_owned()));
+            }
+            Ok(vec![access.put_vhost(VhostDef {
+                name: name.to_owned(),
+                description: description.to_owned(),
+                tags: Vec::new(),
+                limits: BTreeMap::new(),
+            })])
+        })?;
+        self.register_vhost(vhost);
+        Ok(())
+    }
+
+    /// Deletes a vhost: its connections are closed (320), its queues deleted with
+    /// their messages, its exchanges, bindings and permissions removed.
+    ///
+    /// # Errors
+    /// No such vhost.
+    pub fn delete_vhost(&self, name: &str) -> Result<(), AdminError> {
+        self.change_access(|access| {
+            access
+                .delete_vhost(name)
+                .map(|c| vec![c])
+                .map_err(|_| AdminError::NoSuchVhost(name.to_owned()))
+        })?;
+        if let Some(vhost) = self.unregister_vhost(name) {
+            vhost.delete_contents();
+        }
+        Ok(())
+    }
+
+    /// The vhosts' names.
+    pub fn list_vhosts(&self) -> Vec<String> {
+        self.access().vhost_names().map(str::to_owned).collect()
+    }
+
+    /// Sets a user's permissions in a vhost.
+    ///
+    /// # Errors
+    /// No such user or vhost, or a pattern that is not a regular expression.
+    pub fn set_permissions(&self, def: PermissionDef) -> Result<(), AdminError> {
+        self.change_access(|access| {
+            Self::check_user_and_vhost(access, &def.user, &def.vhost)?;
+            Ok(vec![access.set_permissions(def)?])
+        })
+    }
+
+    /// Clears a user's permissions in a vhost.
+    ///
+    /// # Errors
+    /// No such user or vhost.
+    pub fn clear_permissions(&self, user: &str, vhost: &str) -> Result<(), AdminError> {
+        self.change_access(|access| {
+            Self::check_user_and_vhost(access, user, vhost)?;
+            Ok(vec![access.clear_permissions(user, vhost)])
+        })
+    }
+
+    /// Every permission, optionally only in `vhost`.
+    pub fn list_permissions(&self, vhost: Option<&str>) -> Vec<PermissionDef> {
+        let mut all = self.access().export().permissions;
+        all.retain(|p| vhost.is_none_or(|v| p.vhost == v));
+        all
+    }
+
+    /// Sets a user's topic permissions on an exchange of a vhost.
+    ///
+    /// # Errors
+    /// No such user or vhost, or a pattern that is not a regular expression.
+    pub fn set_topic_permissions(&self, def: TopicPermissionDef) -> Result<(), AdminError> {
+        self.change_access(|access| {
+            Self::check_user_and_vhost(access, &def.user, &def.vhost)?;
+            Ok(vec![access.set_topic_permissions(def)?])
+        })
+    }
+
+    /// Clears a user's topic permissions in a vhost: on `exchange`, or on all.
+    ///
+    /// # Errors
+    /// No such user or vhost.
+    pub fn clear_topic_permissions(
+        &self,
+        user: &str,
+        vhost: &str,
+        exchange: Option<&str>,
+    ) -> Result<(), AdminError> {
+        self.change_access(|access| {
+            Self::check_user_and_vhost(access, user, vhost)?;
+            Ok(vec![access.clear_topic_permissions(user, vhost, exchange)])
+        })
+    }
+
+    /// Every topic permission, optionally only in `vhost`.
+    pub fn list_topic_permissions(&self, vhost: Option<&str>) -> Vec<TopicPermissionDef> {
+        let mut all = self.access().export().topic_permissions;
+        all.retain(|p| vhost.is_none_or(|v| p.vhost == v));
+        all
+    }
+
+    /// The definitions in RabbitMQ's shape (vhosts, users with their hashes,
+    /// permissions, topic permissions, vhost limits).
+    pub fn export_definitions(&self) -> RabbitDefinitions {
+        let AccessDefinitions {
+            vhosts,
+            users,
+            permissions,
+            topic_permissions,
+        } = self.access().export();
+        let parameters = vhosts
+            .iter()
+            .filter(|v| !v.limits.is_empty())
+            .map(|v| crate::access::rabbit_json::RabbitParameter {
+                vhost: v.name.clone(),
+                component: "vhost-limits".into(),
+                name: "limits".into(),
+                value: serde_json::json!(v.limits),
+            })
+            .collect();
+        RabbitDefinitions {
+            rabbit_version: Some(RABBIT_VERSION.into()),
+            rabbitmq_version: Some(RABBIT_VERSION.into()),
+            users: users
+                .into_iter()
+                .map(|u| RabbitUser {
+                    name: u.name,
+                    password_hash: Some(u.password_hash),
+                    password: None,
+                    hashing_algorithm: Some(u.hashing_algorithm),
+                    tags: Tags::List(u.tags),
+                    limits: u.limits,
+                })
+                .collect(),
+            vhosts: vhosts
+                .into_iter()
+                .map(|v| RabbitVhost {
+                    name: v.name,
+                    description: Some(v.description),
+                    tags: Some(v.tags),
+                    metadata: None,
+                })
+                .collect(),
+            permissions,
+            topic_permissions,
+            parameters,
+        }
+    }
+
+    /// Applies a RabbitMQ definitions file: its vhosts are created (if new), users,
+    /// permissions and topic permissions created or replaced.
+    ///
+    /// # Errors
+    /// Not a definitions file, or an unusable entry (nothing is applied then).
+    pub fn import_definitions(&self, text: &str) -> Result<(), AdminError> {
+        let defs = RabbitDefinitions::parse(text)?.access()?;
+        let new: Vec<Arc<VHost>> = defs
+            .vhosts
+            .iter()
+            .filter(|v| self.vhost(&v.name).is_none())
+            .map(|v| self.new_vhost(&v.name))
+            .collect();
+        self.change_access(|access| {
+            // Checked on a copy first, so that a bad entry changes nothing.
+            let mut trial = Access::from_definitions(&crate::store::definitions::Definitions {
+                vhosts: access.export().vhosts,
+                ..Default::default()
+            })
+            .0;
+            for u in &defs.users {
+                trial.put_user(u.clone())?;
+            }
+            for p in &defs.permissions {
+                trial.set_permissions(p.clone())?;
+            }
+            for t in &defs.topic_permissions {
+                trial.set_topic_permissions(t.clone())?;
+            }
+            let mut changes = Vec::new();
+            for v in defs.vhosts {
+                changes.push(access.put_vhost(v));
+            }
+            for u in defs.users {
+                changes.push(access.put_user(u)?);
+            }
+            for p in defs.permissions {
+                changes.push(access.set_permissions(p)?);
+            }
+            for t in defs.topic_permissions {
+                changes.push(access.set_topic_permissions(t)?);
+            }
+            Ok::<_, AdminError>(changes)
+        })?;
+        for vhost in new {
+            self.register_vhost(vhost);
+        }
+        Ok(())
+    }
+
+    fn check_user_and_vhost(access: &Access, user: &str, vhost: &str) -> Result<(), AdminError> {
+        if access.user(user).is_none() {
+            return Err(AdminError::NoSuchUser(user.to_owned()));
+        }
+        if access.vhost(vhost).is_none() {
+            return Err(AdminError::NoSuchVhost(vhost.to_owned()));
+        }
+        Ok(())
+    }
+}
+
+/// The RabbitMQ version Warren's exports claim, so that RabbitMQ imports them.
+const RABBIT_VERSION: &str = "3.13.0";

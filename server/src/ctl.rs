@@ -1,0 +1,326 @@
+//! `warren ctl`: administration of a running broker over a Unix socket, with
+//! `rabbitmqctl`'s verbs. Who may use it is decided by the file system: the socket is
+//! made readable and writable by its owner only (the broker's user), so there is no
+//! shared secret like Erlang's cookie.
+//!
+//! The protocol is one JSON line each way. The client sends the verb and its
+//! arguments as given on its command line, with the vhost of `-p`; the broker answers
+//! with rows (a list of objects) or an error text. The client prints the rows as a
+//! table, as JSON, or not at all.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use crate::admin::AdminError;
+use crate::broker::Broker;
+use crate::store::definitions::{PermissionDef, TopicPermissionDef};
+
+/// The socket's file name in the data directory.
+pub const SOCKET_NAME: &str = "warren.sock";
+
+/// One request: a verb and its arguments, and the vhost of `-p`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Request {
+    /// The verb and its arguments.
+    pub args: Vec<String>,
+    /// The vhost (`-p`; `/` by default).
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+}
+
+fn default_vhost() -> String {
+    "/".to_owned()
+}
+
+/// The answer: rows, or why not.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Response {
+    /// Rows of the answer (empty for a change).
+    #[serde(default)]
+    pub rows: Vec<Value>,
+    /// What went wrong, as `rabbitmqctl` says it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Where the socket of a broker with data directory `data_dir` is.
+pub fn socket_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(SOCKET_NAME)
+}
+
+/// Serves `warren ctl` on the socket at `path` until the broker goes: one task per
+/// client, one request per line.
+///
+/// # Errors
+/// The socket could not be made (a stale one is replaced).
+pub async fn serve(path: PathBuf, broker: std::sync::Weak<Broker>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    tracing::info!(socket = %path.display(), "accepting warren ctl");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let Some(broker) = broker.upgrade() else {
+            return Ok(());
+        };
+        tokio::spawn(async move {
+            let (reader, mut writer) = stream.into_split();
+            let mut lines = tokio::io::BufReader::new(reader).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let response = match serde_json::from_str::<Request>(&line) {
+                    Ok(request) => answer(&broker, request).await,
+                    Err(e) => Response {
+                        rows: Vec::new(),
+                        error: Some(format!("unreadable request: {e}")),
+                    },
+                };
+                let mut out = serde_json::to_vec(&response).unwrap_or_default();
+                out.push(b'\n');
+                if writer.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+/// Carries out one request; a change is answered once it is durable.
+async fn answer(broker: &Arc<Broker>, request: Request) -> Response {
+    let vhost = request.vhost.as_str();
+    let args: Vec<&str> = request.args.iter().map(String::as_str).collect();
+    tracing::info!(verb = args.first().copied().unwrap_or(""), "warren ctl");
+    let result = run(broker, &args, vhost);
+    let durable = match &result {
+        Ok(Answer::Changed) => broker.commit_definitions().await,
+        _ => true,
+    };
+    match result {
+        Ok(Answer::Rows(rows)) => Response { rows, error: None },
+        Ok(Answer::Changed) if durable => Response {
+            rows: Vec::new(),
+            error: None,
+        },
+        Ok(Answer::Changed) => Response {
+            rows: Vec::new(),
+            error: Some("the change was made but could not be made durable".into()),
+        },
+        Err(error) => Response {
+            rows: Vec::new(),
+            error: Some(error),
+        },
+    }
+}
+
+enum Answer {
+    Rows(Vec<Value>),
+    Changed,
+}
+
+fn usage(verb: &str, shape: &str) -> String {
+    format!("usage: warren ctl {verb} {shape}")
+}
+
+fn rows<T: Serialize>(items: Vec<T>) -> Answer {
+    Answer::Rows(
+        items
+            .into_iter()
+            .filter_map(|i| serde_json::to_value(i).ok())
+            .collect(),
+    )
+}
+
+/// The verbs, as `rabbitmqctl` takes them.
+fn run(broker: &Broker, args: &[&str], vhost: &str) -> Result<Answer, String> {
+    let changed =
+        |r: Result<(), AdminError>| r.map(|()| Answer::Changed).map_err(|e| e.to_string());
+    match args {
+        ["status"] => Ok(Answer::Rows(vec![json!({
+            "product": "Warren",
+            "version": env!("CARGO_PKG_VERSION"),
+            "vhosts": broker.list_vhosts().len(),
+            "users": broker.list_users().len(),
+        })])),
+        ["await_startup"] => Ok(Answer::Rows(Vec::new())),
+        ["add_user", user, password] => changed(broker.add_user(user, password, Vec::new())),
+        ["add_user", ..] => Err(usage("add_user", "<username> <password>")),
+        ["delete_user", user] => changed(broker.delete_user(user)),
+        ["change_password", user, password] => changed(broker.change_password(user, password)),
+        ["set_user_tags", user, tags @ ..] => {
+            changed(broker.set_user_tags(user, tags.iter().map(|t| (*t).to_owned()).collect()))
+        }
+        ["list_users"] => Ok(rows(broker.list_users())),
+        ["add_vhost", name] => changed(broker.add_vhost(name, "")),
+        ["add_vhost", name, "--description", description] => {
+            changed(broker.add_vhost(name, description))
+        }
+        ["delete_vhost", name] => changed(broker.delete_vhost(name)),
+        ["list_vhosts"] => Ok(Answer::Rows(
+            broker
+                .list_vhosts()
+                .into_iter()
+                .map(|name| json!({ "name": name }))
+                .collect(),
+        )),
+        ["set_permissions", user, configure, write, read] => {
+            changed(broker.set_permissions(PermissionDef {
+                user: (*user).to_owned(),
+                vhost: vhost.to_owned(),
+                configure: (*configure).to_owned(),
+                write: (*write).to_owned(),
+                read: (*read).to_owned(),
+            }))
+        }
+        ["set_permissions", ..] => Err(usage(
+            "set_permissions",
+            "[-p <vhost>] <username> <conf> <write> <read>",
+        )),
+        ["clear_permissions", user] => changed(broker.clear_permissions(user, vhost)),
+        ["list_permissions"] => Ok(rows(broker.list_permissions(Some(vhost)))),
+        ["list_user_permissions", user] => {
+            let mut all = broker.list_permissions(None);
+            all.retain(|p| p.user == *user);
+            Ok(rows(all))
+        }
+        ["set_topic_permissions", user, exchange, write, read] => {
+            changed(broker.set_topic_permissions(TopicPermissionDef {
+                user: (*user).to_owned(),
+                vhost: vhost.to_owned(),
+                exchange: (*exchange).to_owned(),
+                write: (*write).to_owned(),
+                read: (*read).to_owned(),
+            }))
+        }
+        ["clear_topic_permissions", user] => {
+            changed(broker.clear_topic_permissions(user, vhost, None))
+        }
+        ["clear_topic_permissions", user, exchange] => {
+            changed(broker.clear_topic_permissions(user, vhost, Some(exchange)))
+        }
+        ["list_topic_permissions"] => Ok(rows(broker.list_topic_permissions(Some(vhost)))),
+        ["export_definitions"] => serde_json::to_value(broker.export_definitions())
+            .map(|v| Answer::Rows(vec![v]))
+            .map_err(|e| e.to_string()),
+        ["import_definitions", text] => changed(broker.import_definitions(text)),
+        [verb, ..] => Err(format!("unknown verb '{verb}'")),
+        [] => Err("usage: warren ctl <verb> [arguments]".into()),
+    }
+}
+
+/// How the client prints rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Tab-separated columns under a header.
+    Table,
+    /// One JSON array.
+    Json,
+}
+
+/// The client: sends `args` (with `export_definitions FILE` and `import_definitions
+/// FILE` reading and writing the file here) to the broker whose socket is `socket`,
+/// prints the answer, and returns the exit status.
+///
+/// # Errors
+/// The broker cannot be reached, or the answer is unreadable.
+pub fn client(
+    socket: &Path,
+    vhost: &str,
+    mut args: Vec<String>,
+    format: Format,
+    quiet: bool,
+) -> anyhow::Result<i32> {
+    use anyhow::Context as _;
+    let mut export_to = None;
+    match args.as_slice() {
+        [verb, file] if verb == "import_definitions" => {
+            let text = if file == "-" {
+                std::io::read_to_string(std::io::stdin())?
+            } else {
+                std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
+            };
+            args[1] = text;
+        }
+        [verb, file] if verb == "export_definitions" => {
+            export_to = Some(file.clone());
+            args.truncate(1);
+        }
+        _ => {}
+    }
+    let stream = std::os::unix::net::UnixStream::connect(socket).with_context(|| {
+        format!(
+            "cannot reach the broker at {} (is it running, on this data directory?)",
+            socket.display()
+        )
+    })?;
+    let request = Request {
+        args,
+        vhost: vhost.to_owned(),
+    };
+    let mut line = serde_json::to_vec(&request)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer)?;
+    let response: Response =
+        serde_json::from_str(&answer).context("unreadable answer from the broker")?;
+    if let Some(error) = response.error {
+        eprintln!("Error:\n{error}");
+        return Ok(2);
+    }
+    if let Some(file) = export_to {
+        let text = serde_json::to_string_pretty(response.rows.first().unwrap_or(&Value::Null))?;
+        if file == "-" {
+            println!("{text}");
+        } else {
+            std::fs::write(&file, text).with_context(|| format!("cannot write {file}"))?;
+        }
+        return Ok(0);
+    }
+    if quiet {
+        return Ok(0);
+    }
+    match format {
+        Format::Json => println!("{}", serde_json::to_string(&response.rows)?),
+        Format::Table => print_table(&response.rows),
+    }
+    Ok(0)
+}
+
+/// Prints rows as tab-separated columns under a header of their keys.
+fn print_table(rows: &[Value]) {
+    let Some(Value::Object(first)) = rows.first() else {
+        return;
+    };
+    let keys: Vec<&String> = first.keys().collect();
+    println!(
+        "{}",
+        keys.iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join("\t")
+    );
+    for row in rows {
+        let cells: Vec<String> = keys
+            .iter()
+            .map(|k| match row.get(k.as_str()) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            })
+            .collect();
+        println!("{}", cells.join("\t"));
+    }
+}
