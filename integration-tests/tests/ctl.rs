@@ -241,3 +241,107 @@ async fn exported_definitions_import_into_another_broker_with_every_login() {
     let _ = std::fs::remove_dir_all(&to);
     let _ = std::fs::remove_file(&file);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn vhost_user_and_broker_limits_refuse_with_rabbitmqs_texts() {
+    let dir = temp_data_dir("ctl-limits");
+    let broker = WarrenProcess::start_with_args(&dir, &["--max-connections", "3"]).await;
+    ok(&dir, &["add_vhost", "lim"]);
+    ok(
+        &dir,
+        &["set_permissions", "-p", "lim", "guest", ".*", ".*", ".*"],
+    );
+    ok(
+        &dir,
+        &[
+            "set_vhost_limits",
+            "-p",
+            "lim",
+            r#"{"max-connections": 1, "max-queues": 1}"#,
+        ],
+    );
+    let (status, _, err) = ctl(
+        &dir,
+        &["set_vhost_limits", "-p", "lim", r#"{"max-cats": 1}"#],
+    );
+    assert_eq!(status, 2, "{err}");
+
+    let first = connect_uri(&uri(&broker, "guest", "guest", "lim"))
+        .await
+        .expect("the first connection");
+    assert_amqp_error(
+        connect_uri(&uri(&broker, "guest", "guest", "lim")).await,
+        530,
+        "NOT_ALLOWED - access to vhost 'lim' refused for user 'guest': connection limit (1) is reached",
+    );
+    let ch = channel(&first).await;
+    declare_queue(&ch, "one").await;
+    declare_queue(&ch, "one").await;
+    assert_amqp_error(
+        ch.queue_declare("two".into(), Default::default(), FieldTable::default())
+            .await,
+        406,
+        "PRECONDITION_FAILED - cannot declare queue 'two': queue limit in vhost 'lim' (1) is reached",
+    );
+    // A connection that goes frees its place.
+    drop(ch);
+    within("close", first.close(200, "bye".into()))
+        .await
+        .expect("close");
+    let again = connect_uri(&uri(&broker, "guest", "guest", "lim")).await;
+    assert!(again.is_ok(), "the place was freed");
+
+    ok(&dir, &["add_user", "dora", "pw"]);
+    ok(&dir, &["set_permissions", "dora", ".*", ".*", ".*"]);
+    ok(
+        &dir,
+        &[
+            "set_user_limits",
+            "dora",
+            r#"{"max-connections": 1, "max-channels": 1}"#,
+        ],
+    );
+    let dora = connect_uri(&uri(&broker, "dora", "pw", "%2f"))
+        .await
+        .expect("dora's first connection");
+    assert_amqp_error(
+        connect_uri(&uri(&broker, "dora", "pw", "%2f")).await,
+        530,
+        "NOT_ALLOWED - connection refused for user 'dora': user connection limit (1) is reached",
+    );
+    let mut events = Box::pin(dora.events_listener());
+    let _one = channel(&dora).await;
+    // A second channel is refused with a connection error.
+    let _ = dora.create_channel().await;
+    let closed = within("the close", async {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(e) = event {
+                return amqp_error(&e);
+            }
+        }
+        None
+    })
+    .await;
+    assert_eq!(
+        closed,
+        Some((
+            530,
+            "NOT_ALLOWED - number of channels opened for user 'dora' has reached the maximum allowed user limit of 1".to_owned()
+        ))
+    );
+    ok(&dir, &["clear_user_limits", "dora", "all"]);
+    let _more = connect_uri(&uri(&broker, "dora", "pw", "%2f"))
+        .await
+        .expect("no limit now");
+    let _most = connect_uri(&uri(&broker, "dora", "pw", "%2f"))
+        .await
+        .expect("no limit now");
+    // Three are open now (lim's and dora's two): the broker's limit of 3 is reached.
+    assert_amqp_error(
+        connect_uri(&uri(&broker, "guest", "guest", "%2f")).await,
+        530,
+        "NOT_ALLOWED - connection refused: node connection limit (3) is reached",
+    );
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}

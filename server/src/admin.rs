@@ -36,6 +36,37 @@ pub enum AdminError {
     /// A definitions file could not be read.
     #[error(transparent)]
     Import(#[from] ImportError),
+    /// Limits that are not a JSON object of integers, or name an unknown limit.
+    #[error("invalid limits: {0}")]
+    Limits(String),
+}
+
+/// The limits a vhost may have.
+const VHOST_LIMITS: &[&str] = &["max-connections", "max-queues"];
+/// The limits a user may have.
+const USER_LIMITS: &[&str] = &["max-connections", "max-channels"];
+
+/// Reads limits given as JSON (`{"max-connections": 10}`), of the names `known`.
+fn parse_limits(json: &str, known: &[&str]) -> Result<BTreeMap<String, i64>, AdminError> {
+    let value: serde_json::Value =
+        serde_json::from_str(json).map_err(|e| AdminError::Limits(e.to_string()))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(AdminError::Limits("not a JSON object".into()));
+    };
+    map.into_iter()
+        .map(|(name, v)| {
+            if !known.contains(&name.as_str()) {
+                return Err(AdminError::Limits(format!(
+                    "unknown limit '{name}' (known: {})",
+                    known.join(", ")
+                )));
+            }
+            let n = v
+                .as_i64()
+                .ok_or_else(|| AdminError::Limits(format!("'{name}' is not an integer")))?;
+            Ok((name, n))
+        })
+        .collect()
 }
 
 /// A user as `list_users` shows it.
@@ -163,6 +194,75 @@ impl Broker {
             vhost.delete_contents();
         }
         Ok(())
+    }
+
+    /// Replaces a vhost's limits (`max-connections`, `max-queues`; negative: none).
+    ///
+    /// # Errors
+    /// No such vhost, or limits that cannot be read.
+    pub fn set_vhost_limits(&self, vhost: &str, json: &str) -> Result<(), AdminError> {
+        let limits = parse_limits(json, VHOST_LIMITS)?;
+        self.change_access(|access| {
+            let mut def = access
+                .vhost(vhost)
+                .cloned()
+                .ok_or_else(|| AdminError::NoSuchVhost(vhost.to_owned()))?;
+            def.limits = limits;
+            Ok(vec![access.put_vhost(def)])
+        })
+    }
+
+    /// Replaces a user's limits (`max-connections`, `max-channels`; negative: none).
+    ///
+    /// # Errors
+    /// No such user, or limits that cannot be read.
+    pub fn set_user_limits(&self, user: &str, json: &str) -> Result<(), AdminError> {
+        let limits = parse_limits(json, USER_LIMITS)?;
+        self.change_access(|access| {
+            let mut def = access
+                .user(user)
+                .map(|u| u.def().clone())
+                .ok_or_else(|| AdminError::NoSuchUser(user.to_owned()))?;
+            def.limits = limits;
+            Ok(vec![access.put_user(def)?])
+        })
+    }
+
+    /// Clears one of a user's limits.
+    ///
+    /// # Errors
+    /// No such user.
+    pub fn clear_user_limit(&self, user: &str, name: &str) -> Result<(), AdminError> {
+        self.change_access(|access| {
+            let mut def = access
+                .user(user)
+                .map(|u| u.def().clone())
+                .ok_or_else(|| AdminError::NoSuchUser(user.to_owned()))?;
+            def.limits.remove(name);
+            Ok(vec![access.put_user(def)?])
+        })
+    }
+
+    /// Every vhost's limits, or only `vhost`'s.
+    pub fn list_vhost_limits(&self, vhost: Option<&str>) -> Vec<serde_json::Value> {
+        self.access()
+            .export()
+            .vhosts
+            .into_iter()
+            .filter(|v| vhost.is_none_or(|name| v.name == name) && !v.limits.is_empty())
+            .map(|v| serde_json::json!({ "vhost": v.name, "limits": v.limits }))
+            .collect()
+    }
+
+    /// Every user's limits.
+    pub fn list_user_limits(&self) -> Vec<serde_json::Value> {
+        self.access()
+            .export()
+            .users
+            .into_iter()
+            .filter(|u| !u.limits.is_empty())
+            .map(|u| serde_json::json!({ "user": u.name, "limits": u.limits }))
+            .collect()
     }
 
     /// The vhosts' names.

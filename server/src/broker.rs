@@ -33,6 +33,8 @@ pub struct Broker {
     /// Bumped by every change to `access`, so that connections holding permissions
     /// look them up again.
     access_epoch: AtomicU64,
+    /// Open connections and channels, counted for the limits.
+    live: Arc<parking_lot::Mutex<Live>>,
     next_connection: AtomicU64,
     next_consumer: AtomicU64,
     alarms: Alarms,
@@ -134,6 +136,7 @@ impl Broker {
             vhosts: RwLock::new(vhosts),
             access: RwLock::new(access),
             access_epoch: AtomicU64::new(0),
+            live: Arc::default(),
             next_connection: AtomicU64::new(1),
             next_consumer: AtomicU64::new(1),
             alarms: Alarms::default(),
@@ -329,6 +332,97 @@ impl Broker {
         Ok(())
     }
 
+    /// Opens a connection of `user` to `vhost`, checked as RabbitMQ's `connection.open`
+    /// checks it, in its order: the broker's connection limit, the vhost (and its
+    /// connection limit), the user's connection limit, the user's access to the vhost.
+    /// The slot counts the connection (and its channels) until it is dropped.
+    ///
+    /// # Errors
+    /// 530 NOT_ALLOWED with RabbitMQ's text.
+    pub fn open_session(&self, user: &str, vhost: &str) -> Result<(Grant, Slot), String> {
+        let mut live = self.live.lock();
+        if let Some(limit) = self.config.max_connections
+            && live.total + 1 > limit
+        {
+            return Err(format!(
+                "connection refused: node connection limit ({limit}) is reached"
+            ));
+        }
+        {
+            let access = self.access.read();
+            let Some(def) = access.vhost(vhost) else {
+                return Err(format!("vhost {vhost} not found"));
+            };
+            if let Some(limit) = limit_of(&def.limits, "max-connections")
+                && live.per_vhost.get(vhost).copied().unwrap_or(0) >= limit
+            {
+                return Err(format!(
+                    "access to vhost '{vhost}' refused for user '{user}': connection limit ({limit}) is reached"
+                ));
+            }
+            if let Some(limit) = access.user(user).and_then(|u| u.limit("max-connections"))
+                && live.per_user.get(user).copied().unwrap_or(0) >= limit
+            {
+                return Err(format!(
+                    "connection refused for user '{user}': user connection limit ({limit}) is reached"
+                ));
+            }
+        }
+        let grant = self
+            .grant(user, vhost)
+            .map_err(|_| format!("access to vhost '{vhost}' refused for user '{user}'"))?;
+        live.total += 1;
+        *live.per_vhost.entry(vhost.to_owned()).or_default() += 1;
+        *live.per_user.entry(user.to_owned()).or_default() += 1;
+        Ok((
+            grant,
+            Slot {
+                live: self.live.clone(),
+                user: user.to_owned(),
+                vhost: vhost.to_owned(),
+                channels: 0,
+            },
+        ))
+    }
+
+    /// Opens a channel on the connection of `slot`, within its user's `max-channels`.
+    ///
+    /// # Errors
+    /// 530 NOT_ALLOWED: `number of channels opened for user 'u' has reached the maximum
+    /// allowed user limit of N`.
+    pub fn open_channel(&self, slot: &mut Slot) -> Result<(), String> {
+        let mut live = self.live.lock();
+        let open = live.user_channels.get(&slot.user).copied().unwrap_or(0);
+        if let Some(limit) = self
+            .access
+            .read()
+            .user(&slot.user)
+            .and_then(|u| u.limit("max-channels"))
+            && open >= limit
+        {
+            return Err(format!(
+                "number of channels opened for user '{}' has reached the maximum allowed user limit of {limit}",
+                slot.user
+            ));
+        }
+        *live.user_channels.entry(slot.user.clone()).or_default() += 1;
+        slot.channels += 1;
+        Ok(())
+    }
+
+    /// A channel of `slot`'s connection closed.
+    pub fn close_channel(&self, slot: &mut Slot) {
+        if slot.channels > 0 {
+            slot.channels -= 1;
+            decrement(&mut self.live.lock().user_channels, &slot.user, 1);
+        }
+    }
+
+    /// The vhost's limit `name` (`max-queues`, `max-connections`), if it has one.
+    pub fn vhost_limit(&self, vhost: &str, name: &str) -> Option<u64> {
+        limit_of(&self.access.read().vhost(vhost)?.limits, name)
+    }
+
     /// What `user` may do in `vhost`, for a connection opening it.
     ///
     /// # Errors
@@ -457,6 +551,50 @@ impl Monitored for Broker {
 
     fn set_memory_tight(&self, tight: bool) {
         Broker::set_memory_tight(self, tight);
+    }
+}
+
+/// A limit in a definitions' limits map: a non-negative value (a negative one is no
+/// limit, as in RabbitMQ).
+fn limit_of(limits: &std::collections::BTreeMap<String, i64>, name: &str) -> Option<u64> {
+    limits.get(name).and_then(|&v| u64::try_from(v).ok())
+}
+
+/// Open connections, by vhost and user, and open channels by user.
+#[derive(Debug, Default)]
+struct Live {
+    total: u64,
+    per_vhost: HashMap<String, u64>,
+    per_user: HashMap<String, u64>,
+    user_channels: HashMap<String, u64>,
+}
+
+fn decrement(counts: &mut HashMap<String, u64>, key: &str, by: u64) {
+    if let Some(n) = counts.get_mut(key) {
+        *n = n.saturating_sub(by);
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
+}
+
+/// A connection as the limits count it, with its open channels; dropping it (the
+/// connection ends) counts them out.
+#[derive(Debug)]
+pub struct Slot {
+    live: Arc<parking_lot::Mutex<Live>>,
+    user: String,
+    vhost: String,
+    channels: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut live = self.live.lock();
+        live.total = live.total.saturating_sub(1);
+        decrement(&mut live.per_vhost, &self.vhost, 1);
+        decrement(&mut live.per_user, &self.user, 1);
+        decrement(&mut live.user_channels, &self.user, self.channels);
     }
 }
 

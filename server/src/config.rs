@@ -71,6 +71,10 @@ pub struct Config {
     /// `policies` section); read at start and again on SIGHUP.
     #[arg(long, env = "WARREN_POLICIES")]
     pub policies: Option<PathBuf>,
+    /// Most connections the broker keeps open at once (RabbitMQ's `connection_max`);
+    /// further `connection.open`s are refused with 530. None by default.
+    #[arg(long, env = "WARREN_MAX_CONNECTIONS")]
+    pub max_connections: Option<u64>,
     /// The Unix socket `warren ctl` talks to (default: `warren.sock` in the data
     /// directory), readable and writable by the broker's user only.
     #[arg(long, env = "WARREN_CTL_SOCKET")]

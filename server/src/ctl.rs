@@ -206,6 +206,14 @@ fn run(broker: &Broker, args: &[&str], vhost: &str) -> Result<Answer, String> {
             changed(broker.clear_topic_permissions(user, vhost, Some(exchange)))
         }
         ["list_topic_permissions"] => Ok(rows(broker.list_topic_permissions(Some(vhost)))),
+        ["set_vhost_limits", json] => changed(broker.set_vhost_limits(vhost, json)),
+        ["clear_vhost_limits"] => changed(broker.set_vhost_limits(vhost, "{}")),
+        ["list_vhost_limits"] => Ok(Answer::Rows(broker.list_vhost_limits(Some(vhost)))),
+        ["list_vhost_limits", "--global"] => Ok(Answer::Rows(broker.list_vhost_limits(None))),
+        ["set_user_limits", user, json] => changed(broker.set_user_limits(user, json)),
+        ["clear_user_limits", user, "all"] => changed(broker.set_user_limits(user, "{}")),
+        ["clear_user_limits", user, name] => changed(broker.clear_user_limit(user, name)),
+        ["list_user_limits"] => Ok(Answer::Rows(broker.list_user_limits())),
         ["export_definitions"] => serde_json::to_value(broker.export_definitions())
             .map(|v| Answer::Rows(vec![v]))
             .map_err(|e| e.to_string()),

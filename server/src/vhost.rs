@@ -1034,6 +1034,16 @@ impl VHost {
         self.exchanges.write().clear();
     }
 
+    /// Whether a queue named `name` exists.
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.queues.read().contains_key(name)
+    }
+
+    /// How many queues it holds.
+    pub fn queue_count(&self) -> usize {
+        self.queues.read().len()
+    }
+
     /// Resolves once the vhost is deleted (at once if it is).
     pub fn deleted(&self) -> tokio::sync::watch::Receiver<bool> {
         self.deleted.subscribe()

@@ -159,9 +159,19 @@ impl Channel {
                         return Err(error::reserved_name("queue", &name));
                     }
                     ctx.permit(Perm::Configure, Kind::Queue, &name)?;
+                    let new = !ctx.vhost.has_queue(&name);
+                    if new
+                        && let Some(limit) = ctx.broker.vhost_limit(ctx.vhost.name(), "max-queues")
+                        && ctx.vhost.queue_count() as u64 >= limit
+                    {
+                        return Err(error::precondition(format!(
+                            "cannot declare queue '{name}': queue limit in vhost '{}' ({limit}) is reached",
+                            ctx.vhost.name()
+                        )));
+                    }
                     let dlx = d.arguments.inner().get("x-dead-letter-exchange");
                     if let Some(dlx) = dlx.and_then(long_string)
-                        && ctx.vhost.queue(&name, ctx.connection).is_err()
+                        && new
                     {
                         ctx.permit(Perm::Read, Kind::Queue, &name)?;
                         ctx.permit(Perm::Write, Kind::Exchange, &dlx)?;

@@ -10,8 +10,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::io::FrameIo;
-use crate::access::VhostRefusal;
-use crate::broker::{Broker, Grant};
+use crate::broker::{Broker, Grant, Slot};
 use crate::vhost::VHost;
 
 /// What the handshake agreed on.
@@ -20,6 +19,8 @@ pub struct Session {
     pub user: String,
     /// What it may do in the vhost.
     pub grant: Grant,
+    /// The connection as the limits count it.
+    pub slot: Slot,
     /// The vhost opened.
     pub vhost: Arc<VHost>,
     /// Negotiated largest frame.
@@ -276,22 +277,23 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         Err(error) => return Err(error),
     };
     let vhost_name = open.virtual_host.as_str();
-    let granted = broker.grant(&user, vhost_name);
-    let (Some(vhost), Ok(grant)) = (broker.vhost(vhost_name), &granted) else {
-        let text = match granted {
-            Err(VhostRefusal::NotPermitted) => {
-                format!("access to vhost '{vhost_name}' refused for user '{user}'")
-            }
-            _ => format!("vhost {vhost_name} not found"),
-        };
-        tracing::warn!(%user, vhost = vhost_name, %peer, reason = %text, "connection.open refused");
-        return Err(refuse(
-            io,
-            ProtocolError::new(ReplyCode::NotAllowed, text).for_method(10, 40),
-        )
-        .await);
+    let opened = broker
+        .open_session(&user, vhost_name)
+        .and_then(|(grant, slot)| match broker.vhost(vhost_name) {
+            Some(vhost) => Ok((grant, slot, vhost)),
+            None => Err(format!("vhost {vhost_name} not found")),
+        });
+    let (grant, slot, vhost) = match opened {
+        Ok(opened) => opened,
+        Err(text) => {
+            tracing::warn!(%user, vhost = vhost_name, %peer, reason = %text, "connection.open refused");
+            return Err(refuse(
+                io,
+                ProtocolError::new(ReplyCode::NotAllowed, text).for_method(10, 40),
+            )
+            .await);
+        }
     };
-    let grant = grant.clone();
     encode::method(
         &mut out,
         0,
@@ -301,6 +303,7 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     Ok(Session {
         user,
         grant,
+        slot,
         vhost,
         frame_max,
         channel_max,

@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::broker::{Broker, Grant};
+use crate::broker::{Broker, Grant, Slot};
 use crate::channel::{Channel, Context};
 use crate::exchange::Routed;
 use crate::queue::{ConnectionId, Effects, Mailbox, Outgoing, Queue};
@@ -196,6 +196,8 @@ struct Connection {
     channels: Vec<Option<Box<Channel>>>,
     open_channels: u16,
     channel_max: u16,
+    /// The connection and its channels as the limits count them.
+    slot: Slot,
     heartbeat: u16,
     /// Items taken from the mailbox; written while the output buffer has room, so that
     /// one wake-up cannot pile a whole prefetch window of large bodies into memory.
@@ -255,6 +257,7 @@ impl Connection {
             flow: flow::Flow::default(),
             channels: Vec::new(),
             open_channels: 0,
+            slot: session.slot,
             channel_max: session.channel_max,
             heartbeat: session.heartbeat,
             pending: VecDeque::new(),
@@ -513,6 +516,7 @@ impl Connection {
             && slot.take().is_some()
         {
             self.open_channels -= 1;
+            self.shared.broker.close_channel(&mut self.slot);
         }
         for group in &mut self.confirm_groups {
             group.confirms.retain(|&(c, _)| c != id);
@@ -683,6 +687,10 @@ impl Connection {
                     ),
                 ));
             }
+            self.shared
+                .broker
+                .open_channel(&mut self.slot)
+                .map_err(|text| ProtocolError::new(ReplyCode::NotAllowed, text))?;
             if self.channels.len() <= slot {
                 self.channels.resize_with(slot + 1, || None);
             }
