@@ -252,6 +252,8 @@ enum Ready {
     Listening,
     /// It has recovered and answers the AMQP protocol header.
     Answering,
+    /// This port (its TLS listener, with plain TCP off) is bound.
+    ListeningAt(u16),
 }
 
 impl Ready {
@@ -259,6 +261,7 @@ impl Ready {
         match self {
             Ready::Listening => "listening",
             Ready::Answering => "answering AMQP",
+            Ready::ListeningAt(_) => "listening for TLS",
         }
     }
 }
@@ -305,6 +308,16 @@ impl WarrenProcess {
     /// does while it starts.
     pub async fn start_listening(data_dir: &std::path::Path) -> WarrenProcess {
         Self::launch(data_dir, None, &[], None, Ready::Listening).await
+    }
+
+    /// Starts it with more flags that turn plain TCP off (`--no-tcp`) and open TLS on
+    /// `tls_port`, waiting (bounded) until that port is bound.
+    pub async fn start_tls_only(
+        data_dir: &std::path::Path,
+        args: &[&str],
+        tls_port: u16,
+    ) -> WarrenProcess {
+        Self::launch(data_dir, None, args, None, Ready::ListeningAt(tls_port)).await
     }
 
     async fn spawn(
@@ -369,6 +382,10 @@ impl WarrenProcess {
         let up = match ready {
             Ready::Listening => wait_for(Duration::from_secs(20), || listens(addr)).await,
             Ready::Answering => wait_for(Duration::from_secs(20), || answers_amqp(addr)).await,
+            Ready::ListeningAt(port) => {
+                let tls: SocketAddr = ([127, 0, 0, 1], port).into();
+                wait_for(Duration::from_secs(20), || listens(tls)).await
+            }
         };
         assert!(
             up,

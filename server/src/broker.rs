@@ -324,6 +324,24 @@ impl Broker {
             .read()
             .authenticate(user, password)
             .map_err(Refused::Login)?;
+        self.loopback_rule(user, peer)
+    }
+
+    /// Whether `user`, whose identity something other than a password proved (a
+    /// client certificate, or the anonymous user), may log in from `peer`.
+    ///
+    /// # Errors
+    /// No such user, or the default user from elsewhere than loopback.
+    pub fn authorize(&self, user: &str, peer: IpAddr) -> Result<(), Refused> {
+        if self.access.read().user(user).is_none() {
+            return Err(Refused::Login(LoginError::NoSuchUser));
+        }
+        self.loopback_rule(user, peer)
+    }
+
+    /// The default user may log in only from loopback unless the settings allow
+    /// otherwise, as in RabbitMQ.
+    fn loopback_rule(&self, user: &str, peer: IpAddr) -> Result<(), Refused> {
         let loopback = peer.is_loopback()
             || matches!(peer, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
         if user == self.config.default_user && !self.config.allow_remote_default_user && !loopback {

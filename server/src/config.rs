@@ -75,6 +75,40 @@ pub struct Config {
     /// further `connection.open`s are refused with 530. None by default.
     #[arg(long, env = "WARREN_MAX_CONNECTIONS")]
     pub max_connections: Option<u64>,
+    /// Do not accept plain TCP connections (on `--port`): TLS only.
+    #[arg(long, env = "WARREN_NO_TCP")]
+    pub no_tcp: bool,
+    /// Port of the AMQPS (TLS) listener, opened when `--tls-cert` and `--tls-key` are
+    /// given.
+    #[arg(long, env = "WARREN_TLS_PORT", default_value_t = 5671)]
+    pub tls_port: u16,
+    /// The server's certificate chain (PEM) for AMQPS.
+    #[arg(long, env = "WARREN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, env = "WARREN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates are verified against; without
+    /// it, none are asked for.
+    #[arg(long, env = "WARREN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// With `--tls-ca`: refuse clients without a certificate (RabbitMQ's
+    /// `fail_if_no_peer_cert`).
+    #[arg(long, env = "WARREN_TLS_FAIL_IF_NO_PEER_CERT")]
+    pub tls_fail_if_no_peer_cert: bool,
+    /// What names the user of SASL EXTERNAL in a client certificate: its whole subject
+    /// or its common name (RabbitMQ's `ssl_cert_login_from`).
+    #[arg(
+        long,
+        env = "WARREN_TLS_CERT_LOGIN_FROM",
+        value_enum,
+        default_value = "distinguished-name"
+    )]
+    pub tls_cert_login_from: crate::tls::CertLogin,
+    /// Offer SASL ANONYMOUS, logging such clients in as this user (RabbitMQ 4's
+    /// `anonymous_login_user`); off by default.
+    #[arg(long, env = "WARREN_ANONYMOUS_LOGIN_USER")]
+    pub anonymous_login_user: Option<String>,
     /// The Unix socket `warren ctl` talks to (default: `warren.sock` in the data
     /// directory), readable and writable by the broker's user only.
     #[arg(long, env = "WARREN_CTL_SOCKET")]

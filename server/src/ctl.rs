@@ -53,20 +53,31 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_NAME)
 }
 
-/// Serves `warren ctl` on the socket at `path` until the broker goes: one task per
-/// client, one request per line.
+/// Makes the socket at `path`, usable by its owner only (a stale one is replaced).
 ///
 /// # Errors
-/// The socket could not be made (a stale one is replaced).
-pub async fn serve(path: PathBuf, broker: std::sync::Weak<Broker>) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)?;
+/// The socket could not be made.
+pub fn listen(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener = tokio::net::UnixListener::bind(path)?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     }
     tracing::info!(socket = %path.display(), "accepting warren ctl");
+    Ok(listener)
+}
+
+/// Serves `warren ctl` on `listener` until the broker goes: one task per client, one
+/// request per line.
+///
+/// # Errors
+/// Accepting failed.
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    broker: std::sync::Weak<Broker>,
+) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
         let Some(broker) = broker.upgrade() else {

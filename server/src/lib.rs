@@ -35,6 +35,7 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod timers;
+pub mod tls;
 pub mod vhost;
 pub mod watchdog;
 

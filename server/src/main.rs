@@ -65,11 +65,26 @@ fn start() -> anyhow::Result<()> {
         // that comes while the broker recovers then shuts it down cleanly rather than
         // killing it.
         let stop = shutdown_signal()?;
-        let addr = (config.bind, config.port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {}:{}", config.bind, config.port))?;
-        warren::server::run(listener, Arc::new(config), stop)
+        let bind = |port: u16| async move {
+            tokio::net::TcpListener::bind((config.bind, port))
+                .await
+                .with_context(|| format!("cannot listen on {}:{port}", config.bind))
+        };
+        let amqp = if config.no_tcp {
+            None
+        } else {
+            Some(bind(config.port).await?)
+        };
+        let amqps = if config.tls_cert.is_some() && config.tls_key.is_some() {
+            Some(bind(config.tls_port).await?)
+        } else {
+            None
+        };
+        if amqp.is_none() && amqps.is_none() {
+            anyhow::bail!("--no-tcp without --tls-cert and --tls-key leaves nothing to listen on");
+        }
+        let listeners = warren::server::Listeners { amqp, amqps };
+        warren::server::run_with(listeners, Arc::new(config), stop)
             .await
             .context("broker failed")
     })

@@ -15,14 +15,28 @@ use tracing::{error, info};
 
 use crate::broker::Broker;
 use crate::config::Config;
-use crate::connection;
+use crate::connection::{self, Transport};
 use crate::shutdown::Shutdown;
+use crate::tls::{Tls, TlsSettings};
+
+/// The sockets the broker accepts on: plain AMQP, AMQPS (TLS), or both.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    /// Plain TCP (5672); none with `--no-tcp`.
+    pub amqp: Option<TcpListener>,
+    /// TLS (5671), when a certificate and key are given.
+    pub amqps: Option<TcpListener>,
+}
+
+/// How long a client has for its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long connections get to close after the stop signal.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Reads the policy file (if any) again on every SIGHUP, as long as the broker runs.
-async fn reload_on_hangup(broker: std::sync::Weak<Broker>) {
+/// Reads the policy file (if any) and the TLS files (if any) again on every SIGHUP, as
+/// long as the broker runs.
+async fn reload_on_hangup(broker: std::sync::Weak<Broker>, tls: Option<Arc<Tls>>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -36,10 +50,18 @@ async fn reload_on_hangup(broker: std::sync::Weak<Broker>) {
             };
             // A refused reload is logged, with its reason, where it is refused.
             let _ = broker.reload_policies();
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => info!("TLS certificate and key reloaded"),
+                    Err(e) => {
+                        error!(error = %e, "cannot reload the TLS files; the old ones stay in force")
+                    }
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = broker;
+    let _ = (broker, tls);
 }
 
 /// Serves AMQP connections from `listener` until `shutdown` resolves, then closes every
@@ -53,8 +75,36 @@ pub async fn run(
     config: Arc<Config>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
+    let listeners = Listeners {
+        amqp: Some(listener),
+        amqps: None,
+    };
+    run_with(listeners, config, shutdown).await
+}
+
+/// Like [`run`], on the plain and TLS listeners given.
+///
+/// # Errors
+/// As [`run`]; or the TLS files are unreadable.
+pub async fn run_with(
+    listeners: Listeners,
+    config: Arc<Config>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     // Test builds (`deadlock-detection`) abort with backtraces on a lock cycle.
     crate::watchdog::start();
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            Tls::load(TlsSettings {
+                cert: cert.clone(),
+                key: key.clone(),
+                ca: config.tls_ca.clone(),
+                fail_if_no_peer_cert: config.tls_fail_if_no_peer_cert,
+            })
+            .map_err(std::io::Error::other)?,
+        )),
+        _ => None,
+    };
     let broker = Arc::new(Broker::open(config).map_err(std::io::Error::other)?);
     {
         let config = broker.config();
@@ -66,55 +116,77 @@ pub async fn run(
             config.data_dir.clone(),
         );
     }
-    tokio::spawn(reload_on_hangup(Arc::downgrade(&broker)));
+    tokio::spawn(reload_on_hangup(Arc::downgrade(&broker), tls.clone()));
     {
         let config = broker.config();
         let socket = config
             .ctl_socket
             .clone()
             .unwrap_or_else(|| crate::ctl::socket_path(&config.data_dir));
-        let weak = Arc::downgrade(&broker);
-        tokio::spawn(async move {
-            if let Err(error) = crate::ctl::serve(socket.clone(), weak).await {
+        // Bound before AMQP is accepted: `warren ctl` works once clients can connect.
+        match crate::ctl::listen(&socket) {
+            Ok(listener) => {
+                let weak = Arc::downgrade(&broker);
+                tokio::spawn(async move {
+                    if let Err(error) = crate::ctl::serve(listener, weak).await {
+                        tracing::error!(%error, "warren ctl stopped accepting");
+                    }
+                });
+            }
+            Err(error) => {
                 tracing::error!(socket = %socket.display(), %error, "warren ctl is not available");
             }
-        });
+        }
     }
     let (stop, stopping) = watch::channel(false);
     let tracker = TaskTracker::new();
-    if let Ok(addr) = listener.local_addr() {
-        info!(%addr, "accepting AMQP connections");
+    let Listeners { amqp, amqps } = listeners;
+    for (listener, what) in [(&amqp, "AMQP"), (&amqps, "AMQPS (TLS)")] {
+        if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            info!(%addr, "accepting {what} connections");
+        }
     }
+    let amqps = amqps.zip(tls);
     tokio::pin!(shutdown);
     let mut backoff = Duration::from_millis(5);
     loop {
-        tokio::select! {
+        let accepted = tokio::select! {
             () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    backoff = Duration::from_millis(5);
-                    // Small frames (confirms, acks) must not wait for Nagle.
-                    let _ = stream.set_nodelay(true);
-                    let (reader, writer) = stream.into_split();
-                    tracker.spawn(connection::serve(
-                        reader,
-                        writer,
-                        peer,
-                        broker.clone(),
-                        Shutdown::from(stopping.clone()),
-                    ));
+            accepted = accept(amqp.as_ref()) => accepted.map(|(stream, peer)| (stream, peer, None)),
+            accepted = accept(amqps.as_ref().map(|(l, _)| l)) => accepted.map(|(stream, peer)| {
+                (stream, peer, amqps.as_ref().map(|(_, tls)| tls.clone()))
+            }),
+        };
+        match accepted {
+            Ok((stream, peer, tls)) => {
+                backoff = Duration::from_millis(5);
+                // Small frames (confirms, acks) must not wait for Nagle.
+                let _ = stream.set_nodelay(true);
+                let shutdown = Shutdown::from(stopping.clone());
+                let broker = broker.clone();
+                match tls {
+                    None => {
+                        let (reader, writer) = stream.into_split();
+                        let plain = Transport::default();
+                        tracker.spawn(connection::serve(
+                            reader, writer, peer, broker, shutdown, plain,
+                        ));
+                    }
+                    Some(tls) => {
+                        tracker.spawn(serve_tls(stream, peer, broker, shutdown, tls));
+                    }
                 }
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    error!(error = %e, "accept failed");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-            },
+            }
+            Err(e) => {
+                // Out of file descriptors and similar: back off instead of spinning.
+                error!(error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
         }
     }
     info!("shutting down");
-    drop(listener);
+    drop((amqp, amqps));
     let _ = stop.send(true);
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
@@ -128,4 +200,50 @@ pub async fn run(
     }
     info!("stopped");
     Ok(())
+}
+
+/// The next connection on `listener`; never, without one.
+async fn accept(
+    listener: Option<&TcpListener>,
+) -> std::io::Result<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the TLS handshake of an accepted socket, then serves the connection over it,
+/// with the user name its verified client certificate gives `EXTERNAL`.
+async fn serve_tls(
+    stream: tokio::net::TcpStream,
+    peer: std::net::SocketAddr,
+    broker: Arc<Broker>,
+    shutdown: Shutdown,
+    tls: Arc<Tls>,
+) {
+    let accepted = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            info!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            info!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let from = broker.config().tls_cert_login_from;
+    let cert_user = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .and_then(|cert| crate::tls::cert_user(cert, from));
+    let transport = Transport {
+        tls: true,
+        cert_user,
+    };
+    let (reader, writer) = tokio::io::split(stream);
+    connection::serve(reader, writer, peer, broker, shutdown, transport).await;
 }

@@ -652,6 +652,7 @@ fn connect(
         peer(),
         broker.clone(),
         Shutdown::from(stopping.clone()),
+        warren::connection::Transport::default(),
     ));
     (client, task)
 }

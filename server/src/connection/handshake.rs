@@ -160,6 +160,20 @@ fn credentials(mechanism: &str, response: &[u8]) -> Option<(String, String)> {
     }
 }
 
+/// The SASL mechanisms offered, in RabbitMQ's configuration order: `PLAIN` and
+/// `AMQPLAIN`, `EXTERNAL` on a TLS connection (also without a client certificate, as
+/// RabbitMQ offers it, so that the refusal says why), and `ANONYMOUS` when enabled.
+fn mechanisms(broker: &Broker, transport: &super::Transport) -> Vec<&'static str> {
+    let mut offered = vec!["PLAIN", "AMQPLAIN"];
+    if transport.tls {
+        offered.push("EXTERNAL");
+    }
+    if broker.config().anonymous_login_user.is_some() {
+        offered.push("ANONYMOUS");
+    }
+    offered
+}
+
 fn client_capability(props: &FieldTable, name: &str) -> bool {
     match props.inner().get("capabilities") {
         Some(AMQPValue::FieldTable(caps)) => {
@@ -177,6 +191,7 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     io: &mut FrameIo<R, W>,
     broker: &Broker,
     peer: SocketAddr,
+    transport: &super::Transport,
 ) -> Result<Session, HandshakeError> {
     let config = broker.config();
     let mut out = BytesMut::new();
@@ -187,7 +202,7 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             version_major: 0,
             version_minor: 9,
             server_properties: server_properties(),
-            mechanisms: "PLAIN AMQPLAIN".into(),
+            mechanisms: mechanisms(broker, transport).join(" ").into(),
             locales: "en_US".into(),
         })),
     );
@@ -200,17 +215,27 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let auth_close = client_capability(&start_ok.client_properties, "authentication_failure_close");
     let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
     let blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
-    if mechanism != "PLAIN" && mechanism != "AMQPLAIN" {
+    if !mechanisms(broker, transport).contains(&mechanism) {
         tracing::warn!(mechanism, "unsupported authentication mechanism");
         return Err(HandshakeError::Aborted(
             "unsupported authentication mechanism",
         ));
     }
-    let login = credentials(mechanism, start_ok.response.as_bytes());
-    let checked = login.map(|(user, pass)| {
-        let result = broker.authenticate(&user, &pass, peer.ip());
-        (user, result)
-    });
+    let checked = match mechanism {
+        // The user is the one the verified client certificate names.
+        "EXTERNAL" => transport.cert_user.clone().map(|user| {
+            let result = broker.authorize(&user, peer.ip());
+            (user, result)
+        }),
+        "ANONYMOUS" => broker.config().anonymous_login_user.clone().map(|user| {
+            let result = broker.authorize(&user, peer.ip());
+            (user, result)
+        }),
+        _ => credentials(mechanism, start_ok.response.as_bytes()).map(|(user, pass)| {
+            let result = broker.authenticate(&user, &pass, peer.ip());
+            (user, result)
+        }),
+    };
     let user = match checked {
         Some((user, Ok(()))) => user,
         other => {

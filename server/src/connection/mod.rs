@@ -47,6 +47,15 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often deliveries' acknowledgement deadlines are checked while some are pending.
 const ACK_TIMEOUT_CHECK: Duration = Duration::from_millis(250);
 
+/// What the socket under a connection is.
+#[derive(Debug, Clone, Default)]
+pub struct Transport {
+    /// It is TLS.
+    pub tls: bool,
+    /// The user name its verified client certificate gives SASL `EXTERNAL`.
+    pub cert_user: Option<String>,
+}
+
 /// Serves one client connection, given as the two halves of its stream, until it
 /// closes, fails, or the broker shuts down.
 ///
@@ -54,12 +63,15 @@ const ACK_TIMEOUT_CHECK: Duration = Duration::from_millis(250);
 /// first), or the halves `tokio::io::split` cuts from another stream, such as an
 /// in-memory `tokio::io::duplex` in tests. `peer` is the client's address, used for
 /// logs and for the rule that the default user logs in only from loopback.
+/// `transport` says whether the socket is TLS, and the user its client certificate
+/// names for SASL `EXTERNAL`.
 pub async fn serve<R, W>(
     reader: R,
     writer: W,
     peer: SocketAddr,
     broker: Arc<Broker>,
     shutdown: Shutdown,
+    transport: Transport,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -78,7 +90,7 @@ pub async fn serve<R, W>(
         }
         let session = match tokio::time::timeout(
             HANDSHAKE_TIMEOUT,
-            handshake::negotiate(&mut io, &broker, peer),
+            handshake::negotiate(&mut io, &broker, peer, &transport),
         )
         .await
         {
