@@ -317,3 +317,75 @@ async fn only_an_impersonator_may_claim_another_user_id() {
         "PRECONDITION_FAILED - user_id property set to 'guest' but authenticated user was 'limited'",
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passive_declares_need_any_permission_and_system_exchanges_are_refused_first() {
+    let server = server().await;
+    let admin = server.connect().await;
+    declare_queue(&channel(&admin).await, "not-mine").await;
+    let conn = login(&server, "limited", "pw", "%2f").await.expect("login");
+    // limited may do nothing with `not-mine`: the refusal names configure, the last tried.
+    let ch = channel(&conn).await;
+    assert_amqp_error(
+        ch.queue_declare(
+            "not-mine".into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await,
+        403,
+        &refused("configure", "queue", "not-mine", "limited"),
+    );
+    // Reading its own queues is enough for a passive declare.
+    let ch = channel(&conn).await;
+    declare_queue(&ch, "lim-passive").await;
+    within(
+        "passive declare",
+        ch.queue_declare(
+            "lim-passive".into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("a queue it may read");
+    // Deleting a system exchange is refused before any permission is looked at.
+    assert_amqp_error(
+        ch.exchange_delete("amq.direct".into(), Default::default())
+            .await,
+        403,
+        "ACCESS_REFUSED - deletion of system exchange 'amq.direct' in vhost '/' not allowed",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cc_and_bcc_keys_need_topic_write_permission_too() {
+    let server = server().await;
+    let conn = login(&server, "topical", "pw", "%2f").await.expect("login");
+    let ch = channel(&conn).await;
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "CC".into(),
+        lapin::types::AMQPValue::FieldArray(vec![text("other.news")].into()),
+    );
+    let denied = publish_confirmed_or_closed(
+        &ch,
+        "amq.topic",
+        "topical.news",
+        BasicPublishOptions::default(),
+        b"cc",
+        BasicProperties::default().with_headers(headers),
+    )
+    .await;
+    assert_amqp_error(
+        denied,
+        403,
+        "ACCESS_REFUSED - write access to topic 'other.news' in exchange 'amq.topic' in vhost '/' refused for user 'topical'",
+    );
+}

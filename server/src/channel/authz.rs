@@ -58,6 +58,21 @@ impl Context<'_> {
         ))
     }
 
+    /// Checks a passive declare of the `kind` resource `name`: any one of read, write
+    /// or configure will do (RabbitMQ 4.2.7 and later; tried in that order, so a
+    /// refusal names configure).
+    ///
+    /// # Errors
+    /// 403 ACCESS_REFUSED, as [`permit`](Self::permit) for configure.
+    pub(super) fn permit_any(&mut self, kind: Kind, name: &str) -> AmqpResult<()> {
+        for perm in [Perm::Read, Perm::Write] {
+            if self.permit(perm, kind, name).is_ok() {
+                return Ok(());
+            }
+        }
+        self.permit(Perm::Configure, kind, name)
+    }
+
     /// Checks the user's topic permission `perm` (write to publish, read to bind) for
     /// routing or binding key `key` on the topic exchange `exchange`. A user without
     /// topic permissions on it may use any key, as in RabbitMQ.
@@ -144,6 +159,32 @@ impl Channel {
             && x.settings().kind == ExchangeKind::Topic
         {
             ctx.permit_topic(Perm::Write, exchange, &content.publish.routing_key)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the topic write permission for a publish's `CC` and `BCC` keys, as
+    /// RabbitMQ 4 does (its routing key was checked by
+    /// [`permit_publish`](Self::permit_publish)).
+    ///
+    /// # Errors
+    /// 403 ACCESS_REFUSED.
+    pub(super) fn permit_extra_keys(
+        ctx: &mut Context<'_>,
+        exchange: &str,
+        keys: &[amqp_codec::ShortStr],
+    ) -> AmqpResult<()> {
+        if keys.is_empty() || !ctx.grant.topic {
+            return Ok(());
+        }
+        if ctx
+            .vhost
+            .exchange(exchange)
+            .is_ok_and(|x| x.settings().kind == ExchangeKind::Topic)
+        {
+            for key in keys {
+                ctx.permit_topic(Perm::Write, exchange, key)?;
+            }
         }
         Ok(())
     }

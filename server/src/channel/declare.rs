@@ -34,6 +34,9 @@ impl Channel {
                     }
                 };
                 let name = d.exchange.as_str();
+                if d.passive && !name.is_empty() {
+                    ctx.permit_any(Kind::Exchange, name)?;
+                }
                 if !d.passive && !name.is_empty() {
                     ctx.permit(Perm::Configure, Kind::Exchange, name)?;
                     let alternate = d.arguments.inner().get("alternate-exchange");
@@ -65,8 +68,10 @@ impl Channel {
                 Ok(())
             }
             ex::AMQPMethod::Delete(d) => {
-                if !d.exchange.as_str().is_empty() {
-                    ctx.permit(Perm::Configure, Kind::Exchange, d.exchange.as_str())?;
+                // The default and `amq.*` exchanges are refused before the check.
+                let name = d.exchange.as_str();
+                if !name.is_empty() && !name.starts_with("amq.") {
+                    ctx.permit(Perm::Configure, Kind::Exchange, name)?;
                 }
                 ctx.vhost
                     .delete_exchange(d.exchange.as_str(), d.if_unused)?;
@@ -153,6 +158,9 @@ impl Channel {
                         );
                     }
                     return Ok(());
+                }
+                if d.passive && &*name != names::REPLY_TO {
+                    ctx.permit_any(Kind::Queue, &name)?;
                 }
                 if !d.passive {
                     if name.starts_with("amq.") && !server_named {

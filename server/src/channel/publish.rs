@@ -122,6 +122,7 @@ impl Channel {
         }
         if has_headers {
             extra_keys = sender_selected_keys(&mut message)?;
+            Self::permit_extra_keys(ctx, message.exchange(), &extra_keys)?;
         }
         if direct_reply {
             let Some(queue) = &self.reply_queue else {
