@@ -158,6 +158,46 @@ mod tests {
     }
 
     #[test]
+    fn hashes_exported_by_a_rabbitmq_3_10_node_log_in() {
+        // From `rabbitmqctl export_definitions` of users made with these passwords
+        // (docs/security-rabbitmq-facts.md §8), and one computed the same way.
+        let vectors = [
+            (
+                "S3cret!",
+                Algorithm::Sha256,
+                "pN24jplSUSv7Yu5HzBEA0IqNcCXc9PUBhLw7VnzNcefeHLp3",
+            ),
+            (
+                "p@ss512",
+                Algorithm::Sha512,
+                "sX+7VOo5St/pjBqZYOjn9rY4/EGOaAFx0WHmbX+l3hONgJmtcDJ8LtncPsb6ylLPbzGWQ3eBCmui5EuUWWMAsGt6WlI=",
+            ),
+            ("md5pass", Algorithm::Md5, "kMq1Jnrv/AITc25zMHwErB+X0QA="),
+            (
+                "guest",
+                Algorithm::Sha256,
+                "kI0sXB9Upn9g10K6b6GPgA041210mCcPHea+fWm3oyPmPGD9",
+            ),
+            (
+                "pässwörd",
+                Algorithm::Sha256,
+                "AQIDBPwtq5ZIwNBPpzi5rjcenzm3jkMbdjQ9/km2mOuj20ER",
+            ),
+        ];
+        for (password, algorithm, encoded) in vectors {
+            let hash = PasswordHash::from_base64(algorithm.name(), encoded).expect("reads");
+            assert!(hash.matches(password), "{password}");
+            assert!(!hash.matches("wrong"));
+            assert_eq!(hash.to_base64(), encoded);
+        }
+        let salt = [1, 2, 3, 4];
+        assert_eq!(
+            PasswordHash::with_salt(Algorithm::Sha256, salt, "pässwörd").to_base64(),
+            "AQIDBPwtq5ZIwNBPpzi5rjcenzm3jkMbdjQ9/km2mOuj20ER"
+        );
+    }
+
+    #[test]
     fn every_algorithm_round_trips_and_salts_differ() {
         for algorithm in [Algorithm::Sha256, Algorithm::Sha512, Algorithm::Md5] {
             let a = PasswordHash::new(algorithm, "s3cret é");

@@ -13,6 +13,9 @@ use super::io::FrameIo;
 use crate::broker::{Broker, Grant, Slot};
 use crate::vhost::VHost;
 
+/// How long a refused login waits before its answer.
+const LOGIN_FAILURE_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the handshake agreed on.
 pub struct Session {
     /// The authenticated user.
@@ -251,6 +254,9 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
                      For details see the broker logfile."
                 ),
             );
+            // Guessing passwords costs the guesser a second per try, spent only by this
+            // connection's task asleep.
+            tokio::time::sleep(LOGIN_FAILURE_DELAY).await;
             if auth_close {
                 return Err(refuse(io, error).await);
             }
