@@ -62,11 +62,25 @@ pub async fn run_example(
     amqp_url: &str,
     bound: std::time::Duration,
 ) -> Result<(std::process::ExitStatus, String)> {
+    run_example_with(script, amqp_url, &[], bound).await
+}
+
+/// Like [`run_example`], with more environment variables (`env`) for the script.
+///
+/// # Errors
+/// As [`run_example`].
+pub async fn run_example_with(
+    script: &str,
+    amqp_url: &str,
+    env: &[(&str, &str)],
+    bound: std::time::Duration,
+) -> Result<(std::process::ExitStatus, String)> {
     use std::io::Read as _;
     let python = venv_python()?;
     let mut child = Command::new(python)
         .arg(script)
         .current_dir(examples_dir())
+        .envs(env.iter().copied())
         .env("AMQP_URL", amqp_url)
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())

@@ -181,6 +181,25 @@ async fn amqps_with_client_certificates_and_external_login() {
         403,
         "ACCESS_REFUSED - Login was refused using authentication mechanism EXTERNAL. For details see the broker logfile.",
     );
+    // pika, with Python's ssl module, logs in the same way.
+    let alice_cert = pki.path("alice.pem");
+    let alice_key = pki.path("alice.key");
+    let (status, output) = integration_tests::python::run_example_with(
+        "tls_external.py",
+        &amqps(""),
+        &[
+            ("TLS_CA", ca.as_str()),
+            ("TLS_CERT", alice_cert.as_str()),
+            ("TLS_KEY", alice_key.as_str()),
+        ],
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .expect("run tls_external.py");
+    assert!(
+        status.success() && output.contains("summary: over tls with EXTERNAL"),
+        "{status}: {output}"
+    );
     // Plain TCP still works beside it.
     connect_uri(&broker.uri()).await.expect("plain AMQP");
     broker.terminate();
