@@ -389,3 +389,30 @@ async fn cc_and_bcc_keys_need_topic_write_permission_too() {
         "ACCESS_REFUSED - write access to topic 'other.news' in exchange 'amq.topic' in vhost '/' refused for user 'topical'",
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn anonymous_logins_are_offered_only_when_enabled() {
+    let server = server().await;
+    let anonymous =
+        |server: &TestServer| format!("amqp://{}/%2f?auth_mechanism=anonymous", server.addr());
+    // Off by default: the mechanism is not offered, and the handshake ends.
+    assert!(connect_uri(&anonymous(&server)).await.is_err());
+    let file = std::env::temp_dir().join(format!("{}.json", unique_name("warren-defs")));
+    std::fs::write(&file, definitions()).expect("write the definitions");
+    let enabled = TestServer::start_with(move |c| {
+        c.load_definitions = Some(file);
+        c.anonymous_login_user = Some("limited".into());
+    })
+    .await;
+    let conn = connect_uri(&anonymous(&enabled))
+        .await
+        .expect("logged in as the anonymous login user");
+    // With that user's permissions.
+    let ch = channel(&conn).await;
+    assert_amqp_error(
+        ch.queue_declare("q".into(), Default::default(), FieldTable::default())
+            .await,
+        403,
+        &refused("configure", "queue", "q", "limited"),
+    );
+}
