@@ -102,9 +102,38 @@ async fn users_vhosts_and_permissions_are_managed_at_run_time_and_survive_a_kill
         403,
         "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
     );
+    // Deleting a user closes its connections.
+    let open = connect_uri(&uri(&broker, "bob", "n3w", "app"))
+        .await
+        .expect("bob's connection");
+    let mut events = Box::pin(open.events_listener());
     ok(&dir, &["delete_user", "bob"]);
+    let closed = within("the close", async {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(e) = event {
+                return amqp_error(&e);
+            }
+        }
+        None
+    })
+    .await;
+    assert_eq!(
+        closed,
+        Some((320, "CONNECTION_FORCED - user 'bob' is deleted".to_owned()))
+    );
     assert_amqp_error(
         connect_uri(&uri(&broker, "bob", "n3w", "app")).await,
+        403,
+        "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
+    );
+    // With every user and vhost gone, a restart does not bring the default user back.
+    ok(&dir, &["delete_user", "guest"]);
+    ok(&dir, &["delete_vhost", "/"]);
+    ok(&dir, &["delete_vhost", "app"]);
+    broker.kill();
+    let broker = WarrenProcess::start(&dir).await;
+    assert_amqp_error(
+        connect_uri(&uri(&broker, "guest", "guest", "%2f")).await,
         403,
         "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
     );

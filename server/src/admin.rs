@@ -99,7 +99,7 @@ impl Broker {
         })
     }
 
-    /// Deletes a user and its permissions.
+    /// Deletes a user and its permissions; its connections are closed (320).
     ///
     /// # Errors
     /// No such user.
@@ -109,7 +109,9 @@ impl Broker {
                 .delete_user(name)
                 .map(|c| vec![c])
                 .map_err(|_| AdminError::NoSuchUser(name.to_owned()))
-        })
+        })?;
+        self.user_deleted();
+        Ok(())
     }
 
     /// Gives a user a new password.
@@ -371,7 +373,7 @@ impl Broker {
                 .map(|v| RabbitVhost {
                     name: v.name,
                     description: Some(v.description),
-                    tags: Some(v.tags),
+                    tags: Some(Tags::List(v.tags)),
                     metadata: None,
                 })
                 .collect(),
@@ -395,34 +397,28 @@ impl Broker {
             .map(|v| self.new_vhost(&v.name))
             .collect();
         self.change_access(|access| {
-            // Checked on a copy first, so that a bad entry changes nothing.
-            let mut trial = Access::from_definitions(&crate::store::definitions::Definitions {
-                vhosts: access.export().vhosts,
-                ..Default::default()
-            })
-            .0;
-            for u in &defs.users {
-                trial.put_user(u.clone())?;
-            }
-            for p in &defs.permissions {
-                trial.set_permissions(p.clone())?;
-            }
-            for t in &defs.topic_permissions {
-                trial.set_topic_permissions(t.clone())?;
-            }
+            // Applied to a copy first, so that a bad entry changes nothing.
+            let mut trial = access.clone();
             let mut changes = Vec::new();
-            for v in defs.vhosts {
-                changes.push(access.put_vhost(v));
+            for mut v in defs.vhosts {
+                // A file without a vhost's limits leaves those it has alone.
+                if v.limits.is_empty()
+                    && let Some(existing) = trial.vhost(&v.name)
+                {
+                    v.limits = existing.limits.clone();
+                }
+                changes.push(trial.put_vhost(v));
             }
             for u in defs.users {
-                changes.push(access.put_user(u)?);
+                changes.push(trial.put_user(u)?);
             }
             for p in defs.permissions {
-                changes.push(access.set_permissions(p)?);
+                changes.push(trial.set_permissions(p)?);
             }
             for t in defs.topic_permissions {
-                changes.push(access.set_topic_permissions(t)?);
+                changes.push(trial.set_topic_permissions(t)?);
             }
+            *access = trial;
             Ok::<_, AdminError>(changes)
         })?;
         for vhost in new {

@@ -35,6 +35,9 @@ pub struct Broker {
     access_epoch: AtomicU64,
     /// Open connections and channels, counted for the limits.
     live: Arc<parking_lot::Mutex<Live>>,
+    /// Bumped when a user is deleted: each connection then checks that its user still
+    /// exists, and closes with 320 if not.
+    users_deleted: tokio::sync::watch::Sender<u64>,
     next_connection: AtomicU64,
     next_consumer: AtomicU64,
     alarms: Alarms,
@@ -137,6 +140,7 @@ impl Broker {
             access: RwLock::new(access),
             access_epoch: AtomicU64::new(0),
             live: Arc::default(),
+            users_deleted: tokio::sync::watch::Sender::new(0),
             next_connection: AtomicU64::new(1),
             next_consumer: AtomicU64::new(1),
             alarms: Alarms::default(),
@@ -162,7 +166,10 @@ impl Broker {
         if let Some(path) = &config.load_definitions {
             changes = Self::load_definitions(&mut access, path)?;
         }
-        if !defs.vhosts.is_empty() || !changes.is_empty() {
+        if defs.initialized || !defs.vhosts.is_empty() || !changes.is_empty() {
+            if !defs.initialized {
+                changes.push(Change::Initialized);
+            }
             for change in changes {
                 store.pending().queue(change);
             }
@@ -197,6 +204,7 @@ impl Broker {
             })?);
         }
         tracing::info!(user = %user, vhost = %config.default_vhost, "first start: created the default user and vhost");
+        changes.push(Change::Initialized);
         for change in changes {
             store.pending().queue(change);
         }
@@ -462,6 +470,21 @@ impl Broker {
         })
     }
 
+    /// Changes when a user is deleted (see [`Broker::user_exists`]).
+    pub fn users_deleted(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.users_deleted.subscribe()
+    }
+
+    /// Tells connections that a user was deleted.
+    pub(crate) fn user_deleted(&self) {
+        self.users_deleted.send_modify(|n| *n += 1);
+    }
+
+    /// Whether user `name` exists.
+    pub fn user_exists(&self, name: &str) -> bool {
+        self.access.read().user(name).is_some()
+    }
+
     /// The registry of users, vhosts and permissions, read-locked.
     pub fn access(&self) -> parking_lot::RwLockReadGuard<'_, Access> {
         self.access.read()
@@ -498,10 +521,15 @@ impl Broker {
         &self,
         change: impl FnOnce(&mut Access) -> Result<Vec<Change>, E>,
     ) -> Result<(), E> {
-        let changes = change(&mut self.access.write())?;
-        self.access_epoch.fetch_add(1, Ordering::AcqRel);
-        for change in changes {
-            self.store.pending().queue(change);
+        {
+            let mut access = self.access.write();
+            let changes = change(&mut access)?;
+            self.access_epoch.fetch_add(1, Ordering::AcqRel);
+            // Queued under the lock that ordered them: concurrent changes are stored in
+            // the order they were made.
+            for change in changes {
+                self.store.pending().queue(change);
+            }
         }
         self.store.write_pending();
         Ok(())

@@ -80,6 +80,14 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
+        // Only the broker's own user (or root): the socket's mode says so too, but a
+        // client could connect in the moment between its creation and its chmod.
+        let uid = rustix::process::getuid().as_raw();
+        let peer = stream.peer_cred().map(|c| c.uid());
+        if !matches!(peer, Ok(p) if p == uid || p == 0) {
+            tracing::warn!(peer_uid = ?peer.ok(), "warren ctl refused a client of another user");
+            continue;
+        }
         let Some(broker) = broker.upgrade() else {
             return Ok(());
         };

@@ -67,6 +67,9 @@ pub enum LoginError {
     /// The password does not match, or the user has none.
     #[error("invalid credentials")]
     BadPassword,
+    /// A blank password, which never logs in.
+    #[error("blank password, which is prohibited")]
+    BlankPassword,
 }
 
 /// Why a user may not use a vhost.
@@ -114,7 +117,7 @@ pub struct AccessDefinitions {
 }
 
 /// Users, vhosts' settings and permissions.
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Access {
     users: HashMap<String, User>,
     vhosts: BTreeMap<String, VhostDef>,
@@ -174,6 +177,10 @@ impl Access {
     /// No such user, or not its password.
     pub fn authenticate(&self, name: &str, password: &str) -> Result<&User, LoginError> {
         let user = self.users.get(name).ok_or(LoginError::NoSuchUser)?;
+        if password.is_empty() {
+            // RabbitMQ's internal backend refuses blank passwords whatever the hash.
+            return Err(LoginError::BlankPassword);
+        }
         match &user.hash {
             Some(hash) if hash.matches(password) => Ok(user),
             _ => Err(LoginError::BadPassword),
@@ -302,6 +309,7 @@ impl Access {
     /// # Errors
     /// A pattern is not a regular expression.
     pub fn set_permissions(&mut self, def: PermissionDef) -> Result<Change, AccessError> {
+        self.check_user_and_vhost(&def.user, &def.vhost)?;
         let compiled = Permissions {
             configure: Pattern::new(&def.configure)?,
             write: Pattern::new(&def.write)?,
@@ -332,6 +340,7 @@ impl Access {
         &mut self,
         def: TopicPermissionDef,
     ) -> Result<Change, AccessError> {
+        self.check_user_and_vhost(&def.user, &def.vhost)?;
         // Checked with its variables filled in, as it will be matched.
         for source in [&def.write, &def.read] {
             Pattern::new(&source.replace("{username}", "u").replace("{vhost}", "v"))?;
@@ -347,6 +356,16 @@ impl Access {
             read: def.read.clone(),
         });
         Ok(Change::SetTopicPermissions(def))
+    }
+
+    fn check_user_and_vhost(&self, user: &str, vhost: &str) -> Result<(), AccessError> {
+        if !self.users.contains_key(user) {
+            return Err(AccessError::NoSuchUser(user.to_owned()));
+        }
+        if !self.vhosts.contains_key(vhost) {
+            return Err(AccessError::NoSuchVhost(vhost.to_owned()));
+        }
+        Ok(())
     }
 
     /// Clears a user's topic permissions in a vhost: on `exchange`, or on all.
@@ -452,6 +471,32 @@ mod tests {
             access.vhost_access("alice", "/").err(),
             Some(VhostRefusal::NotPermitted)
         );
+    }
+
+    #[test]
+    fn blank_passwords_never_log_in_and_permissions_need_their_user_and_vhost() {
+        let mut access = Access::default();
+        access.put_vhost(VhostDef {
+            name: "/".into(),
+            description: String::new(),
+            tags: vec![],
+            limits: BTreeMap::new(),
+        });
+        access
+            .put_user(Access::new_user("blank", "", vec![]))
+            .expect("user");
+        assert_eq!(
+            access.authenticate("blank", "").map(User::name),
+            Err(LoginError::BlankPassword)
+        );
+        assert!(matches!(
+            access.set_permissions(full("nobody", "/")),
+            Err(AccessError::NoSuchUser(_))
+        ));
+        assert!(matches!(
+            access.set_permissions(full("blank", "nowhere")),
+            Err(AccessError::NoSuchVhost(_))
+        ));
     }
 
     #[test]

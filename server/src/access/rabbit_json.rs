@@ -81,7 +81,8 @@ impl Default for Tags {
 }
 
 impl Tags {
-    fn into_list(self) -> Vec<String> {
+    /// The tags as a list.
+    pub fn into_list(self) -> Vec<String> {
         match self {
             Self::List(list) => list,
             Self::Joined(joined) => joined
@@ -102,9 +103,9 @@ pub struct RabbitVhost {
     /// Free text (3.8+; under `metadata` in 3.11+).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Free labels.
+    /// Free labels: a list, or a comma-separated string (3.10 writes `""`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tags: Option<Vec<String>>,
+    pub tags: Option<Tags>,
     /// `description` and `tags` as 3.11+ writes them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<RabbitVhostMetadata>,
@@ -118,7 +119,7 @@ pub struct RabbitVhostMetadata {
     pub description: String,
     /// Free labels.
     #[serde(default)]
-    pub tags: Vec<String>,
+    pub tags: Tags,
 }
 
 /// A runtime parameter.
@@ -181,7 +182,7 @@ impl RabbitDefinitions {
                 VhostDef {
                     limits: limits.remove(&v.name).unwrap_or_default(),
                     description: v.description.unwrap_or(metadata.description),
-                    tags: v.tags.unwrap_or(metadata.tags),
+                    tags: v.tags.unwrap_or(metadata.tags).into_list(),
                     name: v.name,
                 }
             })
@@ -244,7 +245,8 @@ mod tests {
              "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": "management,monitoring"},
             {"name": "clear", "password": "s3cret", "tags": []}
           ],
-          "vhosts": [{"name": "/"}, {"name": "app", "metadata": {"description": "d", "tags": ["t"]}}],
+          "vhosts": [{"name": "/", "description": "", "tags": ""},
+                     {"name": "app", "metadata": {"description": "d", "tags": ["t"]}}],
           "permissions": [{"user": "admin", "vhost": "/", "configure": ".*", "write": ".*", "read": ".*"}],
           "topic_permissions": [{"user": "admin", "vhost": "/", "exchange": "amq.topic", "write": "^a", "read": ".*"}],
           "parameters": [{"vhost": "app", "component": "vhost-limits", "name": "limits",

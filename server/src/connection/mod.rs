@@ -292,6 +292,7 @@ impl Connection {
         let mut alarms = self.shared.broker.alarms().subscribe();
         let mut alarms_open = true;
         let mut vhost_deleted = self.shared.vhost.deleted();
+        let mut users_deleted = self.shared.broker.users_deleted();
         let mut ack_deadlines = tokio::time::interval(ACK_TIMEOUT_CHECK);
         ack_deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Frames the client pipelined behind `connection.open` are already read.
@@ -344,6 +345,13 @@ impl Connection {
                 _ = vhost_deleted.wait_for(|deleted| *deleted), if matches!(self.phase, Phase::Open) => {
                     let text = format!("vhost '{}' is deleted", self.shared.vhost.name());
                     self.close_connection(ProtocolError::new(ReplyCode::ConnectionForced, text));
+                }
+                Ok(()) = users_deleted.changed(), if matches!(self.phase, Phase::Open) => {
+                    let user = &self.shared.grant.user;
+                    if !self.shared.broker.user_exists(user) {
+                        let text = format!("user '{user}' is deleted");
+                        self.close_connection(ProtocolError::new(ReplyCode::ConnectionForced, text));
+                    }
                 }
                 written = io.writer.write_buf(&mut self.shared.out), if !self.shared.out.is_empty() => {
                     match written {

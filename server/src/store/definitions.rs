@@ -167,6 +167,10 @@ pub struct TopicPermissionDef {
 pub struct Definitions {
     /// Format version.
     pub version: u32,
+    /// The broker has started once and made (or was given) its users and vhosts: the
+    /// default user and vhost are never made again, even if all are deleted.
+    #[serde(default)]
+    pub initialized: bool,
     /// Virtual hosts. None in definitions written before virtual hosts could be made,
     /// which therefore start as a first start does (the default vhost and user).
     #[serde(default)]
@@ -214,6 +218,8 @@ pub enum Change {
     Bind(BindingDef),
     /// A binding was removed.
     Unbind(BindingDef),
+    /// The first start made (or was given) its users and vhosts.
+    Initialized,
     /// A virtual host was created or changed.
     PutVhost(VhostDef),
     /// A virtual host was deleted, with everything in it and every permission in it.
@@ -254,6 +260,7 @@ pub enum Change {
 /// kept without an index); false if `change` is not one of those.
 fn apply_access(defs: &mut Definitions, change: &Change) -> bool {
     match change {
+        Change::Initialized => defs.initialized = true,
         Change::PutVhost(def) => {
             defs.vhosts.retain(|v| v.name != def.name);
             defs.vhosts.push(def.clone());
@@ -479,7 +486,8 @@ impl Index {
                 }
             }
             // Applied above.
-            Change::PutVhost(_)
+            Change::Initialized
+            | Change::PutVhost(_)
             | Change::DeleteVhost { .. }
             | Change::PutUser(_)
             | Change::DeleteUser { .. }
