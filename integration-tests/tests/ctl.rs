@@ -240,6 +240,51 @@ async fn exported_definitions_import_into_another_broker_with_every_login() {
             "^y",
         ],
     );
+    // Durable topology, declared over AMQP in v1.
+    let admin = connect_uri(&uri(&first, "guest", "guest", "%2f"))
+        .await
+        .expect("connect");
+    let ch = channel(&admin).await;
+    let durable = || lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    within(
+        "exchange.declare",
+        ch.exchange_declare(
+            "orders".into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("exchange");
+    within(
+        "queue.declare",
+        ch.queue_declare(
+            "orders.eu".into(),
+            durable(),
+            table(&[("x-max-length", int(10)), ("x-queue-type", text("quorum"))]),
+        ),
+    )
+    .await
+    .expect("queue");
+    within(
+        "queue.bind",
+        ch.queue_bind(
+            "orders.eu".into(),
+            "orders".into(),
+            "eu.#".into(),
+            Default::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("bind");
     let file = from.with_extension("definitions.json");
     ok(
         &from,
@@ -257,6 +302,23 @@ async fn exported_definitions_import_into_another_broker_with_every_login() {
         .expect("carol's hash came across");
     let users = ok(&to, &["list_users", "--formatter", "json"]);
     assert!(users.contains("monitoring"), "{users}");
+    // The topology came across: the queue with its arguments, bound by its key.
+    let guest = connect_uri(&uri(&second, "guest", "guest", "%2f"))
+        .await
+        .expect("connect");
+    let ch = channel(&guest).await;
+    within(
+        "same arguments",
+        ch.queue_declare(
+            "orders.eu".into(),
+            durable(),
+            table(&[("x-max-length", int(10)), ("x-queue-type", text("quorum"))]),
+        ),
+    )
+    .await
+    .expect("declared with the same arguments");
+    publish(&ch, "orders", "eu.fr", b"routed").await;
+    wait_for_count(&ch, "orders.eu", 1).await;
     let topic = ok(
         &to,
         &["list_topic_permissions", "-p", "v1", "--formatter", "json"],

@@ -46,7 +46,10 @@ fn definitions() -> String {
   ],
   "topic_permissions": [
     {{"user": "topical", "vhost": "/", "exchange": "amq.topic", "write": "^{{username}}\\.", "read": "^public\\."}}
-  ]
+  ],
+  "exchanges": [{{"name": "preloaded-x", "vhost": "/", "type": "fanout", "durable": true, "auto_delete": false, "internal": false, "arguments": {{}}}}],
+  "queues": [{{"name": "preloaded", "vhost": "/", "durable": true, "auto_delete": false, "arguments": {{"x-max-length": 5}}}}],
+  "bindings": [{{"source": "preloaded-x", "vhost": "/", "destination": "preloaded", "destination_type": "queue", "routing_key": "", "arguments": {{}}}}]
 }}"#,
         hash = sha512.to_base64(),
         guest = full("guest", "/"),
@@ -111,6 +114,11 @@ async fn users_log_in_with_rabbitmqs_hashes_and_only_into_vhosts_they_may_use() 
     login(&server, "guest", "guest", "other")
         .await
         .expect("guest may use other");
+    // The file's topology was declared too.
+    let admin = server.connect().await;
+    let ch = channel(&admin).await;
+    publish(&ch, "preloaded-x", "", b"from the file's binding").await;
+    wait_for_count(&ch, "preloaded", 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -9,9 +9,14 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::access::password::{Algorithm, PasswordHash};
-use crate::access::rabbit_json::{ImportError, RabbitDefinitions, RabbitUser, RabbitVhost, Tags};
+use crate::access::rabbit_json::{
+    ImportError, RabbitBinding, RabbitDefinitions, RabbitExchange, RabbitQueue, RabbitUser,
+    RabbitVhost, Tags, table_from_json, table_to_json,
+};
 use crate::access::{Access, AccessDefinitions, AccessError};
 use crate::broker::Broker;
+use crate::exchange::{ExchangeSettings, parse_declared_type};
+use crate::queue::QueueDeclare;
 use crate::store::definitions::{PermissionDef, TopicPermissionDef, VhostDef};
 use crate::vhost::VHost;
 
@@ -39,6 +44,9 @@ pub enum AdminError {
     /// Limits that are not a JSON object of integers, or name an unknown limit.
     #[error("invalid limits: {0}")]
     Limits(String),
+    /// Exchanges, queues or bindings that could not be declared (the rest were).
+    #[error("{}", .0.join("; "))]
+    Topology(Vec<String>),
 }
 
 /// The limits a vhost may have.
@@ -335,9 +343,96 @@ impl Broker {
         all
     }
 
+    /// Declares a definitions file's exchanges, queues and bindings, in that order. As
+    /// RabbitMQ's import, what exists already is left as it is. Returns what could not
+    /// be declared, each with RabbitMQ's reason.
+    pub fn apply_topology(&self, defs: &RabbitDefinitions) -> Vec<String> {
+        let mut failed = Vec::new();
+        let vhost_of = |name: &str, failed: &mut Vec<String>| {
+            let vhost = self.vhost(name);
+            if vhost.is_none() {
+                failed.push(format!("vhost {name} not found"));
+            }
+            vhost
+        };
+        for x in &defs.exchanges {
+            let Some(vhost) = vhost_of(&x.vhost, &mut failed) else {
+                continue;
+            };
+            if vhost.exchange(&x.name).is_ok() {
+                continue;
+            }
+            let arguments = table_from_json(&x.arguments);
+            let declared = match parse_declared_type(&x.kind, &arguments) {
+                Ok(Some((kind, delayed))) => vhost.declare_exchange(
+                    &x.name,
+                    false,
+                    ExchangeSettings {
+                        kind,
+                        durable: x.durable,
+                        auto_delete: x.auto_delete,
+                        internal: x.internal,
+                        delayed,
+                        arguments,
+                    },
+                ),
+                Ok(None) => Err(crate::error::command_invalid(format!(
+                    "unknown exchange type '{}'",
+                    x.kind
+                ))),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = declared {
+                failed.push(format!("exchange '{}': {}", x.name, e.reply_text()));
+            }
+        }
+        for q in &defs.queues {
+            let Some(vhost) = vhost_of(&q.vhost, &mut failed) else {
+                continue;
+            };
+            if vhost.has_queue(&q.name) {
+                continue;
+            }
+            let declare = QueueDeclare {
+                name: q.name.as_str().into(),
+                server_named: false,
+                passive: false,
+                durable: q.durable,
+                exclusive: false,
+                auto_delete: q.auto_delete,
+                arguments: table_from_json(&q.arguments),
+            };
+            if let Err(e) = vhost.declare_queue(declare, 0) {
+                failed.push(format!("queue '{}': {}", q.name, e.reply_text()));
+            }
+        }
+        for b in &defs.bindings {
+            let Some(vhost) = vhost_of(&b.vhost, &mut failed) else {
+                continue;
+            };
+            let arguments = table_from_json(&b.arguments);
+            let bound = if b.destination_type == "exchange" {
+                vhost.bind_exchange(&b.destination, &b.source, &b.routing_key, arguments)
+            } else {
+                vhost.bind(&b.destination, &b.source, &b.routing_key, arguments, 0)
+            };
+            if let Err(e) = bound {
+                failed.push(format!(
+                    "binding '{}' → '{}': {}",
+                    b.source,
+                    b.destination,
+                    e.reply_text()
+                ));
+            }
+        }
+        failed
+    }
+
     /// The definitions in RabbitMQ's shape (vhosts, users with their hashes,
-    /// permissions, topic permissions, vhost limits).
+    /// permissions, topic permissions, vhost limits, durable exchanges, queues and
+    /// bindings).
     pub fn export_definitions(&self) -> RabbitDefinitions {
+        let stored = self.stored_definitions().unwrap_or_default();
         let AccessDefinitions {
             vhosts,
             users,
@@ -380,6 +475,42 @@ impl Broker {
             permissions,
             topic_permissions,
             parameters,
+            exchanges: stored
+                .exchanges
+                .into_iter()
+                .map(|x| RabbitExchange {
+                    name: x.name,
+                    vhost: x.vhost,
+                    kind: x.kind,
+                    durable: true,
+                    auto_delete: x.auto_delete,
+                    internal: x.internal,
+                    arguments: table_to_json(&x.arguments),
+                })
+                .collect(),
+            queues: stored
+                .queues
+                .into_iter()
+                .map(|q| RabbitQueue {
+                    name: q.name,
+                    vhost: q.vhost,
+                    durable: true,
+                    auto_delete: q.auto_delete,
+                    arguments: table_to_json(&q.arguments),
+                })
+                .collect(),
+            bindings: stored
+                .bindings
+                .into_iter()
+                .map(|b| RabbitBinding {
+                    source: b.source,
+                    vhost: b.vhost,
+                    destination: b.destination,
+                    destination_type: if b.to_exchange { "exchange" } else { "queue" }.into(),
+                    routing_key: b.routing_key,
+                    arguments: table_to_json(&b.arguments),
+                })
+                .collect(),
         }
     }
 
@@ -389,7 +520,8 @@ impl Broker {
     /// # Errors
     /// Not a definitions file, or an unusable entry (nothing is applied then).
     pub fn import_definitions(&self, text: &str) -> Result<(), AdminError> {
-        let defs = RabbitDefinitions::parse(text)?.access()?;
+        let file = RabbitDefinitions::parse(text)?;
+        let defs = file.access()?;
         let new: Vec<Arc<VHost>> = defs
             .vhosts
             .iter()
@@ -424,7 +556,12 @@ impl Broker {
         for vhost in new {
             self.register_vhost(vhost);
         }
-        Ok(())
+        let failed = self.apply_topology(&file);
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(AdminError::Topology(failed))
+        }
     }
 
     fn check_user_and_vhost(access: &Access, user: &str, vhost: &str) -> Result<(), AdminError> {

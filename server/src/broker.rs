@@ -133,7 +133,7 @@ impl Broker {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "recovered durable state"
         );
-        Ok(Self {
+        let broker = Self {
             config,
             store,
             vhosts: RwLock::new(vhosts),
@@ -146,7 +146,17 @@ impl Broker {
             alarms: Alarms::default(),
             policies,
             timers,
-        })
+        };
+        // The definitions file's exchanges, queues and bindings, once its vhosts are up.
+        if let Some(path) = &broker.config.load_definitions
+            && let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(file) = RabbitDefinitions::parse(&text)
+        {
+            for failure in broker.apply_topology(&file) {
+                tracing::warn!(file = %path.display(), "cannot declare from the definitions file: {failure}");
+            }
+        }
+        Ok(broker)
     }
 
     /// The users, vhosts and permissions the definitions hold. On the first start
@@ -229,7 +239,7 @@ impl Broker {
             permissions,
             topic_permissions: topic,
         } = RabbitDefinitions::parse(&text)
-            .and_then(RabbitDefinitions::access)
+            .and_then(|file| file.access())
             .map_err(|e| failed(e.to_string()))?;
         let mut changes = Vec::new();
         for vhost in vhosts {
@@ -246,6 +256,11 @@ impl Broker {
         }
         tracing::info!(file = %path.display(), changes = changes.len(), "loaded definitions");
         Ok(changes)
+    }
+
+    /// The durable definitions as stored so far.
+    pub(crate) fn stored_definitions(&self) -> Option<Definitions> {
+        self.store.definitions_snapshot()
     }
 
     /// The settings it runs with.

@@ -1,7 +1,10 @@
 //! RabbitMQ's definitions file (`rabbitmqctl export_definitions`, the management API's
-//! `/api/definitions`): the parts about virtual hosts, users, permissions, topic
-//! permissions and limits, read into Warren's definitions and written back in
-//! RabbitMQ's shape, so that a file moves between the two brokers unchanged.
+//! `/api/definitions`): virtual hosts, users, permissions, topic permissions, limits,
+//! and the durable topology (exchanges, queues, bindings), read into Warren's
+//! definitions and written back in RabbitMQ's shape, so that a file moves between the
+//! two brokers unchanged. Arguments are plain JSON there (`{"x-max-length": 10}`),
+//! converted as RabbitMQ converts them: integers are `long` (64-bit), other numbers
+//! `double`, strings `longstr`, lists arrays, objects tables.
 //!
 //! Read leniently, as RabbitMQ reads it: unknown fields are ignored; user tags may be a
 //! list or RabbitMQ 3.8's comma-separated string; a user may carry a clear-text
@@ -10,6 +13,7 @@
 
 use std::collections::BTreeMap;
 
+use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 
 use super::password::Algorithm;
@@ -40,6 +44,146 @@ pub struct RabbitDefinitions {
     /// Runtime parameters (Warren reads `vhost-limits`).
     #[serde(default)]
     pub parameters: Vec<RabbitParameter>,
+    /// Durable exchanges.
+    #[serde(default)]
+    pub exchanges: Vec<RabbitExchange>,
+    /// Durable queues.
+    #[serde(default)]
+    pub queues: Vec<RabbitQueue>,
+    /// Bindings between durable ends.
+    #[serde(default)]
+    pub bindings: Vec<RabbitBinding>,
+}
+
+/// An exchange in RabbitMQ's definitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RabbitExchange {
+    /// Its name.
+    pub name: String,
+    /// Its vhost.
+    pub vhost: String,
+    /// Its type (`direct`, `topic`, …).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Survives a restart.
+    #[serde(default = "yes")]
+    pub durable: bool,
+    /// Deleted with its last binding.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Not publishable by clients.
+    #[serde(default)]
+    pub internal: bool,
+    /// Its arguments, as plain JSON.
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A queue in RabbitMQ's definitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RabbitQueue {
+    /// Its name.
+    pub name: String,
+    /// Its vhost.
+    pub vhost: String,
+    /// Survives a restart.
+    #[serde(default = "yes")]
+    pub durable: bool,
+    /// Deleted with its last consumer.
+    #[serde(default)]
+    pub auto_delete: bool,
+    /// Its arguments, as plain JSON.
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A binding in RabbitMQ's definitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RabbitBinding {
+    /// The source exchange.
+    pub source: String,
+    /// Its vhost.
+    pub vhost: String,
+    /// The destination's name.
+    pub destination: String,
+    /// `queue` or `exchange`.
+    pub destination_type: String,
+    /// The binding key.
+    #[serde(default)]
+    pub routing_key: String,
+    /// Its arguments, as plain JSON.
+    #[serde(default)]
+    pub arguments: serde_json::Map<String, serde_json::Value>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Arguments given as plain JSON, as an AMQP table (RabbitMQ's conversion).
+pub fn table_from_json(map: &serde_json::Map<String, serde_json::Value>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (key, value) in map {
+        table.insert(key.as_str().into(), value_from_json(value));
+    }
+    table
+}
+
+fn value_from_json(value: &serde_json::Value) -> AMQPValue {
+    use serde_json::Value;
+    match value {
+        Value::Null => AMQPValue::Void,
+        Value::Bool(b) => AMQPValue::Boolean(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
+            (Some(i), _) => AMQPValue::LongLongInt(i),
+            (None, Some(f)) => AMQPValue::Double(f),
+            (None, None) => AMQPValue::Void,
+        },
+        Value::String(s) => AMQPValue::LongString(s.as_str().into()),
+        Value::Array(items) => {
+            AMQPValue::FieldArray(items.iter().map(value_from_json).collect::<Vec<_>>().into())
+        }
+        Value::Object(map) => AMQPValue::FieldTable(table_from_json(map)),
+    }
+}
+
+/// An AMQP table as the plain JSON RabbitMQ's definitions hold.
+pub fn table_to_json(table: &FieldTable) -> serde_json::Map<String, serde_json::Value> {
+    table
+        .inner()
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), value_to_json(v)))
+        .collect()
+}
+
+fn value_to_json(value: &AMQPValue) -> serde_json::Value {
+    use serde_json::{Value, json};
+    match value {
+        AMQPValue::Boolean(b) => json!(b),
+        AMQPValue::ShortShortInt(n) => json!(n),
+        AMQPValue::ShortShortUInt(n) => json!(n),
+        AMQPValue::ShortInt(n) => json!(n),
+        AMQPValue::ShortUInt(n) => json!(n),
+        AMQPValue::LongInt(n) => json!(n),
+        AMQPValue::LongUInt(n) => json!(n),
+        AMQPValue::LongLongInt(n) => json!(n),
+        AMQPValue::Timestamp(n) => json!(n),
+        AMQPValue::Float(f) => {
+            serde_json::Number::from_f64(f64::from(*f)).map_or(Value::Null, Value::Number)
+        }
+        AMQPValue::Double(f) => serde_json::Number::from_f64(*f).map_or(Value::Null, Value::Number),
+        AMQPValue::DecimalValue(d) => {
+            json!(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
+        }
+        AMQPValue::ShortString(s) => json!(s.as_str()),
+        AMQPValue::LongString(s) => json!(String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ByteArray(b) => json!(String::from_utf8_lossy(b.as_slice())),
+        AMQPValue::FieldArray(items) => {
+            Value::Array(items.as_slice().iter().map(value_to_json).collect())
+        }
+        AMQPValue::FieldTable(t) => Value::Object(table_to_json(t)),
+        AMQPValue::Void => Value::Null,
+    }
 }
 
 /// A user in RabbitMQ's definitions.
@@ -156,11 +300,16 @@ impl RabbitDefinitions {
     }
 
     /// The vhosts, users, permissions and topic permissions it holds, as Warren's
-    /// definitions (clear-text passwords hashed now).
+    /// definitions (clear-text passwords hashed now). Its topology is left in place.
     ///
     /// # Errors
     /// A user's hashing algorithm is unknown.
-    pub fn access(self) -> Result<AccessDefinitions, ImportError> {
+    pub fn access(&self) -> Result<AccessDefinitions, ImportError> {
+        let this = self.clone();
+        this.into_access()
+    }
+
+    fn into_access(self) -> Result<AccessDefinitions, ImportError> {
         let mut limits: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
         for p in self.parameters {
             if p.component == "vhost-limits"
@@ -233,6 +382,26 @@ impl RabbitDefinitions {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_json_arguments_convert_as_rabbitmq_converts_them() {
+        let json = serde_json::json!({
+            "x-max-length": 10, "x-message-ttl": 1.5, "x-queue-type": "quorum",
+            "flag": true, "list": [1, "a"], "nested": {"k": null}
+        });
+        let serde_json::Value::Object(map) = json else {
+            unreachable!("an object")
+        };
+        let table = table_from_json(&map);
+        let inner = table.inner();
+        assert_eq!(inner.get("x-max-length"), Some(&AMQPValue::LongLongInt(10)));
+        assert_eq!(inner.get("x-message-ttl"), Some(&AMQPValue::Double(1.5)));
+        assert_eq!(
+            inner.get("x-queue-type"),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(table_to_json(&table), map);
+    }
 
     #[test]
     fn a_rabbitmq_3_10_export_reads_with_tags_in_either_form_and_limits_as_parameters() {

@@ -311,6 +311,14 @@ impl BrokerStore {
         Ok((StreamFiles { log, offsets }, recovery))
     }
 
+    /// The durable definitions as recorded so far (for an export).
+    pub fn definitions_snapshot(&self) -> Option<super::definitions::Definitions> {
+        self.definitions
+            .lock()
+            .ok()
+            .map(|defs| defs.current().clone())
+    }
+
     /// Removes the log of a deleted queue once its deletion (recorded before this call) is
     /// durable: at the end of the next group commit's definitions sync, which this asks
     /// for. Removing it at once (`QueueLog::delete`) would, after a crash before that
