@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Definitions between RabbitMQ and Warren (issue 15), both ways, in one go:
+#   1. a throwaway RabbitMQ (../shared/tools/rabbitmq.sh; apt-get install -y rabbitmq-server)
+#      gets a user, a vhost with limits, permissions, topic permissions and a durable
+#      exchange, queue and binding; `rabbitmqctl export_definitions` writes them;
+#   2. Warren starts with --load-definitions on that file: the user logs in with the hash
+#      RabbitMQ made, a publish goes through the imported binding, the permissions hold;
+#   3. a user made in Warren (`warren ctl add_user`) is exported with
+#      `warren ctl export_definitions`, imported into RabbitMQ, and logs in there.
+# Prints one line per check; exits non-zero if one fails.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+rabbit="$root/../shared/tools/rabbitmq.sh"
+python="$root/examples-python/.venv/bin/python"
+warren="${WARREN:-$root/target/debug/warren}"
+scratch=$(mktemp -d -t warren-defs.XXXXXX)
+trap '"$rabbit" stop 5673 >/dev/null 2>&1 || true; kill $warren_pid 2>/dev/null || true; rm -rf "$scratch"' EXIT
+warren_pid=
+"$rabbit" start 5673 >/dev/null
+R() { "$rabbit" ctl 5673 "$@" >/dev/null; }
+R add_user labuser lab-pw-1
+R add_vhost labv
+R set_permissions -p labv labuser '^lab' '.*' '.*'
+R set_topic_permissions -p labv labuser amq.topic '^lab\.' '.*'
+R set_vhost_limits -p labv '{"max-queues": 7}'
+"$python" - <<'PY'
+import pika
+c = pika.BlockingConnection(pika.URLParameters("amqp://labuser:lab-pw-1@127.0.0.1:5673/labv"))
+ch = c.channel()
+ch.exchange_declare("lab-x", "topic", durable=True)
+ch.queue_declare("lab-q", durable=True, arguments={"x-max-length": 10})
+ch.queue_bind("lab-q", "lab-x", "lab.#")
+c.close()
+PY
+"$rabbit" ctl 5673 export_definitions "$scratch/rabbit.json" >/dev/null 2>&1
+"$warren" --port 5707 --data-dir "$scratch/data" --load-definitions "$scratch/rabbit.json" \
+  --log-level warn &
+warren_pid=$!
+for _ in $(seq 50); do [ -S "$scratch/data/warren.sock" ] && break; sleep 0.1; done
+"$python" - <<'PY'
+import pika
+c = pika.BlockingConnection(pika.URLParameters("amqp://labuser:lab-pw-1@127.0.0.1:5707/labv"))
+ch = c.channel()
+ch.confirm_delivery()
+ch.basic_publish("lab-x", "lab.eu", b"m")
+n = ch.queue_declare("lab-q", durable=True, arguments={"x-max-length": 10}).method.message_count
+assert n == 1, n
+print("ok: RabbitMQ's user logs in to Warren; the imported binding routes")
+try:
+    ch.queue_declare("other-q")
+    raise SystemExit("other-q was allowed")
+except pika.exceptions.ChannelClosedByBroker as e:
+    assert e.reply_code == 403, e
+    print("ok: RabbitMQ's permissions hold in Warren")
+PY
+"$warren" ctl --data-dir "$scratch/data" add_user warrenmade w-pw-2
+"$warren" ctl --data-dir "$scratch/data" set_permissions -p labv warrenmade '.*' '.*' '.*'
+"$warren" ctl --data-dir "$scratch/data" export_definitions "$scratch/warren.json"
+"$rabbit" ctl 5673 import_definitions "$scratch/warren.json" >/dev/null 2>&1
+"$python" - <<'PY'
+import time, pika
+for _ in range(50):
+    try:
+        pika.BlockingConnection(pika.URLParameters("amqp://warrenmade:w-pw-2@127.0.0.1:5673/labv")).close()
+        print("ok: Warren's user logs in to RabbitMQ")
+        break
+    except pika.exceptions.AMQPError:
+        time.sleep(0.2)
+else:
+    raise SystemExit("Warren's export did not log in to RabbitMQ")
+PY
