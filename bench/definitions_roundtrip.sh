@@ -14,6 +14,8 @@ rabbit="$root/../shared/tools/rabbitmq.sh"
 python="$root/examples-python/.venv/bin/python"
 warren="${WARREN:-$root/target/debug/warren}"
 scratch=$(mktemp -d -t warren-defs.XXXXXX)
+# rabbitmqctl reads and writes the files as RabbitMQ's own user.
+chmod 777 "$scratch"
 trap '"$rabbit" stop 5673 >/dev/null 2>&1 || true; kill $warren_pid 2>/dev/null || true; rm -rf "$scratch"' EXIT
 warren_pid=
 "$rabbit" start 5673 >/dev/null
@@ -56,6 +58,7 @@ PY
 "$warren" ctl --data-dir "$scratch/data" add_user warrenmade w-pw-2
 "$warren" ctl --data-dir "$scratch/data" set_permissions -p labv warrenmade '.*' '.*' '.*'
 "$warren" ctl --data-dir "$scratch/data" export_definitions "$scratch/warren.json"
+chmod 644 "$scratch/warren.json"
 "$rabbit" ctl 5673 import_definitions "$scratch/warren.json" >/dev/null 2>&1
 "$python" - <<'PY'
 import time, pika
