@@ -341,20 +341,14 @@ impl Access {
         def: TopicPermissionDef,
     ) -> Result<Change, AccessError> {
         self.check_user_and_vhost(&def.user, &def.vhost)?;
-        // Checked with its variables filled in, as it will be matched.
-        for source in [&def.write, &def.read] {
-            Pattern::new(&source.replace("{username}", "u").replace("{vhost}", "v"))?;
-        }
+        let permission =
+            TopicPermission::new(&def.exchange, &def.write, &def.read, &def.user, &def.vhost)?;
         let list = self
             .topic
             .entry((def.user.clone(), def.vhost.clone()))
             .or_default();
         list.retain(|t| t.exchange != def.exchange);
-        list.push(TopicPermission {
-            exchange: def.exchange.clone(),
-            write: def.write.clone(),
-            read: def.read.clone(),
-        });
+        list.push(permission);
         Ok(Change::SetTopicPermissions(def))
     }
 

@@ -90,7 +90,7 @@ impl Context<'_> {
         else {
             return Ok(());
         };
-        if topic.allows(perm, key, &self.grant.user, &self.grant.vhost) {
+        if topic.allows(perm, key) {
             return Ok(());
         }
         Err(error::access::topic_refused(
