@@ -162,12 +162,14 @@ impl Channel {
                 if d.passive && &*name != names::REPLY_TO {
                     ctx.permit_any(Kind::Queue, &name)?;
                 }
+                // Whether the queue is new, as far as the checks before the declare can
+                // tell; another connection's delete can race it (see below).
+                let new = !d.passive && !ctx.vhost.has_queue(&name);
                 if !d.passive {
                     if name.starts_with("amq.") && !server_named {
                         return Err(error::reserved_name("queue", &name));
                     }
                     ctx.permit(Perm::Configure, Kind::Queue, &name)?;
-                    let new = !ctx.vhost.has_queue(&name);
                     if new
                         && let Some(limit) = ctx.broker.vhost_limit(ctx.vhost.name(), "max-queues")
                         && ctx.vhost.queue_count() as u64 >= limit
@@ -185,6 +187,13 @@ impl Channel {
                         ctx.permit(Perm::Write, Kind::Exchange, &dlx)?;
                     }
                 }
+                // A queue this declare did create although it looked old before checks
+                // its dead-letter exchange now, and goes again if that is refused.
+                let dlx = d
+                    .arguments
+                    .inner()
+                    .get("x-dead-letter-exchange")
+                    .and_then(long_string);
                 let (queue, created) = ctx.vhost.declare_queue(
                     QueueDeclare {
                         name: name.clone(),
@@ -197,6 +206,18 @@ impl Channel {
                     },
                     ctx.connection,
                 )?;
+                if created
+                    && !new
+                    && let Some(dlx) = &dlx
+                {
+                    let permitted = ctx
+                        .permit(Perm::Read, Kind::Queue, &name)
+                        .and_then(|()| ctx.permit(Perm::Write, Kind::Exchange, dlx));
+                    if let Err(refused) = permitted {
+                        ctx.vhost.remove_queue(&queue);
+                        return Err(refused);
+                    }
+                }
                 if created && queue.settings().exclusive_owner.is_some() {
                     ctx.exclusive_queues.push(queue.clone());
                 }
