@@ -5,36 +5,10 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
-
 use common::*;
 use futures_lite::StreamExt;
-use integration_tests::{WarrenProcess, temp_data_dir, unique_name, warren_binary};
+use integration_tests::{WarrenProcess, temp_data_dir, unique_name};
 use lapin::types::FieldTable;
-
-/// Runs `warren ctl --data-dir DIR ARGS…`; returns its exit status, stdout and stderr.
-fn ctl(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(warren_binary())
-        .arg("ctl")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run warren ctl");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Runs a `warren ctl` command that must succeed; returns its stdout.
-fn ok(dir: &Path, args: &[&str]) -> String {
-    let (status, out, err) = ctl(dir, args);
-    assert_eq!(status, 0, "warren ctl {args:?}: {err}");
-    out
-}
 
 fn uri(broker: &WarrenProcess, user: &str, pass: &str, vhost: &str) -> String {
     format!("amqp://{user}:{pass}@{}/{vhost}", broker.addr())
@@ -53,18 +27,18 @@ async fn users_vhosts_and_permissions_are_managed_at_run_time_and_survive_a_kill
             .mode();
         assert_eq!(mode & 0o777, 0o600, "only the broker's user may use it");
     }
-    ok(&dir, &["add_user", "bob", "s3cret"]);
-    let (status, _, err) = ctl(&dir, &["add_user", "bob", "again"]);
+    ctl_ok(&dir, &["add_user", "bob", "s3cret"]);
+    let (status, _, err) = warren_ctl(&dir, &["add_user", "bob", "again"]);
     assert_eq!(status, 2);
     assert!(err.contains("user_already_exists: bob"), "{err}");
-    ok(&dir, &["add_vhost", "app"]);
-    ok(
+    ctl_ok(&dir, &["add_vhost", "app"]);
+    ctl_ok(
         &dir,
         &["set_permissions", "-p", "app", "bob", ".*", ".*", ".*"],
     );
-    let users = ok(&dir, &["list_users", "--formatter", "json"]);
+    let users = ctl_ok(&dir, &["list_users", "--formatter", "json"]);
     assert!(users.contains("\"bob\""), "{users}");
-    let vhosts = ok(&dir, &["list_vhosts", "-q"]);
+    let vhosts = ctl_ok(&dir, &["list_vhosts", "-q"]);
     assert!(vhosts.is_empty(), "quiet prints nothing: {vhosts}");
 
     let conn = connect_uri(&uri(&broker, "bob", "s3cret", "app"))
@@ -78,7 +52,7 @@ async fn users_vhosts_and_permissions_are_managed_at_run_time_and_survive_a_kill
     let ch = channel(&conn).await;
     declare_queue(&ch, "q1").await;
     // Cleared permissions apply to the open connection at its next method.
-    ok(
+    ctl_ok(
         &dir,
         &["set_permissions", "-p", "app", "bob", "^q1$", ".*", ".*"],
     );
@@ -89,7 +63,7 @@ async fn users_vhosts_and_permissions_are_managed_at_run_time_and_survive_a_kill
         403,
         "ACCESS_REFUSED - configure access to queue 'q2' in vhost 'app' refused for user 'bob'",
     );
-    ok(&dir, &["change_password", "bob", "n3w"]);
+    ctl_ok(&dir, &["change_password", "bob", "n3w"]);
     broker.kill();
 
     // What ctl answered is durable.
@@ -107,16 +81,8 @@ async fn users_vhosts_and_permissions_are_managed_at_run_time_and_survive_a_kill
         .await
         .expect("bob's connection");
     let mut events = Box::pin(open.events_listener());
-    ok(&dir, &["delete_user", "bob"]);
-    let closed = within("the close", async {
-        while let Some(event) = events.next().await {
-            if let lapin::Event::Error(e) = event {
-                return amqp_error(&e);
-            }
-        }
-        None
-    })
-    .await;
+    ctl_ok(&dir, &["delete_user", "bob"]);
+    let closed = closed_with(&mut events).await;
     assert_eq!(
         closed,
         Some((320, "CONNECTION_FORCED - user 'bob' is deleted".to_owned()))
@@ -127,9 +93,9 @@ async fn users_vhosts_and_permissions_are_managed_at_run_time_and_survive_a_kill
         "ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN. For details see the broker logfile.",
     );
     // With every user and vhost gone, a restart does not bring the default user back.
-    ok(&dir, &["delete_user", "guest"]);
-    ok(&dir, &["delete_vhost", "/"]);
-    ok(&dir, &["delete_vhost", "app"]);
+    ctl_ok(&dir, &["delete_user", "guest"]);
+    ctl_ok(&dir, &["delete_vhost", "/"]);
+    ctl_ok(&dir, &["delete_vhost", "app"]);
     broker.kill();
     let broker = WarrenProcess::start(&dir).await;
     assert_amqp_error(
@@ -145,8 +111,8 @@ async fn users_vhosts_and_permissions_are_managed_at_run_time_and_survive_a_kill
 async fn deleting_a_vhost_closes_its_connections_and_removes_its_queues() {
     let dir = temp_data_dir("ctl-delete-vhost");
     let broker = WarrenProcess::start(&dir).await;
-    ok(&dir, &["add_vhost", "doomed"]);
-    ok(
+    ctl_ok(&dir, &["add_vhost", "doomed"]);
+    ctl_ok(
         &dir,
         &["set_permissions", "-p", "doomed", "guest", ".*", ".*", ".*"],
     );
@@ -173,17 +139,9 @@ async fn deleting_a_vhost_closes_its_connections_and_removes_its_queues() {
     let other = connect_uri(&uri(&broker, "guest", "guest", "%2f"))
         .await
         .expect("a connection to another vhost");
-    ok(&dir, &["delete_vhost", "doomed"]);
+    ctl_ok(&dir, &["delete_vhost", "doomed"]);
     // The broker's close comes to the client as a connection error.
-    let closed = within("the close", async {
-        while let Some(event) = events.next().await {
-            if let lapin::Event::Error(e) = event {
-                return amqp_error(&e);
-            }
-        }
-        None
-    })
-    .await;
+    let closed = closed_with(&mut events).await;
     assert_eq!(
         closed,
         Some((
@@ -200,8 +158,8 @@ async fn deleting_a_vhost_closes_its_connections_and_removes_its_queues() {
     broker.kill();
     // Gone for good, with its queue's log.
     let broker = WarrenProcess::start(&dir).await;
-    ok(&dir, &["add_vhost", "doomed"]);
-    ok(
+    ctl_ok(&dir, &["add_vhost", "doomed"]);
+    ctl_ok(
         &dir,
         &["set_permissions", "-p", "doomed", "guest", ".*", ".*", ".*"],
     );
@@ -218,17 +176,17 @@ async fn exported_definitions_import_into_another_broker_with_every_login() {
     let from = temp_data_dir("ctl-export");
     let to = temp_data_dir("ctl-import");
     let first = WarrenProcess::start(&from).await;
-    ok(&from, &["add_user", "carol", "pw"]);
-    ok(
+    ctl_ok(&from, &["add_user", "carol", "pw"]);
+    ctl_ok(
         &from,
         &["set_user_tags", "carol", "monitoring", "management"],
     );
-    ok(&from, &["add_vhost", "v1"]);
-    ok(
+    ctl_ok(&from, &["add_vhost", "v1"]);
+    ctl_ok(
         &from,
         &["set_permissions", "-p", "v1", "carol", "^c", "^c", "^c"],
     );
-    ok(
+    ctl_ok(
         &from,
         &[
             "set_topic_permissions",
@@ -286,21 +244,21 @@ async fn exported_definitions_import_into_another_broker_with_every_login() {
     .await
     .expect("bind");
     let file = from.with_extension("definitions.json");
-    ok(
+    ctl_ok(
         &from,
         &["export_definitions", file.to_str().expect("utf-8 path")],
     );
     first.terminate();
 
     let second = WarrenProcess::start(&to).await;
-    ok(
+    ctl_ok(
         &to,
         &["import_definitions", file.to_str().expect("utf-8 path")],
     );
     connect_uri(&uri(&second, "carol", "pw", "v1"))
         .await
         .expect("carol's hash came across");
-    let users = ok(&to, &["list_users", "--formatter", "json"]);
+    let users = ctl_ok(&to, &["list_users", "--formatter", "json"]);
     assert!(users.contains("monitoring"), "{users}");
     // The topology came across: the queue with its arguments, bound by its key.
     let guest = connect_uri(&uri(&second, "guest", "guest", "%2f"))
@@ -319,12 +277,12 @@ async fn exported_definitions_import_into_another_broker_with_every_login() {
     .expect("declared with the same arguments");
     publish(&ch, "orders", "eu.fr", b"routed").await;
     wait_for_count(&ch, "orders.eu", 1).await;
-    let topic = ok(
+    let topic = ctl_ok(
         &to,
         &["list_topic_permissions", "-p", "v1", "--formatter", "json"],
     );
     assert!(topic.contains("amq.topic"), "{topic}");
-    let (status, _, err) = ctl(&to, &["import_definitions", "/nonexistent.json"]);
+    let (status, _, err) = warren_ctl(&to, &["import_definitions", "/nonexistent.json"]);
     assert_ne!(status, 0);
     assert!(err.contains("cannot read"), "{err}");
     second.terminate();
@@ -337,12 +295,12 @@ async fn exported_definitions_import_into_another_broker_with_every_login() {
 async fn vhost_user_and_broker_limits_refuse_with_rabbitmqs_texts() {
     let dir = temp_data_dir("ctl-limits");
     let broker = WarrenProcess::start_with_args(&dir, &["--max-connections", "3"]).await;
-    ok(&dir, &["add_vhost", "lim"]);
-    ok(
+    ctl_ok(&dir, &["add_vhost", "lim"]);
+    ctl_ok(
         &dir,
         &["set_permissions", "-p", "lim", "guest", ".*", ".*", ".*"],
     );
-    ok(
+    ctl_ok(
         &dir,
         &[
             "set_vhost_limits",
@@ -351,7 +309,7 @@ async fn vhost_user_and_broker_limits_refuse_with_rabbitmqs_texts() {
             r#"{"max-connections": 1, "max-queues": 1}"#,
         ],
     );
-    let (status, _, err) = ctl(
+    let (status, _, err) = warren_ctl(
         &dir,
         &["set_vhost_limits", "-p", "lim", r#"{"max-cats": 1}"#],
     );
@@ -382,9 +340,9 @@ async fn vhost_user_and_broker_limits_refuse_with_rabbitmqs_texts() {
     let again = connect_uri(&uri(&broker, "guest", "guest", "lim")).await;
     assert!(again.is_ok(), "the place was freed");
 
-    ok(&dir, &["add_user", "dora", "pw"]);
-    ok(&dir, &["set_permissions", "dora", ".*", ".*", ".*"]);
-    ok(
+    ctl_ok(&dir, &["add_user", "dora", "pw"]);
+    ctl_ok(&dir, &["set_permissions", "dora", ".*", ".*", ".*"]);
+    ctl_ok(
         &dir,
         &[
             "set_user_limits",
@@ -404,15 +362,7 @@ async fn vhost_user_and_broker_limits_refuse_with_rabbitmqs_texts() {
     let _one = channel(&dora).await;
     // A second channel is refused with a connection error.
     let _ = dora.create_channel().await;
-    let closed = within("the close", async {
-        while let Some(event) = events.next().await {
-            if let lapin::Event::Error(e) = event {
-                return amqp_error(&e);
-            }
-        }
-        None
-    })
-    .await;
+    let closed = closed_with(&mut events).await;
     assert_eq!(
         closed,
         Some((
@@ -420,7 +370,7 @@ async fn vhost_user_and_broker_limits_refuse_with_rabbitmqs_texts() {
             "NOT_ALLOWED - number of channels opened for user 'dora' has reached the maximum allowed user limit of 1".to_owned()
         ))
     );
-    ok(&dir, &["clear_user_limits", "dora", "all"]);
+    ctl_ok(&dir, &["clear_user_limits", "dora", "all"]);
     let _more = connect_uri(&uri(&broker, "dora", "pw", "%2f"))
         .await
         .expect("no limit now");
@@ -435,4 +385,20 @@ async fn vhost_user_and_broker_limits_refuse_with_rabbitmqs_texts() {
     );
     broker.terminate();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The code and text of the connection error the broker closes with, from a
+/// connection's events (bounded).
+async fn closed_with(
+    events: &mut std::pin::Pin<Box<impl futures_lite::Stream<Item = lapin::Event>>>,
+) -> Option<(u16, String)> {
+    within("the close", async {
+        while let Some(event) = events.next().await {
+            if let lapin::Event::Error(e) = event {
+                return amqp_error(&e);
+            }
+        }
+        None
+    })
+    .await
 }

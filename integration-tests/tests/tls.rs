@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
 use common::*;
-use integration_tests::{WarrenProcess, temp_data_dir, warren_binary};
+use integration_tests::{WarrenProcess, temp_data_dir};
 use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::{Connection, ConnectionProperties};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
@@ -76,21 +75,6 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn ctl(dir: &Path, args: &[&str]) {
-    let out = Command::new(warren_binary())
-        .arg("ctl")
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("run warren ctl");
-    assert!(
-        out.status.success(),
-        "warren ctl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 async fn tls_connect(
     uri: &str,
     ca: &str,
@@ -145,8 +129,8 @@ async fn amqps_with_client_certificates_and_external_login() {
     // alice is named by her certificate's whole subject (RabbitMQ's default), written
     // as RFC 4514 writes it, last RDN first: what `openssl x509 -noout -subject
     // -nameopt RFC2253` prints for this certificate (rcgen puts CN first).
-    ctl(&dir, &["add_user", "O=Example,CN=alice", "unused"]);
-    ctl(
+    ctl_ok(&dir, &["add_user", "O=Example,CN=alice", "unused"]);
+    warren_ctl(
         &dir,
         &["set_permissions", "O=Example,CN=alice", ".*", ".*", ".*"],
     );
@@ -221,8 +205,8 @@ async fn tls_only_with_common_name_logins_and_a_certificate_reload_on_sighup() {
     );
     // Users are made over ctl before the TLS-only start: the data directory keeps them.
     let setup = WarrenProcess::start(&dir).await;
-    ctl(&dir, &["add_user", "carol", "unused"]);
-    ctl(&dir, &["set_permissions", "carol", ".*", ".*", ".*"]);
+    ctl_ok(&dir, &["add_user", "carol", "unused"]);
+    ctl_ok(&dir, &["set_permissions", "carol", ".*", ".*", ".*"]);
     setup.terminate();
     let port: u16 = tls_port.parse().expect("a port");
     let broker = WarrenProcess::start_tls_only(

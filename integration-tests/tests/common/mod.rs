@@ -955,3 +955,27 @@ pub async fn drain_bodies(channel: &Channel, queue: &str) -> Vec<String> {
         .map(|(body, _)| body)
         .collect()
 }
+
+/// Runs `warren ctl --data-dir DIR ARGS…` against the broker on `dir`; returns its exit
+/// status, stdout and stderr.
+pub fn warren_ctl(dir: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(integration_tests::warren_binary())
+        .arg("ctl")
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run warren ctl");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a `warren ctl` command that must succeed; returns its stdout.
+pub fn ctl_ok(dir: &std::path::Path, args: &[&str]) -> String {
+    let (status, out, err) = warren_ctl(dir, args);
+    assert_eq!(status, 0, "warren ctl {args:?}: {err}");
+    out
+}

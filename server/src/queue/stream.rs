@@ -357,11 +357,7 @@ impl Stream {
     #[must_use]
     pub fn settled(&self, credit: &Arc<Credit>, offsets: &[u64]) -> bool {
         let mut core = self.core.lock();
-        let Some(at) = core
-            .readers
-            .iter()
-            .position(|c| c.tracked.is_some() && Arc::ptr_eq(&c.consumer.credit, credit))
-        else {
+        let Some(at) = core.tracked_by(credit) else {
             return false;
         };
         let cursor = &mut core.readers[at];
@@ -370,12 +366,7 @@ impl Stream {
                 outstanding.remove(offset);
             }
         }
-        let finished = cursor.stopped && cursor.outstanding_is_empty();
-        let mut ask = core.commit_offset(at);
-        if finished {
-            let gone = core.readers.remove(at);
-            ask |= core.hand_on(&gone);
-        }
+        let ask = core.settle_tracked(at);
         self.arm_if_unarmed(core);
         ask
     }
@@ -387,11 +378,7 @@ impl Stream {
     #[must_use]
     pub fn given_back(&self, credit: &Arc<Credit>, offset: u64) -> bool {
         let mut core = self.core.lock();
-        let Some(at) = core
-            .readers
-            .iter()
-            .position(|c| c.tracked.is_some() && Arc::ptr_eq(&c.consumer.credit, credit))
-        else {
+        let Some(at) = core.tracked_by(credit) else {
             return false;
         };
         let cursor = &mut core.readers[at];
@@ -407,12 +394,7 @@ impl Stream {
             cursor.pending.clear();
             cursor.seek_pending = true;
         }
-        let finished = cursor.stopped && cursor.outstanding_is_empty();
-        let mut ask = core.commit_offset(at);
-        if finished {
-            let gone = core.readers.remove(at);
-            ask |= core.hand_on(&gone);
-        }
+        let ask = core.settle_tracked(at);
         self.arm_if_unarmed(core);
         ask
     }
@@ -685,6 +667,26 @@ impl SyncTarget for Stream {
 }
 
 impl Core {
+    /// The tracked cursor of the consumer whose credit is `credit`, if any.
+    fn tracked_by(&self, credit: &Arc<Credit>) -> Option<usize> {
+        self.readers
+            .iter()
+            .position(|c| c.tracked.is_some() && Arc::ptr_eq(&c.consumer.credit, credit))
+    }
+
+    /// After tracked cursor `at`'s unsettled deliveries changed: stores its committed
+    /// offset, and a stopped one with nothing left unsettled makes way for its
+    /// successor. Returns whether a commit must be asked for.
+    fn settle_tracked(&mut self, at: usize) -> bool {
+        let finished = self.readers[at].stopped && self.readers[at].outstanding_is_empty();
+        let mut ask = self.commit_offset(at);
+        if finished {
+            let gone = self.readers.remove(at);
+            ask |= self.hand_on(&gone);
+        }
+        ask
+    }
+
     /// The cursor tracking under `key`, if any.
     fn tracking(&self, key: &str) -> Option<usize> {
         self.readers
