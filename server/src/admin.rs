@@ -37,7 +37,7 @@ pub enum AdminError {
     NoSuchVhost(String),
     /// A permission pattern or stored hash is unusable.
     #[error(transparent)]
-    Access(#[from] AccessError),
+    Access(AccessError),
     /// A definitions file could not be read.
     #[error(transparent)]
     Import(#[from] ImportError),
@@ -47,6 +47,17 @@ pub enum AdminError {
     /// Exchanges, queues or bindings that could not be declared (the rest were).
     #[error("{}", .0.join("; "))]
     Topology(Vec<String>),
+}
+
+impl From<AccessError> for AdminError {
+    /// Missing users and vhosts in `rabbitmqctl`'s words; the rest as the registry says.
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::NoSuchUser(name) => Self::NoSuchUser(name),
+            AccessError::NoSuchVhost(name) => Self::NoSuchVhost(name),
+            other => Self::Access(other),
+        }
+    }
 }
 
 /// The limits a vhost may have.
@@ -112,12 +123,7 @@ impl Broker {
     /// # Errors
     /// No such user.
     pub fn delete_user(&self, name: &str) -> Result<(), AdminError> {
-        self.change_access(|access| {
-            access
-                .delete_user(name)
-                .map(|c| vec![c])
-                .map_err(|_| AdminError::NoSuchUser(name.to_owned()))
-        })?;
+        self.change_access(|access| Ok::<_, AdminError>(vec![access.delete_user(name)?]))?;
         self.user_deleted();
         Ok(())
     }
@@ -194,12 +200,7 @@ impl Broker {
     /// # Errors
     /// No such vhost.
     pub fn delete_vhost(&self, name: &str) -> Result<(), AdminError> {
-        self.change_access(|access| {
-            access
-                .delete_vhost(name)
-                .map(|c| vec![c])
-                .map_err(|_| AdminError::NoSuchVhost(name.to_owned()))
-        })?;
+        self.change_access(|access| Ok::<_, AdminError>(vec![access.delete_vhost(name)?]))?;
         if let Some(vhost) = self.unregister_vhost(name) {
             vhost.delete_contents();
         }
@@ -285,10 +286,7 @@ impl Broker {
     /// # Errors
     /// No such user or vhost, or a pattern that is not a regular expression.
     pub fn set_permissions(&self, def: PermissionDef) -> Result<(), AdminError> {
-        self.change_access(|access| {
-            Self::check_user_and_vhost(access, &def.user, &def.vhost)?;
-            Ok(vec![access.set_permissions(def)?])
-        })
+        self.change_access(|access| Ok(vec![access.set_permissions(def)?]))
     }
 
     /// Clears a user's permissions in a vhost.
@@ -296,10 +294,7 @@ impl Broker {
     /// # Errors
     /// No such user or vhost.
     pub fn clear_permissions(&self, user: &str, vhost: &str) -> Result<(), AdminError> {
-        self.change_access(|access| {
-            Self::check_user_and_vhost(access, user, vhost)?;
-            Ok(vec![access.clear_permissions(user, vhost)])
-        })
+        self.change_access(|access| Ok(vec![access.clear_permissions(user, vhost)?]))
     }
 
     /// Every permission, optionally only in `vhost`.
@@ -314,10 +309,7 @@ impl Broker {
     /// # Errors
     /// No such user or vhost, or a pattern that is not a regular expression.
     pub fn set_topic_permissions(&self, def: TopicPermissionDef) -> Result<(), AdminError> {
-        self.change_access(|access| {
-            Self::check_user_and_vhost(access, &def.user, &def.vhost)?;
-            Ok(vec![access.set_topic_permissions(def)?])
-        })
+        self.change_access(|access| Ok(vec![access.set_topic_permissions(def)?]))
     }
 
     /// Clears a user's topic permissions in a vhost: on `exchange`, or on all.
@@ -331,8 +323,7 @@ impl Broker {
         exchange: Option<&str>,
     ) -> Result<(), AdminError> {
         self.change_access(|access| {
-            Self::check_user_and_vhost(access, user, vhost)?;
-            Ok(vec![access.clear_topic_permissions(user, vhost, exchange)])
+            Ok(vec![access.clear_topic_permissions(user, vhost, exchange)?])
         })
     }
 
@@ -531,25 +522,7 @@ impl Broker {
         self.change_access(|access| {
             // Applied to a copy first, so that a bad entry changes nothing.
             let mut trial = access.clone();
-            let mut changes = Vec::new();
-            for mut v in defs.vhosts {
-                // A file without a vhost's limits leaves those it has alone.
-                if v.limits.is_empty()
-                    && let Some(existing) = trial.vhost(&v.name)
-                {
-                    v.limits = existing.limits.clone();
-                }
-                changes.push(trial.put_vhost(v));
-            }
-            for u in defs.users {
-                changes.push(trial.put_user(u)?);
-            }
-            for p in defs.permissions {
-                changes.push(trial.set_permissions(p)?);
-            }
-            for t in defs.topic_permissions {
-                changes.push(trial.set_topic_permissions(t)?);
-            }
+            let changes = trial.apply(defs)?;
             *access = trial;
             Ok::<_, AdminError>(changes)
         })?;
@@ -562,16 +535,6 @@ impl Broker {
         } else {
             Err(AdminError::Topology(failed))
         }
-    }
-
-    fn check_user_and_vhost(access: &Access, user: &str, vhost: &str) -> Result<(), AdminError> {
-        if access.user(user).is_none() {
-            return Err(AdminError::NoSuchUser(user.to_owned()));
-        }
-        if access.vhost(vhost).is_none() {
-            return Err(AdminError::NoSuchVhost(vhost.to_owned()));
-        }
-        Ok(())
     }
 }
 

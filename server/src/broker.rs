@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::access::permissions::Permissions;
 use crate::access::rabbit_json::RabbitDefinitions;
-use crate::access::{Access, AccessDefinitions, LoginError, VhostRefusal};
+use crate::access::{Access, LoginError, VhostRefusal};
 use crate::alarms::{Alarms, Monitored};
 use crate::config::Config;
 use crate::policy::{Policies, PolicyError};
@@ -113,7 +113,12 @@ impl Broker {
             source,
         })?;
         let timers = Arc::new(timers);
-        let access = Self::open_access(&config, &store, &defs)?;
+        // Read once: its access parts apply now, its topology once the vhosts are up.
+        let loaded = match &config.load_definitions {
+            Some(path) => Some(Self::read_definitions(path)?),
+            None => None,
+        };
+        let access = Self::open_access(&config, &store, &defs, loaded.as_ref())?;
         let mut vhosts = HashMap::new();
         let (mut queues, mut messages) = (0, 0);
         for name in access.vhost_names() {
@@ -148,12 +153,9 @@ impl Broker {
             timers,
         };
         // The definitions file's exchanges, queues and bindings, once its vhosts are up.
-        if let Some(path) = &broker.config.load_definitions
-            && let Ok(text) = std::fs::read_to_string(path)
-            && let Ok(file) = RabbitDefinitions::parse(&text)
-        {
-            for failure in broker.apply_topology(&file) {
-                tracing::warn!(file = %path.display(), "cannot declare from the definitions file: {failure}");
+        if let Some(file) = &loaded {
+            for failure in broker.apply_topology(file) {
+                tracing::warn!("cannot declare from the definitions file: {failure}");
             }
         }
         Ok(broker)
@@ -167,14 +169,20 @@ impl Broker {
         config: &Config,
         store: &BrokerStore,
         defs: &Definitions,
+        loaded: Option<&RabbitDefinitions>,
     ) -> Result<Access, OpenError> {
         let (mut access, warnings) = Access::from_definitions(defs);
         for warning in warnings {
             tracing::warn!("ignoring stored access definition: {warning}");
         }
         let mut changes = Vec::new();
-        if let Some(path) = &config.load_definitions {
-            changes = Self::load_definitions(&mut access, path)?;
+        if let Some(file) = loaded {
+            let defs = file.access().map_err(|e| OpenError::Definitions {
+                path: config.load_definitions.clone().unwrap_or_default(),
+                reason: e.to_string(),
+            })?;
+            changes = access.apply(defs)?;
+            tracing::info!(changes = changes.len(), "loaded definitions");
         }
         if defs.initialized || !defs.vhosts.is_empty() || !changes.is_empty() {
             if !defs.initialized {
@@ -222,40 +230,14 @@ impl Broker {
         Ok(access)
     }
 
-    /// Applies a RabbitMQ definitions file's vhosts, users and permissions to `access`;
-    /// returns the changes to store.
-    fn load_definitions(
-        access: &mut Access,
-        path: &std::path::Path,
-    ) -> Result<Vec<Change>, OpenError> {
+    /// Reads and parses a RabbitMQ definitions file (`--load-definitions`).
+    fn read_definitions(path: &std::path::Path) -> Result<RabbitDefinitions, OpenError> {
         let failed = |reason: String| OpenError::Definitions {
             path: path.to_owned(),
             reason,
         };
         let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
-        let AccessDefinitions {
-            vhosts,
-            users,
-            permissions,
-            topic_permissions: topic,
-        } = RabbitDefinitions::parse(&text)
-            .and_then(|file| file.access())
-            .map_err(|e| failed(e.to_string()))?;
-        let mut changes = Vec::new();
-        for vhost in vhosts {
-            changes.push(access.put_vhost(vhost));
-        }
-        for user in users {
-            changes.push(access.put_user(user)?);
-        }
-        for p in permissions {
-            changes.push(access.set_permissions(p)?);
-        }
-        for t in topic {
-            changes.push(access.set_topic_permissions(t)?);
-        }
-        tracing::info!(file = %path.display(), changes = changes.len(), "loaded definitions");
-        Ok(changes)
+        RabbitDefinitions::parse(&text).map_err(|e| failed(e.to_string()))
     }
 
     /// The durable definitions as stored so far.

@@ -323,13 +323,17 @@ impl Access {
     }
 
     /// Clears a user's permissions in a vhost.
-    pub fn clear_permissions(&mut self, user: &str, vhost: &str) -> Change {
+    ///
+    /// # Errors
+    /// No such user or vhost.
+    pub fn clear_permissions(&mut self, user: &str, vhost: &str) -> Result<Change, AccessError> {
+        self.check_user_and_vhost(user, vhost)?;
         self.permissions
             .remove(&(user.to_owned(), vhost.to_owned()));
-        Change::ClearPermissions {
+        Ok(Change::ClearPermissions {
             user: user.to_owned(),
             vhost: vhost.to_owned(),
-        }
+        })
     }
 
     /// Sets a user's topic permissions on an exchange.
@@ -363,12 +367,16 @@ impl Access {
     }
 
     /// Clears a user's topic permissions in a vhost: on `exchange`, or on all.
+    ///
+    /// # Errors
+    /// No such user or vhost.
     pub fn clear_topic_permissions(
         &mut self,
         user: &str,
         vhost: &str,
         exchange: Option<&str>,
-    ) -> Change {
+    ) -> Result<Change, AccessError> {
+        self.check_user_and_vhost(user, vhost)?;
         let key = (user.to_owned(), vhost.to_owned());
         if let Some(list) = self.topic.get_mut(&key) {
             list.retain(|t| exchange.is_some_and(|e| e != t.exchange));
@@ -376,11 +384,40 @@ impl Access {
                 self.topic.remove(&key);
             }
         }
-        Change::ClearTopicPermissions {
+        Ok(Change::ClearTopicPermissions {
             user: user.to_owned(),
             vhost: vhost.to_owned(),
             exchange: exchange.map(str::to_owned),
+        })
+    }
+
+    /// Applies imported definitions: vhosts created or changed (one the file gives no
+    /// limits keeps those it has), users created or replaced, then permissions and
+    /// topic permissions. Returns the changes to store.
+    ///
+    /// # Errors
+    /// An unusable entry; what came before it is applied (callers that must change
+    /// nothing on failure apply to a copy).
+    pub fn apply(&mut self, defs: AccessDefinitions) -> Result<Vec<Change>, AccessError> {
+        let mut changes = Vec::new();
+        for mut vhost in defs.vhosts {
+            if vhost.limits.is_empty()
+                && let Some(existing) = self.vhosts.get(&vhost.name)
+            {
+                vhost.limits = existing.limits.clone();
+            }
+            changes.push(self.put_vhost(vhost));
         }
+        for user in defs.users {
+            changes.push(self.put_user(user)?);
+        }
+        for p in defs.permissions {
+            changes.push(self.set_permissions(p)?);
+        }
+        for t in defs.topic_permissions {
+            changes.push(self.set_topic_permissions(t)?);
+        }
+        Ok(changes)
     }
 
     /// Every vhost, user, permission and topic permission, as definitions.
@@ -460,7 +497,7 @@ mod tests {
             access.vhost_access("alice", "other").err(),
             Some(VhostRefusal::NoSuchVhost)
         );
-        access.clear_permissions("alice", "/");
+        access.clear_permissions("alice", "/").expect("cleared");
         assert_eq!(
             access.vhost_access("alice", "/").err(),
             Some(VhostRefusal::NotPermitted)
