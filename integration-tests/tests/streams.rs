@@ -464,6 +464,46 @@ async fn tracking_needs_a_consumer_tag() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn acks_after_a_cancel_still_move_a_tracked_offset() {
+    let server = TestServer::start().await;
+    let (_conn, channel) = open_confirm(&server).await;
+    let name = unique_name("s-track-cancel");
+    declare_stream(&channel, &name).await;
+    publish_n(&channel, &name, 0, 10).await;
+    let tag = unique_name("tracker");
+    let (conn, _) = open(&server).await;
+    let reading = common::channel(&conn).await;
+    let mut c = consume_with(&reading, &name, 5, &tag, tracked("first"))
+        .await
+        .expect("consume");
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        held.push(next_delivery(&mut c).await);
+    }
+    // Cancelled with five unacked, then acked: the acks still count.
+    within(
+        "basic.cancel",
+        reading.basic_cancel(tag.as_str().into(), Default::default()),
+    )
+    .await
+    .expect("cancel");
+    for d in &held {
+        within("ack", d.acker.ack(BasicAckOptions::default()))
+            .await
+            .expect("ack");
+    }
+    within("close", conn.close(200, "bye".into()))
+        .await
+        .expect("close");
+    let (conn, _) = open(&server).await;
+    let channel = common::channel(&conn).await;
+    let mut c = consume_with(&channel, &name, 5, &tag, tracked("first"))
+        .await
+        .expect("resume");
+    assert_eq!(take(&mut c, 5).await, expected(5, 10));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_tracked_offset_survives_a_kill_of_the_broker() {
     let dir = integration_tests::temp_data_dir("streams-track-kill");
     let name = unique_name("s-track-kill");
