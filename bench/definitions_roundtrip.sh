@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Definitions between RabbitMQ and Warren (issue 15), both ways, in one go:
 #   1. a throwaway RabbitMQ (../shared/tools/rabbitmq.sh; apt-get install -y rabbitmq-server)
-#      gets a user, a vhost with limits, permissions, topic permissions and a durable
-#      exchange, queue and binding; `rabbitmqctl export_definitions` writes them;
+#      gets a user, a vhost with limits, permissions, topic permissions, a policy and a
+#      durable exchange, queue and binding; `rabbitmqctl export_definitions` writes them;
 #   2. Warren starts with --load-definitions on that file: the user logs in with the hash
-#      RabbitMQ made, a publish goes through the imported binding, the permissions hold;
-#   3. a user made in Warren (`warren ctl add_user`) is exported with
-#      `warren ctl export_definitions`, imported into RabbitMQ, and logs in there.
+#      RabbitMQ made, a publish goes through the imported binding, the permissions and
+#      the policy hold;
+#   3. a user and a policy made in Warren (`warren ctl`) are exported with
+#      `warren ctl export_definitions` and imported into RabbitMQ: the user logs in
+#      there and the policy is listed.
 # Prints one line per check; exits non-zero if one fails.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +27,7 @@ R add_vhost labv
 R set_permissions -p labv labuser '^lab' '.*' '.*'
 R set_topic_permissions -p labv labuser amq.topic '^lab\.' '.*'
 R set_vhost_limits -p labv '{"max-queues": 7}'
+R set_policy -p labv --apply-to queues --priority 1 cap '^lab-cap$' '{"max-length": 1}'
 "$python" - <<'PY'
 import pika
 c = pika.BlockingConnection(pika.URLParameters("amqp://labuser:lab-pw-1@127.0.0.1:5673/labv"))
@@ -54,9 +57,18 @@ try:
 except pika.exceptions.ChannelClosedByBroker as e:
     assert e.reply_code == 403, e
     print("ok: RabbitMQ's permissions hold in Warren")
+ch = c.channel()
+ch.confirm_delivery()
+ch.queue_declare("lab-cap")
+for _ in range(3):
+    ch.basic_publish("", "lab-cap", b"m")
+n = ch.queue_declare("lab-cap", passive=True).method.message_count
+assert n == 1, n
+print("ok: RabbitMQ's policy holds in Warren")
 PY
 "$warren" ctl --data-dir "$scratch/data" add_user warrenmade w-pw-2
 "$warren" ctl --data-dir "$scratch/data" set_permissions -p labv warrenmade '.*' '.*' '.*'
+"$warren" ctl --data-dir "$scratch/data" set_policy -p labv wpol '^lab-w$' '{"max-length": 2}'
 "$warren" ctl --data-dir "$scratch/data" export_definitions "$scratch/warren.json"
 chmod 644 "$scratch/warren.json"
 "$rabbit" ctl 5673 import_definitions "$scratch/warren.json" >/dev/null 2>&1
@@ -72,3 +84,8 @@ for _ in range(50):
 else:
     raise SystemExit("Warren's export did not log in to RabbitMQ")
 PY
+if "$rabbit" ctl 5673 list_policies -p labv -q | grep -q '^labv[[:space:]]wpol'; then
+  echo "ok: Warren's policy is in RabbitMQ"
+else
+  echo "FAILED: Warren's policy is not in RabbitMQ" >&2; exit 1
+fi

@@ -171,6 +171,114 @@ async fn deleting_a_vhost_closes_its_connections_and_removes_its_queues() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Publishes `n` messages to `queue` through the default exchange.
+async fn publish_n(ch: &lapin::Channel, queue: &str, n: usize) {
+    for _ in 0..n {
+        publish(ch, "", queue, b"m").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policies_set_at_run_time_apply_at_once_and_survive_a_kill() {
+    let dir = temp_data_dir("ctl-policies");
+    let broker = WarrenProcess::start(&dir).await;
+    let cap = |n: u32| format!("{{\"max-length\":{n}}}");
+    let set_cap = |n: u32| {
+        ctl_ok(
+            &dir,
+            &[
+                "set_policy",
+                "--apply-to",
+                "queues",
+                "cap",
+                "^capped$",
+                &cap(n),
+                "--priority",
+                "2",
+            ],
+        )
+    };
+    set_cap(1);
+    let conn = connect_uri(&uri(&broker, "guest", "guest", "%2f"))
+        .await
+        .expect("connect");
+    let ch = channel(&conn).await;
+    declare_queue(&ch, "capped").await;
+    publish_n(&ch, "capped", 3).await;
+    wait_for_count(&ch, "capped", 1).await;
+    // A changed policy applies to the queue that exists.
+    set_cap(2);
+    publish_n(&ch, "capped", 3).await;
+    wait_for_count(&ch, "capped", 2).await;
+    let listed = ctl_ok(&dir, &["list_policies", "--formatter", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(
+        listed,
+        serde_json::json!([{
+            "vhost": "/", "name": "cap", "pattern": "^capped$", "apply-to": "queues",
+            "definition": "{\"max-length\":2}", "priority": 2
+        }])
+    );
+    // Refusals, in rabbitmqctl's words.
+    for (args, expected) in [
+        (
+            vec!["set_policy", "bad", "^x", r#"{"message-ttl":"x"}"#],
+            "Validation failed\n\n<<\"x\">> is not a valid message TTL",
+        ),
+        (
+            vec!["set_policy", "bad", "(", r#"{"message-ttl":5}"#],
+            "Validation failed\n\npattern should be regular expression",
+        ),
+        (
+            vec!["set_policy", "bad", "^x", "notjson"],
+            "JSON decoding error",
+        ),
+        (
+            vec![
+                "set_policy",
+                "-p",
+                "nov",
+                "bad",
+                "^x",
+                r#"{"message-ttl":5}"#,
+            ],
+            "no_such_vhost: nov",
+        ),
+        (vec!["clear_policy", "nope"], "Parameter does not exist"),
+    ] {
+        let (status, _, err) = warren_ctl(&dir, &args);
+        assert_eq!(status, 2, "{args:?}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    // A vhost's policies go with it.
+    ctl_ok(&dir, &["add_vhost", "gone"]);
+    ctl_ok(&dir, &["set_policy", "-p", "gone", "p", ".*", &cap(1)]);
+    ctl_ok(&dir, &["delete_vhost", "gone"]);
+    ctl_ok(&dir, &["add_vhost", "gone"]);
+    let listed = ctl_ok(
+        &dir,
+        &["list_policies", "-p", "gone", "--formatter", "json"],
+    );
+    assert_eq!(listed.trim(), "[]");
+    drop(conn);
+    broker.kill();
+
+    // What ctl answered is durable: the policy holds for the queue made again.
+    let broker = WarrenProcess::start(&dir).await;
+    let conn = connect_uri(&uri(&broker, "guest", "guest", "%2f"))
+        .await
+        .expect("connect");
+    let ch = channel(&conn).await;
+    declare_queue(&ch, "capped").await;
+    publish_n(&ch, "capped", 3).await;
+    wait_for_count(&ch, "capped", 2).await;
+    ctl_ok(&dir, &["clear_policy", "cap"]);
+    publish_n(&ch, "capped", 3).await;
+    wait_for_count(&ch, "capped", 5).await;
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn exported_definitions_import_into_another_broker_with_every_login() {
     let from = temp_data_dir("ctl-export");
@@ -243,6 +351,10 @@ async fn exported_definitions_import_into_another_broker_with_every_login() {
     )
     .await
     .expect("bind");
+    ctl_ok(
+        &from,
+        &["set_policy", "cap", "^capped$", r#"{"max-length":1}"#],
+    );
     let file = from.with_extension("definitions.json");
     ctl_ok(
         &from,
@@ -277,6 +389,10 @@ async fn exported_definitions_import_into_another_broker_with_every_login() {
     .expect("declared with the same arguments");
     publish(&ch, "orders", "eu.fr", b"routed").await;
     wait_for_count(&ch, "orders.eu", 1).await;
+    // And the policy.
+    declare_queue(&ch, "capped").await;
+    publish_n(&ch, "capped", 3).await;
+    wait_for_count(&ch, "capped", 1).await;
     let topic = ctl_ok(
         &to,
         &["list_topic_permissions", "-p", "v1", "--formatter", "json"],

@@ -10,14 +10,15 @@ use serde::Serialize;
 
 use crate::access::password::{Algorithm, PasswordHash};
 use crate::access::rabbit_json::{
-    ImportError, RabbitBinding, RabbitDefinitions, RabbitExchange, RabbitQueue, RabbitUser,
-    RabbitVhost, Tags, table_from_json, table_to_json,
+    ImportError, RabbitBinding, RabbitDefinitions, RabbitExchange, RabbitPolicy, RabbitQueue,
+    RabbitUser, RabbitVhost, Tags, table_from_json, table_to_json,
 };
 use crate::access::{Access, AccessDefinitions, AccessError};
 use crate::broker::Broker;
 use crate::exchange::{ExchangeSettings, parse_declared_type};
+use crate::policy::Policy;
 use crate::queue::QueueDeclare;
-use crate::store::definitions::{PermissionDef, TopicPermissionDef, VhostDef};
+use crate::store::definitions::{Change, PermissionDef, PolicyDef, TopicPermissionDef, VhostDef};
 use crate::vhost::VHost;
 
 /// Why an administration operation was refused, worded as `rabbitmqctl` words it.
@@ -44,6 +45,12 @@ pub enum AdminError {
     /// Limits that are not a JSON object of integers, or name an unknown limit.
     #[error("invalid limits: {0}")]
     Limits(String),
+    /// A policy RabbitMQ would refuse; its reason.
+    #[error("Validation failed\n\n{0}")]
+    InvalidPolicy(String),
+    /// `clear_policy` of a policy that is not set.
+    #[error("Parameter does not exist")]
+    NoSuchPolicy,
     /// Exchanges, queues or bindings that could not be declared (the rest were).
     #[error("{}", .0.join("; "))]
     Topology(Vec<String>),
@@ -200,7 +207,11 @@ impl Broker {
     /// # Errors
     /// No such vhost.
     pub fn delete_vhost(&self, name: &str) -> Result<(), AdminError> {
-        self.change_access(|access| Ok::<_, AdminError>(vec![access.delete_vhost(name)?]))?;
+        self.change_access(|access| {
+            let deleted = access.delete_vhost(name)?;
+            self.forget_policies(name);
+            Ok::<_, AdminError>(vec![deleted])
+        })?;
         if let Some(vhost) = self.unregister_vhost(name) {
             vhost.delete_contents();
         }
@@ -332,6 +343,43 @@ impl Broker {
         let mut all = self.access().export().topic_permissions;
         all.retain(|p| vhost.is_none_or(|v| p.vhost == v));
         all
+    }
+
+    /// Sets (or replaces) a policy.
+    ///
+    /// # Errors
+    /// No such vhost, or a policy RabbitMQ would refuse.
+    pub fn set_policy(&self, def: PolicyDef) -> Result<(), AdminError> {
+        let policy = Policy::from_def(&def).map_err(AdminError::InvalidPolicy)?;
+        self.change_policies(&def.vhost.clone(), |policies| {
+            policies.set([policy]);
+            Ok(Change::SetPolicy(def))
+        })
+    }
+
+    /// Clears a policy set at run time.
+    ///
+    /// # Errors
+    /// No such vhost, or no such policy in it.
+    pub fn clear_policy(&self, vhost: &str, name: &str) -> Result<(), AdminError> {
+        self.change_policies(vhost, |policies| {
+            if !policies.clear(vhost, name) {
+                return Err(AdminError::NoSuchPolicy);
+            }
+            Ok(Change::ClearPolicy {
+                vhost: vhost.to_owned(),
+                name: name.to_owned(),
+            })
+        })
+    }
+
+    /// The policies in force, optionally only those of `vhost`, best first.
+    pub fn list_policies(&self, vhost: Option<&str>) -> Vec<PolicyDef> {
+        self.policies()
+            .iter()
+            .filter(|p| vhost.is_none_or(|v| p.vhost == v))
+            .map(Policy::to_def)
+            .collect()
     }
 
     /// Declares a definitions file's exchanges, queues and bindings, in that order. As
@@ -466,6 +514,11 @@ impl Broker {
             permissions,
             topic_permissions,
             parameters,
+            policies: self
+                .list_policies(None)
+                .into_iter()
+                .map(RabbitPolicy::from)
+                .collect(),
             exchanges: stored
                 .exchanges
                 .into_iter()
@@ -506,13 +559,22 @@ impl Broker {
     }
 
     /// Applies a RabbitMQ definitions file: its vhosts are created (if new), users,
-    /// permissions and topic permissions created or replaced.
+    /// permissions, topic permissions and policies created or replaced.
     ///
     /// # Errors
     /// Not a definitions file, or an unusable entry (nothing is applied then).
     pub fn import_definitions(&self, text: &str) -> Result<(), AdminError> {
         let file = RabbitDefinitions::parse(text)?;
         let defs = file.access()?;
+        let policies: Vec<PolicyDef> = file.policies.iter().cloned().map(PolicyDef::from).collect();
+        for def in &policies {
+            Policy::from_def(def).map_err(AdminError::InvalidPolicy)?;
+            let known = self.access().vhost(&def.vhost).is_some()
+                || defs.vhosts.iter().any(|v| v.name == def.vhost);
+            if !known {
+                return Err(AdminError::NoSuchVhost(def.vhost.clone()));
+            }
+        }
         let new: Vec<Arc<VHost>> = defs
             .vhosts
             .iter()
@@ -528,6 +590,9 @@ impl Broker {
         })?;
         for vhost in new {
             self.register_vhost(vhost);
+        }
+        for def in policies {
+            self.set_policy(def)?;
         }
         let failed = self.apply_topology(&file);
         if failed.is_empty() {

@@ -11,12 +11,12 @@ use tokio::sync::oneshot;
 
 use crate::access::permissions::Permissions;
 use crate::access::rabbit_json::RabbitDefinitions;
-use crate::access::{Access, LoginError, VhostRefusal};
+use crate::access::{Access, AccessError, LoginError, VhostRefusal};
 use crate::alarms::{Alarms, Monitored};
 use crate::config::Config;
-use crate::policy::{Policies, PolicyError};
+use crate::policy::{Policies, Policy, PolicyError};
 use crate::queue::{ConnectionId, ConsumerId};
-use crate::store::definitions::{Change, Definitions, PermissionDef, VhostDef};
+use crate::store::definitions::{Change, Definitions, PermissionDef, PolicyDef, VhostDef};
 use crate::store::{BrokerStore, StoreError, SyncTarget};
 use crate::timers::Timers;
 use crate::vhost::VHost;
@@ -119,6 +119,7 @@ impl Broker {
             None => None,
         };
         let access = Self::open_access(&config, &store, &defs, loaded.as_ref())?;
+        Self::open_policies(&config, &store, &defs, loaded.as_ref(), &access, &policies)?;
         let mut vhosts = HashMap::new();
         let (mut queues, mut messages) = (0, 0);
         for name in access.vhost_names() {
@@ -228,6 +229,44 @@ impl Broker {
         }
         store.write_pending();
         Ok(access)
+    }
+
+    /// Puts the stored run-time policies in force, then the definitions file's (which
+    /// are stored as if set now).
+    fn open_policies(
+        config: &Config,
+        store: &BrokerStore,
+        defs: &Definitions,
+        loaded: Option<&RabbitDefinitions>,
+        access: &Access,
+        policies: &RwLock<Policies>,
+    ) -> Result<(), OpenError> {
+        let stored = defs.policies.iter().filter_map(|def| {
+            Policy::from_def(def)
+                .inspect_err(|reason| {
+                    tracing::warn!(vhost = %def.vhost, policy = %def.name, %reason, "ignoring stored policy");
+                })
+                .ok()
+        });
+        policies.write().set(stored);
+        let Some(file) = loaded else {
+            return Ok(());
+        };
+        let refused = |name: &str, reason: String| OpenError::Definitions {
+            path: config.load_definitions.clone().unwrap_or_default(),
+            reason: format!("policy '{name}': {reason}"),
+        };
+        let mut valid = Vec::with_capacity(file.policies.len());
+        for def in file.policies.iter().cloned().map(PolicyDef::from) {
+            if access.vhost(&def.vhost).is_none() {
+                return Err(refused(&def.name, format!("no vhost '{}'", def.vhost)));
+            }
+            valid.push(Policy::from_def(&def).map_err(|reason| refused(&def.name, reason))?);
+            store.pending().queue(Change::SetPolicy(def));
+        }
+        policies.write().set(valid);
+        store.write_pending();
+        Ok(())
     }
 
     /// Reads and parses a RabbitMQ definitions file (`--load-definitions`).
@@ -530,6 +569,44 @@ impl Broker {
         }
         self.store.write_pending();
         Ok(())
+    }
+
+    /// Runs `change` on the run-time policies of `vhost`, stores what it returns, and
+    /// puts the vhost's queues and exchanges under the policies now in force.
+    ///
+    /// # Errors
+    /// No such vhost, or what `change` refused.
+    pub(crate) fn change_policies<E: From<AccessError>>(
+        &self,
+        vhost: &str,
+        change: impl FnOnce(&mut Policies) -> Result<Change, E>,
+    ) -> Result<(), E> {
+        {
+            // Held so that the vhost cannot be deleted meanwhile: its deletion clears
+            // its policies, and must be stored after this change, not before.
+            let access = self.access.read();
+            if access.vhost(vhost).is_none() {
+                return Err(AccessError::NoSuchVhost(vhost.to_owned()).into());
+            }
+            let stored = change(&mut self.policies.write())?;
+            self.store.pending().queue(stored);
+        }
+        self.store.write_pending();
+        if let Some(vhost) = self.vhost(vhost) {
+            vhost.apply_policies();
+        }
+        Ok(())
+    }
+
+    /// Forgets the run-time policies of a vhost being deleted (under the registry's
+    /// write lock, as part of its deletion).
+    pub(crate) fn forget_policies(&self, vhost: &str) {
+        self.policies.write().clear_vhost(vhost);
+    }
+
+    /// The policies in force.
+    pub fn policies(&self) -> parking_lot::RwLockReadGuard<'_, Policies> {
+        self.policies.read()
     }
 
     /// Waits for a group commit, which makes the definitions changes made so far

@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::admin::AdminError;
 use crate::broker::Broker;
-use crate::store::definitions::{PermissionDef, TopicPermissionDef};
+use crate::store::definitions::{PermissionDef, PolicyDef, TopicPermissionDef};
 
 /// The socket's file name in the data directory.
 pub const SOCKET_NAME: &str = "warren.sock";
@@ -233,6 +233,24 @@ fn run(broker: &Broker, args: &[&str], vhost: &str) -> Result<Answer, String> {
         ["clear_user_limits", user, "all"] => changed(broker.set_user_limits(user, "{}")),
         ["clear_user_limits", user, name] => changed(broker.clear_user_limit(user, name)),
         ["list_user_limits"] => Ok(Answer::Rows(broker.list_user_limits())),
+        ["set_policy", ..] => set_policy(broker, &args[1..], vhost),
+        ["clear_policy", name] => changed(broker.clear_policy(vhost, name)),
+        ["list_policies"] => Ok(Answer::Rows(
+            broker
+                .list_policies(Some(vhost))
+                .into_iter()
+                .map(|p| {
+                    json!({
+                        "vhost": p.vhost,
+                        "name": p.name,
+                        "pattern": p.pattern,
+                        "apply-to": p.apply_to,
+                        "definition": p.definition.to_string(),
+                        "priority": p.priority,
+                    })
+                })
+                .collect(),
+        )),
         ["export_definitions"] => serde_json::to_value(broker.export_definitions())
             .map(|v| Answer::Rows(vec![v]))
             .map_err(|e| e.to_string()),
@@ -240,6 +258,43 @@ fn run(broker: &Broker, args: &[&str], vhost: &str) -> Result<Answer, String> {
         [verb, ..] => Err(format!("unknown verb '{verb}'")),
         [] => Err("usage: warren ctl <verb> [arguments]".into()),
     }
+}
+
+/// `set_policy [--priority N] [--apply-to WHAT] NAME PATTERN DEFINITION`, the options
+/// anywhere, as `rabbitmqctl` takes them.
+fn set_policy(broker: &Broker, args: &[&str], vhost: &str) -> Result<Answer, String> {
+    let shape = "[-p <vhost>] [--priority <priority>] [--apply-to <apply-to>] \
+                 <name> <pattern> <definition>";
+    let (mut priority, mut apply_to, mut positional) = (0, "all", Vec::new());
+    let mut args = args.iter();
+    while let Some(&arg) = args.next() {
+        match arg {
+            "--priority" => {
+                priority = args
+                    .next()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| usage("set_policy", shape))?;
+            }
+            "--apply-to" => apply_to = args.next().ok_or_else(|| usage("set_policy", shape))?,
+            _ => positional.push(arg),
+        }
+    }
+    let [name, pattern, definition] = positional[..] else {
+        return Err(usage("set_policy", shape));
+    };
+    let definition = serde_json::from_str(definition)
+        .map_err(|e| format!("JSON decoding error. Reason: {e}"))?;
+    broker
+        .set_policy(PolicyDef {
+            vhost: vhost.to_owned(),
+            name: name.to_owned(),
+            pattern: pattern.to_owned(),
+            apply_to: apply_to.to_owned(),
+            priority,
+            definition,
+        })
+        .map(|()| Answer::Changed)
+        .map_err(|e| e.to_string())
 }
 
 /// How the client prints rows.

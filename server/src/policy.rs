@@ -48,6 +48,7 @@ use crate::erlang;
 use crate::queue::arguments::{
     self, DeadLetterStrategy, MAX_PARTITIONS, Overflow, QueueArguments, QueueType,
 };
+use crate::store::definitions::PolicyDef;
 
 const MESSAGE_TTL: &str = "message-ttl";
 const EXPIRES: &str = "expires";
@@ -312,6 +313,49 @@ pub enum PolicyError {
 /// The result of loading policies.
 pub type PolicyResult<T> = Result<T, PolicyError>;
 
+/// Why one policy entry was refused, wherever it came from.
+#[derive(Debug)]
+enum EntryError {
+    /// The entry is not shaped like a policy.
+    Shape(String),
+    /// A field or definition key has a value RabbitMQ would refuse.
+    Invalid {
+        vhost: String,
+        policy: String,
+        key: String,
+        reason: String,
+    },
+}
+
+impl EntryError {
+    /// The error for an entry of the file `path`.
+    fn in_file(self, path: &Path) -> PolicyError {
+        let path = path.to_owned();
+        match self {
+            Self::Shape(reason) => PolicyError::Shape { path, reason },
+            Self::Invalid {
+                vhost,
+                policy,
+                key,
+                reason,
+            } => PolicyError::Invalid {
+                path,
+                vhost,
+                policy,
+                key,
+                reason,
+            },
+        }
+    }
+
+    /// RabbitMQ's reason alone, as `rabbitmqctl set_policy` shows it.
+    fn reason(self) -> String {
+        match self {
+            Self::Shape(reason) | Self::Invalid { reason, .. } => reason,
+        }
+    }
+}
+
 /// What a policy applies to (`apply-to`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum ApplyTo {
@@ -573,9 +617,38 @@ pub struct Policy {
     pub priority: i64,
     /// What it sets.
     pub definition: PolicyDefinition,
+    /// The definition as it was given, for exports and listings.
+    pub definition_json: Value,
 }
 
 impl Policy {
+    /// Validates a policy set at run time, as `rabbit_policy:set/7` does.
+    ///
+    /// # Errors
+    /// RabbitMQ's reason, as `rabbitmqctl set_policy` shows it after "Validation failed".
+    pub fn from_def(def: &PolicyDef) -> Result<Self, String> {
+        let mut entry = Map::new();
+        entry.insert("vhost".into(), Value::String(def.vhost.clone()));
+        entry.insert("name".into(), Value::String(def.name.clone()));
+        entry.insert("pattern".into(), Value::String(def.pattern.clone()));
+        entry.insert("apply-to".into(), Value::String(def.apply_to.clone()));
+        entry.insert("priority".into(), Value::from(def.priority));
+        entry.insert("definition".into(), def.definition.clone());
+        parse_policy(&entry, 0).map_err(EntryError::reason)
+    }
+
+    /// The policy as it is stored and exported.
+    pub fn to_def(&self) -> PolicyDef {
+        PolicyDef {
+            vhost: self.vhost.clone(),
+            name: self.name.clone(),
+            pattern: self.pattern.as_str().to_owned(),
+            apply_to: self.apply_to.name().to_owned(),
+            priority: self.priority,
+            definition: self.definition_json.clone(),
+        }
+    }
+
     /// Whether this policy may apply to a queue (`rabbit_policy:matches/3`): same vhost,
     /// `apply-to` covers the type, the type takes every key, and the pattern matches.
     pub fn matches_queue(&self, vhost: &str, name: &str, queue_type: QueueType) -> bool {
@@ -592,9 +665,18 @@ impl Policy {
 }
 
 /// Every policy of every vhost, best first, so a lookup returns the first that matches.
+///
+/// Policies come from two places: the `--policies` file (re-read on SIGHUP) and those
+/// set at run time (`set_policy`, imports; stored). A run-time policy hides a file
+/// policy of the same vhost and name.
 #[derive(Debug, Clone, Default)]
 pub struct Policies {
-    /// Sorted by priority, highest first, then by name and vhost.
+    /// Those of the `--policies` file.
+    file: Vec<Policy>,
+    /// Those set at run time.
+    runtime: Vec<Policy>,
+    /// Both, without the hidden file policies, sorted by priority, highest first, then
+    /// by name and vhost.
     policies: Vec<Policy>,
 }
 
@@ -659,7 +741,7 @@ impl Policies {
                     erl_json(entry)
                 )));
             };
-            let policy = parse_policy(entry, index, origin)?;
+            let policy = parse_policy(entry, index).map_err(|e| e.in_file(origin))?;
             if !seen.insert((policy.vhost.clone(), policy.name.clone())) {
                 return Err(PolicyError::Duplicate {
                     path: origin.to_owned(),
@@ -669,16 +751,70 @@ impl Policies {
             }
             policies.push(policy);
         }
+        let mut loaded = Self {
+            file: policies,
+            ..Self::default()
+        };
+        loaded.merge();
+        Ok(loaded)
+    }
+
+    /// Rebuilds the lookup list from the file's and the run-time policies.
+    fn merge(&mut self) {
+        let runtime = &self.runtime;
+        let hidden = |p: &Policy| {
+            runtime
+                .iter()
+                .any(|r| r.vhost == p.vhost && r.name == p.name)
+        };
+        let mut policies: Vec<Policy> = runtime
+            .iter()
+            .chain(self.file.iter().filter(|p| !hidden(p)))
+            .cloned()
+            .collect();
         policies.sort_by(|a, b| {
             b.priority
                 .cmp(&a.priority)
                 .then_with(|| a.name.cmp(&b.name))
                 .then_with(|| a.vhost.cmp(&b.vhost))
         });
-        Ok(Self { policies })
+        self.policies = policies;
     }
 
-    /// Replaces these policies with those in `path`. A file that fails to load changes
+    /// Sets run-time policies, each replacing the one of its vhost and name.
+    pub fn set(&mut self, policies: impl IntoIterator<Item = Policy>) {
+        for policy in policies {
+            self.runtime
+                .retain(|p| !(p.vhost == policy.vhost && p.name == policy.name));
+            self.runtime.push(policy);
+        }
+        self.merge();
+    }
+
+    /// Clears a run-time policy; false if there is none of that vhost and name.
+    pub fn clear(&mut self, vhost: &str, name: &str) -> bool {
+        let before = self.runtime.len();
+        self.runtime
+            .retain(|p| !(p.vhost == vhost && p.name == name));
+        let cleared = self.runtime.len() != before;
+        if cleared {
+            self.merge();
+        }
+        cleared
+    }
+
+    /// Clears every run-time policy of a vhost (it was deleted).
+    pub fn clear_vhost(&mut self, vhost: &str) {
+        self.runtime.retain(|p| p.vhost != vhost);
+        self.merge();
+    }
+
+    /// The policies set at run time, as they are stored.
+    pub fn runtime(&self) -> impl Iterator<Item = &Policy> {
+        self.runtime.iter()
+    }
+
+    /// Replaces the file's policies with those now in `path`. A file that fails to load changes
     /// nothing: the current policies stay and the reason is logged, so a bad edit never
     /// strips queues of their limits.
     ///
@@ -693,7 +829,8 @@ impl Policies {
                     policies = loaded.len(),
                     "policies reloaded"
                 );
-                *self = loaded;
+                self.file = loaded.file;
+                self.merge();
                 Ok(())
             }
             Err(error) => {
@@ -764,44 +901,34 @@ impl Policies {
 }
 
 /// Validates one entry of `policies`, in `rabbit_policy:policy_validation/0`'s order.
-fn parse_policy(entry: &Map<String, Value>, index: usize, origin: &Path) -> PolicyResult<Policy> {
+fn parse_policy(entry: &Map<String, Value>, index: usize) -> Result<Policy, EntryError> {
     let vhost = match entry.get("vhost") {
         None | Some(Value::Null) => "/".to_owned(),
         Some(Value::String(vhost)) => vhost.clone(),
         Some(other) => {
-            return Err(PolicyError::Shape {
-                path: origin.to_owned(),
-                reason: format!(
-                    "entry {index} of \"policies\" has an invalid vhost: {}",
-                    erl_json(other)
-                ),
-            });
+            return Err(EntryError::Shape(format!(
+                "entry {index} of \"policies\" has an invalid vhost: {}",
+                erl_json(other)
+            )));
         }
     };
     let name = match entry.get("name") {
         Some(Value::String(name)) => name.clone(),
         None | Some(Value::Null) => {
-            return Err(PolicyError::Shape {
-                path: origin.to_owned(),
-                reason: format!(
-                    "policy in virtual host '{vhost}' has undefined name \
+            return Err(EntryError::Shape(format!(
+                "policy in virtual host '{vhost}' has undefined name \
                      (entry {index} of \"policies\")"
-                ),
-            });
+            )));
         }
         Some(other) => {
-            return Err(PolicyError::Shape {
-                path: origin.to_owned(),
-                reason: format!(
-                    "policy in virtual host '{vhost}' has an invalid name: {} \
+            return Err(EntryError::Shape(format!(
+                "policy in virtual host '{vhost}' has an invalid name: {} \
                      (entry {index} of \"policies\")",
-                    erl_json(other)
-                ),
-            });
+                erl_json(other)
+            )));
         }
     };
-    let invalid = |key: &str, reason: String| PolicyError::Invalid {
-        path: origin.to_owned(),
+    let invalid = |key: &str, reason: String| EntryError::Invalid {
         vhost: vhost.clone(),
         policy: name.clone(),
         key: key.to_owned(),
@@ -881,6 +1008,7 @@ fn parse_policy(entry: &Map<String, Value>, index: usize, origin: &Path) -> Poli
         apply_to,
         priority,
         definition,
+        definition_json: entry.get("definition").cloned().unwrap_or_default(),
     })
 }
 
@@ -1101,6 +1229,63 @@ mod tests {
             }
             other => panic!("unexpected error: {other}"),
         }
+    }
+
+    fn runtime(name: &str, pattern: &str, priority: i64, ttl: u64) -> Policy {
+        let def = PolicyDef {
+            vhost: "/".into(),
+            name: name.into(),
+            pattern: pattern.into(),
+            apply_to: "queues".into(),
+            priority,
+            definition: json!({ "message-ttl": ttl }),
+        };
+        match Policy::from_def(&def) {
+            Ok(policy) => {
+                assert_eq!(policy.to_def(), def, "stored as given");
+                policy
+            }
+            Err(e) => panic!("refused: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_runtime_policy_hides_the_files_of_its_name_until_it_is_cleared() {
+        let mut set = policies(json!([
+            { "name": "p", "pattern": "^a", "priority": 1, "definition": { "message-ttl": 1 } }
+        ]));
+        let ttl = |set: &Policies, name: &str| {
+            set.for_queue("/", name, QueueType::Classic)
+                .and_then(|p| p.definition.message_ttl)
+        };
+        set.set([runtime("p", "^a", 1, 2), runtime("q", "^ab", 5, 3)]);
+        assert_eq!(set.len(), 2, "the file's p is hidden");
+        assert_eq!((ttl(&set, "a"), ttl(&set, "ab")), (Some(2), Some(3)));
+        assert!(set.clear("/", "q"));
+        assert!(!set.clear("/", "q"), "cleared once");
+        assert!(set.clear("/", "p"));
+        assert_eq!(ttl(&set, "ab"), Some(1), "the file's p is back");
+        set.set([runtime("r", "^a", 0, 4)]);
+        set.clear_vhost("/");
+        assert_eq!(set.runtime().count(), 0);
+        assert_eq!(ttl(&set, "a"), Some(1));
+    }
+
+    #[test]
+    fn a_runtime_policy_is_refused_with_rabbitmqs_reason_alone() {
+        let def = PolicyDef {
+            vhost: "/".into(),
+            name: "p".into(),
+            pattern: "^a".into(),
+            apply_to: "everything".into(),
+            priority: 0,
+            definition: json!({ "message-ttl": 1 }),
+        };
+        let refused = Policy::from_def(&def).expect_err("bad apply-to");
+        assert!(
+            refused.starts_with("apply-to 'everything' unrecognised"),
+            "{refused}"
+        );
     }
 
     fn definition(definition: Value) -> PolicyDefinition {

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::password::Algorithm;
 use super::{Access, AccessDefinitions};
-use crate::store::definitions::{PermissionDef, TopicPermissionDef, UserDef, VhostDef};
+use crate::store::definitions::{PermissionDef, PolicyDef, TopicPermissionDef, UserDef, VhostDef};
 
 /// The file, as far as access goes; the other sections are kept as they came.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -44,6 +44,9 @@ pub struct RabbitDefinitions {
     /// Runtime parameters (Warren reads `vhost-limits`).
     #[serde(default)]
     pub parameters: Vec<RabbitParameter>,
+    /// Policies.
+    #[serde(default)]
+    pub policies: Vec<RabbitPolicy>,
     /// Durable exchanges.
     #[serde(default)]
     pub exchanges: Vec<RabbitExchange>,
@@ -277,6 +280,55 @@ pub struct RabbitParameter {
     pub name: String,
     /// Its value.
     pub value: serde_json::Value,
+}
+
+/// A policy in RabbitMQ's definitions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RabbitPolicy {
+    /// Its vhost.
+    pub vhost: String,
+    /// Its name.
+    pub name: String,
+    /// The regular expression over names.
+    pub pattern: String,
+    /// What it applies to.
+    #[serde(rename = "apply-to", default = "apply_to_all")]
+    pub apply_to: String,
+    /// What it sets.
+    pub definition: serde_json::Value,
+    /// Of the policies that match, the highest priority applies.
+    #[serde(default)]
+    pub priority: i64,
+}
+
+fn apply_to_all() -> String {
+    "all".into()
+}
+
+impl From<RabbitPolicy> for PolicyDef {
+    fn from(p: RabbitPolicy) -> Self {
+        Self {
+            vhost: p.vhost,
+            name: p.name,
+            pattern: p.pattern,
+            apply_to: p.apply_to,
+            priority: p.priority,
+            definition: p.definition,
+        }
+    }
+}
+
+impl From<PolicyDef> for RabbitPolicy {
+    fn from(p: PolicyDef) -> Self {
+        Self {
+            vhost: p.vhost,
+            name: p.name,
+            pattern: p.pattern,
+            apply_to: p.apply_to,
+            definition: p.definition,
+            priority: p.priority,
+        }
+    }
 }
 
 /// Why a definitions file could not be used.

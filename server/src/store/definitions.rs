@@ -162,6 +162,24 @@ pub struct TopicPermissionDef {
     pub read: String,
 }
 
+/// A policy set at run time (`set_policy`, an import), as given: validated when it was
+/// set, and again when loaded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyDef {
+    /// The vhost whose queues and exchanges it covers.
+    pub vhost: String,
+    /// Its name, unique within the vhost.
+    pub name: String,
+    /// The regular expression over names.
+    pub pattern: String,
+    /// `all`, `queues`, `exchanges`, `classic_queues`, `quorum_queues` or `streams`.
+    pub apply_to: String,
+    /// Of the policies that match, the highest priority applies.
+    pub priority: i64,
+    /// What it sets, as the JSON object it was given in.
+    pub definition: serde_json::Value,
+}
+
 /// Everything durable, as loaded at start-up.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Definitions {
@@ -184,6 +202,9 @@ pub struct Definitions {
     /// Topic permissions per user, vhost and exchange.
     #[serde(default)]
     pub topic_permissions: Vec<TopicPermissionDef>,
+    /// Policies set at run time (those of the `--policies` file are not stored).
+    #[serde(default)]
+    pub policies: Vec<PolicyDef>,
     /// Durable exchanges (the predeclared `amq.*` ones are not stored).
     pub exchanges: Vec<ExchangeDef>,
     /// Durable queues.
@@ -254,10 +275,19 @@ pub enum Change {
         /// The exchange; all of them when absent.
         exchange: Option<String>,
     },
+    /// A policy was set (or replaced).
+    SetPolicy(PolicyDef),
+    /// A policy was cleared.
+    ClearPolicy {
+        /// Its vhost.
+        vhost: String,
+        /// Its name.
+        name: String,
+    },
 }
 
-/// Applies a change to the virtual hosts, users and permissions (the few definitions
-/// kept without an index); false if `change` is not one of those.
+/// Applies a change to the virtual hosts, users, permissions and policies (the few
+/// definitions kept without an index); false if `change` is not one of those.
 fn apply_access(defs: &mut Definitions, change: &Change) -> bool {
     match change {
         Change::Initialized => defs.initialized = true,
@@ -269,6 +299,7 @@ fn apply_access(defs: &mut Definitions, change: &Change) -> bool {
             defs.vhosts.retain(|v| v.name != *name);
             defs.permissions.retain(|p| p.vhost != *name);
             defs.topic_permissions.retain(|p| p.vhost != *name);
+            defs.policies.retain(|p| p.vhost != *name);
         }
         Change::PutUser(def) => {
             defs.users.retain(|u| u.name != def.name);
@@ -304,6 +335,15 @@ fn apply_access(defs: &mut Definitions, change: &Change) -> bool {
                     && p.vhost == *vhost
                     && exchange.as_ref().is_none_or(|e| *e == p.exchange))
             });
+        }
+        Change::SetPolicy(def) => {
+            defs.policies
+                .retain(|p| !(p.vhost == def.vhost && p.name == def.name));
+            defs.policies.push(def.clone());
+        }
+        Change::ClearPolicy { vhost, name } => {
+            defs.policies
+                .retain(|p| !(p.vhost == *vhost && p.name == *name));
         }
         _ => return false,
     }
@@ -494,7 +534,9 @@ impl Index {
             | Change::SetPermissions(_)
             | Change::ClearPermissions { .. }
             | Change::SetTopicPermissions(_)
-            | Change::ClearTopicPermissions { .. } => {}
+            | Change::ClearTopicPermissions { .. }
+            | Change::SetPolicy(_)
+            | Change::ClearPolicy { .. } => {}
         }
     }
 
@@ -869,6 +911,40 @@ mod tests {
         assert_eq!(defs.bindings, vec![binding]);
         let (_, again, _) = DefinitionStore::open(&dir).expect("compacted");
         assert_eq!(again, defs);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn policies_survive_reopen_and_go_with_their_vhost() {
+        let dir = temp_dir("policies");
+        let (mut store, _, _) = DefinitionStore::open(&dir).expect("open");
+        let policy = |vhost: &str, name: &str, ttl: u64| PolicyDef {
+            vhost: vhost.into(),
+            name: name.into(),
+            pattern: "^a".into(),
+            apply_to: "queues".into(),
+            priority: 1,
+            definition: serde_json::json!({ "message-ttl": ttl }),
+        };
+        for change in [
+            Change::SetPolicy(policy("/", "p", 1)),
+            Change::SetPolicy(policy("/", "p", 2)),
+            Change::SetPolicy(policy("/", "q", 3)),
+            Change::SetPolicy(policy("v", "p", 4)),
+            Change::ClearPolicy {
+                vhost: "/".into(),
+                name: "q".into(),
+            },
+            Change::DeleteVhost { name: "v".into() },
+        ] {
+            store.record(&change).expect("record");
+        }
+        store.sync().expect("sync");
+        drop(store);
+        let (_, defs, _) = DefinitionStore::open(&dir).expect("reopen");
+        assert_eq!(defs.policies, vec![policy("/", "p", 2)]);
+        let (_, again, _) = DefinitionStore::open(&dir).expect("compacted");
+        assert_eq!(again.policies, defs.policies);
         let _ = fs::remove_dir_all(&dir);
     }
 
