@@ -18,11 +18,40 @@ pub mod python;
 /// in-process Warren. Tests must then use unique names, which they do.
 pub const EXTERNAL_URI_ENV: &str = "WARREN_TEST_EXTERNAL_URI";
 
+/// With [`EXTERNAL_URI_ENV`], the command that administers that broker, split on
+/// spaces (e.g. `../shared/tools/rabbitmq.sh ctl 5673`): tests that need users and
+/// permissions run `rabbitmqctl` verbs through it.
+pub const EXTERNAL_CTL_ENV: &str = "WARREN_TEST_EXTERNAL_CTL";
+
+/// Runs a `rabbitmqctl` verb on the external broker through [`EXTERNAL_CTL_ENV`];
+/// its output on success.
+///
+/// # Panics
+/// The variable is not set, or the command fails: the test cannot go on.
+pub fn external_ctl(args: &[&str]) -> String {
+    let command = std::env::var(EXTERNAL_CTL_ENV)
+        .unwrap_or_else(|_| panic!("{EXTERNAL_CTL_ENV} is needed to administer the broker"));
+    let mut words = command.split_whitespace();
+    let program = words.next().expect("a command");
+    let out = std::process::Command::new(program)
+        .args(words)
+        .args(args)
+        .output()
+        .expect("run the external broker's ctl");
+    assert!(
+        out.status.success(),
+        "{command} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A broker under test: an in-process Warren on a free loopback port (stopped when
 /// dropped), or the external broker named by [`EXTERNAL_URI_ENV`].
 pub struct TestServer {
     uri: String,
     addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
     data_dir: Option<std::path::PathBuf>,
     scratch_dir: Option<std::path::PathBuf>,
     stop: Option<oneshot::Sender<()>>,
@@ -41,6 +70,7 @@ impl TestServer {
             return TestServer {
                 uri,
                 addr: None,
+                tls_addr: None,
                 data_dir: None,
                 scratch_dir: None,
                 stop: None,
@@ -61,11 +91,31 @@ impl TestServer {
             .await
             .expect("bind a free port");
         let addr = listener.local_addr().expect("bound address");
+        // With a certificate and key, an AMQPS listener too, on a free port of its own.
+        let amqps = match (&config.tls_cert, &config.tls_key) {
+            (Some(_), Some(_)) => Some(
+                TcpListener::bind((config.bind, 0))
+                    .await
+                    .expect("bind a free port for TLS"),
+            ),
+            _ => None,
+        };
+        let tls_addr = amqps
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound address"));
+        let listeners = warren::server::Listeners {
+            amqp: Some(listener),
+            amqps,
+        };
         let data_dir = Some(config.data_dir.clone());
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(warren::server::run(listener, Arc::new(config), async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(warren::server::run_with(
+            listeners,
+            Arc::new(config),
+            async {
+                let _ = stopped.await;
+            },
+        ));
         // The broker opens its data directory before it accepts: wait until it answers.
         let ready = wait_for(Duration::from_secs(10), || async move {
             answers_amqp(addr).await
@@ -75,6 +125,7 @@ impl TestServer {
         TestServer {
             uri: format!("amqp://guest:guest@{addr}/%2f"),
             addr: Some(addr),
+            tls_addr,
             data_dir,
             scratch_dir,
             stop: Some(stop),
@@ -109,6 +160,11 @@ impl TestServer {
         host_port
             .parse()
             .expect("external URI with an IP:port host")
+    }
+
+    /// The AMQPS listener's address, when the settings gave a certificate and key.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
     }
 
     /// Whether this is an in-process Warren (false against an external broker).

@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 
+pub mod pki;
+
 /// The bound on every wait for something that must happen.
 pub const BOUND: Duration = Duration::from_secs(5);
 /// How long to watch for something that must not happen (a delivery beyond prefetch).
