@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use futures_lite::StreamExt;
-use integration_tests::{WarrenProcess, temp_data_dir, unique_name};
+use integration_tests::{ProcessOptions, WarrenProcess, temp_data_dir, unique_name};
 use lapin::types::FieldTable;
 
 fn uri(broker: &WarrenProcess, user: &str, pass: &str, vhost: &str) -> String {
@@ -517,4 +517,49 @@ async fn closed_with(
         None
     })
     .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn login_failures_are_logged_as_rabbitmq_logs_them_and_passwords_never() {
+    let dir = temp_data_dir("ctl-login-log");
+    let log = dir.with_extension("log");
+    let broker = WarrenProcess::start_logged(
+        &dir,
+        ProcessOptions {
+            stderr: Some(&log),
+            ..Default::default()
+        },
+    )
+    .await;
+    let (secret, guess) = ("Sup3r-Secret-Pw", "wrong-Pw-guess-77");
+    ctl_ok(&dir, &["add_user", "bob", secret]);
+    ctl_ok(&dir, &["change_password", "bob", secret]);
+    for (user, pass) in [("bob", guess), ("nobody", guess)] {
+        assert!(connect_uri(&uri(&broker, user, pass, "%2f")).await.is_err());
+    }
+    assert!(
+        connect_uri(&uri(&broker, "bob", secret, "%2f"))
+            .await
+            .is_err(),
+        "bob has no permissions in /"
+    );
+    broker.terminate();
+    let logged = std::fs::read_to_string(&log).expect("the broker's log");
+    for line in [
+        "PLAIN login refused: user 'bob' - invalid credentials",
+        "PLAIN login refused: user 'nobody' - invalid credentials",
+        "access to vhost '/' refused for user 'bob'",
+    ] {
+        let found = logged
+            .lines()
+            .find(|l| l.contains(line))
+            .unwrap_or_else(|| panic!("{line:?} not logged:\n{logged}"));
+        assert!(found.contains("peer=127.0.0.1:"), "{found}");
+    }
+    assert!(
+        !logged.contains(secret) && !logged.contains(guess),
+        "{logged}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&log);
 }

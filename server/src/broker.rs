@@ -729,6 +729,22 @@ pub enum Refused {
     LoopbackOnly,
 }
 
+impl Refused {
+    /// The reason as RabbitMQ logs it after `<MECHANISM> login refused: `: an unknown
+    /// user reads as a wrong password, as there.
+    pub fn logged(&self, user: &str) -> String {
+        match self {
+            Self::Login(LoginError::NoSuchUser | LoginError::BadPassword) => {
+                format!("user '{user}' - invalid credentials")
+            }
+            Self::Login(LoginError::BlankPassword) => format!(
+                "user '{user}' attempted to log in with a blank password, which is prohibited"
+            ),
+            Self::LoopbackOnly => format!("user '{user}' can only connect via localhost"),
+        }
+    }
+}
+
 /// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit, as RabbitMQ's
 /// and LavinMQ's packages do: each active durable queue holds about two descriptors and
 /// each connection one, and the usual soft limit of 1024 runs out near 500 queues (then

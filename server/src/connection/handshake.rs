@@ -242,11 +242,13 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let user = match checked {
         Some((user, Ok(()))) => user,
         other => {
-            let (user, why) = match &other {
-                Some((user, Err(why))) => (user.as_str(), why.to_string()),
-                _ => ("", "unreadable credentials".to_owned()),
+            let (user, why, detail) = match &other {
+                Some((user, Err(why))) => (user.as_str(), why.logged(user), why.to_string()),
+                _ => ("", "unreadable credentials".to_owned(), String::new()),
             };
-            tracing::warn!(%user, %peer, mechanism, reason = %why, "login refused");
+            // RabbitMQ's words, which log watchers (fail2ban …) match; the detail says
+            // whether the user exists, for the operator alone.
+            tracing::warn!(%user, %peer, mechanism, %detail, "{mechanism} login refused: {why}");
             let error = ProtocolError::new(
                 ReplyCode::AccessRefused,
                 format!(
@@ -317,7 +319,7 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let (grant, slot, vhost) = match opened {
         Ok(opened) => opened,
         Err(text) => {
-            tracing::warn!(%user, vhost = vhost_name, %peer, reason = %text, "connection.open refused");
+            tracing::warn!(%user, vhost = vhost_name, %peer, "{text}");
             return Err(refuse(
                 io,
                 ProtocolError::new(ReplyCode::NotAllowed, text).for_method(10, 40),
