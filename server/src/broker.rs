@@ -788,8 +788,67 @@ pub fn raise_open_files_limit() -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::QueueDeclare;
     use crate::store::definitions::{Change, DefinitionStore, ExchangeDef};
     use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
+
+    #[tokio::test]
+    async fn a_queue_of_a_vhost_made_again_survives_the_old_vhosts_clean_up() {
+        let dir =
+            std::env::temp_dir().join(format!("warren-broker-revhost-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = Arc::new(Config {
+            data_dir: dir.clone(),
+            ..Config::default()
+        });
+        let declare = |broker: &Broker| {
+            let vhost = broker.vhost("v").expect("vhost v");
+            let declare = QueueDeclare {
+                name: "q".into(),
+                server_named: false,
+                passive: false,
+                durable: true,
+                exclusive: false,
+                auto_delete: false,
+                arguments: FieldTable::default(),
+            };
+            vhost.declare_queue(declare, 0).expect("declare q");
+            let settings = crate::exchange::ExchangeSettings {
+                kind: crate::exchange::ExchangeKind::Fanout,
+                durable: true,
+                auto_delete: true,
+                internal: false,
+                delayed: false,
+                arguments: FieldTable::default(),
+            };
+            vhost
+                .declare_exchange("x", false, settings)
+                .expect("declare x");
+            vhost
+                .bind("q", "x", "", FieldTable::default(), 0)
+                .expect("bind q to x");
+        };
+        let broker = Broker::open(config.clone()).expect("open");
+        broker.add_vhost("v", "").expect("add v");
+        declare(&broker);
+        // `delete_vhost`'s steps, with the old vhost emptied only after the name is in
+        // use again and holds a new `q`: as when its clean-up is slow.
+        broker
+            .change_access(|access| Ok::<_, AccessError>(vec![access.delete_vhost("v")?]))
+            .expect("delete v");
+        let old = broker.unregister_vhost("v").expect("v was registered");
+        broker.add_vhost("v", "").expect("add v again");
+        declare(&broker);
+        old.delete_contents();
+        assert!(broker.commit_definitions().await);
+        drop((old, broker));
+        let broker = Broker::open(config).expect("reopen");
+        let vhost = broker.vhost("v").expect("vhost v");
+        assert!(vhost.has_queue("q"), "the new q is stored");
+        assert!(vhost.exchange("x").is_ok(), "and the new x");
+        drop(broker);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn the_open_files_limit_is_raised_to_the_hard_limit() {

@@ -496,7 +496,7 @@ impl VHost {
             .ok_or_else(|| error::no_exchange(name, &self.name))
     }
 
-    /// Declares (or, if passive, checks) an exchange.
+    /// Declares (or, if passive, checks) an exchange; true if this declare made it.
     ///
     /// # Errors
     /// 403 for the default exchange or a new `amq.` name, 404 for a passive miss,
@@ -506,7 +506,7 @@ impl VHost {
         name: &str,
         passive: bool,
         settings: ExchangeSettings,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<bool> {
         let declared = self.declare_exchange_locked(name, passive, settings);
         self.write_changes();
         declared
@@ -517,17 +517,19 @@ impl VHost {
         name: &str,
         passive: bool,
         settings: ExchangeSettings,
-    ) -> AmqpResult<()> {
+    ) -> AmqpResult<bool> {
         if name.is_empty() {
             return Err(error::default_exchange_forbidden());
         }
         if passive {
-            return self.exchange(name).map(|_| ());
+            return self.exchange(name).map(|_| false);
         }
         arguments::check_exchange(&settings.arguments, name, &self.name)?;
         let existing = self.exchanges.read().get(name).cloned();
         if let Some(existing) = existing {
-            return self.check_redeclared_exchange(&existing, name, &settings);
+            return self
+                .check_redeclared_exchange(&existing, name, &settings)
+                .map(|()| false);
         }
         if name.starts_with("amq.") {
             return Err(error::reserved_name("exchange", name));
@@ -575,7 +577,9 @@ impl VHost {
                 if let Some(ours) = exchange.hold() {
                     self.discard_queue(ours);
                 }
-                return self.check_redeclared_exchange(&existing, name, exchange.settings());
+                return self
+                    .check_redeclared_exchange(&existing, name, exchange.settings())
+                    .map(|()| false);
             }
         };
         self.write_changes();
@@ -588,7 +592,7 @@ impl VHost {
             self.remove_exchange(name);
             return Err(error::not_stored("exchange", name, &self.name, reason));
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Checks a declaration of an existing exchange against it (RabbitMQ's equivalence
@@ -1027,11 +1031,13 @@ impl VHost {
     /// and logs.
     pub fn delete_contents(&self) {
         self.deleted.send_replace(true);
+        // The exchanges go first, so that no queue's removal deletes (and stores the
+        // deletion of) an auto-delete exchange it emptied.
+        self.exchanges.write().clear();
         let queues: Vec<Arc<Queue>> = self.queues.read().values().cloned().collect();
         for queue in queues {
             self.remove_queue(&queue);
         }
-        self.exchanges.write().clear();
     }
 
     /// Whether a queue named `name` exists.
@@ -1117,7 +1123,9 @@ impl VHost {
             .filter(|e| unbinds_last(e, DestinationKind::Queue, queue.name()))
             .map(|e| e.name().to_string())
             .collect();
-        let ticket = if queue.settings().durable {
+        // A deleted vhost's stored deletion took its queues with it; storing each again
+        // could remove a queue of the same name in a vhost made again since.
+        let ticket = if queue.settings().durable && !*self.deleted.borrow() {
             self.queue_checked_change(Change::DeleteQueue {
                 vhost: self.name.clone(),
                 name: queue.name().to_string(),
