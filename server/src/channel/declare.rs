@@ -37,17 +37,24 @@ impl Channel {
                 if d.passive && !name.is_empty() {
                     ctx.permit_any(Kind::Exchange, name)?;
                 }
+                // Whether the exchange is new, as far as the checks before the declare
+                // can tell; another connection's delete can race it (see below).
+                let alternate = d
+                    .arguments
+                    .inner()
+                    .get("alternate-exchange")
+                    .and_then(long_string);
+                let new = !d.passive && ctx.vhost.exchange(name).is_err();
                 if !d.passive && !name.is_empty() {
                     ctx.permit(Perm::Configure, Kind::Exchange, name)?;
-                    let alternate = d.arguments.inner().get("alternate-exchange");
-                    if let Some(alternate) = alternate.and_then(long_string)
-                        && ctx.vhost.exchange(name).is_err()
+                    if let Some(alternate) = &alternate
+                        && new
                     {
                         ctx.permit(Perm::Read, Kind::Exchange, name)?;
-                        ctx.permit(Perm::Write, Kind::Exchange, &alternate)?;
+                        ctx.permit(Perm::Write, Kind::Exchange, alternate)?;
                     }
                 }
-                ctx.vhost.declare_exchange(
+                let created = ctx.vhost.declare_exchange(
                     d.exchange.as_str(),
                     d.passive,
                     ExchangeSettings {
@@ -59,6 +66,20 @@ impl Channel {
                         arguments: d.arguments,
                     },
                 )?;
+                // One this declare did make although it looked old before checks its
+                // alternate exchange now, and goes again if that is refused.
+                if created
+                    && !new
+                    && let Some(alternate) = &alternate
+                {
+                    let permitted = ctx
+                        .permit(Perm::Read, Kind::Exchange, name)
+                        .and_then(|()| ctx.permit(Perm::Write, Kind::Exchange, alternate));
+                    if let Err(refused) = permitted {
+                        let _ = ctx.vhost.delete_exchange(name, false);
+                        return Err(refused);
+                    }
+                }
                 if !d.nowait {
                     ctx.send(
                         self.id,
