@@ -17,6 +17,10 @@
 //!   offset, it must hold every confirmed one, once each and in publish order, however
 //!   many rounds went by (a stream keeps what it is given).
 //!
+//! Beside the clients, an administrator makes and deletes vhosts (with durable queues
+//! and connections in them) and users, and sets and clears a run-time policy, through
+//! `warren ctl`, while the policy file is rewritten and reloaded.
+//!
 //! Errors the chaos provokes (a passive declare of a missing queue, an exclusive queue of
 //! another connection, inequivalent arguments, a deleted exchange) close channels and
 //! are counted by reply code; a connection closed with a 5xx code fails the run, except
@@ -1326,6 +1330,148 @@ async fn reload_policies(
     }
 }
 
+/// Runs `warren ctl` on the broker of `dir`; whether it succeeded (it fails for a
+/// vhost or user already gone, and while the broker is being killed).
+async fn ctl(dir: &Path, args: Vec<String>) -> bool {
+    let dir = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(integration_tests::warren_binary())
+            .arg("ctl")
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Administration under the traffic, every 0.2–0.8 s: vhosts `c-v0..2` made (with a
+/// connection that declares a durable queue in one and publishes to it under confirms)
+/// and deleted under it; users `c-u0..2` made, logged in and deleted; a run-time
+/// policy over the `c.pol.` queues set and cleared; the definitions exported.
+async fn administer(
+    dir: PathBuf,
+    broker: SocketAddr,
+    seed: u64,
+    stats: Arc<Stats>,
+    stop: watch::Receiver<bool>,
+) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut open: Vec<Connection> = Vec::new();
+    let owned = |args: &[&str]| args.iter().map(|a| (*a).to_owned()).collect::<Vec<_>>();
+    while !*stop.borrow() {
+        let pause = rng.random_range(200..800);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        let n = rng.random_range(0..3);
+        let (vhost, user) = (format!("c-v{n}"), format!("c-u{n}"));
+        match rng.random_range(0..7) {
+            0 | 1 => {
+                stats.op("ctl-add-vhost");
+                if ctl(&dir, owned(&["add_vhost", &vhost])).await {
+                    let granted = ctl(
+                        &dir,
+                        owned(&["set_permissions", "-p", &vhost, "guest", ".*", ".*", ".*"]),
+                    )
+                    .await;
+                    let uri = format!("amqp://guest:guest@{broker}/{vhost}");
+                    if granted
+                        && let Ok(conn) =
+                            Connection::connect(&uri, ConnectionProperties::default()).await
+                    {
+                        // Durable, persistent and confirmed: the vhost's deletion must
+                        // take them, with the connection, and nothing else.
+                        if let Ok(ch) = conn.create_channel().await {
+                            let durable = QueueDeclareOptions {
+                                durable: true,
+                                ..Default::default()
+                            };
+                            let _ = ch.confirm_select(Default::default()).await;
+                            if ch
+                                .queue_declare("c.v.q".into(), durable, FieldTable::default())
+                                .await
+                                .is_ok()
+                            {
+                                for _ in 0..10 {
+                                    let _ = ch
+                                        .basic_publish(
+                                            "".into(),
+                                            "c.v.q".into(),
+                                            BasicPublishOptions::default(),
+                                            b"in a vhost to be deleted",
+                                            BasicProperties::default().with_delivery_mode(2),
+                                        )
+                                        .await;
+                                }
+                            }
+                        }
+                        open.push(conn);
+                    }
+                }
+            }
+            2 => {
+                stats.op("ctl-delete-vhost");
+                ctl(&dir, owned(&["delete_vhost", &vhost])).await;
+            }
+            3 => {
+                stats.op("ctl-user");
+                ctl(&dir, owned(&["add_user", &user, "pw"])).await;
+                ctl(
+                    &dir,
+                    owned(&[
+                        "set_permissions",
+                        &user,
+                        "^c\\.u\\.",
+                        "^c\\.u\\.",
+                        "^c\\.u\\.",
+                    ]),
+                )
+                .await;
+                let uri = format!("amqp://{user}:pw@{broker}/%2f");
+                if let Ok(conn) = Connection::connect(&uri, ConnectionProperties::default()).await {
+                    open.push(conn);
+                }
+            }
+            4 => {
+                stats.op("ctl-delete-user");
+                ctl(&dir, owned(&["delete_user", &user])).await;
+            }
+            5 => {
+                stats.op("ctl-policy");
+                if rng.random_bool(0.5) {
+                    let definition = format!("{{\"max-length\":{}}}", rng.random_range(1..50));
+                    ctl(
+                        &dir,
+                        owned(&[
+                            "set_policy",
+                            "--priority",
+                            "1",
+                            "chaos-runtime",
+                            "^c\\.pol\\.",
+                            &definition,
+                        ]),
+                    )
+                    .await;
+                } else {
+                    ctl(&dir, owned(&["clear_policy", "chaos-runtime"])).await;
+                }
+            }
+            _ => {
+                stats.op("ctl-export");
+                ctl(&dir, owned(&["export_definitions", "-"])).await;
+            }
+        }
+        // Connections closed by a deletion are dropped; a few stay open meanwhile.
+        open.retain(|c| c.status().connected());
+        if open.len() > 6 {
+            open.remove(0);
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // The liveness probe.
 // ---------------------------------------------------------------------------------------
@@ -2105,6 +2251,13 @@ async fn chaos() {
             ledger.clone(),
             stats.clone(),
             round_seed ^ 0x1ed9e5,
+            stopped.clone(),
+        ));
+        tasks.spawn(administer(
+            dir.clone(),
+            broker.addr(),
+            round_seed ^ 0xad317,
+            stats.clone(),
             stopped.clone(),
         ));
         tasks.spawn(reload_policies(
