@@ -52,6 +52,7 @@ pub struct TestServer {
     uri: String,
     addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
+    management_addr: Option<SocketAddr>,
     data_dir: Option<std::path::PathBuf>,
     scratch_dir: Option<std::path::PathBuf>,
     stop: Option<oneshot::Sender<()>>,
@@ -71,6 +72,7 @@ impl TestServer {
                 uri,
                 addr: None,
                 tls_addr: None,
+                management_addr: None,
                 data_dir: None,
                 scratch_dir: None,
                 stop: None,
@@ -103,9 +105,23 @@ impl TestServer {
         let tls_addr = amqps
             .as_ref()
             .map(|l| l.local_addr().expect("bound address"));
+        // The management API on a free port of its own, unless turned off.
+        let management = if config.no_management {
+            None
+        } else {
+            Some(
+                TcpListener::bind((config.bind, 0))
+                    .await
+                    .expect("bind a free port for the management API"),
+            )
+        };
+        let management_addr = management
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound address"));
         let listeners = warren::server::Listeners {
             amqp: Some(listener),
             amqps,
+            management,
         };
         let data_dir = Some(config.data_dir.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -126,6 +142,7 @@ impl TestServer {
             uri: format!("amqp://guest:guest@{addr}/%2f"),
             addr: Some(addr),
             tls_addr,
+            management_addr,
             data_dir,
             scratch_dir,
             stop: Some(stop),
@@ -165,6 +182,11 @@ impl TestServer {
     /// The AMQPS listener's address, when the settings gave a certificate and key.
     pub fn tls_addr(&self) -> Option<SocketAddr> {
         self.tls_addr
+    }
+
+    /// The management API's address (an in-process Warren's own free port).
+    pub fn management_addr(&self) -> Option<SocketAddr> {
+        self.management_addr
     }
 
     /// Whether this is an in-process Warren (false against an external broker).
@@ -430,6 +452,9 @@ impl WarrenProcess {
             ])
             .arg("--data-dir")
             .arg(data_dir)
+            // Tests run side by side: the management API only where a test gives it a
+            // port of its own.
+            .args((!extra_args.contains(&"--management-port")).then_some("--no-management"))
             .args(extra_args)
             .stderr(stderr.map_or_else(std::process::Stdio::inherit, Into::into))
             .spawn()

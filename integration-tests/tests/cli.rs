@@ -83,6 +83,35 @@ fn an_unusable_port_is_one_line_and_exit_1() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn a_taken_management_port_says_which_flag_moves_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port().to_string();
+    let dir = temp_data_dir("cli-mgmt-port");
+    let out = warren()
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--management-port",
+            &port,
+        ])
+        .arg("--data-dir")
+        .arg(&dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run warren");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("--management-port") && stderr.contains("--no-management"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_closes_clients_with_320_and_exits_cleanly() {
     let dir = temp_data_dir("cli-term");

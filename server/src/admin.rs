@@ -95,6 +95,22 @@ fn parse_limits(json: &str, known: &[&str]) -> Result<BTreeMap<String, i64>, Adm
         .collect()
 }
 
+/// The password of a user made or changed by the management API.
+#[derive(Debug, Clone)]
+pub enum UserPassword {
+    /// A clear password, hashed with SHA-256.
+    Clear(String),
+    /// A hash as RabbitMQ stores one (salt and digest, base64).
+    Hash {
+        /// The hash.
+        hash: String,
+        /// Its algorithm (`rabbit_password_hashing_sha256` …); SHA-256 when absent.
+        hashing_algorithm: Option<String>,
+    },
+    /// None: the user cannot log in with a password (certificates only).
+    None,
+}
+
 /// A user as `list_users` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct UserInfo {
@@ -133,6 +149,80 @@ impl Broker {
         self.change_access(|access| Ok::<_, AdminError>(vec![access.delete_user(name)?]))?;
         self.user_deleted();
         Ok(())
+    }
+
+    /// Creates or replaces a user (the management API's `PUT /api/users/{name}`): its
+    /// password as given, and its tags; true if it was created.
+    ///
+    /// # Errors
+    /// A stored hash that cannot be read, or an algorithm Warren does not know.
+    pub fn put_user(
+        &self,
+        name: &str,
+        password: UserPassword,
+        tags: Vec<String>,
+    ) -> Result<bool, AdminError> {
+        let mut created = false;
+        self.change_access(|access| {
+            let existing = access.user(name).map(|u| u.def().clone());
+            created = existing.is_none();
+            let mut def = existing.unwrap_or_else(|| Access::new_user(name, "", Vec::new()));
+            match password {
+                UserPassword::Clear(password) => {
+                    let hash = PasswordHash::new(Algorithm::default(), &password);
+                    def.password_hash = hash.to_base64();
+                    def.hashing_algorithm = hash.algorithm().name().to_owned();
+                }
+                UserPassword::Hash {
+                    hash,
+                    hashing_algorithm,
+                } => {
+                    def.password_hash = hash;
+                    if let Some(algorithm) = hashing_algorithm {
+                        def.hashing_algorithm = algorithm;
+                    }
+                }
+                UserPassword::None => def.password_hash.clear(),
+            }
+            def.tags = tags;
+            Ok::<_, AdminError>(vec![access.put_user(def)?])
+        })?;
+        Ok(created)
+    }
+
+    /// Creates a vhost or changes its description and tags; true if it was created.
+    ///
+    /// # Errors
+    /// Never, today; typed for the store's failures to come.
+    pub fn put_vhost(
+        &self,
+        name: &str,
+        description: Option<&str>,
+        tags: Option<Vec<String>>,
+    ) -> Result<bool, AdminError> {
+        let vhost = self.vhost(name).is_none().then(|| self.new_vhost(name));
+        let mut created = false;
+        self.change_access(|access| {
+            let existing = access.vhost(name).cloned();
+            created = existing.is_none();
+            let mut def = existing.unwrap_or_else(|| VhostDef {
+                name: name.to_owned(),
+                description: String::new(),
+                tags: Vec::new(),
+                limits: BTreeMap::new(),
+            });
+            if let Some(description) = description {
+                description.clone_into(&mut def.description);
+            }
+            if let Some(tags) = tags {
+                def.tags = tags;
+            }
+            Ok::<_, AdminError>(vec![access.put_vhost(def)])
+        })?;
+        if created && let Some(vhost) = vhost {
+            self.register_vhost(vhost);
+        }
+        Ok(created)
     }
 
     /// Gives a user a new password.

@@ -42,6 +42,10 @@ pub struct Broker {
     next_consumer: AtomicU64,
     alarms: Alarms,
     policies: Arc<RwLock<Policies>>,
+    /// When the broker was opened.
+    started: Instant,
+    /// What the broker listens on, once its listeners are up.
+    listeners: std::sync::OnceLock<Vec<Listener>>,
     /// The timer thread that wakes queues at their deadlines.
     timers: Arc<Timers>,
 }
@@ -152,6 +156,8 @@ impl Broker {
             alarms: Alarms::default(),
             policies,
             timers,
+            started,
+            listeners: std::sync::OnceLock::new(),
         };
         // The definitions file's exchanges, queues and bindings, once its vhosts are up.
         if let Some(file) = &loaded {
@@ -354,7 +360,7 @@ impl Broker {
     }
 
     /// Every vhost, for work over all of them (taken out of the registry's lock).
-    fn all_vhosts(&self) -> Vec<Arc<VHost>> {
+    pub fn all_vhosts(&self) -> Vec<Arc<VHost>> {
         self.vhosts.read().values().cloned().collect()
     }
 
@@ -604,6 +610,26 @@ impl Broker {
         self.policies.write().clear_vhost(vhost);
     }
 
+    /// Records what the broker listens on (once, as it starts serving).
+    pub fn record_listeners(&self, listeners: Vec<Listener>) {
+        let _ = self.listeners.set(listeners);
+    }
+
+    /// What the broker listens on.
+    pub fn listeners(&self) -> &[Listener] {
+        self.listeners.get().map_or(&[], Vec::as_slice)
+    }
+
+    /// Milliseconds since the broker was opened.
+    pub fn uptime_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// How many AMQP connections are open.
+    pub fn connection_count(&self) -> u64 {
+        self.live.lock().total
+    }
+
     /// The policies in force.
     pub fn policies(&self) -> parking_lot::RwLockReadGuard<'_, Policies> {
         self.policies.read()
@@ -743,6 +769,15 @@ impl Refused {
             Self::LoopbackOnly => format!("user '{user}' can only connect via localhost"),
         }
     }
+}
+
+/// One listening socket, as the management API lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listener {
+    /// `amqp`, `amqp/ssl` or `http`, as RabbitMQ names them.
+    pub protocol: &'static str,
+    /// Where it listens.
+    pub addr: std::net::SocketAddr,
 }
 
 /// Raises the soft limit on open files (`RLIMIT_NOFILE`) to the hard limit, as RabbitMQ's

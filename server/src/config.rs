@@ -78,6 +78,12 @@ pub struct Config {
     /// Do not accept plain TCP connections (on `--port`): TLS only.
     #[arg(long, env = "WARREN_NO_TCP")]
     pub no_tcp: bool,
+    /// Port of the management HTTP API and web UI (RabbitMQ's 15672), on `--bind`.
+    #[arg(long, env = "WARREN_MANAGEMENT_PORT", default_value_t = 15672)]
+    pub management_port: u16,
+    /// Do not serve the management HTTP API and web UI.
+    #[arg(long, env = "WARREN_NO_MANAGEMENT")]
+    pub no_management: bool,
     /// Port of the AMQPS (TLS) listener, opened when `--tls-cert` and `--tls-key` are
     /// given.
     #[arg(long, env = "WARREN_TLS_PORT", default_value_t = 5671)]

@@ -13,6 +13,7 @@
 //! - [`store`]: the durable store: one append-only segment log per queue, crash recovery.
 //! - [`error`]: AMQP reply codes and RabbitMQ's error texts, in one place.
 //! - [`names`]: server-generated queue names and consumer tags.
+//! - [`management`]: RabbitMQ's management HTTP API, over the administration operations.
 //! - [`policy`]: RabbitMQ policies: per-name queue and exchange settings from a file.
 //! - [`watchdog`]: test builds only: aborts with backtraces when threads deadlock.
 
@@ -27,6 +28,7 @@ pub mod ctl;
 pub mod erlang;
 pub mod error;
 pub mod exchange;
+pub mod management;
 pub mod message;
 pub mod names;
 pub mod policy;

@@ -83,7 +83,19 @@ fn start() -> anyhow::Result<()> {
         if amqp.is_none() && amqps.is_none() {
             anyhow::bail!("--no-tcp without --tls-cert and --tls-key leaves nothing to listen on");
         }
-        let listeners = warren::server::Listeners { amqp, amqps };
+        let management = if config.no_management {
+            None
+        } else {
+            Some(bind(config.management_port).await.context(
+                "the management API's port is taken: give another with --management-port, \
+                 or turn it off with --no-management",
+            )?)
+        };
+        let listeners = warren::server::Listeners {
+            amqp,
+            amqps,
+            management,
+        };
         warren::server::run_with(listeners, Arc::new(config), stop)
             .await
             .context("broker failed")

@@ -26,6 +26,8 @@ pub struct Listeners {
     pub amqp: Option<TcpListener>,
     /// TLS (5671), when a certificate and key are given.
     pub amqps: Option<TcpListener>,
+    /// The management HTTP API (15672); none with `--no-management`.
+    pub management: Option<TcpListener>,
 }
 
 /// How long a client has for its TLS handshake.
@@ -77,7 +79,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let listeners = Listeners {
         amqp: Some(listener),
-        amqps: None,
+        ..Listeners::default()
     };
     run_with(listeners, config, shutdown).await
 }
@@ -140,7 +142,32 @@ pub async fn run_with(
     }
     let (stop, stopping) = watch::channel(false);
     let tracker = TaskTracker::new();
-    let Listeners { amqp, amqps } = listeners;
+    let Listeners {
+        amqp,
+        amqps,
+        management,
+    } = listeners;
+    broker.record_listeners(
+        [(&amqp, "amqp"), (&amqps, "amqp/ssl"), (&management, "http")]
+            .into_iter()
+            .filter_map(|(listener, protocol)| {
+                let addr = listener.as_ref()?.local_addr().ok()?;
+                Some(crate::broker::Listener { protocol, addr })
+            })
+            .collect(),
+    );
+    if let Some(listener) = management {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "serving the management HTTP API");
+        }
+        let weak = Arc::downgrade(&broker);
+        let stopping = stopping.clone();
+        tokio::spawn(async move {
+            if let Err(error) = crate::management::serve(listener, weak, stopping).await {
+                error!(%error, "the management HTTP API stopped");
+            }
+        });
+    }
     for (listener, what) in [(&amqp, "AMQP"), (&amqps, "AMQPS (TLS)")] {
         if let Some(addr) = listener.as_ref().and_then(|l| l.local_addr().ok()) {
             info!(%addr, "accepting {what} connections");

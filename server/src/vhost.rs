@@ -1050,6 +1050,16 @@ impl VHost {
         self.queues.read().len()
     }
 
+    /// Its queues, taken out of the registry's lock (for listings).
+    pub fn queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().cloned().collect()
+    }
+
+    /// Its exchanges, taken out of the registry's lock (for listings).
+    pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
+        self.exchanges.read().values().cloned().collect()
+    }
+
     /// Resolves once the vhost is deleted (at once if it is).
     pub fn deleted(&self) -> tokio::sync::watch::Receiver<bool> {
         self.deleted.subscribe()

@@ -1,0 +1,729 @@
+//! Users, vhosts, permissions, topic permissions, policies and limits over HTTP, on
+//! the same operations as `warren ctl` ([`crate::admin`]). A change is answered once it
+//! is durable.
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query};
+use axum::routing::get;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Api;
+use super::auth::Caller;
+use super::listing::{ListQuery, list};
+use super::reply::{ApiError, ApiResult, created_or_changed, json, no_content};
+use crate::access::rabbit_json::Tags;
+use crate::admin::{AdminError, UserPassword};
+use crate::store::definitions::{PermissionDef, PolicyDef, TopicPermissionDef};
+
+pub(super) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/api/users", get(users))
+        .route(
+            "/api/users/without-permissions",
+            get(users_without_permissions),
+        )
+        .route(
+            "/api/users/bulk-delete",
+            axum::routing::post(bulk_delete_users),
+        )
+        .route(
+            "/api/users/{user}",
+            get(user).put(put_user).delete(delete_user),
+        )
+        .route("/api/users/{user}/permissions", get(user_permissions))
+        .route(
+            "/api/users/{user}/topic-permissions",
+            get(user_topic_permissions),
+        )
+        .route("/api/vhosts", get(vhosts))
+        .route(
+            "/api/vhosts/{vhost}",
+            get(vhost).put(put_vhost).delete(delete_vhost),
+        )
+        .route("/api/vhosts/{vhost}/permissions", get(vhost_permissions))
+        .route(
+            "/api/vhosts/{vhost}/topic-permissions",
+            get(vhost_topic_permissions),
+        )
+        .route("/api/permissions", get(permissions))
+        .route(
+            "/api/permissions/{vhost}/{user}",
+            get(permission)
+                .put(put_permission)
+                .delete(delete_permission),
+        )
+        .route("/api/topic-permissions", get(topic_permissions))
+        .route(
+            "/api/topic-permissions/{vhost}/{user}",
+            get(topic_permission)
+                .put(put_topic_permission)
+                .delete(delete_topic_permission),
+        )
+        .route("/api/policies", get(policies))
+        .route("/api/policies/{vhost}", get(vhost_policies))
+        .route(
+            "/api/policies/{vhost}/{name}",
+            get(policy).put(put_policy).delete(delete_policy),
+        )
+        .route("/api/vhost-limits", get(vhost_limits))
+        .route("/api/vhost-limits/{vhost}", get(one_vhost_limits))
+        .route(
+            "/api/vhost-limits/{vhost}/{name}",
+            axum::routing::put(put_vhost_limit).delete(delete_vhost_limit),
+        )
+        .route("/api/user-limits", get(user_limits))
+        .route("/api/user-limits/{user}", get(one_user_limits))
+        .route(
+            "/api/user-limits/{user}/{name}",
+            axum::routing::put(put_user_limit).delete(delete_user_limit),
+        )
+}
+
+/// Waits for the change just made to be durable.
+///
+/// # Errors
+/// 500 when it could not be made durable.
+pub(super) async fn durable(caller: &Caller) -> ApiResult<()> {
+    if caller.broker.commit_definitions().await {
+        Ok(())
+    } else {
+        Err(ApiError::internal(
+            "the change was made but could not be made durable",
+        ))
+    }
+}
+
+/// An administration refusal as the API words it: a missing object is 404, the rest
+/// a bad request with the operation's reason.
+fn refused(e: AdminError) -> ApiError {
+    match e {
+        AdminError::NoSuchUser(_) | AdminError::NoSuchVhost(_) | AdminError::NoSuchPolicy => {
+            ApiError::not_found()
+        }
+        other => ApiError::bad_request(other.to_string()),
+    }
+}
+
+/// Parses a JSON body, refusing one that is not JSON or not of the shape.
+fn body<T: serde::de::DeserializeOwned>(raw: &[u8]) -> ApiResult<T> {
+    serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(e.to_string()))
+}
+
+fn user_json(def: &crate::store::definitions::UserDef) -> Value {
+    json!({
+        "name": def.name,
+        "password_hash": def.password_hash,
+        "hashing_algorithm": def.hashing_algorithm,
+        "tags": def.tags,
+        "limits": def.limits,
+    })
+}
+
+async fn users(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
+    caller.require_admin()?;
+    let users = caller.broker.access().export().users;
+    Ok(json(list(users.iter().map(user_json).collect(), &query)?))
+}
+
+async fn users_without_permissions(caller: Caller) -> ApiResult {
+    caller.require_admin()?;
+    let exported = caller.broker.access().export();
+    let lonely = exported
+        .users
+        .iter()
+        .filter(|u| !exported.permissions.iter().any(|p| p.user == u.name))
+        .map(user_json)
+        .collect();
+    Ok(json(Value::Array(lonely)))
+}
+
+#[derive(Deserialize)]
+struct BulkDelete {
+    users: Vec<String>,
+}
+
+async fn bulk_delete_users(caller: Caller, raw: axum::body::Bytes) -> ApiResult {
+    caller.require_admin()?;
+    let BulkDelete { users } = body(&raw)?;
+    for user in users {
+        // Missing users are skipped, as RabbitMQ skips them.
+        let _ = caller.broker.delete_user(&user);
+    }
+    durable(&caller).await?;
+    Ok(no_content())
+}
+
+async fn user(caller: Caller, Path(name): Path<String>) -> ApiResult {
+    caller.require_admin()?;
+    let def = caller
+        .broker
+        .access()
+        .user(&name)
+        .map(|u| u.def().clone())
+        .ok_or_else(ApiError::not_found)?;
+    Ok(json(user_json(&def)))
+}
+
+/// `PUT /api/users/{name}`'s body.
+#[derive(Deserialize)]
+struct PutUser {
+    password: Option<String>,
+    password_hash: Option<String>,
+    hashing_algorithm: Option<String>,
+    #[serde(default)]
+    tags: Option<Tags>,
+}
+
+async fn put_user(caller: Caller, Path(name): Path<String>, raw: axum::body::Bytes) -> ApiResult {
+    caller.require_admin()?;
+    let PutUser {
+        password,
+        password_hash,
+        hashing_algorithm,
+        tags,
+    } = body(&raw)?;
+    let password = match (password, password_hash) {
+        (Some(password), _) => UserPassword::Clear(password),
+        (None, Some(hash)) => UserPassword::Hash {
+            hash,
+            hashing_algorithm,
+        },
+        (None, None) if caller.broker.access().user(&name).is_some() => {
+            return Err(ApiError::bad_request(
+                "password or password_hash must be set",
+            ));
+        }
+        (None, None) => UserPassword::None,
+    };
+    let tags = tags.map(Tags::into_list).unwrap_or_default();
+    let created = caller
+        .broker
+        .put_user(&name, password, tags)
+        .map_err(refused)?;
+    durable(&caller).await?;
+    Ok(created_or_changed(created))
+}
+
+async fn delete_user(caller: Caller, Path(name): Path<String>) -> ApiResult {
+    caller.require_admin()?;
+    caller.broker.delete_user(&name).map_err(refused)?;
+    durable(&caller).await?;
+    Ok(no_content())
+}
+
+fn permissions_where(caller: &Caller, keep: impl Fn(&PermissionDef) -> bool) -> Value {
+    let all = caller.broker.list_permissions(None);
+    Value::Array(
+        all.iter()
+            .filter(|p| keep(p))
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .collect(),
+    )
+}
+
+fn topic_permissions_where(caller: &Caller, keep: impl Fn(&TopicPermissionDef) -> bool) -> Value {
+    let all = caller.broker.list_topic_permissions(None);
+    Value::Array(
+        all.iter()
+            .filter(|p| keep(p))
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .collect(),
+    )
+}
+
+async fn user_permissions(caller: Caller, Path(user): Path<String>) -> ApiResult {
+    caller.require_admin()?;
+    if !caller.broker.user_exists(&user) {
+        return Err(ApiError::not_found());
+    }
+    Ok(json(permissions_where(&caller, |p| p.user == user)))
+}
+
+async fn user_topic_permissions(caller: Caller, Path(user): Path<String>) -> ApiResult {
+    caller.require_admin()?;
+    if !caller.broker.user_exists(&user) {
+        return Err(ApiError::not_found());
+    }
+    Ok(json(topic_permissions_where(&caller, |p| p.user == user)))
+}
+
+/// A vhost as the API shows it: its name, description, tags and message totals.
+fn vhost_json(caller: &Caller, def: &crate::store::definitions::VhostDef) -> Value {
+    let ready: u64 = caller.broker.vhost(&def.name).map_or(0, |vhost| {
+        vhost
+            .queues()
+            .iter()
+            .map(|q| u64::from(q.message_count()))
+            .sum()
+    });
+    let node = super::overview::node_name();
+    json!({
+        "name": def.name,
+        "description": def.description,
+        "tags": def.tags,
+        "metadata": { "description": def.description, "tags": def.tags },
+        "default_queue_type": "undefined",
+        "tracing": false,
+        "cluster_state": { node: "running" },
+        "messages": ready,
+        "messages_ready": ready,
+    })
+}
+
+async fn vhosts(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
+    let defs = caller.broker.access().export().vhosts;
+    let shown = defs
+        .iter()
+        .filter(|v| caller.sees_vhost(&v.name))
+        .map(|v| vhost_json(&caller, v))
+        .collect();
+    Ok(json(list(shown, &query)?))
+}
+
+async fn vhost(caller: Caller, Path(name): Path<String>) -> ApiResult {
+    caller.require_vhost(&name)?;
+    let def = caller
+        .broker
+        .access()
+        .vhost(&name)
+        .cloned()
+        .ok_or_else(ApiError::not_found)?;
+    Ok(json(vhost_json(&caller, &def)))
+}
+
+/// `PUT /api/vhosts/{name}`'s body (all optional).
+#[derive(Deserialize, Default)]
+struct PutVhost {
+    description: Option<String>,
+    tags: Option<Tags>,
+}
+
+async fn put_vhost(caller: Caller, Path(name): Path<String>, raw: axum::body::Bytes) -> ApiResult {
+    caller.require_admin()?;
+    let PutVhost { description, tags } = if raw.is_empty() {
+        PutVhost::default()
+    } else {
+        body(&raw)?
+    };
+    // A PUT replaces: what it leaves out is cleared, as in RabbitMQ.
+    let created = caller
+        .broker
+        .put_vhost(
+            &name,
+            Some(description.as_deref().unwrap_or_default()),
+            Some(tags.map(Tags::into_list).unwrap_or_default()),
+        )
+        .map_err(refused)?;
+    durable(&caller).await?;
+    Ok(created_or_changed(created))
+}
+
+async fn delete_vhost(caller: Caller, Path(name): Path<String>) -> ApiResult {
+    caller.require_admin()?;
+    caller.broker.delete_vhost(&name).map_err(refused)?;
+    durable(&caller).await?;
+    Ok(no_content())
+}
+
+async fn vhost_permissions(caller: Caller, Path(vhost): Path<String>) -> ApiResult {
+    caller.require_admin()?;
+    if caller.broker.vhost(&vhost).is_none() {
+        return Err(ApiError::not_found());
+    }
+    Ok(json(permissions_where(&caller, |p| p.vhost == vhost)))
+}
+
+async fn vhost_topic_permissions(caller: Caller, Path(vhost): Path<String>) -> ApiResult {
+    caller.require_admin()?;
+    if caller.broker.vhost(&vhost).is_none() {
+        return Err(ApiError::not_found());
+    }
+    Ok(json(topic_permissions_where(&caller, |p| p.vhost == vhost)))
+}
+
+async fn permissions(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
+    caller.require_admin()?;
+    let all = permissions_where(&caller, |_| true);
+    let items = all.as_array().cloned().unwrap_or_default();
+    Ok(json(list(items, &query)?))
+}
+
+async fn permission(caller: Caller, Path((vhost, user)): Path<(String, String)>) -> ApiResult {
+    caller.require_admin()?;
+    let found = caller
+        .broker
+        .list_permissions(Some(&vhost))
+        .into_iter()
+        .find(|p| p.user == user)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(json(serde_json::to_value(found).unwrap_or_default()))
+}
+
+/// The three patterns of `PUT /api/permissions/{vhost}/{user}`.
+#[derive(Deserialize)]
+struct Patterns {
+    configure: String,
+    write: String,
+    read: String,
+}
+
+async fn put_permission(
+    caller: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+    raw: axum::body::Bytes,
+) -> ApiResult {
+    caller.require_admin()?;
+    let Patterns {
+        configure,
+        write,
+        read,
+    } = body(&raw)?;
+    let existed = caller
+        .broker
+        .list_permissions(Some(&vhost))
+        .iter()
+        .any(|p| p.user == user);
+    caller
+        .broker
+        .set_permissions(PermissionDef {
+            user,
+            vhost,
+            configure,
+            write,
+            read,
+        })
+        .map_err(|e| match e {
+            AdminError::NoSuchUser(_) | AdminError::NoSuchVhost(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+            other => refused(other),
+        })?;
+    durable(&caller).await?;
+    Ok(created_or_changed(!existed))
+}
+
+async fn delete_permission(
+    caller: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let existed = caller
+        .broker
+        .list_permissions(Some(&vhost))
+        .iter()
+        .any(|p| p.user == user);
+    if !existed {
+        return Err(ApiError::not_found());
+    }
+    caller
+        .broker
+        .clear_permissions(&user, &vhost)
+        .map_err(refused)?;
+    durable(&caller).await?;
+    Ok(no_content())
+}
+
+async fn topic_permissions(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
+    caller.require_admin()?;
+    let all = topic_permissions_where(&caller, |_| true);
+    let items = all.as_array().cloned().unwrap_or_default();
+    Ok(json(list(items, &query)?))
+}
+
+async fn topic_permission(
+    caller: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let found = topic_permissions_where(&caller, |p| p.vhost == vhost && p.user == user);
+    if found.as_array().is_none_or(Vec::is_empty) {
+        return Err(ApiError::not_found());
+    }
+    Ok(json(found))
+}
+
+/// `PUT /api/topic-permissions/{vhost}/{user}`'s body.
+#[derive(Deserialize)]
+struct TopicPatterns {
+    exchange: String,
+    write: String,
+    read: String,
+}
+
+async fn put_topic_permission(
+    caller: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+    raw: axum::body::Bytes,
+) -> ApiResult {
+    caller.require_admin()?;
+    let TopicPatterns {
+        exchange,
+        write,
+        read,
+    } = body(&raw)?;
+    let existed = caller
+        .broker
+        .list_topic_permissions(Some(&vhost))
+        .iter()
+        .any(|p| p.user == user && p.exchange == exchange);
+    caller
+        .broker
+        .set_topic_permissions(TopicPermissionDef {
+            user,
+            vhost,
+            exchange,
+            write,
+            read,
+        })
+        .map_err(|e| match e {
+            AdminError::NoSuchUser(_) | AdminError::NoSuchVhost(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+            other => refused(other),
+        })?;
+    durable(&caller).await?;
+    Ok(created_or_changed(!existed))
+}
+
+async fn delete_topic_permission(
+    caller: Caller,
+    Path((vhost, user)): Path<(String, String)>,
+) -> ApiResult {
+    caller.require_admin()?;
+    caller
+        .broker
+        .clear_topic_permissions(&user, &vhost, None)
+        .map_err(refused)?;
+    durable(&caller).await?;
+    Ok(no_content())
+}
+
+fn policy_json(def: &PolicyDef) -> Value {
+    json!({
+        "vhost": def.vhost,
+        "name": def.name,
+        "pattern": def.pattern,
+        "apply-to": def.apply_to,
+        "definition": def.definition,
+        "priority": def.priority,
+    })
+}
+
+async fn policies(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
+    let shown = caller
+        .broker
+        .list_policies(None)
+        .iter()
+        .filter(|p| caller.sees_vhost(&p.vhost))
+        .map(policy_json)
+        .collect();
+    Ok(json(list(shown, &query)?))
+}
+
+async fn vhost_policies(caller: Caller, Path(vhost): Path<String>) -> ApiResult {
+    caller.require_vhost(&vhost)?;
+    let shown = caller
+        .broker
+        .list_policies(Some(&vhost))
+        .iter()
+        .map(policy_json)
+        .collect();
+    Ok(json(Value::Array(shown)))
+}
+
+async fn policy(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+    caller.require_vhost(&vhost)?;
+    let found = caller
+        .broker
+        .list_policies(Some(&vhost))
+        .into_iter()
+        .find(|p| p.name == name)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(json(policy_json(&found)))
+}
+
+/// `PUT /api/policies/{vhost}/{name}`'s body.
+#[derive(Deserialize)]
+struct PutPolicy {
+    pattern: String,
+    definition: Value,
+    #[serde(default)]
+    priority: i64,
+    #[serde(rename = "apply-to", default)]
+    apply_to: Option<String>,
+}
+
+fn require_policymaker(caller: &Caller, vhost: &str) -> ApiResult<()> {
+    caller.require_vhost(vhost)?;
+    if caller.is_policymaker() {
+        Ok(())
+    } else {
+        Err(ApiError::not_authorized("Not policymaker user"))
+    }
+}
+
+async fn put_policy(
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    raw: axum::body::Bytes,
+) -> ApiResult {
+    require_policymaker(&caller, &vhost)?;
+    let PutPolicy {
+        pattern,
+        definition,
+        priority,
+        apply_to,
+    } = body(&raw)?;
+    let existed = caller
+        .broker
+        .list_policies(Some(&vhost))
+        .iter()
+        .any(|p| p.name == name);
+    caller
+        .broker
+        .set_policy(PolicyDef {
+            vhost,
+            name,
+            pattern,
+            apply_to: apply_to.unwrap_or_else(|| "all".to_owned()),
+            priority,
+            definition,
+        })
+        .map_err(|e| match e {
+            AdminError::InvalidPolicy(reason) => {
+                ApiError::bad_request(format!("Validation failed\n\n{reason}\n"))
+            }
+            other => refused(other),
+        })?;
+    durable(&caller).await?;
+    Ok(created_or_changed(!existed))
+}
+
+async fn delete_policy(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+    require_policymaker(&caller, &vhost)?;
+    caller.broker.clear_policy(&vhost, &name).map_err(refused)?;
+    durable(&caller).await?;
+    Ok(no_content())
+}
+
+async fn vhost_limits(caller: Caller) -> ApiResult {
+    let shown = caller
+        .broker
+        .list_vhost_limits(None)
+        .into_iter()
+        .filter(|l| l["vhost"].as_str().is_some_and(|v| caller.sees_vhost(v)))
+        .collect();
+    Ok(json(Value::Array(shown)))
+}
+
+async fn one_vhost_limits(caller: Caller, Path(vhost): Path<String>) -> ApiResult {
+    caller.require_vhost(&vhost)?;
+    Ok(json(Value::Array(
+        caller.broker.list_vhost_limits(Some(&vhost)),
+    )))
+}
+
+/// `PUT /api/…-limits/{…}/{name}`'s body.
+#[derive(Deserialize)]
+struct LimitValue {
+    value: i64,
+}
+
+/// The object's limits with `name` set to `value`, or cleared.
+fn with_limit(current: Option<&Value>, name: &str, value: Option<i64>) -> String {
+    let mut limits = current
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    match value {
+        Some(value) => {
+            limits.insert(name.to_owned(), Value::from(value));
+        }
+        None => {
+            limits.remove(name);
+        }
+    }
+    Value::Object(limits).to_string()
+}
+
+async fn put_vhost_limit(
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Json(LimitValue { value }): Json<LimitValue>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let current = caller.broker.list_vhost_limits(Some(&vhost));
+    let limits = with_limit(current.first().map(|l| &l["limits"]), &name, Some(value));
+    caller
+        .broker
+        .set_vhost_limits(&vhost, &limits)
+        .map_err(refused)?;
+    durable(&caller).await?;
+    Ok(no_content())
+}
+
+async fn delete_vhost_limit(
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let current = caller.broker.list_vhost_limits(Some(&vhost));
+    let limits = with_limit(current.first().map(|l| &l["limits"]), &name, None);
+    caller
+        .broker
+        .set_vhost_limits(&vhost, &limits)
+        .map_err(refused)?;
+    durable(&caller).await?;
+    Ok(no_content())
+}
+
+async fn user_limits(caller: Caller) -> ApiResult {
+    caller.require_admin()?;
+    Ok(json(Value::Array(caller.broker.list_user_limits())))
+}
+
+async fn one_user_limits(caller: Caller, Path(user): Path<String>) -> ApiResult {
+    caller.require_admin()?;
+    let shown = caller
+        .broker
+        .list_user_limits()
+        .into_iter()
+        .filter(|l| l["user"] == user.as_str())
+        .collect();
+    Ok(json(Value::Array(shown)))
+}
+
+async fn put_user_limit(
+    caller: Caller,
+    Path((user, name)): Path<(String, String)>,
+    Json(LimitValue { value }): Json<LimitValue>,
+) -> ApiResult {
+    caller.require_admin()?;
+    let current = caller
+        .broker
+        .list_user_limits()
+        .into_iter()
+        .find(|l| l["user"] == user.as_str());
+    let limits = with_limit(current.as_ref().map(|l| &l["limits"]), &name, Some(value));
+    caller
+        .broker
+        .set_user_limits(&user, &limits)
+        .map_err(refused)?;
+    durable(&caller).await?;
+    Ok(no_content())
+}
+
+async fn delete_user_limit(
+    caller: Caller,
+    Path((user, name)): Path<(String, String)>,
+) -> ApiResult {
+    caller.require_admin()?;
+    caller
+        .broker
+        .clear_user_limit(&user, &name)
+        .map_err(refused)?;
+    durable(&caller).await?;
+    Ok(no_content())
+}

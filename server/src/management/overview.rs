@@ -1,0 +1,154 @@
+//! `/api/overview`, `/api/whoami`, `/api/nodes` and `/api/extensions`: who is asking,
+//! and the broker as one node of a one-node cluster.
+
+use axum::Router;
+use axum::extract::Path;
+use axum::response::Response;
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::Api;
+use super::auth::Caller;
+use super::reply::{ApiError, ApiResult, json};
+
+/// The RabbitMQ version the API claims, so that tools that check it go on.
+pub const RABBITMQ_VERSION: &str = "3.13.0";
+
+/// The node's name, as RabbitMQ names nodes.
+pub fn node_name() -> String {
+    let host = rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned();
+    format!("warren@{host}")
+}
+
+pub(super) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/api/whoami", get(whoami))
+        .route("/api/overview", get(overview))
+        .route("/api/nodes", get(nodes))
+        .route("/api/nodes/{name}", get(node))
+        .route("/api/extensions", get(extensions))
+}
+
+async fn whoami(caller: Caller) -> Response {
+    json(json!({ "name": caller.user, "tags": caller.tags }))
+}
+
+/// The totals the caller may see: every vhost for a monitor, its own for the others.
+fn totals(caller: &Caller) -> (Value, Value) {
+    let (mut ready, mut queues, mut exchanges, mut consumers) = (0u64, 0u64, 0u64, 0u64);
+    for vhost in caller.broker.all_vhosts() {
+        if !caller.sees_vhost(vhost.name()) {
+            continue;
+        }
+        exchanges += vhost.exchanges().len() as u64;
+        for queue in vhost.queues() {
+            queues += 1;
+            ready += u64::from(queue.message_count());
+            consumers += u64::from(queue.consumer_count());
+        }
+    }
+    let connections = caller.broker.connection_count();
+    (
+        json!({
+            "messages": ready,
+            "messages_ready": ready,
+            "messages_unacknowledged": 0,
+        }),
+        json!({
+            "channels": 0,
+            "connections": connections,
+            "consumers": consumers,
+            "exchanges": exchanges,
+            "queues": queues,
+        }),
+    )
+}
+
+async fn overview(caller: Caller) -> Response {
+    let (queue_totals, object_totals) = totals(&caller);
+    let node = node_name();
+    let listeners: Vec<Value> = caller
+        .broker
+        .listeners()
+        .iter()
+        .map(|l| {
+            json!({ "node": node, "protocol": l.protocol,
+                    "ip_address": l.addr.ip().to_string(), "port": l.addr.port() })
+        })
+        .collect();
+    let contexts: Vec<Value> = caller
+        .broker
+        .listeners()
+        .iter()
+        .filter(|l| l.protocol == "http")
+        .map(|l| {
+            json!({ "node": node, "description": "RabbitMQ Management", "path": "/",
+                    "port": l.addr.port().to_string() })
+        })
+        .collect();
+    json(json!({
+        "management_version": RABBITMQ_VERSION,
+        "rates_mode": "basic",
+        "exchange_types": [
+            { "name": "direct", "description": "AMQP direct exchange, as per the AMQP specification", "enabled": true },
+            { "name": "fanout", "description": "AMQP fanout exchange, as per the AMQP specification", "enabled": true },
+            { "name": "headers", "description": "AMQP headers exchange, as per the AMQP specification", "enabled": true },
+            { "name": "topic", "description": "AMQP topic exchange, as per the AMQP specification", "enabled": true },
+            { "name": "x-consistent-hash", "description": "Consistent Hashing Exchange", "enabled": true },
+            { "name": "x-delayed-message", "description": "Delayed Message Exchange", "enabled": true },
+        ],
+        "product_version": env!("CARGO_PKG_VERSION"),
+        "product_name": "Warren",
+        "rabbitmq_version": RABBITMQ_VERSION,
+        "cluster_name": node,
+        "erlang_version": "n/a",
+        "erlang_full_version": "n/a (Warren is written in Rust)",
+        "disable_stats": false,
+        "enable_queue_totals": true,
+        "queue_totals": queue_totals,
+        "object_totals": object_totals,
+        "statistics_db_event_queue": 0,
+        "node": node,
+        "listeners": listeners,
+        "contexts": contexts,
+    }))
+}
+
+fn node_info(caller: &Caller) -> Value {
+    let alarms = caller.broker.alarms().current();
+    json!({
+        "name": node_name(),
+        "type": "disc",
+        "running": true,
+        "uptime": caller.broker.uptime_ms(),
+        "mem_used": caller.broker.memory_in_use(),
+        "mem_limit": caller.broker.config().memory_limit,
+        "mem_alarm": alarms.memory,
+        "disk_free_limit": caller.broker.config().disk_free_limit,
+        "disk_free_alarm": alarms.disk,
+        "partitions": [],
+        "os_pid": std::process::id().to_string(),
+        "processors": std::thread::available_parallelism().map_or(1, usize::from),
+    })
+}
+
+async fn nodes(caller: Caller) -> ApiResult {
+    caller.require_monitor()?;
+    Ok(json(json!([node_info(&caller)])))
+}
+
+async fn node(caller: Caller, Path(name): Path<String>) -> ApiResult {
+    caller.require_monitor()?;
+    if name != node_name() {
+        return Err(ApiError::not_found());
+    }
+    Ok(json(node_info(&caller)))
+}
+
+/// The UI's plug-in list: none beyond what Warren serves itself.
+async fn extensions(_caller: Caller) -> Response {
+    json(json!([]))
+}

@@ -1,0 +1,136 @@
+//! The API's replies: JSON with RabbitMQ's headers, and its error bodies
+//! (`{"error": …, "reason": …}`) with their status codes.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+/// A refusal, as RabbitMQ's management plugin words it.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The `error` field (`not_found`, `bad_request`, `not_authorized` …).
+    pub error: &'static str,
+    /// The `reason` field.
+    pub reason: String,
+    /// Whether to ask for Basic credentials (a 401).
+    pub challenge: bool,
+    /// Whether the body is left empty (a 401 without credentials).
+    pub empty: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: &'static str, reason: impl Into<String>) -> Self {
+        Self {
+            status,
+            error,
+            reason: reason.into(),
+            challenge: false,
+            empty: false,
+        }
+    }
+
+    /// 404 for an object that does not exist.
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "Object Not Found", "Not Found")
+    }
+
+    /// 400 for a request RabbitMQ refuses, with its reason.
+    pub fn bad_request(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+    }
+
+    /// 401 without credentials: an empty body and the Basic challenge.
+    pub fn no_credentials() -> Self {
+        Self {
+            challenge: true,
+            empty: true,
+            ..Self::new(StatusCode::UNAUTHORIZED, "not_authorized", "")
+        }
+    }
+
+    /// 401 for credentials that do not log in, or a user the API refuses.
+    pub fn not_authorized(reason: impl Into<String>) -> Self {
+        Self {
+            challenge: true,
+            ..Self::new(StatusCode::UNAUTHORIZED, "not_authorized", reason)
+        }
+    }
+
+    /// 401 as RabbitMQ spells it for a user it knows but refuses (`not_authorised`).
+    pub fn not_authorised(reason: impl Into<String>) -> Self {
+        Self {
+            challenge: true,
+            ..Self::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
+        }
+    }
+
+    /// 503 while the broker is shutting down.
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "service_unavailable",
+            "the broker is shutting down",
+        )
+    }
+
+    /// 500 for a change the broker made but could not make durable.
+    pub fn internal(reason: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_server_error",
+            reason,
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = if self.empty {
+            self.status.into_response()
+        } else {
+            let body = json!({ "error": self.error, "reason": self.reason });
+            (self.status, Json(body)).into_response()
+        };
+        if self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"RabbitMQ Management\""),
+            );
+        }
+        response
+    }
+}
+
+/// What handlers return.
+pub type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// A JSON reply, not to be cached (as RabbitMQ sends every one).
+pub fn json(value: Value) -> Response {
+    let mut response = Json(value).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// 201 for an object created by PUT or POST, 204 for one changed or deleted.
+pub fn created_or_changed(created: bool) -> Response {
+    if created {
+        StatusCode::CREATED.into_response()
+    } else {
+        StatusCode::NO_CONTENT.into_response()
+    }
+}
+
+/// 204, for a change or deletion.
+pub fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+/// The reply to a path the API does not have.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found()
+}
