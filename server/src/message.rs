@@ -207,6 +207,9 @@ pub struct QueuedMessage {
     pub priority: u8,
     /// The partition of a partitioned queue that handed it out (0 otherwise).
     pub partition: u16,
+    /// Handed out to be acked: counted in its queue's unacknowledged deliveries until
+    /// settled.
+    pub awaiting_ack: bool,
     /// The message.
     pub message: Message,
 }

@@ -228,6 +228,7 @@ impl Channel {
             delivery_count: 0,
             priority: 0,
             partition: notice.partition,
+            awaiting_ack: false,
             message: Message::new("", queue.name(), &properties, Bytes::new()),
         };
         let delivery_tag = self.take_tag();

@@ -341,6 +341,10 @@ impl Router for ConsistentHashRouter {
     fn len(&self) -> usize {
         self.entries.len()
     }
+
+    fn bindings(&self) -> Vec<Binding> {
+        self.entries.iter().map(|e| e.binding.clone()).collect()
+    }
 }
 
 /// The weight a binding key gives, 0 if it is not a valid one.

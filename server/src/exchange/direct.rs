@@ -72,6 +72,10 @@ impl Router for DirectRouter {
     fn len(&self) -> usize {
         self.count
     }
+
+    fn bindings(&self) -> Vec<Binding> {
+        self.by_key.values().flatten().cloned().collect()
+    }
 }
 
 #[cfg(test)]

@@ -53,6 +53,10 @@ impl Router for FanoutRouter {
     fn len(&self) -> usize {
         self.bindings.len()
     }
+
+    fn bindings(&self) -> Vec<Binding> {
+        self.bindings.clone()
+    }
 }
 
 #[cfg(test)]

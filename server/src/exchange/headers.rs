@@ -433,6 +433,10 @@ impl Router for HeadersRouter {
     fn len(&self) -> usize {
         self.bindings.len()
     }
+
+    fn bindings(&self) -> Vec<Binding> {
+        self.bindings.clone()
+    }
 }
 
 #[cfg(test)]

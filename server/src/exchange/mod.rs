@@ -217,6 +217,8 @@ pub trait Router: Send + Sync + std::fmt::Debug {
     fn route(&self, message: &Message, out: &mut Routed);
     /// Number of bindings.
     fn len(&self) -> usize;
+    /// Every binding, for listings (the management API); in no particular order.
+    fn bindings(&self) -> Vec<Binding>;
     /// Whether there are no bindings.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -339,6 +341,11 @@ impl Exchange {
         self.router.write().remove_destination(kind, name);
     }
 
+    /// Its bindings, copied out of its lock (for listings).
+    pub fn bindings(&self) -> Vec<Binding> {
+        self.router.read().bindings()
+    }
+
     /// Whether any binding exists (for `if-unused` deletes).
     pub fn has_bindings(&self) -> bool {
         !self.router.read().is_empty()
@@ -439,5 +446,48 @@ mod tests {
         );
         out.dedup_queues();
         assert_eq!(names(&out.queues), ["other", "q"]);
+    }
+
+    #[test]
+    fn every_router_lists_its_bindings() {
+        for kind in [
+            ExchangeKind::Direct,
+            ExchangeKind::Fanout,
+            ExchangeKind::Topic,
+            ExchangeKind::Headers,
+            ExchangeKind::ConsistentHash,
+        ] {
+            let ex = Exchange::new(
+                "x".into(),
+                ExchangeSettings {
+                    kind,
+                    durable: false,
+                    auto_delete: false,
+                    internal: false,
+                    delayed: false,
+                    arguments: FieldTable::default(),
+                },
+            );
+            let (q, other) = (queue("q"), queue("other"));
+            let keys = ["1", "2", "a.#"];
+            for key in keys {
+                assert!(ex.bind(binding(&q, key, FieldTable::default())), "{kind:?}");
+            }
+            assert!(ex.bind(binding(&other, "1", FieldTable::default())));
+            let mut listed: Vec<(String, String)> = ex
+                .bindings()
+                .iter()
+                .map(|b| (b.destination.name().to_owned(), b.routing_key.clone()))
+                .collect();
+            listed.sort();
+            assert_eq!(
+                listed,
+                [("other", "1"), ("q", "1"), ("q", "2"), ("q", "a.#")]
+                    .map(|(d, k)| (d.to_owned(), k.to_owned())),
+                "{kind:?}"
+            );
+            assert!(ex.unbind(DestinationKind::Queue, "q", "2", &FieldTable::default()));
+            assert_eq!(ex.bindings().len(), 3, "{kind:?}");
+        }
     }
 }

@@ -312,6 +312,18 @@ impl Router for TopicRouter {
     fn len(&self) -> usize {
         self.count
     }
+
+    fn bindings(&self) -> Vec<Binding> {
+        let mut out = Vec::with_capacity(self.count);
+        let mut nodes = vec![&self.root];
+        while let Some(node) = nodes.pop() {
+            out.extend(node.bindings.iter().cloned());
+            nodes.extend(node.words.values());
+            nodes.extend(node.star.as_deref());
+            nodes.extend(node.hash.as_deref());
+        }
+        out
+    }
 }
 
 #[cfg(test)]

@@ -233,10 +233,15 @@ struct QueueState {
     consumers: Vec<ConsumerHandle>,
     /// All consumers share one priority, so dispatch is plain round-robin.
     uniform_priority: bool,
-    next_consumer: usize,
+    /// Where round-robin dispatch looks first (u32: with `unacked`, it keeps an idle
+    /// partition within its size budget).
+    next_consumer: u32,
     /// Consumers passed over in this dispatch because their connection was full.
     stalled: Vec<usize>,
     had_consumer: bool,
+    /// Deliveries handed out to be acked and not yet settled (acked, rejected,
+    /// returned): the management API's unacknowledged count.
+    unacked: u32,
     deleted: bool,
     /// Deleted with appends whose sync failed (see [`Queue::abandon`]): none of them
     /// may be reported durable.
@@ -454,6 +459,15 @@ fn expiry(now_ms: u64, queue_ttl: Option<u64>, message_ttl: Option<u64>) -> u64 
 }
 
 impl QueueState {
+    /// Counts out of the unacknowledged deliveries those of `messages` that awaited an
+    /// ack.
+    fn settle_acks(&mut self, messages: &[QueuedMessage]) {
+        let acked = messages.iter().filter(|m| m.awaiting_ack).count();
+        self.unacked = self
+            .unacked
+            .saturating_sub(u32::try_from(acked).unwrap_or(u32::MAX));
+    }
+
     fn ready_count(&self) -> u64 {
         self.ready.len() as u64 + self.paged
     }
@@ -574,6 +588,7 @@ impl QueueState {
                 delivery_count,
                 priority: message.properties().and_then(|p| p.priority()).unwrap_or(0),
                 partition: 0,
+                awaiting_ack: false,
                 message,
             };
             if self.holds {
@@ -734,9 +749,9 @@ impl QueueState {
             };
             let size = end - start;
             for k in 0..size {
-                let at = start + (self.next_consumer + k) % size;
+                let at = start + (self.next_consumer as usize + k) % size;
                 if self.take_credit(at) {
-                    self.next_consumer = at - start + 1;
+                    self.next_consumer = u32::try_from(at - start + 1).unwrap_or(0);
                     return Some(at);
                 }
             }
@@ -1175,6 +1190,17 @@ impl Queue {
         u32::try_from(count).unwrap_or(u32::MAX)
     }
 
+    /// Deliveries handed out to be acked and not yet settled; 0 for a stream, whose
+    /// reads settle nothing.
+    pub fn unacked_count(&self) -> u64 {
+        if self.is_stream() {
+            return 0;
+        }
+        (0..self.state_count())
+            .map(|p| u64::from(self.lock(p).unacked))
+            .sum()
+    }
+
     /// Memory its ready messages hold (those not paged out): bodies, plus each
     /// message's own footprint, which dominates for small bodies.
     pub fn memory_bytes(&self) -> u64 {
@@ -1413,6 +1439,7 @@ impl Queue {
                         delivery_count: 0,
                         priority: handling.priority,
                         partition: 0,
+                        awaiting_ack: false,
                         message,
                     });
                 }
@@ -1428,6 +1455,7 @@ impl Queue {
                     delivery_count: 0,
                     priority: handling.priority,
                     partition: 0,
+                    awaiting_ack: false,
                     message,
                 });
                 false
@@ -1530,6 +1558,8 @@ impl Queue {
                 } else {
                     st.mark_delivered(&message);
                 }
+                message.awaiting_ack = !no_ack;
+                st.unacked += u32::from(!no_ack);
                 if let Some(tally) = st.partition.as_mut() {
                     tally.unacked += u32::from(!no_ack);
                     message.partition = tally.index;
@@ -1584,9 +1614,11 @@ impl Queue {
             if st.deleted {
                 return;
             }
+            st.settle_acks(&messages);
             partitioned::settled(&mut st, messages.len());
             let quorum = st.args.queue_type == QueueType::Quorum;
             for mut message in messages {
+                message.awaiting_ack = false;
                 if !delivered {
                     st.expiring |= message.expires_at_ms != 0;
                     st.ready.reinsert(message);
@@ -1656,6 +1688,7 @@ impl Queue {
         }
         for (p, messages) in self.by_partition(messages) {
             let mut st = self.lock(p);
+            st.settle_acks(&messages);
             if partitioned::settled(&mut st, messages.len())
                 && let Some(parts) = self.partitioned()
             {
@@ -1698,6 +1731,7 @@ impl Queue {
         for (p, messages) in self.by_partition(messages) {
             let mut letters = Vec::new();
             let mut st = self.lock(p);
+            st.settle_acks(&messages);
             if partitioned::settled(&mut st, messages.len()) {
                 self.dispatch(&mut st, &mut letters);
             }
@@ -1844,7 +1878,7 @@ impl Queue {
             return ConsumerRemoval::Unknown;
         };
         st.consumers.remove(at);
-        if st.next_consumer > at {
+        if st.next_consumer as usize > at {
             st.next_consumer -= 1;
         }
         if st.consumers.is_empty() {
@@ -2077,6 +2111,8 @@ impl Queue {
             if !st.consumers[at].no_ack || st.args.queue_type == QueueType::Quorum {
                 st.mark_delivered(&message);
             }
+            message.awaiting_ack = !st.consumers[at].no_ack;
+            st.unacked += u32::from(message.awaiting_ack);
             if let Some(tally) = st.partition.as_mut() {
                 // Counted until settled (a no_ack one: until written).
                 tally.unacked += 1;

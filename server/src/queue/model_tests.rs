@@ -1485,6 +1485,13 @@ impl Harness {
             self.model.consumers.len(),
             "consumers"
         );
+        let awaiting_ack =
+            self.model.mailbox.iter().filter(|d| !d.no_ack).count() + self.model.unacked.len();
+        prop_assert_eq!(
+            queue.unacked_count() as usize,
+            awaiting_ack,
+            "deliveries awaiting an ack"
+        );
         let got: Vec<(u64, u64, bool)> =
             self.pending
                 .iter()

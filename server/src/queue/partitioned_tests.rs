@@ -516,7 +516,8 @@ fn notified_members_hear_of_assignments_before_messages() {
 /// first use) and its `Arc`, plus one small allocation for its priority level.
 #[test]
 fn an_idle_partition_is_small() {
-    assert!(std::mem::size_of::<partitioned::Partition>() <= 512);
+    let size = std::mem::size_of::<partitioned::Partition>();
+    assert!(size <= 512, "{size} bytes");
 }
 
 fn expiring_queue(expires_ms: u64) -> Arc<Queue> {

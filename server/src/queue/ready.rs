@@ -167,6 +167,7 @@ mod tests {
             delivery_count: 0,
             priority,
             partition: 0,
+            awaiting_ack: false,
             message: Message::new("", "q", b"", Bytes::from_static(b"xy")),
         }
     }

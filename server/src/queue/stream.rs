@@ -972,6 +972,7 @@ fn delivery(entry: StreamEntry, partition: u16) -> QueuedMessage {
         delivery_count: 0,
         priority: 0,
         partition,
+        awaiting_ack: false,
         message: Message::new(text(&exchange), text(&routing_key), &properties, body),
     }
 }
