@@ -298,3 +298,357 @@ async fn definitions_go_out_and_come_back_over_http() {
     let _: Value = back.json();
     assert_eq!(api.delete(&format!("/api/users/{user}")).await.status, 204);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queues_and_exchanges_are_declared_listed_and_deleted_over_http() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let (x, q) = (unique_name("api-x"), unique_name("api-q"));
+    // As rabbitmqadmin sends them: booleans as strings, extra keys.
+    let exchange = json!({ "type": "topic", "durable": "true", "auto_delete": "false",
+                           "internal": "false", "arguments": {}, "name": x, "vhost": "/" });
+    let path = format!("/api/exchanges/%2F/{x}");
+    assert_eq!(api.put(&path, exchange.clone()).await.status, 201);
+    assert_eq!(api.put(&path, exchange).await.status, 204);
+    let shown = api.get(&path).await.json();
+    assert_eq!(
+        (shown["type"].clone(), shown["durable"].clone()),
+        (json!("topic"), json!(true))
+    );
+    let other = api
+        .put(&path, json!({ "type": "fanout", "durable": true }))
+        .await;
+    assert_eq!(other.status, 400);
+    assert_eq!(
+        other.json()["reason"],
+        format!(
+            "inequivalent arg 'type' for exchange '{x}' in vhost '/': received 'fanout' but current is 'topic'"
+        )
+    );
+    let queue = format!("/api/queues/%2F/{q}");
+    assert_eq!(
+        api.put(
+            &queue,
+            json!({ "durable": "false", "arguments": { "x-max-length": 3 } })
+        )
+        .await
+        .status,
+        201
+    );
+    let shown = api.get(&queue).await.json();
+    assert_eq!(shown["durable"], false, "PUT's default is not durable");
+    assert_eq!(shown["arguments"], json!({ "x-max-length": 3 }));
+    assert_eq!(shown["type"], "classic");
+    let bad = api
+        .put(&queue, json!({ "arguments": { "x-max-length": 5 } }))
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["error"], "bad_request");
+    for (body, reason) in [
+        (json!({ "durable": "yes" }), json!(["not_boolean", "yes"])),
+        (
+            json!({ "arguments": { "x-max-length": "x" } }),
+            json!(format!(
+                "invalid arg 'x-max-length' for queue '{q}-2' in vhost '/': \"expected integer, got longstr\""
+            )),
+        ),
+    ] {
+        let refused = api.put(&format!("{queue}-2"), body).await;
+        assert_eq!(refused.status, 400);
+        assert_eq!(refused.json()["reason"], reason);
+    }
+    // Only the columns asked for; RabbitMQ leaves `messages` out until its first
+    // statistics sample.
+    let listed = api.get("/api/queues?columns=name,messages").await.json();
+    let item = listed
+        .as_array()
+        .and_then(|all| all.iter().find(|i| i["name"] == q.as_str()).cloned())
+        .unwrap_or_else(|| panic!("{q} not listed: {listed}"));
+    assert!(
+        item["messages"] == 0 || item.get("messages").is_none(),
+        "{item}"
+    );
+    assert!(item.as_object().is_some_and(|o| o.len() <= 2), "{item}");
+    let reserved = api.put("/api/queues/%2F/amq.mine", json!({})).await;
+    assert_eq!(
+        (reserved.status, reserved.json()),
+        (
+            401,
+            json!({"error": "not_authorised", "reason": "Access refused."})
+        )
+    );
+    let missing = api.put("/api/queues/no-such-vhost/q", json!({})).await;
+    assert_eq!(
+        (missing.status, missing.json()),
+        (
+            404,
+            json!({"error": "not_found", "reason": "vhost_not_found"})
+        )
+    );
+    // A message makes `if-empty` refuse; a purge empties it.
+    let published = api
+        .call(
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(("guest", "guest")),
+            Some(json!({ "properties": {}, "routing_key": q, "payload": "m", "payload_encoding": "string" })),
+        )
+        .await;
+    assert_eq!(published.json(), json!({ "routed": true }));
+    let not_empty = api.delete(&format!("{queue}?if-empty=true")).await;
+    assert_eq!(not_empty.status, 400);
+    assert_eq!(
+        not_empty.json()["reason"],
+        format!("queue '{q}' in vhost '/' not empty")
+    );
+    assert_eq!(api.delete(&format!("{queue}/contents")).await.status, 204);
+    assert_eq!(
+        api.delete(&format!("{queue}?if-empty=true")).await.status,
+        204
+    );
+    assert_eq!(api.get(&queue).await.status, 404);
+    assert_eq!(api.delete(&path).await.status, 204);
+    assert_eq!(api.delete(&path).await.status, 404);
+    let system = api.delete("/api/exchanges/%2F/amq.direct").await;
+    assert_eq!(system.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn messages_are_published_and_got_over_http() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let q = unique_name("api-msgs");
+    let queue = format!("/api/queues/%2F/{q}");
+    assert_eq!(api.put(&queue, json!({})).await.status, 201);
+    let publish = |body: Value| {
+        api.call(
+            "POST",
+            "/api/exchanges/%2F/amq.default/publish",
+            Some(("guest", "guest")),
+            Some(body),
+        )
+    };
+    let sent = publish(json!({
+        "properties": { "delivery_mode": 2, "headers": { "a": 1, "b": "s" }, "content_type": "text/plain" },
+        "routing_key": q, "payload": "hello world", "payload_encoding": "string"
+    }))
+    .await;
+    assert_eq!((sent.status, sent.json()), (200, json!({ "routed": true })));
+    let binary = publish(json!({
+        "properties": {}, "routing_key": q, "payload": "/wA=", "payload_encoding": "base64"
+    }))
+    .await;
+    assert_eq!(binary.json(), json!({ "routed": true }));
+    let nowhere = publish(json!({
+        "properties": {}, "routing_key": unique_name("nobody"), "payload": "x", "payload_encoding": "string"
+    }))
+    .await;
+    assert_eq!(nowhere.json(), json!({ "routed": false }));
+    let missing = publish(json!({ "routing_key": q, "payload": "x" })).await;
+    assert_eq!(
+        missing.json()["reason"],
+        "[{key_missing,properties},{key_missing,payload_encoding}]"
+    );
+    let no_exchange = api
+        .call(
+            "POST",
+            "/api/exchanges/%2F/no-such-x/publish",
+            Some(("guest", "guest")),
+            Some(json!({ "properties": {}, "routing_key": "k", "payload": "x", "payload_encoding": "string" })),
+        )
+        .await;
+    assert_eq!(
+        (no_exchange.status, no_exchange.json()["reason"].clone()),
+        (
+            400,
+            json!("404 NOT_FOUND - no exchange 'no-such-x' in vhost '/'")
+        )
+    );
+
+    let get_path = format!("{queue}/get");
+    let get = |ackmode: &str| {
+        api.call(
+            "POST",
+            &get_path,
+            Some(("guest", "guest")),
+            Some(
+                json!({ "count": "5", "ackmode": ackmode, "encoding": "auto", "truncate": 50000 }),
+            ),
+        )
+    };
+    let peeked = get("ack_requeue_true").await.json();
+    assert_eq!(peeked[0]["payload"], "hello world");
+    assert_eq!(peeked[0]["payload_encoding"], "string");
+    assert_eq!(peeked[0]["payload_bytes"], 11);
+    assert_eq!(peeked[0]["redelivered"], false);
+    assert_eq!(peeked[0]["message_count"], 1);
+    assert_eq!(
+        peeked[0]["properties"]["headers"],
+        json!({ "a": 1, "b": "s" })
+    );
+    assert_eq!(peeked[0]["properties"]["delivery_mode"], 2);
+    assert_eq!(peeked[1]["payload"], "/wA=");
+    assert_eq!(peeked[1]["payload_encoding"], "base64");
+    assert_eq!(
+        peeked[1]["properties"],
+        json!([]),
+        "no properties: RabbitMQ's []"
+    );
+    // Requeued: the next look sees them again, redelivered.
+    let again = get("ack_requeue_true").await.json();
+    assert_eq!(again[0]["redelivered"], true);
+    let bad = api
+        .call(
+            "POST",
+            &format!("{queue}/get"),
+            Some(("guest", "guest")),
+            Some(json!({ "count": 1, "ackmode": "ack_requeue_true", "encoding": "utf-9" })),
+        )
+        .await;
+    assert_eq!(
+        bad.json()["reason"],
+        "Unsupported encoding. Please use auto or base64."
+    );
+    // A consumer's unacknowledged delivery shows in the queue's counts.
+    let conn = server.connect().await;
+    let ch = channel(&conn).await;
+    within(
+        "basic.qos",
+        ch.basic_qos(1, lapin::options::BasicQosOptions::default()),
+    )
+    .await
+    .expect("qos");
+    let mut consumer = within(
+        "basic.consume",
+        ch.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("consume");
+    let delivery = next_delivery(&mut consumer).await;
+    let counted = integration_tests::wait_for(BOUND, || async {
+        let shown = api.get(&queue).await.json();
+        shown["messages_unacknowledged"] == 1 && shown["messages_ready"] == 1
+    })
+    .await;
+    assert!(counted, "{}", api.get(&queue).await.body);
+    within("ack", delivery.acker.ack(Default::default()))
+        .await
+        .expect("ack");
+    // The second delivery goes back when the connection closes.
+    within("close", conn.close(200, "bye".into()))
+        .await
+        .expect("close");
+    let back = integration_tests::wait_for(BOUND, || async {
+        api.get(&queue).await.json()["messages_ready"] == 1
+    })
+    .await;
+    assert!(back, "{}", api.get(&queue).await.body);
+    let emptied = get("ack_requeue_false").await.json();
+    assert_eq!(emptied.as_array().map(Vec::len), Some(1));
+    assert_eq!(get("ack_requeue_false").await.json(), json!([]));
+    assert_eq!(api.delete(&queue).await.status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bindings_are_made_and_removed_by_their_properties_key() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let (x, q) = (unique_name("bx"), unique_name("bq"));
+    assert_eq!(
+        api.put(
+            &format!("/api/exchanges/%2F/{x}"),
+            json!({ "type": "direct" })
+        )
+        .await
+        .status,
+        201
+    );
+    assert_eq!(
+        api.put(&format!("/api/queues/%2F/{q}"), json!({}))
+            .await
+            .status,
+        201
+    );
+    let pair = format!("/api/bindings/%2F/e/{x}/q/{q}");
+    let made = api
+        .call(
+            "POST",
+            &pair,
+            Some(("guest", "guest")),
+            Some(json!({ "routing_key": "rk a/b~c", "arguments": {} })),
+        )
+        .await;
+    assert_eq!(made.status, 201);
+    let with_args = api
+        .call(
+            "POST",
+            &pair,
+            Some(("guest", "guest")),
+            Some(json!({ "routing_key": "k2", "arguments": { "foo": "bar" } })),
+        )
+        .await;
+    assert_eq!(with_args.status, 201);
+    let listed = api.get(&pair).await.json();
+    let keys: Vec<String> = listed
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|b| b["properties_key"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(keys.contains(&"rk+a%2Fb%7Ec".to_owned()), "{keys:?}");
+    let hashed = keys
+        .iter()
+        .find(|k| k.starts_with("k2~"))
+        .cloned()
+        .expect("a key with its arguments' hash");
+    // The queue's bindings include the default exchange's.
+    let of_queue = api
+        .get(&format!("/api/queues/%2F/{q}/bindings"))
+        .await
+        .json();
+    assert_eq!(of_queue.as_array().map(Vec::len), Some(3));
+    assert_eq!(of_queue[0]["source"], "");
+    // Looked up and removed by the key (its path segment quoted once more).
+    let one = api.get(&format!("{pair}/rk%2Ba%252Fb%257Ec")).await;
+    assert_eq!(one.status, 200);
+    assert_eq!(one.json()["routing_key"], "rk a/b~c");
+    assert_eq!(api.get(&format!("{pair}/rk")).await.status, 404);
+    assert_eq!(
+        api.delete(&format!("{pair}/rk%2Ba%252Fb%257Ec"))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(api.delete(&format!("{pair}/{hashed}")).await.status, 204);
+    assert_eq!(api.get(&pair).await.json(), json!([]));
+    let missing = api
+        .call(
+            "POST",
+            &format!("/api/bindings/%2F/e/{x}/q/no-such-q"),
+            Some(("guest", "guest")),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(
+        (missing.status, missing.json()),
+        (
+            404,
+            json!({"error": "not_found", "reason": "no queue 'no-such-q' in vhost '/'"})
+        )
+    );
+    assert_eq!(
+        api.delete(&format!("/api/queues/%2F/{q}")).await.status,
+        204
+    );
+    assert_eq!(
+        api.delete(&format!("/api/exchanges/%2F/{x}")).await.status,
+        204
+    );
+}

@@ -283,7 +283,7 @@ async fn vhosts(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
 }
 
 async fn vhost(caller: Caller, Path(name): Path<String>) -> ApiResult {
-    caller.require_vhost(&name)?;
+    caller.require_admin()?;
     let def = caller
         .broker
         .access()
@@ -516,7 +516,7 @@ async fn policies(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
         .broker
         .list_policies(None)
         .iter()
-        .filter(|p| caller.sees_vhost(&p.vhost))
+        .filter(|p| caller.sees_contents(&p.vhost))
         .map(policy_json)
         .collect();
     Ok(json(list(shown, &query)?))
@@ -555,21 +555,12 @@ struct PutPolicy {
     apply_to: Option<String>,
 }
 
-fn require_policymaker(caller: &Caller, vhost: &str) -> ApiResult<()> {
-    caller.require_vhost(vhost)?;
-    if caller.is_policymaker() {
-        Ok(())
-    } else {
-        Err(ApiError::not_authorized("Not policymaker user"))
-    }
-}
-
 async fn put_policy(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
     raw: axum::body::Bytes,
 ) -> ApiResult {
-    require_policymaker(&caller, &vhost)?;
+    caller.require_policymaker(&vhost)?;
     let PutPolicy {
         pattern,
         definition,
@@ -602,7 +593,7 @@ async fn put_policy(
 }
 
 async fn delete_policy(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
-    require_policymaker(&caller, &vhost)?;
+    caller.require_policymaker(&vhost)?;
     caller.broker.clear_policy(&vhost, &name).map_err(refused)?;
     durable(&caller).await?;
     Ok(no_content())

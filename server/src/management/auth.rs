@@ -20,6 +20,8 @@ use base64::Engine as _;
 
 use super::Api;
 use super::reply::ApiError;
+use crate::access::VhostRefusal;
+use crate::access::permissions::Perm;
 use crate::broker::Broker;
 
 /// How long a refused login waits before its answer, as AMQP logins do: guessing
@@ -59,10 +61,23 @@ impl Caller {
         self.is_admin() || self.has("policymaker")
     }
 
-    /// Whether the caller may see what is in `vhost`: a monitor sees every vhost, any
-    /// other user those it has permissions in.
+    /// Whether the caller has permissions in `vhost` (any record: RabbitMQ's login
+    /// vhosts).
+    fn logs_into(&self, vhost: &str) -> bool {
+        self.broker.access().vhost_access(&self.user, vhost).is_ok()
+    }
+
+    /// Whether the caller sees `vhost` in `/api/vhosts`: a monitor sees every vhost,
+    /// any other user those it has permissions in.
     pub fn sees_vhost(&self, vhost: &str) -> bool {
-        self.is_monitor() || self.broker.access().vhost_access(&self.user, vhost).is_ok()
+        self.is_monitor() || self.logs_into(vhost)
+    }
+
+    /// Whether lists of queues, exchanges, bindings and policies show what is in
+    /// `vhost`: an administrator's show every vhost's, anyone else's (a monitor's too)
+    /// only those of the vhosts it has permissions in.
+    pub fn sees_contents(&self, vhost: &str) -> bool {
+        self.is_admin() || self.logs_into(vhost)
     }
 
     /// Refuses a caller that is not an administrator.
@@ -73,7 +88,7 @@ impl Caller {
         if self.is_admin() {
             Ok(())
         } else {
-            Err(ApiError::not_authorized("Not administrator user"))
+            Err(ApiError::not_authorised("Not administrator user"))
         }
     }
 
@@ -85,7 +100,7 @@ impl Caller {
         if self.is_monitor() {
             Ok(())
         } else {
-            Err(ApiError::not_authorized("Not monitor user"))
+            Err(ApiError::not_authorised("Not monitor user"))
         }
     }
 
@@ -98,12 +113,54 @@ impl Caller {
         if self.broker.access().vhost(vhost).is_none() {
             return Err(ApiError::not_found());
         }
-        if self.is_admin() || self.broker.access().vhost_access(&self.user, vhost).is_ok() {
+        if self.sees_contents(vhost) {
             Ok(())
         } else {
-            Err(ApiError::not_authorized(
+            Err(ApiError::not_authorised(
                 "User not authorised to access virtual host",
             ))
+        }
+    }
+
+    /// Refuses a caller that may not set policies in `vhost`: an administrator may,
+    /// and a policymaker with permissions there.
+    ///
+    /// # Errors
+    /// 404 for a vhost that does not exist, 401 `User not authorised to access object`.
+    pub fn require_policymaker(&self, vhost: &str) -> Result<(), ApiError> {
+        if self.broker.access().vhost(vhost).is_none() {
+            return Err(ApiError::not_found());
+        }
+        if self.is_admin() || (self.is_policymaker() && self.logs_into(vhost)) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised(
+                "User not authorised to access object",
+            ))
+        }
+    }
+}
+
+impl Caller {
+    /// Refuses an operation the caller's AMQP permissions in `vhost` do not allow on
+    /// `name` (declare and delete: configure; publish: write; get and purge: read), as
+    /// RabbitMQ's API checks them.
+    ///
+    /// # Errors
+    /// 404 for a vhost that does not exist, 401 `Access refused.` otherwise.
+    pub fn permit(&self, vhost: &str, perm: Perm, name: &str) -> Result<(), ApiError> {
+        let grant = self
+            .broker
+            .grant(&self.user, vhost)
+            .map_err(|refusal| match refusal {
+                VhostRefusal::NoSuchVhost => ApiError::not_found(),
+                VhostRefusal::NotPermitted => ApiError::not_authorised("Access refused."),
+            })?;
+        let name = if name.is_empty() { "amq.default" } else { name };
+        if grant.permissions.allows(perm, name) {
+            Ok(())
+        } else {
+            Err(ApiError::not_authorised("Access refused."))
         }
     }
 }

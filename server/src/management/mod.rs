@@ -10,14 +10,21 @@
 //! - [`access`]: users, vhosts, permissions, topic permissions and limits.
 //! - [`health`]: `/api/health/checks/*` and `/api/aliveness-test`.
 //! - [`definitions`]: `/api/definitions`, exported and imported.
+//! - [`queues`], [`exchanges`], [`bindings`]: the topology, with [`messages`] published
+//!   and peeked at over HTTP.
 //! - [`overview`]: `/api/overview`, `/api/whoami`, `/api/nodes`, `/api/extensions`.
 
 pub mod access;
 pub mod auth;
+pub mod bindings;
+pub mod body;
 pub mod definitions;
+pub mod exchanges;
 pub mod health;
 pub mod listing;
+pub mod messages;
 pub mod overview;
+pub mod queues;
 pub mod reply;
 
 use std::net::SocketAddr;
@@ -49,6 +56,9 @@ pub fn router(broker: Weak<Broker>) -> Router {
         .merge(access::routes())
         .merge(health::routes())
         .merge(definitions::routes())
+        .merge(queues::routes())
+        .merge(exchanges::routes())
+        .merge(bindings::routes())
         .fallback(reply::not_found)
         .with_state(Api { broker })
 }

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub error: &'static str,
     /// The `reason` field.
     pub reason: String,
+    /// A reason RabbitMQ gives as a JSON term (`["not_boolean","yes"]`) instead.
+    pub reason_term: Option<Value>,
     /// Whether to ask for Basic credentials (a 401).
     pub challenge: bool,
     /// Whether the body is left empty (a 401 without credentials).
@@ -27,6 +29,7 @@ impl ApiError {
             status,
             error,
             reason: reason.into(),
+            reason_term: None,
             challenge: false,
             empty: false,
         }
@@ -40,6 +43,30 @@ impl ApiError {
     /// 400 for a request RabbitMQ refuses, with its reason.
     pub fn bad_request(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", reason)
+    }
+
+    /// 400 with a reason RabbitMQ gives as a JSON term.
+    pub fn bad_request_term(reason: Value) -> Self {
+        Self {
+            reason_term: Some(reason),
+            ..Self::bad_request("")
+        }
+    }
+
+    /// 404 for a PUT in a vhost that does not exist.
+    pub fn vhost_not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "vhost_not_found")
+    }
+
+    /// 404 naming what is missing, as errors raised inside RabbitMQ's handlers do.
+    pub fn not_found_because(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", reason)
+    }
+
+    /// 400 for a channel error of an operation, as RabbitMQ words it:
+    /// `"<code> <NAME> - <text>"`.
+    pub fn channel_error(e: &crate::error::AmqpError) -> Self {
+        Self::bad_request(format!("{} {}", e.code.code(), e.reply_text()))
     }
 
     /// 401 without credentials: an empty body and the Basic challenge.
@@ -59,12 +86,10 @@ impl ApiError {
         }
     }
 
-    /// 401 as RabbitMQ spells it for a user it knows but refuses (`not_authorised`).
+    /// 401 as RabbitMQ spells it for a user it knows but refuses (`not_authorised`),
+    /// without a challenge.
     pub fn not_authorised(reason: impl Into<String>) -> Self {
-        Self {
-            challenge: true,
-            ..Self::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
-        }
+        Self::new(StatusCode::UNAUTHORIZED, "not_authorised", reason)
     }
 
     /// 503 while the broker is shutting down.
@@ -86,12 +111,26 @@ impl ApiError {
     }
 }
 
+impl From<crate::error::AmqpError> for ApiError {
+    /// A refusal of the AMQP layer as the API words it: 404 for what does not exist,
+    /// 401 `Access refused.` for a permission, 400 with the text for the rest.
+    fn from(e: crate::error::AmqpError) -> Self {
+        use amqp_codec::ReplyCode;
+        match e.code {
+            ReplyCode::NotFound => Self::not_found(),
+            ReplyCode::AccessRefused => Self::not_authorised("Access refused."),
+            _ => Self::bad_request(e.text),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut response = if self.empty {
             self.status.into_response()
         } else {
-            let body = json!({ "error": self.error, "reason": self.reason });
+            let reason = self.reason_term.unwrap_or(Value::String(self.reason));
+            let body = json!({ "error": self.error, "reason": reason });
             (self.status, Json(body)).into_response()
         };
         if self.challenge {

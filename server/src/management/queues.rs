@@ -1,0 +1,211 @@
+//! `/api/queues`: queues listed, shown, declared (PUT), deleted, purged, peeked at
+//! (`/get`) and their bindings, with the caller's AMQP permissions checked as RabbitMQ
+//! checks them (declare and delete: configure; get and purge: read).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::Api;
+use super::auth::Caller;
+use super::bindings::{binding_json, default_binding};
+use super::body::Body;
+use super::listing::{ListQuery, list};
+use super::messages;
+use super::reply::{ApiError, ApiResult, created_or_changed, json, no_content};
+use crate::access::permissions::Perm;
+use crate::access::rabbit_json::{table_from_json, table_to_json};
+use crate::queue::{Queue, QueueDeclare};
+use crate::vhost::VHost;
+
+pub(super) fn routes() -> Router<Api> {
+    Router::new()
+        .route("/api/queues", get(all))
+        .route("/api/queues/{vhost}", get(in_vhost))
+        .route(
+            "/api/queues/{vhost}/{name}",
+            get(one).put(declare).delete(delete),
+        )
+        .route(
+            "/api/queues/{vhost}/{name}/contents",
+            axum::routing::delete(purge),
+        )
+        .route("/api/queues/{vhost}/{name}/get", post(peek))
+        .route("/api/queues/{vhost}/{name}/bindings", get(bindings))
+}
+
+/// A queue as the API shows it.
+pub(super) fn queue_json(caller: &Caller, vhost: &str, queue: &Queue) -> Value {
+    let settings = queue.settings();
+    let queue_type = settings.parsed.queue_type;
+    let ready = u64::from(queue.message_count());
+    let unacked = queue.unacked_count();
+    let consumers = queue.consumer_count();
+    let policies = caller.broker.policies();
+    let policy = policies.for_queue(vhost, queue.name(), queue_type);
+    json!({
+        "name": queue.name().to_string(),
+        "vhost": vhost,
+        "durable": settings.durable,
+        "auto_delete": settings.auto_delete,
+        "exclusive": settings.exclusive_owner.is_some(),
+        "arguments": table_to_json(&settings.arguments),
+        "node": super::overview::node_name(),
+        "type": queue_type.name(),
+        "state": "running",
+        "consumers": consumers,
+        "consumer_capacity": if consumers > 0 { 1.0 } else { 0.0 },
+        "consumer_utilisation": if consumers > 0 { 1.0 } else { 0.0 },
+        "exclusive_consumer_tag": Value::Null,
+        "messages": ready + unacked,
+        "messages_ready": ready,
+        "messages_unacknowledged": unacked,
+        "memory": queue.memory_bytes(),
+        "policy": policy.map(|p| p.name.clone()),
+        "effective_policy_definition": policy.map_or_else(|| json!({}), |p| p.definition_json.clone()),
+        "operator_policy": Value::Null,
+    })
+}
+
+/// The queues of the vhosts the caller may see.
+fn visible(caller: &Caller, only: Option<&str>) -> Vec<Value> {
+    let mut shown = Vec::new();
+    for vhost in caller.broker.all_vhosts() {
+        if only.is_some_and(|v| v != vhost.name()) || !caller.sees_contents(vhost.name()) {
+            continue;
+        }
+        for queue in vhost.queues() {
+            shown.push(queue_json(caller, vhost.name(), &queue));
+        }
+    }
+    shown
+}
+
+async fn all(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
+    Ok(json(list(visible(&caller, None), &query)?))
+}
+
+async fn in_vhost(
+    caller: Caller,
+    Path(vhost): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult {
+    caller.require_vhost(&vhost)?;
+    Ok(json(list(visible(&caller, Some(&vhost)), &query)?))
+}
+
+/// The vhost and the queue named in the path, if the caller may see them.
+fn find(caller: &Caller, vhost: &str, name: &str) -> ApiResult<(Arc<VHost>, Arc<Queue>)> {
+    caller.require_vhost(vhost)?;
+    let host = caller.broker.vhost(vhost).ok_or_else(ApiError::not_found)?;
+    let queue = host
+        .queues()
+        .into_iter()
+        .find(|q| &**q.name() == name)
+        .ok_or_else(ApiError::not_found)?;
+    Ok((host, queue))
+}
+
+async fn one(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+    let (_, queue) = find(&caller, &vhost, &name)?;
+    Ok(json(queue_json(&caller, &vhost, &queue)))
+}
+
+async fn declare(
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult {
+    // The body's defaults are AMQP's: not durable, not auto-delete.
+    let host = caller
+        .broker
+        .vhost(&vhost)
+        .ok_or_else(ApiError::vhost_not_found)?;
+    caller.require_vhost(&vhost)?;
+    let body = Body::parse(&raw)?;
+    let durable = body.boolean("durable", false)?;
+    let auto_delete = body.boolean("auto_delete", false)?;
+    let arguments = table_from_json(&body.object("arguments")?);
+    caller.permit(&vhost, Perm::Configure, &name)?;
+    let declare = QueueDeclare {
+        name: name.as_str().into(),
+        server_named: false,
+        passive: false,
+        durable,
+        exclusive: false,
+        auto_delete,
+        arguments,
+    };
+    let (_, created) = host.declare_queue(declare, 0)?;
+    Ok(created_or_changed(created))
+}
+
+/// `DELETE`'s query: `if-empty`, `if-unused`.
+#[derive(Deserialize, Default)]
+struct DeleteQuery {
+    #[serde(rename = "if-empty")]
+    if_empty: Option<String>,
+    #[serde(rename = "if-unused")]
+    if_unused: Option<String>,
+}
+
+async fn delete(
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    Query(query): Query<DeleteQuery>,
+) -> ApiResult {
+    let (host, _) = find(&caller, &vhost, &name)?;
+    caller.permit(&vhost, Perm::Configure, &name)?;
+    host.delete_queue(
+        &name,
+        0,
+        query.if_unused.as_deref() == Some("true"),
+        query.if_empty.as_deref() == Some("true"),
+    )?;
+    Ok(no_content())
+}
+
+async fn purge(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+    let (_, queue) = find(&caller, &vhost, &name)?;
+    caller.permit(&vhost, Perm::Read, &name)?;
+    if queue.is_stream() {
+        return Err(crate::error::stream::purge(&name, &vhost).into());
+    }
+    queue.purge();
+    Ok(no_content())
+}
+
+async fn peek(
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    raw: Bytes,
+) -> ApiResult {
+    let (host, queue) = find(&caller, &vhost, &name).map_err(|e| {
+        if e.status == axum::http::StatusCode::NOT_FOUND {
+            ApiError::not_found_because(format!("NOT_FOUND - no queue '{name}' in vhost '{vhost}'"))
+        } else {
+            e
+        }
+    })?;
+    caller.permit(&vhost, Perm::Read, &name)?;
+    let body = Body::parse(&raw)?;
+    Ok(json(Value::Array(messages::get(&host, &queue, &body)?)))
+}
+
+async fn bindings(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+    let (host, _) = find(&caller, &vhost, &name)?;
+    let mut shown = vec![default_binding(&vhost, &name)];
+    for exchange in host.exchanges() {
+        for binding in exchange.bindings() {
+            if binding.targets(crate::exchange::DestinationKind::Queue, &name) {
+                shown.push(binding_json(&vhost, exchange.name(), &binding));
+            }
+        }
+    }
+    Ok(json(Value::Array(shown)))
+}
