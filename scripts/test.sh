@@ -2,9 +2,10 @@
 # The project's one test command: formatting, lints, and every test in the workspace,
 # including the seed's pika scripts run unmodified against Warren.
 #
-# Needs only the Rust toolchain (with rustfmt and clippy) and python3 (with venv and
-# pip). It makes examples-python/.venv and installs examples-python/requirements.txt
-# into it, skipping that when the venv already has exactly those requirements.
+# Needs only the Rust toolchain (with rustfmt and clippy), python3 (with venv and pip)
+# and Debian's apt. It makes examples-python/.venv and installs
+# examples-python/requirements.txt into it, skipping that when the venv already has
+# exactly those requirements, and fetches rabbitmqadmin (below).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,6 +26,28 @@ else
   "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements"
   cp "$requirements" "$stamp"
 fi
+
+# rabbitmqadmin, RabbitMQ's own CLI for its management API, drives Warren's API in the
+# tests. It ships in Debian's rabbitmq-server package; only that one Python file is
+# taken out of the package, without installing RabbitMQ.
+tools="$root/target/tools"
+if command -v rabbitmqadmin >/dev/null 2>&1; then
+  WARREN_RABBITMQADMIN="$(command -v rabbitmqadmin)"
+elif [ -x "$tools/rabbitmqadmin" ]; then
+  WARREN_RABBITMQADMIN="$tools/rabbitmqadmin"
+else
+  echo "==> fetching rabbitmqadmin from Debian's rabbitmq-server package"
+  mkdir -p "$tools/deb"
+  (cd "$tools/deb" && apt-get download rabbitmq-server >/dev/null 2>&1) || {
+    echo "apt-get download rabbitmq-server failed: install rabbitmq-server, or put rabbitmqadmin on PATH" >&2
+    exit 1
+  }
+  dpkg-deb -x "$tools"/deb/rabbitmq-server_*.deb "$tools/deb/root"
+  cp "$tools/deb/root/usr/bin/rabbitmqadmin" "$tools/rabbitmqadmin"
+  rm -rf "$tools/deb"
+  WARREN_RABBITMQADMIN="$tools/rabbitmqadmin"
+fi
+export WARREN_RABBITMQADMIN
 
 echo "==> cargo fmt --all --check"
 cargo fmt --all --check
