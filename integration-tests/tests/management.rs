@@ -652,3 +652,97 @@ async fn bindings_are_made_and_removed_by_their_properties_key() {
         204
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_channels_and_consumers_are_listed_and_a_connection_closed() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let name = unique_name("api-conn");
+    let properties =
+        lapin::ConnectionProperties::default().with_connection_name(name.as_str().into());
+    let conn = within(
+        "connect",
+        lapin::Connection::connect(server.uri(), properties),
+    )
+    .await
+    .expect("connect");
+    let ch = channel(&conn).await;
+    let q = unique_name("api-consumed");
+    declare_queue(&ch, &q).await;
+    within(
+        "basic.qos",
+        ch.basic_qos(7, lapin::options::BasicQosOptions::default()),
+    )
+    .await
+    .expect("qos");
+    let _consumer = within(
+        "basic.consume",
+        ch.basic_consume(
+            q.as_str().into(),
+            "api-tag".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("consume");
+    // RabbitMQ lists a connection once its statistics are first emitted.
+    let find = || async {
+        let all = api.get("/api/connections").await.json();
+        all.as_array().and_then(|all| {
+            all.iter()
+                .find(|c| c["user_provided_name"] == name.as_str())
+                .cloned()
+        })
+    };
+    let seen = integration_tests::wait_for(std::time::Duration::from_secs(15), || async {
+        find().await.is_some()
+    })
+    .await;
+    assert!(seen, "the connection is listed");
+    let listed = find().await.expect("listed");
+    assert_eq!(listed["user"], "guest");
+    assert_eq!(listed["vhost"], "/");
+    assert_eq!(listed["protocol"], "AMQP 0-9-1");
+    assert_eq!(listed["auth_mechanism"], "PLAIN");
+    assert_eq!(
+        listed["client_properties"]["connection_name"],
+        name.as_str()
+    );
+    let conn_name = listed["name"].as_str().expect("a name").to_owned();
+    let path = format!("/api/connections/{}", enc(&conn_name));
+    assert_eq!(api.get(&path).await.json()["name"], conn_name.as_str());
+    let channels_seen = integration_tests::wait_for(std::time::Duration::from_secs(15), || async {
+        let channels = api.get(&format!("{path}/channels")).await.json();
+        channels[0]["prefetch_count"] == 7 && channels[0]["consumer_count"] == 1
+    })
+    .await;
+    assert!(
+        channels_seen,
+        "{}",
+        api.get(&format!("{path}/channels")).await.body
+    );
+    let consumers = api.get("/api/consumers/%2F").await.json();
+    let mine = consumers
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["consumer_tag"] == "api-tag").cloned())
+        .unwrap_or_else(|| panic!("consumer not listed: {consumers}"));
+    assert_eq!(mine["queue"], json!({ "name": q, "vhost": "/" }));
+    assert_eq!(mine["ack_required"], true);
+    assert_eq!(
+        mine["channel_details"]["connection_name"],
+        conn_name.as_str()
+    );
+    // Closed with the reason given.
+    let closed = api
+        .call("DELETE", &path, Some(("guest", "guest")), None)
+        .await;
+    assert_eq!(closed.status, 204);
+    let ended = integration_tests::wait_for(BOUND, || async { !conn.status().connected() }).await;
+    assert!(ended, "the client saw its connection close");
+    let gone = integration_tests::wait_for(std::time::Duration::from_secs(15), || async {
+        api.get(&path).await.status == 404
+    })
+    .await;
+    assert!(gone, "the connection is no longer listed");
+}

@@ -46,6 +46,8 @@ pub struct Broker {
     started: Instant,
     /// What the broker listens on, once its listeners are up.
     listeners: std::sync::OnceLock<Vec<Listener>>,
+    /// The open connections, their channels and consumers.
+    registry: Arc<crate::registry::Registry>,
     /// The timer thread that wakes queues at their deadlines.
     timers: Arc<Timers>,
 }
@@ -158,6 +160,7 @@ impl Broker {
             timers,
             started,
             listeners: std::sync::OnceLock::new(),
+            registry: Arc::default(),
         };
         // The definitions file's exchanges, queues and bindings, once its vhosts are up.
         if let Some(file) = &loaded {
@@ -610,6 +613,11 @@ impl Broker {
         self.policies.write().clear_vhost(vhost);
     }
 
+    /// The open connections, their channels and consumers.
+    pub fn registry(&self) -> &Arc<crate::registry::Registry> {
+        &self.registry
+    }
+
     /// Records what the broker listens on (once, as it starts serving).
     pub fn record_listeners(&self, listeners: Vec<Listener>) {
         let _ = self.listeners.set(listeners);
@@ -623,11 +631,6 @@ impl Broker {
     /// Milliseconds since the broker was opened.
     pub fn uptime_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// How many AMQP connections are open.
-    pub fn connection_count(&self) -> u64 {
-        self.live.lock().total
     }
 
     /// The policies in force.

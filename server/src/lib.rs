@@ -6,6 +6,7 @@
 //! - [`connection`]: handshake, heartbeats, frame I/O and dispatch to channels.
 //! - [`channel`]: per-channel state: content, consumers, unacked deliveries, confirms, tx.
 //! - [`broker`]: the shared registry of vhosts and users.
+//! - [`registry`]: the open connections, channels and consumers, as the API lists them.
 //! - [`vhost`]: one vhost's exchanges, queues and bindings, with RabbitMQ's rules.
 //! - [`exchange`]: routing, one file per exchange type.
 //! - [`queue`]: one queue's ready messages, consumers and credit.
@@ -33,6 +34,7 @@ pub mod message;
 pub mod names;
 pub mod policy;
 pub mod queue;
+pub mod registry;
 pub mod server;
 pub mod shutdown;
 pub mod store;

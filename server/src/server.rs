@@ -191,10 +191,14 @@ pub async fn run_with(
                 let _ = stream.set_nodelay(true);
                 let shutdown = Shutdown::from(stopping.clone());
                 let broker = broker.clone();
+                let local = stream.local_addr().ok();
                 match tls {
                     None => {
                         let (reader, writer) = stream.into_split();
-                        let plain = Transport::default();
+                        let plain = Transport {
+                            local,
+                            ..Transport::default()
+                        };
                         tracker.spawn(connection::serve(
                             reader, writer, peer, broker, shutdown, plain,
                         ));
@@ -248,6 +252,7 @@ async fn serve_tls(
     shutdown: Shutdown,
     tls: Arc<Tls>,
 ) {
+    let local = stream.local_addr().ok();
     let accepted = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, tls.acceptor().accept(stream)).await;
     let stream = match accepted {
         Ok(Ok(stream)) => stream,
@@ -270,6 +275,7 @@ async fn serve_tls(
     let transport = Transport {
         tls: true,
         cert_user,
+        local,
     };
     let (reader, writer) = tokio::io::split(stream);
     connection::serve(reader, writer, peer, broker, shutdown, transport).await;

@@ -247,6 +247,15 @@ impl Channel {
                 .or(queue.settings().parsed.consumer_timeout)
                 .unwrap_or(ctx.broker.config().consumer_timeout)
         };
+        self.entry.add_consumer(crate::registry::ConsumerEntry {
+            id,
+            tag: tag.to_string(),
+            queue: queue.name().to_string(),
+            ack_required: !consume.no_ack,
+            exclusive: consume.exclusive,
+            prefetch: u32::from(self.prefetch),
+            arguments: crate::access::rabbit_json::table_to_json(&consume.arguments),
+        });
         self.consumers.push(ChannelConsumer {
             id,
             tag,

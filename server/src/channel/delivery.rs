@@ -400,6 +400,7 @@ impl Channel {
         consumer: &ChannelConsumer,
         closed: bool,
     ) {
+        self.entry.remove_consumer(consumer.id);
         if self
             .reply_queue
             .as_ref()

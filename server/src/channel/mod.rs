@@ -175,11 +175,13 @@ pub struct Channel {
     max_message_size: u64,
     /// The private queue of this channel's direct reply-to consumer.
     reply_queue: Option<Arc<Queue>>,
+    /// Its entry in the broker's registry (for the management API).
+    entry: Arc<crate::registry::ChannelEntry>,
 }
 
 impl Channel {
-    /// A newly opened channel.
-    pub fn new(id: u16, max_message_size: u64) -> Self {
+    /// A newly opened channel, shown in the registry by `entry`.
+    pub fn new(id: u16, max_message_size: u64, entry: Arc<crate::registry::ChannelEntry>) -> Self {
         Self {
             id,
             closing: false,
@@ -196,7 +198,28 @@ impl Channel {
             allowed_publish: None,
             max_message_size,
             reply_queue: None,
+            entry,
         }
+    }
+
+    /// Brings the channel's registry entry up to date (after each batch).
+    pub fn show(&self) {
+        use crate::registry::ChannelEntry;
+        use std::sync::atomic::Ordering::Relaxed;
+        let entry = &self.entry;
+        ChannelEntry::set(&entry.prefetch, usize::from(self.prefetch));
+        ChannelEntry::set(&entry.global_prefetch, self.channel_limit.limit() as usize);
+        ChannelEntry::set(&entry.unacked, self.unacked.len());
+        let unconfirmed = self
+            .confirm
+            .as_ref()
+            .map_or(0, |c| c.published.saturating_sub(c.confirmed));
+        ChannelEntry::set(
+            &entry.unconfirmed,
+            usize::try_from(unconfirmed).unwrap_or(usize::MAX),
+        );
+        entry.confirm.store(self.confirm.is_some(), Relaxed);
+        entry.transactional.store(self.tx.is_some(), Relaxed);
     }
 
     /// The channel's number.

@@ -36,6 +36,10 @@ pub struct Session {
     pub cancel_notify: bool,
     /// The client handles `connection.blocked` / `unblocked`.
     pub blocked_notify: bool,
+    /// The client's properties (`connection.start-ok`).
+    pub client_properties: amqp_codec::amq_protocol::types::FieldTable,
+    /// The SASL mechanism it logged in with.
+    pub mechanism: String,
 }
 
 /// Why a handshake did not produce a session.
@@ -218,6 +222,7 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
     let auth_close = client_capability(&start_ok.client_properties, "authentication_failure_close");
     let cancel_notify = client_capability(&start_ok.client_properties, "consumer_cancel_notify");
     let blocked_notify = client_capability(&start_ok.client_properties, "connection.blocked");
+    let client_properties = start_ok.client_properties.clone();
     if !mechanisms(broker, transport).contains(&mechanism) {
         tracing::warn!(mechanism, "unsupported authentication mechanism");
         return Err(HandshakeError::Aborted(
@@ -343,6 +348,8 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         heartbeat: tune_ok.heartbeat,
         cancel_notify,
         blocked_notify,
+        client_properties,
+        mechanism: mechanism.to_owned(),
     })
 }
 

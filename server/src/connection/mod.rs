@@ -13,6 +13,7 @@ mod io;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use amqp_codec::amq_protocol::protocol::{AMQPClass, channel as ch, connection as c};
@@ -54,6 +55,8 @@ pub struct Transport {
     pub tls: bool,
     /// The user name its verified client certificate gives SASL `EXTERNAL`.
     pub cert_user: Option<String>,
+    /// The broker's address the client connected to (as the API names connections).
+    pub local: Option<SocketAddr>,
 }
 
 /// Serves one client connection, given as the two halves of its stream, until it
@@ -109,7 +112,23 @@ pub async fn serve<R, W>(
             }
         };
         info!(user = %session.user, vhost = %session.vhost.name(), "connection opened");
-        let mut connection = Connection::new(id, broker, session);
+        let facts = crate::registry::ConnectionFacts {
+            peer,
+            local: transport.local.unwrap_or(peer),
+            user: session.user.clone(),
+            vhost: session.vhost.name().to_owned(),
+            auth_mechanism: session.mechanism.clone(),
+            tls: transport.tls,
+            client_properties: crate::access::rabbit_json::table_to_json(
+                &session.client_properties,
+            ),
+            connected_at_ms: crate::timers::now_ms(),
+            frame_max: session.frame_max,
+            channel_max: session.channel_max,
+            heartbeat: session.heartbeat,
+        };
+        let registered = broker.registry().register(id, facts);
+        let mut connection = Connection::new(id, broker, session, registered);
         let reason = connection.run(&mut io, shutdown).await;
         connection.release_resources();
         info!(%reason, "connection closed");
@@ -229,6 +248,8 @@ struct Connection {
     blocked: bool,
     /// Reading is paused while the queues it publishes to work off their backlog.
     flow: flow::Flow,
+    /// Its entry in the broker's registry, kept current after each batch.
+    registered: crate::registry::Registered,
 }
 
 /// The confirms one batch owes, per channel up to a sequence number, and the channels
@@ -242,7 +263,12 @@ struct ConfirmGroup {
 }
 
 impl Connection {
-    fn new(id: ConnectionId, broker: Arc<Broker>, session: Session) -> Self {
+    fn new(
+        id: ConnectionId,
+        broker: Arc<Broker>,
+        session: Session,
+        registered: crate::registry::Registered,
+    ) -> Self {
         Self {
             shared: Shared {
                 broker,
@@ -277,6 +303,7 @@ impl Connection {
             inbox: Vec::new(),
             confirm_groups: VecDeque::new(),
             phase: Phase::Open,
+            registered,
         }
     }
 
@@ -293,6 +320,8 @@ impl Connection {
         let mut alarms_open = true;
         let mut vhost_deleted = self.shared.vhost.deleted();
         let mut users_deleted = self.shared.broker.users_deleted();
+        let mut close_requested = self.registered.entry.close_requested();
+        let entry = self.registered.entry.clone();
         let mut ack_deadlines = tokio::time::interval(ACK_TIMEOUT_CHECK);
         ack_deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Frames the client pipelined behind `connection.open` are already read.
@@ -346,6 +375,12 @@ impl Connection {
                     let text = format!("vhost '{}' is deleted", self.shared.vhost.name());
                     self.close_connection(ProtocolError::new(ReplyCode::ConnectionForced, text));
                 }
+                Ok(()) = close_requested.changed(), if matches!(self.phase, Phase::Open) => {
+                    let reason = close_requested.borrow_and_update().clone();
+                    if let Some(reason) = reason {
+                        self.close_connection(ProtocolError::new(ReplyCode::ConnectionForced, reason));
+                    }
+                }
                 Ok(()) = users_deleted.changed(), if matches!(self.phase, Phase::Open) => {
                     let user = &self.shared.grant.user;
                     if !self.shared.broker.user_exists(user) {
@@ -356,6 +391,8 @@ impl Connection {
                 written = io.writer.write_buf(&mut self.shared.out), if !self.shared.out.is_empty() => {
                     match written {
                         Ok(n) => {
+                            entry.send_oct.fetch_add(n as u64, Ordering::Relaxed);
+                            entry.send_cnt.fetch_add(1, Ordering::Relaxed);
                             wrote_since_tick = true;
                             if output_full && n > 0 {
                                 // Reading waits for the client to read; that it does
@@ -375,7 +412,9 @@ impl Connection {
                 read = io.reader.read_buf(&mut io.rbuf), if read_more => {
                     match read {
                         Ok(0) => return Ended::SocketClosed,
-                        Ok(_) => {
+                        Ok(n) => {
+                            entry.recv_oct.fetch_add(n as u64, Ordering::Relaxed);
+                            entry.recv_cnt.fetch_add(1, Ordering::Relaxed);
                             last_read = Instant::now();
                             self.process_input(io);
                             if self.shared.published && alarms.borrow().any() {
@@ -465,6 +504,9 @@ impl Connection {
 
     fn after_batch(&mut self) {
         self.kick_and_apply();
+        for channel in self.channels.iter().flatten() {
+            channel.show();
+        }
         let confirms: Vec<(u16, u64)> = self
             .shared
             .confirms_due
@@ -535,6 +577,7 @@ impl Connection {
         if let Some(slot) = self.channels.get_mut(usize::from(id))
             && slot.take().is_some()
         {
+            self.registered.entry.close_channel(id);
             self.open_channels -= 1;
             self.shared.broker.close_channel(&mut self.slot);
         }
@@ -717,6 +760,7 @@ impl Connection {
             self.channels[slot] = Some(Box::new(Channel::new(
                 id,
                 self.shared.broker.config().max_message_size,
+                self.registered.entry.open_channel(id),
             )));
             self.open_channels += 1;
             debug!(channel = id, "channel opened");

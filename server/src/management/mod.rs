@@ -10,6 +10,7 @@
 //! - [`access`]: users, vhosts, permissions, topic permissions and limits.
 //! - [`health`]: `/api/health/checks/*` and `/api/aliveness-test`.
 //! - [`definitions`]: `/api/definitions`, exported and imported.
+//! - [`connections`]: open connections, channels and consumers.
 //! - [`queues`], [`exchanges`], [`bindings`]: the topology, with [`messages`] published
 //!   and peeked at over HTTP.
 //! - [`overview`]: `/api/overview`, `/api/whoami`, `/api/nodes`, `/api/extensions`.
@@ -18,6 +19,7 @@ pub mod access;
 pub mod auth;
 pub mod bindings;
 pub mod body;
+pub mod connections;
 pub mod definitions;
 pub mod exchanges;
 pub mod health;
@@ -59,6 +61,7 @@ pub fn router(broker: Weak<Broker>) -> Router {
         .merge(queues::routes())
         .merge(exchanges::routes())
         .merge(bindings::routes())
+        .merge(connections::routes())
         .fallback(reply::not_found)
         .with_state(Api { broker })
 }

@@ -50,7 +50,16 @@ fn totals(caller: &Caller) -> (Value, Value) {
             consumers += u64::from(queue.consumer_count());
         }
     }
-    let connections = caller.broker.connection_count();
+    let registry = caller.broker.registry().connections();
+    let mine = |c: &&std::sync::Arc<crate::registry::ConnectionEntry>| {
+        caller.is_monitor() || c.facts.user == caller.user
+    };
+    let connections = registry.iter().filter(mine).count();
+    let channels: usize = registry
+        .iter()
+        .filter(mine)
+        .map(|c| c.channel_count())
+        .sum();
     (
         json!({
             "messages": ready,
@@ -58,7 +67,7 @@ fn totals(caller: &Caller) -> (Value, Value) {
             "messages_unacknowledged": 0,
         }),
         json!({
-            "channels": 0,
+            "channels": channels,
             "connections": connections,
             "consumers": consumers,
             "exchanges": exchanges,
