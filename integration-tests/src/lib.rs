@@ -83,6 +83,8 @@ impl TestServer {
             bind: "127.0.0.1".parse().expect("loopback address"),
             port: 0,
             data_dir: std::env::temp_dir().join(format!("warren-test-{}", unique_suffix())),
+            // Rates after a tenth of a second, not five.
+            stats_interval_ms: 100,
             ..warren::Config::default()
         };
         let default_dir = config.data_dir.clone();

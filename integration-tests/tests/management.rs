@@ -746,3 +746,76 @@ async fn connections_channels_and_consumers_are_listed_and_a_connection_closed()
     .await;
     assert!(gone, "the connection is no longer listed");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn message_stats_count_publishes_deliveries_and_acks_with_rates() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let q = unique_name("api-stats");
+    let conn = server.connect().await;
+    let ch = channel(&conn).await;
+    declare_queue(&ch, &q).await;
+    within("confirm.select", ch.confirm_select(Default::default()))
+        .await
+        .expect("confirms");
+    for _ in 0..20 {
+        publish(&ch, "", &q, b"counted").await;
+    }
+    let queue = format!("/api/queues/%2F/{q}");
+    let counted = integration_tests::wait_for(std::time::Duration::from_secs(15), || async {
+        let shown = api.get(&queue).await.json();
+        shown["message_stats"]["publish"] == 20 && shown["messages"] == 20
+    })
+    .await;
+    assert!(counted, "{}", api.get(&queue).await.body);
+    let overview = api.get("/api/overview").await.json();
+    assert!(
+        overview["message_stats"]["publish"].as_u64() >= Some(20),
+        "{overview}"
+    );
+    assert!(
+        overview["message_stats"]["confirm"].as_u64() >= Some(20),
+        "{overview}"
+    );
+    // A rate shows once two samples saw the publishes apart.
+    let rated = integration_tests::wait_for(std::time::Duration::from_secs(15), || async {
+        let shown = api.get("/api/vhosts/%2F").await.json();
+        shown["message_stats"]["publish"].as_u64() >= Some(20)
+    })
+    .await;
+    assert!(rated, "{}", api.get("/api/vhosts/%2F").await.body);
+    let mut consumer = within(
+        "basic.consume",
+        ch.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            lapin::options::BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("consume");
+    for _ in 0..20 {
+        let delivery = next_delivery(&mut consumer).await;
+        within("ack", delivery.acker.ack(Default::default()))
+            .await
+            .expect("ack");
+    }
+    let acked = integration_tests::wait_for(std::time::Duration::from_secs(15), || async {
+        let shown = api.get(&queue).await.json();
+        let stats = &shown["message_stats"];
+        stats["ack"] == 20 && stats["deliver_get"] == 20 && shown["messages"] == 0
+    })
+    .await;
+    assert!(acked, "{}", api.get(&queue).await.body);
+    let channels = api.get("/api/channels").await.json();
+    let acks: u64 = channels
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .filter_map(|c| c["message_stats"]["ack"].as_u64())
+                .sum()
+        })
+        .unwrap_or_default();
+    assert!(acks >= 20, "{channels}");
+}

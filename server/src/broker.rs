@@ -48,6 +48,8 @@ pub struct Broker {
     listeners: std::sync::OnceLock<Vec<Listener>>,
     /// The open connections, their channels and consumers.
     registry: Arc<crate::registry::Registry>,
+    /// Messages published, delivered, acked … since start.
+    messages: crate::stats::MessageCounters,
     /// The timer thread that wakes queues at their deadlines.
     timers: Arc<Timers>,
 }
@@ -161,6 +163,7 @@ impl Broker {
             started,
             listeners: std::sync::OnceLock::new(),
             registry: Arc::default(),
+            messages: crate::stats::MessageCounters::default(),
         };
         // The definitions file's exchanges, queues and bindings, once its vhosts are up.
         if let Some(file) = &loaded {
@@ -616,6 +619,11 @@ impl Broker {
     /// The open connections, their channels and consumers.
     pub fn registry(&self) -> &Arc<crate::registry::Registry> {
         &self.registry
+    }
+
+    /// Messages published, delivered, acked … since start, over every vhost.
+    pub fn message_counters(&self) -> &crate::stats::MessageCounters {
+        &self.messages
     }
 
     /// Records what the broker listens on (once, as it starts serving).

@@ -84,6 +84,10 @@ pub struct Config {
     /// Do not serve the management HTTP API and web UI.
     #[arg(long, env = "WARREN_NO_MANAGEMENT")]
     pub no_management: bool,
+    /// How often the management API samples counters for its rates, in milliseconds
+    /// (RabbitMQ's `collect_statistics_interval`).
+    #[arg(long, env = "WARREN_STATS_INTERVAL_MS", default_value_t = 5000)]
+    pub stats_interval_ms: u64,
     /// Port of the AMQPS (TLS) listener, opened when `--tls-cert` and `--tls-key` are
     /// given.
     #[arg(long, env = "WARREN_TLS_PORT", default_value_t = 5671)]

@@ -6,6 +6,7 @@
 //! - [`connection`]: handshake, heartbeats, frame I/O and dispatch to channels.
 //! - [`channel`]: per-channel state: content, consumers, unacked deliveries, confirms, tx.
 //! - [`broker`]: the shared registry of vhosts and users.
+//! - [`stats`]: message counters, as RabbitMQ's `message_stats` count them.
 //! - [`registry`]: the open connections, channels and consumers, as the API lists them.
 //! - [`vhost`]: one vhost's exchanges, queues and bindings, with RabbitMQ's rules.
 //! - [`exchange`]: routing, one file per exchange type.
@@ -37,6 +38,7 @@ pub mod queue;
 pub mod registry;
 pub mod server;
 pub mod shutdown;
+pub mod stats;
 pub mod store;
 pub mod timers;
 pub mod tls;

@@ -119,6 +119,8 @@ pub struct ChannelEntry {
     pub confirm: AtomicBool,
     /// In a transaction.
     pub transactional: AtomicBool,
+    /// What it counted, as of its last batch.
+    pub messages: crate::stats::MessageCounters,
     consumers: Mutex<Vec<ConsumerEntry>>,
 }
 
@@ -151,6 +153,7 @@ impl ChannelEntry {
             unconfirmed: AtomicU32::new(0),
             confirm: AtomicBool::new(false),
             transactional: AtomicBool::new(false),
+            messages: crate::stats::MessageCounters::default(),
             consumers: Mutex::new(Vec::new()),
         }
     }

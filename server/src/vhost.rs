@@ -63,6 +63,8 @@ pub struct VHost {
     restoring: AtomicBool,
     /// Set when the vhost is deleted: its connections close.
     deleted: tokio::sync::watch::Sender<bool>,
+    /// Messages published, delivered, acked … in this vhost since start.
+    messages: crate::stats::MessageCounters,
     /// Tests set it to leave queued changes unwritten by the operations that made them,
     /// as if their thread stalled just after the registry lock: only commit rounds
     /// write them then.
@@ -154,6 +156,7 @@ impl VHost {
             me: me.clone(),
             restoring: AtomicBool::new(false),
             deleted: tokio::sync::watch::Sender::new(false),
+            messages: crate::stats::MessageCounters::default(),
             #[cfg(test)]
             stall_writes: AtomicBool::new(false),
         });
@@ -1048,6 +1051,11 @@ impl VHost {
     /// How many queues it holds.
     pub fn queue_count(&self) -> usize {
         self.queues.read().len()
+    }
+
+    /// Messages published, delivered, acked … in this vhost since start.
+    pub fn message_counters(&self) -> &crate::stats::MessageCounters {
+        &self.messages
     }
 
     /// Its queues, taken out of the registry's lock (for listings).

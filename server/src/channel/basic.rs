@@ -70,15 +70,19 @@ impl Channel {
                     Some((message, left)) => {
                         self.deliver_get(ctx, queue, message, left, get.no_ack)
                     }
-                    None => ctx.send(
-                        self.id,
-                        AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})),
-                    ),
+                    None => {
+                        self.tally.get_empty += 1;
+                        ctx.send(
+                            self.id,
+                            AMQPClass::Basic(b::AMQPMethod::GetEmpty(b::GetEmpty {})),
+                        );
+                    }
                 }
                 Ok(())
             }
             b::AMQPMethod::Ack(ack) => {
                 let entries = self.take_unacked(ack.delivery_tag, ack.multiple)?;
+                self.tally.ack += entries.len() as u64;
                 self.settle_or_hold(ctx, entries, Settlement::Ack);
                 Ok(())
             }

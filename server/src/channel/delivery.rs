@@ -167,6 +167,7 @@ impl Channel {
         let tag = self.take_tag();
         let c = &self.consumers[at];
         write_delivery(ctx, self.id, &c.tag, tag, &queue, &message);
+        self.tally.delivered(c.no_ack, message.redelivered);
         if c.no_ack {
             credit.release(1);
             ctx.kick_later(&queue);
@@ -254,6 +255,7 @@ impl Channel {
         message_count: u32,
         no_ack: bool,
     ) {
+        self.tally.got(no_ack, message.redelivered);
         let tag = self.take_tag();
         encode::get_ok(
             ctx.out,

@@ -177,6 +177,10 @@ pub struct Channel {
     reply_queue: Option<Arc<Queue>>,
     /// Its entry in the broker's registry (for the management API).
     entry: Arc<crate::registry::ChannelEntry>,
+    /// What it counted since it opened.
+    tally: crate::stats::Tally,
+    /// What of that the broker's and the vhost's counters already hold.
+    flushed: crate::stats::Tally,
 }
 
 impl Channel {
@@ -199,11 +203,24 @@ impl Channel {
             max_message_size,
             reply_queue: None,
             entry,
+            tally: crate::stats::Tally::default(),
+            flushed: crate::stats::Tally::default(),
         }
     }
 
-    /// Brings the channel's registry entry up to date (after each batch).
-    pub fn show(&self) {
+    /// Brings the channel's registry entry up to date, and adds what it counted since
+    /// its last batch to the broker's and its vhost's counters (after each batch).
+    pub fn show(
+        &mut self,
+        broker: &crate::stats::MessageCounters,
+        vhost: &crate::stats::MessageCounters,
+    ) {
+        if self.tally != self.flushed {
+            broker.add(&self.flushed, &self.tally);
+            vhost.add(&self.flushed, &self.tally);
+            self.entry.messages.store(&self.tally);
+            self.flushed = self.tally;
+        }
         use crate::registry::ChannelEntry;
         use std::sync::atomic::Ordering::Relaxed;
         let entry = &self.entry;
@@ -471,6 +488,7 @@ impl Channel {
         let Some(confirm) = &mut self.confirm else {
             return;
         };
+        let before = confirm.confirmed.min(upto);
         let channel = self.id;
         let mut settle = |from: u64, to: u64, ok: bool| {
             if to >= from {
@@ -491,6 +509,7 @@ impl Channel {
             settle(confirm.confirmed + 1, upto, durable);
             confirm.confirmed = upto;
         }
+        self.tally.confirm += upto.saturating_sub(before);
     }
 
     fn resolve_queue_name(&self, name: &ShortStr) -> AmqpResult<ShortStr> {

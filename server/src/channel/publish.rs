@@ -190,6 +190,14 @@ impl Channel {
             handling,
             ..
         } = publication;
+        self.tally.publish += 1;
+        if routed.is_empty() {
+            if mandatory {
+                self.tally.return_unroutable += 1;
+            } else {
+                self.tally.drop_unroutable += 1;
+            }
+        }
         let mut stored = Ok(Stored::default());
         if let Some((last, rest)) = routed.split_last() {
             for queue in rest {
@@ -259,6 +267,9 @@ fn enqueue(
     handling: Handling,
 ) -> AmqpResult<Stored> {
     let enqueued = queue.publish(message, handling, ctx.effects);
+    if matches!(enqueued, Ok(Enqueued::Logged(_) | Enqueued::Memory)) {
+        crate::stats::QueueCounters::count(&queue.counters().publish, 1);
+    }
     ctx.note_backlog(queue);
     match enqueued {
         Ok(Enqueued::Logged(partition)) => {

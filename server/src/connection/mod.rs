@@ -504,9 +504,7 @@ impl Connection {
 
     fn after_batch(&mut self) {
         self.kick_and_apply();
-        for channel in self.channels.iter().flatten() {
-            channel.show();
-        }
+        self.show_channels();
         let confirms: Vec<(u16, u64)> = self
             .shared
             .confirms_due
@@ -569,6 +567,16 @@ impl Connection {
             }
         }
         self.kick_and_apply();
+        self.show_channels();
+    }
+
+    /// Brings the channels' registry entries and the message counters up to date.
+    fn show_channels(&mut self) {
+        let broker = self.shared.broker.message_counters();
+        let vhost = self.shared.vhost.message_counters();
+        for channel in self.channels.iter_mut().flatten() {
+            channel.show(broker, vhost);
+        }
     }
 
     /// Forgets a closed channel, and with it the confirms and commit answers it was

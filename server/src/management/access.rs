@@ -249,17 +249,48 @@ async fn user_topic_permissions(caller: Caller, Path(user): Path<String>) -> Api
     Ok(json(topic_permissions_where(&caller, |p| p.user == user)))
 }
 
-/// A vhost as the API shows it: its name, description, tags and message totals.
+/// A vhost as the API shows it: its name, description, tags, message counts and rates.
 fn vhost_json(caller: &Caller, def: &crate::store::definitions::VhostDef) -> Value {
-    let ready: u64 = caller.broker.vhost(&def.name).map_or(0, |vhost| {
-        vhost
-            .queues()
-            .iter()
-            .map(|q| u64::from(q.message_count()))
-            .sum()
-    });
+    use super::rates::{Subject, message_fields, queue_lengths};
+    let (mut lengths, mut tally) = ([0u64; 3], crate::stats::Tally::default());
+    let mut octets = (0u64, 0u64);
+    if let Some(vhost) = caller.broker.vhost(&def.name) {
+        for queue in vhost.queues() {
+            for (i, (_, value)) in queue_lengths(&queue).into_iter().enumerate() {
+                lengths[i] += value;
+            }
+        }
+        tally = vhost.message_counters().read();
+    }
+    for connection in caller.broker.registry().connections() {
+        if connection.facts.vhost == def.name {
+            octets.0 += connection
+                .recv_oct
+                .load(std::sync::atomic::Ordering::Relaxed);
+            octets.1 += connection
+                .send_oct
+                .load(std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     let node = super::overview::node_name();
-    json!({
+    let subject = Subject::Vhost(def.name.clone());
+    let rates = caller.rates.read();
+    let mut shown = rates.with_rates(
+        &subject,
+        &[
+            ("messages", lengths[0]),
+            ("messages_ready", lengths[1]),
+            ("messages_unacknowledged", lengths[2]),
+            ("recv_oct", octets.0),
+            ("send_oct", octets.1),
+        ],
+    );
+    shown.insert(
+        "message_stats".into(),
+        Value::Object(rates.with_rates(&subject, &message_fields(&tally))),
+    );
+    drop(rates);
+    let fixed = json!({
         "name": def.name,
         "description": def.description,
         "tags": def.tags,
@@ -267,9 +298,11 @@ fn vhost_json(caller: &Caller, def: &crate::store::definitions::VhostDef) -> Val
         "default_queue_type": "undefined",
         "tracing": false,
         "cluster_state": { node: "running" },
-        "messages": ready,
-        "messages_ready": ready,
-    })
+    });
+    if let Value::Object(fixed) = fixed {
+        shown.extend(fixed);
+    }
+    Value::Object(shown)
 }
 
 async fn vhosts(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {

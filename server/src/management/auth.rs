@@ -39,6 +39,8 @@ pub struct Caller {
     pub user: String,
     /// Its tags.
     pub tags: Vec<String>,
+    /// The rates sampled.
+    pub rates: std::sync::Arc<parking_lot::RwLock<super::rates::Rates>>,
 }
 
 impl Caller {
@@ -205,6 +207,11 @@ impl FromRequestParts<Api> for Caller {
         if !tags.iter().any(|t| MANAGEMENT_TAGS.contains(&t.as_str())) {
             return Err(ApiError::not_authorised("Not management user"));
         }
-        Ok(Self { broker, user, tags })
+        Ok(Self {
+            broker,
+            user,
+            tags,
+            rates: api.rates.clone(),
+        })
     }
 }

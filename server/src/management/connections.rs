@@ -15,6 +15,7 @@ use super::Api;
 use super::auth::Caller;
 use super::listing::{ListQuery, list};
 use super::overview::node_name;
+use super::rates::{Subject, message_fields};
 use super::reply::{ApiError, ApiResult, json, no_content};
 use crate::registry::{ChannelEntry, ConnectionEntry, ConsumerEntry};
 use std::sync::atomic::Ordering::Relaxed;
@@ -36,8 +37,15 @@ pub(super) fn routes() -> Router<Api> {
 }
 
 /// A connection as the API shows it.
-fn connection_json(c: &ConnectionEntry) -> Value {
+fn connection_json(caller: &Caller, c: &ConnectionEntry) -> Value {
     let f = &c.facts;
+    let octets = caller.rates.read().with_rates(
+        &Subject::Connection(c.id),
+        &[
+            ("recv_oct", c.recv_oct.load(Relaxed)),
+            ("send_oct", c.send_oct.load(Relaxed)),
+        ],
+    );
     let mut shown = json!({
         "name": c.name(),
         "node": node_name(),
@@ -66,23 +74,26 @@ fn connection_json(c: &ConnectionEntry) -> Value {
         "timeout": f.heartbeat,
         "connected_at": f.connected_at_ms,
         "client_properties": f.client_properties,
-        "recv_oct": c.recv_oct.load(Relaxed),
-        "send_oct": c.send_oct.load(Relaxed),
         "recv_cnt": c.recv_cnt.load(Relaxed),
         "send_cnt": c.send_cnt.load(Relaxed),
         "send_pend": 0,
     });
-    if let Some(name) = f.client_properties.get("connection_name")
-        && let Some(map) = shown.as_object_mut()
-    {
-        map.insert("user_provided_name".into(), name.clone());
+    if let Some(map) = shown.as_object_mut() {
+        map.extend(octets);
+        if let Some(name) = f.client_properties.get("connection_name") {
+            map.insert("user_provided_name".into(), name.clone());
+        }
     }
     shown
 }
 
 /// A channel as the API shows it.
-fn channel_json(c: &ConnectionEntry, ch: &ChannelEntry) -> Value {
+fn channel_json(caller: &Caller, c: &ConnectionEntry, ch: &ChannelEntry) -> Value {
     let f = &c.facts;
+    let message_stats = caller.rates.read().with_rates(
+        &Subject::Channel(c.id, ch.number),
+        &message_fields(&ch.messages.read()),
+    );
     json!({
         "name": format!("{} ({})", c.name(), ch.number),
         "number": ch.number,
@@ -106,6 +117,7 @@ fn channel_json(c: &ConnectionEntry, ch: &ChannelEntry) -> Value {
         "messages_uncommitted": 0,
         "acks_uncommitted": 0,
         "pending_raft_commands": 0,
+        "message_stats": message_stats,
     })
 }
 
@@ -148,7 +160,7 @@ fn visible(caller: &Caller, vhost: Option<&str>) -> Vec<Arc<ConnectionEntry>> {
 async fn connections(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
     let shown = visible(&caller, None)
         .iter()
-        .map(|c| connection_json(c))
+        .map(|c| connection_json(&caller, c))
         .collect();
     Ok(json(list(shown, &query)?))
 }
@@ -157,7 +169,7 @@ async fn vhost_connections(caller: Caller, Path(vhost): Path<String>) -> ApiResu
     caller.require_vhost(&vhost)?;
     let shown = visible(&caller, Some(&vhost))
         .iter()
-        .map(|c| connection_json(c))
+        .map(|c| connection_json(&caller, c))
         .collect();
     Ok(json(Value::Array(shown)))
 }
@@ -180,7 +192,7 @@ fn named(caller: &Caller, name: &str) -> ApiResult<Arc<ConnectionEntry>> {
 
 async fn connection(caller: Caller, Path(name): Path<String>) -> ApiResult {
     let found = named(&caller, &name)?;
-    Ok(json(connection_json(&found)))
+    Ok(json(connection_json(&caller, &found)))
 }
 
 async fn close_connection(
@@ -208,7 +220,7 @@ async fn connection_channels(caller: Caller, Path(name): Path<String>) -> ApiRes
     let shown = found
         .channels()
         .iter()
-        .map(|ch| channel_json(&found, ch))
+        .map(|ch| channel_json(&caller, &found, ch))
         .collect();
     Ok(json(Value::Array(shown)))
 }
@@ -220,7 +232,7 @@ fn visible_channels(caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
         .flat_map(|c| {
             c.channels()
                 .iter()
-                .map(|ch| channel_json(c, ch))
+                .map(|ch| channel_json(caller, c, ch))
                 .collect::<Vec<_>>()
         })
         .collect()
@@ -247,7 +259,7 @@ async fn channel(caller: Caller, Path(name): Path<String>) -> ApiResult {
         .into_iter()
         .find(|ch| ch.number == number)
         .ok_or_else(ApiError::not_found)?;
-    let mut shown = channel_json(&found, &ch);
+    let mut shown = channel_json(&caller, &found, &ch);
     let consumers: Vec<Value> = ch
         .consumers()
         .iter()

@@ -183,7 +183,11 @@ pub async fn publish(
     let mut targets = Vec::new();
     let (mut refused, mut rejected) = (None, false);
     for queue in &routed.queues {
-        match queue.publish(message.clone(), handling, &mut effects) {
+        let enqueued = queue.publish(message.clone(), handling, &mut effects);
+        if matches!(enqueued, Ok(Enqueued::Logged(_) | Enqueued::Memory)) {
+            crate::stats::QueueCounters::count(&queue.counters().publish, 1);
+        }
+        match enqueued {
             Ok(Enqueued::Logged(partition)) => targets.push(queue.sync_target(partition)),
             Ok(Enqueued::Memory) => {}
             Ok(Enqueued::Rejected) => rejected = true,

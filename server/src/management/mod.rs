@@ -13,6 +13,7 @@
 //! - [`connections`]: open connections, channels and consumers.
 //! - [`queues`], [`exchanges`], [`bindings`]: the topology, with [`messages`] published
 //!   and peeked at over HTTP.
+//! - [`rates`]: counters sampled every five seconds, and their rates.
 //! - [`overview`]: `/api/overview`, `/api/whoami`, `/api/nodes`, `/api/extensions`.
 
 pub mod access;
@@ -27,21 +28,24 @@ pub mod listing;
 pub mod messages;
 pub mod overview;
 pub mod queues;
+pub mod rates;
 pub mod reply;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
 
 use axum::Router;
+use parking_lot::RwLock;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::broker::Broker;
 
-/// What every handler is given: the broker, while it runs.
+/// What every handler is given: the broker, while it runs, and the rates sampled.
 #[derive(Clone)]
 pub struct Api {
     broker: Weak<Broker>,
+    rates: Arc<RwLock<rates::Rates>>,
 }
 
 impl Api {
@@ -51,8 +55,8 @@ impl Api {
     }
 }
 
-/// The API's routes.
-pub fn router(broker: Weak<Broker>) -> Router {
+/// The API's routes, showing the rates in `rates`.
+pub fn router(broker: Weak<Broker>, rates: Arc<RwLock<rates::Rates>>) -> Router {
     Router::new()
         .merge(overview::routes())
         .merge(access::routes())
@@ -63,7 +67,7 @@ pub fn router(broker: Weak<Broker>) -> Router {
         .merge(bindings::routes())
         .merge(connections::routes())
         .fallback(reply::not_found)
-        .with_state(Api { broker })
+        .with_state(Api { broker, rates })
 }
 
 /// Serves the API on `listener` until `stopping` turns true.
@@ -75,10 +79,21 @@ pub async fn serve(
     broker: Weak<Broker>,
     mut stopping: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app)
+    let rates = Arc::default();
+    let interval = broker
+        .upgrade()
+        .map_or(5000, |b| b.config().stats_interval_ms);
+    let sampler = tokio::spawn(rates::run(
+        broker.clone(),
+        Arc::clone(&rates),
+        std::time::Duration::from_millis(interval),
+    ));
+    let app = router(broker, rates).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stopping.wait_for(|stopping| *stopping).await;
         })
-        .await
+        .await;
+    sampler.abort();
+    served
 }

@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 
 use super::Api;
 use super::auth::Caller;
+use super::rates::{Subject, message_fields};
 use super::reply::{ApiError, ApiResult, json};
 
 /// The RabbitMQ version the API claims, so that tools that check it go on.
@@ -37,19 +38,39 @@ async fn whoami(caller: Caller) -> Response {
 }
 
 /// The totals the caller may see: every vhost for a monitor, its own for the others.
-fn totals(caller: &Caller) -> (Value, Value) {
-    let (mut ready, mut queues, mut exchanges, mut consumers) = (0u64, 0u64, 0u64, 0u64);
+fn totals(caller: &Caller) -> (Value, Value, Value) {
+    let (mut ready, mut unacked) = (0u64, 0u64);
+    let (mut queues, mut exchanges, mut consumers) = (0u64, 0u64, 0u64);
+    let mut tally = crate::stats::Tally::default();
     for vhost in caller.broker.all_vhosts() {
         if !caller.is_monitor() && !caller.sees_contents(vhost.name()) {
             continue;
         }
+        let counted = vhost.message_counters().read();
+        tally = sum_tallies(&tally, &counted);
         exchanges += vhost.exchanges().len() as u64;
         for queue in vhost.queues() {
             queues += 1;
             ready += u64::from(queue.message_count());
+            unacked += queue.unacked_count();
             consumers += u64::from(queue.consumer_count());
         }
     }
+    if caller.is_monitor() {
+        // Deleted vhosts' messages count too, as RabbitMQ's node-wide figures do.
+        tally = caller.broker.message_counters().read();
+    }
+    let rates = caller.rates.read();
+    let message_stats = rates.with_rates(&Subject::Overview, &message_fields(&tally));
+    let queue_totals = rates.with_rates(
+        &Subject::Overview,
+        &[
+            ("messages", ready + unacked),
+            ("messages_ready", ready),
+            ("messages_unacknowledged", unacked),
+        ],
+    );
+    drop(rates);
     let registry = caller.broker.registry().connections();
     let mine = |c: &&std::sync::Arc<crate::registry::ConnectionEntry>| {
         caller.is_monitor() || c.facts.user == caller.user
@@ -61,11 +82,8 @@ fn totals(caller: &Caller) -> (Value, Value) {
         .map(|c| c.channel_count())
         .sum();
     (
-        json!({
-            "messages": ready,
-            "messages_ready": ready,
-            "messages_unacknowledged": 0,
-        }),
+        Value::Object(message_stats),
+        Value::Object(queue_totals),
         json!({
             "channels": channels,
             "connections": connections,
@@ -77,7 +95,7 @@ fn totals(caller: &Caller) -> (Value, Value) {
 }
 
 async fn overview(caller: Caller) -> Response {
-    let (queue_totals, object_totals) = totals(&caller);
+    let (message_stats, queue_totals, object_totals) = totals(&caller);
     let node = node_name();
     let listeners: Vec<Value> = caller
         .broker
@@ -117,6 +135,7 @@ async fn overview(caller: Caller) -> Response {
         "erlang_full_version": "n/a (Warren is written in Rust)",
         "disable_stats": false,
         "enable_queue_totals": true,
+        "message_stats": message_stats,
         "queue_totals": queue_totals,
         "object_totals": object_totals,
         "statistics_db_event_queue": 0,
@@ -160,4 +179,21 @@ async fn node(caller: Caller, Path(name): Path<String>) -> ApiResult {
 /// The UI's plug-in list: none beyond what Warren serves itself.
 async fn extensions(_caller: Caller) -> Response {
     json(json!([]))
+}
+
+/// Two tallies added field by field.
+fn sum_tallies(a: &crate::stats::Tally, b: &crate::stats::Tally) -> crate::stats::Tally {
+    crate::stats::Tally {
+        publish: a.publish + b.publish,
+        confirm: a.confirm + b.confirm,
+        return_unroutable: a.return_unroutable + b.return_unroutable,
+        drop_unroutable: a.drop_unroutable + b.drop_unroutable,
+        deliver: a.deliver + b.deliver,
+        deliver_no_ack: a.deliver_no_ack + b.deliver_no_ack,
+        get: a.get + b.get,
+        get_no_ack: a.get_no_ack + b.get_no_ack,
+        get_empty: a.get_empty + b.get_empty,
+        redeliver: a.redeliver + b.redeliver,
+        ack: a.ack + b.ack,
+    }
 }

@@ -17,6 +17,7 @@ use super::bindings::{binding_json, default_binding};
 use super::body::Body;
 use super::listing::{ListQuery, list};
 use super::messages;
+use super::rates::{Subject, queue_lengths, queue_message_fields};
 use super::reply::{ApiError, ApiResult, created_or_changed, json, no_content};
 use crate::access::permissions::Perm;
 use crate::access::rabbit_json::{table_from_json, table_to_json};
@@ -43,12 +44,18 @@ pub(super) fn routes() -> Router<Api> {
 pub(super) fn queue_json(caller: &Caller, vhost: &str, queue: &Queue) -> Value {
     let settings = queue.settings();
     let queue_type = settings.parsed.queue_type;
-    let ready = u64::from(queue.message_count());
-    let unacked = queue.unacked_count();
     let consumers = queue.consumer_count();
+    let subject = Subject::Queue(vhost.to_owned(), queue.name().to_string());
+    let rates = caller.rates.read();
+    let mut counted = rates.with_rates(&subject, &queue_lengths(queue));
+    counted.insert(
+        "message_stats".into(),
+        Value::Object(rates.with_rates(&subject, &queue_message_fields(queue))),
+    );
+    drop(rates);
     let policies = caller.broker.policies();
     let policy = policies.for_queue(vhost, queue.name(), queue_type);
-    json!({
+    let mut shown = json!({
         "name": queue.name().to_string(),
         "vhost": vhost,
         "durable": settings.durable,
@@ -62,14 +69,15 @@ pub(super) fn queue_json(caller: &Caller, vhost: &str, queue: &Queue) -> Value {
         "consumer_capacity": if consumers > 0 { 1.0 } else { 0.0 },
         "consumer_utilisation": if consumers > 0 { 1.0 } else { 0.0 },
         "exclusive_consumer_tag": Value::Null,
-        "messages": ready + unacked,
-        "messages_ready": ready,
-        "messages_unacknowledged": unacked,
         "memory": queue.memory_bytes(),
         "policy": policy.map(|p| p.name.clone()),
         "effective_policy_definition": policy.map_or_else(|| json!({}), |p| p.definition_json.clone()),
         "operator_policy": Value::Null,
-    })
+    });
+    if let Value::Object(map) = &mut shown {
+        map.extend(counted);
+    }
+    shown
 }
 
 /// The queues of the vhosts the caller may see.

@@ -51,6 +51,7 @@ pub use partitioned::{GroupSnapshot, MemberSnapshot, Membership, PartitionSnapsh
 
 use crate::error::{AmqpError, AmqpResult};
 use crate::message::{Handling, Message, QueuedMessage};
+use crate::stats::QueueCounters;
 use crate::store::stream_log::StreamFiles;
 use crate::store::{
     BrokerStore, MessageRecord, PendingSync, QueueLog, Recovery, SegmentPosition, StoreError,
@@ -345,6 +346,8 @@ pub struct Queue {
     settings: QueueSettings,
     body: Body,
     flow: FlowGauge,
+    /// Messages enqueued, acked, put back and got, for `message_stats`.
+    counters: crate::stats::QueueCounters,
     /// A partitioned queue's last use, for its `x-expires` (a plain queue keeps it in
     /// its state).
     last_used_ms: AtomicU64,
@@ -460,12 +463,13 @@ fn expiry(now_ms: u64, queue_ttl: Option<u64>, message_ttl: Option<u64>) -> u64 
 
 impl QueueState {
     /// Counts out of the unacknowledged deliveries those of `messages` that awaited an
-    /// ack.
-    fn settle_acks(&mut self, messages: &[QueuedMessage]) {
+    /// ack; how many there were.
+    fn settle_acks(&mut self, messages: &[QueuedMessage]) -> usize {
         let acked = messages.iter().filter(|m| m.awaiting_ack).count();
         self.unacked = self
             .unacked
             .saturating_sub(u32::try_from(acked).unwrap_or(u32::MAX));
+        acked
     }
 
     fn ready_count(&self) -> u64 {
@@ -853,6 +857,7 @@ impl Queue {
             settings,
             body,
             flow: FlowGauge::default(),
+            counters: crate::stats::QueueCounters::default(),
             last_used_ms: AtomicU64::new(now_ms()),
             expires_ms: AtomicU64::new(args.expires.unwrap_or(0)),
         }
@@ -899,6 +904,7 @@ impl Queue {
                 streams: Streams::new(parts, hash),
             },
             flow: FlowGauge::default(),
+            counters: crate::stats::QueueCounters::default(),
             last_used_ms: AtomicU64::new(now_ms()),
             expires_ms: AtomicU64::new(0),
         }
@@ -1570,6 +1576,7 @@ impl Queue {
             self.hand_over(&mut st, letters, effects);
             drop(st);
             if let Some(message) = taken {
+                QueueCounters::count(&self.counters.get, 1);
                 return Some((message, self.message_count()));
             }
         }
@@ -1616,6 +1623,9 @@ impl Queue {
             }
             st.settle_acks(&messages);
             partitioned::settled(&mut st, messages.len());
+            if delivered {
+                QueueCounters::count(&self.counters.redeliver, messages.len());
+            }
             let quorum = st.args.queue_type == QueueType::Quorum;
             for mut message in messages {
                 message.awaiting_ack = false;
@@ -1688,7 +1698,7 @@ impl Queue {
         }
         for (p, messages) in self.by_partition(messages) {
             let mut st = self.lock(p);
-            st.settle_acks(&messages);
+            QueueCounters::count(&self.counters.ack, st.settle_acks(&messages));
             if partitioned::settled(&mut st, messages.len())
                 && let Some(parts) = self.partitioned()
             {
@@ -2135,6 +2145,12 @@ impl Queue {
     /// What publishers' flow control reads of the queue without taking its lock.
     pub fn flow(&self) -> &FlowGauge {
         &self.flow
+    }
+
+    /// Messages enqueued, acked, put back and got (deliveries to consumers are the flow
+    /// gauge's `handed`).
+    pub fn counters(&self) -> &crate::stats::QueueCounters {
+        &self.counters
     }
 
     /// Asks the timers to wake the queue at its next deadline, unless an earlier

@@ -1,0 +1,253 @@
+//! Rates, as RabbitMQ's management plugin samples them: every counter and length is
+//! read every `--stats-interval-ms` (five seconds, RabbitMQ's
+//! `collect_statistics_interval`), and a rate is the change between the last two
+//! samples per second. The sampler runs off the message path; it
+//! reads counters and each queue's lengths, and holds no lock while the broker works.
+
+use std::collections::HashMap;
+use std::sync::Weak;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use serde_json::{Map, Value, json};
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::broker::Broker;
+use crate::queue::{ConnectionId, Queue};
+use crate::stats::Tally;
+
+/// What a sample is of.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Subject {
+    /// The whole broker.
+    Overview,
+    /// A vhost.
+    Vhost(String),
+    /// A queue, by vhost and name.
+    Queue(String, String),
+    /// A channel, by connection and number.
+    Channel(ConnectionId, u16),
+    /// A connection.
+    Connection(ConnectionId),
+}
+
+/// One reading of every subject's counters and lengths, by field name.
+#[derive(Debug, Default)]
+struct Sample {
+    at: Option<Instant>,
+    values: HashMap<Subject, HashMap<&'static str, u64>>,
+}
+
+/// The last two samples.
+#[derive(Debug, Default)]
+pub struct Rates {
+    previous: Sample,
+    last: Sample,
+}
+
+impl Rates {
+    /// The rate of `field` of `subject` per second over the last two samples; 0.0 until
+    /// there are two.
+    pub fn rate(&self, subject: &Subject, field: &str) -> f64 {
+        let (Some(then), Some(now)) = (self.previous.at, self.last.at) else {
+            return 0.0;
+        };
+        let seconds = now.duration_since(then).as_secs_f64();
+        let value = |sample: &Sample| {
+            sample
+                .values
+                .get(subject)
+                .and_then(|fields| fields.get(field))
+                .copied()
+        };
+        match (value(&self.previous), value(&self.last)) {
+            (Some(before), Some(after)) if seconds > 0.0 => {
+                // Lengths go down as well as up.
+                let change = after as f64 - before as f64;
+                (change / seconds * 10.0).round() / 10.0
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// `{field: value, field_details: {rate}}` for each of `fields`.
+    pub fn with_rates(
+        &self,
+        subject: &Subject,
+        fields: &[(&'static str, u64)],
+    ) -> Map<String, Value> {
+        let mut out = Map::new();
+        for &(name, value) in fields {
+            out.insert(name.to_owned(), json!(value));
+            out.insert(
+                format!("{name}_details"),
+                json!({ "rate": self.rate(subject, name) }),
+            );
+        }
+        out
+    }
+}
+
+/// The fields of a broker's, vhost's or channel's `message_stats`.
+pub fn message_fields(tally: &Tally) -> Vec<(&'static str, u64)> {
+    let mut fields: Vec<(&'static str, u64)> = tally.fields().to_vec();
+    fields.push(("deliver_get", tally.deliver_get()));
+    fields
+}
+
+/// The fields of a queue's `message_stats`, from its own counters.
+pub fn queue_message_fields(queue: &Queue) -> Vec<(&'static str, u64)> {
+    let c = queue.counters();
+    let deliver = queue.flow().handed();
+    let get = c.get.load(Relaxed);
+    vec![
+        ("publish", c.publish.load(Relaxed)),
+        ("deliver", deliver),
+        ("get", get),
+        ("deliver_get", deliver + get),
+        ("redeliver", c.redeliver.load(Relaxed)),
+        ("ack", c.ack.load(Relaxed)),
+    ]
+}
+
+/// A queue's lengths.
+pub fn queue_lengths(queue: &Queue) -> [(&'static str, u64); 3] {
+    let ready = u64::from(queue.message_count());
+    let unacked = queue.unacked_count();
+    [
+        ("messages", ready + unacked),
+        ("messages_ready", ready),
+        ("messages_unacknowledged", unacked),
+    ]
+}
+
+/// Reads every subject now.
+fn sample(broker: &Broker) -> Sample {
+    let mut values: HashMap<Subject, HashMap<&'static str, u64>> = HashMap::new();
+    let mut totals = [0u64; 3];
+    for vhost in broker.all_vhosts() {
+        let mut lengths = [0u64; 3];
+        for queue in vhost.queues() {
+            let subject = Subject::Queue(vhost.name().to_owned(), queue.name().to_string());
+            let mut fields: HashMap<&'static str, u64> =
+                queue_message_fields(&queue).into_iter().collect();
+            for (i, (name, value)) in queue_lengths(&queue).into_iter().enumerate() {
+                fields.insert(name, value);
+                lengths[i] += value;
+            }
+            values.insert(subject, fields);
+        }
+        let mut fields: HashMap<&'static str, u64> =
+            message_fields(&vhost.message_counters().read())
+                .into_iter()
+                .collect();
+        for (i, name) in ["messages", "messages_ready", "messages_unacknowledged"]
+            .into_iter()
+            .enumerate()
+        {
+            fields.insert(name, lengths[i]);
+            totals[i] += lengths[i];
+        }
+        values.insert(Subject::Vhost(vhost.name().to_owned()), fields);
+    }
+    let mut octets: HashMap<String, (u64, u64)> = HashMap::new();
+    for connection in broker.registry().connections() {
+        let (recv, send) = (
+            connection.recv_oct.load(Relaxed),
+            connection.send_oct.load(Relaxed),
+        );
+        let vhost = octets.entry(connection.facts.vhost.clone()).or_default();
+        vhost.0 += recv;
+        vhost.1 += send;
+        values.insert(
+            Subject::Connection(connection.id),
+            HashMap::from([("recv_oct", recv), ("send_oct", send)]),
+        );
+        for channel in connection.channels() {
+            values.insert(
+                Subject::Channel(connection.id, channel.number),
+                message_fields(&channel.messages.read())
+                    .into_iter()
+                    .collect(),
+            );
+        }
+    }
+    for (vhost, (recv, send)) in octets {
+        if let Some(fields) = values.get_mut(&Subject::Vhost(vhost)) {
+            fields.insert("recv_oct", recv);
+            fields.insert("send_oct", send);
+        }
+    }
+    let mut overview: HashMap<&'static str, u64> =
+        message_fields(&broker.message_counters().read())
+            .into_iter()
+            .collect();
+    for (i, name) in ["messages", "messages_ready", "messages_unacknowledged"]
+        .into_iter()
+        .enumerate()
+    {
+        overview.insert(name, totals[i]);
+    }
+    values.insert(Subject::Overview, overview);
+    Sample {
+        at: Some(Instant::now()),
+        values,
+    }
+}
+
+/// Samples every `interval` while the broker runs.
+pub async fn run(broker: Weak<Broker>, rates: std::sync::Arc<RwLock<Rates>>, interval: Duration) {
+    let mut ticks = tokio::time::interval(interval.max(Duration::from_millis(10)));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let Some(broker) = broker.upgrade() else {
+            return;
+        };
+        let next = tokio::task::spawn_blocking(move || sample(&broker)).await;
+        let Ok(next) = next else {
+            return;
+        };
+        let mut rates = rates.write();
+        rates.previous = std::mem::replace(&mut rates.last, next);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rate_is_the_change_per_second_between_the_last_two_samples() {
+        let start = Instant::now();
+        let at = |secs| Some(start + Duration::from_secs(secs));
+        let subject = Subject::Overview;
+        let reading =
+            |publish| HashMap::from([(subject.clone(), HashMap::from([("publish", publish)]))]);
+        let rates = Rates {
+            previous: Sample {
+                at: at(0),
+                values: reading(10),
+            },
+            last: Sample {
+                at: at(5),
+                values: reading(23),
+            },
+        };
+        assert!((rates.rate(&subject, "publish") - 2.6).abs() < 1e-9);
+        assert_eq!(rates.rate(&subject, "ack"), 0.0);
+        let shown = rates.with_rates(&subject, &[("publish", 23)]);
+        assert_eq!(shown["publish_details"]["rate"], 2.6);
+        let draining = Rates {
+            previous: Sample {
+                at: at(0),
+                values: reading(23),
+            },
+            last: Sample {
+                at: at(5),
+                values: reading(13),
+            },
+        };
+        assert!((draining.rate(&subject, "publish") + 2.0).abs() < 1e-9);
+    }
+}

@@ -1,0 +1,207 @@
+//! Message counters, as RabbitMQ's `message_stats` and `rabbitmq_global_*` count
+//! them. A channel counts in a plain [`Tally`] as it works (no atomics, no locks on
+//! the message path) and, after each batch, adds what it counted since to the shared
+//! [`MessageCounters`] of the broker and of its vhost: one atomic add per counter that
+//! moved, per batch.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// What one channel counted (cumulative since it opened).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Messages published.
+    pub publish: u64,
+    /// Publisher confirms sent.
+    pub confirm: u64,
+    /// Mandatory publishes that routed nowhere and were returned.
+    pub return_unroutable: u64,
+    /// Other publishes that routed nowhere.
+    pub drop_unroutable: u64,
+    /// Deliveries to consumers that ack.
+    pub deliver: u64,
+    /// Deliveries to consumers that do not ack.
+    pub deliver_no_ack: u64,
+    /// `basic.get`s answered with a message to ack.
+    pub get: u64,
+    /// `basic.get`s with `no_ack` answered with a message.
+    pub get_no_ack: u64,
+    /// `basic.get`s that found nothing.
+    pub get_empty: u64,
+    /// Deliveries (or gets) of a message delivered before.
+    pub redeliver: u64,
+    /// Acks received.
+    pub ack: u64,
+}
+
+impl Tally {
+    /// The fields with RabbitMQ's names, in its order.
+    pub fn fields(&self) -> [(&'static str, u64); 11] {
+        [
+            ("publish", self.publish),
+            ("confirm", self.confirm),
+            ("return_unroutable", self.return_unroutable),
+            ("drop_unroutable", self.drop_unroutable),
+            ("deliver", self.deliver),
+            ("deliver_no_ack", self.deliver_no_ack),
+            ("get", self.get),
+            ("get_no_ack", self.get_no_ack),
+            ("get_empty", self.get_empty),
+            ("redeliver", self.redeliver),
+            ("ack", self.ack),
+        ]
+    }
+
+    /// `deliver_get`: every message handed out, by consume or by get.
+    pub fn deliver_get(&self) -> u64 {
+        self.deliver + self.deliver_no_ack + self.get + self.get_no_ack
+    }
+
+    /// Counts a delivery to a consumer.
+    pub fn delivered(&mut self, no_ack: bool, redelivered: bool) {
+        if no_ack {
+            self.deliver_no_ack += 1;
+        } else {
+            self.deliver += 1;
+        }
+        self.redeliver += u64::from(redelivered);
+    }
+
+    /// Counts a `basic.get` answered with a message.
+    pub fn got(&mut self, no_ack: bool, redelivered: bool) {
+        if no_ack {
+            self.get_no_ack += 1;
+        } else {
+            self.get += 1;
+        }
+        self.redeliver += u64::from(redelivered);
+    }
+}
+
+/// Shared counters of a broker or vhost, added to by channels after each batch.
+#[derive(Debug, Default)]
+pub struct MessageCounters {
+    publish: AtomicU64,
+    confirm: AtomicU64,
+    return_unroutable: AtomicU64,
+    drop_unroutable: AtomicU64,
+    deliver: AtomicU64,
+    deliver_no_ack: AtomicU64,
+    get: AtomicU64,
+    get_no_ack: AtomicU64,
+    get_empty: AtomicU64,
+    redeliver: AtomicU64,
+    ack: AtomicU64,
+}
+
+impl MessageCounters {
+    fn cells(&self) -> [&AtomicU64; 11] {
+        [
+            &self.publish,
+            &self.confirm,
+            &self.return_unroutable,
+            &self.drop_unroutable,
+            &self.deliver,
+            &self.deliver_no_ack,
+            &self.get,
+            &self.get_no_ack,
+            &self.get_empty,
+            &self.redeliver,
+            &self.ack,
+        ]
+    }
+
+    /// Adds what a channel counted between `before` and `now`.
+    pub fn add(&self, before: &Tally, now: &Tally) {
+        for (cell, ((_, was), (_, is))) in self
+            .cells()
+            .into_iter()
+            .zip(before.fields().into_iter().zip(now.fields()))
+        {
+            if is > was {
+                cell.fetch_add(is - was, Relaxed);
+            }
+        }
+    }
+
+    /// Replaces the counts (a channel's own, which only it writes).
+    pub fn store(&self, now: &Tally) {
+        for (cell, (_, value)) in self.cells().into_iter().zip(now.fields()) {
+            cell.store(value, Relaxed);
+        }
+    }
+
+    /// The counts now.
+    pub fn read(&self) -> Tally {
+        let [
+            publish,
+            confirm,
+            return_unroutable,
+            drop_unroutable,
+            deliver,
+            deliver_no_ack,
+            get,
+            get_no_ack,
+            get_empty,
+            redeliver,
+            ack,
+        ] = self.cells().map(|cell| cell.load(Relaxed));
+        Tally {
+            publish,
+            confirm,
+            return_unroutable,
+            drop_unroutable,
+            deliver,
+            deliver_no_ack,
+            get,
+            get_no_ack,
+            get_empty,
+            redeliver,
+            ack,
+        }
+    }
+}
+
+/// A queue's own counters, counted where the queue does the work.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    /// Messages enqueued.
+    pub publish: AtomicU64,
+    /// Deliveries acked.
+    pub ack: AtomicU64,
+    /// Deliveries put back, to be delivered again.
+    pub redeliver: AtomicU64,
+    /// Messages taken by `basic.get`.
+    pub get: AtomicU64,
+}
+
+impl QueueCounters {
+    /// Adds `n` to a counter.
+    pub fn count(counter: &AtomicU64, n: usize) {
+        if n > 0 {
+            counter.fetch_add(n as u64, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shared_counters_add_what_channels_counted_since_their_last_batch() {
+        let shared = MessageCounters::default();
+        let mut tally = Tally::default();
+        let before = tally;
+        tally.publish += 3;
+        tally.delivered(false, true);
+        tally.got(true, false);
+        shared.add(&before, &tally);
+        let flushed = tally;
+        tally.ack += 2;
+        shared.add(&flushed, &tally);
+        let read = shared.read();
+        assert_eq!(read, tally);
+        assert_eq!(read.deliver_get(), 2);
+        assert_eq!(read.redeliver, 1);
+    }
+}
