@@ -53,6 +53,7 @@ pub struct TestServer {
     addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
     management_addr: Option<SocketAddr>,
+    prometheus_addr: Option<SocketAddr>,
     data_dir: Option<std::path::PathBuf>,
     scratch_dir: Option<std::path::PathBuf>,
     stop: Option<oneshot::Sender<()>>,
@@ -73,6 +74,7 @@ impl TestServer {
                 addr: None,
                 tls_addr: None,
                 management_addr: None,
+                prometheus_addr: None,
                 data_dir: None,
                 scratch_dir: None,
                 stop: None,
@@ -120,10 +122,23 @@ impl TestServer {
         let management_addr = management
             .as_ref()
             .map(|l| l.local_addr().expect("bound address"));
+        let prometheus = if config.no_prometheus {
+            None
+        } else {
+            Some(
+                TcpListener::bind((config.bind, 0))
+                    .await
+                    .expect("bind a free port for Prometheus"),
+            )
+        };
+        let prometheus_addr = prometheus
+            .as_ref()
+            .map(|l| l.local_addr().expect("bound address"));
         let listeners = warren::server::Listeners {
             amqp: Some(listener),
             amqps,
             management,
+            prometheus,
         };
         let data_dir = Some(config.data_dir.clone());
         let (stop, stopped) = oneshot::channel::<()>();
@@ -145,6 +160,7 @@ impl TestServer {
             addr: Some(addr),
             tls_addr,
             management_addr,
+            prometheus_addr,
             data_dir,
             scratch_dir,
             stop: Some(stop),
@@ -189,6 +205,11 @@ impl TestServer {
     /// The management API's address (an in-process Warren's own free port).
     pub fn management_addr(&self) -> Option<SocketAddr> {
         self.management_addr
+    }
+
+    /// The Prometheus endpoint's address (an in-process Warren's own free port).
+    pub fn prometheus_addr(&self) -> Option<SocketAddr> {
+        self.prometheus_addr
     }
 
     /// Whether this is an in-process Warren (false against an external broker).
@@ -454,9 +475,10 @@ impl WarrenProcess {
             ])
             .arg("--data-dir")
             .arg(data_dir)
-            // Tests run side by side: the management API only where a test gives it a
-            // port of its own.
+            // Tests run side by side: the management API and metrics only where a test
+            // gives them ports of their own.
             .args((!extra_args.contains(&"--management-port")).then_some("--no-management"))
+            .args((!extra_args.contains(&"--prometheus-port")).then_some("--no-prometheus"))
             .args(extra_args)
             .stderr(stderr.map_or_else(std::process::Stdio::inherit, Into::into))
             .spawn()

@@ -142,7 +142,13 @@ fn an_invalid_policy_file_stops_the_broker_at_start() {
     let file = dir.with_extension("policies.json");
     write_policies(&file, &policy("ttl", "^x", r#"{"message-ttl": -1}"#));
     let output = std::process::Command::new(warren_binary())
-        .args(["--port", "0", "--no-management", "--data-dir"])
+        .args([
+            "--port",
+            "0",
+            "--no-management",
+            "--no-prometheus",
+            "--data-dir",
+        ])
         .arg(&dir)
         .arg("--policies")
         .arg(&file)

@@ -84,6 +84,13 @@ pub struct Config {
     /// Do not serve the management HTTP API and web UI.
     #[arg(long, env = "WARREN_NO_MANAGEMENT")]
     pub no_management: bool,
+    /// Port of the Prometheus metrics endpoint (`rabbitmq_prometheus`'s 15692), on
+    /// `--bind`.
+    #[arg(long, env = "WARREN_PROMETHEUS_PORT", default_value_t = 15692)]
+    pub prometheus_port: u16,
+    /// Do not serve Prometheus metrics.
+    #[arg(long, env = "WARREN_NO_PROMETHEUS")]
+    pub no_prometheus: bool,
     /// How often the management API samples counters for its rates, in milliseconds
     /// (RabbitMQ's `collect_statistics_interval`).
     #[arg(long, env = "WARREN_STATS_INTERVAL_MS", default_value_t = 5000)]

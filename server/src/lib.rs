@@ -16,6 +16,7 @@
 //! - [`error`]: AMQP reply codes and RabbitMQ's error texts, in one place.
 //! - [`names`]: server-generated queue names and consumer tags.
 //! - [`management`]: RabbitMQ's management HTTP API, over the administration operations.
+//! - [`prometheus`]: `rabbitmq_prometheus`'s metrics endpoints.
 //! - [`policy`]: RabbitMQ policies: per-name queue and exchange settings from a file.
 //! - [`watchdog`]: test builds only: aborts with backtraces when threads deadlock.
 
@@ -34,6 +35,7 @@ pub mod management;
 pub mod message;
 pub mod names;
 pub mod policy;
+pub mod prometheus;
 pub mod queue;
 pub mod registry;
 pub mod server;

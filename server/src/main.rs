@@ -91,10 +91,19 @@ fn start() -> anyhow::Result<()> {
                  or turn it off with --no-management",
             )?)
         };
+        let prometheus = if config.no_prometheus {
+            None
+        } else {
+            Some(bind(config.prometheus_port).await.context(
+                "the Prometheus port is taken: give another with --prometheus-port, \
+                 or turn it off with --no-prometheus",
+            )?)
+        };
         let listeners = warren::server::Listeners {
             amqp,
             amqps,
             management,
+            prometheus,
         };
         warren::server::run_with(listeners, Arc::new(config), stop)
             .await

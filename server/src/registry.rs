@@ -183,6 +183,8 @@ impl ChannelEntry {
 #[derive(Debug, Default)]
 pub struct Registry {
     connections: Mutex<HashMap<ConnectionId, Arc<ConnectionEntry>>>,
+    /// Connections and channels opened and closed, logins tried, since start.
+    pub churn: crate::stats::ConnectionChurn,
 }
 
 impl Registry {
@@ -201,6 +203,9 @@ impl Registry {
             close: watch::Sender::new(None),
         });
         self.connections.lock().insert(id, entry.clone());
+        self.churn
+            .connections_opened
+            .fetch_add(1, Ordering::Relaxed);
         Registered {
             registry: self.clone(),
             entry,
@@ -229,6 +234,10 @@ pub struct Registered {
 impl Drop for Registered {
     fn drop(&mut self) {
         self.registry.connections.lock().remove(&self.entry.id);
+        let churn = &self.registry.churn;
+        churn.connections_closed.fetch_add(1, Ordering::Relaxed);
+        let channels = self.entry.channel_count() as u64;
+        churn.channels_closed.fetch_add(channels, Ordering::Relaxed);
     }
 }
 

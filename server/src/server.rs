@@ -28,6 +28,8 @@ pub struct Listeners {
     pub amqps: Option<TcpListener>,
     /// The management HTTP API (15672); none with `--no-management`.
     pub management: Option<TcpListener>,
+    /// Prometheus metrics (15692); none with `--no-prometheus`.
+    pub prometheus: Option<TcpListener>,
 }
 
 /// How long a client has for its TLS handshake.
@@ -146,25 +148,53 @@ pub async fn run_with(
         amqp,
         amqps,
         management,
+        prometheus,
     } = listeners;
     broker.record_listeners(
-        [(&amqp, "amqp"), (&amqps, "amqp/ssl"), (&management, "http")]
-            .into_iter()
-            .filter_map(|(listener, protocol)| {
-                let addr = listener.as_ref()?.local_addr().ok()?;
-                Some(crate::broker::Listener { protocol, addr })
-            })
-            .collect(),
+        [
+            (&amqp, "amqp"),
+            (&amqps, "amqp/ssl"),
+            (&management, "http"),
+            (&prometheus, "http/prometheus"),
+        ]
+        .into_iter()
+        .filter_map(|(listener, protocol)| {
+            let addr = listener.as_ref()?.local_addr().ok()?;
+            Some(crate::broker::Listener { protocol, addr })
+        })
+        .collect(),
     );
+    // The counters the API's rates and the metrics' queue lengths come from, read
+    // every `--stats-interval-ms`.
+    let rates: Arc<parking_lot::RwLock<crate::management::rates::Rates>> = Arc::default();
+    if management.is_some() || prometheus.is_some() {
+        tokio::spawn(crate::management::rates::run(
+            Arc::downgrade(&broker),
+            rates.clone(),
+            Duration::from_millis(broker.config().stats_interval_ms),
+        ));
+    }
     if let Some(listener) = management {
         if let Ok(addr) = listener.local_addr() {
             info!(%addr, "serving the management HTTP API");
         }
         let weak = Arc::downgrade(&broker);
+        let (stopping, rates) = (stopping.clone(), rates.clone());
+        tokio::spawn(async move {
+            if let Err(error) = crate::management::serve(listener, weak, rates, stopping).await {
+                error!(%error, "the management HTTP API stopped");
+            }
+        });
+    }
+    if let Some(listener) = prometheus {
+        if let Ok(addr) = listener.local_addr() {
+            info!(%addr, "serving Prometheus metrics");
+        }
+        let weak = Arc::downgrade(&broker);
         let stopping = stopping.clone();
         tokio::spawn(async move {
-            if let Err(error) = crate::management::serve(listener, weak, stopping).await {
-                error!(%error, "the management HTTP API stopped");
+            if let Err(error) = crate::prometheus::serve(listener, weak, rates, stopping).await {
+                error!(%error, "the Prometheus endpoint stopped");
             }
         });
     }

@@ -31,11 +31,16 @@ pub struct Tally {
     pub redeliver: u64,
     /// Acks received.
     pub ack: u64,
+    /// Messages published on channels in confirm or transaction mode.
+    pub publish_confirm: u64,
+    /// Destination queues the messages published were routed to (one per queue).
+    pub routed: u64,
 }
 
 impl Tally {
-    /// The fields with RabbitMQ's names, in its order.
-    pub fn fields(&self) -> [(&'static str, u64); 11] {
+    /// The fields with RabbitMQ's names, in its order; the last two are not part of
+    /// `message_stats`.
+    pub fn fields(&self) -> [(&'static str, u64); 13] {
         [
             ("publish", self.publish),
             ("confirm", self.confirm),
@@ -48,6 +53,8 @@ impl Tally {
             ("get_empty", self.get_empty),
             ("redeliver", self.redeliver),
             ("ack", self.ack),
+            ("publish_confirm", self.publish_confirm),
+            ("routed", self.routed),
         ]
     }
 
@@ -91,10 +98,12 @@ pub struct MessageCounters {
     get_empty: AtomicU64,
     redeliver: AtomicU64,
     ack: AtomicU64,
+    publish_confirm: AtomicU64,
+    routed: AtomicU64,
 }
 
 impl MessageCounters {
-    fn cells(&self) -> [&AtomicU64; 11] {
+    fn cells(&self) -> [&AtomicU64; 13] {
         [
             &self.publish,
             &self.confirm,
@@ -107,6 +116,8 @@ impl MessageCounters {
             &self.get_empty,
             &self.redeliver,
             &self.ack,
+            &self.publish_confirm,
+            &self.routed,
         ]
     }
 
@@ -144,6 +155,8 @@ impl MessageCounters {
             get_empty,
             redeliver,
             ack,
+            publish_confirm,
+            routed,
         ] = self.cells().map(|cell| cell.load(Relaxed));
         Tally {
             publish,
@@ -157,8 +170,40 @@ impl MessageCounters {
             get_empty,
             redeliver,
             ack,
+            publish_confirm,
+            routed,
         }
     }
+}
+
+/// Queues declared, created and deleted (RabbitMQ's churn counters).
+#[derive(Debug, Default)]
+pub struct QueueChurn {
+    /// Non-passive declares, redeclares included.
+    pub declared: AtomicU64,
+    /// Declares that made a queue.
+    pub created: AtomicU64,
+    /// Queues deleted, however.
+    pub deleted: AtomicU64,
+}
+
+/// Connections and channels opened and closed, and logins tried.
+#[derive(Debug, Default)]
+pub struct ConnectionChurn {
+    /// Connections opened.
+    pub connections_opened: AtomicU64,
+    /// Connections closed.
+    pub connections_closed: AtomicU64,
+    /// Channels opened.
+    pub channels_opened: AtomicU64,
+    /// Channels closed.
+    pub channels_closed: AtomicU64,
+    /// Logins tried.
+    pub auth_attempts: AtomicU64,
+    /// Logins that succeeded.
+    pub auth_succeeded: AtomicU64,
+    /// Logins refused.
+    pub auth_failed: AtomicU64,
 }
 
 /// A queue's own counters, counted where the queue does the work.

@@ -65,6 +65,8 @@ pub struct VHost {
     deleted: tokio::sync::watch::Sender<bool>,
     /// Messages published, delivered, acked … in this vhost since start.
     messages: crate::stats::MessageCounters,
+    /// Queues declared, created and deleted in this vhost since start.
+    queue_churn: crate::stats::QueueChurn,
     /// Tests set it to leave queued changes unwritten by the operations that made them,
     /// as if their thread stalled just after the registry lock: only commit rounds
     /// write them then.
@@ -157,6 +159,7 @@ impl VHost {
             restoring: AtomicBool::new(false),
             deleted: tokio::sync::watch::Sender::new(false),
             messages: crate::stats::MessageCounters::default(),
+            queue_churn: crate::stats::QueueChurn::default(),
             #[cfg(test)]
             stall_writes: AtomicBool::new(false),
         });
@@ -830,9 +833,17 @@ impl VHost {
         conn: ConnectionId,
     ) -> AmqpResult<(Arc<Queue>, bool)> {
         let mut effects = Effects::default();
+        let passive = declare.passive;
         let declared = self.declare_queue_unlocked(declare, conn, &mut effects);
         self.write_changes();
         self.apply(effects);
+        if !passive {
+            let churn = &self.queue_churn;
+            churn.declared.fetch_add(1, Ordering::Relaxed);
+            if matches!(declared, Ok((_, true))) {
+                churn.created.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         declared
     }
 
@@ -1058,6 +1069,11 @@ impl VHost {
         &self.messages
     }
 
+    /// Queues declared, created and deleted in this vhost since start.
+    pub fn queue_churn(&self) -> &crate::stats::QueueChurn {
+        &self.queue_churn
+    }
+
     /// Its queues, taken out of the registry's lock (for listings).
     pub fn queues(&self) -> Vec<Arc<Queue>> {
         self.queues.read().values().cloned().collect()
@@ -1136,6 +1152,7 @@ impl VHost {
         exchanges: &HashMap<String, Arc<Exchange>>,
     ) -> RemovedQueue {
         queue.mark_deleted();
+        self.queue_churn.deleted.fetch_add(1, Ordering::Relaxed);
         let emptied: Vec<String> = exchanges
             .values()
             .filter(|e| unbinds_last(e, DestinationKind::Queue, queue.name()))

@@ -191,6 +191,8 @@ impl Channel {
             ..
         } = publication;
         self.tally.publish += 1;
+        self.tally.publish_confirm += u64::from(self.confirm.is_some() || self.tx.is_some());
+        self.tally.routed += routed.len() as u64;
         if routed.is_empty() {
             if mandatory {
                 self.tally.return_unroutable += 1;

@@ -244,9 +244,21 @@ pub async fn negotiate<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
             (user, result)
         }),
     };
+    let churn = &broker.registry().churn;
+    churn
+        .auth_attempts
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let user = match checked {
-        Some((user, Ok(()))) => user,
+        Some((user, Ok(()))) => {
+            churn
+                .auth_succeeded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            user
+        }
         other => {
+            churn
+                .auth_failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (user, why, detail) = match &other {
                 Some((user, Err(why))) => (user.as_str(), why.logged(user), why.to_string()),
                 _ => ("", "unreadable credentials".to_owned(), String::new()),

@@ -586,6 +586,8 @@ impl Connection {
             && slot.take().is_some()
         {
             self.registered.entry.close_channel(id);
+            let churn = &self.shared.broker.registry().churn;
+            churn.channels_closed.fetch_add(1, Ordering::Relaxed);
             self.open_channels -= 1;
             self.shared.broker.close_channel(&mut self.slot);
         }
@@ -770,6 +772,8 @@ impl Connection {
                 self.shared.broker.config().max_message_size,
                 self.registered.entry.open_channel(id),
             )));
+            let churn = &self.shared.broker.registry().churn;
+            churn.channels_opened.fetch_add(1, Ordering::Relaxed);
             self.open_channels += 1;
             debug!(channel = id, "channel opened");
             encode::method(

@@ -70,30 +70,21 @@ pub fn router(broker: Weak<Broker>, rates: Arc<RwLock<rates::Rates>>) -> Router 
         .with_state(Api { broker, rates })
 }
 
-/// Serves the API on `listener` until `stopping` turns true.
+/// Serves the API on `listener`, showing the rates in `rates`, until `stopping` turns
+/// true.
 ///
 /// # Errors
 /// The listener failed.
 pub async fn serve(
     listener: TcpListener,
     broker: Weak<Broker>,
+    rates: Arc<RwLock<rates::Rates>>,
     mut stopping: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let rates = Arc::default();
-    let interval = broker
-        .upgrade()
-        .map_or(5000, |b| b.config().stats_interval_ms);
-    let sampler = tokio::spawn(rates::run(
-        broker.clone(),
-        Arc::clone(&rates),
-        std::time::Duration::from_millis(interval),
-    ));
     let app = router(broker, rates).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
+    axum::serve(listener, app)
         .with_graceful_shutdown(async move {
             let _ = stopping.wait_for(|stopping| *stopping).await;
         })
-        .await;
-    sampler.abort();
-    served
+        .await
 }

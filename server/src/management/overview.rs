@@ -195,5 +195,7 @@ fn sum_tallies(a: &crate::stats::Tally, b: &crate::stats::Tally) -> crate::stats
         get_empty: a.get_empty + b.get_empty,
         redeliver: a.redeliver + b.redeliver,
         ack: a.ack + b.ack,
+        publish_confirm: a.publish_confirm + b.publish_confirm,
+        routed: a.routed + b.routed,
     }
 }

@@ -70,6 +70,15 @@ impl Rates {
         }
     }
 
+    /// Each queue of the last sample, with its fields (lengths, consumers, counters).
+    pub fn each_queue(&self, mut each: impl FnMut(&str, &str, &HashMap<&'static str, u64>)) {
+        for (subject, fields) in &self.last.values {
+            if let Subject::Queue(vhost, name) = subject {
+                each(vhost, name, fields);
+            }
+        }
+    }
+
     /// `{field: value, field_details: {rate}}` for each of `fields`.
     pub fn with_rates(
         &self,
@@ -90,7 +99,7 @@ impl Rates {
 
 /// The fields of a broker's, vhost's or channel's `message_stats`.
 pub fn message_fields(tally: &Tally) -> Vec<(&'static str, u64)> {
-    let mut fields: Vec<(&'static str, u64)> = tally.fields().to_vec();
+    let mut fields: Vec<(&'static str, u64)> = tally.fields()[..11].to_vec();
     fields.push(("deliver_get", tally.deliver_get()));
     fields
 }
@@ -135,6 +144,7 @@ fn sample(broker: &Broker) -> Sample {
                 fields.insert(name, value);
                 lengths[i] += value;
             }
+            fields.insert("consumers", u64::from(queue.consumer_count()));
             values.insert(subject, fields);
         }
         let mut fields: HashMap<&'static str, u64> =
