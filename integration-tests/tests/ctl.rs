@@ -563,3 +563,90 @@ async fn login_failures_are_logged_as_rabbitmq_logs_them_and_passwords_never() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&log);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_verbs_purge_delete_and_close_as_rabbitmqctl_does() {
+    let dir = temp_data_dir("ctl-lists");
+    let broker = WarrenProcess::start(&dir).await;
+    let conn = connect_uri(&uri(&broker, "guest", "guest", "%2f"))
+        .await
+        .expect("connect");
+    let ch = channel(&conn).await;
+    let (q, g) = (unique_name("ctl-q"), unique_name("ctl-g"));
+    declare_queue(&ch, &q).await;
+    publish_n(&ch, &q, 3).await;
+    declare_queue_with(&ch, &g, table(&[("x-partitions", int(2))]))
+        .await
+        .expect("declare a partitioned queue");
+    let _member = within(
+        "basic.consume",
+        ch.basic_consume(
+            g.as_str().into(),
+            "ctl-member".into(),
+            Default::default(),
+            table(&[("x-consumer-group", text("grp"))]),
+        ),
+    )
+    .await
+    .expect("join the group");
+    let json_of = |text: String| -> Vec<serde_json::Value> {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let queues = json_of(ctl_ok(
+        &dir,
+        &[
+            "list_queues",
+            "name",
+            "messages",
+            "durable",
+            "--formatter",
+            "json",
+        ],
+    ));
+    assert!(
+        queues.contains(&serde_json::json!({ "name": q, "messages": 3, "durable": false })),
+        "{queues:?}"
+    );
+    let consumers = json_of(ctl_ok(&dir, &["list_consumers", "--formatter", "json"]));
+    assert!(
+        consumers
+            .iter()
+            .any(|c| c["consumer_tag"] == "ctl-member" && c["queue_name"] == g.as_str()),
+        "{consumers:?}"
+    );
+    let groups = json_of(ctl_ok(
+        &dir,
+        &["list_consumer_groups", "--formatter", "json"],
+    ));
+    let mine: Vec<_> = groups.iter().filter(|r| r["queue"] == g.as_str()).collect();
+    assert_eq!(mine.len(), 2, "a row per partition: {groups:?}");
+    assert!(mine.iter().all(|r| r["group"] == "grp"));
+    let bindings = json_of(ctl_ok(&dir, &["list_bindings", "--formatter", "json"]));
+    assert!(
+        bindings
+            .iter()
+            .any(|b| b["destination_name"] == q.as_str() && b["source_name"] == ""),
+        "{bindings:?}"
+    );
+    ctl_ok(&dir, &["purge_queue", &q]);
+    wait_for_count(&ch, &q, 0).await;
+    ctl_ok(&dir, &["delete_queue", &q]);
+    let (status, _, err) = warren_ctl(&dir, &["delete_queue", &q]);
+    assert_eq!(status, 2);
+    assert!(err.contains("NOT_FOUND"), "{err}");
+    let connections = json_of(ctl_ok(
+        &dir,
+        &["list_connections", "name", "user", "--formatter", "json"],
+    ));
+    let name = connections
+        .iter()
+        .find(|c| c["user"] == "guest")
+        .and_then(|c| c["name"].as_str())
+        .expect("our connection")
+        .to_owned();
+    ctl_ok(&dir, &["close_connection", &name, "go away"]);
+    let closed = integration_tests::wait_for(BOUND, || async { !conn.status().connected() }).await;
+    assert!(closed, "closed by warren ctl");
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}

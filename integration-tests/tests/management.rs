@@ -819,3 +819,84 @@ async fn message_stats_count_publishes_deliveries_and_acks_with_rates() {
         .unwrap_or_default();
     assert!(acks >= 20, "{channels}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_queues_groups_show_members_partitions_and_lag() {
+    let server = TestServer::start().await;
+    if !server.is_warren() {
+        // Consumer groups over partitioned queues are Warren's own.
+        return;
+    }
+    let api = Http::of(&server);
+    let q = unique_name("api-groups");
+    let (conn, ch) = open(&server).await;
+    declare_queue_with(&ch, &q, table(&[("x-partitions", int(4))]))
+        .await
+        .expect("declare a partitioned queue");
+    for i in 0..8 {
+        publish(&ch, "", &q, format!("m{i}").as_bytes()).await;
+    }
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let (c, member) = open(&server).await;
+        within(
+            "basic.qos",
+            member.basic_qos(1, lapin::options::BasicQosOptions::default()),
+        )
+        .await
+        .expect("qos");
+        let consumer = consume_with(
+            &member,
+            &q,
+            "",
+            lapin::options::BasicConsumeOptions::default(),
+            table(&[("x-consumer-group", text("g"))]),
+        )
+        .await;
+        members.push((c, member, consumer));
+    }
+    let path = format!("/api/queues/%2F/{q}/groups");
+    let balanced = integration_tests::wait_for(BOUND, || async {
+        let shown = api.get(&path).await.json();
+        let group = &shown["groups"][0];
+        group["members"].as_array().map(Vec::len) == Some(2)
+            && group["partition_states"].as_array().is_some_and(|ps| {
+                ps.len() == 4
+                    && ps
+                        .iter()
+                        .all(|p| p["owners"].as_array().map(Vec::len) == Some(1))
+            })
+    })
+    .await;
+    assert!(balanced, "{}", api.get(&path).await.body);
+    let shown = api.get(&path).await.json();
+    assert_eq!(shown["type"], "partitioned");
+    let group = &shown["groups"][0];
+    assert_eq!(group["group"], "g");
+    assert_eq!(group["partitions"], 4);
+    let members_json = group["members"].as_array().cloned().unwrap_or_default();
+    assert!(
+        members_json
+            .iter()
+            .all(|m| m["details"]["consumer_tag"].is_string()),
+        "{group}"
+    );
+    let assigned: usize = members_json
+        .iter()
+        .map(|m| m["assigned"].as_array().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(assigned, 4, "every partition has one owner: {group}");
+    // Each member holds one unacked delivery (prefetch 1); the rest wait.
+    let states = group["partition_states"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let unacked: u64 = states.iter().filter_map(|p| p["unacked"].as_u64()).sum();
+    let lag: u64 = states.iter().filter_map(|p| p["lag"].as_u64()).sum();
+    assert_eq!(unacked + lag, 8, "{group}");
+    assert_eq!(
+        api.get("/api/queues/%2F/no-such-q/groups").await.status,
+        404
+    );
+    drop((members, conn));
+}

@@ -18,6 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 
 use crate::admin::AdminError;
 use crate::broker::Broker;
+use crate::management::{self, auth::Caller};
 use crate::store::definitions::{PermissionDef, PolicyDef, TopicPermissionDef};
 
 /// The socket's file name in the data directory.
@@ -157,8 +158,84 @@ fn rows<T: Serialize>(items: Vec<T>) -> Answer {
     )
 }
 
+/// `rabbitmqctl`'s column names that differ from the management API's fields.
+const COLUMN_ALIASES: &[(&str, &str)] = &[
+    ("source_name", "source"),
+    ("destination_name", "destination"),
+    ("destination_kind", "destination_type"),
+    ("queue_name", "queue.name"),
+    ("channel_pid", "channel_details.name"),
+    ("pid", "name"),
+];
+
+/// `items` cut to `asked` columns (or `default`), named as asked.
+fn columns(items: Vec<Value>, asked: &[&str], default: &[&str]) -> Answer {
+    let wanted = if asked.is_empty() { default } else { asked };
+    let rows = items
+        .iter()
+        .map(|item| {
+            let mut row = serde_json::Map::new();
+            for &column in wanted {
+                let path = COLUMN_ALIASES
+                    .iter()
+                    .find(|(alias, _)| *alias == column)
+                    .map_or(column, |(_, path)| path);
+                let value = path
+                    .split('.')
+                    .try_fold(item, |v, key| v.get(key))
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                row.insert(column.to_owned(), value);
+            }
+            Value::Object(row)
+        })
+        .collect();
+    Answer::Rows(rows)
+}
+
+/// Each partition of each queue's consumer groups, one row per partition.
+fn consumer_groups(broker: &Broker, vhost: &str) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let Some(host) = broker.vhost(vhost) else {
+        return rows;
+    };
+    for queue in host.queues() {
+        let name = queue.name().to_string();
+        if let Some(group) = queue.group_snapshot() {
+            for p in &group.partition_states {
+                rows.push(json!({
+                    "queue": name,
+                    "group": group.group.clone().unwrap_or_default(),
+                    "partition": p.index,
+                    "owners": p.owners,
+                    "draining": p.draining_to.is_some(),
+                    "depth": p.depth,
+                    "unacked": p.unacked,
+                    "lag": p.depth,
+                }));
+            }
+        }
+        for group in queue.stream_groups() {
+            for p in &group.partitions {
+                rows.push(json!({
+                    "queue": name,
+                    "group": group.group,
+                    "partition": p.index,
+                    "owners": p.owner.into_iter().collect::<Vec<_>>(),
+                    "draining": p.owner.is_some() && p.reading.is_none(),
+                    "depth": p.end,
+                    "unacked": p.unsettled,
+                    "lag": p.lag,
+                }));
+            }
+        }
+    }
+    rows
+}
+
 /// The verbs, as `rabbitmqctl` takes them.
-fn run(broker: &Broker, args: &[&str], vhost: &str) -> Result<Answer, String> {
+fn run(broker: &Arc<Broker>, args: &[&str], vhost: &str) -> Result<Answer, String> {
+    let admin = || Caller::local_administrator(broker.clone());
     let changed =
         |r: Result<(), AdminError>| r.map(|()| Answer::Changed).map_err(|e| e.to_string());
     match args {
@@ -255,6 +332,103 @@ fn run(broker: &Broker, args: &[&str], vhost: &str) -> Result<Answer, String> {
             .map(|v| Answer::Rows(vec![v]))
             .map_err(|e| e.to_string()),
         ["import_definitions", text] => changed(broker.import_definitions(text)),
+        ["list_queues", asked @ ..] => Ok(columns(
+            management::queues::visible(&admin(), Some(vhost)),
+            asked,
+            &["name", "messages"],
+        )),
+        ["list_exchanges", asked @ ..] => Ok(columns(
+            management::exchanges::visible(&admin(), Some(vhost)),
+            asked,
+            &["name", "type"],
+        )),
+        ["list_bindings", asked @ ..] => Ok(columns(
+            management::bindings::visible(&admin(), Some(vhost)),
+            asked,
+            &[
+                "source_name",
+                "destination_name",
+                "destination_kind",
+                "routing_key",
+                "arguments",
+            ],
+        )),
+        ["list_connections", asked @ ..] => {
+            let caller = admin();
+            let all = management::connections::visible(&caller, None)
+                .iter()
+                .map(|c| management::connections::connection_json(&caller, c))
+                .collect();
+            Ok(columns(
+                all,
+                asked,
+                &["user", "peer_host", "peer_port", "state"],
+            ))
+        }
+        ["list_channels", asked @ ..] => Ok(columns(
+            management::connections::visible_channels(&admin(), None),
+            asked,
+            &["name", "user", "consumer_count", "messages_unacknowledged"],
+        )),
+        ["list_consumers", asked @ ..] => Ok(columns(
+            management::connections::visible_consumers(&admin(), Some(vhost)),
+            asked,
+            &[
+                "queue_name",
+                "channel_pid",
+                "consumer_tag",
+                "ack_required",
+                "prefetch_count",
+                "active",
+                "arguments",
+            ],
+        )),
+        ["list_consumer_groups", asked @ ..] => Ok(columns(
+            consumer_groups(broker, vhost),
+            asked,
+            &[
+                "queue",
+                "group",
+                "partition",
+                "owners",
+                "draining",
+                "unacked",
+                "lag",
+            ],
+        )),
+        ["purge_queue", name] => {
+            let host = broker
+                .vhost(vhost)
+                .ok_or_else(|| format!("no_such_vhost: {vhost}"))?;
+            let queue = host
+                .queues()
+                .into_iter()
+                .find(|q| &**q.name() == *name)
+                .ok_or_else(|| format!("NOT_FOUND - no queue '{name}' in vhost '{vhost}'"))?;
+            queue.purge();
+            Ok(Answer::Rows(Vec::new()))
+        }
+        ["delete_queue", name, flags @ ..] => {
+            let host = broker
+                .vhost(vhost)
+                .ok_or_else(|| format!("no_such_vhost: {vhost}"))?;
+            if !host.has_queue(name) {
+                return Err(format!("NOT_FOUND - no queue '{name}' in vhost '{vhost}'"));
+            }
+            let if_empty = flags.contains(&"--if-empty") || flags.contains(&"-e");
+            let if_unused = flags.contains(&"--if-unused") || flags.contains(&"-u");
+            host.delete_queue(name, 0, if_unused, if_empty)
+                .map(|_| Answer::Changed)
+                .map_err(|e| e.reply_text())
+        }
+        ["close_connection", name, reason] => {
+            let found = broker
+                .registry()
+                .by_name(name)
+                .ok_or_else(|| format!("no connection '{name}'"))?;
+            found.request_close((*reason).to_owned());
+            Ok(Answer::Rows(Vec::new()))
+        }
         [verb, ..] => Err(format!("unknown verb '{verb}'")),
         [] => Err("usage: warren ctl <verb> [arguments]".into()),
     }

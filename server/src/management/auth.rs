@@ -44,6 +44,17 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The broker's own administrator (`warren ctl`, over its owner-only socket), who
+    /// sees everything; rates are not sampled for it.
+    pub fn local_administrator(broker: Arc<Broker>) -> Self {
+        Self {
+            broker,
+            user: "warren ctl".to_owned(),
+            tags: vec!["administrator".to_owned()],
+            rates: std::sync::Arc::default(),
+        }
+    }
+
     fn has(&self, tag: &str) -> bool {
         self.tags.iter().any(|t| t == tag)
     }

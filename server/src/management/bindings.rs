@@ -95,7 +95,7 @@ pub(super) fn default_binding(vhost: &str, queue: &str) -> Value {
 }
 
 /// Every binding of the vhosts the caller may see (of `only`, if given).
-fn visible(caller: &Caller, only: Option<&str>) -> Vec<Value> {
+pub(crate) fn visible(caller: &Caller, only: Option<&str>) -> Vec<Value> {
     let mut shown = Vec::new();
     for vhost in caller.broker.all_vhosts() {
         let name = vhost.name();

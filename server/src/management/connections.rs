@@ -37,7 +37,7 @@ pub(super) fn routes() -> Router<Api> {
 }
 
 /// A connection as the API shows it.
-fn connection_json(caller: &Caller, c: &ConnectionEntry) -> Value {
+pub(crate) fn connection_json(caller: &Caller, c: &ConnectionEntry) -> Value {
     let f = &c.facts;
     let octets = caller.rates.read().with_rates(
         &Subject::Connection(c.id),
@@ -146,7 +146,7 @@ fn consumer_json(c: &ConnectionEntry, ch: &ChannelEntry, consumer: &ConsumerEntr
 }
 
 /// The connections the caller may see, of `vhost` if given.
-fn visible(caller: &Caller, vhost: Option<&str>) -> Vec<Arc<ConnectionEntry>> {
+pub(crate) fn visible(caller: &Caller, vhost: Option<&str>) -> Vec<Arc<ConnectionEntry>> {
     caller
         .broker
         .registry()
@@ -226,7 +226,7 @@ async fn connection_channels(caller: Caller, Path(name): Path<String>) -> ApiRes
 }
 
 /// Every channel of the connections the caller may see.
-fn visible_channels(caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
+pub(crate) fn visible_channels(caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
     visible(caller, vhost)
         .iter()
         .flat_map(|c| {
@@ -274,7 +274,7 @@ async fn channel(caller: Caller, Path(name): Path<String>) -> ApiResult {
 }
 
 /// Every consumer on the channels the caller may see.
-fn visible_consumers(caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
+pub(crate) fn visible_consumers(caller: &Caller, vhost: Option<&str>) -> Vec<Value> {
     let mut shown = Vec::new();
     for c in visible(caller, vhost) {
         for ch in c.channels() {

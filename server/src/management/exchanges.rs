@@ -74,7 +74,8 @@ fn default_exchange_json(vhost: &str) -> Value {
     })
 }
 
-fn visible(caller: &Caller, only: Option<&str>) -> Vec<Value> {
+/// The exchanges of the vhosts the caller may see (of `only`, if given).
+pub(crate) fn visible(caller: &Caller, only: Option<&str>) -> Vec<Value> {
     let mut shown = Vec::new();
     for vhost in caller.broker.all_vhosts() {
         let name = vhost.name();

@@ -38,6 +38,7 @@ pub(super) fn routes() -> Router<Api> {
         )
         .route("/api/queues/{vhost}/{name}/get", post(peek))
         .route("/api/queues/{vhost}/{name}/bindings", get(bindings))
+        .route("/api/queues/{vhost}/{name}/groups", get(groups))
 }
 
 /// A queue as the API shows it.
@@ -80,8 +81,8 @@ pub(super) fn queue_json(caller: &Caller, vhost: &str, queue: &Queue) -> Value {
     shown
 }
 
-/// The queues of the vhosts the caller may see.
-fn visible(caller: &Caller, only: Option<&str>) -> Vec<Value> {
+/// The queues of the vhosts the caller may see (of `only`, if given).
+pub(crate) fn visible(caller: &Caller, only: Option<&str>) -> Vec<Value> {
     let mut shown = Vec::new();
     for vhost in caller.broker.all_vhosts() {
         if only.is_some_and(|v| v != vhost.name()) || !caller.sees_contents(vhost.name()) {
@@ -216,4 +217,90 @@ async fn bindings(caller: Caller, Path((vhost, name)): Path<(String, String)>) -
         }
     }
     Ok(json(Value::Array(shown)))
+}
+
+/// Each consumer's tag and channel name, by consumer id, from the registry.
+fn consumer_names(caller: &Caller) -> std::collections::HashMap<u64, Value> {
+    let mut names = std::collections::HashMap::new();
+    for c in caller.broker.registry().connections() {
+        for ch in c.channels() {
+            for consumer in ch.consumers() {
+                names.insert(
+                    consumer.id,
+                    json!({
+                        "consumer_tag": consumer.tag,
+                        "channel": format!("{} ({})", c.name(), ch.number),
+                    }),
+                );
+            }
+        }
+    }
+    names
+}
+
+/// A queue's consumer groups: members, the partitions each owns or drains, and per
+/// partition its depth, unacked deliveries and lag (Warren's own; RabbitMQ has none).
+async fn groups(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
+    let (_, queue) = find(&caller, &vhost, &name)?;
+    let names = consumer_names(&caller);
+    let member = |id: u64| names.get(&id).cloned().unwrap_or(Value::Null);
+    if let Some(group) = queue.group_snapshot() {
+        let members: Vec<Value> = group
+            .members
+            .iter()
+            .map(|m| {
+                json!({
+                    "consumer": m.consumer,
+                    "details": member(m.consumer),
+                    "channel": m.channel,
+                    "priority": m.priority,
+                    "assigned": m.assigned,
+                    "standby": m.standby,
+                })
+            })
+            .collect();
+        let partitions: Vec<Value> = group
+            .partition_states
+            .iter()
+            .map(|p| {
+                json!({
+                    "index": p.index,
+                    "owners": p.owners,
+                    "depth": p.depth,
+                    "lag": p.depth,
+                    "unacked": p.unacked,
+                    "draining_to": p.draining_to.as_ref().map(|(to, since)| json!({ "consumers": to, "since": since })),
+                    "manual": p.manual,
+                })
+            })
+            .collect();
+        return Ok(json(json!({
+            "vhost": vhost,
+            "queue": name,
+            "type": "partitioned",
+            "groups": [{
+                "group": group.group.unwrap_or_default(),
+                "partitions": group.partitions,
+                "consumers_per_partition": group.consumers_per_partition,
+                "members": members,
+                "partition_states": partitions,
+            }],
+        })));
+    }
+    let groups: Vec<Value> = queue
+        .stream_groups()
+        .into_iter()
+        .map(|g| {
+            let members: Vec<Value> = g
+                .members
+                .iter()
+                .map(|&id| json!({ "consumer": id, "details": member(id) }))
+                .collect();
+            json!({ "group": g.group, "members": members, "partition_states": g.partitions })
+        })
+        .collect();
+    let kind = if queue.is_stream() { "stream" } else { "plain" };
+    Ok(json(
+        json!({ "vhost": vhost, "queue": name, "type": kind, "groups": groups }),
+    ))
 }
