@@ -160,3 +160,48 @@ async fn logs_to_a_file_carry_no_colour_codes() {
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_file(&log);
 }
+
+/// `--log-format json` writes one JSON object per line, a connection's lines carrying
+/// its span.
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_object_per_line_with_the_connection_span() {
+    let dir = temp_data_dir("cli-log-json");
+    let log = dir.with_extension("log");
+    let broker = WarrenProcess::start_logged(
+        &dir,
+        integration_tests::ProcessOptions {
+            args: &["--log-level", "info", "--log-format", "json"],
+            stderr: Some(&log),
+        },
+    )
+    .await;
+    let conn = common::connect_uri(&broker.uri()).await.expect("connect");
+    common::within("close", conn.close(200, "bye".into()))
+        .await
+        .expect("close");
+    let status = tokio::task::spawn_blocking(move || broker.terminate())
+        .await
+        .expect("join");
+    assert!(status.success(), "exit status {status}");
+    let text = std::fs::read_to_string(&log).expect("read the log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "accepting AMQP connections"),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["fields"]["message"] == "connection opened"
+                && l["span"]["name"] == "connection"),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&log);
+}

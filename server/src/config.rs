@@ -27,6 +27,10 @@ pub struct Config {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
     #[arg(long, env = "WARREN_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+    /// How log lines are written: `text` for people, `json` (one object per line) for
+    /// log collectors.
+    #[arg(long, env = "WARREN_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
     /// Name of the virtual host created at first start.
     #[arg(long, env = "WARREN_DEFAULT_VHOST", default_value = "/")]
     pub default_vhost: String,
@@ -157,6 +161,16 @@ fn default_memory_limit() -> u64 {
         })
         .unwrap_or(0);
     total_kib * 1024 / 10 * 4
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colours only at a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, with the span fields (connection, channel).
+    Json,
 }
 
 impl Default for Config {

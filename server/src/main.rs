@@ -42,12 +42,16 @@ fn start() -> anyhow::Result<()> {
     };
     let filter = EnvFilter::try_new(&config.log_level)
         .with_context(|| format!("invalid --log-level '{}'", config.log_level))?;
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour codes only for a person at a terminal, never into a log file.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        warren::config::LogFormat::Text => logs
+            // Colour codes only for a person at a terminal, never into a log file.
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        warren::config::LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
