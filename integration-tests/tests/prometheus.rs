@@ -205,3 +205,76 @@ async fn counts_follow_the_traffic_and_per_object_labels_each_queue() {
     );
     assert!(found.contains_key("rabbitmq_identity_info"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn warrens_own_families_show_the_group_commit_and_consumer_group_lag() {
+    let server = TestServer::start().await;
+    if !server.is_warren() {
+        return;
+    }
+    let conn = server.connect().await;
+    let ch = channel(&conn).await;
+    let q = unique_name("prom-groups");
+    let durable = lapin::options::QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    within(
+        "queue.declare",
+        ch.queue_declare(
+            q.as_str().into(),
+            durable,
+            table(&[("x-partitions", int(2))]),
+        ),
+    )
+    .await
+    .expect("declare");
+    within("confirm.select", ch.confirm_select(Default::default()))
+        .await
+        .expect("confirms");
+    for i in 0..6 {
+        publish_with(
+            &ch,
+            "",
+            &q,
+            format!("m{i}").as_bytes(),
+            lapin::BasicProperties::default().with_delivery_mode(2),
+        )
+        .await;
+    }
+    let member = channel(&conn).await;
+    within(
+        "basic.qos",
+        member.basic_qos(1, lapin::options::BasicQosOptions::default()),
+    )
+    .await
+    .expect("qos");
+    let _consumer = within(
+        "basic.consume",
+        member.basic_consume(
+            q.as_str().into(),
+            "".into(),
+            Default::default(),
+            table(&[("x-consumer-group", text("g"))]),
+        ),
+    )
+    .await
+    .expect("join");
+    let lag_line = format!("warren_consumer_group_lag{{vhost=\"/\",queue=\"{q}\",group=\"g\"");
+    let seen = integration_tests::wait_for(std::time::Duration::from_secs(10), || async {
+        let (_, _, body) = scrape(&server, "/metrics").await;
+        let found = families(&body);
+        let commits = found
+            .get("warren_group_commit_duration_seconds")
+            .map(|f| f.0.clone());
+        commits.as_deref() == Some("histogram")
+            && body.contains("warren_group_commit_duration_seconds_count ")
+            && !body.contains("warren_group_commit_duration_seconds_count 0\n")
+            && body.lines().filter(|l| l.starts_with(&lag_line)).count() == 2
+            && body.contains(&format!(
+                "warren_consumer_group_members{{vhost=\"/\",queue=\"{q}\",group=\"g\"}} 1"
+            ))
+    })
+    .await;
+    assert!(seen, "{}", scrape(&server, "/metrics").await.2);
+}

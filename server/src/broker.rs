@@ -621,6 +621,11 @@ impl Broker {
         &self.registry
     }
 
+    /// What the group commit's rounds did so far (durations, batch sizes).
+    pub fn commit_stats(&self) -> &crate::stats::CommitStats {
+        self.store.commit_stats()
+    }
+
     /// Messages published, delivered, acked … since start, over every vhost.
     pub fn message_counters(&self) -> &crate::stats::MessageCounters {
         &self.messages

@@ -815,6 +815,108 @@ fn global_families(out: &mut Exposition, broker: &Broker, rates: &Rates) {
     out.single("rabbitmq_queues", "gauge", "Queues available", queues);
 }
 
+/// A histogram family: cumulative buckets by `le`, then the sum and the count.
+fn histogram(out: &mut Exposition, name: &str, help: &str, h: &crate::stats::Histogram) {
+    let (buckets, sum, count) = h.read();
+    out.family(name, "histogram", help);
+    let bucket = format!("{name}_bucket");
+    for (bound, cumulative) in buckets {
+        let le = bound.map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+        out.sample(&bucket, &[("le", &le)], cumulative);
+    }
+    out.sample(&format!("{name}_sum"), &[], sum);
+    out.sample(&format!("{name}_count"), &[], count);
+}
+
+/// Warren's own families: the group commit, and consumer groups' lag and rebalances.
+fn warren_families(out: &mut Exposition, broker: &Broker, rates: &Rates) {
+    let stats = broker.commit_stats();
+    histogram(
+        out,
+        "warren_group_commit_duration_seconds",
+        "Time a group-commit round takes: the writes and fsyncs of the definitions and of every queue log in it",
+        &stats.duration,
+    );
+    histogram(
+        out,
+        "warren_group_commit_requests",
+        "Requests (a connection's batch of publishes, a moved message) one group-commit round made durable",
+        &stats.requests,
+    );
+    histogram(
+        out,
+        "warren_group_commit_logs",
+        "Queue logs one group-commit round synced",
+        &stats.logs,
+    );
+    let partitions = rates.group_partitions();
+    out.family(
+        "warren_consumer_group_lag",
+        "gauge",
+        "Messages of a partition not yet delivered to its consumer group (a stream's: not yet settled by it)",
+    );
+    for p in partitions {
+        let index = p.partition.to_string();
+        let labels = [
+            ("vhost", p.vhost.as_str()),
+            ("queue", p.queue.as_str()),
+            ("group", p.group.as_str()),
+            ("partition", index.as_str()),
+        ];
+        out.sample("warren_consumer_group_lag", &labels, p.lag);
+    }
+    out.family(
+        "warren_consumer_group_unacked",
+        "gauge",
+        "Deliveries of a partition to its consumer group not yet settled",
+    );
+    for p in partitions {
+        let index = p.partition.to_string();
+        let labels = [
+            ("vhost", p.vhost.as_str()),
+            ("queue", p.queue.as_str()),
+            ("group", p.group.as_str()),
+            ("partition", index.as_str()),
+        ];
+        out.sample("warren_consumer_group_unacked", &labels, p.unacked);
+    }
+    let mut groups: Vec<(&str, &str, &str, u64, u64)> = partitions
+        .iter()
+        .map(|p| {
+            (
+                p.vhost.as_str(),
+                p.queue.as_str(),
+                p.group.as_str(),
+                p.members,
+                p.rebalances,
+            )
+        })
+        .collect();
+    groups.dedup();
+    out.family(
+        "warren_consumer_group_members",
+        "gauge",
+        "Members of a consumer group",
+    );
+    for &(vhost, queue, group, members, _) in &groups {
+        let labels = [("vhost", vhost), ("queue", queue), ("group", group)];
+        out.sample("warren_consumer_group_members", &labels, members);
+    }
+    out.family(
+        "warren_consumer_group_rebalances_total",
+        "counter",
+        "Times a consumer group's partitions were assigned afresh",
+    );
+    for &(vhost, queue, group, _, rebalances) in &groups {
+        let labels = [("vhost", vhost), ("queue", queue), ("group", group)];
+        out.sample(
+            "warren_consumer_group_rebalances_total",
+            &labels,
+            rebalances,
+        );
+    }
+}
+
 /// `/metrics` or `/metrics/per-object`.
 fn render(broker: &Broker, rates: &Rates, mode: Mode) -> String {
     let mut out = Exposition::default();
@@ -837,6 +939,7 @@ fn render(broker: &Broker, rates: &Rates, mode: Mode) -> String {
     };
     info_families(&mut out, broker, endpoint);
     global_families(&mut out, broker, rates);
+    warren_families(&mut out, broker, rates);
     out.out.push('\n');
     out.out
 }

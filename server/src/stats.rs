@@ -206,6 +206,76 @@ pub struct ConnectionChurn {
     pub auth_failed: AtomicU64,
 }
 
+/// A histogram with fixed bucket bounds, as Prometheus counts one. Written by one
+/// thread (the commit thread), read by any.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// Observations per bucket (not cumulative); the last one past every bound.
+    counts: Vec<AtomicU64>,
+    /// The sum of the observations, as `f64` bits.
+    sum: AtomicU64,
+}
+
+impl Histogram {
+    /// An empty histogram with these upper bounds (ascending).
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// Counts one observation (by its only writer).
+    pub fn observe(&self, value: f64) {
+        let at = self
+            .bounds
+            .iter()
+            .position(|&bound| value <= bound)
+            .unwrap_or(self.bounds.len());
+        self.counts[at].fetch_add(1, Relaxed);
+        let sum = f64::from_bits(self.sum.load(Relaxed)) + value;
+        self.sum.store(sum.to_bits(), Relaxed);
+    }
+
+    /// The cumulative count at each bound (the last at `+Inf`), the sum and the count.
+    pub fn read(&self) -> (Vec<(Option<f64>, u64)>, f64, u64) {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(self.counts.len());
+        for (i, count) in self.counts.iter().enumerate() {
+            total += count.load(Relaxed);
+            buckets.push((self.bounds.get(i).copied(), total));
+        }
+        (buckets, f64::from_bits(self.sum.load(Relaxed)), total)
+    }
+}
+
+/// What the group commit did, round by round.
+#[derive(Debug)]
+pub struct CommitStats {
+    /// How long a round took: writes and fsyncs of the definitions and every log in it.
+    pub duration: Histogram,
+    /// Requests (a connection's batch, a move) a round served.
+    pub requests: Histogram,
+    /// Logs a round synced.
+    pub logs: Histogram,
+}
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        const SECONDS: &[f64] = &[
+            0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+        ];
+        const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1024.0];
+        Self {
+            duration: Histogram::new(SECONDS),
+            requests: Histogram::new(SIZES),
+            logs: Histogram::new(SIZES),
+        }
+    }
+}
+
 /// A queue's own counters, counted where the queue does the work.
 #[derive(Debug, Default)]
 pub struct QueueCounters {
@@ -231,6 +301,19 @@ impl QueueCounters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_histogram_counts_each_observation_in_the_first_bucket_that_holds_it() {
+        static BOUNDS: &[f64] = &[1.0, 10.0];
+        let h = Histogram::new(BOUNDS);
+        for value in [0.5, 1.0, 5.0, 50.0] {
+            h.observe(value);
+        }
+        let (buckets, sum, count) = h.read();
+        assert_eq!(buckets, vec![(Some(1.0), 2), (Some(10.0), 3), (None, 4)]);
+        assert!((sum - 56.5).abs() < 1e-9);
+        assert_eq!(count, 4);
+    }
 
     #[test]
     fn shared_counters_add_what_channels_counted_since_their_last_batch() {

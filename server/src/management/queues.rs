@@ -284,6 +284,7 @@ async fn groups(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> 
                 "consumers_per_partition": group.consumers_per_partition,
                 "members": members,
                 "partition_states": partitions,
+                "rebalances": group.rebalances,
             }],
         })));
     }
@@ -296,7 +297,12 @@ async fn groups(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> 
                 .iter()
                 .map(|&id| json!({ "consumer": id, "details": member(id) }))
                 .collect();
-            json!({ "group": g.group, "members": members, "partition_states": g.partitions })
+            json!({
+                "group": g.group,
+                "members": members,
+                "partition_states": g.partitions,
+                "rebalances": g.rebalances,
+            })
         })
         .collect();
     let kind = if queue.is_stream() { "stream" } else { "plain" };

@@ -36,6 +36,63 @@ pub enum Subject {
 struct Sample {
     at: Option<Instant>,
     values: HashMap<Subject, HashMap<&'static str, u64>>,
+    groups: Vec<GroupPartition>,
+}
+
+/// One partition of a consumer group, as the last sample saw it.
+#[derive(Debug, Clone)]
+pub struct GroupPartition {
+    /// The queue's vhost.
+    pub vhost: String,
+    /// The partitioned queue or stream.
+    pub queue: String,
+    /// The group (empty for a stream's default group or an unnamed one).
+    pub group: String,
+    /// The partition's index.
+    pub partition: u16,
+    /// Messages not yet delivered to the group (a stream: not yet settled by it).
+    pub lag: u64,
+    /// Deliveries from it not yet settled.
+    pub unacked: u64,
+    /// The group's members.
+    pub members: u64,
+    /// Times the group's partitions were assigned afresh.
+    pub rebalances: u64,
+}
+
+/// Each partition of `queue`'s groups.
+fn group_partitions(vhost: &str, queue: &Queue) -> Vec<GroupPartition> {
+    let name = queue.name().to_string();
+    let mut rows = Vec::new();
+    if let Some(g) = queue.group_snapshot() {
+        for p in &g.partition_states {
+            rows.push(GroupPartition {
+                vhost: vhost.to_owned(),
+                queue: name.clone(),
+                group: g.group.clone().unwrap_or_default(),
+                partition: p.index,
+                lag: p.depth,
+                unacked: u64::from(p.unacked),
+                members: g.members.len() as u64,
+                rebalances: g.rebalances,
+            });
+        }
+    }
+    for g in queue.stream_groups() {
+        for p in &g.partitions {
+            rows.push(GroupPartition {
+                vhost: vhost.to_owned(),
+                queue: name.clone(),
+                group: g.group.clone(),
+                partition: p.index,
+                lag: p.lag,
+                unacked: u64::from(p.unsettled),
+                members: g.members.len() as u64,
+                rebalances: g.rebalances,
+            });
+        }
+    }
+    rows
 }
 
 /// The last two samples.
@@ -68,6 +125,11 @@ impl Rates {
             }
             _ => 0.0,
         }
+    }
+
+    /// Every consumer group's partitions, as the last sample saw them.
+    pub fn group_partitions(&self) -> &[GroupPartition] {
+        &self.last.groups
     }
 
     /// Each queue of the last sample, with its fields (lengths, consumers, counters).
@@ -133,6 +195,7 @@ pub fn queue_lengths(queue: &Queue) -> [(&'static str, u64); 3] {
 /// Reads every subject now.
 fn sample(broker: &Broker) -> Sample {
     let mut values: HashMap<Subject, HashMap<&'static str, u64>> = HashMap::new();
+    let mut groups = Vec::new();
     let mut totals = [0u64; 3];
     for vhost in broker.all_vhosts() {
         let mut lengths = [0u64; 3];
@@ -146,6 +209,7 @@ fn sample(broker: &Broker) -> Sample {
             }
             fields.insert("consumers", u64::from(queue.consumer_count()));
             values.insert(subject, fields);
+            groups.extend(group_partitions(vhost.name(), &queue));
         }
         let mut fields: HashMap<&'static str, u64> =
             message_fields(&vhost.message_counters().read())
@@ -202,6 +266,7 @@ fn sample(broker: &Broker) -> Sample {
     Sample {
         at: Some(Instant::now()),
         values,
+        groups,
     }
 }
 
@@ -238,10 +303,12 @@ mod tests {
             previous: Sample {
                 at: at(0),
                 values: reading(10),
+                groups: Vec::new(),
             },
             last: Sample {
                 at: at(5),
                 values: reading(23),
+                groups: Vec::new(),
             },
         };
         assert!((rates.rate(&subject, "publish") - 2.6).abs() < 1e-9);
@@ -252,10 +319,12 @@ mod tests {
             previous: Sample {
                 at: at(0),
                 values: reading(23),
+                groups: Vec::new(),
             },
             last: Sample {
                 at: at(5),
                 values: reading(13),
+                groups: Vec::new(),
             },
         };
         assert!((draining.rate(&subject, "publish") + 2.0).abs() < 1e-9);

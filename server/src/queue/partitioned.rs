@@ -64,6 +64,8 @@ pub struct GroupSnapshot {
     pub members: Vec<MemberSnapshot>,
     /// Every partition, by index.
     pub partition_states: Vec<PartitionSnapshot>,
+    /// Times the partitions were assigned afresh.
+    pub rebalances: u64,
 }
 
 /// A group member in a [`GroupSnapshot`].
@@ -200,6 +202,8 @@ struct Group {
     owners: Vec<Vec<ConsumerId>>,
     /// The queue was deleted: a consumer that looked it up before must not join.
     deleted: bool,
+    /// Times the partitions were assigned afresh.
+    rebalances: u64,
 }
 
 #[derive(Debug)]
@@ -400,6 +404,7 @@ impl Partitioned {
             consumers_per_partition: self.per_partition,
             members,
             partition_states,
+            rebalances: group.rebalances,
         }
     }
 }
@@ -604,6 +609,7 @@ impl Queue {
         cause: Cause,
         fresh: Option<ConsumerId>,
     ) {
+        group.rebalances += 1;
         let n = parts.count();
         let manual: BTreeSet<u16> = group
             .manual

@@ -95,6 +95,8 @@ struct Group {
     members: Vec<Member>,
     /// Each partition's owner (one at most).
     owners: Vec<Vec<ConsumerId>>,
+    /// Times the partitions were assigned afresh.
+    rebalances: u64,
 }
 
 #[derive(Debug)]
@@ -112,6 +114,8 @@ pub struct StreamGroupSnapshot {
     pub members: Vec<ConsumerId>,
     /// Every partition, by index.
     pub partitions: Vec<StreamPartitionSnapshot>,
+    /// Times the partitions were assigned afresh.
+    pub rebalances: u64,
 }
 
 /// A partition in a [`StreamGroupSnapshot`].
@@ -304,6 +308,7 @@ impl Streams {
                     members: group
                         .map(|g| g.members.iter().map(|m| m.reader.consumer.id).collect())
                         .unwrap_or_default(),
+                    rebalances: group.map_or(0, |g| g.rebalances),
                     group: name,
                     partitions,
                 }
@@ -314,6 +319,7 @@ impl Streams {
     /// Assigns the group's partitions afresh and hands each moved one over. Returns
     /// whether a commit must be asked for; the caller dispatches.
     fn rebalance(&self, queue: &str, name: &str, group: &mut Group, cause: &str) -> bool {
+        group.rebalances += 1;
         let key = group_key(name);
         let n = u16::try_from(self.parts.len()).unwrap_or(u16::MAX);
         let candidates: Vec<Candidate> = group

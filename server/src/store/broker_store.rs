@@ -168,6 +168,11 @@ impl BrokerStore {
         defs.record(change).map_err(StoreError::Definitions)
     }
 
+    /// What the group commit's rounds did so far.
+    pub fn commit_stats(&self) -> &crate::stats::CommitStats {
+        self.commit.stats()
+    }
+
     /// Where definitions changes made under registry locks wait to be written.
     pub fn pending(&self) -> &PendingChanges {
         &self.pending

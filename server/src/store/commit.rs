@@ -62,6 +62,7 @@ struct Request {
 #[derive(Debug, Clone)]
 pub struct GroupCommit {
     requests: mpsc::Sender<Request>,
+    stats: Arc<crate::stats::CommitStats>,
 }
 
 impl std::fmt::Debug for Request {
@@ -87,12 +88,15 @@ impl GroupCommit {
         budget: Arc<FdBudget>,
     ) -> std::io::Result<Self> {
         let (requests, inbox) = mpsc::channel::<Request>();
+        let stats = Arc::new(crate::stats::CommitStats::default());
+        let recorded = stats.clone();
         thread::Builder::new()
             .name("warren-commit".into())
             .spawn(move || {
-                commit_loop(&inbox, &definitions, &pending, &syncer, &retired, &budget);
+                let parts = (&*definitions, &*pending, &*syncer, &*retired, &*budget);
+                commit_loop(&inbox, parts, &recorded);
             })?;
-        Ok(Self { requests })
+        Ok(Self { requests, stats })
     }
 
     /// Asks for `targets` to be made durable; `done` hears whether they all were.
@@ -116,6 +120,11 @@ impl GroupCommit {
         });
     }
 
+    /// What the rounds did so far.
+    pub fn stats(&self) -> &crate::stats::CommitStats {
+        &self.stats
+    }
+
     fn send(&self, request: Request) {
         if let Err(mpsc::SendError(request)) = self.requests.send(request)
             && let Some(done) = request.done
@@ -125,17 +134,24 @@ impl GroupCommit {
     }
 }
 
+/// What a commit round works on.
+type RoundParts<'a> = (
+    &'a Mutex<DefinitionStore>,
+    &'a PendingChanges,
+    &'a Syncer,
+    &'a Retired,
+    &'a FdBudget,
+);
+
 fn commit_loop(
     inbox: &mpsc::Receiver<Request>,
-    definitions: &Mutex<DefinitionStore>,
-    pending: &PendingChanges,
-    syncer: &Syncer,
-    retired: &Retired,
-    budget: &FdBudget,
+    (definitions, pending, syncer, retired, budget): RoundParts<'_>,
+    stats: &crate::stats::CommitStats,
 ) {
     while let Ok(first) = inbox.recv() {
         let mut batch = vec![first];
         batch.extend(inbox.try_iter());
+        let started = std::time::Instant::now();
         let outcome = commit_round(
             definitions,
             pending,
@@ -144,6 +160,9 @@ fn commit_loop(
             Some(budget),
             batch.iter().map(|r| &r.targets),
         );
+        stats.duration.observe(started.elapsed().as_secs_f64());
+        stats.requests.observe(batch.len() as f64);
+        stats.logs.observe(outcome.targets.len() as f64);
         for request in batch {
             let ok = request.targets.iter().all(|t| outcome.durable(t));
             if let Some(done) = request.done {
