@@ -5,7 +5,8 @@
 # Needs only the Rust toolchain (with rustfmt and clippy), python3 (with venv and pip)
 # and Debian's apt. It makes examples-python/.venv and installs
 # examples-python/requirements.txt into it, skipping that when the venv already has
-# exactly those requirements, and fetches rabbitmqadmin (below).
+# exactly those requirements, fetches rabbitmqadmin and installs Debian's chromium for
+# the web UI's browser test (below).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,6 +49,20 @@ else
   WARREN_RABBITMQADMIN="$tools/rabbitmqadmin"
 fi
 export WARREN_RABBITMQADMIN
+
+# The web UI is tested in a real headless browser: Debian's chromium package.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "==> installing chromium (Debian's package) for the web UI's browser test"
+  as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
+  if ! "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; then
+    "${as_root[@]}" apt-get update -q >/dev/null &&
+      "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null || {
+        echo "installing chromium failed: install Debian's chromium package (apt-get install chromium)" >&2
+        exit 1
+      }
+  fi
+fi
 
 echo "==> cargo fmt --all --check"
 cargo fmt --all --check

@@ -30,6 +30,7 @@ pub mod overview;
 pub mod queues;
 pub mod rates;
 pub mod reply;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Weak};
@@ -66,6 +67,7 @@ pub fn router(broker: Weak<Broker>, rates: Arc<RwLock<rates::Rates>>) -> Router 
         .merge(exchanges::routes())
         .merge(bindings::routes())
         .merge(connections::routes())
+        .merge(ui::routes())
         .fallback(reply::not_found)
         .with_state(Api { broker, rates })
 }
