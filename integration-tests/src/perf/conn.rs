@@ -25,7 +25,8 @@ const SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Size of the read buffer each connection starts with.
 const READ_BUF_SIZE: usize = 1 << 20;
 
-/// Where and how to connect, from an `amqp://` URI.
+/// Where and how to connect, from an `amqp://` URI (or, for the connections mode, an
+/// `amqps://` one: see [`Endpoint::parse_with_transport`]).
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     /// The broker's addresses, in resolution order.
@@ -47,12 +48,26 @@ impl Endpoint {
     /// URI. Heartbeats are off unless the URI asks for them.
     ///
     /// # Errors
-    /// A malformed URI, `amqps://` (TLS is not supported), or a host that does not resolve.
+    /// A malformed URI, `amqps://` (only the connections mode has a TLS client), or a
+    /// host that does not resolve.
     pub fn parse(uri: &str) -> Result<Self> {
-        let parsed: AMQPUri = uri.parse().map_err(|e| anyhow!("bad URI {uri:?}: {e}"))?;
-        if parsed.scheme == AMQPScheme::AMQPS {
-            bail!("amqps:// is not supported by warren-perf");
+        let (endpoint, transport) = Self::parse_with_transport(uri)?;
+        if let Transport::Tls { .. } = transport {
+            bail!(
+                "amqps:// is supported only with --connections (this mode has no TLS client); \
+                 use an amqp:// URI"
+            );
         }
+        Ok(endpoint)
+    }
+
+    /// As [`Endpoint::parse`], but accepts `amqps://` too, saying which of the two the
+    /// URI asked for. Without a port, `amqps://` means 5671.
+    ///
+    /// # Errors
+    /// A malformed URI, or a host that does not resolve.
+    pub fn parse_with_transport(uri: &str) -> Result<(Self, Transport)> {
+        let parsed: AMQPUri = uri.parse().map_err(|e| anyhow!("bad URI {uri:?}: {e}"))?;
         let host = parsed
             .authority
             .host
@@ -65,15 +80,35 @@ impl Endpoint {
         if addrs.is_empty() {
             bail!("{host} resolves to no address");
         }
-        Ok(Self {
+        let transport = match parsed.scheme {
+            AMQPScheme::AMQP => Transport::Plain,
+            AMQPScheme::AMQPS => Transport::Tls {
+                server_name: host.to_owned(),
+            },
+        };
+        let endpoint = Self {
             addrs,
             username: parsed.authority.userinfo.username,
             password: parsed.authority.userinfo.password,
             vhost: parsed.vhost,
             frame_max: parsed.query.frame_max.unwrap_or(DEFAULT_FRAME_MAX),
             heartbeat: parsed.query.heartbeat.unwrap_or(0),
-        })
+        };
+        Ok((endpoint, transport))
     }
+}
+
+/// What carries the AMQP bytes, from the URI's scheme.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// `amqp://`: plain TCP.
+    Plain,
+    /// `amqps://`: TLS over TCP.
+    Tls {
+        /// The name the broker's certificate must match: the URI's host, a DNS name or
+        /// an IP address.
+        server_name: String,
+    },
 }
 
 /// An open connection with channel [`CHANNEL`] open on it.
@@ -470,4 +505,42 @@ pub fn client_properties(name: &str) -> FieldTable {
     props.insert("connection_name".into(), text(name));
     props.insert("capabilities".into(), AMQPValue::FieldTable(capabilities));
     props
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amqps_is_refused_by_parse_and_named_by_parse_with_transport() {
+        let err = Endpoint::parse("amqps://guest:guest@127.0.0.1:5681/%2f")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("--connections"), "{err:?}");
+
+        let (endpoint, transport) =
+            Endpoint::parse_with_transport("amqps://u:p@127.0.0.1:5681/v").expect("parses");
+        assert_eq!(
+            transport,
+            Transport::Tls {
+                server_name: "127.0.0.1".into()
+            }
+        );
+        assert_eq!(endpoint.addrs[0].port(), 5681);
+        assert_eq!(
+            (endpoint.username.as_str(), endpoint.vhost.as_str()),
+            ("u", "v")
+        );
+
+        let (endpoint, transport) =
+            Endpoint::parse_with_transport("amqps://127.0.0.1").expect("parses");
+        assert_eq!(endpoint.addrs[0].port(), 5671);
+        assert!(matches!(transport, Transport::Tls { .. }));
+
+        let (_, transport) =
+            Endpoint::parse_with_transport("amqp://127.0.0.1:5680").expect("parses");
+        assert_eq!(transport, Transport::Plain);
+        Endpoint::parse("amqp://127.0.0.1:5680").expect("plain still parses");
+    }
 }

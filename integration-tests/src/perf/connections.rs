@@ -12,12 +12,19 @@
 //! start, tune, open) and one burst of replies. (Sending the channel's methods before
 //! `open-ok` arrives would save one more, but the spec does not promise that works and
 //! a broker may drop them.)
+//!
+//! With an `amqps://` URI each connection makes a full TLS handshake (rustls, no session
+//! resumption, the broker's certificate checked against `--ca-cert`) between the TCP
+//! connect and the protocol header, and that handshake counts in its set-up time.
 
 use std::collections::BTreeMap;
-use std::io::{Read as _, Write as _};
+use std::io::{self, IoSlice, Read as _, Write as _};
 use std::net::SocketAddr;
+use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use amqp_codec::amq_protocol::protocol::{AMQPClass, basic, channel, connection, queue};
@@ -25,11 +32,17 @@ use amqp_codec::amq_protocol::types::FieldTable;
 use amqp_codec::encode;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::client::Resumption;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
-use super::conn::{self, CHANNEL, Endpoint};
+use super::conn::{self, CHANNEL, Endpoint, Transport};
 use super::cpu;
 use super::fdlimit;
 use super::options::Options;
@@ -67,12 +80,20 @@ enum Ended {
     Lost(String),
 }
 
-/// Opens, holds and closes `count` connections; see the module documentation.
+/// Opens, holds and closes `count` connections over `transport`; see the module
+/// documentation.
 ///
 /// # Errors
-/// Only failures of the tool itself (starting its runtime); connections the broker
-/// refuses or drops are counted in the report.
-pub fn run(opts: &Options, endpoint: &Endpoint, count: u32) -> Result<ConnectionsReport> {
+/// Only failures of the tool itself (starting its runtime; for TLS, a missing
+/// `--ca-cert` or one that cannot be read, or a host that is no valid server name);
+/// connections the broker refuses or drops are counted in the report.
+pub fn run(
+    opts: &Options,
+    endpoint: &Endpoint,
+    transport: &Transport,
+    count: u32,
+) -> Result<ConnectionsReport> {
+    let connector = Arc::new(Connector::new(opts, transport)?);
     let nofile = match fdlimit::raise_nofile() {
         Ok(limit) => limit,
         Err(e) => {
@@ -93,12 +114,17 @@ pub fn run(opts: &Options, endpoint: &Endpoint, count: u32) -> Result<Connection
         .enable_time()
         .build()
         .context("starting the tokio runtime")?;
-    let mut report = runtime.block_on(run_all(opts, endpoint, count));
+    let mut report = runtime.block_on(run_all(opts, endpoint, connector, count));
     report.nofile_limit = nofile;
     Ok(report)
 }
 
-async fn run_all(opts: &Options, endpoint: &Endpoint, count: u32) -> ConnectionsReport {
+async fn run_all(
+    opts: &Options,
+    endpoint: &Endpoint,
+    connector: Arc<Connector>,
+    count: u32,
+) -> ConnectionsReport {
     let prefix = opts.queue_prefix();
     let gate = Arc::new(Semaphore::new(opts.connect_concurrency as usize));
     let failures = Arc::new(AtomicU32::new(0));
@@ -112,6 +138,7 @@ async fn run_all(opts: &Options, endpoint: &Endpoint, count: u32) -> Connections
             tokio::spawn(one_connection(
                 i,
                 Arc::clone(&endpoint),
+                Arc::clone(&connector),
                 format!("{prefix}-c{i}"),
                 Gate {
                     permits: Arc::clone(&gate),
@@ -230,6 +257,7 @@ struct Gate {
 async fn one_connection(
     index: u32,
     endpoint: Arc<Endpoint>,
+    connector: Arc<Connector>,
     queue: String,
     gate: Gate,
     mut close: watch::Receiver<bool>,
@@ -243,9 +271,12 @@ async fn one_connection(
         return Ended::NeverOpened;
     }
     let started = Instant::now();
-    let result = tokio::time::timeout(SETUP_TIMEOUT, Link::open(&endpoint, index, &queue))
-        .await
-        .unwrap_or_else(|_| Err(anyhow!("set-up took longer than {SETUP_TIMEOUT:?}")));
+    let result = tokio::time::timeout(
+        SETUP_TIMEOUT,
+        Link::open(&endpoint, &connector, index, &queue),
+    )
+    .await
+    .unwrap_or_else(|_| Err(anyhow!("set-up took longer than {SETUP_TIMEOUT:?}")));
     drop(permit);
     let mut link = match result {
         Ok(link) => link,
@@ -279,7 +310,7 @@ async fn stdin_closed() {
 
 /// One open connection: socket, read buffer and what the tune settled.
 struct Link {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     out: BytesMut,
     frame_max: u32,
@@ -287,11 +318,15 @@ struct Link {
 }
 
 impl Link {
-    /// Connects and sets up channel [`CHANNEL`] with one consumer on `queue`, an
-    /// exclusive, auto-delete queue of its own.
-    async fn open(endpoint: &Endpoint, index: u32, queue: &str) -> Result<Self> {
-        let stream = connect(&endpoint.addrs).await?;
-        stream.set_nodelay(true)?;
+    /// Connects (with the TLS handshake, if any) and sets up channel [`CHANNEL`] with
+    /// one consumer on `queue`, an exclusive, auto-delete queue of its own.
+    async fn open(
+        endpoint: &Endpoint,
+        connector: &Connector,
+        index: u32,
+        queue: &str,
+    ) -> Result<Self> {
+        let stream = connector.connect(&endpoint.addrs).await?;
         let mut link = Self {
             stream,
             rbuf: BytesMut::with_capacity(1024),
@@ -375,6 +410,8 @@ impl Link {
             .write_all(&self.out)
             .await
             .context("writing to the broker")?;
+        // A no-op on plain TCP; over TLS, sends records rustls still holds.
+        self.stream.flush().await.context("writing to the broker")?;
         self.out.clear();
         Ok(())
     }
@@ -514,6 +551,174 @@ impl Link {
         tokio::time::timeout(CLOSE_TIMEOUT, close_ok)
             .await
             .unwrap_or(false)
+    }
+}
+
+/// How each connection's byte stream is set up: a TCP connect, then for TLS the
+/// handshake.
+enum Connector {
+    /// Plain TCP.
+    Plain,
+    /// TLS over TCP.
+    Tls {
+        /// The client configuration every connection shares.
+        tls: TlsConnector,
+        /// The name the broker's certificate is checked against.
+        server_name: ServerName<'static>,
+        /// Whether the next handshake to finish should print what it negotiated
+        /// (only the first does, unless `--quiet`).
+        describe: AtomicBool,
+    },
+}
+
+impl Connector {
+    /// The connector for `transport`, trusting `--ca-cert` for TLS.
+    fn new(opts: &Options, transport: &Transport) -> Result<Self> {
+        let server_name = match transport {
+            Transport::Plain => return Ok(Self::Plain),
+            Transport::Tls { server_name } => server_name,
+        };
+        let Some(ca) = &opts.ca_cert else {
+            bail!(
+                "an amqps:// URI needs --ca-cert FILE (or WARREN_PERF_CA_CERT): the CA \
+                 certificates the broker's certificate is checked against"
+            );
+        };
+        let server_name = ServerName::try_from(server_name.clone())
+            .with_context(|| format!("{server_name:?} as a TLS server name"))?;
+        Ok(Self::Tls {
+            tls: TlsConnector::from(client_config(ca)?),
+            server_name,
+            describe: AtomicBool::new(!opts.quiet),
+        })
+    }
+
+    /// Connects to the first of `addrs` that answers, with `TCP_NODELAY` (the tool
+    /// batches its own writes), and makes the TLS handshake if there is one.
+    async fn connect(&self, addrs: &[SocketAddr]) -> Result<Stream> {
+        let tcp = connect(addrs).await?;
+        tcp.set_nodelay(true)?;
+        let Self::Tls {
+            tls,
+            server_name,
+            describe,
+        } = self
+        else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let stream = tls
+            .connect(server_name.clone(), tcp)
+            .await
+            .context("TLS handshake")?;
+        if describe.swap(false, Ordering::Relaxed) {
+            let (_, session) = stream.get_ref();
+            let shown = |what: Option<String>| what.unwrap_or_else(|| "?".into());
+            eprintln!(
+                "warren-perf: TLS {}, {}, key exchange {} (full handshakes, no resumption)",
+                shown(session.protocol_version().map(|v| format!("{v:?}"))),
+                shown(
+                    session
+                        .negotiated_cipher_suite()
+                        .map(|s| format!("{:?}", s.suite()))
+                ),
+                shown(
+                    session
+                        .negotiated_key_exchange_group()
+                        .map(|g| format!("{:?}", g.name()))
+                ),
+            );
+        }
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+}
+
+/// The client configuration for `amqps://`: the certificates in `ca` as the only roots,
+/// rustls' default protocol versions, cipher suites and groups, and no session
+/// resumption, so that every connection pays for a full handshake.
+fn client_config(ca: &Path) -> Result<Arc<ClientConfig>> {
+    let shown = ca.display();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .with_context(|| format!("reading --ca-cert {shown}"))?;
+    if certs.is_empty() {
+        bail!("--ca-cert {shown}: no certificate in it");
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in certs {
+        roots
+            .add(cert)
+            .with_context(|| format!("--ca-cert {shown}"))?;
+    }
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.resumption = Resumption::disabled();
+    Ok(Arc::new(config))
+}
+
+/// A connection's byte stream: plain TCP, or TLS over TCP.
+enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP (boxed: the session state is large).
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
     }
 }
 

@@ -32,10 +32,12 @@ use super::verify;
 /// refused, is not an error: its report says so.
 pub fn run(opts: &Options) -> Result<Outcome> {
     opts.validate()?;
-    let endpoint = Endpoint::parse(&opts.uri)?;
     if let Some(count) = opts.connections {
-        return connections::run(opts, &endpoint, count).map(Outcome::Connections);
+        // The one mode with a TLS client: it takes `amqps://` as well.
+        let (endpoint, transport) = Endpoint::parse_with_transport(&opts.uri)?;
+        return connections::run(opts, &endpoint, &transport, count).map(Outcome::Connections);
     }
+    let endpoint = Endpoint::parse(&opts.uri)?;
     let topology = Topology::plan(opts)?;
     topology.declare(&endpoint).context("declaring queues")?;
     let result = run_load(opts, &endpoint, &topology).and_then(|mut report| {
