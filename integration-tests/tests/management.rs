@@ -183,6 +183,103 @@ async fn a_policy_put_over_http_applies_to_a_queue_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn vhost_limits_are_runtime_parameters_of_the_vhost_limits_component() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let vhost = unique_name("limited");
+    let v = enc(&vhost);
+    assert_eq!(
+        api.put(&format!("/api/vhosts/{v}"), json!({})).await.status,
+        201
+    );
+    let set = api
+        .put(
+            &format!("/api/vhost-limits/{v}/max-queues"),
+            json!({ "value": 10 }),
+        )
+        .await;
+    assert_eq!(set.status, 204, "{set:?}");
+    assert_eq!(
+        api.get(&format!("/api/vhost-limits/{v}")).await.json(),
+        json!([{ "vhost": vhost, "value": { "max-queues": 10 } }])
+    );
+    let as_parameter = json!({
+        "value": { "max-queues": 10 }, "vhost": vhost,
+        "component": "vhost-limits", "name": "limits"
+    });
+    assert_eq!(
+        api.get(&format!("/api/parameters/vhost-limits/{v}"))
+            .await
+            .json(),
+        json!([as_parameter])
+    );
+    assert_eq!(
+        api.get(&format!("/api/parameters/vhost-limits/{v}/limits"))
+            .await
+            .json(),
+        as_parameter
+    );
+    let all = api.get("/api/parameters").await.json();
+    assert!(
+        all.as_array().is_some_and(|ps| ps.contains(&as_parameter)),
+        "{all}"
+    );
+    assert_eq!(api.get("/api/parameters/nosuch").await.json(), json!([]));
+
+    // Setting the parameter replaces the vhost's limits; an unknown component is refused.
+    let path = format!("/api/parameters/vhost-limits/{v}/limits");
+    let replaced = api
+        .put(&path, json!({ "value": { "max-connections": 5 } }))
+        .await;
+    assert_eq!(replaced.status, 204, "{replaced:?}");
+    assert_eq!(
+        api.get(&format!("/api/vhost-limits/{v}")).await.json(),
+        json!([{ "vhost": vhost, "value": { "max-connections": 5 } }])
+    );
+    let unknown = api
+        .put(
+            &format!("/api/parameters/nosuch/{v}/x"),
+            json!({ "value": {} }),
+        )
+        .await;
+    assert_eq!(unknown.status, 400);
+    assert_eq!(
+        unknown.json(),
+        json!({ "error": "bad_request", "reason": "Validation failed\n\ncomponent nosuch not found\n" })
+    );
+    assert_eq!(api.delete(&path).await.status, 204);
+    assert_eq!(api.get(&path).await.status, 404);
+    assert_eq!(
+        api.get(&format!("/api/vhost-limits/{v}")).await.json(),
+        json!([])
+    );
+    assert_eq!(
+        api.get("/api/parameters/vhost-limits/no-such-vhost")
+            .await
+            .status,
+        404
+    );
+
+    // Parameters are for policymakers: a `management` user may not list them.
+    let user = unique_name("mgmt");
+    assert_eq!(
+        api.put(
+            &format!("/api/users/{user}"),
+            json!({ "password": "pw", "tags": "management" })
+        )
+        .await
+        .status,
+        201
+    );
+    let refused = api
+        .call("GET", "/api/parameters", Some((&user, "pw")), None)
+        .await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(api.delete(&format!("/api/users/{user}")).await.status, 204);
+    assert_eq!(api.delete(&format!("/api/vhosts/{v}")).await.status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn health_checks_answer_as_rabbitmqs() {
     let server = TestServer::start().await;
     let api = Http::of(&server);

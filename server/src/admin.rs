@@ -81,18 +81,37 @@ fn parse_limits(json: &str, known: &[&str]) -> Result<BTreeMap<String, i64>, Adm
     };
     map.into_iter()
         .map(|(name, v)| {
-            if !known.contains(&name.as_str()) {
-                return Err(AdminError::Limits(format!(
-                    "unknown limit '{name}' (known: {})",
-                    known.join(", ")
-                )));
-            }
+            known_limit(&name, known)?;
             let n = v
                 .as_i64()
                 .ok_or_else(|| AdminError::Limits(format!("'{name}' is not an integer")))?;
             Ok((name, n))
         })
         .collect()
+}
+
+/// Refuses a limit `name` that is not one of `known`.
+fn known_limit(name: &str, known: &[&str]) -> Result<(), AdminError> {
+    if known.contains(&name) {
+        Ok(())
+    } else {
+        Err(AdminError::Limits(format!(
+            "unknown limit '{name}' (known: {})",
+            known.join(", ")
+        )))
+    }
+}
+
+/// Sets `name` in `limits` to `value`, or removes it.
+fn set_limit(limits: &mut BTreeMap<String, i64>, name: &str, value: Option<i64>) {
+    match value {
+        Some(value) => {
+            limits.insert(name.to_owned(), value);
+        }
+        None => {
+            limits.remove(name);
+        }
+    }
 }
 
 /// The password of a user made or changed by the management API.
@@ -340,18 +359,50 @@ impl Broker {
         })
     }
 
-    /// Clears one of a user's limits.
+    /// Sets one of a user's limits (`Some`) or clears it (`None`), keeping the others
+    /// (one change, so that two callers changing different limits both keep theirs).
     ///
     /// # Errors
-    /// No such user.
-    pub fn clear_user_limit(&self, user: &str, name: &str) -> Result<(), AdminError> {
+    /// No such user, or an unknown limit.
+    pub fn change_user_limit(
+        &self,
+        user: &str,
+        name: &str,
+        value: Option<i64>,
+    ) -> Result<(), AdminError> {
+        if value.is_some() {
+            known_limit(name, USER_LIMITS)?;
+        }
         self.change_access(|access| {
             let mut def = access
                 .user(user)
                 .map(|u| u.def().clone())
                 .ok_or_else(|| AdminError::NoSuchUser(user.to_owned()))?;
-            def.limits.remove(name);
+            set_limit(&mut def.limits, name, value);
             Ok(vec![access.put_user(def)?])
+        })
+    }
+
+    /// Sets one of a vhost's limits (`Some`) or clears it (`None`), keeping the others.
+    ///
+    /// # Errors
+    /// No such vhost, or an unknown limit.
+    pub fn change_vhost_limit(
+        &self,
+        vhost: &str,
+        name: &str,
+        value: Option<i64>,
+    ) -> Result<(), AdminError> {
+        if value.is_some() {
+            known_limit(name, VHOST_LIMITS)?;
+        }
+        self.change_access(|access| {
+            let mut def = access
+                .vhost(vhost)
+                .cloned()
+                .ok_or_else(|| AdminError::NoSuchVhost(vhost.to_owned()))?;
+            set_limit(&mut def.limits, name, value);
+            Ok(vec![access.put_vhost(def)])
         })
     }
 

@@ -308,7 +308,7 @@ fn run(broker: &Arc<Broker>, args: &[&str], vhost: &str) -> Result<Answer, Strin
         ["list_vhost_limits", "--global"] => Ok(Answer::Rows(broker.list_vhost_limits(None))),
         ["set_user_limits", user, json] => changed(broker.set_user_limits(user, json)),
         ["clear_user_limits", user, "all"] => changed(broker.set_user_limits(user, "{}")),
-        ["clear_user_limits", user, name] => changed(broker.clear_user_limit(user, name)),
+        ["clear_user_limits", user, name] => changed(broker.change_user_limit(user, name, None)),
         ["list_user_limits"] => Ok(Answer::Rows(broker.list_user_limits())),
         ["set_policy", ..] => set_policy(broker, &args[1..], vhost),
         ["clear_policy", name] => changed(broker.clear_policy(vhost, name)),

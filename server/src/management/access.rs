@@ -1,4 +1,5 @@
-//! Users, vhosts, permissions, topic permissions, policies and limits over HTTP, on
+//! Users, vhosts, permissions, topic permissions, policies, limits and runtime
+//! parameters (vhost limits, as RabbitMQ keeps them) over HTTP, on
 //! the same operations as `warren ctl` ([`crate::admin`]). A change is answered once it
 //! is durable.
 
@@ -72,6 +73,13 @@ pub(super) fn routes() -> Router<Api> {
         .route(
             "/api/vhost-limits/{vhost}/{name}",
             axum::routing::put(put_vhost_limit).delete(delete_vhost_limit),
+        )
+        .route("/api/parameters", get(parameters))
+        .route("/api/parameters/{component}", get(component_parameters))
+        .route("/api/parameters/{component}/{vhost}", get(vhost_parameters))
+        .route(
+            "/api/parameters/{component}/{vhost}/{name}",
+            get(parameter).put(put_parameter).delete(delete_parameter),
         )
         .route("/api/user-limits", get(user_limits))
         .route("/api/user-limits/{user}", get(one_user_limits))
@@ -632,21 +640,32 @@ async fn delete_policy(caller: Caller, Path((vhost, name)): Path<(String, String
     Ok(no_content())
 }
 
+/// A vhost's or user's limits as the API shows them: `{"vhost"|"user": …, "value": {…}}`
+/// (`warren ctl`'s rows name the object `limits`).
+fn limits_json(mut row: Value) -> Value {
+    if let Some(fields) = row.as_object_mut()
+        && let Some(limits) = fields.remove("limits")
+    {
+        fields.insert("value".to_owned(), limits);
+    }
+    row
+}
+
 async fn vhost_limits(caller: Caller) -> ApiResult {
     let shown = caller
         .broker
         .list_vhost_limits(None)
         .into_iter()
         .filter(|l| l["vhost"].as_str().is_some_and(|v| caller.sees_vhost(v)))
+        .map(limits_json)
         .collect();
     Ok(json(Value::Array(shown)))
 }
 
 async fn one_vhost_limits(caller: Caller, Path(vhost): Path<String>) -> ApiResult {
     caller.require_vhost(&vhost)?;
-    Ok(json(Value::Array(
-        caller.broker.list_vhost_limits(Some(&vhost)),
-    )))
+    let shown = caller.broker.list_vhost_limits(Some(&vhost));
+    Ok(json(shown.into_iter().map(limits_json).collect()))
 }
 
 /// `PUT /api/…-limits/{…}/{name}`'s body.
@@ -655,34 +674,15 @@ struct LimitValue {
     value: i64,
 }
 
-/// The object's limits with `name` set to `value`, or cleared.
-fn with_limit(current: Option<&Value>, name: &str, value: Option<i64>) -> String {
-    let mut limits = current
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
-    match value {
-        Some(value) => {
-            limits.insert(name.to_owned(), Value::from(value));
-        }
-        None => {
-            limits.remove(name);
-        }
-    }
-    Value::Object(limits).to_string()
-}
-
 async fn put_vhost_limit(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
     Json(LimitValue { value }): Json<LimitValue>,
 ) -> ApiResult {
     caller.require_admin()?;
-    let current = caller.broker.list_vhost_limits(Some(&vhost));
-    let limits = with_limit(current.first().map(|l| &l["limits"]), &name, Some(value));
     caller
         .broker
-        .set_vhost_limits(&vhost, &limits)
+        .change_vhost_limit(&vhost, &name, Some(value))
         .map_err(refused)?;
     durable(&caller).await?;
     Ok(no_content())
@@ -693,11 +693,9 @@ async fn delete_vhost_limit(
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
     caller.require_admin()?;
-    let current = caller.broker.list_vhost_limits(Some(&vhost));
-    let limits = with_limit(current.first().map(|l| &l["limits"]), &name, None);
     caller
         .broker
-        .set_vhost_limits(&vhost, &limits)
+        .change_vhost_limit(&vhost, &name, None)
         .map_err(refused)?;
     durable(&caller).await?;
     Ok(no_content())
@@ -705,7 +703,8 @@ async fn delete_vhost_limit(
 
 async fn user_limits(caller: Caller) -> ApiResult {
     caller.require_admin()?;
-    Ok(json(Value::Array(caller.broker.list_user_limits())))
+    let shown = caller.broker.list_user_limits();
+    Ok(json(shown.into_iter().map(limits_json).collect()))
 }
 
 async fn one_user_limits(caller: Caller, Path(user): Path<String>) -> ApiResult {
@@ -715,6 +714,7 @@ async fn one_user_limits(caller: Caller, Path(user): Path<String>) -> ApiResult 
         .list_user_limits()
         .into_iter()
         .filter(|l| l["user"] == user.as_str())
+        .map(limits_json)
         .collect();
     Ok(json(Value::Array(shown)))
 }
@@ -725,15 +725,9 @@ async fn put_user_limit(
     Json(LimitValue { value }): Json<LimitValue>,
 ) -> ApiResult {
     caller.require_admin()?;
-    let current = caller
-        .broker
-        .list_user_limits()
-        .into_iter()
-        .find(|l| l["user"] == user.as_str());
-    let limits = with_limit(current.as_ref().map(|l| &l["limits"]), &name, Some(value));
     caller
         .broker
-        .set_user_limits(&user, &limits)
+        .change_user_limit(&user, &name, Some(value))
         .map_err(refused)?;
     durable(&caller).await?;
     Ok(no_content())
@@ -746,7 +740,146 @@ async fn delete_user_limit(
     caller.require_admin()?;
     caller
         .broker
-        .clear_user_limit(&user, &name)
+        .change_user_limit(&user, &name, None)
+        .map_err(refused)?;
+    durable(&caller).await?;
+    Ok(no_content())
+}
+
+/// The one runtime-parameter component Warren has: RabbitMQ keeps vhost limits as
+/// parameters of this component, under the name `limits`.
+const VHOST_LIMITS: &str = "vhost-limits";
+
+/// A vhost's limits as the runtime parameter RabbitMQ shows.
+fn parameter_json(row: &Value) -> Value {
+    json!({
+        "value": row["limits"],
+        "vhost": row["vhost"],
+        "component": VHOST_LIMITS,
+        "name": "limits",
+    })
+}
+
+/// The parameters of `component` (all when `None`) in `vhost` (all visible when
+/// `None`), for a policymaker.
+fn parameters_of(
+    caller: &Caller,
+    component: Option<&str>,
+    vhost: Option<&str>,
+) -> ApiResult<Vec<Value>> {
+    if !caller.is_policymaker() {
+        return Err(ApiError::not_authorised(
+            "User not authorised to access object",
+        ));
+    }
+    if let Some(vhost) = vhost {
+        caller.require_vhost(vhost)?;
+    }
+    if component.is_some_and(|c| c != VHOST_LIMITS) {
+        return Ok(Vec::new());
+    }
+    Ok(caller
+        .broker
+        .list_vhost_limits(vhost)
+        .iter()
+        .filter(|l| l["vhost"].as_str().is_some_and(|v| caller.sees_contents(v)))
+        .map(parameter_json)
+        .collect())
+}
+
+async fn parameters(caller: Caller) -> ApiResult {
+    Ok(json(Value::Array(parameters_of(&caller, None, None)?)))
+}
+
+async fn component_parameters(caller: Caller, Path(component): Path<String>) -> ApiResult {
+    Ok(json(Value::Array(parameters_of(
+        &caller,
+        Some(&component),
+        None,
+    )?)))
+}
+
+async fn vhost_parameters(
+    caller: Caller,
+    Path((component, vhost)): Path<(String, String)>,
+) -> ApiResult {
+    Ok(json(Value::Array(parameters_of(
+        &caller,
+        Some(&component),
+        Some(&vhost),
+    )?)))
+}
+
+async fn parameter(
+    caller: Caller,
+    Path((component, vhost, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    parameters_of(&caller, Some(&component), Some(&vhost))?
+        .into_iter()
+        .find(|p| p["name"] == name.as_str())
+        .map(json)
+        .ok_or_else(ApiError::not_found)
+}
+
+/// `PUT /api/parameters/{component}/{vhost}/{name}`'s body (the path's `component`,
+/// `vhost` and `name` repeated in it are ignored, as RabbitMQ ignores them).
+#[derive(Deserialize)]
+struct ParameterValue {
+    value: Value,
+}
+
+/// Refuses a component other than `vhost-limits` and a name other than `limits`, as
+/// RabbitMQ words it.
+fn vhost_limits_parameter(component: &str, name: &str) -> ApiResult<()> {
+    if component != VHOST_LIMITS {
+        return Err(ApiError::bad_request(format!(
+            "Validation failed\n\ncomponent {component} not found\n"
+        )));
+    }
+    if name != "limits" {
+        return Err(ApiError::bad_request(format!(
+            "Validation failed\n\nWarren keeps a vhost's limits under the name limits, not {name}\n"
+        )));
+    }
+    Ok(())
+}
+
+async fn put_parameter(
+    caller: Caller,
+    Path((component, vhost, name)): Path<(String, String, String)>,
+    raw: axum::body::Bytes,
+) -> ApiResult {
+    caller.require_policymaker(&vhost)?;
+    vhost_limits_parameter(&component, &name)?;
+    let ParameterValue { value } = body(&raw)?;
+    let existed = !caller.broker.list_vhost_limits(Some(&vhost)).is_empty();
+    caller
+        .broker
+        .set_vhost_limits(&vhost, &value.to_string())
+        .map_err(|e| match e {
+            AdminError::Limits(reason) => {
+                ApiError::bad_request(format!("Validation failed\n\n{reason}\n"))
+            }
+            other => refused(other),
+        })?;
+    durable(&caller).await?;
+    Ok(created_or_changed(!existed))
+}
+
+async fn delete_parameter(
+    caller: Caller,
+    Path((component, vhost, name)): Path<(String, String, String)>,
+) -> ApiResult {
+    caller.require_policymaker(&vhost)?;
+    if component != VHOST_LIMITS
+        || name != "limits"
+        || caller.broker.list_vhost_limits(Some(&vhost)).is_empty()
+    {
+        return Err(ApiError::not_found());
+    }
+    caller
+        .broker
+        .set_vhost_limits(&vhost, "{}")
         .map_err(refused)?;
     durable(&caller).await?;
     Ok(no_content())
