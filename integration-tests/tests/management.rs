@@ -918,6 +918,68 @@ async fn message_stats_count_publishes_deliveries_and_acks_with_rates() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn exchanges_count_messages_published_in_and_copies_routed_out() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let conn = server.connect().await;
+    let ch = channel(&conn).await;
+    let (fanout, nowhere) = (unique_name("api-fan"), unique_name("api-nowhere"));
+    let (q1, q2) = (unique_name("api-fan-q"), unique_name("api-fan-q"));
+    declare_exchange_with(&ch, &fanout, lapin::ExchangeKind::Fanout, table(&[])).await;
+    declare_exchange_with(&ch, &nowhere, lapin::ExchangeKind::Direct, table(&[])).await;
+    for q in [&q1, &q2] {
+        declare_queue(&ch, q).await;
+        bind_queue(&ch, q, &fanout, "").await;
+    }
+    within("confirm.select", ch.confirm_select(Default::default()))
+        .await
+        .expect("confirms");
+    for _ in 0..10 {
+        publish(&ch, &fanout, "", b"twice").await;
+    }
+    for _ in 0..3 {
+        publish(&ch, &nowhere, "k", b"unroutable").await;
+    }
+    for _ in 0..4 {
+        publish(&ch, "", &q1, b"direct").await;
+    }
+    let stats_of = |name: &str| {
+        let path = format!("/api/exchanges/%2F/{name}");
+        let api = &api;
+        async move { api.get(&path).await.json()["message_stats"].clone() }
+    };
+    let counted = integration_tests::wait_for(std::time::Duration::from_secs(15), || async {
+        let (fan, none, default) = (
+            stats_of(&fanout).await,
+            stats_of(&nowhere).await,
+            stats_of("amq.default").await,
+        );
+        fan["publish_in"] == 10
+            && fan["publish_out"] == 20
+            && none["publish_in"] == 3
+            && none["publish_out"].as_u64().unwrap_or(0) == 0
+            && default["publish_in"].as_u64() >= Some(4)
+            && default["publish_out"].as_u64() >= Some(4)
+    })
+    .await;
+    assert!(
+        counted,
+        "{} {} {}",
+        stats_of(&fanout).await,
+        stats_of(&nowhere).await,
+        stats_of("amq.default").await
+    );
+    let fan = stats_of(&fanout).await;
+    assert!(fan["publish_in_details"]["rate"].is_f64(), "{fan}");
+    let listed = api.get("/api/exchanges/%2F").await.json();
+    let shown = listed
+        .as_array()
+        .and_then(|all| all.iter().find(|x| x["name"] == fanout.as_str()))
+        .unwrap_or_else(|| panic!("{fanout} not listed: {listed}"));
+    assert_eq!(shown["message_stats"]["publish_out"], 20, "{shown}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_partitioned_queues_groups_show_members_partitions_and_lag() {
     let server = TestServer::start().await;
     if !server.is_warren() {

@@ -276,6 +276,75 @@ impl Default for CommitStats {
     }
 }
 
+/// An exchange's counters, as RabbitMQ's `publish_in` and `publish_out`: messages
+/// published into it, and the copies it routed to queues (one per queue).
+#[derive(Debug, Default)]
+pub struct ExchangeCounters {
+    /// Messages published to the exchange.
+    pub publish_in: AtomicU64,
+    /// Copies routed to queues.
+    pub publish_out: AtomicU64,
+}
+
+impl ExchangeCounters {
+    /// Adds `publish_in` messages in and `publish_out` copies out.
+    pub fn add(&self, publish_in: u64, publish_out: u64) {
+        self.publish_in.fetch_add(publish_in, Relaxed);
+        self.publish_out.fetch_add(publish_out, Relaxed);
+    }
+
+    /// `(publish_in, publish_out)`.
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.publish_in.load(Relaxed),
+            self.publish_out.load(Relaxed),
+        )
+    }
+}
+
+/// What a channel counted for the exchange it publishes to, not yet added to that
+/// exchange's [`ExchangeCounters`]: a publisher keeps to one exchange, so its
+/// publishes are counted in plain integers and added once per batch (or when it turns
+/// to another exchange).
+#[derive(Debug, Default)]
+pub struct ExchangeTally {
+    /// The exchange's name (`""`: the default exchange).
+    pub exchange: amqp_codec::ShortStr,
+    /// Messages published to it since the last flush.
+    pub publish_in: u64,
+    /// Copies it routed since the last flush.
+    pub publish_out: u64,
+}
+
+impl ExchangeTally {
+    /// Counts one message published to `exchange` and routed to `queues` queues;
+    /// returns what was counted for another exchange, to be flushed first.
+    pub fn count(
+        &mut self,
+        exchange: &str,
+        queues: usize,
+    ) -> Option<(amqp_codec::ShortStr, u64, u64)> {
+        let earlier = if *self.exchange == *exchange {
+            None
+        } else {
+            let name = std::mem::replace(&mut self.exchange, exchange.into());
+            self.take().map(|(i, o)| (name, i, o))
+        };
+        self.publish_in += 1;
+        self.publish_out += queues as u64;
+        earlier
+    }
+
+    /// What was counted since the last flush, if anything, for [`Self::exchange`].
+    pub fn take(&mut self) -> Option<(u64, u64)> {
+        (self.publish_in > 0).then(|| {
+            let counted = (self.publish_in, self.publish_out);
+            (self.publish_in, self.publish_out) = (0, 0);
+            counted
+        })
+    }
+}
+
 /// A queue's own counters, counted where the queue does the work.
 #[derive(Debug, Default)]
 pub struct QueueCounters {
@@ -313,6 +382,19 @@ mod tests {
         assert_eq!(buckets, vec![(Some(1.0), 2), (Some(10.0), 3), (None, 4)]);
         assert!((sum - 56.5).abs() < 1e-9);
         assert_eq!(count, 4);
+    }
+
+    #[test]
+    fn an_exchange_tally_hands_back_what_it_counted_for_the_exchange_before() {
+        let mut tally = ExchangeTally::default();
+        assert_eq!(tally.count("", 1), None, "nothing counted before");
+        assert_eq!(tally.count("", 0), None);
+        let earlier = tally.count("x", 3).expect("the default exchange's counts");
+        assert_eq!((&*earlier.0, earlier.1, earlier.2), ("", 2, 1));
+        tally.count("x", 2);
+        assert_eq!(tally.take(), Some((2, 5)));
+        assert_eq!(tally.take(), None, "taken once");
+        assert_eq!(&*tally.exchange, "x");
     }
 
     #[test]

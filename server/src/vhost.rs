@@ -65,6 +65,8 @@ pub struct VHost {
     deleted: tokio::sync::watch::Sender<bool>,
     /// Messages published, delivered, acked … in this vhost since start.
     messages: crate::stats::MessageCounters,
+    /// The default exchange's `publish_in` and `publish_out` (it has no [`Exchange`]).
+    default_exchange: crate::stats::ExchangeCounters,
     /// Queues declared, created and deleted in this vhost since start.
     queue_churn: crate::stats::QueueChurn,
     /// Tests set it to leave queued changes unwritten by the operations that made them,
@@ -159,6 +161,7 @@ impl VHost {
             restoring: AtomicBool::new(false),
             deleted: tokio::sync::watch::Sender::new(false),
             messages: crate::stats::MessageCounters::default(),
+            default_exchange: crate::stats::ExchangeCounters::default(),
             queue_churn: crate::stats::QueueChurn::default(),
             #[cfg(test)]
             stall_writes: AtomicBool::new(false),
@@ -1082,6 +1085,21 @@ impl VHost {
     /// Its exchanges, taken out of the registry's lock (for listings).
     pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
         self.exchanges.read().values().cloned().collect()
+    }
+
+    /// The default exchange's counters.
+    pub fn default_exchange_counters(&self) -> &crate::stats::ExchangeCounters {
+        &self.default_exchange
+    }
+
+    /// Adds to the counters of exchange `name` (`""`: the default exchange) what a
+    /// publisher counted; nothing if it has been deleted since.
+    pub fn count_exchange(&self, name: &str, publish_in: u64, publish_out: u64) {
+        if name.is_empty() {
+            self.default_exchange.add(publish_in, publish_out);
+        } else if let Some(exchange) = self.exchanges.read().get(name) {
+            exchange.counters().add(publish_in, publish_out);
+        }
     }
 
     /// Resolves once the vhost is deleted (at once if it is).

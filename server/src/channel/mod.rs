@@ -181,6 +181,9 @@ pub struct Channel {
     tally: crate::stats::Tally,
     /// What of that the broker's and the vhost's counters already hold.
     flushed: crate::stats::Tally,
+    /// Publishes counted for the exchange last published to, not yet added to its
+    /// counters.
+    exchange_tally: crate::stats::ExchangeTally,
 }
 
 impl Channel {
@@ -205,19 +208,20 @@ impl Channel {
             entry,
             tally: crate::stats::Tally::default(),
             flushed: crate::stats::Tally::default(),
+            exchange_tally: crate::stats::ExchangeTally::default(),
         }
     }
 
     /// Brings the channel's registry entry up to date, and adds what it counted since
-    /// its last batch to the broker's and its vhost's counters (after each batch).
-    pub fn show(
-        &mut self,
-        broker: &crate::stats::MessageCounters,
-        vhost: &crate::stats::MessageCounters,
-    ) {
+    /// its last batch to the broker's, its vhost's and the exchange's counters (after
+    /// each batch).
+    pub fn show(&mut self, broker: &crate::stats::MessageCounters, vhost: &VHost) {
+        if let Some((publish_in, publish_out)) = self.exchange_tally.take() {
+            vhost.count_exchange(&self.exchange_tally.exchange, publish_in, publish_out);
+        }
         if self.tally != self.flushed {
             broker.add(&self.flushed, &self.tally);
-            vhost.add(&self.flushed, &self.tally);
+            vhost.message_counters().add(&self.flushed, &self.tally);
             self.entry.messages.store(&self.tally);
             self.flushed = self.tally;
         }

@@ -193,6 +193,11 @@ impl Channel {
         self.tally.publish += 1;
         self.tally.publish_confirm += u64::from(self.confirm.is_some() || self.tx.is_some());
         self.tally.routed += routed.len() as u64;
+        if let Some((exchange, publish_in, publish_out)) =
+            self.exchange_tally.count(message.exchange(), routed.len())
+        {
+            ctx.vhost.count_exchange(&exchange, publish_in, publish_out);
+        }
         if routed.is_empty() {
             if mandatory {
                 self.tally.return_unroutable += 1;

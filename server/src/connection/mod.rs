@@ -573,9 +573,8 @@ impl Connection {
     /// Brings the channels' registry entries and the message counters up to date.
     fn show_channels(&mut self) {
         let broker = self.shared.broker.message_counters();
-        let vhost = self.shared.vhost.message_counters();
         for channel in self.channels.iter_mut().flatten() {
-            channel.show(broker, vhost);
+            channel.show(broker, &self.shared.vhost);
         }
     }
 
@@ -583,8 +582,10 @@ impl Connection {
     /// still owed: a channel opened next under its number must not receive them.
     fn forget_channel(&mut self, id: u16) {
         if let Some(slot) = self.channels.get_mut(usize::from(id))
-            && slot.take().is_some()
+            && let Some(mut channel) = slot.take()
         {
+            // What it counted in the batch that closed it.
+            channel.show(self.shared.broker.message_counters(), &self.shared.vhost);
             self.registered.entry.close_channel(id);
             let churn = &self.shared.broker.registry().churn;
             churn.channels_closed.fetch_add(1, Ordering::Relaxed);

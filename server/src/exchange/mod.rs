@@ -293,6 +293,8 @@ pub struct Exchange {
     hold: OnceLock<Arc<Queue>>,
     /// The alternate exchange in force: its own argument, else its policy's.
     alternate: RwLock<Option<ShortStr>>,
+    /// Messages published to it and routed out of it.
+    counters: crate::stats::ExchangeCounters,
 }
 
 impl Exchange {
@@ -305,12 +307,18 @@ impl Exchange {
             router,
             hold: OnceLock::new(),
             alternate: RwLock::new(None),
+            counters: crate::stats::ExchangeCounters::default(),
         }
     }
 
     /// The exchange's name.
     pub fn name(&self) -> &ShortStr {
         &self.name
+    }
+
+    /// Messages published to it and routed out of it (`publish_in`, `publish_out`).
+    pub fn counters(&self) -> &crate::stats::ExchangeCounters {
+        &self.counters
     }
 
     /// Its declared settings.

@@ -17,10 +17,12 @@ use super::bindings::binding_json;
 use super::body::Body;
 use super::listing::{ListQuery, list};
 use super::messages;
+use super::rates::Subject;
 use super::reply::{ApiError, ApiResult, created_or_changed, json, no_content};
 use crate::access::permissions::Perm;
 use crate::access::rabbit_json::{table_from_json, table_to_json};
 use crate::exchange::{DestinationKind, Exchange, ExchangeSettings, parse_declared_type};
+use crate::stats::ExchangeCounters;
 use crate::vhost::VHost;
 
 pub(super) fn routes() -> Router<Api> {
@@ -46,9 +48,9 @@ pub(super) fn routes() -> Router<Api> {
 const DEFAULT_EXCHANGE: &str = "amq.default";
 
 /// An exchange as the API shows it; the default exchange is named `""`.
-fn exchange_json(vhost: &str, exchange: &Exchange) -> Value {
+fn exchange_json(caller: &Caller, vhost: &str, exchange: &Exchange) -> Value {
     let settings = exchange.settings();
-    json!({
+    let mut shown = json!({
         "name": exchange.name().to_string(),
         "vhost": vhost,
         "type": settings.type_name(),
@@ -57,21 +59,53 @@ fn exchange_json(vhost: &str, exchange: &Exchange) -> Value {
         "internal": settings.internal,
         "arguments": table_to_json(&settings.arguments),
         "user_who_performed_action": "",
-    })
+    });
+    with_message_stats(
+        caller,
+        &mut shown,
+        vhost,
+        exchange.name(),
+        exchange.counters(),
+    );
+    shown
+}
+
+/// Adds `message_stats` (`publish_in`, `publish_out` with their rates) to an exchange
+/// that has had a message published to it; RabbitMQ shows none before.
+fn with_message_stats(
+    caller: &Caller,
+    shown: &mut Value,
+    vhost: &str,
+    name: &str,
+    counters: &ExchangeCounters,
+) {
+    let (publish_in, publish_out) = counters.read();
+    if publish_in == 0 {
+        return;
+    }
+    let subject = Subject::Exchange(vhost.to_owned(), name.to_owned());
+    let stats = caller.rates.read().with_rates(
+        &subject,
+        &[("publish_in", publish_in), ("publish_out", publish_out)],
+    );
+    shown["message_stats"] = Value::Object(stats);
 }
 
 /// The default exchange, which RabbitMQ lists as `""`.
-fn default_exchange_json(vhost: &str) -> Value {
-    json!({
+fn default_exchange_json(caller: &Caller, vhost: &VHost) -> Value {
+    let mut shown = json!({
         "name": "",
-        "vhost": vhost,
+        "vhost": vhost.name(),
         "type": "direct",
         "durable": true,
         "auto_delete": false,
         "internal": false,
         "arguments": {},
         "user_who_performed_action": "rmq-internal",
-    })
+    });
+    let counters = vhost.default_exchange_counters();
+    with_message_stats(caller, &mut shown, vhost.name(), "", counters);
+    shown
 }
 
 /// The exchanges of the vhosts the caller may see (of `only`, if given).
@@ -82,9 +116,9 @@ pub(crate) fn visible(caller: &Caller, only: Option<&str>) -> Vec<Value> {
         if only.is_some_and(|v| v != name) || !caller.sees_contents(name) {
             continue;
         }
-        shown.push(default_exchange_json(name));
+        shown.push(default_exchange_json(caller, &vhost));
         for exchange in vhost.exchanges() {
-            shown.push(exchange_json(name, &exchange));
+            shown.push(exchange_json(caller, name, &exchange));
         }
     }
     shown
@@ -112,10 +146,10 @@ fn host(caller: &Caller, vhost: &str) -> ApiResult<Arc<VHost>> {
 async fn one(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
     let host = host(&caller, &vhost)?;
     if name == DEFAULT_EXCHANGE {
-        return Ok(json(default_exchange_json(&vhost)));
+        return Ok(json(default_exchange_json(&caller, &host)));
     }
     let exchange = host.exchange(&name).map_err(|_| ApiError::not_found())?;
-    Ok(json(exchange_json(&vhost, &exchange)))
+    Ok(json(exchange_json(&caller, &vhost, &exchange)))
 }
 
 async fn declare(

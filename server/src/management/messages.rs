@@ -179,6 +179,7 @@ pub async fn publish(
     vhost
         .route(&message, &[], &mut routed)
         .map_err(|e| ApiError::channel_error(&e))?;
+    vhost.count_exchange(exchange, 1, routed.queues.len() as u64);
     let mut effects = Effects::default();
     let mut targets = Vec::new();
     let (mut refused, mut rejected) = (None, false);

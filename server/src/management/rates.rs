@@ -25,6 +25,8 @@ pub enum Subject {
     Vhost(String),
     /// A queue, by vhost and name.
     Queue(String, String),
+    /// An exchange, by vhost and name (`""`: the default exchange).
+    Exchange(String, String),
     /// A channel, by connection and number.
     Channel(ConnectionId, u16),
     /// A connection.
@@ -223,6 +225,19 @@ fn sample(broker: &Broker) -> Sample {
             totals[i] += lengths[i];
         }
         values.insert(Subject::Vhost(vhost.name().to_owned()), fields);
+        let exchanges = vhost.exchanges();
+        let counted = exchanges
+            .iter()
+            .map(|x| (x.name().to_string(), x.counters().read()))
+            .chain([(String::new(), vhost.default_exchange_counters().read())]);
+        for (name, (publish_in, publish_out)) in counted {
+            if publish_in > 0 {
+                values.insert(
+                    Subject::Exchange(vhost.name().to_owned(), name),
+                    HashMap::from([("publish_in", publish_in), ("publish_out", publish_out)]),
+                );
+            }
+        }
     }
     let mut octets: HashMap<String, (u64, u64)> = HashMap::new();
     for connection in broker.registry().connections() {
