@@ -207,6 +207,81 @@ async fn counts_follow_the_traffic_and_per_object_labels_each_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn detailed_families_are_served_each_on_its_own() {
+    let server = TestServer::start().await;
+    let conn = server.connect().await;
+    let ch = channel(&conn).await;
+    let (x, q) = (unique_name("prom-x"), unique_name("prom-consumed"));
+    declare_exchange_with(&ch, &x, lapin::ExchangeKind::Direct, table(&[])).await;
+    declare_queue(&ch, &q).await;
+    bind_queue(&ch, &q, &x, "a").await;
+    bind_queue(&ch, &q, &x, "b").await;
+    let _consumer = consume_with(
+        &ch,
+        &q,
+        "",
+        lapin::options::BasicConsumeOptions::default(),
+        table(&[]),
+    )
+    .await;
+    let path = "/metrics/detailed?family=queue_consumer_count&family=exchange_bindings\
+                &family=exchange_names&family=vhost_status&family=connection_churn_metrics\
+                &family=nosuch";
+    let consumer = format!("{{vhost=\"/\",queue=\"{q}\"}} 1");
+    let counted = integration_tests::wait_for(std::time::Duration::from_secs(20), || async {
+        families(&scrape(&server, path).await.2)
+            .get("rabbitmq_detailed_queue_consumers")
+            .is_some_and(|f| f.2.contains(&consumer))
+    })
+    .await;
+    let (status, _, body) = scrape(&server, path).await;
+    assert!(counted, "{body}");
+    assert_eq!(status, 200);
+    let found = families(&body);
+    let labels = format!("{{vhost=\"/\",exchange=\"{x}\",type=\"direct\"}}");
+    let family = |name: &str| {
+        found
+            .get(name)
+            .unwrap_or_else(|| panic!("no {name} in:\n{body}"))
+    };
+    assert_eq!(
+        family("rabbitmq_cluster_exchange_bindings").1,
+        "Number of bindings for an exchange. This value is cluster-wide."
+    );
+    assert!(
+        family("rabbitmq_cluster_exchange_bindings")
+            .2
+            .contains(&format!("{labels} 2")),
+        "{body}"
+    );
+    assert!(
+        family("rabbitmq_cluster_exchange_name")
+            .2
+            .contains(&format!("{labels} 1")),
+        "{body}"
+    );
+    assert!(
+        family("rabbitmq_cluster_vhost_status")
+            .2
+            .contains(&"{vhost=\"/\"} 1".to_owned()),
+        "{body}"
+    );
+    assert_eq!(
+        family("rabbitmq_detailed_connections_opened_total").0,
+        "counter"
+    );
+    assert!(
+        !found.contains_key("rabbitmq_detailed_queue_messages_ready"),
+        "queue_coarse_metrics was not asked for:\n{body}"
+    );
+    // queue_coarse_metrics holds the depths, not the consumers.
+    let (_, _, coarse) = scrape(&server, "/metrics/detailed?family=queue_coarse_metrics").await;
+    let coarse = families(&coarse);
+    assert!(coarse.contains_key("rabbitmq_detailed_queue_messages"));
+    assert!(!coarse.contains_key("rabbitmq_detailed_queue_consumers"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn warrens_own_families_show_the_group_commit_and_consumer_group_lag() {
     let server = TestServer::start().await;
     if !server.is_warren() {

@@ -337,7 +337,8 @@ async fn a_definition_that_cannot_be_stored_is_refused_not_confirmed() {
         match result {
             Ok(_) => declared.push(name),
             Err(error) => {
-                let (code, text) = amqp_error(&error).expect("a broker-sent close");
+                let (code, text) = amqp_error(&error)
+                    .unwrap_or_else(|| panic!("not a broker-sent close: {error:?}"));
                 assert_eq!(code, 541, "{text}");
                 assert!(text.contains("cannot store the definition"), "{text}");
                 refused = Some(name);

@@ -251,26 +251,9 @@ fn proc_status(key: &str) -> Option<u64> {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn node_families(out: &mut Exposition, broker: &Broker) {
-    let alarms = broker.alarms().current();
-    out.single(
-        "rabbitmq_alarms_file_descriptor_limit",
-        "untyped",
-        "is 1 if file descriptor limit alarm is in effect",
-        0,
-    );
-    out.single(
-        "rabbitmq_alarms_free_disk_space_watermark",
-        "untyped",
-        "is 1 if free disk space watermark alarm is in effect",
-        u8::from(alarms.disk),
-    );
-    out.single(
-        "rabbitmq_alarms_memory_used_watermark",
-        "untyped",
-        "is 1 if VM memory watermark alarm is in effect",
-        u8::from(alarms.memory),
-    );
+/// Connections, channels and queues opened, closed, declared, created and deleted
+/// since start (RabbitMQ's `connection_churn_metrics`).
+fn churn_families(out: &mut Exposition, broker: &Broker) {
     let churn = &broker.registry().churn;
     let (mut declared, mut created, mut deleted) = (0, 0, 0);
     for vhost in broker.all_vhosts() {
@@ -318,6 +301,29 @@ fn node_families(out: &mut Exposition, broker: &Broker) {
     ] {
         out.single(name, "counter", help, value);
     }
+}
+
+fn node_families(out: &mut Exposition, broker: &Broker) {
+    let alarms = broker.alarms().current();
+    out.single(
+        "rabbitmq_alarms_file_descriptor_limit",
+        "untyped",
+        "is 1 if file descriptor limit alarm is in effect",
+        0,
+    );
+    out.single(
+        "rabbitmq_alarms_free_disk_space_watermark",
+        "untyped",
+        "is 1 if free disk space watermark alarm is in effect",
+        u8::from(alarms.disk),
+    );
+    out.single(
+        "rabbitmq_alarms_memory_used_watermark",
+        "untyped",
+        "is 1 if VM memory watermark alarm is in effect",
+        u8::from(alarms.memory),
+    );
+    churn_families(out, broker);
     let open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
     let max_fds = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
@@ -381,6 +387,7 @@ fn node_families(out: &mut Exposition, broker: &Broker) {
         "Node uptime",
         broker.uptime_ms() as f64 / 1000.0,
     );
+    let churn = &broker.registry().churn;
     for (name, help, value) in [
         (
             "rabbitmq_auth_attempts_total",
@@ -403,7 +410,9 @@ fn node_families(out: &mut Exposition, broker: &Broker) {
     }
 }
 
-/// The queue families: one sample each, summed (aggregated), or one per queue.
+/// The queue families: one sample each, summed (aggregated), or one per queue. The
+/// first three are `/metrics/detailed`'s `queue_coarse_metrics`, the last its
+/// `queue_consumer_count`.
 const QUEUE_FAMILIES: &[(&str, &str, &str, &str)] = &[
     (
         "rabbitmq_queue_messages_ready",
@@ -431,7 +440,15 @@ const QUEUE_FAMILIES: &[(&str, &str, &str, &str)] = &[
     ),
 ];
 
-fn queue_families(out: &mut Exposition, rates: &Rates, mode: Mode, vhosts: &[String]) {
+/// The queue families of `QUEUE_FAMILIES` that `which` holds, of the queues in `vhosts`
+/// (all when empty).
+fn queue_families(
+    out: &mut Exposition,
+    rates: &Rates,
+    mode: Mode,
+    vhosts: &[String],
+    which: &[(&str, &str, &str, &str)],
+) {
     let mut queues: Vec<(String, String, HashMap<&'static str, u64>)> = Vec::new();
     rates.each_queue(|vhost, name, fields| {
         if vhosts.is_empty() || vhosts.iter().any(|v| v == vhost) {
@@ -439,7 +456,7 @@ fn queue_families(out: &mut Exposition, rates: &Rates, mode: Mode, vhosts: &[Str
         }
     });
     queues.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-    for &(family, kind, help, field) in QUEUE_FAMILIES {
+    for &(family, kind, help, field) in which {
         out.family(family, kind, help);
         match mode {
             Mode::Aggregated => {
@@ -931,7 +948,7 @@ fn render(broker: &Broker, rates: &Rates, mode: Mode) -> String {
         started,
     );
     node_families(&mut out, broker);
-    queue_families(&mut out, rates, mode, &[]);
+    queue_families(&mut out, rates, mode, &[], QUEUE_FAMILIES);
     channel_families(&mut out, broker, mode);
     let endpoint = match mode {
         Mode::Aggregated => "aggregated",
@@ -944,26 +961,113 @@ fn render(broker: &Broker, rates: &Rates, mode: Mode) -> String {
     out.out
 }
 
-/// `/metrics/detailed`: the families asked for, with the `rabbitmq_detailed_` prefix.
+/// `/metrics/detailed`: the families asked for (unknown ones are left out, as RabbitMQ
+/// does), with the `rabbitmq_detailed_` prefix, or `rabbitmq_cluster_` for the vhost
+/// and exchange families. Only the queue families heed `vhosts`.
 fn render_detailed(
     broker: &Broker,
     rates: &Rates,
     families: &[String],
     vhosts: &[String],
 ) -> String {
+    let asked = |family: &str| families.iter().any(|f| f == family);
     let mut out = Exposition::default();
-    if families.iter().any(|f| f == "queue_coarse_metrics") {
-        let mut coarse = Exposition::default();
-        queue_families(&mut coarse, rates, Mode::PerObject, vhosts);
-        out.out.push_str(
-            &coarse
-                .out
-                .replace("rabbitmq_queue_", "rabbitmq_detailed_queue_"),
+    let mut detailed = Exposition::default();
+    if asked("connection_churn_metrics") {
+        churn_families(&mut detailed, broker);
+    }
+    if asked("queue_coarse_metrics") {
+        queue_families(
+            &mut detailed,
+            rates,
+            Mode::PerObject,
+            vhosts,
+            &QUEUE_FAMILIES[..3],
+        );
+    }
+    if asked("queue_consumer_count") {
+        queue_families(
+            &mut detailed,
+            rates,
+            Mode::PerObject,
+            vhosts,
+            &QUEUE_FAMILIES[3..],
+        );
+    }
+    out.out
+        .push_str(&detailed.out.replace("rabbitmq_", "rabbitmq_detailed_"));
+    if asked("vhost_status") {
+        out.family(
+            "rabbitmq_cluster_vhost_status",
+            "gauge",
+            "Whether a given vhost is running",
+        );
+        for vhost in broker.all_vhosts() {
+            out.sample(
+                "rabbitmq_cluster_vhost_status",
+                &[("vhost", vhost.name())],
+                1,
+            );
+        }
+    }
+    if asked("exchange_bindings") || asked("exchange_names") {
+        exchange_families(
+            &mut out,
+            broker,
+            asked("exchange_bindings"),
+            asked("exchange_names"),
         );
     }
     info_families(&mut out, broker, "detailed");
     out.out.push('\n');
     out.out
+}
+
+/// `rabbitmq_cluster_exchange_bindings` (bindings from each exchange) and
+/// `rabbitmq_cluster_exchange_name` (each exchange, 1), without internal exchanges and
+/// the default exchange, as RabbitMQ lists them.
+fn exchange_families(out: &mut Exposition, broker: &Broker, bindings: bool, names: bool) {
+    let mut rows = Vec::new();
+    for vhost in broker.all_vhosts() {
+        for exchange in vhost.exchanges() {
+            let settings = exchange.settings();
+            if !settings.internal {
+                rows.push((
+                    vhost.name().to_owned(),
+                    exchange.name().to_string(),
+                    settings.type_name(),
+                    exchange.bindings().len(),
+                ));
+            }
+        }
+    }
+    rows.sort();
+    let mut family = |name: &str, help: &str, value: fn(usize) -> usize| {
+        out.family(name, "gauge", help);
+        for (vhost, exchange, kind, bindings) in &rows {
+            let labels = [
+                ("vhost", vhost.as_str()),
+                ("exchange", exchange),
+                ("type", kind),
+            ];
+            out.sample(name, &labels, value(*bindings));
+        }
+    };
+    if bindings {
+        family(
+            "rabbitmq_cluster_exchange_bindings",
+            "Number of bindings for an exchange. This value is cluster-wide.",
+            |bindings| bindings,
+        );
+    }
+    if names {
+        family(
+            "rabbitmq_cluster_exchange_name",
+            "Enumerates exchanges without any additional info. This value is cluster-wide. \
+             A cheaper alternative to `exchange_bindings`",
+            |_| 1,
+        );
+    }
 }
 
 #[cfg(test)]
