@@ -345,6 +345,8 @@ async fn warrens_own_families_show_the_group_commit_and_consumer_group_lag() {
         commits.as_deref() == Some("histogram")
             && body.contains("warren_group_commit_duration_seconds_count ")
             && !body.contains("warren_group_commit_duration_seconds_count 0\n")
+            && body.contains("warren_store_fsync_duration_seconds_count ")
+            && !body.contains("warren_store_fsync_duration_seconds_count 0\n")
             && body.lines().filter(|l| l.starts_with(&lag_line)).count() == 2
             && body.contains(&format!(
                 "warren_consumer_group_members{{vhost=\"/\",queue=\"{q}\",group=\"g\"}} 1"

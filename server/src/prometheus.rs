@@ -866,6 +866,12 @@ fn warren_families(out: &mut Exposition, broker: &Broker, rates: &Rates) {
         "Queue logs one group-commit round synced",
         &stats.logs,
     );
+    histogram(
+        out,
+        "warren_store_fsync_duration_seconds",
+        "Time the store's fsync of a group-commit round's queue logs takes",
+        &stats.sync,
+    );
     let partitions = rates.group_partitions();
     out.family(
         "warren_consumer_group_lag",

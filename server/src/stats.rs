@@ -260,6 +260,8 @@ pub struct CommitStats {
     pub requests: Histogram,
     /// Logs a round synced.
     pub logs: Histogram,
+    /// How long the fsyncs of a round's logs took (one observation per sync step).
+    pub sync: Histogram,
 }
 
 impl Default for CommitStats {
@@ -272,6 +274,7 @@ impl Default for CommitStats {
             duration: Histogram::new(SECONDS),
             requests: Histogram::new(SIZES),
             logs: Histogram::new(SIZES),
+            sync: Histogram::new(SECONDS),
         }
     }
 }

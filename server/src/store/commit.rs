@@ -163,6 +163,9 @@ fn commit_loop(
         stats.duration.observe(started.elapsed().as_secs_f64());
         stats.requests.observe(batch.len() as f64);
         stats.logs.observe(outcome.targets.len() as f64);
+        for took in &outcome.syncs {
+            stats.sync.observe(took.as_secs_f64());
+        }
         for request in batch {
             let ok = request.targets.iter().all(|t| outcome.durable(t));
             if let Some(done) = request.done {
@@ -178,6 +181,8 @@ pub struct RoundOutcome {
     definitions_ok: bool,
     /// Each target seen (by address) and whether its appends are durable.
     targets: HashMap<*const (), bool>,
+    /// How long each sync of the logs took (one per chunk that had any to sync).
+    syncs: Vec<std::time::Duration>,
 }
 
 impl RoundOutcome {
@@ -237,10 +242,15 @@ pub fn commit_round<'a>(
     let mut seen: HashMap<*const (), bool> = HashMap::new();
     let mut began: Vec<&Arc<dyn SyncTarget>> = Vec::new();
     let mut pending = Vec::new();
-    let finish = |seen: &mut HashMap<*const (), bool>,
-                  began: &mut Vec<&Arc<dyn SyncTarget>>,
-                  pending: &mut Vec<super::PendingSync>| {
+    let mut syncs = Vec::new();
+    let mut finish = |seen: &mut HashMap<*const (), bool>,
+                      began: &mut Vec<&Arc<dyn SyncTarget>>,
+                      pending: &mut Vec<super::PendingSync>| {
+        let started = std::time::Instant::now();
         let results: Vec<super::Result<()>> = syncer.sync(pending);
+        if !pending.is_empty() {
+            syncs.push(started.elapsed());
+        }
         for ((target, sync), result) in began.drain(..).zip(pending.drain(..)).zip(&results) {
             let durable = target.complete_sync(sync, result);
             seen.insert(Arc::as_ptr(target).cast::<()>(), durable);
@@ -272,5 +282,6 @@ pub fn commit_round<'a>(
     RoundOutcome {
         definitions_ok,
         targets: seen,
+        syncs,
     }
 }
