@@ -353,6 +353,34 @@ fn the_web_ui_logs_in_lists_publishes_gets_purges_and_draws_groups() {
         js(&queue)
     );
     page.wait_until("the new queue in the list", &format!("!!{link}"));
+
+    // The list sorts by a column's header, and again the other way round.
+    let names = "[...document.querySelectorAll('.page-queues td a')].map(a => a.textContent)";
+    let by_name = "[...document.querySelectorAll('.page-queues th button.sort')]\
+                   .find(b => b.textContent.startsWith('Name'))";
+    for (arrow, order) in [("▲", "<="), ("▼", ">=")] {
+        page.click(by_name);
+        page.wait_until(
+            &format!("the list sorted by name {arrow}"),
+            &format!(
+                "(() => {{ const n = {names}; return {by_name}.textContent.endsWith({}) \
+                 && n.length >= 2 && n.every((x, i) => i === 0 || n[i - 1] {order} x); }})()",
+                js(arrow)
+            ),
+        );
+    }
+    // It filters by name as one types: only the new queue is left.
+    page.type_into(
+        "document.querySelector('.page-queues input.filter')",
+        &queue,
+    );
+    page.wait_until(
+        "the list filtered by name",
+        &format!(
+            "(() => {{ const n = {names}; return n.length === 1 && n[0] === {}; }})()",
+            js(&queue)
+        ),
+    );
     page.click(&link);
     page.wait_until(
         "the queue's page",
