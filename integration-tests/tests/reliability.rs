@@ -337,10 +337,21 @@ async fn a_definition_that_cannot_be_stored_is_refused_not_confirmed() {
         match result {
             Ok(_) => declared.push(name),
             Err(error) => {
-                let (code, text) = amqp_error(&error)
-                    .unwrap_or_else(|| panic!("not a broker-sent close: {error:?}"));
-                assert_eq!(code, 541, "{text}");
-                assert!(text.contains("cannot store the definition"), "{text}");
+                // lapin (4.12) hands the broker's connection.close to a pending call
+                // through its internal command queue after sending close-ok, while its
+                // I/O loop fails pending calls at once when the broker then closes the
+                // socket: under load the second can win. Either way the declare was
+                // refused; what the broker did with it is checked below.
+                match amqp_error(&error) {
+                    Some((code, text)) => {
+                        assert_eq!(code, 541, "{text}");
+                        assert!(text.contains("cannot store the definition"), "{text}");
+                    }
+                    None => assert!(
+                        matches!(error.kind(), lapin::ErrorKind::IOError(_)),
+                        "neither the broker's close nor the socket's end: {error:?}"
+                    ),
+                }
                 refused = Some(name);
                 break;
             }
