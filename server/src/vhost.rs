@@ -1082,6 +1082,12 @@ impl VHost {
         self.queues.read().values().cloned().collect()
     }
 
+    /// The queue called `name`, exclusive or not (for the management API, which shows
+    /// every queue; AMQP clients go through [`Self::queue`]).
+    pub fn find_queue(&self, name: &str) -> Option<Arc<Queue>> {
+        self.queues.read().get(name).cloned()
+    }
+
     /// Its exchanges, taken out of the registry's lock (for listings).
     pub fn exchanges(&self) -> Vec<Arc<Exchange>> {
         self.exchanges.read().values().cloned().collect()

@@ -92,11 +92,44 @@ fn page_number(raw: &str, what: &str) -> Result<u64, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("{what} should be a positive integer")))
 }
 
+/// An item of a list. Filtering and sorting read its name and keys; its JSON, which
+/// may be costly (a queue's holds its rates and policy), is built only for the items
+/// shown, or one at a time for a sort key it cannot give directly.
+pub trait Listed {
+    /// Its name, which `name` filters on.
+    fn name(&self) -> Option<&str>;
+    /// The value at a dotted path: `Some` when known without building the JSON
+    /// (`Some(None)`: known to be absent), `None` when only the JSON can tell.
+    fn key(&self, path: &str) -> Option<Option<Value>>;
+    /// Its JSON.
+    fn into_json(self) -> Value;
+    /// Its JSON, keeping the item (for a sort key).
+    fn to_json(&self) -> Value;
+}
+
+impl Listed for Value {
+    fn name(&self) -> Option<&str> {
+        at(self, "name").and_then(Value::as_str)
+    }
+
+    fn key(&self, path: &str) -> Option<Option<Value>> {
+        Some(at(self, path).cloned())
+    }
+
+    fn into_json(self) -> Value {
+        self
+    }
+
+    fn to_json(&self) -> Value {
+        self.clone()
+    }
+}
+
 /// Filters, sorts, selects and pages `items` as `query` asks.
 ///
 /// # Errors
 /// 400 for a bad page, page size or regular expression, and for a page past the end.
-pub fn list(mut items: Vec<Value>, query: &ListQuery) -> ApiResult<Value> {
+pub fn list<T: Listed>(mut items: Vec<T>, query: &ListQuery) -> ApiResult<Value> {
     let total = items.len();
     // As RabbitMQ, `name` filters only a paged list.
     let name_filter = query
@@ -107,39 +140,60 @@ pub fn list(mut items: Vec<Value>, query: &ListQuery) -> ApiResult<Value> {
         if truthy(query.use_regex.as_ref()) {
             let regex = regex::Regex::new(name)
                 .map_err(|e| ApiError::bad_request(format!("invalid regex: {e}")))?;
-            items.retain(|i| {
-                at(i, "name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|n| regex.is_match(n))
-            });
+            items.retain(|i| i.name().is_some_and(|n| regex.is_match(n)));
         } else {
-            items.retain(|i| {
-                at(i, "name")
-                    .and_then(Value::as_str)
-                    .is_some_and(|n| n.contains(name))
-            });
+            items.retain(|i| i.name().is_some_and(|n| n.contains(name)));
         }
     }
     let sort_paths: Vec<&str> = match query.sort.as_deref().filter(|s| !s.is_empty()) {
         Some(sort) => vec![sort],
         None => vec!["vhost", "name"],
     };
-    items.sort_by(|a, b| {
-        sort_paths
-            .iter()
-            .map(|p| compare(at(a, p), at(b, p)))
+    // Each item's keys, its JSON built (and dropped) only when a key needs it.
+    let mut keyed: Vec<(Vec<Option<Value>>, T)> = items
+        .into_iter()
+        .map(|item| {
+            let mut built = None;
+            let keys = sort_paths
+                .iter()
+                .map(|path| {
+                    item.key(path).unwrap_or_else(|| {
+                        at(built.get_or_insert_with(|| item.to_json()), path).cloned()
+                    })
+                })
+                .collect();
+            (keys, item)
+        })
+        .collect();
+    keyed.sort_by(|(a, _), (b, _)| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| compare(x.as_ref(), y.as_ref()))
             .find(|o| o.is_ne())
             .unwrap_or(std::cmp::Ordering::Equal)
     });
     if truthy(query.sort_reverse.as_ref()) {
-        items.reverse();
+        keyed.reverse();
     }
-    if let Some(columns) = query.columns.as_deref().filter(|c| !c.is_empty()) {
-        let columns: Vec<&str> = columns.split(',').map(str::trim).collect();
-        items = items.iter().map(|i| select(i, &columns)).collect();
-    }
+    let columns: Option<Vec<&str>> = query
+        .columns
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| c.split(',').map(str::trim).collect());
+    let shown = |items: Vec<(Vec<Option<Value>>, T)>| -> Vec<Value> {
+        items
+            .into_iter()
+            .map(|(_, item)| {
+                let item = item.into_json();
+                match &columns {
+                    Some(columns) => select(&item, columns),
+                    None => item,
+                }
+            })
+            .collect()
+    };
     let Some(page) = query.page.as_deref() else {
-        return Ok(Value::Array(items));
+        return Ok(Value::Array(shown(keyed)));
     };
     let page = page_number(page, "page")?;
     let page_size = match query.page_size.as_deref() {
@@ -151,7 +205,7 @@ pub fn list(mut items: Vec<Value>, query: &ListQuery) -> ApiResult<Value> {
             "page_size should be between 1 and {MAX_PAGE_SIZE}"
         )));
     }
-    let filtered = items.len() as u64;
+    let filtered = keyed.len() as u64;
     let page_count = filtered.div_ceil(page_size).max(1);
     if page > page_count {
         return Err(ApiError::bad_request(format!(
@@ -159,11 +213,8 @@ pub fn list(mut items: Vec<Value>, query: &ListQuery) -> ApiResult<Value> {
         )));
     }
     let start = ((page - 1) * page_size) as usize;
-    let paged: Vec<Value> = items
-        .into_iter()
-        .skip(start)
-        .take(page_size as usize)
-        .collect();
+    keyed.truncate(start + page_size as usize);
+    let paged = shown(keyed.split_off(start.min(keyed.len())));
     Ok(json!({
         "filtered_count": filtered,
         "item_count": paged.len(),
@@ -224,5 +275,53 @@ mod tests {
         assert!(list(items(), &query(&[("page", "4"), ("page_size", "2")])).is_err());
         assert!(list(items(), &query(&[("page", "1"), ("page_size", "501")])).is_err());
         assert!(list(items(), &query(&[("page", "0")])).is_err());
+    }
+
+    /// An item that counts how often its JSON is built.
+    struct Counted<'a> {
+        name: String,
+        built: &'a std::cell::Cell<usize>,
+    }
+
+    impl Listed for Counted<'_> {
+        fn name(&self) -> Option<&str> {
+            Some(&self.name)
+        }
+
+        fn key(&self, path: &str) -> Option<Option<Value>> {
+            (path == "name").then(|| Some(json!(self.name)))
+        }
+
+        fn into_json(self) -> Value {
+            self.to_json()
+        }
+
+        fn to_json(&self) -> Value {
+            self.built.set(self.built.get() + 1);
+            json!({ "name": self.name, "depth": self.name.len() })
+        }
+    }
+
+    #[test]
+    fn only_the_items_shown_are_built_unless_a_sort_key_needs_them() {
+        let built = std::cell::Cell::new(0);
+        let counted = || -> Vec<Counted<'_>> {
+            (0..1000)
+                .map(|i| Counted {
+                    name: format!("q{i}"),
+                    built: &built,
+                })
+                .collect()
+        };
+        let page = query(&[("page", "3"), ("page_size", "10"), ("sort", "name")]);
+        let listed = list(counted(), &page).expect("a page");
+        let mut names: Vec<String> = (0..1000).map(|i| format!("q{i}")).collect();
+        names.sort();
+        assert_eq!(listed["items"][0]["name"], names[20]);
+        assert_eq!(built.get(), 10, "only the page's items");
+        built.set(0);
+        let by_depth = query(&[("page", "1"), ("page_size", "10"), ("sort", "depth")]);
+        list(counted(), &by_depth).expect("a page");
+        assert_eq!(built.get(), 1010, "each once for its key, then the page's");
     }
 }

@@ -15,13 +15,17 @@ use super::reply::{ApiError, ApiResult, json};
 /// The RabbitMQ version the API claims, so that tools that check it go on.
 pub const RABBITMQ_VERSION: &str = "3.13.0";
 
-/// The node's name, as RabbitMQ names nodes.
+/// The node's name, as RabbitMQ names nodes (the host's name when first asked).
 pub fn node_name() -> String {
-    let host = rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned();
-    format!("warren@{host}")
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = rustix::system::uname()
+            .nodename()
+            .to_string_lossy()
+            .into_owned();
+        format!("warren@{host}")
+    })
+    .clone()
 }
 
 pub(super) fn routes() -> Router<Api> {

@@ -15,7 +15,7 @@ use super::Api;
 use super::auth::Caller;
 use super::bindings::{binding_json, default_binding};
 use super::body::Body;
-use super::listing::{ListQuery, list};
+use super::listing::{ListQuery, Listed, list};
 use super::messages;
 use super::rates::{Subject, queue_lengths, queue_message_fields};
 use super::reply::{ApiError, ApiResult, created_or_changed, json, no_content};
@@ -81,22 +81,72 @@ pub(super) fn queue_json(caller: &Caller, vhost: &str, queue: &Queue) -> Value {
     shown
 }
 
+/// A queue to list: filtered and sorted on its name, vhost and depths, shown as JSON
+/// only if it is on the page asked for.
+pub(crate) struct QueueRow<'a> {
+    caller: &'a Caller,
+    vhost: Arc<VHost>,
+    queue: Arc<Queue>,
+}
+
+impl Listed for QueueRow<'_> {
+    fn name(&self) -> Option<&str> {
+        Some(self.queue.name())
+    }
+
+    fn key(&self, path: &str) -> Option<Option<Value>> {
+        let value = match path {
+            "name" => json!(&**self.queue.name()),
+            "vhost" => json!(self.vhost.name()),
+            "consumers" => json!(self.queue.consumer_count()),
+            "messages" | "messages_ready" | "messages_unacknowledged" => {
+                let (_, n) = queue_lengths(&self.queue)
+                    .into_iter()
+                    .find(|(field, _)| *field == path)?;
+                json!(n)
+            }
+            _ => return None,
+        };
+        Some(Some(value))
+    }
+
+    fn into_json(self) -> Value {
+        self.to_json()
+    }
+
+    fn to_json(&self) -> Value {
+        queue_json(self.caller, self.vhost.name(), &self.queue)
+    }
+}
+
 /// The queues of the vhosts the caller may see (of `only`, if given).
-pub(crate) fn visible(caller: &Caller, only: Option<&str>) -> Vec<Value> {
-    let mut shown = Vec::new();
+fn rows<'a>(caller: &'a Caller, only: Option<&str>) -> Vec<QueueRow<'a>> {
+    let mut rows = Vec::new();
     for vhost in caller.broker.all_vhosts() {
         if only.is_some_and(|v| v != vhost.name()) || !caller.sees_contents(vhost.name()) {
             continue;
         }
         for queue in vhost.queues() {
-            shown.push(queue_json(caller, vhost.name(), &queue));
+            rows.push(QueueRow {
+                caller,
+                vhost: vhost.clone(),
+                queue,
+            });
         }
     }
-    shown
+    rows
+}
+
+/// The queues of the vhosts the caller may see (of `only`, if given), as JSON.
+pub(crate) fn visible(caller: &Caller, only: Option<&str>) -> Vec<Value> {
+    rows(caller, only)
+        .into_iter()
+        .map(Listed::into_json)
+        .collect()
 }
 
 async fn all(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
-    Ok(json(list(visible(&caller, None), &query)?))
+    Ok(json(list(rows(&caller, None), &query)?))
 }
 
 async fn in_vhost(
@@ -105,18 +155,14 @@ async fn in_vhost(
     Query(query): Query<ListQuery>,
 ) -> ApiResult {
     caller.require_vhost(&vhost)?;
-    Ok(json(list(visible(&caller, Some(&vhost)), &query)?))
+    Ok(json(list(rows(&caller, Some(&vhost)), &query)?))
 }
 
 /// The vhost and the queue named in the path, if the caller may see them.
 fn find(caller: &Caller, vhost: &str, name: &str) -> ApiResult<(Arc<VHost>, Arc<Queue>)> {
     caller.require_vhost(vhost)?;
     let host = caller.broker.vhost(vhost).ok_or_else(ApiError::not_found)?;
-    let queue = host
-        .queues()
-        .into_iter()
-        .find(|q| &**q.name() == name)
-        .ok_or_else(ApiError::not_found)?;
+    let queue = host.find_queue(name).ok_or_else(ApiError::not_found)?;
     Ok((host, queue))
 }
 

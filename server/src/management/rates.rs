@@ -108,24 +108,29 @@ impl Rates {
     /// The rate of `field` of `subject` per second over the last two samples; 0.0 until
     /// there are two.
     pub fn rate(&self, subject: &Subject, field: &str) -> f64 {
-        let (Some(then), Some(now)) = (self.previous.at, self.last.at) else {
-            return 0.0;
-        };
-        let seconds = now.duration_since(then).as_secs_f64();
-        let value = |sample: &Sample| {
-            sample
-                .values
-                .get(subject)
-                .and_then(|fields| fields.get(field))
-                .copied()
-        };
-        match (value(&self.previous), value(&self.last)) {
-            (Some(before), Some(after)) if seconds > 0.0 => {
-                // Lengths go down as well as up.
-                let change = after as f64 - before as f64;
-                (change / seconds * 10.0).round() / 10.0
-            }
+        self.rater(subject)(field)
+    }
+
+    /// The rates of `subject`'s fields: its two samples are looked up once.
+    fn rater(&self, subject: &Subject) -> impl Fn(&str) -> f64 {
+        let seconds = match (self.previous.at, self.last.at) {
+            (Some(then), Some(now)) => now.duration_since(then).as_secs_f64(),
             _ => 0.0,
+        };
+        let before = self.previous.values.get(subject);
+        let after = self.last.values.get(subject);
+        move |field| {
+            let value = |sample: Option<&HashMap<&'static str, u64>>| {
+                sample.and_then(|fields| fields.get(field)).copied()
+            };
+            match (value(before), value(after)) {
+                (Some(before), Some(after)) if seconds > 0.0 => {
+                    // Lengths go down as well as up.
+                    let change = after as f64 - before as f64;
+                    (change / seconds * 10.0).round() / 10.0
+                }
+                _ => 0.0,
+            }
         }
     }
 
@@ -149,13 +154,11 @@ impl Rates {
         subject: &Subject,
         fields: &[(&'static str, u64)],
     ) -> Map<String, Value> {
+        let rate = self.rater(subject);
         let mut out = Map::new();
         for &(name, value) in fields {
             out.insert(name.to_owned(), json!(value));
-            out.insert(
-                format!("{name}_details"),
-                json!({ "rate": self.rate(subject, name) }),
-            );
+            out.insert(format!("{name}_details"), json!({ "rate": rate(name) }));
         }
         out
     }
