@@ -364,6 +364,84 @@ async fn lists_page_sort_and_filter_as_rabbitmqs() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn queue_pages_sort_by_depth_and_counters_as_by_name() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let vhost = unique_name("qsort");
+    let v = enc(&vhost);
+    assert_eq!(
+        api.put(&format!("/api/vhosts/{v}"), json!({})).await.status,
+        201
+    );
+    let granted = api
+        .put(
+            &format!("/api/permissions/{v}/guest"),
+            json!({ "configure": ".*", "write": ".*", "read": ".*" }),
+        )
+        .await;
+    assert!([201, 204].contains(&granted.status), "{granted:?}");
+    // Named so that their names' order is not their depths' order.
+    for (name, depth) in [("q-b", 1), ("q-a", 3), ("q-c", 2)] {
+        let made = api
+            .put(
+                &format!("/api/queues/{v}/{name}"),
+                json!({ "durable": false }),
+            )
+            .await;
+        assert_eq!(made.status, 201, "{made:?}");
+        for _ in 0..depth {
+            let published = api
+                .call(
+                    "POST",
+                    &format!("/api/exchanges/{v}/amq.default/publish"),
+                    Some(("guest", "guest")),
+                    Some(
+                        json!({ "properties": {}, "routing_key": name, "payload": "m",
+                                 "payload_encoding": "string" }),
+                    ),
+                )
+                .await;
+            assert_eq!(published.json(), json!({ "routed": true }));
+        }
+    }
+    let names = |page: &Value| -> Vec<String> {
+        page["items"]
+            .as_array()
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(|q| q["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let sorted = |key: &str, reverse: bool| {
+        let path = format!(
+            "/api/queues/{v}?page=1&page_size=2&sort={key}&sort_reverse={reverse}&columns=name"
+        );
+        let api = &api;
+        async move { api.get(&path).await.json() }
+    };
+    // The counts come with the next sample (RabbitMQ's: within 5 s).
+    let counted = integration_tests::wait_for(std::time::Duration::from_secs(15), || async {
+        names(&sorted("messages", true).await) == ["q-a", "q-c"]
+            && names(&sorted("message_stats.publish", false).await) == ["q-b", "q-c"]
+    })
+    .await;
+    assert!(
+        counted,
+        "{} {}",
+        sorted("messages", true).await,
+        sorted("message_stats.publish", false).await
+    );
+    let by_name = sorted("name", false).await;
+    assert_eq!(names(&by_name), ["q-a", "q-b"]);
+    assert_eq!(by_name["filtered_count"], 3);
+    assert_eq!(by_name["items"][0], json!({ "name": "q-a" }));
+    assert_eq!(api.delete(&format!("/api/vhosts/{v}")).await.status, 204);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn definitions_go_out_and_come_back_over_http() {
     let server = TestServer::start().await;
     let api = Http::of(&server);

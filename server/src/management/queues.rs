@@ -99,13 +99,7 @@ impl Listed for QueueRow<'_> {
             "name" => json!(&**self.queue.name()),
             "vhost" => json!(self.vhost.name()),
             "consumers" => json!(self.queue.consumer_count()),
-            "messages" | "messages_ready" | "messages_unacknowledged" => {
-                let (_, n) = queue_lengths(&self.queue)
-                    .into_iter()
-                    .find(|(field, _)| *field == path)?;
-                json!(n)
-            }
-            _ => return None,
+            _ => return self.stat_key(path),
         };
         Some(Some(value))
     }
@@ -116,6 +110,28 @@ impl Listed for QueueRow<'_> {
 
     fn to_json(&self) -> Value {
         queue_json(self.caller, self.vhost.name(), &self.queue)
+    }
+}
+
+impl QueueRow<'_> {
+    /// A length (`messages`, …), a `message_stats` counter, or the rate of either
+    /// (`…_details.rate`), read without building the queue's JSON; `None` for any
+    /// other path.
+    fn stat_key(&self, path: &str) -> Option<Option<Value>> {
+        let (field, rate) = match path.strip_suffix("_details.rate") {
+            Some(field) => (field, true),
+            None => (path, false),
+        };
+        let (field, fields) = match field.strip_prefix("message_stats.") {
+            Some(field) => (field, queue_message_fields(&self.queue)),
+            None => (field, queue_lengths(&self.queue).to_vec()),
+        };
+        let (name, value) = fields.into_iter().find(|(name, _)| *name == field)?;
+        if !rate {
+            return Some(Some(json!(value)));
+        }
+        let subject = Subject::Queue(self.vhost.name().to_owned(), self.queue.name().to_string());
+        Some(Some(json!(self.caller.rates.read().rate(&subject, name))))
     }
 }
 
