@@ -260,6 +260,36 @@ async fn vhost_limits_are_runtime_parameters_of_the_vhost_limits_component() {
         404
     );
 
+    // Vhost limits are an administrator's: a policymaker of the vhost may not set them
+    // as a parameter either (Warren's rule, as for /api/vhost-limits).
+    if server.is_warren() {
+        let maker = unique_name("maker");
+        let made = api
+            .put(
+                &format!("/api/users/{maker}"),
+                json!({ "password": "pw", "tags": "policymaker" }),
+            )
+            .await;
+        assert_eq!(made.status, 201, "{made:?}");
+        let granted = api
+            .put(
+                &format!("/api/permissions/{v}/{maker}"),
+                json!({ "configure": ".*", "write": ".*", "read": ".*" }),
+            )
+            .await;
+        assert_eq!(granted.status, 201, "{granted:?}");
+        let refused = api
+            .call(
+                "PUT",
+                &path,
+                Some((&maker, "pw")),
+                Some(json!({ "value": { "max-queues": 1 } })),
+            )
+            .await;
+        assert_eq!(refused.status, 401, "{refused:?}");
+        assert_eq!(api.delete(&format!("/api/users/{maker}")).await.status, 204);
+    }
+
     // Parameters are for policymakers: a `management` user may not list them.
     let user = unique_name("mgmt");
     assert_eq!(

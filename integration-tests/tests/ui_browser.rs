@@ -562,6 +562,15 @@ fn the_web_ui_logs_in_lists_publishes_gets_purges_and_draws_groups() {
         "{policy}"
     );
 
+    // A hash naming no page, or one that does not decode, says so.
+    for hash in ["#/constructor", "#/%E0%A4%A"] {
+        page.show(hash);
+        page.wait_until(
+            &format!("no such page at {hash}"),
+            "document.querySelector('main h1')?.textContent === 'No such page'",
+        );
+    }
+
     // Nothing the UI did was refused.
     assert_eq!(
         page.eval("document.querySelectorAll('#toasts .error').length"),

@@ -869,7 +869,7 @@ fn warren_families(out: &mut Exposition, broker: &Broker, rates: &Rates) {
     histogram(
         out,
         "warren_store_fsync_duration_seconds",
-        "Time the store's fsync of a group-commit round's queue logs takes",
+        "Time one fsync step of a group-commit round takes (a round syncs its queue logs in one step, or in several when file descriptors are short)",
         &stats.sync,
     );
     let partitions = rates.group_partitions();
@@ -1000,8 +1000,7 @@ fn render_detailed(
             &QUEUE_FAMILIES[3..],
         );
     }
-    out.out
-        .push_str(&detailed.out.replace("rabbitmq_", "rabbitmq_detailed_"));
+    out.out.push_str(&detailed_names(&detailed.out));
     if asked("vhost_status") {
         out.family(
             "rabbitmq_cluster_vhost_status",
@@ -1027,6 +1026,31 @@ fn render_detailed(
     info_families(&mut out, broker, "detailed");
     out.out.push('\n');
     out.out
+}
+
+/// `text` with each family's name (on its TYPE and HELP lines and at the start of its
+/// samples) given the `rabbitmq_detailed_` prefix; label values and HELP texts are left
+/// as they are.
+fn detailed_names(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + text.len() / 8);
+    for line in text.split_inclusive('\n') {
+        let (head, rest) = match line.strip_prefix("# TYPE ") {
+            Some(rest) => ("# TYPE ", rest),
+            None => match line.strip_prefix("# HELP ") {
+                Some(rest) => ("# HELP ", rest),
+                None => ("", line),
+            },
+        };
+        out.push_str(head);
+        match rest.strip_prefix("rabbitmq_") {
+            Some(name) => {
+                out.push_str("rabbitmq_detailed_");
+                out.push_str(name);
+            }
+            None => out.push_str(rest),
+        }
+    }
+    out
 }
 
 /// `rabbitmq_cluster_exchange_bindings` (bindings from each exchange) and
@@ -1079,6 +1103,19 @@ fn exchange_families(out: &mut Exposition, broker: &Broker, bindings: bool, name
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detailed_names_prefix_the_families_not_the_labels_or_help() {
+        let text = "# TYPE rabbitmq_queue_messages gauge\n\
+                    # HELP rabbitmq_queue_messages Sum of rabbitmq_x\n\
+                    rabbitmq_queue_messages{vhost=\"/\",queue=\"rabbitmq_q\"} 3\n";
+        assert_eq!(
+            detailed_names(text),
+            "# TYPE rabbitmq_detailed_queue_messages gauge\n\
+             # HELP rabbitmq_detailed_queue_messages Sum of rabbitmq_x\n\
+             rabbitmq_detailed_queue_messages{vhost=\"/\",queue=\"rabbitmq_q\"} 3\n"
+        );
+    }
 
     #[test]
     fn samples_are_written_in_the_exposition_format_with_escaped_labels() {

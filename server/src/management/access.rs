@@ -851,6 +851,8 @@ async fn put_parameter(
 ) -> ApiResult {
     caller.require_policymaker(&vhost)?;
     vhost_limits_parameter(&component, &name)?;
+    // Vhost limits are an administrator's, however they are reached.
+    caller.require_admin()?;
     let ParameterValue { value } = body(&raw)?;
     let existed = !caller.broker.list_vhost_limits(Some(&vhost)).is_empty();
     caller
@@ -871,6 +873,7 @@ async fn delete_parameter(
     Path((component, vhost, name)): Path<(String, String, String)>,
 ) -> ApiResult {
     caller.require_policymaker(&vhost)?;
+    caller.require_admin()?;
     if component != VHOST_LIMITS
         || name != "limits"
         || caller.broker.list_vhost_limits(Some(&vhost)).is_empty()

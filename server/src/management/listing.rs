@@ -41,21 +41,27 @@ fn at<'a>(item: &'a Value, path: &str) -> Option<&'a Value> {
     path.split('.').try_fold(item, |v, key| v.get(key))
 }
 
-/// Orders JSON values as RabbitMQ orders terms: numbers before strings, missing last.
+/// Orders JSON values as RabbitMQ orders terms: numbers, then strings, then booleans,
+/// then anything else (null, lists, objects), missing last. A total order, as sorting
+/// needs, whatever mix of types a path holds.
 fn compare(a: Option<&Value>, b: Option<&Value>) -> std::cmp::Ordering {
-    use std::cmp::Ordering;
+    fn rank(v: Option<&Value>) -> u8 {
+        match v {
+            Some(Value::Number(_)) => 0,
+            Some(Value::String(_)) => 1,
+            Some(Value::Bool(_)) => 2,
+            Some(_) => 3,
+            None => 4,
+        }
+    }
     match (a, b) {
-        (Some(Value::Number(x)), Some(Value::Number(y))) => x
-            .as_f64()
-            .partial_cmp(&y.as_f64())
-            .unwrap_or(Ordering::Equal),
+        (Some(Value::Number(x)), Some(Value::Number(y))) => {
+            let (x, y) = (x.as_f64().unwrap_or(0.0), y.as_f64().unwrap_or(0.0));
+            x.total_cmp(&y)
+        }
         (Some(Value::String(x)), Some(Value::String(y))) => x.cmp(y),
         (Some(Value::Bool(x)), Some(Value::Bool(y))) => x.cmp(y),
-        (Some(Value::Number(_)), Some(_)) => Ordering::Less,
-        (Some(_), Some(Value::Number(_))) => Ordering::Greater,
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        _ => Ordering::Equal,
+        _ => rank(a).cmp(&rank(b)),
     }
 }
 
@@ -323,5 +329,32 @@ mod tests {
         let by_depth = query(&[("page", "1"), ("page_size", "10"), ("sort", "depth")]);
         list(counted(), &by_depth).expect("a page");
         assert_eq!(built.get(), 1010, "each once for its key, then the page's");
+    }
+
+    #[test]
+    fn values_of_mixed_types_sort_in_one_total_order() {
+        let mixed: Vec<Value> = [
+            json!(null),
+            json!("a"),
+            json!(2),
+            json!(true),
+            json!({}),
+            json!(1),
+        ]
+        .into_iter()
+        .enumerate()
+        .map(|(i, policy)| json!({ "name": format!("q{i}"), "policy": policy }))
+        .chain([json!({ "name": "q-none" })])
+        .collect();
+        let sorted = list(mixed, &query(&[("sort", "policy")])).expect("sorted");
+        let policies: Vec<Value> = sorted
+            .as_array()
+            .map(|all| all.iter().map(|q| q["policy"].clone()).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            policies[..5],
+            [json!(1), json!(2), json!("a"), json!(true), json!(null)]
+        );
+        assert_eq!(sorted[6]["name"], "q-none", "missing last");
     }
 }

@@ -30,9 +30,16 @@ function showLogin(message) {
 /** Shows the page the hash names. */
 async function route() {
   if (!polling) return;
-  const [first, ...params] = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  // A hand-typed hash may not decode, or may name no page (not even an inherited key).
+  let first;
+  let params;
+  try {
+    [first, ...params] = location.hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  } catch {
+    [first, params] = ['?', []];
+  }
   const page = first || 'overview';
-  const entry = views[page];
+  const entry = Object.hasOwn(views, page) ? views[page] : undefined;
   for (const link of $('nav').querySelectorAll('a')) {
     link.toggleAttribute('aria-current', link.getAttribute('href') === `#/${entry?.nav}`);
   }

@@ -753,7 +753,8 @@ function definitionsView(root) {
         download: `warren-definitions-${new Date().toISOString().slice(0, 10)}.json`,
       });
       link.click();
-      URL.revokeObjectURL(link.href);
+      // Revoked once the browser has started the download.
+      setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
       fill(counts, table([
         { label: 'Kind', cell: ([k]) => k },
         { label: 'Count', num: true, cell: ([, v]) => num(v.length) },
