@@ -1410,7 +1410,9 @@ impl Queue {
         let now = now_ms();
         let expires_at_ms = if st.holds {
             st.expiring = true;
-            now.saturating_add(message.delay_ms())
+            // `now` is truncated to the millisecond: one more keeps a delayed message
+            // from coming out up to a millisecond before its delay is over.
+            now.saturating_add(message.delay_ms()).saturating_add(1)
         } else if st.args.message_ttl.is_some() || handling.ttl_ms.is_some() {
             st.expiring = true;
             expiry(now, st.args.message_ttl, handling.ttl_ms)
