@@ -674,31 +674,37 @@ struct LimitValue {
     value: i64,
 }
 
+/// Sets or clears one vhost or user limit, as an administrator; answered once the
+/// change is durable.
+async fn change_limit(
+    caller: &Caller,
+    change: impl FnOnce(&crate::broker::Broker) -> Result<(), AdminError>,
+) -> ApiResult {
+    caller.require_admin()?;
+    change(&caller.broker).map_err(refused)?;
+    durable(caller).await?;
+    Ok(no_content())
+}
+
 async fn put_vhost_limit(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
     Json(LimitValue { value }): Json<LimitValue>,
 ) -> ApiResult {
-    caller.require_admin()?;
-    caller
-        .broker
-        .change_vhost_limit(&vhost, &name, Some(value))
-        .map_err(refused)?;
-    durable(&caller).await?;
-    Ok(no_content())
+    change_limit(&caller, |broker| {
+        broker.change_vhost_limit(&vhost, &name, Some(value))
+    })
+    .await
 }
 
 async fn delete_vhost_limit(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
-    caller.require_admin()?;
-    caller
-        .broker
-        .change_vhost_limit(&vhost, &name, None)
-        .map_err(refused)?;
-    durable(&caller).await?;
-    Ok(no_content())
+    change_limit(&caller, |broker| {
+        broker.change_vhost_limit(&vhost, &name, None)
+    })
+    .await
 }
 
 async fn user_limits(caller: Caller) -> ApiResult {
@@ -724,26 +730,20 @@ async fn put_user_limit(
     Path((user, name)): Path<(String, String)>,
     Json(LimitValue { value }): Json<LimitValue>,
 ) -> ApiResult {
-    caller.require_admin()?;
-    caller
-        .broker
-        .change_user_limit(&user, &name, Some(value))
-        .map_err(refused)?;
-    durable(&caller).await?;
-    Ok(no_content())
+    change_limit(&caller, |broker| {
+        broker.change_user_limit(&user, &name, Some(value))
+    })
+    .await
 }
 
 async fn delete_user_limit(
     caller: Caller,
     Path((user, name)): Path<(String, String)>,
 ) -> ApiResult {
-    caller.require_admin()?;
-    caller
-        .broker
-        .change_user_limit(&user, &name, None)
-        .map_err(refused)?;
-    durable(&caller).await?;
-    Ok(no_content())
+    change_limit(&caller, |broker| {
+        broker.change_user_limit(&user, &name, None)
+    })
+    .await
 }
 
 /// The one runtime-parameter component Warren has: RabbitMQ keeps vhost limits as
