@@ -365,6 +365,15 @@ impl Ready {
             Ready::ListeningAt(_) => "listening for TLS",
         }
     }
+
+    /// Whether the broker at `addr` has come this far.
+    async fn reached(self, addr: SocketAddr) -> bool {
+        match self {
+            Ready::Listening => listens(addr).await,
+            Ready::Answering => answers_amqp(addr).await,
+            Ready::ListeningAt(port) => listens(([127, 0, 0, 1], port).into()).await,
+        }
+    }
 }
 
 impl WarrenProcess {
@@ -464,7 +473,7 @@ impl WarrenProcess {
                 sh
             }
         };
-        let child = command
+        let mut child = command
             .args([
                 "--bind",
                 "127.0.0.1",
@@ -484,14 +493,20 @@ impl WarrenProcess {
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", binary.display()));
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let up = match ready {
-            Ready::Listening => wait_for(Duration::from_secs(20), || listens(addr)).await,
-            Ready::Answering => wait_for(Duration::from_secs(20), || answers_amqp(addr)).await,
-            Ready::ListeningAt(port) => {
-                let tls: SocketAddr = ([127, 0, 0, 1], port).into();
-                wait_for(Duration::from_secs(20), || listens(tls)).await
-            }
-        };
+        // A broker that exits while starting fails the test at once, with its status.
+        let mut exited = None;
+        let up = wait_for(Duration::from_secs(20), || {
+            exited = child.try_wait().ok().flatten();
+            let gone = exited.is_some();
+            async move { gone || ready.reached(addr).await }
+        })
+        .await;
+        if let Some(status) = exited {
+            panic!(
+                "warren exited ({status}) before it was {}",
+                ready.describe()
+            );
+        }
         assert!(
             up,
             "warren was not {} on {addr} within 20 s",

@@ -161,6 +161,46 @@ async fn logs_to_a_file_carry_no_colour_codes() {
     let _ = std::fs::remove_file(&log);
 }
 
+/// A log that cannot be written (a full disk, a closed pipe) loses its lines, never the
+/// broker: it starts, serves a client and stops cleanly with every write to its stderr
+/// failing. (tracing-subscriber reports such a failure with `eprintln!`, which panics
+/// when stderr fails too: the logging thread, a connection, died with it.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_log_that_cannot_be_written_does_not_stop_the_broker() {
+    let dir = temp_data_dir("cli-log-full");
+    let broker = WarrenProcess::start_logged(
+        &dir,
+        integration_tests::ProcessOptions {
+            args: &["--log-level", "debug"],
+            stderr: Some(std::path::Path::new("/dev/full")),
+        },
+    )
+    .await;
+    let conn = common::connect_uri(&broker.uri()).await.expect("connect");
+    let channel = common::channel(&conn).await;
+    common::declare_queue(&channel, "logs-full").await;
+    common::publish(&channel, "", "logs-full", b"kept").await;
+    let got = common::within(
+        "basic.get",
+        channel.basic_get(
+            "logs-full".into(),
+            lapin::options::BasicGetOptions::default(),
+        ),
+    )
+    .await
+    .expect("basic.get")
+    .expect("the message");
+    assert_eq!(got.delivery.data, b"kept");
+    common::within("close", conn.close(200, "bye".into()))
+        .await
+        .expect("close");
+    let status = tokio::task::spawn_blocking(move || broker.terminate())
+        .await
+        .expect("join");
+    assert!(status.success(), "exit status {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--log-format json` writes one JSON object per line, a connection's lines carrying
 /// its span.
 #[tokio::test(flavor = "multi_thread")]

@@ -44,7 +44,11 @@ fn start() -> anyhow::Result<()> {
         .with_context(|| format!("invalid --log-level '{}'", config.log_level))?;
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A failed log write is dropped: reporting it would write to the same failing
+        // stderr, and tracing-subscriber's `eprintln!` panics there, taking down
+        // whichever task logged (a full disk or a closed pipe must cost lines, no more).
+        .log_internal_errors(false);
     match config.log_format {
         warren::config::LogFormat::Text => logs
             // Colour codes only for a person at a terminal, never into a log file.
