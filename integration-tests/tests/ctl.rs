@@ -430,6 +430,10 @@ async fn vhost_user_and_broker_limits_refuse_with_rabbitmqs_texts() {
         &["set_vhost_limits", "-p", "lim", r#"{"max-cats": 1}"#],
     );
     assert_eq!(status, 2, "{err}");
+    assert!(
+        err.contains("Validation failed\n\nUnrecognised terms [{<<\"max-cats\">>,1}] in limits"),
+        "{err}"
+    );
 
     let first = connect_uri(&uri(&broker, "guest", "guest", "lim"))
         .await

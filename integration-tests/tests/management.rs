@@ -177,9 +177,104 @@ async fn a_policy_put_over_http_applies_to_a_queue_at_once() {
         )
         .await;
     assert_eq!(invalid.status, 400);
-    assert_eq!(invalid.json()["error"], "bad_request");
+    // RabbitMQ HTML-escapes a policy's validation text.
+    assert_eq!(
+        invalid.json(),
+        json!({ "error": "bad_request",
+                "reason": "Validation failed\n\n&lt;&lt;\"x\"&gt;&gt; is not a valid maximum length\n" })
+    );
     assert_eq!(api.delete(&path).await.status, 204);
     assert_eq!(api.get(&path).await.status, 404);
+}
+
+/// A limit that is not a number, of an unknown name, or for a vhost or user that does
+/// not exist is refused with RabbitMQ's status and words, and changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bad_limit_is_refused_in_rabbitmqs_words() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let vhost = unique_name("badlimits");
+    let v = enc(&vhost);
+    assert_eq!(
+        api.put(&format!("/api/vhosts/{v}"), json!({})).await.status,
+        201
+    );
+    let user = unique_name("limited");
+    let made = api
+        .put(
+            &format!("/api/users/{user}"),
+            json!({ "password": "pw", "tags": "" }),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{made:?}");
+    let refusals = [
+        (
+            format!("/api/vhost-limits/{v}/max-queues"),
+            json!({}),
+            400,
+            json!("[{key_missing,value}]"),
+        ),
+        (
+            format!("/api/vhost-limits/{v}/max-queues"),
+            json!({ "value": "x" }),
+            400,
+            json!("Validation failed\n\nmax-queues should be a number, actually was <<\"x\">>\n"),
+        ),
+        (
+            format!("/api/vhost-limits/{v}/max-foo"),
+            json!({ "value": 1 }),
+            400,
+            json!("Validation failed\n\nUnrecognised terms [{<<\"max-foo\">>,1}] in limits\n"),
+        ),
+        (
+            "/api/vhost-limits/no-such-vhost/max-queues".to_owned(),
+            json!({ "value": 1 }),
+            404,
+            json!("vhost_not_found"),
+        ),
+        (
+            format!("/api/user-limits/{user}/max-channels"),
+            json!({ "value": "a" }),
+            400,
+            json!("max-channels should be a number, actually was <<\"a\">>"),
+        ),
+        (
+            format!("/api/user-limits/{user}/max-foo"),
+            json!({ "value": 20 }),
+            400,
+            json!("Unrecognised terms [{<<\"max-foo\">>,20}] in user-limits"),
+        ),
+        (
+            "/api/user-limits/no-such-user/max-channels".to_owned(),
+            json!({ "value": 1 }),
+            400,
+            json!(["no_such_user", "no-such-user"]),
+        ),
+        (
+            format!("/api/parameters/vhost-limits/{v}/limits"),
+            json!({ "value": { "max-queues": 1, "max-bar": true } }),
+            400,
+            // As a runtime parameter's, HTML-escaped.
+            json!(
+                "Validation failed\n\nUnrecognised terms [{&lt;&lt;\"max-bar\"&gt;&gt;,true}] in limits\n"
+            ),
+        ),
+    ];
+    for (path, body, status, reason) in refusals {
+        let refused = api.put(&path, body.clone()).await;
+        assert_eq!(refused.status, status, "PUT {path} {body}: {refused:?}");
+        assert_eq!(refused.json()["reason"], reason, "PUT {path} {body}");
+    }
+    assert_eq!(
+        api.get(&format!("/api/vhost-limits/{v}")).await.json(),
+        json!([])
+    );
+    assert_eq!(
+        api.get(&format!("/api/user-limits/{user}")).await.json(),
+        json!([])
+    );
+    assert_eq!(api.delete(&format!("/api/users/{user}")).await.status, 204);
+    assert_eq!(api.delete(&format!("/api/vhosts/{v}")).await.status, 204);
 }
 
 #[tokio::test(flavor = "multi_thread")]

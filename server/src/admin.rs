@@ -15,6 +15,7 @@ use crate::access::rabbit_json::{
 };
 use crate::access::{Access, AccessDefinitions, AccessError};
 use crate::broker::Broker;
+use crate::erlang;
 use crate::exchange::{ExchangeSettings, parse_declared_type};
 use crate::policy::Policy;
 use crate::queue::QueueDeclare;
@@ -42,9 +43,12 @@ pub enum AdminError {
     /// A definitions file could not be read.
     #[error(transparent)]
     Import(#[from] ImportError),
-    /// Limits that are not a JSON object of integers, or name an unknown limit.
-    #[error("invalid limits: {0}")]
+    /// Limits that are not numbers, or name an unknown limit, in RabbitMQ's words.
+    #[error("{0}")]
     Limits(String),
+    /// Limits given as text that is not JSON.
+    #[error("cannot read the limits as JSON: {0}")]
+    LimitsNotJson(String),
     /// A policy RabbitMQ would refuse; its reason.
     #[error("Validation failed\n\n{0}")]
     InvalidPolicy(String),
@@ -67,38 +71,103 @@ impl From<AccessError> for AdminError {
     }
 }
 
-/// The limits a vhost may have.
-const VHOST_LIMITS: &[&str] = &["max-connections", "max-queues"];
-/// The limits a user may have.
-const USER_LIMITS: &[&str] = &["max-connections", "max-channels"];
+/// Which limits an owner may have, and how RabbitMQ's refusals name and word them.
+struct LimitKind {
+    known: &'static [&'static str],
+    /// The name of the set in refusals.
+    set: &'static str,
+    /// Whether refusals read `Validation failed`: RabbitMQ checks vhost limits as a
+    /// runtime parameter, user limits directly.
+    as_parameter: bool,
+}
 
-/// Reads limits given as JSON (`{"max-connections": 10}`), of the names `known`.
-fn parse_limits(json: &str, known: &[&str]) -> Result<BTreeMap<String, i64>, AdminError> {
+/// The limits a vhost may have.
+const VHOST_LIMITS: LimitKind = LimitKind {
+    known: &["max-connections", "max-queues"],
+    set: "limits",
+    as_parameter: true,
+};
+/// The limits a user may have.
+const USER_LIMITS: LimitKind = LimitKind {
+    known: &["max-connections", "max-channels"],
+    set: "user-limits",
+    as_parameter: false,
+};
+
+/// Reads limits given as JSON (`{"max-connections": 10}`) of `kind`.
+fn parse_limits(json: &str, kind: &LimitKind) -> Result<BTreeMap<String, i64>, AdminError> {
     let value: serde_json::Value =
-        serde_json::from_str(json).map_err(|e| AdminError::Limits(e.to_string()))?;
+        serde_json::from_str(json).map_err(|e| AdminError::LimitsNotJson(e.to_string()))?;
     let serde_json::Value::Object(map) = value else {
-        return Err(AdminError::Limits("not a JSON object".into()));
+        return Err(kind.refusal(format!("{} not a list {}", kind.set, erlang::json(&value))));
     };
-    map.into_iter()
-        .map(|(name, v)| {
-            known_limit(&name, known)?;
-            let n = v
-                .as_i64()
-                .ok_or_else(|| AdminError::Limits(format!("'{name}' is not an integer")))?;
-            Ok((name, n))
-        })
+    kind.check_names(&map)?;
+    map.iter()
+        .map(|(name, value)| Ok((name.clone(), kind.value(name, value)?)))
         .collect()
 }
 
-/// Refuses a limit `name` that is not one of `known`.
-fn known_limit(name: &str, known: &[&str]) -> Result<(), AdminError> {
-    if known.contains(&name) {
-        Ok(())
-    } else {
-        Err(AdminError::Limits(format!(
-            "unknown limit '{name}' (known: {})",
-            known.join(", ")
+impl LimitKind {
+    /// Refuses limits of names not `known`, all of them named, as RabbitMQ words it.
+    fn check_names(
+        &self,
+        limits: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), AdminError> {
+        let unknown: Vec<String> = limits
+            .iter()
+            .filter(|(name, _)| !self.known.contains(&name.as_str()))
+            .map(|(name, value)| {
+                format!(
+                    "{{{},{}}}",
+                    erlang::binary(name.as_bytes()),
+                    erlang::json(value)
+                )
+            })
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        Err(self.refusal(format!(
+            "Unrecognised terms [{}] in {}",
+            unknown.join(","),
+            self.set
         )))
+    }
+
+    /// A limit's value. RabbitMQ takes any number: a fraction counts as the next whole
+    /// number (a count stays below 2.5 exactly when it stays below 3), and any negative
+    /// number means no limit.
+    fn value(&self, name: &str, value: &serde_json::Value) -> Result<i64, AdminError> {
+        let number = value.as_number().and_then(|n| {
+            n.as_i64().or_else(|| {
+                let x = n.as_f64()?;
+                // Past i64's range a limit is as good as none; the cast saturates.
+                Some(if x < 0.0 { -1 } else { x.ceil() as i64 })
+            })
+        });
+        number.ok_or_else(|| {
+            self.refusal(format!(
+                "{name} should be a number, actually was {}",
+                erlang::json(value)
+            ))
+        })
+    }
+
+    /// A refusal with RabbitMQ's `reason`, worded as it words this kind's.
+    fn refusal(&self, reason: String) -> AdminError {
+        AdminError::Limits(if self.as_parameter {
+            format!("Validation failed\n\n{reason}\n")
+        } else {
+            reason
+        })
+    }
+
+    /// The value of one limit `name` given as JSON.
+    fn one(&self, name: &str, value: &serde_json::Value) -> Result<i64, AdminError> {
+        let mut limits = serde_json::Map::new();
+        limits.insert(name.to_owned(), value.clone());
+        self.check_names(&limits)?;
+        self.value(name, value)
     }
 }
 
@@ -332,7 +401,7 @@ impl Broker {
     /// # Errors
     /// No such vhost, or limits that cannot be read.
     pub fn set_vhost_limits(&self, vhost: &str, json: &str) -> Result<(), AdminError> {
-        let limits = parse_limits(json, VHOST_LIMITS)?;
+        let limits = parse_limits(json, &VHOST_LIMITS)?;
         self.change_access(|access| {
             let mut def = access
                 .vhost(vhost)
@@ -348,7 +417,7 @@ impl Broker {
     /// # Errors
     /// No such user, or limits that cannot be read.
     pub fn set_user_limits(&self, user: &str, json: &str) -> Result<(), AdminError> {
-        let limits = parse_limits(json, USER_LIMITS)?;
+        let limits = parse_limits(json, &USER_LIMITS)?;
         self.change_access(|access| {
             let mut def = access
                 .user(user)
@@ -359,20 +428,18 @@ impl Broker {
         })
     }
 
-    /// Sets one of a user's limits (`Some`) or clears it (`None`), keeping the others
+    /// Sets one of a user's limits (`Some`, a JSON number) or clears it (`None`), keeping the others
     /// (one change, so that two callers changing different limits both keep theirs).
     ///
     /// # Errors
-    /// No such user, or an unknown limit.
+    /// No such user, an unknown limit or a value that is not a number.
     pub fn change_user_limit(
         &self,
         user: &str,
         name: &str,
-        value: Option<i64>,
+        value: Option<&serde_json::Value>,
     ) -> Result<(), AdminError> {
-        if value.is_some() {
-            known_limit(name, USER_LIMITS)?;
-        }
+        let value = value.map(|v| USER_LIMITS.one(name, v)).transpose()?;
         self.change_access(|access| {
             let mut def = access
                 .user(user)
@@ -383,19 +450,17 @@ impl Broker {
         })
     }
 
-    /// Sets one of a vhost's limits (`Some`) or clears it (`None`), keeping the others.
+    /// Sets one of a vhost's limits (`Some`, a JSON number) or clears it (`None`), keeping the others.
     ///
     /// # Errors
-    /// No such vhost, or an unknown limit.
+    /// No such vhost, an unknown limit or a value that is not a number.
     pub fn change_vhost_limit(
         &self,
         vhost: &str,
         name: &str,
-        value: Option<i64>,
+        value: Option<&serde_json::Value>,
     ) -> Result<(), AdminError> {
-        if value.is_some() {
-            known_limit(name, VHOST_LIMITS)?;
-        }
+        let value = value.map(|v| VHOST_LIMITS.one(name, v)).transpose()?;
         self.change_access(|access| {
             let mut def = access
                 .vhost(vhost)
@@ -746,3 +811,75 @@ impl Broker {
 
 /// The RabbitMQ version Warren's exports claim, so that RabbitMQ imports them.
 const RABBIT_VERSION: &str = "3.13.0";
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn refusal(result: Result<BTreeMap<String, i64>, AdminError>) -> String {
+        match result {
+            Err(AdminError::Limits(reason)) => reason,
+            other => panic!("not refused as invalid limits: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn limits_are_read_as_rabbitmq_reads_them() {
+        let read = parse_limits(r#"{"max-connections": 3, "max-queues": -7}"#, &VHOST_LIMITS);
+        assert_eq!(
+            read.ok(),
+            Some(BTreeMap::from([
+                ("max-connections".to_owned(), 3),
+                ("max-queues".to_owned(), -7)
+            ]))
+        );
+        // A count stays below 2.5 exactly when it stays below 3; a negative number is
+        // no limit, however small.
+        let fractions = parse_limits(
+            r#"{"max-channels": 2.5, "max-connections": -0.5}"#,
+            &USER_LIMITS,
+        );
+        assert_eq!(
+            fractions.ok(),
+            Some(BTreeMap::from([
+                ("max-channels".to_owned(), 3),
+                ("max-connections".to_owned(), -1)
+            ]))
+        );
+        assert_eq!(
+            USER_LIMITS.one("max-channels", &json!(1e300)).ok(),
+            Some(i64::MAX)
+        );
+    }
+
+    #[test]
+    fn bad_limits_are_refused_in_rabbitmqs_words() {
+        assert_eq!(
+            refusal(parse_limits(
+                r#"{"max-b": 1, "max-a": "x", "max-queues": 1}"#,
+                &VHOST_LIMITS
+            )),
+            "Validation failed\n\nUnrecognised terms [{<<\"max-a\">>,<<\"x\">>},{<<\"max-b\">>,1}] in limits\n"
+        );
+        assert_eq!(
+            refusal(parse_limits(r#"{"max-channels": null}"#, &USER_LIMITS)),
+            "max-channels should be a number, actually was null"
+        );
+        assert_eq!(
+            refusal(parse_limits("5", &USER_LIMITS)),
+            "user-limits not a list 5"
+        );
+        assert!(matches!(
+            parse_limits("{", &VHOST_LIMITS),
+            Err(AdminError::LimitsNotJson(_))
+        ));
+        assert_eq!(
+            USER_LIMITS
+                .one("max-queues", &json!(1))
+                .map_err(|e| e.to_string()),
+            Err("Unrecognised terms [{<<\"max-queues\">>,1}] in user-limits".to_owned())
+        );
+    }
+}

@@ -1,6 +1,8 @@
 //! How RabbitMQ's error texts print values: Erlang terms as `io_lib` formats them, so
 //! that Warren's texts match RabbitMQ's to the letter where clients compare them.
 
+use serde_json::Value;
+
 /// A binary printed with `~ts`: UTF-8 when valid, otherwise one character per byte.
 pub(crate) fn chars(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
@@ -112,4 +114,32 @@ pub(crate) fn float(x: f64) -> String {
         scientific
     };
     format!("{sign}{shown}")
+}
+
+/// A JSON value as RabbitMQ prints the term it decodes to (`~tp`): strings are binaries,
+/// objects maps, `null` an atom.
+pub(crate) fn json(value: &Value) -> String {
+    match value {
+        Value::Null => "null".to_owned(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => i.to_string(),
+            (None, Some(u)) => u.to_string(),
+            (None, None) => float(n.as_f64().unwrap_or_default()),
+        },
+        Value::String(s) => binary(s.as_bytes()),
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(json).collect();
+            format!("[{}]", items.join(","))
+        }
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            entries.sort_by_key(|&(key, _)| key);
+            let entries: Vec<String> = entries
+                .into_iter()
+                .map(|(k, v)| format!("{} => {}", binary(k.as_bytes()), json(v)))
+                .collect();
+            format!("#{{{}}}", entries.join(","))
+        }
+    }
 }

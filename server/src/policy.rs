@@ -505,7 +505,7 @@ impl PolicyDefinition {
         let Value::Object(terms) = value else {
             return Err((
                 "definition".to_owned(),
-                format!("definition must be a dictionary: {}", erl_json(value)),
+                format!("definition must be a dictionary: {}", erlang::json(value)),
             ));
         };
         if terms.is_empty() {
@@ -525,7 +525,7 @@ impl PolicyDefinition {
             if !check(rule.check, value) {
                 return Err((
                     key.clone(),
-                    format!("{} {}", erl_json(value), rule.complaint),
+                    format!("{} {}", erlang::json(value), rule.complaint),
                 ));
             }
             out.record(key, value);
@@ -533,7 +533,7 @@ impl PolicyDefinition {
         if let Some(&(first, _)) = unknown.first() {
             let terms: Vec<String> = unknown
                 .iter()
-                .map(|(k, v)| format!("{{{},{}}}", erlang::binary(k.as_bytes()), erl_json(v)))
+                .map(|(k, v)| format!("{{{},{}}}", erlang::binary(k.as_bytes()), erlang::json(v)))
                 .collect();
             return Err((
                 first.clone(),
@@ -728,7 +728,7 @@ impl Policies {
             Some(other) => {
                 return Err(shape(format!(
                     "\"policies\" must be an array, not {}",
-                    erl_json(other)
+                    erlang::json(other)
                 )));
             }
         };
@@ -738,7 +738,7 @@ impl Policies {
             let Value::Object(entry) = entry else {
                 return Err(shape(format!(
                     "entry {index} of \"policies\" is not an object: {}",
-                    erl_json(entry)
+                    erlang::json(entry)
                 )));
             };
             let policy = parse_policy(entry, index).map_err(|e| e.in_file(origin))?;
@@ -908,7 +908,7 @@ fn parse_policy(entry: &Map<String, Value>, index: usize) -> Result<Policy, Entr
         Some(other) => {
             return Err(EntryError::Shape(format!(
                 "entry {index} of \"policies\" has an invalid vhost: {}",
-                erl_json(other)
+                erlang::json(other)
             )));
         }
     };
@@ -924,7 +924,7 @@ fn parse_policy(entry: &Map<String, Value>, index: usize) -> Result<Policy, Entr
             return Err(EntryError::Shape(format!(
                 "policy in virtual host '{vhost}' has an invalid name: {} \
                      (entry {index} of \"policies\")",
-                erl_json(other)
+                erlang::json(other)
             )));
         }
     };
@@ -944,7 +944,7 @@ fn parse_policy(entry: &Map<String, Value>, index: usize) -> Result<Policy, Entr
                     "priority",
                     format!(
                         "priority should be an integer, actually was {}",
-                        erl_json(value)
+                        erlang::json(value)
                     ),
                 ));
             }
@@ -953,7 +953,7 @@ fn parse_policy(entry: &Map<String, Value>, index: usize) -> Result<Policy, Entr
                     "priority",
                     format!(
                         "priority should be a number, actually was {}",
-                        erl_json(value)
+                        erlang::json(value)
                     ),
                 ));
             }
@@ -970,7 +970,7 @@ fn parse_policy(entry: &Map<String, Value>, index: usize) -> Result<Policy, Entr
         Some(other) => {
             return Err(invalid(
                 "pattern",
-                format!("pattern should be a binary but was {}", erl_json(other)),
+                format!("pattern should be a binary but was {}", erlang::json(other)),
             ));
         }
     };
@@ -981,7 +981,7 @@ fn parse_policy(entry: &Map<String, Value>, index: usize) -> Result<Policy, Entr
             None => {
                 let shown = value
                     .as_str()
-                    .map_or_else(|| erl_json(value), str::to_owned);
+                    .map_or_else(|| erlang::json(value), str::to_owned);
                 return Err(invalid(
                     "apply-to",
                     format!(
@@ -1156,34 +1156,6 @@ fn table_str<'a>(arguments: &'a FieldTable, key: &str) -> Option<&'a [u8]> {
         AMQPValue::LongString(s) => Some(s.as_bytes()),
         AMQPValue::ShortString(s) => Some(s.as_str().as_bytes()),
         _ => None,
-    }
-}
-
-/// A JSON value as RabbitMQ prints the term it decodes to (`~tp`): strings are binaries,
-/// objects maps, `null` an atom.
-fn erl_json(value: &Value) -> String {
-    match value {
-        Value::Null => "null".to_owned(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => i.to_string(),
-            (None, Some(u)) => u.to_string(),
-            (None, None) => erlang::float(n.as_f64().unwrap_or_default()),
-        },
-        Value::String(s) => erlang::binary(s.as_bytes()),
-        Value::Array(items) => {
-            let items: Vec<String> = items.iter().map(erl_json).collect();
-            format!("[{}]", items.join(","))
-        }
-        Value::Object(map) => {
-            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-            entries.sort_by_key(|&(key, _)| key);
-            let entries: Vec<String> = entries
-                .into_iter()
-                .map(|(k, v)| format!("{} => {}", erlang::binary(k.as_bytes()), erl_json(v)))
-                .collect();
-            format!("#{{{}}}", entries.join(","))
-        }
     }
 }
 
@@ -2403,14 +2375,14 @@ mod tests {
 
     #[test]
     fn values_print_as_erlang_terms() {
-        assert_eq!(erl_json(&json!("a\"b\\c\n")), r#"<<"a\"b\\c\n">>"#);
-        assert_eq!(erl_json(&json!("")), "<<>>");
-        assert_eq!(erl_json(&json!("\u{1}")), "<<1>>");
-        assert_eq!(erl_json(&json!("日")), "<<230,151,165>>");
-        assert_eq!(erl_json(&json!("é")), "<<\"é\"/utf8>>");
-        assert_eq!(erl_json(&json!(null)), "null");
-        assert_eq!(erl_json(&json!([1, false, {}])), "[1,false,#{}]");
-        assert_eq!(erl_json(&json!(u64::MAX)), u64::MAX.to_string());
+        assert_eq!(erlang::json(&json!("a\"b\\c\n")), r#"<<"a\"b\\c\n">>"#);
+        assert_eq!(erlang::json(&json!("")), "<<>>");
+        assert_eq!(erlang::json(&json!("\u{1}")), "<<1>>");
+        assert_eq!(erlang::json(&json!("日")), "<<230,151,165>>");
+        assert_eq!(erlang::json(&json!("é")), "<<\"é\"/utf8>>");
+        assert_eq!(erlang::json(&json!(null)), "null");
+        assert_eq!(erlang::json(&json!([1, false, {}])), "[1,false,#{}]");
+        assert_eq!(erlang::json(&json!(u64::MAX)), u64::MAX.to_string());
         for (x, shown) in [
             (0.5, "0.5"),
             (100.0, "100.0"),

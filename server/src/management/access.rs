@@ -3,7 +3,6 @@
 //! the same operations as `warren ctl` ([`crate::admin`]). A change is answered once it
 //! is durable.
 
-use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query};
 use axum::routing::get;
@@ -12,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::Api;
 use super::auth::Caller;
+use super::body::Body;
 use super::listing::{ListQuery, list};
 use super::reply::{ApiError, ApiResult, created_or_changed, json, no_content};
 use crate::access::rabbit_json::Tags;
@@ -625,7 +625,7 @@ async fn put_policy(
         })
         .map_err(|e| match e {
             AdminError::InvalidPolicy(reason) => {
-                ApiError::bad_request(format!("Validation failed\n\n{reason}\n"))
+                ApiError::invalid_parameter(&format!("Validation failed\n\n{reason}\n"))
             }
             other => refused(other),
         })?;
@@ -668,31 +668,42 @@ async fn one_vhost_limits(caller: Caller, Path(vhost): Path<String>) -> ApiResul
     Ok(json(shown.into_iter().map(limits_json).collect()))
 }
 
-/// `PUT /api/…-limits/{…}/{name}`'s body.
-#[derive(Deserialize)]
-struct LimitValue {
-    value: i64,
-}
-
-/// Sets or clears one vhost or user limit, as an administrator; answered once the
-/// change is durable.
+/// Sets (with the `PUT` body `raw`) or clears one vhost or user limit, as an
+/// administrator; answered once the change is durable. A `PUT` is refused as RabbitMQ
+/// refuses it: a missing vhost with 404 `vhost_not_found`, a missing user with 400.
 async fn change_limit(
     caller: &Caller,
-    change: impl FnOnce(&crate::broker::Broker) -> Result<(), AdminError>,
+    raw: Option<&[u8]>,
+    change: impl FnOnce(&crate::broker::Broker, Option<&Value>) -> Result<(), AdminError>,
 ) -> ApiResult {
     caller.require_admin()?;
-    change(&caller.broker).map_err(refused)?;
+    let value = raw.map(limit_value).transpose()?;
+    change(&caller.broker, value.as_ref()).map_err(|e| match (e, &value) {
+        (AdminError::NoSuchVhost(_), Some(_)) => ApiError::vhost_not_found(),
+        (AdminError::NoSuchUser(user), Some(_)) => {
+            ApiError::bad_request_term(json!(["no_such_user", user]))
+        }
+        (other, _) => refused(other),
+    })?;
     durable(caller).await?;
     Ok(no_content())
+}
+
+/// The `value` of a `PUT /api/…-limits/{…}/{name}` body.
+fn limit_value(raw: &[u8]) -> ApiResult<Value> {
+    let body = Body::parse(raw)?;
+    body.require(&["value"])?;
+    let Body(mut fields) = body;
+    Ok(fields.remove("value").unwrap_or_default())
 }
 
 async fn put_vhost_limit(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
-    Json(LimitValue { value }): Json<LimitValue>,
+    raw: axum::body::Bytes,
 ) -> ApiResult {
-    change_limit(&caller, |broker| {
-        broker.change_vhost_limit(&vhost, &name, Some(value))
+    change_limit(&caller, Some(&raw), |broker, value| {
+        broker.change_vhost_limit(&vhost, &name, value)
     })
     .await
 }
@@ -701,8 +712,8 @@ async fn delete_vhost_limit(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
 ) -> ApiResult {
-    change_limit(&caller, |broker| {
-        broker.change_vhost_limit(&vhost, &name, None)
+    change_limit(&caller, None, |broker, value| {
+        broker.change_vhost_limit(&vhost, &name, value)
     })
     .await
 }
@@ -728,10 +739,10 @@ async fn one_user_limits(caller: Caller, Path(user): Path<String>) -> ApiResult 
 async fn put_user_limit(
     caller: Caller,
     Path((user, name)): Path<(String, String)>,
-    Json(LimitValue { value }): Json<LimitValue>,
+    raw: axum::body::Bytes,
 ) -> ApiResult {
-    change_limit(&caller, |broker| {
-        broker.change_user_limit(&user, &name, Some(value))
+    change_limit(&caller, Some(&raw), |broker, value| {
+        broker.change_user_limit(&user, &name, value)
     })
     .await
 }
@@ -740,8 +751,8 @@ async fn delete_user_limit(
     caller: Caller,
     Path((user, name)): Path<(String, String)>,
 ) -> ApiResult {
-    change_limit(&caller, |broker| {
-        broker.change_user_limit(&user, &name, None)
+    change_limit(&caller, None, |broker, value| {
+        broker.change_user_limit(&user, &name, value)
     })
     .await
 }
@@ -859,9 +870,7 @@ async fn put_parameter(
         .broker
         .set_vhost_limits(&vhost, &value.to_string())
         .map_err(|e| match e {
-            AdminError::Limits(reason) => {
-                ApiError::bad_request(format!("Validation failed\n\n{reason}\n"))
-            }
+            AdminError::Limits(reason) => ApiError::invalid_parameter(&reason),
             other => refused(other),
         })?;
     durable(&caller).await?;

@@ -45,6 +45,21 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, "bad_request", reason)
     }
 
+    /// 400 for a policy or runtime parameter that fails validation: RabbitMQ
+    /// HTML-escapes these reasons (`<<"x">>` reads `&lt;&lt;"x"&gt;&gt;`).
+    pub fn invalid_parameter(reason: &str) -> Self {
+        let mut escaped = String::with_capacity(reason.len());
+        for c in reason.chars() {
+            match c {
+                '<' => escaped.push_str("&lt;"),
+                '>' => escaped.push_str("&gt;"),
+                '&' => escaped.push_str("&amp;"),
+                c => escaped.push(c),
+            }
+        }
+        Self::bad_request(escaped)
+    }
+
     /// 400 with a reason RabbitMQ gives as a JSON term.
     pub fn bad_request_term(reason: Value) -> Self {
         Self {
