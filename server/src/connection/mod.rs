@@ -321,6 +321,10 @@ impl Connection {
         let mut vhost_deleted = self.shared.vhost.deleted();
         let mut users_deleted = self.shared.broker.users_deleted();
         let mut close_requested = self.registered.entry.close_requested();
+        // The client holds the open connection since open-ok went out, before these were
+        // watched: a user deleted or a close asked for meanwhile is looked at first.
+        users_deleted.mark_changed();
+        close_requested.mark_changed();
         let entry = self.registered.entry.clone();
         let mut ack_deadlines = tokio::time::interval(ACK_TIMEOUT_CHECK);
         ack_deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
