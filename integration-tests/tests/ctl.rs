@@ -279,6 +279,88 @@ async fn policies_set_at_run_time_apply_at_once_and_survive_a_kill() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// An operator policy set through ctl caps a queue below its policy at once, is refused
+/// in rabbitmqctl's words when it sets more than limits, survives a kill, is exported
+/// as RabbitMQ exports it, and lets go when cleared.
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_policies_cap_queues_and_survive_a_kill() {
+    let dir = temp_data_dir("ctl-operator-policies");
+    let broker = WarrenProcess::start(&dir).await;
+    ctl_ok(&dir, &["set_policy", "own", "^q$", r#"{"max-length":4}"#]);
+    ctl_ok(
+        &dir,
+        &[
+            "set_operator_policy",
+            "cap",
+            "^q$",
+            r#"{"max-length":2}"#,
+            "--apply-to",
+            "queues",
+        ],
+    );
+    let conn = connect_uri(&uri(&broker, "guest", "guest", "%2f"))
+        .await
+        .expect("connect");
+    let ch = channel(&conn).await;
+    declare_queue(&ch, "q").await;
+    publish_n(&ch, "q", 5).await;
+    wait_for_count(&ch, "q", 2).await;
+    let listed = ctl_ok(&dir, &["list_operator_policies", "--formatter", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("json");
+    assert_eq!(
+        listed,
+        serde_json::json!([{
+            "vhost": "/", "name": "cap", "pattern": "^q$", "apply-to": "queues",
+            "definition": "{\"max-length\":2}", "priority": 0
+        }])
+    );
+    for (args, expected) in [
+        (
+            vec![
+                "set_operator_policy",
+                "bad",
+                "^x",
+                r#"{"alternate-exchange":"x"}"#,
+            ],
+            "Validation failed\n\n[{<<\"alternate-exchange\">>,<<\"x\">>}] are not recognised policy settings",
+        ),
+        (
+            vec!["clear_operator_policy", "own"],
+            "Parameter does not exist",
+        ),
+    ] {
+        let (status, _, err) = warren_ctl(&dir, &args);
+        assert_eq!(status, 2, "{args:?}");
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    drop(conn);
+    broker.kill();
+
+    let broker = WarrenProcess::start(&dir).await;
+    let conn = connect_uri(&uri(&broker, "guest", "guest", "%2f"))
+        .await
+        .expect("connect");
+    let ch = channel(&conn).await;
+    declare_queue(&ch, "q").await;
+    publish_n(&ch, "q", 5).await;
+    wait_for_count(&ch, "q", 2).await;
+    let exported = ctl_ok(&dir, &["export_definitions", "-"]);
+    let exported: serde_json::Value = serde_json::from_str(&exported).expect("json");
+    assert_eq!(
+        exported["parameters"],
+        serde_json::json!([{
+            "vhost": "/", "component": "operator_policy", "name": "cap",
+            "value": { "pattern": "^q$", "definition": { "max-length": 2 }, "priority": 0,
+                       "apply-to": "queues" }
+        }])
+    );
+    ctl_ok(&dir, &["clear_operator_policy", "cap"]);
+    publish_n(&ch, "q", 5).await;
+    wait_for_count(&ch, "q", 4).await;
+    broker.terminate();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn exported_definitions_import_into_another_broker_with_every_login() {
     let from = temp_data_dir("ctl-export");

@@ -187,6 +187,152 @@ async fn a_policy_put_over_http_applies_to_a_queue_at_once() {
     assert_eq!(api.get(&path).await.status, 404);
 }
 
+/// An operator policy caps a queue's limits below what its own policy asks for (the
+/// lower value wins where both set a key), is shown on the queue and exported as a
+/// runtime parameter, holds only limits, is an administrator's, and lets go when cleared.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_policy_caps_what_a_policy_asks_for() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let queue = unique_name("capped");
+    let (policy, cap) = (unique_name("userp"), unique_name("cap"));
+    let policy_path = format!("/api/policies/%2F/{policy}");
+    let cap_path = format!("/api/operator-policies/%2F/{cap}");
+    let set = api
+        .put(
+            &policy_path,
+            json!({ "pattern": format!("^{queue}$"), "apply-to": "queues",
+                    "definition": { "max-length": 10, "expires": 600000, "message-ttl": 500000 } }),
+        )
+        .await;
+    assert_eq!(set.status, 201, "{set:?}");
+    let cap_def = json!({ "pattern": format!("^{queue}$"), "apply-to": "queues", "priority": 1,
+                          "definition": { "max-length": 5, "message-ttl": 1000000 } });
+    let capped = api.put(&cap_path, cap_def.clone()).await;
+    assert_eq!(capped.status, 201, "{capped:?}");
+    assert_eq!(api.put(&cap_path, cap_def).await.status, 204);
+    let shown = json!({
+        "vhost": "/", "name": cap, "pattern": format!("^{queue}$"), "apply-to": "queues",
+        "definition": { "max-length": 5, "message-ttl": 1000000 }, "priority": 1
+    });
+    assert_eq!(api.get(&cap_path).await.json(), shown);
+    let listed = api.get("/api/operator-policies").await.json();
+    assert!(
+        listed.as_array().is_some_and(|all| all.contains(&shown)),
+        "{listed}"
+    );
+    let in_vhost = api.get("/api/operator-policies/%2F").await.json();
+    assert!(
+        in_vhost.as_array().is_some_and(|all| all.contains(&shown)),
+        "{in_vhost}"
+    );
+    // Kept apart from policies.
+    let policies = api.get("/api/policies/%2F").await.json();
+    assert!(
+        policies
+            .as_array()
+            .is_some_and(|all| all.iter().all(|p| p["name"] != cap.as_str())),
+        "{policies}"
+    );
+
+    let conn = server.connect().await;
+    let ch = channel(&conn).await;
+    declare_queue(&ch, &queue).await;
+    for _ in 0..8 {
+        publish(&ch, "", &queue, b"m").await;
+    }
+    wait_for_count(&ch, &queue, 5).await;
+    // RabbitMQ fills a queue's policy fields from its stats, every few seconds.
+    let queue_path = format!("/api/queues/%2F/{queue}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let fields = loop {
+        let q = api.get(&queue_path).await.json();
+        if q["operator_policy"].is_string() || std::time::Instant::now() > deadline {
+            break json!({
+                "policy": q["policy"],
+                "operator_policy": q["operator_policy"],
+                "effective_policy_definition": q["effective_policy_definition"],
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        fields,
+        json!({
+            "policy": policy, "operator_policy": cap,
+            "effective_policy_definition": { "max-length": 5, "expires": 600000, "message-ttl": 500000 },
+        })
+    );
+
+    let export = api.get("/api/definitions").await.json();
+    let parameter = json!({
+        "vhost": "/", "component": "operator_policy", "name": cap,
+        "value": { "pattern": format!("^{queue}$"), "apply-to": "queues", "priority": 1,
+                   "definition": { "max-length": 5, "message-ttl": 1000000 } }
+    });
+    assert!(
+        export["parameters"]
+            .as_array()
+            .is_some_and(|all| all.contains(&parameter)),
+        "{}",
+        export["parameters"]
+    );
+
+    // Only limits, refused in words RabbitMQ does not HTML-escape here.
+    let bad = api
+        .put(
+            &format!("/api/operator-policies/%2F/{cap}-bad"),
+            json!({ "pattern": "x", "definition": { "alternate-exchange": "x" } }),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        bad.json()["reason"],
+        "Validation failed\n\n[{<<\"alternate-exchange\">>,<<\"x\">>}] are not recognised policy settings\n"
+    );
+    // An administrator's: a policymaker may set policies, not operator policies.
+    let maker = unique_name("maker");
+    let made = api
+        .put(
+            &format!("/api/users/{maker}"),
+            json!({ "password": "pw", "tags": "policymaker" }),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{made:?}");
+    let granted = api
+        .put(
+            &format!("/api/permissions/%2F/{maker}"),
+            json!({ "configure": ".*", "write": ".*", "read": ".*" }),
+        )
+        .await;
+    assert_eq!(granted.status, 201, "{granted:?}");
+    let refused = api
+        .call(
+            "PUT",
+            &format!("/api/operator-policies/%2F/{cap}-maker"),
+            Some((&maker, "pw")),
+            Some(json!({ "pattern": "x", "definition": { "max-length": 1 } })),
+        )
+        .await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(refused.json()["reason"], "Not administrator user");
+    assert_eq!(api.delete(&format!("/api/users/{maker}")).await.status, 204);
+
+    // Cleared, the queue's own policy governs again.
+    assert_eq!(api.delete(&cap_path).await.status, 204);
+    assert_eq!(api.get(&cap_path).await.status, 404);
+    assert_eq!(api.delete(&cap_path).await.status, 404);
+    for _ in 0..8 {
+        publish(&ch, "", &queue, b"m").await;
+    }
+    wait_for_count(&ch, &queue, 10).await;
+    assert_eq!(api.delete(&policy_path).await.status, 204);
+    assert_eq!(
+        api.delete(&format!("/api/queues/%2F/{queue}")).await.status,
+        204
+    );
+}
+
 /// A limit that is not a number, of an unknown name, or for a vhost or user that does
 /// not exist is refused with RabbitMQ's status and words, and changes nothing.
 #[tokio::test(flavor = "multi_thread")]

@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use crate::access::password::{Algorithm, PasswordHash};
 use crate::access::rabbit_json::{
-    ImportError, RabbitBinding, RabbitDefinitions, RabbitExchange, RabbitPolicy, RabbitQueue,
-    RabbitUser, RabbitVhost, Tags, table_from_json, table_to_json,
+    ImportError, RabbitBinding, RabbitDefinitions, RabbitExchange, RabbitParameter, RabbitPolicy,
+    RabbitQueue, RabbitUser, RabbitVhost, Tags, table_from_json, table_to_json,
 };
 use crate::access::{Access, AccessDefinitions, AccessError};
 use crate::broker::Broker;
@@ -579,6 +579,43 @@ impl Broker {
         })
     }
 
+    /// Sets (or replaces) an operator policy.
+    ///
+    /// # Errors
+    /// No such vhost, or an operator policy RabbitMQ would refuse.
+    pub fn set_operator_policy(&self, def: PolicyDef) -> Result<(), AdminError> {
+        let policy = Policy::from_operator_def(&def).map_err(AdminError::InvalidPolicy)?;
+        self.change_policies(&def.vhost.clone(), |policies| {
+            policies.set_operator([policy]);
+            Ok(Change::SetOperatorPolicy(def))
+        })
+    }
+
+    /// Clears an operator policy.
+    ///
+    /// # Errors
+    /// No such vhost, or no such operator policy in it.
+    pub fn clear_operator_policy(&self, vhost: &str, name: &str) -> Result<(), AdminError> {
+        self.change_policies(vhost, |policies| {
+            if !policies.clear_operator(vhost, name) {
+                return Err(AdminError::NoSuchPolicy);
+            }
+            Ok(Change::ClearOperatorPolicy {
+                vhost: vhost.to_owned(),
+                name: name.to_owned(),
+            })
+        })
+    }
+
+    /// The operator policies, optionally only those of `vhost`, best first.
+    pub fn list_operator_policies(&self, vhost: Option<&str>) -> Vec<PolicyDef> {
+        self.policies()
+            .operator()
+            .filter(|p| vhost.is_none_or(|v| p.vhost == v))
+            .map(Policy::to_def)
+            .collect()
+    }
+
     /// The policies in force, optionally only those of `vhost`, best first.
     pub fn list_policies(&self, vhost: Option<&str>) -> Vec<PolicyDef> {
         self.policies()
@@ -674,8 +711,8 @@ impl Broker {
     }
 
     /// The definitions in RabbitMQ's shape (vhosts, users with their hashes,
-    /// permissions, topic permissions, vhost limits, durable exchanges, queues and
-    /// bindings).
+    /// permissions, topic permissions, vhost limits and operator policies as runtime
+    /// parameters, policies, durable exchanges, queues and bindings).
     pub fn export_definitions(&self) -> RabbitDefinitions {
         let stored = self.stored_definitions().unwrap_or_default();
         let AccessDefinitions {
@@ -687,12 +724,17 @@ impl Broker {
         let parameters = vhosts
             .iter()
             .filter(|v| !v.limits.is_empty())
-            .map(|v| crate::access::rabbit_json::RabbitParameter {
+            .map(|v| RabbitParameter {
                 vhost: v.name.clone(),
                 component: "vhost-limits".into(),
                 name: "limits".into(),
                 value: serde_json::json!(v.limits),
             })
+            .chain(
+                self.list_operator_policies(None)
+                    .into_iter()
+                    .map(RabbitParameter::operator_policy),
+            )
             .collect();
         RabbitDefinitions {
             rabbit_version: Some(RABBIT_VERSION.into()),
@@ -765,7 +807,8 @@ impl Broker {
     }
 
     /// Applies a RabbitMQ definitions file: its vhosts are created (if new), users,
-    /// permissions, topic permissions and policies created or replaced.
+    /// permissions, topic permissions, policies and operator policies created or
+    /// replaced.
     ///
     /// # Errors
     /// Not a definitions file, or an unusable entry (nothing is applied then).
@@ -773,11 +816,19 @@ impl Broker {
         let file = RabbitDefinitions::parse(text)?;
         let defs = file.access()?;
         let policies: Vec<PolicyDef> = file.policies.iter().cloned().map(PolicyDef::from).collect();
+        let operator_policies = file.operator_policies()?;
+        let known = |vhost: &str| {
+            self.access().vhost(vhost).is_some() || defs.vhosts.iter().any(|v| v.name == vhost)
+        };
         for def in &policies {
             Policy::from_def(def).map_err(AdminError::InvalidPolicy)?;
-            let known = self.access().vhost(&def.vhost).is_some()
-                || defs.vhosts.iter().any(|v| v.name == def.vhost);
-            if !known {
+            if !known(&def.vhost) {
+                return Err(AdminError::NoSuchVhost(def.vhost.clone()));
+            }
+        }
+        for def in &operator_policies {
+            Policy::from_operator_def(def).map_err(AdminError::InvalidPolicy)?;
+            if !known(&def.vhost) {
                 return Err(AdminError::NoSuchVhost(def.vhost.clone()));
             }
         }
@@ -799,6 +850,9 @@ impl Broker {
         }
         for def in policies {
             self.set_policy(def)?;
+        }
+        for def in operator_policies {
+            self.set_operator_policy(def)?;
         }
         let failed = self.apply_topology(&file);
         if failed.is_empty() {

@@ -243,8 +243,8 @@ impl Broker {
         Ok(access)
     }
 
-    /// Puts the stored run-time policies in force, then the definitions file's (which
-    /// are stored as if set now).
+    /// Puts the stored run-time policies and operator policies in force, then the
+    /// definitions file's (which are stored as if set now).
     fn open_policies(
         config: &Config,
         store: &BrokerStore,
@@ -261,6 +261,14 @@ impl Broker {
                 .ok()
         });
         policies.write().set(stored);
+        let stored_operator = defs.operator_policies.iter().filter_map(|def| {
+            Policy::from_operator_def(def)
+                .inspect_err(|reason| {
+                    tracing::warn!(vhost = %def.vhost, policy = %def.name, %reason, "ignoring stored operator policy");
+                })
+                .ok()
+        });
+        policies.write().set_operator(stored_operator);
         let Some(file) = loaded else {
             return Ok(());
         };
@@ -276,7 +284,23 @@ impl Broker {
             valid.push(Policy::from_def(&def).map_err(|reason| refused(&def.name, reason))?);
             store.pending().queue(Change::SetPolicy(def));
         }
-        policies.write().set(valid);
+        let operator = file
+            .operator_policies()
+            .map_err(|e| refused("(operator policies)", e.to_string()))?;
+        let mut valid_operator = Vec::with_capacity(operator.len());
+        for def in operator {
+            if access.vhost(&def.vhost).is_none() {
+                return Err(refused(&def.name, format!("no vhost '{}'", def.vhost)));
+            }
+            valid_operator.push(
+                Policy::from_operator_def(&def).map_err(|reason| refused(&def.name, reason))?,
+            );
+            store.pending().queue(Change::SetOperatorPolicy(def));
+        }
+        let mut policies = policies.write();
+        policies.set(valid);
+        policies.set_operator(valid_operator);
+        drop(policies);
         store.write_pending();
         Ok(())
     }

@@ -310,24 +310,12 @@ fn run(broker: &Arc<Broker>, args: &[&str], vhost: &str) -> Result<Answer, Strin
         ["clear_user_limits", user, "all"] => changed(broker.set_user_limits(user, "{}")),
         ["clear_user_limits", user, name] => changed(broker.change_user_limit(user, name, None)),
         ["list_user_limits"] => Ok(Answer::Rows(broker.list_user_limits())),
-        ["set_policy", ..] => set_policy(broker, &args[1..], vhost),
+        ["set_policy", ..] => set_policy(broker, &args[1..], vhost, false),
         ["clear_policy", name] => changed(broker.clear_policy(vhost, name)),
-        ["list_policies"] => Ok(Answer::Rows(
-            broker
-                .list_policies(Some(vhost))
-                .into_iter()
-                .map(|p| {
-                    json!({
-                        "vhost": p.vhost,
-                        "name": p.name,
-                        "pattern": p.pattern,
-                        "apply-to": p.apply_to,
-                        "definition": p.definition.to_string(),
-                        "priority": p.priority,
-                    })
-                })
-                .collect(),
-        )),
+        ["list_policies"] => Ok(policy_rows(broker.list_policies(Some(vhost)))),
+        ["set_operator_policy", ..] => set_policy(broker, &args[1..], vhost, true),
+        ["clear_operator_policy", name] => changed(broker.clear_operator_policy(vhost, name)),
+        ["list_operator_policies"] => Ok(policy_rows(broker.list_operator_policies(Some(vhost)))),
         ["export_definitions"] => serde_json::to_value(broker.export_definitions())
             .map(|v| Answer::Rows(vec![v]))
             .map_err(|e| e.to_string()),
@@ -434,9 +422,38 @@ fn run(broker: &Arc<Broker>, args: &[&str], vhost: &str) -> Result<Answer, Strin
     }
 }
 
+/// Policies as `rabbitmqctl list_policies` and `list_operator_policies` show them.
+fn policy_rows(policies: Vec<PolicyDef>) -> Answer {
+    Answer::Rows(
+        policies
+            .into_iter()
+            .map(|p| {
+                json!({
+                    "vhost": p.vhost,
+                    "name": p.name,
+                    "pattern": p.pattern,
+                    "apply-to": p.apply_to,
+                    "definition": p.definition.to_string(),
+                    "priority": p.priority,
+                })
+            })
+            .collect(),
+    )
+}
+
 /// `set_policy [--priority N] [--apply-to WHAT] NAME PATTERN DEFINITION`, the options
-/// anywhere, as `rabbitmqctl` takes them.
-fn set_policy(broker: &Broker, args: &[&str], vhost: &str) -> Result<Answer, String> {
+/// anywhere, as `rabbitmqctl` takes them; `set_operator_policy` when `operator`.
+fn set_policy(
+    broker: &Broker,
+    args: &[&str],
+    vhost: &str,
+    operator: bool,
+) -> Result<Answer, String> {
+    let verb = if operator {
+        "set_operator_policy"
+    } else {
+        "set_policy"
+    };
     let shape = "[-p <vhost>] [--priority <priority>] [--apply-to <apply-to>] \
                  <name> <pattern> <definition>";
     let (mut priority, mut apply_to, mut positional) = (0, "all", Vec::new());
@@ -447,28 +464,31 @@ fn set_policy(broker: &Broker, args: &[&str], vhost: &str) -> Result<Answer, Str
                 priority = args
                     .next()
                     .and_then(|p| p.parse().ok())
-                    .ok_or_else(|| usage("set_policy", shape))?;
+                    .ok_or_else(|| usage(verb, shape))?;
             }
-            "--apply-to" => apply_to = args.next().ok_or_else(|| usage("set_policy", shape))?,
+            "--apply-to" => apply_to = args.next().ok_or_else(|| usage(verb, shape))?,
             _ => positional.push(arg),
         }
     }
     let [name, pattern, definition] = positional[..] else {
-        return Err(usage("set_policy", shape));
+        return Err(usage(verb, shape));
     };
     let definition = serde_json::from_str(definition)
         .map_err(|e| format!("JSON decoding error. Reason: {e}"))?;
-    broker
-        .set_policy(PolicyDef {
-            vhost: vhost.to_owned(),
-            name: name.to_owned(),
-            pattern: pattern.to_owned(),
-            apply_to: apply_to.to_owned(),
-            priority,
-            definition,
-        })
-        .map(|()| Answer::Changed)
-        .map_err(|e| e.to_string())
+    let def = PolicyDef {
+        vhost: vhost.to_owned(),
+        name: name.to_owned(),
+        pattern: pattern.to_owned(),
+        apply_to: apply_to.to_owned(),
+        priority,
+        definition,
+    };
+    let set = if operator {
+        broker.set_operator_policy(def)
+    } else {
+        broker.set_policy(def)
+    };
+    set.map(|()| Answer::Changed).map_err(|e| e.to_string())
 }
 
 /// How the client prints rows.

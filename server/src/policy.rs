@@ -23,6 +23,9 @@
 //! | `partitions` | argument, else policy, at creation only | same |
 //! | `alternate-exchange` (exchanges) | argument | |
 //!
+//! An operator policy ([`operator`]) may apply to a queue beside its policy and caps its
+//! limits; the two definitions merged meet the queue's arguments as above.
+//!
 //! `partitions` (Warren's, issue 13) is read once, when a queue is made
 //! ([`Policies::partitions_at_creation`]): the partitions' logs and every key's partition
 //! depend on the count, so [`effective`] never changes it afterwards, and a policy that
@@ -49,6 +52,10 @@ use crate::queue::arguments::{
     self, DeadLetterStrategy, MAX_PARTITIONS, Overflow, QueueArguments, QueueType,
 };
 use crate::store::definitions::PolicyDef;
+
+mod operator;
+
+pub use operator::Applied;
 
 const MESSAGE_TTL: &str = "message-ttl";
 const EXPIRES: &str = "expires";
@@ -637,6 +644,15 @@ impl Policy {
         parse_policy(&entry, 0).map_err(EntryError::reason)
     }
 
+    /// Validates an operator policy (see [`operator`]).
+    ///
+    /// # Errors
+    /// RabbitMQ's reason, as `rabbitmqctl set_operator_policy` shows it after
+    /// "Validation failed".
+    pub fn from_operator_def(def: &PolicyDef) -> Result<Self, String> {
+        operator::validate(def)
+    }
+
     /// The policy as it is stored and exported.
     pub fn to_def(&self) -> PolicyDef {
         PolicyDef {
@@ -678,6 +694,8 @@ pub struct Policies {
     /// Both, without the hidden file policies, sorted by priority, highest first, then
     /// by name and vhost.
     policies: Vec<Policy>,
+    /// Operator policies (set at run time; see [`operator`]), sorted as `policies`.
+    operator: Vec<Policy>,
 }
 
 impl Policies {
@@ -772,12 +790,7 @@ impl Policies {
             .chain(self.file.iter().filter(|p| !hidden(p)))
             .cloned()
             .collect();
-        policies.sort_by(|a, b| {
-            b.priority
-                .cmp(&a.priority)
-                .then_with(|| a.name.cmp(&b.name))
-                .then_with(|| a.vhost.cmp(&b.vhost))
-        });
+        policies.sort_by(best_first);
         self.policies = policies;
     }
 
@@ -803,10 +816,47 @@ impl Policies {
         cleared
     }
 
-    /// Clears every run-time policy of a vhost (it was deleted).
+    /// Clears every run-time policy and operator policy of a vhost (it was deleted).
     pub fn clear_vhost(&mut self, vhost: &str) {
         self.runtime.retain(|p| p.vhost != vhost);
+        self.operator.retain(|p| p.vhost != vhost);
         self.merge();
+    }
+
+    /// Sets operator policies (validated by [`Policy::from_operator_def`]), each
+    /// replacing the one of its vhost and name.
+    pub fn set_operator(&mut self, policies: impl IntoIterator<Item = Policy>) {
+        for policy in policies {
+            self.operator
+                .retain(|p| !(p.vhost == policy.vhost && p.name == policy.name));
+            self.operator.push(policy);
+        }
+        self.operator.sort_by(best_first);
+    }
+
+    /// Clears an operator policy; false if there is none of that vhost and name.
+    pub fn clear_operator(&mut self, vhost: &str, name: &str) -> bool {
+        let before = self.operator.len();
+        self.operator
+            .retain(|p| !(p.vhost == vhost && p.name == name));
+        self.operator.len() != before
+    }
+
+    /// The operator policies, best first.
+    pub fn operator(&self) -> impl Iterator<Item = &Policy> {
+        self.operator.iter()
+    }
+
+    /// The policy and the operator policy that apply to a queue; pass
+    /// [`Applied::definition`] to [`effective`] to get the settings it runs with.
+    pub fn applied(&self, vhost: &str, name: &str, queue_type: QueueType) -> Applied<'_> {
+        Applied {
+            policy: self.for_queue(vhost, name, queue_type),
+            operator: self
+                .operator
+                .iter()
+                .find(|policy| policy.matches_queue(vhost, name, queue_type)),
+        }
     }
 
     /// The policies set at run time, as they are stored.
@@ -840,8 +890,8 @@ impl Policies {
         }
     }
 
-    /// The policy that applies to a queue, if any; pass its definition to [`effective`]
-    /// to get the settings the queue runs with.
+    /// The policy that applies to a queue, if any (its operator policy aside: see
+    /// [`Policies::applied`]).
     pub fn for_queue(&self, vhost: &str, name: &str, queue_type: QueueType) -> Option<&Policy> {
         self.policies
             .iter()
@@ -898,6 +948,15 @@ impl Policies {
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
     }
+}
+
+/// The order policies are looked through: highest priority first, then by name and
+/// vhost.
+fn best_first(a: &Policy, b: &Policy) -> std::cmp::Ordering {
+    b.priority
+        .cmp(&a.priority)
+        .then_with(|| a.name.cmp(&b.name))
+        .then_with(|| a.vhost.cmp(&b.vhost))
 }
 
 /// Validates one entry of `policies`, in `rabbit_policy:policy_validation/0`'s order.

@@ -446,11 +446,11 @@ impl VHost {
     fn effective_arguments(&self, queue: &Queue) -> QueueArguments {
         let settings = queue.settings();
         let policies = self.policies.read();
-        let policy = policies.for_queue(&self.name, queue.name(), settings.parsed.queue_type);
+        let applied = policies.applied(&self.name, queue.name(), settings.parsed.queue_type);
         policy::effective(
             &settings.parsed,
             &settings.arguments,
-            policy.map(|p| &p.definition),
+            applied.definition().as_deref(),
         )
     }
 

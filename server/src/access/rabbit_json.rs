@@ -305,6 +305,27 @@ fn apply_to_all() -> String {
     "all".into()
 }
 
+/// The component RabbitMQ keeps operator policies under, as runtime parameters.
+pub const OPERATOR_POLICY: &str = "operator_policy";
+
+impl RabbitParameter {
+    /// An operator policy, as RabbitMQ exports it: a runtime parameter whose value holds
+    /// the policy's pattern, definition, priority and `apply-to`.
+    pub fn operator_policy(def: PolicyDef) -> Self {
+        Self {
+            vhost: def.vhost,
+            component: OPERATOR_POLICY.into(),
+            name: def.name,
+            value: serde_json::json!({
+                "pattern": def.pattern,
+                "definition": def.definition,
+                "priority": def.priority,
+                "apply-to": def.apply_to,
+            }),
+        }
+    }
+}
+
 impl From<RabbitPolicy> for PolicyDef {
     fn from(p: RabbitPolicy) -> Self {
         Self {
@@ -349,6 +370,27 @@ impl RabbitDefinitions {
     /// Not JSON, or not of RabbitMQ's shape.
     pub fn parse(text: &str) -> Result<Self, ImportError> {
         Ok(serde_json::from_str(text)?)
+    }
+
+    /// The operator policies it holds (runtime parameters of [`OPERATOR_POLICY`]).
+    ///
+    /// # Errors
+    /// One whose value is not a policy's shape.
+    pub fn operator_policies(&self) -> Result<Vec<PolicyDef>, ImportError> {
+        self.parameters
+            .iter()
+            .filter(|p| p.component == OPERATOR_POLICY)
+            .map(|p| {
+                let mut shaped = match &p.value {
+                    serde_json::Value::Object(value) => value.clone(),
+                    _ => serde_json::Map::new(),
+                };
+                shaped.insert("vhost".into(), p.vhost.clone().into());
+                shaped.insert("name".into(), p.name.clone().into());
+                let policy: RabbitPolicy = serde_json::from_value(shaped.into())?;
+                Ok(PolicyDef::from(policy))
+            })
+            .collect()
     }
 
     /// The vhosts, users, permissions and topic permissions it holds, as Warren's
@@ -494,5 +536,42 @@ mod tests {
             access.put_user(u).expect("a usable user");
         }
         assert!(access.authenticate("clear", "s3cret").is_ok());
+    }
+
+    #[test]
+    fn operator_policies_are_runtime_parameters_both_ways() {
+        // As the lab RabbitMQ 3.10 exports one.
+        let text = r#"{"parameters": [
+            {"value": {"pattern": "^capped", "definition": {"max-length": 5}, "priority": 1,
+                       "apply-to": "queues"},
+             "vhost": "/", "component": "operator_policy", "name": "cap"},
+            {"value": {"pattern": "x", "definition": {"expires": 5}},
+             "vhost": "v", "component": "operator_policy", "name": "defaults"},
+            {"value": {"max-queues": 1}, "vhost": "v", "component": "vhost-limits", "name": "limits"}
+        ]}"#;
+        let file = RabbitDefinitions::parse(text).expect("parses");
+        let read = file.operator_policies().expect("operator policies");
+        let cap = PolicyDef {
+            vhost: "/".into(),
+            name: "cap".into(),
+            pattern: "^capped".into(),
+            apply_to: "queues".into(),
+            priority: 1,
+            definition: serde_json::json!({"max-length": 5}),
+        };
+        assert_eq!(read[0], cap);
+        assert_eq!((read[1].apply_to.as_str(), read[1].priority), ("all", 0));
+        assert_eq!(read.len(), 2);
+        let written = RabbitParameter::operator_policy(cap.clone());
+        let again = RabbitDefinitions {
+            parameters: vec![written],
+            ..RabbitDefinitions::default()
+        };
+        assert_eq!(again.operator_policies().expect("again"), vec![cap]);
+        let shapeless = RabbitDefinitions::parse(
+            r#"{"parameters": [{"value": 5, "vhost": "/", "component": "operator_policy", "name": "x"}]}"#,
+        )
+        .expect("parses");
+        assert!(shapeless.operator_policies().is_err());
     }
 }

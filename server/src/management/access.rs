@@ -62,12 +62,8 @@ pub(super) fn routes() -> Router<Api> {
                 .put(put_topic_permission)
                 .delete(delete_topic_permission),
         )
-        .route("/api/policies", get(policies))
-        .route("/api/policies/{vhost}", get(vhost_policies))
-        .route(
-            "/api/policies/{vhost}/{name}",
-            get(policy).put(put_policy).delete(delete_policy),
-        )
+        .merge(policy_routes("/api/policies", PolicySet::Policies))
+        .merge(policy_routes("/api/operator-policies", PolicySet::Operator))
         .route("/api/vhost-limits", get(vhost_limits))
         .route("/api/vhost-limits/{vhost}", get(one_vhost_limits))
         .route(
@@ -541,6 +537,22 @@ async fn delete_topic_permission(
     Ok(no_content())
 }
 
+/// The routes of one set of policies under `base`.
+fn policy_routes(base: &str, set: PolicySet) -> Router<Api> {
+    Router::new()
+        .route(base, get(move |caller, query| policies(caller, query, set)))
+        .route(
+            &format!("{base}/{{vhost}}"),
+            get(move |caller, path| vhost_policies(caller, path, set)),
+        )
+        .route(
+            &format!("{base}/{{vhost}}/{{name}}"),
+            get(move |caller, path| policy(caller, path, set))
+                .put(move |caller, path, raw| put_policy(caller, path, raw, set))
+                .delete(move |caller, path| delete_policy(caller, path, set)),
+        )
+}
+
 fn policy_json(def: &PolicyDef) -> Value {
     json!({
         "vhost": def.vhost,
@@ -552,10 +564,64 @@ fn policy_json(def: &PolicyDef) -> Value {
     })
 }
 
-async fn policies(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
-    let shown = caller
-        .broker
-        .list_policies(None)
+/// Which set of policies a request is about: users' policies (`/api/policies`) or
+/// operator policies (`/api/operator-policies`), kept apart (a name may be in both).
+#[derive(Debug, Clone, Copy)]
+enum PolicySet {
+    Policies,
+    Operator,
+}
+
+impl PolicySet {
+    fn list(self, caller: &Caller, vhost: Option<&str>) -> Vec<PolicyDef> {
+        match self {
+            Self::Policies => caller.broker.list_policies(vhost),
+            Self::Operator => caller.broker.list_operator_policies(vhost),
+        }
+    }
+
+    /// Refuses a caller who may not see or change one of the set in `vhost`: a
+    /// policymaker of the vhost for policies, an administrator for operator policies.
+    fn require_maker(self, caller: &Caller, vhost: &str) -> ApiResult<()> {
+        match self {
+            Self::Policies => caller.require_policymaker(vhost),
+            Self::Operator => {
+                caller.require_admin()?;
+                caller.require_vhost(vhost)
+            }
+        }
+    }
+
+    fn set(self, caller: &Caller, def: PolicyDef) -> ApiResult<()> {
+        let set = match self {
+            Self::Policies => caller.broker.set_policy(def),
+            Self::Operator => caller.broker.set_operator_policy(def),
+        };
+        set.map_err(|e| match e {
+            AdminError::InvalidPolicy(reason) => {
+                let reason = format!("Validation failed\n\n{reason}\n");
+                match self {
+                    // RabbitMQ escapes a policy's reason, not an operator policy's.
+                    Self::Policies => ApiError::invalid_parameter(&reason),
+                    Self::Operator => ApiError::bad_request(reason),
+                }
+            }
+            other => refused(other),
+        })
+    }
+
+    fn clear(self, caller: &Caller, vhost: &str, name: &str) -> ApiResult<()> {
+        match self {
+            Self::Policies => caller.broker.clear_policy(vhost, name),
+            Self::Operator => caller.broker.clear_operator_policy(vhost, name),
+        }
+        .map_err(refused)
+    }
+}
+
+async fn policies(caller: Caller, Query(query): Query<ListQuery>, set: PolicySet) -> ApiResult {
+    let shown = set
+        .list(&caller, None)
         .iter()
         .filter(|p| caller.sees_contents(&p.vhost))
         .map(policy_json)
@@ -563,29 +629,34 @@ async fn policies(caller: Caller, Query(query): Query<ListQuery>) -> ApiResult {
     Ok(json(list(shown, &query)?))
 }
 
-async fn vhost_policies(caller: Caller, Path(vhost): Path<String>) -> ApiResult {
+async fn vhost_policies(caller: Caller, Path(vhost): Path<String>, set: PolicySet) -> ApiResult {
     caller.require_vhost(&vhost)?;
-    let shown = caller
-        .broker
-        .list_policies(Some(&vhost))
+    let shown = set
+        .list(&caller, Some(&vhost))
         .iter()
         .map(policy_json)
         .collect();
     Ok(json(Value::Array(shown)))
 }
 
-async fn policy(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
-    caller.require_vhost(&vhost)?;
-    let found = caller
-        .broker
-        .list_policies(Some(&vhost))
+async fn policy(
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    set: PolicySet,
+) -> ApiResult {
+    match set {
+        PolicySet::Policies => caller.require_vhost(&vhost)?,
+        PolicySet::Operator => set.require_maker(&caller, &vhost)?,
+    }
+    let found = set
+        .list(&caller, Some(&vhost))
         .into_iter()
         .find(|p| p.name == name)
         .ok_or_else(ApiError::not_found)?;
     Ok(json(policy_json(&found)))
 }
 
-/// `PUT /api/policies/{vhost}/{name}`'s body.
+/// `PUT /api/policies/{vhost}/{name}`'s body (and an operator policy's).
 #[derive(Deserialize)]
 struct PutPolicy {
     pattern: String,
@@ -600,42 +671,41 @@ async fn put_policy(
     caller: Caller,
     Path((vhost, name)): Path<(String, String)>,
     raw: axum::body::Bytes,
+    set: PolicySet,
 ) -> ApiResult {
-    caller.require_policymaker(&vhost)?;
+    set.require_maker(&caller, &vhost)?;
     let PutPolicy {
         pattern,
         definition,
         priority,
         apply_to,
     } = body(&raw)?;
-    let existed = caller
-        .broker
-        .list_policies(Some(&vhost))
+    let existed = set
+        .list(&caller, Some(&vhost))
         .iter()
         .any(|p| p.name == name);
-    caller
-        .broker
-        .set_policy(PolicyDef {
+    set.set(
+        &caller,
+        PolicyDef {
             vhost,
             name,
             pattern,
             apply_to: apply_to.unwrap_or_else(|| "all".to_owned()),
             priority,
             definition,
-        })
-        .map_err(|e| match e {
-            AdminError::InvalidPolicy(reason) => {
-                ApiError::invalid_parameter(&format!("Validation failed\n\n{reason}\n"))
-            }
-            other => refused(other),
-        })?;
+        },
+    )?;
     durable(&caller).await?;
     Ok(created_or_changed(!existed))
 }
 
-async fn delete_policy(caller: Caller, Path((vhost, name)): Path<(String, String)>) -> ApiResult {
-    caller.require_policymaker(&vhost)?;
-    caller.broker.clear_policy(&vhost, &name).map_err(refused)?;
+async fn delete_policy(
+    caller: Caller,
+    Path((vhost, name)): Path<(String, String)>,
+    set: PolicySet,
+) -> ApiResult {
+    set.require_maker(&caller, &vhost)?;
+    set.clear(&caller, &vhost, &name)?;
     durable(&caller).await?;
     Ok(no_content())
 }

@@ -55,7 +55,7 @@ pub(super) fn queue_json(caller: &Caller, vhost: &str, queue: &Queue) -> Value {
     );
     drop(rates);
     let policies = caller.broker.policies();
-    let policy = policies.for_queue(vhost, queue.name(), queue_type);
+    let applied = policies.applied(vhost, queue.name(), queue_type);
     let mut shown = json!({
         "name": queue.name().to_string(),
         "vhost": vhost,
@@ -71,9 +71,9 @@ pub(super) fn queue_json(caller: &Caller, vhost: &str, queue: &Queue) -> Value {
         "consumer_utilisation": if consumers > 0 { 1.0 } else { 0.0 },
         "exclusive_consumer_tag": Value::Null,
         "memory": queue.memory_bytes(),
-        "policy": policy.map(|p| p.name.clone()),
-        "effective_policy_definition": policy.map_or_else(|| json!({}), |p| p.definition_json.clone()),
-        "operator_policy": Value::Null,
+        "policy": applied.policy.map(|p| p.name.clone()),
+        "effective_policy_definition": applied.definition_json(),
+        "operator_policy": applied.operator.map(|p| p.name.clone()),
     });
     if let Value::Object(map) = &mut shown {
         map.extend(counted);

@@ -205,6 +205,9 @@ pub struct Definitions {
     /// Policies set at run time (those of the `--policies` file are not stored).
     #[serde(default)]
     pub policies: Vec<PolicyDef>,
+    /// Operator policies.
+    #[serde(default)]
+    pub operator_policies: Vec<PolicyDef>,
     /// Durable exchanges (the predeclared `amq.*` ones are not stored).
     pub exchanges: Vec<ExchangeDef>,
     /// Durable queues.
@@ -284,6 +287,15 @@ pub enum Change {
         /// Its name.
         name: String,
     },
+    /// An operator policy was set (or replaced).
+    SetOperatorPolicy(PolicyDef),
+    /// An operator policy was cleared.
+    ClearOperatorPolicy {
+        /// Its vhost.
+        vhost: String,
+        /// Its name.
+        name: String,
+    },
 }
 
 /// Applies a change to the virtual hosts, users, permissions and policies (the few
@@ -300,6 +312,7 @@ fn apply_access(defs: &mut Definitions, change: &Change) -> bool {
             defs.permissions.retain(|p| p.vhost != *name);
             defs.topic_permissions.retain(|p| p.vhost != *name);
             defs.policies.retain(|p| p.vhost != *name);
+            defs.operator_policies.retain(|p| p.vhost != *name);
         }
         Change::PutUser(def) => {
             defs.users.retain(|u| u.name != def.name);
@@ -343,6 +356,15 @@ fn apply_access(defs: &mut Definitions, change: &Change) -> bool {
         }
         Change::ClearPolicy { vhost, name } => {
             defs.policies
+                .retain(|p| !(p.vhost == *vhost && p.name == *name));
+        }
+        Change::SetOperatorPolicy(def) => {
+            defs.operator_policies
+                .retain(|p| !(p.vhost == def.vhost && p.name == def.name));
+            defs.operator_policies.push(def.clone());
+        }
+        Change::ClearOperatorPolicy { vhost, name } => {
+            defs.operator_policies
                 .retain(|p| !(p.vhost == *vhost && p.name == *name));
         }
         _ => return false,
@@ -536,7 +558,9 @@ impl Index {
             | Change::SetTopicPermissions(_)
             | Change::ClearTopicPermissions { .. }
             | Change::SetPolicy(_)
-            | Change::ClearPolicy { .. } => {}
+            | Change::ClearPolicy { .. }
+            | Change::SetOperatorPolicy(_)
+            | Change::ClearOperatorPolicy { .. } => {}
         }
     }
 
@@ -915,7 +939,7 @@ mod tests {
     }
 
     #[test]
-    fn policies_survive_reopen_and_go_with_their_vhost() {
+    fn policies_and_operator_policies_survive_reopen_and_go_with_their_vhost() {
         let dir = temp_dir("policies");
         let (mut store, _, _) = DefinitionStore::open(&dir).expect("open");
         let policy = |vhost: &str, name: &str, ttl: u64| PolicyDef {
@@ -935,6 +959,15 @@ mod tests {
                 vhost: "/".into(),
                 name: "q".into(),
             },
+            // An operator policy may have a policy's name: the two are kept apart.
+            Change::SetOperatorPolicy(policy("/", "p", 5)),
+            Change::SetOperatorPolicy(policy("/", "cap", 6)),
+            Change::SetOperatorPolicy(policy("/", "gone", 7)),
+            Change::SetOperatorPolicy(policy("v", "cap", 8)),
+            Change::ClearOperatorPolicy {
+                vhost: "/".into(),
+                name: "gone".into(),
+            },
             Change::DeleteVhost { name: "v".into() },
         ] {
             store.record(&change).expect("record");
@@ -943,8 +976,13 @@ mod tests {
         drop(store);
         let (_, defs, _) = DefinitionStore::open(&dir).expect("reopen");
         assert_eq!(defs.policies, vec![policy("/", "p", 2)]);
+        assert_eq!(
+            defs.operator_policies,
+            vec![policy("/", "p", 5), policy("/", "cap", 6)]
+        );
         let (_, again, _) = DefinitionStore::open(&dir).expect("compacted");
         assert_eq!(again.policies, defs.policies);
+        assert_eq!(again.operator_policies, defs.operator_policies);
         let _ = fs::remove_dir_all(&dir);
     }
 
