@@ -18,8 +18,9 @@
 //!   many rounds went by (a stream keeps what it is given).
 //!
 //! Beside the clients, an administrator makes and deletes vhosts (with durable queues
-//! and connections in them) and users, and sets and clears a run-time policy, through
-//! `warren ctl`, while the policy file is rewritten and reloaded.
+//! and connections in them) and users, and sets and clears a run-time policy and an
+//! operator policy, through `warren ctl`, while the policy file is rewritten and
+//! reloaded.
 //!
 //! Errors the chaos provokes (a passive declare of a missing queue, an exclusive queue of
 //! another connection, inequivalent arguments, a deleted exchange) close channels and
@@ -1352,7 +1353,8 @@ async fn ctl(dir: &Path, args: Vec<String>) -> bool {
 /// Administration under the traffic, every 0.2–0.8 s: vhosts `c-v0..2` made (with a
 /// connection that declares a durable queue in one and publishes to it under confirms)
 /// and deleted under it; users `c-u0..2` made, logged in and deleted; a run-time
-/// policy over the `c.pol.` queues set and cleared; the definitions exported.
+/// policy and an operator policy over the `c.pol.` queues set and cleared; the
+/// definitions exported.
 async fn administer(
     dir: PathBuf,
     broker: SocketAddr,
@@ -1440,23 +1442,23 @@ async fn administer(
                 ctl(&dir, owned(&["delete_user", &user])).await;
             }
             5 => {
-                stats.op("ctl-policy");
+                // A policy or an operator policy (which caps the policy's limit).
+                let (set, clear, name) = if rng.random_bool(0.5) {
+                    stats.op("ctl-policy");
+                    ("set_policy", "clear_policy", "chaos-runtime")
+                } else {
+                    stats.op("ctl-operator-policy");
+                    ("set_operator_policy", "clear_operator_policy", "chaos-cap")
+                };
                 if rng.random_bool(0.5) {
                     let definition = format!("{{\"max-length\":{}}}", rng.random_range(1..50));
                     ctl(
                         &dir,
-                        owned(&[
-                            "set_policy",
-                            "--priority",
-                            "1",
-                            "chaos-runtime",
-                            "^c\\.pol\\.",
-                            &definition,
-                        ]),
+                        owned(&[set, "--priority", "1", name, "^c\\.pol\\.", &definition]),
                     )
                     .await;
                 } else {
-                    ctl(&dir, owned(&["clear_policy", "chaos-runtime"])).await;
+                    ctl(&dir, owned(&[clear, name])).await;
                 }
             }
             _ => {
