@@ -561,6 +561,25 @@ fn the_web_ui_logs_in_lists_publishes_gets_purges_and_draws_groups() {
         json!({ "max-length": 100 }),
         "{policy}"
     );
+    // And an operator policy, through the second form on the page.
+    let second = |what: &str| format!("document.querySelectorAll('.page-policies {what}')[1]");
+    page.eval(&format!("{}.open = true", second("details")));
+    page.type_into(&second("input[name=name]"), "ui-cap");
+    page.type_into(&second("input[name=pattern]"), "^ui-");
+    page.type_into(&second("textarea"), r#"{"max-length": 50}"#);
+    page.click(&second("button[type=submit]"));
+    page.wait_until(
+        "the saved operator policy in the list",
+        "[...document.querySelectorAll('.page-policies td')].some(td => td.textContent === 'ui-cap')",
+    );
+    let cap = rt
+        .block_on(api.get("/api/operator-policies/%2F/ui-cap"))
+        .json();
+    assert_eq!(
+        (&cap["definition"], &cap["apply-to"]),
+        (&json!({ "max-length": 50 }), &json!("queues")),
+        "{cap}"
+    );
 
     // A hash naming no page, or one that does not decode, says so.
     for hash in ["#/constructor", "#/%E0%A4%A"] {

@@ -527,6 +527,8 @@ function queueView(root, [vhost, qname]) {
         ['State', q.state],
         ['Features', features(q)],
         ['Policy', q.policy ?? 'none'],
+        ['Operator policy', q.operator_policy ?? 'none'],
+        ['Effective policy', h('code', {}, json(q.effective_policy_definition ?? {}))],
         ['Arguments', h('code', {}, json(q.arguments))],
         ['Memory', bytes(q.memory)],
       ]),
@@ -696,14 +698,20 @@ function vhostsView(root) {
   return refresh;
 }
 
-function policiesView(root) {
+/**
+ * One set of policies under `base` (`api/policies` or `api/operator-policies`): its list
+ * and a form (titled `add`) to add or update one. Returns the nodes and the list's
+ * refresh.
+ */
+function policySection({ title, base, noun, add, empty, example, applyChoices }) {
   const list = h('div');
   const vhost = vhostSelect({ name: 'vhost', value: '/' });
   const pname = h('input', { name: 'name', required: true });
   const pattern = h('input', { name: 'pattern', required: true, placeholder: '^orders\\.' });
-  const applyTo = select({ name: 'apply-to' }, ['all', 'queues', 'exchanges'], 'all');
+  const applyTo = select({ name: 'apply-to' }, applyChoices, applyChoices[0]);
   const priority = h('input', { type: 'number', name: 'priority', value: 0 });
-  const definition = h('textarea', { rows: 3, required: true, placeholder: '{"max-length": 10000}' });
+  const definition = h('textarea', { rows: 3, required: true, placeholder: example });
+  const one = (v, n) => `${base}/${encodeURIComponent(v)}/${encodeURIComponent(n)}`;
   async function refresh() {
     fill(list, table([
       { label: 'Vhost', cell: (p) => p.vhost },
@@ -715,27 +723,54 @@ function policiesView(root) {
       {
         label: '',
         cell: (p) => confirmButton('Delete', async () => {
-          await api('DELETE', path`api/policies/${p.vhost}/${p.name}`);
-          toast(`Deleted policy ${p.name}`, 'ok');
+          await api('DELETE', one(p.vhost, p.name));
+          toast(`Deleted ${noun} ${p.name}`, 'ok');
           await refresh();
         }),
       },
-    ], await get('api/policies'), { empty: 'No policies.' }));
+    ], await get(base), { empty }));
   }
-  fill(root, h('h1', {}, 'Policies'), list, details('Add or update a policy', form({}, [
+  const nodes = [h('h2', {}, title), list, details(add, form({}, [
     field('Vhost', vhost), field('Name', pname), field('Pattern (regex)', pattern),
     field('Apply to', applyTo), field('Priority', priority), field('Definition (JSON)', definition),
   ], 'Save', async () => {
-    await api('PUT', path`api/policies/${vhost.value}/${pname.value}`, {
+    await api('PUT', one(vhost.value, pname.value), {
       pattern: pattern.value,
       'apply-to': applyTo.value,
       priority: Number(priority.value),
       definition: jsonObject(definition.value, 'Definition'),
     });
     await refresh();
-    return `Saved policy ${pname.value}`;
-  })));
-  return refresh;
+    return `Saved ${noun} ${pname.value}`;
+  }))];
+  return { nodes, refresh };
+}
+
+function policiesView(root) {
+  const own = policySection({
+    title: 'User policies',
+    base: 'api/policies',
+    noun: 'policy',
+    add: 'Add or update a policy',
+    empty: 'No policies.',
+    example: '{"max-length": 10000}',
+    applyChoices: ['all', 'queues', 'exchanges'],
+  });
+  // An administrator's limits over queues, which a user policy can tighten, not loosen.
+  const operator = policySection({
+    title: 'Operator policies',
+    base: 'api/operator-policies',
+    noun: 'operator policy',
+    add: 'Add or update an operator policy',
+    empty: 'No operator policies.',
+    example: '{"max-length": 100000, "message-ttl": 86400000}',
+    applyChoices: ['queues', 'all'],
+  });
+  fill(root, h('h1', {}, 'Policies'), ...own.nodes, ...operator.nodes);
+  return async () => {
+    await own.refresh();
+    await operator.refresh();
+  };
 }
 
 function definitionsView(root) {
