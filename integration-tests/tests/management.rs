@@ -373,8 +373,21 @@ async fn a_bad_limit_is_refused_in_rabbitmqs_words() {
             json!("Validation failed\n\nUnrecognised terms [{<<\"max-foo\">>,1}] in limits\n"),
         ),
         (
+            format!("/api/vhost-limits/{v}/max-connections"),
+            json!({ "value": 2.5 }),
+            400,
+            json!("Validation failed\n\nmax-connections should be a number, actually was 2.5\n"),
+        ),
+        (
             "/api/vhost-limits/no-such-vhost/max-queues".to_owned(),
             json!({ "value": 1 }),
+            404,
+            json!("vhost_not_found"),
+        ),
+        (
+            // The vhost is looked for before the body is read.
+            "/api/vhost-limits/no-such-vhost/max-foo".to_owned(),
+            json!({}),
             404,
             json!("vhost_not_found"),
         ),
@@ -410,6 +423,35 @@ async fn a_bad_limit_is_refused_in_rabbitmqs_words() {
         let refused = api.put(&path, body.clone()).await;
         assert_eq!(refused.status, status, "PUT {path} {body}: {refused:?}");
         assert_eq!(refused.json()["reason"], reason, "PUT {path} {body}");
+    }
+    // A definitions import names the entry it refuses.
+    let imports = [
+        (
+            json!({ "policies": [{ "vhost": vhost, "name": "bad", "pattern": "x",
+                                   "definition": { "max-length": "x" } }] }),
+            format!(
+                "Validation failed\n\n&lt;&lt;\"x\"&gt;&gt; is not a valid maximum length\n ({vhost}/bad)"
+            ),
+        ),
+        (
+            json!({ "parameters": [{ "vhost": vhost, "component": "vhost-limits", "name": "limits",
+                                     "value": { "max-foo": 1 } }] }),
+            format!(
+                "Validation failed\n\nUnrecognised terms [{{&lt;&lt;\"max-foo\"&gt;&gt;,1}}] in limits\n ({vhost}/vhost-limits/limits)"
+            ),
+        ),
+    ];
+    for (file, reason) in imports {
+        let refused = api
+            .call(
+                "POST",
+                "/api/definitions",
+                Some(("guest", "guest")),
+                Some(file.clone()),
+            )
+            .await;
+        assert_eq!(refused.status, 400, "{file}: {refused:?}");
+        assert_eq!(refused.json()["reason"], reason, "{file}");
     }
     assert_eq!(
         api.get(&format!("/api/vhost-limits/{v}")).await.json(),

@@ -8,14 +8,15 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::access::limits::{LimitKind, USER_LIMITS, VHOST_LIMITS};
 use crate::access::password::{Algorithm, PasswordHash};
 use crate::access::rabbit_json::{
-    ImportError, RabbitBinding, RabbitDefinitions, RabbitExchange, RabbitParameter, RabbitPolicy,
-    RabbitQueue, RabbitUser, RabbitVhost, Tags, table_from_json, table_to_json,
+    ImportError, OPERATOR_POLICY, RabbitBinding, RabbitDefinitions, RabbitExchange,
+    RabbitParameter, RabbitPolicy, RabbitQueue, RabbitUser, RabbitVhost, Tags, table_from_json,
+    table_to_json,
 };
 use crate::access::{Access, AccessDefinitions, AccessError};
 use crate::broker::Broker;
-use crate::erlang;
 use crate::exchange::{ExchangeSettings, parse_declared_type};
 use crate::policy::Policy;
 use crate::queue::QueueDeclare;
@@ -71,104 +72,11 @@ impl From<AccessError> for AdminError {
     }
 }
 
-/// Which limits an owner may have, and how RabbitMQ's refusals name and word them.
-struct LimitKind {
-    known: &'static [&'static str],
-    /// The name of the set in refusals.
-    set: &'static str,
-    /// Whether refusals read `Validation failed`: RabbitMQ checks vhost limits as a
-    /// runtime parameter, user limits directly.
-    as_parameter: bool,
-}
-
-/// The limits a vhost may have.
-const VHOST_LIMITS: LimitKind = LimitKind {
-    known: &["max-connections", "max-queues"],
-    set: "limits",
-    as_parameter: true,
-};
-/// The limits a user may have.
-const USER_LIMITS: LimitKind = LimitKind {
-    known: &["max-connections", "max-channels"],
-    set: "user-limits",
-    as_parameter: false,
-};
-
-/// Reads limits given as JSON (`{"max-connections": 10}`) of `kind`.
+/// Reads limits given as JSON text (`warren ctl set_vhost_limits`) of `kind`.
 fn parse_limits(json: &str, kind: &LimitKind) -> Result<BTreeMap<String, i64>, AdminError> {
     let value: serde_json::Value =
         serde_json::from_str(json).map_err(|e| AdminError::LimitsNotJson(e.to_string()))?;
-    let serde_json::Value::Object(map) = value else {
-        return Err(kind.refusal(format!("{} not a list {}", kind.set, erlang::json(&value))));
-    };
-    kind.check_names(&map)?;
-    map.iter()
-        .map(|(name, value)| Ok((name.clone(), kind.value(name, value)?)))
-        .collect()
-}
-
-impl LimitKind {
-    /// Refuses limits of names not `known`, all of them named, as RabbitMQ words it.
-    fn check_names(
-        &self,
-        limits: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<(), AdminError> {
-        let unknown: Vec<String> = limits
-            .iter()
-            .filter(|(name, _)| !self.known.contains(&name.as_str()))
-            .map(|(name, value)| {
-                format!(
-                    "{{{},{}}}",
-                    erlang::binary(name.as_bytes()),
-                    erlang::json(value)
-                )
-            })
-            .collect();
-        if unknown.is_empty() {
-            return Ok(());
-        }
-        Err(self.refusal(format!(
-            "Unrecognised terms [{}] in {}",
-            unknown.join(","),
-            self.set
-        )))
-    }
-
-    /// A limit's value. RabbitMQ takes any number: a fraction counts as the next whole
-    /// number (a count stays below 2.5 exactly when it stays below 3), and any negative
-    /// number means no limit.
-    fn value(&self, name: &str, value: &serde_json::Value) -> Result<i64, AdminError> {
-        let number = value.as_number().and_then(|n| {
-            n.as_i64().or_else(|| {
-                let x = n.as_f64()?;
-                // Past i64's range a limit is as good as none; the cast saturates.
-                Some(if x < 0.0 { -1 } else { x.ceil() as i64 })
-            })
-        });
-        number.ok_or_else(|| {
-            self.refusal(format!(
-                "{name} should be a number, actually was {}",
-                erlang::json(value)
-            ))
-        })
-    }
-
-    /// A refusal with RabbitMQ's `reason`, worded as it words this kind's.
-    fn refusal(&self, reason: String) -> AdminError {
-        AdminError::Limits(if self.as_parameter {
-            format!("Validation failed\n\n{reason}\n")
-        } else {
-            reason
-        })
-    }
-
-    /// The value of one limit `name` given as JSON.
-    fn one(&self, name: &str, value: &serde_json::Value) -> Result<i64, AdminError> {
-        let mut limits = serde_json::Map::new();
-        limits.insert(name.to_owned(), value.clone());
-        self.check_names(&limits)?;
-        self.value(name, value)
-    }
+    kind.parse(&value).map_err(AdminError::Limits)
 }
 
 /// Sets `name` in `limits` to `value`, or removes it.
@@ -439,7 +347,9 @@ impl Broker {
         name: &str,
         value: Option<&serde_json::Value>,
     ) -> Result<(), AdminError> {
-        let value = value.map(|v| USER_LIMITS.one(name, v)).transpose()?;
+        let value = value
+            .map(|v| USER_LIMITS.one(name, v).map_err(AdminError::Limits))
+            .transpose()?;
         self.change_access(|access| {
             let mut def = access
                 .user(user)
@@ -460,7 +370,9 @@ impl Broker {
         name: &str,
         value: Option<&serde_json::Value>,
     ) -> Result<(), AdminError> {
-        let value = value.map(|v| VHOST_LIMITS.one(name, v)).transpose()?;
+        let value = value
+            .map(|v| VHOST_LIMITS.one(name, v).map_err(AdminError::Limits))
+            .transpose()?;
         self.change_access(|access| {
             let mut def = access
                 .vhost(vhost)
@@ -820,14 +732,24 @@ impl Broker {
         let known = |vhost: &str| {
             self.access().vhost(vhost).is_some() || defs.vhosts.iter().any(|v| v.name == vhost)
         };
+        // Refused as RabbitMQ's import refuses them: the reason, then the entry.
+        let invalid = |reason: String, at: String| {
+            ImportError::Invalid(format!("Validation failed\n\n{reason}\n ({at})"))
+        };
         for def in &policies {
-            Policy::from_def(def).map_err(AdminError::InvalidPolicy)?;
+            Policy::from_def(def)
+                .map_err(|reason| invalid(reason, format!("{}/{}", def.vhost, def.name)))?;
             if !known(&def.vhost) {
                 return Err(AdminError::NoSuchVhost(def.vhost.clone()));
             }
         }
         for def in &operator_policies {
-            Policy::from_operator_def(def).map_err(AdminError::InvalidPolicy)?;
+            Policy::from_operator_def(def).map_err(|reason| {
+                invalid(
+                    reason,
+                    format!("{}/{OPERATOR_POLICY}/{}", def.vhost, def.name),
+                )
+            })?;
             if !known(&def.vhost) {
                 return Err(AdminError::NoSuchVhost(def.vhost.clone()));
             }
@@ -868,72 +790,21 @@ const RABBIT_VERSION: &str = "3.13.0";
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
     use super::*;
 
-    fn refusal(result: Result<BTreeMap<String, i64>, AdminError>) -> String {
-        match result {
-            Err(AdminError::Limits(reason)) => reason,
-            other => panic!("not refused as invalid limits: {other:?}"),
-        }
-    }
-
     #[test]
-    fn limits_are_read_as_rabbitmq_reads_them() {
-        let read = parse_limits(r#"{"max-connections": 3, "max-queues": -7}"#, &VHOST_LIMITS);
-        assert_eq!(
-            read.ok(),
-            Some(BTreeMap::from([
-                ("max-connections".to_owned(), 3),
-                ("max-queues".to_owned(), -7)
-            ]))
-        );
-        // A count stays below 2.5 exactly when it stays below 3; a negative number is
-        // no limit, however small.
-        let fractions = parse_limits(
-            r#"{"max-channels": 2.5, "max-connections": -0.5}"#,
-            &USER_LIMITS,
-        );
-        assert_eq!(
-            fractions.ok(),
-            Some(BTreeMap::from([
-                ("max-channels".to_owned(), 3),
-                ("max-connections".to_owned(), -1)
-            ]))
-        );
-        assert_eq!(
-            USER_LIMITS.one("max-channels", &json!(1e300)).ok(),
-            Some(i64::MAX)
-        );
-    }
-
-    #[test]
-    fn bad_limits_are_refused_in_rabbitmqs_words() {
-        assert_eq!(
-            refusal(parse_limits(
-                r#"{"max-b": 1, "max-a": "x", "max-queues": 1}"#,
-                &VHOST_LIMITS
-            )),
-            "Validation failed\n\nUnrecognised terms [{<<\"max-a\">>,<<\"x\">>},{<<\"max-b\">>,1}] in limits\n"
-        );
-        assert_eq!(
-            refusal(parse_limits(r#"{"max-channels": null}"#, &USER_LIMITS)),
-            "max-channels should be a number, actually was null"
-        );
-        assert_eq!(
-            refusal(parse_limits("5", &USER_LIMITS)),
-            "user-limits not a list 5"
-        );
+    fn limits_given_as_text_are_json_first() {
         assert!(matches!(
             parse_limits("{", &VHOST_LIMITS),
             Err(AdminError::LimitsNotJson(_))
         ));
+        assert!(matches!(
+            parse_limits(r#"{"max-foo": 1}"#, &USER_LIMITS),
+            Err(AdminError::Limits(_))
+        ));
         assert_eq!(
-            USER_LIMITS
-                .one("max-queues", &json!(1))
-                .map_err(|e| e.to_string()),
-            Err("Unrecognised terms [{<<\"max-queues\">>,1}] in user-limits".to_owned())
+            parse_limits(r#"{"max-channels": 2}"#, &USER_LIMITS).ok(),
+            Some(BTreeMap::from([("max-channels".to_owned(), 2)]))
         );
     }
 }

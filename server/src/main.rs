@@ -1,6 +1,7 @@
 //! The `warren` binary: parse flags, set up logging, bind, and serve until SIGINT or
 //! SIGTERM.
 
+use std::io::Write as _;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -12,7 +13,8 @@ fn main() -> std::process::ExitCode {
     match start() {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("warren: {error:#}");
+            // Not eprintln!, which panics when stderr is gone too.
+            let _ = writeln!(std::io::stderr(), "warren: {error:#}");
             std::process::ExitCode::FAILURE
         }
     }
@@ -33,7 +35,8 @@ fn start() -> anyhow::Result<()> {
             // One line, like every other start-up error; `--help` has the details.
             let text = e.to_string();
             let first = text.lines().next().unwrap_or_default();
-            eprintln!(
+            let _ = writeln!(
+                std::io::stderr(),
                 "warren: {} (see warren --help)",
                 first.trim_start_matches("error: ")
             );

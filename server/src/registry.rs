@@ -96,7 +96,7 @@ impl ConnectionEntry {
         self.close.send_replace(Some(reason));
     }
 
-    /// Resolves with the reason once someone asked the connection to close.
+    /// Watches for someone asking the connection to close: the reason, once asked.
     pub fn close_requested(&self) -> watch::Receiver<Option<String>> {
         self.close.subscribe()
     }

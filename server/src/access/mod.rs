@@ -7,6 +7,7 @@
 //! writes through the definitions store after releasing its lock, and it never touches
 //! the network or the disk.
 
+pub mod limits;
 pub mod password;
 pub mod permissions;
 pub mod rabbit_json;

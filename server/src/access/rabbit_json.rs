@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use amqp_codec::amq_protocol::types::{AMQPValue, FieldTable};
 use serde::{Deserialize, Serialize};
 
+use super::limits::VHOST_LIMITS;
 use super::password::Algorithm;
 use super::{Access, AccessDefinitions};
 use crate::store::definitions::{PermissionDef, PolicyDef, TopicPermissionDef, UserDef, VhostDef};
@@ -358,6 +359,10 @@ pub enum ImportError {
     /// Not JSON of the expected shape.
     #[error("not a RabbitMQ definitions file: {0}")]
     Json(#[from] serde_json::Error),
+    /// An entry RabbitMQ would refuse, in its words: the reason, then which entry as
+    /// ` (vhost/name)` or ` (vhost/component/name)`.
+    #[error("{0}")]
+    Invalid(String),
     /// A user has neither a password hash nor a password... nor may log in without one.
     #[error("user '{0}' has an unknown hashing_algorithm '{1}'")]
     Algorithm(String, String),
@@ -406,15 +411,14 @@ impl RabbitDefinitions {
     fn into_access(self) -> Result<AccessDefinitions, ImportError> {
         let mut limits: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
         for p in self.parameters {
-            if p.component == "vhost-limits"
-                && let serde_json::Value::Object(map) = p.value
-            {
-                let entry = limits.entry(p.vhost).or_default();
-                for (k, v) in map {
-                    if let Some(n) = v.as_i64() {
-                        entry.insert(k, n);
-                    }
-                }
+            if p.component == "vhost-limits" {
+                let read = VHOST_LIMITS.parse(&p.value).map_err(|reason| {
+                    ImportError::Invalid(format!(
+                        "{reason} ({}/{}/{})",
+                        p.vhost, p.component, p.name
+                    ))
+                })?;
+                limits.entry(p.vhost).or_default().extend(read);
             }
         }
         let vhosts = self

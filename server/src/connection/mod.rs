@@ -322,7 +322,9 @@ impl Connection {
         let mut users_deleted = self.shared.broker.users_deleted();
         let mut close_requested = self.registered.entry.close_requested();
         // The client holds the open connection since open-ok went out, before these were
-        // watched: a user deleted or a close asked for meanwhile is looked at first.
+        // watched: a user deleted or a close asked for meanwhile is looked at in the
+        // first round (after frames pipelined behind connection.open, which the
+        // permissions of a deleted user refuse anyway).
         users_deleted.mark_changed();
         close_requested.mark_changed();
         let entry = self.registered.entry.clone();

@@ -739,8 +739,8 @@ async fn one_vhost_limits(caller: Caller, Path(vhost): Path<String>) -> ApiResul
 }
 
 /// Sets (with the `PUT` body `raw`) or clears one vhost or user limit, as an
-/// administrator; answered once the change is durable. A `PUT` is refused as RabbitMQ
-/// refuses it: a missing vhost with 404 `vhost_not_found`, a missing user with 400.
+/// administrator; answered once the change is durable. A `PUT` for a missing user is
+/// refused with 400, as RabbitMQ refuses it.
 async fn change_limit(
     caller: &Caller,
     raw: Option<&[u8]>,
@@ -772,6 +772,11 @@ async fn put_vhost_limit(
     Path((vhost, name)): Path<(String, String)>,
     raw: axum::body::Bytes,
 ) -> ApiResult {
+    // RabbitMQ looks for the vhost before it reads the body.
+    caller.require_admin()?;
+    if caller.broker.access().vhost(&vhost).is_none() {
+        return Err(ApiError::vhost_not_found());
+    }
     change_limit(&caller, Some(&raw), |broker, value| {
         broker.change_vhost_limit(&vhost, &name, value)
     })
@@ -913,12 +918,12 @@ struct ParameterValue {
 /// RabbitMQ words it.
 fn vhost_limits_parameter(component: &str, name: &str) -> ApiResult<()> {
     if component != VHOST_LIMITS {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::invalid_parameter(&format!(
             "Validation failed\n\ncomponent {component} not found\n"
         )));
     }
     if name != "limits" {
-        return Err(ApiError::bad_request(format!(
+        return Err(ApiError::invalid_parameter(&format!(
             "Validation failed\n\nWarren keeps a vhost's limits under the name limits, not {name}\n"
         )));
     }

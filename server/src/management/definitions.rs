@@ -9,6 +9,8 @@ use axum::routing::get;
 use super::Api;
 use super::auth::Caller;
 use super::reply::{ApiError, ApiResult, json, no_content};
+use crate::access::rabbit_json::ImportError;
+use crate::admin::AdminError;
 
 pub(super) fn routes() -> Router<Api> {
     Router::new().route("/api/definitions", get(export).post(import))
@@ -28,7 +30,13 @@ async fn import(caller: Caller, body: Bytes) -> ApiResult<Response> {
     caller
         .broker
         .import_definitions(text)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(|e| match e {
+            // RabbitMQ escapes an entry's refusal.
+            AdminError::Import(ImportError::Invalid(reason)) => {
+                ApiError::invalid_parameter(&reason)
+            }
+            other => ApiError::bad_request(other.to_string()),
+        })?;
     super::access::durable(&caller).await?;
     Ok(no_content())
 }
