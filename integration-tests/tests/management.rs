@@ -277,6 +277,28 @@ async fn an_operator_policy_caps_what_a_policy_asks_for() {
         "{}",
         export["parameters"]
     );
+    // And listed among the runtime parameters.
+    assert_eq!(
+        api.get(&format!("/api/parameters/operator_policy/%2F/{cap}"))
+            .await
+            .json(),
+        parameter
+    );
+    let parameters = api.get("/api/parameters").await.json();
+    assert!(
+        parameters
+            .as_array()
+            .is_some_and(|all| all.contains(&parameter)),
+        "{parameters}"
+    );
+    let nowhere = api
+        .put(
+            &format!("/api/operator-policies/no-such-vhost/{cap}"),
+            json!({ "pattern": "x", "definition": { "max-length": 1 } }),
+        )
+        .await;
+    assert_eq!(nowhere.status, 404, "{nowhere:?}");
+    assert_eq!(nowhere.json()["reason"], "vhost_not_found");
 
     // Only limits, refused in words RabbitMQ does not HTML-escape here.
     let bad = api

@@ -607,8 +607,9 @@ impl Broker {
         Ok(())
     }
 
-    /// Runs `change` on the run-time policies of `vhost`, stores what it returns, and
-    /// puts the vhost's queues and exchanges under the policies now in force.
+    /// Runs `change` on the run-time policies and operator policies of `vhost`, stores
+    /// what it returns, and puts the vhost's queues and exchanges under the policies
+    /// now in force.
     ///
     /// # Errors
     /// No such vhost, or what `change` refused.
@@ -634,8 +635,8 @@ impl Broker {
         Ok(())
     }
 
-    /// Forgets the run-time policies of a vhost being deleted (under the registry's
-    /// write lock, as part of its deletion).
+    /// Forgets the run-time policies and operator policies of a vhost being deleted
+    /// (under the registry's write lock, as part of its deletion).
     pub(crate) fn forget_policies(&self, vhost: &str) {
         self.policies.write().clear_vhost(vhost);
     }

@@ -852,10 +852,14 @@ impl Policies {
     pub fn applied(&self, vhost: &str, name: &str, queue_type: QueueType) -> Applied<'_> {
         Applied {
             policy: self.for_queue(vhost, name, queue_type),
-            operator: self
-                .operator
-                .iter()
-                .find(|policy| policy.matches_queue(vhost, name, queue_type)),
+            // Its type's refused keys do not keep an operator policy off a queue (as in
+            // RabbitMQ 3.x): it holds only limits, and one the type lacks (a classic
+            // queue's delivery limit) goes unused rather than losing the others.
+            operator: self.operator.iter().find(|policy| {
+                policy.vhost == vhost
+                    && policy.apply_to.covers_queue(queue_type)
+                    && policy.pattern.is_match(name)
+            }),
         }
     }
 

@@ -421,9 +421,8 @@ impl VHost {
         }
     }
 
-    /// The arguments `queue` runs with: its declared ones under the policy that matches
-    /// it, with RabbitMQ's precedence.
-    /// Puts `queue` under the policy that matches it now (none: its own arguments).
+    /// Puts `queue` under the policy and operator policy that match it now (none: its
+    /// own arguments).
     fn apply_queue_policy(&self, queue: &Arc<Queue>, effects: &mut Effects) {
         let args = self.effective_arguments(queue);
         if queue.is_stream() {
@@ -443,6 +442,8 @@ impl VHost {
         queue.set_arguments(args, effects);
     }
 
+    /// The arguments `queue` runs with: its declared ones under its policy and operator
+    /// policy merged, with RabbitMQ's precedence.
     fn effective_arguments(&self, queue: &Queue) -> QueueArguments {
         let settings = queue.settings();
         let policies = self.policies.read();

@@ -14,7 +14,7 @@ use super::auth::Caller;
 use super::body::Body;
 use super::listing::{ListQuery, list};
 use super::reply::{ApiError, ApiResult, created_or_changed, json, no_content};
-use crate::access::rabbit_json::Tags;
+use crate::access::rabbit_json::{OPERATOR_POLICY, RabbitParameter, Tags};
 use crate::admin::{AdminError, UserPassword};
 use crate::store::definitions::{PermissionDef, PolicyDef, TopicPermissionDef};
 
@@ -673,6 +673,9 @@ async fn put_policy(
     raw: axum::body::Bytes,
     set: PolicySet,
 ) -> ApiResult {
+    if caller.broker.access().vhost(&vhost).is_none() {
+        return Err(ApiError::vhost_not_found());
+    }
     set.require_maker(&caller, &vhost)?;
     let PutPolicy {
         pattern,
@@ -861,16 +864,31 @@ fn parameters_of(
     if let Some(vhost) = vhost {
         caller.require_vhost(vhost)?;
     }
-    if component.is_some_and(|c| c != VHOST_LIMITS) {
-        return Ok(Vec::new());
+    let wanted = |c: &str| component.is_none_or(|wanted| wanted == c);
+    let mut shown = Vec::new();
+    if wanted(VHOST_LIMITS) {
+        shown.extend(
+            caller
+                .broker
+                .list_vhost_limits(vhost)
+                .iter()
+                .filter(|l| l["vhost"].as_str().is_some_and(|v| caller.sees_contents(v)))
+                .map(parameter_json),
+        );
     }
-    Ok(caller
-        .broker
-        .list_vhost_limits(vhost)
-        .iter()
-        .filter(|l| l["vhost"].as_str().is_some_and(|v| caller.sees_contents(v)))
-        .map(parameter_json)
-        .collect())
+    // RabbitMQ keeps operator policies as parameters too, and lists them so (set and
+    // cleared through /api/operator-policies here).
+    if wanted(OPERATOR_POLICY) {
+        shown.extend(
+            caller
+                .broker
+                .list_operator_policies(vhost)
+                .into_iter()
+                .filter(|p| caller.sees_contents(&p.vhost))
+                .map(|p| json!(RabbitParameter::operator_policy(p))),
+        );
+    }
+    Ok(shown)
 }
 
 async fn parameters(caller: Caller) -> ApiResult {

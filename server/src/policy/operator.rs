@@ -2,12 +2,15 @@
 //! broker puts on what users' policies and queues may ask for.
 //!
 //! They are policies of their own set, chosen for a queue as policies are (pattern,
-//! `apply-to`, highest priority), and may set only the limits below (RabbitMQ 3.10's
-//! `operator_policy_validator` registrations). A queue runs with its policy's definition
-//! and its operator policy's together; where both set a key the lower value wins
-//! (`rabbit_policy:merge_policy_value/3`), so a user's policy can tighten an operator's
-//! limit but never loosen it. The result then meets the queue's own arguments as a
-//! policy does (see [`super::effective`]).
+//! `apply-to`, highest priority; but a key the queue's type does not take does not keep
+//! one off it, as in RabbitMQ 3.x), and may set only the limits below (those
+//! `rabbit_policies` registers as `operator_policy_validator`; RabbitMQ 3.x also takes
+//! the classic mirroring keys `ha-*`, which Warren, like 4.x, has not).
+//!
+//! A queue runs with its policy's definition and its operator policy's together; where
+//! both set a key the lower value wins (`rabbit_policy:merge_policy_value/3`), so a
+//! user's policy can tighten an operator's limit but never loosen it. The result then
+//! meets the queue's own arguments as a policy does (see [`super::effective`]).
 
 use std::borrow::Cow;
 
@@ -162,6 +165,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::queue::arguments::QueueType;
 
     fn def(name: &str, definition: Value) -> PolicyDef {
         PolicyDef {
@@ -243,6 +247,27 @@ mod tests {
         assert_eq!(alone.definition_json(), operator.definition_json);
         assert_eq!(Applied::default().definition_json(), json!({}));
         assert!(Applied::default().definition().is_none());
+    }
+
+    #[test]
+    fn a_key_the_queue_type_lacks_does_not_keep_an_operator_policy_off() {
+        let mut policies = super::super::Policies::default();
+        let cap = validate(&def("cap", json!({"max-length": 3, "delivery-limit": 5})))
+            .expect("operator policy");
+        policies.set_operator([cap]);
+        for queue_type in [QueueType::Classic, QueueType::Quorum] {
+            let applied = policies.applied("/", "capped.q", queue_type);
+            assert_eq!(applied.operator.map(|p| p.name.as_str()), Some("cap"));
+            assert_eq!(applied.definition().and_then(|d| d.max_length), Some(3));
+        }
+        assert!(
+            policies
+                .applied("/", "other", QueueType::Classic)
+                .operator
+                .is_none()
+        );
+        assert!(policies.clear_operator("/", "cap"));
+        assert!(!policies.clear_operator("/", "cap"));
     }
 
     #[test]
