@@ -696,6 +696,9 @@ pub struct Policies {
     policies: Vec<Policy>,
     /// Operator policies (set at run time; see [`operator`]), sorted as `policies`.
     operator: Vec<Policy>,
+    /// Counts changes, so that a queue put under the policies before it was in its
+    /// vhost's registry can tell whether a change went past it meanwhile.
+    generation: u64,
 }
 
 impl Policies {
@@ -777,8 +780,14 @@ impl Policies {
         Ok(loaded)
     }
 
+    /// How many changes were made so far.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     /// Rebuilds the lookup list from the file's and the run-time policies.
     fn merge(&mut self) {
+        self.generation += 1;
         let runtime = &self.runtime;
         let hidden = |p: &Policy| {
             runtime
@@ -832,6 +841,7 @@ impl Policies {
             self.operator.push(policy);
         }
         self.operator.sort_by(best_first);
+        self.generation += 1;
     }
 
     /// Clears an operator policy; false if there is none of that vhost and name.
@@ -839,6 +849,7 @@ impl Policies {
         let before = self.operator.len();
         self.operator
             .retain(|p| !(p.vhost == vhost && p.name == name));
+        self.generation += 1;
         self.operator.len() != before
     }
 

@@ -74,6 +74,21 @@ pub struct VHost {
     /// write them then.
     #[cfg(test)]
     stall_writes: AtomicBool,
+    /// Tests set it to run once in a declaration, after the queue is put under the
+    /// policies and before it is in the registry.
+    #[cfg(test)]
+    between_policy_and_registry: parking_lot::Mutex<Option<Meanwhile>>,
+}
+
+/// What a test runs in the middle of an operation.
+#[cfg(test)]
+struct Meanwhile(Box<dyn FnOnce() + Send>);
+
+#[cfg(test)]
+impl std::fmt::Debug for Meanwhile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Meanwhile")
+    }
 }
 
 /// What the timers wake for one queue: asks it what is due and carries out the effects
@@ -165,6 +180,8 @@ impl VHost {
             queue_churn: crate::stats::QueueChurn::default(),
             #[cfg(test)]
             stall_writes: AtomicBool::new(false),
+            #[cfg(test)]
+            between_policy_and_registry: parking_lot::Mutex::new(None),
         });
         vhost.apply_policies();
         vhost
@@ -916,7 +933,12 @@ impl VHost {
             &Recovery::default(),
             stream,
         );
+        let policies_seen = self.policies.read().generation();
         self.apply_queue_policy(&queue, effects);
+        #[cfg(test)]
+        if let Some(Meanwhile(meanwhile)) = self.between_policy_and_registry.lock().take() {
+            meanwhile();
+        }
         let raced = {
             let mut queues = self.queues.write();
             match queues.get(&*declare.name) {
@@ -938,6 +960,11 @@ impl VHost {
                 return Ok((existing, false));
             }
         };
+        // A policy change made since went to the queues in the registry, without this
+        // one: it looks again.
+        if self.policies.read().generation() != policies_seen {
+            self.apply_queue_policy(&queue, effects);
+        }
         self.write_changes();
         if let Err(reason) = self.written(ticket) {
             // Not stored, so not declared: it would not survive a restart.
@@ -1865,6 +1892,8 @@ mod crash_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::Policy;
+    use crate::store::definitions::PolicyDef;
     use crate::store::test_support::TempDir;
     use std::sync::Barrier;
 
@@ -1979,6 +2008,34 @@ mod tests {
             disagree.is_empty(),
             "store and registry disagree in rounds {disagree:?}"
         );
+    }
+
+    /// An operator policy set while a queue is being declared caps that queue too: the
+    /// policy change goes to the queues in the registry, and one not yet in it looks at
+    /// the policies again once it is.
+    #[test]
+    fn a_policy_set_while_a_queue_is_declared_applies_to_it() {
+        let dir = TempDir::new("declare-policy-race");
+        let (vhost, _) = open(&dir);
+        let cap = Policy::from_operator_def(&PolicyDef {
+            vhost: "/".into(),
+            name: "cap".into(),
+            pattern: "^q".into(),
+            apply_to: "queues".into(),
+            priority: 0,
+            definition: serde_json::json!({ "max-length": 1 }),
+        })
+        .expect("an operator policy");
+        let changer = vhost.clone();
+        *vhost.between_policy_and_registry.lock() = Some(Meanwhile(Box::new(move || {
+            // As Broker::change_policies does it.
+            changer.policies.write().set_operator([cap]);
+            changer.apply_policies();
+        })));
+        let (queue, _) = vhost
+            .declare_queue(durable_queue("q"), 1)
+            .expect("declare the queue");
+        assert_eq!(queue.arguments_in_force().max_length, Some(1));
     }
 
     /// A queue is routable as soon as it is in the registry, a moment before the

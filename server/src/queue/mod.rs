@@ -1235,6 +1235,12 @@ impl Queue {
         u32::try_from(count).unwrap_or(u32::MAX)
     }
 
+    /// The arguments in force (its first partition's), for tests of what policies did.
+    #[cfg(test)]
+    pub(crate) fn arguments_in_force(&self) -> QueueArguments {
+        self.lock(0).args.clone()
+    }
+
     /// Replaces the arguments in force (a policy changed) and applies them at once:
     /// length limits drop what is now too much, TTLs expire what is now too old.
     pub fn set_arguments(self: &Arc<Self>, args: QueueArguments, effects: &mut Effects) {
