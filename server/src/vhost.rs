@@ -565,7 +565,12 @@ impl VHost {
             .kind
             .check_arguments(&settings.arguments, name, &self.name)?;
         let exchange = Arc::new(Exchange::new(name.into(), settings));
+        let policies_seen = self.policies.read().generation();
         self.apply_exchange_policy(&exchange);
+        #[cfg(test)]
+        if let Some(Meanwhile(meanwhile)) = self.between_policy_and_registry.lock().take() {
+            meanwhile();
+        }
         // A delayed exchange's hold, with its log, is made before the registry lock.
         let hold = if exchange.settings().delayed {
             self.new_hold(&exchange)?
@@ -609,6 +614,10 @@ impl VHost {
                     .map(|()| false);
             }
         };
+        // As for a queue: a policy change since went past this exchange.
+        if self.policies.read().generation() != policies_seen {
+            self.apply_exchange_policy(&exchange);
+        }
         self.write_changes();
         let unwritten: Vec<String> = tickets
             .into_iter()
@@ -2036,6 +2045,40 @@ mod tests {
             .declare_queue(durable_queue("q"), 1)
             .expect("declare the queue");
         assert_eq!(queue.arguments_in_force().max_length, Some(1));
+    }
+
+    /// Likewise for an exchange and a policy that gives it an alternate exchange.
+    #[test]
+    fn a_policy_set_while_an_exchange_is_declared_applies_to_it() {
+        let dir = TempDir::new("declare-exchange-policy-race");
+        let (vhost, _) = open(&dir);
+        let policy = Policy::from_def(&PolicyDef {
+            vhost: "/".into(),
+            name: "ae".into(),
+            pattern: "^x".into(),
+            apply_to: "exchanges".into(),
+            priority: 0,
+            definition: serde_json::json!({ "alternate-exchange": "unrouted" }),
+        })
+        .expect("a policy");
+        let changer = vhost.clone();
+        *vhost.between_policy_and_registry.lock() = Some(Meanwhile(Box::new(move || {
+            changer.policies.write().set([policy]);
+            changer.apply_policies();
+        })));
+        let settings = ExchangeSettings {
+            kind: crate::exchange::ExchangeKind::Fanout,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            delayed: false,
+            arguments: FieldTable::default(),
+        };
+        vhost
+            .declare_exchange("x", false, settings)
+            .expect("declare the exchange");
+        let exchange = vhost.exchanges.read().get("x").cloned().expect("declared");
+        assert_eq!(exchange.alternate().as_deref(), Some("unrouted"));
     }
 
     /// A queue is routable as soon as it is in the registry, a moment before the
