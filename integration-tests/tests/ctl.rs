@@ -314,6 +314,19 @@ async fn operator_policies_cap_queues_and_survive_a_kill() {
             "definition": "{\"max-length\":2}", "priority": 0
         }])
     );
+    // A reader that went away (`| head -1`) ends the listing quietly, not in a panic.
+    let (reader, writer) = std::io::pipe().expect("a pipe");
+    drop(reader);
+    let listed = std::process::Command::new(integration_tests::warren_binary())
+        .args(["ctl", "--data-dir"])
+        .arg(&dir)
+        .arg("list_operator_policies")
+        .stdout(writer)
+        .output()
+        .expect("run warren ctl");
+    let stderr = String::from_utf8_lossy(&listed.stderr);
+    assert_eq!(listed.status.code(), Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
     for (args, expected) in [
         (
             vec![

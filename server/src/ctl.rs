@@ -548,13 +548,13 @@ pub fn client(
     let response: Response =
         serde_json::from_str(&answer).context("unreadable answer from the broker")?;
     if let Some(error) = response.error {
-        eprintln!("Error:\n{error}");
+        let _ = writeln!(std::io::stderr(), "Error:\n{error}");
         return Ok(2);
     }
     if let Some(file) = export_to {
         let text = serde_json::to_string_pretty(response.rows.first().unwrap_or(&Value::Null))?;
         if file == "-" {
-            println!("{text}");
+            emit(&format!("{text}\n"))?;
         } else {
             std::fs::write(&file, text).with_context(|| format!("cannot write {file}"))?;
         }
@@ -564,25 +564,33 @@ pub fn client(
         return Ok(0);
     }
     match format {
-        Format::Json => println!("{}", serde_json::to_string(&response.rows)?),
-        Format::Table => print_table(&response.rows),
+        Format::Json => emit(&format!("{}\n", serde_json::to_string(&response.rows)?))?,
+        Format::Table => emit(&table(&response.rows))?,
     }
     Ok(0)
 }
 
-/// Prints rows as tab-separated columns under a header of their keys.
-fn print_table(rows: &[Value]) {
+/// Writes the answer to stdout. A reader that went away (`warren ctl list_queues | head
+/// -1`) wanted no more: not an error, and never a panic as `println!` has it.
+fn emit(text: &str) -> std::io::Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other,
+    }
+}
+
+/// Rows as tab-separated columns under a header of their keys, a line each.
+fn table(rows: &[Value]) -> String {
     let Some(Value::Object(first)) = rows.first() else {
-        return;
+        return String::new();
     };
     let keys: Vec<&String> = first.keys().collect();
-    println!(
-        "{}",
-        keys.iter()
-            .map(|k| k.as_str())
-            .collect::<Vec<_>>()
-            .join("\t")
-    );
+    let mut out = keys
+        .iter()
+        .map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join("\t");
+    out.push('\n');
     for row in rows {
         let cells: Vec<String> = keys
             .iter()
@@ -597,6 +605,8 @@ fn print_table(rows: &[Value]) {
                 None => String::new(),
             })
             .collect();
-        println!("{}", cells.join("\t"));
+        out.push_str(&cells.join("\t"));
+        out.push('\n');
     }
+    out
 }
