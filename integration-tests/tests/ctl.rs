@@ -281,11 +281,12 @@ async fn policies_set_at_run_time_apply_at_once_and_survive_a_kill() {
 
 /// An operator policy set through ctl caps a queue below its policy at once, is refused
 /// in rabbitmqctl's words when it sets more than limits, survives a kill, is exported
-/// as RabbitMQ exports it, and lets go when cleared.
+/// as RabbitMQ exports it, and lets go when cleared; a global parameter is kept too.
 #[tokio::test(flavor = "multi_thread")]
-async fn operator_policies_cap_queues_and_survive_a_kill() {
+async fn operator_policies_and_global_parameters_survive_a_kill() {
     let dir = temp_data_dir("ctl-operator-policies");
     let broker = WarrenProcess::start(&dir).await;
+    ctl_ok(&dir, &["set_global_parameter", "gp", r#"{"k":[1,"x"]}"#]);
     ctl_ok(&dir, &["set_policy", "own", "^q$", r#"{"max-length":4}"#]);
     ctl_ok(
         &dir,
@@ -341,6 +342,14 @@ async fn operator_policies_cap_queues_and_survive_a_kill() {
             vec!["clear_operator_policy", "own"],
             "Parameter does not exist",
         ),
+        (
+            vec!["clear_global_parameter", "nope"],
+            "Parameter does not exist",
+        ),
+        (
+            vec!["set_global_parameter", "bad", "notjson"],
+            "JSON decoding error",
+        ),
     ] {
         let (status, _, err) = warren_ctl(&dir, &args);
         assert_eq!(status, 2, "{args:?}");
@@ -366,6 +375,15 @@ async fn operator_policies_cap_queues_and_survive_a_kill() {
             "value": { "pattern": "^q$", "definition": { "max-length": 2 }, "priority": 0,
                        "apply-to": "queues" }
         }])
+    );
+    assert_eq!(
+        exported["global_parameters"],
+        serde_json::json!([{ "name": "gp", "value": { "k": [1, "x"] } }])
+    );
+    let listed = ctl_ok(&dir, &["list_global_parameters", "--formatter", "json"]);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&listed).expect("json"),
+        serde_json::json!([{ "name": "gp", "value": "{\"k\":[1,\"x\"]}" }])
     );
     ctl_ok(&dir, &["clear_operator_policy", "cap"]);
     publish_n(&ch, "q", 5).await;

@@ -355,6 +355,79 @@ async fn an_operator_policy_caps_what_a_policy_asks_for() {
     );
 }
 
+/// Global parameters hold any JSON under a name: set, replaced, read, listed, exported
+/// and cleared as RabbitMQ has them, by a policymaker.
+#[tokio::test(flavor = "multi_thread")]
+async fn global_parameters_hold_any_json_by_name() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let name = unique_name("gp");
+    let path = format!("/api/global-parameters/{name}");
+    let value = json!({ "a": [1, "x", null], "b": { "c": true } });
+    let made = api.put(&path, json!({ "value": value })).await;
+    assert_eq!(made.status, 201, "{made:?}");
+    let replaced = api.put(&path, json!({ "value": "s" })).await;
+    assert_eq!(replaced.status, 204, "{replaced:?}");
+    assert_eq!(
+        api.get(&path).await.json(),
+        json!({ "value": "s", "name": name })
+    );
+    let missing = api.put(&path, json!({})).await;
+    assert_eq!(missing.status, 400);
+    assert_eq!(missing.json()["reason"], "[{key_missing,value}]");
+    let listed = api.get("/api/global-parameters").await.json();
+    assert!(
+        listed
+            .as_array()
+            .is_some_and(|all| all.contains(&json!({ "name": name, "value": "s" }))),
+        "{listed}"
+    );
+    let export = api.get("/api/definitions").await.json();
+    assert!(
+        export["global_parameters"]
+            .as_array()
+            .is_some_and(|all| all.contains(&json!({ "name": name, "value": "s" }))),
+        "{}",
+        export["global_parameters"]
+    );
+    // A management user may not see them.
+    let user = unique_name("mgmt");
+    let made = api
+        .put(
+            &format!("/api/users/{user}"),
+            json!({ "password": "pw", "tags": "management" }),
+        )
+        .await;
+    assert_eq!(made.status, 201, "{made:?}");
+    let refused = api
+        .call("GET", "/api/global-parameters", Some((&user, "pw")), None)
+        .await;
+    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(api.delete(&format!("/api/users/{user}")).await.status, 204);
+
+    assert_eq!(api.delete(&path).await.status, 204);
+    assert_eq!(api.delete(&path).await.status, 404);
+    assert_eq!(api.get(&path).await.status, 404);
+    // A definitions import sets them.
+    let imported = api
+        .call(
+            "POST",
+            "/api/definitions",
+            Some(("guest", "guest")),
+            Some(json!({ "global_parameters": [{ "name": name, "value": 7 }] })),
+        )
+        .await;
+    assert!(
+        imported.status == 204 || imported.status == 201,
+        "{imported:?}"
+    );
+    assert_eq!(
+        api.get(&path).await.json(),
+        json!({ "value": 7, "name": name })
+    );
+    assert_eq!(api.delete(&path).await.status, 204);
+}
+
 /// A limit that is not a number, of an unknown name, or for a vhost or user that does
 /// not exist is refused with RabbitMQ's status and words, and changes nothing.
 #[tokio::test(flavor = "multi_thread")]

@@ -20,7 +20,9 @@ use crate::broker::Broker;
 use crate::exchange::{ExchangeSettings, parse_declared_type};
 use crate::policy::Policy;
 use crate::queue::QueueDeclare;
-use crate::store::definitions::{Change, PermissionDef, PolicyDef, TopicPermissionDef, VhostDef};
+use crate::store::definitions::{
+    Change, GlobalParameterDef, PermissionDef, PolicyDef, TopicPermissionDef, VhostDef,
+};
 use crate::vhost::VHost;
 
 /// Why an administration operation was refused, worded as `rabbitmqctl` words it.
@@ -53,7 +55,8 @@ pub enum AdminError {
     /// A policy RabbitMQ would refuse; its reason.
     #[error("Validation failed\n\n{0}")]
     InvalidPolicy(String),
-    /// `clear_policy` of a policy that is not set.
+    /// `clear_policy` of a policy that is not set (or of an operator policy or global
+    /// parameter).
     #[error("Parameter does not exist")]
     NoSuchPolicy,
     /// Exchanges, queues or bindings that could not be declared (the rest were).
@@ -528,6 +531,39 @@ impl Broker {
             .collect()
     }
 
+    /// Sets (or replaces) a global parameter.
+    pub fn set_global_parameter(&self, name: &str, value: serde_json::Value) {
+        let def = GlobalParameterDef {
+            name: name.to_owned(),
+            value,
+        };
+        let Ok(()) = self.change_global_parameters(|parameters| {
+            parameters.insert(def.name.clone(), def.value.clone());
+            Ok::<_, std::convert::Infallible>(Change::SetGlobalParameter(def))
+        });
+    }
+
+    /// Clears a global parameter.
+    ///
+    /// # Errors
+    /// There is none of that name (`Parameter does not exist`).
+    pub fn clear_global_parameter(&self, name: &str) -> Result<(), AdminError> {
+        self.change_global_parameters(|parameters| match parameters.remove(name) {
+            Some(_) => Ok(Change::ClearGlobalParameter {
+                name: name.to_owned(),
+            }),
+            None => Err(AdminError::NoSuchPolicy),
+        })
+    }
+
+    /// The global parameters, by name.
+    pub fn list_global_parameters(&self) -> Vec<GlobalParameterDef> {
+        self.global_parameters()
+            .into_iter()
+            .map(|(name, value)| GlobalParameterDef { name, value })
+            .collect()
+    }
+
     /// The policies in force, optionally only those of `vhost`, best first.
     pub fn list_policies(&self, vhost: Option<&str>) -> Vec<PolicyDef> {
         self.policies()
@@ -674,6 +710,7 @@ impl Broker {
             permissions,
             topic_permissions,
             parameters,
+            global_parameters: self.list_global_parameters(),
             policies: self
                 .list_policies(None)
                 .into_iter()
@@ -775,6 +812,9 @@ impl Broker {
         }
         for def in operator_policies {
             self.set_operator_policy(def)?;
+        }
+        for def in file.global_parameters.iter().cloned() {
+            self.set_global_parameter(&def.name, def.value);
         }
         let failed = self.apply_topology(&file);
         if failed.is_empty() {

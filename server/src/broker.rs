@@ -42,6 +42,8 @@ pub struct Broker {
     next_consumer: AtomicU64,
     alarms: Alarms,
     policies: Arc<RwLock<Policies>>,
+    /// Global runtime parameters, by name.
+    global_parameters: RwLock<BTreeMap<String, serde_json::Value>>,
     /// When the broker was opened.
     started: Instant,
     /// What the broker listens on, once its listeners are up.
@@ -128,6 +130,7 @@ impl Broker {
         };
         let access = Self::open_access(&config, &store, &defs, loaded.as_ref())?;
         Self::open_policies(&config, &store, &defs, loaded.as_ref(), &access, &policies)?;
+        let global_parameters = Self::open_global_parameters(&store, &defs, loaded.as_ref());
         let mut vhosts = HashMap::new();
         let (mut queues, mut messages) = (0, 0);
         for name in access.vhost_names() {
@@ -159,6 +162,7 @@ impl Broker {
             next_consumer: AtomicU64::new(1),
             alarms: Alarms::default(),
             policies,
+            global_parameters: RwLock::new(global_parameters),
             timers,
             started,
             listeners: std::sync::OnceLock::new(),
@@ -303,6 +307,51 @@ impl Broker {
         drop(policies);
         store.write_pending();
         Ok(())
+    }
+
+    /// The stored global parameters, then the definitions file's (stored as if set
+    /// now).
+    fn open_global_parameters(
+        store: &BrokerStore,
+        defs: &Definitions,
+        loaded: Option<&RabbitDefinitions>,
+    ) -> BTreeMap<String, serde_json::Value> {
+        let mut parameters: BTreeMap<String, serde_json::Value> = defs
+            .global_parameters
+            .iter()
+            .map(|p| (p.name.clone(), p.value.clone()))
+            .collect();
+        for def in loaded.iter().flat_map(|file| &file.global_parameters) {
+            parameters.insert(def.name.clone(), def.value.clone());
+            store
+                .pending()
+                .queue(Change::SetGlobalParameter(def.clone()));
+        }
+        store.write_pending();
+        parameters
+    }
+
+    /// Runs `change` on the global parameters, stores what it returns (queued under
+    /// their lock, so that concurrent changes are stored in the order they were made).
+    ///
+    /// # Errors
+    /// What `change` refused.
+    pub(crate) fn change_global_parameters<E>(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, serde_json::Value>) -> Result<Change, E>,
+    ) -> Result<(), E> {
+        {
+            let mut parameters = self.global_parameters.write();
+            let stored = change(&mut parameters)?;
+            self.store.pending().queue(stored);
+        }
+        self.store.write_pending();
+        Ok(())
+    }
+
+    /// The global parameters, by name.
+    pub fn global_parameters(&self) -> BTreeMap<String, serde_json::Value> {
+        self.global_parameters.read().clone()
     }
 
     /// Reads and parses a RabbitMQ definitions file (`--load-definitions`).

@@ -316,6 +316,20 @@ fn run(broker: &Arc<Broker>, args: &[&str], vhost: &str) -> Result<Answer, Strin
         ["set_operator_policy", ..] => set_policy(broker, &args[1..], vhost, true),
         ["clear_operator_policy", name] => changed(broker.clear_operator_policy(vhost, name)),
         ["list_operator_policies"] => Ok(policy_rows(broker.list_operator_policies(Some(vhost)))),
+        ["set_global_parameter", name, value] => {
+            let value = serde_json::from_str(value)
+                .map_err(|e| format!("JSON decoding error. Reason: {e}"))?;
+            broker.set_global_parameter(name, value);
+            Ok(Answer::Changed)
+        }
+        ["clear_global_parameter", name] => changed(broker.clear_global_parameter(name)),
+        ["list_global_parameters"] => Ok(Answer::Rows(
+            broker
+                .list_global_parameters()
+                .into_iter()
+                .map(|p| json!({ "name": p.name, "value": p.value.to_string() }))
+                .collect(),
+        )),
         ["export_definitions"] => serde_json::to_value(broker.export_definitions())
             .map(|v| Answer::Rows(vec![v]))
             .map_err(|e| e.to_string()),

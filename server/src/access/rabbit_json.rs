@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use super::limits::VHOST_LIMITS;
 use super::password::Algorithm;
 use super::{Access, AccessDefinitions};
-use crate::store::definitions::{PermissionDef, PolicyDef, TopicPermissionDef, UserDef, VhostDef};
+use crate::store::definitions::{
+    GlobalParameterDef, PermissionDef, PolicyDef, TopicPermissionDef, UserDef, VhostDef,
+};
 
 /// The file, as far as access goes; the other sections are kept as they came.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -45,6 +47,9 @@ pub struct RabbitDefinitions {
     /// Runtime parameters (Warren reads `vhost-limits`).
     #[serde(default)]
     pub parameters: Vec<RabbitParameter>,
+    /// Global runtime parameters.
+    #[serde(default)]
+    pub global_parameters: Vec<GlobalParameterDef>,
     /// Policies.
     #[serde(default)]
     pub policies: Vec<RabbitPolicy>,

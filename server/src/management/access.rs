@@ -70,6 +70,13 @@ pub(super) fn routes() -> Router<Api> {
             "/api/vhost-limits/{vhost}/{name}",
             axum::routing::put(put_vhost_limit).delete(delete_vhost_limit),
         )
+        .route("/api/global-parameters", get(global_parameters))
+        .route(
+            "/api/global-parameters/{name}",
+            get(global_parameter)
+                .put(put_global_parameter)
+                .delete(delete_global_parameter),
+        )
         .route("/api/parameters", get(parameters))
         .route("/api/parameters/{component}", get(component_parameters))
         .route("/api/parameters/{component}/{vhost}", get(vhost_parameters))
@@ -986,6 +993,60 @@ async fn delete_parameter(
         .broker
         .set_vhost_limits(&vhost, "{}")
         .map_err(refused)?;
+    durable(&caller).await?;
+    Ok(no_content())
+}
+
+/// Refuses a caller who may not see or change global parameters: RabbitMQ's
+/// `is_authorized_global_parameters`, a policymaker (or administrator).
+fn require_global_parameters(caller: &Caller) -> ApiResult<()> {
+    if caller.is_policymaker() {
+        Ok(())
+    } else {
+        Err(ApiError::not_authorised(
+            "User not authorised to access object",
+        ))
+    }
+}
+
+async fn global_parameters(caller: Caller) -> ApiResult {
+    require_global_parameters(&caller)?;
+    let shown = caller.broker.list_global_parameters();
+    Ok(json(json!(shown)))
+}
+
+async fn global_parameter(caller: Caller, Path(name): Path<String>) -> ApiResult {
+    require_global_parameters(&caller)?;
+    let value = caller
+        .broker
+        .global_parameters()
+        .remove(&name)
+        .ok_or_else(ApiError::not_found)?;
+    Ok(json(json!({ "value": value, "name": name })))
+}
+
+async fn put_global_parameter(
+    caller: Caller,
+    Path(name): Path<String>,
+    raw: axum::body::Bytes,
+) -> ApiResult {
+    require_global_parameters(&caller)?;
+    let body = Body::parse(&raw)?;
+    body.require(&["value"])?;
+    let Body(mut fields) = body;
+    let value = fields.remove("value").unwrap_or_default();
+    let existed = caller.broker.global_parameters().contains_key(&name);
+    caller.broker.set_global_parameter(&name, value);
+    durable(&caller).await?;
+    Ok(created_or_changed(!existed))
+}
+
+async fn delete_global_parameter(caller: Caller, Path(name): Path<String>) -> ApiResult {
+    require_global_parameters(&caller)?;
+    caller
+        .broker
+        .clear_global_parameter(&name)
+        .map_err(|_| ApiError::not_found())?;
     durable(&caller).await?;
     Ok(no_content())
 }

@@ -147,6 +147,16 @@ pub struct PermissionDef {
     pub read: String,
 }
 
+/// A global runtime parameter (`rabbitmqctl set_global_parameter`): a name and any JSON
+/// value, kept for the tools that set and read them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GlobalParameterDef {
+    /// Its name.
+    pub name: String,
+    /// Its value.
+    pub value: serde_json::Value,
+}
+
 /// A user's topic permissions on one exchange of a virtual host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TopicPermissionDef {
@@ -208,6 +218,9 @@ pub struct Definitions {
     /// Operator policies.
     #[serde(default)]
     pub operator_policies: Vec<PolicyDef>,
+    /// Global runtime parameters.
+    #[serde(default)]
+    pub global_parameters: Vec<GlobalParameterDef>,
     /// Durable exchanges (the predeclared `amq.*` ones are not stored).
     pub exchanges: Vec<ExchangeDef>,
     /// Durable queues.
@@ -296,6 +309,13 @@ pub enum Change {
         /// Its name.
         name: String,
     },
+    /// A global parameter was set (or replaced).
+    SetGlobalParameter(GlobalParameterDef),
+    /// A global parameter was cleared.
+    ClearGlobalParameter {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// Applies a change to the virtual hosts, users, permissions and policies (the few
@@ -366,6 +386,13 @@ fn apply_access(defs: &mut Definitions, change: &Change) -> bool {
         Change::ClearOperatorPolicy { vhost, name } => {
             defs.operator_policies
                 .retain(|p| !(p.vhost == *vhost && p.name == *name));
+        }
+        Change::SetGlobalParameter(def) => {
+            defs.global_parameters.retain(|p| p.name != def.name);
+            defs.global_parameters.push(def.clone());
+        }
+        Change::ClearGlobalParameter { name } => {
+            defs.global_parameters.retain(|p| p.name != *name);
         }
         _ => return false,
     }
@@ -560,7 +587,9 @@ impl Index {
             | Change::SetPolicy(_)
             | Change::ClearPolicy { .. }
             | Change::SetOperatorPolicy(_)
-            | Change::ClearOperatorPolicy { .. } => {}
+            | Change::ClearOperatorPolicy { .. }
+            | Change::SetGlobalParameter(_)
+            | Change::ClearGlobalParameter { .. } => {}
         }
     }
 
@@ -939,7 +968,7 @@ mod tests {
     }
 
     #[test]
-    fn policies_and_operator_policies_survive_reopen_and_go_with_their_vhost() {
+    fn policies_operator_policies_and_global_parameters_survive_reopen() {
         let dir = temp_dir("policies");
         let (mut store, _, _) = DefinitionStore::open(&dir).expect("open");
         let policy = |vhost: &str, name: &str, ttl: u64| PolicyDef {
@@ -969,6 +998,17 @@ mod tests {
                 name: "gone".into(),
             },
             Change::DeleteVhost { name: "v".into() },
+            Change::SetGlobalParameter(GlobalParameterDef {
+                name: "g".into(),
+                value: serde_json::json!({ "any": ["json", 1] }),
+            }),
+            Change::SetGlobalParameter(GlobalParameterDef {
+                name: "gone".into(),
+                value: serde_json::Value::Null,
+            }),
+            Change::ClearGlobalParameter {
+                name: "gone".into(),
+            },
         ] {
             store.record(&change).expect("record");
         }
@@ -980,9 +1020,17 @@ mod tests {
             defs.operator_policies,
             vec![policy("/", "p", 5), policy("/", "cap", 6)]
         );
+        assert_eq!(
+            defs.global_parameters,
+            vec![GlobalParameterDef {
+                name: "g".into(),
+                value: serde_json::json!({ "any": ["json", 1] }),
+            }]
+        );
         let (_, again, _) = DefinitionStore::open(&dir).expect("compacted");
         assert_eq!(again.policies, defs.policies);
         assert_eq!(again.operator_policies, defs.operator_policies);
+        assert_eq!(again.global_parameters, defs.global_parameters);
         let _ = fs::remove_dir_all(&dir);
     }
 
