@@ -78,17 +78,26 @@ impl AsyncWrite for StallAfterOpenOk {
     }
 }
 
-/// A user deleted after its connection was told it is open, but before the broker's
-/// task served it, still closes that connection with 320.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_user_deleted_while_its_connection_opens_closes_it() {
-    let dir = temp_data_dir("open-race-user");
+/// A broker in `dir` with one connection opened as guest, its task stalled right after
+/// open-ok went out: the broker, the connection task, the client's ends and the stall
+/// to release.
+async fn stalled_after_open(
+    dir: &std::path::Path,
+) -> (
+    Arc<Broker>,
+    tokio::task::JoinHandle<()>,
+    tokio::io::ReadHalf<DuplexStream>,
+    tokio::io::WriteHalf<DuplexStream>,
+    Arc<Mutex<Stall>>,
+) {
     let config = warren::Config {
-        data_dir: dir.clone(),
+        data_dir: dir.to_path_buf(),
         ..warren::Config::default()
     };
     let broker = Arc::new(Broker::open(Arc::new(config)).expect("open the broker"));
-    let (_stopping_tx, stopping) = watch::channel(false);
+    let (stopping_tx, stopping) = watch::channel(false);
+    // Never stopped: the broker is dropped with the test.
+    std::mem::forget(stopping_tx);
     let (client, server) = tokio::io::duplex(64 * 1024);
     let (reader, writer) = tokio::io::split(server);
     let stall = Arc::new(Mutex::new(Stall::default()));
@@ -104,7 +113,7 @@ async fn a_user_deleted_while_its_connection_opens_closes_it() {
         Shutdown::from(stopping),
         warren::connection::Transport::default(),
     ));
-    let (mut from_broker, mut to_broker) = tokio::io::split(client);
+    let (from_broker, mut to_broker) = tokio::io::split(client);
     to_broker
         .write_all(&Handshake::default().encode())
         .await
@@ -117,8 +126,11 @@ async fn a_user_deleted_while_its_connection_opens_closes_it() {
         wait_for(Duration::from_secs(10), is_stalled).await,
         "the broker sent connection.open-ok"
     );
+    (broker, task, from_broker, to_broker, stall)
+}
 
-    broker.delete_user("guest").expect("delete guest");
+/// Lets the stalled connection task go on.
+fn release(stall: &Mutex<Stall>) {
     let waker = {
         let mut stall = stall.lock().unwrap_or_else(PoisonError::into_inner);
         stall.released = true;
@@ -127,13 +139,19 @@ async fn a_user_deleted_while_its_connection_opens_closes_it() {
     if let Some(waker) = waker {
         waker.wake();
     }
+}
 
+/// Reads what the broker writes until it holds `text` (true) or the stream ends or 10 s
+/// pass (false, with what was read).
+async fn wait_for_text(
+    from_broker: &mut tokio::io::ReadHalf<DuplexStream>,
+    text: &str,
+) -> Result<(), String> {
     let mut seen = Vec::new();
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
         let mut chunk = [0u8; 4096];
         loop {
-            let text = String::from_utf8_lossy(&seen);
-            if text.contains("CONNECTION_FORCED - user 'guest' is deleted") {
+            if String::from_utf8_lossy(&seen).contains(text) {
                 return true;
             }
             match from_broker.read(&mut chunk).await {
@@ -143,12 +161,64 @@ async fn a_user_deleted_while_its_connection_opens_closes_it() {
         }
     })
     .await;
-    assert_eq!(
-        closed,
-        Ok(true),
-        "the connection was not closed with 320; the broker wrote {:?}",
-        String::from_utf8_lossy(&seen)
-    );
+    match found {
+        Ok(true) => Ok(()),
+        _ => Err(String::from_utf8_lossy(&seen).into_owned()),
+    }
+}
+
+/// A user deleted after its connection was told it is open, but before the broker's
+/// task served it, still closes that connection with 320.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deleted_while_its_connection_opens_closes_it() {
+    let dir = temp_data_dir("open-race-user");
+    let (broker, task, mut from_broker, to_broker, stall) = stalled_after_open(&dir).await;
+    broker.delete_user("guest").expect("delete guest");
+    release(&stall);
+    if let Err(seen) = wait_for_text(
+        &mut from_broker,
+        "CONNECTION_FORCED - user 'guest' is deleted",
+    )
+    .await
+    {
+        panic!("the connection was not closed with 320; the broker wrote {seen:?}");
+    }
+    drop((from_broker, to_broker));
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the connection task ended")
+        .expect("the connection task did not panic");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A user deleted and made again under the same name is another user: the first one's
+/// connection closes with 320 all the same, as RabbitMQ closes it at the deletion.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_deleted_and_made_again_still_loses_its_connection() {
+    let dir = temp_data_dir("open-race-user-again");
+    let (broker, task, mut from_broker, to_broker, stall) = stalled_after_open(&dir).await;
+    broker.delete_user("guest").expect("delete guest");
+    broker
+        .add_user("guest", "guest", vec!["administrator".into()])
+        .expect("make guest again");
+    broker
+        .set_permissions(warren::store::definitions::PermissionDef {
+            user: "guest".into(),
+            vhost: "/".into(),
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        })
+        .expect("its permissions");
+    release(&stall);
+    if let Err(seen) = wait_for_text(
+        &mut from_broker,
+        "CONNECTION_FORCED - user 'guest' is deleted",
+    )
+    .await
+    {
+        panic!("the first guest's connection stayed open; the broker wrote {seen:?}");
+    }
     drop((from_broker, to_broker));
     tokio::time::timeout(Duration::from_secs(10), task)
         .await

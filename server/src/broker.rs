@@ -84,6 +84,8 @@ pub enum OpenError {
 pub struct Grant {
     /// The user.
     pub user: String,
+    /// Which user of that name ([`crate::access::User::serial`]).
+    pub user_serial: u64,
     /// Its tags.
     pub tags: Vec<String>,
     /// The vhost.
@@ -580,6 +582,7 @@ impl Broker {
         let permissions = access.vhost_access(user, vhost)?;
         Ok(Grant {
             user: user.to_owned(),
+            user_serial: access.user(user).map_or(0, |u| u.serial()),
             tags: access
                 .user(user)
                 .map(|u| u.tags().to_vec())
@@ -591,7 +594,7 @@ impl Broker {
         })
     }
 
-    /// Changes when a user is deleted (see [`Broker::user_exists`]).
+    /// Changes when a user is deleted (see [`Broker::grant_user_exists`]).
     pub fn users_deleted(&self) -> tokio::sync::watch::Receiver<u64> {
         self.users_deleted.subscribe()
     }
@@ -604,6 +607,15 @@ impl Broker {
     /// Whether user `name` exists.
     pub fn user_exists(&self, name: &str) -> bool {
         self.access.read().user(name).is_some()
+    }
+
+    /// Whether the user a connection was opened for still exists: not deleted, nor
+    /// deleted and made again.
+    pub fn grant_user_exists(&self, grant: &Grant) -> bool {
+        self.access
+            .read()
+            .user(&grant.user)
+            .is_some_and(|u| u.serial() == grant.user_serial)
     }
 
     /// The registry of users, vhosts and permissions, read-locked.
@@ -625,8 +637,10 @@ impl Broker {
             return;
         }
         match self.grant(&grant.user, &grant.vhost) {
-            Ok(fresh) => *grant = fresh,
-            Err(_) => {
+            // Not another user made since under the same name: that one's rights are
+            // not this connection's.
+            Ok(fresh) if fresh.user_serial == grant.user_serial => *grant = fresh,
+            _ => {
                 grant.permissions = Arc::new(Permissions::none());
                 grant.epoch = epoch;
             }

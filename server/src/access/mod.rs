@@ -27,9 +27,18 @@ pub struct User {
     def: UserDef,
     /// `None`: no password login (an empty `password_hash`).
     hash: Option<PasswordHash>,
+    /// Tells this user from one of the same name made after it was deleted (see
+    /// [`Access::put_user`]).
+    serial: u64,
 }
 
 impl User {
+    /// Which user of its name it is: kept while it is changed, new when a deleted
+    /// user's name is made again, so that the first one's connections can tell.
+    pub fn serial(&self) -> u64 {
+        self.serial
+    }
+
     /// Its name.
     pub fn name(&self) -> &str {
         &self.def.name
@@ -126,6 +135,8 @@ pub struct Access {
     permissions: HashMap<(String, String), (PermissionDef, Arc<Permissions>)>,
     /// By (user, vhost), one per exchange.
     topic: HashMap<(String, String), Vec<TopicPermission>>,
+    /// The serial of the last user made.
+    last_serial: u64,
 }
 
 impl Access {
@@ -280,11 +291,19 @@ impl Access {
                 })?,
             )
         };
+        let serial = match self.users.get(&def.name) {
+            Some(changed) => changed.serial,
+            None => {
+                self.last_serial += 1;
+                self.last_serial
+            }
+        };
         self.users.insert(
             def.name.clone(),
             User {
                 def: def.clone(),
                 hash,
+                serial,
             },
         );
         Ok(Change::PutUser(def))
@@ -466,6 +485,30 @@ mod tests {
             write: ".*".into(),
             read: ".*".into(),
         }
+    }
+
+    #[test]
+    fn a_user_made_again_under_its_name_is_another_user() {
+        let mut access = Access::default();
+        let serial = |access: &Access| access.user("bob").map(User::serial);
+        access
+            .put_user(Access::new_user("bob", "pw", vec![]))
+            .expect("made");
+        let first = serial(&access);
+        access
+            .put_user(Access::new_user(
+                "bob",
+                "changed",
+                vec!["monitoring".into()],
+            ))
+            .expect("changed");
+        assert_eq!(serial(&access), first, "a change keeps the user");
+        access.delete_user("bob").expect("deleted");
+        access
+            .put_user(Access::new_user("bob", "pw", vec![]))
+            .expect("made again");
+        assert!(serial(&access).is_some());
+        assert_ne!(serial(&access), first, "made again, it is another user");
     }
 
     #[test]

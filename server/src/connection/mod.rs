@@ -388,9 +388,8 @@ impl Connection {
                     }
                 }
                 Ok(()) = users_deleted.changed(), if matches!(self.phase, Phase::Open) => {
-                    let user = &self.shared.grant.user;
-                    if !self.shared.broker.user_exists(user) {
-                        let text = format!("user '{user}' is deleted");
+                    if !self.shared.broker.grant_user_exists(&self.shared.grant) {
+                        let text = format!("user '{}' is deleted", self.shared.grant.user);
                         self.close_connection(ProtocolError::new(ReplyCode::ConnectionForced, text));
                     }
                 }
