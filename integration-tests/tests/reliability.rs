@@ -381,6 +381,45 @@ async fn a_definition_that_cannot_be_stored_is_refused_not_confirmed() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A durable queue declared with arguments as deeply nested as a client may send them
+/// (64 tables deep) is confirmed, and comes back at every restart: from the definitions log at the
+/// first, from the snapshot written then at the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_with_deeply_nested_arguments_survives_restarts() {
+    use lapin::types::AMQPValue;
+    let dir = temp_data_dir("deep-arguments");
+    let broker = WarrenProcess::start(&dir).await;
+    let (_conn, channel) = connect(&broker).await;
+    let mut deep = FieldTable::default();
+    deep.insert("leaf".into(), AMQPValue::LongString("x".into()));
+    for _ in 0..62 {
+        let mut outer = FieldTable::default();
+        outer.insert("in".into(), AMQPValue::FieldTable(deep));
+        deep = outer;
+    }
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-deep".into(), AMQPValue::FieldTable(deep));
+    within(
+        "queue.declare",
+        channel.queue_declare("deep".into(), durable(), arguments),
+    )
+    .await
+    .expect("declared");
+    drop(_conn);
+    broker.terminate();
+    for start in ["from the log", "from the snapshot"] {
+        let broker = WarrenProcess::start(&dir).await;
+        let (conn, _) = connect(&broker).await;
+        assert!(
+            queue_exists(&conn, "deep").await,
+            "lost at the start {start}"
+        );
+        drop(conn);
+        broker.terminate();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// SIGHUP asks for a reload and never ends the broker, not even while it recovers: the
 /// port accepts connections from the moment it is bound, before recovery, so that is
 /// when a supervisor's or a test's first SIGHUP can come.

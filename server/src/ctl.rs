@@ -560,7 +560,7 @@ pub fn client(
     let mut answer = String::new();
     BufReader::new(&stream).read_line(&mut answer)?;
     let response: Response =
-        serde_json::from_str(&answer).context("unreadable answer from the broker")?;
+        crate::own_json::read(answer.as_bytes()).context("unreadable answer from the broker")?;
     if let Some(error) = response.error {
         let _ = writeln!(std::io::stderr(), "Error:\n{error}");
         return Ok(2);

@@ -15,6 +15,7 @@
 //! - [`store`]: the durable store: one append-only segment log per queue, crash recovery.
 //! - [`error`]: AMQP reply codes and RabbitMQ's error texts, in one place.
 //! - [`names`]: server-generated queue names and consumer tags.
+//! - [`own_json`]: reading back the JSON Warren wrote, however deep.
 //! - [`management`]: RabbitMQ's management HTTP API, over the administration operations.
 //! - [`prometheus`]: `rabbitmq_prometheus`'s metrics endpoints.
 //! - [`policy`]: RabbitMQ policies: per-name queue and exchange settings from a file.
@@ -34,6 +35,7 @@ pub mod exchange;
 pub mod management;
 pub mod message;
 pub mod names;
+pub mod own_json;
 pub mod policy;
 pub mod prometheus;
 pub mod queue;

@@ -714,7 +714,7 @@ fn decode_line(line: &[u8]) -> Result<Change, String> {
     if crc32fast::hash(json.as_bytes()) != crc {
         return Err("checksum mismatch".to_owned());
     }
-    serde_json::from_str(json).map_err(|e| format!("unreadable change: {e}"))
+    crate::own_json::read(json.as_bytes()).map_err(|e| format!("unreadable change: {e}"))
 }
 
 /// Replays the change log `bytes` onto `defs`. Returns how many lines were cut off as a
@@ -779,7 +779,7 @@ impl DefinitionStore {
         let mut defs = match fs.read(&snapshot_path) {
             Ok(bytes) => {
                 let defs: Definitions =
-                    serde_json::from_slice(&bytes).map_err(|e| DefinitionsError::Incompatible {
+                    crate::own_json::read(&bytes).map_err(|e| DefinitionsError::Incompatible {
                         path: snapshot_path.clone(),
                         detail: e.to_string(),
                     })?;
@@ -930,6 +930,36 @@ mod tests {
             arguments: FieldTable::default(),
             partitions: None,
         }
+    }
+
+    /// A queue's arguments as deep as the AMQP codec lets a client send them read back
+    /// from the log and from the compacted snapshot alike.
+    #[test]
+    fn the_deepest_arguments_a_client_can_send_survive_reopen_and_compaction() {
+        use amqp_codec::amq_protocol::types::AMQPValue;
+        let dir = temp_dir("deep-arguments");
+        let mut table = FieldTable::default();
+        table.insert("leaf".into(), AMQPValue::Boolean(true));
+        for _ in 0..amqp_codec::table::MAX_DEPTH {
+            let mut outer = FieldTable::default();
+            outer.insert("in".into(), AMQPValue::FieldTable(table));
+            table = outer;
+        }
+        let deep = QueueDef {
+            arguments: table,
+            ..queue("deep")
+        };
+        let (mut store, _, _) = DefinitionStore::open(&dir).expect("open");
+        store
+            .record(&Change::PutQueue(deep.clone()))
+            .expect("record");
+        store.sync().expect("sync");
+        drop(store);
+        let (_, defs, cut) = DefinitionStore::open(&dir).expect("reopen from the log");
+        assert_eq!((cut, defs.queues.clone()), (0, vec![deep.clone()]));
+        let (_, again, _) = DefinitionStore::open(&dir).expect("reopen from the snapshot");
+        assert_eq!(again.queues, vec![deep]);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]
