@@ -531,16 +531,20 @@ impl Broker {
             .collect()
     }
 
-    /// Sets (or replaces) a global parameter.
-    pub fn set_global_parameter(&self, name: &str, value: serde_json::Value) {
+    /// Sets (or replaces) a global parameter; whether it replaced one.
+    pub fn set_global_parameter(&self, name: &str, value: serde_json::Value) -> bool {
         let def = GlobalParameterDef {
             name: name.to_owned(),
             value,
         };
+        let mut replaced = false;
         let Ok(()) = self.change_global_parameters(|parameters| {
-            parameters.insert(def.name.clone(), def.value.clone());
+            replaced = parameters
+                .insert(def.name.clone(), def.value.clone())
+                .is_some();
             Ok::<_, std::convert::Infallible>(Change::SetGlobalParameter(def))
         });
+        replaced
     }
 
     /// Clears a global parameter.
@@ -660,7 +664,8 @@ impl Broker {
 
     /// The definitions in RabbitMQ's shape (vhosts, users with their hashes,
     /// permissions, topic permissions, vhost limits and operator policies as runtime
-    /// parameters, policies, durable exchanges, queues and bindings).
+    /// parameters, global parameters, policies, durable exchanges, queues and
+    /// bindings).
     pub fn export_definitions(&self) -> RabbitDefinitions {
         let stored = self.stored_definitions().unwrap_or_default();
         let AccessDefinitions {
@@ -756,8 +761,8 @@ impl Broker {
     }
 
     /// Applies a RabbitMQ definitions file: its vhosts are created (if new), users,
-    /// permissions, topic permissions, policies and operator policies created or
-    /// replaced.
+    /// permissions, topic permissions, policies, operator policies and global
+    /// parameters created or replaced.
     ///
     /// # Errors
     /// Not a definitions file, or an unusable entry (nothing is applied then).

@@ -356,6 +356,11 @@ impl Broker {
         self.global_parameters.read().clone()
     }
 
+    /// Global parameter `name`'s value, if it is set.
+    pub fn global_parameter(&self, name: &str) -> Option<serde_json::Value> {
+        self.global_parameters.read().get(name).cloned()
+    }
+
     /// Reads and parses a RabbitMQ definitions file (`--load-definitions`).
     fn read_definitions(path: &std::path::Path) -> Result<RabbitDefinitions, OpenError> {
         let failed = |reason: String| OpenError::Definitions {

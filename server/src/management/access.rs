@@ -1019,8 +1019,7 @@ async fn global_parameter(caller: Caller, Path(name): Path<String>) -> ApiResult
     require_global_parameters(&caller)?;
     let value = caller
         .broker
-        .global_parameters()
-        .remove(&name)
+        .global_parameter(&name)
         .ok_or_else(ApiError::not_found)?;
     Ok(json(json!({ "value": value, "name": name })))
 }
@@ -1035,10 +1034,9 @@ async fn put_global_parameter(
     body.require(&["value"])?;
     let Body(mut fields) = body;
     let value = fields.remove("value").unwrap_or_default();
-    let existed = caller.broker.global_parameters().contains_key(&name);
-    caller.broker.set_global_parameter(&name, value);
+    let replaced = caller.broker.set_global_parameter(&name, value);
     durable(&caller).await?;
-    Ok(created_or_changed(!existed))
+    Ok(created_or_changed(!replaced))
 }
 
 async fn delete_global_parameter(caller: Caller, Path(name): Path<String>) -> ApiResult {
