@@ -78,11 +78,12 @@ impl AsyncWrite for StallAfterOpenOk {
     }
 }
 
-/// A broker in `dir` with one connection opened as guest, its task stalled right after
-/// open-ok went out: the broker, the connection task, the client's ends and the stall
-/// to release.
+/// A broker in `dir` with one connection opened as guest (`pipelined` written right
+/// behind `connection.open`), its task stalled right after open-ok went out: the
+/// broker, the connection task, the client's ends and the stall to release.
 async fn stalled_after_open(
     dir: &std::path::Path,
+    pipelined: &[u8],
 ) -> (
     Arc<Broker>,
     tokio::task::JoinHandle<()>,
@@ -114,8 +115,10 @@ async fn stalled_after_open(
         warren::connection::Transport::default(),
     ));
     let (from_broker, mut to_broker) = tokio::io::split(client);
+    let mut handshake = Handshake::default().encode();
+    handshake.extend_from_slice(pipelined);
     to_broker
-        .write_all(&Handshake::default().encode())
+        .write_all(&handshake)
         .await
         .expect("write the handshake");
     let is_stalled = || {
@@ -172,7 +175,7 @@ async fn wait_for_text(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_deleted_while_its_connection_opens_closes_it() {
     let dir = temp_data_dir("open-race-user");
-    let (broker, task, mut from_broker, to_broker, stall) = stalled_after_open(&dir).await;
+    let (broker, task, mut from_broker, to_broker, stall) = stalled_after_open(&dir, &[]).await;
     broker.delete_user("guest").expect("delete guest");
     release(&stall);
     if let Err(seen) = wait_for_text(
@@ -196,7 +199,7 @@ async fn a_user_deleted_while_its_connection_opens_closes_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_deleted_and_made_again_still_loses_its_connection() {
     let dir = temp_data_dir("open-race-user-again");
-    let (broker, task, mut from_broker, to_broker, stall) = stalled_after_open(&dir).await;
+    let (broker, task, mut from_broker, to_broker, stall) = stalled_after_open(&dir, &[]).await;
     broker.delete_user("guest").expect("delete guest");
     broker
         .add_user("guest", "guest", vec!["administrator".into()])
@@ -219,6 +222,64 @@ async fn a_user_deleted_and_made_again_still_loses_its_connection() {
     {
         panic!("the first guest's connection stayed open; the broker wrote {seen:?}");
     }
+    drop((from_broker, to_broker));
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the connection task ended")
+        .expect("the connection task did not panic");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Methods pipelined behind `connection.open` run before the connection first looks at
+/// its user; if that user was deleted and made again meanwhile, they run with no rights
+/// (the new user's are not the connection's): the declare is refused, never done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn methods_pipelined_behind_open_never_get_a_new_users_rights() {
+    use amqp_codec::amq_protocol::protocol::{AMQPClass, channel, queue};
+    let dir = temp_data_dir("open-race-pipelined");
+    let mut pipelined = bytes::BytesMut::new();
+    amqp_codec::encode::method(
+        &mut pipelined,
+        1,
+        &AMQPClass::Channel(channel::AMQPMethod::Open(channel::Open {})),
+    );
+    amqp_codec::encode::method(
+        &mut pipelined,
+        1,
+        &AMQPClass::Queue(queue::AMQPMethod::Declare(queue::Declare {
+            queue: "pipelined".into(),
+            ..Default::default()
+        })),
+    );
+    let (broker, task, mut from_broker, to_broker, stall) =
+        stalled_after_open(&dir, &pipelined).await;
+    broker.delete_user("guest").expect("delete guest");
+    broker
+        .add_user("guest", "guest", vec!["administrator".into()])
+        .expect("make guest again");
+    broker
+        .set_permissions(warren::store::definitions::PermissionDef {
+            user: "guest".into(),
+            vhost: "/".into(),
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        })
+        .expect("its permissions");
+    release(&stall);
+    if let Err(seen) = wait_for_text(
+        &mut from_broker,
+        "CONNECTION_FORCED - user 'guest' is deleted",
+    )
+    .await
+    {
+        panic!("the first guest's connection stayed open; the broker wrote {seen:?}");
+    }
+    let vhost = broker.vhost("/").expect("the default vhost");
+    assert!(
+        vhost.queue("pipelined", 1).is_err(),
+        "the pipelined declare ran with the new user's rights"
+    );
     drop((from_broker, to_broker));
     tokio::time::timeout(Duration::from_secs(10), task)
         .await
