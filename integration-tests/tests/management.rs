@@ -428,6 +428,61 @@ async fn global_parameters_hold_any_json_by_name() {
     assert_eq!(api.delete(&path).await.status, 204);
 }
 
+/// A 3.x export whose policies mirror queues (`ha-mode`, the most common 3.x policy)
+/// imports unchanged: a single node mirrors nothing, and the policies' other keys apply;
+/// a bad mirroring value is refused in 3.x's words.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_3x_export_with_mirroring_policies_imports() {
+    let server = TestServer::start().await;
+    let api = Http::of(&server);
+    let (policy, queue) = (unique_name("ha-all"), unique_name("mirrored"));
+    let file = json!({ "policies": [{
+        "vhost": "/", "name": policy, "pattern": format!("^{queue}$"), "apply-to": "queues",
+        "priority": 0,
+        "definition": { "ha-mode": "all", "ha-sync-mode": "automatic", "max-length": 2 }
+    }] });
+    let imported = api
+        .call(
+            "POST",
+            "/api/definitions",
+            Some(("guest", "guest")),
+            Some(file),
+        )
+        .await;
+    assert!(
+        imported.status == 204 || imported.status == 201,
+        "{imported:?}"
+    );
+    let path = format!("/api/policies/%2F/{policy}");
+    assert_eq!(
+        api.get(&path).await.json()["definition"],
+        json!({ "ha-mode": "all", "ha-sync-mode": "automatic", "max-length": 2 })
+    );
+    let conn = server.connect().await;
+    let ch = channel(&conn).await;
+    declare_queue(&ch, &queue).await;
+    for _ in 0..4 {
+        publish(&ch, "", &queue, b"m").await;
+    }
+    wait_for_count(&ch, &queue, 2).await;
+    let bad = api
+        .put(
+            &path,
+            json!({ "pattern": "x", "definition": { "ha-mode": "exactly", "ha-params": "2" } }),
+        )
+        .await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(
+        bad.json()["reason"],
+        "Validation failed\n\nha-mode=\"exactly\" takes an integer, &lt;&lt;\"2\"&gt;&gt; given\n"
+    );
+    assert_eq!(api.delete(&path).await.status, 204);
+    assert_eq!(
+        api.delete(&format!("/api/queues/%2F/{queue}")).await.status,
+        204
+    );
+}
+
 /// A limit that is not a number, of an unknown name, or for a vhost or user that does
 /// not exist is refused with RabbitMQ's status and words, and changes nothing.
 #[tokio::test(flavor = "multi_thread")]

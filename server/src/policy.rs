@@ -53,6 +53,7 @@ use crate::queue::arguments::{
 };
 use crate::store::definitions::PolicyDef;
 
+mod mirroring;
 mod operator;
 
 pub use operator::Applied;
@@ -113,10 +114,11 @@ const fn rule(key: &'static str, check: Check, complaint: &'static str) -> Rule 
 
 const LEADER_LOCATORS: &[&str] = &["client-local", "balanced", "random", "least-leaders"];
 
-/// Every key Warren accepts in a definition, sorted; the keys of `rabbit_policies`, plus
-/// `target-group-size` (`rabbit_quorum_queue`), `queue-master-locator`
-/// (`rabbit_classic_queue`) and Warren's `partitions`. Plugin keys (`federation-upstream`, …) and the removed
-/// `ha-*` keys are refused as RabbitMQ 4.2 without those plugins refuses them.
+/// Every key Warren accepts in a definition but 3.x's mirroring keys ([`mirroring`]),
+/// sorted; the keys of `rabbit_policies`, plus `target-group-size`
+/// (`rabbit_quorum_queue`), `queue-master-locator` (`rabbit_classic_queue`) and
+/// Warren's `partitions`. Plugin keys (`federation-upstream`, …) are refused as
+/// RabbitMQ 4.2 without those plugins refuses them.
 const RULES: &[Rule] = &[
     rule(
         ALTERNATE_EXCHANGE,
@@ -222,7 +224,8 @@ const RULES: &[Rule] = &[
 ];
 
 /// Keys that keep a policy off a queue type (each type's `unsupported_policies`,
-/// RabbitMQ 4.2), limited to keys a definition may hold.
+/// RabbitMQ 4.2, and the mirroring keys as 3.x kept them off quorum queues and
+/// streams), limited to keys a definition may hold.
 const CLASSIC_UNSUPPORTED: &[&str] = &[
     "max-age",
     "stream-max-segment-size-bytes",
@@ -234,6 +237,12 @@ const CLASSIC_UNSUPPORTED: &[&str] = &[
     "target-group-size",
 ];
 const QUORUM_UNSUPPORTED: &[&str] = &[
+    "ha-mode",
+    "ha-params",
+    "ha-promote-on-failure",
+    "ha-promote-on-shutdown",
+    "ha-sync-batch-size",
+    "ha-sync-mode",
     "queue-mode",
     "queue-master-locator",
     "max-age",
@@ -253,6 +262,12 @@ const STREAM_UNSUPPORTED: &[&str] = &[
     DELIVERY_LIMIT,
     "queue-master-locator",
     PARTITIONS,
+    "ha-mode",
+    "ha-params",
+    "ha-promote-on-failure",
+    "ha-promote-on-shutdown",
+    "ha-sync-batch-size",
+    "ha-sync-mode",
 ];
 
 /// Why a policy file was refused. Every variant names the file; those about one policy
@@ -524,7 +539,11 @@ impl PolicyDefinition {
         terms.sort_by_key(|&(key, _)| key);
         let mut out = Self::default();
         let mut unknown = Vec::new();
-        for (key, value) in terms {
+        for &(key, value) in &terms {
+            if mirroring::KEYS.contains(&key.as_str()) {
+                out.ignored.push(key.clone());
+                continue;
+            }
             let Some(rule) = RULES.iter().find(|rule| rule.key == key) else {
                 unknown.push((key, value));
                 continue;
@@ -537,6 +556,7 @@ impl PolicyDefinition {
             }
             out.record(key, value);
         }
+        mirroring::check(&terms)?;
         if let Some(&(first, _)) = unknown.first() {
             let terms: Vec<String> = unknown
                 .iter()
@@ -2200,11 +2220,11 @@ mod tests {
             )
         );
         assert_eq!(
-            refused_definition(json!({"ha-mode": "all", "federation-upstream-set": "all",
+            refused_definition(json!({"federation-upstream": "u", "federation-upstream-set": "all",
                                       "message-ttl": 5})),
             (
-                "federation-upstream-set".to_owned(),
-                "[{<<\"federation-upstream-set\">>,<<\"all\">>},{<<\"ha-mode\">>,<<\"all\">>}] \
+                "federation-upstream".to_owned(),
+                "[{<<\"federation-upstream\">>,<<\"u\">>},{<<\"federation-upstream-set\">>,<<\"all\">>}] \
                  are not recognised policy settings"
                     .to_owned()
             )

@@ -4,8 +4,8 @@
 //! They are policies of their own set, chosen for a queue as policies are (pattern,
 //! `apply-to`, highest priority; but a key the queue's type does not take does not keep
 //! one off it, as in RabbitMQ 3.x), and may set only the limits below (those
-//! `rabbit_policies` registers as `operator_policy_validator`; RabbitMQ 3.x also takes
-//! the classic mirroring keys `ha-*`, which Warren, like 4.x, has not).
+//! `rabbit_policies` registers as `operator_policy_validator`, and 3.x's `ha-mode`,
+//! `ha-params` and `ha-sync-mode`, accepted and left alone as in policies).
 //!
 //! A queue runs with its policy's definition and its operator policy's together; where
 //! both set a key the lower value wins (`rabbit_policy:merge_policy_value/3`), so a
@@ -21,8 +21,12 @@ use super::{Policy, PolicyDefinition};
 use crate::erlang;
 use crate::store::definitions::PolicyDef;
 
-/// The keys an operator policy may set.
+/// The keys an operator policy may set (the `ha-*` three as 3.x takes them, then left
+/// alone: see [`super::mirroring`]).
 const KEYS: &[&str] = &[
+    "ha-mode",
+    "ha-params",
+    "ha-sync-mode",
     EXPIRES,
     MESSAGE_TTL,
     MAX_LENGTH,
