@@ -6,9 +6,11 @@
 #   2. Warren starts with --load-definitions on that file: the user logs in with the hash
 #      RabbitMQ made, a publish goes through the imported binding, the permissions and
 #      the policy hold;
-#   3. a user and a policy made in Warren (`warren ctl`) are exported with
-#      `warren ctl export_definitions` and imported into RabbitMQ: the user logs in
-#      there and the policy is listed.
+#   3. a user, a policy and an operator policy made in Warren (`warren ctl`) are
+#      exported with `warren ctl export_definitions` and imported into RabbitMQ: the
+#      user logs in there and the policies are listed.
+# RabbitMQ's side also has a 3.x mirroring policy (ha-mode), an operator policy and a
+# global parameter, which must come over too.
 # Prints one line per check; exits non-zero if one fails.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +30,10 @@ R set_permissions -p labv labuser '^lab' '.*' '.*'
 R set_topic_permissions -p labv labuser amq.topic '^lab\.' '.*'
 R set_vhost_limits -p labv '{"max-queues": 7}'
 R set_policy -p labv --apply-to queues --priority 1 cap '^lab-cap$' '{"max-length": 1}'
+# What 3.x exports also hold: a mirroring policy, an operator policy, a global parameter.
+R set_policy -p labv --apply-to queues ha-all '^lab-ha' '{"ha-mode": "all", "ha-sync-mode": "automatic"}'
+R set_operator_policy -p labv --apply-to queues op-cap '^lab-op$' '{"max-length": 2}'
+R set_global_parameter lab_param '{"k": [1, "x"]}'
 "$python" - <<'PY'
 import pika
 c = pika.BlockingConnection(pika.URLParameters("amqp://labuser:lab-pw-1@127.0.0.1:5673/labv"))
@@ -65,10 +71,24 @@ for _ in range(3):
 n = ch.queue_declare("lab-cap", passive=True).method.message_count
 assert n == 1, n
 print("ok: RabbitMQ's policy holds in Warren")
+ch.queue_declare("lab-op")
+for _ in range(4):
+    ch.basic_publish("", "lab-op", b"m")
+n = ch.queue_declare("lab-op", passive=True).method.message_count
+assert n == 2, n
+print("ok: RabbitMQ's operator policy holds in Warren")
 PY
+W() { "$warren" ctl --data-dir "$scratch/data" "$@"; }
+if W list_policies -p labv --formatter json | grep -q '"name":"ha-all"' \
+  && W list_global_parameters --formatter json | grep -q '"name":"lab_param"'; then
+  echo "ok: RabbitMQ's mirroring policy and global parameter are in Warren"
+else
+  echo "FAILED: a mirroring policy or global parameter did not come over" >&2; exit 1
+fi
 "$warren" ctl --data-dir "$scratch/data" add_user warrenmade w-pw-2
 "$warren" ctl --data-dir "$scratch/data" set_permissions -p labv warrenmade '.*' '.*' '.*'
 "$warren" ctl --data-dir "$scratch/data" set_policy -p labv wpol '^lab-w$' '{"max-length": 2}'
+"$warren" ctl --data-dir "$scratch/data" set_operator_policy -p labv wcap '^lab-w$' '{"max-length": 1}'
 "$warren" ctl --data-dir "$scratch/data" export_definitions "$scratch/warren.json"
 chmod 644 "$scratch/warren.json"
 "$rabbit" ctl 5673 import_definitions "$scratch/warren.json" >/dev/null 2>&1
@@ -88,4 +108,9 @@ if "$rabbit" ctl 5673 list_policies -p labv -q | grep -q '^labv[[:space:]]wpol';
   echo "ok: Warren's policy is in RabbitMQ"
 else
   echo "FAILED: Warren's policy is not in RabbitMQ" >&2; exit 1
+fi
+if "$rabbit" ctl 5673 list_operator_policies -p labv -q | grep -q '^labv[[:space:]]wcap'; then
+  echo "ok: Warren's operator policy is in RabbitMQ"
+else
+  echo "FAILED: Warren's operator policy is not in RabbitMQ" >&2; exit 1
 fi

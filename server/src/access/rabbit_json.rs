@@ -311,6 +311,26 @@ fn apply_to_all() -> String {
     "all".into()
 }
 
+/// A definition written as a list of `[key, value]` pairs, as `rabbitmqctl
+/// export_definitions` writes an operator policy's (its Erlang proplist), as the object
+/// it stands for; anything else as it is.
+fn object_of_pairs(definition: serde_json::Value) -> serde_json::Value {
+    let serde_json::Value::Array(items) = &definition else {
+        return definition;
+    };
+    let pairs: Option<serde_json::Map<String, serde_json::Value>> = items
+        .iter()
+        .map(|item| match item.as_array().map(Vec::as_slice) {
+            Some([serde_json::Value::String(key), value]) => Some((key.clone(), value.clone())),
+            _ => None,
+        })
+        .collect();
+    match pairs {
+        Some(object) if !object.is_empty() => serde_json::Value::Object(object),
+        _ => definition,
+    }
+}
+
 /// The component RabbitMQ keeps operator policies under, as runtime parameters.
 pub const OPERATOR_POLICY: &str = "operator_policy";
 
@@ -397,7 +417,8 @@ impl RabbitDefinitions {
                 };
                 shaped.insert("vhost".into(), p.vhost.clone().into());
                 shaped.insert("name".into(), p.name.clone().into());
-                let policy: RabbitPolicy = serde_json::from_value(shaped.into())?;
+                let mut policy: RabbitPolicy = serde_json::from_value(shaped.into())?;
+                policy.definition = object_of_pairs(policy.definition);
                 Ok(PolicyDef::from(policy))
             })
             .collect()
@@ -577,6 +598,18 @@ mod tests {
             ..RabbitDefinitions::default()
         };
         assert_eq!(again.operator_policies().expect("again"), vec![cap]);
+        // As `rabbitmqctl export_definitions` (3.10) writes one: its definition a list of
+        // pairs.
+        let pairs = RabbitDefinitions::parse(
+            r#"{"parameters": [{"component": "operator_policy", "name": "opz", "vhost": "/",
+                "value": {"apply-to": "queues", "pattern": "^zz$", "priority": 0,
+                          "definition": [["max-length", 2], ["message-ttl", 5]]}}]}"#,
+        )
+        .expect("parses");
+        assert_eq!(
+            pairs.operator_policies().expect("read")[0].definition,
+            serde_json::json!({"max-length": 2, "message-ttl": 5})
+        );
         let shapeless = RabbitDefinitions::parse(
             r#"{"parameters": [{"value": 5, "vhost": "/", "component": "operator_policy", "name": "x"}]}"#,
         )
