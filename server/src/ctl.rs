@@ -525,7 +525,7 @@ pub fn client(
     vhost: &str,
     mut args: Vec<String>,
     format: Format,
-    quiet: bool,
+    headers: bool,
 ) -> anyhow::Result<i32> {
     use anyhow::Context as _;
     let mut export_to = None;
@@ -574,12 +574,9 @@ pub fn client(
         }
         return Ok(0);
     }
-    if quiet {
-        return Ok(0);
-    }
     match format {
         Format::Json => emit(&format!("{}\n", serde_json::to_string(&response.rows)?))?,
-        Format::Table => emit(&table(&response.rows))?,
+        Format::Table => emit(&table(&response.rows, headers))?,
     }
     Ok(0)
 }
@@ -593,18 +590,22 @@ fn emit(text: &str) -> std::io::Result<()> {
     }
 }
 
-/// Rows as tab-separated columns under a header of their keys, a line each.
-fn table(rows: &[Value]) -> String {
+/// Rows as tab-separated columns, a line each, under a header of their keys when
+/// `headers`.
+fn table(rows: &[Value], headers: bool) -> String {
     let Some(Value::Object(first)) = rows.first() else {
         return String::new();
     };
     let keys: Vec<&String> = first.keys().collect();
-    let mut out = keys
-        .iter()
-        .map(|k| k.as_str())
-        .collect::<Vec<_>>()
-        .join("\t");
-    out.push('\n');
+    let mut out = String::new();
+    if headers {
+        out = keys
+            .iter()
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join("\t");
+        out.push('\n');
+    }
     for row in rows {
         let cells: Vec<String> = keys
             .iter()

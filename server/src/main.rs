@@ -151,7 +151,7 @@ fn ctl(args: &[String]) -> anyhow::Result<i32> {
     let mut data_dir = std::env::var_os("WARREN_DATA_DIR")
         .map_or_else(|| std::path::PathBuf::from("./warren-data"), Into::into);
     let mut socket = std::env::var_os("WARREN_CTL_SOCKET").map(std::path::PathBuf::from);
-    let (mut vhost, mut quiet, mut format) = ("/".to_owned(), false, Format::Table);
+    let (mut vhost, mut headers, mut format) = ("/".to_owned(), true, Format::Table);
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -162,7 +162,10 @@ fn ctl(args: &[String]) -> anyhow::Result<i32> {
         };
         match arg.as_str() {
             "-p" | "--vhost" => vhost = value(arg)?,
-            "-q" | "--quiet" => quiet = true,
+            // rabbitmqctl's `-q` drops its "Listing …" banners, which Warren never prints:
+            // the rows still come, as scripts that read them expect.
+            "-q" | "--quiet" => {}
+            "--no-table-headers" => headers = false,
             "--data-dir" => data_dir = value(arg)?.into(),
             "--socket" => socket = Some(value(arg)?.into()),
             "--formatter" => {
@@ -176,5 +179,5 @@ fn ctl(args: &[String]) -> anyhow::Result<i32> {
         }
     }
     let socket = socket.unwrap_or_else(|| warren::ctl::socket_path(&data_dir));
-    warren::ctl::client(&socket, &vhost, rest, format, quiet)
+    warren::ctl::client(&socket, &vhost, rest, format, headers)
 }
