@@ -730,6 +730,10 @@ async fn list_verbs_purge_delete_and_close_as_rabbitmqctl_does() {
         queues.contains(&serde_json::json!({ "name": q, "messages": 3, "durable": false })),
         "{queues:?}"
     );
+    // In a table the columns come in the order asked, as scripts that cut them expect.
+    let table = ctl_ok(&dir, &["list_queues", "name", "messages"]);
+    assert!(table.starts_with("name\tmessages\n"), "{table}");
+    assert!(table.lines().any(|l| l == format!("{q}\t3")), "{table}");
     let consumers = json_of(ctl_ok(&dir, &["list_consumers", "--formatter", "json"]));
     assert!(
         consumers

@@ -39,11 +39,14 @@ fn default_vhost() -> String {
 }
 
 /// The answer: rows, or why not.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Response {
     /// Rows of the answer (empty for a change).
     #[serde(default)]
     pub rows: Vec<Value>,
+    /// The rows' columns in `rabbitmqctl`'s order (or as asked); empty: by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
     /// What went wrong, as `rabbitmqctl` says it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -99,8 +102,8 @@ pub async fn serve(
                 let response = match serde_json::from_str::<Request>(&line) {
                     Ok(request) => answer(&broker, request).await,
                     Err(e) => Response {
-                        rows: Vec::new(),
                         error: Some(format!("unreadable request: {e}")),
+                        ..Response::default()
                     },
                 };
                 let mut out = serde_json::to_vec(&response).unwrap_or_default();
@@ -124,25 +127,50 @@ async fn answer(broker: &Arc<Broker>, request: Request) -> Response {
         _ => true,
     };
     match result {
-        Ok(Answer::Rows(rows)) => Response { rows, error: None },
-        Ok(Answer::Changed) if durable => Response {
-            rows: Vec::new(),
+        Ok(Answer::Rows(rows)) => Response {
+            rows,
+            ..Response::default()
+        },
+        Ok(Answer::Table(columns, rows)) => Response {
+            rows,
+            columns,
             error: None,
         },
+        Ok(Answer::Changed) if durable => Response::default(),
         Ok(Answer::Changed) => Response {
-            rows: Vec::new(),
             error: Some("the change was made but could not be made durable".into()),
+            ..Response::default()
         },
         Err(error) => Response {
-            rows: Vec::new(),
             error: Some(error),
+            ..Response::default()
         },
     }
 }
 
 enum Answer {
     Rows(Vec<Value>),
+    /// Rows with their columns in order.
+    Table(Vec<String>, Vec<Value>),
     Changed,
+}
+
+/// `answer`'s rows with columns in `order` (as `rabbitmqctl` prints them), then any
+/// others by name.
+fn in_order(answer: Answer, order: &[&str]) -> Answer {
+    let Answer::Rows(rows) = answer else {
+        return answer;
+    };
+    let mut columns: Vec<String> = order.iter().map(|&c| c.to_owned()).collect();
+    if let Some(Value::Object(first)) = rows.first() {
+        columns.extend(
+            first
+                .keys()
+                .filter(|k| !order.contains(&k.as_str()))
+                .cloned(),
+        );
+    }
+    Answer::Table(columns, rows)
 }
 
 fn usage(verb: &str, shape: &str) -> String {
@@ -171,6 +199,7 @@ const COLUMN_ALIASES: &[(&str, &str)] = &[
 /// `items` cut to `asked` columns (or `default`), named as asked.
 fn columns(items: Vec<Value>, asked: &[&str], default: &[&str]) -> Answer {
     let wanted = if asked.is_empty() { default } else { asked };
+    let names = wanted.iter().map(|&c| c.to_owned()).collect();
     let rows = items
         .iter()
         .map(|item| {
@@ -190,7 +219,7 @@ fn columns(items: Vec<Value>, asked: &[&str], default: &[&str]) -> Answer {
             Value::Object(row)
         })
         .collect();
-    Answer::Rows(rows)
+    Answer::Table(names, rows)
 }
 
 /// Each partition of each queue's consumer groups, one row per partition.
@@ -253,7 +282,7 @@ fn run(broker: &Arc<Broker>, args: &[&str], vhost: &str) -> Result<Answer, Strin
         ["set_user_tags", user, tags @ ..] => {
             changed(broker.set_user_tags(user, tags.iter().map(|t| (*t).to_owned()).collect()))
         }
-        ["list_users"] => Ok(rows(broker.list_users())),
+        ["list_users"] => Ok(in_order(rows(broker.list_users()), &["user", "tags"])),
         ["add_vhost", name] => changed(broker.add_vhost(name, "")),
         ["add_vhost", name, "--description", description] => {
             changed(broker.add_vhost(name, description))
@@ -280,11 +309,17 @@ fn run(broker: &Arc<Broker>, args: &[&str], vhost: &str) -> Result<Answer, Strin
             "[-p <vhost>] <username> <conf> <write> <read>",
         )),
         ["clear_permissions", user] => changed(broker.clear_permissions(user, vhost)),
-        ["list_permissions"] => Ok(rows(broker.list_permissions(Some(vhost)))),
+        ["list_permissions"] => Ok(in_order(
+            rows(broker.list_permissions(Some(vhost))),
+            &["user", "configure", "write", "read"],
+        )),
         ["list_user_permissions", user] => {
             let mut all = broker.list_permissions(None);
             all.retain(|p| p.user == *user);
-            Ok(rows(all))
+            Ok(in_order(
+                rows(all),
+                &["vhost", "configure", "write", "read"],
+            ))
         }
         ["set_topic_permissions", user, exchange, write, read] => {
             changed(broker.set_topic_permissions(TopicPermissionDef {
@@ -301,15 +336,27 @@ fn run(broker: &Arc<Broker>, args: &[&str], vhost: &str) -> Result<Answer, Strin
         ["clear_topic_permissions", user, exchange] => {
             changed(broker.clear_topic_permissions(user, vhost, Some(exchange)))
         }
-        ["list_topic_permissions"] => Ok(rows(broker.list_topic_permissions(Some(vhost)))),
+        ["list_topic_permissions"] => Ok(in_order(
+            rows(broker.list_topic_permissions(Some(vhost))),
+            &["user", "exchange", "write", "read"],
+        )),
         ["set_vhost_limits", json] => changed(broker.set_vhost_limits(vhost, json)),
         ["clear_vhost_limits"] => changed(broker.set_vhost_limits(vhost, "{}")),
-        ["list_vhost_limits"] => Ok(Answer::Rows(broker.list_vhost_limits(Some(vhost)))),
-        ["list_vhost_limits", "--global"] => Ok(Answer::Rows(broker.list_vhost_limits(None))),
+        ["list_vhost_limits"] => Ok(in_order(
+            Answer::Rows(broker.list_vhost_limits(Some(vhost))),
+            &["vhost", "limits"],
+        )),
+        ["list_vhost_limits", "--global"] => Ok(in_order(
+            Answer::Rows(broker.list_vhost_limits(None)),
+            &["vhost", "limits"],
+        )),
         ["set_user_limits", user, json] => changed(broker.set_user_limits(user, json)),
         ["clear_user_limits", user, "all"] => changed(broker.set_user_limits(user, "{}")),
         ["clear_user_limits", user, name] => changed(broker.change_user_limit(user, name, None)),
-        ["list_user_limits"] => Ok(Answer::Rows(broker.list_user_limits())),
+        ["list_user_limits"] => Ok(in_order(
+            Answer::Rows(broker.list_user_limits()),
+            &["user", "limits"],
+        )),
         ["set_policy", ..] => set_policy(broker, &args[1..], vhost, false),
         ["clear_policy", name] => changed(broker.clear_policy(vhost, name)),
         ["list_policies"] => Ok(policy_rows(broker.list_policies(Some(vhost)))),
@@ -323,12 +370,15 @@ fn run(broker: &Arc<Broker>, args: &[&str], vhost: &str) -> Result<Answer, Strin
             Ok(Answer::Changed)
         }
         ["clear_global_parameter", name] => changed(broker.clear_global_parameter(name)),
-        ["list_global_parameters"] => Ok(Answer::Rows(
-            broker
-                .list_global_parameters()
-                .into_iter()
-                .map(|p| json!({ "name": p.name, "value": p.value.to_string() }))
-                .collect(),
+        ["list_global_parameters"] => Ok(in_order(
+            Answer::Rows(
+                broker
+                    .list_global_parameters()
+                    .into_iter()
+                    .map(|p| json!({ "name": p.name, "value": p.value.to_string() }))
+                    .collect(),
+            ),
+            &["name", "value"],
         )),
         ["export_definitions"] => serde_json::to_value(broker.export_definitions())
             .map(|v| Answer::Rows(vec![v]))
@@ -438,7 +488,7 @@ fn run(broker: &Arc<Broker>, args: &[&str], vhost: &str) -> Result<Answer, Strin
 
 /// Policies as `rabbitmqctl list_policies` and `list_operator_policies` show them.
 fn policy_rows(policies: Vec<PolicyDef>) -> Answer {
-    Answer::Rows(
+    let answer = Answer::Rows(
         policies
             .into_iter()
             .map(|p| {
@@ -452,6 +502,17 @@ fn policy_rows(policies: Vec<PolicyDef>) -> Answer {
                 })
             })
             .collect(),
+    );
+    in_order(
+        answer,
+        &[
+            "vhost",
+            "name",
+            "pattern",
+            "apply-to",
+            "definition",
+            "priority",
+        ],
     )
 }
 
@@ -576,7 +637,7 @@ pub fn client(
     }
     match format {
         Format::Json => emit(&format!("{}\n", serde_json::to_string(&response.rows)?))?,
-        Format::Table => emit(&table(&response.rows, headers))?,
+        Format::Table => emit(&table(&response.rows, &response.columns, headers))?,
     }
     Ok(0)
 }
@@ -590,13 +651,17 @@ fn emit(text: &str) -> std::io::Result<()> {
     }
 }
 
-/// Rows as tab-separated columns, a line each, under a header of their keys when
-/// `headers`.
-fn table(rows: &[Value], headers: bool) -> String {
+/// Rows as tab-separated `columns` (empty: the first row's keys, by name), a line each,
+/// under a header of their names when `headers`.
+fn table(rows: &[Value], columns: &[String], headers: bool) -> String {
     let Some(Value::Object(first)) = rows.first() else {
         return String::new();
     };
-    let keys: Vec<&String> = first.keys().collect();
+    let keys: Vec<&String> = if columns.is_empty() {
+        first.keys().collect()
+    } else {
+        columns.iter().collect()
+    };
     let mut out = String::new();
     if headers {
         out = keys
