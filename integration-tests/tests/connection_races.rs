@@ -170,6 +170,32 @@ async fn wait_for_text(
     }
 }
 
+/// Deletes guest and makes it again, with every right in `/`: another user of the
+/// same name.
+fn delete_and_make_guest_again(broker: &Broker) {
+    broker.delete_user("guest").expect("delete guest");
+    broker
+        .add_user("guest", "guest", vec!["administrator".into()])
+        .expect("make guest again");
+    broker
+        .set_permissions(warren::store::definitions::PermissionDef {
+            user: "guest".into(),
+            vhost: "/".into(),
+            configure: ".*".into(),
+            write: ".*".into(),
+            read: ".*".into(),
+        })
+        .expect("its permissions");
+}
+
+/// Waits (bounded) for the connection task to end, without a panic.
+async fn ends(task: tokio::task::JoinHandle<()>) {
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the connection task ended")
+        .expect("the connection task did not panic");
+}
+
 /// A user deleted after its connection was told it is open, but before the broker's
 /// task served it, still closes that connection with 320.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -187,10 +213,7 @@ async fn a_user_deleted_while_its_connection_opens_closes_it() {
         panic!("the connection was not closed with 320; the broker wrote {seen:?}");
     }
     drop((from_broker, to_broker));
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the connection task ended")
-        .expect("the connection task did not panic");
+    ends(task).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -200,19 +223,7 @@ async fn a_user_deleted_while_its_connection_opens_closes_it() {
 async fn a_user_deleted_and_made_again_still_loses_its_connection() {
     let dir = temp_data_dir("open-race-user-again");
     let (broker, task, mut from_broker, to_broker, stall) = stalled_after_open(&dir, &[]).await;
-    broker.delete_user("guest").expect("delete guest");
-    broker
-        .add_user("guest", "guest", vec!["administrator".into()])
-        .expect("make guest again");
-    broker
-        .set_permissions(warren::store::definitions::PermissionDef {
-            user: "guest".into(),
-            vhost: "/".into(),
-            configure: ".*".into(),
-            write: ".*".into(),
-            read: ".*".into(),
-        })
-        .expect("its permissions");
+    delete_and_make_guest_again(&broker);
     release(&stall);
     if let Err(seen) = wait_for_text(
         &mut from_broker,
@@ -223,10 +234,7 @@ async fn a_user_deleted_and_made_again_still_loses_its_connection() {
         panic!("the first guest's connection stayed open; the broker wrote {seen:?}");
     }
     drop((from_broker, to_broker));
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the connection task ended")
-        .expect("the connection task did not panic");
+    ends(task).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -253,19 +261,7 @@ async fn methods_pipelined_behind_open_never_get_a_new_users_rights() {
     );
     let (broker, task, mut from_broker, to_broker, stall) =
         stalled_after_open(&dir, &pipelined).await;
-    broker.delete_user("guest").expect("delete guest");
-    broker
-        .add_user("guest", "guest", vec!["administrator".into()])
-        .expect("make guest again");
-    broker
-        .set_permissions(warren::store::definitions::PermissionDef {
-            user: "guest".into(),
-            vhost: "/".into(),
-            configure: ".*".into(),
-            write: ".*".into(),
-            read: ".*".into(),
-        })
-        .expect("its permissions");
+    delete_and_make_guest_again(&broker);
     release(&stall);
     if let Err(seen) = wait_for_text(
         &mut from_broker,
@@ -281,9 +277,6 @@ async fn methods_pipelined_behind_open_never_get_a_new_users_rights() {
         "the pipelined declare ran with the new user's rights"
     );
     drop((from_broker, to_broker));
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the connection task ended")
-        .expect("the connection task did not panic");
+    ends(task).await;
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -314,20 +314,8 @@ async fn an_operator_policy_caps_what_a_policy_asks_for() {
     );
     // An administrator's: a policymaker may set policies, not operator policies.
     let maker = unique_name("maker");
-    let made = api
-        .put(
-            &format!("/api/users/{maker}"),
-            json!({ "password": "pw", "tags": "policymaker" }),
-        )
-        .await;
-    assert_eq!(made.status, 201, "{made:?}");
-    let granted = api
-        .put(
-            &format!("/api/permissions/%2F/{maker}"),
-            json!({ "configure": ".*", "write": ".*", "read": ".*" }),
-        )
-        .await;
-    assert_eq!(granted.status, 201, "{granted:?}");
+    api.make_user(&maker, "policymaker").await;
+    api.grant_all("%2F", &maker).await;
     let refused = api
         .call(
             "PUT",
@@ -392,13 +380,7 @@ async fn global_parameters_hold_any_json_by_name() {
     );
     // A management user may not see them.
     let user = unique_name("mgmt");
-    let made = api
-        .put(
-            &format!("/api/users/{user}"),
-            json!({ "password": "pw", "tags": "management" }),
-        )
-        .await;
-    assert_eq!(made.status, 201, "{made:?}");
+    api.make_user(&user, "management").await;
     let refused = api
         .call("GET", "/api/global-parameters", Some((&user, "pw")), None)
         .await;
@@ -496,13 +478,7 @@ async fn a_bad_limit_is_refused_in_rabbitmqs_words() {
         201
     );
     let user = unique_name("limited");
-    let made = api
-        .put(
-            &format!("/api/users/{user}"),
-            json!({ "password": "pw", "tags": "" }),
-        )
-        .await;
-    assert_eq!(made.status, 201, "{made:?}");
+    api.make_user(&user, "").await;
     let refusals = [
         (
             format!("/api/vhost-limits/{v}/max-queues"),
@@ -697,20 +673,8 @@ async fn vhost_limits_are_runtime_parameters_of_the_vhost_limits_component() {
     // as a parameter either (Warren's rule, as for /api/vhost-limits).
     if server.is_warren() {
         let maker = unique_name("maker");
-        let made = api
-            .put(
-                &format!("/api/users/{maker}"),
-                json!({ "password": "pw", "tags": "policymaker" }),
-            )
-            .await;
-        assert_eq!(made.status, 201, "{made:?}");
-        let granted = api
-            .put(
-                &format!("/api/permissions/{v}/{maker}"),
-                json!({ "configure": ".*", "write": ".*", "read": ".*" }),
-            )
-            .await;
-        assert_eq!(granted.status, 201, "{granted:?}");
+        api.make_user(&maker, "policymaker").await;
+        api.grant_all(&v, &maker).await;
         let refused = api
             .call(
                 "PUT",
@@ -725,15 +689,7 @@ async fn vhost_limits_are_runtime_parameters_of_the_vhost_limits_component() {
 
     // Parameters are for policymakers: a `management` user may not list them.
     let user = unique_name("mgmt");
-    assert_eq!(
-        api.put(
-            &format!("/api/users/{user}"),
-            json!({ "password": "pw", "tags": "management" })
-        )
-        .await
-        .status,
-        201
-    );
+    api.make_user(&user, "management").await;
     let refused = api
         .call("GET", "/api/parameters", Some((&user, "pw")), None)
         .await;

@@ -99,6 +99,64 @@ pub struct Grant {
     pub epoch: u64,
 }
 
+/// One set of policies as the broker opens it: how a definition is validated, how it
+/// is stored, and what the log calls one.
+struct PolicyKind {
+    validate: fn(&PolicyDef) -> Result<Policy, String>,
+    change: fn(PolicyDef) -> Change,
+    what: &'static str,
+}
+
+const POLICIES: PolicyKind = PolicyKind {
+    validate: Policy::from_def,
+    change: Change::SetPolicy,
+    what: "policy",
+};
+
+const OPERATOR_POLICIES: PolicyKind = PolicyKind {
+    validate: Policy::from_operator_def,
+    change: Change::SetOperatorPolicy,
+    what: "operator policy",
+};
+
+impl PolicyKind {
+    /// The set in force at start: those `stored` (one that no longer validates is
+    /// logged and left out), then those of the definitions file at `path`, stored as if
+    /// set now.
+    fn open(
+        &self,
+        store: &BrokerStore,
+        access: &Access,
+        path: &std::path::Path,
+        stored: &[PolicyDef],
+        from_file: Vec<PolicyDef>,
+    ) -> Result<Vec<Policy>, OpenError> {
+        let what = self.what;
+        let mut valid: Vec<Policy> = stored
+            .iter()
+            .filter_map(|def| {
+                (self.validate)(def)
+                    .inspect_err(|reason| {
+                        tracing::warn!(vhost = %def.vhost, policy = %def.name, %reason, "ignoring stored {what}");
+                    })
+                    .ok()
+            })
+            .collect();
+        for def in from_file {
+            let refused = |reason: String| OpenError::Definitions {
+                path: path.to_owned(),
+                reason: format!("{what} '{}': {reason}", def.name),
+            };
+            if access.vhost(&def.vhost).is_none() {
+                return Err(refused(format!("no vhost '{}'", def.vhost)));
+            }
+            valid.push((self.validate)(&def).map_err(refused)?);
+            store.pending().queue((self.change)(def));
+        }
+        Ok(valid)
+    }
+}
+
 impl Broker {
     /// Opens the data directory and recovers what it holds: durable exchanges, queues,
     /// bindings and persistent messages, in the default vhost `/`.
@@ -259,53 +317,28 @@ impl Broker {
         access: &Access,
         policies: &RwLock<Policies>,
     ) -> Result<(), OpenError> {
-        let stored = defs.policies.iter().filter_map(|def| {
-            Policy::from_def(def)
-                .inspect_err(|reason| {
-                    tracing::warn!(vhost = %def.vhost, policy = %def.name, %reason, "ignoring stored policy");
-                })
-                .ok()
-        });
-        policies.write().set(stored);
-        let stored_operator = defs.operator_policies.iter().filter_map(|def| {
-            Policy::from_operator_def(def)
-                .inspect_err(|reason| {
-                    tracing::warn!(vhost = %def.vhost, policy = %def.name, %reason, "ignoring stored operator policy");
-                })
-                .ok()
-        });
-        policies.write().set_operator(stored_operator);
-        let Some(file) = loaded else {
-            return Ok(());
-        };
-        let refused = |name: &str, reason: String| OpenError::Definitions {
-            path: config.load_definitions.clone().unwrap_or_default(),
-            reason: format!("policy '{name}': {reason}"),
-        };
-        let mut valid = Vec::with_capacity(file.policies.len());
-        for def in file.policies.iter().cloned().map(PolicyDef::from) {
-            if access.vhost(&def.vhost).is_none() {
-                return Err(refused(&def.name, format!("no vhost '{}'", def.vhost)));
+        let path = config.load_definitions.clone().unwrap_or_default();
+        let (own, operator) = match loaded {
+            Some(file) => {
+                let operator = file
+                    .operator_policies()
+                    .map_err(|e| OpenError::Definitions {
+                        path: path.clone(),
+                        reason: format!("operator policies: {e}"),
+                    })?;
+                (
+                    file.policies.iter().cloned().map(PolicyDef::from).collect(),
+                    operator,
+                )
             }
-            valid.push(Policy::from_def(&def).map_err(|reason| refused(&def.name, reason))?);
-            store.pending().queue(Change::SetPolicy(def));
-        }
-        let operator = file
-            .operator_policies()
-            .map_err(|e| refused("(operator policies)", e.to_string()))?;
-        let mut valid_operator = Vec::with_capacity(operator.len());
-        for def in operator {
-            if access.vhost(&def.vhost).is_none() {
-                return Err(refused(&def.name, format!("no vhost '{}'", def.vhost)));
-            }
-            valid_operator.push(
-                Policy::from_operator_def(&def).map_err(|reason| refused(&def.name, reason))?,
-            );
-            store.pending().queue(Change::SetOperatorPolicy(def));
-        }
+            None => (Vec::new(), Vec::new()),
+        };
+        let own = POLICIES.open(store, access, &path, &defs.policies, own)?;
+        let operator =
+            OPERATOR_POLICIES.open(store, access, &path, &defs.operator_policies, operator)?;
         let mut policies = policies.write();
-        policies.set(valid);
-        policies.set_operator(valid_operator);
+        policies.set(own);
+        policies.set_operator(operator);
         drop(policies);
         store.write_pending();
         Ok(())

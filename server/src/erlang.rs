@@ -116,6 +116,16 @@ pub(crate) fn float(x: f64) -> String {
     format!("{sign}{shown}")
 }
 
+/// Entries of a JSON object as RabbitMQ prints the proplist they decode to:
+/// `[{<<"key">>,value},…]`.
+pub(crate) fn proplist<'a>(entries: impl IntoIterator<Item = (&'a String, &'a Value)>) -> String {
+    let terms: Vec<String> = entries
+        .into_iter()
+        .map(|(key, value)| format!("{{{},{}}}", binary(key.as_bytes()), json(value)))
+        .collect();
+    format!("[{}]", terms.join(","))
+}
+
 /// A JSON value as RabbitMQ prints the term it decodes to (`~tp`): strings are binaries,
 /// objects maps, `null` an atom.
 pub(crate) fn json(value: &Value) -> String {

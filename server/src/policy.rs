@@ -224,8 +224,8 @@ const RULES: &[Rule] = &[
 ];
 
 /// Keys that keep a policy off a queue type (each type's `unsupported_policies`,
-/// RabbitMQ 4.2, and the mirroring keys as 3.x kept them off quorum queues and
-/// streams), limited to keys a definition may hold.
+/// RabbitMQ 4.2), limited to keys a definition may hold; the mirroring keys keep one
+/// off quorum queues and streams too (see [`PolicyDefinition::applies_to`]).
 const CLASSIC_UNSUPPORTED: &[&str] = &[
     "max-age",
     "stream-max-segment-size-bytes",
@@ -237,12 +237,6 @@ const CLASSIC_UNSUPPORTED: &[&str] = &[
     "target-group-size",
 ];
 const QUORUM_UNSUPPORTED: &[&str] = &[
-    "ha-mode",
-    "ha-params",
-    "ha-promote-on-failure",
-    "ha-promote-on-shutdown",
-    "ha-sync-batch-size",
-    "ha-sync-mode",
     "queue-mode",
     "queue-master-locator",
     "max-age",
@@ -262,12 +256,6 @@ const STREAM_UNSUPPORTED: &[&str] = &[
     DELIVERY_LIMIT,
     "queue-master-locator",
     PARTITIONS,
-    "ha-mode",
-    "ha-params",
-    "ha-promote-on-failure",
-    "ha-promote-on-shutdown",
-    "ha-sync-batch-size",
-    "ha-sync-mode",
 ];
 
 /// Why a policy file was refused. Every variant names the file; those about one policy
@@ -518,7 +506,14 @@ impl PolicyDefinition {
             QueueType::Quorum => QUORUM_UNSUPPORTED,
             QueueType::Stream => STREAM_UNSUPPORTED,
         };
-        self.keys().all(|key| !refused.contains(&key))
+        // 3.x kept its mirroring keys off quorum queues and streams.
+        let mirroring_refused = if queue_type == QueueType::Classic {
+            &[][..]
+        } else {
+            mirroring::KEYS
+        };
+        self.keys()
+            .all(|key| !refused.contains(&key) && !mirroring_refused.contains(&key))
     }
 
     /// Validates a definition as `rabbit_policy:validation/3` does: each known key's
@@ -558,14 +553,7 @@ impl PolicyDefinition {
         }
         mirroring::check(&terms)?;
         if let Some(&(first, _)) = unknown.first() {
-            let terms: Vec<String> = unknown
-                .iter()
-                .map(|(k, v)| format!("{{{},{}}}", erlang::binary(k.as_bytes()), erlang::json(v)))
-                .collect();
-            return Err((
-                first.clone(),
-                format!("[{}] are not recognised policy settings", terms.join(",")),
-            ));
+            return Err((first.clone(), not_recognised(unknown)));
         }
         Ok(out)
     }
@@ -983,6 +971,15 @@ impl Policies {
     pub fn is_empty(&self) -> bool {
         self.policies.is_empty()
     }
+}
+
+/// RabbitMQ's refusal of definition keys it does not know (or, in an operator policy,
+/// does not take).
+fn not_recognised<'a>(entries: impl IntoIterator<Item = (&'a String, &'a Value)>) -> String {
+    format!(
+        "{} are not recognised policy settings",
+        erlang::proplist(entries)
+    )
 }
 
 /// The order policies are looked through: highest priority first, then by name and

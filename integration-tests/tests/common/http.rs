@@ -108,4 +108,26 @@ impl Http {
         self.call("DELETE", path, Some(("guest", "guest")), None)
             .await
     }
+
+    /// Makes user `name`, password `pw`, with `tags` (comma-separated).
+    pub async fn make_user(&self, name: &str, tags: &str) {
+        let made = self
+            .put(
+                &format!("/api/users/{name}"),
+                serde_json::json!({ "password": "pw", "tags": tags }),
+            )
+            .await;
+        assert_eq!(made.status, 201, "{made:?}");
+    }
+
+    /// Gives `user` every permission in the vhost whose path segment is `vhost`.
+    pub async fn grant_all(&self, vhost: &str, user: &str) {
+        let granted = self
+            .put(
+                &format!("/api/permissions/{vhost}/{user}"),
+                serde_json::json!({ "configure": ".*", "write": ".*", "read": ".*" }),
+            )
+            .await;
+        assert_eq!(granted.status, 201, "{granted:?}");
+    }
 }

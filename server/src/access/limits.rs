@@ -72,23 +72,16 @@ impl LimitKind {
 
     /// Refuses limits of names not `known`, all of them named.
     fn check_names(&self, limits: &Map<String, Value>) -> Result<(), String> {
-        let unknown: Vec<String> = limits
+        let mut unknown = limits
             .iter()
             .filter(|(name, _)| !self.known.contains(&name.as_str()))
-            .map(|(name, value)| {
-                format!(
-                    "{{{},{}}}",
-                    erlang::binary(name.as_bytes()),
-                    erlang::json(value)
-                )
-            })
-            .collect();
-        if unknown.is_empty() {
+            .peekable();
+        if unknown.peek().is_none() {
             return Ok(());
         }
         Err(self.refusal(format!(
-            "Unrecognised terms [{}] in {}",
-            unknown.join(","),
+            "Unrecognised terms {} in {}",
+            erlang::proplist(unknown),
             self.set
         )))
     }

@@ -18,7 +18,6 @@ use serde_json::{Map, Value};
 
 use super::{DELIVERY_LIMIT, EXPIRES, MAX_LENGTH, MAX_LENGTH_BYTES, MESSAGE_TTL};
 use super::{Policy, PolicyDefinition};
-use crate::erlang;
 use crate::store::definitions::PolicyDef;
 
 /// The keys an operator policy may set (the `ha-*` three as 3.x takes them, then left
@@ -59,20 +58,7 @@ pub fn validate(def: &PolicyDef) -> Result<Policy, String> {
         })?;
     }
     // serde_json's map is ordered by key, as RabbitMQ holds a decoded object.
-    let terms: Vec<String> = refused
-        .iter()
-        .map(|(key, value)| {
-            format!(
-                "{{{},{}}}",
-                erlang::binary(key.as_bytes()),
-                erlang::json(value)
-            )
-        })
-        .collect();
-    Err(format!(
-        "[{}] are not recognised policy settings",
-        terms.join(",")
-    ))
+    Err(super::not_recognised(&refused))
 }
 
 /// The policy and the operator policy that apply to a queue.
