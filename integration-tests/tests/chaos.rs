@@ -18,9 +18,9 @@
 //!   many rounds went by (a stream keeps what it is given).
 //!
 //! Beside the clients, an administrator makes and deletes vhosts (with durable queues
-//! and connections in them) and users, and sets and clears a run-time policy and an
-//! operator policy, through `warren ctl`, while the policy file is rewritten and
-//! reloaded.
+//! and connections in them) and users, sets and clears a run-time policy, an operator
+//! policy and a global parameter, through `warren ctl`, while the policy file is
+//! rewritten and reloaded.
 //!
 //! Errors the chaos provokes (a passive declare of a missing queue, an exclusive queue of
 //! another connection, inequivalent arguments, a deleted exchange) close channels and
@@ -1353,8 +1353,8 @@ async fn ctl(dir: &Path, args: Vec<String>) -> bool {
 /// Administration under the traffic, every 0.2–0.8 s: vhosts `c-v0..2` made (with a
 /// connection that declares a durable queue in one and publishes to it under confirms)
 /// and deleted under it; users `c-u0..2` made, logged in and deleted; a run-time
-/// policy and an operator policy over the `c.pol.` queues set and cleared; the
-/// definitions exported.
+/// policy and an operator policy over the `c.pol.` queues set and cleared; a global
+/// parameter set or cleared and the definitions exported.
 async fn administer(
     dir: PathBuf,
     broker: SocketAddr,
@@ -1462,7 +1462,14 @@ async fn administer(
                 }
             }
             _ => {
+                // A global parameter changed, then everything exported.
                 stats.op("ctl-export");
+                let value = format!("{{\"round\":{}}}", rng.random_range(0..1000));
+                if rng.random_bool(0.5) {
+                    ctl(&dir, owned(&["set_global_parameter", "chaos", &value])).await;
+                } else {
+                    ctl(&dir, owned(&["clear_global_parameter", "chaos"])).await;
+                }
                 ctl(&dir, owned(&["export_definitions", "-"])).await;
             }
         }

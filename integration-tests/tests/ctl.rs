@@ -394,7 +394,21 @@ async fn operator_policies_and_global_parameters_survive_a_kill() {
     ctl_ok(&dir, &["clear_operator_policy", "cap"]);
     publish_n(&ch, "q", 5).await;
     wait_for_count(&ch, "q", 4).await;
-    broker.terminate();
+    // A value as deep as ctl reads one (126 levels) survives the start that reads it
+    // from the log and the one that reads the snapshot written then.
+    let deep = format!("{}1{}", "[".repeat(126), "]".repeat(126));
+    ctl_ok(&dir, &["set_global_parameter", "deep", &deep]);
+    drop(conn);
+    broker.kill();
+    for start in ["from the log", "from the snapshot"] {
+        let broker = WarrenProcess::start(&dir).await;
+        let listed = ctl_ok(&dir, &["list_global_parameters", "--formatter", "json"]);
+        assert!(
+            listed.contains(&deep),
+            "lost at the start {start}: {listed}"
+        );
+        broker.kill();
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
